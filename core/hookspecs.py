@@ -1,0 +1,154 @@
+"""The plugin contract of OpenPrepay: every extension point, in the order they are used.
+
+A plugin is a module (or object) with functions decorated `@hookimpl` and named like the
+specs below; it registers under the entry-point group `openprepay.plugins`::
+
+    [options.entry_points]
+    openprepay.plugins =
+        my_meter = my_package.plugin
+
+The built-in plugins (Modbus links, Acrel meters, valve water meters) use exactly these
+hooks and nothing else. Hooks are called with keyword arguments and are synchronous; a hook
+may return an awaitable where its docstring says so, and the core awaits it. Hooks marked
+*first result* answer "who owns this?": return None when the thing is not yours.
+
+The objects hooks return are described in `core/contracts.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .contracts import (
+        Driver,
+        LinkSimulator,
+        LinkTransport,
+        Notifier,
+        PaymentProvider,
+        Service,
+        SimulatedDevice,
+        SimulatorOptions,
+    )
+    from .model import DeviceModel
+    from .runtime import Runtime
+    from .site import DeviceConfig, LinkConfig
+
+PROJECT = "openprepay"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- Discovery ------------------------------------------------------------------------------
+
+
+@hookspec
+def openprepay_device_models() -> Sequence[DeviceModel]:
+    """The device models this plugin provides (name, kind, points, commands, profile).
+
+    Called once by the plugin manager when plugins are loaded; the answers make up the
+    catalogue that `openprepay check` validates site files against and that
+    `openprepay plugins` lists. Model names are global: prefix them with the vendor
+    (`acrel.DDSY1352`).
+    """
+
+
+# -- Links and device I/O -------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def openprepay_make_transport(link: LinkConfig) -> LinkTransport | None:
+    """Open-able transport for `link` (serial port, RTU-over-TCP gateway, Modbus TCP).
+
+    Called by the link arbiter once per link when the service starts. First result: return
+    None for link types you do not handle. The transport is not connected yet; the arbiter
+    connects and reconnects it.
+    """
+
+
+@hookspec(firstresult=True)
+def openprepay_make_driver(
+    model: DeviceModel, device: DeviceConfig, transport: LinkTransport
+) -> Driver | None:
+    """Driver for one device of one of your models, talking through `transport`.
+
+    Called by the link arbiter once per configured device when the service starts. First
+    result: return None when `model` is not yours. Raise `ConfigError` when the device's
+    `options` are wrong for the model.
+    """
+
+
+# -- Simulation -----------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def openprepay_make_simulator(
+    model: DeviceModel, device: DeviceConfig, options: SimulatorOptions
+) -> SimulatedDevice | None:
+    """An emulated device of one of your models, for the demo, tests and `openprepay simulate`.
+
+    Called by the simulation host once per device. First result: None when not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def openprepay_make_link_simulator(
+    link: LinkConfig, devices: Sequence[SimulatedDevice], options: SimulatorOptions
+) -> LinkSimulator | None:
+    """A server that hosts `devices` behind a simulated `link`, speaking the link's wire
+    protocol on 127.0.0.1.
+
+    Called by the simulation host once per link. First result: None for link types you do
+    not serve.
+    """
+
+
+# -- Running --------------------------------------------------------------------------------
+
+
+@hookspec
+def openprepay_services(runtime: Runtime) -> Sequence[Service]:
+    """Long-running services to start with the runtime (OPC UA server, historian...).
+
+    Called by the runtime after the site is loaded and the links are built, before polling
+    starts. The runtime gives access to the site, the event bus and the core service
+    functions; services must act through those, never by reaching into a plugin. Services
+    are started in the order returned and stopped in reverse.
+    """
+
+
+# -- Billing and notification ---------------------------------------------------------------
+
+
+@hookspec
+def openprepay_notifiers() -> Sequence[Notifier]:
+    """Channels that deliver alarm and supply notices (email, webhook, SMS, app push).
+
+    Called once by the notification service at start; a notice goes to every notifier whose
+    `channel` the account's settings name.
+    """
+
+
+@hookspec
+def openprepay_payment_providers() -> Sequence[PaymentProvider]:
+    """Online payment channels (WeChat Pay, Alipay, Stripe...).
+
+    Called once by the payment service at start; callbacks from a channel are routed to the
+    provider whose `channel` matches.
+    """
+
+
+# -- Command line ---------------------------------------------------------------------------
+
+
+@hookspec
+def openprepay_cli_commands(cli: click.Group) -> None:
+    """Add commands to the `openprepay` command line (`cli.add_command(...)`).
+
+    Called once when the CLI starts, after the built-in commands are registered.
+    """

@@ -1,0 +1,80 @@
+"""The composition root: the one place that wires a running OpenPrepay.
+
+`Runtime(site, plugins)` builds the link arbiter (a transport per link, a driver per
+device, both from plugins), the event bus and the services that plugins contribute (OPC UA
+server, historian...), and starts and stops them in order. The CLI's `run` and `demo`
+commands and the tests all go through it; nothing else constructs these singletons.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .arbiter import LinkArbiter, LinkWorker
+from .contracts import Service
+from .events import EventBus
+from .plugins import Plugins
+from .readings import LatestReadings
+from .site import Site, check_devices_against_models
+
+log = logging.getLogger("openprepay.runtime")
+
+
+def build_arbiter(site: Site, plugins: Plugins, bus: EventBus) -> LinkArbiter:
+    workers = {}
+    for link in site.links.values():
+        devices = site.devices_on(link.id)
+        transport = plugins.make_transport(link)
+        drivers = {
+            d.id: plugins.make_driver(plugins.model(d.model, f"devices.{d.id}.model"), d, transport)
+            for d in devices
+        }
+        intervals = {d.id: site.poll_interval(d) for d in devices}
+        workers[link.id] = LinkWorker(link, transport, drivers, site.poll, intervals, bus.publish)
+    return LinkArbiter(workers)
+
+
+class Runtime:
+    def __init__(self, site: Site, plugins: Plugins, bus: EventBus | None = None) -> None:
+        check_devices_against_models(site, plugins.models)
+        self.site = site
+        self.plugins = plugins
+        self.bus = bus or EventBus()
+        self.readings = LatestReadings(self.bus)
+        self.arbiter = build_arbiter(site, plugins, self.bus)
+        self.services: list[Service] = []
+        self._started: list[Service] = []
+
+    async def start(self) -> None:
+        self.services = self.plugins.services(self)
+        try:
+            for service in self.services:
+                log.info("starting %s", service.name)
+                await service.start()
+                self._started.append(service)
+            await self.arbiter.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "site %s running: %d links, %d devices",
+            self.site.id,
+            len(self.site.links),
+            len(self.site.devices),
+        )
+
+    async def stop(self) -> None:
+        await self.arbiter.stop()
+        while self._started:
+            service = self._started.pop()
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", service.name)
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

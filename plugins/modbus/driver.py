@@ -1,0 +1,155 @@
+"""A driver that needs nothing but a register profile.
+
+`ProfileDriver` reads a device block by block, decodes each block in bulk, and executes
+the profile's commands with their read-back confirmation. Device plugins subclass it only
+for what a profile cannot say (e.g. how a status bit degrades a point's quality).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from openprepay.core.errors import CommandRefused, ConfigError, DeviceRejected, FieldError
+from openprepay.core.events import utcnow
+from openprepay.core.model import CommandOutcome, DeviceCommand, Quality, Sample, Value
+from openprepay.core.site import DeviceConfig
+
+from .profile import Block, CommandMap, RegisterProfile
+from .transport import ModbusTransport
+
+log = logging.getLogger("openprepay.modbus")
+
+ILLEGAL_ADDRESS = 2
+
+
+class ProfileDriver:
+    def __init__(
+        self, profile: RegisterProfile, device: DeviceConfig, transport: ModbusTransport
+    ) -> None:
+        self.profile = profile
+        self.model = profile.model
+        self.device = device
+        self.transport = transport
+        self.unit = device.unit_id
+        self._blocks: list[Block] = list(profile.blocks)
+        self._multipliers = self._ratio_multipliers(device.options)
+
+    def _ratio_multipliers(self, options: Mapping[str, Any]) -> dict[str, float]:
+        """CT/PT multipliers for meters that report secondary-side values."""
+        if not self.profile.ratios:
+            return {}
+        errors = []
+        ratios = {}
+        for key in ("ct_ratio", "pt_ratio"):
+            value = options.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                errors.append(
+                    FieldError(
+                        f"devices.{self.device.id}.options.{key}",
+                        f"expected a positive number, got {value!r}",
+                    )
+                )
+                value = 1
+            ratios[key[:2]] = float(value)
+        if errors:
+            raise ConfigError("site", errors)
+        factor = {"ct": ratios["ct"], "pt": ratios["pt"], "ctpt": ratios["ct"] * ratios["pt"]}
+        return {
+            point: factor[kind] for point, kind in self.profile.ratios.items() if factor[kind] != 1
+        }
+
+    # -- reading --------------------------------------------------------------------------
+    async def read(self) -> Sample:
+        values: dict[str, Value] = {}
+        for block in list(self._blocks):
+            try:
+                registers = await self.transport.read(
+                    self.unit, block.function, block.start, block.count
+                )
+            except DeviceRejected as exc:
+                if block.optional and exc.code == ILLEGAL_ADDRESS:
+                    self._blocks.remove(block)
+                    log.info(
+                        "meter %s has no registers at 0x%04X; optional points dropped",
+                        self.device.id,
+                        block.start,
+                        extra={"meter": self.device.id, "link": self.device.link},
+                    )
+                    continue
+                raise
+            assert block.decoder is not None
+            block.decoder.decode(registers, values)
+        for point, factor in self._multipliers.items():
+            if point in values:
+                values[point] = values[point] * factor
+        sample = Sample(self.device.id, self.model, utcnow(), values)
+        sample.point_quality = self.assess(values)
+        return sample
+
+    def assess(self, values: Mapping[str, Value]) -> dict[str, Quality] | None:
+        """Per-point quality from the device's own status flags; none by default."""
+        return None
+
+    # -- commands -------------------------------------------------------------------------
+    def _command(self, command: DeviceCommand) -> CommandMap:
+        try:
+            return self.profile.commands[command.name]
+        except KeyError:
+            known = ", ".join(self.profile.commands) or "none"
+            raise CommandRefused(
+                f"{self.model.name} has no command {command.name!r} (it supports: {known})"
+            ) from None
+
+    def confirm_delay_s(self, command: DeviceCommand) -> float:
+        return self._command(command).confirm_delay_s
+
+    async def execute(self, command: DeviceCommand) -> None:
+        cmd = self._command(command)
+        missing = [f.param for f in cmd.fields if f.param and f.param not in command.params]
+        if missing:
+            raise CommandRefused(f"{command.name} needs parameter(s): {', '.join(missing)}")
+        try:
+            words = cmd.registers(command.params)
+        except (ValueError, TypeError) as exc:
+            raise CommandRefused(f"{command.name}: {exc}") from exc
+        await self.transport.write(self.unit, cmd.function, cmd.address, words)
+
+    async def confirm(self, command: DeviceCommand) -> CommandOutcome:
+        cmd = self._command(command)
+        check = cmd.confirm
+        if check.address is not None and check.count is not None:
+            registers = await self.transport.read(
+                self.unit, self.profile.blocks[0].function, check.address, check.count
+            )
+            readback = {f"0x{check.address + i:04X}": r for i, r in enumerate(registers)}
+            ok = tuple(registers) == check.expect_registers
+            expected = list(check.expect_registers)
+            return CommandOutcome(
+                command,
+                ok,
+                "read back as expected" if ok else f"read back {registers}, expected {expected}",
+                readback,
+            )
+        assert check.point is not None
+        block = self.profile.block_of(check.point)
+        values: dict[str, Value] = {}
+        registers = await self.transport.read(self.unit, block.function, block.start, block.count)
+        assert block.decoder is not None
+        block.decoder.decode(registers, values)
+        actual = values[check.point]
+        expected = (
+            check.expect_value if check.expect_param is None else command.params[check.expect_param]
+        )
+        ok = _same(actual, expected, self.model.point(check.point).resolution)
+        detail = f"{check.point} = {actual}" + ("" if ok else f", expected {expected}")
+        return CommandOutcome(command, ok, detail, {check.point: actual})
+
+
+def _same(actual: Value, expected: Any, resolution: float | None) -> bool:
+    if isinstance(actual, float) or isinstance(expected, float):
+        tolerance = (resolution or 1e-6) / 2
+        return math.isclose(float(actual), float(expected), abs_tol=tolerance)
+    return actual == expected

@@ -1,0 +1,162 @@
+"""One Modbus link: a serial port, an RTU-over-TCP gateway or a Modbus TCP device.
+
+`ModbusTransport` wraps one pymodbus async client and turns pymodbus outcomes into the
+core's error vocabulary (`DeviceTimeout`, `DeviceRejected`, `GarbledResponse`,
+`LinkDown`). It keeps the link's inter-frame silence between transactions (serial links)
+and never lets an unanswered device close the connection: pymodbus closes a TCP socket
+after `retries + 3` consecutive unanswered requests, which would drop every healthy device
+behind a gateway because one is silent. Retries and back-off belong to the link arbiter,
+so the client makes exactly one attempt per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ExceptionResponse
+
+from openprepay.core.errors import DeviceRejected, DeviceTimeout, GarbledResponse, LinkDown
+from openprepay.core.site import LinkConfig, LinkType
+
+log = logging.getLogger("openprepay.modbus")
+
+#: Effectively "never close on silence": the arbiter decides what a silent device costs.
+MAX_NO_RESPONSES = 1 << 30
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+
+class ModbusTransport:
+    def __init__(self, link: LinkConfig) -> None:
+        self.link = link
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._last_end = 0.0
+        self._bytes_received = 0
+        self._lock = asyncio.Lock() if link.in_flight == 1 else None
+        #: Transactions and wire errors, for the link statistics.
+        self.transactions = 0
+        self.garbled_frames = 0
+
+    # -- connection -----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        if self._client is None:
+            self._client = self._make_client()
+        try:
+            ok = await self._client.connect()
+        except Exception as exc:  # pymodbus raises various OS-level errors here
+            raise LinkDown(f"cannot open {self.link.address}: {exc}") from exc
+        if not ok:
+            raise LinkDown(f"cannot open {self.link.address}")
+        self._client.set_max_no_responses(MAX_NO_RESPONSES)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        link = self.link
+        common = {
+            "timeout": link.timeout_s,
+            "retries": 0,
+            "reconnect_delay": 0,  # the arbiter reconnects, with its own back-off
+            "trace_packet": self._trace,
+            "name": link.id,
+        }
+        if link.type is LinkType.SERIAL:
+            return AsyncModbusSerialClient(
+                str(link.device),
+                framer=FramerType.RTU,
+                baudrate=link.baudrate,
+                bytesize=link.bytesize,
+                parity=link.parity,
+                stopbits=link.stopbits,
+                **common,
+            )
+        framer = FramerType.RTU if link.type is LinkType.RTU_OVER_TCP else FramerType.SOCKET
+        return AsyncModbusTcpClient(
+            str(link.host), port=int(link.port or 502), framer=framer, **common
+        )
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._bytes_received += len(data)
+        return data
+
+    # -- transactions ---------------------------------------------------------------------
+    async def read(self, unit: int, function: int, address: int, count: int) -> list[int]:
+        client = self._require_client()
+        call = client.read_holding_registers if function == 3 else client.read_input_registers
+        response = await self._transact(unit, call(address, count=count, device_id=unit))
+        registers = list(response.registers)
+        if len(registers) != count:
+            self.garbled_frames += 1
+            raise GarbledResponse(f"asked for {count} registers, got {len(registers)}")
+        return registers
+
+    async def write(self, unit: int, function: int, address: int, words: list[int]) -> None:
+        client = self._require_client()
+        if function == 6:
+            call = client.write_register(address, words[0], device_id=unit)
+        else:
+            call = client.write_registers(address, words, device_id=unit)
+        await self._transact(unit, call)
+
+    def _require_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        if self._client is None or not self._client.connected:
+            raise LinkDown(f"link {self.link.id} is not connected")
+        return self._client
+
+    async def _transact(self, unit: int, request):
+        if self._lock is None:
+            return await self._exchange(unit, request)
+        async with self._lock:
+            return await self._exchange(unit, request)
+
+    async def _exchange(self, unit: int, request):
+        gap = self.link.gap_s
+        if gap:
+            wait = self._last_end + gap - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._bytes_received = 0
+        self.transactions += 1
+        try:
+            response = await request
+        except ModbusIOException as exc:
+            if self._bytes_received:
+                self.garbled_frames += 1
+                raise GarbledResponse(
+                    f"unit {unit}: {self._bytes_received} bytes received but no valid frame "
+                    "(CRC or length error)"
+                ) from exc
+            raise DeviceTimeout(f"unit {unit}: no answer within {self.link.timeout_s:g} s") from exc
+        except ConnectionException as exc:
+            raise LinkDown(f"link {self.link.id}: {exc}") from exc
+        finally:
+            self._last_end = time.monotonic()
+        if response is None:
+            raise DeviceTimeout(f"unit {unit}: no answer")
+        if isinstance(response, ExceptionResponse) or response.isError():
+            code = getattr(response, "exception_code", None)
+            name = EXCEPTION_NAMES.get(code or 0, "error")
+            raise DeviceRejected(f"unit {unit}: exception {code} ({name})", code)
+        return response

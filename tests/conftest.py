@@ -1,0 +1,176 @@
+"""Fixtures for the real things the tests talk to.
+
+Servers are started on ephemeral ports from here: InfluxDB 1.x (`influxd`), VictoriaMetrics
+(its /api/v2/write endpoint) and a throwaway PostgreSQL database. Without CI a missing
+service skips the tests that need it; with CI=true it is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str) -> None:
+    """Fail in CI, skip elsewhere: a missing service is never a silent pass in CI."""
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: required)", pytrace=False)
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, ok: tuple[int, ...], proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status in ok:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+class ServerProcess:
+    """A server process with its URL; `stop()`/`start()` let tests simulate outages."""
+
+    def __init__(
+        self, argv: list[str], url: str, health: str, ok: tuple[int, ...], log: Path
+    ) -> None:
+        self.argv, self.url, self.health, self.ok, self.log = argv, url, health, ok, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_http(self.url + self.health, self.ok, self.proc)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(
+                f"{exc}; log: {self.log.read_text(errors='replace')[-2000:]}"
+            ) from exc
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """InfluxDB 1.x (Debian `influxdb`) with `/write`, `/query` and `/ping`."""
+    binary = shutil.which("influxd")
+    if binary is None:
+        unavailable("influxd not installed (apt-get install influxdb)")
+    root = tmp_path_factory.mktemp("influxdb")
+    port = free_port()
+    config = root / "influxdb.conf"
+    config.write_text(
+        f"""reporting-disabled = true
+bind-address = "127.0.0.1:{free_port()}"
+[meta]
+  dir = "{root}/meta"
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+"""
+    )
+    server = ServerProcess(
+        [binary, "-config", str(config)],
+        f"http://127.0.0.1:{port}",
+        "/ping",
+        (204,),
+        root / "influxd.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """VictoriaMetrics (Debian `victoria-metrics`): accepts /api/v2/write, exports data."""
+    binary = shutil.which("victoria-metrics")
+    if binary is None:
+        unavailable("victoria-metrics not installed (apt-get install victoria-metrics)")
+    root = tmp_path_factory.mktemp("victoria-metrics")
+    port = free_port()
+    server = ServerProcess(
+        [
+            binary,
+            f"-storageDataPath={root}/data",
+            f"-httpListenAddr=127.0.0.1:{port}",
+            "-search.latencyOffset=0s",
+            "-loggerLevel=ERROR",
+        ],
+        f"http://127.0.0.1:{port}",
+        "/health",
+        (200,),
+        root / "vm.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """URL of the PostgreSQL server (127.0.0.1:5432, trust auth), checked once."""
+    url = os.environ.get("OPENPREPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=5):
+            pass
+    except Exception as exc:
+        unavailable(f"PostgreSQL not reachable at {url}: {exc}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server_url: str) -> Iterator[str]:
+    """A throwaway database for this test session; its SQLAlchemy URL."""
+    import psycopg
+
+    name = f"openprepay_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_server_url.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
