@@ -35,9 +35,10 @@ if TYPE_CHECKING:
         SimulatedDevice,
         SimulatorOptions,
     )
+    from .errors import FieldError
     from .model import DeviceModel
     from .runtime import Runtime
-    from .site import DeviceConfig, LinkConfig
+    from .site import DeviceConfig, LinkConfig, Site
 
 PROJECT = "openprepay"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -109,6 +110,16 @@ def openprepay_make_link_simulator(
 
 
 # -- Running --------------------------------------------------------------------------------
+
+
+@hookspec
+def openprepay_validate_site(site: Site) -> Sequence[FieldError]:
+    """Problems in the site-file sections this plugin owns (e.g. `[opcua]`, `[historian]`).
+
+    Called by `openprepay check` and by the runtime before anything starts. Return one
+    `FieldError` per problem, with the exact field (`opcua.port`) and what was expected;
+    an empty list when all is well.
+    """
 
 
 @hookspec

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         SimulatorOptions,
     )
     from .runtime import Runtime
-    from .site import DeviceConfig, LinkConfig
+    from .site import DeviceConfig, LinkConfig, Site
 
 ENTRY_POINT_GROUP = "openprepay.plugins"
 DISABLE_ENV = "OPENPREPAY_DISABLE_PLUGINS"
@@ -202,6 +202,12 @@ class Plugins:
                 [FieldError(f"links.{link.id}.type", f"no plugin simulates {link.type} links")],
             )
         return sim
+
+    def validate_site(self, site: Site) -> None:
+        """Raise `ConfigError` with every problem plugins find in their site sections."""
+        errors = [e for group in self._call("openprepay_validate_site", site=site) for e in group]
+        if errors:
+            raise ConfigError(str(site.path or "site"), errors)
 
     def services(self, runtime: Runtime) -> list[Service]:
         return [

@@ -37,6 +37,7 @@ def build_arbiter(site: Site, plugins: Plugins, bus: EventBus) -> LinkArbiter:
 class Runtime:
     def __init__(self, site: Site, plugins: Plugins, bus: EventBus | None = None) -> None:
         check_devices_against_models(site, plugins.models)
+        plugins.validate_site(site)
         self.site = site
         self.plugins = plugins
         self.bus = bus or EventBus()
