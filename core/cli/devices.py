@@ -59,7 +59,7 @@ def check_command(obj: CliContext, site_file: str) -> None:
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.pass_obj
 def simulate_command(
-    obj,
+    obj: CliContext,
     site_file: str,
     speedup: float,
     serial_timing: bool,
