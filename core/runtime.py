@@ -13,6 +13,7 @@ import logging
 from .arbiter import LinkArbiter, LinkWorker
 from .contracts import Service
 from .events import EventBus
+from .history import HistoryReader
 from .plugins import Plugins
 from .readings import LatestReadings
 from .site import Site, check_devices_against_models
@@ -45,6 +46,8 @@ class Runtime:
         self.arbiter = build_arbiter(site, plugins, self.bus)
         self.services: list[Service] = []
         self._started: list[Service] = []
+        #: Set by the historian service when it is created (see core/history.py).
+        self.history: HistoryReader | None = None
 
     async def start(self) -> None:
         self.services = self.plugins.services(self)
