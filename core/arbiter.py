@@ -71,6 +71,8 @@ class _Confirm:
     command: DeviceCommand
     future: asyncio.Future[CommandOutcome]
     attempt: int
+    #: The device's refusal of the write, if it refused; raised when the read-back fails.
+    refusal: DeviceRejected | None = None
 
 
 @dataclass(slots=True)
@@ -394,6 +396,18 @@ class LinkWorker:
             await self._link_lost(exc)
             _settle(job.future, exc)
             return
+        except DeviceRejected as exc:
+            # A meter may refuse what it already did (a repeated top-up with the same
+            # purchase count, a trip while tripped). Only the read-back decides.
+            log.warning(
+                "meter %s refused %s (%s); reading back",
+                command.meter_id,
+                command.name,
+                exc,
+                extra=extra,
+            )
+            self._confirm_later(_Confirm(command, job.future, CONFIRM_ATTEMPTS, exc), 0.0)
+            return
         except (CommandRefused, DeviceIOError) as exc:
             log.warning(
                 "command %s to meter %s failed: %s",
@@ -439,7 +453,12 @@ class LinkWorker:
         except DeviceIOError as exc:
             error = exc
         if outcome is not None and outcome.confirmed:
+            if job.refusal is not None:
+                detail = f"{outcome.detail} (the write was refused: {job.refusal})"
+                outcome = CommandOutcome(command, True, detail, outcome.readback)
             self._finish(job, outcome)
+        elif job.refusal is not None:
+            _settle(job.future, job.refusal)
         elif job.attempt < CONFIRM_ATTEMPTS:
             job.attempt += 1
             self._confirm_later(job, max(driver.confirm_delay_s(command), 0.05))
