@@ -210,10 +210,16 @@ def parse_site(data: Mapping[str, Any], source: str = "site", path: Path | None 
     devices = root.each("devices", _read_device)
     sections = {name: root.raw(name) for name in OWNED_SECTIONS if root.has(name)}
     root.finish()
-    if not links:
+    # Ids declared in the file, valid or not: a reference to an entry that has its own
+    # error is not reported a second time as unknown.
+    declared = {
+        key: set(data.get(key) or ()) if isinstance(data.get(key), dict) else set()
+        for key in ("links", "buildings", "rooms")
+    }
+    if not declared["links"]:
         root.error("at least one link is required", "links")
 
-    _check_references(buildings, rooms, devices, links, errors)
+    _check_references(buildings, rooms, devices, links, declared, errors)
     if errors:
         raise ConfigError(source, errors)
     assert info is not None and poll is not None
@@ -389,6 +395,7 @@ def _check_references(
     rooms: Mapping[str, Room],
     devices: Mapping[str, DeviceConfig],
     links: Mapping[str, LinkConfig],
+    declared: Mapping[str, set[str]],
     errors: list[FieldError],
 ) -> None:
     def err(path: str, message: str) -> None:
@@ -401,12 +408,12 @@ def _check_references(
 
     for room in rooms.values():
         building = buildings.get(room.building)
-        if building is None:
+        if building is None and room.building not in declared["buildings"]:
             err(
                 f"rooms.{room.id}.building",
                 f"unknown building {room.building!r} (defined: {choices(buildings)})",
             )
-        elif room.floor not in building.floors:
+        elif building is not None and room.floor not in building.floors:
             err(
                 f"rooms.{room.id}.floor",
                 f"building {building.id!r} has no floor {room.floor!r} "
@@ -416,11 +423,11 @@ def _check_references(
     used_units: dict[tuple[str, int], str] = {}
     for device in devices.values():
         at = f"devices.{device.id}"
-        if device.link not in links:
+        if device.link not in declared["links"]:
             err(f"{at}.link", f"unknown link {device.link!r} (defined: {choices(links)})")
-        if device.room is not None and device.room not in rooms:
+        if device.room is not None and device.room not in declared["rooms"]:
             err(f"{at}.room", f"unknown room {device.room!r} (defined: {choices(rooms)})")
-        if device.building is not None and device.building not in buildings:
+        if device.building is not None and device.building not in declared["buildings"]:
             err(
                 f"{at}.building",
                 f"unknown building {device.building!r} (defined: {choices(buildings)})",
