@@ -62,9 +62,10 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 
 
 def _register_builtin() -> None:
-    from . import devices
+    from . import devices, tariff
 
     devices.register(cli)
+    tariff.register(cli)
 
 
 _registered = False
