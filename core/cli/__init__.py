@@ -62,10 +62,12 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 
 
 def _register_builtin() -> None:
-    from . import devices, tariff
+    from . import accounts, database, devices, tariff
 
     devices.register(cli)
     tariff.register(cli)
+    database.register(cli)
+    accounts.register(cli)
 
 
 _registered = False

@@ -1,0 +1,449 @@
+"""Commands for accounts and money: `account open|list|show|close|import`, `topup`, `refund`.
+
+Amounts are yuan with at most two decimals (`12.50`); the ledger keeps integer fen. Every
+command is one database transaction: it either happens completely or not at all, and a
+running service sees it on its next poll of the database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import accounts as acc
+from .. import commands as cmds
+from .. import ledger
+from ..db import Database
+from ..errors import OpenPrepayError
+from ..ledger import RequestError, format_fen, parse_yuan
+from ..site import Site
+from . import EXIT_FAILED, CliContext
+from .common import load_checked_site, site_argument
+from .database import operator, site_database
+
+#: Files with more data rows than this get a progress bar on import.
+PROGRESS_FROM_ROWS = 200
+
+
+def _amount(text: str, name: str = "amount") -> int:
+    return parse_yuan(text, name)
+
+
+def _optional_amount(text: str | None, name: str, default: int) -> int:
+    if text is None:
+        return default
+    fen = parse_yuan(text, name)
+    if fen < 0:
+        raise RequestError(name, f"expected an amount >= 0.00, got {text}")
+    return fen
+
+
+@click.group("account")
+def account_group() -> None:
+    """Prepaid accounts: open, list, show, close, import from CSV."""
+
+
+@account_group.command("open")
+@site_argument
+@click.argument("account_id", metavar="ACCOUNT")
+@click.option("--name", help="Tenant or account name (required for a new account).")
+@click.option("--room", help="Room id from the site file.")
+@click.option(
+    "--meter",
+    "meters",
+    multiple=True,
+    metavar="METER[:MODE]",
+    help="Site device id, optionally with a control mode override "
+    "(E-A-101, W-A-101:LOCAL). Repeat for several meters.",
+)
+@click.option("--tariff", help="Tariff id from the site file's [tariffs].")
+@click.option("--alarm1", metavar="YUAN", help="Alarm level 1 (default 20.00).")
+@click.option("--alarm2", metavar="YUAN", help="Alarm level 2 / pre-trip (default 5.00).")
+@click.option("--overdraft-limit", metavar="YUAN", help="Overdraft allowed (default 0.00).")
+@click.option("--close-limit", metavar="YUAN", help="Balance above which closing is allowed.")
+@click.option("--hoard-limit", metavar="YUAN", help="Top-up ceiling; 0 = none (default 5000.00).")
+@click.option("--protected", is_flag=True, help="保电: never cut this account's supply.")
+@click.option("--notify", multiple=True, metavar="CHANNEL:TO", help="e.g. email:a@example.com")
+@click.option("--preregister", is_flag=True, help="Create it pre-registered; open it later.")
+@click.pass_obj
+def account_open(
+    obj: CliContext,
+    site_file: str,
+    account_id: str,
+    name: str | None,
+    room: str | None,
+    meters: tuple[str, ...],
+    tariff: str | None,
+    alarm1: str | None,
+    alarm2: str | None,
+    overdraft_limit: str | None,
+    close_limit: str | None,
+    hoard_limit: str | None,
+    protected: bool,
+    notify: tuple[str, ...],
+    preregister: bool,
+) -> None:
+    """Open ACCOUNT: create it with its wallets and meters, or open a pre-registered one.
+
+    For a pre-registered ACCOUNT no other option is needed: `account open SITE A-101`.
+    """
+    site = load_checked_site(site_file)
+    db = site_database(site_file)
+    try:
+        with db.begin() as conn:
+            existing = acc.find_account(conn, account_id)
+            if existing is not None:
+                given = [
+                    name,
+                    room,
+                    tariff,
+                    alarm1,
+                    alarm2,
+                    overdraft_limit,
+                    close_limit,
+                    hoard_limit,
+                ]
+                if any(v is not None for v in given) or meters or protected or notify:
+                    raise RequestError(
+                        "account",
+                        f"account {account_id!r} exists ({existing.state}); "
+                        "options only apply to a new account",
+                    )
+                if preregister:
+                    raise RequestError("--preregister", f"account {account_id!r} exists")
+                account = acc.open_account(conn, account_id)
+                verb = "already open" if existing.state is acc.AccountState.OPEN else "opened"
+            else:
+                if not name:
+                    raise RequestError("--name", "required for a new account")
+                if room is not None and room not in site.rooms:
+                    raise RequestError("--room", f"unknown room {room!r} in {site_file}")
+                assigned = tuple(
+                    acc.resolve_meter(site, obj.plugins.models, meter, mode, "--meter")
+                    for text in meters
+                    for meter, mode in acc.parse_meter_list(text)
+                )
+                d = acc.Thresholds()
+                thresholds = acc.Thresholds(
+                    _optional_amount(alarm1, "--alarm1", d.alarm1_fen),
+                    _optional_amount(alarm2, "--alarm2", d.alarm2_fen),
+                    _optional_amount(overdraft_limit, "--overdraft-limit", d.overdraft_limit_fen),
+                    _optional_amount(close_limit, "--close-limit", d.close_limit_fen),
+                    _optional_amount(hoard_limit, "--hoard-limit", d.hoard_limit_fen),
+                )
+                spec = acc.AccountSpec(
+                    account_id,
+                    name,
+                    assigned,
+                    room,
+                    tariff,
+                    thresholds,
+                    protected,
+                    tuple(notify),
+                )
+                account = acc.create_account(conn, spec, open_now=not preregister)
+                verb = "pre-registered" if preregister else "opened"
+    finally:
+        db.dispose()
+    click.echo(f"account {account.id} {verb}: {_summary(account)}")
+
+
+def _summary(a: acc.Account) -> str:
+    meters = ", ".join(f"{m.meter_id} ({m.kind}, {m.control_mode})" for m in a.meters) or "none"
+    return (
+        f"{a.name}, room {a.room or '-'}, state {a.state}, meters {meters}, "
+        f"energy {format_fen(a.energy_fen)}, general {format_fen(a.general_fen)}"
+    )
+
+
+@account_group.command("list")
+@site_argument
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in acc.AccountState], case_sensitive=False),
+    help="Only accounts in this state.",
+)
+@click.option("--room", help="Only accounts of this room.")
+def account_list(site_file: str, state: str | None, room: str | None) -> None:
+    """List accounts with their state, meters and balances (yuan)."""
+    db = site_database(site_file)
+    try:
+        with db.read() as conn:
+            rows = acc.list_accounts(conn, state=state.upper() if state else None, room=room)
+    finally:
+        db.dispose()
+    click.echo(
+        f"{'ACCOUNT':<16} {'STATE':<13} {'ROOM':<10} {'ENERGY':>12} {'GENERAL':>12}  "
+        f"{'P':<1}  METERS  NAME"
+    )
+    for a in rows:
+        meters = ",".join(m.meter_id for m in a.meters) or "-"
+        click.echo(
+            f"{a.id:<16} {a.state:<13} {a.room or '-':<10} {format_fen(a.energy_fen):>12} "
+            f"{format_fen(a.general_fen):>12}  {'P' if a.protected else '-'}  {meters}  {a.name}"
+        )
+    click.echo(f"{len(rows)} account(s)")
+
+
+@account_group.command("show")
+@site_argument
+@click.argument("account_id", metavar="ACCOUNT")
+@click.option("--entries", default=10, show_default=True, help="Latest wallet entries shown.")
+def account_show(site_file: str, account_id: str, entries: int) -> None:
+    """Show one account: settings, meters, balances, latest entries and meter commands."""
+    db = site_database(site_file)
+    try:
+        with db.read() as conn:
+            a = acc.get_account(conn, account_id)
+            b = ledger.balances(conn, account_id)
+            history = ledger.wallet_history(conn, account_id, entries)
+            commands = cmds.list_commands(conn, account_id=account_id, limit=entries)
+            refundable = ledger.refundable(conn, account_id) if a.state == "OPEN" else 0
+    finally:
+        db.dispose()
+    th = a.thresholds
+    click.echo(f"account   {a.id} — {a.name}")
+    click.echo(f"state     {a.state} (created {a.created_at:%Y-%m-%d %H:%M} UTC)")
+    click.echo(
+        f"room      {a.room or '-'}    tariff {a.tariff_id or '-'}    "
+        f"protected {'yes (保电)' if a.protected else 'no'}"
+    )
+    click.echo(
+        f"balances  energy {format_fen(b.energy_fen)}  general {format_fen(b.general_fen)}"
+        + (
+            f"  (emergency credit {format_fen(b.emergency_outstanding_fen)} outstanding)"
+            if b.emergency_outstanding_fen
+            else ""
+        )
+        + f"  refundable {format_fen(refundable)}"
+    )
+    click.echo(
+        f"limits    alarm1 {format_fen(th.alarm1_fen)}  alarm2 {format_fen(th.alarm2_fen)}  "
+        f"overdraft {format_fen(th.overdraft_limit_fen)}  close {format_fen(th.close_limit_fen)}  "
+        f"hoard {format_fen(th.hoard_limit_fen) if th.hoard_limit_fen else 'none'}"
+    )
+    click.echo(f"notify    {', '.join(a.notify) or '-'}")
+    for m in a.meters:
+        click.echo(
+            f"meter     {m.meter_id}  {m.kind}  {m.control_mode}  "
+            f"purchases {m.buy_count} (confirmed {m.confirmed_buy_count})"
+        )
+    if history:
+        click.echo("entries:")
+        for h in history:
+            click.echo(
+                f"  {h['at']:%Y-%m-%d %H:%M:%S}  #{h['journal']:<7} {h['kind']:<17} "
+                f"{h['wallet']:<8} {format_fen(h['amount_fen']):>12}  {h['key']}"
+            )
+    if commands:
+        click.echo("meter commands:")
+        for c in commands:
+            click.echo(
+                f"  #{c.id:<6} {c.meter_id:<12} {c.kind:<12} {c.state:<10} "
+                f"attempts {c.attempts}  {c.reason} (by {c.requested_by})"
+            )
+
+
+@account_group.command("close")
+@site_argument
+@click.argument("account_id", metavar="ACCOUNT")
+def account_close(site_file: str, account_id: str) -> None:
+    """Close ACCOUNT (its wallets must be at 0.00: refund first); frees its meters."""
+    db = site_database(site_file)
+    try:
+        with db.begin() as conn:
+            a = acc.close_account(conn, account_id)
+    finally:
+        db.dispose()
+    click.echo(
+        f"account {a.id} closed; meters freed: {', '.join(m.meter_id for m in a.meters) or 'none'}"
+    )
+
+
+@account_group.command("import")
+@site_argument
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--all-or-nothing",
+    is_flag=True,
+    help="Write nothing when any row is bad (default: create the good rows, report the bad).",
+)
+@click.option("--dry-run", is_flag=True, help="Check every row and report; write nothing.")
+@click.pass_obj
+def account_import(
+    obj: CliContext, site_file: str, csv_file: Path, all_or_nothing: bool, dry_run: bool
+) -> None:
+    """Open accounts in bulk from CSV_FILE; prints one line per bad row (line: field: why).
+
+    Columns: id, name, room, meters, tariff, alarm1, alarm2, overdraft_limit, close_limit,
+    hoard_limit, protected, notify, state, opening_balance (only id and name required).
+    Good rows are created and bad rows change nothing; re-importing the corrected file is
+    safe (existing identical accounts count as unchanged). Exit status 1 if any row is bad.
+    """
+    site = load_checked_site(site_file)
+    try:
+        text = csv_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OpenPrepayError(f"{csv_file}: cannot read as UTF-8 text: {exc}") from None
+    rows = max(0, text.count("\n") - 1 + (0 if text.endswith("\n") else 1))
+    db = site_database(site_file)
+    try:
+        report = _run_import(db, site, obj, text, rows, all_or_nothing, dry_run)
+    finally:
+        db.dispose()
+    for p in report.problems:
+        click.echo(f"{csv_file}:{p}", err=True)
+    if report.rolled_back or dry_run:
+        written = "nothing written" + (" (dry run)" if dry_run else " (--all-or-nothing)")
+    else:
+        written = f"{len(report.created)} created"
+    click.echo(
+        f"{report.rows} row(s): {written}, {len(report.unchanged)} unchanged, "
+        f"{len(report.problems)} bad" + (f" would create {len(report.created)}" if dry_run else "")
+    )
+    if report.problems:
+        raise SystemExit(EXIT_FAILED)
+
+
+class _DryRun(Exception):
+    def __init__(self, report: acc.ImportReport) -> None:
+        self.report = report
+
+
+def _run_import(
+    db: Database,
+    site: Site,
+    obj: CliContext,
+    text: str,
+    rows: int,
+    all_or_nothing: bool,
+    dry_run: bool,
+) -> acc.ImportReport:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=rows < PROGRESS_FROM_ROWS,
+    )
+    with progress:
+        checking = progress.add_task("checking", total=rows)
+        creating = progress.add_task("creating", total=rows, visible=False)
+
+        def tick(phase: str, done: int) -> None:
+            if phase == "checked":
+                progress.update(checking, completed=done)
+            else:
+                progress.update(creating, completed=done, visible=True)
+
+        try:
+            with db.begin() as conn:
+                report = acc.import_accounts(
+                    conn,
+                    site,
+                    obj.plugins.models,
+                    text,
+                    all_or_nothing=all_or_nothing,
+                    progress=tick,
+                    requested_by=operator(),
+                )
+                if dry_run:
+                    raise _DryRun(report)
+        except _DryRun as dry:
+            return dry.report
+    return report
+
+
+@click.command("topup", context_settings={"ignore_unknown_options": True})
+@site_argument
+@click.argument("account_id", metavar="ACCOUNT")
+@click.argument("amount", metavar="AMOUNT")
+@click.option(
+    "--ref",
+    "reference",
+    required=True,
+    help="Unique payment reference (receipt or payment id); replays are no-ops.",
+)
+@click.option(
+    "--channel",
+    default="cash",
+    show_default=True,
+    help="Where the money came in: cash, wechat, alipay, bank...",
+)
+@click.option("--meter", help="LOCAL meter to recharge when the account has several.")
+def topup_command(
+    site_file: str, account_id: str, amount: str, reference: str, channel: str, meter: str | None
+) -> None:
+    """Credit AMOUNT yuan (e.g. 100.00) to ACCOUNT's energy wallet."""
+    fen = _amount(amount)
+    db = site_database(site_file)
+    try:
+        with db.begin() as conn:
+            r = ledger.topup(
+                conn,
+                account_id,
+                fen,
+                reference,
+                channel=channel,
+                meter_id=meter,
+                requested_by=operator(),
+            )
+    finally:
+        db.dispose()
+    line = (
+        f"top-up {r.reference}: {format_fen(r.amount_fen)} to {r.account_id} via {r.channel}"
+        + (" (already recorded; nothing changed)" if r.replayed else "")
+        + f"; energy balance {format_fen(r.balance_fen)}"
+    )
+    if r.emergency_repaid_fen:
+        line += f" (emergency credit repaid {format_fen(r.emergency_repaid_fen)})"
+    if r.command_id is not None:
+        line += f"; RECHARGE #{r.command_id} queued for {r.meter_id} (purchase {r.buy_count})"
+    click.echo(line)
+
+
+@click.command("refund", context_settings={"ignore_unknown_options": True})
+@site_argument
+@click.argument("account_id", metavar="ACCOUNT")
+@click.argument("amount", metavar="AMOUNT")
+@click.option(
+    "--ref", "reference", required=True, help="Unique refund number; the same number refunds once."
+)
+@click.option(
+    "--pending",
+    is_flag=True,
+    help="Leave it REQUESTED for the payment channel to pay out (default: paid now).",
+)
+def refund_command(
+    site_file: str, account_id: str, amount: str, reference: str, pending: bool
+) -> None:
+    """Refund AMOUNT yuan from ACCOUNT's energy wallet (at most what is refundable)."""
+    fen = _amount(amount)
+    db = site_database(site_file)
+    try:
+        with db.begin() as conn:
+            r = ledger.refund(
+                conn, account_id, fen, reference, settle=not pending, requested_by=operator()
+            )
+    finally:
+        db.dispose()
+    via = ", ".join(
+        f"{a.channel} {format_fen(a.amount_fen)} (top-up {a.topup_reference})"
+        for a in r.allocations
+    )
+    click.echo(
+        f"refund {r.reference}: {format_fen(r.amount_fen)} from {r.account_id}, {r.state}"
+        + (" (already recorded; nothing changed)" if r.replayed else "")
+        + f"; energy balance {format_fen(r.balance_fen)}; paid back via {via}"
+    )
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(account_group)
+    cli.add_command(topup_command)
+    cli.add_command(refund_command)

@@ -1,0 +1,305 @@
+"""The database schema (SQLAlchemy Core): accounts, wallets, journal, commands.
+
+This module is the schema the code queries; the migrations under `migrations/versions`
+create it. `tests/prepay/test_migrations.py` checks that a database migrated from empty
+matches this metadata exactly, so the two cannot drift apart.
+
+Money columns are integer fen (`*_fen`, BIGINT). Timestamps are UTC (`UtcDateTime`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+
+#: An autoincrementing 64-bit key (SQLite only autoincrements INTEGER PRIMARY KEY).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator):
+    """A timestamp stored as UTC and always returned timezone-aware (UTC).
+
+    PostgreSQL stores `timestamptz`; SQLite stores the naive UTC text that SQLAlchemy
+    writes, which sorts and compares correctly because every value is UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# -- accounts and meters ---------------------------------------------------------------------
+
+account = sa.Table(
+    "account",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("room", sa.String(64), nullable=True),
+    #: PREREGISTERED, OPEN, CLOSED (core.accounts.AccountState).
+    sa.Column("state", sa.String(16), nullable=False),
+    #: Id of a tariff in the site file's [tariffs] section (checked by the rating engine).
+    sa.Column("tariff_id", sa.String(64), nullable=True),
+    #: 保电: fee control never cuts this account's supply.
+    sa.Column("protected", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("alarm1_fen", sa.BigInteger(), nullable=False),
+    sa.Column("alarm2_fen", sa.BigInteger(), nullable=False),
+    sa.Column("overdraft_limit_fen", sa.BigInteger(), nullable=False),
+    sa.Column("close_limit_fen", sa.BigInteger(), nullable=False),
+    #: 0 = no hoarding limit.
+    sa.Column("hoard_limit_fen", sa.BigInteger(), nullable=False),
+    #: Notification channels, e.g. ["email:a@example.com", "sms:+8613800000000"].
+    sa.Column("notify", sa.JSON(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("opened_at", UtcDateTime(), nullable=True),
+    sa.Column("closed_at", UtcDateTime(), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("state IN ('PREREGISTERED', 'OPEN', 'CLOSED')", name="state"),
+    sa.CheckConstraint("alarm1_fen >= alarm2_fen AND alarm2_fen >= 0", name="alarms"),
+    sa.CheckConstraint(
+        "overdraft_limit_fen >= 0 AND close_limit_fen >= 0 AND hoard_limit_fen >= 0",
+        name="limits",
+    ),
+)
+sa.Index("ix_account_room", account.c.room)
+
+#: The platform's durable state of one physical meter (site-file device id), kept across
+#: tenants: the purchase counter (购电次数) belongs to the meter, not to the account.
+meter = sa.Table(
+    "meter",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    #: Last purchase count allocated by the platform (the next RECHARGE carries +1).
+    sa.Column("buy_count", sa.Integer(), nullable=False, server_default="0"),
+    #: Last purchase count the meter confirmed (read back), for reconciliation.
+    sa.Column("confirmed_buy_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+#: Which meters an account has. A meter belongs to at most one account that is not closed.
+account_meter = sa.Table(
+    "account_meter",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    sa.Column("meter_id", sa.String(64), sa.ForeignKey("meter.id"), nullable=False),
+    #: electric / water (core.model.MeterKind).
+    sa.Column("kind", sa.String(16), nullable=False),
+    #: REMOTE / LOCAL / POSTPAID: copied from the site file when attached, or overridden.
+    sa.Column("control_mode", sa.String(16), nullable=False),
+    sa.Column("attached_at", UtcDateTime(), nullable=False),
+    #: Set when the account is closed; frees the meter for the next tenant.
+    sa.Column("detached_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint("control_mode IN ('REMOTE', 'LOCAL', 'POSTPAID')", name="control_mode"),
+)
+sa.Index("ix_account_meter_account_id", account_meter.c.account_id)
+sa.Index(
+    "uq_account_meter_active",
+    account_meter.c.meter_id,
+    unique=True,
+    sqlite_where=account_meter.c.detached_at.is_(None),
+    postgresql_where=account_meter.c.detached_at.is_(None),
+)
+
+# -- the ledger --------------------------------------------------------------------------------
+
+#: The chart of accounts: `asset:psp_clearing:cash`, `liab:wallet:A-101:energy`, ...
+ledger_account = sa.Table(
+    "ledger_account",
+    metadata,
+    sa.Column("code", sa.String(160), primary_key=True),
+    #: asset, liab, equity, rev, exp (the code's prefix).
+    sa.Column("type", sa.String(8), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+#: The balance of each customer wallet, cached with a version; `ledger verify` checks it
+#: against the sum of the wallet's postings. Balance = money owed to the customer (fen).
+wallet = sa.Table(
+    "wallet",
+    metadata,
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), primary_key=True),
+    #: energy (what fee control reads) or general (property fee, rent, services).
+    sa.Column("kind", sa.String(8), primary_key=True),
+    sa.Column(
+        "ledger_account",
+        sa.String(160),
+        sa.ForeignKey("ledger_account.code"),
+        nullable=False,
+        unique=True,
+    ),
+    sa.Column("balance_fen", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("version", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.CheckConstraint("kind IN ('energy', 'general')", name="kind"),
+)
+
+journal = sa.Table(
+    "journal",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    #: topup, usage, refund_request, refund_settle, emergency_credit, reversal, ...
+    sa.Column("kind", sa.String(32), nullable=False),
+    #: Unique per money-moving event: `topup:<reference>`, `usage:<meter>:<period>`...
+    #: A replay finds the row and returns the original result.
+    sa.Column("idempotency_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=True),
+    sa.Column("meter_id", sa.String(64), nullable=True),
+    #: The journal this one reverses (corrections are reversals, never edits).
+    sa.Column("reverses_id", BigId, sa.ForeignKey("journal.id"), nullable=True, unique=True),
+    #: The request that created the entry, compared on replay (same key, other request
+    #: = an error, never a silent second meaning).
+    sa.Column("request", sa.JSON(), nullable=False),
+    sa.Column("memo", sa.String(500), nullable=False, server_default=""),
+    sa.Column("requested_by", sa.String(100), nullable=False, server_default=""),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+#: One line of a journal. Positive = debit, negative = credit; a journal's lines sum to 0.
+posting = sa.Table(
+    "posting",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=False),
+    sa.Column(
+        "ledger_account", sa.String(160), sa.ForeignKey("ledger_account.code"), nullable=False
+    ),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    sa.CheckConstraint("amount_fen <> 0", name="nonzero"),
+)
+sa.Index("ix_posting_journal_id", posting.c.journal_id)
+sa.Index("ix_posting_ledger_account", posting.c.ledger_account)
+
+# -- payments and refunds ----------------------------------------------------------------------
+
+#: A top-up order: what refunds are allocated against (newest first, < 365 days).
+topup = sa.Table(
+    "topup",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    #: The payment id / order number / counter receipt: unique.
+    sa.Column("reference", sa.String(160), nullable=False, unique=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    #: Allocated to refunds that have not failed.
+    sa.Column("refunded_fen", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=False),
+    #: For a LOCAL meter: the meter, the purchase count allocated and the RECHARGE command.
+    sa.Column("meter_id", sa.String(64), nullable=True),
+    sa.Column("buy_count", sa.Integer(), nullable=True),
+    sa.Column("command_id", BigId, nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("amount_fen > 0", name="positive"),
+    sa.CheckConstraint("refunded_fen >= 0 AND refunded_fen <= amount_fen", name="refunded"),
+)
+sa.Index("ix_topup_account_id", topup.c.account_id)
+sa.Index(
+    "uq_topup_meter_buy_count",
+    topup.c.meter_id,
+    topup.c.buy_count,
+    unique=True,
+    sqlite_where=topup.c.buy_count.is_not(None),
+    postgresql_where=topup.c.buy_count.is_not(None),
+)
+
+refund = sa.Table(
+    "refund",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    #: The refund number (out_refund_no): one number refunds once.
+    sa.Column("reference", sa.String(160), nullable=False, unique=True),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    #: REQUESTED (wallet debited, money owed back), SETTLED (paid out), FAILED (reversed).
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("request_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=False),
+    sa.Column("settle_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("reversal_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("amount_fen > 0", name="positive"),
+    sa.CheckConstraint("state IN ('REQUESTED', 'SETTLED', 'FAILED')", name="state"),
+)
+sa.Index("ix_refund_account_id", refund.c.account_id)
+
+#: Which top-ups a refund pays back (newest first), and through which channel.
+refund_allocation = sa.Table(
+    "refund_allocation",
+    metadata,
+    sa.Column("refund_id", BigId, sa.ForeignKey("refund.id"), primary_key=True),
+    sa.Column("topup_id", BigId, sa.ForeignKey("topup.id"), primary_key=True),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    sa.CheckConstraint("amount_fen > 0", name="positive"),
+)
+
+# -- durable meter commands --------------------------------------------------------------------
+
+meter_command = sa.Table(
+    "meter_command",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("meter_id", sa.String(64), nullable=False),
+    #: TRIP, CLOSE, ALLOW_CLOSE, ... (core.commands.CommandKind).
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("params", sa.JSON(), nullable=False),
+    #: Why (audit): "balance -0.30 <= 0 (journal 812)", "operator request", ...
+    sa.Column("reason", sa.String(500), nullable=False),
+    #: Who asked (audit): "cli:alice", "fee-control", "opcua:operator1", ...
+    sa.Column("requested_by", sa.String(100), nullable=False),
+    #: PENDING, CLAIMED, SENT, CONFIRMED, FAILED, SUPERSEDED (core.commands.CommandState).
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    #: Who holds the claim and until when; an expired lease is claimable again.
+    sa.Column("claimed_by", sa.String(100), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("last_error", sa.String(1000), nullable=True),
+    #: What the device read back when confirming (audit).
+    sa.Column("readback", sa.JSON(), nullable=True),
+    sa.Column("superseded_by", BigId, sa.ForeignKey("meter_command.id"), nullable=True),
+    #: The ledger entry and account that caused it, when money caused it.
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("account_id", sa.String(64), nullable=True),
+    #: Optional caller key so a decision is enqueued once (`fee:<meter>:<journal>`).
+    sa.Column("idempotency_key", sa.String(200), nullable=True, unique=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("sent_at", UtcDateTime(), nullable=True),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint(
+        "state IN ('PENDING', 'CLAIMED', 'SENT', 'CONFIRMED', 'FAILED', 'SUPERSEDED')",
+        name="state",
+    ),
+)
+sa.Index("ix_meter_command_meter_id_state", meter_command.c.meter_id, meter_command.c.state)
+sa.Index(
+    "ix_meter_command_state_next_attempt_at", meter_command.c.state, meter_command.c.next_attempt_at
+)
