@@ -6,16 +6,14 @@ when it is scheduled and again at send time. Rules, in order:
 
 1. protected supply (保电) → DENY: no trip of any origin;
 2. a manual hold (override with allow=false) → DENY; a manual override with allow=true
-   skips rules 3–7 (it is audited: who and why go into the reason);
+   skips rules 3–6 (it is audited: who and why go into the reason);
 3. exempt / vulnerable customers → DENY;
 4. only the energy wallet counts: unless fee control is in OVERDRAFT → DENY. The context
    has no field for property fee, rent or service debt, so such debt cannot trip supply
    (Civil Code Art. 944);
-5. emergency credit in use: the trip level moves down by the credit granted → DENY until
-   the balance falls below it;
-6. notice: a disconnection notice must have been served `notice_days` before → DENY when
+5. notice: a disconnection notice must have been served `notice_days` before → DENY when
    none was served, DEFER until it has run;
-7. time: no trips in the quiet window (default 18:00–08:00 site-local), on Fri/Sat/Sun, on
+6. time: no trips in the quiet window (default 18:00–08:00 site-local), on Fri/Sat/Sun, on
    public holidays (China's calendar: the `holidays` package's CN table, whose substituted
    days off (调休) count as holidays and whose adjusted working days (weekend days worked,
    `weekend_workdays`) count as working days), nor on the day before a non-working day.
@@ -23,7 +21,12 @@ when it is scheduled and again at send time. Rules, in order:
    `friendly_credit` below the trip level the day rules (weekend, holiday) are lifted but
    the quiet window never is: the trip becomes due at the next daytime instant, even on a
    weekend or holiday — never at night;
-8. rate limit: at most `max_trips_per_minute` trips per site per minute; the rest DEFER.
+7. rate limit: at most `max_trips_per_minute` trips per site per minute; the rest DEFER.
+
+Emergency credit is money the ledger advances into the energy wallet
+(`ledger.grant_emergency_credit`, repaid from the next top-up): the gate sees it inside
+the balance, and `grant_emergency_credit` / `reconnect_allowed` here decide when it may be
+granted and when supply may come back after it.
 
 Output: `GateDecision(verdict=ALLOW|DEFER|DENY, until, reason)`. DEFER gives the instant to
 try again; the caller re-asks the gate then.
@@ -123,8 +126,9 @@ class MeterContext:
     exempt_reason: str = ""
     #: When the disconnection notice of the current arrears episode was served.
     notice_served_at: dt.datetime | None = None
-    #: Emergency credit granted and not yet repaid (fen).
-    emergency_credit_fen: int = 0
+    #: Emergency credit advanced and not yet repaid (fen); like the ledger's
+    #: `Balances.emergency_outstanding_fen` it is already included in the balance.
+    emergency_outstanding_fen: int = 0
     override: Override | None = None
 
     def __post_init__(self) -> None:
@@ -137,8 +141,8 @@ class MeterContext:
 
     @property
     def trip_level_fen(self) -> int:
-        """The balance at or below which the meter is due to trip (emergency included)."""
-        return -(self.thresholds.overdraft_limit_fen + self.emergency_credit_fen)
+        """The balance at or below which the meter is due to trip."""
+        return -self.thresholds.overdraft_limit_fen
 
 
 # -- the calendar ---------------------------------------------------------------------------
@@ -294,11 +298,6 @@ def may_disconnect(
                 "rent and service debt never do"
             )
         level = ctx.trip_level_fen
-        if ctx.emergency_credit_fen > 0 and balance > level:
-            return _deny(
-                f"emergency credit {_cny(ctx.emergency_credit_fen)} in use: balance "
-                f"{_cny(balance)} is above the trip level {_cny(level)}"
-            )
         earliest = now
         if policy.notice_days > 0:
             if ctx.notice_served_at is None:
@@ -382,18 +381,21 @@ class EmergencyGrant:
 
 
 def grant_emergency_credit(ctx: MeterContext, policy: PolicyConfig) -> EmergencyGrant:
-    """Grant emergency credit on the customer's request.
+    """May emergency credit be granted on the customer's request, and how much?
 
-    The credit lowers the meter's trip level by `amount_fen` (set
-    `MeterContext.emergency_credit_fen`); no money is posted. It is repaid by the next
-    top-up, which first fills the negative balance, and reconnection after using it needs
-    the balance to reach `reconnect_min` (see `reconnect_allowed`).
+    On a grant the ledger advances `amount_fen` into the energy wallet
+    (`ledger.grant_emergency_credit`); then re-evaluate fee control with
+    `Cause.RECHARGE` (it leaves OVERDRAFT once the balance is above the close limit, and
+    implies ALLOW_CLOSE). One grant at a time; the next top-up repays it.
     """
     if policy.emergency_credit_fen <= 0:
         return EmergencyGrant(False, 0, "emergency credit is not offered on this site")
-    if ctx.emergency_credit_fen > 0:
+    if ctx.emergency_outstanding_fen > 0:
         return EmergencyGrant(
-            False, 0, "emergency credit already in use; a top-up must repay it first"
+            False,
+            0,
+            f"emergency credit {_cny(ctx.emergency_outstanding_fen)} still outstanding; "
+            "a top-up must repay it first",
         )
     if ctx.fee_state not in (FeeState.ALARM2, FeeState.OVER_ZERO, FeeState.OVERDRAFT):
         return EmergencyGrant(
@@ -405,48 +407,58 @@ def grant_emergency_credit(ctx: MeterContext, policy: PolicyConfig) -> Emergency
     return EmergencyGrant(
         True,
         policy.emergency_credit_fen,
-        f"emergency credit {_cny(policy.emergency_credit_fen)} granted; trip level now "
-        f"{_cny(ctx.trip_level_fen - policy.emergency_credit_fen)}",
+        f"emergency credit {_cny(policy.emergency_credit_fen)} granted at balance "
+        f"{_cny(ctx.energy_balance_fen)}",
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Reconnection:
     allowed: bool
-    #: The emergency credit still outstanding after the top-up.
-    emergency_credit_fen: int
     reason: str
 
 
 def reconnect_allowed(
     balance_after_fen: int,
     thresholds: FeeThresholds,
-    emergency_credit_fen: int,
     policy: PolicyConfig,
+    *,
+    emergency_repaid_fen: int = 0,
+    emergency_outstanding_fen: int = 0,
 ) -> Reconnection:
-    """May supply be restored after a top-up that left the energy balance at
-    `balance_after_fen`? Without emergency credit: balance > close limit (§1.3). With it:
-    the top-up must cover the emergency credit used plus `reconnect_min`, i.e. the balance
-    must reach `reconnect_min` (and exceed the close limit); the credit is then repaid."""
-    outstanding = emergency_credit_fen if balance_after_fen < 0 else 0
-    if emergency_credit_fen > 0:
+    """May supply come back after a top-up that left the energy balance at
+    `balance_after_fen` (after the ledger repaid emergency credit from it)?
+
+    Without emergency credit, §1.3 decides: balance > close limit. After emergency credit,
+    the top-up must cover it plus `reconnect_min`: nothing may remain outstanding and the
+    balance must reach `reconnect_min` (and exceed the close limit).
+    """
+    if emergency_outstanding_fen > 0:
+        return Reconnection(
+            False,
+            f"emergency credit {_cny(emergency_outstanding_fen)} still outstanding; the "
+            f"top-up must cover it plus {_cny(policy.reconnect_min_fen)}",
+        )
+    if emergency_repaid_fen > 0:
         need = max(policy.reconnect_min_fen, thresholds.close_limit_fen + 1)
         if balance_after_fen < need:
             return Reconnection(
                 False,
-                outstanding,
-                f"emergency credit used: the top-up must bring the balance to at least "
-                f"{_cny(need)} (now {_cny(balance_after_fen)})",
+                f"emergency credit {_cny(emergency_repaid_fen)} repaid, but the balance "
+                f"{_cny(balance_after_fen)} is below the {_cny(need)} needed to reconnect",
             )
-        return Reconnection(True, 0, f"emergency credit repaid; balance {_cny(balance_after_fen)}")
+        return Reconnection(
+            True,
+            f"emergency credit {_cny(emergency_repaid_fen)} repaid; balance "
+            f"{_cny(balance_after_fen)}",
+        )
     if balance_after_fen <= thresholds.close_limit_fen:
         return Reconnection(
             False,
-            0,
             f"balance {_cny(balance_after_fen)} is not above the close limit "
             f"{_cny(thresholds.close_limit_fen)}",
         )
-    return Reconnection(True, 0, f"balance {_cny(balance_after_fen)} above the close limit")
+    return Reconnection(True, f"balance {_cny(balance_after_fen)} above the close limit")
 
 
 class TripWindow:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from openprepay.core.errors import FieldError
-from openprepay.core.feecontrol import FeeState, FeeThresholds
+from openprepay.core.feecontrol import Cause, FeeState, FeeThresholds, SupplyAction, evaluate
 from openprepay.core.policy import (
     MeterContext,
     Override,
@@ -169,34 +169,39 @@ def test_friendly_credit_cap():
     assert gate(deep, saturday).verdict is Verdict.DEFER
 
 
-def test_emergency_credit_moves_the_trip_level():
+def test_emergency_credit_grant():
     low = ctx(energy_balance_fen=-100, fee_state=FeeState.OVERDRAFT)
     grant = grant_emergency_credit(low, POLICY)
     assert grant.granted and grant.amount_fen == 500
-    using = dataclasses.replace(low, emergency_credit_fen=grant.amount_fen)
-    d = gate(using, at(2025, 3, 4, 10))
-    assert d.verdict is Verdict.DENY and "emergency credit 5.00 in use" in d.reason
-    spent = dataclasses.replace(using, energy_balance_fen=-500)
-    assert gate(spent, at(2025, 3, 4, 10)).verdict is Verdict.ALLOW
+    # the ledger advances it into the energy wallet; fee control leaves OVERDRAFT
+    decision = evaluate(FeeState.OVERDRAFT, -100 + 500, FeeThresholds(), Cause.RECHARGE)
+    assert decision.action is SupplyAction.ALLOW_CLOSE
+    using = dataclasses.replace(
+        low, energy_balance_fen=400, fee_state=decision.state, emergency_outstanding_fen=500
+    )
+    assert gate(using, at(2025, 3, 4, 10)).verdict is Verdict.DENY  # not in arrears
     assert not grant_emergency_credit(using, POLICY).granted  # one at a time
-    assert not grant_emergency_credit(
-        ctx(energy_balance_fen=9000, fee_state=FeeState.NORMAL), POLICY
-    ).granted
+    spent = dataclasses.replace(using, energy_balance_fen=0, fee_state=FeeState.OVERDRAFT)
+    assert not grant_emergency_credit(spent, POLICY).granted  # still outstanding
+    assert gate(spent, at(2025, 3, 4, 10)).verdict is Verdict.ALLOW
+    rich = ctx(energy_balance_fen=9000, fee_state=FeeState.NORMAL)
+    assert not grant_emergency_credit(rich, POLICY).granted
     off = dataclasses.replace(POLICY, emergency_credit_fen=0)
     assert not grant_emergency_credit(low, off).granted
 
 
 def test_reconnection_after_emergency_credit_needs_it_repaid_plus_a_minimum():
     t = FeeThresholds()
-    # tripped at −5.00 with 5.00 emergency credit used; a top-up of 5.50 leaves 0.50
-    r = reconnect_allowed(50, t, 500, POLICY)
-    assert not r.allowed and "at least 1.00" in r.reason
-    r = reconnect_allowed(100, t, 500, POLICY)
-    assert r.allowed and r.emergency_credit_fen == 0
-    assert not reconnect_allowed(-10, t, 500, POLICY).allowed
+    # tripped at 0.00 after using 5.00 of emergency credit: a 5.50 top-up repays it and
+    # leaves 0.50 — not enough; 6.00 leaves 1.00 — enough
+    r = reconnect_allowed(50, t, POLICY, emergency_repaid_fen=500)
+    assert not r.allowed and "1.00 needed" in r.reason
+    assert reconnect_allowed(100, t, POLICY, emergency_repaid_fen=500).allowed
+    r = reconnect_allowed(0, t, POLICY, emergency_outstanding_fen=200)
+    assert not r.allowed and "still outstanding" in r.reason
     # without emergency credit, §1.3's close limit decides
-    assert reconnect_allowed(1, t, 0, POLICY).allowed
-    assert not reconnect_allowed(0, t, 0, POLICY).allowed
+    assert reconnect_allowed(1, t, POLICY).allowed
+    assert not reconnect_allowed(0, t, POLICY).allowed
 
 
 def test_rate_limit_on_mass_disconnects():
