@@ -62,9 +62,10 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 
 
 def _register_builtin() -> None:
-    from . import accounts, database, devices, tariff
+    from . import accounts, database, demo, devices, tariff
 
     devices.register(cli)
+    demo.register(cli)
     tariff.register(cli)
     database.register(cli)
     accounts.register(cli)

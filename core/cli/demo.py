@@ -1,0 +1,134 @@
+"""`openprepay demo`: a simulated building and the full service on embedded defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+import tomli_w
+from rich.console import Console
+from rich.live import Live
+
+from ..contracts import SimulatorOptions
+from ..demo import demo_site_data
+from ..runtime import Runtime
+from ..simulate import SimulatedSite
+from ..site import LinkType, load_site, parse_site
+from ..view import DailyTotals, RoomView
+from . import CliContext
+from .common import run_async
+
+log = logging.getLogger("openprepay.demo")
+
+
+@click.command("demo")
+@click.option("--buildings", default=2, show_default=True, type=click.IntRange(1, 26))
+@click.option("--floors", default=5, show_default=True, type=click.IntRange(1, 99))
+@click.option(
+    "--rooms", "rooms_per_floor", default=6, show_default=True, type=click.IntRange(1, 40)
+)
+@click.option(
+    "--speedup",
+    default=60.0,
+    show_default=True,
+    help="Simulated seconds per real second (energy and water accrue faster).",
+)
+@click.option(
+    "--state-dir",
+    default="openprepay-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the demo keeps its site file and data.",
+)
+@click.option("--headless", is_flag=True, help="No live view; log a summary line instead.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def demo_command(
+    obj: CliContext,
+    buildings: int,
+    floors: int,
+    rooms_per_floor: int,
+    speedup: float,
+    state_dir: str,
+    headless: bool,
+    duration: float | None,
+) -> None:
+    """Run a simulated building and the full service against it, until Ctrl-C.
+
+    The site file the service runs on is written to STATE_DIR/site.toml, so the other
+    commands (read, check, topup...) work against the running demo.
+    """
+    plugins = obj.plugins
+    data = demo_site_data(buildings=buildings, floors=floors, rooms_per_floor=rooms_per_floor)
+    site = parse_site(data, source="demo")
+    options = SimulatorOptions(speedup=speedup, ephemeral_ports=True, timezone=site.info.timezone)
+    folder = Path(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        async with SimulatedSite(site, plugins, options) as sims:
+            for link_id, (host, port) in sims.addresses.items():
+                link = data["links"][link_id]
+                if site.links[link_id].type is LinkType.SERIAL:
+                    link["device"] = f"socket://{host}:{port}"
+                else:
+                    link["host"], link["port"] = host, port
+            site_file = folder / "site.toml"
+            site_file.write_text(
+                "# Written by `openprepay demo`: the demo's site, pointing at its simulators.\n"
+                + tomli_w.dumps(data)
+            )
+            runtime = Runtime(load_site(site_file), plugins)
+            totals = DailyTotals(runtime.site, runtime.bus)
+            view = RoomView(runtime.site, runtime.readings, totals, plugins.models)
+            async with runtime:
+                _announce(runtime, site_file, len(site.devices), len(site.links))
+                if headless:
+                    await _headless(runtime, stop, duration)
+                else:
+                    await _live(view, stop, duration)
+
+    run_async(main)
+
+
+def _announce(runtime: Runtime, site_file: Path, devices: int, links: int) -> None:
+    console = Console(stderr=True)
+    console.print(f"[bold]OpenPrepay demo[/]: {devices} simulated meters on {links} links")
+    console.print(f"site file: {site_file}  (try: openprepay read {site_file} E-A-101)")
+    for line in getattr(runtime, "announcements", []):
+        console.print(line)
+
+
+async def _live(view: RoomView, stop: asyncio.Event, duration: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = None if duration is None else loop.time() + duration
+    with Live(view.render(), refresh_per_second=2, screen=False) as live:
+        while not stop.is_set() and (deadline is None or loop.time() < deadline):
+            live.update(view.render())
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+
+
+async def _headless(runtime: Runtime, stop: asyncio.Event, duration: float | None) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = None if duration is None else loop.time() + duration
+    while not stop.is_set() and (deadline is None or loop.time() < deadline):
+        wait = 10.0 if deadline is None else min(10.0, max(deadline - loop.time(), 0))
+        try:
+            await asyncio.wait_for(stop.wait(), wait)
+        except TimeoutError:
+            pass
+        good = sum(
+            1
+            for s in runtime.readings.latest.values()
+            if s.source in runtime.site.devices and s.quality.is_good
+        )
+        log.info("demo: %d/%d meters online", good, len(runtime.site.devices))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(demo_command)
