@@ -17,9 +17,11 @@ A meter belongs to at most one account that is not closed. Each attached meter h
 control mode (REMOTE / LOCAL / POSTPAID), copied from the site file when attached unless
 overridden, so that the ledger decides LOCAL deliveries from the database alone.
 
-Thresholds follow domain.md §1.2 (defaults: alarm1 20.00, alarm2 5.00, overdraft limit
-0.00, close-allowed limit 0.00, hoarding limit 5,000.00; 0 = no hoarding limit).
-The fee-control engine reads them with the account; this module only stores them.
+Thresholds follow domain.md §1.2 and are fee control's `FeeThresholds` (defaults: alarm1
+20.00, alarm2 5.00, overdraft limit 0.00, close-allowed limit 0.00, hoarding limit
+5,000.00; 0 = no hoarding limit; a site changes the defaults in `[prepay.thresholds]`).
+The fee-control engine reads them with the account, and the account's last fee state
+(`fee_state`, sticky OVERDRAFT included) is stored with it (`set_fee_state`).
 
 Bulk opening from CSV: `import_accounts` (see its docstring for the file format and the
 per-row semantics).
@@ -40,6 +42,7 @@ from sqlalchemy.engine import Connection
 
 from .db import schema as t
 from .events import utcnow
+from .feecontrol import FeeThresholds
 from .ledger import (
     CAPACITY_FEN,
     RequestError,
@@ -60,37 +63,27 @@ class AccountState(enum.StrEnum):
     CLOSED = "CLOSED"
 
 
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """Balance thresholds in fen (domain.md §1.2)."""
+#: The thresholds of an account are fee control's own type (same names as the columns).
+Thresholds = FeeThresholds
 
-    alarm1_fen: int = 2000
-    alarm2_fen: int = 500
-    overdraft_limit_fen: int = 0
-    close_limit_fen: int = 0
-    hoard_limit_fen: int = 500_000
 
-    def problems(self) -> list[tuple[str, str]]:
-        out = []
-        for name in ("alarm1", "alarm2", "overdraft_limit", "close_limit", "hoard_limit"):
-            value = getattr(self, f"{name}_fen")
-            if isinstance(value, bool) or not isinstance(value, int):
-                out.append((name, f"expected integer fen, got {value!r}"))
-            elif value < 0:
-                out.append((name, f"expected an amount >= 0.00, got {format_fen(value)}"))
-            elif value > CAPACITY_FEN:
-                out.append(
-                    (name, f"expected at most {format_fen(CAPACITY_FEN)}, got {format_fen(value)}")
-                )
-        if not out and self.alarm1_fen < self.alarm2_fen:
+def threshold_problems(thresholds: FeeThresholds) -> list[tuple[str, str]]:
+    """(field, message) for each reason `thresholds` cannot be saved; field names are
+    those of the CLI and the CSV (`alarm1`, `hoard_limit`...)."""
+    out = []
+    for name in ("alarm1", "alarm2", "overdraft_limit", "close_limit", "hoard_limit"):
+        value = getattr(thresholds, f"{name}_fen")
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append((name, f"expected integer fen, got {value!r}"))
+        elif value < 0:
+            out.append((name, f"expected an amount >= 0.00, got {format_fen(value)}"))
+        elif value > CAPACITY_FEN:
             out.append(
-                (
-                    "alarm2",
-                    f"must not exceed alarm1 ({format_fen(self.alarm1_fen)}), got "
-                    f"{format_fen(self.alarm2_fen)}",
-                )
+                (name, f"expected at most {format_fen(CAPACITY_FEN)}, got {format_fen(value)}")
             )
-        return out
+    if not out:
+        out.extend((p.path.removesuffix("_fen"), p.message) for p in thresholds.problems())
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +131,8 @@ class Account:
     meters: tuple[AccountMeter, ...]
     energy_fen: int
     general_fen: int
+    #: Fee control's last state (core.feecontrol.FeeState value).
+    fee_state: str
     created_at: datetime
     opened_at: datetime | None
     closed_at: datetime | None
@@ -157,7 +152,7 @@ def _validate_spec(spec: AccountSpec) -> None:
         raise RequestError("room", f"expected a room id; got {spec.room!r}")
     if spec.tariff_id is not None and not ID_PATTERN.match(spec.tariff_id):
         raise RequestError("tariff", f"expected a tariff id; got {spec.tariff_id!r}")
-    for name, message in spec.thresholds.problems():
+    for name, message in threshold_problems(spec.thresholds):
         raise RequestError(name, message)
     seen = set()
     for m in spec.meters:
@@ -386,6 +381,35 @@ def update_account(
     return get_account(conn, account_id)
 
 
+def set_fee_state(
+    conn: Connection,
+    account_id: str,
+    state: str,
+    *,
+    expected: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Store fee control's new state for the account (in the transaction that acted on it).
+
+    With `expected`, the update only happens if the stored state is still `expected`
+    (optimistic check for concurrent evaluators); returns whether it was stored.
+    """
+    from .feecontrol import FeeState
+
+    try:
+        state = FeeState(state).value
+    except ValueError:
+        known = ", ".join(s.value for s in FeeState)
+        raise RequestError("fee_state", f"expected one of {known}; got {state!r}") from None
+    q = t.account.update().where(t.account.c.id == account_id)
+    if expected is not None:
+        q = q.where(t.account.c.fee_state == str(expected))
+    done = conn.execute(q.values(fee_state=state, fee_state_at=now or utcnow())).rowcount
+    if not done and expected is None:
+        raise RequestError("account", f"unknown account {account_id!r}")
+    return bool(done)
+
+
 def find_account(conn: Connection, account_id: str) -> Account | None:
     row = conn.execute(sa.select(t.account).where(t.account.c.id == account_id)).first()
     if row is None:
@@ -439,6 +463,7 @@ def _account(row: Any, meters: Iterable[Any], wallets: Mapping[str, int]) -> Acc
         ),
         energy_fen=int(wallets.get("energy", 0)),
         general_fen=int(wallets.get("general", 0)),
+        fee_state=row.fee_state,
         created_at=row.created_at,
         opened_at=row.opened_at,
         closed_at=row.closed_at,
@@ -619,6 +644,7 @@ def import_accounts(
     text: str | Iterable[str],
     *,
     all_or_nothing: bool = False,
+    defaults: FeeThresholds | None = None,
     progress: Callable[[str, int], None] | None = None,
     requested_by: str = "import",
     now: datetime | None = None,
@@ -631,7 +657,9 @@ def import_accounts(
     decimals; empty = default. `meters` is a `;`-separated list of site device ids, each
     optionally `:MODE` (`E-A-101;W-A-101:LOCAL`). `protected` is yes/no/true/false/1/0.
     `notify` is `;`-separated `channel:recipient`. `state` is OPEN (default) or
-    PREREGISTERED. `opening_balance` (≥ 0) is carried over into the energy wallet.
+    PREREGISTERED. `opening_balance` (≥ 0) is carried over into the energy wallet. Empty
+    thresholds take `defaults` (the site's `[prepay.thresholds]`). `progress(phase, n)` is
+    called as rows are checked (`"checked"`) and created (`"created"`).
 
     Semantics — **per row**: every row is checked first (syntax, room and meters against
     the site file, duplicates within the file and against the database). A bad row is
@@ -698,7 +726,7 @@ def import_accounts(
             continue
         record = {k: v.strip() for k, v in zip(header, values, strict=True)}
         try:
-            row = _parse_row(line, record, site, models)
+            row = _parse_row(line, record, site, models, defaults or FeeThresholds())
             _check_row_unique(row, seen_ids, seen_meters)
             existing = find_account(conn, row.spec.id)
             if existing is not None:
@@ -764,7 +792,11 @@ _NO = {"no", "false", "0", "n", ""}
 
 
 def _parse_row(
-    line: int, r: Mapping[str, str], site: Site, models: Mapping[str, DeviceModel]
+    line: int,
+    r: Mapping[str, str],
+    site: Site,
+    models: Mapping[str, DeviceModel],
+    d: FeeThresholds,
 ) -> _Row:
     def amount(name: str, default: int) -> int:
         text = r.get(name, "")
@@ -787,7 +819,6 @@ def _parse_row(
         resolve_meter(site, models, meter, mode)
         for meter, mode in parse_meter_list(r.get("meters", ""))
     )
-    d = Thresholds()
     thresholds = Thresholds(
         amount("alarm1", d.alarm1_fen),
         amount("alarm2", d.alarm2_fen),

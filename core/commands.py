@@ -519,3 +519,27 @@ def set_meter_buy_count(
     ).rowcount
     if not done:
         raise RequestError("meter", f"meter {meter_id!r} is not registered")
+
+
+def recent_command_times(
+    conn: Connection,
+    kinds: Collection[CommandKind | str],
+    since: datetime,
+    *,
+    meters: Collection[str] | None = None,
+) -> list[datetime]:
+    """When commands of `kinds` were queued since `since` (not superseded), oldest first:
+    the policy gate's mass-disconnect rate limit across every instance sharing the
+    database (the in-memory `TripWindow` only sees its own process)."""
+    q = (
+        sa.select(t.meter_command.c.created_at)
+        .where(
+            t.meter_command.c.kind.in_([str(k) for k in kinds]),
+            t.meter_command.c.created_at >= since,
+            t.meter_command.c.state != CommandState.SUPERSEDED.value,
+        )
+        .order_by(t.meter_command.c.created_at)
+    )
+    if meters is not None:
+        q = q.where(t.meter_command.c.meter_id.in_(list(meters)))
+    return list(conn.execute(q).scalars())

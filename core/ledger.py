@@ -958,6 +958,8 @@ def post_usage(
     idempotency_key: str | None = None,
     *,
     revenue: str | None = None,
+    accrual: Mapping[str, Any] | None = None,
+    cycle: str | None = None,
     memo: str = "",
     requested_by: str = "metering",
     now: datetime | None = None,
@@ -970,7 +972,14 @@ def post_usage(
     The wallet may go negative (the energy was consumed); fee control reads the balance
     returned. `amount_fen == 0` posts nothing. The revenue stream follows the meter's kind
     unless `revenue` names one.
+
+    `accrual` (with `cycle`) is the meter's drift-free deduction state after this period
+    (`core.rating.Accrual.to_record()`); it is saved in the same transaction, even when
+    the period posts 0 fen, together with `period_key`. Load it back with `load_accrual`.
+    A period equal to the last one saved for the meter and cycle is a replay.
     """
+    if accrual is not None and not cycle:
+        raise RequestError("cycle", "required with an accrual (the billing cycle it belongs to)")
     if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen < 0:
         raise RequestError("amount", f"expected integer fen >= 0, got {amount_fen!r}")
     if amount_fen > CAPACITY_FEN:
@@ -990,6 +999,12 @@ def post_usage(
         return UsageResult(
             existing.id, account_id, meter_id, amount_fen, _energy_balance(conn, account_id), True
         )
+    if accrual is not None and amount_fen == 0:
+        saved = load_accrual(conn, meter_id, cycle or "")
+        if saved is not None and saved["period_key"] == period_key:
+            return UsageResult(
+                None, account_id, meter_id, 0, _energy_balance(conn, account_id), True
+            )
     _require_account(conn, account_id, open_only=True)
     kind = conn.execute(
         sa.select(t.account_meter.c.kind).where(
@@ -1001,10 +1016,12 @@ def post_usage(
     if kind is None:
         raise RequestError("meter", f"meter {meter_id!r} is not attached to account {account_id!r}")
     wallet, balance = _lock_wallet(conn, account_id, WalletKind.ENERGY)
+    now = now or utcnow()
     if amount_fen == 0:
+        if accrual is not None:
+            _save_accrual(conn, account_id, meter_id, cycle or "", accrual, period_key, None, now)
         return UsageResult(None, account_id, meter_id, 0, balance, False)
     stream = revenue or ("water" if kind == "water" else "electricity")
-    now = now or utcnow()
     journal_id = _write(
         conn,
         JournalKind.USAGE,
@@ -1025,7 +1042,56 @@ def post_usage(
         return UsageResult(
             journal.id, account_id, meter_id, amount_fen, _energy_balance(conn, account_id), True
         )
+    if accrual is not None:
+        _save_accrual(conn, account_id, meter_id, cycle or "", accrual, period_key, journal_id, now)
     return UsageResult(journal_id, account_id, meter_id, amount_fen, balance - amount_fen, False)
+
+
+def load_accrual(conn: Connection, meter_id: str, cycle: str) -> dict[str, Any] | None:
+    """The meter's saved accrual for `cycle` (`Accrual.from_record` takes it), with the last
+    `period_key` applied; None before the first usage of the cycle."""
+    row = conn.execute(
+        sa.select(t.usage_accrual).where(
+            t.usage_accrual.c.meter_id == meter_id, t.usage_accrual.c.cycle == cycle
+        )
+    ).first()
+    if row is None:
+        return None
+    return {
+        "cum_exact_fen": row.cum_exact_fen,
+        "posted_fen": int(row.posted_fen),
+        "rounding": row.rounding,
+        "period_key": row.period_key,
+        "journal_id": row.journal_id,
+    }
+
+
+def _save_accrual(
+    conn: Connection,
+    account_id: str,
+    meter_id: str,
+    cycle: str,
+    accrual: Mapping[str, Any],
+    period_key: str,
+    journal_id: int | None,
+    now: datetime,
+) -> None:
+    try:
+        values = {
+            "account_id": account_id,
+            "cum_exact_fen": str(accrual["cum_exact_fen"]),
+            "posted_fen": int(accrual["posted_fen"]),
+            "rounding": str(accrual.get("rounding", "half_up")),
+            "period_key": period_key,
+            "updated_at": now,
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RequestError("accrual", f"expected Accrual.to_record(), got {accrual!r}") from exc
+    if journal_id is not None:
+        values["journal_id"] = journal_id
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(t.usage_accrual).values(meter_id=meter_id, cycle=cycle, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["meter_id", "cycle"], set_=values))
 
 
 def _energy_balance(conn: Connection, account_id: str) -> int:

@@ -17,6 +17,7 @@ from .. import ledger
 from ..db import Database
 from ..errors import OpenPrepayError
 from ..ledger import RequestError, format_fen, parse_yuan
+from ..prepay_settings import load_prepay
 from ..site import Site
 from . import EXIT_FAILED, CliContext
 from .common import load_checked_site, site_argument
@@ -58,7 +59,11 @@ def account_group() -> None:
     "(E-A-101, W-A-101:LOCAL). Repeat for several meters.",
 )
 @click.option("--tariff", help="Tariff id from the site file's [tariffs].")
-@click.option("--alarm1", metavar="YUAN", help="Alarm level 1 (default 20.00).")
+@click.option(
+    "--alarm1",
+    metavar="YUAN",
+    help="Alarm level 1 (default 20.00; defaults come from [prepay.thresholds]).",
+)
 @click.option("--alarm2", metavar="YUAN", help="Alarm level 2 / pre-trip (default 5.00).")
 @click.option("--overdraft-limit", metavar="YUAN", help="Overdraft allowed (default 0.00).")
 @click.option("--close-limit", metavar="YUAN", help="Balance above which closing is allowed.")
@@ -124,7 +129,7 @@ def account_open(
                     for text in meters
                     for meter, mode in acc.parse_meter_list(text)
                 )
-                d = acc.Thresholds()
+                d = load_prepay(site).thresholds
                 thresholds = acc.Thresholds(
                     _optional_amount(alarm1, "--alarm1", d.alarm1_fen),
                     _optional_amount(alarm2, "--alarm2", d.alarm2_fen),
@@ -349,6 +354,7 @@ def _run_import(
                     obj.plugins.models,
                     text,
                     all_or_nothing=all_or_nothing,
+                    defaults=load_prepay(site).thresholds,
                     progress=tick,
                     requested_by=operator(),
                 )

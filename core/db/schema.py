@@ -76,6 +76,10 @@ account = sa.Table(
     sa.Column("hoard_limit_fen", sa.BigInteger(), nullable=False),
     #: Notification channels, e.g. ["email:a@example.com", "sms:+8613800000000"].
     sa.Column("notify", sa.JSON(), nullable=False),
+    #: Fee control's last state (core.feecontrol.FeeState): OVERDRAFT is sticky, so the
+    #: previous state must survive a restart. Revision 0002.
+    sa.Column("fee_state", sa.String(16), nullable=False, server_default="NORMAL"),
+    sa.Column("fee_state_at", UtcDateTime(), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("opened_at", UtcDateTime(), nullable=True),
     sa.Column("closed_at", UtcDateTime(), nullable=True),
@@ -195,6 +199,28 @@ posting = sa.Table(
 )
 sa.Index("ix_posting_journal_id", posting.c.journal_id)
 sa.Index("ix_posting_ledger_account", posting.c.ledger_account)
+
+#: Drift-free deduction state per meter and billing cycle (core.rating.Accrual record),
+#: written in the same transaction as the usage posting it produced. Revision 0002.
+usage_accrual = sa.Table(
+    "usage_accrual",
+    metadata,
+    sa.Column("meter_id", sa.String(64), primary_key=True),
+    #: The billing cycle the accrual belongs to ("2025", "2025-03"...): a new cycle starts
+    #: a new row.
+    sa.Column("cycle", sa.String(32), primary_key=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    #: Exact cost accrued, a Fraction of a fen as text ("70699/10").
+    sa.Column("cum_exact_fen", sa.String(100), nullable=False),
+    #: Whole fen posted so far for the cycle.
+    sa.Column("posted_fen", sa.BigInteger(), nullable=False),
+    sa.Column("rounding", sa.String(16), nullable=False),
+    #: The last period applied (a repeat of it is a replay).
+    sa.Column("period_key", sa.String(100), nullable=False),
+    #: The usage journal that last advanced it.
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
 
 # -- payments and refunds ----------------------------------------------------------------------
 
