@@ -354,6 +354,8 @@ class MeterState:
     `last_counts` is the baseline: the last accepted reading. `cycle_energy` is the energy
     (internal units, 0.001 kWh or m³) of the tier cycle that started at `cycle_start`.
     `opened_at` (the account's opening) prorates the thresholds of a partial first cycle.
+    A state without `cycle_start` holds energy of the cycle its first reading falls in (an
+    account opened with a year-to-date figure).
     """
 
     last_t: int | None = None
@@ -714,13 +716,18 @@ class RatingEngine:
         mph = self.options.max_per_hour
         self._max_ph = None if mph is None else int(Decimal(str(mph)) * ENERGY_SCALE)
         self._slack = 2 * int(self._factor.max())
+        self._all_used = len(self._used) == m
         # columns of the used registers that are billed, and the total column (if any)
         if self.compiled.time_of_use:
-            self._bill_cols = np.asarray(self.compiled.columns, np.int64)
+            cols = self.compiled.columns
+            self._bill_cols = np.asarray(cols, np.int64)
+            self._bill_slice = slice(cols[0], cols[-1] + 1)
             self._total_col = 0 if layout.has_total else -1
         else:
             self._bill_cols = np.asarray([0], np.int64)
+            self._bill_slice = slice(0, 1)
             self._total_col = -1
+        self._tolerance = int(self._factor[self._bill_cols].sum())
 
     # ---------------------------------------------------------------------------------
     def rate(
@@ -732,122 +739,138 @@ class RatingEngine:
         state = state or MeterState()
         t, counts, kind = self._rows(readings, replacements, state)
         n = len(t)
-        cols = self._used
+        compiled = self.compiled
         flags = np.zeros(n, np.int64)
-        last_t = state.last_t if state.last_t is not None else np.iinfo(np.int64).min
-        stale = (kind == 0) & (t <= last_t)
-        flags[stale] |= int(Flag.STALE)
-        live = np.nonzero(~stale)[0]
-        # the processing sequence: the state's baseline (if any), then the live rows
+        if state.last_t is not None:
+            stale = (kind == 0) & (t <= state.last_t)
+            any_stale = bool(stale.any())
+        else:
+            any_stale = False
+        live = np.nonzero(~stale)[0] if any_stale else None
+        Lt = t[live] if any_stale else t
+        Lc = counts[live] if any_stale else counts
+        Lk = kind[live] if any_stale else kind
+        # the processing sequence: the state's baseline (if any), then the live rows;
+        # its first row is always a baseline
         has_base = state.last_counts is not None
         if has_base:
             base_row = np.asarray(state.last_counts, np.int64).reshape(1, -1)
-            Pt = np.concatenate([np.asarray([state.last_t], np.int64), t[live]])
-            Pfull = np.concatenate([base_row, counts[live]])
-            Pk = np.concatenate([np.asarray([2], np.int64), kind[live]])
+            Pt = np.concatenate([np.asarray([state.last_t], np.int64), Lt])
+            Pfull = np.concatenate([base_row, Lc])
+            Pk = np.concatenate([np.asarray([2], np.int64), Lk])
         else:
-            Pt, Pfull, Pk = t[live], counts[live], kind[live].copy()
+            Pt, Pfull, Pk = Lt, Lc, Lk.copy()
             if len(Pk):
                 Pk[0] = 2  # the very first reading is a baseline
-        PC = Pfull[:, cols]
+        PC = Pfull if self._all_used else Pfull[:, self._used]
         npr = len(Pt)
         is_base = Pk == 2
+        base_rows = np.nonzero(is_base)[0]
         # fast path: each row against the one before it
-        base_idx = np.arange(-1, npr - 1)
-        D, pflags, bad = self._deltas(PC, Pt, base_idx, is_base)
+        E, pflags, bad, base_idx = self._deltas(PC, Pt, None, base_rows)
         if bad.any():
             base_idx = self._held_baselines(PC, Pt, is_base)
-            D, pflags, bad = self._deltas(PC, Pt, base_idx, is_base)
-        accepted = ~is_base & ~bad
-        pflags[is_base] |= int(Flag.BASELINE)
+            E, pflags, bad, base_idx = self._deltas(PC, Pt, base_idx, base_rows)
+        accepted = ~bad
+        accepted[base_rows] = False
+        pflags[base_rows] |= int(Flag.BASELINE)
         pflags[Pk == 1] |= int(Flag.REPLACED)
-        E = D * self._factor[None, :]
-        E[~accepted] = 0
-        R = E[:, self._bill_cols] if self.compiled.time_of_use else E[:, :1]
+        rejected = np.nonzero(~accepted)[0]
+        E[rejected] = 0
+        R = E[:, self._bill_slice]
         energy = R.sum(axis=1)
-        if self._total_col >= 0 and R.shape[1]:
-            tol = int(self._factor[self._bill_cols].sum())
-            mism = accepted & (np.abs(E[:, self._total_col] - energy) > tol)
+        if self._total_col >= 0:
+            mism = np.abs(E[:, self._total_col] - energy) > self._tolerance
+            mism[rejected] = False
             pflags[mism] |= int(Flag.MISMATCH)
-        bt = np.where(base_idx >= 0, Pt[np.maximum(base_idx, 0)], Pt)
+        if base_idx is None:  # every row's baseline is the row before it
+            bt = np.empty_like(Pt)
+            if npr:
+                bt[0] = Pt[0]
+                bt[1:] = Pt[:-1]
+        else:
+            bt = np.where(base_idx >= 0, Pt[np.maximum(base_idx, 0)], Pt)
         if self.options.gap_s is not None:
             pflags[accepted & (Pt - bt > self.options.gap_s)] |= int(Flag.GAP)
-        vs = self.compiled.version_starts
-        vidx = np.searchsorted(vs, Pt, side="left")
-        vspan = accepted & (vidx - np.searchsorted(vs, bt, side="right") > 0)
-        pflags[vspan] |= int(Flag.VERSION_SPAN)
+        vs = compiled.version_starts
+        if len(vs):
+            vidx = np.searchsorted(vs, Pt, side="left")
+            vspan = accepted & (vidx - np.searchsorted(vs, bt, side="right") > 0)
+            pflags[vspan] |= int(Flag.VERSION_SPAN)
+            single = npr == 0 or vidx[0] == vidx[-1]
+        else:
+            vidx = np.zeros(npr, np.int64)
+            single = True
+        v0 = int(vidx[0]) if npr else 0
+        cost = R @ compiled.price[v0] if single else (R * compiled.price[vidx]).sum(axis=1)
 
-        ntiers = self.compiled.ntiers
+        ntiers = compiled.ntiers
         TE = np.zeros((npr, ntiers), np.int64)
         cycle = np.full(npr, -1, np.int64)
         new_cycle_start, new_cycle_energy = state.cycle_start, state.cycle_energy
         extra = Fraction(0)
-        cost = (R * self.compiled.price[vidx]).sum(axis=1)
-        if self.compiled.tiers is not None and npr:
-            B = self.compiled.cycle_boundaries(int(Pt.min()), int(Pt.max()))
+        acc_rows = np.nonzero(accepted)[0]
+        if compiled.tiers is not None and npr:
+            B = compiled.cycle_boundaries(int(Pt[0]), int(Pt[-1]))
             cidx = np.searchsorted(B, Pt, side="left")
             cycle = B[cidx - 1]
             cspan = accepted & (cidx - np.searchsorted(B, bt, side="right") > 0)
             pflags[cspan] |= int(Flag.CYCLE_SPAN)
-            acc_idx = np.nonzero(accepted)[0]
-            if len(acc_idx):
-                ac = cycle[acc_idx]
-                group_start = np.ones(len(acc_idx), bool)
-                group_start[1:] = ac[1:] != ac[:-1]
-                carry = np.zeros(len(acc_idx), np.int64)
-                first = ac[0]
-                carry[0] = state.cycle_energy if state.cycle_start == int(first) else 0
-                ae = energy[acc_idx]
-                cs = np.cumsum(ae)
-                # cumulative energy before each group starts, per row
-                pos = np.arange(len(acc_idx))
-                owner = np.maximum.accumulate(np.where(group_start, pos, 0))
-                offs = cs - ae - carry  # meaningful at group starts only
-                cum = cs - offs[owner]
-                prev = cum - ae
-                # thresholds (prorated in the opening cycle)
-                th = self.compiled.thresholds[vidx[acc_idx]]
-                if self.compiled.tiers.proration.value != "none" and state.opened_at is not None:
-                    for cstart in np.unique(ac):
-                        f = self.compiled.proration(state.opened_at, int(cstart))
-                        if f != 1:
-                            rows = ac == cstart
-                            th = th.copy()
-                            th[rows] = self.compiled.prorated_thresholds(f)[vidx[acc_idx][rows]]
-                lo = np.zeros(len(acc_idx), np.int64)
-                for j in range(ntiers):
-                    hi = th[:, j] if j < ntiers - 1 else np.full(len(acc_idx), _INF, np.int64)
-                    TE[acc_idx, j] = np.minimum(np.maximum(cum, lo), hi) - np.minimum(
-                        np.maximum(prev, lo), hi
-                    )
-                    lo = hi
-                new_cycle_start = int(ac[-1])
-                new_cycle_energy = int(cum[-1])
-            # tier cost: one tier per interval (vectorised), or crossing intervals
-            nz = TE > 0
-            crossing = nz.sum(axis=1) > 1
-            jstar = np.argmax(nz, axis=1)
-            A = self.compiled.adders[vidx, jstar]  # (npr, k)
-            tier_cost = (R * A).sum(axis=1)
-            if crossing.any():
-                for i in np.nonzero(crossing)[0]:
+            # energy accumulates per cycle over all rows (rejected rows carry 0); the
+            # state's energy carries into its own cycle
+            starts = np.flatnonzero(np.diff(cidx)) + 1
+            cs = np.cumsum(energy)
+            cum = cs.copy()
+            # a state without a cycle start holds energy of the cycle of its first row
+            own = state.cycle_start is None or state.cycle_start == int(cycle[0])
+            carry = state.cycle_energy if own else 0
+            cum += carry
+            if len(starts):
+                owner = np.zeros(npr, np.int64)
+                owner[starts] = starts
+                np.maximum.accumulate(owner, out=owner)
+                before = np.where(owner > 0, cs[np.maximum(owner - 1, 0)], 0)
+                cum -= before
+                cum[owner > 0] -= carry
+            prev = cum - energy
+            th = self._row_thresholds(vidx, single, v0, cycle, state)
+            lo = 0
+            for j in range(ntiers):
+                hi = th[:, j] if j < ntiers - 1 else _INF
+                TE[:, j] = np.minimum(np.maximum(cum, lo), hi) - np.minimum(
+                    np.maximum(prev, lo), hi
+                )
+                lo = hi
+            if len(acc_rows):
+                last_acc = int(acc_rows[-1])
+                new_cycle_start = int(cycle[last_acc])
+                new_cycle_energy = int(cum[last_acc])
+            if not compiled.per_rate.any():
+                flat = compiled.adders[:, :, 0]
+                tier_cost = TE @ flat[v0] if single else (TE * flat[vidx]).sum(axis=1)
+            else:
+                nz = TE > 0
+                jstar = np.argmax(nz, axis=1)
+                tier_cost = (R * compiled.adders[vidx, jstar]).sum(axis=1)
+                for i in np.flatnonzero(nz.sum(axis=1) > 1):
                     v = int(vidx[i])
-                    if not self.compiled.per_rate[v]:
-                        tier_cost[i] = int((TE[i] * self.compiled.adders[v, :, 0]).sum())
+                    if not compiled.per_rate[v]:
+                        tier_cost[i] = int((TE[i] * compiled.adders[v, :, 0]).sum())
                         continue
-                    exact = _split_cost(TE[i], R[i], self.compiled.adders[v])
+                    exact = _split_cost(TE[i], R[i], compiled.adders[v])
                     floor = exact.numerator // exact.denominator
                     tier_cost[i] = floor
                     extra += exact - floor
             cost = cost + tier_cost
         # the new baseline: the last accepted or baseline row
-        keep = np.nonzero(accepted | is_base)[0]
-        if len(keep):
-            last = int(keep[-1])
+        keep = max(
+            int(acc_rows[-1]) if len(acc_rows) else -1, int(base_rows[-1]) if len(base_rows) else -1
+        )
+        if keep >= 0:
             new_state = replace(
                 state,
-                last_t=int(Pt[last]),
-                last_counts=tuple(int(x) for x in Pfull[last]),
+                last_t=int(Pt[keep]),
+                last_counts=tuple(int(x) for x in Pfull[keep]),
                 cycle_start=new_cycle_start,
                 cycle_energy=new_cycle_energy,
             )
@@ -855,28 +878,33 @@ class RatingEngine:
             new_state = replace(state, cycle_start=new_cycle_start, cycle_energy=new_cycle_energy)
         # back to one row per input row
         off = 1 if has_base else 0
-        sl = slice(off, None)
-        out_flags = flags
-        out_flags[live] |= pflags[sl]
-        k = R.shape[1]
-        rate_energy = np.zeros((n, k), np.int64)
-        rate_energy[live] = R[sl]
-        tier_energy = np.zeros((n, ntiers), np.int64)
-        tier_energy[live] = TE[sl]
-        out_energy = np.zeros(n, np.int64)
-        out_energy[live] = energy[sl]
-        out_cost = np.zeros(n, np.int64)
-        out_cost[live] = cost[sl]
-        out_version = np.zeros(n, np.int64)
-        out_version[live] = vidx[sl]
-        out_cycle = np.full(n, -1, np.int64)
-        out_cycle[live] = cycle[sl]
+        if not any_stale:
+            outputs = [a[off:] for a in (pflags, energy, R, TE, cost, vidx, cycle)]
+            out_flags, out_energy, rate_energy, tier_energy, out_cost, out_version, out_cycle = (
+                outputs
+            )
+        else:
+            k = R.shape[1]
+            out_flags = flags | int(Flag.STALE) * stale
+            out_flags[live] |= pflags[off:]
+            rate_energy = np.zeros((n, k), np.int64)
+            rate_energy[live] = R[off:]
+            tier_energy = np.zeros((n, ntiers), np.int64)
+            tier_energy[live] = TE[off:]
+            out_energy = np.zeros(n, np.int64)
+            out_energy[live] = energy[off:]
+            out_cost = np.zeros(n, np.int64)
+            out_cost[live] = cost[off:]
+            out_version = np.zeros(n, np.int64)
+            out_version[live] = vidx[off:]
+            out_cycle = np.full(n, -1, np.int64)
+            out_cycle[live] = cycle[off:]
         return RatedBatch(
-            self.compiled,
+            compiled,
             t,
             out_flags,
             out_energy,
-            rate_energy,
+            np.ascontiguousarray(rate_energy),
             tier_energy,
             out_cost,
             out_version,
@@ -885,7 +913,30 @@ class RatingEngine:
             new_state,
         )
 
-    # ---------------------------------------------------------------------------------
+    def _row_thresholds(
+        self,
+        vidx: np.ndarray,
+        single: bool,
+        v0: int,
+        cycle: np.ndarray,
+        state: MeterState,
+    ) -> np.ndarray:
+        """Tier thresholds per row (internal units), prorated in the account's first cycle."""
+        compiled = self.compiled
+        factors = {}
+        if state.opened_at is not None and compiled.tiers.proration.value != "none":
+            for cstart in np.unique(cycle).tolist():
+                f = compiled.proration(state.opened_at, int(cstart))
+                if f != 1:
+                    factors[cstart] = f
+        if single and not factors:
+            return compiled.thresholds[v0][None, :]
+        th = compiled.thresholds[vidx]
+        for cstart, f in factors.items():
+            rows = cycle == cstart
+            th[rows] = compiled.prorated_thresholds(f)[vidx[rows]]
+        return th
+
     def _rows(
         self, readings: Readings, replacements: Sequence[Replacement], state: MeterState
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -916,17 +967,32 @@ class RatingEngine:
         return t, counts, kind
 
     def _deltas(
-        self, PC: np.ndarray, Pt: np.ndarray, base_idx: np.ndarray, is_base: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self,
+        PC: np.ndarray,
+        Pt: np.ndarray,
+        base_idx: np.ndarray | None,
+        base_rows: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Energy (internal units) per register since each row's baseline — the row
+        before it when `base_idx` is None — with rollover, DECREASE and SPIKE flags."""
         npr = len(PC)
         pflags = np.zeros(npr, np.int64)
-        if npr == 0:
-            return np.zeros_like(PC), pflags, np.zeros(0, bool)
-        bi = np.maximum(base_idx, 0)
-        D = PC - PC[bi]
-        D[is_base] = 0
-        neg = D < 0
         bad = np.zeros(npr, bool)
+        if npr == 0:
+            return np.zeros_like(PC), pflags, bad, base_idx
+        if base_idx is None:
+            D = np.empty_like(PC)
+            D[0] = 0
+            np.subtract(PC[1:], PC[:-1], out=D[1:])
+            dt_s = np.empty_like(Pt)
+            dt_s[0] = 0
+            np.subtract(Pt[1:], Pt[:-1], out=dt_s[1:])
+        else:
+            bi = np.maximum(base_idx, 0)
+            D = PC - PC[bi]
+            dt_s = Pt - Pt[bi]
+        D[base_rows] = 0
+        neg = D < 0
         if neg.any():
             mod = np.where(self._modulus > 0, self._modulus, 1)
             wrapped = np.mod(D, mod[None, :])
@@ -936,15 +1002,16 @@ class RatingEngine:
             dec = (neg & ~roll).any(axis=1)
             pflags[dec] |= int(Flag.DECREASE)
             bad |= dec
+        E = D * self._factor
         if self._max_ph is not None:
-            e = (D * self._factor[None, :])[:, self._bill_cols].sum(axis=1)
-            cap = (self._max_ph * (Pt - Pt[bi])) // 3600 + self._slack
-            spike = ~bad & ~is_base & (e > cap)
+            e = E[:, self._bill_slice].sum(axis=1)
+            cap = (self._max_ph * dt_s) // 3600 + self._slack
+            spike = ~bad & (e > cap)
             pflags[spike] |= int(Flag.SPIKE)
             bad |= spike
-        bad &= ~is_base
-        pflags[is_base] = 0
-        return D, pflags, bad
+        bad[base_rows] = False
+        pflags[base_rows] = 0
+        return E, pflags, bad, base_idx
 
     def _held_baselines(self, PC: np.ndarray, Pt: np.ndarray, is_base: np.ndarray) -> np.ndarray:
         """Baseline index per row when rejected readings hold the baseline (slow path,

@@ -93,7 +93,14 @@ def rate_reference(
     )
     extra = Fraction(0)
     k = len(bill)
+    # a state without a cycle start holds energy of the cycle of its baseline (or of the
+    # first reading when it has none)
+    origin = None
+    if cycles and base_t is not None:
+        origin = cycles[bisect.bisect_left(cycles, base_t) - 1]
     for t, kind, counts in rows:
+        if origin is None and cycles and not (kind == 0 and start_t is not None and t <= start_t):
+            origin = cycles[bisect.bisect_left(cycles, t) - 1]
         flags = 0
         rate_e = [0] * k
         tier_e = [0] * ntiers
@@ -149,6 +156,8 @@ def rate_reference(
                 if cycles:
                     if bisect.bisect_left(cycles, t) > bisect.bisect_right(cycles, base_t):
                         flags |= Flag.CYCLE_SPAN
+                    if cycle_start is None:
+                        cycle_start = origin
                     if cyc != cycle_start:
                         cycle_start, cycle_energy = cyc, 0
                     ths = thresholds[version]

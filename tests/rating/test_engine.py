@@ -281,3 +281,15 @@ def test_state_round_trips_through_a_record():
     assert MeterState.from_record(state.to_record()) == state
     fresh = MeterState.opening(cycle_energy_units="2800")
     assert fresh.cycle_energy == 2_800_000 and fresh.last_counts is None
+
+
+def test_an_account_opened_with_a_year_to_date_figure(tou):
+    """`MeterState.opening(cycle_energy_units=...)` without a cycle start: the figure belongs
+    to the cycle of the first reading."""
+    state = MeterState.opening(cycle_energy_units="2879.5")
+    readings = Readings(times(2), rows((0, 0, 0, 0), (0, 100, 0, 0)))
+    rated = both(tou, readings, state)
+    assert rated.flags[0] & Flag.BASELINE
+    assert rated.energy_by_tier() == [Decimal("0.5"), Decimal("0.5"), Decimal(0)]
+    assert rated.state.cycle_energy == 2_880_500
+    assert rated.state.cycle_start == int(dt.datetime(2025, 1, 1, tzinfo=SH).timestamp())
