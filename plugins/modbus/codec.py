@@ -1,9 +1,8 @@
 """Turning register words into engineering values and back, a whole block at a time.
 
-A block read returns N 16-bit words. `BlockDecoder` is compiled once per profile block: it
-groups the block's points by wire type and keeps, per group, the byte positions of every
-value (already permuted for the point's byte/word order). Decoding a block is then a few
-vectorised numpy operations per group: gather bytes, view them as the wire type, scale.
+A block read returns N 16-bit words. `BlockDecoder` is compiled once per profile block into
+one byte gather (undoing each point's byte/word order) and one `struct` layout, so decoding
+a block is a single unpack plus each point's scaling, whatever the number of points.
 
 Byte/word order uses the usual SCADA letters for a 32-bit value whose big-endian bytes are
 A B C D: `ABCD` (high word first, the Modbus default), `CDAB` (word-swapped), `BADC`
@@ -13,11 +12,10 @@ A B C D: `ABCD` (high word first, the Modbus default), `CDAB` (word-swapped), `B
 from __future__ import annotations
 
 import enum
+import operator
 import struct
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-
-import numpy as np
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from openprepay.core.model import Value, ValueType
 
@@ -33,12 +31,6 @@ class WireType(enum.StrEnum):
     @property
     def registers(self) -> int:
         return {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2, "u64": 4}[self.value]
-
-    @property
-    def numpy_dtype(self) -> str:
-        return {"u16": ">u2", "i16": ">i2", "u32": ">u4", "i32": ">i4", "f32": ">f4", "u64": ">u8"}[
-            self.value
-        ]
 
     @property
     def struct_code(self) -> str:
@@ -143,60 +135,75 @@ def _scaled(raw: float | int, scale: float) -> float | int:
     return raw / divisor if divisor else raw * scale
 
 
-@dataclass(slots=True)
-class _Group:
-    dtype: str
-    positions: np.ndarray  # (n, bytes) gather indices
-    codecs: list[PointCodec]
-    divisors: np.ndarray
-    multipliers: np.ndarray
-
-
-@dataclass(slots=True)
 class BlockDecoder:
-    """Decodes every point of one contiguous register block in bulk."""
+    """Decodes every point of one contiguous register block in one call.
 
-    start: int
-    count: int
-    codecs: Sequence[PointCodec]
-    _groups: list[_Group] = field(default_factory=list)
+    Compiled once: the bytes of every point are gathered (already permuted into big-endian
+    order, whatever the point's byte/word order) into one contiguous layout that a single
+    precompiled `struct.Struct` unpacks; each raw number then goes through its point's
+    scaling. Overlapping points (a register read as a number and as flags) are fine.
+    """
 
-    def __post_init__(self) -> None:
-        by_dtype: dict[str, list[PointCodec]] = {}
+    def __init__(self, start: int, count: int, codecs: Sequence[PointCodec]) -> None:
+        self.start = start
+        self.count = count
+        self.codecs = tuple(codecs)
+        positions: list[int] = []
+        codes = []
         for codec in self.codecs:
-            offset = codec.address - self.start
-            if offset < 0 or offset + codec.registers > self.count:
+            offset = codec.address - start
+            if offset < 0 or offset + codec.registers > count:
                 raise ValueError(
                     f"{codec.name} at 0x{codec.address:04X} is outside the block "
-                    f"0x{self.start:04X}+{self.count}"
+                    f"0x{start:04X}+{count}"
                 )
-            by_dtype.setdefault(codec.wire.numpy_dtype, []).append(codec)
-        for dtype, codecs in by_dtype.items():
-            positions = np.array(
-                [byte_positions(c.address - self.start, c.wire, c.order) for c in codecs],
-                dtype=np.intp,
-            )
-            divisors = np.array([_decimal_divisor(c.scale) or 1 for c in codecs], dtype=np.float64)
-            multipliers = np.array(
-                [1.0 if _decimal_divisor(c.scale) else c.scale for c in codecs], dtype=np.float64
-            )
-            self._groups.append(_Group(dtype, positions, codecs, divisors, multipliers))
+            positions.extend(byte_positions(offset, codec.wire, codec.order))
+            codes.append(codec.wire.struct_code)
+        self._words = struct.Struct(f">{count}H")
+        self._layout = struct.Struct(">" + "".join(codes))
+        # The common case (every point big-endian, in address order, no gaps) needs no
+        # gathering: the block's bytes are the layout.
+        identity = positions == list(range(len(positions)))
+        self._gather = None if identity else operator.itemgetter(*positions)
+        self._convert = tuple(_converter(codec) for codec in self.codecs)
+        self._names = tuple(codec.name for codec in self.codecs)
 
     def decode(self, registers: Sequence[int], into: dict[str, Value]) -> None:
         """Decode `registers` (the block's words) and store every point's value in `into`."""
         if len(registers) != self.count:
             raise ValueError(f"expected {self.count} registers, got {len(registers)}")
-        raw_bytes = np.asarray(registers, dtype=np.uint16).astype(">u2").view(np.uint8)
-        for group in self._groups:
-            raw = raw_bytes[group.positions].view(group.dtype).ravel()
-            scaled = raw.astype(np.float64) / group.divisors * group.multipliers
-            raws = raw.tolist()
-            for codec, raw_value, value in zip(group.codecs, raws, scaled.tolist(), strict=True):
-                if codec.bit is not None or codec.mapping is not None:
-                    into[codec.name] = codec.to_value(raw_value)
-                elif codec.value_type is ValueType.INT:
-                    into[codec.name] = round(value)
-                elif codec.value_type is ValueType.BOOL:
-                    into[codec.name] = bool(value)
-                else:
-                    into[codec.name] = value
+        raw = self._words.pack(*registers)
+        if self._gather is not None:
+            gathered = self._gather(raw)
+            raw = bytes(gathered) if isinstance(gathered, tuple) else bytes((gathered,))
+        elif len(raw) != self._layout.size:
+            raw = raw[: self._layout.size]
+        for name, convert, value in zip(
+            self._names, self._convert, self._layout.unpack(raw), strict=True
+        ):
+            into[name] = convert(value)
+
+
+def _converter(codec: PointCodec) -> Callable[[float | int], Value]:
+    """The function turning a point's raw wire number into its engineering value."""
+    if codec.bit is not None:
+        bit = codec.bit
+        return lambda raw: (raw >> bit) & 1
+    if codec.mapping is not None:
+        mapping = codec.mapping
+        return lambda raw: mapping.get(raw, -1)
+    divisor = _decimal_divisor(codec.scale)
+    if codec.value_type is ValueType.INT:
+        if codec.scale == 1:
+            return int  # exact, whatever the width
+        if divisor:
+            return lambda raw: round(raw / divisor)
+        return lambda raw: round(raw * codec.scale)
+    if codec.value_type is ValueType.BOOL:
+        return bool
+    if codec.scale == 1:
+        return float
+    if divisor:
+        return lambda raw: raw / divisor
+    scale = codec.scale
+    return lambda raw: raw * scale
