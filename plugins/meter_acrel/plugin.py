@@ -12,11 +12,18 @@ from openprepay.core.model import DeviceModel
 from openprepay.core.site import DeviceConfig
 from openprepay.plugins.modbus import ModbusTransport, ProfileDriver, RegisterProfile, load_profile
 
-from .simulator import AcrelPowerMeterSimulator, AcrelPrepaidSimulator
+from .simulator import (
+    AcrelPowerMeterSimulator,
+    AcrelPrepaidSimulator,
+    AcrelThreePhasePrepaidSimulator,
+)
 
 PROFILES = Path(__file__).parent / "profiles"
-#: Models with the prepaid block and relay; the others only meter.
-PREPAID = {"acrel.DDSY1352", "acrel.DTSY1352"}
+#: Models with the prepaid block and relay, and their simulators; the others only meter.
+PREPAID: dict[str, type[AcrelPrepaidSimulator]] = {
+    "acrel.DDSY1352": AcrelPrepaidSimulator,
+    "acrel.DTSY1352": AcrelThreePhasePrepaidSimulator,
+}
 
 
 @cache
@@ -54,7 +61,7 @@ def openprepay_make_simulator(
     peers = _sites.setdefault(id(options), WeakValueDictionary())
     sim: AcrelPrepaidSimulator | AcrelPowerMeterSimulator
     if model.name in PREPAID:
-        sim = AcrelPrepaidSimulator(profile, device, options)
+        sim = PREPAID[model.name](profile, device, options)
     else:
         sim = AcrelPowerMeterSimulator(profile, device, options, peers=peers)
     peers[device.id] = sim

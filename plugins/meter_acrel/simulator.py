@@ -1,14 +1,27 @@
 """Emulated Acrel meters that behave like the real ones on the wire.
 
-`AcrelPrepaidSimulator` (DDSY1352, DTSY1352): energy accrues from a daily load profile into
-the 尖/峰/平/谷 register that the meter's own TOU table selects for the (simulated) local
-time; the forced-control registers 0x0057/0x0058 open and close the relay and an open relay
-cuts the load to zero; in LOCAL mode the meter deducts its own remaining amount at its unit
-prices, pre-trips at alarm 2 and trips at its overdraft limit, and accepts a top-up only
-with purchase count = its count + 1 (a repeat is refused as a duplicate).
+`AcrelPrepaidSimulator` (DDSY1352; `AcrelThreePhasePrepaidSimulator` for DTSY1352): energy
+accrues from a daily load profile into the 尖/峰/平/谷 register that the meter's own TOU
+table selects for the (simulated) local time; the forced-control registers 0x0057/0x0058
+open and close the relay and an open relay cuts the load to zero; in LOCAL mode the meter
+deducts its own remaining amount at its unit prices and trips at its overdraft limit (0 by
+default), and accepts a top-up only with purchase count = its count + 1 (a repeat is
+refused as a duplicate, any other count as out of sequence). The alarm amounts are held
+for the platform to read; the simulated meter does not pre-trip at them.
+
+Register 0x0058 reads back what was last written to it (the forced command), so
+`supply_on` (derived from it) says whether the relay is *commanded* closed. A LOCAL meter
+that trips itself shows it as zero current and power, and — a simulator convention, not a
+documented register value — as 0x0100 in `fee_state_raw`.
 
 `AcrelPowerMeterSimulator` (DTSD1352/ADL400, ADW300): a metering-only meter, e.g. a
-building's common-area main meter.
+building's common-area main meter. Points the profile marks with `ratio` hold
+secondary-side values, i.e. the primary quantity divided by the device options
+`ct_ratio`/`pt_ratio`, as on a CT/PT-connected meter.
+
+Common device options: `sim_load_kw` (base load), `sim_energy_kwh` (starting total),
+`sim_tou` (day table), `sim_optional_blocks = false` (the simulated firmware answers
+"illegal data address" for the profile's optional blocks, like a meter without them).
 """
 
 from __future__ import annotations
@@ -23,8 +36,14 @@ from pymodbus.constants import ExcCodes
 
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.loadshape import LoadShape, seed_for
+from openprepay.core.model import PointRole, Value
 from openprepay.core.site import ControlMode, DeviceConfig
-from openprepay.plugins.modbus import RegisterDeviceSimulator, RegisterProfile, SimClock
+from openprepay.plugins.modbus import (
+    PointCodec,
+    RegisterDeviceSimulator,
+    RegisterProfile,
+    SimClock,
+)
 
 #: The meter's default day table: (start "HH:MM", rate) with 1 尖, 2 峰, 3 平, 4 谷.
 DEFAULT_TOU = (
@@ -75,6 +94,11 @@ class _ElectricSimulator(RegisterDeviceSimulator):
         clock: SimClock | None = None,
     ) -> None:
         super().__init__(profile, device, options, clock)
+        #: The points this simulated firmware has: all, or none of the optional blocks'.
+        self.points = served_points(self, device)
+        #: Divisors for points the meter reports on the secondary side of its CT/PT.
+        self.ratios = ratio_divisors(profile, device)
+        self.cumulative = {p.name for p in profile.model.points if p.role is PointRole.CUMULATIVE}
         seed = seed_for(device.id, options.seed)
         self.rng = random.Random(seed)
         base_kw = float(device.options.get("sim_load_kw", self.rng.uniform(0.3, 1.6)))
@@ -87,7 +111,7 @@ class _ElectricSimulator(RegisterDeviceSimulator):
         start = float(device.options.get("sim_energy_kwh", round(self.rng.uniform(100, 5000), 2)))
         for rate, share in ((1, 0.1), (2, 0.35), (3, 0.3), (4, 0.25)):
             self.energy[rate] = start * share
-        self.power_kw = 0.0
+        self.power_kw = self.demand_kw(self.clock.now().astimezone(self.tz))
         self._refresh_measurements()
 
     def demand_kw(self, local: datetime) -> float:
@@ -128,15 +152,64 @@ class _ElectricSimulator(RegisterDeviceSimulator):
             "power_factor": pf,
             "frequency": round(50 + self.rng.uniform(-0.03, 0.03), 2),
         }
-        self.values.update({k: val for k, val in values.items() if k in self.profile.codecs})
+        self.publish(values)
         self._refresh_extra(v, p, s, pf)
 
     def _refresh_extra(self, voltage: float, p: float, s: float, pf: float) -> None:
         """Model-specific points (per-phase values, forward/reverse energy)."""
 
+    def publish(self, values: Mapping[str, Value]) -> None:
+        """Set the register values of the points this meter has, as it would hold them
+        (secondary side where the profile says `ratio`)."""
+        for name, value in values.items():
+            if name not in self.points:
+                continue
+            divisor = self.ratios.get(name)
+            if divisor is not None:
+                codec = self.profile.codecs[name]
+                cumulative = name in self.cumulative
+                value = quantize(float(value) / divisor, codec, floor=cumulative)
+            self.values[name] = value
+
 
 def _trunc(kwh: float) -> float:
     return math.floor(kwh * 100 + 1e-9) / 100
+
+
+def quantize(value: float, codec: PointCodec, floor: bool = False) -> float:
+    """`value` as the register shows it: rounded (or, for counters, truncated) to the
+    register's resolution, computed the way the decoder computes it."""
+    steps = value / codec.scale
+    raw = math.floor(steps + 1e-9) if floor else round(steps)
+    inverse = round(1 / codec.scale)
+    if abs(inverse * codec.scale - 1) < 1e-12:
+        return raw / inverse
+    return raw * codec.scale
+
+
+def served_points(sim: RegisterDeviceSimulator, device: DeviceConfig) -> set[str]:
+    """Points of the profile the simulated firmware has. With the device option
+    `sim_optional_blocks = false` the optional blocks are absent: reading them is answered
+    with "illegal data address", as by a firmware variant without those registers."""
+    names = set(sim.profile.codecs)
+    if device.options.get("sim_optional_blocks", True):
+        return names
+    for block in sim.profile.blocks:
+        if not block.optional:
+            continue
+        for name, codec in sim.profile.codecs.items():
+            if block.start <= codec.address < block.start + block.count:
+                names.discard(name)
+        for address in range(block.start, block.start + block.count):
+            sim._image.pop(address, None)
+    return names
+
+
+def ratio_divisors(profile: RegisterProfile, device: DeviceConfig) -> dict[str, float]:
+    ct = float(device.options.get("ct_ratio", 1))
+    pt = float(device.options.get("pt_ratio", 1))
+    factor = {"ct": ct, "pt": pt, "ctpt": ct * pt}
+    return {name: factor[kind] for name, kind in profile.ratios.items() if factor[kind] != 1}
 
 
 class AcrelPrepaidSimulator(_ElectricSimulator):
@@ -198,13 +271,16 @@ class AcrelPrepaidSimulator(_ElectricSimulator):
             self.buy_count = count
             self.remaining += amount
             if self.balance_tripped and self.remaining > 0:
-                self.balance_tripped = False  # close allowed; the tenant presses the button
+                # Simplification: the relay recloses at once (a real meter may wait for the
+                # tenant to press its button).
+                self.balance_tripped = False
             self._update_relay()
         elif address == 0x0046 and len(words) == 4:
-            self.alarm1 = ((words[0] << 16) | words[1]) / 100
-            self.alarm2 = ((words[2] << 16) | words[3]) / 100
-            if self.alarm1 < self.alarm2:
+            alarm1 = ((words[0] << 16) | words[1]) / 100
+            alarm2 = ((words[2] << 16) | words[3]) / 100
+            if alarm1 < alarm2:
                 return ExcCodes.ILLEGAL_VALUE
+            self.alarm1, self.alarm2 = alarm1, alarm2
         elif address == 0x0059 and len(words) == 8:
             for i, rate in enumerate((1, 2, 3, 4)):
                 self.prices[rate] = ((words[2 * i] << 16) | words[2 * i + 1]) / 10000
@@ -220,24 +296,34 @@ class AcrelPrepaidSimulator(_ElectricSimulator):
         self._refresh_prepaid()
 
     def _refresh_prepaid(self) -> None:
-        self.values.update(
-            alarm1_amount=self.alarm1,
-            alarm2_amount=self.alarm2,
-            overdraft_limit=self.overdraft,
-            buy_count=self.buy_count,
-            remaining_amount=math.floor(self.remaining * 100 + 1e-9) / 100,
-            fee_state_raw=0x0100 if not self.relay_closed else 0,
-            relay_forced=int(self.forced),
-            relay_trip=int(self.forced_trip),
-            supply_on=int(not self.forced_trip) if self.forced else int(self.relay_closed),
-            price_sharp=self.prices[1],
-            price_peak=self.prices[2],
-            price_flat=self.prices[3],
-            price_valley=self.prices[4],
-            power_limit=0,
-            energy_deep_valley=0.0,
+        self.publish(
+            dict(
+                alarm1_amount=self.alarm1,
+                alarm2_amount=self.alarm2,
+                overdraft_limit=self.overdraft,
+                buy_count=self.buy_count,
+                remaining_amount=math.floor(self.remaining * 100 + 1e-9) / 100,
+                # Simulator convention: high byte 1 while the relay is open (the real meaning of
+                # FKState is not documented).
+                fee_state_raw=0x0100 if not self.relay_closed else 0,
+                relay_forced=int(self.forced),
+                # 0x0058 holds the last forced command; supply_on is derived from the same word.
+                relay_trip=int(self.forced_trip),
+                supply_on=int(not self.forced_trip),
+                price_sharp=self.prices[1],
+                price_peak=self.prices[2],
+                price_flat=self.prices[3],
+                price_valley=self.prices[4],
+                power_limit=0,
+                energy_deep_valley=0.0,
+            )
         )
-        self.values = {k: v for k, v in self.values.items() if k in self.profile.codecs}
+
+
+class AcrelThreePhasePrepaidSimulator(AcrelPrepaidSimulator):
+    """DTSY1352: the same prepaid behaviour on a three-phase load."""
+
+    phases = 3
 
 
 class AcrelPowerMeterSimulator(_ElectricSimulator):
@@ -260,7 +346,9 @@ class AcrelPowerMeterSimulator(_ElectricSimulator):
     ) -> None:
         self.feed_ids = [str(f) for f in device.options.get("sim_feeds", [])]
         self.loss = float(device.options.get("sim_loss", 0.04))
-        self.peers = peers or {}
+        # Not `peers or {}`: the shared registry is still empty (falsy) when the main meter
+        # is built before its feeders.
+        self.peers = peers if peers is not None else {}
         super().__init__(profile, device, options, clock)
 
     def demand_kw(self, local: datetime) -> float:
@@ -287,4 +375,4 @@ class AcrelPowerMeterSimulator(_ElectricSimulator):
             "power_b": round(p / 3, 3),
             "power_c": round(p - 2 * round(p / 3, 3), 3),
         }
-        self.values.update({k: v for k, v in extra.items() if k in self.profile.codecs})
+        self.publish(extra)
