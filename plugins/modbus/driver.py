@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -143,6 +144,9 @@ class ProfileDriver:
         expected = (
             check.expect_value if check.expect_param is None else command.params[check.expect_param]
         )
+        if self.profile.codecs[check.point].wire.is_float and isinstance(expected, int | float):
+            # A float32 register holds the written value rounded to single precision.
+            expected = struct.unpack(">f", struct.pack(">f", expected))[0]
         ok = _same(actual, expected, self.model.point(check.point).resolution)
         detail = f"{check.point} = {actual}" + ("" if ok else f", expected {expected}")
         return CommandOutcome(command, ok, detail, {check.point: actual})
