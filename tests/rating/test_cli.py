@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from openprepay.core.cli import CliContext, build_cli
-from openprepay.core.plugins import Plugins
+from openprepay.core.cli import CliContext, OpenPrepayGroup
+from openprepay.core.cli import tariff as tariff_cli
 
 from .conftest import CATALOGUE_TOML
 
@@ -25,8 +25,11 @@ port = 15999
 
 @pytest.fixture(scope="module")
 def cli():
-    plugins = Plugins.load()
-    return build_cli(plugins), CliContext(plugins)
+    """The tariff commands under the product's group class (error handling, exit codes),
+    without loading plugins: these commands need none."""
+    group = OpenPrepayGroup("openprepay")
+    tariff_cli.register(group)
+    return group, CliContext()
 
 
 def run(cli, *args: str):

@@ -41,7 +41,7 @@ def times(n: int, step: int = 600, start: int = T0) -> np.ndarray:
 
 def both(engine: RatingEngine, readings: Readings, state: MeterState, reps=()):
     """Rate with the engine and the reference and insist they agree."""
-    got = engine.rate(readings, state, reps)
+    got = engine.rate_vectorised(readings, state, reps)
     ref = rate_reference(engine.compiled, readings, state, reps, engine.options)
     for name in ("t", "flags", "energy", "rate_energy", "tier_energy", "cost", "version", "cycle"):
         assert np.array_equal(getattr(got, name), getattr(ref, name)), name
