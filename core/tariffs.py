@@ -410,8 +410,43 @@ def _read_tariff(tariff_id: str, r: TableReader) -> Tariff | None:
         built.append((effective, vr.path, _build_version(effective, merged, vr, unit)))
     if len(r.errors) > before or any(v is None for _, _, v in built):
         return None
+    _check_versions_agree(built, r)
+    if len(r.errors) > before:
+        return None
     versions = tuple(sorted((v for _, _, v in built if v is not None), key=_version_key))
     return Tariff(tariff_id, name or tariff_id, Commodity(commodity), versions)
+
+
+def _check_versions_agree(
+    built: list[tuple[dt.date, str, TariffVersion | None]], r: TableReader
+) -> None:
+    """A tariff keeps its structure (time of use or not) and its tier cycle across versions:
+    a tier cycle cannot change in the middle of one."""
+    _, _, base = built[0]
+    assert base is not None
+    cycles = {
+        (t.cycle, t.settlement_month, t.settlement_day, t.settlement_hour, t.proration)
+        for _, _, v in built
+        if v is not None and (t := v.tiers) is not None
+    }
+    for _, path, v in built[1:]:
+        assert v is not None
+        if v.time_of_use != base.time_of_use:
+            r.errors.append(
+                FieldError(
+                    path,
+                    "switches between time of use and a single rate; define a new tariff and "
+                    "move the accounts to it instead",
+                )
+            )
+    if len(cycles) > 1:
+        r.errors.append(
+            FieldError(
+                f"{r.path}.versions",
+                "versions change the tier cycle (cycle, settlement or proration); a tariff "
+                "keeps one cycle — define a new tariff for the new cycle",
+            )
+        )
 
 
 def _version_key(v: TariffVersion) -> dt.date:

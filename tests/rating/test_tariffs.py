@@ -254,3 +254,30 @@ def test_proration_of_thresholds(catalogue):
     assert tiers.proration_factor(opened, cycle, TZ) == Fraction(15, 30)
     before = dt.datetime(2025, 3, 1, tzinfo=TZ)
     assert tiers.proration_factor(before, cycle, TZ) == 1
+
+
+def test_versions_keep_the_structure_and_the_tier_cycle():
+    text = """
+[tariffs.t]
+price = "0.5"
+[tariffs.t.tiers]
+cycle = "annual"
+thresholds = ["2880"]
+adders = ["0", "0.05"]
+[[tariffs.t.versions]]
+effective_from = 2025-01-01
+rates = { peak = "0.6" }
+periods = [{ start = "00:00", end = "24:00", rate = "peak" }]
+[[tariffs.t.versions]]
+effective_from = 2026-01-01
+[tariffs.t.versions.tiers]
+cycle = "monthly"
+thresholds = ["240"]
+adders = ["0", "0.05"]
+"""
+    assert errors_of(text) == [
+        "tariffs.t.versions[0]: switches between time of use and a single rate; define a new "
+        "tariff and move the accounts to it instead",
+        "tariffs.t.versions: versions change the tier cycle (cycle, settlement or proration); "
+        "a tariff keeps one cycle — define a new tariff for the new cycle",
+    ]
