@@ -26,6 +26,8 @@ Schema changes are Alembic migrations (`migrations/versions`), applied by
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -249,6 +251,28 @@ def _alembic_config() -> Any:
     return config
 
 
+def _enable_wal(cursor: Any, busy_timeout_ms: int) -> None:
+    """Switch a database to WAL (persistent), retrying while another connection holds a
+    lock: changing the journal mode does not wait on the busy timeout by itself."""
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    mode = "?"
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError(f"could not switch to WAL (journal mode {mode})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def _make_engine(url: URL, busy_timeout_ms: int, echo: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, echo=echo, pool_pre_ping=True)
@@ -262,7 +286,7 @@ def _make_engine(url: URL, busy_timeout_ms: int, echo: bool) -> Engine:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor, busy_timeout_ms)
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()

@@ -73,6 +73,12 @@ SITE_DATA: dict[str, Any] = {
 
 
 @pytest.fixture
+def models() -> dict[str, DeviceModel]:
+    """The device models of the test site: one electric, one water."""
+    return MODELS
+
+
+@pytest.fixture
 def site() -> Site:
     return parse_site(SITE_DATA)
 
