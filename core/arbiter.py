@@ -452,6 +452,14 @@ class LinkWorker:
             error = exc
         except DeviceIOError as exc:
             error = exc
+        except Exception as exc:  # a driver bug must not kill the link's worker
+            log.exception(
+                "driver of meter %s failed confirming %s",
+                command.meter_id,
+                command.name,
+                extra={"meter": command.meter_id, **self._log_extra},
+            )
+            error = exc
         if outcome is not None and outcome.confirmed:
             if job.refusal is not None:
                 detail = f"{outcome.detail} (the write was refused: {job.refusal})"

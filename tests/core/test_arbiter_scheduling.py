@@ -168,3 +168,21 @@ async def test_commands_fail_fast_while_the_link_is_down_and_polls_resume_after_
     await asyncio.wait_for(run_briefly(worker, body), 10)
     assert "execute TRIP m0" not in log
     assert worker.stats.reconnects == 0  # the first successful open is not a reconnect
+
+
+async def test_a_driver_bug_in_a_read_back_does_not_stop_the_link() -> None:
+    worker, log, drivers, _ = make_worker(2, interval=0.01)
+
+    async def broken_confirm(command: DeviceCommand) -> CommandOutcome:
+        raise RuntimeError("bug in a plugin")
+
+    drivers["m0"].confirm = broken_confirm  # type: ignore[method-assign]
+
+    async def body() -> None:
+        outcome = await worker.execute(DeviceCommand("m0", "TRIP"))
+        assert not outcome.confirmed and "bug in a plugin" in outcome.detail
+        reads_before = sum(1 for entry in log if entry.startswith("read"))
+        while sum(1 for entry in log if entry.startswith("read")) < reads_before + 4:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(run_briefly(worker, body), 10)
