@@ -8,10 +8,12 @@ commands and the tests all go through it; nothing else constructs these singleto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .arbiter import LinkArbiter, LinkWorker
 from .contracts import Service
+from .db import Database, open_database, read_database_config
 from .events import EventBus
 from .history import HistoryReader
 from .plugins import Plugins
@@ -48,8 +50,17 @@ class Runtime:
         self._started: list[Service] = []
         #: Set by the historian service when it is created (see core/history.py).
         self.history: HistoryReader | None = None
+        #: The site's database (accounts, ledger, meter commands), opened and migrated to
+        #: the current schema by `start()`. None for a site built in memory without a
+        #: [database] section (tests, in-memory demos). The config is checked here.
+        self.db: Database | None = None
+        self._wants_db = site.path is not None or "database" in site.sections
+        if self._wants_db:
+            read_database_config(site)
 
     async def start(self) -> None:
+        if self._wants_db and self.db is None:
+            self.db = await asyncio.to_thread(open_database, self.site)
         self.services = self.plugins.services(self)
         try:
             for service in self.services:
@@ -75,6 +86,9 @@ class Runtime:
                 await service.stop()
             except Exception:
                 log.exception("stopping %s failed", service.name)
+        if self.db is not None:
+            self.db.dispose()
+            self.db = None
 
     async def __aenter__(self) -> Runtime:
         await self.start()

@@ -21,13 +21,13 @@ def test_upgrade_from_empty_matches_the_schema(db_url):
     db = Database(db_url)
     try:
         assert db.current_revision() is None
-        assert db.upgrade() == db.head_revision() == "0002"
+        assert db.upgrade() == db.head_revision() == "0003"
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), t.metadata)
         # Type affinity differences aside, nothing may be missing or extra.
         structural = [d for d in diff if d[0] not in ("modify_type",)]
         assert structural == []
-        assert db.upgrade() == "0002"  # a second run changes nothing
+        assert db.upgrade() == "0003"  # a second run changes nothing
     finally:
         db.dispose()
 
@@ -92,7 +92,7 @@ def test_concurrent_upgrades_do_not_collide(db_url):
         th.join()
     assert errors == []
     db = Database(db_url)
-    assert db.current_revision() == "0002"
+    assert db.current_revision() == db.head_revision()
     db.dispose()
 
 
@@ -144,3 +144,26 @@ def test_open_database_migrates_at_start(tmp_path):
 
 def test_normalise_url_keeps_absolute_paths():
     assert normalise_url("sqlite:////srv/x.db", Path("/etc")) == "sqlite:////srv/x.db"
+
+
+async def test_the_service_migrates_its_database_at_start(tmp_path):
+    from openprepay.core.plugins import Plugins
+    from openprepay.core.runtime import Runtime
+    from openprepay.core.site import load_site
+    from openprepay.plugins.modbus import plugin as modbus
+
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[site]\nid = "s"\n[links.gw]\ntype = "modbus_tcp"\nhost = "127.0.0.1"\nport = 1\n',
+        encoding="utf-8",
+    )
+    plugins = Plugins.load(entry_points=False, extra=[("modbus", modbus)])
+    async with Runtime(load_site(path), plugins) as runtime:
+        assert runtime.db is not None
+        assert runtime.db.current_revision() == runtime.db.head_revision()
+    assert runtime.db is None
+    assert (tmp_path / "var" / "openprepay.db").exists()
+    # A bad [database] section is a ConfigError before anything starts.
+    path.write_text(path.read_text() + '[database]\nurl = "mysql://x/y"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"database\.url"):
+        Runtime(load_site(path), plugins)
