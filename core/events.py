@@ -102,3 +102,29 @@ class CommandExecuted(Event):
     confirmed: bool
     detail: str
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistorianDataDropped(Event):
+    """Time-series data was thrown away by the historian's drop policy (spool full).
+
+    Never silent: counted, published as points of `openprepay.historian` and raised as
+    this event. `first`/`last` bound the data times of what was dropped.
+    """
+
+    lines: int
+    points: int
+    policy: str
+    reason: str
+    first: datetime | None = None
+    last: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistorianBatchQuarantined(Event):
+    """The time-series server rejected data as malformed (HTTP 4xx); the rejected lines were
+    set aside in the historian's quarantine (`openprepay historian status`, `replay`)."""
+
+    lines: int
+    status: int
+    error: str

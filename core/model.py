@@ -23,6 +23,9 @@ class MeterKind(enum.StrEnum):
     #: Pseudo-kinds for the statistics the core itself publishes as points.
     LINK = "link"
     HEALTH = "health"
+    #: Prepayment accounts (balances, alarm level), published by the prepayment engine as
+    #: samples of `core.account_points.ACCOUNT_MODEL`.
+    ACCOUNT = "account"
 
 
 class PointRole(enum.StrEnum):

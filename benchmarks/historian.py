@@ -1,0 +1,222 @@
+"""Historian throughput: point values per second from Sample to acknowledged write.
+
+Server: a local VictoriaMetrics (Debian `victoria-metrics`) started by this script; it takes
+/api/v2/write, the endpoint influxdb-client writes to.
+
+Baseline: influxdb-client's Point-object path — one `Point` per sample with a field per
+value, written with a synchronous `write_api` in batches of `batch_size` (acknowledged when
+`write()` returns).
+Product: the historian service — samples published on the event bus, encoded by layout
+templates, compressed, committed (fsync) to the SQLite spool and forwarded to the same
+server; acknowledged when the spool's `sent_lines` counts them all.
+
+Both paths write the same samples (DDSY1352 meters, 28 values per line with `quality`) to
+the same, pre-created series, in the same run. A "point" is one value of one meter point
+(an InfluxDB field value); lines/s is points/s divided by 28. Target: >= 200,000 points/s
+and >= 4x the baseline.
+
+Ends with one JSON line: {"bench": "historian", "points_per_s": ..., "ratio": ..., ...}.
+Run: .venv/bin/python benchmarks/historian.py [--samples 60000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+
+from openprepay.core.events import EventBus
+from openprepay.core.model import DeviceModel, Sample, ValueType
+from openprepay.core.plugins import Plugins
+from openprepay.core.site import parse_site
+from openprepay.historian.config import read_config
+from openprepay.historian.lineprotocol import to_ns
+from openprepay.historian.service import SpoolingHistorian
+
+METERS = 500
+BATCH = 5000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_vm(folder: Path) -> tuple[subprocess.Popen, str]:
+    binary = shutil.which("victoria-metrics")
+    if binary is None:
+        sys.exit("victoria-metrics not installed (apt-get install victoria-metrics)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"-storageDataPath={folder}/vm",
+            f"-httpListenAddr=127.0.0.1:{port}",
+            "-loggerLevel=ERROR",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("victoria-metrics did not start")
+
+
+def make_samples(model: DeviceModel, n: int, start: datetime, seed: int) -> list[Sample]:
+    rng = random.Random(seed)
+    samples = []
+    for i in range(n):
+        meter = i % METERS
+        values: dict[str, float | int | bool] = {}
+        for p in model.points:
+            if p.value_type is ValueType.FLOAT:
+                values[p.name] = round(rng.uniform(0, 99999), 2)
+            elif p.value_type is ValueType.INT:
+                values[p.name] = rng.randrange(0, 65535)
+            else:
+                values[p.name] = rng.random() < 0.5
+        t = start + timedelta(milliseconds=(i // METERS) * 1000 + meter)
+        samples.append(Sample(f"E{meter:04d}", model, t, values))
+    return samples
+
+
+def point_path(url: str, samples: list[Sample], site_id: str) -> float:
+    """influxdb-client's Point objects, synchronous writes of BATCH points; seconds."""
+    with InfluxDBClient(url=url, token="bench", org="bench", timeout=60_000) as client:
+        write = client.write_api(write_options=SYNCHRONOUS)
+        start = time.perf_counter()
+        for i in range(0, len(samples), BATCH):
+            points = []
+            for s in samples[i : i + BATCH]:
+                p = (
+                    Point("electric")
+                    .tag("meter", s.source)
+                    .tag("model", s.model.name)
+                    .tag("site", site_id)
+                )
+                for name, value in s.values.items():
+                    p.field(name, value)
+                p.field("quality", int(s.quality))
+                p.time(to_ns(s.time), WritePrecision.NS)
+                points.append(p)
+            write.write(bucket="bench", record=points, write_precision=WritePrecision.NS)
+        return time.perf_counter() - start
+
+
+async def product_path(
+    url: str, folder: Path, samples: list[Sample], plugins: Plugins, model: DeviceModel
+) -> tuple[float, dict]:
+    site = parse_site(
+        {
+            "site": {"id": "bench"},
+            "links": {"gw": {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 1}},
+            "historian": {
+                "url": url,
+                "bucket": "bench",
+                "spool_dir": str(folder),
+                "batch_size": BATCH,
+                "stats_interval_s": 3600,
+                "gzip": False,
+            },
+        }
+    )
+    bus = EventBus()
+    historian = SpoolingHistorian(read_config(site), site, bus, plugins.models)
+    await historian.start()
+    try:
+        # Warm-up (series and connections), not timed.
+        for s in make_samples(model, METERS, samples[0].time - timedelta(hours=1), 99):
+            bus.publish(s)
+        await historian.flush(60)
+        base = (await historian.stats())["sent_lines"]
+        start = time.perf_counter()
+        for i in range(0, len(samples), 1000):  # as a poller would: a burst, then yield
+            for s in samples[i : i + 1000]:
+                bus.publish(s)
+            await asyncio.sleep(0)
+        while (await historian.stats())["sent_lines"] - base < len(samples):
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        stats = await historian.stats()
+    finally:
+        await historian.stop()
+    return elapsed, stats
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=60_000)
+    args = parser.parse_args()
+    plugins = Plugins.load()
+    model = plugins.models["acrel.DDSY1352"]
+    values_per_line = len(model.points) + 1  # + quality
+    now = datetime.now(UTC).replace(microsecond=0)
+    span = timedelta(seconds=args.samples // METERS + 10)
+    baseline_samples = make_samples(model, args.samples, now - 2 * span - timedelta(hours=2), 1)
+    product_samples = make_samples(model, args.samples, now - span - timedelta(hours=2), 2)
+    with tempfile.TemporaryDirectory(prefix="bench-historian-") as tmp:
+        proc, url = start_vm(Path(tmp))
+        try:
+            # Create every series once so neither path pays for it.
+            point_path(url, make_samples(model, METERS, now - timedelta(hours=3), 7), "bench")
+            baseline_s = point_path(url, baseline_samples, "bench")
+            product_s, stats = await product_path(
+                url, Path(tmp) / "spool", product_samples, plugins, model
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    points = args.samples * values_per_line
+    baseline = points / baseline_s
+    product = points / product_s
+    ratio = product / baseline
+    print(
+        f"{args.samples} samples x {values_per_line} values = {points} points, "
+        f"{METERS} meters, batches of {BATCH} lines"
+    )
+    print(
+        f"baseline (influxdb-client Point objects, sync writes): {baseline_s:.2f} s -> "
+        f"{baseline:,.0f} points/s ({baseline / values_per_line:,.0f} lines/s)"
+    )
+    print(
+        f"product  (bus -> encode -> fsync'd spool -> acked write): {product_s:.2f} s -> "
+        f"{product:,.0f} points/s ({product / values_per_line:,.0f} lines/s)"
+    )
+    print(f"ratio {ratio:.2f}x  (spool after the run: {stats['queue_depth']} lines waiting)")
+    print(
+        json.dumps(
+            {
+                "bench": "historian",
+                "points_per_s": round(product),
+                "ratio": round(ratio, 3),
+                "baseline_points_per_s": round(baseline),
+                "lines_per_s": round(product / values_per_line),
+                "samples": args.samples,
+                "values_per_line": values_per_line,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
