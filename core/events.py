@@ -128,3 +128,85 @@ class HistorianBatchQuarantined(Event):
     lines: int
     status: int
     error: str
+
+
+# -- prepayment ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmLevelChanged(Event):
+    """Fee control moved an account to another state (`core.feecontrol.FeeState` values:
+    NORMAL, ALARM1, ALARM2, OVER_ZERO, OVERDRAFT), after a deduction, top-up, refund or
+    threshold change. `balance_fen` is the energy wallet that caused it."""
+
+    account_id: str
+    previous: str
+    level: str
+    balance_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class SupplyChanged(Event):
+    """A relay or valve was switched and read back: `on` is the supply state now.
+
+    `reason` says why (fee control with the balance, an operator's reason), `actor` who
+    asked (`fee-control`, `cli:alice`, `opcua:operator1`); `confirmed` is False when the
+    device could not be read back as expected (the command keeps being retried)."""
+
+    meter_id: str
+    account_id: str | None
+    on: bool
+    reason: str
+    actor: str
+    command_id: int
+    confirmed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord(Event):
+    """One operator or service action (top-up, refund, disconnect, threshold change...):
+    who, what, on which account or meter, the outcome and whether it was carried out."""
+
+    actor: str
+    action: str
+    target: str
+    detail: str
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed(Event):
+    """A durable meter command ended FAILED: refused by the device or out of attempts."""
+
+    command_id: int
+    meter_id: str
+    account_id: str | None
+    command: str
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconciliationBreak(Event):
+    """A LOCAL meter disagrees with the platform's mirror beyond the tolerance
+    (domain.md §5.6): balance, purchase count or both. The meter's balance wins for fee
+    control; an operator should look."""
+
+    meter_id: str
+    account_id: str
+    meter_balance_fen: int
+    platform_balance_fen: int
+    meter_buy_count: int
+    platform_buy_count: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationFailed(Event):
+    """A notice could not be delivered on its channel after every retry."""
+
+    notification_id: int
+    account_id: str | None
+    channel: str
+    recipient: str
+    error: str

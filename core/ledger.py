@@ -1620,6 +1620,27 @@ def wallet_history(conn: Connection, account_id: str, limit: int = 50) -> list[d
     ]
 
 
+def usage_fen_since(
+    conn: Connection, account_ids: Sequence[str], since: datetime
+) -> dict[str, int]:
+    """Usage deducted from each account's energy wallet since `since` (fen, by account):
+    today's cost in the room view and on OPC UA. Accounts without usage are left out."""
+    if not account_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(t.journal.c.account_id, sa.func.sum(t.posting.c.amount_fen))
+        .join(t.posting, t.posting.c.journal_id == t.journal.c.id)
+        .where(
+            t.journal.c.kind == JournalKind.USAGE.value,
+            t.journal.c.created_at >= since,
+            t.journal.c.account_id.in_(list(account_ids)),
+            t.posting.c.ledger_account.like("liab:wallet:%"),
+        )
+        .group_by(t.journal.c.account_id)
+    ).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
 # -- verification -------------------------------------------------------------------------------
 
 

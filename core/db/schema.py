@@ -329,3 +329,91 @@ sa.Index("ix_meter_command_meter_id_state", meter_command.c.meter_id, meter_comm
 sa.Index(
     "ix_meter_command_state_next_attempt_at", meter_command.c.state, meter_command.c.next_attempt_at
 )
+
+# -- the prepayment engine (revision 0004) -----------------------------------------------------
+
+#: What the prepayment engine remembers per meter: the rating baseline (core.rating
+#: MeterState record), the supply state last confirmed by read-back, and a trip the policy
+#: gate deferred (re-evaluated at `trip_due_at`, with the gate's reason).
+prepay_meter = sa.Table(
+    "prepay_meter",
+    metadata,
+    sa.Column("meter_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=True),
+    sa.Column("rating_state", sa.JSON(), nullable=True),
+    #: True/False once a supply command was confirmed (or a reading showed it); None unknown.
+    sa.Column("supply_on", sa.Boolean(), nullable=True),
+    sa.Column("supply_at", UtcDateTime(), nullable=True),
+    sa.Column("trip_due_at", UtcDateTime(), nullable=True),
+    sa.Column("gate_reason", sa.String(500), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_prepay_meter_trip_due_at", prepay_meter.c.trip_due_at)
+
+#: Per account: the disconnection notice of the current arrears episode, an operator's hold
+#: (supply kept on despite arrears) and an exemption from disconnection.
+prepay_account = sa.Table(
+    "prepay_account",
+    metadata,
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), primary_key=True),
+    sa.Column("notice_served_at", UtcDateTime(), nullable=True),
+    sa.Column("hold_by", sa.String(100), nullable=True),
+    sa.Column("hold_reason", sa.String(500), nullable=True),
+    #: Set: the account is exempt from disconnection (vulnerable customer), with why.
+    sa.Column("exempt_reason", sa.String(500), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+#: Consumption per meter and site-local day (energy in 0.001 kWh or m³, and per rate name):
+#: today's figures for the room view and OPC UA, and post-paid consumption for bills.
+meter_usage_day = sa.Table(
+    "meter_usage_day",
+    metadata,
+    sa.Column("meter_id", sa.String(64), primary_key=True),
+    #: Site-local date, YYYY-MM-DD.
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=True),
+    sa.Column("energy", sa.BigInteger(), nullable=False),
+    sa.Column("by_rate", sa.JSON(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+#: Every operator and engine action with who, what, on which target and whether it was done.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("actor", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(100), nullable=False),
+    sa.Column("detail", sa.String(1000), nullable=False),
+    sa.Column("ok", sa.Boolean(), nullable=False),
+)
+sa.Index("ix_audit_log_target", audit_log.c.target)
+
+#: The notification outbox: written in the transaction that caused the notice, delivered by
+#: the running service through the notifier plugins, retried with back-off.
+notification = sa.Table(
+    "notification",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), nullable=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("recipient", sa.String(200), nullable=False),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("body", sa.String(4000), nullable=False),
+    sa.Column("data", sa.JSON(), nullable=False),
+    #: PENDING, SENT, FAILED.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    sa.Column("last_error", sa.String(1000), nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True, unique=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("sent_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint("state IN ('PENDING', 'SENT', 'FAILED')", name="state"),
+)
+sa.Index(
+    "ix_notification_state_next_attempt_at", notification.c.state, notification.c.next_attempt_at
+)

@@ -1,0 +1,584 @@
+"""The service functions: one path for every operator action, whoever asks.
+
+The command line, the OPC UA server's methods and batch jobs all call `Operations`; none
+of them touches the ledger, the accounts or the command queue directly. Each call:
+
+- checks its input and raises `core.ledger.RequestError(field, message)` before anything
+  is written (a bad call changes nothing);
+- does its database work in **one transaction**, including what it causes: a top-up,
+  refund or threshold change re-evaluates fee control in the same transaction (new fee
+  state stored, relay/valve commands queued, notices put in the outbox), so a crash can
+  never leave money moved without its consequence;
+- publishes an `AuditRecord` on the event bus (also when it was refused) and, once
+  committed, the events it caused (`AlarmLevelChanged`, account samples); the durable
+  commands it queued are executed by the running service's command executor — in the same
+  process at once, from another process (the CLI) within its queue poll (≤ 0.5 s).
+
+Calls are synchronous (they block on the database): from asyncio code run them with
+`asyncio.to_thread`. Reads (`account_snapshot`, `list_accounts`) are not audited.
+
+Manual disconnect (`disconnect`) is an operator's override of the policy gate: it is
+audited with who and why, skips the time, notice, exemption and arrears rules, but never
+cuts a protected (保电) account and still counts against the site's mass-disconnect rate
+limit (a disconnect beyond it is queued for the instant the limit allows). With
+`override=False` it goes through the whole gate like an automatic trip (refused when the
+gate denies, queued for later when it defers). A manual reconnect of an account in arrears
+puts a hold on it: fee control leaves its supply on until the account leaves arrears (a
+top-up) or an operator disconnects it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import accounts as acc
+from . import commands as cmds
+from . import ledger
+from .db import Database
+from .db import schema as t
+from .events import AuditRecord, EventBus, utcnow
+from .feecontrol import Cause, FeeState, FeeThresholds
+from .ledger import RefundResult, RequestError, TopUpResult, format_fen
+from .model import DeviceModel, MeterKind
+from .notifications import NotifySettings, load_notify
+from .prepay_settings import PrepaySettings, load_prepay
+from .prepayment import Effects, PrepayControl, audit
+from .rating import ENERGY_SCALE
+from .site import Site
+from .tariffs import Commodity, TariffCatalogue, load_tariffs
+
+log = logging.getLogger("openprepay.operations")
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSnapshot:
+    meter_id: str
+    #: electric / water.
+    kind: str
+    #: REMOTE / LOCAL / POSTPAID.
+    control_mode: str
+    #: Supply on (relay closed, valve open) as last read back; None while unknown.
+    supply_on: bool | None
+    #: A trip the policy gate deferred to this instant (UTC), if any.
+    trip_due_at: datetime | None
+    #: Consumption since site-local midnight, in `unit` (kWh or m³).
+    today: Decimal
+    unit: str
+    buy_count: int
+    confirmed_buy_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """An account as an operator screen shows it."""
+
+    account_id: str
+    name: str
+    room: str | None
+    #: PREREGISTERED / OPEN / CLOSED.
+    state: str
+    tariff_id: str | None
+    protected: bool
+    #: Energy wallet (what fee control reads) and general wallet, fen.
+    balance_fen: int
+    general_fen: int
+    emergency_outstanding_fen: int
+    fee_state: FeeState
+    thresholds: FeeThresholds
+    meters: tuple[MeterSnapshot, ...]
+    energy_today_kwh: Decimal
+    water_today_m3: Decimal
+    #: Usage deducted from the energy wallet since site-local midnight, fen.
+    cost_today_fen: int
+    at: datetime
+
+    @property
+    def general_balance_fen(self) -> int:
+        return self.general_fen
+
+    @property
+    def alarm_level(self) -> int:
+        """0 normal, 1 alarm1, 2 alarm2, 3 over zero, 4 overdraft."""
+        return self.fee_state.severity
+
+    @property
+    def supply_on(self) -> bool:
+        """True while no meter of the account is known to be cut."""
+        return all(m.supply_on is not False for m in self.meters)
+
+
+class Operations:
+    """The service functions of one site (see the module docstring)."""
+
+    def __init__(
+        self,
+        site: Site,
+        db: Database,
+        bus: EventBus | None = None,
+        *,
+        models: Mapping[str, DeviceModel],
+        settings: PrepaySettings | None = None,
+        catalogue: TariffCatalogue | None = None,
+        notify: NotifySettings | None = None,
+        control: PrepayControl | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.site = site
+        self.db = db
+        self.bus = bus or EventBus()
+        self.models = models
+        self.settings = settings or load_prepay(site)
+        self.catalogue = catalogue or load_tariffs(site)
+        self.control = control or PrepayControl(
+            site, models, self.settings, notify or load_notify(site)
+        )
+        self.clock = clock
+        #: Called with the effects of every committed call (the runtime wakes its command
+        #: executor and notification dispatcher here).
+        self.committed: list[Callable[[Effects], None]] = []
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _call(
+        self,
+        action: str,
+        target: str,
+        actor: str,
+        work: Callable[[Connection, Effects, datetime], R],
+        describe: Callable[[R], str],
+    ) -> R:
+        now = self.clock()
+        try:
+            _check_actor(actor)
+            effects = Effects()
+            with self.db.begin() as conn:
+                result = work(conn, effects, now)
+                audit(conn, effects, actor, action, str(target), describe(result), now=now)
+        except RequestError as exc:
+            self.bus.publish(
+                AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False)
+            )
+            raise
+        self._after_commit(effects, now)
+        return result
+
+    def _after_commit(self, effects: Effects, now: datetime) -> None:
+        for event in effects.events:
+            self.bus.publish(event)
+        if effects.accounts:
+            with self.db.read() as conn:
+                samples = [self.control.account_sample(conn, a, now) for a in effects.accounts]
+            for sample in samples:
+                if sample is not None:
+                    self.bus.publish(sample)
+        for listener in self.committed:
+            try:
+                listener(effects)
+            except Exception:
+                log.exception("commit listener failed")
+
+    # -- money --------------------------------------------------------------------------
+    def topup(
+        self,
+        account_id: str,
+        amount_fen: int,
+        reference: str,
+        *,
+        channel: str = "cash",
+        actor: str,
+        meter_id: str | None = None,
+    ) -> TopUpResult:
+        """Credit `amount_fen` to the account's energy wallet. `reference` (payment id,
+        receipt) makes it idempotent: the same reference again returns the first result.
+        A LOCAL meter gets a RECHARGE with its next purchase count; a REMOTE account that
+        leaves arrears gets its supply restored."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> TopUpResult:
+            result = ledger.topup(
+                conn,
+                account_id,
+                amount_fen,
+                reference,
+                channel=channel,
+                meter_id=meter_id,
+                requested_by=actor,
+                now=now,
+            )
+            if not result.replayed:
+                if result.command_id is not None:
+                    effects.commands.append(cmds.get_command(conn, result.command_id))
+                self.control.after_change(
+                    conn,
+                    account_id,
+                    Cause.RECHARGE,
+                    actor=actor,
+                    effects=effects,
+                    balance_fen=result.balance_fen,
+                    now=now,
+                )
+                effects.accounts.add(account_id)
+            return result
+
+        return self._call(
+            "topup",
+            account_id,
+            actor,
+            work,
+            lambda r: (
+                f"{format_fen(r.amount_fen)} via {r.channel}, reference {r.reference}"
+                + (" (replay: nothing changed)" if r.replayed else "")
+                + f"; energy balance {format_fen(r.balance_fen)}"
+                + (
+                    f"; RECHARGE #{r.command_id} to {r.meter_id} (purchase {r.buy_count})"
+                    if r.command_id is not None
+                    else ""
+                )
+            ),
+        )
+
+    def refund(
+        self,
+        account_id: str,
+        amount_fen: int,
+        reference: str,
+        *,
+        actor: str,
+        settle: bool = True,
+    ) -> RefundResult:
+        """Refund from the energy wallet (at most what is refundable); `reference` is the
+        refund number. `settle=False` leaves it REQUESTED for the payment channel."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> RefundResult:
+            result = ledger.refund(
+                conn, account_id, amount_fen, reference, settle=settle, requested_by=actor, now=now
+            )
+            if not result.replayed:
+                self.control.after_change(
+                    conn,
+                    account_id,
+                    Cause.REFUND,
+                    actor=actor,
+                    effects=effects,
+                    balance_fen=result.balance_fen,
+                    now=now,
+                )
+                effects.accounts.add(account_id)
+            return result
+
+        return self._call(
+            "refund",
+            account_id,
+            actor,
+            work,
+            lambda r: (
+                f"{format_fen(r.amount_fen)}, refund {r.reference}, {r.state}"
+                + (" (replay: nothing changed)" if r.replayed else "")
+                + f"; energy balance {format_fen(r.balance_fen)}"
+            ),
+        )
+
+    # -- settings -----------------------------------------------------------------------
+    def set_tariff(self, account_id: str, tariff_id: str, *, actor: str) -> acc.Account:
+        """Price the account's meters with `tariff_id` from the site's [tariffs] (for
+        meters of the tariff's commodity; the others keep [prepay.engine] defaults)."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> acc.Account:
+            if not isinstance(tariff_id, str) or tariff_id not in self.catalogue:
+                known = ", ".join(sorted(t.id for t in self.catalogue)) or "none defined"
+                raise RequestError(
+                    "tariff", f"unknown tariff {tariff_id!r} (site tariffs: {known})"
+                )
+            account = acc.get_account(conn, account_id)
+            commodity = self.catalogue.get(tariff_id).commodity
+            wanted = MeterKind.WATER if commodity is Commodity.WATER else MeterKind.ELECTRIC
+            if account.meters and not any(m.kind == wanted.value for m in account.meters):
+                raise RequestError(
+                    "tariff",
+                    f"tariff {tariff_id!r} prices {commodity.value}, but account "
+                    f"{account_id!r} has no {wanted.value} meter",
+                )
+            updated = acc.update_account(conn, account_id, tariff_id=tariff_id, now=now)
+            effects.accounts.add(account_id)
+            return updated
+
+        return self._call("set_tariff", account_id, actor, work, lambda a: f"tariff {a.tariff_id}")
+
+    def set_thresholds(
+        self,
+        account_id: str,
+        *,
+        alarm1_fen: int,
+        alarm2_fen: int,
+        overdraft_limit_fen: int | None = None,
+        close_limit_fen: int | None = None,
+        actor: str,
+    ) -> acc.Account:
+        """Change the alarm amounts (and optionally the overdraft and close limits), then
+        re-evaluate fee control with them."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> acc.Account:
+            for name, value in (
+                ("alarm1", alarm1_fen),
+                ("alarm2", alarm2_fen),
+                ("overdraft_limit", overdraft_limit_fen),
+                ("close_limit", close_limit_fen),
+            ):
+                if value is None and name in ("overdraft_limit", "close_limit"):
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise RequestError(name, f"expected whole fen (an integer), got {value!r}")
+                if value < 0 or value > ledger.CAPACITY_FEN:
+                    raise RequestError(
+                        name,
+                        f"expected 0.00 to {format_fen(ledger.CAPACITY_FEN)}, got "
+                        f"{format_fen(value)}",
+                    )
+            account = acc.get_account(conn, account_id)
+            old = account.thresholds
+            new = dataclasses.replace(
+                old,
+                alarm1_fen=alarm1_fen,
+                alarm2_fen=alarm2_fen,
+                overdraft_limit_fen=(
+                    old.overdraft_limit_fen if overdraft_limit_fen is None else overdraft_limit_fen
+                ),
+                close_limit_fen=old.close_limit_fen if close_limit_fen is None else close_limit_fen,
+            )
+            updated = acc.update_account(conn, account_id, thresholds=new, now=now)
+            cause = (
+                Cause.OVERDRAFT_LIMIT_CHANGE
+                if new.overdraft_limit_fen != old.overdraft_limit_fen
+                else Cause.ALARM_THRESHOLD_CHANGE
+            )
+            self.control.after_change(
+                conn, account_id, cause, actor=actor, effects=effects, now=now
+            )
+            effects.accounts.add(account_id)
+            del updated
+            return acc.get_account(conn, account_id)
+
+        def describe(a: acc.Account) -> str:
+            th = a.thresholds
+            return (
+                f"alarm1 {format_fen(th.alarm1_fen)}, alarm2 {format_fen(th.alarm2_fen)}, "
+                f"overdraft {format_fen(th.overdraft_limit_fen)}, "
+                f"close {format_fen(th.close_limit_fen)}; fee state {a.fee_state}"
+            )
+
+        return self._call("set_thresholds", account_id, actor, work, describe)
+
+    def protect(self, account_id: str, on: bool, *, actor: str) -> acc.Account:
+        """保电 on or off. On: fee control never cuts the account, and meters it cut are
+        closed again. Off: nothing switches at once; an account still in arrears is
+        evaluated again (and may be tripped through the policy gate)."""
+        if not isinstance(on, bool):
+            raise RequestError("on", f"expected true or false, got {on!r}")
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> acc.Account:
+            acc.get_account(conn, account_id)
+            updated = acc.update_account(conn, account_id, protected=on, now=now)
+            row = self.control_row(conn, account_id)
+            if on and row is not None:
+                self.control.restore_cut(
+                    conn,
+                    row,
+                    f"protected supply (保电) set by {actor}",
+                    actor=actor,
+                    effects=effects,
+                    now=now,
+                )
+            elif not on:
+                self.control.after_change(
+                    conn, account_id, Cause.DEDUCTION, actor=actor, effects=effects, now=now
+                )
+            effects.accounts.add(account_id)
+            return updated
+
+        return self._call(
+            "protect" if on else "unprotect",
+            account_id,
+            actor,
+            work,
+            lambda a: f"protected supply (保电) {'on' if a.protected else 'off'}",
+        )
+
+    def control_row(self, conn: Connection, account_id: str) -> Any:
+        from .prepayment import load_account_row
+
+        return load_account_row(conn, account_id)
+
+    # -- supply -------------------------------------------------------------------------
+    def disconnect(
+        self, meter_or_account_id: str, reason: str, *, actor: str, override: bool = True
+    ) -> list[cmds.MeterCommand]:
+        """Cut supply of a meter, or of every meter of an account (see the module
+        docstring for how the policy gate applies). Returns the queued commands."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> list[cmds.MeterCommand]:
+            _check_reason(reason)
+            return self.control.manual_cut(
+                conn,
+                meter_or_account_id,
+                reason.strip(),
+                actor=actor,
+                override=override,
+                effects=effects,
+                now=now,
+            )
+
+        return self._call(
+            "disconnect",
+            meter_or_account_id,
+            actor,
+            work,
+            lambda cs: f"{reason}: " + ", ".join(_describe_command(c) for c in cs),
+        )
+
+    def reconnect(
+        self, meter_or_account_id: str, reason: str, *, actor: str
+    ) -> list[cmds.MeterCommand]:
+        """Restore supply of a meter or of every meter of an account."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> list[cmds.MeterCommand]:
+            _check_reason(reason)
+            return self.control.manual_restore(
+                conn, meter_or_account_id, reason.strip(), actor=actor, effects=effects, now=now
+            )
+
+        return self._call(
+            "reconnect",
+            meter_or_account_id,
+            actor,
+            work,
+            lambda cs: f"{reason}: " + ", ".join(_describe_command(c) for c in cs),
+        )
+
+    def command(self, command_id: int) -> cmds.MeterCommand:
+        """A queued command as it stands now (state, attempts, last error, read-back)."""
+        with self.db.read() as conn:
+            return cmds.get_command(conn, command_id)
+
+    # -- reading ------------------------------------------------------------------------
+    def account_snapshot(self, account_id: str) -> AccountSnapshot:
+        """Balances, fee state, supply and today's consumption of one account."""
+        with self.db.read() as conn:
+            account = acc.get_account(conn, account_id)
+            return self._snapshots(conn, [account])[0]
+
+    def list_accounts(self) -> list[AccountSnapshot]:
+        """Every account (ordered by id) as `AccountSnapshot`s."""
+        with self.db.read() as conn:
+            return self._snapshots(conn, acc.list_accounts(conn))
+
+    def _snapshots(self, conn: Connection, accounts: list[acc.Account]) -> list[AccountSnapshot]:
+        now = self.clock()
+        tz = self.site.info.tz
+        local = now.astimezone(tz)
+        midnight = datetime.combine(local.date(), datetime.min.time(), tzinfo=tz)
+        day = local.date().isoformat()
+        ids = [a.id for a in accounts]
+        meters = [m.meter_id for a in accounts for m in a.meters]
+        pm = {
+            r.meter_id: r
+            for r in conn.execute(
+                sa.select(
+                    t.prepay_meter.c.meter_id,
+                    t.prepay_meter.c.supply_on,
+                    t.prepay_meter.c.trip_due_at,
+                ).where(t.prepay_meter.c.meter_id.in_(meters))
+            )
+        }
+        usage = dict(
+            conn.execute(
+                sa.select(t.meter_usage_day.c.meter_id, t.meter_usage_day.c.energy).where(
+                    t.meter_usage_day.c.meter_id.in_(meters), t.meter_usage_day.c.day == day
+                )
+            ).all()
+        )
+        cost = ledger.usage_fen_since(conn, ids, midnight.astimezone(now.tzinfo))
+        emergency = {
+            code.rsplit(":", 1)[1]: int(total)
+            for code, total in conn.execute(
+                sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
+                .where(t.posting.c.ledger_account.like("asset:emergency_credit:%"))
+                .group_by(t.posting.c.ledger_account)
+            ).all()
+        }
+        out = []
+        for a in accounts:
+            snaps = []
+            kwh = Decimal(0)
+            m3 = Decimal(0)
+            for m in a.meters:
+                row = pm.get(m.meter_id)
+                today = Decimal(int(usage.get(m.meter_id, 0))) / ENERGY_SCALE
+                water = m.kind == MeterKind.WATER.value
+                if water:
+                    m3 += today
+                else:
+                    kwh += today
+                snaps.append(
+                    MeterSnapshot(
+                        m.meter_id,
+                        m.kind,
+                        m.control_mode,
+                        row.supply_on if row is not None else None,
+                        row.trip_due_at if row is not None else None,
+                        today,
+                        "m³" if water else "kWh",
+                        m.buy_count,
+                        m.confirmed_buy_count,
+                    )
+                )
+            out.append(
+                AccountSnapshot(
+                    a.id,
+                    a.name,
+                    a.room,
+                    a.state.value,
+                    a.tariff_id,
+                    a.protected,
+                    a.energy_fen,
+                    a.general_fen,
+                    emergency.get(a.id, 0),
+                    FeeState(a.fee_state),
+                    a.thresholds,
+                    tuple(snaps),
+                    kwh,
+                    m3,
+                    cost.get(a.id, 0),
+                    now,
+                )
+            )
+        return out
+
+
+def _check_actor(actor: str) -> None:
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 100:
+        raise RequestError(
+            "actor", "required: who asks (e.g. cli:alice, opcua:operator1), at most 100 characters"
+        )
+
+
+def _check_reason(reason: str) -> None:
+    if not isinstance(reason, str) or not reason.strip():
+        raise RequestError("reason", "required: say why (every relay and valve action is audited)")
+    if len(reason) > 400:
+        raise RequestError("reason", "at most 400 characters")
+
+
+def _describe_command(c: cmds.MeterCommand) -> str:
+    when = ""
+    if c.next_attempt_at > c.created_at + timedelta(seconds=1):
+        when = f" at {c.next_attempt_at:%Y-%m-%d %H:%M} UTC"
+    return f"{c.kind} #{c.id} for {c.meter_id}{when}"
