@@ -415,6 +415,11 @@ def mark_confirmed(
             .where(t.meter.c.id == command.meter_id, t.meter.c.confirmed_buy_count < count)
             .values(confirmed_buy_count=count, updated_at=now)
         )
+    elif command.kind == CommandKind.REFUND:
+        # The meter is debited: now the refund is posted (same transaction).
+        from .ledger import complete_meter_refund
+
+        complete_meter_refund(conn, command.id, requested_by=command.requested_by, now=now)
     return command
 
 
@@ -443,17 +448,25 @@ def mark_failed(
         values.update(state=CommandState.FAILED.value, finished_at=now)
     else:
         values.update(state=CommandState.PENDING.value, next_attempt_at=retry_at, claimed_by=None)
-    return _transition(conn, command_id, (CommandState.CLAIMED, CommandState.SENT), owner, values)
+    command = _transition(
+        conn, command_id, (CommandState.CLAIMED, CommandState.SENT), owner, values
+    )
+    if final and command.kind == CommandKind.REFUND:
+        from .ledger import abandon_meter_refund
+
+        abandon_meter_refund(conn, command.id, f"meter refused: {error}", now=now)
+    return command
 
 
 def cancel(
     conn: Connection, command_id: int, reason: str, *, now: datetime | None = None
 ) -> MeterCommand:
-    """Withdraw a PENDING command (operator action): it ends SUPERSEDED with the reason."""
+    """Withdraw a PENDING command (operator action): it ends SUPERSEDED with the reason
+    (a withdrawn meter REFUND ends its refund FAILED)."""
     if not reason or not reason.strip():
         raise RequestError("reason", "required (audit)")
     now = now or utcnow()
-    return _transition(
+    command = _transition(
         conn,
         command_id,
         (CommandState.PENDING,),
@@ -465,6 +478,11 @@ def cancel(
             "updated_at": now,
         },
     )
+    if command.kind == CommandKind.REFUND:
+        from .ledger import abandon_meter_refund
+
+        abandon_meter_refund(conn, command.id, f"cancelled: {reason}", now=now)
+    return command
 
 
 def retry_delay(attempts: int, initial_s: float = 5.0, maximum_s: float = 600.0) -> timedelta:

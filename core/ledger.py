@@ -263,6 +263,9 @@ class RefundResult:
     balance_fen: int
     allocations: tuple[RefundAllocation, ...]
     replayed: bool
+    #: For a LOCAL meter: the meter debited first and its REFUND command.
+    meter_id: str | None = None
+    command_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1301,11 +1304,25 @@ def _write_reversal(
 
 
 def refundable(conn: Connection, account_id: str, *, now: datetime | None = None) -> int:
-    """What can be refunded now: min(energy wallet − outstanding emergency credit,
-    unrefunded top-ups of the last 365 days) (domain.md §5.3)."""
+    """What can be refunded now: min(energy wallet − outstanding emergency credit − meter
+    refunds under way, unrefunded top-ups of the last 365 days) (domain.md §5.3)."""
     b = balances(conn, account_id)
     orders = _refundable_topups(conn, account_id, now or utcnow())
-    return max(0, min(b.energy_fen - b.emergency_outstanding_fen, sum(r[2] for r in orders)))
+    awaiting = _awaiting_meter_refunds(conn, account_id)
+    return max(
+        0, min(b.energy_fen - b.emergency_outstanding_fen - awaiting, sum(r[2] for r in orders))
+    )
+
+
+def _awaiting_meter_refunds(conn: Connection, account_id: str) -> int:
+    """Refunds reserved while a LOCAL meter is being debited (not posted yet)."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(t.refund.c.amount_fen), 0)).where(
+                t.refund.c.account_id == account_id, t.refund.c.state == "AWAITING_METER"
+            )
+        ).scalar()
+    )
 
 
 def _refundable_topups(
@@ -1339,6 +1356,7 @@ def refund(
     reference: str,
     *,
     settle: bool = False,
+    meter_id: str | None = None,
     requested_by: str = "",
     now: datetime | None = None,
 ) -> RefundResult:
@@ -1350,63 +1368,80 @@ def refund(
     `settle=True` also records the pay-out at once (cash at the counter):
     Dr liab:refund_payable / Cr asset:psp_clearing:{channel of each top-up}. Otherwise call
     `settle_refund` when the channel confirms, or `fail_refund` to reverse the request.
-    Accounts with LOCAL meters are refused: the meter must be debited first (an
-    equal-count REFUND command, domain.md §1.5), which this version does not do yet.
+
+    An account with a LOCAL meter (the only one, or `meter_id`) holds its money in the
+    meter, so the meter is debited first (domain.md §1.5, §5.3): the refund waits in
+    AWAITING_METER with its top-ups reserved and an equal-count REFUND command queued;
+    nothing is posted until the meter confirms (`commands.mark_confirmed` then posts the
+    request, and the pay-out when `settle`). A REFUND that finally fails ends the refund
+    FAILED and releases the top-ups.
     """
+    from . import commands
+
     _check_amount(amount_fen)
     _check_reference(reference)
     key = f"refund:{reference}"
     request = {"account": account_id, "amount_fen": amount_fen}
-    existing = _load_journal(conn, key)
-    if existing is not None:
-        _same_request(existing, request, "refund")
-        return _refund_result(conn, reference, replayed=True)
-    _require_account(conn, account_id, open_only=True)
-    wallet, balance = _lock_wallet(conn, account_id, WalletKind.ENERGY)
-    local = _local_meters(conn, account_id)
-    if local:
-        raise RequestError(
-            "account",
-            f"account {account_id!r} has LOCAL meter(s) {', '.join(local)}: the meter holds "
-            "the balance, so it must be debited first (meter refund is not supported yet)",
-        )
+    replay = _refund_replay(conn, reference, request)
+    if replay is not None:
+        return replay
+    pos = _position(conn, account_id)
+    replay = _refund_replay(conn, reference, request)  # a concurrent twin may have won
+    if replay is not None:
+        return replay
+    wallet, balance = pos.wallet, pos.balance_fen
+    if meter_id is not None:
+        local = _local_meter_for(conn, account_id, meter_id)
+    elif pos.local_meters > 1:
+        local = _local_meter_for(conn, account_id, None)  # raises: which one?
+    else:
+        local = pos.first_local_meter
     now = now or utcnow()
-    outstanding = _emergency_outstanding(conn, account_id)
+    awaiting = _awaiting_meter_refunds(conn, account_id)
     orders = _refundable_topups(conn, account_id, now)
-    available = min(balance - outstanding, sum(o[2] for o in orders))
+    available = min(balance - pos.emergency_fen - awaiting, sum(o[2] for o in orders))
     if amount_fen > available:
         raise RequestError(
             "amount",
             f"at most {format_fen(max(available, 0))} can be refunded: energy wallet "
             f"{format_fen(balance)}"
-            + (f" (of which {format_fen(outstanding)} emergency credit)" if outstanding else "")
+            + (
+                f" (of which {format_fen(pos.emergency_fen)} emergency credit)"
+                if pos.emergency_fen
+                else ""
+            )
+            + (f" (of which {format_fen(awaiting)} awaiting meter refunds)" if awaiting else "")
             + f", unrefunded top-ups of the last 365 days {format_fen(sum(o[2] for o in orders))}",
         )
-    journal_id = _write(
-        conn,
-        JournalKind.REFUND_REQUEST,
-        key,
-        [Posting(wallet, amount_fen), Posting(REFUND_PAYABLE, -amount_fen)],
-        request=request,
-        account_id=account_id,
-        memo="refund requested",
-        requested_by=requested_by,
-        now=now,
-        known_wallets=(wallet,),
-    )
-    if journal_id is None:
-        journal = _load_journal(conn, key)
-        assert journal is not None
-        _same_request(journal, request, "refund")
-        return _refund_result(conn, reference, replayed=True)
+    journal_id = None
+    if local is None:
+        journal_id = _write(
+            conn,
+            JournalKind.REFUND_REQUEST,
+            key,
+            [Posting(wallet, amount_fen), Posting(REFUND_PAYABLE, -amount_fen)],
+            request=request,
+            account_id=account_id,
+            memo="refund requested",
+            requested_by=requested_by,
+            now=now,
+            known_wallets=(wallet,),
+        )
+        if journal_id is None:
+            journal = _load_journal(conn, key)
+            assert journal is not None
+            _same_request(journal, request, "refund")
+            return _refund_result(conn, reference, replayed=True)
     refund_id = conn.execute(
         t.refund.insert().returning(t.refund.c.id),
         {
             "account_id": account_id,
             "reference": reference,
             "amount_fen": amount_fen,
-            "state": "REQUESTED",
+            "state": "REQUESTED" if local is None else "AWAITING_METER",
             "request_journal_id": journal_id,
+            "meter_id": local,
+            "settle_on_confirm": bool(settle and local is not None),
             "created_at": now,
             "updated_at": now,
         },
@@ -1426,9 +1461,114 @@ def refund(
             .where(t.topup.c.id == topup_id)
             .values(refunded_fen=t.topup.c.refunded_fen + take)
         )
-    if settle:
+    if local is not None:
+        count = conn.execute(sa.select(t.meter.c.buy_count).where(t.meter.c.id == local)).scalar()
+        command = commands.enqueue(
+            conn,
+            local,
+            commands.CommandKind.REFUND,
+            params={
+                "buy_count": int(count or 0),
+                "amount_fen": amount_fen,
+                "amount": format_fen(amount_fen),
+                "refund": reference,
+            },
+            reason=f"refund {reference} of {format_fen(amount_fen)}",
+            requested_by=requested_by or "ledger",
+            account_id=account_id,
+            now=now,
+        )
+        conn.execute(
+            t.refund.update().where(t.refund.c.id == refund_id).values(command_id=command.id)
+        )
+    elif settle:
         settle_refund(conn, reference, requested_by=requested_by, now=now)
     return _refund_result(conn, reference, replayed=False)
+
+
+def _refund_replay(
+    conn: Connection, reference: str, request: Mapping[str, Any]
+) -> RefundResult | None:
+    row = conn.execute(
+        sa.select(t.refund.c.account_id, t.refund.c.amount_fen).where(
+            t.refund.c.reference == reference
+        )
+    ).first()
+    if row is None:
+        return None
+    if {"account": row.account_id, "amount_fen": int(row.amount_fen)} != dict(request):
+        raise IdempotencyConflict(
+            "reference",
+            f"refund {reference!r} was already used for {format_fen(row.amount_fen)} from "
+            f"{row.account_id}; use a new refund number",
+        )
+    return _refund_result(conn, reference, replayed=True)
+
+
+def complete_meter_refund(
+    conn: Connection, command_id: int, *, requested_by: str = "", now: datetime | None = None
+) -> RefundResult | None:
+    """The meter confirmed the REFUND command: post the refund request (and the pay-out
+    when it was asked for). Called by `commands.mark_confirmed`; idempotent."""
+    row = conn.execute(sa.select(t.refund).where(t.refund.c.command_id == command_id)).first()
+    if row is None or row.state != "AWAITING_METER":
+        return None
+    pos = _position(conn, row.account_id, open_only=False)
+    now = now or utcnow()
+    key = f"refund:{row.reference}"
+    journal_id = _write(
+        conn,
+        JournalKind.REFUND_REQUEST,
+        key,
+        [Posting(pos.wallet, row.amount_fen), Posting(REFUND_PAYABLE, -row.amount_fen)],
+        request={"account": row.account_id, "amount_fen": int(row.amount_fen)},
+        account_id=row.account_id,
+        meter_id=row.meter_id,
+        memo=f"refund requested; meter {row.meter_id} debited (command {command_id})",
+        requested_by=requested_by,
+        now=now,
+        known_wallets=(pos.wallet,),
+    )
+    if journal_id is None:  # pragma: no cover - the state check above prevents it
+        raise LedgerIntegrityError(f"refund {row.reference} was posted twice")
+    conn.execute(
+        t.refund.update()
+        .where(t.refund.c.id == row.id)
+        .values(state="REQUESTED", request_journal_id=journal_id, updated_at=now)
+    )
+    if row.settle_on_confirm:
+        return settle_refund(conn, row.reference, requested_by=requested_by, now=now)
+    return _refund_result(conn, row.reference, replayed=False)
+
+
+def abandon_meter_refund(
+    conn: Connection, command_id: int, reason: str, *, now: datetime | None = None
+) -> RefundResult | None:
+    """The meter refused the REFUND for good (or it was cancelled): nothing was posted, so
+    the refund ends FAILED and its top-ups are released. Called by `commands`."""
+    row = conn.execute(sa.select(t.refund).where(t.refund.c.command_id == command_id)).first()
+    if row is None or row.state != "AWAITING_METER":
+        return None
+    _release_allocations(conn, row.id)
+    conn.execute(
+        t.refund.update()
+        .where(t.refund.c.id == row.id)
+        .values(state="FAILED", reason=reason[:500], updated_at=now or utcnow())
+    )
+    return _refund_result(conn, row.reference, replayed=False)
+
+
+def _release_allocations(conn: Connection, refund_id: int) -> None:
+    for topup_id, amount in conn.execute(
+        sa.select(t.refund_allocation.c.topup_id, t.refund_allocation.c.amount_fen).where(
+            t.refund_allocation.c.refund_id == refund_id
+        )
+    ).all():
+        conn.execute(
+            t.topup.update()
+            .where(t.topup.c.id == topup_id)
+            .values(refunded_fen=t.topup.c.refunded_fen - amount)
+        )
 
 
 def _load_refund(conn: Connection, reference: str) -> Any:
@@ -1458,6 +1598,8 @@ def _refund_result(conn: Connection, reference: str, *, replayed: bool) -> Refun
         _energy_balance(conn, row.account_id),
         tuple(_allocations(conn, row.id)),
         replayed,
+        row.meter_id,
+        row.command_id,
     )
 
 
@@ -1521,16 +1663,7 @@ def fail_refund(
     journal_id = _write_reversal(
         conn, original, f"refund_fail:{reference}", reason, requested_by, now
     )
-    for topup_id, amount in conn.execute(
-        sa.select(t.refund_allocation.c.topup_id, t.refund_allocation.c.amount_fen).where(
-            t.refund_allocation.c.refund_id == row.id
-        )
-    ).all():
-        conn.execute(
-            t.topup.update()
-            .where(t.topup.c.id == topup_id)
-            .values(refunded_fen=t.topup.c.refunded_fen - amount)
-        )
+    _release_allocations(conn, row.id)
     conn.execute(
         t.refund.update()
         .where(t.refund.c.id == row.id)
@@ -1883,12 +2016,27 @@ def verify(conn: Connection) -> VerifyReport:
             sa.select(t.refund.c.reference, t.refund.c.state).where(
                 sa.or_(
                     sa.and_(t.refund.c.state == "SETTLED", t.refund.c.settle_journal_id.is_(None)),
-                    sa.and_(t.refund.c.state == "FAILED", t.refund.c.reversal_journal_id.is_(None)),
+                    sa.and_(
+                        t.refund.c.state == "FAILED",
+                        t.refund.c.request_journal_id.is_not(None),
+                        t.refund.c.reversal_journal_id.is_(None),
+                    ),
+                    sa.and_(
+                        t.refund.c.state.in_(["REQUESTED", "SETTLED"]),
+                        t.refund.c.request_journal_id.is_(None),
+                    ),
                     sa.and_(
                         t.refund.c.state == "REQUESTED",
                         sa.or_(
                             t.refund.c.settle_journal_id.is_not(None),
                             t.refund.c.reversal_journal_id.is_not(None),
+                        ),
+                    ),
+                    sa.and_(
+                        t.refund.c.state == "AWAITING_METER",
+                        sa.or_(
+                            t.refund.c.request_journal_id.is_not(None),
+                            t.refund.c.command_id.is_(None),
                         ),
                     ),
                 )

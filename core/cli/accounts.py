@@ -425,16 +425,31 @@ def topup_command(
     is_flag=True,
     help="Leave it REQUESTED for the payment channel to pay out (default: paid now).",
 )
+@click.option("--meter", help="LOCAL meter to debit when the account has several.")
 def refund_command(
-    site_file: str, account_id: str, amount: str, reference: str, pending: bool
+    site_file: str,
+    account_id: str,
+    amount: str,
+    reference: str,
+    pending: bool,
+    meter: str | None,
 ) -> None:
-    """Refund AMOUNT yuan from ACCOUNT's energy wallet (at most what is refundable)."""
+    """Refund AMOUNT yuan from ACCOUNT's energy wallet (at most what is refundable).
+
+    For a LOCAL meter the meter is debited first: the refund waits for the meter to
+    confirm its REFUND command, then posts (and pays out, unless --pending)."""
     fen = _amount(amount)
     db = site_database(site_file)
     try:
         with db.begin() as conn:
             r = ledger.refund(
-                conn, account_id, fen, reference, settle=not pending, requested_by=operator()
+                conn,
+                account_id,
+                fen,
+                reference,
+                settle=not pending,
+                meter_id=meter,
+                requested_by=operator(),
             )
     finally:
         db.dispose()
@@ -446,6 +461,12 @@ def refund_command(
         f"refund {r.reference}: {format_fen(r.amount_fen)} from {r.account_id}, {r.state}"
         + (" (already recorded; nothing changed)" if r.replayed else "")
         + f"; energy balance {format_fen(r.balance_fen)}; paid back via {via}"
+        + (
+            f"; waiting for meter {r.meter_id} to be debited (REFUND #{r.command_id}), "
+            "posted when it confirms"
+            if r.state == "AWAITING_METER"
+            else ""
+        )
     )
 
 

@@ -263,16 +263,26 @@ refund = sa.Table(
     #: The refund number (out_refund_no): one number refunds once.
     sa.Column("reference", sa.String(160), nullable=False, unique=True),
     sa.Column("amount_fen", sa.BigInteger(), nullable=False),
-    #: REQUESTED (wallet debited, money owed back), SETTLED (paid out), FAILED (reversed).
+    #: AWAITING_METER (a LOCAL meter must be debited first; nothing posted yet),
+    #: REQUESTED (wallet debited, money owed back), SETTLED (paid out), FAILED (reversed,
+    #: or refused by the meter before anything was posted). AWAITING_METER: revision 0003.
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("request_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=False),
+    #: Null while AWAITING_METER (revision 0003).
+    sa.Column("request_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
     sa.Column("settle_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
     sa.Column("reversal_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
     sa.Column("reason", sa.String(500), nullable=False, server_default=""),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    #: LOCAL meters: the meter debited by the equal-count REFUND command, the command, and
+    #: whether the pay-out is recorded as soon as the meter confirms (revision 0003).
+    sa.Column("meter_id", sa.String(64), nullable=True),
+    sa.Column("command_id", BigId, nullable=True),
+    sa.Column("settle_on_confirm", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.CheckConstraint("amount_fen > 0", name="positive"),
-    sa.CheckConstraint("state IN ('REQUESTED', 'SETTLED', 'FAILED')", name="state"),
+    sa.CheckConstraint(
+        "state IN ('AWAITING_METER', 'REQUESTED', 'SETTLED', 'FAILED')", name="state"
+    ),
 )
 sa.Index("ix_refund_account_id", refund.c.account_id)
 

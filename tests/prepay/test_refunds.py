@@ -127,13 +127,68 @@ def test_bad_refund_amounts(db, account, snapshot, amount, field):
     assert snapshot() == before
 
 
-def test_local_meter_accounts_are_refused_until_the_meter_is_debited(db, make_account):
+def test_a_local_meter_is_debited_before_the_refund_posts(db, make_account, check, snapshot):
+    from openprepay.core import commands as cmds
+
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
-        ledger.topup(conn, "A-102", 1000, "p1")
-    with pytest.raises(RequestError) as info, db.begin() as conn:
-        ledger.refund(conn, "A-102", 500, "rf-1")
-    assert info.value.field == "account" and "LOCAL" in info.value.message
+        ledger.topup(conn, "A-102", 5000, "p1", now=NOW)
+        (recharge,) = cmds.claim_due(conn, 5, now=NOW)
+        cmds.mark_confirmed(conn, recharge.id, now=NOW)
+    before = snapshot()
+    with db.begin() as conn:
+        r = ledger.refund(conn, "A-102", 2000, "rf-1", settle=True, requested_by="cashier", now=NOW)
+    assert (r.state, r.balance_fen, r.meter_id) == ("AWAITING_METER", 5000, "E-102")
+    with db.read() as conn:
+        command = cmds.get_command(conn, r.command_id)
+        assert (command.kind, command.params["buy_count"], command.params["amount_fen"]) == (
+            "REFUND",
+            1,  # equal to the meter's purchase count (domain.md §1.5)
+            2000,
+        )
+        assert ledger.balances(conn, "A-102").energy_fen == 5000  # nothing posted yet ...
+        assert ledger.refundable(conn, "A-102", now=NOW) == 3000  # ... but 20.00 is reserved
+    with pytest.raises(RequestError, match=r"at most 30\.00"), db.begin() as conn:
+        ledger.refund(conn, "A-102", 3001, "rf-x", now=NOW)
+    with db.begin() as conn:
+        assert ledger.refund(conn, "A-102", 2000, "rf-1", settle=True, now=NOW).replayed
+    check()
+    assert snapshot() != before
+    with db.begin() as conn:
+        (claimed,) = cmds.claim_due(conn, 5, now=NOW)
+        cmds.mark_sent(conn, claimed.id, now=NOW)
+        cmds.mark_confirmed(conn, claimed.id, readback={"balance": 30.0}, now=NOW)
+        done = ledger._refund_result(conn, "rf-1", replayed=False)
+    assert (done.state, done.balance_fen) == ("SETTLED", 3000)
+    check()
+
+
+def test_a_meter_that_refuses_the_refund_fails_it_and_releases_the_topups(db, make_account, check):
+    from openprepay.core import commands as cmds
+
+    make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
+    with db.begin() as conn:
+        ledger.topup(conn, "A-102", 5000, "p1", now=NOW)
+        r1 = ledger.refund(conn, "A-102", 1000, "rf-1", now=NOW)
+        r2 = ledger.refund(conn, "A-102", 500, "rf-2", now=NOW)
+        assert ledger.refundable(conn, "A-102", now=NOW) == 3500
+    check()
+    with db.begin() as conn:
+        (recharge,) = cmds.claim_due(conn, 5, now=NOW)  # per-meter order: RECHARGE first
+        assert recharge.kind == "RECHARGE"
+        cmds.mark_confirmed(conn, recharge.id, now=NOW)
+        (first,) = cmds.claim_due(conn, 5, now=NOW)
+        assert first.id == r1.command_id
+        cmds.mark_failed(conn, first.id, "meter answered: buy count mismatch", final=True)
+        cmds.cancel(conn, r2.command_id, "tenant changed their mind")
+    with db.read() as conn:
+        failed = ledger._refund_result(conn, "rf-1", replayed=False)
+        cancelled = ledger._refund_result(conn, "rf-2", replayed=False)
+        assert (failed.state, failed.balance_fen) == ("FAILED", 5000)
+        assert cancelled.state == "FAILED"
+        assert ledger.balances(conn, "A-102").energy_fen == 5000
+        assert ledger.refundable(conn, "A-102", now=NOW) == 5000
+    check()
 
 
 def test_refund_to_zero_then_close(db, account, check):
