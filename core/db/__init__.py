@@ -224,12 +224,16 @@ class FastStatement:
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         form = self._form(conn)
+        if not conn.in_transaction():  # what SQLAlchemy's autobegin would do
+            conn.begin()
         cursor = conn.connection.driver_connection.cursor()
         cursor.execute(form[0], self._args(form, params))
         return cursor
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         form = self._form(conn)
+        if not conn.in_transaction():
+            conn.begin()
         cursor = conn.connection.driver_connection.cursor()
         cursor.executemany(form[0], [self._args(form, row) for row in rows])
         cursor.close()

@@ -388,3 +388,17 @@ def test_verify_finds_a_tampered_balance_and_posting(db, account):
     assert "sum of all postings is 0" in broken
     assert "every journal balances with >= 2 postings" in broken
     assert "wallet balance = -(sum of its postings)" in broken
+
+
+def test_commit_as_you_go_connections_are_atomic_too(db, account, check):
+    """The fast statements join SQLAlchemy's transaction even when the caller did not
+    call begin(): a rollback undoes the whole top-up."""
+    with db.engine.connect() as conn:
+        ledger.topup(conn, "A-101", 100, "p1")
+        conn.rollback()
+    with db.engine.connect() as conn:
+        ledger.topup(conn, "A-101", 200, "p2")
+        conn.commit()
+    with db.read() as conn:
+        assert ledger.balances(conn, "A-101").energy_fen == 200
+    assert check().journals == 1
