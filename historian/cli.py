@@ -26,14 +26,14 @@ import click
 
 from openprepay.core.cli.common import load_checked_site, run_async, site_argument
 from openprepay.core.errors import OpenPrepayError
-from openprepay.core.model import DeviceModel, Quality, Sample
+from openprepay.core.model import DeviceModel, MeterKind, PointSpec, Quality, Sample, ValueType
 from openprepay.core.site import Site
 
 from .config import Backend, HistorianConfig, read_config
-from .embedded import EmbeddedStore
+from .embedded import EmbeddedStore, StoredSeries
 from .forward import Forwarder
 from .lineprotocol import Chunk, LineEncoder, from_ns, to_ns
-from .schema import HISTORIAN_MODEL, PSEUDO_MEASUREMENTS
+from .schema import HISTORIAN_MODEL
 from .spool import QUARANTINE, REPLAY, SEGMENTS, Spool, SpoolLocked
 from .writer import InfluxWriter
 
@@ -310,6 +310,24 @@ def replay_command(
     )
 
 
+_KINDS = {
+    "electric": MeterKind.ELECTRIC,
+    "water": MeterKind.WATER,
+    "link": MeterKind.LINK,
+    "device_health": MeterKind.HEALTH,
+    "account": MeterKind.ACCOUNT,
+}
+
+
+def _stored_model(name: str, series: list[StoredSeries]) -> DeviceModel:
+    """A model rebuilt from what the store recorded (plugin no longer installed)."""
+    kind = _KINDS.get(series[0].measurement, MeterKind.HEALTH)
+    points = tuple(
+        PointSpec(s.point, s.unit, "", value_type=s.value_type or ValueType.FLOAT) for s in series
+    )
+    return DeviceModel(name, "", "", kind, "as stored", points)
+
+
 def _embedded_chunks(
     path: Path,
     site: Site,
@@ -318,6 +336,7 @@ def _embedded_chunks(
     lo: int | None,
     hi: int | None,
 ) -> list[Chunk]:
+    """The stored values in [lo, hi) as line protocol: one line per source, model and time."""
     from openprepay.core.account_points import ACCOUNT_MODEL
     from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
 
@@ -326,22 +345,26 @@ def _embedded_chunks(
     store = EmbeddedStore(path)
     encoder = LineEncoder(site)
     try:
-        by_source: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+        stored: dict[str, list[StoredSeries]] = defaultdict(list)
+        for series in store.series():
+            stored[series.model].append(series)
+        for name, series in stored.items():
+            if name not in models:
+                models[name] = _stored_model(name, series)
+        rows: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
         qualities: dict[tuple[str, str, int], int] = {}
         for series, t, value, quality in store.values_between(
             lo if lo is not None else -(2**63), hi if hi is not None else 2**63 - 1
         ):
-            if series.model not in models and series.model not in PSEUDO_MEASUREMENTS:
-                continue
             key = (series.source, series.model)
-            row = by_source[key].setdefault(t, {})
+            row = rows[key].setdefault(t, {})
             if value is not None:
                 row[series.point] = value
             qualities[(*key, t)] = max(qualities.get((*key, t), 0), quality)
         samples = []
-        for (source, model_name), rows in by_source.items():
+        for (source, model_name), by_time in rows.items():
             model = models[model_name]
-            for t, values in rows.items():
+            for t, values in by_time.items():
                 q = Quality(qualities[(source, model_name, t)])
                 samples.append(
                     Sample(source, model, from_ns(t), values if q <= Quality.UNCERTAIN else {}, q)

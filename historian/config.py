@@ -102,6 +102,10 @@ class HistorianConfig:
     stop_timeout_s: float = 10.0
     #: Samples waiting in memory for the next commit before the drop policy applies there.
     max_pending: int = 200_000
+    #: Write requests at a time. 1 keeps acknowledgements in strict order; more lets a
+    #: server that ingests in parallel work on two batches at once (a failure then re-sends
+    #: the batches after the failed one too, which InfluxDB absorbs).
+    max_in_flight: int = 1
 
 
 def read_config(site: Site) -> HistorianConfig:
@@ -163,6 +167,7 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
     stats_s = r.number("stats_interval_s", d.stats_interval_s, low=0.0, low_exclusive=True)
     stop_s = r.number("stop_timeout_s", d.stop_timeout_s, low=0.0)
     max_pending = r.int("max_pending", d.max_pending, low=1000, high=100_000_000)
+    max_in_flight = r.int("max_in_flight", d.max_in_flight, low=1, high=8)
     r.finish()
 
     if token_env is not None:
@@ -259,6 +264,7 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
             stats_interval_s=stats_s,
             stop_timeout_s=stop_s,
             max_pending=max_pending,
+            max_in_flight=max_in_flight,
         ),
         errors,
     )

@@ -71,7 +71,9 @@ class Forwarder:
         self.publish = publish
         self.stats = ForwardStats()
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="historian-forward")
-        self._net_thread = ThreadPoolExecutor(1, thread_name_prefix="historian-net")
+        self._net_thread = ThreadPoolExecutor(
+            config.max_in_flight, thread_name_prefix="historian-net"
+        )
         self._wake = asyncio.Event()
         self._draining = 0
         self._delay = config.retry_initial_s
@@ -94,15 +96,35 @@ class Forwarder:
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
+        """Send forever, with up to `max_in_flight` requests at a time."""
+        workers = [
+            asyncio.create_task(self._work(), name=f"historian-forward-{n}")
+            for n in range(self.config.max_in_flight)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _work(self) -> None:
         while True:
             await self._ready()
-            if not await self.send_once():
+            sent = await self.send_once()
+            if sent is False:
                 await self._back_off()
+            elif sent is None:  # another worker took what there was
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s)
+                except TimeoutError:
+                    pass
 
     async def _ready(self) -> None:
         while True:
             self._wake.clear()
-            lines, oldest_ns = await self._db(self.spool.head)
+            lines, oldest_ns = await self._db(self.spool.unread)
             if lines:
                 age = (time.time_ns() - oldest_ns) / 1e9
                 wait = self.config.flush_interval_s - age
@@ -122,11 +144,12 @@ class Forwarder:
         self._delay = min(self._delay * 2, self.config.retry_max_s)
         await asyncio.sleep(delay)
 
-    async def send_once(self) -> bool:
-        """Send the oldest batches once; False when the attempt must be retried later."""
+    async def send_once(self) -> bool | None:
+        """Send the oldest unread batches once: True when delivered, False when the attempt
+        must be retried later, None when there was nothing to read."""
         batches: list[SpoolBatch] = await self._db(self.spool.peek, self.config.batch_size)
         if not batches:
-            return True
+            return None
         quarantined: list[tuple[int, str, bytes]] = [
             (0, "record damaged on disk (CRC mismatch); kept as read", b.body)
             for b in batches
@@ -243,7 +266,7 @@ class Forwarder:
                 lines, _ = await self._db(self.spool.head)
                 if not lines:
                     return True
-                if not await self.send_once():
+                if await self.send_once() is False:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break

@@ -75,10 +75,11 @@ class InfluxHistoryReader:
 
     def statement(
         self, source: str, point: str, start: datetime, end: datetime, limit: int
-    ) -> tuple[str, ValueType | None]:
+    ) -> tuple[str, ValueType | None] | None:
+        """The InfluxQL query for a page; None when no known model has this point."""
         resolved = self.catalogue.resolve(source, point)
         if resolved is None:
-            raise KeyError(f"no known series holds point {point!r} of {source!r}")
+            return None
         model, spec = resolved
         kind = series_kind(model)
         name = field_name(point)
@@ -94,7 +95,10 @@ class InfluxHistoryReader:
     def read_raw_sync(
         self, source: str, point: str, start: datetime, end: datetime, limit: int
     ) -> HistoryPage:
-        q, vt = self.statement(source, point, start, end, limit)
+        statement = self.statement(source, point, start, end, limit)
+        if statement is None:
+            return HistoryPage([])
+        q, vt = statement
         rows = [row for series in self.client.query(q) for row in series.get("values") or []]
         continuation = from_ns(rows[limit][0]) if len(rows) > limit else None
         values: list[HistoryValue] = []

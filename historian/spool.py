@@ -217,6 +217,10 @@ class Spool:
         self._head_fd: int | None = None
         self._cursor = (0, 0)
         self._read = (0, 0)
+        #: Records read and not yet acknowledged, in read order, and those acknowledged
+        #: out of order (with several requests in flight).
+        self._outstanding: list[SpoolBatch] = []
+        self._acked: set[tuple[int, int]] = set()
         self._fds: dict[int, int] = {}
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._counters_dirty = False
@@ -489,6 +493,8 @@ class Spool:
         if fd is not None:
             os.close(fd)
         segment.path.unlink(missing_ok=True)
+        self._outstanding = [b for b in self._outstanding if b.segment != seg_id]
+        self._acked = {k for k in self._acked if k[0] != seg_id}
         nxt = min(self._segments, default=seg_id + 1)
         if self._cursor[0] <= seg_id:
             self._cursor = (nxt, 0)
@@ -566,12 +572,25 @@ class Spool:
                 if total >= max_lines:
                     break
             self._read = (seg_id, offset)
+            self._outstanding += out
         return out
 
     def release(self) -> None:
-        """The batches peeked were not delivered: read them again from the cursor."""
+        """What was peeked was not delivered: read again from the cursor (anything still in
+        flight is sent again; an acknowledgement for it that comes later is ignored)."""
         with self._mutex:
             self._read = self._cursor
+            self._outstanding.clear()
+            self._acked.clear()
+
+    def unread(self) -> tuple[int, int]:
+        """(lines not read yet, creation time in ns of the oldest unacknowledged record)."""
+        with self._mutex:
+            pending = self._pending_lines_unlocked()
+            unread = pending - sum(b.lines for b in self._outstanding)
+            if not unread:
+                return 0, 0
+            return unread, self._oldest_created()
 
     def ack(
         self, batches: Sequence[SpoolBatch], quarantined: Sequence[tuple[int, str, bytes]] = ()
@@ -583,26 +602,40 @@ class Spool:
         for status, error, data in quarantined:
             bad_lines += self._quarantine(status, error, data)
         with self._mutex:
+            waiting = {(b.segment, b.offset) for b in self._outstanding}
             sent = 0
             for b in batches:
+                key = (b.segment, b.offset)
+                if key in waiting and key not in self._acked:
+                    self._acked.add(key)
+                    sent += b.lines
+            moved = False
+            while (
+                self._outstanding
+                and (key := (self._outstanding[0].segment, self._outstanding[0].offset))
+                in self._acked
+            ):
+                b = self._outstanding.pop(0)
+                self._acked.discard(key)
                 segment = self._segments.get(b.segment)
-                if segment is None or (b.segment, b.offset) < self._cursor:
-                    continue  # dropped meanwhile, or already acknowledged
+                if segment is None:
+                    continue  # dropped meanwhile
                 segment.records -= 1
                 segment.lines -= b.lines
                 segment.points -= b.points
                 segment.bytes -= b.end - b.offset
-                sent += b.lines
                 self._cursor = (b.segment, b.end)
-            for seg_id in sorted(self._segments):
-                segment = self._segments[seg_id]
-                if seg_id < self._cursor[0] or (
-                    seg_id == self._cursor[0] and segment.sealed and self._cursor[1] >= segment.size
-                ):
-                    self._forget(seg_id, write=False)
-            self._write_cursor()
-            if (self._read[0], self._read[1]) < self._cursor:
-                self._read = self._cursor
+                moved = True
+            if moved:
+                for seg_id in sorted(self._segments):
+                    segment = self._segments[seg_id]
+                    if seg_id < self._cursor[0] or (
+                        seg_id == self._cursor[0]
+                        and segment.sealed
+                        and self._cursor[1] >= segment.size
+                    ):
+                        self._forget(seg_id, write=False)
+                self._write_cursor()
             self._counters["sent_lines"] += max(sent - bad_lines, 0)
             self._counters["quarantined_lines"] += bad_lines
             self._counters_dirty = True
@@ -693,6 +726,7 @@ class Spool:
         the spool's owner puts them back at the end of the queue; (batches, lines)."""
         lo = from_ns if from_ns is not None else -(2**63)
         hi = to_ns if to_ns is not None else 2**63 - 1
+        (self.folder / REPLAY).mkdir(parents=True, exist_ok=True)
         moved = lines = 0
         for e in self.quarantined():
             if e.last_ns < lo or e.first_ns >= hi:
@@ -708,6 +742,7 @@ class Spool:
     def add_replay(self, chunks: Sequence[Chunk]) -> int:
         """Lines produced outside the service (replay from an embedded store), left in
         `replay/` for the spool's owner to append."""
+        (self.folder / REPLAY).mkdir(parents=True, exist_ok=True)
         total = 0
         for n, c in enumerate(chunks):
             _write_atomic(self.folder / REPLAY / f"{time.time_ns()}-{n:06d}.lp", c.data)

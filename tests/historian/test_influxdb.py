@@ -177,3 +177,48 @@ async def test_outage_under_load_every_point_arrives_once(influxdb, tmp_path: Pa
     assert arrived.keys() == expected.keys()
     for key, values in expected.items():
         assert arrived[key] == (values["energy_total"], values["voltage"], values["buy_count"])
+
+
+def test_an_embedded_store_is_replayed_into_influxdb(influxdb, tmp_path: Path):
+    """`replay --embedded`: a small site's local history, in a time range, moved to a newly
+    configured InfluxDB (even without the plugin that provided the model)."""
+    (tmp_path / "small").mkdir()
+    (tmp_path / "big").mkdir()
+    small = site_with(fast(), tmp_path / "small")
+
+    async def fill() -> None:
+        async with running(small) as historian:
+            for i in range(50):
+                for m in range(2):
+                    historian.bus.publish(sample(m, i))
+            await historian.commit()
+
+    asyncio.run(fill())
+    db = fresh_db()
+    big = site_with(v1(influxdb, db), tmp_path / "big")
+    start, end = sample(0, 10).read_at.isoformat(), sample(0, 40).read_at.isoformat()
+    store = str(tmp_path / "small" / "history.sqlite")
+    result = run_cli("replay", str(big.path), "--embedded", store, "--from", start, "--to", end)
+    assert "replay: 60 lines" in result.output, result.output
+    result = run_cli("flush", str(big.path))
+    assert result.exit_code == 0 and "60 lines sent" in result.output, result.output
+    rows = influx_rows(influxdb.url, db, "SELECT energy_total, supply_on, meter FROM electric")
+    assert len(rows) == 60
+    expected = {
+        (f"M{m:03d}", ms(sample(m, i).read_at)): values_of(m, i)
+        for m in range(2)
+        for i in range(10, 40)
+    }
+    for row in rows:
+        values = expected[(row["meter"], row["time"] // 1_000_000)]
+        assert (row["energy_total"], row["supply_on"]) == (
+            values["energy_total"],
+            values["supply_on"],
+        )
+
+
+async def test_unknown_series_read_as_empty(influxdb, tmp_path: Path):
+    site = site_with(v1(influxdb, fresh_db()), tmp_path)
+    async with running(site) as historian:
+        page = await historian.reader.read_raw("nobody", "nothing", BASE, BASE, 10)
+    assert page.values == [] and page.continuation is None
