@@ -137,11 +137,14 @@ def openprepay_services(runtime: Runtime) -> Sequence[Service]:
 
 
 @hookspec
-def openprepay_notifiers() -> Sequence[Notifier]:
+def openprepay_notifiers(site: Site) -> Sequence[Notifier]:
     """Channels that deliver alarm and supply notices (email, webhook, SMS, app push).
 
-    Called once by the notification service at start; a notice goes to every notifier whose
-    `channel` the account's settings name.
+    Called once by the notification service at start with the running site (read your
+    settings from `site.sections["notify"]["<channel>"]`; validate them in
+    `openprepay_validate_site`). A notice queued for `channel:recipient` (the account's
+    notify settings) is sent by the notifier whose `channel` matches; return none for a
+    channel that is not configured.
     """
 
 

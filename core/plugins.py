@@ -216,8 +216,8 @@ class Plugins:
             for s in group
         ]
 
-    def notifiers(self) -> list[Notifier]:
-        return [n for group in self._call("openprepay_notifiers") for n in group]
+    def notifiers(self, site: Site) -> list[Notifier]:
+        return [n for group in self._call("openprepay_notifiers", site=site) for n in group]
 
     def payment_providers(self) -> list[PaymentProvider]:
         return [p for group in self._call("openprepay_payment_providers") for p in group]

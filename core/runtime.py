@@ -14,9 +14,12 @@ import logging
 from .arbiter import LinkArbiter, LinkWorker
 from .contracts import Service
 from .db import Database, open_database, read_database_config
+from .errors import ConfigError
 from .events import EventBus
 from .history import HistoryReader
+from .operations import Operations
 from .plugins import Plugins
+from .prepay_engine import PrepayEngine, check_prepayment_sections
 from .readings import LatestReadings
 from .site import Site, check_devices_against_models
 
@@ -57,11 +60,24 @@ class Runtime:
         self._wants_db = site.path is not None or "database" in site.sections
         if self._wants_db:
             read_database_config(site)
+        problems = check_prepayment_sections(site)
+        if problems:
+            raise ConfigError(str(site.path or "site"), problems)
+        #: With a database: the prepayment engine (metering, command executor, deferred
+        #: trips, reconciliation, notices) and the service functions every caller uses
+        #: (`core.operations.Operations`), both built by `start()`.
+        self.prepay: PrepayEngine | None = None
+        self.operations: Operations | None = None
 
     async def start(self) -> None:
         if self._wants_db and self.db is None:
             self.db = await asyncio.to_thread(open_database, self.site)
-        self.services = self.plugins.services(self)
+        services: list[Service] = []
+        if self.db is not None:
+            self.prepay = PrepayEngine.for_runtime(self)
+            self.operations = self.prepay.operations
+            services.append(self.prepay)
+        self.services = services + self.plugins.services(self)
         try:
             for service in self.services:
                 log.info("starting %s", service.name)

@@ -1,0 +1,223 @@
+"""Fixtures for the prepayment engine: a real site file, a real database, simulated meters
+behind a real gateway socket, and the whole runtime (arbiter, engine, executor) on it.
+
+`engine_site(tmp_path, ...)` writes a site file whose links point at a running
+`SimulatedSite`; `running(...)` starts the `Runtime` on it. The [prepay] policy allows
+trips at any hour with no notice (unless a test asks otherwise), so a room that runs out
+is cut at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from openprepay.core import accounts as acc
+from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.model import MeterKind
+from openprepay.core.plugins import Plugins
+from openprepay.core.runtime import Runtime
+from openprepay.core.simulate import SimulatedSite
+from openprepay.core.site import ControlMode, LinkType, load_site, parse_site
+
+#: Trips at any hour, any day, without notice or friendly credit: the engine's behaviour
+#: is then decided by the balance alone (tests that need the policy set their own).
+ANYTIME_POLICY: dict[str, Any] = {
+    "quiet_start": "00:00",
+    "quiet_end": "00:00",
+    "no_trip_days": [],
+    "holiday_calendar": "",
+    "no_trip_before_non_working_day": False,
+    "notice_days": 0,
+    "friendly_credit": "0.00",
+    "max_trips_per_minute": 100,
+}
+
+BASE: dict[str, Any] = {
+    "site": {"id": "t", "timezone": "Asia/Shanghai"},
+    "poll": {"interval_s": 0.2, "stats_interval_s": 60},
+    "links": {"gw": {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 1, "timeout_ms": 300}},
+    "buildings": {"A": {"floors": ["1"]}},
+    "rooms": {
+        "A-101": {"building": "A", "floor": "1"},
+        "A-102": {"building": "A", "floor": "1"},
+    },
+    "devices": {
+        "E-101": {
+            "model": "acrel.DDSY1352",
+            "link": "gw",
+            "unit_id": 1,
+            "room": "A-101",
+            "control_mode": "REMOTE",
+            "options": {"sim_load_kw": 1.0},
+        },
+        "W-101": {
+            "model": "xintai.valve_meter",
+            "link": "gw",
+            "unit_id": 2,
+            "room": "A-101",
+            "control_mode": "REMOTE",
+            "options": {"sim_flow_m3h": 0.02, "sim_valve_travel_s": 0.1},
+        },
+        "E-102": {
+            "model": "acrel.DDSY1352",
+            "link": "gw",
+            "unit_id": 3,
+            "room": "A-102",
+            "control_mode": "LOCAL",
+            "options": {"sim_load_kw": 0.5, "sim_buy_count": 0, "sim_remaining": 0.0},
+        },
+    },
+    "tariffs": {
+        "flat": {"price": "0.5000"},
+        "water": {"commodity": "water", "price": "3.00"},
+    },
+    "prepay": {
+        "policy": ANYTIME_POLICY,
+        "engine": {
+            "default_tariffs": {"electric": "flat", "water": "water"},
+            "post_interval_s": 0.2,
+            "queue_poll_s": 0.1,
+            "retry_initial_s": 0.2,
+            "retry_max_s": 1.0,
+            "command_lease_s": 5,
+            "deferral_poll_s": 0.2,
+            "instance": "test-engine",
+        },
+    },
+}
+
+
+def site_data(**changes: Any) -> dict[str, Any]:
+    """The base site with top-level sections replaced or merged (dicts merge one level)."""
+    data = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            merged = dict(data[key])
+            merged.update(value)
+            data[key] = merged
+        else:
+            data[key] = value
+    return data
+
+
+@pytest.fixture(scope="session")
+def plugins() -> Plugins:
+    loaded = Plugins.load()
+    assert not loaded.failures, loaded.failures
+    return loaded
+
+
+@dataclass
+class Running:
+    runtime: Runtime
+    sims: SimulatedSite
+    site_file: Path
+
+    @property
+    def ops(self) -> Any:
+        assert self.runtime.operations is not None
+        return self.runtime.operations
+
+    @property
+    def db(self) -> Any:
+        assert self.runtime.db is not None
+        return self.runtime.db
+
+    def sim(self, meter: str) -> Any:
+        return self.sims.devices[meter]
+
+    def open_account(
+        self,
+        account_id: str,
+        meters: tuple[str, ...],
+        *,
+        balance_fen: int = 0,
+        **spec: Any,
+    ) -> acc.Account:
+        site = self.runtime.site
+        models = self.runtime.plugins.models
+        assigned = tuple(acc.resolve_meter(site, models, m) for m in meters)
+        with self.db.begin() as conn:
+            account = acc.create_account(
+                conn, acc.AccountSpec(account_id, f"tenant {account_id}", assigned, **spec)
+            )
+            for m in assigned:
+                if m.control_mode is ControlMode.LOCAL:
+                    from openprepay.core.commands import set_meter_buy_count
+
+                    set_meter_buy_count(conn, m.meter_id, int(self.sim(m.meter_id).buy_count))
+        if balance_fen:
+            self.ops.topup(account_id, balance_fen, f"open-{account_id}", actor="test")
+        return account
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> None:
+    """Wait until `predicate()` is true (never a timing assertion: the timeout only stops a
+    hung test)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(step)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def until_async(
+    predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, step: float = 0.05
+) -> None:
+    async def poll() -> None:
+        while not await predicate():
+            await asyncio.sleep(step)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+StartRunning = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def running(plugins: Plugins, tmp_path: Path) -> AsyncIterator[StartRunning]:
+    """`await running(speedup=..., **site_changes)` → the runtime on simulated meters."""
+    started: list[Running] = []
+
+    async def start(
+        *, speedup: float = 0.0, data: dict[str, Any] | None = None, **changes: Any
+    ) -> Running:
+        site_dict = data or site_data(**changes)
+        parsed = parse_site(site_dict)
+        sims = SimulatedSite(
+            parsed,
+            plugins,
+            SimulatorOptions(speedup=speedup, ephemeral_ports=True, timezone="Asia/Shanghai"),
+        )
+        await sims.start()
+        for link_id, (host, port) in sims.addresses.items():
+            link = site_dict["links"][link_id]
+            if parsed.links[link_id].type is LinkType.SERIAL:
+                link["device"] = f"socket://{host}:{port}"
+            else:
+                link["host"], link["port"] = host, port
+        site_file = tmp_path / f"site{len(started)}.toml"
+        site_file.write_text(tomli_w.dumps(site_dict))
+        runtime = Runtime(load_site(site_file), plugins)
+        one = Running(runtime, sims, site_file)
+        started.append(one)
+        await runtime.start()
+        return one
+
+    yield start
+    for one in reversed(started):
+        await one.runtime.stop()
+        await one.sims.stop()
+
+
+def kinds() -> dict[str, MeterKind]:
+    return {"E-101": MeterKind.ELECTRIC, "W-101": MeterKind.WATER, "E-102": MeterKind.ELECTRIC}
