@@ -182,7 +182,12 @@ def create_account(
     if conn.execute(sa.select(t.account.c.id).where(t.account.c.id == spec.id)).first():
         raise RequestError("id", f"account {spec.id!r} already exists")
     _check_meters_free(conn, spec.meters)
-    now = now or utcnow()
+    _insert_account(conn, spec, open_now, now or utcnow())
+    return get_account(conn, spec.id)
+
+
+def _insert_account(conn: Connection, spec: AccountSpec, open_now: bool, now: datetime) -> None:
+    """The rows of a new account, its wallets and meters (checks done by the caller)."""
     th = spec.thresholds
     conn.execute(
         t.account.insert(),
@@ -218,7 +223,6 @@ def create_account(
             },
         )
     _attach(conn, spec.id, spec.meters, now)
-    return get_account(conn, spec.id)
 
 
 def _check_meters_free(conn: Connection, meters: Sequence[MeterAssignment]) -> None:
@@ -702,6 +706,7 @@ def import_accounts(
     if bad_header:
         return report
 
+    parsed: list[_Row] = []
     good: list[_Row] = []
     seen_ids: dict[str, int] = {}
     seen_meters: dict[str, int] = {}
@@ -728,36 +733,70 @@ def import_accounts(
         try:
             row = _parse_row(line, record, site, models, defaults or FeeThresholds())
             _check_row_unique(row, seen_ids, seen_meters)
-            existing = find_account(conn, row.spec.id)
-            if existing is not None:
-                if not _same(existing, row):
+        except RequestError as exc:
+            report.problems.append(RowProblem(line, exc.field, exc.message))
+            continue
+        parsed.append(row)
+
+    # Against the database, with two look-ups for the whole file instead of per row.
+    existing_ids: set[str] = set()
+    for chunk in _chunks([r.spec.id for r in parsed]):
+        existing_ids.update(
+            conn.execute(sa.select(t.account.c.id).where(t.account.c.id.in_(chunk))).scalars()
+        )
+    taken: dict[str, str] = {}
+    for chunk in _chunks([m.meter_id for r in parsed for m in r.spec.meters]):
+        taken.update(
+            conn.execute(
+                sa.select(t.account_meter.c.meter_id, t.account_meter.c.account_id).where(
+                    t.account_meter.c.meter_id.in_(chunk), t.account_meter.c.detached_at.is_(None)
+                )
+            ).all()
+        )
+    for checked, row in enumerate(parsed, 1):
+        try:
+            if row.spec.id in existing_ids:
+                existing = find_account(conn, row.spec.id)
+                if existing is None or not _same(existing, row):
                     raise RequestError(
                         "id", f"account {row.spec.id!r} already exists with other settings"
                     )
                 report.unchanged.append(row.spec.id)
                 continue
-            _check_meters_free(conn, row.spec.meters)
+            for m in row.spec.meters:
+                if m.meter_id in taken:
+                    raise RequestError(
+                        "meters",
+                        f"meter {m.meter_id!r} already belongs to account {taken[m.meter_id]!r}",
+                    )
         except RequestError as exc:
-            report.problems.append(RowProblem(line, exc.field, exc.message))
+            report.problems.append(RowProblem(row.line, exc.field, exc.message))
             continue
         good.append(row)
         if progress is not None:
-            progress("checked", report.rows)
+            progress("checked", checked)
+    report.problems.sort(key=lambda p: p.line)
 
     if all_or_nothing and report.problems:
         report.rolled_back = True
         report.unchanged.clear()
         return report
+    at = now or utcnow()
     for done, row in enumerate(good, 1):
-        create_account(conn, row.spec, open_now=row.open_now, now=now)
+        _insert_account(conn, row.spec, row.open_now, at)
         if row.opening_fen:
             post_opening_balance(
-                conn, row.spec.id, row.opening_fen, requested_by=requested_by, now=now
+                conn, row.spec.id, row.opening_fen, requested_by=requested_by, now=at
             )
         report.created.append(row.spec.id)
         if progress is not None:
             progress("created", done)
     return report
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
 
 
 def _same(account: Account, row: _Row) -> bool:
