@@ -1,0 +1,1 @@
+"""Built-in notification channels: email over SMTP and signed webhooks."""
