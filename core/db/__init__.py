@@ -243,7 +243,8 @@ def db_time(conn: Connection, value: datetime) -> Any:
     """A UTC timestamp as `FastStatement` passes it (what `schema.UtcDateTime` stores)."""
     value = value.astimezone(UTC)
     if conn.dialect.name == "sqlite":
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        # SQLAlchemy's SQLite DATETIME text, "2025-01-01 08:00:00.000000".
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
     return value
 
 
