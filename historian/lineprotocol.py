@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +40,9 @@ _KEY_ESCAPE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " "})
 _STRING_ESCAPE = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 
 _MICROSECOND = timedelta(microseconds=1)
+#: Rows encoded at once: enough to amortise numpy's per-call cost, few enough to keep the
+#: temporaries in the CPU cache.
+BLOCK_ROWS = 1024
 #: Largest integer a float64 holds exactly.
 _EXACT = float(2**53)
 #: Decimals tried for a float column when its resolution gives no hint.
@@ -125,8 +128,12 @@ class Chunk:
 
 
 class LineEncoder:
-    def __init__(self, site: Site | None) -> None:
+    def __init__(
+        self, site: Site | None, on_new_series: Callable[[str, DeviceModel], None] | None = None
+    ) -> None:
         self.site = site
+        #: Called with (source, model) the first time a source's samples of a model are seen.
+        self.on_new_series = on_new_series
         self._prefixes: dict[tuple[str, str], str] = {}
         self._layouts: dict[tuple[str, tuple[str, ...], bool], _Layout | None] = {}
 
@@ -141,6 +148,8 @@ class LineEncoder:
                 f",{escape_key(k)}={escape_key(v)}" for k, v in tags.items() if v
             )
             self._prefixes[key] = prefix
+            if self.on_new_series is not None:
+                self.on_new_series(source, model)
         return prefix
 
     def sample_line(self, sample: Sample) -> tuple[str, int, int]:
@@ -224,12 +233,18 @@ class LineEncoder:
             if layout is None:
                 rest = samples
             else:
-                data, rows, n, lo, hi, rest = self._encode_group(layout, samples)
-                if rows:
-                    parts.append(data)
-                    lines += rows
-                    points += n
-                    first, last = min(first, lo), max(last, hi)
+                rest = []
+                # Blocks small enough for the temporaries to stay in the CPU cache.
+                for i in range(0, len(samples), BLOCK_ROWS):
+                    data, rows, n, lo, hi, left = self._encode_group(
+                        layout, samples[i : i + BLOCK_ROWS]
+                    )
+                    rest += left
+                    if rows:
+                        parts.append(data)
+                        lines += rows
+                        points += n
+                        first, last = min(first, lo), max(last, hi)
             for sample in rest:
                 line, n, ns = self.sample_line(sample)
                 single.append(line)

@@ -82,7 +82,6 @@ class Historian:
         self._commit_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._unsubscribe: list[Callable[[], None]] = []
-        self._seen: set[tuple[str, str]] = set()
         #: Samples dropped in memory because commits could not keep up (disk trouble).
         self._memory_drops: list[Item] = []
         self.memory_dropped_lines = 0
@@ -274,15 +273,6 @@ class Historian:
             )
         )
 
-    def _learn(self, items: list[Item]) -> None:
-        seen = self._seen
-        for item in items:
-            if isinstance(item, Sample):
-                key = (item.source, item.model.name)
-                if key not in seen:
-                    seen.add(key)
-                    self.catalogue.learn(item.source, item.model)
-
     # -- statistics -----------------------------------------------------------------------
     async def _stats_forever(self) -> None:
         while True:
@@ -341,7 +331,7 @@ class SpoolingHistorian(Historian):
     ) -> None:
         super().__init__(config, site, bus, models)
         assert config.influx is not None and config.spool_dir is not None
-        self.encoder = LineEncoder(site)
+        self.encoder = LineEncoder(site, self.catalogue.learn)
         self.spool = Spool(
             config.spool_dir,
             config.spool_max_bytes,
@@ -369,7 +359,6 @@ class SpoolingHistorian(Historian):
         return [asyncio.create_task(self.forwarder.run(), name="historian-forward")]
 
     def _store(self, items: list[Item]) -> tuple[int, Drop | None]:
-        self._learn(items)
         chunks = self.encoder.encode(items, self.config.batch_size)
         return self.spool.append(chunks)
 
@@ -457,7 +446,6 @@ class EmbeddedHistorian(Historian):
         self.store.close()
 
     def _store(self, items: list[Item]) -> tuple[int, Drop | None]:
-        self._learn(items)
         self.store.store(items)
         return len(items), None
 

@@ -28,7 +28,8 @@ server's answer and the cursor write sends those records again, which InfluxDB a
 
 Bound: `spool_max_mb` limits the unsent data. When an append would exceed it,
 `drop_oldest` deletes the oldest whole segments (a segment is at most 1/16 of the bound, and
-at most 16 MB), `drop_newest` refuses the new records. Either way the loss is counted and
+at most 16 MB), `drop_newest` refuses the new records, and keeps refusing until the backlog
+has drained below 90 % of the bound, so that what is kept is one stretch of time. Either way the loss is counted and
 returned to the caller, which raises it as an event. Disk use can exceed the bound by the
 acknowledged head of the segment being read (less than one segment).
 
@@ -68,6 +69,8 @@ log = logging.getLogger("openprepay.historian")
 
 _HEADER = struct.Struct("<4sB3xIIIqqqI")
 _MAGIC = b"OPR1"
+#: After drop_newest refused data, new data is taken again below this share of the bound.
+RESUME_BELOW = 0.9
 _GZ = 1
 COUNTERS = (
     "accepted_lines",
@@ -224,6 +227,8 @@ class Spool:
         self._fds: dict[int, int] = {}
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._counters_dirty = False
+        #: drop_newest refused data and refuses until the backlog drains below RESUME_BELOW.
+        self._refusing = False
         self._lock_fd: int | None = None
         self._writable = False
         self.opened = False
@@ -403,19 +408,25 @@ class Spool:
             dropped: list[tuple[int, int, int | None, int | None, int]] = []
             reason = ""
             incoming = sum(len(h) + len(b) for h, b, _ in records)
-            if self._pending_bytes() + incoming > self.max_bytes:
+            if self._refusing and self._pending_bytes() < self.max_bytes * RESUME_BELOW:
+                self._refusing = False
+            if self._refusing or self._pending_bytes() + incoming > self.max_bytes:
                 if self.policy is DropPolicy.DROP_OLDEST:
                     dropped += self._drop_oldest(self._pending_bytes() + incoming - self.max_bytes)
                     reason = "spool full: oldest segments dropped"
-                if self._pending_bytes() + incoming > self.max_bytes:
+                if self._refusing or self._pending_bytes() + incoming > self.max_bytes:
+                    # drop_newest (or a batch larger than the whole spool): refuse new data,
+                    # and keep refusing until the backlog has drained below RESUME_BELOW,
+                    # so that what is kept stays one contiguous stretch of time.
                     kept = []
                     used = self._pending_bytes()
                     for rec in records:
                         size = len(rec[0]) + len(rec[1])
-                        if used + size <= self.max_bytes:
+                        if not self._refusing and used + size <= self.max_bytes:
                             kept.append(rec)
                             used += size
                         else:
+                            self._refusing = self.policy is DropPolicy.DROP_NEWEST
                             c = rec[2]
                             dropped.append((c.lines, c.points, c.first_ns, c.last_ns, 1))
                     records = kept

@@ -145,6 +145,9 @@ def test_drop_newest_keeps_the_backlog(tmp_path: Path) -> None:
     kept = drain(spool)
     assert kept == list(range(40 - refused))
     assert spool.counters()["dropped_lines"] == 10 * refused
+    # Once the backlog has drained, new data is taken again.
+    assert spool.append([chunk(99)]) == (10, None)
+    assert drain(spool) == [99]
     spool.close()
 
 
