@@ -254,13 +254,23 @@ class Operations:
         *,
         actor: str,
         settle: bool = True,
+        meter_id: str | None = None,
     ) -> RefundResult:
         """Refund from the energy wallet (at most what is refundable); `reference` is the
-        refund number. `settle=False` leaves it REQUESTED for the payment channel."""
+        refund number. `settle=False` leaves it REQUESTED for the payment channel. For a
+        LOCAL meter (`meter_id` when the account has several) the meter is debited first:
+        the refund waits (AWAITING_METER) for its REFUND command to be confirmed."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> RefundResult:
             result = ledger.refund(
-                conn, account_id, amount_fen, reference, settle=settle, requested_by=actor, now=now
+                conn,
+                account_id,
+                amount_fen,
+                reference,
+                settle=settle,
+                meter_id=meter_id,
+                requested_by=actor,
+                now=now,
             )
             if not result.replayed:
                 self.control.after_change(

@@ -62,13 +62,14 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 
 
 def _register_builtin() -> None:
-    from . import accounts, database, demo, devices, tariff
+    from . import accounts, database, demo, devices, prepay, tariff
 
     devices.register(cli)
     demo.register(cli)
     tariff.register(cli)
     database.register(cli)
     accounts.register(cli)
+    prepay.register(cli)
 
 
 _registered = False

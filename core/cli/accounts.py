@@ -22,6 +22,7 @@ from ..site import Site
 from . import EXIT_FAILED, CliContext
 from .common import load_checked_site, site_argument
 from .database import operator, site_database
+from .prepay import site_operations
 
 #: Files with more data rows than this get a progress bar on import.
 PROGRESS_FROM_ROWS = 200
@@ -382,25 +383,20 @@ def _run_import(
     help="Where the money came in: cash, wechat, alipay, bank...",
 )
 @click.option("--meter", help="LOCAL meter to recharge when the account has several.")
+@click.pass_obj
 def topup_command(
-    site_file: str, account_id: str, amount: str, reference: str, channel: str, meter: str | None
+    obj: CliContext,
+    site_file: str,
+    account_id: str,
+    amount: str,
+    reference: str,
+    channel: str,
+    meter: str | None,
 ) -> None:
     """Credit AMOUNT yuan (e.g. 100.00) to ACCOUNT's energy wallet."""
     fen = _amount(amount)
-    db = site_database(site_file)
-    try:
-        with db.begin() as conn:
-            r = ledger.topup(
-                conn,
-                account_id,
-                fen,
-                reference,
-                channel=channel,
-                meter_id=meter,
-                requested_by=operator(),
-            )
-    finally:
-        db.dispose()
+    with site_operations(site_file, obj) as ops:
+        r = ops.topup(account_id, fen, reference, channel=channel, meter_id=meter, actor=operator())
     line = (
         f"top-up {r.reference}: {format_fen(r.amount_fen)} to {r.account_id} via {r.channel}"
         + (" (already recorded; nothing changed)" if r.replayed else "")
@@ -426,7 +422,9 @@ def topup_command(
     help="Leave it REQUESTED for the payment channel to pay out (default: paid now).",
 )
 @click.option("--meter", help="LOCAL meter to debit when the account has several.")
+@click.pass_obj
 def refund_command(
+    obj: CliContext,
     site_file: str,
     account_id: str,
     amount: str,
@@ -439,20 +437,10 @@ def refund_command(
     For a LOCAL meter the meter is debited first: the refund waits for the meter to
     confirm its REFUND command, then posts (and pays out, unless --pending)."""
     fen = _amount(amount)
-    db = site_database(site_file)
-    try:
-        with db.begin() as conn:
-            r = ledger.refund(
-                conn,
-                account_id,
-                fen,
-                reference,
-                settle=not pending,
-                meter_id=meter,
-                requested_by=operator(),
-            )
-    finally:
-        db.dispose()
+    with site_operations(site_file, obj) as ops:
+        r = ops.refund(
+            account_id, fen, reference, settle=not pending, meter_id=meter, actor=operator()
+        )
     via = ", ".join(
         f"{a.channel} {format_fen(a.amount_fen)} (top-up {a.topup_reference})"
         for a in r.allocations

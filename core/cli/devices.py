@@ -7,7 +7,9 @@ import asyncio
 import click
 
 from ..contracts import SimulatorOptions
+from ..errors import ConfigError
 from ..model import Quality
+from ..prepay_engine import check_prepayment_sections
 from ..runtime import Runtime
 from ..simulate import SimulatedSite
 from ..site import check_devices_against_models
@@ -41,7 +43,13 @@ def check_command(obj: CliContext, site_file: str) -> None:
     """Validate a site file; every error names its field. Exit status 2 on errors."""
     site = load_checked_site(site_file)
     check_devices_against_models(site, obj.plugins.models)
-    obj.plugins.validate_site(site)
+    problems = check_prepayment_sections(site)
+    try:
+        obj.plugins.validate_site(site)
+    except ConfigError as exc:
+        problems.extend(exc.errors)
+    if problems:
+        raise ConfigError(site_file, problems)
     click.echo(
         f"{site_file}: OK — site {site.id}: {len(site.links)} links, {len(site.devices)} devices, "
         f"{len(site.buildings)} buildings, {len(site.rooms)} rooms"
