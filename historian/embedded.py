@@ -233,9 +233,12 @@ class EmbeddedStore:
         self, source: str, point: str, start: datetime, end: datetime, limit: int
     ) -> HistoryPage:
         db = self._reader_db()
-        found = db.execute(
-            "SELECT id, value_type FROM series WHERE source = ? AND point = ?", (source, point)
-        ).fetchone()
+        try:
+            found = db.execute(
+                "SELECT id, value_type FROM series WHERE source = ? AND point = ?", (source, point)
+            ).fetchone()
+        except sqlite3.OperationalError:  # read before the store was created
+            return HistoryPage([])
         if found is None:
             return HistoryPage([])
         sid, vt_name = found

@@ -29,9 +29,9 @@ server's answer and the cursor write sends those records again, which InfluxDB a
 Bound: `spool_max_mb` limits the unsent data. When an append would exceed it,
 `drop_oldest` deletes the oldest whole segments (a segment is at most 1/16 of the bound, and
 at most 16 MB), `drop_newest` refuses the new records, and keeps refusing until the backlog
-has drained below 90 % of the bound, so that what is kept is one stretch of time. Either way the loss is counted and
-returned to the caller, which raises it as an event. Disk use can exceed the bound by the
-acknowledged head of the segment being read (less than one segment).
+has drained below 90 % of the bound, so that what is kept is one stretch of time. Either way
+the loss is counted and returned to the caller, which raises it as an event. Disk use can
+exceed the bound by the acknowledged head of the segment being read (less than one segment).
 
 Why files rather than SQLite: a 3 MB batch costs one sequential write and one fdatasync
 here, where SQLite writes it twice (WAL, then checkpoint) and walks its overflow pages
@@ -229,6 +229,7 @@ class Spool:
         self._counters_dirty = False
         #: drop_newest refused data and refuses until the backlog drains below RESUME_BELOW.
         self._refusing = False
+        self._quarantine_count: int | None = None
         self._lock_fd: int | None = None
         self._writable = False
         self.opened = False
@@ -691,6 +692,7 @@ class Spool:
         }
         _write_atomic(folder / f"{entry}.lp", data)
         _write_atomic(folder / f"{entry}.json", json.dumps(meta).encode())
+        self._quarantine_count = None
         self._trim_quarantine()
         return lines
 
@@ -702,10 +704,17 @@ class Spool:
                 break
             (self.folder / QUARANTINE / f"{e.id}.lp").unlink(missing_ok=True)
             (self.folder / QUARANTINE / f"{e.id}.json").unlink(missing_ok=True)
+            self._quarantine_count = None
             with self._mutex:
                 self._counters["dropped_lines"] += e.lines
                 self._counters["dropped_points"] += e.lines
             total -= e.bytes
+
+    def quarantine_count(self) -> int:
+        """Pieces in the quarantine (cached; this process changes it, `replay` empties it)."""
+        if self._quarantine_count is None:
+            self._quarantine_count = len(list((self.folder / QUARANTINE).glob("*.json")))
+        return self._quarantine_count
 
     def quarantined(self) -> list[QuarantineEntry]:
         out = []
@@ -747,6 +756,7 @@ class Spool:
             (self.folder / QUARANTINE / f"{e.id}.json").unlink(missing_ok=True)
             moved += 1
             lines += e.lines
+        self._quarantine_count = None
         _fsync_dir(self.folder / REPLAY)
         return moved, lines
 
