@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import socket
@@ -48,6 +49,12 @@ from openprepay.historian.service import SpoolingHistorian
 
 METERS = 500
 BATCH = 5000
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -130,7 +137,7 @@ async def product_path(
     samples: list[Sample],
     plugins: Plugins,
     model: DeviceModel,
-    in_flight: int = 2,
+    in_flight: int = 1,
 ) -> tuple[float, dict]:
     site = parse_site(
         {
@@ -174,14 +181,18 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=2, help="best of this many runs each")
-    parser.add_argument("--in-flight", type=int, default=2, help="historian max_in_flight")
+    parser.add_argument("--in-flight", type=int, default=1, help="historian max_in_flight")
     args = parser.parse_args()
     plugins = Plugins.load()
     model = plugins.models["acrel.DDSY1352"]
     values_per_line = len(model.points) + 1  # + quality
     now = datetime.now(UTC).replace(microsecond=0)
     span = timedelta(seconds=args.samples // METERS + 10)
-    baseline_s, product_s = [], []
+    baseline_s: list[float] = []
+    product_s: list[float] = []
+    #: (server CPU s, this process's CPU s) per run.
+    baseline_cpu: list[tuple[float, float]] = []
+    product_cpu: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-historian-") as tmp:
         proc, url = start_vm(Path(tmp))
         try:
@@ -190,11 +201,15 @@ async def main() -> None:
             for r in range(args.rounds):
                 offset = now - timedelta(hours=2) - (2 * r + 2) * span
                 samples = make_samples(model, args.samples, offset, 2 * r + 1)
+                cpu = (process_cpu(proc.pid), time.process_time())
                 baseline_s.append(point_path(url, samples, "bench"))
+                baseline_cpu.append((process_cpu(proc.pid) - cpu[0], time.process_time() - cpu[1]))
                 samples = make_samples(model, args.samples, offset + span, 2 * r + 2)
+                cpu = (process_cpu(proc.pid), time.process_time())
                 elapsed, stats = await product_path(
                     url, Path(tmp) / f"spool{r}", samples, plugins, model, args.in_flight
                 )
+                product_cpu.append((process_cpu(proc.pid) - cpu[0], time.process_time() - cpu[1]))
                 product_s.append(elapsed)
                 print(
                     f"round {r + 1}: baseline {baseline_s[-1]:.2f} s, product {elapsed:.2f} s",
@@ -219,6 +234,17 @@ async def main() -> None:
         f"product  (bus -> encode -> fsync'd spool -> acked write): "
         f"{product:,.0f} points/s ({product / values_per_line:,.0f} lines/s)"
     )
+    lines = args.samples
+
+    def per_line(cpu: list[tuple[float, float]], which: int) -> float:
+        return round(min(c[which] for c in cpu) / lines * 1e6, 1)
+
+    print(
+        f"CPU per line: server {per_line(baseline_cpu, 0)} µs + client "
+        f"{per_line(baseline_cpu, 1)} µs (baseline); server {per_line(product_cpu, 0)} µs + "
+        f"historian {per_line(product_cpu, 1)} µs (product, {args.in_flight} requests in "
+        f"flight); {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"ratio {ratio:.2f}x  (spool after the last run: {stats['queue_depth']} lines waiting)")
     print(
         json.dumps(
@@ -231,6 +257,9 @@ async def main() -> None:
                 "samples": args.samples,
                 "values_per_line": values_per_line,
                 "rounds": args.rounds,
+                "server_cpu_us_per_line": per_line(product_cpu, 0),
+                "historian_cpu_us_per_line": per_line(product_cpu, 1),
+                "baseline_client_cpu_us_per_line": per_line(baseline_cpu, 1),
             }
         )
     )
