@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import tomli_w
 from openprepay.core import accounts as acc
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.model import MeterKind
-from openprepay.core.plugins import Plugins
+from openprepay.core.plugins import DISABLE_ENV, Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
 from openprepay.core.site import ControlMode, LinkType, load_site, parse_site
@@ -108,8 +109,25 @@ def site_data(**changes: Any) -> dict[str, Any]:
     return data
 
 
+#: The engine's tests run the core with the device and notify plugins only: the OPC UA
+#: server and the historian are tested on their own (and would only slow these down).
+OTHER_SERVICES = "opcua,historian"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _without_other_services() -> Iterator[None]:
+    """Subprocesses started by these tests (the service, the CLI) skip them too."""
+    before = os.environ.get(DISABLE_ENV)
+    os.environ[DISABLE_ENV] = OTHER_SERVICES
+    yield
+    if before is None:
+        os.environ.pop(DISABLE_ENV, None)
+    else:
+        os.environ[DISABLE_ENV] = before
+
+
 @pytest.fixture(scope="session")
-def plugins() -> Plugins:
+def plugins(_without_other_services: None) -> Plugins:
     loaded = Plugins.load()
     assert not loaded.failures, loaded.failures
     return loaded

@@ -185,10 +185,7 @@ def test_manual_disconnect_is_an_audited_override(offline) -> None:
     assert [a.action for a in audits][-2:] == ["disconnect", "reconnect"]
 
 
-def cli_run(site_file: Path, *args: str) -> Any:
-    from openprepay.core.plugins import Plugins
-
-    plugins = Plugins.load()
+def cli_run(plugins: Any, *args: str) -> Any:
     return CliRunner().invoke(
         build_cli(plugins), [*args], obj=CliContext(plugins), catch_exceptions=False
     )
@@ -208,23 +205,23 @@ def cli_run(site_file: Path, *args: str) -> Any:
         (("meter", "protect", "{site}", "E-999", "--reason", "x"), "meter"),
     ],
 )
-def test_cli_bad_input_exits_non_zero_and_changes_nothing(offline, args, field) -> None:
+def test_cli_bad_input_exits_non_zero_and_changes_nothing(offline, plugins, args, field) -> None:
     _ops, db, _, site_file = offline
     before = snapshot(db)
-    result = cli_run(site_file, *(a.format(site=site_file) for a in args))
+    result = cli_run(plugins, *(a.format(site=site_file) for a in args))
     assert result.exit_code != 0
     assert f"{field}:" in result.output
     assert snapshot(db) == before
 
 
-def test_cli_goes_through_operations(offline) -> None:
+def test_cli_goes_through_operations(offline, plugins) -> None:
     ops, db, _, site_file = offline
-    result = cli_run(site_file, "topup", str(site_file), "A-101", "50", "--ref", "cli-1")
+    result = cli_run(plugins, "topup", str(site_file), "A-101", "50", "--ref", "cli-1")
     assert result.exit_code == 0, result.output
-    result = cli_run(site_file, "meter", "trip", str(site_file), "E-101", "--reason", "works")
+    result = cli_run(plugins, "meter", "trip", str(site_file), "E-101", "--reason", "works")
     assert result.exit_code == 0, result.output
     assert "command" in result.output and "TRIP E-101" in result.output
-    result = cli_run(site_file, "meter", "protect", str(site_file), "E-101", "--reason", "ill")
+    result = cli_run(plugins, "meter", "protect", str(site_file), "E-101", "--reason", "ill")
     assert result.exit_code == 0, result.output
     assert "CLOSE E-101" in result.output  # 保电 closes what was cut
     with db.read() as conn:
@@ -235,7 +232,7 @@ def test_cli_goes_through_operations(offline) -> None:
     assert ops.account_snapshot("A-101").protected
 
 
-def test_check_validates_tariffs_prepay_and_notify(tmp_path: Path) -> None:
+def test_check_validates_tariffs_prepay_and_notify(tmp_path: Path, plugins) -> None:
     import tomli_w
 
     data = site_data(
@@ -245,7 +242,7 @@ def test_check_validates_tariffs_prepay_and_notify(tmp_path: Path) -> None:
     )
     site_file = tmp_path / "bad.toml"
     site_file.write_text(tomli_w.dumps(data))
-    result = cli_run(site_file, "check", str(site_file))
+    result = cli_run(plugins, "check", str(site_file))
     assert result.exit_code == 2
     for field in (
         "tariffs.flat.price",
