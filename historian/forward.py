@@ -78,6 +78,9 @@ class Forwarder:
         self._draining = 0
         self._delay = config.retry_initial_s
         self._retry_after: float | None = None
+        #: Failed attempts since the last success, and the error last logged.
+        self._failing = 0
+        self._logged_error = ""
 
     def notify(self) -> None:
         """New data was committed to the spool."""
@@ -170,8 +173,18 @@ class Forwarder:
         if not result.ok:
             self.spool.release()
             self._failed(result)
+            if result.status == 404 and self.writer.target.create_database:
+                await self._net(self._create_database)
             return False
         await self._db(self.spool.ack, batches, quarantined)
+        if self._failing:
+            log.info(
+                "historian: writing to %s works again (after %d failed attempts)",
+                self.writer.target.url,
+                self._failing,
+            )
+            self._failing = 0
+            self._logged_error = ""
         self.stats.connected = True
         self.stats.sent_requests += 1
         self.stats.last_write_s = result.duration_s
@@ -184,19 +197,22 @@ class Forwarder:
     def _failed(self, result: WriteResult) -> None:
         self.stats.retries += 1
         self.stats.connected = False
+        self._failing += 1
         self._retry_after = result.retry_after
         message = f"HTTP {result.status}: {result.error}" if result.status else result.error
-        if message != self.stats.last_error:
+        if message != self._logged_error:
             log.warning(
                 "historian: write to %s failed, will retry: %s", self.writer.target.url, message
             )
+            self._logged_error = message
         self.stats.last_error = message
-        if result.status == 404 and self.writer.target.create_database:
-            try:
-                self.writer.create_database()
-                log.info("historian: created database %s", self.writer.target.db)
-            except Exception as exc:
-                log.warning("historian: %s", exc)
+
+    def _create_database(self) -> None:
+        try:
+            self.writer.create_database()
+            log.info("historian: created database %s", self.writer.target.db)
+        except Exception as exc:
+            log.warning("historian: %s", exc)
 
     def _report_quarantine(self, quarantined: list[tuple[int, str, bytes]]) -> None:
         lines = sum(data.count(b"\n") for _, _, data in quarantined)

@@ -150,8 +150,10 @@ class Historian:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
-        for task in self._tasks[:2]:
-            task.cancel()
+        assert self._commit_lock is not None
+        async with self._commit_lock:  # never cancel a commit half-way (the thread goes on)
+            for task in self._tasks[:2]:
+                task.cancel()
         await asyncio.gather(*self._tasks[:2], return_exceptions=True)
         try:
             await self.commit()
@@ -207,6 +209,10 @@ class Historian:
                 start = time.perf_counter()
                 try:
                     accepted, drop = await self._in_store(self._store, part)
+                except asyncio.CancelledError:
+                    # The thread goes on storing `part`; keep only what it has not got.
+                    self._pending[:0] = items[i + step :]
+                    raise
                 except BaseException:
                     self._pending[:0] = items[i:]  # keep them; the bound still applies
                     raise
@@ -219,15 +225,15 @@ class Historian:
 
     def _memory_drop(self, items: list[Item]) -> Drop:
         points = sum(len(i.values) if isinstance(i, Sample) else 1 for i in items)
-        times = [i.time if isinstance(i, Sample) else i.at for i in items]
+        times = [to_ns(i.time if isinstance(i, Sample) else i.at) for i in items]
         self.memory_dropped_lines += len(items)
         self.memory_dropped_points += points
         return Drop(
             lines=len(items),
             points=points,
             batches=0,
-            first_ns=to_ns(min(times)),
-            last_ns=to_ns(max(times)),
+            first_ns=min(times),
+            last_ns=max(times),
             reason=f"more than {self.config.max_pending} samples waited in memory for the"
             f" disk ({self.config.drop_policy.value})",
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 from openprepay.core.account_points import account_sample
@@ -33,9 +34,12 @@ async def read_all(reader, source: str, point: str, page: int = 7) -> list:
         start = got.continuation
 
 
-async def test_the_runtime_gets_an_embedded_history_by_default(tmp_path: Path):
+async def test_the_runtime_gets_an_embedded_history_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """No [historian] section: the plugin (loaded from its entry point) starts the
     embedded store next to the site file and registers its reader on the runtime."""
+    monkeypatch.setenv("OPENPREPAY_DISABLE_PLUGINS", "opcua,notify")  # only what this needs
     site_file = tmp_path / "site.toml"
     site_file.write_text(
         tomli_w.dumps(
