@@ -140,12 +140,17 @@ class Forwarder:
             except TimeoutError:
                 pass
 
-    async def _back_off(self) -> None:
+    def next_delay(self) -> float:
+        """Seconds to wait before the next attempt: the server's Retry-After when it sent
+        one, else the current back-off with jitter (which then doubles, up to the max)."""
         delay = self._delay * random.uniform(0.5, 1.0)
         if self._retry_after is not None:
             delay = min(max(self._retry_after, 0.0), 3600.0)
         self._delay = min(self._delay * 2, self.config.retry_max_s)
-        await asyncio.sleep(delay)
+        return delay
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(self.next_delay())
 
     async def send_once(self) -> bool | None:
         """Send the oldest unread batches once: True when delivered, False when the attempt

@@ -61,6 +61,9 @@ async def test_a_full_spool_drops_by_its_policy_and_says_so(tmp_path: Path, poli
     assert stats["queue_bytes"] <= 0.05 * 1024 * 1024
     own = [s for s in stats_points if s.source == HISTORIAN_SOURCE and s.model is HISTORIAN_MODEL]
     assert own and own[-1].values["dropped_lines"] == stats["dropped_lines"]
+    point = own[-1].values  # depth, bytes and age of the backlog are points too
+    assert point["queue_depth"] > 0 and point["queue_bytes"] > 0 and point["oldest_age_s"] > 0
+    assert point["connected"] is False and point["retries"] > 0
 
     times = sorted(
         int(line.rsplit(b" ", 1)[1]) // 1_000_000 for line in kept if line.startswith(b"electric")
