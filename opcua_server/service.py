@@ -1,0 +1,303 @@
+"""The OPC UA server as an OpenPrepay service: built at start, fed by the event bus.
+
+Start: certificate and users from the PKI folder, asyncua server with the configured
+security, the address space (types, site tree, links, accounts), methods, event types and
+the history backend; then the bus listeners (samples → publisher, core events → events)
+and the latest readings so a client never sees stale initial values. Stop: the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from asyncua import Server, ua
+
+from openprepay.core.events import (
+    CommunicationLost,
+    CommunicationRestored,
+    Event,
+    HistorianDataDropped,
+)
+from openprepay.core.model import Sample
+
+from .access import RoleRuleset, SessionUser, SessionUserManager
+from .config import OpcUaConfig, Policy
+from .events import SEVERITY_COMM, Emission, EventEmitter
+from .history import HistorianBackend
+from .pki import ClientCertificateValidator, Pki, ensure_server_certificate, thumbprint
+from .publisher import Publisher
+from .space import Space
+from .standard_space import FastInternalServer
+from .users import Role, UserDirectory, add_user
+
+if TYPE_CHECKING:
+    from openprepay.core.runtime import Runtime
+
+log = logging.getLogger("openprepay.opcua")
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "openprepay"
+
+_POLICY = {
+    Policy.BASIC256SHA256: (
+        ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+        ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ),
+    Policy.AES256SHA256RSAPSS: (
+        ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+        ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ),
+    Policy.AES128SHA256RSAOAEP: (
+        ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+        ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ),
+}
+
+
+class OpcUaService:
+    name = "opcua"
+
+    def __init__(self, config: OpcUaConfig, runtime: Runtime) -> None:
+        assert config.pki_dir is not None
+        self.config = config
+        self.runtime = runtime
+        self.pki = Pki(config.pki_dir)
+        self.server: Server | None = None
+        self.space: Space | None = None
+        self.publisher: Publisher | None = None
+        self.events: EventEmitter | None = None
+        self.ruleset: RoleRuleset | None = None
+        self.users: UserDirectory | None = None
+        self.port: int | None = None
+        self.endpoint: str = ""
+        self.method_roles: dict[ua.NodeId, frozenset[Role]] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
+        #: Hooks that add to the address space before the server starts (accounts).
+        self.extensions: list[Any] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        config = self.config
+        app_uri = f"urn:openprepay:{self.runtime.site.id}:opcua"
+        cert = await asyncio.to_thread(
+            ensure_server_certificate, self.pki, app_uri, config.hostname
+        )
+        self.users = UserDirectory(
+            config.users_path, lockout_failures=config.lockout_failures, lockout_s=config.lockout_s
+        )
+        demo_created = False
+        if config.demo and not self.users.users:
+            await asyncio.to_thread(
+                add_user, config.users_path, DEMO_USER, DEMO_PASSWORD, Role.ADMIN
+            )
+            self.users.reload()
+            demo_created = True
+
+        server = Server(
+            iserver=FastInternalServer(
+                user_manager=SessionUserManager(self.users, allow_anonymous=config.allow_anonymous)
+            )
+        )
+        self.server = server
+        server.iserver.bind_condition_methods = True
+        self.space = space = Space(
+            server, self.runtime.site, self.runtime.plugins.models, history=config.history
+        )
+        server.iserver.history_manager.set_storage(
+            HistorianBackend(
+                space.history_targets, lambda: self.runtime.history, config.history_max_values
+            )
+        )
+        await server.init()
+        server.set_server_name(f"OpenPrepay {self.runtime.site.info.name or self.runtime.site.id}")
+        server.product_uri = "urn:openprepay"
+        server.manufacturer_name = "OpenPrepay"
+        server.application_type = ua.ApplicationType.Server
+        await server.set_application_uri(app_uri)
+        await server.load_certificate(self.pki.cert_file.read_bytes())
+        await server.load_private_key(self.pki.key_file.read_bytes(), format="PEM")
+
+        await space.register_namespaces()
+        await space.build_types()
+        self.events = EventEmitter(server, space.writer, space.t)
+        await self.events.create_types()
+        for ext in self.extensions:
+            await ext.declare(self)
+        space.build_site()
+        for ext in self.extensions:
+            await ext.build(self)
+
+        self.ruleset = RoleRuleset(self.method_roles, self._refused_call)
+        policies: list[ua.SecurityPolicyType] = []
+        if config.allow_none:
+            policies.append(ua.SecurityPolicyType.NoSecurity)
+        for policy in config.policies:
+            encrypt, sign = _POLICY[policy]
+            policies.append(encrypt)
+            if config.sign_only:
+                policies.append(sign)
+        server.set_security_policy(policies, permission_ruleset=self.ruleset)
+        tokens: list[type] = [ua.UserNameIdentityToken]
+        if config.allow_anonymous:
+            tokens.append(ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
+        server.set_certificate_validator(ClientCertificateValidator(self.pki))
+
+        port = self._choose_port()
+        self.endpoint = f"opc.tcp://{config.hostname}:{port}{config.path}"
+        server.set_endpoint(self.endpoint)
+        server.socket_address = (config.host, port)
+        await server.start()
+        assert server.bserver is not None
+        self.port = server.bserver.port
+        if port == 0:
+            self.endpoint = f"opc.tcp://{config.hostname}:{self.port}{config.path}"
+
+        self.publisher = Publisher(space)
+        self.publisher.start()
+        self.events.start()
+        bus = self.runtime.bus
+        self._unsubscribe = [
+            bus.subscribe(Sample, self.publisher.on_sample),
+            bus.subscribe(Event, self._on_event),
+        ]
+        for sample in list(self.runtime.readings.latest.values()):
+            self.publisher.on_sample(sample)
+        for ext in self.extensions:
+            await ext.start(self)
+
+        policies_text = ", ".join(p.value for p in config.policies) + (
+            ", None" if config.allow_none else ""
+        )
+        log.info(
+            "OPC UA server on %s (%s; certificate SHA-1 %s; %d nodes)",
+            self.endpoint,
+            policies_text,
+            thumbprint(cert),
+            space.writer.created,
+        )
+        lines = [f"OPC UA: {self.endpoint}  ({policies_text}, SignAndEncrypt)"]
+        if demo_created or (config.demo and DEMO_USER in self.users.users):
+            lines.append(
+                f"OPC UA demo login: user {DEMO_USER!r}, password {DEMO_PASSWORD!r} (admin)"
+            )
+        lines.append(
+            f"OPC UA client certificates are refused until trusted: "
+            f"openprepay opcua cert trust {self._site_hint()} <thumbprint>"
+        )
+        announcements = getattr(self.runtime, "announcements", None)
+        if announcements is None:
+            announcements = []
+            self.runtime.announcements = announcements  # type: ignore[attr-defined]
+        announcements.extend(lines)
+
+    async def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        for ext in reversed(self.extensions):
+            try:
+                await ext.stop(self)
+            except Exception:
+                log.exception("stopping an OPC UA extension failed")
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.events is not None:
+            await self.events.stop()
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _choose_port(self) -> int:
+        config = self.config
+        if config.port == 0 or not config.port_fallback:
+            return config.port
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((config.host, config.port))
+                return config.port
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        log.warning("port %d is in use; the OPC UA server takes a free port", config.port)
+        return 0
+
+    def _site_hint(self) -> str:
+        path = self.runtime.site.path
+        return str(path) if path is not None else "SITE"
+
+    def _refused_call(self, user: SessionUser | None, calls: list[ua.CallMethodRequest]) -> None:
+        for ext in self.extensions:
+            hook = getattr(ext, "refused", None)
+            if hook is not None:
+                hook(self, user, calls)
+
+    # -- core events → OPC UA events ------------------------------------------------------------
+    def _on_event(self, event: Event) -> None:
+        emitter, space = self.events, self.space
+        if emitter is None or space is None:
+            return
+        if isinstance(event, CommunicationLost | CommunicationRestored):
+            node = space.meter_nodes.get(event.meter_id)
+            if node is None:
+                return
+            lost = isinstance(event, CommunicationLost)
+            emitter.condition(
+                "CommunicationAlarmType",
+                ua.NodeId(f"Meter:{event.meter_id}/CommunicationAlarm", space.i),
+                "CommunicationLoss",
+                lost,
+                node,
+                event.meter_id,
+                f"{event.meter_id}: communication lost ({event.error})"
+                if lost
+                else f"{event.meter_id}: communication restored after {event.offline_s:.0f} s",
+                SEVERITY_COMM,
+                {
+                    "MeterId": event.meter_id,
+                    "LinkId": event.link_id,
+                    "Error": event.error if lost else "",
+                    "OfflineSeconds": 0.0 if lost else float(event.offline_s),
+                },
+                event.at,
+            )
+        elif isinstance(event, HistorianDataDropped):
+            emitter.post(
+                Emission(
+                    "HistorianDataDroppedEventType",
+                    ua.NodeId(ua.ObjectIds.Server),
+                    "historian",
+                    f"historian dropped {event.lines} lines ({event.points} values): "
+                    f"{event.reason}",
+                    800,
+                    {
+                        "Lines": event.lines,
+                        "Points": event.points,
+                        "Policy": event.policy,
+                        "Reason": event.reason,
+                        "FirstTime": event.first,
+                        "LastTime": event.last,
+                    },
+                    event.at,
+                )
+            )
+        for ext in self.extensions:
+            hook = getattr(ext, "on_event", None)
+            if hook is not None:
+                hook(self, event)
+
+
+def make_service(config: OpcUaConfig, runtime: Runtime) -> OpcUaService:
+    """The service with every part of the address space this installation has."""
+    from .accounts import AccountView
+
+    service = OpcUaService(config, runtime)
+    service.extensions.append(AccountView())
+    return service

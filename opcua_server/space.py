@@ -1,0 +1,614 @@
+"""The address space: object types, the site tree, and which variable shows which point.
+
+Two namespaces:
+
+- `urn:openprepay:types` — the object types a SCADA templates its screens on (SiteType,
+  BuildingType, FloorType, RoomType, MeterType → ElectricMeterType / WaterMeterType,
+  DeviceHealthType, LinkType, AccountType), their instance declarations, their methods
+  and the event types. Child browse names (`energy_total`, `Balance`...) live here too.
+- `urn:openprepay:site:<site id>` — the instances. NodeIds are strings built from the
+  ids in the site file and the ledger (`Meter:E-A-101/energy_total`, `Account:A-101`,
+  `Room:A-101`), so they are the same after every restart and a SCADA screen keeps working.
+
+Tree::
+
+    Objects/OpenPrepay/
+      Sites/<site>/Buildings/<b>/Floors/<f>/Rooms/<r>/Meters/<m>
+                  /Buildings/<b>/Meters/<m>           (common-area meters)
+                  /Links/<link>
+      Accounts/<account>                             (also organised by its room)
+      Diagnostics/<source>                           (historian statistics...)
+
+Methods are declared once on the types and referenced by every instance; the Call's
+ObjectId tells which meter or account it is about.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from asyncua import Node, Server, ua
+
+from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
+from openprepay.core.model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, ValueType
+from openprepay.core.site import Site
+
+from .nodes import FOLDER_TYPE, HAS_COMPONENT, NodeWriter
+from .units import eu_information
+
+TYPES_URI = "urn:openprepay:types"
+ANALOG_ITEM = ua.NodeId(ua.ObjectIds.AnalogItemType)
+BASE_ANALOG = ua.NodeId(ua.ObjectIds.BaseAnalogType)
+SUBSCRIBE_TO_EVENTS = ua.EventNotifier.SubscribeToEvents.mask
+
+STATUS_OF_QUALITY = {
+    Quality.GOOD: ua.StatusCode(ua.StatusCodes.Good),
+    Quality.UNCERTAIN: ua.StatusCode(ua.StatusCodes.Uncertain),
+    Quality.BAD_COMM_FAILURE: ua.StatusCode(ua.StatusCodes.BadNoCommunication),
+    Quality.BAD_DEVICE_FAILURE: ua.StatusCode(ua.StatusCodes.BadDeviceFailure),
+    Quality.BAD_OUT_OF_SERVICE: ua.StatusCode(ua.StatusCodes.BadOutOfService),
+}
+WAITING = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
+NULL = ua.Variant(None, ua.VariantType.Null)
+
+_VTYPE = {
+    ValueType.FLOAT: (ua.VariantType.Double, ua.NodeId(ua.ObjectIds.Double), float),
+    ValueType.INT: (ua.VariantType.Int32, ua.NodeId(ua.ObjectIds.Int32), int),
+    ValueType.BOOL: (ua.VariantType.Boolean, ua.NodeId(ua.ObjectIds.Boolean), bool),
+}
+
+
+def site_uri(site_id: str) -> str:
+    return f"urn:openprepay:site:{site_id}"
+
+
+@dataclass(slots=True)
+class PointBinding:
+    """One variable fed by one point of one source; remembers what it shows.
+
+    Several bindings may read the same point (an account's balance in fen is shown as
+    `Balance` in CNY and as `BalanceFen`), and one binding may be fed by two sources (an
+    account's sample and its snapshot): with `guard`, a value older than the one shown is
+    not written.
+    """
+
+    nodeid: ua.NodeId
+    vtype: ua.VariantType
+    convert: Callable[[Any], Any]
+    value: Any = None
+    status: int = ua.StatusCodes.BadWaitingForInitialData
+    #: Skip values older than `at` (only for variables fed by two sources: a meter clock
+    #: set back must not freeze its variables).
+    guard: bool = False
+    at: datetime | None = None
+
+
+@dataclass(slots=True)
+class SourceBinding:
+    """The variables of one (source, model): a meter, its health, a link, an account."""
+
+    source: str
+    node: ua.NodeId
+    #: (point name in the sample, the variable it feeds)
+    points: list[tuple[str, PointBinding]] = field(default_factory=list)
+    #: A meter's Online variable: true after a Good or Uncertain poll, false after a Bad one.
+    online: PointBinding | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryTarget:
+    source: str
+    point: str
+    vtype: ua.VariantType
+    convert: Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a method call is about: ("meter", id) or ("account", id)."""
+
+    kind: str
+    id: str
+
+
+def history_worthy(model: DeviceModel, spec: PointSpec) -> bool:
+    """Energy, power, valve/relay state (and account balances): served by HistoryRead."""
+    if model.kind is MeterKind.ACCOUNT:
+        return spec.name.endswith("_fen") or spec.name in ("alarm_level", "supply_on")
+    if model.kind not in (MeterKind.ELECTRIC, MeterKind.WATER):
+        return False
+    if spec.role in (PointRole.CUMULATIVE, PointRole.STATE):
+        return True
+    return spec.name.startswith(("power", "flow"))
+
+
+class Space:
+    """Builds the address space and keeps the lookups the publisher and methods need."""
+
+    def __init__(
+        self,
+        server: Server,
+        site: Site,
+        models: Mapping[str, DeviceModel],
+        *,
+        history: bool = True,
+    ) -> None:
+        self.server = server
+        self.site = site
+        self.models = models
+        self.history = history
+        self.writer = NodeWriter(server.iserver.aspace)
+        self.t = 0  # types namespace index
+        self.i = 0  # instances namespace index
+        self.bindings: dict[tuple[str, str], SourceBinding] = {}
+        self.history_targets: dict[ua.NodeId, HistoryTarget] = {}
+        self.targets: dict[ua.NodeId, Target] = {}
+        self.meter_nodes: dict[str, ua.NodeId] = {}
+        self.link_nodes: dict[str, ua.NodeId] = {}
+        self.room_nodes: dict[str, ua.NodeId] = {}
+        self.room_online: dict[str, ua.NodeId] = {}
+        self.meter_bindings: dict[str, SourceBinding] = {}
+        self.account_nodes: dict[str, ua.NodeId] = {}
+        #: room id -> meter ids, for the room's Online variable
+        self.room_meters: dict[str, list[str]] = {}
+        self.meter_room: dict[str, str] = {}
+        self.types: dict[str, ua.NodeId] = {}
+        #: method name -> method node on its type, filled by `declare_method`
+        self.methods: dict[tuple[str, str], ua.NodeId] = {}
+
+    # -- ids --------------------------------------------------------------------------------
+    def tid(self, name: str) -> ua.NodeId:
+        return ua.NodeId(name, self.t)
+
+    def tq(self, name: str) -> ua.QualifiedName:
+        return ua.QualifiedName(name, self.t)
+
+    def iid(self, name: str) -> ua.NodeId:
+        return ua.NodeId(name, self.i)
+
+    def iq(self, name: str) -> ua.QualifiedName:
+        return ua.QualifiedName(name, self.i)
+
+    # -- namespaces and types -----------------------------------------------------------------
+    async def register_namespaces(self) -> None:
+        self.t = await self.server.register_namespace(TYPES_URI)
+        self.i = await self.server.register_namespace(site_uri(self.site.id))
+
+    async def build_types(self) -> None:
+        base = self.server.nodes.base_object_type
+        folder = Node(self.server.iserver.isession, FOLDER_TYPE)
+        for name in ("SiteType", "BuildingType", "FloorType", "RoomType"):
+            await self._object_type(folder, name)
+        meter = await self._object_type(base, "MeterType", abstract=True)
+        electric = await self._object_type(meter, "ElectricMeterType")
+        water = await self._object_type(meter, "WaterMeterType")
+        health = await self._object_type(base, "DeviceHealthType")
+        link = await self._object_type(base, "LinkType")
+        await self._object_type(base, "AccountType")
+        await self._object_type(base, "DiagnosticsType")
+
+        w = self.writer
+        for prop in ("Name", "TimeZone", "Currency"):
+            self._type_property("SiteType", prop, "")
+        self._type_property("BuildingType", "Name", "")
+        self._type_property("RoomType", "Name", "")
+        self._type_property("RoomType", "AreaM2", 0.0, ua.VariantType.Double, optional=True)
+        self._type_variable("RoomType", "Online", ua.VariantType.Boolean, None)
+
+        for prop in ("MeterId", "Model", "Vendor", "Product", "ControlMode", "LinkId", "Location"):
+            self._type_property("MeterType", prop, "")
+        self._type_property("MeterType", "UnitId", 0, ua.VariantType.Int32)
+        self._type_variable("MeterType", "Online", ua.VariantType.Boolean, None)
+        comm = w.object(
+            self.tid("MeterType/Communication"),
+            self.tq("Communication"),
+            meter.nodeid,
+            health.nodeid,
+            reference=HAS_COMPONENT,
+        )
+        w.mandatory(comm.nodeid)
+        for spec in HEALTH_MODEL.points:
+            self._type_point("DeviceHealthType", HEALTH_MODEL, spec)
+            self._type_point("MeterType/Communication", HEALTH_MODEL, spec)
+        for spec in LINK_MODEL.points:
+            self._type_point("LinkType", LINK_MODEL, spec)
+        self._type_property("LinkType", "Address", "")
+        self._type_property("LinkType", "LinkKind", "")
+
+        # Every point any installed model of the kind has, as an Optional declaration.
+        for type_name, kind in (
+            ("ElectricMeterType", MeterKind.ELECTRIC),
+            ("WaterMeterType", MeterKind.WATER),
+        ):
+            seen: set[str] = set()
+            for model in sorted(self.models.values(), key=lambda m: m.name):
+                if model.kind is not kind:
+                    continue
+                for spec in model.points:
+                    if spec.name in seen:
+                        continue
+                    seen.add(spec.name)
+                    self._type_point(type_name, model, spec, optional=True)
+        self.types.update(
+            {
+                "ElectricMeterType": electric.nodeid,
+                "WaterMeterType": water.nodeid,
+                "MeterType": meter.nodeid,
+                "DeviceHealthType": health.nodeid,
+                "LinkType": link.nodeid,
+            }
+        )
+
+    async def _object_type(self, parent: Node, name: str, abstract: bool = False) -> Node:
+        node = await parent.add_object_type(self.tid(name), self.tq(name))
+        if abstract:
+            await node.write_attribute(
+                ua.AttributeIds.IsAbstract, ua.DataValue(ua.Variant(True, ua.VariantType.Boolean))
+            )
+        self.types[name] = node.nodeid
+        return node
+
+    def _type_property(
+        self,
+        owner: str,
+        name: str,
+        value: Any,
+        vtype: ua.VariantType = ua.VariantType.String,
+        *,
+        optional: bool = False,
+    ) -> None:
+        nid = self.tid(f"{owner}/{name}")
+        self.writer.property(
+            nid, self.tq(name), self.tid(owner), ua.Variant(value, vtype), _datatype(vtype)
+        )
+        self.writer.mandatory(nid, optional=optional)
+
+    def _type_variable(self, owner: str, name: str, vtype: ua.VariantType, value: Any) -> None:
+        nid = self.tid(f"{owner}/{name}")
+        self.writer.variable(
+            nid,
+            self.tq(name),
+            self.tid(owner),
+            NULL if value is None else ua.Variant(value, vtype),
+            _datatype(vtype),
+        )
+        self.writer.mandatory(nid)
+
+    def _type_point(
+        self, owner: str, model: DeviceModel, spec: PointSpec, *, optional: bool = False
+    ) -> None:
+        nid = self.tid(f"{owner}/{spec.name}")
+        self._point_variable(nid, self.tid(owner), model, spec, history=False, initial=None)
+        self.writer.mandatory(nid, optional=optional)
+
+    # -- methods ------------------------------------------------------------------------------
+    def declare_method(
+        self,
+        owner: str,
+        name: str,
+        inputs: list[ua.Argument],
+        outputs: list[ua.Argument],
+        callback: Callable[..., Any],
+        description: str,
+    ) -> ua.NodeId:
+        nid = self.tid(f"{owner}/{name}")
+        self.writer.method(
+            nid, self.tq(name), self.tid(owner), inputs, outputs, description=description
+        )
+        self.writer.mandatory(nid)
+        self.server.iserver.isession.add_method_callback(nid, callback)
+        self.methods[(owner, name)] = nid
+        return nid
+
+    def _attach_methods(self, instance: ua.NodeId, *owners: str) -> None:
+        for (owner, _name), method in self.methods.items():
+            if owner in owners:
+                self.writer.reference(instance, method, HAS_COMPONENT, inverse=False)
+
+    # -- the site tree --------------------------------------------------------------------------
+    def build_site(self) -> None:
+        # Hundreds of thousands of long-lived objects: without the collector running over a
+        # growing heap on every allocation burst, building is several times faster.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._build_site()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _build_site(self) -> None:
+        w = self.writer
+        site = self.site
+        root = w.object(
+            self.iid("OpenPrepay"),
+            self.iq("OpenPrepay"),
+            ua.NodeId(ua.ObjectIds.ObjectsFolder),
+            FOLDER_TYPE,
+            event_notifier=SUBSCRIBE_TO_EVENTS,
+        )
+        sites = self._folder("OpenPrepay/Sites", "Sites", root.nodeid)
+        self._folder("OpenPrepay/Accounts", "Accounts", root.nodeid)
+        site_node = w.object(
+            self.iid(f"Site:{site.id}"),
+            self.iq(site.id),
+            sites,
+            self.types["SiteType"],
+            display=site.info.name or site.id,
+        )
+        self._props(
+            site_node.nodeid,
+            f"Site:{site.id}",
+            {
+                "Name": site.info.name,
+                "TimeZone": site.info.timezone,
+                "Currency": site.info.currency,
+            },
+        )
+        buildings = self._folder(f"Site:{site.id}/Buildings", "Buildings", site_node.nodeid)
+        links = self._folder(f"Site:{site.id}/Links", "Links", site_node.nodeid)
+
+        building_meters: dict[str, ua.NodeId] = {}
+        floor_rooms: dict[tuple[str, str], ua.NodeId] = {}
+        for b in site.buildings.values():
+            bnode = w.object(
+                self.iid(f"Building:{b.id}"),
+                self.iq(b.id),
+                buildings,
+                self.types["BuildingType"],
+                display=b.name,
+            )
+            self._props(bnode.nodeid, f"Building:{b.id}", {"Name": b.name})
+            floors = self._folder(f"Building:{b.id}/Floors", "Floors", bnode.nodeid)
+            for f in b.floors:
+                fnode = w.object(
+                    self.iid(f"Floor:{b.id}/{f}"), self.iq(f), floors, self.types["FloorType"]
+                )
+                floor_rooms[(b.id, f)] = self._folder(
+                    f"Floor:{b.id}/{f}/Rooms", "Rooms", fnode.nodeid
+                )
+            if any(d.building == b.id and d.room is None for d in site.devices.values()):
+                building_meters[b.id] = self._folder(
+                    f"Building:{b.id}/Meters", "Meters", bnode.nodeid
+                )
+
+        room_meters: dict[str, ua.NodeId] = {}
+        for r in site.rooms.values():
+            parent = floor_rooms.get((r.building, r.floor))
+            if parent is None:
+                continue
+            rnode = w.object(
+                self.iid(f"Room:{r.id}"),
+                self.iq(r.id),
+                parent,
+                self.types["RoomType"],
+                display=r.name,
+                event_notifier=SUBSCRIBE_TO_EVENTS,
+            )
+            props: dict[str, Any] = {"Name": r.name}
+            self._props(rnode.nodeid, f"Room:{r.id}", props)
+            if r.area_m2 is not None:
+                self._prop(
+                    rnode.nodeid, f"Room:{r.id}/AreaM2", "AreaM2", r.area_m2, ua.VariantType.Double
+                )
+            self.room_online[r.id] = self.iid(f"Room:{r.id}/Online")
+            w.variable(
+                self.room_online[r.id],
+                self.tq("Online"),
+                rnode.nodeid,
+                NULL,
+                _datatype(ua.VariantType.Boolean),
+                status=WAITING,
+                description="True while every meter of the room answers",
+            )
+            self.room_nodes[r.id] = rnode.nodeid
+            room_meters[r.id] = self._folder(f"Room:{r.id}/Meters", "Meters", rnode.nodeid)
+
+        other_meters: ua.NodeId | None = None
+        for device in site.devices.values():
+            model = self.models.get(device.model)
+            if model is None:
+                continue
+            if device.room is not None and device.room in room_meters:
+                parent = room_meters[device.room]
+                location = f"room {device.room}"
+                self.room_meters.setdefault(device.room, []).append(device.id)
+                self.meter_room[device.id] = device.room
+            elif device.building is not None and device.building in building_meters:
+                parent = building_meters[device.building]
+                location = f"building {device.building}"
+            else:
+                if other_meters is None:
+                    other_meters = self._folder(
+                        f"Site:{site.id}/Meters", "Meters", site_node.nodeid
+                    )
+                parent = other_meters
+                location = f"site {site.id}"
+            self._meter(
+                device.id,
+                model,
+                parent,
+                {
+                    "MeterId": device.id,
+                    "Model": model.name,
+                    "Vendor": model.vendor,
+                    "Product": model.product,
+                    "ControlMode": device.control_mode.value,
+                    "LinkId": device.link,
+                    "Location": location,
+                },
+                device.unit_id,
+            )
+
+        for link in site.links.values():
+            lnode = w.object(
+                self.iid(f"Link:{link.id}"), self.iq(link.id), links, self.types["LinkType"]
+            )
+            self._props(
+                lnode.nodeid,
+                f"Link:{link.id}",
+                {"Address": link.address, "LinkKind": link.type.value},
+            )
+            self._bind_points(link.id, LINK_MODEL, lnode.nodeid, f"Link:{link.id}")
+            self.link_nodes[link.id] = lnode.nodeid
+
+    def _meter(
+        self,
+        meter_id: str,
+        model: DeviceModel,
+        parent: ua.NodeId,
+        props: Mapping[str, str],
+        unit_id: int,
+    ) -> None:
+        w = self.writer
+        type_name = "WaterMeterType" if model.kind is MeterKind.WATER else "ElectricMeterType"
+        base = f"Meter:{meter_id}"
+        node = w.object(
+            self.iid(base),
+            self.iq(meter_id),
+            parent,
+            self.types[type_name],
+            event_notifier=SUBSCRIBE_TO_EVENTS,
+            description=model.description,
+        )
+        self._props(node.nodeid, base, props)
+        self._prop(node.nodeid, f"{base}/UnitId", "UnitId", unit_id, ua.VariantType.Int32)
+        online = w.variable(
+            self.iid(f"{base}/Online"),
+            self.tq("Online"),
+            node.nodeid,
+            NULL,
+            _datatype(ua.VariantType.Boolean),
+            status=WAITING,
+            description="True while the meter answers its polls",
+        )
+        binding = self._bind_points(meter_id, model, node.nodeid, base)
+        # Online follows the quality of every poll (the health statistics come later).
+        binding.online = PointBinding(online.nodeid, ua.VariantType.Boolean, bool)
+        self.meter_bindings[meter_id] = binding
+        comm = w.object(
+            self.iid(f"{base}/Communication"),
+            self.tq("Communication"),
+            node.nodeid,
+            self.types["DeviceHealthType"],
+            reference=HAS_COMPONENT,
+        )
+        self._bind_points(meter_id, HEALTH_MODEL, comm.nodeid, f"{base}/Communication")
+        self._attach_methods(node.nodeid, "MeterType")
+        self.meter_nodes[meter_id] = node.nodeid
+        self.targets[node.nodeid] = Target("meter", meter_id)
+
+    def _bind_points(
+        self, source: str, model: DeviceModel, parent: ua.NodeId, base: str
+    ) -> SourceBinding:
+        binding = SourceBinding(source, parent)
+        for spec in model.points:
+            nid = self.iid(f"{base}/{spec.name}")
+            history = self.history and history_worthy(model, spec)
+            self._point_variable(nid, parent, model, spec, history=history, initial=WAITING)
+            vtype, _, convert = _VTYPE[spec.value_type]
+            binding.points.append((spec.name, PointBinding(nid, vtype, convert)))
+            if history:
+                self.history_targets[nid] = HistoryTarget(source, spec.name, vtype, convert)
+        self.bindings[(source, model.name)] = binding
+        return binding
+
+    def _point_variable(
+        self,
+        nid: ua.NodeId,
+        parent: ua.NodeId,
+        model: DeviceModel,
+        spec: PointSpec,
+        *,
+        history: bool,
+        initial: ua.StatusCode | None,
+    ) -> None:
+        w = self.writer
+        _, datatype, _ = _VTYPE[spec.value_type]
+        analog = bool(spec.unit) and spec.value_type is not ValueType.BOOL
+        low, high = _range(spec)
+        typedef = (ANALOG_ITEM if low is not None else BASE_ANALOG) if analog else None
+        kwargs: dict[str, Any] = {}
+        if typedef is not None:
+            kwargs["type_definition"] = typedef
+        w.variable(
+            nid,
+            self.tq(spec.name),
+            parent,
+            NULL,
+            datatype,
+            description=spec.description + (f" [{spec.unit}]" if spec.unit else ""),
+            history=history,
+            status=initial,
+            **kwargs,
+        )
+        if analog:
+            w.property(
+                ua.NodeId(f"{nid.Identifier}/EngineeringUnits", nid.NamespaceIndex),
+                "EngineeringUnits",
+                nid,
+                ua.Variant(eu_information(spec.unit), ua.VariantType.ExtensionObject),
+                ua.NodeId(ua.ObjectIds.EUInformation),
+            )
+            if low is not None:
+                w.property(
+                    ua.NodeId(f"{nid.Identifier}/EURange", nid.NamespaceIndex),
+                    "EURange",
+                    nid,
+                    ua.Variant(ua.Range(low, high), ua.VariantType.ExtensionObject),
+                    ua.NodeId(ua.ObjectIds.Range),
+                )
+
+    # -- accounts and other late sources ----------------------------------------------------------
+    def add_pseudo_source(self, source: str, model: DeviceModel) -> SourceBinding:
+        """Statistics of a source the site file does not know (the historian): created on
+        its first sample under OpenPrepay/Diagnostics."""
+        folder = self.iid("OpenPrepay/Diagnostics")
+        if not self.writer.exists(folder):
+            self._folder("OpenPrepay/Diagnostics", "Diagnostics", self.iid("OpenPrepay"))
+        base = f"Diagnostics:{source}"
+        node = self.iid(base)
+        if not self.writer.exists(node):
+            self.writer.object(
+                node,
+                self.iq(source),
+                folder,
+                self.types["DiagnosticsType"],
+                description=model.description,
+                event_notifier=SUBSCRIBE_TO_EVENTS,
+            )
+        return self._bind_points(source, model, node, f"{base}/{model.name}")
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _folder(self, ident: str, name: str, parent: ua.NodeId) -> ua.NodeId:
+        node = self.writer.object(self.iid(ident), self.tq(name), parent, FOLDER_TYPE)
+        return node.nodeid
+
+    def _props(self, parent: ua.NodeId, base: str, props: Mapping[str, Any]) -> None:
+        for name, value in props.items():
+            self._prop(parent, f"{base}/{name}", name, value or "", ua.VariantType.String)
+
+    def _prop(
+        self, parent: ua.NodeId, ident: str, name: str, value: Any, vtype: ua.VariantType
+    ) -> None:
+        nid = self.iid(ident)
+        self.writer.property(nid, self.tq(name), parent, ua.Variant(value, vtype), _datatype(vtype))
+
+    def meters_of_room(self, room: str) -> Iterable[str]:
+        return self.room_meters.get(room, ())
+
+
+def _datatype(vtype: ua.VariantType) -> ua.NodeId:
+    return ua.NodeId(int(vtype)) if int(vtype) <= 25 else ua.NodeId(ua.ObjectIds.BaseDataType)
+
+
+def _range(spec: PointSpec) -> tuple[float | None, float | None]:
+    if spec.low is not None and spec.high is not None:
+        return float(spec.low), float(spec.high)
+    if spec.role is PointRole.CUMULATIVE and spec.rollover is not None:
+        return 0.0, float(spec.rollover)
+    return None, None

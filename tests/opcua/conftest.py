@@ -1,0 +1,324 @@
+"""One real OpenPrepay site with its OPC UA server, shared by the OPC UA tests.
+
+`opcua_site` (session scope, session event loop) writes a site file, adds users of every
+role, trusts a client certificate, opens two accounts in the database, starts simulated
+meters behind real gateway sockets and the whole runtime (arbiter, prepayment engine,
+historian, OPC UA server on an ephemeral port). Tests connect real asyncua clients over TCP
+with Basic256Sha256 SignAndEncrypt through `opcua_site.connect(user)`.
+
+Tests that change shared state (a silent meter, a supply cut) put it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import tomli_w
+from asyncua import Client, ua
+from asyncua.crypto import cert_gen
+from asyncua.crypto.security_policies import (
+    SecurityPolicyAes256Sha256RsaPss,
+    SecurityPolicyBasic256Sha256,
+)
+from click.testing import CliRunner, Result
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from openprepay.core import accounts as acc
+from openprepay.core.cli import CliContext, build_cli
+from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.db import open_database
+from openprepay.core.plugins import Plugins
+from openprepay.core.runtime import Runtime
+from openprepay.core.simulate import SimulatedSite
+from openprepay.core.site import LinkType, load_site, parse_site
+from openprepay.opcua_server.pki import Pki, trust
+from openprepay.opcua_server.service import OpcUaService
+from openprepay.opcua_server.users import add_user
+
+CLIENT_URI = "urn:openprepay:tests:client"
+PASSWORDS = {
+    "admin1": "admin-secret",
+    "cashier1": "cashier-secret",
+    "operator1": "operator-secret",
+    "viewer1": "viewer-secret",
+}
+ROLES = {"admin1": "admin", "cashier1": "cashier", "operator1": "operator", "viewer1": "viewer"}
+
+SITE: dict[str, Any] = {
+    "site": {"id": "t", "name": "Test apartments", "timezone": "Asia/Shanghai"},
+    "poll": {
+        "interval_s": 0.3,
+        "stats_interval_s": 1,
+        "backoff_initial_s": 0.3,
+        "backoff_max_s": 1.0,
+        "quarantine_after": 1000,
+    },
+    "links": {
+        "gw1": {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 1, "timeout_ms": 800},
+        "gw2": {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 1, "timeout_ms": 800},
+    },
+    "buildings": {"A": {"name": "Building A", "floors": ["1"]}},
+    "rooms": {
+        "A-101": {"building": "A", "floor": "1", "name": "101", "area_m2": 52.5},
+        "A-102": {"building": "A", "floor": "1", "name": "102"},
+    },
+    "devices": {
+        "E-A-101": {
+            "model": "acrel.DDSY1352",
+            "link": "gw1",
+            "unit_id": 1,
+            "room": "A-101",
+            "options": {"sim_load_kw": 1.0},
+        },
+        "E-A-102": {
+            "model": "acrel.DDSY1352",
+            "link": "gw1",
+            "unit_id": 2,
+            "room": "A-102",
+            "options": {"sim_load_kw": 0.5},
+        },
+        "W-A-101": {
+            "model": "xintai.valve_meter",
+            "link": "gw2",
+            "unit_id": 1,
+            "room": "A-101",
+            "options": {"sim_flow_m3h": 0.05, "sim_valve_travel_s": 0.1},
+        },
+    },
+    "tariffs": {
+        "flat": {"price": "0.5000"},
+        "peak": {"price": "0.8000"},
+        "water": {"commodity": "water", "price": "3.00"},
+    },
+    "prepay": {
+        "policy": {
+            "quiet_start": "00:00",
+            "quiet_end": "00:00",
+            "no_trip_days": [],
+            "holiday_calendar": "",
+            "no_trip_before_non_working_day": False,
+            "notice_days": 0,
+            "friendly_credit": "0.00",
+            "max_trips_per_minute": 100,
+        },
+        "engine": {
+            "default_tariffs": {"electric": "flat", "water": "water"},
+            "post_interval_s": 0.2,
+            "queue_poll_s": 0.1,
+            "retry_initial_s": 0.2,
+            "retry_max_s": 1.0,
+            "command_lease_s": 5,
+            "deferral_poll_s": 0.2,
+            "instance": "opcua-tests",
+        },
+    },
+    "opcua": {"port": 0, "hostname": "localhost", "account_refresh_s": 1.0},
+}
+
+
+@dataclass
+class ClientCert:
+    cert: Path
+    key: Path
+    uri: str
+
+    @property
+    def thumbprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha1(self.cert.read_bytes()).hexdigest()
+
+
+def make_client_cert(folder: Path, name: str, uri: str = CLIENT_URI) -> ClientCert:
+    folder.mkdir(parents=True, exist_ok=True)
+    key = cert_gen.generate_private_key()
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        uri,
+        {"commonName": name},
+        [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")],
+        extended=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=30,
+    )
+    cert_path = folder / f"{name}.der"
+    key_path = folder / f"{name}.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+    return ClientCert(cert_path, key_path, uri)
+
+
+@dataclass
+class OpcUaSite:
+    runtime: Runtime
+    sims: SimulatedSite
+    site_file: Path
+    trusted: ClientCert
+
+    @property
+    def service(self) -> OpcUaService:
+        for service in self.runtime.services:
+            if isinstance(service, OpcUaService):
+                return service
+        raise AssertionError("no OPC UA service running")
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://localhost:{self.service.port}/openprepay"
+
+    @property
+    def pki(self) -> Pki:
+        return self.service.pki
+
+    @property
+    def ops(self) -> Any:
+        assert self.runtime.operations is not None
+        return self.runtime.operations
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        user: str | None = "admin1",
+        password: str | None = None,
+        *,
+        cert: ClientCert | None = None,
+        policy: Any = SecurityPolicyBasic256Sha256,
+    ) -> AsyncIterator[Client]:
+        cert = cert or self.trusted
+        client = Client(self.url, timeout=10)
+        client.application_uri = cert.uri
+        if user is not None:
+            client.set_user(user)
+            client.set_password(password if password is not None else PASSWORDS[user])
+        await client.set_security(
+            policy, str(cert.cert), str(cert.key), mode=ua.MessageSecurityMode.SignAndEncrypt
+        )
+        await client.connect()
+        try:
+            yield client
+        finally:
+            await client.disconnect()
+
+    async def ns(self, client: Client) -> tuple[int, int]:
+        """(types namespace index, site namespace index) as the client sees them."""
+        types = await client.get_namespace_index("urn:openprepay:types")
+        site = await client.get_namespace_index("urn:openprepay:site:t")
+        return types, site
+
+
+POLICIES = {
+    "Basic256Sha256": SecurityPolicyBasic256Sha256,
+    "Aes256Sha256RsaPss": SecurityPolicyAes256Sha256RsaPss,
+}
+
+
+@pytest.fixture(scope="session")
+def client_certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientCert]:
+    folder = tmp_path_factory.mktemp("opcua-client-certs")
+    return {
+        "trusted": make_client_cert(folder, "trusted"),
+        "stranger": make_client_cert(folder, "stranger", "urn:openprepay:tests:stranger"),
+    }
+
+
+async def start_site(
+    folder: Path, plugins: Plugins, data: dict[str, Any], trusted: ClientCert
+) -> OpcUaSite:
+    parsed = parse_site(data)
+    sims = SimulatedSite(
+        parsed,
+        plugins,
+        SimulatorOptions(speedup=60.0, ephemeral_ports=True, timezone="Asia/Shanghai"),
+    )
+    await sims.start()
+    for link_id, (host, port) in sims.addresses.items():
+        link = data["links"][link_id]
+        if parsed.links[link_id].type is LinkType.SERIAL:
+            link["device"] = f"socket://{host}:{port}"
+        else:
+            link["host"], link["port"] = host, port
+    site_file = folder / "site.toml"
+    site_file.write_text(tomli_w.dumps(data))
+    site = load_site(site_file)
+    pki = Pki(folder / "opcua")
+    for name, password in PASSWORDS.items():
+        add_user(folder / "opcua" / "users.json", name, password, ROLES[name])
+    trust(pki, str(trusted.cert))
+    runtime = Runtime(site, plugins)
+    await runtime.start()
+    return OpcUaSite(runtime, sims, site_file, trusted)
+
+
+def open_accounts(site_file: Path, plugins: Plugins) -> None:
+    """Accounts created in the database before the service starts (as the CLI would)."""
+    site = load_site(site_file)
+    db = open_database(site)
+    try:
+        with db.begin() as conn:
+            for account_id, meters, room in (
+                ("A-101", ("E-A-101", "W-A-101"), "A-101"),
+                ("A-102", ("E-A-102",), "A-102"),
+            ):
+                assigned = tuple(acc.resolve_meter(site, plugins.models, m) for m in meters)
+                acc.create_account(
+                    conn, acc.AccountSpec(account_id, f"Tenant {account_id}", assigned, room=room)
+                )
+    finally:
+        db.dispose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def opcua_site(
+    tmp_path_factory: pytest.TempPathFactory, client_certs: dict[str, ClientCert]
+) -> AsyncIterator[OpcUaSite]:
+    plugins = Plugins.load()
+    assert not plugins.failures, plugins.failures
+    folder = tmp_path_factory.mktemp("opcua-site")
+    data = copy.deepcopy(SITE)
+    # The database must exist with the accounts before the runtime starts: write the
+    # file once without links pointing anywhere, open the accounts, then start for real.
+    (folder / "site.toml").write_text(tomli_w.dumps(data))
+    open_accounts(folder / "site.toml", plugins)
+    site = await start_site(folder, plugins, data, client_certs["trusted"])
+    ops = site.ops
+    await asyncio.to_thread(ops.topup, "A-101", 100_00, "seed-A-101", actor="test")
+    await asyncio.to_thread(ops.topup, "A-102", 30_00, "seed-A-102", actor="test")
+    try:
+        yield site
+    finally:
+        await site.runtime.stop()
+        await site.sims.stop()
+
+
+def run_cli(*args: str) -> Result:
+    """`openprepay ARGS` in-process, with the plugin commands registered."""
+    return CliRunner().invoke(build_cli(), list(args), obj=CliContext())
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> None:
+    """Wait until `predicate()` is true (the timeout only stops a hung test)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(step)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def until_async(
+    predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, step: float = 0.1
+) -> None:
+    async def poll() -> None:
+        while not await predicate():
+            await asyncio.sleep(step)
+
+    await asyncio.wait_for(poll(), timeout)
