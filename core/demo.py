@@ -10,9 +10,12 @@ service on embedded defaults against it.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .site import Site, parse_site
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 ELECTRIC_MODEL = "acrel.DDSY1352"
 WATER_MODEL = "xintai.valve_meter"
@@ -79,6 +82,9 @@ def demo_site_data(
                     "control_mode": "REMOTE",
                     "options": {"sim_load_kw": round(rng.uniform(0.25, 1.4), 2)},
                 }
+                if floor == floor_ids[-1] and r <= LOW_ROOMS_PER_BUILDING:
+                    # A room that starts nearly empty (open_demo_accounts): a heavy user.
+                    data["devices"][meter]["options"]["sim_load_kw"] = 2.0
                 feeds.append(meter)
                 if water:
                     water_unit += 1
@@ -97,7 +103,122 @@ def demo_site_data(
             "control_mode": "POSTPAID",
             "options": {"sim_feeds": feeds, "sim_load_kw": 1.5, "sim_loss": 0.04},
         }
+    data.update(demo_prepay_sections())
     return data
+
+
+#: Rooms of each building that start nearly empty, with a heavy load: at the demo's
+#: speed-up (60×) they run out within a couple of minutes and are cut.
+LOW_ROOMS_PER_BUILDING = 2
+LOW_BALANCE_FEN = 80
+OPENING_BALANCE_FEN = 10_000
+
+
+def demo_prepay_sections() -> dict[str, Any]:
+    """The demo's [tariffs] and [prepay]: residential TOU + annual tiers, tiered water, and
+    a disconnect policy that allows trips at any hour without notice, so that a room that
+    runs out is cut at once (a real site keeps the defaults: quiet hours, weekends,
+    holidays, three days' notice, friendly credit)."""
+    return {
+        "tariffs": {
+            "residential": {
+                "name": "Residential TOU + annual tiers",
+                "rates": {
+                    "sharp": "0.7200",
+                    "peak": "0.6000",
+                    "flat": "0.5000",
+                    "valley": "0.2000",
+                },
+                "periods": [
+                    {"start": "23:00", "end": "07:00", "rate": "valley"},
+                    {"start": "07:00", "end": "08:00", "rate": "flat"},
+                    {"start": "08:00", "end": "11:30", "rate": "peak"},
+                    {"start": "11:30", "end": "18:30", "rate": "flat"},
+                    {"start": "18:30", "end": "19:00", "rate": "peak"},
+                    {"start": "19:00", "end": "21:00", "rate": "sharp"},
+                    {"start": "21:00", "end": "23:00", "rate": "peak"},
+                ],
+                "tiers": {
+                    "cycle": "annual",
+                    "thresholds": ["2880", "4800"],
+                    "adders": ["0", "0.05", "0.30"],
+                },
+            },
+            "water": {
+                "name": "Tiered water",
+                "commodity": "water",
+                "tiers": {
+                    "cycle": "monthly",
+                    "thresholds": ["18", "25"],
+                    "prices": ["3.00", "4.50", "9.00"],
+                },
+            },
+        },
+        "prepay": {
+            "thresholds": {"alarm1": "5.00", "alarm2": "2.00"},
+            "policy": {
+                "quiet_start": "00:00",
+                "quiet_end": "00:00",
+                "no_trip_days": [],
+                "holiday_calendar": "",
+                "no_trip_before_non_working_day": False,
+                "notice_days": 0,
+                "friendly_credit": "0.00",
+                "max_trips_per_minute": 100,
+            },
+            "engine": {"default_tariffs": {"electric": "residential", "water": "water"}},
+        },
+    }
+
+
+def low_rooms(site: Site) -> list[str]:
+    """The rooms that start nearly empty: the first rooms of each building's top floor."""
+    out = []
+    for building in site.buildings.values():
+        top = building.floors[-1]
+        rooms = [r.id for r in site.rooms.values() if r.building == building.id and r.floor == top]
+        out.extend(sorted(rooms)[:LOW_ROOMS_PER_BUILDING])
+    return out
+
+
+def open_demo_accounts(runtime: Runtime) -> list[str]:
+    """Open a prepaid account per room (id = room id, its electric and water meters) with an
+    opening top-up; the low rooms get only a little. Idempotent: a second demo run on the
+    same state directory keeps the accounts and their balances. Returns the low rooms."""
+    from . import accounts as acc
+    from .events import utcnow
+
+    ops = runtime.operations
+    assert ops is not None and runtime.db is not None
+    site, models = runtime.site, runtime.plugins.models
+    low = low_rooms(site)
+    meters: dict[str, list[str]] = {}
+    for device in site.devices.values():
+        if device.room is not None:
+            meters.setdefault(device.room, []).append(device.id)
+    with runtime.db.begin() as conn:
+        for room, ids in sorted(meters.items()):
+            if acc.find_account(conn, room) is not None:
+                continue
+            spec = acc.AccountSpec(
+                room,
+                f"Tenant of {room}",
+                tuple(acc.resolve_meter(site, models, m) for m in sorted(ids)),
+                room=room,
+                tariff_id="residential",
+                thresholds=ops.settings.thresholds,
+            )
+            acc.create_account(conn, spec)
+    for room in sorted(meters):
+        amount = LOW_BALANCE_FEN if room in low else OPENING_BALANCE_FEN
+        ops.topup(room, amount, f"demo-opening-{room}", actor="demo")
+    now = utcnow()
+    with runtime.db.read() as conn:
+        samples = [ops.control.account_sample(conn, room, now) for room in sorted(meters)]
+    for sample in samples:
+        if sample is not None:
+            runtime.bus.publish(sample)
+    return low
 
 
 def demo_site(**kwargs: Any) -> Site:

@@ -10,9 +10,14 @@ import click
 import tomli_w
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
+from ..account_points import ACCOUNT_MODEL
 from ..contracts import SimulatorOptions
-from ..demo import demo_site_data
+from ..demo import demo_site_data, open_demo_accounts
+from ..feecontrol import FeeState
+from ..ledger import format_fen
+from ..model import Sample
 from ..runtime import Runtime
 from ..simulate import SimulatedSite
 from ..site import LinkType, load_site, parse_site
@@ -83,7 +88,15 @@ def demo_command(
             runtime = Runtime(load_site(site_file), plugins)
             totals = DailyTotals(runtime.site, runtime.bus)
             view = RoomView(runtime.site, runtime.readings, totals, plugins.models)
+            _prepay_columns(view, runtime)
             async with runtime:
+                low = open_demo_accounts(runtime)
+                runtime.announcements = [
+                    f"prepaid accounts: one per room (id = room id); {', '.join(low)} start "
+                    "nearly empty and are cut within a couple of minutes",
+                    f"top one up and watch it come back: openprepay topup {site_file} "
+                    f"{low[0]} 50 --ref my-first-topup",
+                ]
                 _announce(runtime, site_file, len(site.devices), len(site.links))
                 if headless:
                     await _headless(runtime, stop, duration)
@@ -91,6 +104,45 @@ def demo_command(
                     await _live(view, stop, duration)
 
     run_async(main)
+
+
+#: Fee-control states in the view: alarm levels get warmer as the balance runs down.
+_LEVEL_STYLE = {
+    "NORMAL": ("normal", "green"),
+    "ALARM1": ("alarm 1", "yellow"),
+    "ALARM2": ("alarm 2", "bold yellow"),
+    "OVER_ZERO": ("over 0", "bold red"),
+    "OVERDRAFT": ("CUT", "bold red"),
+}
+
+
+_BY_SEVERITY = {s.severity: s for s in FeeState}
+
+
+def _prepay_columns(view: RoomView, runtime: Runtime) -> None:
+    """Balance and alarm level of each room's account (the account id is the room id),
+    from the account samples the prepayment engine publishes."""
+
+    def account(room: str) -> Sample | None:
+        return runtime.readings.get(room, ACCOUNT_MODEL.name)
+
+    def balance(room: str) -> Text:
+        sample = account(room)
+        if sample is None:
+            return Text("–", "dim")
+        fen = int(sample.values["energy_balance_fen"])
+        return Text(format_fen(fen), "bold red" if fen <= 0 else "")
+
+    def level(room: str) -> Text:
+        sample = account(room)
+        if sample is None:
+            return Text("–", "dim")
+        state = _BY_SEVERITY[int(sample.values["alarm_level"])]
+        label, style = _LEVEL_STYLE[state.value]
+        return Text(label, style)
+
+    view.add_column("Balance ¥", balance)
+    view.add_column("Alarm", level)
 
 
 def _announce(runtime: Runtime, site_file: Path, devices: int, links: int) -> None:
