@@ -56,7 +56,8 @@ async def test_a_full_spool_drops_by_its_policy_and_says_so(tmp_path: Path, poli
     assert all(d.policy == policy and d.lines > 0 for d in drops)
     # Every drop was raised (at most one event per few seconds, with the totals since).
     counters = json.loads((tmp_path / "historian-spool" / "counters.json").read_text())
-    assert sum(d.lines for d in drops) == counters["dropped_lines"] == stats["dropped_lines"]
+    assert sum(d.lines for d in drops) == counters["dropped_lines"] >= stats["dropped_lines"]
+    # (the last drop event's own line may be dropped by the final commit, after `stats`)
     assert sum(d.points for d in drops) == counters["dropped_points"] > 0
     assert stats["queue_bytes"] <= 0.05 * 1024 * 1024
     own = [s for s in stats_points if s.source == HISTORIAN_SOURCE and s.model is HISTORIAN_MODEL]
