@@ -1,0 +1,171 @@
+"""Top-up to supply restored: how long from `Operations.topup` to the relay read back closed.
+
+A simulated RS-485 gateway (RTU over TCP, 9600-baud serial timing) hosts 41 prepaid
+meters that are polled continuously; one of them belongs to an account in arrears whose
+relay is tripped. Each round tops the account up through `Operations.topup` (as the CLI and
+the OPC UA TopUp method do, on a worker thread) and waits for the `SupplyChanged` event
+that follows the read-back of the CLOSE: the top-up's transaction, fee control, the
+durable command, the executor claiming it, the arbiter putting it ahead of the polls, the
+write and the confirmation read. A refund of the same amount then empties the account and
+fee control trips the relay again for the next round.
+
+Baseline, measured in the same run on the same busy gateway: the same CLOSE sent directly
+through the link arbiter (`arbiter.execute`, write + read-back), after a direct TRIP. The
+ratio says what the durable, audited path costs on top of the bare device command.
+
+Target: median at most 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENPREPAY_DISABLE_PLUGINS", "opcua,historian")
+
+import tomli_w
+
+from openprepay.core import accounts as acc
+from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.events import SupplyChanged
+from openprepay.core.model import DeviceCommand
+from openprepay.core.plugins import Plugins
+from openprepay.core.runtime import Runtime
+from openprepay.core.simulate import SimulatedSite
+from openprepay.core.site import load_site, parse_site
+
+METERS = 41
+ROUNDS = 15
+POLICY = {
+    "quiet_start": "00:00",
+    "quiet_end": "00:00",
+    "no_trip_days": [],
+    "holiday_calendar": "",
+    "no_trip_before_non_working_day": False,
+    "notice_days": 0,
+    "friendly_credit": "0.00",
+    "max_trips_per_minute": 1000,  # the rounds trip one meter again and again
+}
+
+
+def site_data() -> dict[str, Any]:
+    return {
+        "site": {"id": "bench", "timezone": "Asia/Shanghai"},
+        "poll": {"interval_s": 1.0, "stats_interval_s": 5},
+        "links": {
+            "gw": {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 1, "timeout_ms": 500}
+        },
+        "buildings": {"A": {"floors": ["1"]}},
+        "rooms": {"A-1": {"building": "A", "floor": "1"}},
+        "devices": {
+            f"E{i}": {
+                "model": "acrel.DDSY1352",
+                "link": "gw",
+                "unit_id": i,
+                "room": "A-1",
+                "options": {"sim_load_kw": 0.5},
+            }
+            for i in range(1, METERS + 1)
+        },
+        "tariffs": {"flat": {"price": "0.5000"}},
+        "prepay": {
+            "policy": POLICY,
+            "engine": {"default_tariffs": {"electric": "flat"}, "instance": "bench"},
+        },
+    }
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def main() -> dict[str, Any]:
+    plugins = Plugins.load()
+    data = site_data()
+    options = SimulatorOptions(speedup=0, serial_timing=True, ephemeral_ports=True)
+    async with SimulatedSite(parse_site(data), plugins, options) as sims:
+        host, port = sims.addresses["gw"]
+        data["links"]["gw"]["host"], data["links"]["gw"]["port"] = host, port
+        folder = Path(tempfile.mkdtemp(prefix="openprepay-bench-"))
+        site_file = folder / "site.toml"
+        site_file.write_text(tomli_w.dumps(data))
+        runtime = Runtime(load_site(site_file), plugins)
+        async with runtime:
+            ops = runtime.operations
+            assert ops is not None and runtime.db is not None
+            changes: asyncio.Queue[SupplyChanged] = asyncio.Queue()
+            runtime.bus.subscribe(SupplyChanged, changes.put_nowait)
+            with runtime.db.begin() as conn:
+                acc.create_account(
+                    conn,
+                    acc.AccountSpec(
+                        "A-1", "bench", (acc.resolve_meter(runtime.site, plugins.models, "E1"),)
+                    ),
+                )
+
+            async def supply(on: bool) -> float:
+                while True:
+                    event = await asyncio.wait_for(changes.get(), 30)
+                    if event.meter_id == "E1" and event.on is on:
+                        return time.perf_counter()
+
+            # Into arrears: a top-up, then a refund of all of it trips the relay.
+            await asyncio.to_thread(ops.topup, "A-1", 1000, "warm-up", actor="bench")
+            await asyncio.to_thread(ops.refund, "A-1", 1000, "warm-up-r", actor="bench")
+            await supply(False)
+            await asyncio.sleep(2)  # let the poll cycle of 41 meters settle in
+
+            product = []
+            for i in range(ROUNDS):
+                start = time.perf_counter()
+                await asyncio.to_thread(ops.topup, "A-1", 1000, f"t{i}", actor="bench")
+                product.append(await supply(True) - start)
+                await asyncio.to_thread(ops.refund, "A-1", 1000, f"r{i}", actor="bench")
+                await supply(False)
+
+            baseline = []
+            arbiter = runtime.arbiter
+            for _ in range(ROUNDS):
+                await arbiter.execute(DeviceCommand("E1", "TRIP", reason="bench"))
+                start = time.perf_counter()
+                outcome = await arbiter.execute(DeviceCommand("E1", "CLOSE", reason="bench"))
+                baseline.append(time.perf_counter() - start)
+                assert outcome.confirmed
+            polls = runtime.arbiter.worker_of("E1").stats.published or {}
+    result = {
+        "benchmark": "topup_latency",
+        "meters_on_gateway": METERS,
+        "rounds": ROUNDS,
+        "median_ms": round(1000 * statistics.median(product), 1),
+        "p95_ms": round(1000 * percentile(product, 95), 1),
+        "baseline_median_ms": round(1000 * statistics.median(baseline), 1),
+        "baseline_p95_ms": round(1000 * percentile(baseline, 95), 1),
+    }
+    result["ratio"] = round(result["median_ms"] / result["baseline_median_ms"], 2)
+    result["link_utilisation_pct"] = polls.get("utilisation")
+    return result
+
+
+if __name__ == "__main__":
+    r = asyncio.run(main())
+    print(
+        f"top-up → relay closed (Operations.topup → SupplyChanged), {r['rounds']} rounds, "
+        f"gateway with {r['meters_on_gateway']} polled meters at 9600 baud:"
+    )
+    print(f"  product : median {r['median_ms']:8.1f} ms   p95 {r['p95_ms']:8.1f} ms")
+    print(
+        f"  baseline: median {r['baseline_median_ms']:8.1f} ms   p95 "
+        f"{r['baseline_p95_ms']:8.1f} ms   (CLOSE straight through the arbiter)"
+    )
+    print(f"  ratio   : {r['ratio']}× the bare command; target median ≤ 1000 ms")
+    sys.stdout.flush()
+    print(json.dumps(r))
