@@ -17,7 +17,7 @@ from ..contracts import SimulatorOptions
 from ..demo import demo_site_data, open_demo_accounts
 from ..feecontrol import FeeState
 from ..ledger import format_fen
-from ..model import Sample
+from ..model import MeterKind, Sample
 from ..runtime import Runtime
 from ..simulate import SimulatedSite
 from ..site import LinkType, load_site, parse_site
@@ -177,7 +177,9 @@ async def _headless(runtime: Runtime, stop: asyncio.Event, duration: float | Non
         good = sum(
             1
             for s in runtime.readings.latest.values()
-            if s.source in runtime.site.devices and s.quality.is_good
+            if s.source in runtime.site.devices
+            and s.model.kind in (MeterKind.ELECTRIC, MeterKind.WATER)
+            and s.quality.is_good
         )
         log.info("demo: %d/%d meters online", good, len(runtime.site.devices))
 
