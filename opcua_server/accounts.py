@@ -251,7 +251,7 @@ class AccountView:
 
     # -- the accounts that exist at start ------------------------------------------------------
     async def build(self, service: OpcUaService) -> None:
-        self.ops = service.runtime.operations
+        self.ops = getattr(service.runtime, "operations", None)
         if self.ops is None:
             return
         try:
