@@ -2,23 +2,30 @@
 
 The bus listener only files each Good sample of a billing meter under its meter (a dict
 append, nothing more), so polling never waits on billing. Every `post_interval_s` the
-collected samples are billed in **one database transaction off the event loop**
-(`asyncio.to_thread`), each meter in a savepoint of its own so that one meter's problem
-cannot hold back the others:
+collected samples are billed off the event loop (`asyncio.to_thread`):
 
-1. the meter's account and its tariff (the account's, when it prices the meter's commodity;
-   otherwise `[prepay.engine] default_tariffs`);
+1. one query finds each meter's account, control mode and tariff (the account's, when it
+   prices the meter's commodity; otherwise `[prepay.engine] default_tariffs`);
 2. the rating engine (`core.rating`) rates the readings of the meter's own cumulative
-   registers (total and T1..T4) from the meter's saved baseline (`MeterState`, kept in
-   `prepay_meter`); the first reading after a meter joins an account is its baseline;
+   registers (total and T1..T4) from the meter's baseline (`MeterState`), in memory; the
+   first reading after a meter joins an account is its baseline;
 3. the drift-free `Accrual` of the meter's billing month turns the exact cost into whole
-   fen, and `ledger.post_usage` deducts them from the energy wallet together with the
-   accrual and the new baseline (REMOTE: the platform's wallet is authoritative; LOCAL:
-   the wallet is the platform's mirror of the meter's own balance, reconciled separately);
-   POSTPAID meters are rated for consumption only — nothing is posted;
-4. fee control runs after the deduction (`PrepayControl.after_change`) in the same
-   transaction: a trip it decides is a durable command committed with the posting;
-5. the day's consumption per meter (and per rate) is kept in `meter_usage_day`.
+   fen. Only when there are whole fen to post — or the meter's unsaved state is
+   `persist_s` old, or the service stops — is the database written, in **one
+   transaction** for the batch: `ledger.post_usage` deducts the fen from the energy wallet
+   together with the accrual, the baseline is saved with it (`prepay_meter`) and the day's
+   consumption is added (`meter_usage_day`). REMOTE: the platform's wallet is
+   authoritative; LOCAL: the wallet is the platform's mirror of the meter's own balance
+   (reconciled separately); POSTPAID meters are rated for consumption only, nothing is
+   posted;
+4. fee control runs after each deduction (`PrepayControl.after_change`) in the same
+   transaction: a trip it decides is a durable command committed with the posting.
+
+Writing lazily is safe: the baseline and the accrual are always saved together with the
+posting they produced, so a crash only forgets readings whose energy the meter's cumulative
+registers still hold — the first reading after a restart bills it (tier energy included),
+and nothing is billed twice. It keeps the database work proportional to the money that
+moves: at 2,000 meters polled every 10 s most polls rate a fraction of a fen.
 
 After commit the events (alarm level changes, audit records, account samples) are
 published on the loop and the command executor is woken.
@@ -27,14 +34,17 @@ published on the loop and the command executor is woken.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from . import ledger
@@ -43,7 +53,14 @@ from .db import schema as t
 from .events import utcnow
 from .feecontrol import Cause
 from .model import DeviceModel, MeterKind, Quality, Sample
-from .prepayment import FEE_CONTROL, Effects, PrepayControl
+from .prepayment import (
+    FEE_CONTROL,
+    AccountRow,
+    Effects,
+    PrepayControl,
+    load_account_row,
+    load_account_rows,
+)
 from .rating import Accrual, MeterState, RatingEngine, RatingError, RegisterLayout
 from .site import ControlMode, Site
 from .tariffs import Commodity, TariffCatalogue
@@ -52,6 +69,51 @@ log = logging.getLogger("openprepay.metering")
 
 #: Who usage postings are requested by (audit).
 METERING = "metering"
+
+
+@dataclass(slots=True)
+class _Book:
+    """What metering holds in memory for one meter between database writes."""
+
+    account_id: str
+    mode: str
+    state: MeterState
+    saved_at: datetime
+    cycle: str | None = None
+    accrual: Accrual | None = None
+    #: Cost rated while the cycle's saved accrual was not loaded yet (fen, exact).
+    pending_cost: Fraction = Fraction(0)
+    #: The last rated reading (epoch seconds): the posting's period key.
+    period: str = ""
+    #: Unsaved changes (baseline moved, energy not yet added to `meter_usage_day`).
+    dirty: bool = False
+    #: Energy not yet added to `meter_usage_day`: day → (units, units per rate).
+    days: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
+
+
+def _add_usage(book: _Book, engine: RatingEngine, rated: Any, tz: Any) -> None:
+    """Add a rated batch's energy to the book's unsaved per-day consumption (not money)."""
+    energy = np.asarray(rated.energy, np.int64)
+    if not energy.any():
+        return
+    days = [datetime.fromtimestamp(int(x), UTC).astimezone(tz).date().isoformat() for x in rated.t]
+    names = engine.compiled.rate_names
+    for day in sorted(set(days)):
+        rows = np.asarray([d == day for d in days])
+        units = int(energy[rows].sum())
+        if not units:
+            continue
+        total, by_rate = book.days.get(day, (0, {}))
+        for vi, rate_names in enumerate(names):
+            sel = rows & (rated.version == vi)
+            if not sel.any():
+                continue
+            sums = rated.rate_energy[sel].sum(axis=0, dtype=np.int64)
+            for c, name in enumerate(rate_names):
+                if int(sums[c]):
+                    key = name or "total"
+                    by_rate[key] = by_rate.get(key, 0) + int(sums[c])
+        book.days[day] = (total + units, by_rate)
 
 
 @dataclass(slots=True)
@@ -78,9 +140,13 @@ class Metering:
         catalogue: TariffCatalogue,
         default_tariffs: Mapping[str, str],
         *,
+        persist_s: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.site = site
+        #: A meter's unsaved baseline and consumption are written at least this often.
+        self.persist = timedelta(seconds=persist_s)
+        self._books: dict[str, _Book] = {}
         self.models = models
         self.db = db
         self.control = control
@@ -125,29 +191,53 @@ class Metering:
         return batch
 
     # -- billing (in a worker thread) ------------------------------------------------------
-    def flush(self, batch: Mapping[str, Sequence[Sample]]) -> FlushReport:
-        """Bill `batch` (meter → samples) in one transaction; returns what happened."""
+    def flush(
+        self, batch: Mapping[str, Sequence[Sample]], *, persist_all: bool = False
+    ) -> FlushReport:
+        """Rate `batch` (meter → samples) and write what is due in one transaction.
+
+        Rating is in memory; the database is written for a meter when its accrual yields
+        whole fen to post, when its unsaved state is `persist_s` old, or with
+        `persist_all` (shutdown). The baseline and the accrual are saved together with the
+        posting, so a crash only forgets readings whose energy the meter's cumulative
+        registers still hold: the next reading after a restart bills it.
+        """
         report = FlushReport()
-        if not batch:
-            return report
         now = self.clock()
-        with self.db.begin() as conn:
-            info = self._meter_info(conn, list(batch))
-            for meter_id, samples in batch.items():
-                report.meters += 1
-                try:
-                    with conn.begin_nested():
-                        self._bill_meter(conn, meter_id, samples, info.get(meter_id), now, report)
-                except ledger.RequestError as exc:
-                    report.skipped[meter_id] = str(exc)
-                    self._warn(meter_id, str(exc))
-                except RatingError as exc:
-                    report.skipped[meter_id] = str(exc)
-                    self._warn(meter_id, str(exc))
-            for account_id in report.effects.accounts:
-                sample = self.control.account_sample(conn, account_id, now)
-                if sample is not None:
-                    report.samples.append(sample)
+        meters = list(batch)
+        if persist_all:
+            meters.extend(m for m, b in self._books.items() if b.dirty and m not in batch)
+        if not meters:
+            return report
+        with self.db.read() as conn:
+            info = self._meter_info(conn, meters)
+        due: list[tuple[str, _Book, int]] = []
+        for meter_id in meters:
+            report.meters += 1
+            samples = batch.get(meter_id, ())
+            try:
+                book, fen = self._rate(meter_id, samples, info.get(meter_id), now)
+            except RatingError as exc:
+                report.skipped[meter_id] = str(exc)
+                self._warn(meter_id, str(exc))
+                self._books.pop(meter_id, None)
+                continue
+            if book is None:
+                continue
+            if fen or (book.dirty and (persist_all or now - book.saved_at >= self.persist)):
+                due.append((meter_id, book, fen))
+        supply = self._supply_changes(batch)
+        if not due and not supply:
+            return report
+        try:
+            with self.db.begin() as conn:
+                self._write(conn, due, info, supply, now, report)
+        except Exception:
+            for meter_id, _, _ in due:
+                self._books.pop(meter_id, None)  # reload from the database next time
+            for meter_id in supply:
+                self._supply_seen.pop(meter_id, None)
+            raise
         return report
 
     def _meter_info(self, conn: Connection, meters: list[str]) -> dict[str, Any]:
@@ -162,7 +252,6 @@ class Metering:
                 a.c.opened_at,
                 pm.c.account_id.label("state_account"),
                 pm.c.rating_state,
-                pm.c.supply_on,
             )
             .join(a, a.c.id == am.c.account_id)
             .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
@@ -199,18 +288,13 @@ class Metering:
             self._engines[key] = engine
         return engine
 
-    def _bill_meter(
-        self,
-        conn: Connection,
-        meter_id: str,
-        samples: Sequence[Sample],
-        info: Any,
-        now: datetime,
-        report: FlushReport,
-    ) -> None:
-        self._note_supply(conn, meter_id, samples, now)
+    def _rate(
+        self, meter_id: str, samples: Sequence[Sample], info: Any, now: datetime
+    ) -> tuple[_Book | None, int]:
+        """Rate the meter's new readings in memory; returns its book and the fen due."""
         if info is None or info.state != "OPEN":
-            return  # no open account: nothing to bill, no baseline kept
+            self._books.pop(meter_id, None)
+            return None, 0  # no open account: nothing to bill, no baseline kept
         account_id = info.account_id
         tariff_id = self._tariff_for(meter_id, info.tariff_id)
         if tariff_id is None:
@@ -219,146 +303,225 @@ class Metering:
                 f"no tariff prices it (account {account_id} tariff {info.tariff_id or '-'}; "
                 "set one with SetTariff or [prepay.engine] default_tariffs)",
             )
-            return
-        if info.rating_state is not None and info.state_account == account_id:
-            state = MeterState.from_record(info.rating_state)
-        else:
-            state = MeterState.opening(info.opened_at)
+            return None, 0
+        book = self._books.get(meter_id)
+        if book is None or book.account_id != account_id:
+            if info.rating_state is not None and info.state_account == account_id:
+                state = MeterState.from_record(info.rating_state)
+            else:
+                state = MeterState.opening(info.opened_at)
+            book = _Book(account_id, info.control_mode, state, saved_at=now)
+            self._books[meter_id] = book
+        book.mode = info.control_mode
+        if not samples:
+            return book, 0
         engine = self._engine(tariff_id, meter_id)
         readings = engine.layout.from_samples(samples)
         if not len(readings):
-            return
-        rated = engine.rate(readings, state)
-        self.control.upsert_meter(
-            conn,
-            meter_id,
-            now,
-            account_id=account_id,
-            rating_state=rated.state.to_record(),
-        )
-        self._record_usage(conn, meter_id, account_id, engine, rated, now)
-        if info.control_mode == ControlMode.POSTPAID.value:
-            return
+            return book, 0
+        rated = engine.rate(readings, book.state)
+        if rated.state == book.state:
+            return book, 0  # stale readings only
+        book.state = rated.state
+        book.dirty = True
+        book.period = f"{int(rated.t.max())}"
+        _add_usage(book, engine, rated, self.tz)
+        if book.mode == ControlMode.POSTPAID.value:
+            return book, 0
         last = datetime.fromtimestamp(int(rated.t.max()), UTC)
         cycle = last.astimezone(self.tz).strftime("%Y-%m")
-        saved = ledger.load_accrual(conn, meter_id, cycle)
-        accrual = (
-            Accrual.from_record(saved)
-            if saved is not None
-            else Accrual(rounding=self.settings.rounding)
-        )
-        fen = accrual.add(rated.cost_fen)
-        result = ledger.post_usage(
-            conn,
-            account_id,
-            meter_id,
-            fen,
-            f"{int(rated.t.max())}",
-            accrual=accrual.to_record(),
-            cycle=cycle,
-            requested_by=METERING,
-            now=now,
-        )
-        if result.replayed or fen == 0:
-            return
-        report.postings += 1
-        report.posted_fen += fen
-        self.control.after_change(
-            conn,
-            account_id,
-            Cause.DEDUCTION,
-            actor=FEE_CONTROL,
-            effects=report.effects,
-            balance_fen=result.balance_fen,
-            now=now,
-        )
-        report.effects.accounts.add(account_id)
+        if book.cycle != cycle or book.accrual is None:
+            book.cycle = cycle
+            book.accrual = None  # loaded in the write transaction when due
+            book.pending_cost += rated.cost_fen
+            return book, -1  # unknown until the saved accrual is read: write now
+        fen = book.accrual.add(rated.cost_fen)
+        return book, fen
 
-    def _record_usage(
+    def _write(
         self,
         conn: Connection,
-        meter_id: str,
-        account_id: str,
-        engine: RatingEngine,
-        rated: Any,
+        due: list[tuple[str, _Book, int]],
+        info: Mapping[str, Any],
+        supply: Mapping[str, tuple[bool, datetime]],
         now: datetime,
+        report: FlushReport,
     ) -> None:
-        energy = np.asarray(rated.energy, np.int64)
-        if not energy.any():
-            return
-        days = [
-            datetime.fromtimestamp(int(x), UTC).astimezone(self.tz).date().isoformat()
-            for x in rated.t
-        ]
-        names = engine.compiled.rate_names
-        for day in sorted(set(days)):
-            rows = np.asarray([d == day for d in days])
-            units = int(energy[rows].sum())
-            if not units:
+        for meter_id, (on, at) in supply.items():
+            self.control.upsert_meter(conn, meter_id, now, supply_on=on, supply_at=at)
+        accounts = load_account_rows(
+            conn, {b.account_id for _, b, fen in due if fen and b.mode != ControlMode.POSTPAID}
+        )
+        states: list[dict[str, Any]] = []
+        days: dict[tuple[str, str], tuple[str, int, dict[str, int]]] = {}
+        for meter_id, book, fen in due:
+            billed = book.mode != ControlMode.POSTPAID.value and book.cycle is not None
+            if billed and not self._post(conn, meter_id, book, fen, accounts, now, report):
                 continue
-            by_rate: dict[str, int] = {}
-            for vi, rate_names in enumerate(names):
-                sel = rows & (rated.version == vi)
-                if not sel.any():
-                    continue
-                sums = rated.rate_energy[sel].sum(axis=0, dtype=np.int64)
-                for c, name in enumerate(rate_names):
-                    if int(sums[c]):
-                        key = name or "total"
-                        by_rate[key] = by_rate.get(key, 0) + int(sums[c])
-            self._add_day(conn, meter_id, account_id, day, units, by_rate, now)
-
-    def _add_day(
-        self,
-        conn: Connection,
-        meter_id: str,
-        account_id: str,
-        day: str,
-        units: int,
-        by_rate: Mapping[str, int],
-        now: datetime,
-    ) -> None:
-        u = t.meter_usage_day
-        row = conn.execute(
-            sa.select(u.c.energy, u.c.by_rate).where(u.c.meter_id == meter_id, u.c.day == day)
-        ).first()
-        if row is None:
-            conn.execute(
-                u.insert(),
+            states.append(
                 {
                     "meter_id": meter_id,
-                    "day": day,
-                    "account_id": account_id,
-                    "energy": units,
-                    "by_rate": dict(by_rate),
+                    "account_id": book.account_id,
+                    "rating_state": book.state.to_record(),
                     "updated_at": now,
-                },
+                }
             )
-            return
-        merged = dict(row.by_rate or {})
-        for k, v in by_rate.items():
-            merged[k] = int(merged.get(k, 0)) + v
-        conn.execute(
-            u.update()
-            .where(u.c.meter_id == meter_id, u.c.day == day)
-            .values(energy=int(row.energy) + units, by_rate=merged, updated_at=now)
-        )
+            for day, (units, by_rate) in book.days.items():
+                days[(meter_id, day)] = (book.account_id, units, by_rate)
+            book.days = {}
+            book.dirty = False
+            book.saved_at = now
+        self._save_states(conn, states)
+        self._add_days(conn, days, now)
+        report.samples.extend(self.control.account_samples(conn, report.effects.accounts, now))
 
-    def _note_supply(
-        self, conn: Connection, meter_id: str, samples: Sequence[Sample], now: datetime
+    def _post(
+        self,
+        conn: Connection,
+        meter_id: str,
+        book: _Book,
+        fen: int,
+        accounts: dict[str, AccountRow],
+        now: datetime,
+        report: FlushReport,
+    ) -> bool:
+        """Post the meter's fen with its accrual and run fee control; False if refused."""
+        assert book.cycle is not None
+        if book.accrual is None:
+            saved = ledger.load_accrual(conn, meter_id, book.cycle)
+            book.accrual = (
+                Accrual.from_record(saved)
+                if saved is not None
+                else Accrual(rounding=self.settings.rounding)
+            )
+            fen = book.accrual.add(book.pending_cost)
+            book.pending_cost = Fraction(0)
+        try:
+            result = ledger.post_usage(
+                conn,
+                book.account_id,
+                meter_id,
+                fen,
+                book.period,
+                accrual=book.accrual.to_record(),
+                cycle=book.cycle,
+                requested_by=METERING,
+                now=now,
+            )
+        except ledger.RequestError as exc:  # refused before anything was written
+            report.skipped[meter_id] = str(exc)
+            self._warn(meter_id, str(exc))
+            self._books.pop(meter_id, None)
+            return False
+        if fen and not result.replayed:
+            report.postings += 1
+            report.posted_fen += fen
+            account = accounts.get(book.account_id) or load_account_row(conn, book.account_id)
+            decision = self.control.after_change(
+                conn,
+                book.account_id,
+                Cause.DEDUCTION,
+                actor=FEE_CONTROL,
+                effects=report.effects,
+                balance_fen=result.balance_fen,
+                account=account,
+                now=now,
+            )
+            if account is not None and decision is not None:
+                # Another meter of the account may follow in this batch: it must see the
+                # state this deduction left, not the one read before.
+                accounts[book.account_id] = dataclasses.replace(account, fee_state=decision.state)
+            report.effects.accounts.add(book.account_id)
+        return True
+
+    def _save_states(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """The meters' baselines, one statement for the batch."""
+        if not rows:
+            return
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(t.prepay_meter)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["meter_id"],
+            set_={
+                "account_id": stmt.excluded.account_id,
+                "rating_state": stmt.excluded.rating_state,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        conn.execute(stmt, rows)
+
+    def _add_days(
+        self,
+        conn: Connection,
+        days: Mapping[tuple[str, str], tuple[str, int, dict[str, int]]],
+        now: datetime,
     ) -> None:
-        """Keep the meter's supply state as its readings show it (relay/valve point)."""
-        supply = self.control.supply_of(meter_id)
-        if supply is None:
+        """Add consumption to `meter_usage_day` (energy and per rate), a few statements for
+        the batch."""
+        if not days:
             return
-        last = samples[-1]
-        if supply.state_point not in last.values or not last.quality_of(supply.state_point).is_good:
-            return
-        on = bool(last.values[supply.state_point])
-        if self._supply_seen.get(meter_id) is on:
-            return
-        self._supply_seen[meter_id] = on
-        self.control.upsert_meter(conn, meter_id, now, supply_on=on, supply_at=last.read_at)
+        u = t.meter_usage_day
+        existing = {
+            (r.meter_id, r.day): r
+            for r in conn.execute(
+                sa.select(u.c.meter_id, u.c.day, u.c.energy, u.c.by_rate).where(
+                    sa.tuple_(u.c.meter_id, u.c.day).in_(list(days))
+                )
+            ).all()
+        }
+        inserts, updates = [], []
+        for (meter_id, day), (account_id, units, by_rate) in days.items():
+            row = existing.get((meter_id, day))
+            if row is None:
+                inserts.append(
+                    {
+                        "meter_id": meter_id,
+                        "day": day,
+                        "account_id": account_id,
+                        "energy": units,
+                        "by_rate": dict(by_rate),
+                        "updated_at": now,
+                    }
+                )
+                continue
+            merged = {k: int(v) for k, v in (row.by_rate or {}).items()}
+            for k, v in by_rate.items():
+                merged[k] = merged.get(k, 0) + v
+            updates.append(
+                {
+                    "m": meter_id,
+                    "d": day,
+                    "energy": int(row.energy) + units,
+                    "by_rate": merged,
+                    "updated_at": now,
+                }
+            )
+        if inserts:
+            conn.execute(u.insert(), inserts)
+        if updates:
+            conn.execute(
+                u.update().where(u.c.meter_id == sa.bindparam("m"), u.c.day == sa.bindparam("d")),
+                updates,
+            )
+
+    def _supply_changes(
+        self, batch: Mapping[str, Sequence[Sample]]
+    ) -> dict[str, tuple[bool, datetime]]:
+        """Meters whose relay/valve point shows a state other than the one last stored."""
+        out = {}
+        for meter_id, samples in batch.items():
+            supply = self.control.supply_of(meter_id)
+            if supply is None or not samples:
+                continue
+            last = samples[-1]
+            point = supply.state_point
+            if point not in last.values or not last.quality_of(point).is_good:
+                continue
+            on = bool(last.values[point])
+            if self._supply_seen.get(meter_id) is not on:
+                self._supply_seen[meter_id] = on
+                out[meter_id] = (on, last.read_at)
+        return out
 
     def _warn(self, meter_id: str, message: str) -> None:
         if (meter_id, message) not in self._warned:
@@ -383,9 +546,10 @@ async def run_flushes(
         except TimeoutError:
             pass
         batch = metering.take()
-        if batch:
+        final = stop.is_set()
+        if batch or final:
             try:
-                report = await asyncio.to_thread(metering.flush, batch)
+                report = await asyncio.to_thread(metering.flush, batch, persist_all=final)
             except Exception:
                 log.exception("billing %d meter(s) failed; their samples are kept", len(batch))
                 for meter_id, samples in batch.items():

@@ -22,6 +22,8 @@ and the OPC UA server call.
     [prepay.engine]
     default_tariffs = { electric = "residential", water = "water" }  # accounts without one
     post_interval_s = 1.0        # how often collected samples are billed
+    persist_s = 60               # a meter's baseline and consumption are saved at least
+                                 # this often (at once whenever there are fen to post)
     queue_poll_s = 0.25          # how often the command queue is read (≤ 0.5)
     command_attempts = 8         # then FAILED, with a CommandFailed event
     retry_initial_s = 5          # back-off after a failed attempt, doubled ...
@@ -71,6 +73,7 @@ log = logging.getLogger("openprepay.engine")
 ENGINE_KEYS = (
     "default_tariffs",
     "post_interval_s",
+    "persist_s",
     "queue_poll_s",
     "command_attempts",
     "retry_initial_s",
@@ -87,6 +90,7 @@ ENGINE_KEYS = (
 class EngineSettings:
     default_tariffs: Mapping[str, str] = field(default_factory=dict)
     post_interval_s: float = 1.0
+    persist_s: float = 60.0
     queue_poll_s: float = 0.25
     command_attempts: int = 8
     retry_initial_s: float = 5.0
@@ -128,6 +132,7 @@ def parse_engine(
         defaults[kind] = tariff_id
     tr.finish()
     post = r.number("post_interval_s", d.post_interval_s, low=0.05, high=60)
+    persist = r.number("persist_s", d.persist_s, low=0, high=3600)
     poll = r.number("queue_poll_s", d.queue_poll_s, low=0.01, high=0.5)
     attempts = r.int("command_attempts", d.command_attempts, low=1, high=1000)
     initial = r.number("retry_initial_s", d.retry_initial_s, low=0.01, high=3600)
@@ -145,6 +150,7 @@ def parse_engine(
     return EngineSettings(
         defaults,
         post if post is not None else d.post_interval_s,
+        persist if persist is not None else d.persist_s,
         poll if poll is not None else d.queue_poll_s,
         attempts if attempts is not None else d.command_attempts,
         initial if initial is not None else d.retry_initial_s,
@@ -348,6 +354,7 @@ class PrepayEngine:
             self.control,
             self.catalogue,
             self.settings.default_tariffs,
+            persist_s=self.settings.persist_s,
             clock=clock,
         )
         self.reconciler = Reconciler(site, models, db, self.settings)

@@ -141,6 +141,58 @@ def load_account_row(conn: Connection, account_id: str) -> AccountRow | None:
     )
 
 
+def load_account_rows(conn: Connection, account_ids: Iterable[str]) -> dict[str, AccountRow]:
+    """`load_account_row` for several accounts in two queries."""
+    ids = sorted(set(account_ids))
+    if not ids:
+        return {}
+    a = t.account
+    rows = conn.execute(
+        sa.select(
+            a.c.id,
+            a.c.state,
+            a.c.fee_state,
+            a.c.alarm1_fen,
+            a.c.alarm2_fen,
+            a.c.overdraft_limit_fen,
+            a.c.close_limit_fen,
+            a.c.hoard_limit_fen,
+            a.c.protected,
+            a.c.notify,
+        ).where(a.c.id.in_(ids))
+    ).all()
+    meters: dict[str, list[tuple[str, str, str]]] = {}
+    for m in conn.execute(
+        sa.select(
+            t.account_meter.c.account_id,
+            t.account_meter.c.meter_id,
+            t.account_meter.c.kind,
+            t.account_meter.c.control_mode,
+        )
+        .where(t.account_meter.c.account_id.in_(ids), t.account_meter.c.detached_at.is_(None))
+        .order_by(t.account_meter.c.id)
+    ).all():
+        meters.setdefault(m.account_id, []).append((m.meter_id, m.kind, m.control_mode))
+    return {
+        row.id: AccountRow(
+            row.id,
+            row.state,
+            FeeState(row.fee_state),
+            FeeThresholds(
+                int(row.alarm1_fen),
+                int(row.alarm2_fen),
+                int(row.overdraft_limit_fen),
+                int(row.close_limit_fen),
+                int(row.hoard_limit_fen),
+            ),
+            bool(row.protected),
+            tuple(row.notify or ()),
+            tuple(meters.get(row.id, ())),
+        )
+        for row in rows
+    }
+
+
 def energy_balances(conn: Connection, account_id: str) -> tuple[int, int]:
     """(energy, general) wallet balances in fen."""
     rows = dict(
@@ -715,22 +767,59 @@ class PrepayControl:
 
     # -- account samples ----------------------------------------------------------------------
     def account_sample(self, conn: Connection, account_id: str, now: datetime) -> Any:
-        account = load_account_row(conn, account_id)
-        if account is None:
-            return None
-        energy, general = energy_balances(conn, account_id)
-        supply = self.supply_states(conn, [m for m, _k, _mode in account.meters])
-        from .ledger import _emergency_outstanding
+        samples = self.account_samples(conn, [account_id], now)
+        return samples[0] if samples else None
 
-        return account_sample(
-            account_id,
-            now,
-            energy_balance_fen=energy,
-            general_balance_fen=general,
-            alarm_level=account.fee_state,
-            supply_on=all(v is not False for v in supply.values()),
-            emergency_credit_fen=_emergency_outstanding(conn, account_id),
+    def account_samples(self, conn: Connection, account_ids: Iterable[str], now: datetime) -> list:
+        """`ACCOUNT_MODEL` samples of several accounts, in four queries whatever their
+        number (metering publishes one per account whose balance moved)."""
+        ids = sorted(set(account_ids))
+        if not ids:
+            return []
+        states = dict(
+            conn.execute(
+                sa.select(t.account.c.id, t.account.c.fee_state).where(t.account.c.id.in_(ids))
+            ).all()
         )
+        wallets: dict[str, dict[str, int]] = {}
+        for account_id, kind, balance in conn.execute(
+            sa.select(t.wallet.c.account_id, t.wallet.c.kind, t.wallet.c.balance_fen).where(
+                t.wallet.c.account_id.in_(ids)
+            )
+        ).all():
+            wallets.setdefault(account_id, {})[kind] = int(balance)
+        cut = set(
+            conn.execute(
+                sa.select(t.account_meter.c.account_id)
+                .join(t.prepay_meter, t.prepay_meter.c.meter_id == t.account_meter.c.meter_id)
+                .where(
+                    t.account_meter.c.account_id.in_(ids),
+                    t.account_meter.c.detached_at.is_(None),
+                    t.prepay_meter.c.supply_on.is_(False),
+                )
+            ).scalars()
+        )
+        emergency = {
+            code.rsplit(":", 1)[1]: int(total)
+            for code, total in conn.execute(
+                sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
+                .where(t.posting.c.ledger_account.in_([f"asset:emergency_credit:{a}" for a in ids]))
+                .group_by(t.posting.c.ledger_account)
+            ).all()
+        }
+        return [
+            account_sample(
+                account_id,
+                now,
+                energy_balance_fen=wallets.get(account_id, {}).get("energy", 0),
+                general_balance_fen=wallets.get(account_id, {}).get("general", 0),
+                alarm_level=FeeState(states[account_id]),
+                supply_on=account_id not in cut,
+                emergency_credit_fen=emergency.get(account_id, 0),
+            )
+            for account_id in ids
+            if account_id in states
+        ]
 
     def supply_states(self, conn: Connection, meter_ids: Iterable[str]) -> dict[str, bool | None]:
         ids = list(meter_ids)

@@ -118,6 +118,7 @@ def test_worked_example_a_posts_exactly_70_70(db: Database, plugins) -> None:
             engine.metering.on_sample(Sample("E-101", model, when, values))
             i += 1
         engine.metering.flush(engine.metering.take())
+    engine.metering.flush({}, persist_all=True)  # as at shutdown: consumption saved
 
     with db.read() as conn:
         posted = conn.execute(
