@@ -186,6 +186,12 @@ class Metering:
     def pending(self) -> int:
         return sum(len(v) for v in self._pending.values())
 
+    def unsaved_energy(self, meter_id: str, day: str) -> int:
+        """Energy (0.001 kWh or m³) rated for `day` and not yet in `meter_usage_day`."""
+        book = self._books.get(meter_id)
+        entry = book.days.get(day) if book is not None else None
+        return entry[0] if entry else 0
+
     def take(self) -> dict[str, list[Sample]]:
         batch, self._pending = self._pending, {}
         return batch

@@ -147,6 +147,9 @@ class Operations:
         #: Called with the effects of every committed call (the runtime wakes its command
         #: executor and notification dispatcher here).
         self.committed: list[Callable[[Effects], None]] = []
+        #: Energy rated but not saved yet (meter, day) → 0.001 units; set by the running
+        #: engine so that today's figures are current between its database writes.
+        self.unsaved_energy: Callable[[str, str], int] = lambda meter, day: 0
 
     # -- plumbing -----------------------------------------------------------------------
     def _call(
@@ -531,7 +534,8 @@ class Operations:
             m3 = Decimal(0)
             for m in a.meters:
                 row = pm.get(m.meter_id)
-                today = Decimal(int(usage.get(m.meter_id, 0))) / ENERGY_SCALE
+                units = int(usage.get(m.meter_id, 0)) + self.unsaved_energy(m.meter_id, day)
+                today = Decimal(units) / ENERGY_SCALE
                 water = m.kind == MeterKind.WATER.value
                 if water:
                     m3 += today

@@ -357,6 +357,7 @@ class PrepayEngine:
             persist_s=self.settings.persist_s,
             clock=clock,
         )
+        self.operations.unsaved_energy = self.metering.unsaved_energy
         self.reconciler = Reconciler(site, models, db, self.settings)
         meters = set(site.devices)
         self.executor = CommandExecutor(
