@@ -35,8 +35,9 @@ from .db import Database
 from .db import schema as t
 from .errors import CommandRefused, DeviceIOError
 from .events import CommandFailed, SupplyChanged, utcnow
+from .feecontrol import Cause
 from .model import CommandOutcome, DeviceCommand
-from .prepayment import PrepayControl
+from .prepayment import Effects, PrepayControl
 
 log = logging.getLogger("openprepay.executor")
 
@@ -209,6 +210,22 @@ class CommandExecutor:
                 return
             if on is not None:
                 self.control.upsert_meter(conn, command.meter_id, now, supply_on=on, supply_at=now)
+            effects = Effects()
+            if command.kind == cmds.CommandKind.REFUND and command.account_id:
+                # The meter was debited and the refund posted with the confirmation: the
+                # energy balance moved, so fee control looks at it (same transaction).
+                self.control.after_change(
+                    conn,
+                    command.account_id,
+                    Cause.REFUND,
+                    actor=command.requested_by,
+                    effects=effects,
+                    now=now,
+                )
+        for event in effects.events:
+            self.publish(event)
+        if effects.commands:
+            self.wake()
         self.confirmed += 1
         if on is not None:
             self.publish(

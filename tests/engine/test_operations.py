@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from openprepay.core import accounts as acc
+from openprepay.core import commands as cmds
 from openprepay.core.cli import CliContext, build_cli
 from openprepay.core.db import Database
 from openprepay.core.events import AuditRecord, EventBus
@@ -280,3 +281,63 @@ async def test_cli_trip_from_another_process_runs_on_the_service_within_a_second
     # read back and confirmed — all within a second of the row being committed.
     assert (command.finished_at - command.created_at).total_seconds() < 1.0
     assert run.sim("E-101").snapshot()["supply_on"] == 0
+
+
+def policy_ops(tmp_path: Path, plugins: Any, **policy: Any) -> tuple[Operations, Database]:
+    import tomli_w
+
+    from .conftest import ANYTIME_POLICY
+
+    data = site_data(prepay=dict(site_data()["prepay"], policy=dict(ANYTIME_POLICY, **policy)))
+    data["devices"]["E-102"]["control_mode"] = "REMOTE"
+    site_file = tmp_path / "policy.toml"
+    site_file.write_text(tomli_w.dumps(data))
+    site = load_site(site_file)
+    db = Database(f"sqlite:///{tmp_path / 'policy.db'}")
+    db.upgrade()
+    ops = Operations(site, db, models=plugins.models)
+    with db.begin() as conn:
+        for account, meter in (("A-101", "E-101"), ("A-102", "E-102")):
+            acc.create_account(
+                conn,
+                acc.AccountSpec(account, "t", (acc.resolve_meter(site, plugins.models, meter),)),
+            )
+    return ops, db
+
+
+def test_mass_disconnects_are_rate_limited(tmp_path: Path, plugins) -> None:
+    ops, db = policy_ops(tmp_path, plugins, max_trips_per_minute=1)
+    try:
+        for account in ("A-101", "A-102"):
+            ops.topup(account, 1000, f"t-{account}", actor="op")
+            ops.refund(account, 1000, f"r-{account}", actor="op")  # → 0.00: OVERDRAFT
+        with db.read() as conn:
+            trips = [c for c in cmds.list_commands(conn) if c.kind == "TRIP"]
+        assert [c.meter_id for c in trips] == ["E-101"]  # the second waits for the limit
+        second = ops.account_snapshot("A-102")
+        assert second.fee_state is FeeState.OVERDRAFT
+        assert second.meters[0].trip_due_at is not None
+        assert second.meters[0].trip_due_at > second.at
+    finally:
+        db.dispose()
+
+
+def test_no_trip_before_the_disconnection_notice_has_run(tmp_path: Path, plugins) -> None:
+    ops, db = policy_ops(tmp_path, plugins, notice_days=3)
+    try:
+        ops.topup("A-101", 1000, "t1", actor="op")  # 10.00: ALARM1
+        ops.set_thresholds("A-101", alarm1_fen=2000, alarm2_fen=1500, actor="op")  # ALARM2
+        with db.read() as conn:
+            notice = conn.execute(
+                sa.text("SELECT notice_served_at FROM prepay_account WHERE account_id = 'A-101'")
+            ).scalar()
+        assert notice is not None  # served when the account reached pre-trip
+        ops.refund("A-101", 1000, "r1", actor="op")  # 0.00: OVERDRAFT
+        snap = ops.account_snapshot("A-101")
+        assert snap.fee_state is FeeState.OVERDRAFT
+        due = snap.meters[0].trip_due_at
+        assert due is not None and (due - snap.at).days >= 2  # three days after the notice
+        with db.read() as conn:
+            assert not [c for c in cmds.list_commands(conn) if c.kind == "TRIP"]
+    finally:
+        db.dispose()
