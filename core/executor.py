@@ -223,12 +223,12 @@ class CommandExecutor:
                     now=now,
                 )
         for event in effects.events:
-            self.publish(event)
+            self._emit(event)
         if effects.commands:
             self.wake()
         self.confirmed += 1
         if on is not None:
-            self.publish(
+            self._emit(
                 SupplyChanged(
                     command.meter_id,
                     command.account_id,
@@ -274,7 +274,7 @@ class CommandExecutor:
         )
         if final:
             self.failed += 1
-            self.publish(
+            self._emit(
                 CommandFailed(
                     command.id,
                     command.meter_id,
@@ -288,6 +288,15 @@ class CommandExecutor:
         else:
             self.retried += 1
             self._schedule_wake(retry_at)
+
+    def _emit(self, event: object) -> None:
+        """Publish on the event loop (this runs in a worker thread; listeners such as the
+        OPC UA server expect the loop's thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.publish(event)
+        else:
+            loop.call_soon_threadsafe(self.publish, event)
 
     def _schedule_wake(self, at: datetime | None) -> None:
         loop = self._loop

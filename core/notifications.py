@@ -248,8 +248,10 @@ class NotificationDispatcher:
         self._wake = asyncio.Event()
         self.sent = 0
         self.failed = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.settings.enabled and self.notifiers:
             self._task = asyncio.create_task(self._run(), name="notifications")
 
@@ -339,7 +341,11 @@ class NotificationDispatcher:
         )
         if final:
             self.failed += 1
-            self.publish(
+            publish = self.publish
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                publish = lambda event: loop.call_soon_threadsafe(self.publish, event)  # noqa: E731
+            publish(
                 NotificationFailed(
                     notice.id, notice.account_id, notice.channel, notice.recipient, error
                 )

@@ -29,6 +29,7 @@ top-up) or an operator disconnects it again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -150,6 +151,9 @@ class Operations:
         #: Energy rated but not saved yet (meter, day) → 0.001 units; set by the running
         #: engine so that today's figures are current between its database writes.
         self.unsaved_energy: Callable[[str, str], int] = lambda meter, day: 0
+        #: The running service's event loop (set by the engine): events are published
+        #: there. None: published in the caller's thread (the CLI).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- plumbing -----------------------------------------------------------------------
     def _call(
@@ -168,22 +172,35 @@ class Operations:
                 result = work(conn, effects, now)
                 audit(conn, effects, actor, action, str(target), describe(result), now=now)
         except RequestError as exc:
-            self.bus.publish(
+            self._publish(
                 AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False)
             )
             raise
         self._after_commit(effects, now)
         return result
 
+    def _publish(self, item: object) -> None:
+        """Publish on the running service's event loop, whatever thread the call came from
+        (the OPC UA server calls through `asyncio.to_thread`)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is not loop:
+                loop.call_soon_threadsafe(self.bus.publish, item)
+                return
+        self.bus.publish(item)
+
     def _after_commit(self, effects: Effects, now: datetime) -> None:
         for event in effects.events:
-            self.bus.publish(event)
+            self._publish(event)
         if effects.accounts:
             with self.db.read() as conn:
-                samples = [self.control.account_sample(conn, a, now) for a in effects.accounts]
+                samples = self.control.account_samples(conn, effects.accounts, now)
             for sample in samples:
-                if sample is not None:
-                    self.bus.publish(sample)
+                self._publish(sample)
         for listener in self.committed:
             try:
                 listener(effects)

@@ -394,6 +394,7 @@ class PrepayEngine:
 
     async def start(self) -> None:
         self._stop.clear()
+        self.operations.loop = asyncio.get_running_loop()
         self._unsubscribe = [
             self.bus.subscribe(Sample, self.metering.on_sample),
             self.bus.subscribe(Sample, self.reconciler.on_sample),
