@@ -51,6 +51,7 @@ from .feecontrol import Cause, FeeState, FeeThresholds
 from .ledger import RefundResult, RequestError, TopUpResult, format_fen
 from .model import DeviceModel, MeterKind
 from .notifications import NotifySettings, load_notify
+from .policy import MeterContext, grant_emergency_credit, reconnect_allowed
 from .prepay_settings import PrepaySettings, load_prepay
 from .prepayment import Effects, PrepayControl, audit
 from .rating import ENERGY_SCALE
@@ -237,15 +238,16 @@ class Operations:
             if not result.replayed:
                 if result.command_id is not None:
                     effects.commands.append(cmds.get_command(conn, result.command_id))
-                self.control.after_change(
-                    conn,
-                    account_id,
-                    Cause.RECHARGE,
-                    actor=actor,
-                    effects=effects,
-                    balance_fen=result.balance_fen,
-                    now=now,
-                )
+                if not self._reconnection_withheld(conn, account_id, result, actor, effects, now):
+                    self.control.after_change(
+                        conn,
+                        account_id,
+                        Cause.RECHARGE,
+                        actor=actor,
+                        effects=effects,
+                        balance_fen=result.balance_fen,
+                        now=now,
+                    )
                 effects.accounts.add(account_id)
             return result
 
@@ -263,6 +265,91 @@ class Operations:
                     if r.command_id is not None
                     else ""
                 )
+            ),
+        )
+
+    def _reconnection_withheld(
+        self,
+        conn: Connection,
+        account_id: str,
+        result: TopUpResult,
+        actor: str,
+        effects: Effects,
+        now: datetime,
+    ) -> bool:
+        """After emergency credit, a top-up reconnects only when it covers the credit plus
+        `reconnect_min` (domain.md §3): otherwise the account stays in arrears, cut."""
+        if not result.emergency_repaid_fen:
+            return False
+        row = self.control_row(conn, account_id)
+        if row is None or row.fee_state is not FeeState.OVERDRAFT:
+            return False
+        outstanding = ledger.balances(conn, account_id).emergency_outstanding_fen
+        verdict = reconnect_allowed(
+            result.balance_fen,
+            row.thresholds,
+            self.settings.policy,
+            emergency_repaid_fen=result.emergency_repaid_fen,
+            emergency_outstanding_fen=outstanding,
+        )
+        if verdict.allowed:
+            return False
+        audit(
+            conn,
+            effects,
+            actor,
+            "reconnect",
+            account_id,
+            f"withheld: {verdict.reason}",
+            False,
+            now=now,
+        )
+        return True
+
+    def emergency_credit(self, account_id: str, *, actor: str) -> ledger.Posted:
+        """Grant emergency credit on the tenant's request (policy `emergency_credit`, one
+        grant at a time, for an account at or near its trip level; not for LOCAL meters,
+        which grant their own). The ledger advances it into the energy wallet and the next
+        top-up repays it; fee control re-evaluates as after a recharge (supply returns)."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> ledger.Posted:
+            row = self.control_row(conn, account_id)
+            if row is None:
+                raise RequestError("account", f"unknown account {account_id!r}")
+            b = ledger.balances(conn, account_id)
+            grant = grant_emergency_credit(
+                MeterContext(
+                    meter_id=account_id,
+                    energy_balance_fen=b.energy_fen,
+                    fee_state=row.fee_state,
+                    thresholds=row.thresholds,
+                    emergency_outstanding_fen=b.emergency_outstanding_fen,
+                ),
+                self.settings.policy,
+            )
+            if not grant.granted:
+                raise RequestError("account", grant.reason)
+            posted = ledger.grant_emergency_credit(
+                conn,
+                account_id,
+                grant.amount_fen,
+                f"emergency:{account_id}:{now.isoformat()}",
+                requested_by=actor,
+                now=now,
+            )
+            self.control.after_change(
+                conn, account_id, Cause.RECHARGE, actor=actor, effects=effects, now=now
+            )
+            effects.accounts.add(account_id)
+            return posted
+
+        return self._call(
+            "emergency_credit",
+            account_id,
+            actor,
+            work,
+            lambda p: (
+                f"emergency credit {format_fen(int(p.journal.request['amount_fen']))} granted"
             ),
         )
 

@@ -341,3 +341,42 @@ def test_no_trip_before_the_disconnection_notice_has_run(tmp_path: Path, plugins
             assert not [c for c in cmds.list_commands(conn) if c.kind == "TRIP"]
     finally:
         db.dispose()
+
+
+def test_emergency_credit_and_reconnection_after_it(tmp_path: Path, plugins) -> None:
+    from openprepay.core import ledger
+    from openprepay.core.feecontrol import Cause
+    from openprepay.core.prepayment import Effects
+
+    ops, db = policy_ops(tmp_path, plugins)
+
+    def kinds() -> list[str]:
+        with db.read() as conn:
+            return [c.kind for c in reversed(cmds.list_commands(conn, meter_id="E-101"))]
+
+    try:
+        ops.topup("A-101", 1000, "t1", actor="op")
+        ops.refund("A-101", 1000, "r1", actor="op")
+        assert kinds() == ["TRIP"]
+        ops.emergency_credit("A-101", actor="tenant")  # 5.00 advanced: supply returns
+        snap = ops.account_snapshot("A-101")
+        assert snap.balance_fen == 500 and snap.emergency_outstanding_fen == 500
+        assert kinds() == ["TRIP", "CLOSE"]
+        with pytest.raises(RequestError, match="still outstanding"):
+            ops.emergency_credit("A-101", actor="tenant")
+        with db.begin() as conn:  # the tenant uses it up
+            ledger.post_usage(conn, "A-101", "E-101", 500, "p1")
+            ops.control.after_change(
+                conn, "A-101", Cause.DEDUCTION, actor="fee-control", effects=Effects()
+            )
+        assert kinds() == ["TRIP", "CLOSE", "TRIP"]
+        # 5.50 repays the 5.00 but leaves 0.50 < reconnect_min 1.00: stays cut.
+        ops.topup("A-101", 550, "t2", actor="op")
+        snap = ops.account_snapshot("A-101")
+        assert snap.balance_fen == 50 and snap.fee_state is FeeState.OVERDRAFT
+        assert kinds() == ["TRIP", "CLOSE", "TRIP"]
+        ops.topup("A-101", 100, "t3", actor="op")  # 1.50: reconnected
+        assert ops.account_snapshot("A-101").fee_state is not FeeState.OVERDRAFT
+        assert kinds() == ["TRIP", "CLOSE", "TRIP", "CLOSE"]
+    finally:
+        db.dispose()
