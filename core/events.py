@@ -210,3 +210,18 @@ class NotificationFailed(Event):
     channel: str
     recipient: str
     error: str
+
+
+# -- billing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApportionmentAlert(Event):
+    """A common-area pool could not be allocated for a period (core/billing): `state`
+    FAULT (negative loss — main < Σ sub + public: a meter fault, nothing allocated) or HELD
+    (loss above the cap, or stale readings: waits for an operator's approval)."""
+
+    pool_id: str
+    period: str
+    state: str
+    reason: str

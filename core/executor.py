@@ -315,7 +315,10 @@ def _device_command(command: cmds.MeterCommand) -> DeviceCommand:
         fen = int(params["amount_fen"])
         params = {"buy_count": int(params["buy_count"]), "amount": fen / 100}
     device = command.device_command()
-    return DeviceCommand(device.meter_id, device.name, params, reason=device.reason)
+    name = device.name
+    if command.kind == cmds.CommandKind.SET_PARAMS and "command" in params:
+        name = str(params.pop("command"))  # the model's own command (SET_PRICES, SET_ALARMS)
+    return DeviceCommand(device.meter_id, name, params, reason=device.reason)
 
 
 def _jsonable(values: Any) -> dict[str, Any]:

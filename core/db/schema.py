@@ -427,3 +427,213 @@ notification = sa.Table(
 sa.Index(
     "ix_notification_state_next_attempt_at", notification.c.state, notification.c.next_attempt_at
 )
+
+# -- billing operations (revision 0005, core/billing) ------------------------------------------
+
+#: The last Good reading of a meter's cumulative registers at or before a capture instant
+#: (each site-local day at the freeze hour; the monthly freeze instant is one of them): what
+#: common-area apportionment, post-paid bills and the loss analysis difference. Main and
+#: sub-meters are thus read at the same instant, from their own registers.
+billing_reading = sa.Table(
+    "billing_reading",
+    metadata,
+    sa.Column("meter_id", sa.String(64), primary_key=True),
+    #: The capture instant (UTC).
+    sa.Column("at", UtcDateTime(), primary_key=True),
+    #: When the reading was taken (at or before `at`).
+    sa.Column("read_at", UtcDateTime(), nullable=False),
+    #: The total register in 0.001 kWh or m³.
+    sa.Column("energy", sa.BigInteger(), nullable=False),
+    #: Rate registers (T1..T4 point name → 0.001 units), empty when the meter has none.
+    sa.Column("registers", sa.JSON(), nullable=False),
+    #: meter (captured from the sample stream) or manual (entered by an operator).
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("recorded_by", sa.String(100), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_billing_reading_at", billing_reading.c.at)
+
+#: One computation of a common-area pool or a custom charge for a period. A re-run that
+#: computes the same thing changes nothing; one that computes something else reverses the
+#: posted revision and posts a new one (revision + 1).
+billing_run = sa.Table(
+    "billing_run",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    #: pool:<id> or charge:<id>.
+    sa.Column("source", sa.String(100), nullable=False),
+    #: The billing period (YYYY-MM, starting at the freeze instant of that month).
+    sa.Column("period", sa.String(16), nullable=False),
+    sa.Column("revision", sa.Integer(), nullable=False),
+    #: POSTED, HELD (loss above the cap or stale readings: waits for approval), FAULT
+    #: (negative loss: a meter fault, nothing allocated), NO_DATA, EMPTY (nothing to charge),
+    #: REVERSED (replaced by a later revision, or withdrawn).
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    #: Hash of what the run posts (lines and inputs): an identical re-run is a replay.
+    sa.Column("digest", sa.String(64), nullable=False),
+    #: Inputs, method, loss figures and the lines per account (for the itemised statement).
+    sa.Column("detail", sa.JSON(), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False, server_default=""),
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("reversal_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("requested_by", sa.String(100), nullable=False),
+    sa.Column("approved_by", sa.String(100), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("source", "period", "revision"),
+    sa.CheckConstraint(
+        "state IN ('POSTED', 'HELD', 'FAULT', 'NO_DATA', 'EMPTY', 'REVERSED')", name="state"
+    ),
+)
+
+#: Every charge of an account, itemised: common-area shares, property fee, rent, services,
+#: late fees, post-paid usage. `mode` wallet = taken from the general wallet; bill = owed
+#: (asset:ar:<account>) and shown on the account's next bill.
+billing_item = sa.Table(
+    "billing_item",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    sa.Column("period", sa.String(16), nullable=False),
+    #: public_energy, property, rent, service, custom, late_fee, electricity, water.
+    sa.Column("kind", sa.String(32), nullable=False),
+    #: pool:<id>, charge:<id>, bill:<number>, once:<reference>.
+    sa.Column("source", sa.String(100), nullable=False),
+    sa.Column("description", sa.String(300), nullable=False),
+    sa.Column("quantity", sa.String(60), nullable=False, server_default=""),
+    sa.Column("unit_price", sa.String(40), nullable=False, server_default=""),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    sa.Column("mode", sa.String(8), nullable=False),
+    sa.Column("run_id", BigId, sa.ForeignKey("billing_run.id"), nullable=True),
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("bill_id", BigId, sa.ForeignKey("bill.id"), nullable=True),
+    #: True once its run was reversed before it reached a bill.
+    sa.Column("void", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("mode IN ('wallet', 'bill')", name="mode"),
+)
+sa.Index("ix_billing_item_account_id_period", billing_item.c.account_id, billing_item.c.period)
+sa.Index("ix_billing_item_run_id", billing_item.c.run_id)
+sa.Index("ix_billing_item_bill_id", billing_item.c.bill_id)
+
+#: A post-paid bill: DRAFT (recomputed until confirmed) → CONFIRMED (usage and late fees
+#: posted, items attached) → ISSUED (due date set) → PAID.
+bill = sa.Table(
+    "bill",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("number", sa.String(64), nullable=False, unique=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    sa.Column("period", sa.String(16), nullable=False),
+    #: Site-local dates of the cycle, end exclusive (YYYY-MM-DD).
+    sa.Column("start_date", sa.String(10), nullable=False),
+    sa.Column("end_date", sa.String(10), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("total_fen", sa.BigInteger(), nullable=False),
+    sa.Column("paid_fen", sa.BigInteger(), nullable=False, server_default="0"),
+    #: The bill's lines (usage, common area, charges, late fees, arrears brought forward).
+    sa.Column("lines", sa.JSON(), nullable=False),
+    #: Problems that keep a draft from being confirmed (a missing meter reading...).
+    sa.Column("problems", sa.JSON(), nullable=False),
+    #: The journal that posted the bill's usage (shared by bills confirmed together).
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.Column("due_date", sa.String(10), nullable=True),
+    sa.Column("confirmed_by", sa.String(100), nullable=True),
+    sa.Column("issued_by", sa.String(100), nullable=True),
+    sa.Column("issued_at", UtcDateTime(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("account_id", "period"),
+    sa.CheckConstraint("state IN ('DRAFT', 'CONFIRMED', 'ISSUED', 'PAID')", name="state"),
+)
+sa.Index("ix_bill_period_state", bill.c.period, bill.c.state)
+
+#: A payment towards an account's bills (oldest first); what is left goes to the general
+#: wallet. `reference` (payment id, receipt) is unique: a replay changes nothing.
+bill_payment = sa.Table(
+    "bill_payment",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("reference", sa.String(160), nullable=False, unique=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=False),
+    #: Bill number → fen applied.
+    sa.Column("allocations", sa.JSON(), nullable=False),
+    sa.Column("to_wallet_fen", sa.BigInteger(), nullable=False),
+    sa.Column("requested_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("amount_fen > 0", name="positive"),
+)
+sa.Index("ix_bill_payment_account_id", bill_payment.c.account_id)
+
+#: A batch operation over many accounts or meters, run now, at a time or on a schedule.
+#: Claimed with a lease like meter commands, so several instances never run it twice.
+batch_job = sa.Table(
+    "batch_job",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    #: set_tariff, set_thresholds, set_price, set_params, disconnect, reconnect, topup.
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("params", sa.JSON(), nullable=False),
+    #: How targets are chosen (site, building, floor, list, csv rows), resolved per run.
+    sa.Column("selection", sa.JSON(), nullable=False),
+    #: SCHEDULED, RUNNING, DONE, CANCELLED.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    #: Recurrence: null (once), day, week or month, at the time of day of the first run.
+    sa.Column("every", sa.String(16), nullable=True),
+    sa.Column("first_run_at", UtcDateTime(), nullable=False),
+    sa.Column("next_run_at", UtcDateTime(), nullable=True),
+    #: The current (or last) occurrence, from 1.
+    sa.Column("run_no", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("total", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("done", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("claimed_by", sa.String(100), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("last_error", sa.String(1000), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=True),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    sa.CheckConstraint("state IN ('SCHEDULED', 'RUNNING', 'DONE', 'CANCELLED')", name="state"),
+)
+sa.Index("ix_batch_job_state_next_run_at", batch_job.c.state, batch_job.c.next_run_at)
+
+#: One target of one occurrence of a batch job, with its result.
+batch_item = sa.Table(
+    "batch_item",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("job_id", BigId, sa.ForeignKey("batch_job.id"), nullable=False),
+    sa.Column("run_no", sa.Integer(), nullable=False),
+    sa.Column("seq", sa.Integer(), nullable=False),
+    #: An account or meter id.
+    sa.Column("target", sa.String(64), nullable=False),
+    #: Per-item parameters (a CSV row's amount...).
+    sa.Column("params", sa.JSON(), nullable=False),
+    #: PENDING, RUNNING (started, outcome not yet recorded), DONE, FAILED.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("result", sa.String(1000), nullable=False, server_default=""),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("job_id", "run_no", "seq"),
+    sa.CheckConstraint("state IN ('PENDING', 'RUNNING', 'DONE', 'FAILED')", name="state"),
+)
+
+#: The service's month-end of a period (apportionment, charges, draft bills): claimed once.
+billing_cycle = sa.Table(
+    "billing_cycle",
+    metadata,
+    sa.Column("period", sa.String(16), primary_key=True),
+    #: RUNNING, DONE.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("claimed_by", sa.String(100), nullable=True),
+    sa.Column("lease_until", UtcDateTime(), nullable=True),
+    sa.Column("summary", sa.JSON(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+)

@@ -1,0 +1,986 @@
+"""Post-paid bills (domain.md §6): draft → review → confirm → issue, payments and arrears.
+
+A bill covers one account and one billing period (freeze instant to freeze instant, the
+same periods as apportionment: the cycle is aligned with the meters' freeze day). Its lines:
+
+- **usage** of each POSTPAID meter of the account: the difference of the meter's own
+  registers at the two freeze instants (`readings`), T1..T4 mapped to the tariff's rates,
+  billed by `rating.bill_usage` (tiers continue from the energy of the account's earlier
+  bills in the same tier cycle; a price change inside the period splits it by days);
+- every **billed item** not on a bill yet: common-area shares, property fee, rent and
+  service charges in mode `bill`, and charges the general wallet could not pay;
+- a **late fee** for each issued bill still unpaid after its due date (optional,
+  `late_fee_per_day` of the overdue amount per overdue day in the period, at least
+  `late_fee_min`).
+
+`draft` computes and stores drafts (again and again, until they are confirmed); a draft
+with problems (a missing reading) cannot be confirmed. `confirm` recomputes each draft,
+refuses one that changed since it was reviewed, posts the usage and late fees of all the
+bills it confirms in one journal (Dr `asset:ar:<account>` / Cr `rev:electricity`,
+`rev:water`, `rev:late_fee`) and attaches the billed items. `issue` sets the due date
+(issue date + `due_days`). `pay` applies a payment to the account's bills, oldest first
+(Dr `asset:psp_clearing:<channel>` / Cr `asset:ar:<account>`), anything left over going to
+the general wallet; its reference is unique, so a replay changes nothing. `arrears` lists
+what is overdue. Arrears never trip a relay or close a valve (Civil Code Art. 944).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .. import ledger
+from ..db import schema as t
+from ..ledger import JournalKind, Posting, RequestError, format_fen
+from ..model import DeviceModel, MeterKind
+from ..prepay_settings import PrepaySettings
+from ..rating import (
+    DEFAULT_REGISTER_RATES,
+    ENERGY_SCALE,
+    RatingError,
+    RegisterLayout,
+    Rounding,
+    bill_usage,
+    round_fen,
+)
+from ..site import Site
+from ..tariffs import SINGLE_RATE, Commodity, TariffCatalogue
+from .periods import Calendar, parse_period
+from .readings import difference, modulus_units, readings_at
+from .runs import ar_code
+from .settings import BillingSettings
+
+
+class BillState:
+    DRAFT = "DRAFT"
+    CONFIRMED = "CONFIRMED"
+    ISSUED = "ISSUED"
+    PAID = "PAID"
+
+
+OPEN_STATES = (BillState.CONFIRMED, BillState.ISSUED)
+
+
+@dataclass(frozen=True, slots=True)
+class BillView:
+    number: str
+    account_id: str
+    period: str
+    start_date: str
+    end_date: str
+    state: str
+    total_fen: int
+    paid_fen: int
+    lines: tuple[Mapping[str, Any], ...]
+    problems: tuple[str, ...]
+    due_date: str | None
+    issued_at: dt.datetime | None
+    journal_id: int | None
+
+    @property
+    def outstanding_fen(self) -> int:
+        return self.total_fen - self.paid_fen if self.state in OPEN_STATES else 0
+
+
+def _view(row: Any) -> BillView:
+    return BillView(
+        row.number,
+        row.account_id,
+        row.period,
+        row.start_date,
+        row.end_date,
+        row.state,
+        int(row.total_fen),
+        int(row.paid_fen),
+        tuple(row.lines or ()),
+        tuple(row.problems or ()),
+        row.due_date,
+        row.issued_at,
+        row.journal_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    reference: str
+    account_id: str
+    amount_fen: int
+    allocations: Mapping[str, int]
+    to_wallet_fen: int
+    journal_id: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Arrear:
+    number: str
+    account_id: str
+    name: str
+    room: str | None
+    period: str
+    due_date: str
+    total_fen: int
+    paid_fen: int
+    days_overdue: int
+    #: Late fee accrued so far (not posted: the next bill posts it).
+    late_fee_fen: int
+
+    @property
+    def outstanding_fen(self) -> int:
+        return self.total_fen - self.paid_fen
+
+
+def _digest(lines: Sequence[Mapping[str, Any]], problems: Sequence[str]) -> str:
+    return hashlib.sha256(
+        json.dumps({"lines": list(lines), "problems": list(problems)}, sort_keys=True).encode()
+    ).hexdigest()
+
+
+class Bills:
+    """The post-paid bills of a site (see the module docstring)."""
+
+    def __init__(
+        self,
+        site: Site,
+        models: Mapping[str, DeviceModel],
+        settings: BillingSettings,
+        prepay: PrepaySettings,
+        catalogue: TariffCatalogue,
+        default_tariffs: Mapping[str, str] | None = None,
+    ) -> None:
+        self.site = site
+        self.models = models
+        self.settings = settings
+        self.prepay = prepay
+        self.rounding: Rounding = prepay.rounding
+        self.catalogue = catalogue
+        self.default_tariffs = dict(default_tariffs or {})
+        self.calendar = Calendar(site.info.tz, settings.freeze_day, settings.freeze_hour)
+        self._layouts: dict[str, RegisterLayout | None] = {}
+
+    def number(self, account_id: str, period: str) -> str:
+        return f"{self.settings.bills.number_prefix}-{period}-{account_id}"
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, conn: Connection, number: str) -> BillView:
+        row = conn.execute(sa.select(t.bill).where(t.bill.c.number == number)).first()
+        if row is None:
+            raise RequestError("bill", f"unknown bill {number!r}")
+        return _view(row)
+
+    def list(
+        self,
+        conn: Connection,
+        *,
+        period: str | None = None,
+        state: str | None = None,
+        account_id: str | None = None,
+    ) -> list[BillView]:
+        q = sa.select(t.bill).order_by(t.bill.c.period, t.bill.c.account_id)
+        if period is not None:
+            parse_period(period)
+            q = q.where(t.bill.c.period == period)
+        if state is not None:
+            q = q.where(t.bill.c.state == state)
+        if account_id is not None:
+            q = q.where(t.bill.c.account_id == account_id)
+        return [_view(r) for r in conn.execute(q).all()]
+
+    # -- drafting --------------------------------------------------------------------------
+    def _layout(self, meter: str) -> RegisterLayout | None:
+        if meter not in self._layouts:
+            device = self.site.devices.get(meter)
+            model = self.models.get(device.model) if device is not None else None
+            try:
+                self._layouts[meter] = RegisterLayout.from_model(model) if model else None
+            except RatingError:
+                self._layouts[meter] = None
+        return self._layouts[meter]
+
+    def _tariff_for(self, kind: str, tariff_id: str | None) -> str | None:
+        commodity = Commodity.WATER if kind == MeterKind.WATER.value else Commodity.ELECTRICITY
+        if (
+            tariff_id
+            and tariff_id in self.catalogue
+            and self.catalogue.get(tariff_id).commodity is commodity
+        ):
+            return tariff_id
+        default = self.default_tariffs.get(kind)
+        return default if default and default in self.catalogue else None
+
+    def _candidates(
+        self, conn: Connection, period: str, accounts: Sequence[str] | None
+    ) -> dict[str, Any]:
+        a, am, i, b = t.account, t.account_meter, t.billing_item, t.bill
+        q = sa.select(a.c.id, a.c.name, a.c.room, a.c.tariff_id, a.c.state)
+        if accounts is not None:
+            q = q.where(a.c.id.in_(list(accounts)))
+        rows = {r.id: r for r in conn.execute(q).all()}
+        if accounts is not None:
+            unknown = sorted(set(accounts) - set(rows))
+            if unknown:
+                raise RequestError("account", f"unknown account {unknown[0]!r}")
+        wanted: set[str] = set()
+        postpaid = conn.execute(
+            sa.select(am.c.account_id, am.c.meter_id, am.c.kind).where(
+                am.c.detached_at.is_(None), am.c.control_mode == "POSTPAID"
+            )
+        ).all()
+        self._postpaid: dict[str, list[tuple[str, str]]] = {}
+        for account_id, meter, kind in postpaid:
+            if account_id in rows and rows[account_id].state == "OPEN":
+                self._postpaid.setdefault(account_id, []).append((meter, kind))
+                wanted.add(account_id)
+        wanted |= {
+            r[0]
+            for r in conn.execute(
+                sa.select(i.c.account_id)
+                .where(
+                    i.c.mode == "bill",
+                    i.c.void.is_(False),
+                    i.c.period <= period,
+                    sa.or_(
+                        i.c.bill_id.is_(None),
+                        i.c.bill_id.in_(sa.select(b.c.id).where(b.c.state == BillState.DRAFT)),
+                    ),
+                )
+                .distinct()
+            ).all()
+            if r[0] in rows
+        }
+        wanted |= {
+            r[0]
+            for r in conn.execute(
+                sa.select(b.c.account_id)
+                .where(b.c.state == BillState.ISSUED, b.c.period < period)
+                .distinct()
+            ).all()
+            if r[0] in rows
+        }
+        return {k: rows[k] for k in sorted(wanted)}
+
+    def compute(
+        self, conn: Connection, period: str, accounts: Sequence[str] | None = None
+    ) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
+        """account → (lines, problems) of its bill for `period` (nothing is written)."""
+        parse_period(period)
+        start_at, end_at = self.calendar.bounds(period)
+        start_date, end_date = self.calendar.dates(period)
+        candidates = self._candidates(conn, period, accounts)
+        if not candidates:
+            return {}
+        taken = {
+            r[0]
+            for r in conn.execute(
+                sa.select(t.bill.c.account_id).where(
+                    t.bill.c.period == period, t.bill.c.state != BillState.DRAFT
+                )
+            ).all()
+        }
+        ids = [a for a in candidates if a not in taken]
+        meters = [m for a in ids for m, _ in self._postpaid.get(a, [])]
+        start = readings_at(conn, meters, start_at) if meters else {}
+        end = readings_at(conn, meters, end_at) if meters else {}
+        ytd = self._cycle_energy(conn, {a: candidates[a].tariff_id for a in ids}, period)
+        items = self._open_items(conn, ids, period)
+        overdue = self._overdue(conn, ids, period)
+        out: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}
+        for account_id in ids:
+            row = candidates[account_id]
+            lines: list[dict[str, Any]] = []
+            problems: list[str] = []
+            for meter, kind in sorted(self._postpaid.get(account_id, [])):
+                self._usage_lines(
+                    meter,
+                    kind,
+                    row.tariff_id,
+                    start.get(meter),
+                    end.get(meter),
+                    (start_date, end_date),
+                    ytd.get(meter, Fraction(0)),
+                    start_at,
+                    end_at,
+                    lines,
+                    problems,
+                )
+            for item in items.get(account_id, []):
+                lines.append(
+                    {
+                        "kind": item.kind,
+                        "description": item.description,
+                        "quantity": item.quantity,
+                        "unit_price": item.unit_price,
+                        "amount_fen": int(item.amount_fen),
+                        "item": int(item.id),
+                        "posted": True,
+                    }
+                )
+            for bill_row in overdue.get(account_id, []):
+                line = self._late_fee(bill_row, start_date, end_date)
+                if line is not None:
+                    lines.append(line)
+            if lines or problems:
+                out[account_id] = (lines, problems)
+        return out
+
+    def _usage_lines(
+        self,
+        meter: str,
+        kind: str,
+        tariff_id: str | None,
+        start: Any,
+        end: Any,
+        dates: tuple[dt.date, dt.date],
+        before: Fraction,
+        start_at: dt.datetime,
+        end_at: dt.datetime,
+        lines: list[dict[str, Any]],
+        problems: list[str],
+    ) -> None:
+        local = self.site.info.tz
+        for reading, at in ((start, start_at), (end, end_at)):
+            if reading is None:
+                problems.append(
+                    f"no reading of {meter} at {at.astimezone(local):%Y-%m-%d %H:%M} "
+                    "(record one: openprepay billing reading)"
+                )
+        if start is None or end is None:
+            return
+        layout = self._layout(meter)
+        delta = difference(start, end, modulus_units(layout) if layout else None)
+        if delta is None:
+            problems.append(
+                f"{meter} reads lower at the end of the period than at its start "
+                "(replaced meter? record its readings by hand)"
+            )
+            return
+        tariff_key = self._tariff_for(kind, tariff_id)
+        if tariff_key is None:
+            problems.append(f"no tariff prices {meter} (set the account's tariff)")
+            return
+        tariff = self.catalogue.get(tariff_key)
+        version = tariff.version_on(dates[0])
+        usage: Any
+        if version.time_of_use and layout is not None:
+            device = self.site.devices[meter]
+            names = tuple(
+                version.registers or self.prepay.rates_for(device.model) or DEFAULT_REGISTER_RATES
+            )
+            usage = {}
+            for i, point in enumerate(layout.tou_points):
+                if i >= len(names):
+                    break
+                a, b = start.registers.get(point), end.registers.get(point)
+                if a is None or b is None or b < a:
+                    problems.append(f"{meter}: rate register {point} missing or lower at the end")
+                    return
+                usage[names[i]] = usage.get(names[i], Fraction(0)) + Fraction(b - a, ENERGY_SCALE)
+        else:
+            usage = Fraction(delta, ENERGY_SCALE)
+        try:
+            bill = bill_usage(
+                tariff,
+                usage,
+                period=dates,
+                cycle_energy_before=before,
+                rounding=self.rounding,
+            )
+        except RatingError as exc:
+            problems.append(f"{meter}: {exc}")
+            return
+        revenue = "water" if kind == MeterKind.WATER.value else "electricity"
+        for ln in bill.lines:
+            if not ln.amount_fen:
+                continue
+            lines.append(
+                {
+                    "kind": revenue,
+                    "meter": meter,
+                    "description": f"{meter} {ln.label}" if ln.label != SINGLE_RATE else meter,
+                    "quantity": f"{ln.quantity_text} {ln.unit}",
+                    "unit_price": str(ln.unit_price),
+                    "amount_fen": ln.amount_fen,
+                    "posted": False,
+                }
+            )
+        lines.append(
+            {
+                "kind": "meter_reading",
+                "meter": meter,
+                "description": (
+                    f"{meter}: {Decimal(start.energy) / ENERGY_SCALE} → "
+                    f"{Decimal(end.energy) / ENERGY_SCALE} = "
+                    f"{Decimal(delta) / ENERGY_SCALE} {tariff.unit} ({tariff.id})"
+                ),
+                "energy": delta,
+                "amount_fen": 0,
+                "posted": False,
+            }
+        )
+
+    def _cycle_energy(
+        self, conn: Connection, accounts: Mapping[str, str | None], period: str
+    ) -> dict[str, Fraction]:
+        """meter → its energy on the account's earlier bills in the current tier cycle (the
+        tiers of this bill start there)."""
+        out: dict[str, Fraction] = {}
+        start_at, _ = self.calendar.bounds(period)
+        tz = self.site.info.tz
+        cycle_start: dict[str, dt.datetime] = {}
+        for account_id, tariff_id in accounts.items():
+            for meter, kind in self._postpaid.get(account_id, []):
+                key = self._tariff_for(kind, tariff_id)
+                if key is None:
+                    continue
+                tiers = self.catalogue.get(key).version_at(start_at, tz).tiers
+                if tiers is None:
+                    continue
+                c0, _ = tiers.cycle_bounds(start_at, tz)
+                if c0 < start_at:
+                    cycle_start[meter] = c0
+        if not cycle_start:
+            return out
+        first = self.calendar.period_of(min(cycle_start.values()))
+        owners = sorted(
+            {a for a in accounts if any(m in cycle_start for m, _ in self._postpaid.get(a, []))}
+        )
+        rows = conn.execute(
+            sa.select(t.bill.c.period, t.bill.c.lines).where(
+                t.bill.c.state != BillState.DRAFT,
+                t.bill.c.period >= first,
+                t.bill.c.period < period,
+                t.bill.c.account_id.in_(owners),
+            )
+        ).all()
+        for bill_period, lines in rows:
+            bill_start, _ = self.calendar.bounds(bill_period)
+            for ln in lines or ():
+                meter = ln.get("meter")
+                if ln.get("kind") != "meter_reading" or meter not in cycle_start:
+                    continue
+                if bill_start >= cycle_start[meter]:
+                    out[meter] = out.get(meter, Fraction(0)) + Fraction(
+                        int(ln["energy"]), ENERGY_SCALE
+                    )
+        return out
+
+    def _open_items(
+        self, conn: Connection, accounts: Sequence[str], period: str
+    ) -> dict[str, list[Any]]:
+        i, b = t.billing_item, t.bill
+        out: dict[str, list[Any]] = {}
+        ids = sorted(accounts)
+        for chunk in range(0, len(ids), 5000):
+            rows = conn.execute(
+                sa.select(i)
+                .where(
+                    i.c.account_id.in_(ids[chunk : chunk + 5000]),
+                    i.c.mode == "bill",
+                    i.c.void.is_(False),
+                    i.c.period <= period,
+                    sa.or_(
+                        i.c.bill_id.is_(None),
+                        i.c.bill_id.in_(sa.select(b.c.id).where(b.c.state == BillState.DRAFT)),
+                    ),
+                )
+                .order_by(i.c.account_id, i.c.id)
+            ).all()
+            for r in rows:
+                out.setdefault(r.account_id, []).append(r)
+        return out
+
+    def _overdue(
+        self, conn: Connection, accounts: Sequence[str], period: str
+    ) -> dict[str, list[Any]]:
+        b = t.bill
+        out: dict[str, list[Any]] = {}
+        if self.settings.bills.late_fee_per_day <= 0:
+            return out
+        rows = conn.execute(
+            sa.select(b)
+            .where(
+                b.c.state == BillState.ISSUED,
+                b.c.period < period,
+                b.c.account_id.in_(sorted(accounts)),
+            )
+            .order_by(b.c.account_id, b.c.period)
+        ).all()
+        for r in rows:
+            out.setdefault(r.account_id, []).append(r)
+        return out
+
+    def late_fee(self, outstanding_fen: int, days: int) -> int:
+        """Late fee of `outstanding_fen` overdue for `days` days (0 when off or not due)."""
+        rate = self.settings.bills.late_fee_per_day
+        if rate <= 0 or days <= 0 or outstanding_fen <= 0:
+            return 0
+        fen = round_fen(Fraction(outstanding_fen) * Fraction(rate) * days, self.rounding)
+        return max(fen, self.settings.bills.late_fee_min_fen)
+
+    def _late_fee(self, row: Any, start: dt.date, end: dt.date) -> dict[str, Any] | None:
+        if row.due_date is None:
+            return None
+        first_overdue = dt.date.fromisoformat(row.due_date) + dt.timedelta(days=1)
+        since = max(first_overdue, start)
+        days = (end - since).days
+        outstanding = int(row.total_fen) - int(row.paid_fen)
+        fen = self.late_fee(outstanding, days)
+        if not fen:
+            return None
+        return {
+            "kind": "late_fee",
+            "description": (
+                f"late fee: bill {row.number} {format_fen(outstanding)} overdue "
+                f"{days} day(s) from {since} × {self.settings.bills.late_fee_per_day}/day"
+            ),
+            "quantity": f"{days} days",
+            "unit_price": str(self.settings.bills.late_fee_per_day),
+            "amount_fen": fen,
+            "bill": row.number,
+            "posted": False,
+        }
+
+    def draft(
+        self,
+        conn: Connection,
+        period: str,
+        *,
+        accounts: Sequence[str] | None = None,
+        now: dt.datetime,
+    ) -> list[BillView]:
+        """Compute and store the drafts of `period` (all accounts with something to bill,
+        or `accounts`); confirmed bills are left alone. Returns the drafts."""
+        computed = self.compute(conn, period, accounts)
+        start, end = self.calendar.dates(period)
+        existing = {
+            r.account_id: r
+            for r in conn.execute(
+                sa.select(t.bill.c.id, t.bill.c.account_id, t.bill.c.state).where(
+                    t.bill.c.period == period
+                )
+            ).all()
+        }
+        inserts, updates = [], []
+        for account_id, (lines, problems) in computed.items():
+            total = sum(int(ln["amount_fen"]) for ln in lines)
+            values = {
+                "state": BillState.DRAFT,
+                "total_fen": total,
+                "lines": lines,
+                "problems": problems,
+                "updated_at": now,
+            }
+            row = existing.get(account_id)
+            if row is None:
+                inserts.append(
+                    {
+                        **values,
+                        "number": self.number(account_id, period),
+                        "account_id": account_id,
+                        "period": period,
+                        "start_date": start.isoformat(),
+                        "end_date": end.isoformat(),
+                        "paid_fen": 0,
+                        "created_at": now,
+                    }
+                )
+            elif row.state == BillState.DRAFT:
+                updates.append({"b_id": row.id, **values})
+        if inserts:
+            conn.execute(t.bill.insert(), inserts)
+        if updates:
+            conn.execute(
+                t.bill.update()
+                .where(t.bill.c.id == sa.bindparam("b_id"))
+                .values(
+                    state=sa.bindparam("state"),
+                    total_fen=sa.bindparam("total_fen"),
+                    lines=sa.bindparam("lines"),
+                    problems=sa.bindparam("problems"),
+                    updated_at=sa.bindparam("updated_at"),
+                ),
+                updates,
+            )
+        stale = [
+            r.id
+            for a, r in existing.items()
+            if r.state == BillState.DRAFT
+            and (accounts is None or a in accounts)
+            and a not in computed
+        ]
+        if stale:  # nothing left to bill: the draft goes
+            conn.execute(t.bill.delete().where(t.bill.c.id.in_(stale)))
+        q = sa.select(t.bill).where(t.bill.c.period == period, t.bill.c.state == BillState.DRAFT)
+        if accounts is not None:
+            q = q.where(t.bill.c.account_id.in_(list(accounts)))
+        return [_view(r) for r in conn.execute(q.order_by(t.bill.c.account_id)).all()]
+
+    # -- confirming and issuing ------------------------------------------------------------
+    def confirm(
+        self,
+        conn: Connection,
+        *,
+        period: str | None = None,
+        numbers: Sequence[str] | None = None,
+        actor: str,
+        now: dt.datetime,
+    ) -> tuple[list[BillView], list[tuple[str, str]]]:
+        """Confirm drafts (all of `period`, or `numbers`): ([confirmed], [(number, why
+        not)]). Each draft is computed again; one that changed since it was stored, or has
+        problems, is not confirmed (its draft is refreshed for another review)."""
+        if not actor or not actor.strip():
+            raise RequestError("actor", "required (audit)")
+        b = t.bill
+        q = sa.select(b).where(b.c.state == BillState.DRAFT).with_for_update()
+        if numbers:
+            q = q.where(b.c.number.in_(list(numbers)))
+        elif period is not None:
+            parse_period(period)
+            q = q.where(b.c.period == period)
+        else:
+            raise RequestError("period", "name the period or the bills to confirm")
+        drafts = conn.execute(q.order_by(b.c.period, b.c.account_id)).all()
+        if numbers:
+            found = {d.number for d in drafts}
+            for n in numbers:
+                if n not in found:
+                    state = conn.execute(sa.select(b.c.state).where(b.c.number == n)).scalar()
+                    if state is None:
+                        raise RequestError("bill", f"unknown bill {n!r}")
+        refused: list[tuple[str, str]] = []
+        confirmed: list[Any] = []
+        by_period: dict[str, list[Any]] = {}
+        for d in drafts:
+            by_period.setdefault(d.period, []).append(d)
+        for p, rows in sorted(by_period.items()):
+            fresh = self.compute(conn, p, [r.account_id for r in rows])
+            for r in rows:
+                lines, problems = fresh.get(r.account_id, ([], []))
+                if problems:
+                    refused.append((r.number, "; ".join(problems)))
+                    continue
+                if not lines:
+                    refused.append((r.number, "nothing to bill any more"))
+                    continue
+                if _digest(lines, problems) != _digest(r.lines or [], r.problems or []):
+                    self.draft(conn, p, accounts=[r.account_id], now=now)
+                    refused.append(
+                        (r.number, "it changed since the draft was made: review it again")
+                    )
+                    continue
+                confirmed.append(r)
+        if not confirmed:
+            return [], refused
+        postings: dict[str, int] = {}
+        item_rows = []
+        attach: list[dict[str, Any]] = []
+        for r in confirmed:
+            for ln in r.lines:
+                fen = int(ln["amount_fen"])
+                if ln.get("posted") or not fen:
+                    if ln.get("item") is not None:
+                        attach.append({"i_id": int(ln["item"]), "bill": r.id})
+                    continue
+                code = ar_code(r.account_id)
+                postings[code] = postings.get(code, 0) + fen
+                revenue = f"rev:{ln['kind']}"
+                postings[revenue] = postings.get(revenue, 0) - fen
+                item_rows.append(
+                    {
+                        "account_id": r.account_id,
+                        "period": r.period,
+                        "kind": ln["kind"],
+                        "source": f"bill:{r.number}"[:100],
+                        "description": ln["description"][:300],
+                        "quantity": str(ln.get("quantity", ""))[:60],
+                        "unit_price": str(ln.get("unit_price", ""))[:40],
+                        "amount_fen": fen,
+                        "mode": "bill",
+                        "run_id": None,
+                        "bill_id": r.id,
+                        "void": False,
+                        "created_at": now,
+                    }
+                )
+        journal_id = None
+        lines = [Posting(code, fen) for code, fen in sorted(postings.items()) if fen]
+        if lines:
+            numbers_digest = hashlib.sha256(
+                ",".join(r.number for r in confirmed).encode()
+            ).hexdigest()
+            posted = ledger.post_journal(
+                conn,
+                JournalKind.CHARGE,
+                lines,
+                idempotency_key=f"bills:{numbers_digest[:32]}",
+                memo=f"post-paid bills confirmed ({len(confirmed)})",
+                requested_by=actor,
+                request={
+                    "bills": len(confirmed),
+                    "digest": numbers_digest,
+                    "total_fen": sum(f for c, f in postings.items() if c.startswith("asset:")),
+                },
+                now=now,
+            )
+            journal_id = posted.journal.id
+            for row in item_rows:
+                row["journal_id"] = journal_id
+        if item_rows:
+            conn.execute(t.billing_item.insert(), item_rows)
+        if attach:
+            conn.execute(
+                t.billing_item.update()
+                .where(t.billing_item.c.id == sa.bindparam("i_id"))
+                .values(bill_id=sa.bindparam("bill")),
+                attach,
+            )
+        updates = []
+        for r in confirmed:
+            total = int(r.total_fen)
+            updates.append(
+                {
+                    "b_id": r.id,
+                    "state": BillState.CONFIRMED if total > 0 else BillState.PAID,
+                    "paid": 0 if total > 0 else total,
+                }
+            )
+        conn.execute(
+            b.update()
+            .where(b.c.id == sa.bindparam("b_id"))
+            .values(
+                state=sa.bindparam("state"),
+                paid_fen=sa.bindparam("paid"),
+                journal_id=journal_id,
+                confirmed_by=actor[:100],
+                updated_at=now,
+            ),
+            updates,
+        )
+        ids = [r.id for r in confirmed]
+        rows = []
+        for i in range(0, len(ids), 5000):
+            rows.extend(conn.execute(sa.select(b).where(b.c.id.in_(ids[i : i + 5000]))).all())
+        return [_view(r) for r in rows], refused
+
+    def issue(
+        self,
+        conn: Connection,
+        *,
+        period: str | None = None,
+        numbers: Sequence[str] | None = None,
+        on: dt.date | None = None,
+        actor: str,
+        now: dt.datetime,
+    ) -> list[BillView]:
+        """Issue confirmed bills: due date = `on` (default today) + `due_days`."""
+        if not actor or not actor.strip():
+            raise RequestError("actor", "required (audit)")
+        b = t.bill
+        q = sa.select(b.c.id, b.c.number, b.c.state)
+        if numbers:
+            q = q.where(b.c.number.in_(list(numbers)))
+        elif period is not None:
+            parse_period(period)
+            q = q.where(b.c.period == period, b.c.state == BillState.CONFIRMED)
+        else:
+            raise RequestError("period", "name the period or the bills to issue")
+        rows = conn.execute(q).all()
+        if numbers:
+            found = {r.number: r.state for r in rows}
+            for n in numbers:
+                if n not in found:
+                    raise RequestError("bill", f"unknown bill {n!r}")
+                if found[n] == BillState.DRAFT:
+                    raise RequestError("bill", f"bill {n} is a draft: confirm it first")
+        ids = [r.id for r in rows if r.state == BillState.CONFIRMED]
+        day = on or now.astimezone(self.site.info.tz).date()
+        due = (day + dt.timedelta(days=self.settings.bills.due_days)).isoformat()
+        for i in range(0, len(ids), 5000):
+            conn.execute(
+                b.update()
+                .where(b.c.id.in_(ids[i : i + 5000]))
+                .values(
+                    state=BillState.ISSUED,
+                    due_date=due,
+                    issued_at=now,
+                    issued_by=actor[:100],
+                    updated_at=now,
+                )
+            )
+        out = []
+        for i in range(0, len(rows), 5000):
+            out.extend(
+                _view(r)
+                for r in conn.execute(
+                    sa.select(b).where(b.c.id.in_([x.id for x in rows[i : i + 5000]]))
+                ).all()
+            )
+        return out
+
+    # -- payments and arrears --------------------------------------------------------------
+    def pay(
+        self,
+        conn: Connection,
+        account_id: str,
+        amount_fen: int,
+        reference: str,
+        *,
+        channel: str = "cash",
+        actor: str,
+        now: dt.datetime,
+    ) -> PaymentResult:
+        """Apply a payment to the account's bills, oldest first; the rest goes to the
+        general wallet. The same reference again returns the first result."""
+        ledger.check_channel(channel)
+        if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
+            raise RequestError("amount", f"expected more than 0.00, got {amount_fen!r}")
+        if amount_fen > ledger.CAPACITY_FEN:
+            raise RequestError("amount", f"{format_fen(amount_fen)} is above the capacity")
+        if not isinstance(reference, str) or not reference.strip() or " " in reference:
+            raise RequestError("reference", "required: the payment id or receipt, no spaces")
+        p = t.bill_payment
+        existing = conn.execute(sa.select(p).where(p.c.reference == reference)).first()
+        if existing is not None:
+            if existing.account_id != account_id or int(existing.amount_fen) != amount_fen:
+                raise ledger.IdempotencyConflict(
+                    "reference",
+                    f"{reference!r} was already used for {existing.account_id} "
+                    f"{format_fen(existing.amount_fen)}; use a new reference",
+                )
+            return PaymentResult(
+                reference,
+                account_id,
+                amount_fen,
+                dict(existing.allocations),
+                int(existing.to_wallet_fen),
+                int(existing.journal_id),
+                True,
+            )
+        state = conn.execute(
+            sa.select(t.account.c.state).where(t.account.c.id == account_id)
+        ).scalar()
+        if state is None:
+            raise RequestError("account", f"unknown account {account_id!r}")
+        if state == "CLOSED":
+            raise RequestError("account", f"account {account_id!r} is closed")
+        b = t.bill
+        open_bills = conn.execute(
+            sa.select(b)
+            .where(
+                b.c.account_id == account_id,
+                b.c.state.in_(OPEN_STATES),
+                b.c.total_fen > b.c.paid_fen,
+            )
+            .order_by(b.c.period, b.c.id)
+            .with_for_update()
+        ).all()
+        left = amount_fen
+        allocations: dict[str, int] = {}
+        for r in open_bills:
+            if not left:
+                break
+            part = min(left, int(r.total_fen) - int(r.paid_fen))
+            allocations[r.number] = part
+            left -= part
+        applied = amount_fen - left
+        postings = [Posting(ledger.clearing_code(channel), amount_fen)]
+        if applied:
+            postings.append(Posting(ar_code(account_id), -applied))
+        if left:
+            postings.append(Posting(ledger.wallet_code(account_id, "general"), -left))
+        posted = ledger.post_journal(
+            conn,
+            JournalKind.SETTLEMENT,
+            postings,
+            idempotency_key=f"billpay:{reference}",
+            account_id=account_id,
+            memo=f"payment {reference} via {channel}",
+            requested_by=actor,
+            request={"account": account_id, "amount_fen": amount_fen, "channel": channel},
+            now=now,
+        )
+        for r in open_bills:
+            part = allocations.get(r.number)
+            if not part:
+                continue
+            paid = int(r.paid_fen) + part
+            conn.execute(
+                b.update()
+                .where(b.c.id == r.id)
+                .values(
+                    paid_fen=paid,
+                    state=BillState.PAID if paid >= int(r.total_fen) else r.state,
+                    updated_at=now,
+                )
+            )
+        conn.execute(
+            p.insert(),
+            {
+                "reference": reference,
+                "account_id": account_id,
+                "amount_fen": amount_fen,
+                "channel": channel,
+                "journal_id": posted.journal.id,
+                "allocations": allocations,
+                "to_wallet_fen": left,
+                "requested_by": actor[:100],
+                "created_at": now,
+            },
+        )
+        return PaymentResult(
+            reference, account_id, amount_fen, allocations, left, posted.journal.id, False
+        )
+
+    def arrears(self, conn: Connection, as_of: dt.date) -> list[Arrear]:
+        """Issued bills unpaid after their due date, oldest first."""
+        b, a = t.bill, t.account
+        rows = conn.execute(
+            sa.select(b, a.c.name, a.c.room)
+            .join(a, a.c.id == b.c.account_id)
+            .where(
+                b.c.state == BillState.ISSUED,
+                b.c.due_date < as_of.isoformat(),
+                b.c.total_fen > b.c.paid_fen,
+            )
+            .order_by(b.c.due_date, b.c.account_id)
+        ).all()
+        out = []
+        for r in rows:
+            due = dt.date.fromisoformat(r.due_date)
+            days = (as_of - due).days
+            out.append(
+                Arrear(
+                    r.number,
+                    r.account_id,
+                    r.name,
+                    r.room,
+                    r.period,
+                    r.due_date,
+                    int(r.total_fen),
+                    int(r.paid_fen),
+                    days,
+                    self.late_fee(int(r.total_fen) - int(r.paid_fen), days),
+                )
+            )
+        return out
+
+
+def receivable(conn: Connection, account_ids: Iterable[str] | None = None) -> dict[str, int]:
+    """What each account owes (the balance of asset:ar:<account>), from the ledger."""
+    q = (
+        sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
+        .where(t.posting.c.ledger_account.like("asset:ar:%"))
+        .group_by(t.posting.c.ledger_account)
+    )
+    if account_ids is not None:
+        q = q.where(t.posting.c.ledger_account.in_([ar_code(a) for a in account_ids]))
+    return {code.split(":", 2)[2]: int(total) for code, total in conn.execute(q).all()}

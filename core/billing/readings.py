@@ -1,0 +1,316 @@
+"""Meter register readings at the capture instants (`billing_reading`).
+
+Apportionment needs the main meter and its sub-meters read **at the same instant, from
+their own cumulative registers** (domain.md §4, never integrated power). The meters in use
+have no frozen-data registers, so the service keeps, for every pool meter and every
+POSTPAID meter, **the last Good reading at or before each capture instant** (each
+site-local day at the freeze hour; the month's freeze instant is one of them):
+
+- `ReadingCapture.on_sample` (on the bus, cheap) only remembers the latest Good sample of
+  each meter and, when a sample arrives after a capture instant, the last one before it;
+- `flush()` saves them (every `reading_flush_s`, and when the service stops) with an upsert
+  that keeps the *latest* reading at or before the instant, so a restart loses at most what
+  arrived since the last flush, and an instance that saw an older reading never overwrites
+  a newer one. A reading that was saved for the coming instant stays the reading of that
+  instant if nothing newer arrives before it (the meter went silent): its `read_at` tells
+  how old it is, and a run whose readings are older than `reading_max_age_h` is held.
+
+Operators record readings by hand for a meter that could not be read (`source = manual`);
+a captured reading never overwrites a manual one.
+
+Energy is stored in 0.001 kWh or m³ (the rating engine's unit), from the meter's register
+counts (`RegisterLayout`), never from floats added up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..db import schema as t
+from ..events import utcnow
+from ..ledger import RequestError
+from ..model import DeviceModel, MeterKind, Quality, Sample
+from ..rating import ENERGY_SCALE, RatingError, RegisterLayout
+from .periods import Calendar
+
+CAPTURED = "meter"
+MANUAL = "manual"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    meter_id: str
+    at: dt.datetime
+    read_at: dt.datetime
+    #: Total register, 0.001 kWh or m³.
+    energy: int
+    #: Rate register point name → 0.001 units.
+    registers: Mapping[str, int] = field(default_factory=dict)
+    source: str = CAPTURED
+
+
+def energy_of(layout: RegisterLayout, values: Mapping[str, Any]) -> tuple[int, dict[str, int]]:
+    """(total, {register: units}) of one reading's engineering values, in 0.001 units."""
+    counts = layout.counts(values)
+    units = [c * f for c, f in zip(counts, layout.unit_factor, strict=True)]
+    registers = dict(zip(layout.points, units, strict=True))
+    if layout.has_total:
+        total = units[0]
+        registers.pop(layout.points[0])
+    else:
+        total = sum(units)
+    return total, registers
+
+
+def modulus_units(layout: RegisterLayout) -> int | None:
+    """Where the total register wraps, in 0.001 units (None: it does not)."""
+    if layout.has_total:
+        m = layout.modulus[0]
+        return None if m is None else m * layout.unit_factor[0]
+    return None
+
+
+def _upsert(conn: Connection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(t.billing_reading)
+    r = t.billing_reading
+    return stmt.on_conflict_do_update(
+        index_elements=[r.c.meter_id, r.c.at],
+        set_={
+            "read_at": stmt.excluded.read_at,
+            "energy": stmt.excluded.energy,
+            "registers": stmt.excluded.registers,
+            "source": stmt.excluded.source,
+            "recorded_by": stmt.excluded.recorded_by,
+            "updated_at": stmt.excluded.updated_at,
+        },
+        where=sa.and_(r.c.source != MANUAL, stmt.excluded.read_at > r.c.read_at),
+    )
+
+
+def save_captured(conn: Connection, readings: Iterable[Reading], *, now: dt.datetime) -> int:
+    """Upsert captured readings, keeping the latest one at or before each instant."""
+    rows = [
+        {
+            "meter_id": r.meter_id,
+            "at": r.at,
+            "read_at": r.read_at,
+            "energy": r.energy,
+            "registers": dict(r.registers),
+            "source": CAPTURED,
+            "recorded_by": "capture",
+            "updated_at": now,
+        }
+        for r in readings
+    ]
+    if rows:
+        conn.execute(_upsert(conn), rows)
+    return len(rows)
+
+
+def record_reading(
+    conn: Connection,
+    meter_id: str,
+    at: dt.datetime,
+    energy: Decimal | str | int,
+    *,
+    registers: Mapping[str, Decimal | str | int] | None = None,
+    read_at: dt.datetime | None = None,
+    recorded_by: str,
+    known_meters: Collection[str] | None = None,
+    now: dt.datetime | None = None,
+) -> Reading:
+    """An operator's reading of `meter_id` for capture instant `at` (kWh or m³ as
+    decimals): replaces whatever was captured for that instant. Errors name the field."""
+    if known_meters is not None and meter_id not in known_meters:
+        shown = ", ".join(sorted(known_meters)[:8])
+        raise RequestError("meter", f"unknown meter {meter_id!r} (site meters: {shown}, ...)")
+    if at.tzinfo is None:
+        raise RequestError("at", "expected a time with its zone")
+    read_at = read_at or at
+    if read_at > at:
+        raise RequestError("read_at", "a reading for an instant cannot be taken after it")
+    if not recorded_by or not recorded_by.strip():
+        raise RequestError("recorded_by", "required (audit)")
+    units = _units(energy, "energy")
+    regs = {str(k): _units(v, f"registers.{k}") for k, v in (registers or {}).items()}
+    now = now or utcnow()
+    r = t.billing_reading
+    conn.execute(r.delete().where(r.c.meter_id == meter_id, r.c.at == at))
+    conn.execute(
+        r.insert(),
+        {
+            "meter_id": meter_id,
+            "at": at,
+            "read_at": read_at,
+            "energy": units,
+            "registers": regs,
+            "source": MANUAL,
+            "recorded_by": recorded_by[:100],
+            "updated_at": now,
+        },
+    )
+    return Reading(meter_id, at, read_at, units, regs, MANUAL)
+
+
+def _units(value: Decimal | str | int, field: str) -> int:
+    try:
+        d = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise RequestError(
+            field, f"expected a register value such as 1234.56, got {value!r}"
+        ) from None
+    if not d.is_finite() or d < 0:
+        raise RequestError(field, f"expected a register value >= 0, got {value!r}")
+    scaled = d * ENERGY_SCALE
+    if scaled != scaled.to_integral_value():
+        raise RequestError(field, f"at most 3 decimal places, got {value!r}")
+    return int(scaled)
+
+
+def readings_at(conn: Connection, meters: Collection[str], at: dt.datetime) -> dict[str, Reading]:
+    """The readings of `meters` for capture instant `at` (meters without one are absent)."""
+    r = t.billing_reading
+    out = {}
+    ids = sorted(set(meters))
+    for chunk in range(0, len(ids), 5000):
+        rows = conn.execute(
+            sa.select(r).where(r.c.at == at, r.c.meter_id.in_(ids[chunk : chunk + 5000]))
+        ).all()
+        for row in rows:
+            out[row.meter_id] = Reading(
+                row.meter_id,
+                row.at,
+                row.read_at,
+                int(row.energy),
+                {k: int(v) for k, v in (row.registers or {}).items()},
+                row.source,
+            )
+    return out
+
+
+def readings_between(
+    conn: Connection, meters: Collection[str], start: dt.datetime, end: dt.datetime
+) -> dict[str, list[Reading]]:
+    """Every reading of `meters` with start <= at <= end, per meter, oldest first."""
+    r = t.billing_reading
+    out: dict[str, list[Reading]] = {}
+    rows = conn.execute(
+        sa.select(r)
+        .where(r.c.at >= start, r.c.at <= end, r.c.meter_id.in_(sorted(set(meters))))
+        .order_by(r.c.meter_id, r.c.at)
+    ).all()
+    for row in rows:
+        out.setdefault(row.meter_id, []).append(
+            Reading(
+                row.meter_id,
+                row.at,
+                row.read_at,
+                int(row.energy),
+                {k: int(v) for k, v in (row.registers or {}).items()},
+                row.source,
+            )
+        )
+    return out
+
+
+def difference(start: Reading, end: Reading, modulus: int | None = None) -> int | None:
+    """Energy between two readings of one meter (0.001 units); a register that wrapped is
+    taken modulo its range when that is plausible (≤ 1 %), any other drop is None — never
+    negative usage (a replaced or faulty meter needs a reading recorded by hand)."""
+    delta = end.energy - start.energy
+    if delta >= 0:
+        return delta
+    if modulus and delta + modulus <= modulus // 100:
+        return delta + modulus
+    return None
+
+
+class ReadingCapture:
+    """Keeps the last Good reading of each captured meter before each capture instant."""
+
+    def __init__(
+        self,
+        calendar: Calendar,
+        layouts: Mapping[str, RegisterLayout],
+    ) -> None:
+        self.calendar = calendar
+        self.layouts = dict(layouts)
+        #: meter → (capture instant the held sample is for, the sample).
+        self._held: dict[str, tuple[dt.datetime, Sample]] = {}
+        #: Samples to save: (meter, instant) → sample (final or provisional).
+        self._dirty: dict[tuple[str, dt.datetime], Sample] = {}
+
+    @classmethod
+    def for_meters(
+        cls,
+        calendar: Calendar,
+        site: Any,
+        models: Mapping[str, DeviceModel],
+        meters: Iterable[str],
+    ) -> ReadingCapture:
+        layouts = {}
+        for meter in meters:
+            device = site.devices.get(meter)
+            model = models.get(device.model) if device is not None else None
+            if model is None or model.kind not in (MeterKind.ELECTRIC, MeterKind.WATER):
+                continue
+            try:
+                layouts[meter] = RegisterLayout.from_model(model)
+            except RatingError:
+                continue
+        return cls(calendar, layouts)
+
+    def on_sample(self, sample: Sample) -> None:
+        if sample.quality is not Quality.GOOD or sample.source not in self.layouts:
+            return
+        meter = sample.source
+        held = self._held.get(meter)
+        if held is not None and sample.read_at <= held[1].read_at:
+            return
+        if held is not None and sample.read_at <= held[0]:
+            at = held[0]
+        else:
+            at = self.calendar.capture_instant(sample.read_at)
+        self._held[meter] = (at, sample)
+        self._dirty[(meter, at)] = sample
+
+    @property
+    def pending(self) -> int:
+        return len(self._dirty)
+
+    def take(self) -> dict[tuple[str, dt.datetime], Sample]:
+        """The samples to save since the last call (meter, instant → sample)."""
+        dirty, self._dirty = self._dirty, {}
+        return dirty
+
+    def restore(self, taken: Mapping[tuple[str, dt.datetime], Sample]) -> None:
+        """Samples whose save failed are kept for the next flush (newer ones win)."""
+        for key, sample in taken.items():
+            current = self._dirty.get(key)
+            if current is None or current.read_at < sample.read_at:
+                self._dirty[key] = sample
+
+    def readings(self, taken: Mapping[tuple[str, dt.datetime], Sample]) -> list[Reading]:
+        """`take()`'s samples as readings in register units (unusable samples skipped)."""
+        out = []
+        for (meter, at), sample in taken.items():
+            layout = self.layouts[meter]
+            if any(
+                p not in sample.values or not sample.quality_of(p).is_good for p in layout.points
+            ):
+                continue
+            try:
+                energy, registers = energy_of(layout, sample.values)
+            except (RatingError, InvalidOperation, ValueError, TypeError):
+                continue
+            out.append(Reading(meter, at, sample.read_at, energy, registers))
+        return out

@@ -1,0 +1,389 @@
+"""The billing service the runtime starts, and `Billing`, the calls behind it.
+
+`Billing` bundles a site's billing settings with apportionment, charges and bills;
+`month_end(period)` is what runs after each freeze instant (and what `openprepay billing
+month-end` and the benchmark run): every pool, every charge due in the period, and the
+drafts of the post-paid bills, each step idempotent.
+
+`BillingService` (a core service, started by the runtime after the prepayment engine):
+
+- captures the registers of the pool and POSTPAID meters at each capture instant
+  (`readings.ReadingCapture`), saving them every `reading_flush_s` and when it stops;
+- runs the **month-end** of a period `run_delay_h` after it ended (D+1 by default), once
+  per period across instances (the `billing_cycle` row is claimed with a lease), for
+  periods the service has seen (so installing it mid-month never bills the months before);
+  FAULT and HELD pools raise an `ApportionmentAlert`;
+- runs due **batch jobs** (`batch.Batches`), claimed with a lease, resumed after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..db import Database
+from ..db import schema as t
+from ..events import ApportionmentAlert, EventBus, utcnow
+from ..model import DeviceModel, Sample
+from ..prepay_settings import PrepaySettings, load_prepay
+from ..site import Site
+from ..tariffs import TariffCatalogue, load_tariffs
+from .apportion import Apportionment
+from .batch import Batches
+from .bills import Bills
+from .charges import Charges
+from .periods import Calendar
+from .readings import ReadingCapture, save_captured
+from .runs import Computed, RunResult, RunState
+from .settings import BillingSettings, load_billing
+
+log = logging.getLogger("openprepay.billing")
+
+MONTH_END = "month-end"
+
+
+@dataclass(slots=True)
+class MonthEndReport:
+    period: str
+    pools: list[RunResult | Computed] = field(default_factory=list)
+    charges: list[RunResult | Computed] = field(default_factory=list)
+    drafts: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def alerts(self) -> list[ApportionmentAlert]:
+        out = []
+        for r in self.pools:
+            if isinstance(r, RunResult) and r.unchanged:
+                continue
+            if r.state in (RunState.FAULT.value, RunState.HELD.value):
+                source = r.source.removeprefix("pool:")
+                out.append(ApportionmentAlert(source, r.period, str(r.state), r.reason))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pools": {r.source: str(r.state) for r in self.pools},
+            "charges": {r.source: str(r.state) for r in self.charges},
+            "drafts": self.drafts,
+        }
+
+
+class Billing:
+    """A site's billing: apportionment, charges and bills with their settings."""
+
+    def __init__(
+        self,
+        site: Site,
+        models: Mapping[str, DeviceModel],
+        *,
+        settings: BillingSettings | None = None,
+        prepay: PrepaySettings | None = None,
+        catalogue: TariffCatalogue | None = None,
+        default_tariffs: Mapping[str, str] | None = None,
+    ) -> None:
+        self.site = site
+        self.models = models
+        self.settings = settings or load_billing(site, models)
+        self.prepay = prepay or load_prepay(site)
+        self.catalogue = catalogue or load_tariffs(site)
+        if default_tariffs is None:
+            from ..prepay_engine import load_engine
+
+            default_tariffs = load_engine(site, self.catalogue).default_tariffs
+        self.calendar = Calendar(site.info.tz, self.settings.freeze_day, self.settings.freeze_hour)
+        rounding = self.prepay.rounding
+        self.apportionment = Apportionment(site, models, self.settings, rounding=rounding)
+        self.charges = Charges(site, self.settings, rounding=rounding)
+        self.bills = Bills(
+            site, models, self.settings, self.prepay, self.catalogue, default_tariffs
+        )
+
+    def month_end(
+        self, db: Database, period: str, *, actor: str, now: dt.datetime | None = None
+    ) -> MonthEndReport:
+        """Apportionment, charges and post-paid drafts of `period` (each idempotent; each
+        step its own transaction)."""
+        import time
+
+        now = now or utcnow()
+        report = MonthEndReport(period)
+        t0 = time.perf_counter()
+        with db.begin() as conn:
+            report.pools = self.apportionment.run(conn, period, actor=actor, now=now)
+        t1 = time.perf_counter()
+        with db.begin() as conn:
+            report.charges = self.charges.run(conn, period, actor=actor, now=now)
+        t2 = time.perf_counter()
+        with db.begin() as conn:
+            report.drafts = len(self.bills.draft(conn, period, now=now))
+        t3 = time.perf_counter()
+        report.timings = {"apportionment_s": t1 - t0, "charges_s": t2 - t1, "drafts_s": t3 - t2}
+        return report
+
+
+def _insert_ignore(conn: Any, table: sa.Table) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+class BillingService:
+    """See the module docstring."""
+
+    name = "billing"
+
+    def __init__(
+        self,
+        site: Site,
+        models: Mapping[str, DeviceModel],
+        db: Database,
+        bus: EventBus,
+        operations: Any,
+        *,
+        billing: Billing | None = None,
+        instance: str | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.site = site
+        self.models = models
+        self.db = db
+        self.bus = bus
+        self.clock = clock
+        self.billing = billing or Billing(
+            site,
+            models,
+            prepay=getattr(operations, "settings", None),
+            catalogue=getattr(operations, "catalogue", None),
+        )
+        self.settings = self.billing.settings
+        self.calendar = self.billing.calendar
+        self.instance = instance or f"{socket.gethostname()}:{site.id}:billing"
+        self.capture = ReadingCapture.for_meters(
+            self.calendar, site, models, self.settings.capture_meters(site, models)
+        )
+        self.batches = Batches(
+            site,
+            models,
+            db,
+            operations,
+            owner=self.instance,
+            lease_s=self.settings.batch_lease_s,
+            clock=clock,
+            publish=self._publish,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._wake_batches = asyncio.Event()
+        self.month_ends: list[MonthEndReport] = []
+
+    @classmethod
+    def for_runtime(cls, runtime: Any) -> BillingService:
+        engine = runtime.prepay
+        instance = None
+        if engine is not None:
+            instance = f"{engine.settings.instance_name(runtime.site)}:billing"
+        return cls(
+            runtime.site,
+            runtime.plugins.models,
+            runtime.db,
+            runtime.bus,
+            runtime.operations,
+            instance=instance,
+        )
+
+    def _publish(self, item: object) -> None:
+        """Publish on the service's event loop, whatever thread the call comes from (batch
+        jobs run in a worker thread)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is not loop:
+                loop.call_soon_threadsafe(self.bus.publish, item)
+                return
+        self.bus.publish(item)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop.clear()
+        await asyncio.to_thread(self._add_postpaid_meters)
+        self._unsubscribe = self.bus.subscribe(Sample, self.capture.on_sample)
+        self._tasks = [
+            asyncio.create_task(self._readings_loop(), name="billing-readings"),
+            asyncio.create_task(self._batch_loop(), name="billing-batches"),
+            asyncio.create_task(self._month_end_loop(), name="billing-month-end"),
+        ]
+        log.info(
+            "billing running: %d pools, %d charges, %d meters captured at %02d:00 each day",
+            len(self.settings.pools) if self.settings.apportionment else 0,
+            len(self.settings.charges),
+            len(self.capture.layouts),
+            self.settings.freeze_hour,
+        )
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake_batches.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        try:
+            await asyncio.to_thread(self.flush_readings)
+        except Exception:
+            log.exception("saving the last meter readings failed")
+
+    def wake(self) -> None:
+        """Look for due batch jobs now (a job was created in this process)."""
+        self._wake_batches.set()
+
+    def _add_postpaid_meters(self) -> None:
+        """Meters attached as POSTPAID in the database (overriding the site file) are
+        captured too: their bills difference the same readings."""
+        from ..rating import RatingError, RegisterLayout
+
+        with self.db.read() as conn:
+            meters = conn.execute(
+                sa.select(t.account_meter.c.meter_id).where(
+                    t.account_meter.c.detached_at.is_(None),
+                    t.account_meter.c.control_mode == "POSTPAID",
+                )
+            ).scalars()
+            for meter in meters:
+                device = self.site.devices.get(meter)
+                model = self.models.get(device.model) if device is not None else None
+                if model is None or meter in self.capture.layouts:
+                    continue
+                try:
+                    self.capture.layouts[meter] = RegisterLayout.from_model(model)
+                except RatingError:
+                    continue
+
+    # -- readings --------------------------------------------------------------------------
+    def flush_readings(self) -> int:
+        taken = self.capture.take()
+        if not taken:
+            return 0
+        try:
+            with self.db.begin() as conn:
+                return save_captured(conn, self.capture.readings(taken), now=self.clock())
+        except Exception:
+            self.capture.restore(taken)
+            raise
+
+    async def _readings_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.reading_flush_s)
+            except TimeoutError:
+                pass
+            if self._stop.is_set():
+                return
+            try:
+                await asyncio.to_thread(self.flush_readings)
+            except Exception:
+                log.exception("saving meter readings failed; kept for the next flush")
+
+    # -- batch jobs ------------------------------------------------------------------------
+    async def _batch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.to_thread(self.batches.run_due, stop=self._stop.is_set)
+            except Exception:
+                log.exception("running batch jobs failed")
+            self._wake_batches.clear()
+            try:
+                await asyncio.wait_for(self._wake_batches.wait(), self.settings.batch_poll_s)
+            except TimeoutError:
+                pass
+
+    # -- month-end -------------------------------------------------------------------------
+    def _seen(self, now: dt.datetime) -> None:
+        """Remember that the service ran during the current period."""
+        period = self.calendar.period_of(now)
+        with self.db.begin() as conn:
+            conn.execute(
+                _insert_ignore(conn, t.billing_cycle),
+                {"period": period, "state": "OPEN", "summary": {}, "started_at": now},
+            )
+
+    def month_end_due(self, now: dt.datetime) -> str | None:
+        """The period whose month-end this instance should run now, claimed, or None."""
+        period = self.calendar.previous(self.calendar.period_of(now))
+        _, end = self.calendar.bounds(period)
+        if now < end + dt.timedelta(hours=self.settings.run_delay_h):
+            return None
+        c = t.billing_cycle
+        with self.db.begin() as conn:
+            row = conn.execute(
+                sa.select(c).where(c.c.period == period).with_for_update(skip_locked=True)
+            ).first()
+            if row is None or row.state == "DONE":
+                return None
+            if row.state == "RUNNING" and row.lease_until and row.lease_until > now:
+                return None
+            conn.execute(
+                c.update()
+                .where(c.c.period == period)
+                .values(
+                    state="RUNNING",
+                    claimed_by=self.instance[:100],
+                    lease_until=now + dt.timedelta(hours=1),
+                )
+            )
+        return period
+
+    def run_month_end(self, period: str) -> MonthEndReport:
+        now = self.clock()
+        report = self.billing.month_end(self.db, period, actor=MONTH_END, now=now)
+        with self.db.begin() as conn:
+            conn.execute(
+                t.billing_cycle.update()
+                .where(t.billing_cycle.c.period == period)
+                .values(
+                    state="DONE",
+                    lease_until=None,
+                    summary=report.summary(),
+                    finished_at=self.clock(),
+                )
+            )
+        self.month_ends.append(report)
+        return report
+
+    async def _month_end_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                now = self.clock()
+                await asyncio.to_thread(self._seen, now)
+                period = await asyncio.to_thread(self.month_end_due, now)
+                if period is not None:
+                    log.info("month-end of %s", period)
+                    await asyncio.to_thread(self.flush_readings)
+                    report = await asyncio.to_thread(self.run_month_end, period)
+                    for alert in report.alerts():
+                        log.warning(
+                            "common area %s %s %s: %s",
+                            alert.pool_id,
+                            alert.period,
+                            alert.state,
+                            alert.reason,
+                        )
+                        self.bus.publish(alert)
+            except Exception:
+                log.exception("month-end failed; retried later")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.month_end_poll_s)
+            except TimeoutError:
+                pass

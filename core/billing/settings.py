@@ -1,0 +1,569 @@
+"""The site file's `[billing]` section, validated field by field.
+
+::
+
+    [billing]
+    apportionment = true          # false: no common-area apportionment at this site (转供电)
+    freeze_day = 1                # the meters' monthly freeze instant: day 1–28 ...
+    freeze_hour = 0               # ... at this hour, site-local; periods run freeze to freeze
+    run_delay_h = 24              # month-end runs this long after the freeze instant (D+1)
+    reading_max_age_h = 2         # an older "last reading" at a freeze instant holds a run
+    mode = "wallet"               # default for pools and charges: wallet | bill
+
+    [billing.areas]               # m² for rooms the site file gives no area_m2 (or overrides)
+    "A-101" = 45.5
+
+    [billing.pools.A]             # a common-area pool
+    main = "M-A"                  # the main meter
+    building = "A"                # subs default to every meter of its rooms (main's commodity)
+    subs = ["E-A-101", "E-A-102"] # or listed
+    public = ["E-A-PUB"]          # public-area meters (lifts, corridors)
+    price = "0.6000"              # CNY per kWh (or m³)
+    method = "area"               # loss: area | equal | consumption | ratio
+    public_method = "area"        # public meters' energy (default: method)
+    ratios = { "A-101" = "30", "A-102" = "70" }   # method ratio: weight per room
+    loss_cap_pct = 8              # loss above this share of the main meter → held for approval
+    mode = "wallet"               # wallet (general wallet; AR when short) | bill
+    vacant = "owner"              # rooms without a tenant: owner (expense) | exclude
+
+    [billing.charges.property]    # a custom charge
+    type = "property"             # property | rent | service | custom
+    name = "Property management fee"
+    basis = "area"                # area (rate × m² per month) | fixed (amount per month)
+    rate = "2.50"                 # CNY per m²·month (basis area)
+    amount = "1500.00"            # CNY per month or once (basis fixed)
+    cycle = "monthly"             # monthly | once
+    date = 2025-03-01             # once: charged in the period holding this date
+    prorate = "actual_days"       # actual_days | days_30 | none (move-in / move-out)
+    mode = "wallet"               # wallet | bill
+    buildings = ["A"]             # who pays: rooms of these buildings, these rooms, these
+    rooms = ["A-101"]             # accounts (default: every open account with a room)
+    accounts = ["SHOP-1"]
+    revenue = "property"          # ledger revenue stream (default from type)
+
+    [billing.bills]               # post-paid bills
+    due_days = 15
+    late_fee_per_day = "0.001"    # 1‰ of the overdue amount per day; "0" = no late fee
+    late_fee_min = "1.00"
+    number_prefix = "B"
+
+Errors read like every other section's: ``billing.pools.A.method: expected one of area,
+equal, consumption, ratio; got 'floor'``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from ..errors import ConfigError, FieldError
+from ..model import DeviceModel, MeterKind
+from ..site import Site
+from ..tariffs import to_decimal
+from ..validation import ID_PATTERN, TableReader, describe
+
+
+class Method(enum.StrEnum):
+    """How a pool's amount is shared between its rooms (domain.md §4)."""
+
+    AREA = "area"
+    EQUAL = "equal"
+    CONSUMPTION = "consumption"
+    RATIO = "ratio"
+
+
+class Mode(enum.StrEnum):
+    #: Taken from the general wallet; when the wallet is short, owed in full (AR) instead.
+    WALLET = "wallet"
+    #: Owed (asset:ar:<account>) and shown on the account's next bill.
+    BILL = "bill"
+
+
+class ChargeType(enum.StrEnum):
+    PROPERTY = "property"
+    RENT = "rent"
+    SERVICE = "service"
+    CUSTOM = "custom"
+
+
+class Basis(enum.StrEnum):
+    AREA = "area"
+    FIXED = "fixed"
+
+
+class Cycle(enum.StrEnum):
+    MONTHLY = "monthly"
+    ONCE = "once"
+
+
+class Prorate(enum.StrEnum):
+    ACTUAL_DAYS = "actual_days"
+    DAYS_30 = "days_30"
+    NONE = "none"
+
+
+#: Revenue stream of each charge type (core.ledger.REVENUE_STREAMS).
+DEFAULT_REVENUE = {
+    ChargeType.PROPERTY: "property",
+    ChargeType.RENT: "rent",
+    ChargeType.SERVICE: "service",
+    ChargeType.CUSTOM: "service",
+}
+REVENUE_CHOICES = ("property", "rent", "service", "public_energy", "electricity", "water")
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    id: str
+    main: str
+    subs: tuple[str, ...]
+    public: tuple[str, ...]
+    price: Decimal
+    method: Method
+    public_method: Method
+    ratios: Mapping[str, Decimal]
+    loss_cap: Fraction
+    mode: Mode
+    #: electricity or water (the main meter's kind).
+    commodity: str
+    building: str | None = None
+    vacant_to_owner: bool = True
+
+    @property
+    def source(self) -> str:
+        return f"pool:{self.id}"
+
+    @property
+    def meters(self) -> tuple[str, ...]:
+        return (self.main, *self.subs, *self.public)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    id: str
+    type: ChargeType
+    name: str
+    basis: Basis
+    #: CNY per m²·month (area) or CNY per month / once (fixed).
+    rate: Decimal
+    cycle: Cycle
+    date: dt.date | None
+    prorate: Prorate
+    mode: Mode
+    revenue: str
+    buildings: tuple[str, ...] = ()
+    rooms: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()
+
+    @property
+    def source(self) -> str:
+        return f"charge:{self.id}"
+
+    def applies_to(self, account_id: str, room: str | None, building: str | None) -> bool:
+        if not (self.buildings or self.rooms or self.accounts):
+            return room is not None
+        return (
+            account_id in self.accounts
+            or (room is not None and room in self.rooms)
+            or (building is not None and building in self.buildings)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BillSettings:
+    due_days: int = 15
+    #: Share of the overdue amount charged per day (1‰ = 0.001); 0 = no late fee.
+    late_fee_per_day: Decimal = Decimal("0.001")
+    late_fee_min_fen: int = 100
+    number_prefix: str = "B"
+
+
+@dataclass(frozen=True, slots=True)
+class BillingSettings:
+    apportionment: bool = True
+    freeze_day: int = 1
+    freeze_hour: int = 0
+    run_delay_h: float = 24.0
+    reading_max_age_s: float = 7200.0
+    mode: Mode = Mode.WALLET
+    #: How often the captured readings are saved (and when the service stops).
+    reading_flush_s: float = 60.0
+    #: How often the service looks for due batch jobs and month-ends.
+    batch_poll_s: float = 1.0
+    batch_lease_s: float = 60.0
+    month_end_poll_s: float = 60.0
+    areas: Mapping[str, Decimal] = field(default_factory=dict)
+    pools: Mapping[str, Pool] = field(default_factory=dict)
+    charges: Mapping[str, Charge] = field(default_factory=dict)
+    bills: BillSettings = field(default_factory=BillSettings)
+
+    def area_of(self, site: Site, room: str) -> Decimal | None:
+        if room in self.areas:
+            return self.areas[room]
+        r = site.rooms.get(room)
+        if r is None or r.area_m2 is None:
+            return None
+        return Decimal(repr(r.area_m2))
+
+    def capture_meters(self, site: Site, models: Mapping[str, DeviceModel]) -> set[str]:
+        """Meters whose registers are captured at each day's freeze hour: those of the
+        pools, and POSTPAID billing meters (their bills difference the same readings)."""
+        out = {m for p in self.pools.values() for m in p.meters}
+        for d in site.devices.values():
+            model = models.get(d.model)
+            if (
+                model is not None
+                and model.kind in (MeterKind.ELECTRIC, MeterKind.WATER)
+                and d.control_mode.value == "POSTPAID"
+                and d.room is not None
+            ):
+                out.add(d.id)
+        return out
+
+
+def _decimal(
+    r: TableReader, key: str, default: Any, *, places: int, low: Decimal, exclusive: bool = False
+) -> Decimal | None:
+    present, raw = r._get(key, default)
+    if not present:
+        return default
+    d = to_decimal(raw)
+    if d is None:
+        r.error(f'expected a decimal such as "2.50", got {describe(raw)}', key)
+        return None
+    if -int(d.normalize().as_tuple().exponent) > places:
+        r.error(f"at most {places} decimal places, got {raw}", key)
+        return None
+    if (d <= low) if exclusive else (d < low):
+        r.error(f"expected {'more than' if exclusive else 'at least'} {low}, got {raw}", key)
+        return None
+    return d
+
+
+def _ids(r: TableReader, key: str) -> tuple[str, ...] | None:
+    values = r.str_list(key, [])
+    if values is None:
+        return None
+    bad = [v for v in values if not ID_PATTERN.match(v)]
+    if bad:
+        r.error(f"expected ids, got {bad[0]!r}", key)
+        return None
+    return tuple(values)
+
+
+def parse_billing(
+    site: Site, models: Mapping[str, DeviceModel] | None, errors: list[FieldError]
+) -> BillingSettings:
+    """`[billing]` of `site` (models: check meters against their kinds when given)."""
+    d = BillingSettings()
+    r = TableReader(dict(site.sections.get("billing", {}) or {}), "billing", errors)
+    apportionment = r.bool("apportionment", True)
+    freeze_day = r.int("freeze_day", d.freeze_day, low=1, high=28)
+    freeze_hour = r.int("freeze_hour", d.freeze_hour, low=0, high=23)
+    delay = r.number("run_delay_h", d.run_delay_h, low=0, high=24 * 27)
+    max_age = r.number("reading_max_age_h", d.reading_max_age_s / 3600, low=0, high=24 * 31)
+    mode = r.str("mode", d.mode.value, choices=[m.value for m in Mode])
+    flush = r.number("reading_flush_s", d.reading_flush_s, low=0.05, high=3600)
+    batch_poll = r.number("batch_poll_s", d.batch_poll_s, low=0.01, high=60)
+    lease = r.number("batch_lease_s", d.batch_lease_s, low=1, high=3600)
+    month_poll = r.number("month_end_poll_s", d.month_end_poll_s, low=0.05, high=3600)
+
+    areas: dict[str, Decimal] = {}
+    ar = r.table("areas")
+    for room in list(ar.data):
+        value = _decimal(ar, room, None, places=3, low=Decimal(0), exclusive=True)
+        if value is None:
+            continue
+        if room not in site.rooms:
+            ar.error(f"unknown room {room!r} (rooms are defined under [rooms])", room)
+            continue
+        areas[room] = value
+    ar.finish()
+
+    default_mode = Mode(mode) if mode else d.mode
+    pools: dict[str, Pool] = {}
+    for pool_id, pr in r.entries("pools"):
+        pool = _read_pool(pool_id, pr, site, models, areas, default_mode)
+        pr.finish()
+        if pool is not None:
+            pools[pool_id] = pool
+    seen: dict[str, str] = {}
+    for pool in pools.values():
+        for meter in (*pool.subs, *pool.public):
+            if meter in seen and seen[meter] != pool.id:
+                errors.append(
+                    FieldError(
+                        f"billing.pools.{pool.id}",
+                        f"meter {meter!r} is already in pool {seen[meter]!r}; a meter is "
+                        "shared in one pool only",
+                    )
+                )
+            seen[meter] = pool.id
+
+    charges: dict[str, Charge] = {}
+    for charge_id, cr in r.entries("charges"):
+        charge = _read_charge(charge_id, cr, site, areas, default_mode)
+        cr.finish()
+        if charge is not None:
+            charges[charge_id] = charge
+
+    bills = _read_bills(r.table("bills"))
+    r.finish()
+    return BillingSettings(
+        apportionment=apportionment if apportionment is not None else True,
+        freeze_day=freeze_day or d.freeze_day,
+        freeze_hour=freeze_hour if freeze_hour is not None else d.freeze_hour,
+        run_delay_h=delay if delay is not None else d.run_delay_h,
+        reading_max_age_s=(max_age * 3600) if max_age is not None else d.reading_max_age_s,
+        mode=default_mode,
+        reading_flush_s=flush or d.reading_flush_s,
+        batch_poll_s=batch_poll or d.batch_poll_s,
+        batch_lease_s=lease or d.batch_lease_s,
+        month_end_poll_s=month_poll or d.month_end_poll_s,
+        areas=areas,
+        pools=pools,
+        charges=charges,
+        bills=bills or BillSettings(),
+    )
+
+
+def _kind_of(site: Site, models: Mapping[str, DeviceModel] | None, meter: str) -> str | None:
+    device = site.devices.get(meter)
+    if device is None or models is None:
+        return None
+    model = models.get(device.model)
+    return None if model is None else model.kind.value
+
+
+def _read_pool(
+    pool_id: str,
+    r: TableReader,
+    site: Site,
+    models: Mapping[str, DeviceModel] | None,
+    areas: Mapping[str, Decimal],
+    default_mode: Mode,
+) -> Pool | None:
+    main = r.id("main")
+    building = r.id("building", None)
+    subs = _ids(r, "subs")
+    public = _ids(r, "public")
+    price = _decimal(r, "price", None, places=6, low=Decimal(0))
+    if price is None and "price" not in r.data:
+        r.error('missing (required): CNY per kWh or m³, e.g. "0.6000"', "price")
+    method = r.str("method", Method.AREA.value, choices=[m.value for m in Method])
+    public_method = r.str("public_method", method, choices=[m.value for m in Method])
+    cap = r.number("loss_cap_pct", 8.0, low=0, high=100)
+    mode = r.str("mode", default_mode.value, choices=[m.value for m in Mode])
+    vacant = r.str("vacant", "owner", choices=["owner", "exclude"])
+    ratios: dict[str, Decimal] = {}
+    rr = r.table("ratios")
+    for room in list(rr.data):
+        value = _decimal(rr, room, None, places=6, low=Decimal(0), exclusive=True)
+        if value is None:
+            continue
+        if room not in site.rooms:
+            rr.error(f"unknown room {room!r}", room)
+            continue
+        ratios[room] = value
+    rr.finish()
+    if None in (main, subs, public, method, public_method, cap, mode, vacant) or price is None:
+        return None
+    ok = True
+
+    def bad(key: str, message: str) -> None:
+        nonlocal ok
+        ok = False
+        r.error(message, key)
+
+    if main not in site.devices:
+        bad("main", f"unknown meter {main!r} (site devices)")
+        return None
+    kind = _kind_of(site, models, main)
+    if kind is not None and kind not in (MeterKind.ELECTRIC.value, MeterKind.WATER.value):
+        bad("main", f"meter {main!r} is a {kind}, not an electric or water meter")
+    if building is not None and building not in site.buildings:
+        bad("building", f"unknown building {building!r}")
+    if building is None:
+        building = site.devices[main].building or site.building_of(site.devices[main])
+    if not subs:
+        if building is None:
+            bad("subs", "list the sub-meters, or name the pool's building")
+        else:
+            subs = tuple(
+                sorted(
+                    dev.id
+                    for dev in site.devices.values()
+                    if dev.room is not None
+                    and site.rooms[dev.room].building == building
+                    and dev.id != main
+                    and dev.id not in public
+                    and (kind is None or _kind_of(site, models, dev.id) == kind)
+                )
+            )
+            if not subs:
+                bad("subs", f"building {building!r} has no room meters to share among")
+    for key, meters in (("subs", subs), ("public", public)):
+        for i, meter in enumerate(meters):
+            if meter not in site.devices:
+                bad(f"{key}[{i}]", f"unknown meter {meter!r}")
+            elif meter == main:
+                bad(f"{key}[{i}]", "the main meter cannot also be a sub or public meter")
+            elif kind is not None and _kind_of(site, models, meter) not in (kind, None):
+                bad(f"{key}[{i}]", f"meter {meter!r} is not a {kind} meter like the main meter")
+            elif key == "subs" and site.devices[meter].room is None:
+                bad(f"{key}[{i}]", f"meter {meter!r} is in no room: whose share would it be?")
+    if len(set(subs) | set(public)) != len(subs) + len(public):
+        bad("subs", "a meter is listed twice (subs and public must not overlap)")
+    if not ok:
+        return None
+    rooms = sorted({site.devices[m].room for m in subs if site.devices[m].room})
+    for key, m in (("method", method), ("public_method", public_method)):
+        if m == Method.AREA.value:
+            missing = [
+                room for room in rooms if room not in areas and site.rooms[room].area_m2 is None
+            ]
+            if missing:
+                bad(
+                    key,
+                    f"area, but rooms {', '.join(missing[:5])} have no area "
+                    "(set rooms.<id>.area_m2 or [billing.areas])",
+                )
+        if m == Method.RATIO.value:
+            missing = [room for room in rooms if room not in ratios]
+            if missing:
+                bad("ratios", f"method ratio needs a weight for rooms {', '.join(missing[:5])}")
+    if not ok:
+        return None
+    return Pool(
+        pool_id,
+        main,
+        tuple(subs),
+        tuple(public),
+        price,
+        Method(method),
+        Method(public_method),
+        ratios,
+        Fraction(Decimal(repr(cap))) / 100,
+        Mode(mode),
+        "water" if kind == MeterKind.WATER.value else "electricity",
+        building,
+        vacant == "owner",
+    )
+
+
+def _read_charge(
+    charge_id: str,
+    r: TableReader,
+    site: Site,
+    areas: Mapping[str, Decimal],
+    default_mode: Mode,
+) -> Charge | None:
+    kind = r.str("type", choices=[c.value for c in ChargeType])
+    name = r.str("name", charge_id)
+    basis = r.str("basis", Basis.FIXED.value, choices=[b.value for b in Basis])
+    rate = amount = None
+    if basis == Basis.AREA.value:
+        rate = _decimal(r, "rate", None, places=6, low=Decimal(0), exclusive=True)
+        if "rate" not in r.data:
+            r.error('missing (required): CNY per m² and month, e.g. "2.50"', "rate")
+    elif basis == Basis.FIXED.value:
+        amount = _decimal(r, "amount", None, places=2, low=Decimal(0), exclusive=True)
+        if "amount" not in r.data:
+            r.error('missing (required): CNY, e.g. "1500.00"', "amount")
+    cycle = r.str("cycle", Cycle.MONTHLY.value, choices=[c.value for c in Cycle])
+    date = r.raw("date", None)
+    prorate = r.str("prorate", Prorate.ACTUAL_DAYS.value, choices=[p.value for p in Prorate])
+    mode = r.str("mode", default_mode.value, choices=[m.value for m in Mode])
+    revenue = r.str("revenue", None, choices=list(REVENUE_CHOICES))
+    buildings = _ids(r, "buildings")
+    rooms = _ids(r, "rooms")
+    accounts = _ids(r, "accounts")
+    if cycle == Cycle.ONCE.value:
+        if date is None:
+            r.error("missing (required for cycle once): the date it is charged", "date")
+        elif not isinstance(date, dt.date) or isinstance(date, dt.datetime):
+            r.error(f"expected a date such as 2025-03-01, got {describe(date)}", "date")
+            date = None
+    elif date is not None:
+        r.error("only for cycle once", "date")
+    for i, b in enumerate(buildings or ()):
+        if b not in site.buildings:
+            r.error(f"unknown building {b!r}", f"buildings[{i}]")
+    for i, room in enumerate(rooms or ()):
+        if room not in site.rooms:
+            r.error(f"unknown room {room!r}", f"rooms[{i}]")
+    if basis == Basis.AREA.value and rooms is not None and buildings is not None:
+        chosen = set(rooms) | {
+            room.id for room in site.rooms.values() if not buildings or room.building in buildings
+        }
+        if not rooms and not buildings and not accounts:
+            chosen = set(site.rooms)
+        missing = sorted(
+            room for room in chosen if room not in areas and site.rooms[room].area_m2 is None
+        )
+        if missing:
+            r.error(
+                f"area, but rooms {', '.join(missing[:5])} have no area "
+                "(set rooms.<id>.area_m2 or [billing.areas])",
+                "basis",
+            )
+            return None
+    value = rate if basis == Basis.AREA.value else amount
+    if None in (kind, name, basis, cycle, prorate, mode, buildings, rooms, accounts) or (
+        value is None
+    ):
+        return None
+    if cycle == Cycle.ONCE.value and date is None:
+        return None
+    return Charge(
+        charge_id,
+        ChargeType(kind),
+        name,
+        Basis(basis),
+        value,
+        Cycle(cycle),
+        date,
+        Prorate(prorate),
+        Mode(mode),
+        revenue or DEFAULT_REVENUE[ChargeType(kind)],
+        tuple(buildings),
+        tuple(rooms),
+        tuple(accounts),
+    )
+
+
+def _read_bills(r: TableReader) -> BillSettings | None:
+    d = BillSettings()
+    due = r.int("due_days", d.due_days, low=0, high=365)
+    rate = _decimal(r, "late_fee_per_day", d.late_fee_per_day, places=6, low=Decimal(0))
+    if rate is not None and rate > Decimal("0.01"):
+        r.error(f"expected at most 0.01 (1% per day), got {rate}", "late_fee_per_day")
+        rate = None
+    minimum = _decimal(
+        r, "late_fee_min", Decimal(d.late_fee_min_fen) / 100, places=2, low=Decimal(0)
+    )
+    prefix = r.str("number_prefix", d.number_prefix, pattern=ID_PATTERN, hint="expected an id")
+    r.finish()
+    if None in (due, rate, minimum, prefix):
+        return None
+    return BillSettings(due, rate, int(minimum * 100), prefix)
+
+
+def check_billing(site: Site, models: Mapping[str, DeviceModel] | None = None) -> list[FieldError]:
+    """Every problem of `[billing]` (what `openprepay check` and the runtime report)."""
+    errors: list[FieldError] = []
+    parse_billing(site, models, errors)
+    return errors
+
+
+def load_billing(site: Site, models: Mapping[str, DeviceModel] | None = None) -> BillingSettings:
+    errors: list[FieldError] = []
+    settings = parse_billing(site, models, errors)
+    if errors:
+        raise ConfigError(str(site.path or "site"), errors)
+    return settings

@@ -1,0 +1,181 @@
+"""Post-paid bills: drafts from the meters' registers at the freeze instants (TOU and tiers
+continuing from earlier bills — worked example A posts 70.70), billed charges, review →
+confirm → issue, payments oldest first, arrears and late fees; every amount reconciles with
+the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+
+from openprepay.core import ledger
+from openprepay.core.billing.bills import receivable
+from openprepay.core.db import schema as t
+from openprepay.core.ledger import RequestError
+
+from .conftest import FEB, JAN, MAR, NOW, make_billing, open_accounts, read
+
+REGS = ("energy_sharp", "energy_peak", "energy_flat", "energy_valley")
+
+
+def _read(db, at, sharp, peak, flat, valley, meter="E-A-101"):
+    read(
+        db,
+        at,
+        {meter: sharp + peak + flat + valley},
+        **{meter: dict(zip(REGS, (sharp, peak, flat, valley), strict=True))},
+    )
+
+
+@pytest.fixture
+def postpaid(db, site):
+    """A-101 post-paid on the residential TOU + annual tier tariff, with a property fee
+    billed monthly; January 2,800 kWh, February worked example A's 150 kWh."""
+    open_accounts(
+        db, site, {"A-101": ("E-A-101",)}, modes={"E-A-101": "POSTPAID"}, tariff="residential"
+    )
+    _read(db, JAN, 0, 0, 0, 0)
+    _read(db, FEB, 400, 1100, 800, 500)
+    _read(db, MAR, 410, 1150, 840, 550)
+    return make_billing(
+        {
+            "pools": {},
+            "charges": {
+                "property": {
+                    "type": "property",
+                    "name": "Property fee",
+                    "basis": "area",
+                    "rate": "2.50",
+                    "mode": "bill",
+                }
+            },
+        }
+    )
+
+
+def test_draft_confirm_issue_pay(db, postpaid, check):
+    billing = postpaid
+    bills = billing.bills
+    jan_report = billing.month_end(db, "2025-01", actor="month-end", now=NOW)
+    assert jan_report.drafts == 1
+    with db.read() as conn:
+        [draft] = bills.list(conn, period="2025-01")
+    assert draft.state == "DRAFT" and draft.number == "B-2025-01-A-101"
+    amounts = {ln["description"]: ln["amount_fen"] for ln in draft.lines}
+    assert amounts["E-A-101 sharp"] == 28800  # 400 kWh × 0.72
+    assert amounts["E-A-101 peak"] == 66000
+    assert amounts["E-A-101 flat"] == 40000
+    assert amounts["E-A-101 valley"] == 10000
+    assert amounts["Property fee 2025-01"] == 11375  # billed item, posted by the charge run
+    assert draft.total_fen == 144800 + 11375
+    with db.begin() as conn:
+        confirmed, refused = bills.confirm(conn, period="2025-01", actor="cli:alice", now=NOW)
+    assert refused == [] and [b.state for b in confirmed] == ["CONFIRMED"]
+    with db.begin() as conn:
+        [issued] = bills.issue(
+            conn, period="2025-01", on=dt.date(2025, 2, 2), actor="cli:alice", now=NOW
+        )
+    assert (issued.state, issued.due_date) == ("ISSUED", "2025-02-17")
+
+    # February: example A (2,800 kWh before, 150 this month) = 67.20 + 3.50 tier 2; the
+    # January bill is overdue from 18 Feb: 11 days × 1‰ of 1,561.75 = 17.18.
+    billing.month_end(db, "2025-02", actor="month-end", now=NOW)
+    with db.read() as conn:
+        [feb] = bills.list(conn, period="2025-02")
+    usage = sum(ln["amount_fen"] for ln in feb.lines if ln["kind"] == "electricity")
+    assert usage == 7070
+    tier = next(ln for ln in feb.lines if "tier 2" in ln["description"])
+    assert (tier["quantity"], tier["amount_fen"]) == ("70.00 kWh", 350)
+    late = next(ln for ln in feb.lines if ln["kind"] == "late_fee")
+    assert late["amount_fen"] == 1718 and "11 day(s) from 2025-02-18" in late["description"]
+    with db.begin() as conn:
+        [feb_bill], _ = bills.confirm(conn, numbers=[feb.number], actor="cli:alice", now=NOW)
+        bills.issue(conn, numbers=[feb.number], on=dt.date(2025, 3, 2), actor="cli:alice", now=NOW)
+    assert feb_bill.total_fen == 7070 + 11375 + 1718
+
+    # Payments go to the oldest bill first; the rest of a payment to the general wallet.
+    with db.begin() as conn:
+        first = bills.pay(conn, "A-101", 100000, "wx-1", channel="wechat", actor="wechat", now=NOW)
+    assert first.allocations == {"B-2025-01-A-101": 100000} and first.to_wallet_fen == 0
+    with db.begin() as conn:
+        assert bills.pay(
+            conn, "A-101", 100000, "wx-1", channel="wechat", actor="wechat", now=NOW
+        ).replayed
+        second = bills.pay(conn, "A-101", 100000, "wx-2", channel="wechat", actor="wechat", now=NOW)
+    assert second.allocations == {"B-2025-01-A-101": 56175, "B-2025-02-A-101": 20163}
+    assert second.to_wallet_fen == 100000 - 56175 - 20163
+    with db.read() as conn:
+        states = {b.number: (b.state, b.paid_fen) for b in bills.list(conn)}
+        owed = receivable(conn)["A-101"]
+        general = ledger.balances(conn, "A-101").general_fen
+        revenue = {
+            code: -int(total)
+            for code, total in conn.execute(
+                sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
+                .where(t.posting.c.ledger_account.like("rev:%"))
+                .group_by(t.posting.c.ledger_account)
+            ).all()
+        }
+    assert states == {"B-2025-01-A-101": ("PAID", 156175), "B-2025-02-A-101": ("PAID", 20163)}
+    assert owed == 0 and general == 100000 - 56175 - 20163
+    assert revenue == {
+        "rev:electricity": 144800 + 7070,
+        "rev:property": 2 * 11375,
+        "rev:late_fee": 1718,
+    }
+    check()
+
+
+def test_a_draft_with_a_missing_reading_is_not_confirmed(db, site, check):
+    open_accounts(db, site, {"A-101": ("E-A-101",)}, modes={"E-A-101": "POSTPAID"}, tariff="flat")
+    read(db, JAN, {"E-A-101": 100})
+    billing = make_billing({"pools": {}})
+    with db.begin() as conn:
+        [draft] = billing.bills.draft(conn, "2025-01", now=NOW)
+    assert draft.problems == (
+        "no reading of E-A-101 at 2025-02-01 00:00 (record one: openprepay billing reading)",
+    )
+    with db.begin() as conn:
+        confirmed, refused = billing.bills.confirm(conn, period="2025-01", actor="a", now=NOW)
+    assert confirmed == [] and "no reading of E-A-101" in refused[0][1]
+    read(db, FEB, {"E-A-101": 350})  # 250 kWh × 0.50 = 125.00
+    with db.begin() as conn:
+        confirmed, refused = billing.bills.confirm(conn, period="2025-01", actor="a", now=NOW)
+    assert confirmed == [] and refused == [
+        ("B-2025-01-A-101", "it changed since the draft was made: review it again")
+    ]
+    with db.read() as conn:
+        assert billing.bills.get(conn, "B-2025-01-A-101").total_fen == 12500  # refreshed draft
+    with db.begin() as conn:
+        confirmed, refused = billing.bills.confirm(conn, period="2025-01", actor="a", now=NOW)
+    assert [b.total_fen for b in confirmed] == [12500] and refused == []
+    with db.begin() as conn:  # confirming again finds no draft: nothing posted twice
+        assert billing.bills.confirm(conn, period="2025-01", actor="a", now=NOW) == ([], [])
+    with db.read() as conn:
+        assert receivable(conn) == {"A-101": 12500}
+    check()
+
+
+def test_arrears_and_bad_requests(db, postpaid, check):
+    bills = postpaid.bills
+    postpaid.month_end(db, "2025-01", actor="t", now=NOW)
+    with db.begin() as conn:
+        bills.confirm(conn, period="2025-01", actor="a", now=NOW)
+        bills.issue(conn, period="2025-01", on=dt.date(2025, 2, 2), actor="a", now=NOW)
+        bills.pay(conn, "A-101", 6175, "cash-1", actor="a", now=NOW)
+    with db.read() as conn:
+        assert bills.arrears(conn, dt.date(2025, 2, 17)) == []  # due that day: not yet overdue
+        [arrear] = bills.arrears(conn, dt.date(2025, 2, 27))
+    assert (arrear.outstanding_fen, arrear.days_overdue, arrear.late_fee_fen) == (150000, 10, 1500)
+    with db.begin() as conn:
+        with pytest.raises(RequestError, match=r"amount: expected more than 0\.00"):
+            bills.pay(conn, "A-101", -5, "cash-2", actor="a", now=NOW)
+        with pytest.raises(ledger.IdempotencyConflict):
+            bills.pay(conn, "A-101", 100, "cash-1", actor="a", now=NOW)
+        with pytest.raises(RequestError, match="unknown bill 'B-1999-01-X'"):
+            bills.issue(conn, numbers=["B-1999-01-X"], actor="a", now=NOW)
+        with pytest.raises(RequestError, match="expected a month such as 2025-03"):
+            bills.draft(conn, "2025/01", now=NOW)
+    check()
