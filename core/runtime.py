@@ -12,6 +12,8 @@ import asyncio
 import logging
 
 from .arbiter import LinkArbiter, LinkWorker
+from .billing.service import BillingService
+from .billing.settings import check_billing
 from .contracts import Service
 from .db import Database, open_database, read_database_config
 from .errors import ConfigError
@@ -61,6 +63,7 @@ class Runtime:
         if self._wants_db:
             read_database_config(site)
         problems = check_prepayment_sections(site)
+        problems.extend(check_billing(site, plugins.models))
         if problems:
             raise ConfigError(str(site.path or "site"), problems)
         #: With a database: the prepayment engine (metering, command executor, deferred
@@ -68,6 +71,9 @@ class Runtime:
         #: (`core.operations.Operations`), both built by `start()`.
         self.prepay: PrepayEngine | None = None
         self.operations: Operations | None = None
+        #: With a database: billing operations (meter readings at the freeze instants,
+        #: month-end apportionment, charges and bills, batch jobs), built by `start()`.
+        self.billing: BillingService | None = None
 
     async def start(self) -> None:
         if self._wants_db and self.db is None:
@@ -77,6 +83,8 @@ class Runtime:
             self.prepay = PrepayEngine.for_runtime(self)
             self.operations = self.prepay.operations
             services.append(self.prepay)
+            self.billing = BillingService.for_runtime(self)
+            services.append(self.billing)
         self.services = services + self.plugins.services(self)
         try:
             for service in self.services:

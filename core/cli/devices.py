@@ -6,6 +6,7 @@ import asyncio
 
 import click
 
+from ..billing.settings import check_billing
 from ..contracts import SimulatorOptions
 from ..errors import ConfigError
 from ..model import Quality
@@ -44,6 +45,7 @@ def check_command(obj: CliContext, site_file: str) -> None:
     site = load_checked_site(site_file)
     check_devices_against_models(site, obj.plugins.models)
     problems = check_prepayment_sections(site)
+    problems.extend(check_billing(site, obj.plugins.models))
     try:
         obj.plugins.validate_site(site)
     except ConfigError as exc:

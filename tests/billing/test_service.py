@@ -1,0 +1,126 @@
+"""The billing service: meter registers captured from the sample stream at each capture
+instant (the last Good reading at or before it, kept across a restart, never overwriting a
+newer reading or an operator's), and the month-end run once per period after the freeze
+instant, by one of several instances, with an alert for a faulty pool."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import sqlalchemy as sa
+
+from openprepay.core.billing.readings import readings_at, record_reading
+from openprepay.core.billing.service import BillingService
+from openprepay.core.db import schema as t
+from openprepay.core.events import ApportionmentAlert, EventBus
+from openprepay.core.model import Quality, Sample
+from openprepay.core.operations import Operations
+from openprepay.core.site import parse_site
+
+from .conftest import ELECTRIC, FEB, JAN, MAIN, MODELS, TZ, open_accounts, read, site_data
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def _service(db, clock, name="svc", **billing):
+    data = site_data()
+    data["billing"] = {**data["billing"], "month_end_poll_s": 0.05, "batch_poll_s": 0.05, **billing}
+    site = parse_site(data)
+    bus = EventBus()
+    ops = Operations(site, db, bus, models=MODELS, clock=clock)
+    return BillingService(site, MODELS, db, bus, ops, instance=name, clock=clock), bus
+
+
+def _sample(meter, at, kwh, quality=Quality.GOOD):
+    model = MAIN if meter.startswith(("M-", "P-")) else ELECTRIC
+    values = {"energy_total": kwh}
+    if model is ELECTRIC:
+        values.update(energy_sharp=0.0, energy_peak=kwh, energy_flat=0.0, energy_valley=0.0)
+    return Sample(meter, model, at, values if quality is Quality.GOOD else {}, quality)
+
+
+def test_capture_keeps_the_last_good_reading_at_or_before_each_instant(sqlite_db):
+    db = sqlite_db
+    service, bus = _service(db, Clock(FEB))
+    bus.subscribe(Sample, service.capture.on_sample)  # what start() does
+    local = FEB.astimezone(TZ)
+    assert (
+        local.hour == 0
+        and "M-A" in service.capture.layouts
+        and "E-A-101" in service.capture.layouts
+    )
+    before = FEB - dt.timedelta(seconds=30)
+    for at, kwh, q in (
+        (FEB - dt.timedelta(minutes=2), 1000.00, Quality.GOOD),
+        (before, 1000.05, Quality.GOOD),
+        (FEB - dt.timedelta(seconds=10), 0, Quality.BAD_COMM_FAILURE),  # a failed read
+        (FEB + dt.timedelta(seconds=30), 1000.20, Quality.GOOD),
+    ):
+        bus.publish(_sample("M-A", at, kwh, q))
+    assert service.flush_readings() == 2
+    with db.read() as conn:
+        at_feb = readings_at(conn, ["M-A"], FEB)["M-A"]
+        next_day = FEB + dt.timedelta(days=1)
+        provisional = readings_at(conn, ["M-A"], next_day)["M-A"]
+    assert (at_feb.energy, at_feb.read_at) == (1_000_050, before)
+    assert provisional.energy == 1_000_200  # the latest so far, for the next instant
+    # After a restart, another instance that saw an older sample never overwrites it.
+    other, other_bus = _service(db, Clock(FEB), name="other")
+    other_bus.subscribe(Sample, other.capture.on_sample)
+    other_bus.publish(_sample("M-A", FEB - dt.timedelta(minutes=5), 999.0))
+    other.flush_readings()
+    # An operator's reading wins over whatever is captured later.
+    with db.begin() as conn:
+        record_reading(conn, "M-A", next_day, "1010", recorded_by="cli:alice")
+    bus.publish(_sample("M-A", FEB + dt.timedelta(hours=2), 1003.0))
+    service.flush_readings()
+    with db.read() as conn:
+        assert readings_at(conn, ["M-A"], FEB)["M-A"].energy == 1_000_050
+        manual = readings_at(conn, ["M-A"], next_day)["M-A"]
+    assert (manual.energy, manual.source) == (1_010_000, "manual")
+
+
+async def test_month_end_runs_once_after_the_freeze_instant(sqlite_db, site):
+    db = sqlite_db
+    open_accounts(db, site)
+    read(db, JAN, {"M-A": 10000, "P-A": 0, "E-A-101": 1000, "E-A-102": 2000, "E-A-201": 3000})
+    read(db, FEB, {"M-A": 10900, "P-A": 0, "E-A-101": 1300, "E-A-102": 2500, "E-A-201": 3150})
+    clock = Clock(dt.datetime(2025, 1, 20, tzinfo=TZ).astimezone(dt.UTC))
+    one, bus_one = _service(db, clock, "one")
+    two, bus_two = _service(db, clock, "two")
+    alerts: list[ApportionmentAlert] = []
+    for bus in (bus_one, bus_two):
+        bus.subscribe(ApportionmentAlert, alerts.append)
+    await one.start()
+    await two.start()
+    await asyncio.sleep(0.2)  # both saw January
+    clock.now = FEB + dt.timedelta(hours=12)  # before D+1: not yet
+    await asyncio.sleep(0.2)
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.billing_run)).scalar() == 0
+    clock.now = FEB + dt.timedelta(hours=25)
+    for _ in range(100):
+        with db.read() as conn:
+            state = conn.execute(
+                sa.select(t.billing_cycle.c.state).where(t.billing_cycle.c.period == "2025-01")
+            ).scalar()
+        if state == "DONE":
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    await one.stop()
+    await two.stop()
+    assert len(one.month_ends) + len(two.month_ends) == 1
+    with db.read() as conn:
+        runs = conn.execute(sa.select(t.billing_run.c.source, t.billing_run.c.state)).all()
+        journals = conn.execute(sa.select(t.journal.c.idempotency_key)).scalars().all()
+    assert sorted(runs) == [("charge:property", "POSTED"), ("pool:A", "FAULT")]
+    assert journals == ["charge:property:2025-01"]
+    assert [(a.pool_id, a.period, a.state) for a in alerts] == [("A", "2025-01", "FAULT")]
