@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,8 @@ class _Book:
     mode: str
     state: MeterState
     saved_at: datetime
+    #: Unsaved state is written at least this often (persist_s, spread per meter).
+    persist: timedelta
     cycle: str | None = None
     accrual: Accrual | None = None
     #: Cost rated while the cycle's saved accrual was not loaded yet (fen, exact).
@@ -230,7 +233,7 @@ class Metering:
                 continue
             if book is None:
                 continue
-            if fen or (book.dirty and (persist_all or now - book.saved_at >= self.persist)):
+            if fen or (book.dirty and (persist_all or now - book.saved_at >= book.persist)):
                 due.append((meter_id, book, fen))
         supply = self._supply_changes(batch)
         if not due and not supply:
@@ -316,7 +319,10 @@ class Metering:
                 state = MeterState.from_record(info.rating_state)
             else:
                 state = MeterState.opening(info.opened_at)
-            book = _Book(account_id, info.control_mode, state, saved_at=now)
+            # Spread the meters' periodic saves over +0..25 % of persist_s, so that meters
+            # that started together do not all write in the same second.
+            spread = 1 + (zlib.crc32(meter_id.encode()) % 1000) / 4000
+            book = _Book(account_id, info.control_mode, state, now, self.persist * spread)
             self._books[meter_id] = book
         book.mode = info.control_mode
         if not samples:
