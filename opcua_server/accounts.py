@@ -377,12 +377,13 @@ class AccountView:
                 except Exception as exc:
                     log.debug("snapshot of %s: %s", account_id, exc)
         self.refreshes += 1
-        samples = []
         for snap in snapshots:
             if snap.account_id not in service.space.account_nodes:  # type: ignore[union-attr]
                 self._add(service, snap)
-            samples.append(Sample(snap.account_id, SNAPSHOT_MODEL, snap.at, snapshot_values(snap)))
-        await publisher.publish(samples)
+            # Through the publisher's queue: one writer for the address space.
+            publisher.on_sample(
+                Sample(snap.account_id, SNAPSHOT_MODEL, snap.at, snapshot_values(snap))
+            )
 
     # -- core events --------------------------------------------------------------------------
     def on_event(self, service: OpcUaService, event: Event) -> None:

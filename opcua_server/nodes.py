@@ -46,6 +46,8 @@ class NodeWriter:
     def __init__(self, aspace: AddressSpace) -> None:
         self.aspace = aspace
         self.created = 0
+        #: ServerTimestamp of the initial values (set once; nodes are built in one go).
+        self.now = _now()
         self._class = {
             nc: _const(int(nc), ua.VariantType.Int32)
             for nc in (ua.NodeClass.Object, ua.NodeClass.Variable, ua.NodeClass.Method)
@@ -55,7 +57,7 @@ class NodeWriter:
         self._scalar = _const(int(ua.ValueRank.Scalar), ua.VariantType.Int32)
         self._false = _const(False, ua.VariantType.Boolean)
         self._true = _const(True, ua.VariantType.Boolean)
-        self._nodeclass_of: dict[ua.NodeId, ua.NodeClass] = {}
+        self._names: dict[tuple[str, int, str | None], tuple[AttributeValue, AttributeValue]] = {}
         # Attributes that never change are shared between nodes (see the module docstring).
         self._common_attrs = {
             nc: {
@@ -137,9 +139,7 @@ class NodeWriter:
     ) -> NodeData:
         node = self._node(nodeid, ua.NodeClass.Variable, name, display, description)
         attrs = node.attributes
-        attrs[A.Value] = AttributeValue(
-            ua.DataValue(value, status or ua.StatusCode(), ServerTimestamp=_now())
-        )
+        attrs[A.Value] = AttributeValue(_datavalue(value, status or _GOOD, self.now))
         level = READ_HISTORY if history else READ
         attrs.update(self._variable_attrs(datatype, level))
         self._link(node, ua.NodeClass.Variable, name, parent, reference, type_definition)
@@ -237,20 +237,26 @@ class NodeWriter:
             raise ValueError(f"node {nodeid.to_string()} exists already")
         node = NodeData(nodeid)
         attrs = node.attributes
-        attrs[A.NodeId] = AttributeValue(ua.DataValue(ua.Variant(nodeid, ua.VariantType.NodeId)))
-        attrs[A.BrowseName] = AttributeValue(
-            ua.DataValue(ua.Variant(name, ua.VariantType.QualifiedName))
-        )
-        attrs[A.DisplayName] = AttributeValue(
-            ua.DataValue(
-                ua.Variant(ua.LocalizedText(display or name.Name), ua.VariantType.LocalizedText)
+        attrs[A.NodeId] = AttributeValue(_datavalue(_scalar(nodeid, ua.VariantType.NodeId)))
+        # Names repeat (every meter has an `energy_total`): share their attribute holders.
+        key = (name.Name, name.NamespaceIndex, display)
+        names = self._names.get(key)
+        if names is None:
+            names = self._names[key] = (
+                AttributeValue(ua.DataValue(ua.Variant(name, ua.VariantType.QualifiedName))),
+                AttributeValue(
+                    ua.DataValue(
+                        ua.Variant(
+                            ua.LocalizedText(display or name.Name), ua.VariantType.LocalizedText
+                        )
+                    )
+                ),
             )
-        )
+        attrs[A.BrowseName], attrs[A.DisplayName] = names
         if description:
             attrs[A.Description] = self._description(description)
         attrs.update(self._common_attrs[node_class])
         self.aspace[nodeid] = node
-        self._nodeclass_of[nodeid] = node_class
         self.created += 1
         return node
 
@@ -304,10 +310,8 @@ class NodeWriter:
             )
         )
 
-    def _class_of(self, nodeid: ua.NodeId, node: NodeData) -> ua.NodeClass:
-        known = self._nodeclass_of.get(nodeid)
-        if known is not None:
-            return known
+    @staticmethod
+    def _class_of(nodeid: ua.NodeId, node: NodeData) -> ua.NodeClass:
         return ua.NodeClass(node.attributes[A.NodeClass].value.Value.Value)  # type: ignore[union-attr]
 
     def _describe(
@@ -352,7 +356,35 @@ def _ref(
 
 
 _new_ref = object.__new__
+
+
+def _scalar(value: object, vtype: ua.VariantType) -> ua.Variant:
+    """A scalar Variant of a known type without the dataclass checks (hot path; the value
+    is of the right type by construction)."""
+    v = _new_ref(ua.Variant)
+    v.Value = value
+    v.VariantType = vtype
+    v.Dimensions = None
+    v.is_array = False
+    return v
+
+
+def _datavalue(
+    value: ua.Variant, status: ua.StatusCode | None = None, server_time: datetime | None = None
+) -> ua.DataValue:
+    dv = _new_ref(ua.DataValue)
+    dv.Encoding = 0
+    dv.Value = value
+    dv.StatusCode = status if status is not None else _GOOD
+    dv.SourceTimestamp = None
+    dv.ServerTimestamp = server_time
+    dv.SourcePicoseconds = None
+    dv.ServerPicoseconds = None
+    return dv
+
+
 _NULL_ID = ua.NodeId()
+_GOOD = ua.StatusCode()
 
 
 _STANDARD_PROPERTIES = frozenset(

@@ -46,6 +46,7 @@ class Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._ignored: set[tuple[str, str]] = set()
         #: Called with each sample after it was written (account alarms, room state).
@@ -69,11 +70,14 @@ class Publisher:
         pending[key] = sample
         if len(pending) == 1:
             self._wake.set()  # type: ignore[union-attr]
+            self._idle.clear()  # type: ignore[union-attr]
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task = asyncio.create_task(self._run(), name="opcua-publisher")
 
     async def stop(self) -> None:
@@ -98,6 +102,13 @@ class Publisher:
                 raise
             except Exception:
                 log.exception("publishing %d samples to OPC UA failed", len(batch))
+            if not self._pending:
+                self._idle.set()
+
+    async def drained(self) -> None:
+        """Until every sample received so far is in the address space (tests, benchmark)."""
+        if self._idle is not None:
+            await self._idle.wait()
 
     # -- writing ------------------------------------------------------------------------------
     async def publish(self, samples: Any) -> int:

@@ -83,6 +83,10 @@ class OpcUaService:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         config = self.config
+        # asyncua logs every request at INFO; keep it to warnings unless configured.
+        library_log = logging.getLogger("asyncua")
+        if library_log.level == logging.NOTSET:
+            library_log.setLevel(logging.WARNING)
         app_uri = f"urn:openprepay:{self.runtime.site.id}:opcua"
         cert = await asyncio.to_thread(
             ensure_server_certificate, self.pki, app_uri, config.hostname
@@ -182,9 +186,15 @@ class OpcUaService:
             space.writer.created,
         )
         lines = [f"OPC UA: {self.endpoint}  ({policies_text}, SignAndEncrypt)"]
-        if demo_created or (config.demo and DEMO_USER in self.users.users):
+        users = self.users.users
+        if demo_created or (config.demo and DEMO_USER in users):
             lines.append(
                 f"OPC UA demo login: user {DEMO_USER!r}, password {DEMO_PASSWORD!r} (admin)"
+            )
+        elif not users:
+            lines.append(
+                f"OPC UA has no users yet: openprepay opcua users add {self._site_hint()} "
+                f"NAME --role admin"
             )
         lines.append(
             f"OPC UA client certificates are refused until trusted: "
