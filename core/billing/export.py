@@ -1,0 +1,218 @@
+"""Tables out: CSV, XLSX (openpyxl, with a chart where one says more than the numbers) and
+printable HTML pages.
+
+A `Table` is what every report and export produces: a title, column names, rows of plain
+values (text, integers, `Decimal` yuan — money is shown exactly as the ledger holds it,
+fen / 100, never rounded here) and an optional total row and chart. `write_csv` and
+`write_xlsx` turn one or several tables into files; `bill_page` / `notice_page` render one
+printable HTML page per bill or arrears notice (print it, or "save as PDF" from a browser).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+Value = str | int | Decimal | None
+
+
+def yuan(fen: int) -> Decimal:
+    """Fen as exact yuan (12345 → Decimal('123.45')): display only, nothing is rounded."""
+    return Decimal(int(fen)).scaleb(-2)
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """A chart of a table: `kind` bar, stacked (bar), or line; categories from column
+    `category`, one series per column in `series`."""
+
+    kind: str
+    category: int
+    series: tuple[int, ...]
+    title: str = ""
+    y_title: str = ""
+
+
+@dataclass(slots=True)
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Value]] = field(default_factory=list)
+    total: list[Value] | None = None
+    chart: Chart | None = None
+    notes: list[str] = field(default_factory=list)
+    #: Sheet name in a workbook (≤ 31 characters).
+    sheet: str = ""
+
+    def column(self, name: str) -> list[Value]:
+        i = self.columns.index(name)
+        return [r[i] for r in self.rows]
+
+
+def _text(v: Value) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, Decimal):
+        return f"{v:f}"
+    return str(v)
+
+
+def csv_text(table: Table) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(table.columns)
+    for row in table.rows:
+        w.writerow([_text(v) for v in row])
+    if table.total is not None:
+        w.writerow([_text(v) for v in table.total])
+    return out.getvalue()
+
+
+def write_csv(table: Table, path: Path) -> Path:
+    """UTF-8 with a byte-order mark, so that spreadsheet programs read Chinese text right."""
+    path.write_text("\ufeff" + csv_text(table), encoding="utf-8")
+    return path
+
+
+def write_xlsx(tables: Sequence[Table], path: Path) -> Path:
+    """One sheet per table, header in bold, money as numbers with two decimals, and the
+    table's chart next to it."""
+    from openpyxl import Workbook
+    from openpyxl.chart import BarChart, LineChart, Reference
+    from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
+
+    wb = Workbook()
+    wb.remove(wb.active)
+    used: set[str] = set()
+    for n, table in enumerate(tables):
+        name = (table.sheet or table.title or f"Sheet{n + 1}")[:31]
+        for bad in "[]:*?/\\":
+            name = name.replace(bad, " ")
+        base, k = name, 2
+        while name in used:
+            name = f"{base[:28]} {k}"
+            k += 1
+        used.add(name)
+        ws = wb.create_sheet(name)
+        ws.append([table.title])
+        ws["A1"].font = Font(bold=True, size=12)
+        for note in table.notes:
+            ws.append([note])
+        header_row = ws.max_row + 1
+        ws.append(table.columns)
+        for cell in ws[header_row]:
+            cell.font = Font(bold=True)
+        decimals = set()
+        for row in table.rows:
+            ws.append([_cell(v) for v in row])
+            decimals |= {i for i, v in enumerate(row) if isinstance(v, Decimal)}
+        first, last = header_row + 1, ws.max_row
+        if table.total is not None:
+            ws.append([_cell(v) for v in table.total])
+            for cell in ws[ws.max_row]:
+                cell.font = Font(bold=True)
+        for i in decimals:
+            for row in ws.iter_rows(
+                min_row=first, max_row=ws.max_row, min_col=i + 1, max_col=i + 1
+            ):
+                for cell in row:
+                    cell.number_format = "#,##0.00"
+        for i, title in enumerate(table.columns, start=1):
+            width = max([len(str(title))] + [len(_text(r[i - 1])) for r in table.rows[:200]])
+            ws.column_dimensions[get_column_letter(i)].width = min(max(10, width + 2), 60)
+        chart = table.chart
+        if chart is not None and table.rows:
+            if chart.kind == "line":
+                c: Any = LineChart()
+            else:
+                c = BarChart()
+                c.type = "col"
+                if chart.kind == "stacked":
+                    c.grouping = "stacked"
+                    c.overlap = 100
+            c.title = chart.title or table.title
+            c.y_axis.title = chart.y_title
+            c.height, c.width = 9, 22
+            for s in chart.series:
+                data = Reference(ws, min_col=s + 1, min_row=header_row, max_row=last)
+                c.add_data(data, titles_from_data=True)
+            cats = Reference(ws, min_col=chart.category + 1, min_row=first, max_row=last)
+            c.set_categories(cats)
+            ws.add_chart(c, f"{get_column_letter(len(table.columns) + 2)}{header_row}")
+    wb.save(path)
+    return path
+
+
+def _cell(v: Value) -> Any:
+    return v  # openpyxl writes Decimal as a number, exactly as given
+
+
+# -- printable pages -------------------------------------------------------------------------
+
+_PAGE = """<!DOCTYPE html>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+@page {{ size: A4; margin: 18mm; }}
+body {{ font-family: "Noto Sans CJK SC", "Microsoft YaHei", Arial, sans-serif; font-size: 11pt;
+       color: #111; max-width: 180mm; margin: auto; }}
+h1 {{ font-size: 16pt; margin: 0 0 4mm; }}
+table {{ border-collapse: collapse; width: 100%; margin: 4mm 0; }}
+th, td {{ border-bottom: 1px solid #bbb; padding: 1.5mm 2mm; text-align: left; }}
+td.n, th.n {{ text-align: right; white-space: nowrap; }}
+tr.total td {{ font-weight: bold; border-top: 2px solid #111; }}
+.meta td {{ border: none; padding: 0.5mm 2mm 0.5mm 0; }}
+.note {{ font-size: 9pt; color: #444; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(_text(v) if not isinstance(v, str) else v)
+
+
+def page(
+    title: str,
+    meta: Mapping[str, Any],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Value]],
+    total: Sequence[Value] | None = None,
+    notes: Sequence[str] = (),
+    numeric: Sequence[int] = (),
+) -> str:
+    """One printable A4 page: a heading, a block of facts, a table and notes."""
+    parts = [f"<h1>{_e(title)}</h1>", '<table class="meta">']
+    parts += [f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in meta.items()]
+    parts.append("</table><table><thead><tr>")
+    parts += [
+        f'<th class="{"n" if i in numeric else ""}">{_e(c)}</th>' for i, c in enumerate(columns)
+    ]
+    parts.append("</tr></thead><tbody>")
+    for row in rows:
+        parts.append(
+            "<tr>"
+            + "".join(
+                f'<td class="{"n" if i in numeric else ""}">{_e(v)}</td>' for i, v in enumerate(row)
+            )
+            + "</tr>"
+        )
+    if total is not None:
+        parts.append(
+            '<tr class="total">'
+            + "".join(
+                f'<td class="{"n" if i in numeric else ""}">{_e(v)}</td>'
+                for i, v in enumerate(total)
+            )
+            + "</tr>"
+        )
+    parts.append("</tbody></table>")
+    parts += [f'<p class="note">{_e(n)}</p>' for n in notes]
+    return _PAGE.format(title=_e(title), body="\n".join(parts))
