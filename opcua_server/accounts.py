@@ -54,7 +54,7 @@ from .methods import (
     refusal_of,
     result_of,
 )
-from .space import NULL, WAITING, HistoryTarget, PointBinding, SourceBinding, Target, _datatype
+from .space import NULL, WAITING, HistoryTarget, PointBinding, SourceBinding, Target, datatype_of
 from .units import eu_information
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class AccountView:
         assert space is not None
         w = space.writer
         for prop in ACCOUNT_PROPERTIES:
-            space._type_property("AccountType", prop, "")
+            space.type_property("AccountType", prop, "")
         for var in ACCOUNT_VARIABLES:
             nid = space.tid(f"AccountType/{var.name}")
             self._variable(space, nid, space.tid("AccountType"), var, history=False, status=None)
@@ -234,7 +234,7 @@ class AccountView:
             space.tq(var.name),
             parent,
             NULL,
-            _datatype(var.vtype),
+            datatype_of(var.vtype),
             description=var.description,
             history=history,
             status=status,
@@ -278,7 +278,7 @@ class AccountView:
             display=f"{account_id} {snap.name}".strip(),
             event_notifier=ua.EventNotifier.SubscribeToEvents.mask,
         )
-        space._props(
+        space.add_properties(
             node.nodeid, base, {"AccountId": account_id, "Name": snap.name, "Room": snap.room or ""}
         )
         samples = SourceBinding(account_id, node.nodeid)
@@ -299,7 +299,7 @@ class AccountView:
                     )
         space.bindings[(account_id, ACCOUNT_MODEL.name)] = samples
         space.bindings[(account_id, SNAPSHOT_MODEL.name)] = snapshot
-        space._attach_methods(node.nodeid, "AccountType")
+        space.attach_methods(node.nodeid, "AccountType")
         if snap.room is not None and snap.room in space.room_nodes:
             w.reference(
                 space.room_nodes[snap.room],

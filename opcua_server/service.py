@@ -220,8 +220,12 @@ class OpcUaService:
         if self.events is not None:
             await self.events.stop()
         if self.server is not None:
-            await self.server.stop()
-            self.server = None
+            server, self.server = self.server, None
+            if server.bserver is not None:  # it was started
+                try:
+                    await server.stop()
+                except Exception:
+                    log.exception("stopping the OPC UA server failed")
 
     # -- helpers ----------------------------------------------------------------------------
     def _choose_port(self) -> int:

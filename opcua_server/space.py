@@ -193,15 +193,15 @@ class Space:
 
         w = self.writer
         for prop in ("Name", "TimeZone", "Currency"):
-            self._type_property("SiteType", prop, "")
-        self._type_property("BuildingType", "Name", "")
-        self._type_property("RoomType", "Name", "")
-        self._type_property("RoomType", "AreaM2", 0.0, ua.VariantType.Double, optional=True)
+            self.type_property("SiteType", prop, "")
+        self.type_property("BuildingType", "Name", "")
+        self.type_property("RoomType", "Name", "")
+        self.type_property("RoomType", "AreaM2", 0.0, ua.VariantType.Double, optional=True)
         self._type_variable("RoomType", "Online", ua.VariantType.Boolean, None)
 
         for prop in ("MeterId", "Model", "Vendor", "Product", "ControlMode", "LinkId", "Location"):
-            self._type_property("MeterType", prop, "")
-        self._type_property("MeterType", "UnitId", 0, ua.VariantType.Int32)
+            self.type_property("MeterType", prop, "")
+        self.type_property("MeterType", "UnitId", 0, ua.VariantType.Int32)
         self._type_variable("MeterType", "Online", ua.VariantType.Boolean, None)
         comm = w.object(
             self.tid("MeterType/Communication"),
@@ -216,8 +216,8 @@ class Space:
             self._type_point("MeterType/Communication", HEALTH_MODEL, spec)
         for spec in LINK_MODEL.points:
             self._type_point("LinkType", LINK_MODEL, spec)
-        self._type_property("LinkType", "Address", "")
-        self._type_property("LinkType", "LinkKind", "")
+        self.type_property("LinkType", "Address", "")
+        self.type_property("LinkType", "LinkKind", "")
 
         # Every point any installed model of the kind has, as an Optional declaration.
         for type_name, kind in (
@@ -252,7 +252,7 @@ class Space:
         self.types[name] = node.nodeid
         return node
 
-    def _type_property(
+    def type_property(
         self,
         owner: str,
         name: str,
@@ -263,7 +263,7 @@ class Space:
     ) -> None:
         nid = self.tid(f"{owner}/{name}")
         self.writer.property(
-            nid, self.tq(name), self.tid(owner), ua.Variant(value, vtype), _datatype(vtype)
+            nid, self.tq(name), self.tid(owner), ua.Variant(value, vtype), datatype_of(vtype)
         )
         self.writer.mandatory(nid, optional=optional)
 
@@ -274,7 +274,7 @@ class Space:
             self.tq(name),
             self.tid(owner),
             NULL if value is None else ua.Variant(value, vtype),
-            _datatype(vtype),
+            datatype_of(vtype),
         )
         self.writer.mandatory(nid)
 
@@ -304,7 +304,7 @@ class Space:
         self.methods[(owner, name)] = nid
         return nid
 
-    def _attach_methods(self, instance: ua.NodeId, *owners: str) -> None:
+    def attach_methods(self, instance: ua.NodeId, *owners: str) -> None:
         for (owner, _name), method in self.methods.items():
             if owner in owners:
                 self.writer.reference(instance, method, HAS_COMPONENT, inverse=False)
@@ -340,7 +340,7 @@ class Space:
             self.types["SiteType"],
             display=site.info.name or site.id,
         )
-        self._props(
+        self.add_properties(
             site_node.nodeid,
             f"Site:{site.id}",
             {
@@ -362,7 +362,7 @@ class Space:
                 self.types["BuildingType"],
                 display=b.name,
             )
-            self._props(bnode.nodeid, f"Building:{b.id}", {"Name": b.name})
+            self.add_properties(bnode.nodeid, f"Building:{b.id}", {"Name": b.name})
             floors = self._folder(f"Building:{b.id}/Floors", "Floors", bnode.nodeid)
             for f in b.floors:
                 fnode = w.object(
@@ -390,9 +390,9 @@ class Space:
                 event_notifier=SUBSCRIBE_TO_EVENTS,
             )
             props: dict[str, Any] = {"Name": r.name}
-            self._props(rnode.nodeid, f"Room:{r.id}", props)
+            self.add_properties(rnode.nodeid, f"Room:{r.id}", props)
             if r.area_m2 is not None:
-                self._prop(
+                self.add_property(
                     rnode.nodeid, f"Room:{r.id}/AreaM2", "AreaM2", r.area_m2, ua.VariantType.Double
                 )
             self.room_online[r.id] = self.iid(f"Room:{r.id}/Online")
@@ -401,7 +401,7 @@ class Space:
                 self.tq("Online"),
                 rnode.nodeid,
                 NULL,
-                _datatype(ua.VariantType.Boolean),
+                datatype_of(ua.VariantType.Boolean),
                 status=WAITING,
                 description="True while every meter of the room answers",
             )
@@ -448,7 +448,7 @@ class Space:
             lnode = w.object(
                 self.iid(f"Link:{link.id}"), self.iq(link.id), links, self.types["LinkType"]
             )
-            self._props(
+            self.add_properties(
                 lnode.nodeid,
                 f"Link:{link.id}",
                 {"Address": link.address, "LinkKind": link.type.value},
@@ -475,14 +475,14 @@ class Space:
             event_notifier=SUBSCRIBE_TO_EVENTS,
             description=model.description,
         )
-        self._props(node.nodeid, base, props)
-        self._prop(node.nodeid, f"{base}/UnitId", "UnitId", unit_id, ua.VariantType.Int32)
+        self.add_properties(node.nodeid, base, props)
+        self.add_property(node.nodeid, f"{base}/UnitId", "UnitId", unit_id, ua.VariantType.Int32)
         online = w.variable(
             self.iid(f"{base}/Online"),
             self.tq("Online"),
             node.nodeid,
             NULL,
-            _datatype(ua.VariantType.Boolean),
+            datatype_of(ua.VariantType.Boolean),
             status=WAITING,
             description="True while the meter answers its polls",
         )
@@ -498,7 +498,7 @@ class Space:
             reference=HAS_COMPONENT,
         )
         self._bind_points(meter_id, HEALTH_MODEL, comm.nodeid, f"{base}/Communication")
-        self._attach_methods(node.nodeid, "MeterType")
+        self.attach_methods(node.nodeid, "MeterType")
         self.meter_nodes[meter_id] = node.nodeid
         self.targets[node.nodeid] = Target("meter", meter_id)
 
@@ -588,21 +588,22 @@ class Space:
         node = self.writer.object(self.iid(ident), self.tq(name), parent, FOLDER_TYPE)
         return node.nodeid
 
-    def _props(self, parent: ua.NodeId, base: str, props: Mapping[str, Any]) -> None:
+    def add_properties(self, parent: ua.NodeId, base: str, props: Mapping[str, Any]) -> None:
         for name, value in props.items():
-            self._prop(parent, f"{base}/{name}", name, value or "", ua.VariantType.String)
+            self.add_property(parent, f"{base}/{name}", name, value or "", ua.VariantType.String)
 
-    def _prop(
+    def add_property(
         self, parent: ua.NodeId, ident: str, name: str, value: Any, vtype: ua.VariantType
     ) -> None:
         nid = self.iid(ident)
-        self.writer.property(nid, self.tq(name), parent, ua.Variant(value, vtype), _datatype(vtype))
+        value = ua.Variant(value, vtype)
+        self.writer.property(nid, self.tq(name), parent, value, datatype_of(vtype))
 
     def meters_of_room(self, room: str) -> Iterable[str]:
         return self.room_meters.get(room, ())
 
 
-def _datatype(vtype: ua.VariantType) -> ua.NodeId:
+def datatype_of(vtype: ua.VariantType) -> ua.NodeId:
     return ua.NodeId(int(vtype)) if int(vtype) <= 25 else ua.NodeId(ua.ObjectIds.BaseDataType)
 
 

@@ -324,3 +324,62 @@ async def test_roles_are_enforced_on_every_call(
         assert all(m.supply_on is not False for m in after.meters)
         # Reading stays allowed.
         assert await value(client, "Account:A-102/State") == "OPEN"
+
+
+async def test_account_disconnect_cuts_every_meter_and_reconnect_restores(
+    opcua_site: OpcUaSite,
+) -> None:
+    async with opcua_site.connect("operator1") as client:
+        t, s = await opcua_site.ns(client)
+        sub, events = await subscribe(client, "SupplyChangedEventType")
+        account = client.get_node(ua.NodeId("Account:A-101", s))
+        commands = await account.call_method(f"{t}:Disconnect", text("tenant moved out"))
+        assert "E-A-101" in commands and "W-A-101" in commands
+        await until(
+            lambda: (
+                events.of(MeterId="E-A-101", Action="trip")
+                and events.of(MeterId="W-A-101", Action="trip")
+            ),
+            timeout=30,
+        )
+        await until_async(lambda: _eq(value(client, "Account:A-101/SupplyOn"), False))
+        await account.call_method(f"{t}:Reconnect", text("new tenant"))
+        await until(
+            lambda: (
+                events.of(MeterId="E-A-101", Action="close")
+                and events.of(MeterId="W-A-101", Action="close")
+            ),
+            timeout=30,
+        )
+        await until_async(lambda: _eq(value(client, "Account:A-101/SupplyOn"), True))
+        await sub.delete()
+
+
+async def test_historian_drop_and_cli_operations_reach_server_subscribers(
+    opcua_site: OpcUaSite,
+) -> None:
+    from datetime import UTC, datetime
+
+    from openprepay.core.events import HistorianDataDropped
+
+    async with opcua_site.connect("viewer1") as client:
+        sub, events = await subscribe(
+            client, "HistorianDataDroppedEventType", "OpenPrepayAuditEventType"
+        )
+        # The historian raises this when its spool is full (here: published as it would).
+        now = datetime.now(UTC)
+        opcua_site.runtime.bus.publish(
+            HistorianDataDropped(120, 1800, "drop_oldest", "spool full", now, now)
+        )
+        await until(lambda: events.of(Policy="drop_oldest"))
+        dropped = events.of(Policy="drop_oldest")[0]
+        assert (dropped.Lines, dropped.Points, dropped.Reason) == (120, 1800, "spool full")
+        assert dropped.Severity == 800
+
+        # An operation from another channel (the CLI's path) is audited on OPC UA too.
+        await asyncio.to_thread(
+            opcua_site.ops.topup, "A-101", 100, "cli-audit-1", actor="cli:alice"
+        )
+        await until(lambda: events.of(ClientUserId="cli:alice"))
+        assert events.of(ClientUserId="cli:alice")[0].Operation == "topup"
+        await sub.delete()

@@ -165,3 +165,38 @@ async def test_none_policy_and_anonymous_viewer_only_when_configured(
         voltage = client.get_node(ua.NodeId("Meter:E-A-101/voltage", s))
         with pytest.raises(ua.uaerrors.BadUserAccessDenied):
             await voltage.write_value(ua.DataValue(ua.Variant(1.0, ua.VariantType.Double)))
+
+
+async def test_a_taken_default_port_falls_back_an_explicit_one_is_an_error(
+    tmp_path: Path, opcua_site: OpcUaSite
+) -> None:
+    import socket
+
+    from openprepay.opcua_server.config import OpcUaConfig
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        data = copy.deepcopy(SITE)
+        del data["opcua"]  # only the runtime's site and bus are used here
+        runtime = Runtime(parse_site(data), Plugins.load())
+        explicit = make_service(
+            OpcUaConfig(port=port, port_fallback=False, pki_dir=tmp_path, hostname="localhost"),
+            runtime,
+        )
+        with pytest.raises(OSError):
+            await explicit.start()
+        await explicit.stop()
+        default = make_service(
+            OpcUaConfig(port=port, port_fallback=True, pki_dir=tmp_path, hostname="localhost"),
+            runtime,
+        )
+        await default.start()
+        try:
+            assert default.port not in (None, port)
+            assert f":{default.port}/openprepay" in default.endpoint
+            # The same certificate as the first attempt: generated once, then kept.
+            assert len(list((tmp_path / "own").iterdir())) == 2
+        finally:
+            await default.stop()
