@@ -62,7 +62,7 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 
 
 def _register_builtin() -> None:
-    from . import accounts, database, demo, devices, prepay, tariff
+    from . import accounts, billing, database, demo, devices, prepay, tariff
 
     devices.register(cli)
     demo.register(cli)
@@ -70,6 +70,7 @@ def _register_builtin() -> None:
     database.register(cli)
     accounts.register(cli)
     prepay.register(cli)
+    billing.register(cli)
 
 
 _registered = False
