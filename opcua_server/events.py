@@ -164,6 +164,8 @@ class EventEmitter:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
+        if self._queue:
+            self._wake.set()  # conditions found active while the address space was built
         self._task = asyncio.create_task(self._run(), name="opcua-events")
 
     async def stop(self) -> None:
