@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from .conftest import OpcUaSite, until, until_async
 
@@ -383,3 +384,48 @@ async def test_historian_drop_and_cli_operations_reach_server_subscribers(
         await until(lambda: events.of(ClientUserId="cli:alice"))
         assert events.of(ClientUserId="cli:alice")[0].Operation == "topup"
         await sub.delete()
+
+
+async def test_alarms_active_when_the_server_starts_come_back_on_condition_refresh(
+    opcua_site: OpcUaSite, tmp_path: Any
+) -> None:
+    from openprepay.opcua_server.config import OpcUaConfig
+    from openprepay.opcua_server.pki import trust
+    from openprepay.opcua_server.service import make_service
+    from openprepay.opcua_server.users import add_user
+
+    ops = opcua_site.ops
+    snapshot = await asyncio.to_thread(ops.account_snapshot, "A-102")
+    # A-102 at 10.00: alarm level 1 before a second server over the same runtime starts.
+    await asyncio.to_thread(
+        ops.refund, "A-102", snapshot.balance_fen - 1000, "restart-prepare", actor="test"
+    )
+    config = OpcUaConfig(port=0, hostname="localhost", pki_dir=tmp_path)
+    add_user(config.users_path, "viewer1", "viewer-secret", "viewer")
+    service = make_service(config, opcua_site.runtime)
+    await service.start()
+    try:
+        trust(service.pki, str(opcua_site.trusted.cert))
+        client = Client(f"opc.tcp://localhost:{service.port}/openprepay", timeout=10)
+        client.application_uri = opcua_site.trusted.uri
+        client.set_user("viewer1")
+        client.set_password("viewer-secret")
+        await client.set_security(
+            SecurityPolicyBasic256Sha256,
+            str(opcua_site.trusted.cert),
+            str(opcua_site.trusted.key),
+            mode=ua.MessageSecurityMode.SignAndEncrypt,
+        )
+        async with client:
+            sub, events = await subscribe(client, "LowBalanceAlarmType")
+            await client.get_node(ua.ObjectIds.ConditionType).call_method(
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.Variant(sub.subscription_id, V.UInt32),
+            )
+            await until(lambda: events.of(SourceName="A-102", Retain=True))
+            assert events.of(SourceName="A-102", Retain=True)[0].AlarmLevel == 1
+            assert not events.of(SourceName="A-101", Retain=True)
+            await sub.delete()
+    finally:
+        await service.stop()
+        await asyncio.to_thread(ops.topup, "A-102", 30_00, "restart-restore", actor="test")
