@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from openprepay.core import accounts as acc
 from openprepay.core.cli import CliContext, build_cli
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.db import open_database
-from openprepay.core.plugins import Plugins
+from openprepay.core.plugins import DISABLE_ENV, Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
 from openprepay.core.site import LinkType, load_site, parse_site
@@ -276,12 +277,31 @@ def open_accounts(site_file: Path, plugins: Plugins) -> None:
         db.dispose()
 
 
+def load_plugins() -> Plugins:
+    """Every installed plugin, the OPC UA server and the historian included even when
+    another test directory disabled them for its session (OPENPREPAY_DISABLE_PLUGINS)."""
+    before = os.environ.get(DISABLE_ENV)
+    if before is not None:
+        kept = [n for n in before.split(",") if n.strip() and n.strip() not in NEEDED]
+        os.environ[DISABLE_ENV] = ",".join(kept)
+    try:
+        plugins = Plugins.load()
+    finally:
+        if before is not None:
+            os.environ[DISABLE_ENV] = before
+    assert not plugins.failures, plugins.failures
+    assert "opcua" in plugins.infos and "historian" in plugins.infos
+    return plugins
+
+
+NEEDED = {"opcua", "historian"}
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def opcua_site(
     tmp_path_factory: pytest.TempPathFactory, client_certs: dict[str, ClientCert]
 ) -> AsyncIterator[OpcUaSite]:
-    plugins = Plugins.load()
-    assert not plugins.failures, plugins.failures
+    plugins = load_plugins()
     folder = tmp_path_factory.mktemp("opcua-site")
     data = copy.deepcopy(SITE)
     # The database must exist with the accounts before the runtime starts: write the
@@ -300,8 +320,15 @@ async def opcua_site(
 
 
 def run_cli(*args: str) -> Result:
-    """`openprepay ARGS` in-process, with the plugin commands registered."""
-    return CliRunner().invoke(build_cli(), list(args), obj=CliContext())
+    """`openprepay ARGS` in-process, with the plugin commands registered (the `opcua`
+    group also when the CLI was built earlier in the session with the plugin disabled)."""
+    from openprepay.opcua_server.cli import opcua_group
+
+    plugins = load_plugins()
+    cli = build_cli(plugins)
+    if "opcua" not in cli.commands:
+        cli.add_command(opcua_group)
+    return CliRunner().invoke(cli, list(args), obj=CliContext(plugins))
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> None:

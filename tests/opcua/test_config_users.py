@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from openprepay.core.errors import ConfigError
-from openprepay.core.plugins import Plugins
 from openprepay.core.site import load_site, parse_site
 from openprepay.opcua_server.config import DEFAULT_POLICIES, check_config, read_config
 from openprepay.opcua_server.users import (
@@ -20,6 +19,8 @@ from openprepay.opcua_server.users import (
     load_users,
     remove_user,
 )
+
+from .conftest import load_plugins
 
 MINIMAL = {
     "site": {"id": "c"},
@@ -80,7 +81,7 @@ def test_every_bad_field_is_named() -> None:
 
 
 def test_the_runtime_refuses_a_bad_section() -> None:
-    plugins = Plugins.load()
+    plugins = load_plugins()
     site = site_with({"port": -1, "pki_dir": "/x"})
     with pytest.raises(ConfigError) as err:
         plugins.validate_site(site)

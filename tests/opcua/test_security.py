@@ -11,13 +11,12 @@ import pytest_asyncio
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyAes256Sha256RsaPss
 
-from openprepay.core.plugins import Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.site import parse_site
 from openprepay.opcua_server.config import read_config
 from openprepay.opcua_server.service import OpcUaService, make_service
 
-from .conftest import SITE, ClientCert, OpcUaSite, make_client_cert, run_cli
+from .conftest import SITE, ClientCert, OpcUaSite, load_plugins, make_client_cert, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -129,7 +128,7 @@ async def open_server(
         "pki_dir": str(tmp_path_factory.mktemp("open-pki")),
     }
     site = parse_site(data)
-    plugins = Plugins.load()
+    plugins = load_plugins()
     runtime = Runtime(site, plugins)  # not started: only its OPC UA server runs here
     config = read_config(site)
     assert config is not None
@@ -180,7 +179,7 @@ async def test_a_taken_default_port_falls_back_an_explicit_one_is_an_error(
         port = busy.getsockname()[1]
         data = copy.deepcopy(SITE)
         del data["opcua"]  # only the runtime's site and bus are used here
-        runtime = Runtime(parse_site(data), Plugins.load())
+        runtime = Runtime(parse_site(data), load_plugins())
         explicit = make_service(
             OpcUaConfig(port=port, port_fallback=False, pki_dir=tmp_path, hostname="localhost"),
             runtime,
