@@ -117,6 +117,7 @@ class Apportionment:
         self.settings = settings
         self.rounding = rounding
         self.calendar = Calendar(site.info.tz, settings.freeze_day, settings.freeze_hour)
+        self._moduli: dict[str, int | None] = {}
 
     def pool(self, pool_id: str) -> Pool:
         pool = self.settings.pools.get(pool_id)
@@ -128,13 +129,16 @@ class Apportionment:
     def _modulus(self, meter: str) -> int | None:
         from ..rating import RatingError, RegisterLayout
 
-        model = self.models.get(self.site.devices[meter].model)
-        if model is None:
-            return None
-        try:
-            return modulus_units(RegisterLayout.from_model(model))
-        except RatingError:
-            return None
+        name = self.site.devices[meter].model
+        if name not in self._moduli:
+            model = self.models.get(name)
+            try:
+                self._moduli[name] = (
+                    modulus_units(RegisterLayout.from_model(model)) if model else None
+                )
+            except RatingError:
+                self._moduli[name] = None
+        return self._moduli[name]
 
     def tenants(self, conn: Connection, meters: Sequence[str]) -> dict[str, str]:
         """meter → the OPEN account it belongs to."""
@@ -202,8 +206,8 @@ class Apportionment:
 
     def compute(self, conn: Connection, pool: Pool, period: str) -> Computed:
         start_at, end_at = self.calendar.bounds(period)
-        start = readings_at(conn, pool.meters, start_at)
-        end = readings_at(conn, pool.meters, end_at)
+        start = readings_at(conn, pool.meters, start_at, registers=False)
+        end = readings_at(conn, pool.meters, end_at, registers=False)
         memo = f"common area {pool.id} {period}"
         computed = Computed(
             pool.source,
@@ -293,21 +297,21 @@ class Apportionment:
                 computed.reason = f"{label}: the rooms' weights by {method} add up to 0"
                 return computed
             split = allocate(fen, weights)
+            head = (
+                f"{label} {_qty(units)} {unit} × {pool.price} = {format_fen(fen)}, "
+                f"by {method.value}: "
+            )
+            if method is Method.CONSUMPTION:
+                of = f" of {_qty(int(total_w))} {unit}"
+            elif method is Method.AREA:
+                of = f" of {_dec(total_w)} m²"
+            elif method is Method.EQUAL:
+                of = f" of {len(weights)} rooms"
+            else:
+                of = f" of {_dec(total_w)}"
             for room, w in weights:
-                basis = {
-                    Method.AREA: f"{_dec(w)} of {_dec(total_w)} m²",
-                    Method.EQUAL: f"1 of {len(weights)} rooms",
-                    Method.CONSUMPTION: f"{_qty(int(w))} of {_qty(int(total_w))} {unit}",
-                    Method.RATIO: f"{_dec(w)} of {_dec(total_w)}",
-                }[method]
-                shares[room].append(
-                    (
-                        label,
-                        split[room],
-                        f"{label} {_qty(units)} {unit} × {pool.price} = {format_fen(fen)}, "
-                        f"by {method.value}: {basis}",
-                    )
-                )
+                mine = _qty(int(w)) if method is Method.CONSUMPTION else _dec(w)
+                shares[room].append((label, split[room], head + mine + of))
         lines = []
         for room in rooms:
             amount = sum(s[1] for s in shares[room])
@@ -328,10 +332,6 @@ class Apportionment:
                 )
             )
         computed.lines = lines
-        detail["rooms"] = {
-            r: {"account": room_account[r], "shares": [[s[0], s[1]] for s in shares[r]]}
-            for r in rooms
-        }
         cap = pool.loss_cap
         rate = figures.loss_rate
         if rate is not None and rate > cap:

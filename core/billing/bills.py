@@ -33,12 +33,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import ledger
+from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..ledger import JournalKind, Posting, RequestError, format_fen
 from ..model import DeviceModel, MeterKind
@@ -56,7 +57,7 @@ from ..site import Site
 from ..tariffs import SINGLE_RATE, Commodity, TariffCatalogue
 from .periods import Calendar, parse_period
 from .readings import difference, modulus_units, readings_at
-from .runs import ar_code
+from .runs import ar_code, insert_items
 from .settings import BillingSettings
 
 
@@ -110,6 +111,34 @@ def _view(row: Any) -> BillView:
 
 
 @dataclass(frozen=True, slots=True)
+class BillSummary:
+    """A bill without its lines (what confirming and issuing many bills return)."""
+
+    number: str
+    account_id: str
+    period: str
+    state: str
+    total_fen: int
+    paid_fen: int
+    due_date: str | None
+    problems: tuple[str, ...] = ()
+
+
+def _summaries(conn: Connection, ids: Sequence[int], periods: Iterable[str]) -> list[BillSummary]:
+    """The bills `ids` (of `periods`) without their lines, ordered by period and account."""
+    wanted = set(ids)
+    out = []
+    for period in sorted(set(periods)):
+        for r in _fetch(conn, _period_summaries, {"p": period}):
+            if r[0] in wanted:
+                problems = tuple(json.loads(r[8])) if r[8] and r[8] != "[]" else ()
+                out.append(
+                    BillSummary(r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), r[7], problems)
+                )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
 class PaymentResult:
     reference: str
     account_id: str
@@ -139,10 +168,107 @@ class Arrear:
         return self.total_fen - self.paid_fen
 
 
-def _digest(lines: Sequence[Mapping[str, Any]], problems: Sequence[str]) -> str:
-    return hashlib.sha256(
-        json.dumps({"lines": list(lines), "problems": list(problems)}, sort_keys=True).encode()
-    ).hexdigest()
+class _Item(NamedTuple):
+    id: int
+    account_id: str
+    kind: str
+    description: str
+    quantity: str
+    unit_price: str
+    amount_fen: int
+
+
+class _Issued(NamedTuple):
+    number: str
+    account_id: str
+    period: str
+    total_fen: int
+    paid_fen: int
+    due_date: str | None
+
+
+_i, _b = t.billing_item, t.bill
+_open_items = FastStatement(
+    sa.select(
+        _i.c.id,
+        _i.c.account_id,
+        _i.c.kind,
+        _i.c.description,
+        _i.c.quantity,
+        _i.c.unit_price,
+        _i.c.amount_fen,
+    )
+    .where(
+        _i.c.mode == "bill",
+        _i.c.void.is_(False),
+        _i.c.period <= sa.bindparam("p"),
+        sa.or_(
+            _i.c.bill_id.is_(None),
+            _i.c.bill_id.in_(sa.select(_b.c.id).where(_b.c.state == "DRAFT")),
+        ),
+    )
+    .order_by(_i.c.account_id, _i.c.id)
+)
+_issued_before = FastStatement(
+    sa.select(
+        _b.c.number, _b.c.account_id, _b.c.period, _b.c.total_fen, _b.c.paid_fen, _b.c.due_date
+    )
+    .where(_b.c.state == "ISSUED", _b.c.period < sa.bindparam("p"))
+    .order_by(_b.c.account_id, _b.c.period)
+)
+
+
+_a, _am = t.account, t.account_meter
+_account_rows = FastStatement(sa.select(_a.c.id, _a.c.tariff_id, _a.c.state))
+_postpaid_meters = FastStatement(
+    sa.select(_am.c.account_id, _am.c.meter_id, _am.c.kind).where(
+        _am.c.detached_at.is_(None), _am.c.control_mode == "POSTPAID"
+    )
+)
+_confirmed_in = FastStatement(
+    sa.select(_b.c.account_id).where(_b.c.period == sa.bindparam("p"), _b.c.state != "DRAFT")
+)
+
+
+_period_summaries = FastStatement(
+    sa.select(
+        _b.c.id,
+        _b.c.number,
+        _b.c.account_id,
+        _b.c.period,
+        _b.c.state,
+        _b.c.total_fen,
+        _b.c.paid_fen,
+        _b.c.due_date,
+        sa.cast(_b.c.problems, sa.Text),
+    )
+    .where(_b.c.period == sa.bindparam("p"))
+    .order_by(_b.c.account_id)
+)
+
+
+def _fetch(conn: Connection, statement: FastStatement, params: Mapping[str, Any]) -> list[Any]:
+    cursor = statement.execute(conn, params)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+_attach_item = FastStatement(
+    _i.update().where(_i.c.id == sa.bindparam("i_id")).values(bill_id=sa.bindparam("bill"))
+)
+_confirm_bill = FastStatement(
+    _b.update()
+    .where(_b.c.id == sa.bindparam("b_id"))
+    .values(
+        state=sa.bindparam("state"),
+        paid_fen=sa.bindparam("paid"),
+        journal_id=sa.bindparam("journal"),
+        confirmed_by=sa.bindparam("by"),
+        updated_at=sa.bindparam("at"),
+    )
+)
 
 
 class Bills:
@@ -166,6 +292,13 @@ class Bills:
         self.default_tariffs = dict(default_tariffs or {})
         self.calendar = Calendar(site.info.tz, settings.freeze_day, settings.freeze_hour)
         self._layouts: dict[str, RegisterLayout | None] = {}
+        self._tariff_hashes: dict[str, str] = {}
+        self._tariff_keys: dict[tuple[str, str | None], str | None] = {}
+        self._how: dict[tuple[str, str, dt.date], tuple[Any, tuple[str, ...]]] = {}
+        #: Settings that change every bill (late fees, rounding, register mapping).
+        self._config = repr(
+            (settings.bills, prepay.rounding, sorted(prepay.register_rates.items()))
+        )
 
     def number(self, account_id: str, period: str) -> str:
         return f"{self.settings.bills.number_prefix}-{period}-{account_id}"
@@ -197,16 +330,24 @@ class Bills:
 
     # -- drafting --------------------------------------------------------------------------
     def _layout(self, meter: str) -> RegisterLayout | None:
-        if meter not in self._layouts:
-            device = self.site.devices.get(meter)
-            model = self.models.get(device.model) if device is not None else None
+        device = self.site.devices.get(meter)
+        if device is None:
+            return None
+        if device.model not in self._layouts:
+            model = self.models.get(device.model)
             try:
-                self._layouts[meter] = RegisterLayout.from_model(model) if model else None
+                self._layouts[device.model] = RegisterLayout.from_model(model) if model else None
             except RatingError:
-                self._layouts[meter] = None
-        return self._layouts[meter]
+                self._layouts[device.model] = None
+        return self._layouts[device.model]
 
     def _tariff_for(self, kind: str, tariff_id: str | None) -> str | None:
+        key = (kind, tariff_id)
+        if key not in self._tariff_keys:
+            self._tariff_keys[key] = self._find_tariff(kind, tariff_id)
+        return self._tariff_keys[key]
+
+    def _find_tariff(self, kind: str, tariff_id: str | None) -> str | None:
         commodity = Commodity.WATER if kind == MeterKind.WATER.value else Commodity.ELECTRICITY
         if (
             tariff_id
@@ -217,102 +358,121 @@ class Bills:
         default = self.default_tariffs.get(kind)
         return default if default and default in self.catalogue else None
 
-    def _candidates(
-        self, conn: Connection, period: str, accounts: Sequence[str] | None
-    ) -> dict[str, Any]:
-        a, am, i, b = t.account, t.account_meter, t.billing_item, t.bill
-        q = sa.select(a.c.id, a.c.name, a.c.room, a.c.tariff_id, a.c.state)
-        if accounts is not None:
-            q = q.where(a.c.id.in_(list(accounts)))
-        rows = {r.id: r for r in conn.execute(q).all()}
+    def _gather(
+        self, conn: Connection, period: str, accounts: Sequence[str] | None, decode: bool = True
+    ) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, Any]]:
+        """Everything a bill of `period` depends on, per account (queries only, each one
+        pass over its table): the accounts to bill, their inputs, the shared readings.
+
+        An account is billed when it has a POSTPAID meter, a billed item not on a
+        confirmed bill, or an issued bill of an earlier period (late fees)."""
+        parse_period(period)
+        start_at, end_at = self.calendar.bounds(period)
+        rows = {r[0]: r for r in _fetch(conn, _account_rows, {})}
         if accounts is not None:
             unknown = sorted(set(accounts) - set(rows))
             if unknown:
                 raise RequestError("account", f"unknown account {unknown[0]!r}")
-        wanted: set[str] = set()
-        postpaid = conn.execute(
-            sa.select(am.c.account_id, am.c.meter_id, am.c.kind).where(
-                am.c.detached_at.is_(None), am.c.control_mode == "POSTPAID"
-            )
-        ).all()
+        scope = set(accounts) if accounts is not None else set(rows)
         self._postpaid: dict[str, list[tuple[str, str]]] = {}
-        for account_id, meter, kind in postpaid:
-            if account_id in rows and rows[account_id].state == "OPEN":
+        for account_id, meter, kind in _fetch(conn, _postpaid_meters, {}):
+            if account_id in scope and rows[account_id][2] == "OPEN":
                 self._postpaid.setdefault(account_id, []).append((meter, kind))
-                wanted.add(account_id)
-        wanted |= {
-            r[0]
-            for r in conn.execute(
-                sa.select(i.c.account_id)
-                .where(
-                    i.c.mode == "bill",
-                    i.c.void.is_(False),
-                    i.c.period <= period,
-                    sa.or_(
-                        i.c.bill_id.is_(None),
-                        i.c.bill_id.in_(sa.select(b.c.id).where(b.c.state == BillState.DRAFT)),
-                    ),
-                )
-                .distinct()
-            ).all()
-            if r[0] in rows
+        items: dict[str, list[_Item]] = {}
+        for row in _fetch(conn, _open_items, {"p": period}):
+            if row[1] in scope:
+                items.setdefault(row[1], []).append(_Item(*row))
+        overdue: dict[str, list[_Issued]] = {}
+        for row in _fetch(conn, _issued_before, {"p": period}):
+            if row[1] in scope:
+                overdue.setdefault(row[1], []).append(_Issued(*row))
+        taken = {r[0] for r in _fetch(conn, _confirmed_in, {"p": period})}
+        wanted = set(self._postpaid) | set(items)
+        if self.settings.bills.late_fee_per_day > 0:
+            wanted |= set(overdue)
+        ids = sorted(wanted - taken)
+        if not ids:
+            return [], {}, {}
+        meters = [m for a in ids for m, _ in self._postpaid.get(a, [])]
+        shared = {
+            "start": readings_at(conn, meters, start_at, decode=decode) if meters else {},
+            "end": readings_at(conn, meters, end_at, decode=decode) if meters else {},
+            "ytd": self._cycle_energy(conn, {a: rows[a][1] for a in ids}, period),
         }
-        wanted |= {
-            r[0]
-            for r in conn.execute(
-                sa.select(b.c.account_id)
-                .where(b.c.state == BillState.ISSUED, b.c.period < period)
-                .distinct()
-            ).all()
-            if r[0] in rows
+        inputs = {
+            a: {
+                "tariff": rows[a][1],
+                "meters": sorted(self._postpaid.get(a, [])),
+                "items": items.get(a, []),
+                "overdue": overdue.get(a, []) if self.settings.bills.late_fee_per_day > 0 else [],
+            }
+            for a in ids
         }
-        return {k: rows[k] for k in sorted(wanted)}
+        return ids, inputs, shared
+
+    def _digest(self, period: str, inputs: Mapping[str, Any], shared: Mapping[str, Any]) -> str:
+        """What the bill's lines are made of, hashed: a draft whose inputs did not change
+        since it was stored needs no recomputing when it is confirmed."""
+        parts = [period, self._config]
+        start, end, ytd = shared["start"], shared["end"], shared["ytd"]
+        for m, kind in inputs["meters"]:
+            a, b = start.get(m), end.get(m)
+            parts.append(
+                f"m|{m}|{kind}|{self._tariff_hash(self._tariff_for(kind, inputs['tariff']))}|"
+                f"{a.energy if a else '-'}|{a.registers_text if a else ''}|"
+                f"{b.energy if b else '-'}|{b.registers_text if b else ''}|{ytd.get(m, 0)}"
+            )
+        for i in inputs["items"]:
+            parts.append(
+                f"i|{i.id}|{i.amount_fen}|{i.kind}|{i.description}|{i.quantity}|{i.unit_price}"
+            )
+        for b in inputs["overdue"]:
+            parts.append(f"o|{b.number}|{b.total_fen}|{b.paid_fen}|{b.due_date}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def _tariff_hash(self, key: str | None) -> str:
+        if key is None:
+            return ""
+        if key not in self._tariff_hashes:
+            text = repr(self.catalogue.get(key))
+            self._tariff_hashes[key] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._tariff_hashes[key]
+
+    def digests(
+        self, conn: Connection, period: str, accounts: Sequence[str] | None = None
+    ) -> dict[str, str]:
+        """account → the digest of its bill's inputs now (no rating)."""
+        ids, inputs, shared = self._gather(conn, period, accounts, decode=False)
+        return {a: self._digest(period, inputs[a], shared) for a in ids}
 
     def compute(
         self, conn: Connection, period: str, accounts: Sequence[str] | None = None
-    ) -> dict[str, tuple[list[dict[str, Any]], list[str]]]:
-        """account → (lines, problems) of its bill for `period` (nothing is written)."""
-        parse_period(period)
+    ) -> dict[str, tuple[list[dict[str, Any]], list[str], str]]:
+        """account → (lines, problems, inputs digest) of its bill for `period` (nothing
+        is written)."""
+        ids, inputs, shared = self._gather(conn, period, accounts)
         start_at, end_at = self.calendar.bounds(period)
         start_date, end_date = self.calendar.dates(period)
-        candidates = self._candidates(conn, period, accounts)
-        if not candidates:
-            return {}
-        taken = {
-            r[0]
-            for r in conn.execute(
-                sa.select(t.bill.c.account_id).where(
-                    t.bill.c.period == period, t.bill.c.state != BillState.DRAFT
-                )
-            ).all()
-        }
-        ids = [a for a in candidates if a not in taken]
-        meters = [m for a in ids for m, _ in self._postpaid.get(a, [])]
-        start = readings_at(conn, meters, start_at) if meters else {}
-        end = readings_at(conn, meters, end_at) if meters else {}
-        ytd = self._cycle_energy(conn, {a: candidates[a].tariff_id for a in ids}, period)
-        items = self._open_items(conn, ids, period)
-        overdue = self._overdue(conn, ids, period)
-        out: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}
+        out: dict[str, tuple[list[dict[str, Any]], list[str], str]] = {}
         for account_id in ids:
-            row = candidates[account_id]
+            mine = inputs[account_id]
             lines: list[dict[str, Any]] = []
             problems: list[str] = []
-            for meter, kind in sorted(self._postpaid.get(account_id, [])):
+            for meter, kind in mine["meters"]:
                 self._usage_lines(
                     meter,
                     kind,
-                    row.tariff_id,
-                    start.get(meter),
-                    end.get(meter),
+                    mine["tariff"],
+                    shared["start"].get(meter),
+                    shared["end"].get(meter),
                     (start_date, end_date),
-                    ytd.get(meter, Fraction(0)),
+                    shared["ytd"].get(meter, Fraction(0)),
                     start_at,
                     end_at,
                     lines,
                     problems,
                 )
-            for item in items.get(account_id, []):
+            for item in mine["items"]:
                 lines.append(
                     {
                         "kind": item.kind,
@@ -324,12 +484,12 @@ class Bills:
                         "posted": True,
                     }
                 )
-            for bill_row in overdue.get(account_id, []):
+            for bill_row in mine["overdue"]:
                 line = self._late_fee(bill_row, start_date, end_date)
                 if line is not None:
                     lines.append(line)
             if lines or problems:
-                out[account_id] = (lines, problems)
+                out[account_id] = (lines, problems, self._digest(period, mine, shared))
         return out
 
     def _usage_lines(
@@ -367,23 +527,29 @@ class Bills:
         if tariff_key is None:
             problems.append(f"no tariff prices {meter} (set the account's tariff)")
             return
-        tariff = self.catalogue.get(tariff_key)
-        version = tariff.version_on(dates[0])
+        model = self.site.devices[meter].model
+        key = (tariff_key, model, dates[0])
+        how = self._how.get(key)
+        if how is None:  # the tariff, and which rate each T register counts (per model)
+            tariff = self.catalogue.get(tariff_key)
+            version = tariff.version_on(dates[0])
+            names: tuple[str, ...] = ()
+            if version.time_of_use and layout is not None:
+                mapping = version.registers or self.prepay.rates_for(model)
+                names = tuple(mapping or DEFAULT_REGISTER_RATES)[: len(layout.tou_points)]
+            how = self._how[key] = (tariff, names)
+        tariff, names = how
         usage: Any
-        if version.time_of_use and layout is not None:
-            device = self.site.devices[meter]
-            names = tuple(
-                version.registers or self.prepay.rates_for(device.model) or DEFAULT_REGISTER_RATES
-            )
-            usage = {}
-            for i, point in enumerate(layout.tou_points):
-                if i >= len(names):
-                    break
+        if names:
+            units: dict[str, int] = {}
+            assert layout is not None
+            for point, name in zip(layout.tou_points, names, strict=False):
                 a, b = start.registers.get(point), end.registers.get(point)
                 if a is None or b is None or b < a:
                     problems.append(f"{meter}: rate register {point} missing or lower at the end")
                     return
-                usage[names[i]] = usage.get(names[i], Fraction(0)) + Fraction(b - a, ENERGY_SCALE)
+                units[name] = units.get(name, 0) + b - a
+            usage = {name: Fraction(u, ENERGY_SCALE) for name, u in units.items()}
         else:
             usage = Fraction(delta, ENERGY_SCALE)
         try:
@@ -409,7 +575,6 @@ class Bills:
                     "quantity": f"{ln.quantity_text} {ln.unit}",
                     "unit_price": str(ln.unit_price),
                     "amount_fen": ln.amount_fen,
-                    "posted": False,
                 }
             )
         lines.append(
@@ -423,7 +588,6 @@ class Bills:
                 ),
                 "energy": delta,
                 "amount_fen": 0,
-                "posted": False,
             }
         )
 
@@ -436,17 +600,20 @@ class Bills:
         start_at, _ = self.calendar.bounds(period)
         tz = self.site.info.tz
         cycle_start: dict[str, dt.datetime] = {}
+        starts: dict[str | None, dt.datetime | None] = {}  # per tariff
         for account_id, tariff_id in accounts.items():
             for meter, kind in self._postpaid.get(account_id, []):
                 key = self._tariff_for(kind, tariff_id)
-                if key is None:
-                    continue
-                tiers = self.catalogue.get(key).version_at(start_at, tz).tiers
-                if tiers is None:
-                    continue
-                c0, _ = tiers.cycle_bounds(start_at, tz)
-                if c0 < start_at:
-                    cycle_start[meter] = c0
+                if key not in starts:
+                    tiers = (
+                        self.catalogue.get(key).version_at(start_at, tz).tiers
+                        if key is not None
+                        else None
+                    )
+                    c0 = tiers.cycle_bounds(start_at, tz)[0] if tiers is not None else None
+                    starts[key] = c0 if c0 is not None and c0 < start_at else None
+                if starts[key] is not None:
+                    cycle_start[meter] = starts[key]
         if not cycle_start:
             return out
         first = self.calendar.period_of(min(cycle_start.values()))
@@ -471,51 +638,6 @@ class Bills:
                     out[meter] = out.get(meter, Fraction(0)) + Fraction(
                         int(ln["energy"]), ENERGY_SCALE
                     )
-        return out
-
-    def _open_items(
-        self, conn: Connection, accounts: Sequence[str], period: str
-    ) -> dict[str, list[Any]]:
-        i, b = t.billing_item, t.bill
-        out: dict[str, list[Any]] = {}
-        ids = sorted(accounts)
-        for chunk in range(0, len(ids), 5000):
-            rows = conn.execute(
-                sa.select(i)
-                .where(
-                    i.c.account_id.in_(ids[chunk : chunk + 5000]),
-                    i.c.mode == "bill",
-                    i.c.void.is_(False),
-                    i.c.period <= period,
-                    sa.or_(
-                        i.c.bill_id.is_(None),
-                        i.c.bill_id.in_(sa.select(b.c.id).where(b.c.state == BillState.DRAFT)),
-                    ),
-                )
-                .order_by(i.c.account_id, i.c.id)
-            ).all()
-            for r in rows:
-                out.setdefault(r.account_id, []).append(r)
-        return out
-
-    def _overdue(
-        self, conn: Connection, accounts: Sequence[str], period: str
-    ) -> dict[str, list[Any]]:
-        b = t.bill
-        out: dict[str, list[Any]] = {}
-        if self.settings.bills.late_fee_per_day <= 0:
-            return out
-        rows = conn.execute(
-            sa.select(b)
-            .where(
-                b.c.state == BillState.ISSUED,
-                b.c.period < period,
-                b.c.account_id.in_(sorted(accounts)),
-            )
-            .order_by(b.c.account_id, b.c.period)
-        ).all()
-        for r in rows:
-            out.setdefault(r.account_id, []).append(r)
         return out
 
     def late_fee(self, outstanding_fen: int, days: int) -> int:
@@ -556,10 +678,13 @@ class Bills:
         *,
         accounts: Sequence[str] | None = None,
         now: dt.datetime,
-    ) -> list[BillView]:
+        computed: Mapping[str, tuple[list[dict[str, Any]], list[str], str]] | None = None,
+    ) -> list[BillSummary]:
         """Compute and store the drafts of `period` (all accounts with something to bill,
-        or `accounts`); confirmed bills are left alone. Returns the drafts."""
-        computed = self.compute(conn, period, accounts)
+        or `accounts`); confirmed bills are left alone. Returns the drafts. `computed` is
+        `compute()`'s result when the caller has it already (same transaction)."""
+        if computed is None:
+            computed = self.compute(conn, period, accounts)
         start, end = self.calendar.dates(period)
         existing = {
             r.account_id: r
@@ -570,13 +695,14 @@ class Bills:
             ).all()
         }
         inserts, updates = [], []
-        for account_id, (lines, problems) in computed.items():
+        for account_id, (lines, problems, digest) in computed.items():
             total = sum(int(ln["amount_fen"]) for ln in lines)
             values = {
                 "state": BillState.DRAFT,
                 "total_fen": total,
                 "lines": lines,
                 "problems": problems,
+                "digest": digest,
                 "updated_at": now,
             }
             row = existing.get(account_id)
@@ -606,6 +732,7 @@ class Bills:
                     total_fen=sa.bindparam("total_fen"),
                     lines=sa.bindparam("lines"),
                     problems=sa.bindparam("problems"),
+                    digest=sa.bindparam("digest"),
                     updated_at=sa.bindparam("updated_at"),
                 ),
                 updates,
@@ -619,10 +746,12 @@ class Bills:
         ]
         if stale:  # nothing left to bill: the draft goes
             conn.execute(t.bill.delete().where(t.bill.c.id.in_(stale)))
-        q = sa.select(t.bill).where(t.bill.c.period == period, t.bill.c.state == BillState.DRAFT)
+        q = sa.select(t.bill.c.id).where(
+            t.bill.c.period == period, t.bill.c.state == BillState.DRAFT
+        )
         if accounts is not None:
             q = q.where(t.bill.c.account_id.in_(list(accounts)))
-        return [_view(r) for r in conn.execute(q.order_by(t.bill.c.account_id)).all()]
+        return _summaries(conn, list(conn.execute(q).scalars()), [period])
 
     # -- confirming and issuing ------------------------------------------------------------
     def confirm(
@@ -633,14 +762,27 @@ class Bills:
         numbers: Sequence[str] | None = None,
         actor: str,
         now: dt.datetime,
-    ) -> tuple[list[BillView], list[tuple[str, str]]]:
+    ) -> tuple[list[BillSummary], list[tuple[str, str]]]:
         """Confirm drafts (all of `period`, or `numbers`): ([confirmed], [(number, why
         not)]). Each draft is computed again; one that changed since it was stored, or has
         problems, is not confirmed (its draft is refreshed for another review)."""
         if not actor or not actor.strip():
             raise RequestError("actor", "required (audit)")
         b = t.bill
-        q = sa.select(b).where(b.c.state == BillState.DRAFT).with_for_update()
+        q = (
+            sa.select(
+                b.c.id,
+                b.c.number,
+                b.c.account_id,
+                b.c.period,
+                b.c.total_fen,
+                b.c.digest,
+                sa.cast(b.c.problems, sa.Text).label("problems"),
+                sa.cast(b.c.lines, sa.Text).label("lines"),
+            )
+            .where(b.c.state == BillState.DRAFT)
+            .with_for_update()
+        )
         if numbers:
             q = q.where(b.c.number.in_(list(numbers)))
         elif period is not None:
@@ -662,29 +804,33 @@ class Bills:
         for d in drafts:
             by_period.setdefault(d.period, []).append(d)
         for p, rows in sorted(by_period.items()):
-            fresh = self.compute(conn, p, [r.account_id for r in rows])
+            digests = self.digests(conn, p, [r.account_id for r in rows])
+            changed = []
             for r in rows:
-                lines, problems = fresh.get(r.account_id, ([], []))
-                if problems:
-                    refused.append((r.number, "; ".join(problems)))
-                    continue
-                if not lines:
+                digest = digests.get(r.account_id)
+                if digest is None:
                     refused.append((r.number, "nothing to bill any more"))
-                    continue
-                if _digest(lines, problems) != _digest(r.lines or [], r.problems or []):
-                    self.draft(conn, p, accounts=[r.account_id], now=now)
+                    changed.append(r.account_id)
+                elif digest != r.digest:
                     refused.append(
                         (r.number, "it changed since the draft was made: review it again")
                     )
-                    continue
-                confirmed.append(r)
+                    changed.append(r.account_id)
+                elif r.problems and r.problems != "[]":
+                    refused.append((r.number, "; ".join(json.loads(r.problems))))
+                else:
+                    confirmed.append(r)
+            if changed:
+                self.draft(conn, p, accounts=changed, now=now)
         if not confirmed:
             return [], refused
         postings: dict[str, int] = {}
         item_rows = []
         attach: list[dict[str, Any]] = []
         for r in confirmed:
-            for ln in r.lines:
+            # One item per meter's usage (its lines stay on the bill) and per late fee.
+            new_items: dict[str, dict[str, Any]] = {}
+            for ln in json.loads(r.lines):
                 fen = int(ln["amount_fen"])
                 if ln.get("posted") or not fen:
                     if ln.get("item") is not None:
@@ -694,15 +840,21 @@ class Bills:
                 postings[code] = postings.get(code, 0) + fen
                 revenue = f"rev:{ln['kind']}"
                 postings[revenue] = postings.get(revenue, 0) - fen
-                item_rows.append(
-                    {
+                key = f"{ln['kind']}:{ln.get('meter') or ln.get('bill') or ''}"
+                item = new_items.get(key)
+                if item is None:
+                    new_items[key] = {
                         "account_id": r.account_id,
                         "period": r.period,
                         "kind": ln["kind"],
                         "source": f"bill:{r.number}"[:100],
-                        "description": ln["description"][:300],
-                        "quantity": str(ln.get("quantity", ""))[:60],
-                        "unit_price": str(ln.get("unit_price", ""))[:40],
+                        "description": (
+                            f"{ln['kind']} {ln['meter']} {r.period}"
+                            if ln.get("meter")
+                            else ln["description"]
+                        )[:300],
+                        "quantity": "" if ln.get("meter") else str(ln.get("quantity", ""))[:60],
+                        "unit_price": "" if ln.get("meter") else str(ln.get("unit_price", ""))[:40],
                         "amount_fen": fen,
                         "mode": "bill",
                         "run_id": None,
@@ -710,7 +862,9 @@ class Bills:
                         "void": False,
                         "created_at": now,
                     }
-                )
+                else:
+                    item["amount_fen"] += fen
+            item_rows.extend(new_items.values())
         journal_id = None
         lines = [Posting(code, fen) for code, fen in sorted(postings.items()) if fen]
         if lines:
@@ -734,42 +888,25 @@ class Bills:
             journal_id = posted.journal.id
             for row in item_rows:
                 row["journal_id"] = journal_id
-        if item_rows:
-            conn.execute(t.billing_item.insert(), item_rows)
+        insert_items(conn, item_rows, now)
         if attach:
-            conn.execute(
-                t.billing_item.update()
-                .where(t.billing_item.c.id == sa.bindparam("i_id"))
-                .values(bill_id=sa.bindparam("bill")),
-                attach,
-            )
-        updates = []
-        for r in confirmed:
-            total = int(r.total_fen)
-            updates.append(
+            _attach_item.executemany(conn, attach)
+        at = db_time(conn, now)
+        _confirm_bill.executemany(
+            conn,
+            [
                 {
                     "b_id": r.id,
-                    "state": BillState.CONFIRMED if total > 0 else BillState.PAID,
-                    "paid": 0 if total > 0 else total,
+                    "state": BillState.CONFIRMED if int(r.total_fen) > 0 else BillState.PAID,
+                    "paid": 0 if int(r.total_fen) > 0 else int(r.total_fen),
+                    "journal": journal_id,
+                    "by": actor[:100],
+                    "at": at,
                 }
-            )
-        conn.execute(
-            b.update()
-            .where(b.c.id == sa.bindparam("b_id"))
-            .values(
-                state=sa.bindparam("state"),
-                paid_fen=sa.bindparam("paid"),
-                journal_id=journal_id,
-                confirmed_by=actor[:100],
-                updated_at=now,
-            ),
-            updates,
+                for r in confirmed
+            ],
         )
-        ids = [r.id for r in confirmed]
-        rows = []
-        for i in range(0, len(ids), 5000):
-            rows.extend(conn.execute(sa.select(b).where(b.c.id.in_(ids[i : i + 5000]))).all())
-        return [_view(r) for r in rows], refused
+        return _summaries(conn, [r.id for r in confirmed], {r.period for r in confirmed}), refused
 
     def issue(
         self,
@@ -780,12 +917,12 @@ class Bills:
         on: dt.date | None = None,
         actor: str,
         now: dt.datetime,
-    ) -> list[BillView]:
+    ) -> list[BillSummary]:
         """Issue confirmed bills: due date = `on` (default today) + `due_days`."""
         if not actor or not actor.strip():
             raise RequestError("actor", "required (audit)")
         b = t.bill
-        q = sa.select(b.c.id, b.c.number, b.c.state)
+        q = sa.select(b.c.id, b.c.number, b.c.state, b.c.period)
         if numbers:
             q = q.where(b.c.number.in_(list(numbers)))
         elif period is not None:
@@ -804,27 +941,23 @@ class Bills:
         ids = [r.id for r in rows if r.state == BillState.CONFIRMED]
         day = on or now.astimezone(self.site.info.tz).date()
         due = (day + dt.timedelta(days=self.settings.bills.due_days)).isoformat()
-        for i in range(0, len(ids), 5000):
+        values = {
+            "state": BillState.ISSUED,
+            "due_date": due,
+            "issued_at": now,
+            "issued_by": actor[:100],
+            "updated_at": now,
+        }
+        if numbers:
+            for i in range(0, len(ids), 5000):
+                conn.execute(b.update().where(b.c.id.in_(ids[i : i + 5000])).values(**values))
+        else:  # the whole period: one statement
             conn.execute(
                 b.update()
-                .where(b.c.id.in_(ids[i : i + 5000]))
-                .values(
-                    state=BillState.ISSUED,
-                    due_date=due,
-                    issued_at=now,
-                    issued_by=actor[:100],
-                    updated_at=now,
-                )
+                .where(b.c.period == period, b.c.state == BillState.CONFIRMED)
+                .values(**values)
             )
-        out = []
-        for i in range(0, len(rows), 5000):
-            out.extend(
-                _view(r)
-                for r in conn.execute(
-                    sa.select(b).where(b.c.id.in_([x.id for x in rows[i : i + 5000]]))
-                ).all()
-            )
-        return out
+        return _summaries(conn, [r.id for r in rows], {r.period for r in rows})
 
     # -- payments and arrears --------------------------------------------------------------
     def pay(

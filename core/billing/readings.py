@@ -25,6 +25,7 @@ counts (`RegisterLayout`), never from floats added up.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -34,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..events import utcnow
 from ..ledger import RequestError
@@ -55,6 +57,8 @@ class Reading:
     #: Rate register point name → 0.001 units.
     registers: Mapping[str, int] = field(default_factory=dict)
     source: str = CAPTURED
+    #: The registers as stored (JSON text), when read with them.
+    registers_text: str = ""
 
 
 def energy_of(layout: RegisterLayout, values: Mapping[str, Any]) -> tuple[int, dict[str, int]]:
@@ -176,25 +180,60 @@ def _units(value: Decimal | str | int, field: str) -> int:
     return int(scaled)
 
 
-def readings_at(conn: Connection, meters: Collection[str], at: dt.datetime) -> dict[str, Reading]:
-    """The readings of `meters` for capture instant `at` (meters without one are absent)."""
+def readings_at(
+    conn: Connection,
+    meters: Collection[str],
+    at: dt.datetime,
+    *,
+    registers: bool = True,
+    decode: bool = True,
+) -> dict[str, Reading]:
+    """The readings of `meters` for capture instant `at` (meters without one are absent);
+    `registers=False` leaves the rate registers out (the totals are all a pool needs);
+    `decode=False` keeps them as stored text only (`registers_text`, for digests)."""
     r = t.billing_reading
+    columns = [r.c.meter_id, r.c.read_at, r.c.energy, r.c.source]
+    if registers:  # as text: decoded here, and hashed as it is by bills' digests
+        columns.append(sa.cast(r.c.registers, sa.Text))
     out = {}
     ids = sorted(set(meters))
+    loads = json.loads
+    if registers and len(ids) > 2000:  # most of the site: one pass over the instant
+        wanted = set(ids)
+        cursor = _all_at.execute(conn, {"at": db_time(conn, at)})
+        rows = cursor.fetchall()
+        cursor.close()
+        for meter, read_at, energy, source, text in rows:
+            if meter in wanted:
+                regs = loads(text) if text and decode else {}
+                out[meter] = Reading(
+                    meter, at, raw_time(read_at), int(energy), regs, source, text or ""
+                )
+        return out
     for chunk in range(0, len(ids), 5000):
         rows = conn.execute(
-            sa.select(r).where(r.c.at == at, r.c.meter_id.in_(ids[chunk : chunk + 5000]))
+            sa.select(*columns).where(r.c.at == at, r.c.meter_id.in_(ids[chunk : chunk + 5000]))
         ).all()
         for row in rows:
-            out[row.meter_id] = Reading(
-                row.meter_id,
-                row.at,
-                row.read_at,
-                int(row.energy),
-                {k: int(v) for k, v in (row.registers or {}).items()},
-                row.source,
-            )
+            text = row[4] if registers else ""
+            regs = loads(text) if text and decode else {}
+            out[row[0]] = Reading(row[0], at, row[1], int(row[2]), regs, row[3], text or "")
     return out
+
+
+_r = t.billing_reading
+_all_at = FastStatement(
+    sa.select(
+        _r.c.meter_id, _r.c.read_at, _r.c.energy, _r.c.source, sa.cast(_r.c.registers, sa.Text)
+    ).where(_r.c.at == sa.bindparam("at"))
+)
+
+
+def raw_time(value: Any) -> dt.datetime:
+    """A timestamp from a raw cursor row (`FastStatement`): SQLite's text or a datetime."""
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 def readings_between(

@@ -34,11 +34,42 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import ledger
+from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..ledger import JournalKind, Posting, RequestError
 from .settings import Mode
 
 VACANT = "exp:common_area_vacant"
+
+
+_ITEM_COLUMNS = (
+    "account_id",
+    "period",
+    "kind",
+    "source",
+    "description",
+    "quantity",
+    "unit_price",
+    "amount_fen",
+    "mode",
+    "run_id",
+    "journal_id",
+    "bill_id",
+    "void",
+    "created_at",
+)
+_insert_items = FastStatement(t.billing_item.insert(), _ITEM_COLUMNS)
+
+
+def insert_items(conn: Connection, rows: Sequence[Mapping[str, Any]], now: dt.datetime) -> None:
+    """Insert itemised charges (many at once, on the caller's transaction)."""
+    if not rows:
+        return
+    at = db_time(conn, now)
+    _insert_items.executemany(
+        conn,
+        [{**{c: r.get(c) for c in _ITEM_COLUMNS}, "void": False, "created_at": at} for r in rows],
+    )
 
 
 def ar_code(account_id: str) -> str:
@@ -142,10 +173,13 @@ class RunResult:
     lines: tuple[Line, ...] = ()
 
 
-def latest_run(conn: Connection, source: str, period: str, *, lock: bool = False) -> Any:
+def latest_run(
+    conn: Connection, source: str, period: str, *, lock: bool = False, detail: bool = True
+) -> Any:
     r = t.billing_run
+    columns = list(r.c) if detail else [c for c in r.c if c.name != "detail"]
     q = (
-        sa.select(r)
+        sa.select(*columns)
         .where(r.c.source == source, r.c.period == period)
         .order_by(r.c.revision.desc())
         .limit(1)
@@ -192,9 +226,9 @@ def apply(conn: Connection, computed: Computed, *, actor: str, now: dt.datetime)
     """Record `computed` as the next revision of its (source, period) unless it equals the
     latest one; post it when its state is POSTED (see the module docstring)."""
     digest = computed.digest()
-    latest = latest_run(conn, computed.source, computed.period, lock=True)
+    latest = latest_run(conn, computed.source, computed.period, lock=True, detail=False)
     if latest is not None and latest.digest == digest and latest.state != RunState.REVERSED:
-        return _result(latest, True)
+        return _result(latest_run(conn, computed.source, computed.period), True)
     revision = 1 if latest is None else int(latest.revision) + 1
     reversed_revision = None
     if latest is not None and latest.state == RunState.POSTED:
@@ -427,8 +461,7 @@ def _post(
         for ln, mode in zip(lines, item_modes, strict=True)
         if ln.account_id is not None
     ]
-    if rows:
-        conn.execute(t.billing_item.insert(), rows)
+    insert_items(conn, rows, now)
     conn.execute(
         t.billing_run.update()
         .where(t.billing_run.c.id == run_id)

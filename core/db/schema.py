@@ -536,6 +536,9 @@ bill = sa.Table(
     sa.Column("lines", sa.JSON(), nullable=False),
     #: Problems that keep a draft from being confirmed (a missing meter reading...).
     sa.Column("problems", sa.JSON(), nullable=False),
+    #: Hash of what the lines were computed from (readings, items, tariff...): a draft
+    #: whose inputs changed since it was made is not confirmed.
+    sa.Column("digest", sa.String(64), nullable=False, server_default=""),
     #: The journal that posted the bill's usage (shared by bills confirmed together).
     sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
     sa.Column("due_date", sa.String(10), nullable=True),

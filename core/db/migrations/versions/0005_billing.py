@@ -82,6 +82,7 @@ def upgrade() -> None:
         sa.Column("paid_fen", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("lines", sa.JSON(), nullable=False),
         sa.Column("problems", sa.JSON(), nullable=False),
+        sa.Column("digest", sa.String(length=64), server_default="", nullable=False),
         sa.Column("journal_id", BIG_ID, nullable=True),
         sa.Column("due_date", sa.String(length=10), nullable=True),
         sa.Column("confirmed_by", sa.String(length=100), nullable=True),
