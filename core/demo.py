@@ -104,7 +104,40 @@ def demo_site_data(
             "options": {"sim_feeds": feeds, "sim_load_kw": 1.5, "sim_loss": 0.04},
         }
     data.update(demo_prepay_sections())
+    data.update(demo_billing_section(list(data["buildings"])))
     return data
+
+
+def demo_billing_section(buildings: list[str]) -> dict[str, Any]:
+    """The demo's [billing]: one common-area pool per building (its main meter `M-<b>`,
+    the building's room meters as sub-meters, the loss shared by floor area and billed), a
+    property fee by floor area taken from the general wallet (owed when it is empty), and
+    the monthly cycle at the default freeze instant (the 1st, 00:00). Readings are saved
+    every 10 s so that `openprepay billing readings` shows them at once."""
+    return {
+        "billing": {
+            "reading_flush_s": 10,
+            "pools": {
+                b: {
+                    "main": f"M-{b}",
+                    "building": b,
+                    "price": "0.6000",
+                    "method": "area",
+                    "mode": "bill",
+                }
+                for b in buildings
+            },
+            "charges": {
+                "property": {
+                    "type": "property",
+                    "name": "Property management fee",
+                    "basis": "area",
+                    "rate": "2.50",
+                    "mode": "wallet",
+                }
+            },
+        }
+    }
 
 
 #: Rooms of each building that start nearly empty, with a heavy load: at the demo's
