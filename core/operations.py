@@ -46,6 +46,7 @@ from . import commands as cmds
 from . import ledger
 from .db import Database
 from .db import schema as t
+from .db.group import GroupCommit
 from .events import AuditRecord, EventBus, utcnow
 from .feecontrol import Cause, FeeState, FeeThresholds
 from .ledger import RefundResult, RequestError, TopUpResult, format_fen
@@ -138,6 +139,8 @@ class Operations:
     ) -> None:
         self.site = site
         self.db = db
+        #: Concurrent calls share one durable commit (core/db/group.py).
+        self.writer = GroupCommit(db)
         self.bus = bus or EventBus()
         self.models = models
         self.settings = settings or load_prepay(site)
@@ -169,9 +172,13 @@ class Operations:
         try:
             _check_actor(actor)
             effects = Effects()
-            with self.db.begin() as conn:
-                result = work(conn, effects, now)
-                audit(conn, effects, actor, action, str(target), describe(result), now=now)
+
+            def transaction(conn: Connection) -> R:
+                outcome = work(conn, effects, now)
+                audit(conn, effects, actor, action, str(target), describe(outcome), now=now)
+                return outcome
+
+            result = self.writer.run(transaction)
         except RequestError as exc:
             self._publish(
                 AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False)
