@@ -36,6 +36,8 @@ def demo_site_data(
     rng = random.Random(seed)
     data: dict[str, Any] = {
         "site": {"id": "demo", "name": "OpenPrepay demo apartments", "timezone": "Asia/Shanghai"},
+        # First start without users: the OPC UA server creates the demo login (admin).
+        "opcua": {"demo": True},
         "poll": {"interval_s": poll_interval_s, "stats_interval_s": 5},
         "links": {},
         "buildings": {},

@@ -55,6 +55,8 @@ class Runtime:
         self._started: list[Service] = []
         #: Set by the historian service when it is created (see core/history.py).
         self.history: HistoryReader | None = None
+        #: Lines for the operator at start (endpoints, demo credentials), added by services.
+        self.announcements: list[str] = []
         #: The site's database (accounts, ledger, meter commands), opened and migrated to
         #: the current schema by `start()`. None for a site built in memory without a
         #: [database] section (tests, in-memory demos). The config is checked here.

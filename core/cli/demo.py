@@ -91,7 +91,7 @@ def demo_command(
             _prepay_columns(view, runtime)
             async with runtime:
                 low = open_demo_accounts(runtime)
-                runtime.announcements = [
+                runtime.announcements += [
                     f"prepaid accounts: one per room (id = room id); {', '.join(low)} start "
                     "nearly empty and are cut within a couple of minutes",
                     f"top one up and watch it come back: openprepay topup {site_file} "
@@ -149,7 +149,7 @@ def _announce(runtime: Runtime, site_file: Path, devices: int, links: int) -> No
     console = Console(stderr=True)
     console.print(f"[bold]OpenPrepay demo[/]: {devices} simulated meters on {links} links")
     console.print(f"site file: {site_file}  (try: openprepay read {site_file} E-A-101)")
-    for line in getattr(runtime, "announcements", []):
+    for line in runtime.announcements:
         console.print(line)
 
 

@@ -114,9 +114,10 @@ def site_data(**changes: Any) -> dict[str, Any]:
 OTHER_SERVICES = "opcua,historian"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _without_other_services() -> Iterator[None]:
-    """Subprocesses started by these tests (the service, the CLI) skip them too."""
+    """Subprocesses started by these tests (the service, the CLI) skip them too. Package
+    scope: the variable is restored before other test folders run."""
     before = os.environ.get(DISABLE_ENV)
     os.environ[DISABLE_ENV] = OTHER_SERVICES
     yield
@@ -126,7 +127,7 @@ def _without_other_services() -> Iterator[None]:
         os.environ[DISABLE_ENV] = before
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def plugins(_without_other_services: None) -> Plugins:
     loaded = Plugins.load()
     assert not loaded.failures, loaded.failures
