@@ -486,6 +486,15 @@ class Batches:
                 raise RequestError(
                     "amount", f"required (or an amount column in the CSV); {missing[0]} has none"
                 )
+        if action is Action.SET_THRESHOLDS:
+            for name in ("alarm1", "alarm2"):
+                if params.get(name) is None:
+                    missing = [i.target for i in items if name not in i.params]
+                    if missing:
+                        raise RequestError(
+                            name,
+                            f"required (or an {name} column in the CSV); {missing[0]} has none",
+                        )
         if action is Action.SET_TARIFF and params.get("tariff") is None:
             missing = [i.target for i in items if "tariff" not in i.params]
             if missing:

@@ -50,10 +50,6 @@ class Table:
     #: Sheet name in a workbook (≤ 31 characters).
     sheet: str = ""
 
-    def column(self, name: str) -> list[Value]:
-        i = self.columns.index(name)
-        return [r[i] for r in self.rows]
-
 
 def _text(v: Value) -> str:
     if v is None:
@@ -111,11 +107,11 @@ def write_xlsx(tables: Sequence[Table], path: Path) -> Path:
             cell.font = Font(bold=True)
         decimals = set()
         for row in table.rows:
-            ws.append([_cell(v) for v in row])
+            ws.append(list(row))
             decimals |= {i for i, v in enumerate(row) if isinstance(v, Decimal)}
         first, last = header_row + 1, ws.max_row
         if table.total is not None:
-            ws.append([_cell(v) for v in table.total])
+            ws.append(list(table.total))
             for cell in ws[ws.max_row]:
                 cell.font = Font(bold=True)
         for i in decimals:
@@ -148,10 +144,6 @@ def write_xlsx(tables: Sequence[Table], path: Path) -> Path:
             ws.add_chart(c, f"{get_column_letter(len(table.columns) + 2)}{header_row}")
     wb.save(path)
     return path
-
-
-def _cell(v: Value) -> Any:
-    return v  # openpyxl writes Decimal as a number, exactly as given
 
 
 # -- printable pages -------------------------------------------------------------------------

@@ -478,13 +478,12 @@ class Reports:
             ).all()
         }
         billed: dict[str, int] = {}
+        room_meters = {m for ms in rooms.values() for m in ms}
         for lines in conn.execute(
             sa.select(t.bill.c.lines).where(t.bill.c.period == month, t.bill.c.state != "DRAFT")
         ).scalars():
             for ln in lines or ():
-                if ln.get("kind") in ("electricity", "water") and ln.get("meter") in rooms_meters(
-                    rooms
-                ):
+                if ln.get("kind") in ("electricity", "water") and ln.get("meter") in room_meters:
                     billed[ln["meter"]] = billed.get(ln["meter"], 0) + int(ln["amount_fen"])
         accounts = {
             m: (a, tariff, name)
@@ -616,10 +615,6 @@ class Reports:
         if not whole:
             return [0] * parts
         return largest_remainder(money, [x * money / whole for x in exact])
-
-
-def rooms_meters(rooms: Mapping[str, Sequence[str]]) -> set[str]:
-    return {m for ms in rooms.values() for m in ms}
 
 
 def _rate_order(names: set[str]) -> list[str]:

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 from .. import ledger
 from ..db import FastStatement, db_time
 from ..db import schema as t
-from ..ledger import JournalKind, Posting, RequestError
+from ..ledger import Posting, RequestError
 from .settings import Mode
 
 VACANT = "exp:common_area_vacant"
@@ -467,6 +467,3 @@ def _post(
         .where(t.billing_run.c.id == run_id)
         .values(state=RunState.POSTED.value, journal_id=journal_id, updated_at=now)
     )
-
-
-JOURNAL_KINDS = {"pool": JournalKind.ALLOCATION.value, "charge": JournalKind.CHARGE.value}
