@@ -65,6 +65,9 @@ class UserRecord:
     created: str = ""
 
 
+_DUMMY_SALT = secrets.token_bytes(16)
+
+
 def hash_password(
     password: str, salt: bytes, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P
 ) -> bytes:
@@ -204,7 +207,9 @@ class UserDirectory:
             if len(recent) >= self.lockout_failures:
                 return None
         if record is None:
-            # Unknown names cost nothing and are not tracked (no memory for random names).
+            # Spend what a real check costs, so the answer's timing does not tell whether
+            # the name exists; unknown names are not tracked (no memory for random names).
+            hash_password(password, _DUMMY_SALT)
             return None
         mac = hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
         cached = self._verified.get(name)
