@@ -168,6 +168,19 @@ class Arrear:
         return self.total_fen - self.paid_fen
 
 
+def tariff_for(
+    catalogue: TariffCatalogue, defaults: Mapping[str, str], kind: str, tariff_id: str | None
+) -> str | None:
+    """The tariff that prices a meter of `kind` (electric, water): the account's when it
+    prices that commodity, else the site's default for the kind (`[prepay.engine]
+    default_tariffs`), as metering does; None when nothing prices it."""
+    commodity = Commodity.WATER if kind == MeterKind.WATER.value else Commodity.ELECTRICITY
+    if tariff_id and tariff_id in catalogue and catalogue.get(tariff_id).commodity is commodity:
+        return tariff_id
+    default = defaults.get(kind)
+    return default if default and default in catalogue else None
+
+
 class _Item(NamedTuple):
     id: int
     account_id: str
@@ -348,15 +361,7 @@ class Bills:
         return self._tariff_keys[key]
 
     def _find_tariff(self, kind: str, tariff_id: str | None) -> str | None:
-        commodity = Commodity.WATER if kind == MeterKind.WATER.value else Commodity.ELECTRICITY
-        if (
-            tariff_id
-            and tariff_id in self.catalogue
-            and self.catalogue.get(tariff_id).commodity is commodity
-        ):
-            return tariff_id
-        default = self.default_tariffs.get(kind)
-        return default if default and default in self.catalogue else None
+        return tariff_for(self.catalogue, self.default_tariffs, kind, tariff_id)
 
     def _gather(
         self, conn: Connection, period: str, accounts: Sequence[str] | None, decode: bool = True

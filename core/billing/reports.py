@@ -49,7 +49,8 @@ from ..rating import (
     largest_remainder,
 )
 from ..site import Site
-from ..tariffs import SINGLE_RATE, Commodity, TariffCatalogue
+from ..tariffs import SINGLE_RATE, TariffCatalogue
+from .bills import tariff_for
 from .export import Chart, Table, yuan
 from .periods import Calendar, parse_period
 from .readings import readings_between
@@ -421,15 +422,7 @@ class Reports:
         return out
 
     def _tariff_for(self, kind: str, tariff_id: str | None) -> str | None:
-        commodity = Commodity.WATER if kind == MeterKind.WATER.value else Commodity.ELECTRICITY
-        if (
-            tariff_id
-            and tariff_id in self.catalogue
-            and self.catalogue.get(tariff_id).commodity is commodity
-        ):
-            return tariff_id
-        default = self.default_tariffs.get(kind)
-        return default if default and default in self.catalogue else None
+        return tariff_for(self.catalogue, self.default_tariffs, kind, tariff_id)
 
     def monthly(self, conn: Connection, month: str, commodity: str = "electricity") -> Table:
         """The comprehensive monthly report per room (see the module docstring)."""
