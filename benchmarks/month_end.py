@@ -16,9 +16,11 @@ synchronous=FULL), each stage its own transaction as the service runs it:
 5. confirm     — the drafts confirmed: usage posted (one journal), items attached;
 6. issue       — due dates set.
 
-The baseline printed alongside is the same work's journal count written one
-`post_journal` per account (measured on 2,000 accounts and scaled), which is what the batch
-journals avoid. Setup (accounts, readings) is bulk-inserted and not timed; the ledger is
+The baseline: the three posting stages (apportion, charges, confirm) written the
+per-account way — one `post_journal` per account and charge, 3 × 20,000 journals — timed on
+2,000 accounts and scaled; the ratio is that time over the same three stages here (which
+post one journal per pool, per charge and per confirmation, with every account's postings).
+Setup (accounts, readings) is bulk-inserted and not timed; the ledger is
 verified afterwards. Target: total_s <= 30 on this machine.
 
     .venv/bin/python benchmarks/month_end.py [--buildings 100] [--rooms 200]
@@ -318,6 +320,7 @@ def main() -> None:
     sample = min(2000, n)
     per_journal = baseline_post_journal(db, sample) / sample
     baseline = per_journal * n * 3  # a journal per account for fee, common area and usage
+    posting = stages["apportion"] + stages["charges"] + stages["confirm"]
     print(
         f"total      {total:7.2f} s for {n} accounts ({n / total:,.0f} accounts/s); "
         f"{journals} journals; ledger verified"
@@ -327,7 +330,8 @@ def main() -> None:
         f"charge ({per_journal * 1e3:.2f} ms each, measured on {sample})"
     )
     print(
-        f"ratio      {baseline / total:7.2f} (baseline / month-end time); target total_s <= 30: "
+        f"ratio      {baseline / posting:7.2f} (baseline / apportion + charges + confirm); "
+        "target total_s <= 30: "
         f"{'met' if total <= 30 else 'NOT met'}"
     )
     figures = {
@@ -336,7 +340,7 @@ def main() -> None:
         **{f"{k}_s": round(v, 3) for k, v in stages.items()},
         "total_s": round(total, 3),
         "baseline_s": round(baseline, 3),
-        "ratio": round(baseline / total, 2),
+        "ratio": round(baseline / posting, 2),
         "billed_fen": int(billed),
     }
     db.dispose()
