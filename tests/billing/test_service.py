@@ -124,3 +124,17 @@ async def test_month_end_runs_once_after_the_freeze_instant(sqlite_db, site):
     assert sorted(runs) == [("charge:property", "POSTED"), ("pool:A", "FAULT")]
     assert journals == ["charge:property:2025-01"]
     assert [(a.pool_id, a.period, a.state) for a in alerts] == [("A", "2025-01", "FAULT")]
+
+
+def test_bulk_and_per_meter_readings_agree(db):
+    """Most of a site's meters are read in one pass over the instant; a few, by id."""
+    from .conftest import read
+
+    read(db, FEB, {"M-A": "1000.5", "E-A-101": 10}, **{"E-A-101": {"energy_peak": 10}})
+    many = ["M-A", "E-A-101"] + [f"X-{i}" for i in range(2500)]
+    with db.read() as conn:
+        bulk = readings_at(conn, many, FEB)
+        one = readings_at(conn, ["M-A", "E-A-101"], FEB)
+    assert bulk == one
+    assert bulk["E-A-101"].registers == {"energy_peak": 10_000}
+    assert bulk["M-A"].energy == 1_000_500 and bulk["M-A"].read_at == FEB - dt.timedelta(minutes=1)
