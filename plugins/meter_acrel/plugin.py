@@ -10,7 +10,7 @@ from openprepay.core.contracts import LinkTransport, SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
 from openprepay.core.model import DeviceModel
 from openprepay.core.site import DeviceConfig
-from openprepay.plugins.modbus import ModbusTransport, ProfileDriver, RegisterProfile, load_profile
+from openprepay.plugins.modbus import ModbusTransport, ProfileDriver, RegisterProfile, load_profiles
 
 from .simulator import (
     AcrelPowerMeterSimulator,
@@ -28,8 +28,7 @@ PREPAID: dict[str, type[AcrelPrepaidSimulator]] = {
 
 @cache
 def profiles() -> dict[str, RegisterProfile]:
-    loaded = (load_profile(path) for path in sorted(PROFILES.glob("*.toml")))
-    return {p.model.name: p for p in loaded}
+    return load_profiles(PROFILES)
 
 
 @hookimpl

@@ -94,8 +94,6 @@ class _ElectricSimulator(RegisterDeviceSimulator):
         clock: SimClock | None = None,
     ) -> None:
         super().__init__(profile, device, options, clock)
-        #: The points this simulated firmware has: all, or none of the optional blocks'.
-        self.points = served_points(self, device)
         #: Divisors for points the meter reports on the secondary side of its CT/PT.
         self.ratios = ratio_divisors(profile, device)
         self.cumulative = {p.name for p in profile.model.points if p.role is PointRole.CUMULATIVE}
@@ -185,24 +183,6 @@ def quantize(value: float, codec: PointCodec, floor: bool = False) -> float:
     if abs(inverse * codec.scale - 1) < 1e-12:
         return raw / inverse
     return raw * codec.scale
-
-
-def served_points(sim: RegisterDeviceSimulator, device: DeviceConfig) -> set[str]:
-    """Points of the profile the simulated firmware has. With the device option
-    `sim_optional_blocks = false` the optional blocks are absent: reading them is answered
-    with "illegal data address", as by a firmware variant without those registers."""
-    names = set(sim.profile.codecs)
-    if device.options.get("sim_optional_blocks", True):
-        return names
-    for block in sim.profile.blocks:
-        if not block.optional:
-            continue
-        for name, codec in sim.profile.codecs.items():
-            if block.start <= codec.address < block.start + block.count:
-                names.discard(name)
-        for address in range(block.start, block.start + block.count):
-            sim._image.pop(address, None)
-    return names
 
 
 def ratio_divisors(profile: RegisterProfile, device: DeviceConfig) -> dict[str, float]:

@@ -4,7 +4,7 @@ a third-party Modbus meter plugin needs only a profile file and a few lines of h
 
 from .codec import PointCodec, WireType
 from .driver import ProfileDriver
-from .profile import RegisterProfile, load_profile
+from .profile import RegisterProfile, load_profile, load_profiles
 from .simulation import GatewaySimulator, RegisterDeviceSimulator, SimClock
 from .transport import ModbusTransport
 
@@ -18,4 +18,5 @@ __all__ = [
     "SimClock",
     "WireType",
     "load_profile",
+    "load_profiles",
 ]

@@ -108,6 +108,12 @@ class RegisterProfile:
         raise KeyError(point)
 
 
+def load_profiles(folder: str | Path) -> dict[str, RegisterProfile]:
+    """Every `*.toml` profile of a folder, by model name (what a device plugin ships)."""
+    loaded = (load_profile(path) for path in sorted(Path(folder).glob("*.toml")))
+    return {profile.model.name: profile for profile in loaded}
+
+
 def load_profile(path: str | Path) -> RegisterProfile:
     path = Path(path)
     try:

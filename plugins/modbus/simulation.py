@@ -78,6 +78,24 @@ class RegisterDeviceSimulator:
                 self._image.setdefault(address, 0)
         self._encoded: dict[str, Value] = {}
         self._last_advance: datetime | None = None
+        #: The points this simulated firmware has: all of the profile's, or — with the
+        #: device option `sim_optional_blocks = false` — none of its optional blocks', whose
+        #: registers then answer "illegal data address" like a firmware variant without them.
+        self.points = self._served_points(bool(device.options.get("sim_optional_blocks", True)))
+
+    def _served_points(self, with_optional: bool) -> set[str]:
+        names = set(self.profile.codecs)
+        if with_optional:
+            return names
+        for block in self.profile.blocks:
+            if not block.optional:
+                continue
+            for name, codec in self.profile.codecs.items():
+                if block.start <= codec.address < block.start + block.count:
+                    names.discard(name)
+            for address in range(block.start, block.start + block.count):
+                self._image.pop(address, None)
+        return names
 
     # -- behaviour hooks (override) -------------------------------------------------------
     def advance(self, now: datetime, elapsed_s: float) -> None:

@@ -10,7 +10,7 @@ from openprepay.core.contracts import LinkTransport, SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
 from openprepay.core.model import DeviceModel
 from openprepay.core.site import DeviceConfig
-from openprepay.plugins.modbus import ModbusTransport, RegisterProfile, load_profile
+from openprepay.plugins.modbus import ModbusTransport, RegisterProfile, load_profiles
 
 from .driver import ValveMeterDriver
 from .simulator import ValveMeterSimulator
@@ -20,8 +20,7 @@ PROFILES = Path(__file__).parent / "profiles"
 
 @cache
 def profiles() -> dict[str, RegisterProfile]:
-    loaded = (load_profile(path) for path in sorted(PROFILES.glob("*.toml")))
-    return {p.model.name: p for p in loaded}
+    return load_profiles(PROFILES)
 
 
 @hookimpl

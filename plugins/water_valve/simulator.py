@@ -105,7 +105,6 @@ class ValveMeterSimulator(RegisterDeviceSimulator):
     ) -> None:
         super().__init__(profile, device, options, clock)
         opts = device.options
-        self.points = self._served_points(bool(opts.get("sim_optional_blocks", True)))
         seed = seed_for(device.id, options.seed)
         self.rng = random.Random(seed)
         base = float(opts.get("sim_flow_m3h", self.rng.uniform(0.01, 0.04)))
@@ -195,19 +194,6 @@ class ValveMeterSimulator(RegisterDeviceSimulator):
             "pulse_coefficient": self.pulse_coefficient,
         }
         self.values = {k: v for k, v in values.items() if k in self.points}
-
-    def _served_points(self, with_optional: bool) -> set[str]:
-        names = set(self.profile.codecs)
-        if with_optional:
-            return names
-        for block in self.profile.blocks:
-            if block.optional:
-                for name, codec in self.profile.codecs.items():
-                    if block.start <= codec.address < block.start + block.count:
-                        names.discard(name)
-                for address in range(block.start, block.start + block.count):
-                    self._image.pop(address, None)
-        return names
 
     # -- writes ---------------------------------------------------------------------------
     def on_write(self, function: int, address: int, words: list[int]) -> ExcCodes | None:
