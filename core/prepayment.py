@@ -100,45 +100,7 @@ class AccountRow:
 
 
 def load_account_row(conn: Connection, account_id: str) -> AccountRow | None:
-    a = t.account
-    row = conn.execute(
-        sa.select(
-            a.c.id,
-            a.c.state,
-            a.c.fee_state,
-            a.c.alarm1_fen,
-            a.c.alarm2_fen,
-            a.c.overdraft_limit_fen,
-            a.c.close_limit_fen,
-            a.c.hoard_limit_fen,
-            a.c.protected,
-            a.c.notify,
-        ).where(a.c.id == account_id)
-    ).first()
-    if row is None:
-        return None
-    meters = conn.execute(
-        sa.select(
-            t.account_meter.c.meter_id, t.account_meter.c.kind, t.account_meter.c.control_mode
-        )
-        .where(t.account_meter.c.account_id == account_id, t.account_meter.c.detached_at.is_(None))
-        .order_by(t.account_meter.c.id)
-    ).all()
-    return AccountRow(
-        row.id,
-        row.state,
-        FeeState(row.fee_state),
-        FeeThresholds(
-            int(row.alarm1_fen),
-            int(row.alarm2_fen),
-            int(row.overdraft_limit_fen),
-            int(row.close_limit_fen),
-            int(row.hoard_limit_fen),
-        ),
-        bool(row.protected),
-        tuple(row.notify or ()),
-        tuple((m.meter_id, m.kind, m.control_mode) for m in meters),
-    )
+    return load_account_rows(conn, (account_id,)).get(account_id)
 
 
 def load_account_rows(conn: Connection, account_ids: Iterable[str]) -> dict[str, AccountRow]:
