@@ -17,8 +17,12 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from openprepay.core.db import Database
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -174,3 +178,36 @@ def postgres_database(postgres_server_url: str) -> Iterator[str]:
     yield f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database URL, once on SQLite and once on PostgreSQL (a schema of its own in
+    the session's throwaway database): money tests run on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'openprepay.db'}"
+        return
+    import sqlalchemy as sa
+
+    base = request.getfixturevalue("postgres_database")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{base}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        engine.dispose()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """The database at `db_url`, migrated to the current schema."""
+    from openprepay.core.db import Database
+
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.dispose()
