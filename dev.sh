@@ -8,6 +8,17 @@ cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 
+# The demo needs only Python with venv; the tests need the servers too.
+need_venv() {
+  if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
+    echo "==> apt-get install python3-venv"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends python3-venv >/dev/null 2>&1 || {
+      apt-get update >/dev/null && apt-get install -y --no-install-recommends python3-venv >/dev/null
+    }
+  fi
+}
+
 need_apt() {
   local missing=()
   command -v influxd >/dev/null || missing+=(influxdb)
@@ -57,7 +68,7 @@ case "${1:-}" in
   setup)
     need_apt; python_env; node_env ;;
   demo)
-    shift; python_env; exec "$VENV/bin/openprepay" demo "$@" ;;
+    shift; need_venv; python_env; exec "$VENV/bin/openprepay" demo "$@" ;;
   test)
     shift
     need_apt; python_env; node_env; postgres_up
