@@ -7,7 +7,7 @@ Baseline: influxdb-client's Point-object path — one `Point` per sample with a 
 value, written with a synchronous `write_api` in batches of `batch_size` (acknowledged when
 `write()` returns).
 Product: the historian service — samples published on the event bus, encoded by layout
-templates, compressed, committed (fsync) to the SQLite spool and forwarded to the same
+templates, compressed, appended (fdatasync) to the segment-file spool and forwarded to the same
 server; acknowledged when the spool's `sent_lines` counts them all.
 
 Both paths write the same samples (DDSY1352 meters, 28 values per line with `quality`) to
