@@ -7,8 +7,8 @@ Baseline: influxdb-client's Point-object path — one `Point` per sample with a 
 value, written with a synchronous `write_api` in batches of `batch_size` (acknowledged when
 `write()` returns).
 Product: the historian service — samples published on the event bus, encoded by layout
-templates, compressed, appended (fdatasync) to the segment-file spool and forwarded to the same
-server; acknowledged when the spool's `sent_lines` counts them all.
+templates, appended (fdatasync) to the segment-file spool and forwarded to the same server
+(gzip off on both paths); acknowledged when the spool's `sent_lines` counts them all.
 
 Both paths write the same samples (DDSY1352 meters, 28 values per line with `quality`) to
 the same, pre-created series, in the same run, best of `--rounds` runs each. The server's
