@@ -45,10 +45,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from .db import FastStatement, db_time
-from .db import schema as t
-from .errors import OpenPrepayError
-from .events import utcnow
+from ..db import FastStatement, db_time
+from ..db import schema as t
+from ..errors import OpenPrepayError
+from ..events import utcnow
 
 #: Largest balance a prepaid meter can hold (999,999.99), in fen. Also the largest amount
 #: accepted by any single top-up or refund.
@@ -770,7 +770,7 @@ def topup(
     purchase count is allocated and a RECHARGE command is queued in the same transaction
     (domain.md §1.5).
     """
-    from . import commands
+    from .. import commands
 
     _check_amount(amount_fen)
     _check_reference(reference)
@@ -1376,7 +1376,7 @@ def refund(
     request, and the pay-out when `settle`). A REFUND that finally fails ends the refund
     FAILED and releases the top-ups.
     """
-    from . import commands
+    from .. import commands
 
     _check_amount(amount_fen)
     _check_reference(reference)
