@@ -48,6 +48,7 @@ from .ledger import (
     RequestError,
     WalletKind,
     format_fen,
+    insert_ignore,
     parse_yuan,
     post_opening_balance,
     wallet_code,
@@ -243,11 +244,9 @@ def _check_meters_free(conn: Connection, meters: Sequence[MeterAssignment]) -> N
 def _attach(
     conn: Connection, account_id: str, meters: Sequence[MeterAssignment], now: datetime
 ) -> None:
-    from .ledger import _insert_ignore
-
     for m in meters:
         conn.execute(
-            _insert_ignore(conn, t.meter),
+            insert_ignore(conn, t.meter),
             {
                 "id": m.meter_id,
                 "kind": MeterKind(m.kind).value,

@@ -32,7 +32,7 @@ def test_refund_request_then_settle_moves_money_per_channel(db, account, check):
     with db.begin() as conn:
         settled = ledger.settle_refund(conn, "rf-1", now=NOW)
         again = ledger.settle_refund(conn, "rf-1", now=NOW)
-        journal = ledger._load_journal(conn, "refund_settle:rf-1")
+        journal = ledger.load_journal(conn, "refund_settle:rf-1")
     assert settled.state == "SETTLED" and again.replayed
     assert set(journal.postings) == {
         Posting("liab:refund_payable", 4000),
@@ -158,7 +158,7 @@ def test_a_local_meter_is_debited_before_the_refund_posts(db, make_account, chec
         (claimed,) = cmds.claim_due(conn, 5, now=NOW)
         cmds.mark_sent(conn, claimed.id, now=NOW)
         cmds.mark_confirmed(conn, claimed.id, readback={"balance": 30.0}, now=NOW)
-        done = ledger._refund_result(conn, "rf-1", replayed=False)
+        done = ledger.refund_result(conn, "rf-1", replayed=False)
     assert (done.state, done.balance_fen) == ("SETTLED", 3000)
     check()
 
@@ -182,8 +182,8 @@ def test_a_meter_that_refuses_the_refund_fails_it_and_releases_the_topups(db, ma
         cmds.mark_failed(conn, first.id, "meter answered: buy count mismatch", final=True)
         cmds.cancel(conn, r2.command_id, "tenant changed their mind")
     with db.read() as conn:
-        failed = ledger._refund_result(conn, "rf-1", replayed=False)
-        cancelled = ledger._refund_result(conn, "rf-2", replayed=False)
+        failed = ledger.refund_result(conn, "rf-1", replayed=False)
+        cancelled = ledger.refund_result(conn, "rf-2", replayed=False)
         assert (failed.state, failed.balance_fen) == ("FAILED", 5000)
         assert cancelled.state == "FAILED"
         assert ledger.balances(conn, "A-102").energy_fen == 5000

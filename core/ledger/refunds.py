@@ -1,0 +1,396 @@
+"""Refunds: out of the energy wallet, back through the channels of recent top-ups.
+
+A refund is requested (Dr wallet / Cr liab:refund_payable), then settled (paid out per
+channel) or failed (reversed); for a LOCAL meter the meter is debited first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..db import schema as t
+from ..events import utcnow
+from .codes import REFUND_PAYABLE, clearing_code
+from .errors import IdempotencyConflict, LedgerIntegrityError, RequestError
+from .journal import check_reference, get_journal, load_journal, same_request, write_journal
+from .money import check_amount, format_fen
+from .position import balances, energy_balance, local_meter_for, lock_position, lock_wallet
+from .reversal import write_reversal
+from .values import JournalKind, Posting, RefundAllocation, RefundResult, WalletKind
+
+#: Refunds through the payment channel are possible within this window (domain.md §5.3).
+REFUND_WINDOW = timedelta(days=365)
+
+
+def refundable(conn: Connection, account_id: str, *, now: datetime | None = None) -> int:
+    """What can be refunded now: min(energy wallet − outstanding emergency credit − meter
+    refunds under way, unrefunded top-ups of the last 365 days) (domain.md §5.3)."""
+    b = balances(conn, account_id)
+    orders = _refundable_topups(conn, account_id, now or utcnow())
+    awaiting = _awaiting_meter_refunds(conn, account_id)
+    return max(
+        0, min(b.energy_fen - b.emergency_outstanding_fen - awaiting, sum(r[2] for r in orders))
+    )
+
+
+def _awaiting_meter_refunds(conn: Connection, account_id: str) -> int:
+    """Refunds reserved while a LOCAL meter is being debited (not posted yet)."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(t.refund.c.amount_fen), 0)).where(
+                t.refund.c.account_id == account_id, t.refund.c.state == "AWAITING_METER"
+            )
+        ).scalar()
+    )
+
+
+def _refundable_topups(
+    conn: Connection, account_id: str, now: datetime
+) -> list[tuple[int, str, int, str]]:
+    """(topup id, reference, unrefunded fen, channel), newest first, within the window."""
+    reversed_ids = sa.select(t.journal.c.reverses_id).where(t.journal.c.reverses_id.is_not(None))
+    rows = conn.execute(
+        sa.select(
+            t.topup.c.id,
+            t.topup.c.reference,
+            t.topup.c.amount_fen,
+            t.topup.c.refunded_fen,
+            t.topup.c.channel,
+        )
+        .where(
+            t.topup.c.account_id == account_id,
+            t.topup.c.created_at >= now - REFUND_WINDOW,
+            t.topup.c.refunded_fen < t.topup.c.amount_fen,
+            t.topup.c.journal_id.not_in(reversed_ids),
+        )
+        .order_by(t.topup.c.created_at.desc(), t.topup.c.id.desc())
+    ).all()
+    return [(r.id, r.reference, r.amount_fen - r.refunded_fen, r.channel) for r in rows]
+
+
+def refund(
+    conn: Connection,
+    account_id: str,
+    amount_fen: int,
+    reference: str,
+    *,
+    settle: bool = False,
+    meter_id: str | None = None,
+    requested_by: str = "",
+    now: datetime | None = None,
+) -> RefundResult:
+    """Refund from the energy wallet: Dr wallet / Cr liab:refund_payable (state REQUESTED).
+
+    `reference` is the refund number (out_refund_no): the same number again returns the
+    original result and changes nothing. The amount is allocated to the account's top-ups
+    newest first, only those of the last 365 days, and may not exceed `refundable()`.
+    `settle=True` also records the pay-out at once (cash at the counter):
+    Dr liab:refund_payable / Cr asset:psp_clearing:{channel of each top-up}. Otherwise call
+    `settle_refund` when the channel confirms, or `fail_refund` to reverse the request.
+
+    An account with a LOCAL meter (the only one, or `meter_id`) holds its money in the
+    meter, so the meter is debited first (domain.md §1.5, §5.3): the refund waits in
+    AWAITING_METER with its top-ups reserved and an equal-count REFUND command queued;
+    nothing is posted until the meter confirms (`commands.mark_confirmed` then posts the
+    request, and the pay-out when `settle`). A REFUND that finally fails ends the refund
+    FAILED and releases the top-ups.
+    """
+    from .. import commands
+
+    check_amount(amount_fen)
+    check_reference(reference)
+    key = f"refund:{reference}"
+    request = {"account": account_id, "amount_fen": amount_fen}
+    replay = _refund_replay(conn, reference, request)
+    if replay is not None:
+        return replay
+    pos = lock_position(conn, account_id)
+    replay = _refund_replay(conn, reference, request)  # a concurrent twin may have won
+    if replay is not None:
+        return replay
+    wallet, balance = pos.wallet, pos.balance_fen
+    if meter_id is not None:
+        local = local_meter_for(conn, account_id, meter_id)
+    elif pos.local_meters > 1:
+        local = local_meter_for(conn, account_id, None)  # raises: which one?
+    else:
+        local = pos.first_local_meter
+    now = now or utcnow()
+    awaiting = _awaiting_meter_refunds(conn, account_id)
+    orders = _refundable_topups(conn, account_id, now)
+    available = min(balance - pos.emergency_fen - awaiting, sum(o[2] for o in orders))
+    if amount_fen > available:
+        raise RequestError(
+            "amount",
+            f"at most {format_fen(max(available, 0))} can be refunded: energy wallet "
+            f"{format_fen(balance)}"
+            + (
+                f" (of which {format_fen(pos.emergency_fen)} emergency credit)"
+                if pos.emergency_fen
+                else ""
+            )
+            + (f" (of which {format_fen(awaiting)} awaiting meter refunds)" if awaiting else "")
+            + f", unrefunded top-ups of the last 365 days {format_fen(sum(o[2] for o in orders))}",
+        )
+    journal_id = None
+    if local is None:
+        journal_id = write_journal(
+            conn,
+            JournalKind.REFUND_REQUEST,
+            key,
+            [Posting(wallet, amount_fen), Posting(REFUND_PAYABLE, -amount_fen)],
+            request=request,
+            account_id=account_id,
+            memo="refund requested",
+            requested_by=requested_by,
+            now=now,
+            known_wallets=(wallet,),
+        )
+        if journal_id is None:
+            journal = load_journal(conn, key)
+            assert journal is not None
+            same_request(journal, request, "refund")
+            return refund_result(conn, reference, replayed=True)
+    refund_id = conn.execute(
+        t.refund.insert().returning(t.refund.c.id),
+        {
+            "account_id": account_id,
+            "reference": reference,
+            "amount_fen": amount_fen,
+            "state": "REQUESTED" if local is None else "AWAITING_METER",
+            "request_journal_id": journal_id,
+            "meter_id": local,
+            "settle_on_confirm": bool(settle and local is not None),
+            "created_at": now,
+            "updated_at": now,
+        },
+    ).scalar_one()
+    need = amount_fen
+    for topup_id, _ref, free, _channel in orders:
+        if need == 0:
+            break
+        take = min(free, need)
+        need -= take
+        conn.execute(
+            t.refund_allocation.insert(),
+            {"refund_id": refund_id, "topup_id": topup_id, "amount_fen": take},
+        )
+        conn.execute(
+            t.topup.update()
+            .where(t.topup.c.id == topup_id)
+            .values(refunded_fen=t.topup.c.refunded_fen + take)
+        )
+    if local is not None:
+        count = conn.execute(sa.select(t.meter.c.buy_count).where(t.meter.c.id == local)).scalar()
+        command = commands.enqueue(
+            conn,
+            local,
+            commands.CommandKind.REFUND,
+            params={
+                "buy_count": int(count or 0),
+                "amount_fen": amount_fen,
+                "amount": format_fen(amount_fen),
+                "refund": reference,
+            },
+            reason=f"refund {reference} of {format_fen(amount_fen)}",
+            requested_by=requested_by or "ledger",
+            account_id=account_id,
+            now=now,
+        )
+        conn.execute(
+            t.refund.update().where(t.refund.c.id == refund_id).values(command_id=command.id)
+        )
+    elif settle:
+        settle_refund(conn, reference, requested_by=requested_by, now=now)
+    return refund_result(conn, reference, replayed=False)
+
+
+def _refund_replay(
+    conn: Connection, reference: str, request: Mapping[str, Any]
+) -> RefundResult | None:
+    row = conn.execute(
+        sa.select(t.refund.c.account_id, t.refund.c.amount_fen).where(
+            t.refund.c.reference == reference
+        )
+    ).first()
+    if row is None:
+        return None
+    if {"account": row.account_id, "amount_fen": int(row.amount_fen)} != dict(request):
+        raise IdempotencyConflict(
+            "reference",
+            f"refund {reference!r} was already used for {format_fen(row.amount_fen)} from "
+            f"{row.account_id}; use a new refund number",
+        )
+    return refund_result(conn, reference, replayed=True)
+
+
+def complete_meter_refund(
+    conn: Connection, command_id: int, *, requested_by: str = "", now: datetime | None = None
+) -> RefundResult | None:
+    """The meter confirmed the REFUND command: post the refund request (and the pay-out
+    when it was asked for). Called by `commands.mark_confirmed`; idempotent."""
+    row = conn.execute(sa.select(t.refund).where(t.refund.c.command_id == command_id)).first()
+    if row is None or row.state != "AWAITING_METER":
+        return None
+    pos = lock_position(conn, row.account_id, open_only=False)
+    now = now or utcnow()
+    key = f"refund:{row.reference}"
+    journal_id = write_journal(
+        conn,
+        JournalKind.REFUND_REQUEST,
+        key,
+        [Posting(pos.wallet, row.amount_fen), Posting(REFUND_PAYABLE, -row.amount_fen)],
+        request={"account": row.account_id, "amount_fen": int(row.amount_fen)},
+        account_id=row.account_id,
+        meter_id=row.meter_id,
+        memo=f"refund requested; meter {row.meter_id} debited (command {command_id})",
+        requested_by=requested_by,
+        now=now,
+        known_wallets=(pos.wallet,),
+    )
+    if journal_id is None:  # pragma: no cover - the state check above prevents it
+        raise LedgerIntegrityError(f"refund {row.reference} was posted twice")
+    conn.execute(
+        t.refund.update()
+        .where(t.refund.c.id == row.id)
+        .values(state="REQUESTED", request_journal_id=journal_id, updated_at=now)
+    )
+    if row.settle_on_confirm:
+        return settle_refund(conn, row.reference, requested_by=requested_by, now=now)
+    return refund_result(conn, row.reference, replayed=False)
+
+
+def abandon_meter_refund(
+    conn: Connection, command_id: int, reason: str, *, now: datetime | None = None
+) -> RefundResult | None:
+    """The meter refused the REFUND for good (or it was cancelled): nothing was posted, so
+    the refund ends FAILED and its top-ups are released. Called by `commands`."""
+    row = conn.execute(sa.select(t.refund).where(t.refund.c.command_id == command_id)).first()
+    if row is None or row.state != "AWAITING_METER":
+        return None
+    _release_allocations(conn, row.id)
+    conn.execute(
+        t.refund.update()
+        .where(t.refund.c.id == row.id)
+        .values(state="FAILED", reason=reason[:500], updated_at=now or utcnow())
+    )
+    return refund_result(conn, row.reference, replayed=False)
+
+
+def _release_allocations(conn: Connection, refund_id: int) -> None:
+    for topup_id, amount in conn.execute(
+        sa.select(t.refund_allocation.c.topup_id, t.refund_allocation.c.amount_fen).where(
+            t.refund_allocation.c.refund_id == refund_id
+        )
+    ).all():
+        conn.execute(
+            t.topup.update()
+            .where(t.topup.c.id == topup_id)
+            .values(refunded_fen=t.topup.c.refunded_fen - amount)
+        )
+
+
+def _load_refund(conn: Connection, reference: str) -> Any:
+    row = conn.execute(sa.select(t.refund).where(t.refund.c.reference == reference)).first()
+    if row is None:
+        raise RequestError("reference", f"unknown refund {reference!r}")
+    return row
+
+
+def _allocations(conn: Connection, refund_id: int) -> list[RefundAllocation]:
+    rows = conn.execute(
+        sa.select(t.topup.c.reference, t.topup.c.channel, t.refund_allocation.c.amount_fen)
+        .join(t.topup, t.topup.c.id == t.refund_allocation.c.topup_id)
+        .where(t.refund_allocation.c.refund_id == refund_id)
+        .order_by(t.topup.c.created_at.desc(), t.topup.c.id.desc())
+    ).all()
+    return [RefundAllocation(r.reference, r.channel, r.amount_fen) for r in rows]
+
+
+def refund_result(conn: Connection, reference: str, *, replayed: bool) -> RefundResult:
+    row = _load_refund(conn, reference)
+    return RefundResult(
+        row.reference,
+        row.account_id,
+        row.amount_fen,
+        row.state,
+        energy_balance(conn, row.account_id),
+        tuple(_allocations(conn, row.id)),
+        replayed,
+        row.meter_id,
+        row.command_id,
+    )
+
+
+def settle_refund(
+    conn: Connection, reference: str, *, requested_by: str = "", now: datetime | None = None
+) -> RefundResult:
+    """The channel paid the refund out: Dr liab:refund_payable / Cr psp_clearing per channel."""
+    row = _load_refund(conn, reference)
+    if row.state == "SETTLED":
+        return refund_result(conn, reference, replayed=True)
+    if row.state != "REQUESTED":
+        raise RequestError("reference", f"refund {reference!r} is {row.state}, it cannot be paid")
+    now = now or utcnow()
+    by_channel: dict[str, int] = {}
+    for a in _allocations(conn, row.id):
+        by_channel[a.channel] = by_channel.get(a.channel, 0) + a.amount_fen
+    postings = [Posting(REFUND_PAYABLE, row.amount_fen)] + [
+        Posting(clearing_code(ch), -amount) for ch, amount in sorted(by_channel.items())
+    ]
+    journal_id = write_journal(
+        conn,
+        JournalKind.REFUND_SETTLE,
+        f"refund_settle:{reference}",
+        postings,
+        request={"refund": reference},
+        account_id=row.account_id,
+        memo="refund paid out",
+        requested_by=requested_by,
+        now=now,
+    )
+    if journal_id is None:
+        return refund_result(conn, reference, replayed=True)
+    conn.execute(
+        t.refund.update()
+        .where(t.refund.c.id == row.id)
+        .values(state="SETTLED", settle_journal_id=journal_id, updated_at=now)
+    )
+    return refund_result(conn, reference, replayed=False)
+
+
+def fail_refund(
+    conn: Connection,
+    reference: str,
+    reason: str,
+    *,
+    requested_by: str = "",
+    now: datetime | None = None,
+) -> RefundResult:
+    """The channel could not pay the refund: reverse the request and give the money back to
+    the wallet and the top-ups it was allocated to. Retry later under the same number."""
+    if not reason or not reason.strip():
+        raise RequestError("reason", "required: say why the refund failed (audit)")
+    row = _load_refund(conn, reference)
+    if row.state == "FAILED":
+        return refund_result(conn, reference, replayed=True)
+    if row.state != "REQUESTED":
+        raise RequestError("reference", f"refund {reference!r} is {row.state}, it cannot fail")
+    lock_wallet(conn, row.account_id, WalletKind.ENERGY)
+    now = now or utcnow()
+    original = get_journal(conn, row.request_journal_id)
+    journal_id = write_reversal(
+        conn, original, f"refund_fail:{reference}", reason, requested_by, now
+    )
+    _release_allocations(conn, row.id)
+    conn.execute(
+        t.refund.update()
+        .where(t.refund.c.id == row.id)
+        .values(state="FAILED", reversal_journal_id=journal_id, reason=reason[:500], updated_at=now)
+    )
+    return refund_result(conn, reference, replayed=False)

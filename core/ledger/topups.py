@@ -1,0 +1,206 @@
+"""Top-ups: money in through a channel, onto the energy wallet (and to a LOCAL meter)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..db import FastStatement, db_time
+from ..db import schema as t
+from ..events import utcnow
+from .codes import check_channel, clearing_code, emergency_code
+from .errors import LedgerIntegrityError, RequestError
+from .journal import check_reference, load_journal, same_request, write_journal
+from .money import CAPACITY_FEN, check_amount, format_fen
+from .position import local_meter_for, lock_position
+from .values import Journal, JournalKind, Posting, TopUpResult
+
+_TOPUP_COLUMNS = (
+    "account_id",
+    "reference",
+    "channel",
+    "amount_fen",
+    "journal_id",
+    "meter_id",
+    "buy_count",
+    "command_id",
+    "created_at",
+)
+_fast_topup = FastStatement(t.topup.insert(), _TOPUP_COLUMNS)
+
+
+def topup(
+    conn: Connection,
+    account_id: str,
+    amount_fen: int,
+    reference: str,
+    *,
+    channel: str = "cash",
+    meter_id: str | None = None,
+    requested_by: str = "",
+    now: datetime | None = None,
+) -> TopUpResult:
+    """Credit the account's energy wallet: Dr asset:psp_clearing:{channel} / Cr wallet.
+
+    `reference` is the payment's unique id (payment id, counter receipt number): the same
+    reference again returns the original result and changes nothing. Refused with a
+    `RequestError` naming the field: amount not > 0, above the 999,999.99 capacity or the
+    account's hoarding limit (balance + amount > limit); unknown, pre-registered or closed
+    account. Outstanding emergency credit is repaid from the top-up in the same
+    transaction. For a LOCAL meter (the account's only one, or `meter_id`) the meter's next
+    purchase count is allocated and a RECHARGE command is queued in the same transaction
+    (domain.md §1.5).
+    """
+    from .. import commands
+
+    check_amount(amount_fen)
+    check_reference(reference)
+    check_channel(channel)
+    key = f"topup:{reference}"
+    request = {"account": account_id, "amount_fen": amount_fen, "channel": channel}
+    if meter_id is not None:
+        request["meter"] = meter_id
+
+    counter = clearing_code(channel)
+    pos = lock_position(conn, account_id, key=key, counter=counter)
+    if pos.key_taken:
+        existing = load_journal(conn, key)
+        assert existing is not None
+        same_request(existing, request, "top-up")
+        return _topup_result(conn, existing, replayed=True)
+    wallet, balance = pos.wallet, pos.balance_fen
+    if meter_id is not None:
+        local = local_meter_for(conn, account_id, meter_id)
+    elif pos.local_meters > 1:
+        local = local_meter_for(conn, account_id, None)  # raises: which one?
+    else:
+        local = pos.first_local_meter
+    after = balance + amount_fen
+    if after > CAPACITY_FEN:
+        raise RequestError(
+            "amount",
+            f"balance {format_fen(balance)} + {format_fen(amount_fen)} would exceed the "
+            f"capacity {format_fen(CAPACITY_FEN)}",
+        )
+    if pos.hoard_limit_fen and after > pos.hoard_limit_fen:
+        raise RequestError(
+            "amount",
+            f"balance {format_fen(balance)} + {format_fen(amount_fen)} = {format_fen(after)} "
+            f"would exceed the account's hoarding limit {format_fen(pos.hoard_limit_fen)}",
+        )
+    now = now or utcnow()
+    journal_id = write_journal(
+        conn,
+        JournalKind.TOPUP,
+        key,
+        [Posting(counter, amount_fen), Posting(wallet, -amount_fen)],
+        request=request,
+        account_id=account_id,
+        meter_id=local,
+        memo=f"top-up via {channel}",
+        requested_by=requested_by,
+        now=now,
+        known_wallets=(wallet,),
+        known_accounts=(counter,) if pos.counter_exists else (),
+    )
+    if journal_id is None:  # a concurrent request with the same reference won
+        journal = load_journal(conn, key)
+        assert journal is not None
+        same_request(journal, request, "top-up")
+        return _topup_result(conn, journal, replayed=True)
+
+    repaid = 0
+    outstanding = 0 if local else pos.emergency_fen
+    if outstanding > 0:
+        repaid = min(outstanding, amount_fen)
+        write_journal(
+            conn,
+            JournalKind.EMERGENCY_REPAY,
+            f"emergency_repay:{reference}",
+            [Posting(wallet, repaid), Posting(emergency_code(account_id), -repaid)],
+            request={"account": account_id, "amount_fen": repaid, "topup": reference},
+            account_id=account_id,
+            memo=f"emergency credit repaid from top-up {reference}",
+            requested_by=requested_by,
+            now=now,
+            known_wallets=(wallet,),
+        )
+
+    buy_count = command_id = None
+    if local is not None:
+        buy_count = commands.allocate_buy_count(conn, local, now=now)
+        command = commands.enqueue(
+            conn,
+            local,
+            commands.CommandKind.RECHARGE,
+            params={
+                "buy_count": buy_count,
+                "amount_fen": amount_fen,
+                "amount": format_fen(amount_fen),
+            },
+            reason=f"top-up {reference} of {format_fen(amount_fen)} via {channel}",
+            requested_by=requested_by or "ledger",
+            journal_id=journal_id,
+            account_id=account_id,
+            now=now,
+        )
+        command_id = command.id
+    _fast_topup.execute(
+        conn,
+        {
+            "account_id": account_id,
+            "reference": reference,
+            "channel": channel,
+            "amount_fen": amount_fen,
+            "journal_id": journal_id,
+            "meter_id": local,
+            "buy_count": buy_count,
+            "command_id": command_id,
+            "created_at": db_time(conn, now),
+        },
+    ).close()
+    return TopUpResult(
+        reference,
+        account_id,
+        amount_fen,
+        channel,
+        journal_id,
+        after - repaid,
+        False,
+        repaid,
+        local,
+        buy_count,
+        command_id,
+    )
+
+
+def _topup_result(conn: Connection, journal: Journal, *, replayed: bool) -> TopUpResult:
+    reference = journal.idempotency_key.removeprefix("topup:")
+    row = conn.execute(sa.select(t.topup).where(t.topup.c.reference == reference)).first()
+    if row is None:
+        raise LedgerIntegrityError(f"journal {journal.id} has no top-up order row")
+    repaid = conn.execute(
+        sa.select(t.journal.c.request).where(
+            t.journal.c.idempotency_key == f"emergency_repay:{row.reference}"
+        )
+    ).scalar()
+    energy = conn.execute(
+        sa.select(t.wallet.c.balance_fen).where(
+            t.wallet.c.account_id == row.account_id, t.wallet.c.kind == "energy"
+        )
+    ).scalar()
+    return TopUpResult(
+        row.reference,
+        row.account_id,
+        row.amount_fen,
+        row.channel,
+        journal.id,
+        int(energy or 0),
+        replayed,
+        int(repaid["amount_fen"]) if repaid else 0,
+        row.meter_id,
+        row.buy_count,
+        row.command_id,
+    )

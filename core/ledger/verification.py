@@ -1,0 +1,397 @@
+"""Verification: every ledger invariant checked against the database (domain.md §5.5)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..db import schema as t
+from .codes import ACCOUNT_TYPES, code_type
+from .money import format_fen
+from .values import JournalKind
+
+
+@dataclass(frozen=True, slots=True)
+class Break:
+    """One broken invariant: which, and where."""
+
+    invariant: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant}: {self.detail}"
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    journals: int = 0
+    postings: int = 0
+    wallets: int = 0
+    checks: list[str] = field(default_factory=list)
+    breaks: list[Break] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaks
+
+
+#: At most this many examples are listed per broken invariant.
+_EXAMPLES = 20
+
+
+def verify(conn: Connection) -> VerifyReport:
+    """Check every ledger invariant (domain.md §5.5) and the bookkeeping around it.
+
+    1. Σ all postings = 0.
+    2. Every journal has ≥ 2 postings summing to 0.
+    3. Every cached wallet balance = −Σ its postings (and the version counts its moves).
+    4. Each payment reference, refund number, (meter, purchase count) and journal key
+       (`(pool, period)` included) is applied at most once.
+    5. Refunds: allocations sum to the refund; top-ups' refunded amounts match the
+       allocations of refunds that did not fail; each state has its journals.
+    6. Reversals negate their original exactly; a journal is reversed at most once.
+    7. Ledger account types match their code; postings use known accounts.
+    8. Purchase counters: a meter's counter is ≥ every count allocated to it, and RECHARGE
+       commands carry distinct counts per meter.
+    9. Closed accounts hold nothing; relay and valve commands record reason and requester.
+    """
+    report = VerifyReport()
+
+    def check(name: str, rows: Iterable[Any], describe: Any) -> None:
+        report.checks.append(name)
+        for i, row in enumerate(rows):
+            if i >= _EXAMPLES:
+                report.breaks.append(Break(name, "... more"))
+                break
+            report.breaks.append(Break(name, describe(row)))
+
+    p, j, w = t.posting, t.journal, t.wallet
+    report.journals = conn.execute(sa.select(sa.func.count()).select_from(j)).scalar() or 0
+    report.postings = conn.execute(sa.select(sa.func.count()).select_from(p)).scalar() or 0
+    report.wallets = conn.execute(sa.select(sa.func.count()).select_from(w)).scalar() or 0
+
+    total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(p.c.amount_fen), 0))).scalar()
+    check(
+        "sum of all postings is 0",
+        [total] if total else [],
+        lambda v: f"all postings sum to {v} fen",
+    )
+
+    sums = (
+        sa.select(
+            j.c.id,
+            sa.func.coalesce(sa.func.sum(p.c.amount_fen), 0).label("total"),
+            sa.func.count(p.c.id).label("n"),
+        )
+        .select_from(j.outerjoin(p, p.c.journal_id == j.c.id))
+        .group_by(j.c.id)
+        .having(
+            sa.or_(sa.func.coalesce(sa.func.sum(p.c.amount_fen), 0) != 0, sa.func.count(p.c.id) < 2)
+        )
+        .order_by(j.c.id)
+    )
+    check(
+        "every journal balances with >= 2 postings",
+        conn.execute(sums),
+        lambda r: f"journal {r.id}: {r.n} posting(s) summing to {r.total} fen",
+    )
+
+    derived = (
+        sa.select(p.c.ledger_account, sa.func.sum(p.c.amount_fen).label("total"))
+        .group_by(p.c.ledger_account)
+        .subquery()
+    )
+    net = (
+        sa.select(p.c.ledger_account, p.c.journal_id)
+        .group_by(p.c.ledger_account, p.c.journal_id)
+        .having(sa.func.sum(p.c.amount_fen) != 0)
+        .subquery()
+    )
+    moves = (
+        sa.select(net.c.ledger_account, sa.func.count().label("n"))
+        .group_by(net.c.ledger_account)
+        .subquery()
+    )
+    wallet_rows = conn.execute(
+        sa.select(
+            w.c.ledger_account,
+            w.c.balance_fen,
+            w.c.version,
+            sa.func.coalesce(derived.c.total, 0).label("total"),
+            sa.func.coalesce(moves.c.n, 0).label("n"),
+        )
+        .select_from(
+            w.outerjoin(derived, derived.c.ledger_account == w.c.ledger_account).outerjoin(
+                moves, moves.c.ledger_account == w.c.ledger_account
+            )
+        )
+        .order_by(w.c.ledger_account)
+    ).all()
+    check(
+        "wallet balance = -(sum of its postings)",
+        [r for r in wallet_rows if r.balance_fen != -r.total],
+        lambda r: (
+            f"{r.ledger_account}: cached {format_fen(r.balance_fen)}, "
+            f"postings say {format_fen(-r.total)}"
+        ),
+    )
+    check(
+        "wallet version counts its journals",
+        [r for r in wallet_rows if r.version < r.n],
+        lambda r: f"{r.ledger_account}: version {r.version} < {r.n} journals",
+    )
+    orphan_wallets = conn.execute(
+        sa.select(p.c.ledger_account)
+        .where(p.c.ledger_account.like("liab:wallet:%"))
+        .where(p.c.ledger_account.not_in(sa.select(w.c.ledger_account)))
+        .distinct()
+    ).all()
+    check(
+        "wallet postings name existing wallets",
+        orphan_wallets,
+        lambda r: f"{r.ledger_account} has postings but no wallet row",
+    )
+
+    def duplicates(column: Any, *extra: Any, where: Any = None) -> list[Any]:
+        cols = (column, *extra)
+        q = sa.select(*cols, sa.func.count().label("n")).group_by(*cols)
+        if where is not None:
+            q = q.where(where)
+        return conn.execute(q.having(sa.func.count() > 1)).all()
+
+    check(
+        "journal idempotency keys are unique",
+        duplicates(j.c.idempotency_key),
+        lambda r: f"key {r[0]!r} used {r.n} times",
+    )
+    check(
+        "payment references are applied once",
+        duplicates(t.topup.c.reference),
+        lambda r: f"top-up {r[0]!r} recorded {r.n} times",
+    )
+    check(
+        "refund numbers are applied once",
+        duplicates(t.refund.c.reference),
+        lambda r: f"refund {r[0]!r} recorded {r.n} times",
+    )
+    check(
+        "(meter, purchase count) is applied once",
+        duplicates(t.topup.c.meter_id, t.topup.c.buy_count, where=t.topup.c.buy_count.is_not(None)),
+        lambda r: f"meter {r[0]} purchase {r[1]} delivered by {r.n} top-ups",
+    )
+    check(
+        "a journal is reversed at most once",
+        duplicates(j.c.reverses_id, where=j.c.reverses_id.is_not(None)),
+        lambda r: f"journal {r[0]} reversed {r.n} times",
+    )
+
+    topup_journal = conn.execute(
+        sa.select(t.topup.c.reference, t.topup.c.amount_fen, j.c.kind, j.c.idempotency_key)
+        .select_from(t.topup.outerjoin(j, j.c.id == t.topup.c.journal_id))
+        .where(
+            sa.or_(
+                j.c.id.is_(None),
+                j.c.kind != JournalKind.TOPUP.value,
+                j.c.idempotency_key != sa.literal("topup:") + t.topup.c.reference,
+            )
+        )
+    ).all()
+    check(
+        "every top-up order has its journal",
+        topup_journal,
+        lambda r: f"top-up {r.reference}: journal {r.idempotency_key!r} ({r.kind})",
+    )
+
+    alloc = (
+        sa.select(
+            t.refund_allocation.c.refund_id,
+            sa.func.sum(t.refund_allocation.c.amount_fen).label("total"),
+        )
+        .group_by(t.refund_allocation.c.refund_id)
+        .subquery()
+    )
+    check(
+        "refund allocations sum to the refund",
+        conn.execute(
+            sa.select(t.refund.c.reference, t.refund.c.amount_fen, alloc.c.total)
+            .select_from(t.refund.outerjoin(alloc, alloc.c.refund_id == t.refund.c.id))
+            .where(sa.func.coalesce(alloc.c.total, 0) != t.refund.c.amount_fen)
+        ),
+        lambda r: (
+            f"refund {r.reference}: {format_fen(r.amount_fen)} but allocations "
+            f"{format_fen(r.total or 0)}"
+        ),
+    )
+    live = (
+        sa.select(
+            t.refund_allocation.c.topup_id,
+            sa.func.sum(t.refund_allocation.c.amount_fen).label("total"),
+        )
+        .join(t.refund, t.refund.c.id == t.refund_allocation.c.refund_id)
+        .where(t.refund.c.state != "FAILED")
+        .group_by(t.refund_allocation.c.topup_id)
+        .subquery()
+    )
+    check(
+        "top-up refunded amounts match live refund allocations",
+        conn.execute(
+            sa.select(t.topup.c.reference, t.topup.c.refunded_fen, live.c.total)
+            .select_from(t.topup.outerjoin(live, live.c.topup_id == t.topup.c.id))
+            .where(sa.func.coalesce(live.c.total, 0) != t.topup.c.refunded_fen)
+        ),
+        lambda r: (
+            f"top-up {r.reference}: refunded {format_fen(r.refunded_fen)}, "
+            f"allocations {format_fen(r.total or 0)}"
+        ),
+    )
+    check(
+        "refund states have their journals",
+        conn.execute(
+            sa.select(t.refund.c.reference, t.refund.c.state).where(
+                sa.or_(
+                    sa.and_(t.refund.c.state == "SETTLED", t.refund.c.settle_journal_id.is_(None)),
+                    sa.and_(
+                        t.refund.c.state == "FAILED",
+                        t.refund.c.request_journal_id.is_not(None),
+                        t.refund.c.reversal_journal_id.is_(None),
+                    ),
+                    sa.and_(
+                        t.refund.c.state.in_(["REQUESTED", "SETTLED"]),
+                        t.refund.c.request_journal_id.is_(None),
+                    ),
+                    sa.and_(
+                        t.refund.c.state == "REQUESTED",
+                        sa.or_(
+                            t.refund.c.settle_journal_id.is_not(None),
+                            t.refund.c.reversal_journal_id.is_not(None),
+                        ),
+                    ),
+                    sa.and_(
+                        t.refund.c.state == "AWAITING_METER",
+                        sa.or_(
+                            t.refund.c.request_journal_id.is_not(None),
+                            t.refund.c.command_id.is_(None),
+                        ),
+                    ),
+                )
+            )
+        ),
+        lambda r: f"refund {r.reference} is {r.state} without the matching journal",
+    )
+
+    original = p.alias("orig")
+    rev = j.alias("rev")
+    mine = (
+        sa.select(p.c.ledger_account, sa.func.sum(p.c.amount_fen).label("s"), p.c.journal_id)
+        .group_by(p.c.journal_id, p.c.ledger_account)
+        .subquery()
+    )
+    theirs = (
+        sa.select(
+            original.c.ledger_account,
+            sa.func.sum(original.c.amount_fen).label("s"),
+            original.c.journal_id,
+        )
+        .group_by(original.c.journal_id, original.c.ledger_account)
+        .subquery()
+    )
+    # For every reversal and every account either side touches: reversal + original = 0.
+    both = sa.union(
+        sa.select(rev.c.id.label("rid"), mine.c.ledger_account.label("acct")).join(
+            mine, mine.c.journal_id == rev.c.id
+        ),
+        sa.select(rev.c.id.label("rid"), theirs.c.ledger_account.label("acct")).join(
+            theirs, theirs.c.journal_id == rev.c.reverses_id
+        ),
+    ).subquery()
+    bad_reversals = conn.execute(
+        sa.select(both.c.rid, both.c.acct)
+        .select_from(
+            both.join(rev, rev.c.id == both.c.rid)
+            .outerjoin(
+                mine, sa.and_(mine.c.journal_id == rev.c.id, mine.c.ledger_account == both.c.acct)
+            )
+            .outerjoin(
+                theirs,
+                sa.and_(
+                    theirs.c.journal_id == rev.c.reverses_id,
+                    theirs.c.ledger_account == both.c.acct,
+                ),
+            )
+        )
+        .where(rev.c.reverses_id.is_not(None))
+        .where(sa.func.coalesce(mine.c.s, 0) + sa.func.coalesce(theirs.c.s, 0) != 0)
+        .order_by(both.c.rid)
+    ).all()
+    check(
+        "reversals negate their original",
+        bad_reversals,
+        lambda r: f"journal {r.rid} does not cancel its original on {r.acct}",
+    )
+
+    check(
+        "ledger account types match their codes",
+        [
+            r
+            for r in conn.execute(sa.select(t.ledger_account.c.code, t.ledger_account.c.type))
+            if r.type != code_type(r.code) or r.type not in ACCOUNT_TYPES
+        ],
+        lambda r: f"{r.code} has type {r.type!r}",
+    )
+
+    max_count = (
+        sa.select(t.topup.c.meter_id, sa.func.max(t.topup.c.buy_count).label("top"))
+        .where(t.topup.c.buy_count.is_not(None))
+        .group_by(t.topup.c.meter_id)
+        .subquery()
+    )
+    check(
+        "purchase counters cover every allocated count",
+        conn.execute(
+            sa.select(max_count.c.meter_id, max_count.c.top, t.meter.c.buy_count)
+            .select_from(max_count.outerjoin(t.meter, t.meter.c.id == max_count.c.meter_id))
+            .where(sa.or_(t.meter.c.buy_count.is_(None), t.meter.c.buy_count < max_count.c.top))
+        ),
+        lambda r: f"meter {r.meter_id}: counter {r.buy_count}, allocated {r.top}",
+    )
+    recharge_counts: dict[tuple[str, int], int] = {}
+    for meter_id, params in conn.execute(
+        sa.select(t.meter_command.c.meter_id, t.meter_command.c.params).where(
+            t.meter_command.c.kind == "RECHARGE"
+        )
+    ):
+        if "buy_count" in (params or {}):
+            k = (meter_id, int(params["buy_count"]))
+            recharge_counts[k] = recharge_counts.get(k, 0) + 1
+    check(
+        "RECHARGE commands carry distinct purchase counts",
+        [(k, n) for k, n in sorted(recharge_counts.items()) if n > 1],
+        lambda r: f"meter {r[0][0]} purchase {r[0][1]} in {r[1]} RECHARGE commands",
+    )
+
+    check(
+        "closed accounts hold nothing",
+        conn.execute(
+            sa.select(w.c.ledger_account, w.c.balance_fen)
+            .join(t.account, t.account.c.id == w.c.account_id)
+            .where(t.account.c.state == "CLOSED", w.c.balance_fen != 0)
+        ),
+        lambda r: f"{r.ledger_account} holds {format_fen(r.balance_fen)}",
+    )
+    check(
+        "every meter command records reason and requester",
+        conn.execute(
+            sa.select(t.meter_command.c.id, t.meter_command.c.kind).where(
+                sa.or_(
+                    sa.func.trim(t.meter_command.c.reason) == "",
+                    sa.func.trim(t.meter_command.c.requested_by) == "",
+                )
+            )
+        ),
+        lambda r: f"command {r.id} ({r.kind}) has no reason or requester",
+    )
+    return report
