@@ -11,7 +11,7 @@ from ..db import schema as t
 from ..events import utcnow
 from .codes import OPENING_BALANCE, emergency_code, wallet_code
 from .errors import RequestError
-from .journal import check_key, load_journal, post_journal, same_request, write_journal
+from .journal import check_key, find_replay, load_journal, post_journal, write_journal
 from .money import check_amount, format_fen
 from .position import emergency_outstanding, lock_wallet, require_account
 from .values import JournalKind, Posted, Posting, WalletKind
@@ -34,9 +34,8 @@ def grant_emergency_credit(
     check_amount(amount_fen)
     key = check_key(idempotency_key)
     request = {"account": account_id, "amount_fen": amount_fen}
-    existing = load_journal(conn, key)
+    existing = find_replay(conn, key, request, "emergency credit")
     if existing is not None:
-        same_request(existing, request, "emergency credit")
         return Posted(existing, True)
     require_account(conn, account_id, open_only=True)
     wallet, _ = lock_wallet(conn, account_id, WalletKind.ENERGY)

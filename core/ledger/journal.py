@@ -133,6 +133,18 @@ def same_request(journal: Journal, request: Mapping[str, Any], what: str) -> Non
         )
 
 
+def find_replay(
+    conn: Connection, key: str, request: Mapping[str, Any], what: str
+) -> Journal | None:
+    """The journal already posted under `key` (None while the key is free), checked to be
+    the same `request`: a replay returns it, a different request is an `IdempotencyConflict`.
+    """
+    journal = load_journal(conn, key)
+    if journal is not None:
+        same_request(journal, request, what)
+    return journal
+
+
 _JOURNAL_COLUMNS = (
     "kind",
     "idempotency_key",
@@ -280,9 +292,8 @@ def post_journal(
             "kind": kind,
             "postings": [[p.ledger_account, p.amount_fen] for p in postings],
         }
-    existing = load_journal(conn, key)
+    existing = find_replay(conn, key, request, kind)
     if existing is not None:
-        same_request(existing, request, kind)
         return Posted(existing, True)
     if account_id is not None:
         require_account(conn, account_id)

@@ -179,8 +179,20 @@ def balances(conn: Connection, account_id: str) -> Balances:
     )
 
 
-def local_meter_for(conn: Connection, account_id: str, meter_id: str | None) -> str | None:
-    """The LOCAL meter a top-up must be delivered to, or None (platform-side wallet)."""
+def local_meter_for(
+    conn: Connection, account_id: str, meter_id: str | None, pos: Position
+) -> str | None:
+    """The LOCAL meter money of the account goes through (`meter_id`, else the account's
+    only LOCAL meter), or None (platform-side wallet). `pos` answers the usual case (no
+    meter named, at most one LOCAL meter) without another query."""
+    if meter_id is None and pos.local_meters <= 1:
+        return pos.first_local_meter
+    return _attached_local_meter(conn, account_id, meter_id)
+
+
+def _attached_local_meter(conn: Connection, account_id: str, meter_id: str | None) -> str | None:
+    """`local_meter_for` from the attached meters; refuses a meter that is not attached, or
+    no meter named while the account has several LOCAL ones."""
     rows = conn.execute(
         sa.select(t.account_meter.c.meter_id, t.account_meter.c.control_mode).where(
             t.account_meter.c.account_id == account_id, t.account_meter.c.detached_at.is_(None)

@@ -17,7 +17,7 @@ from ..db import schema as t
 from ..events import utcnow
 from .codes import REFUND_PAYABLE, clearing_code
 from .errors import IdempotencyConflict, LedgerIntegrityError, RequestError
-from .journal import check_reference, get_journal, load_journal, same_request, write_journal
+from .journal import check_reference, find_replay, get_journal, write_journal
 from .money import check_amount, format_fen
 from .position import balances, energy_balance, local_meter_for, lock_position, lock_wallet
 from .reversal import write_reversal
@@ -104,7 +104,6 @@ def refund(
 
     check_amount(amount_fen)
     check_reference(reference)
-    key = f"refund:{reference}"
     request = {"account": account_id, "amount_fen": amount_fen}
     replay = _refund_replay(conn, reference, request)
     if replay is not None:
@@ -114,12 +113,7 @@ def refund(
     if replay is not None:
         return replay
     wallet, balance = pos.wallet, pos.balance_fen
-    if meter_id is not None:
-        local = local_meter_for(conn, account_id, meter_id)
-    elif pos.local_meters > 1:
-        local = local_meter_for(conn, account_id, None)  # raises: which one?
-    else:
-        local = pos.first_local_meter
+    local = local_meter_for(conn, account_id, meter_id, pos)
     now = now or utcnow()
     awaiting = _awaiting_meter_refunds(conn, account_id)
     orders = _refundable_topups(conn, account_id, now)
@@ -139,22 +133,18 @@ def refund(
         )
     journal_id = None
     if local is None:
-        journal_id = write_journal(
+        journal_id = _post_request(
             conn,
-            JournalKind.REFUND_REQUEST,
-            key,
-            [Posting(wallet, amount_fen), Posting(REFUND_PAYABLE, -amount_fen)],
-            request=request,
-            account_id=account_id,
+            reference,
+            account_id,
+            wallet,
+            amount_fen,
             memo="refund requested",
             requested_by=requested_by,
             now=now,
-            known_wallets=(wallet,),
         )
-        if journal_id is None:
-            journal = load_journal(conn, key)
-            assert journal is not None
-            same_request(journal, request, "refund")
+        if journal_id is None:  # a concurrent twin posted this refund number
+            find_replay(conn, f"refund:{reference}", request, "refund")
             return refund_result(conn, reference, replayed=True)
     refund_id = conn.execute(
         t.refund.insert().returning(t.refund.c.id),
@@ -180,11 +170,7 @@ def refund(
             t.refund_allocation.insert(),
             {"refund_id": refund_id, "topup_id": topup_id, "amount_fen": take},
         )
-        conn.execute(
-            t.topup.update()
-            .where(t.topup.c.id == topup_id)
-            .values(refunded_fen=t.topup.c.refunded_fen + take)
-        )
+        _add_refunded(conn, topup_id, take)
     if local is not None:
         count = conn.execute(sa.select(t.meter.c.buy_count).where(t.meter.c.id == local)).scalar()
         command = commands.enqueue(
@@ -202,12 +188,39 @@ def refund(
             account_id=account_id,
             now=now,
         )
-        conn.execute(
-            t.refund.update().where(t.refund.c.id == refund_id).values(command_id=command.id)
-        )
+        _set_refund(conn, refund_id, command_id=command.id)
     elif settle:
         settle_refund(conn, reference, requested_by=requested_by, now=now)
     return refund_result(conn, reference, replayed=False)
+
+
+def _post_request(
+    conn: Connection,
+    reference: str,
+    account_id: str,
+    wallet: str,
+    amount_fen: int,
+    *,
+    meter_id: str | None = None,
+    memo: str,
+    requested_by: str,
+    now: datetime,
+) -> int | None:
+    """The refund request: Dr wallet / Cr liab:refund_payable under `refund:<reference>`,
+    posted at once or when the LOCAL meter confirmed its debit."""
+    return write_journal(
+        conn,
+        JournalKind.REFUND_REQUEST,
+        f"refund:{reference}",
+        [Posting(wallet, amount_fen), Posting(REFUND_PAYABLE, -amount_fen)],
+        request={"account": account_id, "amount_fen": amount_fen},
+        account_id=account_id,
+        meter_id=meter_id,
+        memo=memo,
+        requested_by=requested_by,
+        now=now,
+        known_wallets=(wallet,),
+    )
 
 
 def _refund_replay(
@@ -234,32 +247,25 @@ def complete_meter_refund(
 ) -> RefundResult | None:
     """The meter confirmed the REFUND command: post the refund request (and the pay-out
     when it was asked for). Called by `commands.mark_confirmed`; idempotent."""
-    row = conn.execute(sa.select(t.refund).where(t.refund.c.command_id == command_id)).first()
-    if row is None or row.state != "AWAITING_METER":
+    row = _awaiting_refund(conn, command_id)
+    if row is None:
         return None
     pos = lock_position(conn, row.account_id, open_only=False)
     now = now or utcnow()
-    key = f"refund:{row.reference}"
-    journal_id = write_journal(
+    journal_id = _post_request(
         conn,
-        JournalKind.REFUND_REQUEST,
-        key,
-        [Posting(pos.wallet, row.amount_fen), Posting(REFUND_PAYABLE, -row.amount_fen)],
-        request={"account": row.account_id, "amount_fen": int(row.amount_fen)},
-        account_id=row.account_id,
+        row.reference,
+        row.account_id,
+        pos.wallet,
+        int(row.amount_fen),
         meter_id=row.meter_id,
         memo=f"refund requested; meter {row.meter_id} debited (command {command_id})",
         requested_by=requested_by,
         now=now,
-        known_wallets=(pos.wallet,),
     )
     if journal_id is None:  # pragma: no cover - the state check above prevents it
         raise LedgerIntegrityError(f"refund {row.reference} was posted twice")
-    conn.execute(
-        t.refund.update()
-        .where(t.refund.c.id == row.id)
-        .values(state="REQUESTED", request_journal_id=journal_id, updated_at=now)
-    )
+    _set_refund(conn, row.id, state="REQUESTED", request_journal_id=journal_id, updated_at=now)
     if row.settle_on_confirm:
         return settle_refund(conn, row.reference, requested_by=requested_by, now=now)
     return refund_result(conn, row.reference, replayed=False)
@@ -270,16 +276,35 @@ def abandon_meter_refund(
 ) -> RefundResult | None:
     """The meter refused the REFUND for good (or it was cancelled): nothing was posted, so
     the refund ends FAILED and its top-ups are released. Called by `commands`."""
+    row = _awaiting_refund(conn, command_id)
+    if row is None:
+        return None
+    _release_allocations(conn, row.id)
+    _set_refund(conn, row.id, state="FAILED", reason=reason[:500], updated_at=now or utcnow())
+    return refund_result(conn, row.reference, replayed=False)
+
+
+def _awaiting_refund(conn: Connection, command_id: int) -> Any:
+    """The refund waiting for the meter to carry out REFUND command `command_id`, or None
+    (no such refund, or it was already completed or abandoned: nothing left to do)."""
     row = conn.execute(sa.select(t.refund).where(t.refund.c.command_id == command_id)).first()
     if row is None or row.state != "AWAITING_METER":
         return None
-    _release_allocations(conn, row.id)
+    return row
+
+
+def _set_refund(conn: Connection, refund_id: int, **values: Any) -> None:
+    """Record a refund's new state (and the journal or command that moved it)."""
+    conn.execute(t.refund.update().where(t.refund.c.id == refund_id).values(**values))
+
+
+def _add_refunded(conn: Connection, topup_id: int, amount_fen: int) -> None:
+    """Reserve (amount > 0) or release (< 0) part of a top-up for a refund."""
     conn.execute(
-        t.refund.update()
-        .where(t.refund.c.id == row.id)
-        .values(state="FAILED", reason=reason[:500], updated_at=now or utcnow())
+        t.topup.update()
+        .where(t.topup.c.id == topup_id)
+        .values(refunded_fen=t.topup.c.refunded_fen + amount_fen)
     )
-    return refund_result(conn, row.reference, replayed=False)
 
 
 def _release_allocations(conn: Connection, refund_id: int) -> None:
@@ -288,17 +313,24 @@ def _release_allocations(conn: Connection, refund_id: int) -> None:
             t.refund_allocation.c.refund_id == refund_id
         )
     ).all():
-        conn.execute(
-            t.topup.update()
-            .where(t.topup.c.id == topup_id)
-            .values(refunded_fen=t.topup.c.refunded_fen - amount)
-        )
+        _add_refunded(conn, topup_id, -amount)
 
 
 def _load_refund(conn: Connection, reference: str) -> Any:
     row = conn.execute(sa.select(t.refund).where(t.refund.c.reference == reference)).first()
     if row is None:
         raise RequestError("reference", f"unknown refund {reference!r}")
+    return row
+
+
+def _requested_refund(conn: Connection, reference: str, *, done: str, cannot: str) -> Any:
+    """The REQUESTED refund about to end `done`; None when it already has (a replay).
+    Any other state is refused: the refund `cannot` do that now."""
+    row = _load_refund(conn, reference)
+    if row.state == done:
+        return None
+    if row.state != "REQUESTED":
+        raise RequestError("reference", f"refund {reference!r} is {row.state}, it cannot {cannot}")
     return row
 
 
@@ -331,11 +363,9 @@ def settle_refund(
     conn: Connection, reference: str, *, requested_by: str = "", now: datetime | None = None
 ) -> RefundResult:
     """The channel paid the refund out: Dr liab:refund_payable / Cr psp_clearing per channel."""
-    row = _load_refund(conn, reference)
-    if row.state == "SETTLED":
+    row = _requested_refund(conn, reference, done="SETTLED", cannot="be paid")
+    if row is None:
         return refund_result(conn, reference, replayed=True)
-    if row.state != "REQUESTED":
-        raise RequestError("reference", f"refund {reference!r} is {row.state}, it cannot be paid")
     now = now or utcnow()
     by_channel: dict[str, int] = {}
     for a in _allocations(conn, row.id):
@@ -356,11 +386,7 @@ def settle_refund(
     )
     if journal_id is None:
         return refund_result(conn, reference, replayed=True)
-    conn.execute(
-        t.refund.update()
-        .where(t.refund.c.id == row.id)
-        .values(state="SETTLED", settle_journal_id=journal_id, updated_at=now)
-    )
+    _set_refund(conn, row.id, state="SETTLED", settle_journal_id=journal_id, updated_at=now)
     return refund_result(conn, reference, replayed=False)
 
 
@@ -376,11 +402,9 @@ def fail_refund(
     the wallet and the top-ups it was allocated to. Retry later under the same number."""
     if not reason or not reason.strip():
         raise RequestError("reason", "required: say why the refund failed (audit)")
-    row = _load_refund(conn, reference)
-    if row.state == "FAILED":
+    row = _requested_refund(conn, reference, done="FAILED", cannot="fail")
+    if row is None:
         return refund_result(conn, reference, replayed=True)
-    if row.state != "REQUESTED":
-        raise RequestError("reference", f"refund {reference!r} is {row.state}, it cannot fail")
     lock_wallet(conn, row.account_id, WalletKind.ENERGY)
     now = now or utcnow()
     original = get_journal(conn, row.request_journal_id)
@@ -388,9 +412,12 @@ def fail_refund(
         conn, original, f"refund_fail:{reference}", reason, requested_by, now
     )
     _release_allocations(conn, row.id)
-    conn.execute(
-        t.refund.update()
-        .where(t.refund.c.id == row.id)
-        .values(state="FAILED", reversal_journal_id=journal_id, reason=reason[:500], updated_at=now)
+    _set_refund(
+        conn,
+        row.id,
+        state="FAILED",
+        reversal_journal_id=journal_id,
+        reason=reason[:500],
+        updated_at=now,
     )
     return refund_result(conn, reference, replayed=False)

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from ..db import schema as t
 from ..events import utcnow
 from .errors import RequestError
-from .journal import check_key, get_journal, load_journal, same_request, write_journal
+from .journal import check_key, find_replay, get_journal, load_journal, write_journal
 from .money import format_fen
 from .position import lock_wallet
 from .values import Journal, JournalKind, Posted, Posting, WalletKind
@@ -46,9 +46,8 @@ def reverse(
     original = get_journal(conn, journal_id)
     key = check_key(idempotency_key or f"reversal:{journal_id}")
     request = {"reverses": journal_id, "reason": reason}
-    existing = load_journal(conn, key)
+    existing = find_replay(conn, key, request, "reversal")
     if existing is not None:
-        same_request(existing, request, "reversal")
         return Posted(existing, True)
     if original.kind in _NOT_REVERSIBLE:
         raise RequestError(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -12,9 +14,9 @@ from ..db import schema as t
 from ..events import utcnow
 from .codes import check_channel, clearing_code, emergency_code
 from .errors import LedgerIntegrityError, RequestError
-from .journal import check_reference, load_journal, same_request, write_journal
+from .journal import check_reference, find_replay, write_journal
 from .money import CAPACITY_FEN, check_amount, format_fen
-from .position import local_meter_for, lock_position
+from .position import energy_balance, local_meter_for, lock_position
 from .values import Journal, JournalKind, Posting, TopUpResult
 
 _TOPUP_COLUMNS = (
@@ -66,17 +68,9 @@ def topup(
     counter = clearing_code(channel)
     pos = lock_position(conn, account_id, key=key, counter=counter)
     if pos.key_taken:
-        existing = load_journal(conn, key)
-        assert existing is not None
-        same_request(existing, request, "top-up")
-        return _topup_result(conn, existing, replayed=True)
+        return _topup_replay(conn, key, request)
     wallet, balance = pos.wallet, pos.balance_fen
-    if meter_id is not None:
-        local = local_meter_for(conn, account_id, meter_id)
-    elif pos.local_meters > 1:
-        local = local_meter_for(conn, account_id, None)  # raises: which one?
-    else:
-        local = pos.first_local_meter
+    local = local_meter_for(conn, account_id, meter_id, pos)
     after = balance + amount_fen
     if after > CAPACITY_FEN:
         raise RequestError(
@@ -106,10 +100,7 @@ def topup(
         known_accounts=(counter,) if pos.counter_exists else (),
     )
     if journal_id is None:  # a concurrent request with the same reference won
-        journal = load_journal(conn, key)
-        assert journal is not None
-        same_request(journal, request, "top-up")
-        return _topup_result(conn, journal, replayed=True)
+        return _topup_replay(conn, key, request)
 
     repaid = 0
     outstanding = 0 if local else pos.emergency_fen
@@ -176,6 +167,13 @@ def topup(
     )
 
 
+def _topup_replay(conn: Connection, key: str, request: Mapping[str, Any]) -> TopUpResult:
+    """The result of the top-up already posted under `key` (the same request, or a conflict)."""
+    journal = find_replay(conn, key, request, "top-up")
+    assert journal is not None
+    return _topup_result(conn, journal, replayed=True)
+
+
 def _topup_result(conn: Connection, journal: Journal, *, replayed: bool) -> TopUpResult:
     reference = journal.idempotency_key.removeprefix("topup:")
     row = conn.execute(sa.select(t.topup).where(t.topup.c.reference == reference)).first()
@@ -186,18 +184,13 @@ def _topup_result(conn: Connection, journal: Journal, *, replayed: bool) -> TopU
             t.journal.c.idempotency_key == f"emergency_repay:{row.reference}"
         )
     ).scalar()
-    energy = conn.execute(
-        sa.select(t.wallet.c.balance_fen).where(
-            t.wallet.c.account_id == row.account_id, t.wallet.c.kind == "energy"
-        )
-    ).scalar()
     return TopUpResult(
         row.reference,
         row.account_id,
         row.amount_fen,
         row.channel,
         journal.id,
-        int(energy or 0),
+        energy_balance(conn, row.account_id),
         replayed,
         int(repaid["amount_fen"]) if repaid else 0,
         row.meter_id,

@@ -14,7 +14,7 @@ from ..db import schema as t
 from ..events import utcnow
 from .codes import revenue_code
 from .errors import RequestError
-from .journal import check_key, load_journal, same_request, write_journal
+from .journal import check_key, find_replay, write_journal
 from .money import CAPACITY_FEN, format_fen
 from .position import energy_balance, lock_wallet, require_account
 from .values import JournalKind, Posting, UsageResult, WalletKind
@@ -64,9 +64,8 @@ def post_usage(
         "amount_fen": amount_fen,
         "period": period_key,
     }
-    existing = load_journal(conn, key) if amount_fen else None
+    existing = find_replay(conn, key, request, "usage") if amount_fen else None
     if existing is not None:
-        same_request(existing, request, "usage")
         return UsageResult(
             existing.id, account_id, meter_id, amount_fen, energy_balance(conn, account_id), True
         )
@@ -106,10 +105,9 @@ def post_usage(
         now=now,
         known_wallets=(wallet,),
     )
-    if journal_id is None:
-        journal = load_journal(conn, key)
+    if journal_id is None:  # a concurrent twin posted this period
+        journal = find_replay(conn, key, request, "usage")
         assert journal is not None
-        same_request(journal, request, "usage")
         return UsageResult(
             journal.id, account_id, meter_id, amount_fen, energy_balance(conn, account_id), True
         )

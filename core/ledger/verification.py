@@ -206,42 +206,36 @@ def verify(conn: Connection) -> VerifyReport:
         lambda r: f"top-up {r.reference}: journal {r.idempotency_key!r} ({r.kind})",
     )
 
-    alloc = (
-        sa.select(
-            t.refund_allocation.c.refund_id,
-            sa.func.sum(t.refund_allocation.c.amount_fen).label("total"),
+    def off_allocations(table: Any, amount: Any, key: Any, *of_refunds: Any) -> Any:
+        """(reference, `amount`, total) of the `table` rows whose `amount` is not the sum of
+        the refund allocations pointing at them through `key` (of refunds `of_refunds`)."""
+        a = t.refund_allocation
+        sums = sa.select(key, sa.func.sum(a.c.amount_fen).label("total"))
+        if of_refunds:
+            sums = sums.join(t.refund, t.refund.c.id == a.c.refund_id).where(*of_refunds)
+        sums = sums.group_by(key).subquery()
+        return conn.execute(
+            sa.select(table.c.reference, amount, sums.c.total)
+            .select_from(table.outerjoin(sums, sums.c[key.name] == table.c.id))
+            .where(sa.func.coalesce(sums.c.total, 0) != amount)
         )
-        .group_by(t.refund_allocation.c.refund_id)
-        .subquery()
-    )
+
     check(
         "refund allocations sum to the refund",
-        conn.execute(
-            sa.select(t.refund.c.reference, t.refund.c.amount_fen, alloc.c.total)
-            .select_from(t.refund.outerjoin(alloc, alloc.c.refund_id == t.refund.c.id))
-            .where(sa.func.coalesce(alloc.c.total, 0) != t.refund.c.amount_fen)
-        ),
+        off_allocations(t.refund, t.refund.c.amount_fen, t.refund_allocation.c.refund_id),
         lambda r: (
             f"refund {r.reference}: {format_fen(r.amount_fen)} but allocations "
             f"{format_fen(r.total or 0)}"
         ),
     )
-    live = (
-        sa.select(
-            t.refund_allocation.c.topup_id,
-            sa.func.sum(t.refund_allocation.c.amount_fen).label("total"),
-        )
-        .join(t.refund, t.refund.c.id == t.refund_allocation.c.refund_id)
-        .where(t.refund.c.state != "FAILED")
-        .group_by(t.refund_allocation.c.topup_id)
-        .subquery()
-    )
+    # Failed refunds released their top-ups: only the others still hold part of one.
     check(
         "top-up refunded amounts match live refund allocations",
-        conn.execute(
-            sa.select(t.topup.c.reference, t.topup.c.refunded_fen, live.c.total)
-            .select_from(t.topup.outerjoin(live, live.c.topup_id == t.topup.c.id))
-            .where(sa.func.coalesce(live.c.total, 0) != t.topup.c.refunded_fen)
+        off_allocations(
+            t.topup,
+            t.topup.c.refunded_fen,
+            t.refund_allocation.c.topup_id,
+            t.refund.c.state != "FAILED",
         ),
         lambda r: (
             f"top-up {r.reference}: refunded {format_fen(r.refunded_fen)}, "
