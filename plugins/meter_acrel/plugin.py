@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 from weakref import WeakValueDictionary
 
@@ -10,7 +9,7 @@ from openprepay.core.contracts import LinkTransport, SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
 from openprepay.core.model import DeviceModel
 from openprepay.core.site import DeviceConfig
-from openprepay.plugins.modbus import ModbusTransport, ProfileDriver, RegisterProfile, load_profiles
+from openprepay.plugins.modbus import ProfileCatalogue, ProfileDriver, RegisterProfile
 
 from .simulator import (
     AcrelPowerMeterSimulator,
@@ -19,6 +18,7 @@ from .simulator import (
 )
 
 PROFILES = Path(__file__).parent / "profiles"
+CATALOGUE = ProfileCatalogue(PROFILES)
 #: Models with the prepaid block and relay, and their simulators; the others only meter.
 PREPAID: dict[str, type[AcrelPrepaidSimulator]] = {
     "acrel.DDSY1352": AcrelPrepaidSimulator,
@@ -26,24 +26,21 @@ PREPAID: dict[str, type[AcrelPrepaidSimulator]] = {
 }
 
 
-@cache
 def profiles() -> dict[str, RegisterProfile]:
-    return load_profiles(PROFILES)
+    """The plugin's profiles by model name (the poll benchmark reads a model's blocks)."""
+    return CATALOGUE.profiles
 
 
 @hookimpl
 def openprepay_device_models() -> list[DeviceModel]:
-    return [p.model for p in profiles().values()]
+    return CATALOGUE.models()
 
 
 @hookimpl
 def openprepay_make_driver(
     model: DeviceModel, device: DeviceConfig, transport: LinkTransport
 ) -> ProfileDriver | None:
-    profile = profiles().get(model.name)
-    if profile is None or not isinstance(transport, ModbusTransport):
-        return None
-    return ProfileDriver(profile, device, transport)
+    return CATALOGUE.make_driver(model, device, transport, ProfileDriver)
 
 
 #: Simulators of one simulated site, by device id, so a main meter can sum its feeders.
@@ -54,7 +51,7 @@ _sites: dict[int, WeakValueDictionary] = {}
 def openprepay_make_simulator(
     model: DeviceModel, device: DeviceConfig, options: SimulatorOptions
 ) -> AcrelPrepaidSimulator | AcrelPowerMeterSimulator | None:
-    profile = profiles().get(model.name)
+    profile = CATALOGUE.profile(model)
     if profile is None:
         return None
     peers = _sites.setdefault(id(options), WeakValueDictionary())

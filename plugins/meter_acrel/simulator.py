@@ -27,23 +27,16 @@ Common device options: `sim_load_kw` (base load), `sim_energy_kwh` (starting tot
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from pymodbus.constants import ExcCodes
 
 from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.loadshape import LoadShape, seed_for
+from openprepay.core.loadshape import LoadShape
 from openprepay.core.model import PointRole, Value
 from openprepay.core.site import ControlMode, DeviceConfig
-from openprepay.plugins.modbus import (
-    PointCodec,
-    RegisterDeviceSimulator,
-    RegisterProfile,
-    SimClock,
-)
+from openprepay.plugins.modbus import PointCodec, RegisterDeviceSimulator, RegisterProfile
 
 #: The meter's default day table: (start "HH:MM", rate) with 1 尖, 2 峰, 3 平, 4 谷.
 DEFAULT_TOU = (
@@ -86,27 +79,18 @@ class _ElectricSimulator(RegisterDeviceSimulator):
 
     phases = 1
 
-    def __init__(
-        self,
-        profile: RegisterProfile,
-        device: DeviceConfig,
-        options: SimulatorOptions,
-        clock: SimClock | None = None,
-    ) -> None:
-        super().__init__(profile, device, options, clock)
+    def setup(self) -> None:
+        opts = self.device.options
         #: Divisors for points the meter reports on the secondary side of its CT/PT.
-        self.ratios = ratio_divisors(profile, device)
-        self.cumulative = {p.name for p in profile.model.points if p.role is PointRole.CUMULATIVE}
-        seed = seed_for(device.id, options.seed)
-        self.rng = random.Random(seed)
-        base_kw = float(device.options.get("sim_load_kw", self.rng.uniform(0.3, 1.6)))
-        self.load = LoadShape(base=base_kw, seed=seed)
-        self.tz = ZoneInfo(options.timezone)
-        self.tou = parse_tou(device.options.get("sim_tou", DEFAULT_TOU))
+        self.ratios = ratio_divisors(self.profile, self.device)
+        self.cumulative = {p.name for p in self.model.points if p.role is PointRole.CUMULATIVE}
+        base_kw = float(opts.get("sim_load_kw", self.rng.uniform(0.3, 1.6)))
+        self.load = LoadShape(base=base_kw, seed=self.seed)
+        self.tou = parse_tou(opts.get("sim_tou", DEFAULT_TOU))
         self.relay_closed = True
         # Energy kept exactly, in kWh; registers show it truncated to 0.01 kWh like a meter.
         self.energy = {rate: 0.0 for rate in RATE_POINTS}
-        start = float(device.options.get("sim_energy_kwh", round(self.rng.uniform(100, 5000), 2)))
+        start = float(opts.get("sim_energy_kwh", round(self.rng.uniform(100, 5000), 2)))
         for rate, share in ((1, 0.1), (2, 0.35), (3, 0.3), (4, 0.25)):
             self.energy[rate] = start * share
         self.power_kw = self.demand_kw(self.clock.now().astimezone(self.tz))
@@ -193,23 +177,17 @@ def ratio_divisors(profile: RegisterProfile, device: DeviceConfig) -> dict[str, 
 
 
 class AcrelPrepaidSimulator(_ElectricSimulator):
-    def __init__(
-        self,
-        profile: RegisterProfile,
-        device: DeviceConfig,
-        options: SimulatorOptions,
-        clock: SimClock | None = None,
-    ) -> None:
-        self.local_mode = device.control_mode is ControlMode.LOCAL
+    def setup(self) -> None:
+        self.local_mode = self.device.control_mode is ControlMode.LOCAL
         self.forced = False
         self.forced_trip = False
         self.balance_tripped = False
         # The meter's wallet, in CNY with sub-fen precision (displayed truncated to fen).
-        self.remaining = float(device.options.get("sim_remaining", 100.0))
-        self.buy_count = int(device.options.get("sim_buy_count", 1))
+        self.remaining = float(self.device.options.get("sim_remaining", 100.0))
+        self.buy_count = int(self.device.options.get("sim_buy_count", 1))
         self.alarm1, self.alarm2, self.overdraft = 20.0, 5.0, 0.0
         self.prices = {1: 0.72, 2: 0.60, 3: 0.50, 4: 0.20}
-        super().__init__(profile, device, options, clock)
+        super().setup()
         self._refresh_prepaid()
 
     # -- behaviour ------------------------------------------------------------------------
@@ -321,15 +299,19 @@ class AcrelPowerMeterSimulator(_ElectricSimulator):
         profile: RegisterProfile,
         device: DeviceConfig,
         options: SimulatorOptions,
-        clock: SimClock | None = None,
+        *,
         peers: Mapping[str, _ElectricSimulator] | None = None,
     ) -> None:
-        self.feed_ids = [str(f) for f in device.options.get("sim_feeds", [])]
-        self.loss = float(device.options.get("sim_loss", 0.04))
+        # Set before the base constructor: it runs setup(), whose first reading sums the feeders.
         # Not `peers or {}`: the shared registry is still empty (falsy) when the main meter
         # is built before its feeders.
         self.peers = peers if peers is not None else {}
-        super().__init__(profile, device, options, clock)
+        super().__init__(profile, device, options)
+
+    def setup(self) -> None:
+        self.feed_ids = [str(f) for f in self.device.options.get("sim_feeds", [])]
+        self.loss = float(self.device.options.get("sim_loss", 0.04))
+        super().setup()
 
     def demand_kw(self, local: datetime) -> float:
         own = super().demand_kw(local)

@@ -2,6 +2,7 @@
 profile-driven driver and a simulator host. Device plugins for Modbus meters build on it;
 a third-party Modbus meter plugin needs only a profile file and a few lines of hooks."""
 
+from .catalogue import ProfileCatalogue
 from .codec import PointCodec, WireType
 from .driver import ProfileDriver
 from .profile import RegisterProfile, load_profile, load_profiles
@@ -12,6 +13,7 @@ __all__ = [
     "GatewaySimulator",
     "ModbusTransport",
     "PointCodec",
+    "ProfileCatalogue",
     "ProfileDriver",
     "RegisterDeviceSimulator",
     "RegisterProfile",

@@ -2,8 +2,9 @@
 
 `RegisterDeviceSimulator` is the base of every emulated device: a sparse register image
 laid out by the device's profile, filled from engineering values by the same codecs the
-driver decodes with, plus two hooks for behaviour — `advance(now)` (energy accrues, valves
-move) and `on_write(function, address, words)` (relay, top-up, valve commands).
+driver decodes with, plus three hooks for behaviour — `setup()` (the device's own state,
+once), `advance(now)` (energy accrues, valves move) and `on_write(function, address, words)`
+(relay, top-up, valve commands).
 
 `GatewaySimulator` serves the devices of one link with pymodbus' server: RTU framing over
 TCP for serial links and RTU gateways, Modbus TCP framing for native TCP links. It can make
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
@@ -28,6 +31,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.events import utcnow
+from openprepay.core.loadshape import seed_for
 from openprepay.core.model import Value
 from openprepay.core.site import DeviceConfig, LinkConfig, LinkType
 
@@ -82,6 +86,12 @@ class RegisterDeviceSimulator:
         #: device option `sim_optional_blocks = false` — none of its optional blocks', whose
         #: registers then answer "illegal data address" like a firmware variant without them.
         self.points = self._served_points(bool(device.options.get("sim_optional_blocks", True)))
+        #: Seeded per device: every simulated device differs, every run is the same.
+        self.seed = seed_for(device.id, options.seed)
+        self.rng = random.Random(self.seed)
+        #: The site's time zone (load curves, TOU tables and meter clocks follow it).
+        self.tz = ZoneInfo(options.timezone)
+        self.setup()
 
     def _served_points(self, with_optional: bool) -> set[str]:
         names = set(self.profile.codecs)
@@ -98,6 +108,10 @@ class RegisterDeviceSimulator:
         return names
 
     # -- behaviour hooks (override) -------------------------------------------------------
+    def setup(self) -> None:
+        """Set up the device's own state from `self.device.options`. Called once, at the end
+        of the constructor, so that a subclass does not restate the constructor."""
+
     def advance(self, now: datetime, elapsed_s: float) -> None:
         """Move the device's physics forward by `elapsed_s` simulated seconds."""
 

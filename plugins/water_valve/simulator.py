@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import enum
 import math
-import random
 import struct
 import time
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from pymodbus.constants import ExcCodes
 
-from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.loadshape import LoadShape, seed_for
+from openprepay.core.loadshape import LoadShape
 from openprepay.core.model import Value
-from openprepay.core.site import ControlMode, DeviceConfig
-from openprepay.plugins.modbus import RegisterDeviceSimulator, RegisterProfile, SimClock
+from openprepay.core.site import ControlMode
+from openprepay.plugins.modbus import RegisterDeviceSimulator
 from openprepay.plugins.modbus.codec import BlockDecoder
 
 #: Relative household water demand by local hour: night near zero, morning and evening peaks.
@@ -96,21 +93,11 @@ def f32(value: float) -> float:
 
 
 class ValveMeterSimulator(RegisterDeviceSimulator):
-    def __init__(
-        self,
-        profile: RegisterProfile,
-        device: DeviceConfig,
-        options: SimulatorOptions,
-        clock: SimClock | None = None,
-    ) -> None:
-        super().__init__(profile, device, options, clock)
-        opts = device.options
-        seed = seed_for(device.id, options.seed)
-        self.rng = random.Random(seed)
+    def setup(self) -> None:
+        opts = self.device.options
         base = float(opts.get("sim_flow_m3h", self.rng.uniform(0.01, 0.04)))
-        self.demand = LoadShape(base=base, curve=WATER_USE, noise=0.3, seed=seed)
-        self.tz = ZoneInfo(options.timezone)
-        self.local_mode = device.control_mode is ControlMode.LOCAL
+        self.demand = LoadShape(base=base, curve=WATER_USE, noise=0.3, seed=self.seed)
+        self.local_mode = self.device.control_mode is ControlMode.LOCAL
         # Volumes are kept exactly; the float32 registers show them rounded.
         self.volume_forward = float(opts.get("sim_volume_m3", round(self.rng.uniform(5, 500), 3)))
         self.volume_reverse = float(opts.get("sim_reverse_m3", 0.0))

@@ -109,9 +109,9 @@ def test_map_points_translate_raw_values_and_flag_unknown_ones() -> None:
 
 
 def test_shipped_map_and_bit_points_load_from_toml() -> None:
-    from openprepay.plugins.water_valve.plugin import profiles
+    from openprepay.plugins.water_valve.plugin import CATALOGUE
 
-    profile = profiles()["xintai.valve_meter"]
+    profile = CATALOGUE.profiles["xintai.valve_meter"]
     assert profile.codecs["pipe_full"].mapping == {0x55: 0, 0xAA: 1}
     assert [profile.codecs[n].bit for n in ("valve_open", "valve_closed", "valve_abnormal")] == [
         0,

@@ -16,12 +16,7 @@ from openprepay.core.plugins import Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
 from openprepay.core.site import LinkType
-from openprepay.plugins.modbus import (
-    ModbusTransport,
-    ProfileDriver,
-    RegisterDeviceSimulator,
-    load_profile,
-)
+from openprepay.plugins.modbus import ProfileCatalogue, ProfileDriver, RegisterDeviceSimulator
 
 from .conftest import Meter, site_of
 
@@ -88,22 +83,21 @@ class HeatSimulator(RegisterDeviceSimulator):
         return None
 
 
-def make_plugin(profile_path: Path) -> types.SimpleNamespace:
-    profile = load_profile(profile_path)
+def make_plugin(profiles: Path) -> types.SimpleNamespace:
+    catalogue = ProfileCatalogue(profiles)
 
     @hookimpl
     def openprepay_device_models():
-        return [profile.model]
+        return catalogue.models()
 
     @hookimpl
     def openprepay_make_driver(model, device, transport):
-        if model.name == profile.model.name and isinstance(transport, ModbusTransport):
-            return ProfileDriver(profile, device, transport)
-        return None
+        return catalogue.make_driver(model, device, transport, ProfileDriver)
 
     @hookimpl
     def openprepay_make_simulator(model, device, options):
-        if model.name != profile.model.name:
+        profile = catalogue.profile(model)
+        if profile is None:
             return None
         sim = HeatSimulator(profile, device, options)
         sim.values.update(volume=123456.789, setpoint=0.0, mode=3, alarm=1)
@@ -117,9 +111,8 @@ def make_plugin(profile_path: Path) -> types.SimpleNamespace:
 
 
 async def test_a_profile_and_three_hooks_make_a_working_meter(tmp_path: Path) -> None:
-    path = tmp_path / "heat1.toml"
-    path.write_text(PROFILE)
-    plugins = Plugins.load(extra=[("acme", make_plugin(path))])
+    (tmp_path / "heat1.toml").write_text(PROFILE)
+    plugins = Plugins.load(extra=[("acme", make_plugin(tmp_path))])
     assert "acme.heat1" in plugins.models and plugins.models["acme.heat1"].plugin == "acme"
 
     site = site_of(LinkType.MODBUS_TCP, Meter("acme.heat1", unit_id=12))
