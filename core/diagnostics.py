@@ -25,7 +25,9 @@ class DeviceState(enum.IntEnum):
     QUARANTINED = 3
 
 
-def _diag(name: str, unit: str, description: str, vt: ValueType = ValueType.INT) -> PointSpec:
+def diagnostic(name: str, unit: str, description: str, vt: ValueType = ValueType.INT) -> PointSpec:
+    """A point of a statistics pseudo-model (links, devices, the historian): a counter by
+    default."""
     return PointSpec(name, unit, description, PointRole.DIAGNOSTIC, vt)
 
 
@@ -36,26 +38,28 @@ LINK_MODEL = DeviceModel(
     kind=MeterKind.LINK,
     description="Statistics of one link (serial bus, gateway or Modbus TCP device)",
     points=(
-        _diag("connected", "", "1 while the link is open", ValueType.BOOL),
-        _diag("utilisation", "%", "Share of the last window the link was busy", ValueType.FLOAT),
-        _diag(
+        diagnostic("connected", "", "1 while the link is open", ValueType.BOOL),
+        diagnostic(
+            "utilisation", "%", "Share of the last window the link was busy", ValueType.FLOAT
+        ),
+        diagnostic(
             "transactions_per_s",
             "1/s",
             "Device transactions per second, last window",
             ValueType.FLOAT,
         ),
-        _diag(
+        diagnostic(
             "latency_ms", "ms", "Mean duration of a successful poll, last window", ValueType.FLOAT
         ),
-        _diag("queue_depth", "", "Commands and read-backs waiting"),
-        _diag("errors", "", "Failed transactions since start"),
-        _diag("timeouts", "", "Unanswered requests since start"),
-        _diag("garbled_frames", "", "Answers rejected as corrupt (CRC, length) since start"),
-        _diag("rejected", "", "Exception responses since start"),
-        _diag("reconnects", "", "Times the link was reopened since start"),
-        _diag("devices_online", "", "Devices whose last poll succeeded"),
-        _diag("devices_backoff", "", "Devices in back-off"),
-        _diag("devices_quarantined", "", "Devices in quarantine"),
+        diagnostic("queue_depth", "", "Commands and read-backs waiting"),
+        diagnostic("errors", "", "Failed transactions since start"),
+        diagnostic("timeouts", "", "Unanswered requests since start"),
+        diagnostic("garbled_frames", "", "Answers rejected as corrupt (CRC, length) since start"),
+        diagnostic("rejected", "", "Exception responses since start"),
+        diagnostic("reconnects", "", "Times the link was reopened since start"),
+        diagnostic("devices_online", "", "Devices whose last poll succeeded"),
+        diagnostic("devices_backoff", "", "Devices in back-off"),
+        diagnostic("devices_quarantined", "", "Devices in quarantine"),
     ),
     plugin="core",
 )
@@ -67,15 +71,17 @@ HEALTH_MODEL = DeviceModel(
     kind=MeterKind.HEALTH,
     description="Communication health of one device",
     points=(
-        _diag("online", "", "1 while the device answers", ValueType.BOOL),
-        _diag("state", "", "0 unknown, 1 online, 2 back-off, 3 quarantined"),
-        _diag("consecutive_failures", "", "Failed polls in a row"),
-        _diag("backoff_s", "s", "Delay before the next attempt while failing", ValueType.FLOAT),
-        _diag("latency_ms", "ms", "Duration of the last successful poll", ValueType.FLOAT),
-        _diag("polls_ok", "", "Successful polls since start"),
-        _diag("polls_failed", "", "Failed polls since start"),
-        _diag("timeouts", "", "Unanswered polls since start"),
-        _diag("garbled_frames", "", "Corrupt answers since start"),
+        diagnostic("online", "", "1 while the device answers", ValueType.BOOL),
+        diagnostic("state", "", "0 unknown, 1 online, 2 back-off, 3 quarantined"),
+        diagnostic("consecutive_failures", "", "Failed polls in a row"),
+        diagnostic(
+            "backoff_s", "s", "Delay before the next attempt while failing", ValueType.FLOAT
+        ),
+        diagnostic("latency_ms", "ms", "Duration of the last successful poll", ValueType.FLOAT),
+        diagnostic("polls_ok", "", "Successful polls since start"),
+        diagnostic("polls_failed", "", "Failed polls since start"),
+        diagnostic("timeouts", "", "Unanswered polls since start"),
+        diagnostic("garbled_frames", "", "Corrupt answers since start"),
     ),
     plugin="core",
 )

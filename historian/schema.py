@@ -32,17 +32,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from openprepay.core.account_points import ACCOUNT_MODEL
-from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
+from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL, diagnostic
 from openprepay.core.events import CommandExecuted, Event
-from openprepay.core.model import DeviceModel, MeterKind, PointRole, PointSpec, ValueType
+from openprepay.core.model import DeviceModel, MeterKind, PointSpec, ValueType
 from openprepay.core.site import Site
 
 #: Source id of the historian's own statistics.
 HISTORIAN_SOURCE = "historian"
-
-
-def _stat(name: str, unit: str, description: str, vt: ValueType = ValueType.INT) -> PointSpec:
-    return PointSpec(name, unit, description, PointRole.DIAGNOSTIC, vt)
 
 
 #: The historian's statistics, published every `stats_interval_s` as samples of this
@@ -54,20 +50,20 @@ HISTORIAN_MODEL = DeviceModel(
     kind=MeterKind.HEALTH,
     description="Spool and write statistics of the historian",
     points=(
-        _stat("queue_depth", "", "Lines (InfluxDB points) waiting in the spool"),
-        _stat("queue_batches", "", "Spooled batches waiting"),
-        _stat("queue_bytes", "B", "Bytes of spooled data waiting (compressed)"),
-        _stat("oldest_age_s", "s", "Age of the oldest waiting batch", ValueType.FLOAT),
-        _stat("pending_samples", "", "Samples in memory, not yet committed"),
-        _stat("accepted_lines", "", "Lines committed durably, since the spool was created"),
-        _stat("sent_lines", "", "Lines the server acknowledged, since the spool was created"),
-        _stat("dropped_lines", "", "Lines thrown away by the drop policy, in total"),
-        _stat("dropped_points", "", "Point values thrown away by the drop policy, in total"),
-        _stat("quarantined_lines", "", "Lines the server rejected as malformed, in total"),
-        _stat("quarantine_batches", "", "Rejected batches kept in the quarantine"),
-        _stat("retries", "", "Write attempts that failed and were retried, since start"),
-        _stat("connected", "", "1 while the last write attempt succeeded", ValueType.BOOL),
-        _stat("write_ms", "ms", "Duration of the last successful write", ValueType.FLOAT),
+        diagnostic("queue_depth", "", "Lines (InfluxDB points) waiting in the spool"),
+        diagnostic("queue_batches", "", "Spooled batches waiting"),
+        diagnostic("queue_bytes", "B", "Bytes of spooled data waiting (compressed)"),
+        diagnostic("oldest_age_s", "s", "Age of the oldest waiting batch", ValueType.FLOAT),
+        diagnostic("pending_samples", "", "Samples in memory, not yet committed"),
+        diagnostic("accepted_lines", "", "Lines committed durably, since the spool was created"),
+        diagnostic("sent_lines", "", "Lines the server acknowledged, since the spool was created"),
+        diagnostic("dropped_lines", "", "Lines thrown away by the drop policy, in total"),
+        diagnostic("dropped_points", "", "Point values thrown away by the drop policy, in total"),
+        diagnostic("quarantined_lines", "", "Lines the server rejected as malformed, in total"),
+        diagnostic("quarantine_batches", "", "Rejected batches kept in the quarantine"),
+        diagnostic("retries", "", "Write attempts that failed and were retried, since start"),
+        diagnostic("connected", "", "1 while the last write attempt succeeded", ValueType.BOOL),
+        diagnostic("write_ms", "ms", "Duration of the last successful write", ValueType.FLOAT),
     ),
     plugin="historian",
 )

@@ -93,6 +93,7 @@ class Historian:
         self.started = False
         self._drops_unreported: Drop | None = None
         self._last_drop_event = -DROP_EVENT_INTERVAL_S
+        self._setup()
 
     # -- the bus listener: enqueue only ---------------------------------------------------
     def _enqueue(self, item: Item) -> None:
@@ -300,6 +301,11 @@ class Historian:
         return values
 
     # -- backend hooks --------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Build the backend's parts (called at the end of the constructor, so that a
+        backend does not restate it)."""
+        raise NotImplementedError
+
     def _open(self) -> None:
         raise NotImplementedError
 
@@ -328,16 +334,10 @@ class Historian:
 class SpoolingHistorian(Historian):
     """InfluxDB backend: spool on disk, forwarder to the server, InfluxQL reads."""
 
-    def __init__(
-        self,
-        config: HistorianConfig,
-        site: Site | None,
-        bus: EventBus,
-        models: Mapping[str, DeviceModel] | None = None,
-    ) -> None:
-        super().__init__(config, site, bus, models)
+    def _setup(self) -> None:
+        config = self.config
         assert config.influx is not None and config.spool_dir is not None
-        self.encoder = LineEncoder(site, self.catalogue.learn)
+        self.encoder = LineEncoder(self.site, self.catalogue.learn)
         self.spool = Spool(
             config.spool_dir,
             config.spool_max_bytes,
@@ -430,15 +430,8 @@ class SpoolingHistorian(Historian):
 class EmbeddedHistorian(Historian):
     """Embedded backend: the SQLite store is the durable copy; no network."""
 
-    def __init__(
-        self,
-        config: HistorianConfig,
-        site: Site | None,
-        bus: EventBus,
-        models: Mapping[str, DeviceModel] | None = None,
-    ) -> None:
-        super().__init__(config, site, bus, models)
-        self.store = EmbeddedStore(config.path, config.retention_days)
+    def _setup(self) -> None:
+        self.store = EmbeddedStore(self.config.path, self.config.retention_days)
         self.reader = EmbeddedHistoryReader(self.store)
 
     def describe(self) -> str:
