@@ -55,6 +55,7 @@ from .methods import (
     result_of,
 )
 from .space import NULL, WAITING, HistoryTarget, PointBinding, SourceBinding, Target, datatype_of
+from .tasks import stop_task
 from .units import eu_information
 
 if TYPE_CHECKING:
@@ -321,13 +322,8 @@ class AccountView:
         self._task = asyncio.create_task(self._refresh_forever(service), name="opcua-accounts")
 
     async def stop(self, service: OpcUaService) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def touch(self, account_id: str | None) -> None:
         """Re-read this account's snapshot soon (any thread)."""

@@ -33,6 +33,7 @@ from asyncua import Node, Server, ua
 from asyncua.common import events as ua_events
 
 from .nodes import NodeWriter
+from .tasks import stop_task
 
 log = logging.getLogger("openprepay.opcua")
 
@@ -171,12 +172,8 @@ class EventEmitter:
     async def stop(self) -> None:
         if self._task is not None:
             await self.drain()
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def drain(self) -> None:
         """Deliver what is queued (at stop, and in tests before asserting)."""

@@ -28,6 +28,7 @@ from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
 from openprepay.core.model import MeterKind, Quality, Sample
 
 from .space import STATUS_OF_QUALITY, SourceBinding, Space
+from .tasks import stop_task
 
 log = logging.getLogger("openprepay.opcua")
 
@@ -81,13 +82,8 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name="opcua-publisher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         self._loop = None
 
     async def _run(self) -> None:
