@@ -1,12 +1,16 @@
-"""Fixtures for the real things the tests talk to.
+"""Fixtures for the real things the tests talk to, and helpers the suites share.
 
 Servers are started on ephemeral ports from here: InfluxDB 1.x (`influxd`), VictoriaMetrics
 (its /api/v2/write endpoint) and a throwaway PostgreSQL database. Without CI a missing
 service skips the tests that need it; with CI=true it is a failure.
+
+Suites import the helpers as `from tests.conftest import ...`: `until`/`until_async` wait
+for a condition, `simulate` serves a site's simulated devices for a runtime to talk to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -15,14 +19,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from openprepay.core.db import Database
+    from openprepay.core.plugins import Plugins
+    from openprepay.core.simulate import SimulatedSite
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -56,6 +62,49 @@ def wait_http(url: str, ok: tuple[int, ...], proc: subprocess.Popen, timeout: fl
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> None:
+    """Wait until `predicate()` is true (never a timing assertion: the timeout only stops a
+    hung test)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(step)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def until_async(
+    predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, step: float = 0.1
+) -> None:
+    """`until` for a predicate that must be awaited (an OPC UA read)."""
+
+    async def poll() -> None:
+        while not await predicate():
+            await asyncio.sleep(step)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def simulate(data: dict[str, Any], plugins: Plugins, *, speedup: float) -> SimulatedSite:
+    """Serve the simulated devices of the site in `data` on ephemeral ports, and point the
+    links of `data` at them (write it as the site file a `Runtime` loads)."""
+    from openprepay.core.contracts import SimulatorOptions
+    from openprepay.core.simulate import SimulatedSite
+    from openprepay.core.site import LinkType, parse_site
+
+    site = parse_site(data)
+    options = SimulatorOptions(speedup=speedup, ephemeral_ports=True, timezone=site.info.timezone)
+    sims = SimulatedSite(site, plugins, options)
+    await sims.start()
+    for link_id, (host, port) in sims.addresses.items():
+        link = data["links"][link_id]
+        if site.links[link_id].type is LinkType.SERIAL:
+            link["device"] = f"socket://{host}:{port}"
+        else:
+            link["host"], link["port"] = host, port
+    return sims
 
 
 class ServerProcess:

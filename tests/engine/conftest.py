@@ -9,7 +9,6 @@ is cut at once.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,12 +20,12 @@ import pytest
 import tomli_w
 
 from openprepay.core import accounts as acc
-from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.model import MeterKind
 from openprepay.core.plugins import DISABLE_ENV, Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import ControlMode, LinkType, load_site, parse_site
+from openprepay.core.site import ControlMode, load_site
+from tests.conftest import simulate
 
 #: Trips at any hour, any day, without notice or friendly credit: the engine's behaviour
 #: is then decided by the balance alone (tests that need the policy set their own).
@@ -178,27 +177,6 @@ class Running:
         return account
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> None:
-    """Wait until `predicate()` is true (never a timing assertion: the timeout only stops a
-    hung test)."""
-
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(step)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-async def until_async(
-    predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, step: float = 0.05
-) -> None:
-    async def poll() -> None:
-        while not await predicate():
-            await asyncio.sleep(step)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
 StartRunning = Callable[..., Awaitable[Running]]
 
 
@@ -211,19 +189,7 @@ async def running(plugins: Plugins, tmp_path: Path) -> AsyncIterator[StartRunnin
         *, speedup: float = 0.0, data: dict[str, Any] | None = None, **changes: Any
     ) -> Running:
         site_dict = data or site_data(**changes)
-        parsed = parse_site(site_dict)
-        sims = SimulatedSite(
-            parsed,
-            plugins,
-            SimulatorOptions(speedup=speedup, ephemeral_ports=True, timezone="Asia/Shanghai"),
-        )
-        await sims.start()
-        for link_id, (host, port) in sims.addresses.items():
-            link = site_dict["links"][link_id]
-            if parsed.links[link_id].type is LinkType.SERIAL:
-                link["device"] = f"socket://{host}:{port}"
-            else:
-                link["host"], link["port"] = host, port
+        sims = await simulate(site_dict, plugins, speedup=speedup)
         site_file = tmp_path / f"site{len(started)}.toml"
         site_file.write_text(tomli_w.dumps(site_dict))
         runtime = Runtime(load_site(site_file), plugins)

@@ -23,8 +23,9 @@ from openprepay.core.db import schema as t
 from openprepay.core.operations import Operations
 from openprepay.core.simulate import SimulatedSite
 from openprepay.core.site import load_site, parse_site
+from tests.conftest import until
 
-from .conftest import site_data, until
+from .conftest import site_data
 
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
 

@@ -18,8 +18,7 @@ from openprepay.core.events import EventBus, utcnow
 from openprepay.core.feecontrol import FeeState
 from openprepay.core.readings import LatestReadings
 from openprepay.core.view import DailyTotals, RoomView
-
-from .conftest import until
+from tests.conftest import until
 
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
 

@@ -10,8 +10,9 @@ from typing import Any
 
 from openprepay.core import commands as cmds
 from openprepay.core.events import ReconciliationBreak
+from tests.conftest import until
 
-from .conftest import site_data, until
+from .conftest import site_data
 
 
 def lose_replies_after_recharge(sim: Any, silent_s: float) -> list[int]:

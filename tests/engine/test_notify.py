@@ -20,8 +20,9 @@ from openprepay.core.feecontrol import FeeThresholds
 from openprepay.core.site import parse_site
 from openprepay.plugins.notify.mail import EmailNotifier, EmailSettings
 from openprepay.plugins.notify.webhook import WebhookNotifier, WebhookSettings, verify
+from tests.conftest import until
 
-from .conftest import site_data, until
+from .conftest import site_data
 
 SECRET = "a-shared-secret-of-32-characters"
 

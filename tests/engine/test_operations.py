@@ -26,8 +26,9 @@ from openprepay.core.feecontrol import FeeState
 from openprepay.core.ledger import RequestError
 from openprepay.core.operations import Operations
 from openprepay.core.site import load_site
+from tests.conftest import until
 
-from .conftest import site_data, until
+from .conftest import site_data
 
 TABLES = (
     "journal",

@@ -13,8 +13,9 @@ from openprepay.core import ledger
 from openprepay.core.db import schema as t
 from openprepay.core.events import AlarmLevelChanged, AuditRecord, SupplyChanged
 from openprepay.core.feecontrol import FeeState
+from tests.conftest import until
 
-from .conftest import ANYTIME_POLICY, site_data, until
+from .conftest import ANYTIME_POLICY, site_data
 
 
 class Recorder:

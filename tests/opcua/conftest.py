@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +36,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from openprepay.core import accounts as acc
 from openprepay.core.cli import CliContext, build_cli
-from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.db import open_database
 from openprepay.core.plugins import DISABLE_ENV, Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import LinkType, load_site, parse_site
+from openprepay.core.site import load_site
 from openprepay.opcua_server.pki import Pki, trust
 from openprepay.opcua_server.service import OpcUaService
 from openprepay.opcua_server.users import add_user
+from tests.conftest import simulate
 
 CLIENT_URI = "urn:openprepay:tests:client"
 PASSWORDS = {
@@ -234,19 +234,7 @@ def client_certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientCe
 async def start_site(
     folder: Path, plugins: Plugins, data: dict[str, Any], trusted: ClientCert
 ) -> OpcUaSite:
-    parsed = parse_site(data)
-    sims = SimulatedSite(
-        parsed,
-        plugins,
-        SimulatorOptions(speedup=60.0, ephemeral_ports=True, timezone="Asia/Shanghai"),
-    )
-    await sims.start()
-    for link_id, (host, port) in sims.addresses.items():
-        link = data["links"][link_id]
-        if parsed.links[link_id].type is LinkType.SERIAL:
-            link["device"] = f"socket://{host}:{port}"
-        else:
-            link["host"], link["port"] = host, port
+    sims = await simulate(data, plugins, speedup=60.0)
     site_file = folder / "site.toml"
     site_file.write_text(tomli_w.dumps(data))
     site = load_site(site_file)
@@ -329,23 +317,3 @@ def run_cli(*args: str) -> Result:
     if "opcua" not in cli.commands:
         cli.add_command(opcua_group)
     return CliRunner().invoke(cli, list(args), obj=CliContext(plugins))
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> None:
-    """Wait until `predicate()` is true (the timeout only stops a hung test)."""
-
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(step)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-async def until_async(
-    predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, step: float = 0.1
-) -> None:
-    async def poll() -> None:
-        while not await predicate():
-            await asyncio.sleep(step)
-
-    await asyncio.wait_for(poll(), timeout)

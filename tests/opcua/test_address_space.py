@@ -8,8 +8,9 @@ import pytest
 from asyncua import Client, ua
 
 from openprepay.opcua_server.units import unit_id
+from tests.conftest import until, until_async
 
-from .conftest import OpcUaSite, until, until_async
+from .conftest import OpcUaSite
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

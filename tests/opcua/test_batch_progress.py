@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from .conftest import OpcUaSite, run_cli, until_async
+from tests.conftest import until_async
+
+from .conftest import OpcUaSite, run_cli
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from asyncua import Client, ua
 
-from .conftest import OpcUaSite, until_async
+from tests.conftest import until_async
+
+from .conftest import OpcUaSite
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -14,7 +14,9 @@ import pytest
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from .conftest import OpcUaSite, until, until_async
+from tests.conftest import until, until_async
+
+from .conftest import OpcUaSite
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
