@@ -39,6 +39,10 @@ def grant_emergency_credit(
         return Posted(existing, True)
     require_account(conn, account_id, open_only=True)
     wallet, _ = lock_wallet(conn, account_id, WalletKind.ENERGY)
+    # The same request may have committed while this one waited for the wallet lock.
+    existing = find_replay(conn, key, request, "emergency credit")
+    if existing is not None:
+        return Posted(existing, True)
     if _local_meters(conn, account_id):
         raise RequestError(
             "account", f"account {account_id!r} has LOCAL meters: emergency credit is the meter's"
@@ -51,7 +55,7 @@ def grant_emergency_credit(
             "it is repaid by the next top-up",
         )
     now = now or utcnow()
-    write_journal(
+    new_id = write_journal(
         conn,
         JournalKind.EMERGENCY_CREDIT,
         key,
@@ -63,6 +67,10 @@ def grant_emergency_credit(
         now=now,
         known_wallets=(wallet,),
     )
+    if new_id is None:  # an identical key won a race with this request: same request only
+        replay = find_replay(conn, key, request, "emergency credit")
+        assert replay is not None
+        return Posted(replay, True)
     journal = load_journal(conn, key)
     assert journal is not None
     return Posted(journal, False)

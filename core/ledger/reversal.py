@@ -54,13 +54,18 @@ def reverse(
             "journal",
             f"journal {journal_id} is a {original.kind}: {_NOT_REVERSIBLE[original.kind]}",
         )
+    if original.account_id is not None:
+        lock_wallet(conn, original.account_id, WalletKind.ENERGY)
+        # The same reversal may have committed while this one waited for the lock.
+        existing = find_replay(conn, key, request, "reversal")
+        if existing is not None:
+            return Posted(existing, True)
+    # Checked under the lock: a concurrent reversal by another key must see this one.
     already = conn.execute(
         sa.select(t.journal.c.id).where(t.journal.c.reverses_id == journal_id)
     ).scalar()
     if already is not None:
         raise RequestError("journal", f"journal {journal_id} is already reversed by {already}")
-    if original.account_id is not None:
-        lock_wallet(conn, original.account_id, WalletKind.ENERGY)
     now = now or utcnow()
     if original.kind == JournalKind.TOPUP:
         order = conn.execute(
@@ -84,7 +89,12 @@ def reverse(
             if repay is not None:
                 write_reversal(conn, repay, key + ":repay", reason, requested_by, now)
     new_id = write_reversal(conn, original, key, reason, requested_by, now, request=request)
-    journal = load_journal(conn, key)
+    # A concurrent reversal under the same key may have won: it counts only if it is this one.
+    journal = (
+        load_journal(conn, key)
+        if new_id is not None
+        else find_replay(conn, key, request, "reversal")
+    )
     assert journal is not None
     return Posted(journal, new_id is None)
 

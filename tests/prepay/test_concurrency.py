@@ -8,6 +8,11 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import Connection
 
 from openprepay.core import ledger
 from openprepay.core.model import MeterKind
@@ -86,3 +91,86 @@ def test_one_reference_from_many_threads_is_applied_once(db, make_account, check
     with db.read() as conn:
         assert ledger.balances(conn, "A-102").energy_fen == 5000
     assert check().journals == 1
+
+
+def _wait_for_a_lock_waiter(db) -> None:
+    """Until a PostgreSQL session waits on a row lock (the request in the other thread)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with db.read() as conn:
+            waiting = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).scalar()
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the second request never waited for the wallet lock")
+
+
+def _while_holding(db, first: Callable[[Connection], object], second: Callable[[], object]):
+    """Run `first` in a transaction, start `second` in a thread, let it block on the lock
+    `first` holds, then commit: `second` sees the committed result only after it had
+    checked for a replay."""
+    outcome: list[object] = []
+
+    def run_second() -> None:
+        try:
+            outcome.append(second())
+        except BaseException as exc:  # reported to the test
+            outcome.append(exc)
+
+    with db.begin() as conn:
+        result = first(conn)
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        _wait_for_a_lock_waiter(db)
+    thread.join(30)
+    return result, outcome[0]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite serialises writers
+def test_a_request_that_waited_for_the_lock_replays_the_one_that_committed(db, account, check):
+    with db.begin() as conn:
+        topup = ledger.topup(conn, "A-101", 10_000, "pay-1")
+
+    def grant(conn: Connection) -> ledger.Posted:
+        return ledger.grant_emergency_credit(conn, "A-101", 500, "ec-1")
+
+    def grant_again() -> ledger.Posted:
+        with db.begin() as conn:
+            return grant(conn)
+
+    first, second = _while_holding(db, grant, grant_again)
+    assert isinstance(second, ledger.Posted), second
+    assert second.replayed and second.journal.id == first.journal.id
+
+    def reverse(conn: Connection) -> ledger.Posted:
+        return ledger.reverse(conn, topup.journal_id, reason="wrong account")
+
+    def reverse_again() -> ledger.Posted:
+        with db.begin() as conn:
+            return reverse(conn)
+
+    first, second = _while_holding(db, reverse, reverse_again)
+    assert isinstance(second, ledger.Posted), second
+    assert second.replayed and second.journal.id == first.journal.id
+    with db.read() as conn:
+        assert ledger.balances(conn, "A-101").energy_fen == 500
+    assert check().journals == 3
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_second_reversal_under_another_key_waits_and_is_refused(db, account, check):
+    with db.begin() as conn:
+        topup = ledger.topup(conn, "A-101", 10_000, "pay-1")
+
+    def other_key() -> ledger.Posted:
+        with db.begin() as conn:
+            return ledger.reverse(conn, topup.journal_id, reason="dup", idempotency_key="r-2")
+
+    first, second = _while_holding(
+        db, lambda conn: ledger.reverse(conn, topup.journal_id, reason="wrong account"), other_key
+    )
+    assert isinstance(second, ledger.RequestError), second
+    assert f"already reversed by {first.journal.id}" in str(second)
+    assert check().journals == 2
