@@ -45,6 +45,7 @@ from openprepay.core.billing.readings import Reading, save_captured
 from openprepay.core.billing.service import Billing
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
+from openprepay.core.demo import residential_tariff
 from openprepay.core.plugins import Plugins
 from openprepay.core.site import parse_site
 
@@ -60,27 +61,7 @@ def site_data(buildings: int, rooms: int) -> dict[str, Any]:
         "buildings": {},
         "rooms": {},
         "devices": {},
-        "tariffs": {
-            "residential": {
-                "rates": {
-                    "sharp": "0.7200",
-                    "peak": "0.6000",
-                    "flat": "0.5000",
-                    "valley": "0.2000",
-                },
-                "periods": [
-                    {"start": "23:00", "end": "07:00", "rate": "valley"},
-                    {"start": "07:00", "end": "10:00", "rate": "flat"},
-                    {"start": "10:00", "end": "11:00", "rate": "sharp"},
-                    {"start": "11:00", "end": "23:00", "rate": "peak"},
-                ],
-                "tiers": {
-                    "cycle": "annual",
-                    "thresholds": ["2880", "4800"],
-                    "adders": ["0", "0.05", "0.30"],
-                },
-            }
-        },
+        "tariffs": {"residential": residential_tariff()},
         "prepay": {"engine": {"default_tariffs": {"electric": "residential"}}},
         "billing": {
             "pools": {},

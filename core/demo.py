@@ -5,16 +5,25 @@ floors × 6 rooms, each room with a prepaid electricity meter and a valve-contro
 meter, each building with a common-area main meter; meters hang off several RS-485
 gateways. `openprepay demo` serves it with simulators on loopback sockets and runs the
 service on embedded defaults against it.
+
+Its pieces — the residential and water tariffs, a disconnect policy that trips at any
+hour, an account per room — are what the tests and benchmarks build their sites from too.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .site import Site, parse_site
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .feecontrol import FeeThresholds
+    from .model import DeviceModel
     from .runtime import Runtime
 
 ELECTRIC_MODEL = "acrel.DDSY1352"
@@ -158,51 +167,75 @@ def demo_prepay_sections() -> dict[str, Any]:
         "tariffs": {
             "residential": {
                 "name": "Residential TOU + annual tiers",
-                "rates": {
-                    "sharp": "0.7200",
-                    "peak": "0.6000",
-                    "flat": "0.5000",
-                    "valley": "0.2000",
-                },
-                "periods": [
-                    {"start": "23:00", "end": "07:00", "rate": "valley"},
-                    {"start": "07:00", "end": "08:00", "rate": "flat"},
-                    {"start": "08:00", "end": "11:30", "rate": "peak"},
-                    {"start": "11:30", "end": "18:30", "rate": "flat"},
-                    {"start": "18:30", "end": "19:00", "rate": "peak"},
-                    {"start": "19:00", "end": "21:00", "rate": "sharp"},
-                    {"start": "21:00", "end": "23:00", "rate": "peak"},
-                ],
-                "tiers": {
-                    "cycle": "annual",
-                    "thresholds": ["2880", "4800"],
-                    "adders": ["0", "0.05", "0.30"],
-                },
+                **residential_tariff(
+                    [
+                        {"start": "23:00", "end": "07:00", "rate": "valley"},
+                        {"start": "07:00", "end": "08:00", "rate": "flat"},
+                        {"start": "08:00", "end": "11:30", "rate": "peak"},
+                        {"start": "11:30", "end": "18:30", "rate": "flat"},
+                        {"start": "18:30", "end": "19:00", "rate": "peak"},
+                        {"start": "19:00", "end": "21:00", "rate": "sharp"},
+                        {"start": "21:00", "end": "23:00", "rate": "peak"},
+                    ]
+                ),
             },
-            "water": {
-                "name": "Tiered water",
-                "commodity": "water",
-                "tiers": {
-                    "cycle": "monthly",
-                    "thresholds": ["18", "25"],
-                    "prices": ["3.00", "4.50", "9.00"],
-                },
-            },
+            "water": {"name": "Tiered water", **water_tariff()},
         },
         "prepay": {
             "thresholds": {"alarm1": "5.00", "alarm2": "2.00"},
-            "policy": {
-                "quiet_start": "00:00",
-                "quiet_end": "00:00",
-                "no_trip_days": [],
-                "holiday_calendar": "",
-                "no_trip_before_non_working_day": False,
-                "notice_days": 0,
-                "friendly_credit": "0.00",
-                "max_trips_per_minute": 100,
-            },
+            "policy": anytime_policy(),
             "engine": {"default_tariffs": {"electric": "residential", "water": "water"}},
         },
+    }
+
+
+def residential_tariff(periods: Sequence[Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """A `[tariffs.<id>]` table: residential electricity, TOU rates (CNY/kWh) over `periods`
+    plus the annual tier adders (2880 and 4800 kWh a year). Default periods: valley by
+    night, flat in the early morning, an hour of sharp from 10:00, peak the rest of the day."""
+    if periods is None:
+        periods = [
+            {"start": "23:00", "end": "07:00", "rate": "valley"},
+            {"start": "07:00", "end": "10:00", "rate": "flat"},
+            {"start": "10:00", "end": "11:00", "rate": "sharp"},
+            {"start": "11:00", "end": "23:00", "rate": "peak"},
+        ]
+    return {
+        "rates": {"sharp": "0.7200", "peak": "0.6000", "flat": "0.5000", "valley": "0.2000"},
+        "periods": [dict(p) for p in periods],
+        "tiers": {
+            "cycle": "annual",
+            "thresholds": ["2880", "4800"],
+            "adders": ["0", "0.05", "0.30"],
+        },
+    }
+
+
+def water_tariff() -> dict[str, Any]:
+    """A `[tariffs.<id>]` table: water in monthly tiers (18 and 25 m³)."""
+    return {
+        "commodity": "water",
+        "tiers": {
+            "cycle": "monthly",
+            "thresholds": ["18", "25"],
+            "prices": ["3.00", "4.50", "9.00"],
+        },
+    }
+
+
+def anytime_policy() -> dict[str, Any]:
+    """A `[prepay.policy]` that trips at any hour and day, without notice or friendly
+    credit, so that an account that runs out is cut at once (the demo and tests; a real
+    site keeps the defaults)."""
+    return {
+        "quiet_start": "00:00",
+        "quiet_end": "00:00",
+        "no_trip_days": [],
+        "holiday_calendar": "",
+        "no_trip_before_non_working_day": False,
+        "notice_days": 0,
+        "friendly_credit": "0.00",
+        "max_trips_per_minute": 100,
     }
 
 
@@ -220,40 +253,70 @@ def open_demo_accounts(runtime: Runtime) -> list[str]:
     """Open a prepaid account per room (id = room id, its electric and water meters) with an
     opening top-up; the low rooms get only a little. Idempotent: a second demo run on the
     same state directory keeps the accounts and their balances. Returns the low rooms."""
-    from . import accounts as acc
     from .events import utcnow
 
     ops = runtime.operations
     assert ops is not None and runtime.db is not None
-    site, models = runtime.site, runtime.plugins.models
+    site = runtime.site
     low = low_rooms(site)
     meters: dict[str, list[str]] = {}
-    for device in site.devices.values():
+    for device in sorted(site.devices.values(), key=lambda d: d.id):
         if device.room is not None:
             meters.setdefault(device.room, []).append(device.id)
     with runtime.db.begin() as conn:
-        for room, ids in sorted(meters.items()):
-            if acc.find_account(conn, room) is not None:
-                continue
-            spec = acc.AccountSpec(
-                room,
-                f"Tenant of {room}",
-                tuple(acc.resolve_meter(site, models, m) for m in sorted(ids)),
-                room=room,
-                tariff_id="residential",
-                thresholds=ops.settings.thresholds,
-            )
-            acc.create_account(conn, spec)
+        open_room_accounts(
+            conn,
+            site,
+            runtime.plugins.models,
+            meters,
+            tariff_id="residential",
+            thresholds=ops.settings.thresholds,
+        )
     for room in sorted(meters):
         amount = LOW_BALANCE_FEN if room in low else OPENING_BALANCE_FEN
         ops.topup(room, amount, f"demo-opening-{room}", actor="demo")
     now = utcnow()
     with runtime.db.read() as conn:
-        samples = [ops.control.account_sample(conn, room, now) for room in sorted(meters)]
+        samples = ops.control.account_samples(conn, meters, now)
     for sample in samples:
-        if sample is not None:
-            runtime.bus.publish(sample)
+        runtime.bus.publish(sample)
     return low
+
+
+def open_room_accounts(
+    conn: Connection,
+    site: Site,
+    models: Mapping[str, DeviceModel],
+    rooms: Mapping[str, Sequence[str]],
+    *,
+    tariff_id: str | None = None,
+    thresholds: FeeThresholds | None = None,
+    modes: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Open an account per room of `rooms` (room → its meters), in the caller's
+    transaction: id = room id, the meters' kinds from their models and control modes from
+    the site file unless `modes` (meter → mode) says otherwise. A room that has an account
+    already is left as it is (a second demo run keeps its accounts). Returns the rooms
+    opened."""
+    from . import accounts as acc
+
+    opened = []
+    for room, meters in sorted(rooms.items()):
+        if acc.find_account(conn, room) is not None:
+            continue
+        assigned = tuple(acc.resolve_meter(site, models, m, (modes or {}).get(m)) for m in meters)
+        spec = acc.AccountSpec(
+            room,
+            f"Tenant of {room}",
+            assigned,
+            room=room,
+            tariff_id=tariff_id,
+            thresholds=thresholds if thresholds is not None else acc.Thresholds(),
+        )
+        acc.create_account(conn, spec, now=now)
+        opened.append(room)
+    return opened
 
 
 def demo_site(**kwargs: Any) -> Site:

@@ -9,6 +9,7 @@ raises is logged and kept, so one faulty consumer cannot stop polling.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,23 @@ class EventBus:
                 listener(item)
             except Exception:
                 log.exception("listener %r failed on %s", listener, kind.__name__)
+
+
+def publish_on_loop(
+    loop: asyncio.AbstractEventLoop | None, publish: Listener, item: object
+) -> None:
+    """`publish(item)` on `loop`'s thread, whatever thread calls: listeners such as the OPC
+    UA server expect the loop's thread, while service calls and batch jobs run in worker
+    threads. Directly when there is no open loop (the CLI) or the caller runs on it."""
+    if loop is not None and not loop.is_closed():
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is not loop:
+            loop.call_soon_threadsafe(publish, item)
+            return
+    publish(item)
 
 
 def utcnow() -> datetime:

@@ -28,13 +28,11 @@ from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
 from . import commands as cmds
 from .db import Database
 from .db import schema as t
 from .errors import CommandRefused, DeviceIOError
-from .events import CommandFailed, SupplyChanged, utcnow
+from .events import CommandFailed, SupplyChanged, publish_on_loop, utcnow
 from .feecontrol import Cause
 from .model import CommandOutcome, DeviceCommand
 from .prepayment import Effects, PrepayControl
@@ -290,13 +288,8 @@ class CommandExecutor:
             self._schedule_wake(retry_at)
 
     def _emit(self, event: object) -> None:
-        """Publish on the event loop (this runs in a worker thread; listeners such as the
-        OPC UA server expect the loop's thread)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            self.publish(event)
-        else:
-            loop.call_soon_threadsafe(self.publish, event)
+        """Publish on the event loop (this runs in a worker thread)."""
+        publish_on_loop(self._loop, self.publish, event)
 
     def _schedule_wake(self, at: datetime | None) -> None:
         loop = self._loop
@@ -326,14 +319,3 @@ def _jsonable(values: Any) -> dict[str, Any]:
     for k, v in dict(values or {}).items():
         out[str(k)] = v if isinstance(v, int | float | str | bool) or v is None else str(v)
     return out
-
-
-def pending_commands(db: Database, meters: Collection[str] | None = None) -> int:
-    """Unfinished commands (PENDING, CLAIMED, SENT), for status and tests."""
-    with db.read() as conn:
-        q = sa.select(sa.func.count()).where(
-            t.meter_command.c.state.in_([s.value for s in cmds.UNFINISHED])
-        )
-        if meters is not None:
-            q = q.where(t.meter_command.c.meter_id.in_(list(meters)))
-        return int(conn.execute(q).scalar() or 0)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -47,14 +47,14 @@ from . import ledger
 from .db import Database
 from .db import schema as t
 from .db.group import GroupCommit
-from .events import AuditRecord, EventBus, utcnow
+from .events import AuditRecord, EventBus, publish_on_loop, utcnow
 from .feecontrol import Cause, FeeState, FeeThresholds
 from .ledger import RefundResult, RequestError, TopUpResult, format_fen
 from .model import DeviceModel, MeterKind
 from .notifications import NotifySettings, load_notify
 from .policy import MeterContext, grant_emergency_credit, reconnect_allowed
 from .prepay_settings import PrepaySettings, load_prepay
-from .prepayment import Effects, PrepayControl, audit
+from .prepayment import Effects, PrepayControl, audit, load_account_row
 from .rating import ENERGY_SCALE
 from .site import Site
 from .tariffs import Commodity, TariffCatalogue, load_tariffs
@@ -190,16 +190,7 @@ class Operations:
     def _publish(self, item: object) -> None:
         """Publish on the running service's event loop, whatever thread the call came from
         (the OPC UA server calls through `asyncio.to_thread`)."""
-        loop = self.loop
-        if loop is not None and not loop.is_closed():
-            try:
-                current = asyncio.get_running_loop()
-            except RuntimeError:
-                current = None
-            if current is not loop:
-                loop.call_soon_threadsafe(self.bus.publish, item)
-                return
-        self.bus.publish(item)
+        publish_on_loop(self.loop, self.bus.publish, item)
 
     def _after_commit(self, effects: Effects, now: datetime) -> None:
         for event in effects.events:
@@ -245,17 +236,12 @@ class Operations:
             if not result.replayed:
                 if result.command_id is not None:
                     effects.commands.append(cmds.get_command(conn, result.command_id))
-                if not self._reconnection_withheld(conn, account_id, result, actor, effects, now):
-                    self.control.after_change(
-                        conn,
-                        account_id,
-                        Cause.RECHARGE,
-                        actor=actor,
-                        effects=effects,
-                        balance_fen=result.balance_fen,
-                        now=now,
+                if self._reconnection_withheld(conn, account_id, result, actor, effects, now):
+                    effects.accounts.add(account_id)
+                else:
+                    self._fee_control(
+                        conn, account_id, Cause.RECHARGE, actor, effects, now, result.balance_fen
                     )
-                effects.accounts.add(account_id)
             return result
 
         return self._call(
@@ -288,7 +274,7 @@ class Operations:
         `reconnect_min` (domain.md §3): otherwise the account stays in arrears, cut."""
         if not result.emergency_repaid_fen:
             return False
-        row = self.control_row(conn, account_id)
+        row = load_account_row(conn, account_id)
         if row is None or row.fee_state is not FeeState.OVERDRAFT:
             return False
         outstanding = ledger.balances(conn, account_id).emergency_outstanding_fen
@@ -320,7 +306,7 @@ class Operations:
         top-up repays it; fee control re-evaluates as after a recharge (supply returns)."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> ledger.Posted:
-            row = self.control_row(conn, account_id)
+            row = load_account_row(conn, account_id)
             if row is None:
                 raise RequestError("account", f"unknown account {account_id!r}")
             b = ledger.balances(conn, account_id)
@@ -344,10 +330,7 @@ class Operations:
                 requested_by=actor,
                 now=now,
             )
-            self.control.after_change(
-                conn, account_id, Cause.RECHARGE, actor=actor, effects=effects, now=now
-            )
-            effects.accounts.add(account_id)
+            self._fee_control(conn, account_id, Cause.RECHARGE, actor, effects, now)
             return posted
 
         return self._call(
@@ -387,16 +370,9 @@ class Operations:
                 now=now,
             )
             if not result.replayed:
-                self.control.after_change(
-                    conn,
-                    account_id,
-                    Cause.REFUND,
-                    actor=actor,
-                    effects=effects,
-                    balance_fen=result.balance_fen,
-                    now=now,
+                self._fee_control(
+                    conn, account_id, Cause.REFUND, actor, effects, now, result.balance_fen
                 )
-                effects.accounts.add(account_id)
             return result
 
         return self._call(
@@ -478,18 +454,14 @@ class Operations:
                 ),
                 close_limit_fen=old.close_limit_fen if close_limit_fen is None else close_limit_fen,
             )
-            updated = acc.update_account(conn, account_id, thresholds=new, now=now)
+            acc.update_account(conn, account_id, thresholds=new, now=now)
             cause = (
                 Cause.OVERDRAFT_LIMIT_CHANGE
                 if new.overdraft_limit_fen != old.overdraft_limit_fen
                 else Cause.ALARM_THRESHOLD_CHANGE
             )
-            self.control.after_change(
-                conn, account_id, cause, actor=actor, effects=effects, now=now
-            )
-            effects.accounts.add(account_id)
-            del updated
-            return acc.get_account(conn, account_id)
+            self._fee_control(conn, account_id, cause, actor, effects, now)
+            return acc.get_account(conn, account_id)  # with the fee state just evaluated
 
         def describe(a: acc.Account) -> str:
             th = a.thresholds
@@ -511,7 +483,7 @@ class Operations:
         def work(conn: Connection, effects: Effects, now: datetime) -> acc.Account:
             acc.get_account(conn, account_id)
             updated = acc.update_account(conn, account_id, protected=on, now=now)
-            row = self.control_row(conn, account_id)
+            row = load_account_row(conn, account_id)
             if on and row is not None:
                 self.control.restore_cut(
                     conn,
@@ -522,9 +494,7 @@ class Operations:
                     now=now,
                 )
             elif not on:
-                self.control.after_change(
-                    conn, account_id, Cause.DEDUCTION, actor=actor, effects=effects, now=now
-                )
+                self._fee_control(conn, account_id, Cause.DEDUCTION, actor, effects, now)
             effects.accounts.add(account_id)
             return updated
 
@@ -536,10 +506,22 @@ class Operations:
             lambda a: f"protected supply (保电) {'on' if a.protected else 'off'}",
         )
 
-    def control_row(self, conn: Connection, account_id: str) -> Any:
-        from .prepayment import load_account_row
-
-        return load_account_row(conn, account_id)
+    def _fee_control(
+        self,
+        conn: Connection,
+        account_id: str,
+        cause: Cause,
+        actor: str,
+        effects: Effects,
+        now: datetime,
+        balance_fen: int | None = None,
+    ) -> None:
+        """Re-evaluate fee control after a change of the account (same transaction), and
+        publish the account's sample once committed."""
+        self.control.after_change(
+            conn, account_id, cause, actor=actor, effects=effects, balance_fen=balance_fen, now=now
+        )
+        effects.accounts.add(account_id)
 
     # -- supply -------------------------------------------------------------------------
     def disconnect(

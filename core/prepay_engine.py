@@ -70,21 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openprepay.engine")
 
-ENGINE_KEYS = (
-    "default_tariffs",
-    "post_interval_s",
-    "persist_s",
-    "queue_poll_s",
-    "command_attempts",
-    "retry_initial_s",
-    "retry_max_s",
-    "command_lease_s",
-    "instance",
-    "deferral_poll_s",
-    "reconcile_tolerance",
-    "reconcile_every_s",
-)
-
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
@@ -445,12 +430,6 @@ class PrepayEngine:
         for sample in report.samples:
             self.bus.publish(sample)
         self._committed(report.effects)
-
-    async def flush_now(self) -> FlushReport:
-        """Bill what has been collected at once (tests, shutdown)."""
-        report = await asyncio.to_thread(self.metering.flush, self.metering.take())
-        self._published(report)
-        return report
 
     # -- deferred trips and reconciliation ------------------------------------------------
     async def _deferrals(self) -> None:

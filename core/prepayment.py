@@ -196,6 +196,79 @@ def audit(
     return record
 
 
+def _queue(
+    conn: Connection,
+    effects: Effects,
+    meter_id: str,
+    kind: str,
+    reason: str,
+    actor: str,
+    account_id: str | None,
+    now: datetime,
+    *,
+    audit_as: str | None = None,
+    not_before: datetime | None = None,
+) -> cmds.MeterCommand:
+    """Queue a supply command in the caller's transaction (the executor is woken once it
+    commits); with `audit_as`, also audit it as that action (fee control's own commands:
+    manual ones are audited by the operation that asked)."""
+    command = cmds.enqueue(
+        conn,
+        meter_id,
+        kind,
+        reason=reason,
+        requested_by=actor,
+        account_id=account_id,
+        not_before=not_before,
+        now=now,
+    )
+    effects.commands.append(command)
+    if audit_as is not None:
+        detail = f"{kind} #{command.id} queued: {reason}"
+        audit(conn, effects, actor, audit_as, meter_id, detail, now=now)
+    return command
+
+
+def _meter_context(
+    meter_id: str,
+    balance_fen: int,
+    fee_state: FeeState,
+    thresholds: FeeThresholds,
+    protected: bool,
+    pa: Any,
+    override: Override | None,
+) -> MeterContext:
+    """What the policy gate sees of a meter: its account's figures plus the account's
+    engine row `pa` (exemption, notice served; None before it has one)."""
+    return MeterContext(
+        meter_id=meter_id,
+        energy_balance_fen=balance_fen,
+        fee_state=fee_state,
+        thresholds=thresholds,
+        protected=protected,
+        exempt=pa is not None and pa.exempt_reason is not None,
+        exempt_reason=(pa.exempt_reason or "") if pa is not None else "",
+        notice_served_at=pa.notice_served_at if pa is not None else None,
+        override=override,
+    )
+
+
+def _state_row(conn: Connection, table: sa.Table, key: str, value: str) -> Any:
+    """The engine's state row (prepay_account, prepay_meter) of one account or meter."""
+    return conn.execute(sa.select(table).where(table.c[key] == value)).first()
+
+
+def _upsert_state(
+    conn: Connection, table: sa.Table, key: str, value: str, now: datetime, values: dict
+) -> None:
+    """Update the engine's state row of one account or meter, inserting it the first time."""
+    done = conn.execute(
+        table.update().where(table.c[key] == value).values(updated_at=now, **values)
+    ).rowcount
+    if not done:
+        conn.execute(table.insert(), {key: value, "updated_at": now, **values})
+
+
 class PrepayControl:
     """Fee control + policy gate + supply commands, for one site."""
 
@@ -307,23 +380,12 @@ class PrepayControl:
 
     # -- per-account engine state ---------------------------------------------------------
     def _prepay_account(self, conn: Connection, account_id: str) -> Any:
-        return conn.execute(
-            sa.select(t.prepay_account).where(t.prepay_account.c.account_id == account_id)
-        ).first()
+        return _state_row(conn, t.prepay_account, "account_id", account_id)
 
     def _upsert_account(
         self, conn: Connection, account_id: str, now: datetime, **values: Any
     ) -> None:
-        done = conn.execute(
-            t.prepay_account.update()
-            .where(t.prepay_account.c.account_id == account_id)
-            .values(updated_at=now, **values)
-        ).rowcount
-        if not done:
-            conn.execute(
-                t.prepay_account.insert(),
-                {"account_id": account_id, "updated_at": now, **values},
-            )
+        _upsert_state(conn, t.prepay_account, "account_id", account_id, now, values)
 
     def _serve_notice(self, conn: Connection, account_id: str, now: datetime) -> bool:
         row = self._prepay_account(conn, account_id)
@@ -344,25 +406,12 @@ class PrepayControl:
     ) -> None:
         self._upsert_account(conn, account_id, now, hold_by=who, hold_reason=why)
 
-    def set_exempt(self, conn: Connection, account_id: str, why: str | None, now: datetime) -> None:
-        self._upsert_account(conn, account_id, now, exempt_reason=why)
-
     # -- per-meter engine state -----------------------------------------------------------
     def _meter_row(self, conn: Connection, meter_id: str) -> Any:
-        return conn.execute(
-            sa.select(t.prepay_meter).where(t.prepay_meter.c.meter_id == meter_id)
-        ).first()
+        return _state_row(conn, t.prepay_meter, "meter_id", meter_id)
 
     def upsert_meter(self, conn: Connection, meter_id: str, now: datetime, **values: Any) -> None:
-        done = conn.execute(
-            t.prepay_meter.update()
-            .where(t.prepay_meter.c.meter_id == meter_id)
-            .values(updated_at=now, **values)
-        ).rowcount
-        if not done:
-            conn.execute(
-                t.prepay_meter.insert(), {"meter_id": meter_id, "updated_at": now, **values}
-            )
+        _upsert_state(conn, t.prepay_meter, "meter_id", meter_id, now, values)
 
     def latest_supply_command(self, conn: Connection, meter_id: str) -> Any:
         """The newest supply command of the meter that was not superseded or cancelled."""
@@ -418,16 +467,14 @@ class PrepayControl:
             override = None
             if pa is not None and pa.hold_by:
                 override = Override(pa.hold_by, pa.hold_reason or "hold", allow=False)
-            ctx = MeterContext(
-                meter_id=meter_id,
-                energy_balance_fen=balance_fen,
-                fee_state=decision.state,
-                thresholds=account.thresholds,
-                protected=account.protected,
-                exempt=pa is not None and pa.exempt_reason is not None,
-                exempt_reason=(pa.exempt_reason or "") if pa is not None else "",
-                notice_served_at=pa.notice_served_at if pa is not None else None,
-                override=override,
+            ctx = _meter_context(
+                meter_id,
+                balance_fen,
+                decision.state,
+                account.thresholds,
+                account.protected,
+                pa,
+                override,
             )
             gate = self._gate(conn, ctx, now)
             self._apply_gate(conn, account.id, meter_id, supply, gate, FEE_CONTROL, now, effects)
@@ -456,27 +503,19 @@ class PrepayControl:
         previous_reason = row.gate_reason if row is not None else None
         if gate.verdict is Verdict.ALLOW:
             reason = f"{reason_prefix}{gate.reason}" or "disconnect"
-            command = cmds.enqueue(
+            command = _queue(
                 conn,
+                effects,
                 meter_id,
                 supply.cut,
-                reason=reason,
-                requested_by=actor,
-                account_id=account_id,
-                now=now,
+                reason,
+                actor,
+                account_id,
+                now,
+                audit_as="disconnect",
             )
             self.upsert_meter(
                 conn, meter_id, now, account_id=account_id, trip_due_at=None, gate_reason=reason
-            )
-            effects.commands.append(command)
-            audit(
-                conn,
-                effects,
-                actor,
-                "disconnect",
-                meter_id,
-                f"{supply.cut} #{command.id} queued: {reason}",
-                now=now,
             )
             return command
         due = gate.until if gate.verdict is Verdict.DEFER else None
@@ -527,24 +566,16 @@ class PrepayControl:
             reason = (
                 f"fee control: {decision.reason}; balance {format_fen(balance_fen)} allows closing"
             )
-            command = cmds.enqueue(
-                conn,
-                meter_id,
-                supply.restore,
-                reason=reason,
-                requested_by=FEE_CONTROL,
-                account_id=account.id,
-                now=now,
-            )
-            effects.commands.append(command)
-            audit(
+            _queue(
                 conn,
                 effects,
-                FEE_CONTROL,
-                "reconnect",
                 meter_id,
-                f"{supply.restore} #{command.id} queued: {reason}",
-                now=now,
+                supply.restore,
+                reason,
+                FEE_CONTROL,
+                account.id,
+                now,
+                audit_as="reconnect",
             )
 
     # -- deferred trips ---------------------------------------------------------------------
@@ -619,44 +650,31 @@ class PrepayControl:
         balance = energy_balances(conn, account_id)[0] if account_id else 0
         out = []
         for meter_id, supply in meters:
-            ctx = MeterContext(
-                meter_id=meter_id,
-                energy_balance_fen=balance,
-                fee_state=account.fee_state if account else FeeState.NORMAL,
-                thresholds=account.thresholds if account else FeeThresholds(),
-                protected=bool(account and account.protected),
-                exempt=pa is not None and pa.exempt_reason is not None,
-                exempt_reason=(pa.exempt_reason or "") if pa is not None else "",
-                notice_served_at=pa.notice_served_at if pa is not None else None,
-                override=Override(actor, reason, allow=True) if override else None,
+            ctx = _meter_context(
+                meter_id,
+                balance,
+                account.fee_state if account else FeeState.NORMAL,
+                account.thresholds if account else FeeThresholds(),
+                bool(account and account.protected),
+                pa,
+                Override(actor, reason, allow=True) if override else None,
             )
             gate = self._gate(conn, ctx, now)
             if gate.verdict is Verdict.DENY:
                 raise RequestError("target", f"{meter_id} may not be disconnected: {gate.reason}")
-            if gate.verdict is Verdict.DEFER:
-                assert gate.until is not None
-                command = cmds.enqueue(
-                    conn,
-                    meter_id,
-                    supply.cut,
-                    reason=f"{reason} ({gate.reason})",
-                    requested_by=actor,
-                    account_id=account_id,
-                    not_before=gate.until,
-                    now=now,
-                )
-            else:
-                command = cmds.enqueue(
-                    conn,
-                    meter_id,
-                    supply.cut,
-                    reason=f"{reason} ({gate.reason})" if gate.reason else reason,
-                    requested_by=actor,
-                    account_id=account_id,
-                    now=now,
-                )
+            # A deferred cut is queued for the instant the gate gives (`until`; None: now).
+            command = _queue(
+                conn,
+                effects,
+                meter_id,
+                supply.cut,
+                f"{reason} ({gate.reason})" if gate.reason else reason,
+                actor,
+                account_id,
+                now,
+                not_before=gate.until,
+            )
             self.upsert_meter(conn, meter_id, now, account_id=account_id, trip_due_at=None)
-            effects.commands.append(command)
             out.append(command)
         if account_id:
             self.set_hold(conn, account_id, None, None, now)
@@ -675,17 +693,10 @@ class PrepayControl:
         account_id, meters = self.resolve_targets(conn, meter_or_account_id)
         out = []
         for meter_id, supply in meters:
-            command = cmds.enqueue(
-                conn,
-                meter_id,
-                supply.restore,
-                reason=reason,
-                requested_by=actor,
-                account_id=account_id,
-                now=now,
+            command = _queue(
+                conn, effects, meter_id, supply.restore, reason, actor, account_id, now
             )
             self.upsert_meter(conn, meter_id, now, account_id=account_id, trip_due_at=None)
-            effects.commands.append(command)
             out.append(command)
         if account_id:
             account = load_account_row(conn, account_id)
@@ -713,25 +724,14 @@ class PrepayControl:
             cut, _ = self._is_cut(conn, meter_id, supply)
             if not cut:
                 continue
-            command = cmds.enqueue(
-                conn,
-                meter_id,
-                supply.restore,
-                reason=reason,
-                requested_by=actor,
-                account_id=account.id,
-                now=now,
+            command = _queue(
+                conn, effects, meter_id, supply.restore, reason, actor, account.id, now
             )
             self.upsert_meter(conn, meter_id, now, trip_due_at=None)
-            effects.commands.append(command)
             out.append(command)
         return out
 
     # -- account samples ----------------------------------------------------------------------
-    def account_sample(self, conn: Connection, account_id: str, now: datetime) -> Any:
-        samples = self.account_samples(conn, [account_id], now)
-        return samples[0] if samples else None
-
     def account_samples(self, conn: Connection, account_ids: Iterable[str], now: datetime) -> list:
         """`ACCOUNT_MODEL` samples of several accounts, in four queries whatever their
         number (metering publishes one per account whose balance moved)."""
@@ -782,19 +782,6 @@ class PrepayControl:
             for account_id in ids
             if account_id in states
         ]
-
-    def supply_states(self, conn: Connection, meter_ids: Iterable[str]) -> dict[str, bool | None]:
-        ids = list(meter_ids)
-        if not ids:
-            return {}
-        rows = dict(
-            conn.execute(
-                sa.select(t.prepay_meter.c.meter_id, t.prepay_meter.c.supply_on).where(
-                    t.prepay_meter.c.meter_id.in_(ids)
-                )
-            ).all()
-        )
-        return {m: rows.get(m) for m in ids}
 
 
 def _subject(account_id: str, decision: FeeDecision, balance_fen: int) -> str:

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..db import Database
 from ..db import schema as t
-from ..events import ApportionmentAlert, EventBus, utcnow
+from ..events import ApportionmentAlert, EventBus, publish_on_loop, utcnow
 from ..model import DeviceModel, Sample
 from ..prepay_settings import PrepaySettings, load_prepay
 from ..site import Site
@@ -203,16 +203,7 @@ class BillingService:
     def _publish(self, item: object) -> None:
         """Publish on the service's event loop, whatever thread the call comes from (batch
         jobs run in a worker thread)."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            try:
-                current = asyncio.get_running_loop()
-            except RuntimeError:
-                current = None
-            if current is not loop:
-                loop.call_soon_threadsafe(self.bus.publish, item)
-                return
-        self.bus.publish(item)
+        publish_on_loop(self._loop, self.bus.publish, item)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

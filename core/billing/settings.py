@@ -245,6 +245,32 @@ def _decimal(
     return d
 
 
+def _per_room(r: TableReader, site: Site, *, places: int) -> dict[str, Decimal]:
+    """A table of room → positive decimal (`[billing.areas]`, a pool's `ratios`)."""
+    out: dict[str, Decimal] = {}
+    for room in list(r.data):
+        value = _decimal(r, room, None, places=places, low=Decimal(0), exclusive=True)
+        if value is None:
+            continue
+        if room not in site.rooms:
+            r.error(f"unknown room {room!r} (rooms are defined under [rooms])", room)
+            continue
+        out[room] = value
+    r.finish()
+    return out
+
+
+def _without_area(site: Site, areas: Mapping[str, Decimal], rooms: list[str]) -> str | None:
+    """The error for sharing by area among `rooms` when some have no area, else None."""
+    missing = [room for room in rooms if room not in areas and site.rooms[room].area_m2 is None]
+    if not missing:
+        return None
+    return (
+        f"area, but rooms {', '.join(missing[:5])} have no area "
+        "(set rooms.<id>.area_m2 or [billing.areas])"
+    )
+
+
 def _ids(r: TableReader, key: str) -> tuple[str, ...] | None:
     values = r.str_list(key, [])
     if values is None:
@@ -273,17 +299,7 @@ def parse_billing(
     lease = r.number("batch_lease_s", d.batch_lease_s, low=1, high=3600)
     month_poll = r.number("month_end_poll_s", d.month_end_poll_s, low=0.05, high=3600)
 
-    areas: dict[str, Decimal] = {}
-    ar = r.table("areas")
-    for room in list(ar.data):
-        value = _decimal(ar, room, None, places=3, low=Decimal(0), exclusive=True)
-        if value is None:
-            continue
-        if room not in site.rooms:
-            ar.error(f"unknown room {room!r} (rooms are defined under [rooms])", room)
-            continue
-        areas[room] = value
-    ar.finish()
+    areas = _per_room(r.table("areas"), site, places=3)
 
     default_mode = Mode(mode) if mode else d.mode
     pools: dict[str, Pool] = {}
@@ -360,17 +376,7 @@ def _read_pool(
     cap = r.number("loss_cap_pct", 8.0, low=0, high=100)
     mode = r.str("mode", default_mode.value, choices=[m.value for m in Mode])
     vacant = r.str("vacant", "owner", choices=["owner", "exclude"])
-    ratios: dict[str, Decimal] = {}
-    rr = r.table("ratios")
-    for room in list(rr.data):
-        value = _decimal(rr, room, None, places=6, low=Decimal(0), exclusive=True)
-        if value is None:
-            continue
-        if room not in site.rooms:
-            rr.error(f"unknown room {room!r}", room)
-            continue
-        ratios[room] = value
-    rr.finish()
+    ratios = _per_room(r.table("ratios"), site, places=6)
     if None in (main, subs, public, method, public_method, cap, mode, vacant) or price is None:
         return None
     ok = True
@@ -424,15 +430,9 @@ def _read_pool(
     rooms = sorted({site.devices[m].room for m in subs if site.devices[m].room})
     for key, m in (("method", method), ("public_method", public_method)):
         if m == Method.AREA.value:
-            missing = [
-                room for room in rooms if room not in areas and site.rooms[room].area_m2 is None
-            ]
-            if missing:
-                bad(
-                    key,
-                    f"area, but rooms {', '.join(missing[:5])} have no area "
-                    "(set rooms.<id>.area_m2 or [billing.areas])",
-                )
+            problem = _without_area(site, areas, rooms)
+            if problem:
+                bad(key, problem)
         if m == Method.RATIO.value:
             missing = [room for room in rooms if room not in ratios]
             if missing:
@@ -503,15 +503,9 @@ def _read_charge(
         }
         if not rooms and not buildings and not accounts:
             chosen = set(site.rooms)
-        missing = sorted(
-            room for room in chosen if room not in areas and site.rooms[room].area_m2 is None
-        )
-        if missing:
-            r.error(
-                f"area, but rooms {', '.join(missing[:5])} have no area "
-                "(set rooms.<id>.area_m2 or [billing.areas])",
-                "basis",
-            )
+        problem = _without_area(site, areas, sorted(chosen))
+        if problem:
+            r.error(problem, "basis")
             return None
     value = rate if basis == Basis.AREA.value else amount
     if None in (kind, name, basis, cycle, prorate, mode, buildings, rooms, accounts) or (

@@ -2,8 +2,9 @@
 worked example D), its main meter and a public-area meter, on a real database — a SQLite
 file and the real PostgreSQL server (`db` is parametrised: money tests run on both).
 
-`make(**billing)` builds a `Billing` for the site with the given `[billing]` section;
-`read(at, kwh)` records the meters' registers at an instant like the capture does;
+`make_billing(billing)` builds a `Billing` for the site with the given `[billing]` section;
+`open_accounts(db, site)` opens an account per room, `deposit` fills a general wallet;
+`read(db, at, kwh)` records the meters' registers at an instant like the capture does;
 `check()` runs `ledger.verify` and fails the test on any broken invariant.
 """
 
@@ -19,12 +20,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
 from openprepay.core.billing.readings import Reading, save_captured
 from openprepay.core.billing.service import Billing
 from openprepay.core.db import Database
-from openprepay.core.events import EventBus
+from openprepay.core.demo import (
+    anytime_policy,
+    open_room_accounts,
+    residential_tariff,
+    water_tariff,
+)
 from openprepay.core.model import (
     CommandSpec,
     DeviceModel,
@@ -34,8 +39,7 @@ from openprepay.core.model import (
     SupplyControl,
     ValueType,
 )
-from openprepay.core.operations import Operations
-from openprepay.core.site import ControlMode, Site, parse_site
+from openprepay.core.site import Site, parse_site
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -95,17 +99,6 @@ WATER = DeviceModel(
 )
 MODELS = {m.name: m for m in (ELECTRIC, MAIN, WATER)}
 
-ANYTIME_POLICY: dict[str, Any] = {
-    "quiet_start": "00:00",
-    "quiet_end": "00:00",
-    "no_trip_days": [],
-    "holiday_calendar": "",
-    "no_trip_before_non_working_day": False,
-    "notice_days": 0,
-    "friendly_credit": "0.00",
-    "max_trips_per_minute": 100,
-}
-
 
 def _dev(model: DeviceModel, unit: int, **where: Any) -> dict[str, Any]:
     return {"model": model.name, "link": "gw", "unit_id": unit, **where}
@@ -135,31 +128,11 @@ SITE: dict[str, Any] = {
     },
     "tariffs": {
         "flat": {"price": "0.5000"},
-        "residential": {
-            "rates": {"sharp": "0.7200", "peak": "0.6000", "flat": "0.5000", "valley": "0.2000"},
-            "periods": [
-                {"start": "23:00", "end": "07:00", "rate": "valley"},
-                {"start": "07:00", "end": "10:00", "rate": "flat"},
-                {"start": "10:00", "end": "11:00", "rate": "sharp"},
-                {"start": "11:00", "end": "23:00", "rate": "peak"},
-            ],
-            "tiers": {
-                "cycle": "annual",
-                "thresholds": ["2880", "4800"],
-                "adders": ["0", "0.05", "0.30"],
-            },
-        },
-        "water": {
-            "commodity": "water",
-            "tiers": {
-                "cycle": "monthly",
-                "thresholds": ["18", "25"],
-                "prices": ["3.00", "4.50", "9.00"],
-            },
-        },
+        "residential": residential_tariff(),
+        "water": water_tariff(),
     },
     "prepay": {
-        "policy": ANYTIME_POLICY,
+        "policy": anytime_policy(),
         "engine": {"default_tariffs": {"electric": "flat", "water": "water"}},
     },
     "billing": {
@@ -195,11 +168,6 @@ def site_data(**sections: Any) -> dict[str, Any]:
     for key, value in sections.items():
         data[key] = value
     return data
-
-
-@pytest.fixture
-def models() -> dict[str, DeviceModel]:
-    return MODELS
 
 
 @pytest.fixture
@@ -250,20 +218,30 @@ def open_accounts(
         "A-201": ("E-A-201",),
     }
     with db.begin() as conn:
-        for room, meters in rooms.items():
-            assigned = tuple(
-                acc.MeterAssignment(
-                    m,
-                    MODELS[site.devices[m].model].kind,
-                    ControlMode((modes or {}).get(m, "REMOTE")),
-                )
-                for m in meters
-            )
-            acc.create_account(
-                conn,
-                acc.AccountSpec(room, f"tenant {room}", assigned, room=room, tariff_id=tariff),
-                now=opened_at or dt.datetime(2024, 12, 1, tzinfo=dt.UTC),
-            )
+        open_room_accounts(
+            conn,
+            site,
+            MODELS,
+            rooms,
+            tariff_id=tariff,
+            modes=modes,
+            now=opened_at or dt.datetime(2024, 12, 1, tzinfo=dt.UTC),
+        )
+
+
+def deposit(db: Database, account: str, fen: int) -> None:
+    """Money in the account's general wallet, as a cash payment would put it there."""
+    with db.begin() as conn:
+        ledger.post_journal(
+            conn,
+            "charge",
+            [
+                ledger.Posting("asset:psp_clearing:cash", fen),
+                ledger.Posting(ledger.wallet_code(account, "general"), -fen),
+            ],
+            idempotency_key=f"deposit:{account}:{fen}",
+            account_id=account,
+        )
 
 
 def read(
@@ -278,7 +256,3 @@ def read(
         )
     with db.begin() as conn:
         save_captured(conn, rows, now=at)
-
-
-def operations(db: Database, site: Site) -> Operations:
-    return Operations(site, db, EventBus(), models=MODELS, clock=lambda: NOW)

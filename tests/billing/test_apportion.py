@@ -20,7 +20,7 @@ from openprepay.core.errors import ConfigError
 from openprepay.core.ledger import RequestError
 from openprepay.core.site import parse_site
 
-from .conftest import FEB, JAN, NOW, make_billing, open_accounts, read
+from .conftest import FEB, JAN, NOW, deposit, make_billing, open_accounts, read
 
 # -- the allocation itself ------------------------------------------------------------------
 
@@ -151,18 +151,8 @@ def test_example_d_public_meter_by_area_from_the_general_wallet(db, site, check)
     main meter shows no loss. Tenants with money in their general wallet pay from it; a
     wallet that is short owes its whole share (AR)."""
     open_accounts(db, site)
-    with db.begin() as conn:
-        for room, fen in (("A-101", 50000), ("A-102", 100)):
-            ledger.post_journal(
-                conn,
-                "charge",
-                [
-                    ledger.Posting("asset:psp_clearing:cash", fen),
-                    ledger.Posting(ledger.wallet_code(room, "general"), -fen),
-                ],
-                idempotency_key=f"deposit:{room}",
-                account_id=room,
-            )
+    deposit(db, "A-101", 50000)
+    deposit(db, "A-102", 100)
     read(db, JAN, {"M-A": 0, "P-A": 0, "E-A-101": 0, "E-A-102": 0, "E-A-201": 0})
     read(
         db, FEB, {"M-A": "1766.667", "P-A": "1666.667", "E-A-101": 30, "E-A-102": 50, "E-A-201": 20}

@@ -18,13 +18,14 @@ from openprepay.core import ledger
 from openprepay.core.billing.batch import BATCH_MODEL, Batches, read_csv_rows
 from openprepay.core.billing.service import BillingService
 from openprepay.core.db import schema as t
+from openprepay.core.demo import anytime_policy
 from openprepay.core.events import EventBus
 from openprepay.core.ledger import RequestError
 from openprepay.core.model import Sample
 from openprepay.core.operations import Operations
 from openprepay.core.site import parse_site
 
-from .conftest import ANYTIME_POLICY, MODELS, NOW, open_accounts, site_data
+from .conftest import MODELS, NOW, open_accounts, site_data
 
 ROOMS = {
     "A-101": ("E-A-101", "W-A-101"),
@@ -50,7 +51,7 @@ def clock() -> Clock:
 def _site(max_trips: int = 100):
     data = site_data()
     data["prepay"] = {
-        "policy": {**ANYTIME_POLICY, "max_trips_per_minute": max_trips},
+        "policy": {**anytime_policy(), "max_trips_per_minute": max_trips},
         "engine": {"default_tariffs": {"electric": "flat", "water": "water"}},
     }
     return parse_site(data)

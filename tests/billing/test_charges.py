@@ -17,7 +17,7 @@ from openprepay.core.db import schema as t
 from openprepay.core.ledger import RequestError
 from openprepay.core.site import parse_site
 
-from .conftest import MODELS, NOW, TZ, make_billing, open_accounts, site_data
+from .conftest import MODELS, NOW, TZ, deposit, make_billing, open_accounts, site_data
 
 
 def _charges(**charges):
@@ -29,23 +29,9 @@ def _run(db, billing, period="2025-01"):
         return billing.charges.run(conn, period, actor="test", now=NOW)
 
 
-def _deposit(db, account, fen):
-    with db.begin() as conn:
-        ledger.post_journal(
-            conn,
-            "charge",
-            [
-                ledger.Posting("asset:psp_clearing:cash", fen),
-                ledger.Posting(ledger.wallet_code(account, "general"), -fen),
-            ],
-            idempotency_key=f"deposit:{account}:{fen}",
-            account_id=account,
-        )
-
-
 def test_property_fee_by_area_from_the_general_wallet_or_owed(db, site, check):
     open_accounts(db, site)
-    _deposit(db, "A-101", 20000)
+    deposit(db, "A-101", 20000)
     billing = make_billing(
         _charges(
             property={"type": "property", "basis": "area", "rate": "2.50", "name": "Property fee"}
@@ -143,7 +129,7 @@ def test_fixed_monthly_and_one_off_charges(db, site, check):
 
 def test_one_off_charge_from_the_command_line_is_idempotent(db, site, check):
     open_accounts(db, site)
-    _deposit(db, "A-101", 5000)
+    deposit(db, "A-101", 5000)
 
     def once(amount=3000, reference="repair-17"):
         with db.begin() as conn:

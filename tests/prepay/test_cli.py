@@ -73,8 +73,7 @@ def run(cli, site_file):
     group, obj = cli
 
     def invoke(*args: str, ok: bool = True):
-        argv = [args[0], *args[1:]] if args[0] in ("topup", "refund") else list(args)
-        argv = [a if a != "SITE" else site_file for a in argv]
+        argv = [a if a != "SITE" else site_file for a in args]
         result = CliRunner().invoke(group, argv, obj=obj, catch_exceptions=False)
         if ok:
             assert result.exit_code == 0, result.output
