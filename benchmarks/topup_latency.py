@@ -34,6 +34,7 @@ import tomli_w
 
 from openprepay.core import accounts as acc
 from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.demo import anytime_policy
 from openprepay.core.events import SupplyChanged
 from openprepay.core.model import DeviceCommand
 from openprepay.core.plugins import Plugins
@@ -43,16 +44,8 @@ from openprepay.core.site import load_site, parse_site
 
 METERS = 41
 ROUNDS = 15
-POLICY = {
-    "quiet_start": "00:00",
-    "quiet_end": "00:00",
-    "no_trip_days": [],
-    "holiday_calendar": "",
-    "no_trip_before_non_working_day": False,
-    "notice_days": 0,
-    "friendly_credit": "0.00",
-    "max_trips_per_minute": 1000,  # the rounds trip one meter again and again
-}
+# The rounds trip one meter again and again: no rate limit in the way.
+POLICY = {**anytime_policy(), "max_trips_per_minute": 1000}
 
 
 def site_data() -> dict[str, Any]:

@@ -27,6 +27,7 @@ import pytest
 
 if TYPE_CHECKING:
     from openprepay.core.db import Database
+    from openprepay.core.ledger import VerifyReport
     from openprepay.core.plugins import Plugins
     from openprepay.core.simulate import SimulatedSite
 
@@ -260,3 +261,27 @@ def db(db_url: str) -> Iterator[Database]:
     database.upgrade()
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def check(db: Database) -> Callable[[], VerifyReport]:
+    """Verify every ledger invariant; fail the test with the breaks if one does not hold."""
+    from openprepay.core import ledger
+
+    def run() -> VerifyReport:
+        with db.read() as conn:
+            report = ledger.verify(conn)
+        assert report.ok, "\n".join(str(b) for b in report.breaks)
+        return report
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def cli() -> tuple[Any, Any]:
+    """The `openprepay` command group with every installed plugin, and its context object."""
+    from openprepay.core.cli import CliContext, build_cli
+    from openprepay.core.plugins import Plugins
+
+    plugins = Plugins.load()
+    return build_cli(plugins), CliContext(plugins)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -182,17 +182,6 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
     database.upgrade()
     yield database
     database.dispose()
-
-
-@pytest.fixture
-def check(db: Database) -> Callable[[], ledger.VerifyReport]:
-    def run() -> ledger.VerifyReport:
-        with db.read() as conn:
-            report = ledger.verify(conn)
-        assert report.ok, "\n".join(str(b) for b in report.breaks)
-        return report
-
-    return run
 
 
 def make_billing(billing: Mapping[str, Any] | None = None, **sections: Any) -> Billing:

@@ -12,10 +12,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from openpyxl import load_workbook
 
-from openprepay.core.cli import CliContext, build_cli
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
-from openprepay.core.plugins import Plugins
 
 SITE = """
 [site]
@@ -82,12 +80,6 @@ mode = "bill"
 [database]
 url = "sqlite:///{db}"
 """
-
-
-@pytest.fixture(scope="module")
-def cli():
-    plugins = Plugins.load()
-    return build_cli(plugins), CliContext(plugins)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import pytest
 import tomli_w
 
 from openprepay.core import accounts as acc
+from openprepay.core.demo import anytime_policy
 from openprepay.core.model import MeterKind
 from openprepay.core.plugins import DISABLE_ENV, Plugins
 from openprepay.core.runtime import Runtime
@@ -29,16 +30,7 @@ from tests.conftest import simulate
 
 #: Trips at any hour, any day, without notice or friendly credit: the engine's behaviour
 #: is then decided by the balance alone (tests that need the policy set their own).
-ANYTIME_POLICY: dict[str, Any] = {
-    "quiet_start": "00:00",
-    "quiet_end": "00:00",
-    "no_trip_days": [],
-    "holiday_calendar": "",
-    "no_trip_before_non_working_day": False,
-    "notice_days": 0,
-    "friendly_credit": "0.00",
-    "max_trips_per_minute": 100,
-}
+ANYTIME_POLICY: dict[str, Any] = anytime_policy()
 
 BASE: dict[str, Any] = {
     "site": {"id": "t", "timezone": "Asia/Shanghai"},

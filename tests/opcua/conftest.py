@@ -37,6 +37,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from openprepay.core import accounts as acc
 from openprepay.core.cli import CliContext, build_cli
 from openprepay.core.db import open_database
+from openprepay.core.demo import anytime_policy
 from openprepay.core.plugins import DISABLE_ENV, Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
@@ -102,16 +103,7 @@ SITE: dict[str, Any] = {
         "water": {"commodity": "water", "price": "3.00"},
     },
     "prepay": {
-        "policy": {
-            "quiet_start": "00:00",
-            "quiet_end": "00:00",
-            "no_trip_days": [],
-            "holiday_calendar": "",
-            "no_trip_before_non_working_day": False,
-            "notice_days": 0,
-            "friendly_credit": "0.00",
-            "max_trips_per_minute": 100,
-        },
+        "policy": anytime_policy(),
         "engine": {
             "default_tariffs": {"electric": "flat", "water": "water"},
             "post_interval_s": 0.2,

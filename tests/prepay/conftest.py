@@ -15,7 +15,6 @@ import pytest
 import sqlalchemy as sa
 
 from openprepay.core import accounts as acc
-from openprepay.core import ledger
 from openprepay.core.db import Database
 from openprepay.core.model import DeviceModel, MeterKind, PointSpec
 from openprepay.core.site import ControlMode, Site, parse_site
@@ -79,19 +78,6 @@ def models() -> dict[str, DeviceModel]:
 @pytest.fixture
 def site() -> Site:
     return parse_site(SITE_DATA)
-
-
-@pytest.fixture
-def check(db: Database) -> Callable[[], ledger.VerifyReport]:
-    """Verify every invariant; fail the test with the breaks if one does not hold."""
-
-    def run() -> ledger.VerifyReport:
-        with db.read() as conn:
-            report = ledger.verify(conn)
-        assert report.ok, "\n".join(str(b) for b in report.breaks)
-        return report
-
-    return run
 
 
 def _make_account(

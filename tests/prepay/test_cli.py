@@ -10,9 +10,6 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from openprepay.core.cli import CliContext, build_cli
-from openprepay.core.plugins import Plugins
-
 SITE = """
 [site]
 id = "cli-test"
@@ -53,12 +50,6 @@ alarm1 = "30.00"
 [database]
 url = "{url}"
 """
-
-
-@pytest.fixture(scope="module")
-def cli():
-    plugins = Plugins.load()
-    return build_cli(plugins), CliContext(plugins)
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ def _while_holding(db, first: Callable[[Connection], object], second: Callable[[
     return result, outcome[0]
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite serialises writers
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite serialises writers
 def test_a_request_that_waited_for_the_lock_replays_the_one_that_committed(db, account, check):
     with db.begin() as conn:
         topup = ledger.topup(conn, "A-101", 10_000, "pay-1")
@@ -159,7 +159,7 @@ def test_a_request_that_waited_for_the_lock_replays_the_one_that_committed(db, a
     assert check().journals == 3
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_second_reversal_under_another_key_waits_and_is_refused(db, account, check):
     with db.begin() as conn:
         topup = ledger.topup(conn, "A-101", 10_000, "pay-1")
