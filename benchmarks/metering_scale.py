@@ -112,7 +112,7 @@ def main() -> dict[str, Any]:
     baseline = run(plugins, 0)
     product = run(plugins, PRODUCT_PERSIST_S)
     result = {
-        "benchmark": "metering_scale",
+        "bench": "metering_scale",
         "meters": METERS,
         "poll_s": POLL_S,
         "samples_per_s": METERS // POLL_S,

@@ -135,7 +135,7 @@ async def main() -> dict[str, Any]:
                 assert outcome.confirmed
             polls = runtime.arbiter.worker_of("E1").stats.published or {}
     result = {
-        "benchmark": "topup_latency",
+        "bench": "topup_latency",
         "meters_on_gateway": METERS,
         "rounds": ROUNDS,
         "median_ms": round(1000 * statistics.median(product), 1),
