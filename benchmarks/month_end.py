@@ -316,6 +316,7 @@ def main() -> None:
         f"{'met' if total <= 30 else 'NOT met'}"
     )
     figures = {
+        "bench": "month_end",
         "accounts": n,
         "pools": len(pools),
         **{f"{k}_s": round(v, 3) for k, v in stages.items()},
