@@ -242,7 +242,9 @@ class BillingService:
 
     def _add_postpaid_meters(self) -> None:
         """Meters attached as POSTPAID in the database (overriding the site file) are
-        captured too: their bills difference the same readings."""
+        captured too: their bills difference the same readings. Looked up at start and
+        before every flush, so an account opened while the service runs (by the CLI, in
+        another process) is captured from its first sample on."""
         from ..rating import RatingError, RegisterLayout
 
         with self.db.read() as conn:
@@ -261,6 +263,12 @@ class BillingService:
                     self.capture.layouts[meter] = RegisterLayout.from_model(model)
                 except RatingError:
                     continue
+                if self._tasks:  # not the first look at start
+                    log.info(
+                        "billing: POSTPAID meter %s captured from now on",
+                        meter,
+                        extra={"meter": meter},
+                    )
 
     # -- readings --------------------------------------------------------------------------
     def flush_readings(self) -> int:
@@ -283,6 +291,7 @@ class BillingService:
             if self._stop.is_set():
                 return
             try:
+                await asyncio.to_thread(self._add_postpaid_meters)
                 await asyncio.to_thread(self.flush_readings)
             except Exception:
                 log.exception("saving meter readings failed; kept for the next flush")

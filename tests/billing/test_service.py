@@ -138,3 +138,24 @@ def test_bulk_and_per_meter_readings_agree(db):
     assert bulk == one
     assert bulk["E-A-101"].registers == {"energy_peak": 10_000}
     assert bulk["M-A"].energy == 1_000_500 and bulk["M-A"].read_at == FEB - dt.timedelta(minutes=1)
+
+
+async def test_a_postpaid_meter_attached_while_the_service_runs_is_captured(sqlite_db):
+    db = sqlite_db
+    clock = Clock(FEB - dt.timedelta(hours=1))
+    service, bus = _service(db, clock, reading_flush_s=0.05)
+    await service.start()
+    try:
+        assert "E-B-101" not in service.capture.layouts
+        # The CLI opens a post-paid account in another process: only the database says so.
+        open_accounts(db, service.site, {"B-101": ("E-B-101",)}, modes={"E-B-101": "POSTPAID"})
+        for _ in range(200):
+            if "E-B-101" in service.capture.layouts:
+                break
+            await asyncio.sleep(0.02)
+        bus.publish(_sample("E-B-101", FEB - dt.timedelta(minutes=1), 321.5))
+    finally:
+        await service.stop()  # saves what is left
+    with db.read() as conn:
+        reading = readings_at(conn, ["E-B-101"], FEB)["E-B-101"]
+    assert reading.energy == 321_500
