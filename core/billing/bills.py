@@ -22,6 +22,16 @@ bills it confirms in one journal (Dr `asset:ar:<account>` / Cr `rev:electricity`
 (Dr `asset:psp_clearing:<channel>` / Cr `asset:ar:<account>`), anything left over going to
 the general wallet; its reference is unique, so a replay changes nothing. `arrears` lists
 what is overdue. Arrears never trip a relay or close a valve (Civil Code Art. 944).
+
+`void` withdraws a CONFIRMED or ISSUED bill no payment was applied to (a wrong reading, a
+wrong charge): one journal reverses what confirming it posted for it (Dr the revenue / Cr
+`asset:ar:<account>` of its usage and late-fee lines, key `bill-void:<number>`), the items
+confirm made of those lines are voided, the billed items it carried are released for the
+next draft, and the bill stays, lines and all, as VOID with its reason, who and when. A bill
+with a payment on it is refused: refund or move the payment first (a payment is applied
+oldest bill first, so moving it silently would change which bills it paid). The account is
+billed again for the period by the next draft, numbered `<number>-R2`, `-R3`... (the
+number of a bill is unique; void bills keep theirs).
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ class BillState:
     CONFIRMED = "CONFIRMED"
     ISSUED = "ISSUED"
     PAID = "PAID"
+    VOID = "VOID"
 
 
 OPEN_STATES = (BillState.CONFIRMED, BillState.ISSUED)
@@ -86,6 +97,10 @@ class BillView:
     due_date: str | None
     issued_at: dt.datetime | None
     journal_id: int | None
+    void_reason: str | None = None
+    voided_by: str | None = None
+    voided_at: dt.datetime | None = None
+    void_journal_id: int | None = None
 
     @property
     def outstanding_fen(self) -> int:
@@ -107,6 +122,10 @@ def _view(row: Any) -> BillView:
         row.due_date,
         row.issued_at,
         row.journal_id,
+        row.void_reason,
+        row.voided_by,
+        row.voided_at,
+        row.void_journal_id,
     )
 
 
@@ -146,6 +165,19 @@ class PaymentResult:
     allocations: Mapping[str, int]
     to_wallet_fen: int
     journal_id: int
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VoidResult:
+    number: str
+    account_id: str
+    period: str
+    #: What the void journal took off `asset:ar:<account>` (the bill's usage and late fees).
+    reversed_fen: int
+    #: Billed items released for the account's next draft (common area, charges).
+    released_items: int
+    journal_id: int | None
     replayed: bool
 
 
@@ -239,7 +271,9 @@ _postpaid_meters = FastStatement(
     )
 )
 _confirmed_in = FastStatement(
-    sa.select(_b.c.account_id).where(_b.c.period == sa.bindparam("p"), _b.c.state != "DRAFT")
+    sa.select(_b.c.account_id).where(
+        _b.c.period == sa.bindparam("p"), _b.c.state != "DRAFT", _b.c.state != "VOID"
+    )
 )
 
 
@@ -313,8 +347,10 @@ class Bills:
             (settings.bills, prepay.rounding, sorted(prepay.register_rates.items()))
         )
 
-    def number(self, account_id: str, period: str) -> str:
-        return f"{self.settings.bills.number_prefix}-{period}-{account_id}"
+    def number(self, account_id: str, period: str, revision: int = 1) -> str:
+        """The bill number; a bill made after `revision - 1` void ones gets `-R<revision>`."""
+        base = f"{self.settings.bills.number_prefix}-{period}-{account_id}"
+        return base if revision <= 1 else f"{base}-R{revision}"
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, conn: Connection, number: str) -> BillView:
@@ -627,7 +663,7 @@ class Bills:
         )
         rows = conn.execute(
             sa.select(t.bill.c.period, t.bill.c.lines).where(
-                t.bill.c.state != BillState.DRAFT,
+                t.bill.c.state.not_in([BillState.DRAFT, BillState.VOID]),
                 t.bill.c.period >= first,
                 t.bill.c.period < period,
                 t.bill.c.account_id.in_(owners),
@@ -691,14 +727,17 @@ class Bills:
         if computed is None:
             computed = self.compute(conn, period, accounts)
         start, end = self.calendar.dates(period)
-        existing = {
-            r.account_id: r
-            for r in conn.execute(
-                sa.select(t.bill.c.id, t.bill.c.account_id, t.bill.c.state).where(
-                    t.bill.c.period == period
-                )
-            ).all()
-        }
+        existing: dict[str, Any] = {}
+        voided: dict[str, int] = {}
+        for r in conn.execute(
+            sa.select(t.bill.c.id, t.bill.c.account_id, t.bill.c.state).where(
+                t.bill.c.period == period
+            )
+        ).all():
+            if r.state == BillState.VOID:
+                voided[r.account_id] = voided.get(r.account_id, 0) + 1
+            else:
+                existing[r.account_id] = r
         inserts, updates = [], []
         for account_id, (lines, problems, digest) in computed.items():
             total = sum(int(ln["amount_fen"]) for ln in lines)
@@ -715,7 +754,7 @@ class Bills:
                 inserts.append(
                     {
                         **values,
-                        "number": self.number(account_id, period),
+                        "number": self.number(account_id, period, voided.get(account_id, 0) + 1),
                         "account_id": account_id,
                         "period": period,
                         "start_date": start.isoformat(),
@@ -963,6 +1002,124 @@ class Bills:
                 .values(**values)
             )
         return _summaries(conn, [r.id for r in rows], {r.period for r in rows})
+
+    # -- voiding ----------------------------------------------------------------------------
+    def void(
+        self, conn: Connection, number: str, *, reason: str, actor: str, now: dt.datetime
+    ) -> VoidResult:
+        """Void a CONFIRMED or ISSUED bill no payment was applied to (see the module
+        docstring). The same void again (same reason) returns the first result."""
+        if not actor or not actor.strip():
+            raise RequestError("actor", "required (audit)")
+        if not isinstance(reason, str) or not reason.strip():
+            raise RequestError("reason", "required: say why the bill is void (wrong reading...)")
+        reason = reason.strip()
+        if len(reason) > 300:
+            raise RequestError("reason", f"at most 300 characters, got {len(reason)}")
+        b, i = t.bill, t.billing_item
+        row = conn.execute(sa.select(b).where(b.c.number == number).with_for_update()).first()
+        if row is None:
+            raise RequestError("bill", f"unknown bill {number!r}")
+        lines = list(row.lines or ())
+        reversed_fen = sum(
+            int(ln["amount_fen"]) for ln in lines if not ln.get("posted") and ln["amount_fen"]
+        )
+        item_ids = [
+            int(ln["item"]) for ln in lines if ln.get("posted") and ln.get("item") is not None
+        ]
+        if row.state == BillState.VOID:
+            if row.void_reason != reason:
+                raise RequestError(
+                    "bill",
+                    f"bill {number} is already void ({row.void_reason!r}, by {row.voided_by})",
+                )
+            return VoidResult(
+                number,
+                row.account_id,
+                row.period,
+                reversed_fen,
+                len(item_ids),
+                row.void_journal_id,
+                True,
+            )
+        if row.state == BillState.DRAFT:
+            raise RequestError(
+                "bill", f"bill {number} is a draft: nothing was posted, draft it again instead"
+            )
+        if int(row.paid_fen) > 0:
+            raise RequestError(
+                "bill",
+                f"bill {number} has {format_fen(int(row.paid_fen))} paid on it: "
+                "refund or move the payment first",
+            )
+        if row.state not in OPEN_STATES and not (
+            row.state == BillState.PAID and int(row.paid_fen) == 0
+        ):
+            raise RequestError("bill", f"bill {number} is {row.state}: it cannot be void")
+        later = conn.execute(
+            sa.select(b.c.number, b.c.lines).where(
+                b.c.account_id == row.account_id,
+                b.c.period > row.period,
+                b.c.state.not_in([BillState.DRAFT, BillState.VOID]),
+            )
+        ).all()
+        for other, other_lines in later:
+            if any(
+                ln.get("kind") == "late_fee" and ln.get("bill") == number
+                for ln in other_lines or ()
+            ):
+                raise RequestError(
+                    "bill", f"bill {other} charged a late fee on {number}: void {other} first"
+                )
+        postings: dict[str, int] = {}
+        for ln in lines:
+            fen = int(ln["amount_fen"])
+            if ln.get("posted") or not fen:
+                continue
+            code = ar_code(row.account_id)
+            postings[code] = postings.get(code, 0) - fen
+            revenue = f"rev:{ln['kind']}"
+            postings[revenue] = postings.get(revenue, 0) + fen
+        journal_id = None
+        postings_list = [Posting(code, fen) for code, fen in sorted(postings.items()) if fen]
+        if postings_list:
+            posted = ledger.post_journal(
+                conn,
+                JournalKind.ADJUSTMENT,
+                postings_list,
+                idempotency_key=f"bill-void:{number}",
+                account_id=row.account_id,
+                memo=f"bill {number} void: {reason}"[:300],
+                requested_by=actor,
+                request={"bill": number, "reversed_fen": reversed_fen},
+                now=now,
+            )
+            journal_id = posted.journal.id
+        if item_ids:  # billed items: on the account's next draft again
+            conn.execute(
+                i.update().where(i.c.id.in_(item_ids), i.c.bill_id == row.id).values(bill_id=None)
+            )
+        # What confirm made of the usage and late-fee lines: reversed above, never billed.
+        conn.execute(
+            i.update()
+            .where(i.c.bill_id == row.id, i.c.source == f"bill:{number}"[:100])
+            .values(void=True)
+        )
+        conn.execute(
+            b.update()
+            .where(b.c.id == row.id)
+            .values(
+                state=BillState.VOID,
+                void_reason=reason,
+                voided_by=actor[:100],
+                voided_at=now,
+                void_journal_id=journal_id,
+                updated_at=now,
+            )
+        )
+        return VoidResult(
+            number, row.account_id, row.period, reversed_fen, len(item_ids), journal_id, False
+        )
 
     # -- payments and arrears --------------------------------------------------------------
     def pay(

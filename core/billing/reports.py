@@ -473,7 +473,9 @@ class Reports:
         billed: dict[str, int] = {}
         room_meters = {m for ms in rooms.values() for m in ms}
         for lines in conn.execute(
-            sa.select(t.bill.c.lines).where(t.bill.c.period == month, t.bill.c.state != "DRAFT")
+            sa.select(t.bill.c.lines).where(
+                t.bill.c.period == month, t.bill.c.state.not_in(["DRAFT", "VOID"])
+            )
         ).scalars():
             for ln in lines or ():
                 if ln.get("kind") in ("electricity", "water") and ln.get("meter") in room_meters:

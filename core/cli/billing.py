@@ -494,7 +494,7 @@ def bill_draft(obj: CliContext, site_file: str, period: str, accounts: tuple[str
 @bill_group.command("list")
 @site_argument
 @click.option("--period")
-@click.option("--state", type=click.Choice(["DRAFT", "CONFIRMED", "ISSUED", "PAID"]))
+@click.option("--state", type=click.Choice(["DRAFT", "CONFIRMED", "ISSUED", "PAID", "VOID"]))
 @click.option("--account")
 @click.pass_obj
 def bill_list(
@@ -529,6 +529,8 @@ def bill_show(obj: CliContext, site_file: str, number: str) -> None:
     )
     for p in b.problems:
         click.echo(f"  problem: {p}")
+    if b.state == "VOID":
+        click.echo(f"  void: {b.void_reason} (by {b.voided_by} at {b.voided_at:%Y-%m-%d %H:%M})")
 
 
 @bill_group.command("confirm")
@@ -613,6 +615,23 @@ def bill_pay(
         f"payment {r.reference} {format_fen(r.amount_fen)}: {parts}; "
         f"general wallet +{format_fen(r.to_wallet_fen)}"
         + (" (already recorded)" if r.replayed else "")
+    )
+
+
+@bill_group.command("void")
+@site_argument
+@click.argument("number")
+@click.option("--reason", required=True, help="Why (wrong reading, wrong charge...): kept.")
+@click.pass_obj
+def bill_void(obj: CliContext, site_file: str, number: str, reason: str) -> None:
+    """Void a confirmed or issued bill nothing was paid on: what confirming it posted is
+    reversed, its billed items go on the account's next draft (numbered -R2...)."""
+    with billing_context(site_file, obj) as c, c.db.begin() as conn:
+        r = c.billing.bills.void(conn, number, reason=reason, actor=operator(), now=utcnow())
+    click.echo(
+        f"{r.number}: VOID, {format_fen(r.reversed_fen)} reversed, "
+        f"{r.released_items} item(s) back on the next draft of {r.account_id} {r.period}"
+        + (" (already void)" if r.replayed else "")
     )
 
 

@@ -508,7 +508,8 @@ billing_item = sa.Table(
     sa.Column("run_id", BigId, sa.ForeignKey("billing_run.id"), nullable=True),
     sa.Column("journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
     sa.Column("bill_id", BigId, sa.ForeignKey("bill.id"), nullable=True),
-    #: True once its run was reversed before it reached a bill.
+    #: True once its run was reversed before it reached a bill, or (source bill:<number>)
+    #: once its bill was void.
     sa.Column("void", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.CheckConstraint("mode IN ('wallet', 'bill')", name="mode"),
@@ -518,7 +519,8 @@ sa.Index("ix_billing_item_run_id", billing_item.c.run_id)
 sa.Index("ix_billing_item_bill_id", billing_item.c.bill_id)
 
 #: A post-paid bill: DRAFT (recomputed until confirmed) → CONFIRMED (usage and late fees
-#: posted, items attached) → ISSUED (due date set) → PAID.
+#: posted, items attached) → ISSUED (due date set) → PAID; an unpaid CONFIRMED or ISSUED
+#: bill can be VOID instead (what confirming it posted is reversed, its items released).
 bill = sa.Table(
     "bill",
     metadata,
@@ -547,10 +549,24 @@ bill = sa.Table(
     sa.Column("issued_at", UtcDateTime(), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
-    sa.UniqueConstraint("account_id", "period"),
-    sa.CheckConstraint("state IN ('DRAFT', 'CONFIRMED', 'ISSUED', 'PAID')", name="state"),
+    #: A VOID bill keeps its lines for audit: why, who, when, and the journal that reversed
+    #: what confirming it posted.
+    sa.Column("void_reason", sa.String(300), nullable=True),
+    sa.Column("voided_by", sa.String(100), nullable=True),
+    sa.Column("voided_at", UtcDateTime(), nullable=True),
+    sa.Column("void_journal_id", BigId, sa.ForeignKey("journal.id"), nullable=True),
+    sa.CheckConstraint("state IN ('DRAFT', 'CONFIRMED', 'ISSUED', 'PAID', 'VOID')", name="state"),
 )
 sa.Index("ix_bill_period_state", bill.c.period, bill.c.state)
+#: One live bill per account and period; void bills stay next to their replacement.
+sa.Index(
+    "uq_bill_live_account_period",
+    bill.c.account_id,
+    bill.c.period,
+    unique=True,
+    sqlite_where=bill.c.state != "VOID",
+    postgresql_where=bill.c.state != "VOID",
+)
 
 #: A payment towards an account's bills (oldest first); what is left goes to the general
 #: wallet. `reference` (payment id, receipt) is unique: a replay changes nothing.

@@ -6,6 +6,7 @@ the ledger."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -178,4 +179,177 @@ def test_arrears_and_bad_requests(db, postpaid, check):
             bills.issue(conn, numbers=["B-1999-01-X"], actor="a", now=NOW)
         with pytest.raises(RequestError, match="expected a month such as 2025-03"):
             bills.draft(conn, "2025/01", now=NOW)
+    check()
+
+
+def _money(conn) -> dict[str, int]:
+    """The balance of every receivable and revenue ledger account (not the zero ones)."""
+    return {
+        code: int(total)
+        for code, total in conn.execute(
+            sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
+            .where(
+                sa.or_(
+                    t.posting.c.ledger_account.like("asset:ar:%"),
+                    t.posting.c.ledger_account.like("rev:%"),
+                )
+            )
+            .group_by(t.posting.c.ledger_account)
+        ).all()
+        if int(total)
+    }
+
+
+def _snapshot(conn) -> tuple[Any, ...]:
+    """Everything a refused void must leave as it was."""
+    return (
+        conn.execute(sa.select(sa.func.count()).select_from(t.journal)).scalar(),
+        sorted(tuple(r) for r in conn.execute(sa.select(t.bill.c.number, t.bill.c.state)).all()),
+        sorted(
+            tuple(r)
+            for r in conn.execute(
+                sa.select(t.billing_item.c.id, t.billing_item.c.bill_id, t.billing_item.c.void)
+            ).all()
+        ),
+    )
+
+
+def test_void_an_issued_bill_and_bill_again(db, postpaid, check):
+    bills = postpaid.bills
+    postpaid.month_end(db, "2025-01", actor="month-end", now=NOW)
+    with db.read() as conn:
+        before = _money(conn)  # the property fee run is posted, the bill not yet
+    with db.begin() as conn:
+        bills.confirm(conn, period="2025-01", actor="cli:alice", now=NOW)
+        bills.issue(conn, period="2025-01", on=dt.date(2025, 2, 2), actor="cli:alice", now=NOW)
+    with db.read() as conn:
+        assert _money(conn)["asset:ar:A-101"] == before["asset:ar:A-101"] + 144800
+    later = NOW + dt.timedelta(days=3)
+    with db.begin() as conn:
+        result = bills.void(
+            conn, "B-2025-01-A-101", reason="wrong reading", actor="cli:alice", now=later
+        )
+    assert (result.reversed_fen, result.released_items, result.replayed) == (144800, 1, False)
+    with db.read() as conn:
+        assert _money(conn) == before  # to the fen
+        void = bills.get(conn, "B-2025-01-A-101")
+        journals = conn.execute(sa.select(sa.func.count()).select_from(t.journal)).scalar()
+        usage_items = (
+            conn.execute(
+                sa.select(t.billing_item.c.void).where(
+                    t.billing_item.c.source == "bill:B-2025-01-A-101"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        assert bills.arrears(conn, dt.date(2025, 3, 30)) == []
+    assert (void.state, void.void_reason, void.voided_by, void.voided_at) == (
+        "VOID",
+        "wrong reading",
+        "cli:alice",
+        later,
+    )
+    assert void.void_journal_id == result.journal_id and void.outstanding_fen == 0
+    assert len(void.lines) > 0 and void.total_fen == 144800 + 11375  # kept for audit
+    assert usage_items and all(usage_items)  # its usage is reversed, never billed again
+
+    # The same void again posts nothing and returns the first result.
+    with db.begin() as conn:
+        again = bills.void(
+            conn, "B-2025-01-A-101", reason="wrong reading", actor="cli:alice", now=later
+        )
+    assert again.replayed and again.journal_id == result.journal_id
+    assert again.reversed_fen == result.reversed_fen
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.journal)).scalar() == journals
+    check()
+
+    # The next draft bills the account again, the property fee exactly once.
+    with db.begin() as conn:
+        [redraft] = bills.draft(conn, "2025-01", now=later)
+        assert redraft.number == "B-2025-01-A-101-R2"
+        lines = bills.get(conn, redraft.number).lines
+    fees = [ln for ln in lines if ln["kind"] == "property"]
+    assert [ln["amount_fen"] for ln in fees] == [11375]
+    assert redraft.total_fen == 144800 + 11375
+    with db.begin() as conn:
+        confirmed, refused = bills.confirm(conn, period="2025-01", actor="cli:bob", now=later)
+    assert refused == [] and [(b.number, b.state) for b in confirmed] == [
+        ("B-2025-01-A-101-R2", "CONFIRMED")
+    ]
+    with db.begin() as conn:  # nothing left to draft: the period is billed
+        assert bills.draft(conn, "2025-01", now=later) == []
+        states = {b.number: b.state for b in bills.list(conn, period="2025-01")}
+        assert _money(conn)["asset:ar:A-101"] == before["asset:ar:A-101"] + 144800
+        items = conn.execute(
+            sa.select(t.billing_item.c.bill_id, t.bill.c.number)
+            .join(t.bill, t.bill.c.id == t.billing_item.c.bill_id)
+            .where(t.billing_item.c.kind == "property")
+        ).all()
+    assert states == {"B-2025-01-A-101": "VOID", "B-2025-01-A-101-R2": "CONFIRMED"}
+    assert [r.number for r in items] == ["B-2025-01-A-101-R2"]
+    check()
+
+
+def test_void_refusals_change_nothing(db, postpaid, check):
+    bills = postpaid.bills
+    postpaid.month_end(db, "2025-01", actor="month-end", now=NOW)
+    with db.begin() as conn:
+        with pytest.raises(RequestError, match="bill: bill B-2025-01-A-101 is a draft"):
+            bills.void(conn, "B-2025-01-A-101", reason="typo", actor="a", now=NOW)
+        bills.confirm(conn, period="2025-01", actor="a", now=NOW)
+        bills.issue(conn, period="2025-01", on=dt.date(2025, 2, 2), actor="a", now=NOW)
+    with db.read() as conn:
+        unpaid = _snapshot(conn)
+    with db.begin() as conn:
+        with pytest.raises(RequestError, match="bill: unknown bill 'B-1999-01-X'"):
+            bills.void(conn, "B-1999-01-X", reason="typo", actor="a", now=NOW)
+        for empty in ("", "  "):
+            with pytest.raises(RequestError, match="reason: required"):
+                bills.void(conn, "B-2025-01-A-101", reason=empty, actor="a", now=NOW)
+        with pytest.raises(RequestError, match="actor: required"):
+            bills.void(conn, "B-2025-01-A-101", reason="typo", actor="", now=NOW)
+    with db.read() as conn:
+        assert _snapshot(conn) == unpaid
+    with db.begin() as conn:
+        bills.pay(conn, "A-101", 100, "cash-1", actor="a", now=NOW)
+    with db.read() as conn:
+        paid = _snapshot(conn)
+    with (
+        db.begin() as conn,
+        pytest.raises(RequestError, match=r"1\.00 paid on it: refund or move the payment"),
+    ):
+        bills.void(conn, "B-2025-01-A-101", reason="typo", actor="a", now=NOW)
+    with db.read() as conn:
+        assert _snapshot(conn) == paid
+    check()
+
+
+def test_a_late_fee_keeps_its_bill_until_the_later_bill_is_void(db, postpaid, check):
+    bills = postpaid.bills
+    postpaid.month_end(db, "2025-01", actor="t", now=NOW)
+    with db.begin() as conn:
+        bills.confirm(conn, period="2025-01", actor="a", now=NOW)
+        bills.issue(conn, period="2025-01", on=dt.date(2025, 2, 2), actor="a", now=NOW)
+    postpaid.month_end(db, "2025-02", actor="t", now=NOW)
+    with db.begin() as conn:
+        bills.confirm(conn, period="2025-02", actor="a", now=NOW)
+    with db.read() as conn:
+        state = _snapshot(conn)
+    with (
+        db.begin() as conn,
+        pytest.raises(RequestError, match="bill B-2025-02-A-101 charged a late fee on"),
+    ):
+        bills.void(conn, "B-2025-01-A-101", reason="typo", actor="a", now=NOW)
+    with db.read() as conn:
+        assert _snapshot(conn) == state
+    with db.begin() as conn:
+        feb = bills.void(conn, "B-2025-02-A-101", reason="late fee", actor="a", now=NOW)
+        jan = bills.void(conn, "B-2025-01-A-101", reason="typo", actor="a", now=NOW)
+        with pytest.raises(RequestError, match="already void"):
+            bills.void(conn, "B-2025-01-A-101", reason="other", actor="a", now=NOW)
+    assert feb.reversed_fen == 7070 + 1718 and jan.reversed_fen == 144800
+    with db.read() as conn:
+        assert receivable(conn)["A-101"] == 2 * 11375  # the property fees, still owed
     check()

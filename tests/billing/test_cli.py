@@ -221,6 +221,33 @@ def test_a_month_from_readings_to_exported_bills(run, site_file, tmp_path):
     )
 
 
+def test_void_a_bill_from_the_command_line(run, site_file):
+    for at, value in (("2025-01-01 00:00", 100), ("2025-02-01 00:00", 200)):
+        run("billing", "reading", "SITE", "E-A-101", "--at", at, "--value", str(value))
+    run("bill", "draft", "SITE", "--period", "2025-01")
+    run("bill", "confirm", "SITE", "B-2025-01-A-101")
+    run("bill", "issue", "SITE", "B-2025-01-A-101", "--on", "2025-02-02")
+    journals = _count(site_file, t.journal)
+    run("bill", "void", "SITE", "B-2025-01-A-101", ok=False)  # --reason is required
+    empty = run("bill", "void", "SITE", "B-2025-01-A-101", "--reason", " ", ok=False).output
+    assert "reason: required" in empty
+    unknown = run("bill", "void", "SITE", "B-1999-01-X", "--reason", "typo", ok=False).output
+    assert "unknown bill 'B-1999-01-X'" in unknown
+    assert _count(site_file, t.journal) == journals
+    out = run("bill", "void", "SITE", "B-2025-01-A-101", "--reason", "wrong reading").output
+    assert out == (
+        "B-2025-01-A-101: VOID, 50.00 reversed, 0 item(s) back on the next draft of A-101 2025-01\n"
+    )
+    again = run("bill", "void", "SITE", "B-2025-01-A-101", "--reason", "wrong reading").output
+    assert again.endswith("(already void)\n")
+    assert _count(site_file, t.journal) == journals + 1
+    shown = run("bill", "show", "SITE", "B-2025-01-A-101").output
+    assert "VOID" in shown and "void: wrong reading (by " in shown
+    assert "B-2025-01-A-101-R2" in run("bill", "draft", "SITE", "--period", "2025-01").output
+    assert "B-2025-01-A-101 " in run("bill", "list", "SITE", "--state", "VOID").output
+    assert "all invariants hold" in run("ledger", "verify", "SITE").output
+
+
 def test_batch_from_the_command_line(run, site_file, tmp_path):
     dry = run(
         "batch",

@@ -54,6 +54,44 @@ def test_step_by_step_upgrade_keeps_data(db_url):
         db.dispose()
 
 
+def test_bill_void_migration_keeps_the_items_on_their_bills(db_url):
+    """0006 rebuilds the bill table on SQLite: billed items still point at their bill."""
+    db = Database(db_url)
+    try:
+        db.upgrade("0005")
+        now = "2025-01-01 00:00:00.000000"
+        with db.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO account (id, name, state, protected, alarm1_fen, alarm2_fen, "
+                    "overdraft_limit_fen, close_limit_fen, hoard_limit_fen, notify, created_at, "
+                    "updated_at) VALUES ('A', 'a', 'OPEN', false, 2000, 500, 0, 0, 500000, "
+                    f"'[]', '{now}', '{now}')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO bill (id, number, account_id, period, start_date, end_date, "
+                    "state, total_fen, paid_fen, lines, problems, digest, created_at, "
+                    "updated_at) VALUES (7, 'B-2025-01-A', 'A', '2025-01', '2025-01-01', "
+                    f"'2025-02-01', 'ISSUED', 100, 0, '[]', '[]', '', '{now}', '{now}')"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO billing_item (account_id, period, kind, source, description, "
+                    "amount_fen, mode, bill_id, void, created_at) VALUES ('A', '2025-01', "
+                    f"'property', 'charge:p', 'fee', 100, 'bill', 7, false, '{now}')"
+                )
+            )
+        db.upgrade()
+        with db.read() as conn:
+            assert conn.execute(sa.text("SELECT bill_id FROM billing_item")).scalar() == 7
+            assert conn.execute(sa.text("SELECT state FROM bill")).scalar() == "ISSUED"
+    finally:
+        db.dispose()
+
+
 def test_sqlite_pragmas(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
     try:
