@@ -16,7 +16,9 @@ Accounts come from `runtime.operations` (core.operations.Operations):
 - events: `AlarmLevelChanged` → LowBalanceAlarmType condition (active at levels 1–3),
   `SupplyChanged` → SupplyChangedEventType, `AuditRecord` → OpenPrepayAuditEventType
   (every operation, whoever asked: OPC UA, CLI, batch), plus an audit event for every
-  method call the core never saw (refused for its arguments or the caller's role).
+  method call the core never saw (refused for its arguments or the caller's role);
+- Acknowledge (the standard method, i=9111) on every alarm condition, LowBalance and
+  CommunicationAlarm alike (events.py): operator or admin, audited like the methods.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from openprepay.core.model import DeviceModel, MeterKind, Sample
 from openprepay.core.operations import AccountSnapshot, Operations
 
 from .access import SessionUser, actor_name, current_user
-from .events import SEVERITY_LOW_BALANCE, Emission
+from .events import ACKNOWLEDGE, SEVERITY_LOW_BALANCE, Emission
 from .methods import (
     ADMIN,
     CASH,
@@ -215,6 +217,11 @@ class AccountView:
             )
             service.method_roles[nid] = spec.roles
             self._specs[nid] = spec
+        # Alarms (of accounts and meters) are acknowledged by operators.
+        service.method_roles[ACKNOWLEDGE] = ACKNOWLEDGE_SPEC.roles
+        self._specs[ACKNOWLEDGE] = ACKNOWLEDGE_SPEC
+        if service.condition_methods is not None:
+            service.condition_methods.condition_methods[ACKNOWLEDGE] = self._acknowledge
 
     def _variable(
         self,
@@ -544,6 +551,8 @@ class AccountView:
             if spec is None or space is None:
                 continue
             target = space.targets.get(req.ObjectId)
+            if req.MethodId == ACKNOWLEDGE:
+                target = self._condition_target(service, req.ObjectId)
             self.audit(
                 service,
                 actor=actor_name(user),
@@ -721,6 +730,64 @@ class AccountView:
 
         return callback
 
+    def _condition_target(self, service: OpcUaService, condition_id: ua.NodeId) -> Target | None:
+        """The account or meter a ConditionId is about (for the audit)."""
+        emitter, space = service.events, service.space
+        state = emitter.conditions.get(condition_id) if emitter is not None else None
+        if state is None or state.last is None or space is None:
+            return None
+        return space.targets.get(state.last.source)
+
+    async def _acknowledge(self, parent: ua.NodeId, *inputs: ua.Variant) -> Any:
+        """AcknowledgeableConditionType.Acknowledge, called with ObjectId = a ConditionId."""
+        service = self.service
+        assert service is not None and service.events is not None
+        spec = ACKNOWLEDGE_SPEC
+        target = self._condition_target(service, parent)
+        call = Call(
+            spec.name,
+            ACKNOWLEDGE,
+            target.kind if target else "condition",
+            target.id if target else str(parent.Identifier),
+            current_user(),
+            tuple(inputs),
+        )
+        try:
+            if len(inputs) == 2 and getattr(inputs[1], "Value", 0) is None:
+                # A null Comment is an empty one.
+                inputs = (inputs[0], ua.Variant(ua.LocalizedText(""), V.LocalizedText))
+            values = check_inputs(spec, inputs)
+            (event_id, _), (comment, _) = values
+            comment_text = comment.Text or ""
+            status, _state = service.events.acknowledge(
+                parent, bytes(event_id or b""), comment_text, call.actor
+            )
+            if status != S.Good:
+                raise Refused(status, _ACK_REFUSALS[status].format(parent.to_string()))
+        except Exception as exc:
+            refused = refusal_of(exc)
+            self.audit(
+                service,
+                actor=call.actor,
+                operation=spec.name,
+                target=call.target,
+                detail=f"refused: {refused.message}",
+                ok=False,
+                call=call,
+            )
+            return result_of(refused, len(spec.inputs))
+        self.audit(
+            service,
+            actor=call.actor,
+            operation=spec.name,
+            target=call.target,
+            detail=f"{parent.Identifier} acknowledged"
+            + (f": {comment_text}" if comment_text else ""),
+            ok=True,
+            call=call,
+        )
+        return []
+
     # -- handlers: Python values in, output Variants out -----------------------------------
     async def _topup(self, call: Call, values: list[Any]) -> list[ua.Variant]:
         (amount, amount_type), (reference, _) = values
@@ -794,3 +861,28 @@ class AccountView:
 
 def _commands(commands: Any) -> str:
     return ", ".join(f"{c.kind} #{c.id} for {c.meter_id}" for c in commands) or "none needed"
+
+
+async def _not_called(call: Call, values: list[Any]) -> list[ua.Variant]:
+    raise AssertionError("Acknowledge is served by AccountView._acknowledge")
+
+
+#: The standard Acknowledge as the role check, the argument check and the audit see it.
+ACKNOWLEDGE_SPEC = MethodSpec(
+    "AcknowledgeableConditionType",
+    "Acknowledge",
+    (
+        Arg("EventId", V.ByteString, "EventId of the condition's latest event"),
+        Arg("Comment", V.LocalizedText, "Why, or what was done"),
+    ),
+    (),
+    SUPPLY,
+    "Acknowledge an alarm (operator, admin)",
+    _not_called,
+)
+
+_ACK_REFUSALS = {
+    S.BadNodeIdUnknown: "{} is not a condition of this server",
+    S.BadEventIdUnknown: "{}: the EventId is not the latest event of the condition",
+    S.BadConditionBranchAlreadyAcked: "{} is already acknowledged",
+}

@@ -7,9 +7,28 @@ second time on that meter or account object (for clients that subscribe per obje
 
 Alarms (low balance, communication loss) are conditions (AlarmConditionType subtypes, one
 condition per account or meter, ConditionId `Account:<id>/LowBalance`,
-`Meter:<id>/CommunicationAlarm`): while active they carry Retain = true and come back on
-ConditionRefresh; the inactive transition carries Retain = false. They need no
-acknowledgement (AckedState is true); Acknowledge/Confirm are not implemented.
+`Meter:<id>/CommunicationAlarm`, in the site namespace). They are acknowledgeable
+(Part 9 AcknowledgeableConditionType):
+
+- an alarm that becomes active carries AckedState = false ("Unacknowledged"); a change
+  of level while it stays active keeps the AckedState it had;
+- the standard method Acknowledge (i=9111; EventId ByteString, Comment LocalizedText),
+  called with ObjectId = the ConditionId, acknowledges it: a new event of the condition
+  with AckedState = true, the Comment and ClientUserId (`opcua:<user>`). Refusals:
+  BadNodeIdUnknown (no such condition), BadEventIdUnknown (not the condition's latest
+  EventId), BadConditionBranchAlreadyAcked (already acknowledged), BadUserAccessDenied
+  (a role below operator: access.py); every call, refused or not, is audited;
+- Retain is true while the alarm is active or unacknowledged: an alarm that went
+  inactive before anyone acknowledged it stays retained (and comes back on
+  ConditionRefresh) until it is acknowledged; inactive and acknowledged, Retain = false;
+- ConditionRefresh returns each retained condition's latest event, AckedState included.
+
+asyncua routes a Call by MethodId and refuses ObjectIds that are not nodes; conditions
+are not nodes here, so `ConditionMethodService` routes Acknowledge itself, with the
+ObjectId (the ConditionId) as the callback's first argument. Confirm, AddComment and
+shelving are not implemented (ConfirmedState is always true). The acknowledgement state
+is kept in memory only: after a restart the alarms are evaluated again and those active
+come back unacknowledged.
 
 Emitting never blocks the caller: `post()` may be called from any thread (bus listeners,
 method callbacks in worker threads) and queues the event for the server's loop.
@@ -19,18 +38,20 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from asyncua import Node, Server, ua
 from asyncua.common import events as ua_events
+from asyncua.server.address_space import MethodService
 
 from .nodes import NodeWriter
 from .tasks import stop_task
@@ -39,6 +60,9 @@ log = logging.getLogger("openprepay.opcua")
 
 SERVER = ua.NodeId(ua.ObjectIds.Server)
 V = ua.VariantType
+S = ua.StatusCodes
+#: AcknowledgeableConditionType.Acknowledge, the method clients call on a condition.
+ACKNOWLEDGE = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
 
 #: name -> (base type, [(field, variant type, description)])
 EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
@@ -110,6 +134,58 @@ class Emission:
     #: For conditions: (condition id, active).
     condition: tuple[ua.NodeId, bool] | None = None
     condition_name: str = ""
+    #: True for the event of an acknowledgement (no transition of ActiveState).
+    acknowledgement: bool = False
+
+
+@dataclass(slots=True)
+class ConditionState:
+    """What the server knows of one condition (the loop's; lost on restart)."""
+
+    active: bool = False
+    acked: bool = True
+    #: EventId of the condition's latest event: the one Acknowledge must name.
+    event_id: bytes = b""
+    #: EventIds since it last became active (a repeated Acknowledge names one of them).
+    activation_ids: deque[bytes] = dataclasses.field(default_factory=lambda: deque(maxlen=64))
+    #: The latest transition (re-emitted with the acknowledgement).
+    last: Emission | None = None
+    active_since: datetime | None = None
+    acked_at: datetime | None = None
+    comment: str = ""
+    user: str = ""
+
+
+class ConditionMethodService(MethodService):
+    """asyncua's method service, plus methods called on conditions (ObjectId = a
+    ConditionId that is not a node): those go to their callback, which answers for an
+    unknown condition itself (asyncua would answer BadNodeIdInvalid)."""
+
+    def __init__(self, aspace: Any) -> None:
+        super().__init__(aspace)
+        self.condition_methods: dict[ua.NodeId, Callable[..., Awaitable[Any]]] = {}
+
+    async def _call(self, method: ua.CallMethodRequest) -> ua.CallMethodResult:
+        callback = self.condition_methods.get(method.MethodId)
+        if callback is None:
+            return await super()._call(method)
+        inputs = list(method.InputArguments or [])
+        try:
+            result = await callback(method.ObjectId, *inputs)
+        except Exception:
+            log.exception("condition method %s failed", method.MethodId)
+            result = ua.StatusCode(S.BadUnexpectedError)
+        if isinstance(result, ua.CallMethodResult):
+            res = result
+        else:
+            res = ua.CallMethodResult()
+            if isinstance(result, ua.StatusCode):
+                res.StatusCode = result
+            elif result is not None:
+                res.OutputArguments = result
+        while len(res.InputArgumentResults) < len(inputs):
+            res.InputArgumentResults.append(ua.StatusCode())
+        return res
 
 
 class EventEmitter:
@@ -124,8 +200,10 @@ class EventEmitter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._task: asyncio.Task[None] | None = None
-        #: condition id -> active, to emit transitions only
+        #: condition id -> active, to emit transitions only (posting side, any thread)
         self.active: dict[ua.NodeId, bool] = {}
+        #: condition id -> state as delivered (the loop's: acknowledgements)
+        self.conditions: dict[ua.NodeId, ConditionState] = {}
         self.emitted = 0
         self.server_id = ""
 
@@ -238,6 +316,8 @@ class EventEmitter:
                     log.exception("emitting %s failed", emission.type_name)
 
     async def deliver(self, e: Emission) -> None:
+        if e.acknowledgement:
+            e = self._acknowledgement(e)
         template = self._templates[e.type_name]
         ev = copy.copy(template)
         now = datetime.now(UTC)
@@ -256,19 +336,43 @@ class EventEmitter:
             setattr(ev, key, value)
         if e.condition is not None:
             cid, active = e.condition
+            state = self.conditions.get(cid)
+            if state is None:
+                state = self.conditions[cid] = ConditionState()
+            if not e.acknowledgement:
+                if active and not state.active:
+                    # Becomes active: to be acknowledged again.
+                    state.acked = False
+                    state.acked_at = None
+                    state.comment = ""
+                    state.user = ""
+                    state.activation_ids.clear()
+                if active != state.active or state.active_since is None:
+                    state.active_since = at
+                state.active = active
+                state.last = e
+            state.event_id = ev.EventId
+            state.activation_ids.append(ev.EventId)
             ev.NodeId = cid
             ev.ConditionName = e.condition_name
             ev.ConditionClassId = ua.NodeId(ua.ObjectIds.BaseConditionClassType)
             ev.ConditionClassName = ua.LocalizedText("BaseConditionClassType")
             ev.BranchId = ua.NodeId()
-            ev.Retain = active
+            # Part 9: an alarm is retained while active or not yet acknowledged.
+            ev.Retain = state.active or not state.acked
             ev.EnabledState = ua.LocalizedText("Enabled")
             setattr(ev, "EnabledState/Id", True)
-            ev.ActiveState = ua.LocalizedText("Active" if active else "Inactive")
-            setattr(ev, "ActiveState/Id", active)
-            setattr(ev, "ActiveState/TransitionTime", at)
-            ev.AckedState = ua.LocalizedText("Acknowledged")
-            setattr(ev, "AckedState/Id", True)
+            ev.ActiveState = ua.LocalizedText("Active" if state.active else "Inactive")
+            setattr(ev, "ActiveState/Id", state.active)
+            setattr(ev, "ActiveState/TransitionTime", state.active_since or at)
+            ev.AckedState = ua.LocalizedText("Acknowledged" if state.acked else "Unacknowledged")
+            setattr(ev, "AckedState/Id", state.acked)
+            if state.acked_at is not None:
+                setattr(ev, "AckedState/TransitionTime", state.acked_at)
+            ev.Comment = ua.LocalizedText(state.comment)
+            if state.acked_at is not None and state.comment:
+                setattr(ev, "Comment/SourceTimestamp", state.acked_at)
+            ev.ClientUserId = state.user
             ev.ConfirmedState = ua.LocalizedText("Confirmed")
             setattr(ev, "ConfirmedState/Id", True)
             ev.Quality = ua.StatusCode(ua.StatusCodes.Good)
@@ -281,6 +385,39 @@ class EventEmitter:
         ev.emitting_node = SERVER
         await subscriptions.trigger_event(ev)
         self.emitted += 1
+
+    # -- acknowledging (the loop) ---------------------------------------------------------
+    def acknowledge(
+        self, condition_id: ua.NodeId, event_id: bytes, comment: str, user: str
+    ) -> tuple[int, ConditionState | None]:
+        """Acknowledge a condition (on the loop): the status, and the condition's state.
+
+        Good: the state is changed now and the event that says so is queued."""
+        state = self.conditions.get(condition_id)
+        if state is None or state.last is None:
+            return S.BadNodeIdUnknown, None
+        if state.acked:
+            if event_id in state.activation_ids:
+                return S.BadConditionBranchAlreadyAcked, state
+            return S.BadEventIdUnknown, state
+        if event_id != state.event_id:
+            return S.BadEventIdUnknown, state
+        state.acked = True
+        state.acked_at = datetime.now(UTC)
+        state.comment = comment
+        state.user = user
+        self.post(replace(state.last, time=None, acknowledgement=True))
+        return S.Good, state
+
+    def _acknowledgement(self, e: Emission) -> Emission:
+        """The event of an acknowledgement: the condition's latest transition as it is
+        when delivered (a transition may have been delivered since the acknowledgement)."""
+        assert e.condition is not None
+        state = self.conditions.get(e.condition[0])
+        last = state.last if state is not None and state.last is not None else e
+        user, comment = (state.user, state.comment) if state is not None else ("", "")
+        note = f"acknowledged by {user}" + (f": {comment}" if comment else "")
+        return replace(last, message=f"{last.message} ({note})", time=None, acknowledgement=True)
 
 
 #: Data types asyncua leaves as NodeIds in event templates (subtypes of built-in types).

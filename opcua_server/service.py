@@ -27,7 +27,7 @@ from openprepay.core.model import Sample
 
 from .access import RoleRuleset, SessionUser, SessionUserManager
 from .config import OpcUaConfig, Policy
-from .events import SEVERITY_COMM, Emission, EventEmitter
+from .events import SEVERITY_COMM, ConditionMethodService, Emission, EventEmitter
 from .history import HistorianBackend
 from .pki import ClientCertificateValidator, Pki, ensure_server_certificate, thumbprint
 from .publisher import Publisher
@@ -76,6 +76,7 @@ class OpcUaService:
         self.port: int | None = None
         self.endpoint: str = ""
         self.method_roles: dict[ua.NodeId, frozenset[Role]] = {}
+        self.condition_methods: ConditionMethodService | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         #: Hooks that add to the address space before the server starts (accounts).
         self.extensions: list[Any] = []
@@ -109,6 +110,10 @@ class OpcUaService:
         )
         self.server = server
         server.iserver.bind_condition_methods = True
+        # Acknowledge is called on ConditionIds, which are not nodes (events.py).
+        server.iserver.method_service.stop()
+        self.condition_methods = ConditionMethodService(server.iserver.aspace)
+        server.iserver.method_service = self.condition_methods
         self.space = space = Space(
             server, self.runtime.site, self.runtime.plugins.models, history=config.history
         )

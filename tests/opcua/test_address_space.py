@@ -237,11 +237,13 @@ async def test_offline_meter_is_bad_never_stale_and_raises_condition(
                     e
                     for e in collector.items
                     if getattr(e, "SourceName", None) == "E-A-102"
-                    and getattr(e, "Retain", None) is active
+                    and getattr(e, "ActiveState/Id", None) is active
                 ]
 
             await until(lambda: alarm(True))
             event = alarm(True)[0]
+            assert event.Retain is True
+            assert getattr(event, "AckedState/Id") is False
             assert event.SourceNode == ua.NodeId("Meter:E-A-102", s)
             assert event.MeterId == "E-A-102" and event.LinkId == "gw1"
             assert event.ConditionName == "CommunicationLoss"
@@ -274,6 +276,26 @@ async def test_offline_meter_is_bad_never_stale_and_raises_condition(
         await until(lambda: alarm(False), timeout=30)
         cleared = alarm(False)[0]
         assert cleared.OfflineSeconds > 0
+        # Never acknowledged: retained while inactive, until an operator acknowledges it.
+        assert cleared.Retain is True
+        assert getattr(cleared, "AckedState/Id") is False
+        async with opcua_site.connect("operator1") as operator:
+            await operator.get_node(cleared.NodeId).call_method(
+                ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
+                ua.Variant(cleared.EventId, ua.VariantType.ByteString),
+                ua.Variant(ua.LocalizedText("gateway rebooted"), ua.VariantType.LocalizedText),
+            )
+        await until(
+            lambda: [
+                e
+                for e in alarm(False)
+                if getattr(e, "AckedState/Id", None) is True and e.Retain is False
+            ]
+        )
+        done = next(e for e in alarm(False) if getattr(e, "AckedState/Id", None) is True)
+        assert done.Comment.Text == "gateway rebooted"
+        assert done.ClientUserId == "opcua:operator1"
+        assert done.NodeId == ua.NodeId("Meter:E-A-102/CommunicationAlarm", s)
         await until_async(lambda: _good(energy), timeout=30)
         assert await online.read_value() is True
         await sub.delete()

@@ -184,11 +184,156 @@ async def test_refund_to_low_balance_raises_a_retained_low_balance_alarm(
         await until(lambda: late.of(SourceName="A-102", Retain=True))
         await sub2.delete()
 
-        # A top-up clears it: the inactive transition is not retained.
+        # A top-up clears it; nobody acknowledged it, so the inactive alarm is still
+        # retained (Part 9) until an operator acknowledges it.
         await account.call_method(f"{t}:TopUp", d(50.0), text("opcua-topup-2"))
-        await until(lambda: events.of(SourceName="A-102", Retain=False))
-        assert events.of(SourceName="A-102", Retain=False)[0].AlarmLevel == 0
+        await until(lambda: events.of(SourceName="A-102", **{"ActiveState/Id": False}))
+        cleared = events.of(SourceName="A-102", **{"ActiveState/Id": False})[0]
+        assert cleared.AlarmLevel == 0
+        assert cleared.Retain is True
+        assert getattr(cleared, "AckedState/Id") is False
         await until_async(lambda: _eq(level(), 0))
+        async with opcua_site.connect("operator1") as operator:
+            await acknowledge(operator, cleared.NodeId, cleared.EventId, "seen after top-up")
+        await until(lambda: events.of(SourceName="A-102", Retain=False))
+        done = events.of(SourceName="A-102", Retain=False)[0]
+        assert getattr(done, "ActiveState/Id") is False
+        assert getattr(done, "AckedState/Id") is True
+        await sub.delete()
+
+
+async def acknowledge(
+    client: Client, condition: ua.NodeId, event_id: bytes, comment: str
+) -> list[Any]:
+    """AcknowledgeableConditionType.Acknowledge called on the condition (ObjectId =
+    ConditionId), as SCADA alarm lists call it."""
+    return await client.get_node(condition).call_method(
+        ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge),
+        ua.Variant(event_id, V.ByteString),
+        ua.Variant(ua.LocalizedText(comment), V.LocalizedText),
+    )
+
+
+async def test_low_balance_alarm_is_acknowledged_by_an_operator(
+    opcua_site: OpcUaSite,
+) -> None:
+    ops = opcua_site.ops
+    emitter = opcua_site.service.events
+    assert emitter is not None
+    async with (
+        opcua_site.connect("operator1") as client,
+        opcua_site.connect("viewer1") as viewer,
+    ):
+        _, s = await opcua_site.ns(client)
+        cid = ua.NodeId("Account:A-102/LowBalance", s)
+        sub, events = await subscribe(client, "LowBalanceAlarmType", "OpenPrepayAuditEventType")
+        snapshot = await asyncio.to_thread(ops.account_snapshot, "A-102")
+        # 15.00: below alarm 1 (20.00), above alarm 2 (5.00).
+        await asyncio.to_thread(
+            ops.refund, "A-102", snapshot.balance_fen - 1500, "ack-prepare", actor="test"
+        )
+        try:
+            active = {"SourceName": "A-102", "ActiveState/Id": True}
+            await until(lambda: events.of(**active))
+            raised = events.of(**active)[0]
+            assert raised.NodeId == cid
+            assert raised.Retain is True
+            assert getattr(raised, "AckedState/Id") is False
+            assert raised.AckedState.Text == "Unacknowledged"
+
+            # A viewer may not acknowledge: refused before anything runs, and audited.
+            with pytest.raises(ua.uaerrors.BadUserAccessDenied):
+                await acknowledge(viewer, cid, raised.EventId, "viewer says ok")
+            await until(lambda: events.of(Operation="Acknowledge", Status=False))
+            denied = events.of(Operation="Acknowledge", Status=False)[0]
+            assert denied.ClientUserId == "opcua:viewer1"
+            assert denied.Target == "A-102"
+            assert "may not call Acknowledge" in denied.Result
+            assert emitter.conditions[cid].acked is False
+
+            # Unknown condition, stale or unknown EventId.
+            with pytest.raises(ua.uaerrors.BadNodeIdUnknown):
+                await acknowledge(
+                    client, ua.NodeId("Account:NOPE/LowBalance", s), raised.EventId, "x"
+                )
+            with pytest.raises(ua.uaerrors.BadEventIdUnknown):
+                await acknowledge(client, cid, b"\x00" * 16, "unknown event")
+            # Down to 3.00 (alarm level 2): a new event of the same, still unacknowledged,
+            # condition; the level-1 event is stale now.
+            await asyncio.to_thread(ops.refund, "A-102", 1200, "ack-level2", actor="test")
+            await until(lambda: events.of(AlarmLevel=2, **active))
+            latest = events.of(AlarmLevel=2, **active)[0]
+            assert getattr(latest, "AckedState/Id") is False
+            assert latest.EventId != raised.EventId
+            with pytest.raises(ua.uaerrors.BadEventIdUnknown):
+                await acknowledge(client, cid, raised.EventId, "stale event")
+            assert emitter.conditions[cid].acked is False
+            assert not events.of(SourceName="A-102", **{"AckedState/Id": True})
+
+            # The operator acknowledges the latest event.
+            await acknowledge(client, cid, latest.EventId, "tenant called")
+            acked = {"SourceName": "A-102", "AckedState/Id": True}
+            await until(lambda: events.of(**acked))
+            ack = events.of(**acked)[0]
+            assert ack.NodeId == cid
+            assert ack.EventId != latest.EventId
+            assert ack.Comment.Text == "tenant called"
+            assert ack.ClientUserId == "opcua:operator1"
+            assert "acknowledged by opcua:operator1: tenant called" in ack.Message.Text
+            assert ack.AckedState.Text == "Acknowledged"
+            assert getattr(ack, "ActiveState/Id") is True
+            assert ack.Retain is True  # still active
+            assert ack.AlarmLevel == 2
+
+            # Once is enough: again with either EventId.
+            for event_id in (latest.EventId, ack.EventId):
+                with pytest.raises(ua.uaerrors.BadConditionBranchAlreadyAcked):
+                    await acknowledge(client, cid, event_id, "again")
+
+            # Every call is audited: unknown condition, unknown and stale EventIds, the
+            # acknowledgement, twice already acknowledged.
+            def operator_audits() -> list[Any]:
+                return events.of(Operation="Acknowledge", ClientUserId="opcua:operator1")
+
+            await until(lambda: len(operator_audits()) >= 6)
+            audits = operator_audits()
+            assert len(audits) == 6
+            assert [a.Status for a in audits].count(True) == 1
+            good = next(a for a in audits if a.Status)
+            assert good.Target == "A-102" and "tenant called" in good.Result
+            assert good.MethodId == ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+            assert any("already acknowledged" in a.Result for a in audits)
+            assert any("not the latest event" in a.Result for a in audits)
+
+            # ConditionRefresh gives the acknowledged state.
+            sub2, late = await subscribe(client, "LowBalanceAlarmType")
+            await client.get_node(ua.ObjectIds.ConditionType).call_method(
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.Variant(sub2.subscription_id, V.UInt32),
+            )
+            await until(lambda: late.of(SourceName="A-102"))
+            (refreshed,) = late.of(SourceName="A-102")
+            assert getattr(refreshed, "AckedState/Id") is True
+            assert refreshed.Comment.Text == "tenant called"
+            assert refreshed.Retain is True
+            await sub2.delete()
+        finally:
+            await asyncio.to_thread(ops.topup, "A-102", 30_00, "ack-restore", actor="test")
+
+        # Recovered and acknowledged: no longer retained, and gone from ConditionRefresh.
+        inactive = {"SourceName": "A-102", "ActiveState/Id": False}
+        await until(lambda: events.of(**inactive))
+        cleared = events.of(**inactive)[0]
+        assert cleared.Retain is False
+        assert getattr(cleared, "AckedState/Id") is True
+        sub3, after = await subscribe(client, "LowBalanceAlarmType")
+        await client.get_node(ua.ObjectIds.ConditionType).call_method(
+            ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+            ua.Variant(sub3.subscription_id, V.UInt32),
+        )
+        await asyncio.sleep(0.5)
+        assert not after.of(SourceName="A-102")
+        await sub3.delete()
         await sub.delete()
 
 
