@@ -24,10 +24,16 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from openprepay.core.cli.common import load_checked_site, run_async, site_argument
+from openprepay.core.cli.common import (
+    load_checked_site,
+    progress_bar,
+    run_async,
+    site_argument,
+)
 from openprepay.core.errors import OpenPrepayError
 from openprepay.core.model import DeviceModel, MeterKind, PointSpec, Quality, Sample, ValueType
 from openprepay.core.site import Site
+from openprepay.core.tasks import stop_task
 
 from .config import Backend, HistorianConfig, read_config
 from .embedded import EmbeddedStore, StoredSeries
@@ -232,7 +238,18 @@ def flush_command(site_file: str, timeout: float) -> None:
         try:
             await asyncio.to_thread(spool.ingest_replay, config.batch_size)
             before, _ = await asyncio.to_thread(spool.head)
-            drained = await forwarder.drain_standalone(timeout)
+            with progress_bar("flush: lines sent", before) as update:
+
+                async def follow() -> None:  # the backlog can take minutes to drain
+                    while True:
+                        await asyncio.sleep(0.2)
+                        update(before - (await asyncio.to_thread(spool.head))[0])
+
+                shown = asyncio.create_task(follow())
+                try:
+                    drained = await forwarder.drain_standalone(timeout)
+                finally:
+                    await stop_task(shown)
             after, _ = await asyncio.to_thread(spool.head)
         finally:
             forwarder.close()

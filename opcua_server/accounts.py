@@ -37,6 +37,7 @@ from openprepay.core.events import AlarmLevelChanged, AuditRecord, Event, Supply
 from openprepay.core.feecontrol import FeeState
 from openprepay.core.model import DeviceModel, MeterKind, Sample
 from openprepay.core.operations import AccountSnapshot, Operations
+from openprepay.core.tasks import stop_task
 
 from .access import SessionUser, actor_name, current_user
 from .events import ACKNOWLEDGE, SEVERITY_LOW_BALANCE, Emission
@@ -57,7 +58,6 @@ from .methods import (
     result_of,
 )
 from .space import NULL, WAITING, HistoryTarget, PointBinding, SourceBinding, Target, datatype_of
-from .tasks import stop_task
 from .units import eu_information
 
 if TYPE_CHECKING:

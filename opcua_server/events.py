@@ -53,8 +53,9 @@ from asyncua import Node, Server, ua
 from asyncua.common import events as ua_events
 from asyncua.server.address_space import MethodService
 
+from openprepay.core.tasks import stop_task
+
 from .nodes import NodeWriter
-from .tasks import stop_task
 
 log = logging.getLogger("openprepay.opcua")
 

@@ -26,9 +26,9 @@ from asyncua import ua
 
 from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
 from openprepay.core.model import MeterKind, Quality, Sample
+from openprepay.core.tasks import stop_task
 
 from .space import STATUS_OF_QUALITY, SourceBinding, Space
-from .tasks import stop_task
 
 log = logging.getLogger("openprepay.opcua")
 

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..db import Database
 from ..db import schema as t
 from ..events import ApportionmentAlert, EventBus, publish_on_loop, utcnow
+from ..ledger import insert_ignore
 from ..model import DeviceModel, Sample
 from ..prepay_settings import PrepaySettings, load_prepay
 from ..site import Site
@@ -106,32 +106,45 @@ class Billing:
             site, models, self.settings, self.prepay, self.catalogue, default_tariffs
         )
 
+    #: The steps of `month_end`, in order (what a progress display counts).
+    MONTH_END_STEPS = ("apportionment", "charges", "drafts")
+
     def month_end(
-        self, db: Database, period: str, *, actor: str, now: dt.datetime | None = None
+        self,
+        db: Database,
+        period: str,
+        *,
+        actor: str,
+        now: dt.datetime | None = None,
+        progress: Callable[[str, int], None] | None = None,
     ) -> MonthEndReport:
         """Apportionment, charges and post-paid drafts of `period` (each idempotent; each
-        step its own transaction)."""
+        step its own transaction). `progress(step, steps_done)` is called before each step
+        and once at the end (step "done")."""
         import time
+
+        def step(name: str, done: int) -> None:
+            if progress is not None:
+                progress(name, done)
 
         now = now or utcnow()
         report = MonthEndReport(period)
         t0 = time.perf_counter()
+        step("apportionment", 0)
         with db.begin() as conn:
             report.pools = self.apportionment.run(conn, period, actor=actor, now=now)
         t1 = time.perf_counter()
+        step("charges", 1)
         with db.begin() as conn:
             report.charges = self.charges.run(conn, period, actor=actor, now=now)
         t2 = time.perf_counter()
+        step("drafts", 2)
         with db.begin() as conn:
             report.drafts = len(self.bills.draft(conn, period, now=now))
         t3 = time.perf_counter()
+        step("done", 3)
         report.timings = {"apportionment_s": t1 - t0, "charges_s": t2 - t1, "drafts_s": t3 - t2}
         return report
-
-
-def _insert_ignore(conn: Any, table: sa.Table) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
 
 
 class BillingService:
@@ -315,7 +328,7 @@ class BillingService:
         period = self.calendar.period_of(now)
         with self.db.begin() as conn:
             conn.execute(
-                _insert_ignore(conn, t.billing_cycle),
+                insert_ignore(conn, t.billing_cycle),
                 {"period": period, "state": "OPEN", "summary": {}, "started_at": now},
             )
 

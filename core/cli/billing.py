@@ -44,7 +44,7 @@ from ..ledger import RequestError, format_fen, parse_yuan
 from ..operations import Operations
 from ..site import Site
 from . import CliContext
-from .common import load_checked_site, site_argument
+from .common import load_checked_site, progress_bar, site_argument
 from .database import operator, site_database
 
 console = Console()
@@ -392,8 +392,14 @@ def billing_charge_once(
 def billing_month_end(obj: CliContext, site_file: str, period: str) -> None:
     """Apportionment, charges and post-paid drafts of PERIOD (what the service runs the day
     after the freeze instant); each step is idempotent."""
-    with billing_context(site_file, obj) as c:
-        report = c.billing.month_end(c.db, period, actor=operator())
+    steps = Billing.MONTH_END_STEPS
+    with billing_context(site_file, obj) as c, progress_bar(f"{period}", len(steps)) as update:
+        report = c.billing.month_end(
+            c.db,
+            period,
+            actor=operator(),
+            progress=lambda step, done: update(done, description=f"{period}: {step}"),
+        )
     for r in [*report.pools, *report.charges]:
         _show_run(r, c.site.info.tz)
     click.echo(

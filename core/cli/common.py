@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import click
@@ -43,3 +44,27 @@ async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
         await asyncio.wait_for(stop.wait(), timeout=duration)
     except TimeoutError:
         pass
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[..., None]]:
+    """A progress bar on standard error (transient; hidden when stderr is not a terminal,
+    so scripted output stays clean). Yields `update(completed, *, total=, description=)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+
+        def update(completed: int, **changes: object) -> None:
+            progress.update(task, completed=completed, **changes)  # type: ignore[arg-type]
+
+        yield update

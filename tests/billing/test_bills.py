@@ -59,8 +59,12 @@ def postpaid(db, site):
 def test_draft_confirm_issue_pay(db, postpaid, check):
     billing = postpaid
     bills = billing.bills
-    jan_report = billing.month_end(db, "2025-01", actor="month-end", now=NOW)
+    steps: list[tuple[str, int]] = []
+    jan_report = billing.month_end(
+        db, "2025-01", actor="month-end", now=NOW, progress=lambda *s: steps.append(s)
+    )
     assert jan_report.drafts == 1
+    assert steps == [("apportionment", 0), ("charges", 1), ("drafts", 2), ("done", 3)]
     with db.read() as conn:
         [draft] = bills.list(conn, period="2025-01")
     assert draft.state == "DRAFT" and draft.number == "B-2025-01-A-101"

@@ -1,4 +1,4 @@
-"""Stopping the server's background tasks (publisher, event delivery, account refresh)."""
+"""Stopping background tasks (the OPC UA publisher and event delivery, CLI progress)."""
 
 from __future__ import annotations
 
