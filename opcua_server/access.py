@@ -8,16 +8,17 @@
   changes the address space (AddNodes, DeleteNodes, references); writes need the admin
   role; a Call is allowed only when the session's role may call every method in it
   (BadUserAccessDenied otherwise, nothing runs). Anonymous sessions never call or write.
+  Every channel the server opens carries it (transport.py refuses the others).
+- Method callbacks check the role again themselves (`may_call`, methods.py), so a method
+  is never run for a role it does not allow even where asyncua would skip the ruleset.
 
-asyncua does not pass the session to method callbacks. The ruleset runs in the same task
-as the request it checks, just before it, so it records the session user in a context
-variable that the callbacks read (`current_user()`): that is the actor of every
-operation and audit event.
+asyncua does not pass the session to method callbacks. The connection layer
+(transport.py) runs every request with its session in a context variable; `current_user()`
+is that session's user — the actor of every operation and audit event.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,13 +34,10 @@ from asyncua.crypto.permission_rules import (
 )
 from asyncua.ua.ua_binary import struct_from_binary
 
+from .transport import request_session
 from .users import Role, UserDirectory
 
 log = logging.getLogger("openprepay.opcua")
-
-_SESSION_USER: contextvars.ContextVar[User | None] = contextvars.ContextVar(
-    "openprepay_opcua_user", default=None
-)
 
 _WRITE = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
 _CALL = ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)
@@ -57,22 +55,32 @@ class SessionUser(User):
 
 
 def current_user() -> SessionUser | None:
-    """The user of the request being processed (inside a method callback)."""
-    user = _SESSION_USER.get()
+    """The user of the session whose request is being processed (in a method callback);
+    None outside a client's request."""
+    session = request_session()
+    user = session.user if session is not None else None
     return user if isinstance(user, SessionUser) else None
 
 
+def may_call(user: SessionUser | None, roles: frozenset[Role]) -> bool:
+    """Whether `user` may call a method open to `roles` (anonymous sessions never call)."""
+    return user is not None and not user.anonymous and user.access in roles
+
+
 def actor_name(user: SessionUser | None) -> str:
+    """`opcua:<user>`: who asked, in the journal, the commands and the audit."""
     if user is None:
-        return "opcua:unknown"
+        return "opcua:(no session)"  # only ever in the audit of a refused call
     return "opcua:anonymous" if user.anonymous else f"opcua:{user.name}"
 
 
 class SessionUserManager:
+    """Who a session is (asyncua asks at ActivateSession; None refuses it). Refusals are
+    counted and logged by the connection layer (guard.py), which knows their source."""
+
     def __init__(self, directory: UserDirectory, *, allow_anonymous: bool) -> None:
         self.directory = directory
         self.allow_anonymous = allow_anonymous
-        self.refused = 0
 
     def get_user(
         self,
@@ -84,12 +92,9 @@ class SessionUserManager:
         if username is None:
             if self.allow_anonymous:
                 return SessionUser(UserRole.User, "anonymous", Role.VIEWER, anonymous=True)
-            self.refused += 1
             return None
         role = self.directory.verify(username, password or "")
         if role is None:
-            self.refused += 1
-            log.warning("OPC UA login refused for user %r", username)
             return None
         return SessionUser(UserRole.User, username, role)
 
@@ -102,16 +107,8 @@ class RoleRuleset(PermissionRuleset):
     ) -> None:
         self.method_roles = method_roles
         self.on_denied = on_denied
-        self.denied = 0
 
-    def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
-        _SESSION_USER.set(user)
-        allowed = self._check(user, action_type_id, body)
-        if not allowed:
-            self.denied += 1
-        return allowed
-
-    def _check(self, user: User, action: ua.NodeId, body: Any) -> bool:
+    def check_validity(self, user: User, action: ua.NodeId, body: Any) -> bool:
         if action in _ADDRESS_SPACE or action == _HISTORY_UPDATE:
             return False
         if action not in _ALLOWED:
@@ -126,8 +123,8 @@ class RoleRuleset(PermissionRuleset):
                 params = struct_from_binary(ua.CallParameters, body.copy())
             except Exception:
                 return False
-            ok = not session.anonymous and all(
-                session.access in self.method_roles.get(m.MethodId, _ANY_SIGNED_IN)
+            ok = all(
+                may_call(session, self.method_roles.get(m.MethodId, _ANY_SIGNED_IN))
                 for m in params.MethodsToCall
             )
             if not ok and self.on_denied is not None:

@@ -52,10 +52,12 @@ from .methods import (
     Refused,
     amount_fen,
     check_inputs,
+    check_role,
     in_thread,
     optional_amount_fen,
     refusal_of,
     result_of,
+    role_refusal,
 )
 from .space import NULL, WAITING, HistoryTarget, PointBinding, SourceBinding, Target, datatype_of
 from .units import eu_information
@@ -558,8 +560,7 @@ class AccountView:
                 actor=actor_name(user),
                 operation=spec.name,
                 target=target.id if target else str(req.ObjectId.Identifier),
-                detail=f"refused: role {user.access.value if user else '?'} may not call "
-                f"{spec.name} (needs {' or '.join(sorted(r.value for r in spec.roles))})",
+                detail=f"refused: {role_refusal(spec, user)}",
                 ok=False,
                 call=Call(
                     spec.name,
@@ -573,7 +574,7 @@ class AccountView:
 
     # -- methods --------------------------------------------------------------------------
     def method_specs(self) -> list[MethodSpec]:
-        reason = Arg("Reason", V.String, "Why (recorded with the relay or valve action)")
+        reason = Arg("Reason", V.String, "Why (recorded with the relay or valve action)", "reason")
         commands = Arg("Commands", V.String, "The meter commands queued")
         balance = Arg("Balance", V.Double, "Energy wallet balance after the call, CNY")
         return [
@@ -581,11 +582,12 @@ class AccountView:
                 "AccountType",
                 "TopUp",
                 (
-                    Arg("Amount", V.Double, "Yuan, at most 2 decimals, more than 0"),
+                    Arg("Amount", V.Double, "Yuan, at most 2 decimals, more than 0", "amount"),
                     Arg(
                         "Reference",
                         V.String,
                         "Payment id or receipt: a repeat with the same reference changes nothing",
+                        "reference",
                     ),
                 ),
                 (
@@ -604,8 +606,8 @@ class AccountView:
                 "AccountType",
                 "Refund",
                 (
-                    Arg("Amount", V.Double, "Yuan, at most what is refundable"),
-                    Arg("Reference", V.String, "Refund number (idempotent)"),
+                    Arg("Amount", V.Double, "Yuan, at most what is refundable", "amount"),
+                    Arg("Reference", V.String, "Refund number (idempotent)", "reference"),
                 ),
                 (
                     balance,
@@ -629,10 +631,20 @@ class AccountView:
                 "AccountType",
                 "SetAlarmThresholds",
                 (
-                    Arg("Alarm1", V.Double, "Alarm level 1, yuan"),
-                    Arg("Alarm2", V.Double, "Alarm level 2 (pre-trip), yuan"),
-                    Arg("OverdraftLimit", V.Double, "Overdraft allowed, yuan (NaN: keep)"),
-                    Arg("CloseLimit", V.Double, "Close-allowed limit, yuan (NaN: keep)"),
+                    Arg("Alarm1", V.Double, "Alarm level 1, yuan", "alarm1"),
+                    Arg("Alarm2", V.Double, "Alarm level 2 (pre-trip), yuan", "alarm2"),
+                    Arg(
+                        "OverdraftLimit",
+                        V.Double,
+                        "Overdraft allowed, yuan (NaN: keep)",
+                        "overdraft_limit",
+                    ),
+                    Arg(
+                        "CloseLimit",
+                        V.Double,
+                        "Close-allowed limit, yuan (NaN: keep)",
+                        "close_limit",
+                    ),
                 ),
                 (),
                 ADMIN,
@@ -660,7 +672,7 @@ class AccountView:
             MethodSpec(
                 "AccountType",
                 "Protect",
-                (Arg("On", V.Boolean, "保电: true = never cut this account"),),
+                (Arg("On", V.Boolean, "保电: true = never cut this account", "on"),),
                 (),
                 SUPPLY,
                 "Protected supply on or off (operator, admin)",
@@ -700,6 +712,7 @@ class AccountView:
             )
             token = CURRENT_CALL.set(call)
             try:
+                check_role(spec, user)
                 if target is None or target.kind != wanted:
                     raise Refused(
                         S.BadMethodInvalid,
@@ -712,7 +725,9 @@ class AccountView:
                 values = check_inputs(spec, inputs)
                 return await spec.handler(call, values)
             except Exception as exc:
-                refused = refusal_of(exc)
+                refused = refusal_of(exc, spec)
+                if refused.status == S.BadUserAccessDenied:
+                    service.counters.add("calls_refused")
                 if not call.audited:
                     # The core audits what reaches it (AuditRecord); this is the rest.
                     self.audit(
@@ -753,6 +768,7 @@ class AccountView:
             tuple(inputs),
         )
         try:
+            check_role(spec, call.user)
             if len(inputs) == 2 and getattr(inputs[1], "Value", 0) is None:
                 # A null Comment is an empty one.
                 inputs = (inputs[0], ua.Variant(ua.LocalizedText(""), V.LocalizedText))
@@ -766,6 +782,8 @@ class AccountView:
                 raise Refused(status, _ACK_REFUSALS[status].format(parent.to_string()))
         except Exception as exc:
             refused = refusal_of(exc)
+            if refused.status == S.BadUserAccessDenied:
+                service.counters.add("calls_refused")
             self.audit(
                 service,
                 actor=call.actor,
@@ -828,10 +846,10 @@ class AccountView:
 
     async def _set_thresholds(self, call: Call, values: list[Any]) -> list[ua.Variant]:
         (a1, t1), (a2, t2), (od, t3), (cl, t4) = values
-        alarm1 = amount_fen(a1, t1, 0, allow_zero=True)
-        alarm2 = amount_fen(a2, t2, 1, allow_zero=True)
-        overdraft = optional_amount_fen(od, t3, 2)
-        close = optional_amount_fen(cl, t4, 3)
+        alarm1 = amount_fen(a1, t1, 0, field="alarm1", positive=False)
+        alarm2 = amount_fen(a2, t2, 1, field="alarm2", positive=False)
+        overdraft = optional_amount_fen(od, t3, 2, "overdraft_limit")
+        close = optional_amount_fen(cl, t4, 3, "close_limit")
         await in_thread(
             self.ops.set_thresholds,
             call.target,

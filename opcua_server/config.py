@@ -23,6 +23,15 @@ from openprepay.core.validation import TableReader
 
 SECTION = "opcua"
 DEFAULT_PORT = 4840
+_THROTTLE = (
+    "failed logins are now throttled per client address and certificate, not per user "
+    "name (a guesser could lock a real user out): "
+)
+#: Keys of earlier versions, with what replaces them.
+RENAMED = {
+    "lockout_failures": _THROTTLE + "use login_free_failures (docs/opcua.md, Security)",
+    "lockout_s": _THROTTLE + "use login_delay_s and login_delay_max_s (docs/opcua.md, Security)",
+}
 
 
 class Policy(enum.StrEnum):
@@ -65,9 +74,17 @@ class OpcUaConfig:
     history_max_values: int = 10_000
     #: How often the account list is re-read (new and closed accounts), in seconds.
     account_refresh_s: float = 10.0
-    #: Failed logins per user name after which it is refused without checking for a while.
-    lockout_failures: int = 5
-    lockout_s: float = 30.0
+    #: Failed logins a source (client address + certificate) may make before it waits.
+    login_free_failures: int = 5
+    #: The first wait after that; it doubles with every further failure, up to the max.
+    login_delay_s: float = 1.0
+    login_delay_max_s: float = 300.0
+    #: Bounds of rejected/ (refused client certificates kept for `opcua cert trust`).
+    rejected_max_certificates: int = 100
+    rejected_max_bytes: int = 1_048_576
+    #: A steady Good value gets the time of the latest sample at least this often (so a
+    #: client tells a frozen value from a steady one); None: each meter's poll interval.
+    timestamp_refresh_s: float | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -112,9 +129,29 @@ def check_config(site: Site) -> tuple[OpcUaConfig | None, list[FieldError]]:
     history = r.bool("history", True)
     history_max = r.int("history_max_values", d.history_max_values, low=1, high=1_000_000)
     refresh = r.number("account_refresh_s", d.account_refresh_s, low=0.0, low_exclusive=True)
-    lockout_failures = r.int("lockout_failures", d.lockout_failures, low=1, high=1000)
-    lockout_s = r.number("lockout_s", d.lockout_s, low=0.0)
+    free_failures = r.int("login_free_failures", d.login_free_failures, low=0, high=1000)
+    delay = r.number("login_delay_s", d.login_delay_s, low=0.0, low_exclusive=True, high=86400)
+    delay_max = r.number("login_delay_max_s", d.login_delay_max_s, low=0.0, high=86400)
+    rejected_count = r.int(
+        "rejected_max_certificates", d.rejected_max_certificates, low=1, high=100_000
+    )
+    rejected_bytes = r.int("rejected_max_bytes", d.rejected_max_bytes, low=65_536, high=2**34)
+    stamp_refresh = r.number("timestamp_refresh_s", None, low=0.0, high=86400)
+    for old in RENAMED:
+        if r.has(old):
+            r.raw(old)  # read, so it is reported as renamed rather than as unknown
+            r.error(RENAMED[old], old)
     r.finish()
+    if delay is not None and delay_max is not None and delay_max < delay:
+        r.error(
+            f"expected at least login_delay_s ({delay:g}), got {delay_max:g}", "login_delay_max_s"
+        )
+    if policy_names is not None and not policy_names and allow_none and not allow_anonymous:
+        r.error(
+            "with only the None policy no password can be encrypted, so nobody could log in: "
+            "give a security policy, or allow_anonymous = true for read-only access",
+            "security_policies",
+        )
 
     policies: list[Policy] = []
     if policy_names is not None:
@@ -130,7 +167,7 @@ def check_config(site: Site) -> tuple[OpcUaConfig | None, list[FieldError]]:
                 r.error(f"expected some of {', '.join(known)}; got {name!r}", "security_policies")
             elif Policy(name) not in policies:
                 policies.append(Policy(name))
-        if not policy_names and not allow_none:
+        if not policy_names and not allow_none:  # (with allow_none: checked above)
             r.error(
                 "no security policy left: give at least one, or allow_none = true",
                 "security_policies",
@@ -174,8 +211,12 @@ def check_config(site: Site) -> tuple[OpcUaConfig | None, list[FieldError]]:
             history=history,
             history_max_values=history_max,
             account_refresh_s=refresh,
-            lockout_failures=lockout_failures,
-            lockout_s=lockout_s,
+            login_free_failures=free_failures,
+            login_delay_s=delay,
+            login_delay_max_s=delay_max,
+            rejected_max_certificates=rejected_count,
+            rejected_max_bytes=rejected_bytes,
+            timestamp_refresh_s=stamp_refresh,
         ),
         errors,
     )

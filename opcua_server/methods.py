@@ -10,11 +10,15 @@ Before anything is called the arguments are checked; a bad call changes nothing 
 - BadInvalidArgument: wrong type (that argument's result is BadTypeMismatch), not a
   number, more than two decimals, an empty reason, an unknown tariff, a reference used for
   another request — anything the core refuses as a bad request;
-- BadOutOfRange: an amount at or below zero, above the meter capacity, or beyond what can
-  be refunded or held;
+- BadOutOfRange: an amount that is NaN or infinite, at or below zero, above the meter
+  capacity (1e30 too), or beyond what can be refunded or held;
 - BadInvalidState: the account cannot do it now (closed account);
-- BadUserAccessDenied: the session's role may not call the method (checked before the
-  request is processed at all, see access.py).
+- BadUserAccessDenied: the session's role may not call the method — checked before the
+  request is processed at all (access.py), and again by every method callback
+  (`check_role`), whatever the channel.
+
+Amounts are read by the ledger's one money parser (`parse_yuan`, `check_amount` in
+core/ledger/money.py): a Double becomes the shortest decimal that reads back as it.
 
 The message says what was wrong: it is in the result's InputArgumentDiagnosticInfos
 (AdditionalInfo) for the offending argument, and in the audit event every call raises.
@@ -28,15 +32,16 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from asyncua import ua
 
 from openprepay.core.errors import OpenPrepayError
-from openprepay.core.ledger import CAPACITY_FEN, RequestError, format_fen
+from openprepay.core.ledger import RequestError, parse_yuan
+from openprepay.core.ledger.money import check_amount
 
-from .access import SessionUser, actor_name
+from .access import SessionUser, actor_name, may_call
 from .users import Role
 
 log = logging.getLogger("openprepay.opcua")
@@ -62,6 +67,8 @@ class Arg:
     name: str
     vtype: ua.VariantType
     description: str
+    #: The core's name for it (`RequestError.field`): its refusals point at this argument.
+    field: str = ""
 
     def argument(self) -> ua.Argument:
         return ua.Argument(
@@ -129,42 +136,54 @@ CURRENT_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
 # -- argument conversion -----------------------------------------------------------------
 
 
-def amount_fen(value: Any, vtype: ua.VariantType, index: int, *, allow_zero: bool = False) -> int:
-    """A yuan amount (Double, or an integer type) as integer fen, exactly."""
+def amount_fen(
+    value: Any, vtype: ua.VariantType, index: int, *, field: str = "amount", positive: bool = True
+) -> int:
+    """A yuan amount (a Double or an integer type) as integer fen, read by the ledger's
+    money parser; with `positive`, checked as a top-up or refund amount (more than 0, at
+    most the meter capacity). Otherwise the core checks the field's own bounds."""
     if vtype not in _NUMERIC or isinstance(value, bool):
         raise Refused(S.BadInvalidArgument, f"expected a number of yuan, got {vtype.name}", index)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise Refused(S.BadInvalidArgument, f"expected a number of yuan, got {value}", index)
-        text = repr(value)  # the shortest text that reads back as the same double
-    else:
-        text = str(int(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Refused(S.BadOutOfRange, f"expected a finite number of yuan, got {value}", index)
+    # The shortest decimal that reads back as the same double, in plain notation
+    # (1e+30 → 1000…0): the number a person reading the value would type.
+    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(int(value))
     try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise Refused(
-            S.BadInvalidArgument, f"expected a number of yuan, got {text}", index
-        ) from None
-    if amount < 0 or (amount == 0 and not allow_zero):
-        floor = ">= 0.00" if allow_zero else "more than 0.00"
-        raise Refused(S.BadOutOfRange, f"expected {floor}, got {text}", index)
-    if amount != amount.quantize(Decimal("0.01")):
-        raise Refused(S.BadInvalidArgument, f"at most 2 decimals (fen), got {text}", index)
-    fen = int(amount.scaleb(2))
-    if fen > CAPACITY_FEN:
-        raise Refused(
-            S.BadOutOfRange,
-            f"{format_fen(fen)} is above the meter capacity {format_fen(CAPACITY_FEN)}",
-            index,
-        )
-    return fen
+        fen = parse_yuan(text, field)
+        return check_amount(fen, field) if positive else fen
+    except RequestError as exc:
+        # A number can be refused for its decimals (a Double has no other form to get
+        # wrong) or for its size.
+        decimals = -int(Decimal(text).as_tuple().exponent)
+        status = S.BadInvalidArgument if decimals > 2 else S.BadOutOfRange
+        raise Refused(status, exc.message, index) from None
 
 
-def optional_amount_fen(value: Any, vtype: ua.VariantType, index: int) -> int | None:
+def optional_amount_fen(value: Any, vtype: ua.VariantType, index: int, field: str) -> int | None:
     """NaN means "keep the current value"."""
     if vtype in (V.Double, V.Float) and isinstance(value, float) and math.isnan(value):
         return None
-    return amount_fen(value, vtype, index, allow_zero=True)
+    return amount_fen(value, vtype, index, field=field, positive=False)
+
+
+def role_refusal(spec: MethodSpec, user: SessionUser | None) -> str:
+    """Why `user` may not call `spec`, for the caller and the audit."""
+    if user is None:
+        who = "a call outside a session"
+    elif user.anonymous:
+        who = "an anonymous session"
+    else:
+        who = f"role {user.access.value}"
+    needs = " or ".join(sorted(r.value for r in spec.roles))
+    return f"{who} may not call {spec.name} (needs {needs})"
+
+
+def check_role(spec: MethodSpec, user: SessionUser | None) -> None:
+    """BadUserAccessDenied unless the session's role may call `spec`. Every method
+    callback runs it first: the role is enforced even where asyncua skips its ruleset."""
+    if not may_call(user, spec.roles):
+        raise Refused(S.BadUserAccessDenied, role_refusal(spec, user))
 
 
 def check_inputs(spec: MethodSpec, inputs: Sequence[Any]) -> list[Any]:
@@ -208,15 +227,17 @@ def check_inputs(spec: MethodSpec, inputs: Sequence[Any]) -> list[Any]:
     return values
 
 
-def refusal_of(exc: Exception) -> Refused:
+def refusal_of(exc: Exception, spec: MethodSpec | None = None) -> Refused:
     if isinstance(exc, Refused):
         return exc
     if isinstance(exc, RequestError):
+        inputs = spec.inputs if spec is not None else ()
+        arg = next((i for i, a in enumerate(inputs) if a.field and a.field == exc.field), None)
         if exc.field in _RANGE_FIELDS:
-            return Refused(S.BadOutOfRange, str(exc))
+            return Refused(S.BadOutOfRange, str(exc), arg)
         if exc.field == "account":
             return Refused(S.BadInvalidState, str(exc))
-        return Refused(S.BadInvalidArgument, str(exc))
+        return Refused(S.BadInvalidArgument, str(exc), arg)
     if isinstance(exc, OpenPrepayError):
         return Refused(S.BadInvalidState, str(exc))
     log.exception("OPC UA method failed", exc_info=exc)

@@ -152,6 +152,8 @@ class NodeWriter:
         parent: ua.NodeId,
         value: ua.Variant,
         datatype: ua.NodeId,
+        *,
+        description: str | None = None,
     ) -> NodeData:
         """A property (HasProperty, PropertyType); standard names go in namespace 0."""
         if isinstance(name, str):
@@ -166,6 +168,7 @@ class NodeWriter:
             datatype,
             type_definition=PROPERTY_TYPE,
             reference=HAS_PROPERTY,
+            description=description,
         )
 
     def method(

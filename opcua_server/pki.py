@@ -6,19 +6,23 @@ Layout of the PKI folder (`[opcua] pki_dir`, default `opcua/` next to the site f
     own/private/key.pem   its RSA key (mode 0600)
     trusted/*.der|pem     client certificates (or CA certificates) that may connect
     rejected/<sha1>.der   client certificates that tried and were refused, kept so an
-                          admin can trust them: `openprepay opcua cert trust SITE <sha1>`
+                          admin can trust them: `openprepay opcua cert trust SITE <sha1>`;
+                          one file per certificate (its time = the last attempt), at most
+                          `rejected_max_certificates` files and `rejected_max_bytes`
+                          bytes, the oldest attempts pruned first
     users.json            users and password hashes (see users.py)
 
 The certificate is generated on the first start and kept; it is renewed (same key) only when
 it expired or the application URI changed, so clients that trusted it keep trusting it.
 Client certificates are refused unless trusted: a thumbprint match, or issued by a trusted
-CA certificate.
+CA certificate. A refusal is counted (security diagnostics) and logged at most once a
+minute, so a client retrying with a self-signed certificate, or a scanner with a new one
+per connection, fills neither the disk nor the log.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -37,6 +41,9 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from openprepay.core.errors import OpenPrepayError
+
+from .guard import SecurityCounters
+from .loglimit import LogLimiter
 
 log = logging.getLogger("openprepay.opcua")
 
@@ -219,6 +226,62 @@ def untrust(pki: Pki, what: str) -> CertInfo:
     return matches[0]
 
 
+class RejectedFolder:
+    """rejected/, bounded: one DER file per thumbprint, whose modification time is the
+    last attempt; beyond `max_count` files or `max_bytes` bytes the oldest are removed."""
+
+    def __init__(self, folder: Path, *, max_count: int, max_bytes: int) -> None:
+        self.folder = folder
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+
+    def keep(self, der: bytes, tp: str) -> tuple[int, int]:
+        """Keep (or mark the new attempt of) a refused certificate; returns (files kept,
+        files pruned). (-1, 0) when the folder was not scanned (a known certificate)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"{tp}.der"
+        target.with_suffix(".json").unlink(missing_ok=True)  # earlier versions' sidecar
+        if target.exists():
+            os.utime(target)
+            return -1, 0
+        if len(der) > self.max_bytes:
+            return self.count(), 0
+        target.write_bytes(der)
+        return self._prune(target)
+
+    def count(self) -> int:
+        return len(self._entries())
+
+    def _entries(self) -> list[tuple[int, str, Path, int]]:
+        entries = []
+        try:
+            paths = list(self.folder.iterdir())
+        except FileNotFoundError:
+            return []
+        for path in paths:
+            if path.suffix.lower() not in (".der", ".pem"):
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime_ns, path.name, path, st.st_size))
+        return entries
+
+    def _prune(self, newest: Path) -> tuple[int, int]:
+        # Oldest attempt first; the certificate just kept is never the one removed.
+        entries = sorted(self._entries(), key=lambda e: (e[2] == newest, e[0], e[1]))
+        count, total = len(entries), sum(e[3] for e in entries)
+        pruned = 0
+        for _mtime, _name, path, size in entries:
+            if (count <= self.max_count and total <= self.max_bytes) or path == newest:
+                break
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            count, total, pruned = count - 1, total - size, pruned + 1
+        return count, pruned
+
+
 class ClientCertificateValidator:
     """asyncua certificate validator: trusted certificates only, rejected ones kept.
 
@@ -226,11 +289,21 @@ class ClientCertificateValidator:
     refuses the session with that status code.
     """
 
-    def __init__(self, pki: Pki) -> None:
+    def __init__(
+        self,
+        pki: Pki,
+        rejected: RejectedFolder,
+        counters: SecurityCounters,
+        limiter: LogLimiter | None = None,
+    ) -> None:
         self.pki = pki
+        self.rejected = rejected
+        self.counters = counters
+        self.limiter = limiter or LogLimiter(log)
         self._stamp: tuple[float, int] | None = None
         self._trusted: set[str] = set()
         self._store: TrustStore | None = None
+        counters.set("rejected_files", rejected.count())
 
     async def _reload(self) -> None:
         folder = self.pki.trusted_dir
@@ -264,9 +337,11 @@ class ClientCertificateValidator:
             return
         if self._store is not None and self._issued_by_trusted_ca(cert):
             return
-        self._keep_rejected(cert, tp, app)
-        log.warning(
-            "refused untrusted client certificate %s (%s); trust it with "
+        self.counters.add("certificates_rejected")
+        self._keep_rejected(cert, tp)
+        self.limiter.warning(
+            "certificate",
+            "refused untrusted client certificate %s (%r); trust it with "
             "`openprepay opcua cert trust SITE %s`",
             tp,
             app.ApplicationUri,
@@ -284,23 +359,18 @@ class ClientCertificateValidator:
         except Exception:
             return False
 
-    def _keep_rejected(
-        self, cert: x509.Certificate, tp: str, app: ua.ApplicationDescription
-    ) -> None:
+    def _keep_rejected(self, cert: x509.Certificate, tp: str) -> None:
         try:
-            self.pki.rejected_dir.mkdir(parents=True, exist_ok=True)
-            target = self.pki.rejected_dir / f"{tp}.der"
-            if not target.exists():
-                target.write_bytes(cert.public_bytes(serialization.Encoding.DER))
-            meta = {
-                "application_uri": app.ApplicationUri,
-                "application_name": app.ApplicationName.Text if app.ApplicationName else None,
-                "subject": cert.subject.rfc4514_string(),
-                "last_attempt": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-            target.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+            kept, pruned = self.rejected.keep(cert.public_bytes(serialization.Encoding.DER), tp)
         except OSError as exc:
-            log.warning("cannot keep the rejected certificate %s: %s", tp, exc)
+            self.limiter.warning(
+                "rejected-folder", "cannot keep the rejected certificate %s: %s", tp, exc
+            )
+            return
+        if kept >= 0:
+            self.counters.set("rejected_files", kept)
+        if pruned:
+            self.counters.add("rejected_pruned", pruned)
 
 
 def common_name(cert: x509.Certificate) -> str:

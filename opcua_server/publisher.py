@@ -10,6 +10,10 @@ A task on the server's loop takes the whole dict at once and writes what changed
 - values carry the sample's time (the device clock where the device has one) as
   SourceTimestamp and a StatusCode from the sample's quality; a Bad sample writes a null
   value with a Bad StatusCode, never the last value with a fresh time;
+- a meter's steady Good value is written again with the new sample's time once the time
+  it shows is `refresh` old (`[opcua] timestamp_refresh_s`, default the meter's poll
+  interval), so a client can tell a frozen value from a steady one; subscribers with the
+  default trigger (StatusValue) are not notified of it, StatusValueTimestamp ones are;
 - it yields to the loop every few hundred writes so polling keeps its share of the CPU.
 """
 
@@ -55,6 +59,8 @@ class Publisher:
         self._room_online: dict[str, bool] = {}
         self.samples = 0
         self.writes = 0
+        #: Writes of an unchanged value with a newer time (part of `writes`).
+        self.refreshes = 0
         self.coalesced = 0
 
     # -- the bus listener: record only --------------------------------------------------------
@@ -108,11 +114,13 @@ class Publisher:
 
     # -- writing ------------------------------------------------------------------------------
     async def publish(self, samples: Any) -> int:
-        """Write what changed in `samples`; returns the number of variables written."""
+        """Write what changed in `samples` (and the time of steady values due for it);
+        returns the number of variables written."""
         write = self.space.server.iserver.aspace.write_attribute_value
         bindings = self.space.bindings
         now = datetime.now(UTC)
         written = 0
+        refreshed = 0
         since_yield = 0
         rooms: set[str] = set()
         for sample in samples:
@@ -126,7 +134,10 @@ class Publisher:
             quality = sample.quality
             per_point = sample.point_quality
             values = sample.values
+            # A steady Good value shown with a time at or before this gets the sample's.
+            stale = at - binding.refresh if binding.refresh is not None else None
             changed = 0
+            steady = 0
             for name, pb in binding.points:
                 if pb.guard and pb.at is not None and at < pb.at:
                     continue  # older than what the variable shows (two feeds, one variable)
@@ -137,42 +148,52 @@ class Publisher:
                     if raw is None:
                         continue  # not in this sample (optional block missing): keep as is
                     value = pb.convert(raw)
-                    if value == pb.value and code == pb.status:
+                    if value != pb.value or code != pb.status:
+                        changed += 1
+                    elif code or stale is None or pb.at is None or pb.at > stale:
                         continue
+                    else:
+                        steady += 1  # the same Good value: only its time moves on
                     dv = ua.DataValue(ua.Variant(value, pb.vtype), status, at, now)
                 else:
                     value = None
                     if code == pb.status:
                         continue
+                    changed += 1
                     dv = ua.DataValue(_NULL, status, at, now)
                 await write(pb.nodeid, VALUE, dv)
                 pb.value = value
                 pb.status = code
-                if pb.guard:
-                    pb.at = at
-                changed += 1
+                pb.at = at
             online = binding.online
             if online is not None:
                 up = quality in _GOODISH
-                if online.value is not up or online.status != 0:
+                same = online.value is up and online.status == 0
+                due = up and stale is not None and online.at is not None and online.at <= stale
+                if not same or due:
                     dv = ua.DataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
                     await write(online.nodeid, VALUE, dv)
-                    online.value, online.status = up, 0
-                    changed += 1
-                    room = self.space.meter_room.get(sample.source)
-                    if room is not None:
-                        rooms.add(room)
+                    online.value, online.status, online.at = up, 0, at
+                    if same:
+                        steady += 1
+                    else:
+                        changed += 1
+                        room = self.space.meter_room.get(sample.source)
+                        if room is not None:
+                            rooms.add(room)
             if changed:
-                written += changed
-                since_yield += changed
                 for hook in self.after:
                     hook(sample, binding)
-                if since_yield >= _YIELD_EVERY:
-                    since_yield = 0
-                    await asyncio.sleep(0)
+            written += changed + steady
+            refreshed += steady
+            since_yield += changed + steady
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
         if rooms:
             await self._rooms_online(rooms)
         self.writes += written
+        self.refreshes += refreshed
         return written
 
     def _late(self, sample: Sample) -> SourceBinding | None:

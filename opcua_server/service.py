@@ -1,9 +1,13 @@
 """The OPC UA server as an OpenPrepay service: built at start, fed by the event bus.
 
 Start: certificate and users from the PKI folder, asyncua server with the configured
-security, the address space (types, site tree, links, accounts), methods, event types and
-the history backend; then the bus listeners (samples → publisher, core events → events)
-and the latest readings so a client never sees stale initial values. Stop: the reverse.
+security (every connection through transport.py's guarded layer), the address space
+(types, site tree, links, accounts), methods, event types and the history backend; then
+the bus listeners (samples → publisher, core events → events) and the latest readings so
+a client never sees stale initial values. Stop: the reverse.
+
+A port already in use ends the start with one `OpcUaPortInUse` line naming the port and
+the `[opcua] port` setting (the CLI prints it and exits non-zero), never a traceback.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from asyncua import Server, ua
+from asyncua import ua
 
+from openprepay.core.errors import OpenPrepayError
 from openprepay.core.events import (
     CommunicationLost,
     CommunicationRestored,
@@ -28,11 +34,21 @@ from openprepay.core.model import Sample
 from .access import RoleRuleset, SessionUser, SessionUserManager
 from .config import OpcUaConfig, Policy
 from .events import SEVERITY_COMM, ConditionMethodService, Emission, EventEmitter
+from .guard import SECURITY_MODEL, SECURITY_SOURCE, ChannelGuard, SecurityCounters
 from .history import HistorianBackend
-from .pki import ClientCertificateValidator, Pki, ensure_server_certificate, thumbprint
+from .logins import LoginThrottle
+from .loglimit import LogLimiter
+from .pki import (
+    ClientCertificateValidator,
+    Pki,
+    RejectedFolder,
+    ensure_server_certificate,
+    thumbprint,
+)
 from .publisher import Publisher
 from .space import Space
 from .standard_space import FastInternalServer
+from .transport import OpenPrepayServer
 from .users import Role, UserDirectory, add_user
 
 if TYPE_CHECKING:
@@ -59,6 +75,10 @@ _POLICY = {
 }
 
 
+class OpcUaPortInUse(OpenPrepayError):
+    """The configured OPC UA port is taken by another program."""
+
+
 class OpcUaService:
     name = "opcua"
 
@@ -67,7 +87,7 @@ class OpcUaService:
         self.config = config
         self.runtime = runtime
         self.pki = Pki(config.pki_dir)
-        self.server: Server | None = None
+        self.server: OpenPrepayServer | None = None
         self.space: Space | None = None
         self.publisher: Publisher | None = None
         self.events: EventEmitter | None = None
@@ -77,6 +97,9 @@ class OpcUaService:
         self.endpoint: str = ""
         self.method_roles: dict[ua.NodeId, frozenset[Role]] = {}
         self.condition_methods: ConditionMethodService | None = None
+        #: What the server refused (channels, tokens, logins, calls, certificates).
+        self.counters = SecurityCounters(on_change=self._publish_counters)
+        self.limiter = LogLimiter(log)
         self._unsubscribe: list[Callable[[], None]] = []
         #: Hooks that add to the address space before the server starts (accounts).
         self.extensions: list[Any] = []
@@ -92,9 +115,7 @@ class OpcUaService:
         cert = await asyncio.to_thread(
             ensure_server_certificate, self.pki, app_uri, config.hostname
         )
-        self.users = UserDirectory(
-            config.users_path, lockout_failures=config.lockout_failures, lockout_s=config.lockout_s
-        )
+        self.users = UserDirectory(config.users_path)
         demo_created = False
         if config.demo and not self.users.users:
             await asyncio.to_thread(
@@ -103,10 +124,16 @@ class OpcUaService:
             self.users.reload()
             demo_created = True
 
-        server = Server(
+        throttle = LoginThrottle(
+            free_failures=config.login_free_failures,
+            delay_s=config.login_delay_s,
+            max_delay_s=config.login_delay_max_s,
+        )
+        server = OpenPrepayServer(
             iserver=FastInternalServer(
                 user_manager=SessionUserManager(self.users, allow_anonymous=config.allow_anonymous)
-            )
+            ),
+            guard=ChannelGuard(throttle, self.counters, self.limiter),
         )
         self.server = server
         server.iserver.bind_condition_methods = True
@@ -115,7 +142,11 @@ class OpcUaService:
         self.condition_methods = ConditionMethodService(server.iserver.aspace)
         server.iserver.method_service = self.condition_methods
         self.space = space = Space(
-            server, self.runtime.site, self.runtime.plugins.models, history=config.history
+            server,
+            self.runtime.site,
+            self.runtime.plugins.models,
+            history=config.history,
+            timestamp_refresh_s=config.timestamp_refresh_s,
         )
         server.iserver.history_manager.set_storage(
             HistorianBackend(
@@ -155,13 +186,30 @@ class OpcUaService:
         if config.allow_anonymous:
             tokens.append(ua.AnonymousIdentityToken)
         server.set_identity_tokens(tokens)
-        server.set_certificate_validator(ClientCertificateValidator(self.pki))
+        rejected = RejectedFolder(
+            self.pki.rejected_dir,
+            max_count=config.rejected_max_certificates,
+            max_bytes=config.rejected_max_bytes,
+        )
+        server.set_certificate_validator(
+            ClientCertificateValidator(self.pki, rejected, self.counters, self.limiter)
+        )
 
         port = self._choose_port()
         self.endpoint = f"opc.tcp://{config.hostname}:{port}{config.path}"
         server.set_endpoint(self.endpoint)
         server.socket_address = (config.host, port)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            site = self.runtime.site.path
+            raise OpcUaPortInUse(
+                f"OPC UA port {port} is already in use (another program listens on "
+                f"{config.host}:{port}): set [opcua] port to a free port"
+                + (f" in {site}" if site is not None else "")
+            ) from None
         assert server.bserver is not None
         self.port = server.bserver.port
         if port == 0:
@@ -169,6 +217,7 @@ class OpcUaService:
 
         self.publisher = Publisher(space)
         self.publisher.start()
+        self._publish_counters()
         self.events.start()
         bus = self.runtime.bus
         self._unsubscribe = [
@@ -252,7 +301,17 @@ class OpcUaService:
         path = self.runtime.site.path
         return str(path) if path is not None else "SITE"
 
+    def _publish_counters(self) -> None:
+        """The security counters as a sample of the `opcua` diagnostics (never on the bus:
+        they describe this server, not the site)."""
+        if self.publisher is not None:
+            sample = Sample(
+                SECURITY_SOURCE, SECURITY_MODEL, datetime.now(UTC), self.counters.values()
+            )
+            self.publisher.on_sample(sample)
+
     def _refused_call(self, user: SessionUser | None, calls: list[ua.CallMethodRequest]) -> None:
+        self.counters.add("calls_refused")
         for ext in self.extensions:
             hook = getattr(ext, "refused", None)
             if hook is not None:

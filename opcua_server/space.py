@@ -21,6 +21,9 @@ Tree::
 
 Methods are declared once on the types and referenced by every instance; the Call's
 ObjectId tells which meter or account it is about.
+
+A meter variable whose register the device profile marks unverified (`PointSpec.verified`
+is false: a single source, or inference) has a `Verified` property (Boolean, false).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from asyncua import Node, Server, ua
@@ -97,6 +100,9 @@ class SourceBinding:
     points: list[tuple[str, PointBinding]] = field(default_factory=list)
     #: A meter's Online variable: true after a Good or Uncertain poll, false after a Bad one.
     online: PointBinding | None = None
+    #: A steady Good value is written again with a newer sample's time once the time it
+    #: shows is this old (meters only; None: only changes are written).
+    refresh: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +142,14 @@ class Space:
         models: Mapping[str, DeviceModel],
         *,
         history: bool = True,
+        timestamp_refresh_s: float | None = None,
     ) -> None:
         self.server = server
         self.site = site
         self.models = models
         self.history = history
+        #: None: each meter's poll interval.
+        self.timestamp_refresh_s = timestamp_refresh_s
         self.writer = NodeWriter(server.iserver.aspace)
         self.t = 0  # types namespace index
         self.i = 0  # instances namespace index
@@ -443,6 +452,10 @@ class Space:
                 },
                 device.unit_id,
             )
+            refresh = self.timestamp_refresh_s
+            self.meter_bindings[device.id].refresh = timedelta(
+                seconds=site.poll_interval(device) if refresh is None else refresh
+            )
 
         for link in site.links.values():
             lnode = w.object(
@@ -510,6 +523,17 @@ class Space:
             nid = self.iid(f"{base}/{spec.name}")
             history = self.history and history_worthy(model, spec)
             self._point_variable(nid, parent, model, spec, history=history, initial=WAITING)
+            if not spec.verified:
+                self.writer.property(
+                    ua.NodeId(f"{nid.Identifier}/Verified", nid.NamespaceIndex),
+                    self.tq("Verified"),
+                    nid,
+                    ua.Variant(False, ua.VariantType.Boolean),
+                    datatype_of(ua.VariantType.Boolean),
+                    description="False: the register rests on a single source or on "
+                    "inference (the device profile), not on a test with the hardware"
+                    + (f"; source: {spec.source}" if spec.source else ""),
+                )
             vtype, _, convert = _VTYPE[spec.value_type]
             binding.points.append((spec.name, PointBinding(nid, vtype, convert)))
             if history:

@@ -8,8 +8,9 @@ salt; nothing in the file lets anyone log in.
 asyncua asks for the user synchronously, on the event loop, at every session activation,
 so `UserDirectory.verify` keeps it cheap: a successful verification is remembered as an
 HMAC of the password under a key that lives only in this process, so the next login with
-the same password costs a hash, not a KDF. Repeated failures for one name lock that name
-out for a short while without running the KDF at all (no brute force, no CPU burn).
+the same password costs a hash, not a KDF. Repeated failures are throttled by the source
+they come from, before the directory is asked (logins.py), never by user name: a guesser
+cannot lock a real user out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,16 +162,13 @@ def remove_user(path: Path, name: str) -> None:
 class UserDirectory:
     """The users file as the server sees it: reloaded when it changes, verified fast."""
 
-    def __init__(self, path: Path, *, lockout_failures: int = 5, lockout_s: float = 30.0) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.lockout_failures = lockout_failures
-        self.lockout_s = lockout_s
         self._users: dict[str, UserRecord] = {}
         self._stamp: tuple[int, int] | None = None
         self._key = secrets.token_bytes(32)
         #: name -> (HMAC of the password that verified, the record it verified against)
         self._verified: dict[str, tuple[bytes, UserRecord]] = {}
-        self._failures: dict[str, list[float]] = {}
         self._lock = threading.Lock()
         self.reload()
 
@@ -200,15 +197,9 @@ class UserDirectory:
         except UserError:
             pass  # a broken file keeps the users last read
         record = self._users.get(name)
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.get(name, ()) if now - t < self.lockout_s]
-            self._failures[name] = recent
-            if len(recent) >= self.lockout_failures:
-                return None
         if record is None:
             # Spend what a real check costs, so the answer's timing does not tell whether
-            # the name exists; unknown names are not tracked (no memory for random names).
+            # the name exists.
             hash_password(password, _DUMMY_SALT)
             return None
         mac = hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
@@ -217,13 +208,7 @@ class UserDirectory:
             return record.role
         digest = hash_password(password, bytes.fromhex(record.salt), record.n, record.r, record.p)
         if not hmac.compare_digest(digest, bytes.fromhex(record.hash)):
-            self._fail(name, now)
             return None
         with self._lock:
             self._verified[name] = (mac, record)
-            self._failures.pop(name, None)
         return record.role
-
-    def _fail(self, name: str, now: float) -> None:
-        with self._lock:
-            self._failures.setdefault(name, []).append(now)

@@ -7,6 +7,12 @@ historian, OPC UA server on an ephemeral port). Tests connect real asyncua clien
 with Basic256Sha256 SignAndEncrypt through `opcua_site.connect(user)`.
 
 Tests that change shared state (a silent meter, a supply cut) put it back.
+
+`SourceClient` connects from another loopback address (127.0.0.2...), so a test can be
+two clients on two machines; `RawClient` is an attacker's client: it opens the channel and
+sends the user token it is told to, whatever the server announces. `second_server` runs
+another OPC UA server over the shared runtime with other settings; `footprint` is what an
+OPC UA caller could have changed.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
 import tomli_w
 from asyncua import Client, ua
-from asyncua.crypto import cert_gen
+from asyncua.client.ua_client import UaClientState
+from asyncua.crypto import cert_gen, uacrypto
 from asyncua.crypto.security_policies import (
     SecurityPolicyAes256Sha256RsaPss,
     SecurityPolicyBasic256Sha256,
+    SecurityPolicyNone,
 )
 from click.testing import CliRunner, Result
 from cryptography import x509
@@ -36,14 +45,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from openprepay.core import accounts as acc
 from openprepay.core.cli import CliContext, build_cli
-from openprepay.core.db import open_database
+from openprepay.core.db import open_database, schema
 from openprepay.core.demo import anytime_policy
 from openprepay.core.plugins import DISABLE_ENV, Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
 from openprepay.core.site import load_site
+from openprepay.opcua_server.config import OpcUaConfig
 from openprepay.opcua_server.pki import Pki, trust
-from openprepay.opcua_server.service import OpcUaService
+from openprepay.opcua_server.service import OpcUaService, make_service
 from openprepay.opcua_server.users import add_user
 from tests.conftest import simulate
 
@@ -177,35 +187,166 @@ class OpcUaSite:
         assert self.runtime.operations is not None
         return self.runtime.operations
 
-    @asynccontextmanager
-    async def connect(
+    def connect(
         self,
         user: str | None = "admin1",
         password: str | None = None,
         *,
         cert: ClientCert | None = None,
         policy: Any = SecurityPolicyBasic256Sha256,
-    ) -> AsyncIterator[Client]:
-        cert = cert or self.trusted
-        client = Client(self.url, timeout=10)
-        client.application_uri = cert.uri
-        if user is not None:
-            client.set_user(user)
-            client.set_password(password if password is not None else PASSWORDS[user])
-        await client.set_security(
-            policy, str(cert.cert), str(cert.key), mode=ua.MessageSecurityMode.SignAndEncrypt
+        source: str | None = None,
+    ) -> Any:
+        return connect(
+            self.url, user, password, cert=cert or self.trusted, policy=policy, source=source
         )
-        await client.connect()
-        try:
-            yield client
-        finally:
-            await client.disconnect()
 
     async def ns(self, client: Client) -> tuple[int, int]:
         """(types namespace index, site namespace index) as the client sees them."""
         types = await client.get_namespace_index("urn:openprepay:types")
         site = await client.get_namespace_index("urn:openprepay:site:t")
         return types, site
+
+
+class SourceClient(Client):
+    """An asyncua client whose socket is bound to `source` (another loopback address:
+    Linux answers on all of 127.0.0.0/8), so one test can be clients on two machines."""
+
+    def __init__(self, url: str, *, source: str | None = None, timeout: float = 10) -> None:
+        super().__init__(url, timeout=timeout)
+        self.source = source
+
+    async def connect_socket(self) -> None:
+        if self.source is None:
+            return await super().connect_socket()
+        # UaClient.connect_socket, with a local address.
+        uaclient = self.uaclient
+        uaclient._set_state(UaClientState.CONNECTING)
+        try:
+            await asyncio.get_running_loop().create_connection(
+                uaclient._make_protocol,
+                self.server_url.hostname,
+                self.server_url.port,
+                local_addr=(self.source, 0),
+            )
+        except BaseException:
+            uaclient._set_state(UaClientState.DISCONNECTED)
+            raise
+        uaclient._set_state(UaClientState.SOCKET_OPEN)
+
+
+class RawClient(SourceClient):
+    """What an attacker's client does: it opens the channel it is told to (set_security,
+    or none at all: SecurityPolicy None) and sends the user token it is told to — in clear
+    (`token_policy` None) or encrypted for `token_policy` — whatever endpoints the server
+    announces (asyncua's own Client refuses a channel no endpoint offers)."""
+
+    def __init__(self, url: str, *, token_policy: Any = None, **kwargs: Any) -> None:
+        super().__init__(url, timeout=5, **kwargs)
+        self.token_policy = token_policy
+
+    async def create_session(self) -> ua.CreateSessionResult:
+        params = ua.CreateSessionParameters()
+        params.ClientDescription = ua.ApplicationDescription(
+            ApplicationUri=self.application_uri,
+            ApplicationName=ua.LocalizedText("raw"),
+            ApplicationType=ua.ApplicationType.Client,
+        )
+        params.ClientNonce = os.urandom(32)
+        params.ClientCertificate = self.security_policy.host_certificate
+        params.EndpointUrl = self.server_url.geturl()
+        params.SessionName = "raw"
+        params.RequestedSessionTimeout = 60_000
+        response = await self.uaclient.create_session(params)
+        self._server_nonce = response.ServerNonce
+        if not self.security_policy.peer_certificate:
+            self.security_policy.peer_certificate = response.ServerCertificate
+        uri = (self.token_policy or SecurityPolicyNone).URI
+        self._policy_ids = [
+            ua.UserTokenPolicy(
+                PolicyId="username", TokenType=ua.UserTokenType.UserName, SecurityPolicyUri=uri
+            )
+        ]
+        return response
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    user: str | None,
+    password: str | None = None,
+    *,
+    cert: ClientCert,
+    policy: Any = SecurityPolicyBasic256Sha256,
+    source: str | None = None,
+) -> AsyncIterator[Client]:
+    """A client with a SignAndEncrypt channel and a session of `user` (password from
+    PASSWORDS unless given), from `source` when given."""
+    client = SourceClient(url, source=source)
+    client.application_uri = cert.uri
+    if user is not None:
+        client.set_user(user)
+        client.set_password(password if password is not None else PASSWORDS[user])
+    await client.set_security(
+        policy, str(cert.cert), str(cert.key), mode=ua.MessageSecurityMode.SignAndEncrypt
+    )
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+@asynccontextmanager
+async def second_server(
+    opcua_site: OpcUaSite, folder: Path, **options: Any
+) -> AsyncIterator[OpcUaService]:
+    """Another OPC UA server over the shared runtime (same database and meters) with
+    `options` for its OpcUaConfig, its own PKI folder, the users of every role and the
+    trusted client certificate."""
+    config = OpcUaConfig(port=0, hostname="localhost", pki_dir=folder, **options)
+    for name, password in PASSWORDS.items():
+        add_user(config.users_path, name, password, ROLES[name])
+    trust(Pki(folder), str(opcua_site.trusted.cert))
+    service = make_service(config, opcua_site.runtime)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def url_of(service: OpcUaService) -> str:
+    return f"opc.tcp://localhost:{service.port}/openprepay"
+
+
+def footprint(opcua_site: OpcUaSite) -> dict[str, Any]:
+    """What an OPC UA caller could have changed: journal entries, meter commands and
+    successful audit records requested over OPC UA, and every account's settings."""
+    journal, command, audit = schema.journal, schema.meter_command, schema.audit_log
+    db = opcua_site.runtime.db
+    assert db is not None
+    with db.read() as conn:
+
+        def count(table: sa.Table, *where: Any) -> int:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(table).where(*where)
+                ).scalar_one()
+            )
+
+        out: dict[str, Any] = {
+            "journal": count(journal, journal.c.requested_by.like("opcua:%")),
+            "commands": count(command, command.c.requested_by.like("opcua:%")),
+            "audit": count(audit, audit.c.actor.like("opcua:%"), audit.c.ok.is_(True)),
+        }
+    for account in ("A-101", "A-102"):
+        snap = opcua_site.ops.account_snapshot(account)
+        out[account] = (snap.tariff_id, snap.thresholds, snap.protected)
+    return out
+
+
+def certificate_der(path: Path) -> bytes:
+    return uacrypto.der_from_x509(uacrypto.x509_from_der(path.read_bytes()))
 
 
 POLICIES = {

@@ -14,7 +14,7 @@ from asyncua.crypto.security_policies import SecurityPolicyAes256Sha256RsaPss
 from openprepay.core.runtime import Runtime
 from openprepay.core.site import parse_site
 from openprepay.opcua_server.config import read_config
-from openprepay.opcua_server.service import OpcUaService, make_service
+from openprepay.opcua_server.service import OpcUaPortInUse, OpcUaService, make_service
 
 from .conftest import SITE, ClientCert, OpcUaSite, load_plugins, make_client_cert, run_cli
 
@@ -184,7 +184,7 @@ async def test_a_taken_default_port_falls_back_an_explicit_one_is_an_error(
             OpcUaConfig(port=port, port_fallback=False, pki_dir=tmp_path, hostname="localhost"),
             runtime,
         )
-        with pytest.raises(OSError):
+        with pytest.raises(OpcUaPortInUse, match=rf"OPC UA port {port} .*\[opcua\] port"):
             await explicit.start()
         await explicit.stop()
         default = make_service(
