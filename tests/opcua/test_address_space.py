@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from asyncua import Client, ua
@@ -313,3 +314,51 @@ async def test_unknown_nodes_and_writes_are_refused(opcua_site: OpcUaSite) -> No
         with pytest.raises(ua.UaStatusCodeError):
             await node.write_value(ua.DataValue(ua.Variant(1.0, ua.VariantType.Double)))
         await asyncio.sleep(0)
+
+
+async def test_a_steady_good_value_gets_the_time_of_the_newest_sample(
+    opcua_site: OpcUaSite,
+) -> None:
+    """A SCADA tells a frozen value from a steady one by its SourceTimestamp: a value that
+    does not change still shows the time of the latest Good sample (every poll interval,
+    0.3 s here, by default)."""
+    async with opcua_site.connect("viewer1") as client:
+        _, s = await opcua_site.ns(client)
+        for ident in ("Meter:E-A-102/buy_count", "Meter:E-A-102/Online"):
+            await _time_moves_on(client.get_node(ua.NodeId(ident, s)))
+
+
+async def _time_moves_on(node: Any) -> None:
+    async def good() -> bool:
+        dv = await node.read_data_value(raise_on_bad_status=False)
+        return dv.StatusCode.is_good() and dv.Value.Value is not None
+
+    await until_async(good)
+    first = await node.read_data_value()
+
+    async def moved_on() -> bool:
+        dv = await node.read_data_value()
+        return dv.Value.Value == first.Value.Value and dv.SourceTimestamp > first.SourceTimestamp
+
+    await until_async(moved_on)
+
+
+async def test_unverified_registers_say_so_on_their_variable(opcua_site: OpcUaSite) -> None:
+    async with opcua_site.connect("viewer1") as client:
+        t, s = await opcua_site.ns(client)
+
+        async def properties(ident: str) -> dict[str, object]:
+            node = client.get_node(ua.NodeId(ident, s))
+            return {
+                (await p.read_browse_name()).Name: await p.read_value()
+                for p in await node.get_properties()
+            }
+
+        # DDSY1352: voltage rests on a single source, energy_total was checked on hardware.
+        voltage = await properties("Meter:E-A-101/voltage")
+        assert voltage["Verified"] is False
+        assert "EngineeringUnits" in voltage
+        assert "Verified" not in await properties("Meter:E-A-101/energy_total")
+        verified = client.get_node(ua.NodeId("Meter:E-A-101/voltage/Verified", s))
+        assert await verified.read_browse_name() == ua.QualifiedName("Verified", t)
+        assert await verified.read_data_type() == ua.NodeId(ua.ObjectIds.Boolean)
