@@ -17,9 +17,15 @@ Case 1 — throughput: every variable changes in every round, rounds as fast as 
 Case 2 — lag: realistic offered load, every variable changing once per 10 s (3,000
   updates/s, meters spread evenly over the 10 s). Time from the sample (its SourceTimestamp)
   to the client's notification: median and p95; target median < 1 s.
+Case 3 — steady values: every round has the same values with a newer time (a site whose
+  meters do not change). The product writes each variable again with the new
+  SourceTimestamp (`[opcua] timestamp_refresh_s`, here 0: on every sample, the worst
+  case); the bare loop writes the same DataValues. Subscribers with the default trigger
+  are not notified. Rewrites per second; ratio reported, no target (it is the price of
+  showing a frozen value from a steady one).
 
 Ends with one JSON line: {"bench": "opcua", "ratio": ..., "updates_per_s": ...,
-"median_lag_ms": ..., "p95_lag_ms": ..., ...}.
+"median_lag_ms": ..., "p95_lag_ms": ..., "steady_ratio": ..., ...}.
 Run: .venv/bin/python benchmarks/opcua.py [--meters 2000] [--seconds 6]
 """
 
@@ -54,6 +60,8 @@ UNITS = ["kWh", "kWh", "kWh", "kWh", "kWh", "V", "A", "kW", "kvar", "kVA", "", "
 CLIENT_URI = "urn:openprepay:bench:client"
 PUBLISHING_MS = 100
 YIELD_EVERY = 400
+#: The round number whose values every steady round repeats.
+STEADY = -1
 
 
 # -- the client process --------------------------------------------------------------------
@@ -282,7 +290,9 @@ async def product_server(site: Any, folder: Path, client_cert: Path) -> Any:
         announcements=[],
     )
     pki_dir = folder / "product-pki"
-    config = OpcUaConfig(port=0, hostname="localhost", pki_dir=pki_dir, history=False)
+    config = OpcUaConfig(
+        port=0, hostname="localhost", pki_dir=pki_dir, history=False, timestamp_refresh_s=0.0
+    )
     add_user(config.users_path, "bench", "bench-password", "viewer")
     trust(Pki(pki_dir), str(client_cert))
     service = make_service(config, runtime)  # type: ignore[arg-type]
@@ -385,14 +395,17 @@ class ProductDriver:
         await self.service.publisher.drained()
 
 
-async def rounds(driver: Any, seconds: float) -> tuple[int, float]:
-    """Whole rounds (every variable changes) until `seconds` passed, at least one:
-    (variables written, seconds taken)."""
+async def rounds(driver: Any, seconds: float, steady: bool = False) -> tuple[int, float]:
+    """Whole rounds (every variable changes; with `steady`, every value stays and only
+    the time moves on) until `seconds` passed, at least one: (variables written, seconds
+    taken)."""
+    if steady:
+        await driver.round(STEADY)  # the values settle; what follows only rewrites
     gc.collect()  # start from a settled heap, whoever ran before
     start_writes, start = driver.writes, time.perf_counter()
     round_ = 1
     while round_ == 1 or time.perf_counter() - start < seconds:
-        await driver.round(round_)
+        await driver.round(STEADY if steady else round_)
         round_ += 1
     return driver.writes - start_writes, time.perf_counter() - start
 
@@ -446,8 +459,8 @@ async def bare_main(meters: int, port: int) -> None:
         words = (await reader.readline()).decode().split()
         if not words or words[0] == "quit":
             break
-        if words[0] == "throughput":
-            writes, elapsed = await rounds(driver, float(words[1]))
+        if words[0] in ("throughput", "steady"):
+            writes, elapsed = await rounds(driver, float(words[1]), words[0] == "steady")
             print(json.dumps({"writes": writes, "elapsed": elapsed}), flush=True)
         elif words[0] == "lag":
             await offer(driver, meters, float(words[1]), float(words[2]))
@@ -475,8 +488,8 @@ class BareProcess(ClientProcess):
         await self.proc.stdin.drain()
         return await self.read()
 
-    async def rounds(self, seconds: float) -> tuple[int, float]:
-        reply = await self.command(f"throughput {seconds}")
+    async def rounds(self, seconds: float, steady: bool = False) -> tuple[int, float]:
+        reply = await self.command(f"{'steady' if steady else 'throughput'} {seconds}")
         return reply["writes"], reply["elapsed"]
 
 
@@ -553,6 +566,15 @@ async def main(meters: int, seconds: float, lag_period: float, lag_window: float
             lambda: offer(product, meters, lag_period, lag_window), product_client
         )
         phase("product: lag")
+
+        bare_steady = await throughput(
+            lambda s: bare_server_proc.rounds(s, steady=True), bare_client, seconds
+        )
+        phase("bare: steady values")
+        product_steady = await throughput(
+            lambda s: rounds(product, s, steady=True), product_client, seconds
+        )
+        phase("product: steady values")
     finally:
         for proc in (bare_client, product_client, bare_server_proc):
             if proc.proc.returncode is None:
@@ -574,6 +596,9 @@ async def main(meters: int, seconds: float, lag_period: float, lag_window: float
         "lag_samples": product_lag["n"],
         "bare_median_lag_ms": bare_lag["median_ms"],
         "bare_p95_lag_ms": bare_lag["p95_ms"],
+        "steady_ratio": round(product_steady["updates_per_s"] / bare_steady["updates_per_s"], 3),
+        "steady_rewrites_per_s": round(product_steady["updates_per_s"]),
+        "bare_steady_rewrites_per_s": round(bare_steady["updates_per_s"]),
         "publishing_interval_ms": PUBLISHING_MS,
         "build_s": round(build_s, 1),
         "cpus": os.cpu_count(),
@@ -612,6 +637,11 @@ if __name__ == "__main__":
         f"{PUBLISHING_MS} ms): median {result['median_lag_ms']} ms, p95 {result['p95_lag_ms']} ms "
         f"(bare loop: median {result['bare_median_lag_ms']} ms, p95 {result['bare_p95_lag_ms']} ms;"
         f" target median < 1000 ms)"
+    )
+    print(
+        f"steady values (only the time moves on, rewritten on every sample): OpenPrepay "
+        f"{result['steady_rewrites_per_s']:,} rewrites/s, bare asyncua loop "
+        f"{result['bare_steady_rewrites_per_s']:,}/s, ratio {result['steady_ratio']:.2f}"
     )
     print(
         f"total {time.perf_counter() - started:.1f} s (building both servers {result['build_s']} s)"

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import tomli_w
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
-from asyncua.crypto import cert_gen, uacrypto
+from asyncua.crypto import cert_gen
 from asyncua.crypto.security_policies import (
     SecurityPolicyAes256Sha256RsaPss,
     SecurityPolicyBasic256Sha256,
@@ -343,10 +343,6 @@ def footprint(opcua_site: OpcUaSite) -> dict[str, Any]:
         snap = opcua_site.ops.account_snapshot(account)
         out[account] = (snap.tariff_id, snap.thresholds, snap.protected)
     return out
-
-
-def certificate_der(path: Path) -> bytes:
-    return uacrypto.der_from_x509(uacrypto.x509_from_der(path.read_bytes()))
 
 
 POLICIES = {
