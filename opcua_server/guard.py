@@ -59,13 +59,11 @@ _ALGORITHM = {
     cls.URI: cls.AsymmetricEncryptionURI
     for cls, _mode, _level in security_policies.SECURITY_POLICY_TYPE_MAP.values()
 }
-#: What a refused ActivateSession counts as: a failed login of its source.
+#: Refusals of ActivateSession that count as a failed login of the source: a wrong
+#: password or unknown user, a password not encrypted as it must be (a token type that is
+#: not offered, e.g. anonymous, is not a guess and is not counted).
 LOGIN_FAILURES = frozenset(
-    {
-        ua.StatusCodes.BadUserAccessDenied,
-        ua.StatusCodes.BadIdentityTokenInvalid,
-        ua.StatusCodes.BadIdentityTokenRejected,
-    }
+    {ua.StatusCodes.BadUserAccessDenied, ua.StatusCodes.BadIdentityTokenInvalid}
 )
 
 #: Source id of the security diagnostics (OpenPrepay/Diagnostics/opcua).
@@ -186,6 +184,19 @@ class ChannelGuard:
             return False
         raise self._refused(policy_uri, mode, peer)
 
+    def check_policy(self, policy_uri: str, peer: Any) -> None:
+        """Refuse at once a SecurityPolicy no endpoint has (the mode is checked later)."""
+        if policy_uri != NONE_URI and all(uri != policy_uri for uri, _mode in self._endpoints):
+            raise self._refused(policy_uri, None, peer)
+
+    def opening_failed(self, exc: Exception, peer: Any) -> ChannelRefused:
+        """Any other failure to open a channel (a bad signature, a broken message)."""
+        self.counters.add("channels_refused")
+        self.limiter.warning(
+            "channel-failed", "OPC UA secure channel failed: %s peer=%s", exc, peer_address(peer)
+        )
+        return ChannelRefused(ua.StatusCodes.BadSecurityChecksFailed, f"cannot open: {exc}")
+
     def refuse_beyond_discovery(self, request: ua.NodeId, peer: Any) -> ChannelRefused:
         """A request other than discovery on a None channel no endpoint offers."""
         return self._refused(NONE_URI, ua.MessageSecurityMode.None_, peer, request)
@@ -193,28 +204,29 @@ class ChannelGuard:
     def _refused(
         self,
         policy_uri: str,
-        mode: ua.MessageSecurityMode,
+        mode: ua.MessageSecurityMode | None,
         peer: Any,
         request: ua.NodeId | None = None,
     ) -> ChannelRefused:
         self.counters.add("channels_refused")
-        policy = policy_uri.rsplit("#", 1)[-1]
-        mode_name = ua.MessageSecurityMode(mode).name
+        asked = policy_uri.rsplit("#", 1)[-1]
+        if mode is not None:
+            asked += f"/{ua.MessageSecurityMode(mode).name}"
         offered = ", ".join(f"{u.rsplit('#', 1)[-1]}/{m.name}" for u, m in self._endpoints)
-        asked = f" (request {request.to_string()})" if request is not None else ""
+        beyond = f" for {request.to_string()}" if request is not None else ""
         self.limiter.warning(
             "channel",
-            "OPC UA secure channel refused: %s/%s is not offered%s (offered: %s) peer=%s",
-            policy,
-            mode_name,
+            "OPC UA secure channel refused: %s is not offered%s (offered: %s) peer=%s",
             asked,
+            beyond,
             offered,
             peer_address(peer),
         )
         return ChannelRefused(
             ua.StatusCodes.BadSecurityPolicyRejected,
-            f"SecurityPolicy {policy} with mode {mode_name} is not offered by this server"
-            + (" (only for GetEndpoints and FindServers)" if request is not None else ""),
+            f"security {asked} is not offered by this server"
+            + (" (it carries GetEndpoints and FindServers only)" if request is not None else "")
+            + f"; offered: {offered}",
         )
 
     # -- ActivateSession ------------------------------------------------------------------------

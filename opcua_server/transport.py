@@ -63,16 +63,19 @@ class GuardedProcessor(UaProcessor):
     async def process(self, header: Any, body: Any) -> bool:
         opening = header.MessageType == ua.MessageType.SecureOpen and not self._connection.is_open()
         try:
+            if opening:  # a policy never offered: refused before asyncua looks for it
+                algorithm = struct_from_binary(ua.AsymmetricAlgorithmHeader, body.copy())
+                self.guard.check_policy(algorithm.SecurityPolicyURI, self.name)
             return await super().process(header, body)
         except ChannelRefused as refused:
             return self._refuse_channel(refused.status, refused.reason)
         except Exception as exc:
             if not opening:
                 raise
-            # asyncua raises on a policy it does not know at all; any failure to open a
-            # channel ends the connection with an Error message, not a silent hang.
-            self.guard.counters.add("channels_refused")
-            return self._refuse_channel(ua.StatusCodes.BadSecurityPolicyRejected, str(exc))
+            # Any other failure to open a channel (a bad signature...) ends the connection
+            # with an Error message, not a traceback and a client left waiting.
+            refused = self.guard.opening_failed(exc, self.name)
+            return self._refuse_channel(refused.status, refused.reason)
 
     def open_secure_channel(self, algohdr: Any, seqhdr: Any, body: Any) -> None:
         if not self._connection.is_open():
