@@ -72,7 +72,8 @@ async def call_status(client: Client, obj: str, spec: MethodSpec) -> int:
     request = ua.CallMethodRequest(
         ObjectId=ua.NodeId(obj, s),
         MethodId=method,
-        InputArguments=[ua.Variant(samples[a.vtype], a.vtype) for a in spec.inputs],
+        # (integer types, for methods added later, take 1)
+        InputArguments=[ua.Variant(samples.get(a.vtype, 1), a.vtype) for a in spec.inputs],
     )
     try:
         (result,) = await client.uaclient.call([request])
