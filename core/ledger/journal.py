@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..events import utcnow
+from ..text import first_control
 from .codes import CODE_PATTERN, code_type
 from .errors import IdempotencyConflict, RequestError
 from .money import CAPACITY_FEN
@@ -80,8 +81,15 @@ def check_key(key: str) -> str:
 def check_reference(reference: str) -> str:
     if not isinstance(reference, str) or not reference.strip():
         raise RequestError("reference", "required (the payment id, receipt or refund number)")
-    if len(reference) > 160 or any(c.isspace() for c in reference):
-        raise RequestError("reference", f"at most 160 characters without spaces, got {reference!r}")
+    if (
+        len(reference) > 160
+        or any(c.isspace() for c in reference)
+        or first_control(reference) is not None
+    ):
+        raise RequestError(
+            "reference",
+            f"at most 160 characters without spaces or control characters, got {reference!r}",
+        )
     return reference
 
 
