@@ -53,7 +53,7 @@ from .codes import (
 )
 from .emergency import grant_emergency_credit, post_opening_balance
 from .errors import IdempotencyConflict, LedgerIntegrityError, RequestError
-from .journal import get_journal, insert_ignore, load_journal, post_journal
+from .journal import get_journal, insert_ignore, load_journal, post_journal, reused_key
 from .money import CAPACITY_FEN, AmountOutOfRange, format_fen, parse_yuan
 from .position import balances
 from .reading import JournalLine, journals_since, usage_fen_since, wallet_history
@@ -131,6 +131,7 @@ __all__ = [
     "refund",
     "refund_result",
     "refundable",
+    "reused_key",
     "revenue_code",
     "reverse",
     "settle_refund",
