@@ -36,6 +36,13 @@ def escape_controls(text: str) -> str:
     return _CONTROLS.sub(lambda m: _escape_one(m.group()), text.replace("\\", "\\\\"))
 
 
+def json_line_safe(document: str) -> str:
+    """A JSON text with the control characters `json.dumps(ensure_ascii=False)` leaves as
+    they are (DEL, C1 such as NEL, line separators, bidi controls) written as `\\uXXXX`
+    escapes: the same JSON value, but always one line and shown in order."""
+    return _CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", document)
+
+
 def _escape_one(ch: str) -> str:
     if ch in _NAMED:
         return _NAMED[ch]

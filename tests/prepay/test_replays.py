@@ -11,73 +11,19 @@ Against a running service with its OPC UA server, on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import asyncio
-import copy
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import sqlalchemy as sa
-import tomli_w
-from asyncua import Client, ua
-from click.testing import CliRunner
+from asyncua import ua
 
 from openprepay.core.db import Database
-from tests.opcua.conftest import (
-    SITE,
-    ClientCert,
-    OpcUaSite,
-    load_plugins,
-    make_client_cert,
-    open_accounts,
-    start_site,
-)
+from tests.opcua.conftest import OpcUaSite
+from tests.prepay.served import cli, method, served
+
+__all__ = ["served"]  # the fixture, imported for pytest
 
 NEVER_AGAIN = "Do not enter it again under a new reference"
-
-
-@pytest_asyncio.fixture
-async def served(tmp_path: Path, db_url: str) -> AsyncIterator[OpcUaSite]:
-    """The OPC UA test site with its ledger at `db_url`, accounts A-101 and A-102 open."""
-    plugins = load_plugins()
-    data: dict[str, Any] = copy.deepcopy(SITE)
-    data["database"] = {"url": db_url}
-    folder = tmp_path / "site"
-    folder.mkdir()
-    (folder / "site.toml").write_text(tomli_w.dumps(data))
-    open_accounts(folder / "site.toml", plugins)
-    cert: ClientCert = make_client_cert(tmp_path / "client", "cashier-screen")
-    site = await start_site(folder, plugins, data, cert)
-    try:
-        yield site
-    finally:
-        await site.runtime.stop()
-        await site.sims.stop()
-
-
-async def cli(site: OpcUaSite, *args: str) -> Any:
-    from openprepay.core.cli import CliContext, build_cli
-
-    plugins = load_plugins()
-    argv = [str(site.site_file) if a == "SITE" else a for a in args]
-    return await asyncio.to_thread(
-        CliRunner().invoke, build_cli(plugins), argv, obj=CliContext(plugins)
-    )
-
-
-async def method(client: Client, account: str, name: str, *args: ua.Variant) -> Any:
-    """A raw Call: the result with its status and diagnostics, never an exception."""
-    t = await client.get_namespace_index("urn:openprepay:types")
-    s = await client.get_namespace_index("urn:openprepay:site:t")
-    request = ua.CallMethodRequest(
-        ObjectId=ua.NodeId(f"Account:{account}", s),
-        MethodId=ua.NodeId(f"AccountType/{name}", t),
-        InputArguments=list(args),
-    )
-    (result,) = await client.uaclient.call([request])
-    return result
 
 
 def money(amount: float, reference: str) -> tuple[ua.Variant, ua.Variant]:
@@ -111,18 +57,18 @@ async def test_the_same_payment_on_the_cli_and_then_opc_ua_is_a_replay(
     assert done.exit_code == 0, done.output
     async with served.connect("cashier1") as client:
         # The cashier retries on the SCADA screen: the same payment, another channel.
-        again = await method(client, "A-101", "TopUp", *money(50.0, "pay-1"))
+        again = await method(client, "Account:A-101", "TopUp", *money(50.0, "pay-1"))
         assert again.StatusCode.is_good(), messages(again)
         assert again.OutputArguments[1].Value is True  # Replayed
         # Another amount or account under the same reference: refused, never "use a new one".
         for account, amount in (("A-101", 80.0), ("A-102", 50.0)):
-            other = await method(client, account, "TopUp", *money(amount, "pay-1"))
+            other = await method(client, f"Account:{account}", "TopUp", *money(amount, "pay-1"))
             assert not other.StatusCode.is_good()
             assert NEVER_AGAIN in messages(other) and "new reference" in messages(other)
             assert "use a new reference" not in messages(other)
 
         # The other way round: first OPC UA, then the counter.
-        first = await method(client, "A-102", "TopUp", *money(20.0, "pay-2"))
+        first = await method(client, "Account:A-102", "TopUp", *money(20.0, "pay-2"))
         assert first.StatusCode.is_good() and first.OutputArguments[1].Value is False
     replay = await cli(served, "topup", "SITE", "A-102", "20", "--ref", "pay-2")
     assert replay.exit_code == 0, replay.output
@@ -142,10 +88,10 @@ async def test_the_same_refund_on_the_cli_and_then_opc_ua_is_a_replay(
     done = await cli(served, "refund", "SITE", "A-101", "10.00", "--ref", "rf-1")
     assert done.exit_code == 0, done.output
     async with served.connect("cashier1") as client:
-        again = await method(client, "A-101", "Refund", *money(10.0, "rf-1"))
+        again = await method(client, "Account:A-101", "Refund", *money(10.0, "rf-1"))
         assert again.StatusCode.is_good(), messages(again)
         assert again.OutputArguments[2].Value is True  # Replayed
-        other = await method(client, "A-101", "Refund", *money(12.0, "rf-1"))
+        other = await method(client, "Account:A-101", "Refund", *money(12.0, "rf-1"))
         assert not other.StatusCode.is_good() and NEVER_AGAIN in messages(other)
     assert orders(db_url)["refund"] == [("rf-1", "A-101", 1000)]
     verify = await cli(served, "ledger", "verify", "SITE")
