@@ -198,6 +198,7 @@ class TableReader:
     ) -> Any:
         """A CNY amount ("20.00", or a TOML number) as integer fen, through the ledger's one
         money parser; non-negative and at most the meter capacity unless told otherwise."""
+        # Imported here: the ledger package imports this module (through the database).
         from .ledger.errors import RequestError
         from .ledger.money import CAPACITY_FEN, parse_yuan
 

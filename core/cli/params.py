@@ -37,7 +37,7 @@ class PlainNumber(click.ParamType):
         self.example = example
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, Decimal | float) and not isinstance(value, bool):
+        if isinstance(value, Decimal | float):
             return float(value) if self.as_float else value  # a default, already checked
         try:
             number = read_decimal(
