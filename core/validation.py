@@ -150,7 +150,10 @@ class TableReader:
             return None
         too_low = low is not None and (value <= low if low_exclusive else value < low)
         if too_low or (high is not None and value > high):
-            span = f"more than {low}" if low_exclusive and high is None else _span(low, high)
+            if not low_exclusive:
+                span = _span(low, high)
+            else:
+                span = f"more than {low}" if too_low else f"at most {high}"
             self.error(f"expected {span}, got {value}", key)
             return None
         return float(value)
