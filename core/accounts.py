@@ -55,6 +55,7 @@ from .ledger import (
 )
 from .model import DeviceModel, MeterKind
 from .site import ControlMode, Site
+from .text import first_control
 from .validation import ID_PATTERN
 
 
@@ -838,12 +839,16 @@ def _parse_row(
 ) -> _Row:
     def amount(name: str, default: int) -> int:
         text = r.get(name, "")
-        if not text:
-            return default
-        fen = parse_yuan(text, name)
-        if fen < 0:
-            raise RequestError(name, f"expected an amount >= 0.00, got {text}")
-        return fen
+        return parse_yuan(text, name, low_fen=0) if text else default
+
+    for name, text in r.items():
+        control = first_control(text)
+        if control is not None:
+            raise RequestError(
+                name,
+                f"control character {control[1]} at position {control[0]}; names and "
+                "references are printable text (remove it and import again)",
+            )
 
     room = r.get("room") or None
     if room is not None and room not in site.rooms:

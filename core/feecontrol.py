@@ -266,24 +266,10 @@ def read_thresholds(r: TableReader, defaults: FeeThresholds | None = None) -> Fe
 
 
 def read_cny(r: TableReader, key: str, default_fen: int) -> int | None:
-    """A non-negative CNY amount (string or number, at most 2 decimals) as fen."""
-    from .tariffs import to_decimal
-
-    present, value = r._get(key, None)
-    if not present:
-        return default_fen
-    d = to_decimal(value)
-    if d is None:
-        r.error(f'expected an amount in CNY such as "20.00", got {value!r}', key)
-        return None
-    fen = d * 100
-    if fen != fen.to_integral_value():
-        r.error(f"at most 2 decimal places (whole fen), got {value}", key)
-        return None
-    if d < 0:
-        r.error(f"expected at least 0, got {value}", key)
-        return None
-    return int(fen)
+    """A CNY amount from 0.00 to the meter capacity (a string "20.00" or a number, at most
+    2 decimals) as fen, read by the ledger's one money parser."""
+    fen: int | None = r.yuan(key, default_fen)
+    return fen
 
 
 def thresholds_from_record(record: Mapping[str, Any]) -> FeeThresholds:

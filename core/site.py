@@ -12,7 +12,6 @@ examples/site.toml.
 from __future__ import annotations
 
 import enum
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError, FieldError
 from .model import DeviceModel
+from .tomlfile import read_toml
 from .validation import TableReader
 
 
@@ -180,23 +180,20 @@ class Site:
         )
 
 
+#: The longest poll interval, back-off or probe period a site file may set (a day).
+DAY_S = 86_400.0
+#: The largest room area (m²) a site file may declare.
+MAX_AREA_M2 = 1_000_000.0
+
 #: Sections that the later layers read from the site file; validated by their owners.
 OWNED_SECTIONS = ("database", "historian", "opcua", "prepay", "tariffs", "notify", "billing")
 
 
 def load_site(path: str | Path) -> Site:
+    """Every command that takes a SITE reads it here: a file that is not UTF-8, not TOML or
+    absurdly nested is a one-line `TomlFileError` with the position."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            str(path), [FieldError("", f"cannot read the file: {exc.strerror}")]
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [FieldError("", f"not valid TOML: {exc}")]) from None
-    return parse_site(data, source=str(path), path=path)
+    return parse_site(read_toml(path), source=str(path), path=path)
 
 
 def parse_site(data: Mapping[str, Any], source: str = "site", path: Path | None = None) -> Site:
@@ -262,14 +259,16 @@ def _read_info(r: TableReader) -> SiteInfo | None:
 def _read_poll(r: TableReader) -> PollPolicy:
     d = PollPolicy()
     policy = PollPolicy(
-        interval_s=r.number("interval_s", d.interval_s, low=0.0),
+        interval_s=r.number("interval_s", d.interval_s, low=0.0, high=DAY_S),
         offline_after=r.int("offline_after", d.offline_after, low=1, high=100),
-        backoff_initial_s=r.number("backoff_initial_s", d.backoff_initial_s, low=0.0),
-        backoff_max_s=r.number("backoff_max_s", d.backoff_max_s, low=0.0),
+        backoff_initial_s=r.number("backoff_initial_s", d.backoff_initial_s, low=0.0, high=DAY_S),
+        backoff_max_s=r.number("backoff_max_s", d.backoff_max_s, low=0.0, high=DAY_S),
         quarantine_after=r.int("quarantine_after", d.quarantine_after, low=1, high=1000),
-        quarantine_probe_s=r.number("quarantine_probe_s", d.quarantine_probe_s, low=0.0),
+        quarantine_probe_s=r.number(
+            "quarantine_probe_s", d.quarantine_probe_s, low=0.0, high=DAY_S
+        ),
         stats_interval_s=r.number(
-            "stats_interval_s", d.stats_interval_s, low=0.0, low_exclusive=True
+            "stats_interval_s", d.stats_interval_s, low=0.0, low_exclusive=True, high=DAY_S
         ),
     )
     r.finish()
@@ -313,8 +312,8 @@ def _read_link(link_id: str, r: TableReader) -> LinkConfig | None:
             f"got {in_flight}",
             "in_flight",
         )
-    reconnect_min = r.number("reconnect_min_s", 0.5, low=0.0, low_exclusive=True)
-    reconnect_max = r.number("reconnect_max_s", 30.0, low=0.0, low_exclusive=True)
+    reconnect_min = r.number("reconnect_min_s", 0.5, low=0.0, low_exclusive=True, high=DAY_S)
+    reconnect_max = r.number("reconnect_max_s", 30.0, low=0.0, low_exclusive=True, high=DAY_S)
     if None in (baudrate, parity, stopbits, bytesize, timeout_ms, in_flight) or (
         link_type is LinkType.SERIAL and device is None
     ):
@@ -355,7 +354,7 @@ def _read_room(room_id: str, r: TableReader) -> Room | None:
     building = r.id("building")
     floor = r.str("floor")
     name = r.str("name", room_id)
-    area = r.number("area_m2", None, low=0.0, low_exclusive=True)
+    area = r.number("area_m2", None, low=0.0, low_exclusive=True, high=MAX_AREA_M2)
     if building is None or floor is None:
         return None
     return Room(room_id, building, floor, name, area)
@@ -368,7 +367,7 @@ def _read_device(device_id: str, r: TableReader) -> DeviceConfig | None:
     room = r.id("room", None)
     building = r.id("building", None)
     mode = r.str("control_mode", "REMOTE", choices=[m.value for m in ControlMode])
-    interval = r.number("poll_interval_s", None, low=0.0)
+    interval = r.number("poll_interval_s", None, low=0.0, high=DAY_S)
     options = r.raw("options", {})
     if not isinstance(options, dict):
         r.error("expected a table of model-specific settings", "options")

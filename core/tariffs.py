@@ -28,18 +28,24 @@ import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from .errors import ConfigError, FieldError
-from .validation import ID_PATTERN, TableReader, describe
+from .numbers import NumberRefused, read_decimal
+from .validation import ID_PATTERN, NUMBER_LIMIT, TableReader, describe
 
 #: Prices may have at most this many decimal places (1e-6 CNY per kWh or m³).
 PRICE_PLACES = 6
 #: Energy thresholds may have at most this many decimal places (Wh, litres).
 ENERGY_PLACES = 3
+#: The highest price (and tier adder) per kWh or m³ a tariff may set, in the site currency:
+#: far above any real tariff, low enough that a year of usage × price stays exact in rating.
+MAX_PRICE = Decimal(1000)
+#: The highest tier threshold, kWh or m³ per cycle.
+MAX_THRESHOLD = Decimal(100_000_000)
 MINUTES_PER_DAY = 24 * 60
 #: The rate name a single-rate tariff prices its energy at.
 SINGLE_RATE = "all"
@@ -456,7 +462,7 @@ def _version_key(v: TariffVersion) -> dt.date:
 def _read_parts(r: TableReader, commodity: str | None) -> _Parts:
     parts = _Parts()
     if r.has("price"):
-        price = _read_decimal(r, "price", PRICE_PLACES, low=Decimal(0))
+        price = _read_decimal(r, "price", PRICE_PLACES, low=Decimal(0), high=MAX_PRICE)
         parts.paths["price"] = r.at("price")
         if price is not None:
             parts.values["price"] = price
@@ -469,7 +475,7 @@ def _read_parts(r: TableReader, commodity: str | None) -> _Parts:
             if not ID_PATTERN.match(rate):
                 rates_r.error("rate names are letters, digits, '_', '-', '.'", rate)
                 continue
-            value = _read_decimal(rates_r, rate, PRICE_PLACES, low=Decimal(0))
+            value = _read_decimal(rates_r, rate, PRICE_PLACES, low=Decimal(0), high=MAX_PRICE)
             if value is not None:
                 rates[rate] = value
         if not rates_r.data:
@@ -812,7 +818,9 @@ def _read_tiers(r: TableReader, commodity: str | None) -> Tiers | None:
     proration = r.str(
         "proration", Proration.ACTUAL_DAYS.value, choices=[p.value for p in Proration]
     )
-    thresholds = _read_decimal_list(r, "thresholds", ENERGY_PLACES, positive=True)
+    thresholds = _read_decimal_list(
+        r, "thresholds", ENERGY_PLACES, low=Decimal(0), high=MAX_THRESHOLD, positive=True
+    )
     given = [k for k in ("prices", "adders", "period_adders") if r.has(k)]
     r._seen.update(("prices", "adders", "period_adders"))
     if cycle == TierCycle.MONTHLY and month is not None:
@@ -854,7 +862,8 @@ def _read_tiers(r: TableReader, commodity: str | None) -> Tiers | None:
                 tr = TableReader(entry, r.at(f"period_adders[{k}]"), r.errors)
                 table = {}
                 for rate in tr.data:
-                    value = _read_decimal(tr, rate, PRICE_PLACES)
+                    # An adder only adds: a negative one could price energy below zero.
+                    value = _read_decimal(tr, rate, PRICE_PLACES, low=Decimal(0), high=MAX_PRICE)
                     if value is not None:
                         table[rate] = value
                 tables.append(table)
@@ -866,9 +875,9 @@ def _read_tiers(r: TableReader, commodity: str | None) -> Tiers | None:
                     "period_adders",
                 )
     else:
-        values = _read_decimal_list(
-            r, given[0], PRICE_PLACES, positive=False, nonnegative=method is TierMethod.PRICES
-        )
+        # Tier prices and M1 adders are never negative (an adder below zero could rate a
+        # bill to less than nothing).
+        values = _read_decimal_list(r, given[0], PRICE_PLACES, low=Decimal(0), high=MAX_PRICE)
         if values is not None:
             amounts = tuple(values)
             if need is not None and len(values) != need:
@@ -897,47 +906,24 @@ def _read_tiers(r: TableReader, commodity: str | None) -> Tiers | None:
 
 
 def to_decimal(value: Any) -> Decimal | None:
-    """A TOML value as the Decimal its text spells (floats by their shortest repr)."""
-    if isinstance(value, bool):
+    """A TOML value or typed text as the Decimal a person reads in it (the strict form of
+    `core.numbers`: no separators, exponents in text, NaN or infinities; floats by their
+    shortest repr), within ±`NUMBER_LIMIT`; None when it is not one."""
+    if not isinstance(value, str | int | float | Decimal):
         return None
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, str):
-        try:
-            d = Decimal(value.strip())
-        except InvalidOperation:
-            return None
-        return d if d.is_finite() else None
-    if isinstance(value, Decimal):
-        return value
-    return None
-
-
-def _places(d: Decimal) -> int:
-    exponent = d.normalize().as_tuple().exponent
-    return max(0, -int(exponent))
+    limit = Decimal(NUMBER_LIMIT)
+    try:
+        return read_decimal(value, places=None, low=-limit, high=limit)
+    except NumberRefused:
+        return None
 
 
 def _read_decimal(
-    r: TableReader, key: str, places: int, low: Decimal | None = None
+    r: TableReader, key: str, places: int, low: Decimal, high: Decimal
 ) -> Decimal | None:
-    present, value = r._get(key, None)
-    if not present:
-        return None
-    d = to_decimal(value)
-    what = "price" if places == PRICE_PLACES else "amount"
-    if d is None:
-        r.error(f'expected a decimal {what} such as "0.6170", got {describe(value)}', key)
-        return None
-    if _places(d) > places:
-        r.error(f"at most {places} decimal places, got {value}", key)
-        return None
-    if low is not None and d < low:
-        r.error(f"expected at least {low}, got {value}", key)
-        return None
-    return d
+    what = "a price" if places == PRICE_PLACES else "an amount"
+    value: Decimal | None = r.decimal(key, None, places=places, low=low, high=high, what=what)
+    return value
 
 
 def _read_decimal_list(
@@ -945,8 +931,9 @@ def _read_decimal_list(
     key: str,
     places: int,
     *,
-    positive: bool,
-    nonnegative: bool = False,
+    low: Decimal,
+    high: Decimal,
+    positive: bool = False,
 ) -> list[Decimal] | None:
     present, value = r._get(key, None)
     if not present:
@@ -956,25 +943,21 @@ def _read_decimal_list(
         r.error(f"expected a list of decimals, got {describe(value)}", key)
         return None
     out = []
-    ok = True
     for i, item in enumerate(value):
-        d = to_decimal(item)
         at = f"{key}[{i}]"
-        if d is None:
+        if not isinstance(item, str | int | float):
             r.error(f'expected a decimal such as "2880", got {describe(item)}', at)
-            ok = False
-        elif _places(d) > places:
-            r.error(f"at most {places} decimal places, got {item}", at)
-            ok = False
-        elif positive and d <= 0:
+            continue
+        try:
+            d = read_decimal(item, places=places, low=low, high=high, example='"2880"')
+        except NumberRefused as refused:
+            r.error(refused.message, at)
+            continue
+        if positive and d == 0:
             r.error(f"expected more than 0, got {item}", at)
-            ok = False
-        elif nonnegative and d < 0:
-            r.error(f"expected at least 0, got {item}", at)
-            ok = False
-        else:
-            out.append(d)
-    return out if ok else None
+            continue
+        out.append(d)
+    return out if len(out) == len(value) else None
 
 
 def _read_hhmm(r: TableReader, key: str) -> int | None:

@@ -9,16 +9,22 @@ of being silently ignored.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from .errors import FieldError
+from .numbers import NumberRefused, form, read_decimal, shown
 
 T = TypeVar("T")
 _MISSING: Any = object()
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+#: No setting of a site file needs a number beyond this (10^12); NaN and infinities are never
+#: settings. Fields give tighter bounds of their own.
+NUMBER_LIMIT = 10**12
 
 
 def describe(value: Any) -> str:
@@ -114,7 +120,10 @@ class TableReader:
             self.error(f"expected an integer{_range(low, high)}, got {describe(value)}", key)
             return None
         if (low is not None and value < low) or (high is not None and value > high):
-            self.error(f"expected {_span(low, high)}, got {value}", key)
+            self.error(f"expected {_span(low, high)}, got {shown(value)}", key)
+            return None
+        if abs(value) > NUMBER_LIMIT:
+            self.error(f"expected {_span(-NUMBER_LIMIT, NUMBER_LIMIT)}, got {shown(value)}", key)
             return None
         return value
 
@@ -127,18 +136,88 @@ class TableReader:
         high: float | None = None,
         low_exclusive: bool = False,
     ) -> Any:
+        """A finite TOML number: NaN, infinities and anything beyond ±`NUMBER_LIMIT` are
+        refused whatever the bounds (`interval_s = nan` would compare false to every bound
+        and start a service that never polls)."""
         present, value = self._get(key, default)
         if not present:
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.error(f"expected a number{_range(low, high)}, got {describe(value)}", key)
             return None
+        if not math.isfinite(value) or abs(value) > NUMBER_LIMIT:
+            self.error(f"expected a finite number{_range(low, high)}, got {shown(value)}", key)
+            return None
         too_low = low is not None and (value <= low if low_exclusive else value < low)
         if too_low or (high is not None and value > high):
-            span = f"more than {low}" if low_exclusive and high is None else _span(low, high)
+            if not low_exclusive:
+                span = _span(low, high)
+            else:
+                span = f"more than {low}" if too_low else f"at most {high}"
             self.error(f"expected {span}, got {value}", key)
             return None
         return float(value)
+
+    def decimal(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        places: int | None,
+        low: Decimal | None = None,
+        high: Decimal | None = None,
+        what: str = "a decimal",
+        example: str = '"0.6170"',
+    ) -> Any:
+        """An exact decimal (a price, a quantity): a TOML string of the plain form of
+        `core.numbers` ("0.6170"), or a TOML number, finite, within `places` and bounds
+        (never beyond ±`NUMBER_LIMIT`)."""
+        present, value = self._get(key, default)
+        if not present:
+            return value
+        if not isinstance(value, str | int | float):
+            self.error(f"expected {form(what, example, places)}, got {describe(value)}", key)
+            return None
+        try:
+            return read_decimal(
+                value,
+                places=places,
+                low=Decimal(-NUMBER_LIMIT) if low is None else low,
+                high=Decimal(NUMBER_LIMIT) if high is None else high,
+                what=what,
+                example=example,
+            )
+        except NumberRefused as refused:
+            self.error(refused.message, key)
+            return None
+
+    def yuan(
+        self,
+        key: str,
+        default_fen: Any = _MISSING,
+        *,
+        low_fen: int = 0,
+        high_fen: int | None = None,
+    ) -> Any:
+        """A CNY amount ("20.00", or a TOML number) as integer fen, through the ledger's one
+        money parser; non-negative and at most the meter capacity unless told otherwise."""
+        # Imported here: the ledger package imports this module (through the database).
+        from .ledger.errors import RequestError
+        from .ledger.money import CAPACITY_FEN, parse_yuan
+
+        present, value = self._get(key, default_fen)
+        if not present:
+            return value
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            self.error(f'expected an amount in CNY such as "20.00", got {describe(value)}', key)
+            return None
+        try:
+            return parse_yuan(
+                value, key, low_fen=low_fen, high_fen=CAPACITY_FEN if high_fen is None else high_fen
+            )
+        except RequestError as refused:
+            self.error(refused.message, key)
+            return None
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:
         present, value = self._get(key, default)

@@ -28,6 +28,7 @@ from typing import Any
 from openprepay.core.events import Event
 from openprepay.core.history import HistoryPage, HistoryValue
 from openprepay.core.model import Quality, Sample, ValueType
+from openprepay.core.private_files import private_file
 
 from .lineprotocol import from_ns, to_ns
 from .schema import event_measurement, event_parts, series_kind
@@ -103,7 +104,7 @@ class EmbeddedStore:
 
     def open(self) -> EmbeddedStore:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path)  # 0600 before SQLite opens it (and its -wal, -shm)
         db = self._connect()
         if self.path is not None:
             db.execute("PRAGMA journal_mode=WAL")

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openprepay.core.errors import OpenPrepayError
+from openprepay.core.private_files import open_private, private_dir
 
 from .config import DropPolicy
 from .lineprotocol import Chunk, gunzip, gzip_member
@@ -178,7 +179,7 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -241,8 +242,9 @@ class Spool:
 
     def open(self, lock: bool = True) -> Spool:
         """Open for sending and appending (`lock`: as the spool's owner), or read-only."""
+        private_dir(self.folder, own=True)  # the spool holds every reading: owner only
         for sub in (SEGMENTS, QUARANTINE, REPLAY):
-            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+            private_dir(self.folder / sub, own=True)
         if lock:
             self.lock()
         self._writable = lock
@@ -321,8 +323,8 @@ class Spool:
         return valid
 
     def lock(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.folder, own=True)
+        fd = open_private(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -374,7 +376,7 @@ class Spool:
         seg_id = max(self._segments, default=self._cursor[0] - 1) + 1
         seg_id = max(seg_id, self._cursor[0])
         path = self.segment_dir / f"{seg_id:012d}.seg"
-        self._head_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._head_fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         _fsync_dir(self.segment_dir)
         segment = _Segment(seg_id, path)
         self._segments[seg_id] = segment
@@ -746,7 +748,7 @@ class Spool:
         the spool's owner puts them back at the end of the queue; (batches, lines)."""
         lo = from_ns if from_ns is not None else -(2**63)
         hi = to_ns if to_ns is not None else 2**63 - 1
-        (self.folder / REPLAY).mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder / REPLAY, own=True)
         moved = lines = 0
         for e in self.quarantined():
             if e.last_ns < lo or e.first_ns >= hi:
@@ -763,7 +765,7 @@ class Spool:
     def add_replay(self, chunks: Sequence[Chunk]) -> int:
         """Lines produced outside the service (replay from an embedded store), left in
         `replay/` for the spool's owner to append."""
-        (self.folder / REPLAY).mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder / REPLAY, own=True)
         total = 0
         for n, c in enumerate(chunks):
             _write_atomic(self.folder / REPLAY / f"{time.time_ns()}-{n:06d}.lp", c.data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from openprepay.core.cli.common import load_checked_site, site_argument
+from openprepay.core.cli.secret import password_options, read_password
 
 from .config import OpcUaConfig, read_config
 from .pki import Pki, ensure_server_certificate, list_certificates, thumbprint, trust, untrust
@@ -45,17 +46,20 @@ def users_group() -> None:
     help="viewer: browse/read/subscribe; operator: + Disconnect/Reconnect/Protect; "
     "cashier: + TopUp/Refund; admin: everything.",
 )
-@click.option(
-    "--password",
-    prompt=True,
-    hide_input=True,
-    confirmation_prompt=True,
-    help="Prompted for when not given (at least 8 characters).",
-)
+@password_options
 @click.option("--replace", is_flag=True, help="Change the role and password of an existing user.")
-def users_add(site_file: str, name: str, role: str, password: str, replace: bool) -> None:
-    """Add user NAME (or change it with --replace)."""
+def users_add(
+    site_file: str,
+    name: str,
+    role: str,
+    password_env: str | None,
+    password_file: str | None,
+    replace: bool,
+) -> None:
+    """Add user NAME (or change it with --replace). The password (at least 8 characters) is
+    prompted for, or read from --password-env VAR or --password-file FILE; never an argument."""
     config = _config(site_file)
+    password = read_password(password_env, password_file, prompt="Password")
     record = add_user(config.users_path, name, password, role, replace=replace)
     click.echo(f"user {record.name} ({record.role.value}) saved in {config.users_path}")
 

@@ -39,6 +39,7 @@ import io
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,8 +51,10 @@ from ..db import schema as t
 from ..events import utcnow
 from ..ledger import RequestError, format_fen, parse_yuan
 from ..model import DeviceModel, MeterKind, PointRole, PointSpec, Sample, ValueType
+from ..numbers import NumberRefused, read_decimal
 from ..site import Site
-from ..validation import ID_PATTERN
+from ..tariffs import MAX_PRICE
+from ..validation import ID_PATTERN, NUMBER_LIMIT
 
 log = logging.getLogger("openprepay.batch")
 
@@ -1019,33 +1022,22 @@ def next_occurrence(first: dt.datetime, every: str, after: dt.datetime, tz: Any)
 
 
 def _fen(value: Any, field: str, positive: bool = False) -> int:
-    fen = parse_yuan(value if isinstance(value, str) else str(value), field)
-    if fen < 0 or (positive and fen == 0):
-        raise RequestError(
-            field, f"expected an amount {'above' if positive else 'of at least'} 0.00, got {value}"
-        )
-    return fen
+    return parse_yuan(value, field, low_fen=1 if positive else 0)
 
 
 def _price(value: Any, field: str) -> float:
-    from decimal import Decimal, InvalidOperation
-
+    """A meter price: the one number form, 0 to 1000 CNY, at most 4 decimals."""
     try:
-        d = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise RequestError(field, f"expected a price such as 0.6170, got {value!r}") from None
-    if not d.is_finite() or d < 0 or d != d.quantize(Decimal("0.0001")):
-        raise RequestError(field, f"expected a price >= 0 with at most 4 decimals, got {value!r}")
+        d = read_decimal(value, places=4, low=Decimal(0), high=MAX_PRICE, example="0.6170")
+    except NumberRefused as refused:
+        raise RequestError(field, refused.message) from None
     return float(d)  # a device parameter: the meter stores it in 0.0001 CNY (rounded)
 
 
 def _number(value: Any, field: str) -> float | int:
-    if isinstance(value, bool):
-        raise RequestError(field, f"expected a number, got {value!r}")
-    if isinstance(value, int | float):
-        return value
+    """A device parameter: the one number form, within ±10^12; whole numbers stay int."""
     try:
-        text = str(value).strip()
-        return int(text) if text.lstrip("-").isdigit() else float(text)
-    except ValueError:
-        raise RequestError(field, f"expected a number, got {value!r}") from None
+        d = read_decimal(value, places=None, low=Decimal(-NUMBER_LIMIT), high=Decimal(NUMBER_LIMIT))
+    except NumberRefused as refused:
+        raise RequestError(field, refused.message) from None
+    return int(d) if d == d.to_integral_value() and "." not in str(value) else float(d)

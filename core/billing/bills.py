@@ -1146,10 +1146,11 @@ class Bills:
         existing = conn.execute(sa.select(p).where(p.c.reference == reference)).first()
         if existing is not None:
             if existing.account_id != account_id or int(existing.amount_fen) != amount_fen:
-                raise ledger.IdempotencyConflict(
-                    "reference",
-                    f"{reference!r} was already used for {existing.account_id} "
-                    f"{format_fen(existing.amount_fen)}; use a new reference",
+                raise ledger.reused_key(
+                    f"billpay:{reference}",
+                    "payment",
+                    f"{format_fen(existing.amount_fen)} for account {existing.account_id}",
+                    f"{format_fen(amount_fen)} for account {account_id}",
                 )
             return PaymentResult(
                 reference,

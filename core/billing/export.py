@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -51,6 +52,29 @@ class Table:
     sheet: str = ""
 
 
+#: A text cell starting with one of these is run by spreadsheet programs: a formula (`=`,
+#: `+`, `-`, `@`, and their full-width forms) or, after a tab or line break, whatever comes
+#: next ("CSV injection": `=cmd|' /C calc'!A0` in a tenant name starts a program).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\n", "＝", "＋", "－", "＠")
+#: Text that is a plain number is left alone, so "-12.50" stays a number in a spreadsheet.
+_NUMBER_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def runs_as_formula(value: Value) -> bool:
+    """Whether a spreadsheet program would execute this text cell."""
+    return (
+        isinstance(value, str)
+        and value.startswith(FORMULA_TRIGGERS)
+        and not _NUMBER_TEXT.fullmatch(value)
+    )
+
+
+def _csv_cell(v: Value) -> str:
+    """A CSV cell: formula-like text gets a leading apostrophe (shown as text, never run);
+    numbers, and text that is a plain number, are written as they are."""
+    return "'" + str(v) if runs_as_formula(v) else _text(v)
+
+
 def _text(v: Value) -> str:
     if v is None:
         return ""
@@ -62,11 +86,11 @@ def _text(v: Value) -> str:
 def csv_text(table: Table) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(table.columns)
+    w.writerow([_csv_cell(v) for v in table.columns])
     for row in table.rows:
-        w.writerow([_text(v) for v in row])
+        w.writerow([_csv_cell(v) for v in row])
     if table.total is not None:
-        w.writerow([_text(v) for v in table.total])
+        w.writerow([_csv_cell(v) for v in table.total])
     return out.getvalue()
 
 
@@ -97,21 +121,21 @@ def write_xlsx(tables: Sequence[Table], path: Path) -> Path:
             k += 1
         used.add(name)
         ws = wb.create_sheet(name)
-        ws.append([table.title])
+        _append(ws, [table.title])
         ws["A1"].font = Font(bold=True, size=12)
         for note in table.notes:
-            ws.append([note])
+            _append(ws, [note])
         header_row = ws.max_row + 1
-        ws.append(table.columns)
+        _append(ws, table.columns)
         for cell in ws[header_row]:
             cell.font = Font(bold=True)
         decimals = set()
         for row in table.rows:
-            ws.append(list(row))
+            _append(ws, row)
             decimals |= {i for i, v in enumerate(row) if isinstance(v, Decimal)}
         first, last = header_row + 1, ws.max_row
         if table.total is not None:
-            ws.append(list(table.total))
+            _append(ws, table.total)
             for cell in ws[ws.max_row]:
                 cell.font = Font(bold=True)
         for i in decimals:
@@ -144,6 +168,16 @@ def write_xlsx(tables: Sequence[Table], path: Path) -> Path:
             ws.add_chart(c, f"{get_column_letter(len(table.columns) + 2)}{header_row}")
     wb.save(path)
     return path
+
+
+def _append(ws: Any, values: Sequence[Value]) -> None:
+    """Append a row; formula-like text becomes a string cell with the quote prefix (shown
+    as typed, not run, and still text when someone edits it). Numbers stay numeric cells."""
+    ws.append(list(values))
+    for cell, value in zip(ws[ws.max_row], values, strict=False):
+        if runs_as_formula(value):
+            cell.data_type = "s"
+            cell.quotePrefix = True
 
 
 # -- printable pages -------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..events import utcnow
 from ..ledger import RequestError
-from ..model import DeviceModel, MeterKind, Quality, Sample
+from ..model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, Sample
+from ..numbers import NumberRefused, read_decimal
 from ..rating import ENERGY_SCALE, RatingError, RegisterLayout
 from .periods import Calendar
 
@@ -130,10 +131,13 @@ def record_reading(
     read_at: dt.datetime | None = None,
     recorded_by: str,
     known_meters: Collection[str] | None = None,
+    model: DeviceModel | None = None,
     now: dt.datetime | None = None,
 ) -> Reading:
     """An operator's reading of `meter_id` for capture instant `at` (kWh or m³ as
-    decimals): replaces whatever was captured for that instant. Errors name the field."""
+    decimals): replaces whatever was captured for that instant. Errors name the field.
+    With the meter's `model`, values beyond a register's range (its rollover or declared
+    high) and registers the model does not have are refused."""
     if known_meters is not None and meter_id not in known_meters:
         shown = ", ".join(sorted(known_meters)[:8])
         raise RequestError("meter", f"unknown meter {meter_id!r} (site meters: {shown}, ...)")
@@ -144,8 +148,11 @@ def record_reading(
         raise RequestError("read_at", "a reading for an instant cannot be taken after it")
     if not recorded_by or not recorded_by.strip():
         raise RequestError("recorded_by", "required (audit)")
-    units = _units(energy, "energy")
-    regs = {str(k): _units(v, f"registers.{k}") for k, v in (registers or {}).items()}
+    total_spec, specs = register_specs(model, [str(k) for k in (registers or {})])
+    units = _units(energy, "energy", total_spec)
+    regs = {
+        str(k): _units(v, f"registers.{k}", specs[str(k)]) for k, v in (registers or {}).items()
+    }
     now = now or utcnow()
     r = t.billing_reading
     conn.execute(r.delete().where(r.c.meter_id == meter_id, r.c.at == at))
@@ -165,19 +172,60 @@ def record_reading(
     return Reading(meter_id, at, read_at, units, regs, MANUAL)
 
 
-def _units(value: Decimal | str | int, field: str) -> int:
+#: A register value beyond this (kWh or m³) is refused even where the model declares no range.
+MAX_REGISTER = Decimal(10**9)
+
+
+def _units(value: Decimal | str | int, field: str, spec: PointSpec | None = None) -> int:
+    """A register value typed by an operator as 0.001 units: the one number form, at most
+    3 decimals, from 0 to below the register's rollover (or to its declared `high`)."""
+    high = MAX_REGISTER
+    if spec is not None and spec.high is not None:
+        high = min(high, Decimal(repr(spec.high)))
+    if spec is not None and spec.rollover is not None:
+        # The register wraps at rollover: its largest reading is one resolution below.
+        step = Decimal(repr(spec.resolution)) if spec.resolution else Decimal("0.001")
+        high = min(high, Decimal(repr(spec.rollover)) - step)
     try:
-        d = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        raise RequestError(
-            field, f"expected a register value such as 1234.56, got {value!r}"
-        ) from None
-    if not d.is_finite() or d < 0:
-        raise RequestError(field, f"expected a register value >= 0, got {value!r}")
-    scaled = d * ENERGY_SCALE
-    if scaled != scaled.to_integral_value():
-        raise RequestError(field, f"at most 3 decimal places, got {value!r}")
-    return int(scaled)
+        d = read_decimal(
+            value,
+            places=3,
+            low=Decimal(0),
+            high=high,
+            what="a register value",
+            example="1234.56",
+        )
+    except NumberRefused as refused:
+        beyond = " (the register's range)" if refused.out_of_range and high < MAX_REGISTER else ""
+        raise RequestError(field, refused.message + beyond) from None
+    return int(d * ENERGY_SCALE)
+
+
+def meter_model(site: Any, models: Mapping[str, DeviceModel], meter_id: str) -> DeviceModel | None:
+    """The model of a site meter (None for an unknown meter or model)."""
+    device = site.devices.get(meter_id)
+    return None if device is None else models.get(device.model)
+
+
+def register_specs(
+    model: DeviceModel | None, registers: Iterable[str]
+) -> tuple[PointSpec | None, dict[str, PointSpec | None]]:
+    """The point specs of a model's total register and of the named rate registers, for the
+    range checks of a manual reading; a rate register the model does not have is refused."""
+    if model is None:
+        return None, {name: None for name in registers}
+    total = model.point(model.total_point) if model.total_point else None
+    known = {p.name: p for p in model.points if p.role == PointRole.CUMULATIVE}
+    out: dict[str, PointSpec | None] = {}
+    for name in registers:
+        if name not in known:
+            raise RequestError(
+                f"registers.{name}",
+                f"{model.name} has no cumulative register {name!r} "
+                f"(it has: {', '.join(sorted(known)) or 'none'})",
+            )
+        out[name] = known[name]
+    return total, out
 
 
 def readings_at(

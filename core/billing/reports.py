@@ -531,10 +531,12 @@ class Reports:
             owner = next((accounts[m] for m in ms if m in accounts), (None, None, None))
             split = self._split(conn, ms, owner[1], kind, first, nxt, rates, e, money)
             last = sum(before.get(m, 0) for m in ms)
-            change = ""
+            change: Decimal | None = None  # a number, so a spreadsheet can sort and chart it
             if last:
                 pct = Fraction(e["total"] - last, last) * 100
-                change = f"{Decimal(pct.numerator) / Decimal(pct.denominator):.1f}"
+                change = (Decimal(pct.numerator) / Decimal(pct.denominator)).quantize(
+                    Decimal("0.1")
+                )
             table.rows.append(
                 [
                     room,

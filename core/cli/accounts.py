@@ -22,6 +22,7 @@ from ..site import Site
 from . import EXIT_FAILED, CliContext
 from .common import load_checked_site, site_argument
 from .database import operator, site_database
+from .params import Count
 from .prepay import site_operations
 
 #: Files with more data rows than this get a progress bar on import.
@@ -29,16 +30,13 @@ PROGRESS_FROM_ROWS = 200
 
 
 def _amount(text: str, name: str = "amount") -> int:
-    return parse_yuan(text, name)
+    """A top-up or refund amount: more than 0.00, at most the meter capacity."""
+    return parse_yuan(text, name, low_fen=1)
 
 
 def _optional_amount(text: str | None, name: str, default: int) -> int:
-    if text is None:
-        return default
-    fen = parse_yuan(text, name)
-    if fen < 0:
-        raise RequestError(name, f"expected an amount >= 0.00, got {text}")
-    return fen
+    """A threshold: 0.00 up to the meter capacity (the default when not given)."""
+    return default if text is None else parse_yuan(text, name, low_fen=0)
 
 
 @click.group("account")
@@ -195,7 +193,9 @@ def account_list(site_file: str, state: str | None, room: str | None) -> None:
 @account_group.command("show")
 @site_argument
 @click.argument("account_id", metavar="ACCOUNT")
-@click.option("--entries", default=10, show_default=True, help="Latest wallet entries shown.")
+@click.option(
+    "--entries", default=10, show_default=True, type=Count(0, 1000), help="Latest entries shown."
+)
 def account_show(site_file: str, account_id: str, entries: int) -> None:
     """Show one account: settings, meters, balances, latest entries and meter commands."""
     db = site_database(site_file)

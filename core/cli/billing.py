@@ -33,7 +33,7 @@ from ..billing.documents import export_arrears, export_bills
 from ..billing.export import Table, csv_text, write_csv, write_xlsx
 from ..billing.loss import LossAnalysis
 from ..billing.periods import parse_period
-from ..billing.readings import readings_at, record_reading
+from ..billing.readings import meter_model, readings_at, record_reading
 from ..billing.reports import Reports, parse_day
 from ..billing.runs import Computed, RunResult
 from ..billing.service import Billing
@@ -46,6 +46,7 @@ from ..site import Site
 from . import CliContext
 from .common import load_checked_site, progress_bar, site_argument
 from .database import operator, site_database
+from .params import ROW_ID, Count
 
 console = Console()
 
@@ -168,6 +169,7 @@ def billing_reading(
                 registers=regs,
                 recorded_by=operator(),
                 known_meters=c.site.devices,
+                model=meter_model(c.site, obj.plugins.models, meter),
             )
     click.echo(
         f"{r.meter_id} at {at.astimezone(c.site.info.tz):%Y-%m-%d %H:%M}: "
@@ -366,7 +368,7 @@ def billing_charge_once(
                 conn,
                 account,
                 kind,
-                parse_yuan(amount),
+                parse_yuan(amount, "amount", low_fen=1),
                 reference,
                 description=description,
                 mode=Mode.BILL if billed else Mode.WALLET,
@@ -610,7 +612,7 @@ def bill_pay(
         r = c.billing.bills.pay(
             conn,
             account,
-            parse_yuan(amount),
+            parse_yuan(amount, "amount", low_fen=1),
             reference,
             channel=channel,
             actor=operator(),
@@ -979,8 +981,8 @@ def batch_list(obj: CliContext, site_file: str, state: str | None) -> None:
 
 @batch_group.command("show")
 @site_argument
-@click.argument("job_id", type=int)
-@click.option("--run", "run_no", type=int, help="Occurrence (default the last).")
+@click.argument("job_id", type=ROW_ID)
+@click.option("--run", "run_no", type=ROW_ID, help="Occurrence (default the last).")
 @click.pass_obj
 def batch_show(obj: CliContext, site_file: str, job_id: int, run_no: int | None) -> None:
     """A job and the result of each of its items."""
@@ -998,7 +1000,7 @@ def batch_show(obj: CliContext, site_file: str, job_id: int, run_no: int | None)
 
 @batch_group.command("run")
 @site_argument
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 @click.pass_obj
 def batch_run(obj: CliContext, site_file: str, job_id: int) -> None:
     """Run a due job here with a progress bar (or follow it if the service runs it)."""
@@ -1018,7 +1020,7 @@ def batch_run(obj: CliContext, site_file: str, job_id: int) -> None:
 
 @batch_group.command("cancel")
 @site_argument
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 @click.pass_obj
 def batch_cancel(obj: CliContext, site_file: str, job_id: int) -> None:
     with batch_context(site_file, obj) as (_c, batches):
@@ -1181,7 +1183,7 @@ def report_loss(
 @report_group.command("suspects")
 @site_argument
 @click.option("--to", "to_text", help="Last day of the window (default yesterday).")
-@click.option("--days", default=14, show_default=True, type=click.IntRange(2, 366))
+@click.option("--days", default=14, show_default=True, type=Count(2, 366))
 @click.option("--building")
 @_out
 @click.pass_obj

@@ -11,6 +11,7 @@ from ..errors import OpenPrepayError
 from ..ledger import format_fen, reverse, verify
 from . import EXIT_FAILED
 from .common import load_checked_site, site_argument
+from .params import ROW_ID
 
 
 def operator() -> str:
@@ -99,7 +100,7 @@ def ledger_verify(site_file: str) -> None:
 
 @ledger_group.command("reverse")
 @site_argument
-@click.argument("journal_id", type=int)
+@click.argument("journal_id", type=ROW_ID)
 @click.option("--reason", required=True, help="Why the entry is corrected (audit).")
 def ledger_reverse(site_file: str, journal_id: int, reason: str) -> None:
     """Correct journal JOURNAL_ID by posting its exact opposite (never an edit)."""

@@ -24,20 +24,20 @@ from ..site import LinkType, load_site, parse_site
 from ..view import DailyTotals, RoomView
 from . import CliContext
 from .common import run_async
+from .params import DURATION, SPEEDUP, Count
 
 log = logging.getLogger("openprepay.demo")
 
 
 @click.command("demo")
-@click.option("--buildings", default=2, show_default=True, type=click.IntRange(1, 26))
-@click.option("--floors", default=5, show_default=True, type=click.IntRange(1, 99))
-@click.option(
-    "--rooms", "rooms_per_floor", default=6, show_default=True, type=click.IntRange(1, 40)
-)
+@click.option("--buildings", default=2, show_default=True, type=Count(1, 26))
+@click.option("--floors", default=5, show_default=True, type=Count(1, 99))
+@click.option("--rooms", "rooms_per_floor", default=6, show_default=True, type=Count(1, 40))
 @click.option(
     "--speedup",
     default=60.0,
     show_default=True,
+    type=SPEEDUP,
     help="Simulated seconds per real second (energy and water accrue faster).",
 )
 @click.option(
@@ -48,7 +48,7 @@ log = logging.getLogger("openprepay.demo")
     help="Where the demo keeps its site file and data.",
 )
 @click.option("--headless", is_flag=True, help="No live view; log a summary line instead.")
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--duration", type=DURATION, default=None, help="Stop after this many seconds.")
 @click.pass_obj
 def demo_command(
     obj: CliContext,

@@ -16,6 +16,7 @@ from ..simulate import SimulatedSite
 from ..site import check_devices_against_models
 from . import CliContext
 from .common import load_checked_site, run_async, site_argument, wait_for_stop
+from .params import DURATION, SPEEDUP
 
 
 @click.command("plugins")
@@ -60,13 +61,15 @@ def check_command(obj: CliContext, site_file: str) -> None:
 
 @click.command("simulate")
 @site_argument
-@click.option("--speedup", default=1.0, show_default=True, help="Simulated seconds per second.")
+@click.option(
+    "--speedup", default=1.0, show_default=True, type=SPEEDUP, help="Simulated seconds per second."
+)
 @click.option("--serial-timing", is_flag=True, help="Delay answers as a 9600-baud bus would.")
 @click.option("--silent", multiple=True, metavar="METER", help="Make a device silent.")
 @click.option(
     "--garbage", multiple=True, metavar="METER", help="Make a device answer with garbage."
 )
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--duration", type=DURATION, default=None, help="Stop after this many seconds.")
 @click.pass_obj
 def simulate_command(
     obj: CliContext,
@@ -109,7 +112,7 @@ def simulate_command(
 
 @click.command("run")
 @site_argument
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--duration", type=DURATION, default=None, help="Stop after this many seconds.")
 @click.pass_obj
 def run_command(obj: CliContext, site_file: str, duration: float | None) -> None:
     """Run the service against the real devices of SITE until Ctrl-C."""

@@ -8,10 +8,13 @@ from decimal import Decimal
 import click
 
 from ..errors import ConfigError, FieldError
+from ..numbers import NumberRefused, read_decimal
 from ..prepay_settings import check_prepay
 from ..rating import RatingError, bill_usage, fen_text
 from ..tariffs import (
     DEFAULT_DAY_TABLE,
+    ENERGY_PLACES,
+    MAX_THRESHOLD,
     DayTable,
     Tariff,
     TariffVersion,
@@ -19,10 +22,10 @@ from ..tariffs import (
     check_tariffs,
     hhmm,
     load_tariffs,
-    to_decimal,
 )
 from . import EXIT_CONFIG
 from .common import load_checked_site, site_argument
+from .params import Count, PlainNumber
 
 
 @click.group("tariff")
@@ -169,17 +172,20 @@ def check_command(site_file: str) -> None:
     "--before",
     default="0",
     show_default=True,
+    type=PlainNumber(0, MAX_THRESHOLD, places=ENERGY_PLACES, example="2880"),
     help="Energy already used this tier cycle (year- or month-to-date).",
 )
 @click.option("--on", "on", default=None, help="Price date YYYY-MM-DD (default: today).")
 @click.option("--from", "start", default=None, help="Period start YYYY-MM-DD (with --to).")
 @click.option("--to", "end", default=None, help="Period end YYYY-MM-DD, exclusive.")
-@click.option("--days", type=int, default=None, help="Prorate thresholds: days in the period.")
+@click.option(
+    "--days", type=Count(1, 366), default=None, help="Prorate thresholds: days in the period."
+)
 def rate_command(
     site_file: str,
     tariff_id: str,
     usage: str,
-    before: str,
+    before: Decimal,
     on: str | None,
     start: str | None,
     end: str | None,
@@ -198,9 +204,6 @@ def rate_command(
         raise click.BadParameter(f"unknown tariff {tariff_id!r} (defined: {known})")
     tariff = catalogue.get(tariff_id)
     quantities = _parse_usage(usage)
-    before_q = to_decimal(before)
-    if before_q is None:
-        raise click.BadParameter(f"expected a quantity, got {before!r}", param_hint="--before")
     period = None
     if start or end:
         if not (start and end):
@@ -219,7 +222,7 @@ def rate_command(
             quantities,
             on=day,
             period=period,
-            cycle_energy_before=before_q,
+            cycle_energy_before=before,
             threshold_factor=factor,
             rounding=settings.rounding,
         )
@@ -254,18 +257,28 @@ def _q(x: object) -> str:
 def _parse_usage(text: str) -> dict[str, Decimal] | Decimal:
     text = text.strip()
     if "=" not in text:
-        d = to_decimal(text)
-        if d is None or d < 0:
-            raise click.BadParameter(f"expected a quantity, got {text!r}", param_hint="--kwh")
-        return d
+        return _quantity(text)
     out: dict[str, Decimal] = {}
     for part in text.split(","):
         name, _, value = part.partition("=")
-        d = to_decimal(value)
-        if not name.strip() or d is None or d < 0:
+        if not name.strip():
             raise click.BadParameter(f"expected RATE=QTY, got {part!r}", param_hint="--kwh")
-        out[name.strip()] = out.get(name.strip(), Decimal(0)) + d
+        out[name.strip()] = out.get(name.strip(), Decimal(0)) + _quantity(value)
     return out
+
+
+def _quantity(text: str) -> Decimal:
+    try:
+        return read_decimal(
+            text,
+            places=ENERGY_PLACES,
+            low=Decimal(0),
+            high=MAX_THRESHOLD,
+            what="a quantity",
+            example="50",
+        )
+    except NumberRefused as refused:
+        raise click.BadParameter(refused.message, param_hint="--kwh") from None
 
 
 def _date(text: str, hint: str) -> dt.date:

@@ -5,6 +5,7 @@
     [database]
     url = "sqlite:///var/openprepay.db"     # default; relative paths are relative to the site file
     # url = "postgresql://openprepay@db.example/openprepay"
+    # password_env = "OPENPREPAY_DB_PASSWORD"   # PostgreSQL: the password, from the environment
     busy_timeout_ms = 10000                 # SQLite: how long a writer waits for the lock
 
 SQLite runs in WAL mode with `synchronous=FULL` (a committed top-up survives a power cut),
@@ -26,6 +27,7 @@ Schema changes are Alembic migrations (`migrations/versions`), applied by
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from ..errors import ConfigError, FieldError
+from ..private_files import private_file
 from ..validation import TableReader
 
 if TYPE_CHECKING:
@@ -68,6 +71,7 @@ def read_database_config(site: Site) -> DatabaseConfig:
     base = site.path.resolve().parent if site.path is not None else Path.cwd()
     default = f"sqlite:///{base / DEFAULT_SQLITE_PATH}"
     url = r.str("url", default)
+    password_env = r.str("password_env", None)
     busy = r.int("busy_timeout_ms", 10000, low=0, high=600_000)
     echo = r.bool("echo", False)
     r.finish()
@@ -76,9 +80,26 @@ def read_database_config(site: Site) -> DatabaseConfig:
             url = normalise_url(url, base)
         except ValueError as exc:
             r.error(str(exc), "url")
+    if url is not None and password_env is not None:
+        url = _with_password(r, url, password_env)
     if errors:
         raise ConfigError(str(site.path or "site"), errors)
     return DatabaseConfig(url, busy, echo)
+
+
+def _with_password(r: TableReader, url: str, variable: str) -> str:
+    """`[database] password_env`: the PostgreSQL password from the environment, so that it
+    is in neither the site file nor any command line."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        r.error("only a PostgreSQL database takes a password", "password_env")
+    elif parsed.password is not None:
+        r.error("the url already has a password: remove it from the url", "password_env")
+    elif variable not in os.environ:
+        r.error(f"environment variable {variable} is not set", "password_env")
+    else:
+        return parsed.set(password=os.environ[variable]).render_as_string(hide_password=False)
+    return url
 
 
 def normalise_url(url: str, base: Path | None = None) -> str:
@@ -282,7 +303,8 @@ def _make_engine(url: URL, busy_timeout_ms: int, echo: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, echo=echo, pool_pre_ping=True)
 
-    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    # Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
+    private_file(Path(url.database))
     engine = sa.create_engine(url, echo=echo)
 
     @sa.event.listens_for(engine, "connect")

@@ -53,8 +53,8 @@ from .codes import (
 )
 from .emergency import grant_emergency_credit, post_opening_balance
 from .errors import IdempotencyConflict, LedgerIntegrityError, RequestError
-from .journal import get_journal, insert_ignore, load_journal, post_journal
-from .money import CAPACITY_FEN, format_fen, parse_yuan
+from .journal import get_journal, insert_ignore, load_journal, post_journal, reused_key
+from .money import CAPACITY_FEN, AmountOutOfRange, format_fen, parse_yuan
 from .position import balances
 from .reading import JournalLine, journals_since, usage_fen_since, wallet_history
 from .refunds import (
@@ -93,6 +93,7 @@ __all__ = [
     "REFUND_WINDOW",
     "REVENUE_STREAMS",
     "SUSPENSE",
+    "AmountOutOfRange",
     "Balances",
     "Break",
     "IdempotencyConflict",
@@ -130,6 +131,7 @@ __all__ = [
     "refund",
     "refund_result",
     "refundable",
+    "reused_key",
     "revenue_code",
     "reverse",
     "settle_refund",

@@ -19,9 +19,10 @@ from sqlalchemy.engine import Connection
 from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..events import utcnow
+from ..text import first_control
 from .codes import CODE_PATTERN, code_type
 from .errors import IdempotencyConflict, RequestError
-from .money import CAPACITY_FEN
+from .money import CAPACITY_FEN, format_fen
 from .position import require_account
 from .values import Journal, JournalKind, Posted, Posting
 
@@ -80,8 +81,15 @@ def check_key(key: str) -> str:
 def check_reference(reference: str) -> str:
     if not isinstance(reference, str) or not reference.strip():
         raise RequestError("reference", "required (the payment id, receipt or refund number)")
-    if len(reference) > 160 or any(c.isspace() for c in reference):
-        raise RequestError("reference", f"at most 160 characters without spaces, got {reference!r}")
+    if (
+        len(reference) > 160
+        or any(c.isspace() for c in reference)
+        or first_control(reference) is not None
+    ):
+        raise RequestError(
+            "reference",
+            f"at most 160 characters without spaces or control characters, got {reference!r}",
+        )
     return reference
 
 
@@ -124,24 +132,63 @@ def get_journal(conn: Connection, journal_id: int) -> Journal:
     return journal
 
 
-def same_request(journal: Journal, request: Mapping[str, Any], what: str) -> None:
-    if dict(journal.request) != dict(request):
-        raise IdempotencyConflict(
-            "reference",
-            f"{journal.idempotency_key!r} was already used for a different {what} "
-            f"(journal {journal.id}: {dict(journal.request)}); use a new reference",
+def same_request(
+    journal: Journal,
+    request: Mapping[str, Any],
+    what: str,
+    identity: Sequence[str] | None = None,
+) -> None:
+    """Refuse a request that reuses `journal`'s key for something else. `identity` names the
+    fields that make two requests the same one (None: all of them); the others (the channel
+    a payment came through, the meter it is delivered to) are details of how it arrived,
+    so a cashier who retries on another screen replays the payment instead of being told to
+    enter it again."""
+    recorded = dict(journal.request)
+    asked = dict(request)
+    if identity is not None:
+        recorded = {k: recorded.get(k) for k in identity}
+        asked = {k: asked.get(k) for k in identity}
+    if recorded != asked:
+        raise reused_key(
+            journal.idempotency_key,
+            what,
+            f"{describe_request(journal.request)} (journal {journal.id})",
+            describe_request(request),
         )
 
 
+def reused_key(key: str, what: str, recorded: str, requested: str) -> IdempotencyConflict:
+    """The one answer to a key reused for a different request. Never "use a new reference":
+    a cashier who takes that advice for a payment that did go through credits it twice."""
+    return IdempotencyConflict(
+        "reference",
+        f"{key!r} is already recorded as a {what} of {recorded}; this request is {requested}. "
+        f"Do not enter it again under a new reference: check the {what} first. The same "
+        f"{what} is already recorded; a different one has a reference of its own",
+    )
+
+
+def describe_request(request: Mapping[str, Any]) -> str:
+    """`12.50 to A-101` for money requests; the fields as they are for the others."""
+    if "amount_fen" in request and "account" in request:
+        return f"{format_fen(int(request['amount_fen']))} for account {request['account']}"
+    return ", ".join(f"{k} {v}" for k, v in request.items())
+
+
 def find_replay(
-    conn: Connection, key: str, request: Mapping[str, Any], what: str
+    conn: Connection,
+    key: str,
+    request: Mapping[str, Any],
+    what: str,
+    identity: Sequence[str] | None = None,
 ) -> Journal | None:
     """The journal already posted under `key` (None while the key is free), checked to be
-    the same `request`: a replay returns it, a different request is an `IdempotencyConflict`.
+    the same `request` (compared on the `identity` fields): a replay returns it, a different
+    request is an `IdempotencyConflict`.
     """
     journal = load_journal(conn, key)
     if journal is not None:
-        same_request(journal, request, what)
+        same_request(journal, request, what, identity)
     return journal
 
 

@@ -1,10 +1,16 @@
-"""Money as text and as checked integer fen: the one place yuan become fen and back."""
+"""Money as text and as checked integer fen: the one place yuan become fen and back.
+
+`parse_yuan` is the only way an amount a person or a client gave becomes fen: the CLI,
+CSV imports, the site file and OPC UA methods all call it, each with the bounds of its
+field. The form it reads is `core.numbers` (plain digits, one '.', at most two decimals,
+no separators, no exponent, a '-' only where the bounds allow negatives).
+"""
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
+from ..numbers import NumberRefused, read_decimal
 from .errors import RequestError
 
 #: Largest balance a prepaid meter can hold (999,999.99), in fen. Also the largest amount
@@ -12,28 +18,49 @@ from .errors import RequestError
 CAPACITY_FEN = 99_999_999
 
 
-def parse_yuan(text: str | Decimal | int, field: str = "amount") -> int:
-    """`"12.34"` → 1234 fen. At most two decimals; no exponent, NaN or infinity.
+class AmountOutOfRange(RequestError):
+    """A well-formed amount outside its field's bounds (OPC UA answers BadOutOfRange)."""
 
-    The sign is kept (`"-5"` → -500): callers decide whether negative amounts make sense.
-    """
-    if isinstance(text, bool):
-        raise RequestError(field, f"expected an amount in yuan such as 12.34, got {text!r}")
-    if isinstance(text, int):
-        return text * 100
-    raw = text.strip().replace(",", "") if isinstance(text, str) else text
+
+def parse_yuan(
+    value: str | Decimal | int | float,
+    field: str = "amount",
+    *,
+    low_fen: int = -CAPACITY_FEN,
+    high_fen: int = CAPACITY_FEN,
+) -> int:
+    """`"12.50"` → 1250 fen, or a `RequestError` naming `field` and the accepted form.
+
+    Text is read strictly (`core.numbers`); numbers that arrive as numbers (a TOML value,
+    an OPC UA Double, a Decimal) are checked for being finite and whole fen. The bounds are
+    inclusive, in fen; by default any amount a meter can hold, either sign. A refusal for
+    the bounds is an `AmountOutOfRange`."""
     try:
-        value = Decimal(raw)
-    except (InvalidOperation, ValueError):
-        raise RequestError(
-            field, f"expected an amount in yuan such as 12.34, got {text!r}"
-        ) from None
-    if not value.is_finite() or (isinstance(raw, str) and re.search(r"[eE]", raw)):
-        raise RequestError(field, f"expected an amount in yuan such as 12.34, got {text!r}")
-    exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -2 and value != value.quantize(Decimal("0.01")):
-        raise RequestError(field, f"at most 2 decimals (fen), got {text}")
-    return int(value.scaleb(2).to_integral_exact())
+        yuan = read_decimal(value, places=2, what="yuan", example="12.50")
+    except NumberRefused as refused:
+        if refused.out_of_range:  # an infinity
+            raise AmountOutOfRange(field, refused.message) from None
+        message = refused.message.replace("decimal places,", "decimals (whole fen),")
+        raise RequestError(field, message) from None
+    fen = int(yuan.scaleb(2))
+    if fen < low_fen:
+        floor = "more than 0.00" if low_fen == 1 else f"at least {format_fen(low_fen)}"
+        raise AmountOutOfRange(field, f"expected {floor}, got {_shown_fen(fen)}")
+    if fen > high_fen:
+        if high_fen == CAPACITY_FEN:
+            raise AmountOutOfRange(
+                field,
+                f"{_shown_fen(fen)} is above the meter capacity {format_fen(CAPACITY_FEN)}",
+            )
+        raise AmountOutOfRange(
+            field, f"expected at most {format_fen(high_fen)}, got {_shown_fen(fen)}"
+        )
+    return fen
+
+
+def _shown_fen(fen: int) -> str:
+    """Fen as yuan for a message; absurd amounts in exponent form."""
+    return format_fen(fen) if abs(fen) < 10**17 else f"{Decimal(fen).scaleb(-2):.3E}"
 
 
 def format_fen(amount_fen: int) -> str:
@@ -52,9 +79,9 @@ def check_amount(amount_fen: int, field: str = "amount") -> int:
     if isinstance(amount_fen, bool) or not isinstance(amount_fen, int):
         raise RequestError(field, f"expected an integer number of fen, got {amount_fen!r}")
     if amount_fen <= 0:
-        raise RequestError(field, f"expected more than 0.00, got {format_fen(amount_fen)}")
+        raise AmountOutOfRange(field, f"expected more than 0.00, got {format_fen(amount_fen)}")
     if amount_fen > CAPACITY_FEN:
-        raise RequestError(
+        raise AmountOutOfRange(
             field,
             f"{format_fen(amount_fen)} is above the meter capacity {format_fen(CAPACITY_FEN)}",
         )

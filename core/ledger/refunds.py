@@ -16,8 +16,15 @@ from sqlalchemy.engine import Connection
 from ..db import schema as t
 from ..events import utcnow
 from .codes import REFUND_PAYABLE, clearing_code
-from .errors import IdempotencyConflict, LedgerIntegrityError, RequestError
-from .journal import check_reference, find_replay, get_journal, write_journal
+from .errors import LedgerIntegrityError, RequestError
+from .journal import (
+    check_reference,
+    describe_request,
+    find_replay,
+    get_journal,
+    reused_key,
+    write_journal,
+)
 from .money import check_amount, format_fen
 from .position import balances, energy_balance, local_meter_for, lock_position, lock_wallet
 from .reversal import write_reversal
@@ -233,11 +240,10 @@ def _refund_replay(
     ).first()
     if row is None:
         return None
-    if {"account": row.account_id, "amount_fen": int(row.amount_fen)} != dict(request):
-        raise IdempotencyConflict(
-            "reference",
-            f"refund {reference!r} was already used for {format_fen(row.amount_fen)} from "
-            f"{row.account_id}; use a new refund number",
+    recorded = {"account": row.account_id, "amount_fen": int(row.amount_fen)}
+    if recorded != {k: request.get(k) for k in recorded}:
+        raise reused_key(
+            f"refund:{reference}", "refund", describe_request(recorded), describe_request(request)
         )
     return refund_result(conn, reference, replayed=True)
 

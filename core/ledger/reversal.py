@@ -26,6 +26,10 @@ _NOT_REVERSIBLE = {
 }
 
 
+#: A reversal is the same one whatever reason text a retry gives.
+REVERSAL_IDENTITY = ("reverses",)
+
+
 def reverse(
     conn: Connection,
     journal_id: int,
@@ -46,7 +50,7 @@ def reverse(
     original = get_journal(conn, journal_id)
     key = check_key(idempotency_key or f"reversal:{journal_id}")
     request = {"reverses": journal_id, "reason": reason}
-    existing = find_replay(conn, key, request, "reversal")
+    existing = find_replay(conn, key, request, "reversal", REVERSAL_IDENTITY)
     if existing is not None:
         return Posted(existing, True)
     if original.kind in _NOT_REVERSIBLE:
@@ -57,7 +61,7 @@ def reverse(
     if original.account_id is not None:
         lock_wallet(conn, original.account_id, WalletKind.ENERGY)
         # The same reversal may have committed while this one waited for the lock.
-        existing = find_replay(conn, key, request, "reversal")
+        existing = find_replay(conn, key, request, "reversal", REVERSAL_IDENTITY)
         if existing is not None:
             return Posted(existing, True)
     # Checked under the lock: a concurrent reversal by another key must see this one.
@@ -93,7 +97,7 @@ def reverse(
     journal = (
         load_journal(conn, key)
         if new_id is not None
-        else find_replay(conn, key, request, "reversal")
+        else find_replay(conn, key, request, "reversal", REVERSAL_IDENTITY)
     )
     assert journal is not None
     return Posted(journal, new_id is None)

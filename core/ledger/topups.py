@@ -47,7 +47,8 @@ def topup(
     """Credit the account's energy wallet: Dr asset:psp_clearing:{channel} / Cr wallet.
 
     `reference` is the payment's unique id (payment id, counter receipt number): the same
-    reference again returns the original result and changes nothing. Refused with a
+    reference for the same account and amount again — through any channel — returns the
+    original result and changes nothing; for another account or amount it is refused. Refused with a
     `RequestError` naming the field: amount not > 0, above the 999,999.99 capacity or the
     account's hoarding limit (balance + amount > limit); unknown, pre-registered or closed
     account. Outstanding emergency credit is repaid from the top-up in the same
@@ -167,9 +168,16 @@ def topup(
     )
 
 
+#: What makes two top-ups under one reference the same payment. The channel and the meter
+#: are how it arrived: the same payment entered at the counter and then on the SCADA screen
+#: is a replay, answered with the original result.
+TOPUP_IDENTITY = ("account", "amount_fen")
+
+
 def _topup_replay(conn: Connection, key: str, request: Mapping[str, Any]) -> TopUpResult:
-    """The result of the top-up already posted under `key` (the same request, or a conflict)."""
-    journal = find_replay(conn, key, request, "top-up")
+    """The result of the top-up already posted under `key` (the same payment, whatever the
+    channel, or a conflict)."""
+    journal = find_replay(conn, key, request, "top-up", TOPUP_IDENTITY)
     assert journal is not None
     return _topup_result(conn, journal, replayed=True)
 

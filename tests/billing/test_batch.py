@@ -128,7 +128,7 @@ def test_dry_run_writes_nothing_and_bad_input_changes_nothing(sqlite_db, site, c
         batches.create("topup", {}, {"rows": rows, "source": "topups.csv"}, reason="r", actor="a")
     with pytest.raises(
         RequestError,
-        match=re.escape("topups.csv:line 2: amount: expected an amount above 0.00, got -5"),
+        match=re.escape("topups.csv:line 2: amount: expected more than 0.00, got -5"),
     ):
         batches.create(
             "topup",

@@ -186,7 +186,7 @@ def test_monthly_report_per_room_reconciles_and_compares_with_last_year(db, acti
     rows = {r[0]: dict(zip(table.columns, r, strict=True)) for r in table.rows}
     a101 = rows["A-101"]
     assert a101["total kWh"] == Decimal("10") and a101["valley kWh"] == Decimal("4")
-    assert a101["2024-01 kWh"] == Decimal("5") and a101["change %"] == "100.0"
+    assert a101["2024-01 kWh"] == Decimal("5") and a101["change %"] == Decimal("100.0")
     ledger_cost = _ledger_sum(db, "liab:wallet:%", local(2025, 1, 1), local(2025, 2, 1))
     with db.read() as conn:
         usage_cost = int(

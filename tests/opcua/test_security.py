@@ -97,8 +97,10 @@ async def test_users_added_while_running_can_log_in_and_removed_cannot(
     opcua_site: OpcUaSite,
 ) -> None:
     site = str(opcua_site.site_file)
+    secret = opcua_site.site_file.parent / "late1.secret"  # never a password argument
+    secret.write_text("late-secret\n")
     added = run_cli(
-        "opcua", "users", "add", site, "late1", "--role", "cashier", "--password", "late-secret"
+        "opcua", "users", "add", site, "late1", "--role", "cashier", "--password-file", str(secret)
     )
     assert added.exit_code == 0, added.output
     listed = run_cli("opcua", "users", "list", site)

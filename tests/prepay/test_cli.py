@@ -115,7 +115,7 @@ def test_a_day_at_the_counter(run, site_file):
         ("-5", "amount: expected more than 0.00, got -5.00"),
         ("0", "amount: expected more than 0.00, got 0.00"),
         ("1.234", "amount: at most 2 decimals"),
-        ("ten", "amount: expected an amount in yuan"),
+        ("ten", "amount: expected yuan like 12.50"),
         ("1000000", "above the meter capacity 999999.99"),
         ("5000.01", "hoarding limit 5000.00"),
     ],
@@ -165,7 +165,7 @@ def test_import_reports_bad_rows_and_exits_non_zero(run, tmp_path):
     result = run("account", "import", "SITE", str(csv_file), ok=False)
     assert result.exit_code == 1
     assert f"{csv_file}:line 3: room: unknown room 'A-109'" in result.output
-    assert f"{csv_file}:line 4: opening_balance: expected an amount >= 0.00" in result.output
+    assert f"{csv_file}:line 4: opening_balance: expected at least 0.00, got -3.00" in result.output
     assert "3 row(s): 1 created, 0 unchanged, 2 bad" in result.output
     dry = run("account", "import", "SITE", str(csv_file), "--dry-run", ok=False)
     assert "nothing written (dry run)" in dry.output and "1 unchanged" in dry.output

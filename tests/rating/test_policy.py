@@ -272,7 +272,5 @@ def test_policy_from_the_site_file():
         in messages
     )
     assert any(m.startswith("prepay.policy.no_trip_days: unknown day 'Friday'") for m in messages)
-    assert (
-        "prepay.policy.friendly_credit: at most 2 decimal places (whole fen), got 1.234" in messages
-    )
+    assert "prepay.policy.friendly_credit: at most 2 decimals (whole fen), got 1.234" in messages
     assert any(m.startswith("prepay.policy.x: unknown key") for m in messages)
