@@ -32,14 +32,13 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from asyncua import ua
 
 from openprepay.core.errors import OpenPrepayError
 from openprepay.core.ledger import RequestError, parse_yuan
-from openprepay.core.ledger.money import check_amount
+from openprepay.core.ledger.money import AmountOutOfRange, check_amount
 
 from .access import SessionUser, actor_name, may_call
 from .users import Role
@@ -146,18 +145,13 @@ def amount_fen(
         raise Refused(S.BadInvalidArgument, f"expected a number of yuan, got {vtype.name}", index)
     if isinstance(value, float) and not math.isfinite(value):
         raise Refused(S.BadOutOfRange, f"expected a finite number of yuan, got {value}", index)
-    # The shortest decimal that reads back as the same double, in plain notation
-    # (1e+30 → 1000…0): the number a person reading the value would type.
-    text = format(Decimal(repr(value)), "f") if isinstance(value, float) else str(int(value))
     try:
-        fen = parse_yuan(text, field)
+        fen = parse_yuan(value, field)
         return check_amount(fen, field) if positive else fen
-    except RequestError as exc:
-        # A number can be refused for its decimals (a Double has no other form to get
-        # wrong) or for its size.
-        decimals = -int(Decimal(text).as_tuple().exponent)
-        status = S.BadInvalidArgument if decimals > 2 else S.BadOutOfRange
-        raise Refused(status, exc.message, index) from None
+    except AmountOutOfRange as exc:  # 1e30, inf, negative, above capacity
+        raise Refused(S.BadOutOfRange, exc.message, index) from None
+    except RequestError as exc:  # more than two decimals
+        raise Refused(S.BadInvalidArgument, exc.message, index) from None
 
 
 def optional_amount_fen(value: Any, vtype: ua.VariantType, index: int, field: str) -> int | None:

@@ -426,7 +426,7 @@ async def test_malformed_arguments_are_refused_and_change_nothing(opcua_site: Op
                 ("SetAlarmThresholds", d(1e30), d(5.0), d(0.0), d(0.0)),
                 S.BadOutOfRange,
                 0,
-                "0.00 to",
+                "capacity",
             ),
             (
                 ("SetAlarmThresholds", d(10.0), d(math.nan), d(0.0), d(0.0)),
