@@ -244,6 +244,8 @@ def _check_meters_free(conn: Connection, meters: Sequence[MeterAssignment]) -> N
 def _attach(
     conn: Connection, account_id: str, meters: Sequence[MeterAssignment], now: datetime
 ) -> None:
+    """Attach `meters`; a LOCAL meter's own purchase count is to be read and aligned with
+    before the platform delivers money to it (it may come with purchases of its own)."""
     for m in meters:
         conn.execute(
             insert_ignore(conn, t.meter),
@@ -265,6 +267,12 @@ def _attach(
                 "attached_at": now,
             },
         )
+        if ControlMode(m.control_mode) is ControlMode.LOCAL:
+            conn.execute(
+                t.meter.update()
+                .where(t.meter.c.id == m.meter_id)
+                .values(align_requested_at=now, updated_at=now)
+            )
 
 
 def attach_meter(
