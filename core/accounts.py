@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -56,6 +56,9 @@ from .ledger import (
 from .model import DeviceModel, MeterKind
 from .site import ControlMode, Site
 from .validation import ID_PATTERN
+
+if TYPE_CHECKING:
+    from .binding import TariffBinding
 
 
 class AccountState(enum.StrEnum):
@@ -658,6 +661,7 @@ def import_accounts(
     defaults: FeeThresholds | None = None,
     progress: Callable[[str, int], None] | None = None,
     requested_by: str = "import",
+    binding: TariffBinding | None = None,
     now: datetime | None = None,
 ) -> ImportReport:
     """Open accounts in bulk from CSV text (UTF-8, header row, comma-separated).
@@ -669,8 +673,10 @@ def import_accounts(
     optionally `:MODE` (`E-A-101;W-A-101:LOCAL`). `protected` is yes/no/true/false/1/0.
     `notify` is `;`-separated `channel:recipient`. `state` is OPEN (default) or
     PREREGISTERED. `opening_balance` (≥ 0) is carried over into the energy wallet. Empty
-    thresholds take `defaults` (the site's `[prepay.thresholds]`). `progress(phase, n)` is
-    called as rows are checked (`"checked"`) and created (`"created"`).
+    thresholds take `defaults` (the site's `[prepay.thresholds]`). With `binding` (the
+    site's tariffs), an unknown `tariff`, or one that cannot bill a row's meters, makes the
+    row bad. `progress(phase, n)` is called as rows are checked (`"checked"`) and created
+    (`"created"`).
 
     Semantics — **per row**: every row is checked first (syntax, room and meters against
     the site file, duplicates within the file and against the database). A bad row is
@@ -739,6 +745,8 @@ def import_accounts(
         record = {k: v.strip() for k, v in zip(header, values, strict=True)}
         try:
             row = _parse_row(line, record, site, models, defaults or FeeThresholds())
+            if binding is not None:
+                binding.check_account(row.spec.tariff_id, [m.meter_id for m in row.spec.meters])
             _check_row_unique(row, seen_ids, seen_meters)
         except RequestError as exc:
             report.problems.append(RowProblem(line, exc.field, exc.message))

@@ -57,6 +57,17 @@ class TariffBinding:
         self.default_tariffs = dict(default_tariffs)
         self._fits: dict[tuple[str, str], str | None] = {}
 
+    @classmethod
+    def for_site(cls, site: Site, models: Mapping[str, DeviceModel]) -> TariffBinding:
+        """The binding rules of a checked site file (the CLI outside a running service)."""
+        from .prepay_engine import load_engine
+        from .prepay_settings import load_prepay
+        from .tariffs import load_tariffs
+
+        catalogue = load_tariffs(site)
+        defaults = load_engine(site, catalogue).default_tariffs
+        return cls(site, models, catalogue, load_prepay(site), defaults)
+
     def kind_of(self, meter_id: str) -> MeterKind | None:
         device = self.site.devices.get(meter_id)
         model = self.models.get(device.model) if device is not None else None
