@@ -280,9 +280,12 @@ def account_show(obj: CliContext, site_file: str, account_id: str, entries: int)
     click.echo(f"notify    {', '.join(a.notify) or '-'}")
     for m in snap.meters:
         line = f"meter     {m.meter_id}  {m.kind}  {m.control_mode}  {_meter_supply(m)}"
+        line += f"; purchases {m.buy_count} (confirmed {m.confirmed_buy_count})"
         if m.control_mode == "LOCAL":
-            line += f"; purchases: meter count {m.meter_buy_count}" + (
-                " (to be read and aligned)" if m.align_pending else ""
+            line += (
+                "; the meter's count to be read and aligned"
+                if m.align_pending
+                else f"; meter count {m.meter_buy_count}"
             )
         click.echo(line)
         if m.billing_problem:
