@@ -559,6 +559,7 @@ def set_meter_buy_count(
             confirmed_buy_count=buy_count,
             count_offset=0,
             align_requested_at=None,
+            aligned_at=now,
             updated_at=now,
         )
     ).rowcount
@@ -652,6 +653,7 @@ def align_buy_count(
             count_offset=offset,
             confirmed_buy_count=last_done,
             align_requested_at=None,
+            aligned_at=now,
             updated_at=now,
         )
     )

@@ -255,7 +255,9 @@ class BillingAlarm(Event):
 @dataclass(frozen=True, slots=True)
 class CommandResolved(Event):
     """An operator dealt with a FAILED command: retried it (`how` "retry", the new command
-    in `new_command_id`) or refunded the top-up it should have delivered (`how` "refund")."""
+    in `new_command_id`) or refunded the top-up it should have delivered (`how` "refund").
+    Published by the running service when it finds the resolution in the database, whichever
+    process (CLI, OPC UA) recorded it."""
 
     command_id: int
     meter_id: str

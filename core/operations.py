@@ -48,7 +48,7 @@ from .binding import TariffBinding
 from .db import Database
 from .db import schema as t
 from .db.group import GroupCommit
-from .events import AuditRecord, CommandResolved, EventBus, publish_on_loop, utcnow
+from .events import AuditRecord, EventBus, publish_on_loop, utcnow
 from .feecontrol import Cause, FeeState, FeeThresholds
 from .ledger import RefundResult, RequestError, TopUpResult, format_fen
 from .model import DeviceModel, MeterKind
@@ -644,19 +644,6 @@ class Operations:
                     .values(desired_command_id=new.id, updated_at=now)
                 )
             effects.commands.append(new)
-            effects.events.append(
-                CommandResolved(
-                    failed.id,
-                    failed.meter_id,
-                    failed.account_id,
-                    failed.kind,
-                    "retry",
-                    new.id,
-                    actor,
-                    f"retried as #{new.id}: {reason.strip()}",
-                    at=now,
-                )
-            )
             return new
 
         return self._call(
@@ -668,11 +655,12 @@ class Operations:
         )
 
     def refund_failed_command(self, command_id: int, reason: str, *, actor: str) -> ledger.Posted:
-        """Give back the money of a FAILED RECHARGE, which never reached the meter: its
-        top-up is reversed (the payer is refunded through the top-up's channel), the
-        command is marked refunded, the meter's purchase count is read and aligned again
-        (the count it was given is never delivered) and fee control runs on the lower
-        balance. Returns the reversal."""
+        """Give back the money of a FAILED RECHARGE that never reached the meter — known
+        from its purchase count read after the failure (`align_meter`), or a replaced
+        device: its top-up is reversed (the payer is refunded through the top-up's
+        channel), the command is marked refunded, the meter's count is read and aligned
+        again (the count it was given is never delivered) and fee control runs on the
+        lower balance. Returns the reversal."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> ledger.Posted:
             _check_reason(reason)
@@ -688,6 +676,7 @@ class Operations:
             ).first()
             if order is None:
                 raise RequestError("command", f"RECHARGE #{failed.id} has no top-up to refund")
+            self._check_undelivered(conn, failed)
             cmds.resolve(
                 conn,
                 failed.id,
@@ -705,20 +694,6 @@ class Operations:
             cmds.request_alignment(conn, failed.meter_id, now=now)
             if failed.account_id:
                 self._fee_control(conn, failed.account_id, Cause.REFUND, actor, effects, now)
-            effects.events.append(
-                CommandResolved(
-                    failed.id,
-                    failed.meter_id,
-                    failed.account_id,
-                    failed.kind,
-                    "refund",
-                    None,
-                    actor,
-                    f"top-up {order.reference} of {format_fen(order.amount_fen)} reversed by "
-                    f"journal {posted.journal.id}: {reason.strip()}",
-                    at=now,
-                )
-            )
             return posted
 
         return self._call(
@@ -731,6 +706,38 @@ class Operations:
                 f"{p.journal.id}; {reason}"
             ),
         )
+
+    def _check_undelivered(self, conn: Connection, failed: cmds.MeterCommand) -> None:
+        """Refund only what the meter is known not to hold: its purchase count was read
+        after the RECHARGE failed and is below the count the RECHARGE carried, or the device
+        was replaced since. (A delivery whose reply was lost is in the meter: retry it.)"""
+        meter = conn.execute(
+            sa.select(
+                t.meter.c.aligned_at, t.meter.c.confirmed_buy_count, t.meter.c.count_offset
+            ).where(t.meter.c.id == failed.meter_id)
+        ).first()
+        swapped = conn.execute(
+            sa.select(t.meter_replacement.c.id).where(
+                t.meter_replacement.c.meter_id == failed.meter_id,
+                t.meter_replacement.c.at > failed.finished_at,
+            )
+        ).first()
+        if swapped is not None:
+            return
+        if meter is None or meter.aligned_at is None or meter.aligned_at <= failed.finished_at:
+            raise RequestError(
+                "command",
+                f"the meter may hold RECHARGE #{failed.id} (its reply may have been lost): read "
+                f"it first — `openprepay meter align SITE {failed.meter_id}` — then refund",
+            )
+        shows = int(meter.confirmed_buy_count) - int(meter.count_offset)
+        sent = int(failed.params.get(cmds.METER_COUNT, failed.params.get("buy_count", 0)))
+        if shows >= sent:
+            raise RequestError(
+                "command",
+                f"meter {failed.meter_id} shows purchase {shows}: it took RECHARGE "
+                f"#{failed.id} (purchase {sent}); retry it to confirm, do not refund",
+            )
 
     # -- LOCAL meters and replacement ------------------------------------------------------
     def align_meter(self, meter_id: str, reason: str, *, actor: str) -> None:

@@ -64,7 +64,7 @@ from .binding import TariffBinding
 from .db import Database
 from .db import schema as t
 from .errors import ConfigError, DeviceIOError, FieldError
-from .events import EventBus, ReconciliationBreak, utcnow
+from .events import CommandFailed, CommandResolved, EventBus, ReconciliationBreak, utcnow
 from .executor import CommandExecutor
 from .feecontrol import read_cny
 from .ledger import RequestError
@@ -413,6 +413,54 @@ class CountAligner:
             effects.accounts.add(account)
 
 
+class FailureWatch:
+    """Raises `CommandResolved` once a FAILED RECHARGE or REFUND was retried or refunded —
+    by the CLI, OPC UA or this process — so the alarms of every running service clear."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.clock = clock
+        #: FAILED money commands not resolved when last looked (None: not looked yet).
+        self._open: set[int] | None = None
+        self._failed_here: set[int] = set()
+
+    def on_failed(self, event: CommandFailed) -> None:
+        if event.command in (cmds.CommandKind.RECHARGE, cmds.CommandKind.REFUND):
+            self._failed_here.add(event.command_id)
+
+    def check(self) -> Effects:
+        effects = Effects()
+        with self.db.read() as conn:
+            current = {c.id for c in cmds.open_failures(conn)}
+            known = (self._open or set()) | self._failed_here
+            self._failed_here = set()
+            gone = sorted(known - current)
+            for command_id in gone:
+                c = cmds.get_command(conn, command_id)
+                if c.resolution is None:
+                    continue
+                retry = conn.execute(
+                    sa.select(t.meter_command.c.id).where(t.meter_command.c.retry_of == c.id)
+                ).scalar()
+                effects.events.append(
+                    CommandResolved(
+                        c.id,
+                        c.meter_id,
+                        c.account_id,
+                        c.kind,
+                        "retry" if retry is not None else "refund",
+                        retry,
+                        c.resolved_by or "",
+                        c.resolution,
+                        at=c.resolved_at or self.clock(),
+                    )
+                )
+                if c.account_id:
+                    effects.accounts.add(c.account_id)
+        self._open = current
+        return effects
+
+
 # -- the service -------------------------------------------------------------------------------
 
 
@@ -480,6 +528,7 @@ class PrepayEngine:
         self.aligner = CountAligner(
             site, models, db, arbiter, timeout_s=self.settings.command_lease_s, clock=clock
         )
+        self.failures = FailureWatch(db, clock=clock)
         self.executor = CommandExecutor(
             db,
             arbiter,
@@ -519,6 +568,7 @@ class PrepayEngine:
             self.bus.subscribe(Sample, self.metering.on_sample),
             self.bus.subscribe(Sample, self.reconciler.on_sample),
             self.bus.subscribe(Sample, self.supply_watch.on_sample),
+            self.bus.subscribe(CommandFailed, self.failures.on_failed),
         ]
         await self.executor.start()
         await self.dispatcher.start()
@@ -577,6 +627,7 @@ class PrepayEngine:
             ("supply watch", lambda: asyncio.to_thread(self.supply_watch.check)),
             ("purchase-count alignment", self._alignments),
             ("reconciliation", self._reconcile),
+            ("resolved failures", lambda: asyncio.to_thread(self.failures.check)),
         ]
         while not self._stop.is_set():
             for what, job in jobs:

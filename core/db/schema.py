@@ -109,6 +109,8 @@ meter = sa.Table(
     #: RECHARGE or REFUND (a LOCAL meter attached, replaced, or an operator's request);
     #: the running service reads the meter, aligns both counters and clears it. Rev. 0007.
     sa.Column("align_requested_at", UtcDateTime(), nullable=True),
+    #: When the meter's own purchase count was last read and aligned with. Revision 0007.
+    sa.Column("aligned_at", UtcDateTime(), nullable=True),
     #: The meter numbers purchases as the platform's count minus this (a meter that came
     #: with purchases of its own, a replaced meter restarting at 0). Revision 0007.
     sa.Column("count_offset", sa.Integer(), nullable=False, server_default="0"),

@@ -55,6 +55,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("billing_problem_at", TS, nullable=True))
     with op.batch_alter_table("meter") as batch:
         batch.add_column(sa.Column("align_requested_at", TS, nullable=True))
+        batch.add_column(sa.Column("aligned_at", TS, nullable=True))
         batch.add_column(
             sa.Column("count_offset", sa.Integer(), server_default="0", nullable=False)
         )
@@ -134,6 +135,7 @@ def downgrade() -> None:
     with op.batch_alter_table("meter") as batch:
         batch.drop_column("serial")
         batch.drop_column("count_offset")
+        batch.drop_column("aligned_at")
         batch.drop_column("align_requested_at")
     with op.batch_alter_table("prepay_meter") as batch:
         for column in (
