@@ -88,7 +88,9 @@ async def test_a_cut_room_restarted_with_its_relay_closed_is_cut_again(running) 
     assert all(a.actor == "supply-watch" for a in audits)
 
     # Obeyed again: the alarm clears; the count stays on the meter and shows.
-    await until(lambda: any(not e.active and e.meter_id == "E-101" for e in seen.of(SupplyMismatch)))
+    await until(
+        lambda: any(not e.active and e.meter_id == "E-101" for e in seen.of(SupplyMismatch))
+    )
     row = meter_row(again, "E-101")
     assert row.mismatch_count == 1 and row.reasserts == 0 and row.mismatch_since is None
     snap = again.ops.account_snapshot("A-101")
