@@ -124,6 +124,8 @@ def test_check_refuses_a_default_tariff_that_cannot_bill_the_room_meters(cli, tm
     assert "prepay.engine.default_tariffs.electric" in result.output
     assert "tariff 'tou3' cannot bill meter E-101" in result.output
     assert NO_RATE_FOR_T1 in result.output and FIX in result.output
+    result = CliRunner().invoke(group, ["tariff", "check", str(bad)], obj=obj)
+    assert result.exit_code == 2 and "tariff 'tou3' cannot bill meter E-101" in result.output
     good = write_site(
         tmp_path, db_url, '[prepay.engine]\ndefault_tariffs = { electric = "tou3mapped" }\n'
     )
