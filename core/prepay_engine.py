@@ -205,8 +205,9 @@ class Reconciler:
     """Compares LOCAL meters with the platform (domain.md §5.6), at most every
     `every_s` per meter, and raises `ReconciliationBreak` when they disagree. A meter is
     LOCAL by its account's attachment (the site file's mode, or `account open --meter
-    E3:LOCAL`), so every meter that reports a balance and a purchase count is listened to
-    and the database decides."""
+    E3:LOCAL`): the meters attached LOCAL now are read from the database at every check,
+    and the listener keeps the samples of those among the meters that report a balance
+    and a purchase count."""
 
     def __init__(
         self, site: Site, models: Mapping[str, DeviceModel], db: Database, settings: EngineSettings
@@ -220,12 +221,14 @@ class Reconciler:
             if (m := models.get(d.model)) is not None
             and {"remaining_amount", "buy_count"} <= {p.name for p in m.points}
         }
+        #: The meters attached LOCAL now (refreshed by `check`; replaced, never mutated).
+        self.local: frozenset[str] = frozenset()
         self._last: dict[str, float] = {}
         self._pending: dict[str, Sample] = {}
         self._flagged: dict[str, tuple[int, int]] = {}
 
     def on_sample(self, sample: Sample) -> None:
-        if sample.source not in self.meters or sample.quality is not Quality.GOOD:
+        if sample.source not in self.local or sample.quality is not Quality.GOOD:
             return
         if "remaining_amount" not in sample.values or "buy_count" not in sample.values:
             return
@@ -241,9 +244,14 @@ class Reconciler:
 
     def check(self, batch: Mapping[str, Sample]) -> list[ReconciliationBreak]:
         out = []
-        if not batch:
-            return out
         with self.db.read() as conn:
+            attached = conn.execute(
+                sa.select(t.account_meter.c.meter_id).where(
+                    t.account_meter.c.control_mode == ControlMode.LOCAL.value,
+                    t.account_meter.c.detached_at.is_(None),
+                )
+            ).scalars()
+            self.local = frozenset(m for m in attached if m in self.meters)
             for meter_id, sample in batch.items():
                 event = self._check_one(conn, meter_id, sample)
                 if event is not None:
