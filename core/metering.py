@@ -183,7 +183,6 @@ class Metering:
         self.tz = site.info.tz
         #: Billing meters: site devices of an electric or water model with registers.
         self.layouts: dict[str, RegisterLayout] = {}
-        self.kinds: dict[str, MeterKind] = {}
         for device in site.devices.values():
             model = models.get(device.model)
             if model is None or model.kind not in (MeterKind.ELECTRIC, MeterKind.WATER):
@@ -194,8 +193,6 @@ class Metering:
                 self.layouts[device.id] = _layout(model)
             except RatingError as exc:
                 log.warning("meter %s cannot be billed: %s", device.id, exc)
-                continue
-            self.kinds[device.id] = model.kind
         self._engines: dict[tuple[str, str], RatingEngine] = {}
         self._pending: dict[str, list[Sample]] = {}
         self._warned: set[tuple[str, str]] = set()

@@ -355,31 +355,39 @@ class CountAligner:
         self.arbiter = arbiter
         self.timeout_s = timeout_s
         self.clock = clock
-        #: This instance's meters that report a purchase count.
-        self.meters = {
-            d.id
-            for d in site.devices.values()
-            if (m := models.get(d.model)) is not None and "buy_count" in {p.name for p in m.points}
-        }
-        self._cannot: set[str] = set()
+        #: This instance's meters that report a purchase count, and those that do not.
+        self.meters: set[str] = set()
+        self.uncounted: set[str] = set()
+        for d in site.devices.values():
+            model = models.get(d.model)
+            points = {p.name for p in model.points} if model is not None else set()
+            (self.meters if "buy_count" in points else self.uncounted).add(d.id)
 
     def requested(self) -> list[str]:
+        """This instance's meters whose count is to be read. A request for a meter whose
+        model reports no purchase count is dropped (nothing to align; its deliveries go
+        ahead and fail visibly if the meter cannot take them)."""
         with self.db.read() as conn:
-            rows = conn.execute(
-                sa.select(t.meter.c.id).where(t.meter.c.align_requested_at.is_not(None))
-            ).scalars()
-            wanted = sorted(r for r in rows if r in self.meters or r not in self._cannot)
-        for meter_id in wanted:
-            if meter_id not in self.meters and meter_id not in self._cannot:
-                self._cannot.add(meter_id)
-                log.warning(
-                    "meter %s: its purchase count cannot be read here (no such meter on this "
-                    "instance, or its model reports none); its RECHARGE and REFUND commands "
-                    "wait for an instance that can",
+            rows = set(
+                conn.execute(
+                    sa.select(t.meter.c.id).where(t.meter.c.align_requested_at.is_not(None))
+                ).scalars()
+            )
+        dropped = sorted(rows & self.uncounted)
+        if dropped:
+            with self.db.begin() as conn:
+                conn.execute(
+                    t.meter.update()
+                    .where(t.meter.c.id.in_(dropped))
+                    .values(align_requested_at=None)
+                )
+            for meter_id in dropped:
+                log.info(
+                    "meter %s reports no purchase count: nothing to align",
                     meter_id,
                     extra={"meter": meter_id},
                 )
-        return [m for m in wanted if m in self.meters]
+        return sorted(rows & self.meters)
 
     async def align(self, meter_id: str) -> Effects:
         """Read the meter now and align; nothing happens when it cannot be read (the next

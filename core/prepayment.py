@@ -28,6 +28,11 @@ wallet, which nothing here looks at (Civil Code Art. 944).
 
 Manual actions (`manual_cut`, `manual_restore`, protection) go through here too, so every
 relay and valve command has a reason and an actor, and the outcome is audited.
+
+Every supply command records the state it decides on the meter (`prepay_meter.desired_on`).
+The newest one not superseded is the standing decision — a FAILED one included: the meter
+did not obey, and `reassert_supply` (called by the supply watch, `core/supply_watch.py`)
+sends it again rather than fee control deciding it anew at every deduction.
 """
 
 from __future__ import annotations

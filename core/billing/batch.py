@@ -250,9 +250,7 @@ class Batches:
         out: dict[str, Any] = {}
         if action is Action.SET_TARIFF:
             tariff = p.pop("tariff", None)
-            if tariff is not None and tariff not in self.ops.catalogue:
-                known = ", ".join(sorted(x.id for x in self.ops.catalogue)) or "none"
-                raise RequestError("tariff", f"unknown tariff {tariff!r} (site tariffs: {known})")
+            self.ops.binding.check_known(tariff)
             out["tariff"] = tariff
         elif action is Action.SET_THRESHOLDS:
             for name in ("alarm1", "alarm2"):
