@@ -36,7 +36,15 @@ Rules:
   supersedes older PENDING supply commands of the meter; likewise PROTECT/UNPROTECT and
   ALARM/ALARM_CLEAR among themselves. Claimed or sent rows are never superseded (they
   may be on the wire); the newer one simply runs after them.
-- RECHARGE and REFUND carry money and are never superseded.
+- RECHARGE and REFUND carry money and are never superseded. They carry the platform's
+  purchase count (`buy_count`, unique per meter, never going back); the meter's own count
+  is the platform's minus the meter's offset (`align_buy_count`: read from the meter when a
+  LOCAL meter is attached, replaced, or on request — until then they wait) and is fixed
+  in `params["meter_count"]` when first sent (`pin_meter_counts`), so every retry carries
+  the same count.
+- A FAILED command is final; an operator may send it again as a new command
+  (`retry_failed`, `retry_of`) or resolve it otherwise (`resolve`); FAILED money commands
+  without a resolution are open alarms (`open_failures`).
 - Every command records why (`reason`) and who asked (`requested_by`): required.
 - Claims use `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL (two instances never get
   the same row); on SQLite the claim transaction holds the write lock.
@@ -589,12 +597,6 @@ class Alignment:
     meter_count: int
     offset_before: int
     offset: int
-    confirmed_before: int
-    confirmed: int
-
-    @property
-    def changed(self) -> bool:
-        return (self.offset_before, self.confirmed_before) != (self.offset, self.confirmed)
 
     def describe(self) -> str:
         return (
@@ -619,7 +621,7 @@ def align_buy_count(
         raise RequestError("buy_count", f"expected an integer >= 0, got {meter_count!r}")
     now = now or utcnow()
     row = conn.execute(
-        sa.select(t.meter.c.buy_count, t.meter.c.confirmed_buy_count, t.meter.c.count_offset)
+        sa.select(t.meter.c.buy_count, t.meter.c.count_offset)
         .where(t.meter.c.id == meter_id)
         .with_for_update()
     ).first()
@@ -657,14 +659,7 @@ def align_buy_count(
             updated_at=now,
         )
     )
-    return Alignment(
-        meter_id,
-        meter_count,
-        int(row.count_offset),
-        offset,
-        int(row.confirmed_buy_count),
-        last_done,
-    )
+    return Alignment(meter_id, meter_count, int(row.count_offset), offset)
 
 
 def pin_meter_counts(conn: Connection, commands: Iterable[MeterCommand]) -> list[MeterCommand]:
