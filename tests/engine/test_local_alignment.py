@@ -78,6 +78,7 @@ async def test_a_local_meter_with_purchases_of_its_own_is_aligned_at_attach(runn
     command = run.ops.command(result.command_id)
     assert command.attempts == 1 and command.params["meter_count"] == 6
     assert meter.buy_count == 6 and abs(meter.remaining - 50.0) < 1e-9
+    await until(lambda: any(a.action == "align" for a in seen.of(AuditRecord)))
     (aligned,) = [a for a in seen.of(AuditRecord) if a.action == "align"]
     assert aligned.target == "E-102" and "meter's 5" in aligned.detail
     snap = run.ops.account_snapshot("A-102").meters[0]
@@ -133,6 +134,7 @@ async def test_a_failed_recharge_is_an_alarm_and_its_retry_keeps_the_count(runni
     result = run.ops.topup("A-102", 5000, "pay-lost", actor="cashier:1")
     await until(lambda: run.ops.command(result.command_id).state == "FAILED", 30)
     assert applied == [1] and abs(meter.remaining - 50.0) < 1e-9  # it did take the money
+    await until(lambda: any(e.command_id == result.command_id for e in seen.of(CommandFailed)))
     (failed,) = [e for e in seen.of(CommandFailed) if e.command_id == result.command_id]
     assert failed.command == "RECHARGE" and failed.meter_id == "E-102"
     assert run.ops.account_snapshot("A-102").failed_commands == (result.command_id,)
