@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -57,6 +57,9 @@ from .model import DeviceModel, MeterKind
 from .site import ControlMode, Site
 from .text import first_control
 from .validation import ID_PATTERN
+
+if TYPE_CHECKING:
+    from .binding import TariffBinding
 
 
 class AccountState(enum.StrEnum):
@@ -245,6 +248,8 @@ def _check_meters_free(conn: Connection, meters: Sequence[MeterAssignment]) -> N
 def _attach(
     conn: Connection, account_id: str, meters: Sequence[MeterAssignment], now: datetime
 ) -> None:
+    """Attach `meters`; a LOCAL meter's own purchase count is to be read and aligned with
+    before the platform delivers money to it (it may come with purchases of its own)."""
     for m in meters:
         conn.execute(
             insert_ignore(conn, t.meter),
@@ -266,6 +271,12 @@ def _attach(
                 "attached_at": now,
             },
         )
+        if ControlMode(m.control_mode) is ControlMode.LOCAL:
+            conn.execute(
+                t.meter.update()
+                .where(t.meter.c.id == m.meter_id)
+                .values(align_requested_at=now, updated_at=now)
+            )
 
 
 def attach_meter(
@@ -651,6 +662,7 @@ def import_accounts(
     defaults: FeeThresholds | None = None,
     progress: Callable[[str, int], None] | None = None,
     requested_by: str = "import",
+    binding: TariffBinding | None = None,
     now: datetime | None = None,
 ) -> ImportReport:
     """Open accounts in bulk from CSV text (UTF-8, header row, comma-separated).
@@ -662,8 +674,10 @@ def import_accounts(
     optionally `:MODE` (`E-A-101;W-A-101:LOCAL`). `protected` is yes/no/true/false/1/0.
     `notify` is `;`-separated `channel:recipient`. `state` is OPEN (default) or
     PREREGISTERED. `opening_balance` (≥ 0) is carried over into the energy wallet. Empty
-    thresholds take `defaults` (the site's `[prepay.thresholds]`). `progress(phase, n)` is
-    called as rows are checked (`"checked"`) and created (`"created"`).
+    thresholds take `defaults` (the site's `[prepay.thresholds]`). With `binding` (the
+    site's tariffs), an unknown `tariff`, or one that cannot bill a row's meters, makes the
+    row bad. `progress(phase, n)` is called as rows are checked (`"checked"`) and created
+    (`"created"`).
 
     Semantics — **per row**: every row is checked first (syntax, room and meters against
     the site file, duplicates within the file and against the database). A bad row is
@@ -732,6 +746,8 @@ def import_accounts(
         record = {k: v.strip() for k, v in zip(header, values, strict=True)}
         try:
             row = _parse_row(line, record, site, models, defaults or FeeThresholds())
+            if binding is not None:
+                binding.check_account(row.spec.tariff_id, [m.meter_id for m in row.spec.meters])
             _check_row_unique(row, seen_ids, seen_meters)
         except RequestError as exc:
             report.problems.append(RowProblem(line, exc.field, exc.message))

@@ -220,6 +220,56 @@ class ReconciliationBreak(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SupplyMismatch(Event):
+    """A meter's Good readings disagree with the supply state the platform decided (possible
+    tamper: a bypass, a manual reset, a power cycle or a swapped meter), for longer than the
+    grace (`[prepay.engine] supply_grace_s`). `active` is True while it lasts — each time the
+    command is re-asserted (`command_id`; 0 when the gate held it back) — and False once the
+    meter obeys again. `count` is every re-assertion the meter ever needed, `consecutive`
+    those since it last obeyed; the next one waits until `next_at` (exponential back-off)."""
+
+    meter_id: str
+    account_id: str | None
+    desired_on: bool
+    observed_on: bool
+    active: bool
+    count: int
+    consecutive: int
+    command_id: int
+    next_at: datetime | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class BillingAlarm(Event):
+    """A meter of an open account is not billed (`active` True, with why: no tariff prices
+    it, its tariff does not fit its registers, the ledger refused its usage), or is billed
+    again (`active` False). Recorded on the meter (`prepay_meter.billing_problem`)."""
+
+    meter_id: str
+    account_id: str | None
+    active: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResolved(Event):
+    """An operator dealt with a FAILED command: retried it (`how` "retry", the new command
+    in `new_command_id`) or refunded the top-up it should have delivered (`how` "refund").
+    Published by the running service when it finds the resolution in the database, whichever
+    process (CLI, OPC UA) recorded it."""
+
+    command_id: int
+    meter_id: str
+    account_id: str | None
+    command: str
+    how: str
+    new_command_id: int | None
+    actor: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class NotificationFailed(Event):
     """A notice could not be delivered on its channel after every retry."""
 

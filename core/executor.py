@@ -10,7 +10,8 @@ command of its meter is unfinished:
       confirmed   → mark_confirmed; supply commands update the meter's supply state and
                     publish SupplyChanged (with the reason and who asked)
       not shown   → retry with back-off (same parameters: a RECHARGE keeps its purchase
-                    count, so a top-up whose reply was lost is applied exactly once)
+                    count — the meter's own, fixed when first sent — so a top-up whose
+                    reply was lost is applied exactly once)
       refused     → FAILED at once (CommandRefused: the device cannot do it)
       I/O error   → retry with back-off; FAILED after `attempts` tries
     FAILED publishes CommandFailed.
@@ -157,6 +158,7 @@ class CommandExecutor:
                 meters=self.meters,
                 now=self.clock(),
             )
+            batch = cmds.pin_meter_counts(conn, batch)
             for command in batch:
                 cmds.mark_sent(conn, command.id, owner=self.owner)
             return batch
@@ -302,11 +304,13 @@ class CommandExecutor:
 
 
 def _device_command(command: cmds.MeterCommand) -> DeviceCommand:
-    """The device command for a queued one: money parameters become the wire's units."""
+    """The device command for a queued one: money parameters become the wire's units, the
+    purchase count the meter's own (pinned when first sent)."""
     params = dict(command.params)
     if command.kind in (cmds.CommandKind.RECHARGE, cmds.CommandKind.REFUND):
         fen = int(params["amount_fen"])
-        params = {"buy_count": int(params["buy_count"]), "amount": fen / 100}
+        count = params.get(cmds.METER_COUNT, params["buy_count"])
+        params = {"buy_count": int(count), "amount": fen / 100}
     device = command.device_command()
     name = device.name
     if command.kind == cmds.CommandKind.SET_PARAMS and "command" in params:

@@ -27,8 +27,19 @@ registers still hold — the first reading after a restart bills it (tier energy
 and nothing is billed twice. It keeps the database work proportional to the money that
 moves: at 2,000 meters polled every 10 s most polls rate a fraction of a fen.
 
-After commit the events (alarm level changes, audit records, account samples) are
-published on the loop and the command executor is woken.
+A meter of an open account that cannot be billed — no tariff prices it, its tariff does
+not fit its registers, the ledger refuses its usage — is an alarm, not a log line: the
+reason is stored on the meter (`prepay_meter.billing_problem`, shown by `account show`,
+OPC UA and the reports) and `BillingAlarm` is raised when it starts and when billing
+resumes.
+
+A recorded meter replacement (`meter_replacement`, `Operations.replace_meter`) is applied
+with the meter's next batch: the old device is billed from the baseline up to its final
+reading, the new one from its initial reading on (`core.rating.Replacement`), and the
+replacement is marked applied in the transaction that saves the new baseline.
+
+After commit the events (alarm level changes, billing alarms, audit records, account
+samples) are published on the loop and the command executor is woken.
 """
 
 from __future__ import annotations
@@ -49,9 +60,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from . import ledger
+from .binding import TariffBinding
 from .db import Database
 from .db import schema as t
-from .events import utcnow
+from .events import BillingAlarm, utcnow
 from .feecontrol import Cause
 from .model import DeviceModel, MeterKind, Quality, Sample
 from .prepayment import (
@@ -62,9 +74,16 @@ from .prepayment import (
     load_account_row,
     load_account_rows,
 )
-from .rating import Accrual, MeterState, RatingEngine, RatingError, RegisterLayout
+from .rating import (
+    Accrual,
+    MeterState,
+    RatingEngine,
+    RatingError,
+    RegisterLayout,
+    Replacement,
+)
 from .site import ControlMode, Site
-from .tariffs import Commodity, TariffCatalogue
+from .tariffs import TariffCatalogue
 
 log = logging.getLogger("openprepay.metering")
 
@@ -92,6 +111,8 @@ class _Book:
     dirty: bool = False
     #: Energy not yet added to `meter_usage_day`: day → (units, units per rate).
     days: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
+    #: Replacements rated into the state and not saved yet (meter_replacement ids).
+    replaced: list[int] = field(default_factory=list)
 
 
 def _add_usage(book: _Book, engine: RatingEngine, rated: Any, tz: Any) -> None:
@@ -129,6 +150,8 @@ class FlushReport:
     skipped: dict[str, str] = field(default_factory=dict)
     effects: Effects = field(default_factory=Effects)
     samples: list[Sample] = field(default_factory=list)
+    #: Replacements applied (meter_replacement ids).
+    replacements: list[int] = field(default_factory=list)
 
 
 class Metering:
@@ -155,12 +178,11 @@ class Metering:
         self.control = control
         self.settings = control.settings
         self.catalogue = catalogue
-        self.default_tariffs = dict(default_tariffs)
+        self.binding = TariffBinding(site, models, catalogue, control.settings, default_tariffs)
         self.clock = clock
         self.tz = site.info.tz
         #: Billing meters: site devices of an electric or water model with registers.
         self.layouts: dict[str, RegisterLayout] = {}
-        self.kinds: dict[str, MeterKind] = {}
         for device in site.devices.values():
             model = models.get(device.model)
             if model is None or model.kind not in (MeterKind.ELECTRIC, MeterKind.WATER):
@@ -171,13 +193,9 @@ class Metering:
                 self.layouts[device.id] = _layout(model)
             except RatingError as exc:
                 log.warning("meter %s cannot be billed: %s", device.id, exc)
-                continue
-            self.kinds[device.id] = model.kind
         self._engines: dict[tuple[str, str], RatingEngine] = {}
         self._pending: dict[str, list[Sample]] = {}
         self._warned: set[tuple[str, str]] = set()
-        #: Last supply state seen in a sample, per meter (to store changes only).
-        self._supply_seen: dict[str, bool] = {}
 
     # -- the listener (on the poll path: cheap) ---------------------------------------------
     def on_sample(self, sample: Sample) -> None:
@@ -213,41 +231,70 @@ class Metering:
         """
         report = FlushReport()
         now = self.clock()
-        meters = list(batch)
-        if persist_all:
-            meters.extend(m for m, b in self._books.items() if b.dirty and m not in batch)
-        if not meters:
-            return report
         with self.db.read() as conn:
+            replacements = self._pending_replacements(conn)
+            meters = list(batch)
+            meters.extend(m for m in replacements if m not in batch)
+            if persist_all:
+                meters.extend(m for m, b in self._books.items() if b.dirty and m not in batch)
+            if not meters:
+                return report
             info = self._meter_info(conn, meters)
         due: list[tuple[str, _Book, int]] = []
+        problems: dict[str, str | None] = {}
         for meter_id in meters:
             report.meters += 1
             samples = batch.get(meter_id, ())
+            row = info.get(meter_id)
+            reps = replacements.get(meter_id, [])
             try:
-                book, fen = self._rate(meter_id, samples, info.get(meter_id), now)
+                book, fen = self._rate(meter_id, samples, row, now, reps)
             except RatingError as exc:
                 report.skipped[meter_id] = str(exc)
+                problems[meter_id] = str(exc)
                 self._warn(meter_id, str(exc))
                 self._books.pop(meter_id, None)
                 continue
             if book is None:
+                report.replacements.extend(r.id for r in reps)  # no tenant: nothing to bill
                 continue
-            if fen or (book.dirty and (persist_all or now - book.saved_at >= book.persist)):
+            problems[meter_id] = None
+            if (
+                fen
+                or book.replaced
+                or (book.dirty and (persist_all or now - book.saved_at >= book.persist))
+            ):
                 due.append((meter_id, book, fen))
-        supply = self._supply_changes(batch)
-        if not due and not supply:
+        if not due and not report.replacements and not self._alarms_changed(problems, info):
             return report
         try:
             with self.db.begin() as conn:
-                self._write(conn, due, info, supply, now, report)
+                self._write(conn, due, info, now, report, problems)
         except Exception:
             for meter_id, _, _ in due:
                 self._books.pop(meter_id, None)  # reload from the database next time
-            for meter_id in supply:
-                self._supply_seen.pop(meter_id, None)
             raise
         return report
+
+    def _pending_replacements(self, conn: Connection) -> dict[str, list[Any]]:
+        """Recorded replacements not applied yet, per billing meter, oldest first."""
+        r = t.meter_replacement
+        out: dict[str, list[Any]] = {}
+        for row in conn.execute(
+            sa.select(r.c.id, r.c.meter_id, r.c.at, r.c.final_reading, r.c.initial_reading)
+            .where(r.c.applied_at.is_(None))
+            .order_by(r.c.at, r.c.id)
+        ):
+            if row.meter_id in self.layouts:
+                out.setdefault(row.meter_id, []).append(row)
+        return out
+
+    @staticmethod
+    def _alarms_changed(problems: Mapping[str, str | None], info: Mapping[str, Any]) -> bool:
+        return any(
+            (row := info.get(m)) is not None and row.billing_problem != problem
+            for m, problem in problems.items()
+        )
 
     def _meter_info(self, conn: Connection, meters: list[str]) -> dict[str, Any]:
         am, a, pm = t.account_meter, t.account, t.prepay_meter
@@ -261,26 +308,13 @@ class Metering:
                 a.c.opened_at,
                 pm.c.account_id.label("state_account"),
                 pm.c.rating_state,
+                pm.c.billing_problem,
             )
             .join(a, a.c.id == am.c.account_id)
             .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
             .where(am.c.meter_id.in_(meters), am.c.detached_at.is_(None))
         ).all()
         return {r.meter_id: r for r in rows}
-
-    def _tariff_for(self, meter_id: str, tariff_id: str | None) -> str | None:
-        kind = self.kinds[meter_id]
-        commodity = Commodity.WATER if kind is MeterKind.WATER else Commodity.ELECTRICITY
-        if (
-            tariff_id
-            and tariff_id in self.catalogue
-            and self.catalogue.get(tariff_id).commodity is commodity
-        ):
-            return tariff_id
-        default = self.default_tariffs.get(kind.value)
-        if default and default in self.catalogue:
-            return default
-        return None
 
     def _engine(self, tariff_id: str, meter_id: str) -> RatingEngine:
         model = self.site.devices[meter_id].model
@@ -298,21 +332,26 @@ class Metering:
         return engine
 
     def _rate(
-        self, meter_id: str, samples: Sequence[Sample], info: Any, now: datetime
+        self,
+        meter_id: str,
+        samples: Sequence[Sample],
+        info: Any,
+        now: datetime,
+        replacements: Sequence[Any] = (),
     ) -> tuple[_Book | None, int]:
-        """Rate the meter's new readings in memory; returns its book and the fen due."""
+        """Rate the meter's new readings (and recorded replacements) in memory; returns its
+        book and the fen due. RatingError: the meter cannot be billed (the reason)."""
         if info is None or info.state != "OPEN":
             self._books.pop(meter_id, None)
             return None, 0  # no open account: nothing to bill, no baseline kept
         account_id = info.account_id
-        tariff_id = self._tariff_for(meter_id, info.tariff_id)
+        tariff_id = self.binding.effective(meter_id, info.tariff_id)
         if tariff_id is None:
-            self._warn(
-                meter_id,
-                f"no tariff prices it (account {account_id} tariff {info.tariff_id or '-'}; "
-                "set one with SetTariff or [prepay.engine] default_tariffs)",
+            raise RatingError(
+                f"no tariff prices it (account {account_id} tariff {info.tariff_id or '-'}); "
+                "give the account a tariff of the meter's commodity (SetTariff) or set "
+                "[prepay.engine] default_tariffs"
             )
-            return None, 0
         book = self._books.get(meter_id)
         if book is None or book.account_id != account_id:
             if info.rating_state is not None and info.state_account == account_id:
@@ -325,13 +364,15 @@ class Metering:
             book = _Book(account_id, info.control_mode, state, now, self.persist * spread)
             self._books[meter_id] = book
         book.mode = info.control_mode
-        if not samples:
+        if not samples and not replacements:
             return book, 0
         engine = self._engine(tariff_id, meter_id)
         readings = engine.layout.from_samples(samples)
-        if not len(readings):
+        if not len(readings) and not replacements:
             return book, 0
-        rated = engine.rate(readings, book.state)
+        swaps = _replacements(engine.layout, replacements, book.state)
+        rated = engine.rate(readings, book.state, swaps)
+        book.replaced.extend(r.id for r in replacements)
         if rated.state == book.state:
             return book, 0  # stale readings only
         book.state = rated.state
@@ -355,12 +396,10 @@ class Metering:
         conn: Connection,
         due: list[tuple[str, _Book, int]],
         info: Mapping[str, Any],
-        supply: Mapping[str, tuple[bool, datetime]],
         now: datetime,
         report: FlushReport,
+        problems: dict[str, str | None],
     ) -> None:
-        for meter_id, (on, at) in supply.items():
-            self.control.upsert_meter(conn, meter_id, now, supply_on=on, supply_at=at)
         accounts = load_account_rows(
             conn, {b.account_id for _, b, fen in due if fen and b.mode != ControlMode.POSTPAID}
         )
@@ -368,7 +407,9 @@ class Metering:
         days: dict[tuple[str, str], tuple[str, int, dict[str, int]]] = {}
         for meter_id, book, fen in due:
             billed = book.mode != ControlMode.POSTPAID.value and book.cycle is not None
-            if billed and not self._post(conn, meter_id, book, fen, accounts, now, report):
+            if billed and not self._post(
+                conn, meter_id, book, fen, accounts, now, report, problems
+            ):
                 continue
             states.append(
                 {
@@ -383,9 +424,50 @@ class Metering:
             book.days = {}
             book.dirty = False
             book.saved_at = now
+            report.replacements.extend(book.replaced)
+            book.replaced = []
         self._save_states(conn, states)
         self._add_days(conn, days, now)
+        if report.replacements:
+            conn.execute(
+                t.meter_replacement.update()
+                .where(t.meter_replacement.c.id.in_(report.replacements))
+                .values(applied_at=now)
+            )
+        self._store_alarms(conn, problems, info, now, report)
         report.samples.extend(self.control.account_samples(conn, report.effects.accounts, now))
+
+    def _store_alarms(
+        self,
+        conn: Connection,
+        problems: Mapping[str, str | None],
+        info: Mapping[str, Any],
+        now: datetime,
+        report: FlushReport,
+    ) -> None:
+        """Store on the meter why it is not billed (or that it is billed again) when that
+        changed, and raise `BillingAlarm`."""
+        for meter_id, problem in problems.items():
+            row = info.get(meter_id)
+            if row is None or row.billing_problem == problem:
+                continue
+            self.control.upsert_meter(
+                conn,
+                meter_id,
+                now,
+                billing_problem=problem[:500] if problem else None,
+                billing_problem_at=now if problem else None,
+            )
+            report.effects.events.append(
+                BillingAlarm(
+                    meter_id,
+                    row.account_id,
+                    problem is not None,
+                    problem or "billed again",
+                    at=now,
+                )
+            )
+            report.effects.accounts.add(row.account_id)
 
     def _post(
         self,
@@ -396,6 +478,7 @@ class Metering:
         accounts: dict[str, AccountRow],
         now: datetime,
         report: FlushReport,
+        problems: dict[str, str | None],
     ) -> bool:
         """Post the meter's fen with its accrual and run fee control; False if refused."""
         assert book.cycle is not None
@@ -422,6 +505,7 @@ class Metering:
             )
         except ledger.RequestError as exc:  # refused before anything was written
             report.skipped[meter_id] = str(exc)
+            problems[meter_id] = f"the ledger refused its usage: {exc}"
             self._warn(meter_id, str(exc))
             self._books.pop(meter_id, None)
             return False
@@ -516,25 +600,6 @@ class Metering:
                 updates,
             )
 
-    def _supply_changes(
-        self, batch: Mapping[str, Sequence[Sample]]
-    ) -> dict[str, tuple[bool, datetime]]:
-        """Meters whose relay/valve point shows a state other than the one last stored."""
-        out = {}
-        for meter_id, samples in batch.items():
-            supply = self.control.supply_of(meter_id)
-            if supply is None or not samples:
-                continue
-            last = samples[-1]
-            point = supply.state_point
-            if point not in last.values or not last.quality_of(point).is_good:
-                continue
-            on = bool(last.values[point])
-            if self._supply_seen.get(meter_id) is not on:
-                self._supply_seen[meter_id] = on
-                out[meter_id] = (on, last.read_at)
-        return out
-
     def _warn(self, meter_id: str, message: str) -> None:
         if (meter_id, message) not in self._warned:
             self._warned.add((meter_id, message))
@@ -543,6 +608,24 @@ class Metering:
 
 def _layout(model: DeviceModel) -> RegisterLayout:
     return RegisterLayout.from_model(model)
+
+
+def _replacements(
+    layout: RegisterLayout, rows: Sequence[Any], state: MeterState
+) -> list[Replacement]:
+    """Recorded replacements as the rating engine takes them. One recorded before a
+    reading that was already rated (the service saw the new meter before the swap was
+    recorded) is placed just after that reading: the old meter's final and the new one's
+    initial reading still bound exactly what each device measured."""
+    out = []
+    after = state.last_t
+    for row in rows:
+        at = int(row.at.timestamp())
+        if after is not None and at <= after:
+            at = after + 1
+        out.append(Replacement.from_values(layout, at, row.final_reading, row.initial_reading))
+        after = at
+    return out
 
 
 async def run_flushes(

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection
 from . import accounts as acc
 from . import commands as cmds
 from . import ledger
+from .binding import TariffBinding
 from .db import Database
 from .db import schema as t
 from .db.group import GroupCommit
@@ -55,8 +56,10 @@ from .notifications import NotifySettings, load_notify
 from .policy import MeterContext, grant_emergency_credit, reconnect_allowed
 from .prepay_settings import PrepaySettings, load_prepay
 from .prepayment import Effects, PrepayControl, audit, load_account_row
-from .rating import ENERGY_SCALE
-from .site import Site
+from .rating import ENERGY_SCALE, RatingError, RegisterLayout
+from .replacement import ReplacementRecord, check_serial, parse_reading
+from .replacement import record as record_replacement
+from .site import ControlMode, Site
 from .tariffs import Commodity, TariffCatalogue, load_tariffs
 
 log = logging.getLogger("openprepay.operations")
@@ -80,6 +83,18 @@ class MeterSnapshot:
     unit: str
     buy_count: int
     confirmed_buy_count: int
+    #: The supply state the platform decided (None: never switched by the platform).
+    desired_on: bool | None = None
+    #: Times the decision had to be re-asserted because the meter read otherwise, and
+    #: whether it disobeys now (an active SupplyMismatch).
+    mismatch_count: int = 0
+    mismatch_active: bool = False
+    #: Why the meter is not billed (None: it is).
+    billing_problem: str | None = None
+    #: Purchase counts in the meter's own numbering (the platform's minus its offset).
+    meter_buy_count: int = 0
+    #: True while its purchase count is to be read and aligned with.
+    align_pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,26 @@ class AccountSnapshot:
     #: Usage deducted from the energy wallet since site-local midnight, fen.
     cost_today_fen: int
     at: datetime
+    #: What the tenant owes, fen: energy arrears (beyond emergency credit), general-wallet
+    #: arrears, and billed charges and post-paid bills not paid (`asset:ar`).
+    receivable_fen: int = 0
+    #: FAILED RECHARGE/REFUND commands nobody retried or refunded yet (open alarms).
+    failed_commands: tuple[int, ...] = ()
+
+    @property
+    def owed_fen(self) -> int:
+        energy = max(0, self.emergency_outstanding_fen - self.balance_fen)
+        return energy + max(0, -self.general_fen) + max(0, self.receivable_fen)
+
+    @property
+    def billing_problems(self) -> dict[str, str]:
+        """Meter → why it is not billed, for the meters that are not."""
+        return {m.meter_id: m.billing_problem for m in self.meters if m.billing_problem}
+
+    @property
+    def desired_supply_on(self) -> bool:
+        """True unless the platform decided to cut a meter of the account."""
+        return all(m.desired_on is not False for m in self.meters)
 
     @property
     def general_balance_fen(self) -> int:
@@ -135,6 +170,7 @@ class Operations:
         catalogue: TariffCatalogue | None = None,
         notify: NotifySettings | None = None,
         control: PrepayControl | None = None,
+        default_tariffs: Mapping[str, str] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.site = site
@@ -148,6 +184,12 @@ class Operations:
         self.control = control or PrepayControl(
             site, models, self.settings, notify or load_notify(site)
         )
+        if default_tariffs is None:
+            from .prepay_engine import load_engine
+
+            default_tariffs = load_engine(site, self.catalogue).default_tariffs
+        #: Which tariff prices which meter, and whether it fits its registers.
+        self.binding = TariffBinding(site, models, self.catalogue, self.settings, default_tariffs)
         self.clock = clock
         #: Called with the effects of every committed call (the runtime wakes its command
         #: executor and notification dispatcher here).
@@ -390,14 +432,13 @@ class Operations:
     # -- settings -----------------------------------------------------------------------
     def set_tariff(self, account_id: str, tariff_id: str, *, actor: str) -> acc.Account:
         """Price the account's meters with `tariff_id` from the site's [tariffs] (for
-        meters of the tariff's commodity; the others keep [prepay.engine] defaults)."""
+        meters of the tariff's commodity; the others keep [prepay.engine] defaults).
+        Refused when the tariff cannot bill a meter's registers (core.binding)."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> acc.Account:
-            if not isinstance(tariff_id, str) or tariff_id not in self.catalogue:
-                known = ", ".join(sorted(t.id for t in self.catalogue)) or "none defined"
-                raise RequestError(
-                    "tariff", f"unknown tariff {tariff_id!r} (site tariffs: {known})"
-                )
+            if not isinstance(tariff_id, str):
+                raise RequestError("tariff", f"expected a tariff id, got {tariff_id!r}")
+            self.binding.check_known(tariff_id)
             account = acc.get_account(conn, account_id)
             commodity = self.catalogue.get(tariff_id).commodity
             wanted = MeterKind.WATER if commodity is Commodity.WATER else MeterKind.ELECTRIC
@@ -407,6 +448,7 @@ class Operations:
                     f"tariff {tariff_id!r} prices {commodity.value}, but account "
                     f"{account_id!r} has no {wanted.value} meter",
                 )
+            self.binding.check_account(tariff_id, [m.meter_id for m in account.meters])
             updated = acc.update_account(conn, account_id, tariff_id=tariff_id, now=now)
             effects.accounts.add(account_id)
             return updated
@@ -574,6 +616,231 @@ class Operations:
         with self.db.read() as conn:
             return cmds.get_command(conn, command_id)
 
+    def open_failures(self, account_id: str | None = None) -> list[cmds.MeterCommand]:
+        """FAILED RECHARGE/REFUND commands nobody retried or refunded yet (alarms)."""
+        with self.db.read() as conn:
+            return cmds.open_failures(conn, account_id=account_id)
+
+    # -- failed commands ----------------------------------------------------------------
+    def retry_command(self, command_id: int, reason: str, *, actor: str) -> cmds.MeterCommand:
+        """Send a FAILED command again with the same parameters; returns the new command.
+        A RECHARGE keeps the purchase count it was sent with: if the meter took it and only
+        the reply was lost, the meter shows that count and the retry is confirmed without
+        a second credit. Retry several FAILED deliveries of one meter oldest first."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> cmds.MeterCommand:
+            _check_reason(reason)
+            failed, new = cmds.retry_failed(
+                conn, _command_id(command_id), reason.strip(), requested_by=actor, now=now
+            )
+            if failed.kind in {k.value for k in cmds.SUPPLY_KINDS}:
+                # The retried decision is the one the supply watch holds the meter to.
+                conn.execute(
+                    t.prepay_meter.update()
+                    .where(
+                        t.prepay_meter.c.meter_id == failed.meter_id,
+                        t.prepay_meter.c.desired_command_id == failed.id,
+                    )
+                    .values(desired_command_id=new.id, updated_at=now)
+                )
+            effects.commands.append(new)
+            return new
+
+        return self._call(
+            "retry_command",
+            str(command_id),
+            actor,
+            work,
+            lambda c: f"{c.kind} #{c.retry_of} for {c.meter_id} sent again as #{c.id}: {reason}",
+        )
+
+    def refund_failed_command(self, command_id: int, reason: str, *, actor: str) -> ledger.Posted:
+        """Give back the money of a FAILED RECHARGE that never reached the meter — known
+        from its purchase count read after the failure (`align_meter`), or a replaced
+        device: its top-up is reversed (the payer is refunded through the top-up's
+        channel), the command is marked refunded, the meter's count is read and aligned
+        again (the count it was given is never delivered) and fee control runs on the
+        lower balance. Returns the reversal."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> ledger.Posted:
+            _check_reason(reason)
+            failed = cmds.get_command(conn, _command_id(command_id))
+            if failed.kind != cmds.CommandKind.RECHARGE:
+                raise RequestError(
+                    "command", f"command {failed.id} is a {failed.kind}, not a RECHARGE"
+                )
+            order = conn.execute(
+                sa.select(t.topup.c.reference, t.topup.c.journal_id, t.topup.c.amount_fen).where(
+                    t.topup.c.command_id == failed.id
+                )
+            ).first()
+            if order is None:
+                raise RequestError("command", f"RECHARGE #{failed.id} has no top-up to refund")
+            self._check_undelivered(conn, failed)
+            cmds.resolve(
+                conn,
+                failed.id,
+                f"refunded: top-up {order.reference} reversed",
+                requested_by=actor,
+                now=now,
+            )
+            posted = ledger.reverse(
+                conn,
+                order.journal_id,
+                reason=f"RECHARGE #{failed.id} FAILED, never delivered: {reason.strip()}",
+                requested_by=actor,
+                now=now,
+            )
+            cmds.request_alignment(conn, failed.meter_id, now=now)
+            if failed.account_id:
+                self._fee_control(conn, failed.account_id, Cause.REFUND, actor, effects, now)
+            return posted
+
+        return self._call(
+            "refund_command",
+            str(command_id),
+            actor,
+            work,
+            lambda p: (
+                f"RECHARGE #{command_id} refunded: journal {p.journal.reverses_id} reversed by "
+                f"{p.journal.id}; {reason}"
+            ),
+        )
+
+    def _check_undelivered(self, conn: Connection, failed: cmds.MeterCommand) -> None:
+        """Refund only what the meter is known not to hold: its purchase count was read
+        after the RECHARGE failed and is below the count the RECHARGE carried, or the device
+        was replaced since. (A delivery whose reply was lost is in the meter: retry it.)"""
+        meter = conn.execute(
+            sa.select(
+                t.meter.c.aligned_at, t.meter.c.confirmed_buy_count, t.meter.c.count_offset
+            ).where(t.meter.c.id == failed.meter_id)
+        ).first()
+        swapped = conn.execute(
+            sa.select(t.meter_replacement.c.id).where(
+                t.meter_replacement.c.meter_id == failed.meter_id,
+                t.meter_replacement.c.at > failed.finished_at,
+            )
+        ).first()
+        if swapped is not None:
+            return
+        if meter is None or meter.aligned_at is None or meter.aligned_at <= failed.finished_at:
+            raise RequestError(
+                "command",
+                f"the meter may hold RECHARGE #{failed.id} (its reply may have been lost): read "
+                f"it first — `openprepay meter align SITE {failed.meter_id}` — then refund",
+            )
+        shows = int(meter.confirmed_buy_count) - int(meter.count_offset)
+        sent = int(failed.params.get(cmds.METER_COUNT, failed.params.get("buy_count", 0)))
+        if shows >= sent:
+            raise RequestError(
+                "command",
+                f"meter {failed.meter_id} shows purchase {shows}: it took RECHARGE "
+                f"#{failed.id} (purchase {sent}); retry it to confirm, do not refund",
+            )
+
+    # -- LOCAL meters and replacement ------------------------------------------------------
+    def align_meter(self, meter_id: str, reason: str, *, actor: str) -> None:
+        """Have the running service read the meter's own purchase count and align the
+        platform with it before the next RECHARGE or REFUND (audited when done)."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> None:
+            _check_reason(reason)
+            model = self._model_of(meter_id)
+            if "buy_count" not in {p.name for p in model.points}:
+                raise RequestError(
+                    "meter", f"meter {meter_id!r} ({model.name}) reports no purchase count"
+                )
+            if not cmds.request_alignment(conn, meter_id, now=now):
+                raise RequestError(
+                    "meter", f"meter {meter_id!r} is not registered (attach it to an account)"
+                )
+
+        return self._call(
+            "align",
+            meter_id,
+            actor,
+            work,
+            lambda _: f"purchase count to be read from the meter and aligned: {reason}",
+        )
+
+    def replace_meter(
+        self,
+        meter_id: str,
+        *,
+        final_reading: str | Mapping[str, object],
+        new_serial: str,
+        initial_reading: str | Mapping[str, object],
+        reason: str,
+        actor: str,
+    ) -> ReplacementRecord:
+        """Record that the device behind `meter_id` was swapped (core/replacement.py):
+        metering bills the old device up to `final_reading` and the new one from
+        `initial_reading`; a LOCAL meter's new purchase count is read and aligned with.
+        Refused while a delivery with a fixed purchase count is on its way to the old one."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> ReplacementRecord:
+            _check_reason(reason)
+            model = self._model_of(meter_id)
+            try:
+                layout = RegisterLayout.from_model(model)
+            except RatingError as exc:
+                raise RequestError("meter", f"meter {meter_id!r} is not billed: {exc}") from None
+            final = parse_reading(layout, final_reading, "final_reading")
+            initial = parse_reading(layout, initial_reading, "initial_reading")
+            serial = check_serial(new_serial)
+            busy = conn.execute(
+                sa.select(t.meter_command.c.id).where(
+                    t.meter_command.c.meter_id == meter_id,
+                    t.meter_command.c.kind.in_(
+                        [cmds.CommandKind.RECHARGE.value, cmds.CommandKind.REFUND.value]
+                    ),
+                    t.meter_command.c.state.in_([x.value for x in cmds.UNFINISHED]),
+                    t.meter_command.c.sent_at.is_not(None),
+                )
+            ).first()
+            if busy is not None:
+                raise RequestError(
+                    "meter",
+                    f"command {busy.id} is delivering money to the old device: wait until it "
+                    "is finished (or fails) before recording the swap",
+                )
+            account_id = acc.account_for_meter(conn, meter_id)
+            done = record_replacement(
+                conn,
+                meter_id,
+                model.kind.value,
+                final_reading=final,
+                initial_reading=initial,
+                new_serial=serial,
+                account_id=account_id,
+                reason=reason.strip(),
+                recorded_by=actor,
+                now=now,
+            )
+            mode = conn.execute(
+                sa.select(t.account_meter.c.control_mode).where(
+                    t.account_meter.c.meter_id == meter_id,
+                    t.account_meter.c.detached_at.is_(None),
+                )
+            ).scalar()
+            if mode == ControlMode.LOCAL.value:
+                cmds.request_alignment(conn, meter_id, now=now)
+            if account_id:
+                effects.accounts.add(account_id)
+            return done
+
+        return self._call("replace", meter_id, actor, work, lambda r: f"{r.describe()}; {reason}")
+
+    def _model_of(self, meter_id: str) -> DeviceModel:
+        device = self.site.devices.get(meter_id) if isinstance(meter_id, str) else None
+        model = self.models.get(device.model) if device is not None else None
+        if model is None or model.kind not in (MeterKind.ELECTRIC, MeterKind.WATER):
+            raise RequestError(
+                "meter", f"unknown meter {meter_id!r} (not a billing meter of the site)"
+            )
+        return model
+
     # -- reading ------------------------------------------------------------------------
     def account_snapshot(self, account_id: str) -> AccountSnapshot:
         """Balances, fee state, supply and today's consumption of one account."""
@@ -594,16 +861,39 @@ class Operations:
         day = local.date().isoformat()
         ids = [a.id for a in accounts]
         meters = [m.meter_id for a in accounts for m in a.meters]
+        p = t.prepay_meter.c
         pm = {
             r.meter_id: r
             for r in conn.execute(
                 sa.select(
-                    t.prepay_meter.c.meter_id,
-                    t.prepay_meter.c.supply_on,
-                    t.prepay_meter.c.trip_due_at,
-                ).where(t.prepay_meter.c.meter_id.in_(meters))
+                    p.meter_id,
+                    p.supply_on,
+                    p.trip_due_at,
+                    p.desired_on,
+                    p.mismatch_count,
+                    p.mismatch_since,
+                    p.billing_problem,
+                ).where(p.meter_id.in_(meters))
             )
         }
+        offsets = dict(
+            conn.execute(
+                sa.select(t.meter.c.id, t.meter.c.count_offset).where(t.meter.c.id.in_(meters))
+            ).all()
+        )
+        aligning = set(
+            conn.execute(
+                sa.select(t.meter.c.id).where(
+                    t.meter.c.id.in_(meters), t.meter.c.align_requested_at.is_not(None)
+                )
+            ).scalars()
+        )
+        from .billing.bills import receivable
+
+        owed = receivable(conn, ids)
+        failures: dict[str, list[int]] = {}
+        for f in cmds.open_failures(conn):
+            failures.setdefault(f.account_id or "", []).append(f.id)
         usage = dict(
             conn.execute(
                 sa.select(t.meter_usage_day.c.meter_id, t.meter_usage_day.c.energy).where(
@@ -634,6 +924,7 @@ class Operations:
                     m3 += today
                 else:
                     kwh += today
+                offset = int(offsets.get(m.meter_id) or 0)
                 snaps.append(
                     MeterSnapshot(
                         m.meter_id,
@@ -645,6 +936,12 @@ class Operations:
                         "m³" if water else "kWh",
                         m.buy_count,
                         m.confirmed_buy_count,
+                        desired_on=row.desired_on if row is not None else None,
+                        mismatch_count=int(row.mismatch_count) if row is not None else 0,
+                        mismatch_active=row is not None and row.mismatch_since is not None,
+                        billing_problem=row.billing_problem if row is not None else None,
+                        meter_buy_count=m.confirmed_buy_count - offset,
+                        align_pending=m.meter_id in aligning,
                     )
                 )
             out.append(
@@ -665,6 +962,8 @@ class Operations:
                     m3,
                     cost.get(a.id, 0),
                     now,
+                    receivable_fen=owed.get(a.id, 0),
+                    failed_commands=tuple(failures.get(a.id, ())),
                 )
             )
         return out
@@ -682,6 +981,12 @@ def _check_reason(reason: str) -> None:
         raise RequestError("reason", "required: say why (every relay and valve action is audited)")
     if len(reason) > 400:
         raise RequestError("reason", "at most 400 characters")
+
+
+def _command_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise RequestError("command", f"expected a command number, got {value!r}")
+    return value
 
 
 def _describe_command(c: cmds.MeterCommand) -> str:

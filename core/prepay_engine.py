@@ -9,8 +9,15 @@ Started by the runtime (the composition root) when the site has a database. It r
   restart;
 - **deferred trips**: a trip the policy gate deferred (quiet hours, weekend, notice period,
   rate limit) is asked again at its instant;
-- **reconciliation** of LOCAL meters (domain.md §5.6): the meter's purchase count and
-  remaining amount against the platform's (`ReconciliationBreak` beyond the tolerance);
+- the **supply watch** (`core.supply_watch`): what each meter's Good readings show against
+  the supply state the platform decided; a mismatch past `supply_grace_s` re-asserts the
+  decision (`SupplyMismatch`), with back-off for a meter that keeps disobeying;
+- **purchase-count alignment** of LOCAL meters: when a LOCAL meter is attached or replaced,
+  or an operator asks (`openprepay meter align`), the meter's own count is read and the
+  platform's numbering aligned with it (audited) before any RECHARGE or REFUND is sent;
+- **reconciliation** of LOCAL meters (domain.md §5.6) — whether the site file or the
+  account made them LOCAL: the meter's purchase count and remaining amount against the
+  platform's (`ReconciliationBreak` beyond the tolerance);
 - the **notification dispatcher** (`core.notifications`): the outbox through the notifier
   plugins.
 
@@ -33,6 +40,9 @@ and the OPC UA server call.
     deferral_poll_s = 5          # how often deferred trips are looked at
     reconcile_tolerance = "1.00" # LOCAL meters: CNY the meter may differ from the platform
     reconcile_every_s = 60       # LOCAL meters: how often they are compared
+    supply_grace_s = 30          # a meter may read another supply state than decided this
+                                 # long (its own readings) before the decision is re-asserted
+    supply_backoff_max_s = 3600  # the n-th re-assertion in a row waits grace × 2^n, at most this
 """
 
 from __future__ import annotations
@@ -49,19 +59,23 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from . import commands as cmds
+from .accounts import account_for_meter
+from .binding import TariffBinding
 from .db import Database
 from .db import schema as t
-from .errors import ConfigError, FieldError
-from .events import EventBus, ReconciliationBreak, utcnow
+from .errors import ConfigError, DeviceIOError, FieldError
+from .events import CommandFailed, CommandResolved, EventBus, ReconciliationBreak, utcnow
 from .executor import CommandExecutor
 from .feecontrol import read_cny
+from .ledger import RequestError
 from .metering import FlushReport, Metering, run_flushes
 from .model import DeviceModel, Quality, Sample
 from .notifications import NotificationDispatcher, NotifySettings, check_notify, load_notify
 from .operations import Operations
 from .prepay_settings import PrepaySettings, check_prepay, load_prepay
-from .prepayment import Effects, PrepayControl
+from .prepayment import Effects, PrepayControl, audit
 from .site import ControlMode, Site
+from .supply_watch import SupplyWatch
 from .tariffs import Commodity, TariffCatalogue, check_tariffs, load_tariffs
 from .validation import TableReader
 
@@ -85,6 +99,8 @@ class EngineSettings:
     deferral_poll_s: float = 5.0
     reconcile_tolerance_fen: int = 100
     reconcile_every_s: float = 60.0
+    supply_grace_s: float = 30.0
+    supply_backoff_max_s: float = 3600.0
 
     def instance_name(self, site: Site) -> str:
         return self.instance or f"{socket.gethostname()}:{site.id}"
@@ -127,11 +143,15 @@ def parse_engine(
     deferral = r.number("deferral_poll_s", d.deferral_poll_s, low=0.05, high=3600)
     tolerance = read_cny(r, "reconcile_tolerance", d.reconcile_tolerance_fen)
     every = r.number("reconcile_every_s", d.reconcile_every_s, low=0, high=86400)
+    grace = r.number("supply_grace_s", d.supply_grace_s, low=0.05, high=86400)
+    backoff = r.number("supply_backoff_max_s", d.supply_backoff_max_s, low=0.05, high=7 * 86400)
     r.finish()
     if instance is not None and len(instance) > 80:
         r.error("at most 80 characters", "instance")
     if initial is not None and maximum is not None and maximum < initial:
         r.error(f"must be at least retry_initial_s ({initial})", "retry_max_s")
+    if grace is not None and backoff is not None and backoff < grace:
+        r.error(f"must be at least supply_grace_s ({grace})", "supply_backoff_max_s")
     return EngineSettings(
         defaults,
         post if post is not None else d.post_interval_s,
@@ -145,19 +165,28 @@ def parse_engine(
         deferral if deferral is not None else d.deferral_poll_s,
         tolerance if tolerance is not None else d.reconcile_tolerance_fen,
         every if every is not None else d.reconcile_every_s,
+        grace if grace is not None else d.supply_grace_s,
+        backoff if backoff is not None else d.supply_backoff_max_s,
     )
 
 
-def check_prepayment_sections(site: Site) -> list[FieldError]:
+def check_prepayment_sections(
+    site: Site, models: Mapping[str, DeviceModel] | None = None
+) -> list[FieldError]:
     """Every problem of `[tariffs]`, `[prepay]` (rating, policy, engine) and `[notify]`:
-    what `openprepay check` and the runtime report before anything starts."""
+    what `openprepay check` and the runtime report before anything starts. With the
+    `models`, also every room meter its default tariff cannot bill (a register the tariff
+    has no rate for: the fix is a `registers` map)."""
     errors = list(check_tariffs(site))
     errors.extend(check_prepay(site))
     errors.extend(check_notify(site))
     catalogue = None
     if not any(e.path.startswith("tariffs") for e in errors):
         catalogue = load_tariffs(site)
-    parse_engine(site, errors, catalogue)
+    engine = parse_engine(site, errors, catalogue)
+    if models is not None and catalogue is not None and not errors:
+        binding = TariffBinding(site, models, catalogue, load_prepay(site), engine.default_tariffs)
+        errors.extend(binding.site_problems())
     return errors
 
 
@@ -174,7 +203,11 @@ def load_engine(site: Site, catalogue: TariffCatalogue) -> EngineSettings:
 
 class Reconciler:
     """Compares LOCAL meters with the platform (domain.md §5.6), at most every
-    `every_s` per meter, and raises `ReconciliationBreak` when they disagree."""
+    `every_s` per meter, and raises `ReconciliationBreak` when they disagree. A meter is
+    LOCAL by its account's attachment (the site file's mode, or `account open --meter
+    E3:LOCAL`): the meters attached LOCAL now are read from the database at every check,
+    and the listener keeps the samples of those among the meters that report a balance
+    and a purchase count."""
 
     def __init__(
         self, site: Site, models: Mapping[str, DeviceModel], db: Database, settings: EngineSettings
@@ -185,16 +218,17 @@ class Reconciler:
         self.meters = {
             d.id
             for d in site.devices.values()
-            if d.control_mode is ControlMode.LOCAL
-            and (m := models.get(d.model)) is not None
+            if (m := models.get(d.model)) is not None
             and {"remaining_amount", "buy_count"} <= {p.name for p in m.points}
         }
+        #: The meters attached LOCAL now (refreshed by `check`; replaced, never mutated).
+        self.local: frozenset[str] = frozenset()
         self._last: dict[str, float] = {}
         self._pending: dict[str, Sample] = {}
         self._flagged: dict[str, tuple[int, int]] = {}
 
     def on_sample(self, sample: Sample) -> None:
-        if sample.source not in self.meters or sample.quality is not Quality.GOOD:
+        if sample.source not in self.local or sample.quality is not Quality.GOOD:
             return
         if "remaining_amount" not in sample.values or "buy_count" not in sample.values:
             return
@@ -210,9 +244,14 @@ class Reconciler:
 
     def check(self, batch: Mapping[str, Sample]) -> list[ReconciliationBreak]:
         out = []
-        if not batch:
-            return out
         with self.db.read() as conn:
+            attached = conn.execute(
+                sa.select(t.account_meter.c.meter_id).where(
+                    t.account_meter.c.control_mode == ControlMode.LOCAL.value,
+                    t.account_meter.c.detached_at.is_(None),
+                )
+            ).scalars()
+            self.local = frozenset(m for m in attached if m in self.meters)
             for meter_id, sample in batch.items():
                 event = self._check_one(conn, meter_id, sample)
                 if event is not None:
@@ -225,6 +264,8 @@ class Reconciler:
                 t.account_meter.c.account_id,
                 t.meter.c.buy_count,
                 t.meter.c.confirmed_buy_count,
+                t.meter.c.count_offset,
+                t.meter.c.align_requested_at,
             )
             .join(t.meter, t.meter.c.id == t.account_meter.c.meter_id)
             .where(
@@ -233,8 +274,8 @@ class Reconciler:
                 t.account_meter.c.control_mode == ControlMode.LOCAL.value,
             )
         ).first()
-        if row is None:
-            return None
+        if row is None or row.align_requested_at is not None:
+            return None  # not LOCAL, or its count is about to be read and aligned
         in_flight = conn.execute(
             sa.select(sa.func.count()).where(
                 t.meter_command.c.meter_id == meter_id,
@@ -260,10 +301,12 @@ class Reconciler:
         except (InvalidOperation, ValueError, TypeError):
             return None
         problems = []
-        if meter_count != int(row.confirmed_buy_count) or meter_count != int(row.buy_count):
+        # The platform's counts in the meter's numbering (the offset of an alignment).
+        offset = int(row.count_offset)
+        platform, confirmed = int(row.buy_count) - offset, int(row.confirmed_buy_count) - offset
+        if meter_count != confirmed or meter_count != platform:
             problems.append(
-                f"purchase count: meter {meter_count}, platform {row.buy_count} "
-                f"(confirmed {row.confirmed_buy_count})"
+                f"purchase count: meter {meter_count}, platform {platform} (confirmed {confirmed})"
             )
         if abs(meter_fen - wallet) > self.tolerance_fen:
             problems.append(
@@ -285,9 +328,153 @@ class Reconciler:
             meter_fen,
             wallet,
             meter_count,
-            int(row.buy_count),
+            platform,
             detail,
         )
+
+
+class CountAligner:
+    """Reads the purchase count of LOCAL meters whose alignment was requested (attached,
+    replaced, or `openprepay meter align`) ahead of routine polls and aligns the platform's
+    numbering with it (`commands.align_buy_count`), audited. Until then their RECHARGE and
+    REFUND commands wait; a delivery whose count is already fixed is let finish first."""
+
+    ACTOR = "prepay-engine"
+
+    def __init__(
+        self,
+        site: Site,
+        models: Mapping[str, DeviceModel],
+        db: Database,
+        arbiter: Any,
+        *,
+        timeout_s: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.arbiter = arbiter
+        self.timeout_s = timeout_s
+        self.clock = clock
+        #: This instance's meters that report a purchase count, and those that do not.
+        self.meters: set[str] = set()
+        self.uncounted: set[str] = set()
+        for d in site.devices.values():
+            model = models.get(d.model)
+            points = {p.name for p in model.points} if model is not None else set()
+            (self.meters if "buy_count" in points else self.uncounted).add(d.id)
+
+    def requested(self) -> list[str]:
+        """This instance's meters whose count is to be read. A request for a meter whose
+        model reports no purchase count is dropped (nothing to align; its deliveries go
+        ahead and fail visibly if the meter cannot take them)."""
+        with self.db.read() as conn:
+            rows = set(
+                conn.execute(
+                    sa.select(t.meter.c.id).where(t.meter.c.align_requested_at.is_not(None))
+                ).scalars()
+            )
+        dropped = sorted(rows & self.uncounted)
+        if dropped:
+            with self.db.begin() as conn:
+                conn.execute(
+                    t.meter.update()
+                    .where(t.meter.c.id.in_(dropped))
+                    .values(align_requested_at=None)
+                )
+            for meter_id in dropped:
+                log.info(
+                    "meter %s reports no purchase count: nothing to align",
+                    meter_id,
+                    extra={"meter": meter_id},
+                )
+        return sorted(rows & self.meters)
+
+    async def align(self, meter_id: str) -> Effects:
+        """Read the meter now and align; nothing happens when it cannot be read (the next
+        round tries again)."""
+        effects = Effects()
+        try:
+            sample = await asyncio.wait_for(self.arbiter.read_now(meter_id), self.timeout_s)
+        except (DeviceIOError, TimeoutError) as exc:
+            log.info(
+                "meter %s: purchase count not read yet: %s",
+                meter_id,
+                exc,
+                extra={"meter": meter_id},
+            )
+            return effects
+        count = sample.values.get("buy_count")
+        if count is None or not sample.quality_of("buy_count").is_good:
+            return effects
+        await asyncio.to_thread(self._align, meter_id, int(count), effects)
+        return effects
+
+    def _align(self, meter_id: str, count: int, effects: Effects) -> None:
+        now = self.clock()
+        try:
+            with self.db.begin() as conn:
+                done = cmds.align_buy_count(conn, meter_id, count, now=now)
+                account = account_for_meter(conn, meter_id)
+                audit(conn, effects, self.ACTOR, "align", meter_id, done.describe(), now=now)
+        except RequestError as exc:
+            log.info("meter %s: %s", meter_id, exc.message, extra={"meter": meter_id})
+            return
+        log.info(
+            "meter %s: %s",
+            meter_id,
+            done.describe(),
+            extra={"meter": meter_id, "account": account or "-"},
+        )
+        if account:
+            effects.accounts.add(account)
+
+
+class FailureWatch:
+    """Raises `CommandResolved` once a FAILED RECHARGE or REFUND was retried or refunded —
+    by the CLI, OPC UA or this process — so the alarms of every running service clear."""
+
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.clock = clock
+        #: FAILED money commands not resolved when last looked (None: not looked yet).
+        self._open: set[int] | None = None
+        self._failed_here: set[int] = set()
+
+    def on_failed(self, event: CommandFailed) -> None:
+        if event.command in (cmds.CommandKind.RECHARGE, cmds.CommandKind.REFUND):
+            self._failed_here.add(event.command_id)
+
+    def check(self) -> Effects:
+        effects = Effects()
+        with self.db.read() as conn:
+            current = {c.id for c in cmds.open_failures(conn)}
+            known = (self._open or set()) | self._failed_here
+            self._failed_here = set()
+            gone = sorted(known - current)
+            for command_id in gone:
+                c = cmds.get_command(conn, command_id)
+                if c.resolution is None:
+                    continue
+                retry = conn.execute(
+                    sa.select(t.meter_command.c.id).where(t.meter_command.c.retry_of == c.id)
+                ).scalar()
+                effects.events.append(
+                    CommandResolved(
+                        c.id,
+                        c.meter_id,
+                        c.account_id,
+                        c.kind,
+                        "retry" if retry is not None else "refund",
+                        retry,
+                        c.resolved_by or "",
+                        c.resolution,
+                        at=c.resolved_at or self.clock(),
+                    )
+                )
+                if c.account_id:
+                    effects.accounts.add(c.account_id)
+        self._open = current
+        return effects
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -330,6 +517,7 @@ class PrepayEngine:
             settings=self.prepay,
             catalogue=self.catalogue,
             control=self.control,
+            default_tariffs=self.settings.default_tariffs,
             clock=clock,
         )
         self.metering = Metering(
@@ -345,6 +533,18 @@ class PrepayEngine:
         self.operations.unsaved_energy = self.metering.unsaved_energy
         self.reconciler = Reconciler(site, models, db, self.settings)
         meters = set(site.devices)
+        self.supply_watch = SupplyWatch(
+            db,
+            self.control,
+            {m: s for m in meters if (s := self.control.supply_of(m)) is not None},
+            grace_s=self.settings.supply_grace_s,
+            backoff_max_s=self.settings.supply_backoff_max_s,
+            clock=clock,
+        )
+        self.aligner = CountAligner(
+            site, models, db, arbiter, timeout_s=self.settings.command_lease_s, clock=clock
+        )
+        self.failures = FailureWatch(db, clock=clock)
         self.executor = CommandExecutor(
             db,
             arbiter,
@@ -383,6 +583,8 @@ class PrepayEngine:
         self._unsubscribe = [
             self.bus.subscribe(Sample, self.metering.on_sample),
             self.bus.subscribe(Sample, self.reconciler.on_sample),
+            self.bus.subscribe(Sample, self.supply_watch.on_sample),
+            self.bus.subscribe(CommandFailed, self.failures.on_failed),
         ]
         await self.executor.start()
         await self.dispatcher.start()
@@ -393,12 +595,13 @@ class PrepayEngine:
                 ),
                 name="metering",
             ),
-            asyncio.create_task(self._deferrals(), name="deferred-trips"),
+            asyncio.create_task(self._periodic(), name="prepay-periodic"),
         ]
         log.info(
-            "prepayment engine running: %d billing meters, %d LOCAL meters reconciled, "
-            "notifiers: %s",
+            "prepayment engine running: %d billing meters, %d supply meters watched, %d "
+            "meters with a purchase count, notifiers: %s",
             len(self.metering.layouts),
+            len(self.supply_watch.meters),
             len(self.reconciler.meters),
             ", ".join(sorted(self.dispatcher.notifiers)) or "none",
         )
@@ -431,25 +634,54 @@ class PrepayEngine:
             self.bus.publish(sample)
         self._committed(report.effects)
 
-    # -- deferred trips and reconciliation ------------------------------------------------
-    async def _deferrals(self) -> None:
+    # -- deferred trips, supply watch, alignment and reconciliation -------------------------
+    async def _periodic(self) -> None:
+        """Every `deferral_poll_s`: each job on its own, so one failing never stops the
+        others."""
+        jobs: list[tuple[str, Callable[[], Any]]] = [
+            ("deferred trips", lambda: asyncio.to_thread(self._due_trips)),
+            ("supply watch", lambda: asyncio.to_thread(self.supply_watch.check)),
+            ("purchase-count alignment", self._alignments),
+            ("reconciliation", self._reconcile),
+            ("resolved failures", lambda: asyncio.to_thread(self.failures.check)),
+        ]
         while not self._stop.is_set():
-            try:
-                effects = await asyncio.to_thread(self._due_trips)
-                for event in effects.events:
-                    self.bus.publish(event)
-                self._committed(effects)
-                events = await asyncio.to_thread(self.reconciler.check, self.reconciler.take())
-                for event in events:
-                    self.bus.publish(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("deferred trips / reconciliation failed")
+            for what, job in jobs:
+                try:
+                    await self._publish_effects(await job())
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s failed", what)
             try:
                 await asyncio.wait_for(self._stop.wait(), self.settings.deferral_poll_s)
             except TimeoutError:
                 pass
+
+    async def _publish_effects(self, effects: Effects) -> None:
+        for event in effects.events:
+            self.bus.publish(event)
+        if effects.accounts:
+            for sample in await asyncio.to_thread(self._account_samples, effects.accounts):
+                self.bus.publish(sample)
+        self._committed(effects)
+
+    def _account_samples(self, accounts: set[str]) -> list[Sample]:
+        with self.db.read() as conn:
+            return self.control.account_samples(conn, accounts, self.clock())
+
+    async def _alignments(self) -> Effects:
+        effects = Effects()
+        for meter_id in await asyncio.to_thread(self.aligner.requested):
+            effects.extend(await self.aligner.align(meter_id))
+        return effects
+
+    async def _reconcile(self) -> Effects:
+        effects = Effects()
+        effects.events.extend(
+            await asyncio.to_thread(self.reconciler.check, self.reconciler.take())
+        )
+        return effects
 
     def _due_trips(self) -> Effects:
         effects = Effects()

@@ -28,12 +28,17 @@ wallet, which nothing here looks at (Civil Code Art. 944).
 
 Manual actions (`manual_cut`, `manual_restore`, protection) go through here too, so every
 relay and valve command has a reason and an actor, and the outcome is audited.
+
+Every supply command records the state it decides on the meter (`prepay_meter.desired_on`).
+The newest one not superseded is the standing decision — a FAILED one included: the meter
+did not obey, and `reassert_supply` (called by the supply watch, `core/supply_watch.py`)
+sends it again rather than fee control deciding it anew at every deduction.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,7 +49,7 @@ from sqlalchemy.engine import Connection
 from . import commands as cmds
 from .account_points import account_sample
 from .db import schema as t
-from .events import AlarmLevelChanged, AuditRecord, utcnow
+from .events import AlarmLevelChanged, AuditRecord, SupplyMismatch, utcnow
 from .feecontrol import Cause, FeeDecision, FeeState, FeeThresholds, evaluate
 from .ledger import RequestError, format_fen
 from .model import DeviceModel, SupplyControl
@@ -64,6 +69,8 @@ log = logging.getLogger("openprepay.prepay")
 
 #: Who fee control's own commands are requested by (audit).
 FEE_CONTROL = "fee-control"
+#: Who re-asserts a standing supply decision on a meter that disobeys it (audit).
+SUPPLY_WATCH = "supply-watch"
 
 _PRE_TRIP_OR_WORSE = (FeeState.ALARM2, FeeState.OVER_ZERO, FeeState.OVERDRAFT)
 
@@ -208,10 +215,14 @@ def _queue(
     *,
     audit_as: str | None = None,
     not_before: datetime | None = None,
+    desired_on: bool,
+    reassertion: bool = False,
 ) -> cmds.MeterCommand:
     """Queue a supply command in the caller's transaction (the executor is woken once it
-    commits); with `audit_as`, also audit it as that action (fee control's own commands:
-    manual ones are audited by the operation that asked)."""
+    commits) and record the supply state it decides (`desired_on`: what the supply watch
+    holds the meter to); with `audit_as`, also audit it as that action (fee control's own
+    commands: manual ones are audited by the operation that asked). A new decision starts
+    the meter's re-assertion back-off afresh; a re-assertion keeps it."""
     command = cmds.enqueue(
         conn,
         meter_id,
@@ -221,6 +232,15 @@ def _queue(
         account_id=account_id,
         not_before=not_before,
         now=now,
+    )
+    fresh = {} if reassertion else {"reasserts": 0, "reassert_due_at": None}
+    _upsert_state(
+        conn,
+        t.prepay_meter,
+        "meter_id",
+        meter_id,
+        now,
+        {"desired_on": desired_on, "desired_command_id": command.id, **fresh},
     )
     effects.commands.append(command)
     if audit_as is not None:
@@ -414,7 +434,9 @@ class PrepayControl:
         _upsert_state(conn, t.prepay_meter, "meter_id", meter_id, now, values)
 
     def latest_supply_command(self, conn: Connection, meter_id: str) -> Any:
-        """The newest supply command of the meter that was not superseded or cancelled."""
+        """The newest supply command of the meter that was not superseded or cancelled: the
+        standing decision. A FAILED one stands too — the meter did not obey, and the supply
+        watch re-asserts it (with back-off) instead of fee control deciding it again."""
         c = t.meter_command.c
         return conn.execute(
             sa.select(c.id, c.kind, c.state, c.requested_by)
@@ -422,7 +444,6 @@ class PrepayControl:
                 c.meter_id == meter_id,
                 c.kind.in_([k.value for k in cmds.SUPPLY_KINDS] + sorted(self.cut_kinds())),
                 c.state != cmds.CommandState.SUPERSEDED.value,
-                c.state != cmds.CommandState.FAILED.value,
             )
             .order_by(c.id.desc())
             .limit(1)
@@ -513,6 +534,7 @@ class PrepayControl:
                 account_id,
                 now,
                 audit_as="disconnect",
+                desired_on=False,
             )
             self.upsert_meter(
                 conn, meter_id, now, account_id=account_id, trip_due_at=None, gate_reason=reason
@@ -576,6 +598,7 @@ class PrepayControl:
                 account.id,
                 now,
                 audit_as="reconnect",
+                desired_on=True,
             )
 
     # -- deferred trips ---------------------------------------------------------------------
@@ -673,6 +696,7 @@ class PrepayControl:
                 account_id,
                 now,
                 not_before=gate.until,
+                desired_on=False,
             )
             self.upsert_meter(conn, meter_id, now, account_id=account_id, trip_due_at=None)
             out.append(command)
@@ -694,7 +718,15 @@ class PrepayControl:
         out = []
         for meter_id, supply in meters:
             command = _queue(
-                conn, effects, meter_id, supply.restore, reason, actor, account_id, now
+                conn,
+                effects,
+                meter_id,
+                supply.restore,
+                reason,
+                actor,
+                account_id,
+                now,
+                desired_on=True,
             )
             self.upsert_meter(conn, meter_id, now, account_id=account_id, trip_due_at=None)
             out.append(command)
@@ -725,11 +757,193 @@ class PrepayControl:
             if not cut:
                 continue
             command = _queue(
-                conn, effects, meter_id, supply.restore, reason, actor, account.id, now
+                conn,
+                effects,
+                meter_id,
+                supply.restore,
+                reason,
+                actor,
+                account.id,
+                now,
+                desired_on=True,
             )
             self.upsert_meter(conn, meter_id, now, trip_due_at=None)
             out.append(command)
         return out
+
+    # -- supply re-assertion (core/supply_watch.py decides when) -----------------------------
+    def reassert_supply(
+        self,
+        conn: Connection,
+        meter_id: str,
+        observed_on: bool,
+        since: datetime,
+        *,
+        decided_by: int,
+        backoff: Callable[[int], timedelta],
+        effects: Effects,
+        now: datetime,
+    ) -> SupplyMismatch | None:
+        """Send the standing supply decision (`decided_by`, a finished command) to a meter
+        whose Good readings have shown `observed_on` since `since`, in the caller's
+        transaction. Returns the `SupplyMismatch` to publish, or None when the decision
+        changed meanwhile (nothing done).
+
+        A cut is sent again through the policy gate as the enforcement of a cut the gate
+        already allowed, not a new disconnection decision: quiet hours, trip days, notice,
+        exemption and arrears rules do not hold it back (a bypassed meter would otherwise
+        stay on all night), while protected supply (保电) still denies it and the
+        mass-disconnect rate limit still spaces it out. A restore is sent at once. The
+        command keeps the decision's requester (fee control stays the one that cut), the
+        audit names the supply watch, and the next re-assertion waits `backoff(n)` after
+        the n-th in a row.
+        """
+        row = self._meter_row(conn, meter_id)
+        supply = self.supply_of(meter_id)
+        if (
+            row is None
+            or supply is None
+            or row.desired_on is None
+            or row.desired_command_id != decided_by
+            or bool(row.desired_on) == observed_on
+        ):
+            return None
+        decision = cmds.get_command(conn, decided_by)
+        if decision.state not in (cmds.CommandState.CONFIRMED, cmds.CommandState.FAILED):
+            return None  # on its way: the read-back decides first
+        from .accounts import account_for_meter
+
+        account_id = account_for_meter(conn, meter_id)
+        desired_on = bool(row.desired_on)
+        consecutive = int(row.reasserts) + 1
+        count = int(row.mismatch_count) + 1
+        observed = "on" if observed_on else "off"
+        why = (
+            f"the meter reads supply {observed} since {since:%Y-%m-%d %H:%M:%S} UTC while "
+            f"#{decision.id} ({decision.kind}, {decision.state}) stands; possible bypass, "
+            f"reset, power cycle or swapped meter (re-assertion {consecutive} in a row)"
+        )
+        command_id = 0
+        next_at = now + backoff(consecutive)
+        if desired_on:
+            kind = supply.restore
+            gate = None
+        else:
+            kind = supply.cut
+            gate = self._reassert_gate(conn, meter_id, account_id, decision, now)
+        if gate is not None and gate.verdict is Verdict.DENY:
+            detail = f"{why}; not re-asserted: {gate.reason}"
+        elif gate is not None and gate.verdict is Verdict.DEFER:
+            next_at = gate.until or next_at
+            detail = f"{why}; held until {next_at:%H:%M:%S} UTC: {gate.reason}"
+            consecutive -= 1  # nothing was sent: the back-off does not grow
+            count -= 1
+        else:
+            command = _queue(
+                conn,
+                effects,
+                meter_id,
+                kind,
+                f"re-asserted {kind} of #{decision.id}: {decision.reason}",
+                decision.requested_by,
+                account_id,
+                now,
+                desired_on=desired_on,
+                reassertion=True,
+            )
+            command_id = command.id
+            detail = (
+                f"{why}; {kind} #{command.id} sent again, the next no sooner than "
+                f"{next_at:%H:%M:%S} UTC"
+            )
+        audit(conn, effects, SUPPLY_WATCH, "reassert", meter_id, detail, ok=command_id > 0, now=now)
+        self.upsert_meter(
+            conn,
+            meter_id,
+            now,
+            mismatch_count=count,
+            reasserts=consecutive,
+            mismatch_since=row.mismatch_since or since,
+            reassert_due_at=next_at,
+        )
+        event = SupplyMismatch(
+            meter_id,
+            account_id,
+            desired_on,
+            observed_on,
+            True,
+            count,
+            consecutive,
+            command_id,
+            next_at,
+            detail,
+            at=now,
+        )
+        effects.events.append(event)
+        log.warning(
+            "meter %s disobeys: %s",
+            meter_id,
+            detail,
+            extra={"meter": meter_id, "account": account_id or "-"},
+        )
+        return event
+
+    def _reassert_gate(
+        self,
+        conn: Connection,
+        meter_id: str,
+        account_id: str | None,
+        decision: cmds.MeterCommand,
+        now: datetime,
+    ) -> GateDecision:
+        """The gate for sending a standing cut again: an override by the supply watch, so
+        only protected supply and the mass-disconnect rate limit apply."""
+        account = load_account_row(conn, account_id) if account_id else None
+        ctx = _meter_context(
+            meter_id,
+            energy_balances(conn, account_id)[0] if account_id else 0,
+            account.fee_state if account else FeeState.NORMAL,
+            account.thresholds if account else FeeThresholds(),
+            bool(account and account.protected),
+            None,
+            Override(SUPPLY_WATCH, f"re-assert the cut of #{decision.id}", allow=True),
+        )
+        return self._gate(conn, ctx, now)
+
+    def supply_obeyed(
+        self, conn: Connection, meter_id: str, observed_on: bool, *, effects: Effects, now: datetime
+    ) -> SupplyMismatch | None:
+        """The meter reads the desired state again: end its mismatch (the back-off starts
+        afresh) and return the event that clears the alarm; None if there was none."""
+        row = self._meter_row(conn, meter_id)
+        if row is None or (row.mismatch_since is None and not row.reasserts):
+            return None
+        self.upsert_meter(
+            conn, meter_id, now, reasserts=0, mismatch_since=None, reassert_due_at=None
+        )
+        from .accounts import account_for_meter
+
+        account_id = account_for_meter(conn, meter_id)
+        detail = (
+            f"the meter reads supply {'on' if observed_on else 'off'} as decided again, after "
+            f"{int(row.reasserts)} re-assertion(s)"
+        )
+        audit(conn, effects, SUPPLY_WATCH, "reassert", meter_id, detail, now=now)
+        event = SupplyMismatch(
+            meter_id,
+            account_id,
+            observed_on,
+            observed_on,
+            False,
+            int(row.mismatch_count),
+            0,
+            0,
+            None,
+            detail,
+            at=now,
+        )
+        effects.events.append(event)
+        return event
 
     # -- account samples ----------------------------------------------------------------------
     def account_samples(self, conn: Connection, account_ids: Iterable[str], now: datetime) -> list:

@@ -64,7 +64,7 @@ class Runtime:
         self._wants_db = site.path is not None or "database" in site.sections
         if self._wants_db:
             read_database_config(site)
-        problems = check_prepayment_sections(site)
+        problems = check_prepayment_sections(site, plugins.models)
         problems.extend(check_billing(site, plugins.models))
         if problems:
             raise ConfigError(str(site.path or "site"), problems)

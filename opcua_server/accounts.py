@@ -11,10 +11,14 @@ Accounts come from `runtime.operations` (core.operations.Operations):
   today's energy and cost, thresholds, 保电) follows `account_snapshot`, re-read after every
   change that concerns the account and periodically;
 - methods TopUp, Refund, SetTariff, SetAlarmThresholds, Disconnect, Reconnect, Protect on
-  accounts and Disconnect, Reconnect on meters call the same `Operations` functions as the
-  CLI (see methods.py for arguments and status codes);
+  accounts and Disconnect, Reconnect, ReplaceMeter, RetryCommand, RefundCommand on meters
+  call the same `Operations` functions as the CLI (see methods.py for arguments and status
+  codes);
 - events: `AlarmLevelChanged` → LowBalanceAlarmType condition (active at levels 1–3),
-  `SupplyChanged` → SupplyChangedEventType, `AuditRecord` → OpenPrepayAuditEventType
+  `SupplyChanged` → SupplyChangedEventType, `SupplyMismatch` → the meter's
+  SupplyMismatchAlarmType condition, `BillingAlarm` → BillingAlarmType, a FAILED
+  RECHARGE/REFUND (`CommandFailed`, until `CommandResolved`) → DeliveryFailedAlarmType,
+  `AuditRecord` → OpenPrepayAuditEventType
   (every operation, whoever asked: OPC UA, CLI, batch), plus an audit event for every
   method call the core never saw (refused for its arguments or the caller's role);
 - Acknowledge (the standard method, i=9111) on every alarm condition, LowBalance and
@@ -33,14 +37,30 @@ from typing import TYPE_CHECKING, Any
 from asyncua import ua
 
 from openprepay.core.account_points import ACCOUNT_MODEL
-from openprepay.core.events import AlarmLevelChanged, AuditRecord, Event, SupplyChanged
+from openprepay.core.events import (
+    AlarmLevelChanged,
+    AuditRecord,
+    BillingAlarm,
+    CommandFailed,
+    CommandResolved,
+    Event,
+    SupplyChanged,
+    SupplyMismatch,
+)
 from openprepay.core.feecontrol import FeeState
 from openprepay.core.model import DeviceModel, MeterKind, Sample
 from openprepay.core.operations import AccountSnapshot, Operations
 from openprepay.core.tasks import stop_task
 
 from .access import SessionUser, actor_name, current_user
-from .events import ACKNOWLEDGE, SEVERITY_LOW_BALANCE, Emission
+from .events import (
+    ACKNOWLEDGE,
+    SEVERITY_BILLING,
+    SEVERITY_DELIVERY,
+    SEVERITY_LOW_BALANCE,
+    SEVERITY_SUPPLY_MISMATCH,
+    Emission,
+)
 from .methods import (
     ADMIN,
     CASH,
@@ -149,6 +169,15 @@ ACCOUNT_VARIABLES = (
        None, "overdraft_limit_fen", _yuan),
     _A("CloseLimit", V.Double, "CNY", "Balance above which supply may be restored",
        None, "close_limit_fen", _yuan),
+    _A("SupplyDesired", V.Boolean, "", "True unless the platform decided to cut a meter "
+       "of the account (SupplyOn: what the meters read)", None, "supply_desired", bool),
+    _A("Owed", V.Double, "CNY", "What the tenant owes: energy and general-wallet arrears, "
+       "unpaid bills and charges", None, "owed_fen", _yuan),
+    _A("OwedFen", V.Int64, "", "What the tenant owes, fen", None, "owed_fen", int),
+    _A("UnbilledMeters", V.Int32, "", "Meters of the account that are not billed (each a "
+       "BillingAlarm)", None, "unbilled", int),
+    _A("FailedDeliveries", V.Int32, "", "FAILED RECHARGE/REFUND commands not retried or "
+       "refunded (each a DeliveryFailedAlarm)", None, "failed_deliveries", int),
 )  # fmt: skip
 ACCOUNT_PROPERTIES = ("AccountId", "Name", "Room")
 
@@ -173,6 +202,10 @@ def snapshot_values(s: AccountSnapshot) -> dict[str, Any]:
         "alarm2_fen": th.alarm2_fen,
         "overdraft_limit_fen": th.overdraft_limit_fen,
         "close_limit_fen": th.close_limit_fen,
+        "supply_desired": s.desired_supply_on,
+        "owed_fen": s.owed_fen,
+        "unbilled": len(s.billing_problems),
+        "failed_deliveries": len(s.failed_commands),
     }
 
 
@@ -404,6 +437,9 @@ class AccountView:
         elif isinstance(event, SupplyChanged):
             self._supply_changed(service, event)
             self.touch(event.account_id)
+        elif isinstance(event, SupplyMismatch | BillingAlarm | CommandFailed | CommandResolved):
+            self._meter_alarm(service, event)
+            self.touch(event.account_id)
         elif isinstance(event, AuditRecord):
             self._audit_record(service, event)
             space = service.space
@@ -485,6 +521,85 @@ class AccountView:
                 },
                 event.at,
             )
+        )
+
+    def _meter_alarm(
+        self,
+        service: OpcUaService,
+        event: SupplyMismatch | BillingAlarm | CommandFailed | CommandResolved,
+    ) -> None:
+        """The meter's SupplyMismatch, Billing and Delivery conditions."""
+        space, emitter = service.space, service.events
+        node = space.meter_nodes.get(event.meter_id) if space is not None else None
+        if space is None or emitter is None or node is None:
+            return
+        m, account = event.meter_id, event.account_id or ""
+        if isinstance(event, SupplyMismatch):
+            kind, name, active, severity = (
+                "SupplyMismatchAlarmType",
+                "SupplyMismatch",
+                event.active,
+                SEVERITY_SUPPLY_MISMATCH,
+            )
+            message = f"{m}: " + (
+                f"reads supply {'on' if event.observed_on else 'off'} against the decision "
+                f"{'on' if event.desired_on else 'cut'} (possible tamper; re-assertion "
+                f"{event.consecutive} in a row)"
+                if event.active
+                else "reads the decided supply state again"
+            )
+            fields = {
+                "MeterId": m,
+                "AccountId": account,
+                "DesiredOn": event.desired_on,
+                "ObservedOn": event.observed_on,
+                "Count": event.count,
+                "Consecutive": event.consecutive,
+                "CommandId": event.command_id,
+                "Detail": event.detail,
+            }
+            force = event.active  # every re-assertion is news, not only the first
+        elif isinstance(event, BillingAlarm):
+            kind, name, active, severity = (
+                "BillingAlarmType",
+                "Billing",
+                event.active,
+                SEVERITY_BILLING,
+            )
+            message = f"{m}: " + (f"not billed: {event.reason}" if event.active else "billed again")
+            fields = {"MeterId": m, "AccountId": account, "Reason": event.reason}
+            force = False
+        else:
+            if event.command not in ("RECHARGE", "REFUND"):
+                return
+            kind, name, severity = "DeliveryFailedAlarmType", "Delivery", SEVERITY_DELIVERY
+            active = isinstance(event, CommandFailed)
+            detail = event.error if isinstance(event, CommandFailed) else event.detail
+            message = (
+                f"{m}: {event.command} #{event.command_id} FAILED, money not delivered: {detail}"
+                if active
+                else f"{m}: {event.command} #{event.command_id} {event.how}: {detail}"
+            )
+            fields = {
+                "MeterId": m,
+                "AccountId": account,
+                "CommandId": event.command_id,
+                "Command": event.command,
+                "Error": detail,
+            }
+            force = active
+        emitter.condition(
+            kind,
+            ua.NodeId(f"Meter:{m}/{name}", space.i),
+            name,
+            active,
+            node,
+            m,
+            message,
+            severity,
+            fields,
+            event.at,
+            force=force,
         )
 
     def _audit_record(self, service: OpcUaService, record: AuditRecord) -> None:
@@ -575,6 +690,7 @@ class AccountView:
     # -- methods --------------------------------------------------------------------------
     def method_specs(self) -> list[MethodSpec]:
         reason = Arg("Reason", V.String, "Why (recorded with the relay or valve action)", "reason")
+        command_id = Arg("CommandId", V.Int64, "The FAILED command's number", "command")
         commands = Arg("Commands", V.String, "The meter commands queued")
         balance = Arg("Balance", V.Double, "Energy wallet balance after the call, CNY")
         return [
@@ -695,6 +811,48 @@ class AccountView:
                 SUPPLY,
                 "Restore this meter's supply (operator, admin)",
                 self._reconnect,
+            ),
+            MethodSpec(
+                "MeterType",
+                "ReplaceMeter",
+                (
+                    Arg(
+                        "FinalReading",
+                        V.String,
+                        "The old device's registers: total=…,T1=…,…,T4=… (kWh or m³)",
+                        "final_reading",
+                    ),
+                    Arg("NewSerial", V.String, "Serial number of the new device", "new_serial"),
+                    Arg(
+                        "InitialReading",
+                        V.String,
+                        "The new device's registers; 0 when new",
+                        "initial_reading",
+                    ),
+                    reason,
+                ),
+                (Arg("Replacement", V.String, "What was recorded"),),
+                ADMIN,
+                "Record that this meter's device was swapped, now (admin)",
+                self._replace_meter,
+            ),
+            MethodSpec(
+                "MeterType",
+                "RetryCommand",
+                (command_id, reason),
+                (commands,),
+                SUPPLY,
+                "Send a FAILED command of this meter again, same parameters (operator, admin)",
+                self._retry_command,
+            ),
+            MethodSpec(
+                "MeterType",
+                "RefundCommand",
+                (command_id, reason),
+                (balance,),
+                CASH,
+                "Refund the top-up of a FAILED RECHARGE of this meter (cashier, admin)",
+                self._refund_command,
             ),
         ]
 
@@ -875,6 +1033,51 @@ class AccountView:
         ((on, _),) = values
         await in_thread(self.ops.protect, call.target, bool(on), actor=call.actor)  # type: ignore[union-attr]
         return []
+
+    async def _replace_meter(self, call: Call, values: list[Any]) -> list[ua.Variant]:
+        (final, _), (serial, _), (initial, _), (reason, _) = values
+        done = await in_thread(
+            self.ops.replace_meter,  # type: ignore[union-attr]
+            call.target,
+            final_reading=final or "",
+            new_serial=serial or "",
+            initial_reading=initial or "",
+            reason=reason or "",
+            actor=call.actor,
+        )
+        return [ua.Variant(f"replacement {done.id}: {done.describe()}", V.String)]
+
+    async def _own_failed_command(self, call: Call, value: Any) -> int:
+        """The command number, refused unless it is one of this meter's commands."""
+        command_id = int(value)
+        try:
+            command = await in_thread(self.ops.command, command_id)  # type: ignore[union-attr]
+        except Exception as exc:
+            raise Refused(S.BadInvalidArgument, str(exc), 0) from None
+        if command.meter_id != call.target:
+            raise Refused(
+                S.BadInvalidArgument,
+                f"command {command_id} is for meter {command.meter_id}, not {call.target}",
+                0,
+            )
+        return command_id
+
+    async def _retry_command(self, call: Call, values: list[Any]) -> list[ua.Variant]:
+        (command_id, _), (reason, _) = values
+        own = await self._own_failed_command(call, command_id)
+        new = await in_thread(self.ops.retry_command, own, reason, actor=call.actor)  # type: ignore[union-attr]
+        return [ua.Variant(_commands([new]), V.String)]
+
+    async def _refund_command(self, call: Call, values: list[Any]) -> list[ua.Variant]:
+        (command_id, _), (reason, _) = values
+        own = await self._own_failed_command(call, command_id)
+        await in_thread(self.ops.refund_failed_command, own, reason, actor=call.actor)  # type: ignore[union-attr]
+        command = await in_thread(self.ops.command, own)  # type: ignore[union-attr]
+        balance = 0
+        if command.account_id:
+            snap = await in_thread(self.ops.account_snapshot, command.account_id)  # type: ignore[union-attr]
+            balance = snap.balance_fen
+        return [ua.Variant(_yuan(balance), V.Double)]
 
 
 def _commands(commands: Any) -> str:

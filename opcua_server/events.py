@@ -5,9 +5,11 @@ alarm clients subscribe on the Server object. Every event is therefore emitted o
 Server object with SourceNode/SourceName set to the meter or account it is about, and a
 second time on that meter or account object (for clients that subscribe per object).
 
-Alarms (low balance, communication loss) are conditions (AlarmConditionType subtypes, one
-condition per account or meter, ConditionId `Account:<id>/LowBalance`,
-`Meter:<id>/CommunicationAlarm`, in the site namespace). They are acknowledgeable
+Alarms (low balance, communication loss, supply mismatch, unbilled meter, failed delivery)
+are conditions (AlarmConditionType subtypes, one condition per account or meter,
+ConditionId `Account:<id>/LowBalance`, `Meter:<id>/CommunicationAlarm`,
+`Meter:<id>/SupplyMismatch`, `Meter:<id>/Billing`, `Meter:<id>/Delivery`, in the site
+namespace). They are acknowledgeable
 (Part 9 AcknowledgeableConditionType):
 
 - an alarm that becomes active carries AckedState = false ("Unacknowledged"); a change
@@ -98,6 +100,37 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
             ("Confirmed", V.Boolean, "True once read back from the device"),
         ],
     ),
+    "SupplyMismatchAlarmType": (
+        ua.ObjectIds.AlarmConditionType,
+        [
+            ("MeterId", V.String, "The meter that reads another supply state than decided"),
+            ("AccountId", V.String, "Its account, if any"),
+            ("DesiredOn", V.Boolean, "The supply state the platform decided"),
+            ("ObservedOn", V.Boolean, "What the meter's Good readings show"),
+            ("Count", V.Int32, "Re-assertions the meter ever needed"),
+            ("Consecutive", V.Int32, "Re-assertions since it last obeyed"),
+            ("CommandId", V.Int64, "The command sent again (0: held by the policy gate)"),
+            ("Detail", V.String, "What happened and when the next re-assertion may follow"),
+        ],
+    ),
+    "BillingAlarmType": (
+        ua.ObjectIds.AlarmConditionType,
+        [
+            ("MeterId", V.String, "The meter whose consumption is not billed"),
+            ("AccountId", V.String, "Its account"),
+            ("Reason", V.String, "Why (no tariff prices it, the tariff does not fit...)"),
+        ],
+    ),
+    "DeliveryFailedAlarmType": (
+        ua.ObjectIds.AlarmConditionType,
+        [
+            ("MeterId", V.String, "The LOCAL meter"),
+            ("AccountId", V.String, "Its account"),
+            ("CommandId", V.Int64, "The FAILED RECHARGE or REFUND"),
+            ("Command", V.String, "RECHARGE or REFUND"),
+            ("Error", V.String, "Why it failed, or how an operator resolved it"),
+        ],
+    ),
     "HistorianDataDroppedEventType": (
         ua.ObjectIds.SystemEventType,
         [
@@ -121,6 +154,11 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
 
 SEVERITY_LOW_BALANCE = {1: 400, 2: 600, 3: 800}
 SEVERITY_COMM = 700
+#: A meter disobeying the supply decision (possible tamper), an unbilled meter, money that
+#: did not reach a LOCAL meter.
+SEVERITY_SUPPLY_MISMATCH = 800
+SEVERITY_BILLING = 700
+SEVERITY_DELIVERY = 700
 
 
 @dataclass(frozen=True, slots=True)

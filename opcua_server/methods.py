@@ -226,8 +226,10 @@ def refusal_of(exc: Exception, spec: MethodSpec | None = None) -> Refused:
         return exc
     if isinstance(exc, RequestError):
         inputs = spec.inputs if spec is not None else ()
-        arg = next((i for i, a in enumerate(inputs) if a.field and a.field == exc.field), None)
-        if exc.field in _RANGE_FIELDS:
+        # "final_reading.T1" points at the argument "final_reading".
+        head = exc.field.split(".", 1)[0]
+        arg = next((i for i, a in enumerate(inputs) if a.field and a.field == head), None)
+        if isinstance(exc, AmountOutOfRange) or exc.field in _RANGE_FIELDS:
             return Refused(S.BadOutOfRange, str(exc), arg)
         if exc.field == "account":
             return Refused(S.BadInvalidState, str(exc))

@@ -253,9 +253,7 @@ class Batches:
         out: dict[str, Any] = {}
         if action is Action.SET_TARIFF:
             tariff = p.pop("tariff", None)
-            if tariff is not None and tariff not in self.ops.catalogue:
-                known = ", ".join(sorted(x.id for x in self.ops.catalogue)) or "none"
-                raise RequestError("tariff", f"unknown tariff {tariff!r} (site tariffs: {known})")
+            self.ops.binding.check_known(tariff)
             out["tariff"] = tariff
         elif action is Action.SET_THRESHOLDS:
             for name in ("alarm1", "alarm2"):
@@ -609,6 +607,16 @@ class Batches:
             if row is None or row.state != "OPEN":
                 return PlanLine(item.target, False, f"account {item.target} is not open")
             if action is Action.SET_TARIFF:
+                meters = conn.execute(
+                    sa.select(t.account_meter.c.meter_id).where(
+                        t.account_meter.c.account_id == item.target,
+                        t.account_meter.c.detached_at.is_(None),
+                    )
+                ).scalars()
+                try:
+                    self.ops.binding.check_account(p["tariff"], list(meters))
+                except RequestError as exc:
+                    return PlanLine(item.target, False, exc.message)
                 return PlanLine(item.target, True, f"tariff {row.tariff_id or '-'} → {p['tariff']}")
             if action is Action.SET_THRESHOLDS:
                 return PlanLine(

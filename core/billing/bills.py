@@ -49,6 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import ledger
+from ..binding import tariff_for
 from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..ledger import JournalKind, Posting, RequestError, format_fen
@@ -64,7 +65,7 @@ from ..rating import (
     round_fen,
 )
 from ..site import Site
-from ..tariffs import SINGLE_RATE, Commodity, TariffCatalogue
+from ..tariffs import SINGLE_RATE, TariffCatalogue
 from .periods import Calendar, parse_period
 from .readings import difference, modulus_units, readings_at
 from .runs import ar_code, insert_items
@@ -198,19 +199,6 @@ class Arrear:
     @property
     def outstanding_fen(self) -> int:
         return self.total_fen - self.paid_fen
-
-
-def tariff_for(
-    catalogue: TariffCatalogue, defaults: Mapping[str, str], kind: str, tariff_id: str | None
-) -> str | None:
-    """The tariff that prices a meter of `kind` (electric, water): the account's when it
-    prices that commodity, else the site's default for the kind (`[prepay.engine]
-    default_tariffs`), as metering does; None when nothing prices it."""
-    commodity = Commodity.WATER if kind == MeterKind.WATER.value else Commodity.ELECTRICITY
-    if tariff_id and tariff_id in catalogue and catalogue.get(tariff_id).commodity is commodity:
-        return tariff_id
-    default = defaults.get(kind)
-    return default if default and default in catalogue else None
 
 
 class _Item(NamedTuple):

@@ -404,6 +404,7 @@ class Reports:
             )
             per_bucket[i] += cell.get("total", 0)
         table.total = ["total", "", "", energy(sum(per_bucket)), *["" for _ in rates]]
+        table.notes.extend(unbilled_notes(conn, chosen))
         return table
 
     def energy_by_bucket(self, table: Table) -> Table:
@@ -518,7 +519,8 @@ class Reports:
             notes=[
                 "Cost = the month's usage deductions of the room's meters (ledger), and the "
                 "usage lines of the month's confirmed post-paid bills, split over the rates in "
-                "proportion to the tariff's exact amounts for the month's energy."
+                "proportion to the tariff's exact amounts for the month's energy.",
+                *unbilled_notes(conn, meters),
             ],
         )
         totals = [0] * (len(rates) + 1)
@@ -612,6 +614,24 @@ class Reports:
         if not whole:
             return [0] * parts
         return largest_remainder(money, [x * money / whole for x in exact])
+
+
+def unbilled_notes(conn: Connection, meters: Sequence[str]) -> list[str]:
+    """A note counting the meters of open accounts that are not billed now (billing
+    alarms), each with why: their consumption is missing from the money columns."""
+    pm = t.prepay_meter
+    rows = conn.execute(
+        sa.select(pm.c.meter_id, pm.c.billing_problem, pm.c.billing_problem_at)
+        .where(pm.c.billing_problem.is_not(None), pm.c.meter_id.in_(list(meters)))
+        .order_by(pm.c.meter_id)
+    ).all()
+    if not rows:
+        return []
+    listed = "; ".join(
+        f"{r.meter_id} since {r.billing_problem_at:%Y-%m-%d %H:%M} UTC: {r.billing_problem}"
+        for r in rows
+    )
+    return [f"NOT BILLED: {len(rows)} meter(s) of open accounts — {listed}"]
 
 
 def _rate_order(names: set[str]) -> list[str]:

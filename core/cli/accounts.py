@@ -14,9 +14,11 @@ import click
 from .. import accounts as acc
 from .. import commands as cmds
 from .. import ledger
+from ..binding import TariffBinding
 from ..db import Database
 from ..errors import OpenPrepayError
 from ..ledger import RequestError, format_fen, parse_yuan
+from ..operations import AccountSnapshot, MeterSnapshot
 from ..prepay_settings import load_prepay
 from ..site import Site
 from . import EXIT_FAILED, CliContext
@@ -136,6 +138,9 @@ def account_open(
                     _optional_amount(close_limit, "--close-limit", d.close_limit_fen),
                     _optional_amount(hoard_limit, "--hoard-limit", d.hoard_limit_fen),
                 )
+                TariffBinding.for_site(site, obj.plugins.models).check_account(
+                    tariff, [m.meter_id for m in assigned], "--tariff"
+                )
                 spec = acc.AccountSpec(
                     account_id,
                     name,
@@ -169,25 +174,58 @@ def _summary(a: acc.Account) -> str:
     help="Only accounts in this state.",
 )
 @click.option("--room", help="Only accounts of this room.")
-def account_list(site_file: str, state: str | None, room: str | None) -> None:
-    """List accounts with their state, meters and balances (yuan)."""
-    db = site_database(site_file)
-    try:
-        with db.read() as conn:
-            rows = acc.list_accounts(conn, state=state.upper() if state else None, room=room)
-    finally:
-        db.dispose()
+@click.pass_obj
+def account_list(obj: CliContext, site_file: str, state: str | None, room: str | None) -> None:
+    """List accounts: state, fee state, supply (decided/read), balances and what is owed.
+
+    SUPPLY shows what the platform decided and what the meters read: on/on, cut/off;
+    "!" marks a meter that disobeys (re-asserted), "?" a meter not read yet. ALARM
+    counts unbilled meters and FAILED deliveries nobody dealt with."""
+    with site_operations(site_file, obj) as ops:
+        rows = [
+            a
+            for a in ops.list_accounts()
+            if (state is None or a.state == state.upper()) and (room is None or a.room == room)
+        ]
     click.echo(
-        f"{'ACCOUNT':<16} {'STATE':<13} {'ROOM':<10} {'ENERGY':>12} {'GENERAL':>12}  "
-        f"{'P':<1}  METERS  NAME"
+        f"{'ACCOUNT':<16} {'STATE':<13} {'ROOM':<10} {'FEE':<9} {'SUPPLY':<9} {'ENERGY':>12} "
+        f"{'GENERAL':>12} {'OWED':>12}  {'P':<1}  ALARM  METERS  NAME"
     )
     for a in rows:
         meters = ",".join(m.meter_id for m in a.meters) or "-"
+        alarms = len(a.billing_problems) + len(a.failed_commands)
         click.echo(
-            f"{a.id:<16} {a.state:<13} {a.room or '-':<10} {format_fen(a.energy_fen):>12} "
-            f"{format_fen(a.general_fen):>12}  {'P' if a.protected else '-'}  {meters}  {a.name}"
+            f"{a.account_id:<16} {a.state:<13} {a.room or '-':<10} {a.fee_state.value:<9} "
+            f"{_supply(a):<9} {format_fen(a.balance_fen):>12} {format_fen(a.general_fen):>12} "
+            f"{format_fen(a.owed_fen):>12}  {'P' if a.protected else '-'}  "
+            f"{alarms or '-':<5}  {meters}  {a.name}"
         )
     click.echo(f"{len(rows)} account(s)")
+
+
+def _supply(a: AccountSnapshot) -> str:
+    """decided/read for the account: cut/off, on/on, cut/on! (disobeying), on/? (unread)."""
+    if not a.meters:
+        return "-"
+    decided = "on" if a.desired_supply_on else "cut"
+    if any(m.supply_on is False for m in a.meters):
+        read = "off"
+    elif any(m.supply_on is None for m in a.meters):
+        read = "?"
+    else:
+        read = "on"
+    return f"{decided}/{read}" + ("!" if any(m.mismatch_active for m in a.meters) else "")
+
+
+def _meter_supply(m: MeterSnapshot) -> str:
+    decided = {True: "on", False: "cut", None: "never switched"}[m.desired_on]
+    read = {True: "on", False: "off", None: "not read yet"}[m.supply_on]
+    text = f"supply decided {decided}, reads {read}"
+    if m.mismatch_count:
+        text += f" (re-asserted {m.mismatch_count}x" + (
+            ", disobeying now)" if m.mismatch_active else ")"
+        )
+    return text
 
 
 @account_group.command("show")
@@ -196,18 +234,18 @@ def account_list(site_file: str, state: str | None, room: str | None) -> None:
 @click.option(
     "--entries", default=10, show_default=True, type=Count(0, 1000), help="Latest entries shown."
 )
-def account_show(site_file: str, account_id: str, entries: int) -> None:
-    """Show one account: settings, meters, balances, latest entries and meter commands."""
-    db = site_database(site_file)
-    try:
-        with db.read() as conn:
+@click.pass_obj
+def account_show(obj: CliContext, site_file: str, account_id: str, entries: int) -> None:
+    """Show one account: settings, fee state, meters with their supply (decided and read)
+    and billing, balances and what is owed, open alarms, latest entries and commands."""
+    with site_operations(site_file, obj) as ops:
+        with ops.db.read() as conn:
             a = acc.get_account(conn, account_id)
             b = ledger.balances(conn, account_id)
             history = ledger.wallet_history(conn, account_id, entries)
             commands = cmds.list_commands(conn, account_id=account_id, limit=entries)
             refundable = ledger.refundable(conn, account_id) if a.state == "OPEN" else 0
-    finally:
-        db.dispose()
+        snap = ops.account_snapshot(account_id)
     th = a.thresholds
     click.echo(f"account   {a.id} — {a.name}")
     click.echo(f"state     {a.state} (created {a.created_at:%Y-%m-%d %H:%M} UTC)")
@@ -229,11 +267,34 @@ def account_show(site_file: str, account_id: str, entries: int) -> None:
         f"overdraft {format_fen(th.overdraft_limit_fen)}  close {format_fen(th.close_limit_fen)}  "
         f"hoard {format_fen(th.hoard_limit_fen) if th.hoard_limit_fen else 'none'}"
     )
+    click.echo(
+        f"owed      {format_fen(snap.owed_fen)}  (energy arrears "
+        f"{format_fen(max(0, snap.emergency_outstanding_fen - snap.balance_fen))}, general "
+        f"{format_fen(max(0, -snap.general_fen))}, bills and charges "
+        f"{format_fen(max(0, snap.receivable_fen))})"
+    )
+    click.echo(
+        f"fee state {snap.fee_state.value} (alarm level {snap.alarm_level})    supply "
+        f"{_supply(snap)} (decided/read)"
+    )
     click.echo(f"notify    {', '.join(a.notify) or '-'}")
-    for m in a.meters:
+    for m in snap.meters:
+        line = f"meter     {m.meter_id}  {m.kind}  {m.control_mode}  {_meter_supply(m)}"
+        line += f"; purchases {m.buy_count} (confirmed {m.confirmed_buy_count})"
+        if m.control_mode == "LOCAL":
+            line += (
+                "; the meter's count to be read and aligned"
+                if m.align_pending
+                else f"; meter count {m.meter_buy_count}"
+            )
+        click.echo(line)
+        if m.billing_problem:
+            click.echo(f"  ALARM   {m.meter_id} is not billed: {m.billing_problem}")
+    for command_id in snap.failed_commands:
         click.echo(
-            f"meter     {m.meter_id}  {m.kind}  {m.control_mode}  "
-            f"purchases {m.buy_count} (confirmed {m.confirmed_buy_count})"
+            f"  ALARM   command {command_id} FAILED, money not delivered: "
+            f"`openprepay command retry {site_file} {command_id} --reason ...` or "
+            f"`openprepay command refund {site_file} {command_id} --reason ...`"
         )
     if history:
         click.echo("entries:")
@@ -358,6 +419,7 @@ def _run_import(
                     defaults=load_prepay(site).thresholds,
                     progress=tick,
                     requested_by=operator(),
+                    binding=TariffBinding.for_site(site, obj.plugins.models),
                 )
                 if dry_run:
                     raise _DryRun(report)
@@ -397,6 +459,9 @@ def topup_command(
     fen = _amount(amount)
     with site_operations(site_file, obj) as ops:
         r = ops.topup(account_id, fen, reference, channel=channel, meter_id=meter, actor=operator())
+        replayed_state = (
+            ops.command(r.command_id).state if r.replayed and r.command_id is not None else None
+        )
     line = (
         f"top-up {r.reference}: {format_fen(r.amount_fen)} to {r.account_id} via {r.channel}"
         + (" (already recorded; nothing changed)" if r.replayed else "")
@@ -405,7 +470,9 @@ def topup_command(
     if r.emergency_repaid_fen:
         line += f" (emergency credit repaid {format_fen(r.emergency_repaid_fen)})"
     if r.command_id is not None:
-        line += f"; RECHARGE #{r.command_id} queued for {r.meter_id} (purchase {r.buy_count})"
+        # A replay reports the delivery as it stands, not as queued again.
+        state = _replayed_delivery(replayed_state) or "queued"
+        line += f"; RECHARGE #{r.command_id} {state} for {r.meter_id} (purchase {r.buy_count})"
     click.echo(line)
 
 
@@ -456,6 +523,17 @@ def refund_command(
             else ""
         )
     )
+
+
+def _replayed_delivery(state: str | None) -> str | None:
+    """How a replayed top-up's RECHARGE stands: "confirmed", "FAILED", "still on its way"."""
+    if state is None:
+        return None
+    if state == cmds.CommandState.CONFIRMED:
+        return "already confirmed"
+    if state in (cmds.CommandState.FAILED, cmds.CommandState.SUPERSEDED):
+        return f"{state} (see `openprepay account show`)"
+    return "still on its way"
 
 
 def register(cli: click.Group) -> None:

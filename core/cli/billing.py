@@ -43,7 +43,7 @@ from ..events import utcnow
 from ..ledger import RequestError, format_fen, parse_yuan
 from ..operations import Operations
 from ..site import Site
-from . import CliContext
+from . import EXIT_FAILED, CliContext
 from .common import load_checked_site, progress_bar, site_argument
 from .database import operator, site_database
 from .params import ROW_ID, Count
@@ -287,6 +287,20 @@ def billing_apportion(
             )
     for r in results:
         _show_run(r, c.site.info.tz)
+    _exit_on_fault(results)
+
+
+def _exit_on_fault(results: Sequence[RunResult | Computed]) -> None:
+    """A pool in FAULT (main < Σ sub + public: a meter fault, nothing allocated) is a
+    failure of the command: say so on stderr and exit non-zero."""
+    faults = [r for r in results if str(r.state) == runs.RunState.FAULT]
+    for r in faults:
+        click.echo(
+            f"error: {r.source} {r.period} is in FAULT, nothing was allocated: {r.reason}",
+            err=True,
+        )
+    if faults:
+        raise SystemExit(EXIT_FAILED)
 
 
 @billing_group.command("approve")
@@ -408,6 +422,7 @@ def billing_month_end(obj: CliContext, site_file: str, period: str) -> None:
         f"{report.drafts} post-paid draft(s) for {period}: review them with "
         f"`openprepay bill list {site_file} --period {period}`"
     )
+    _exit_on_fault(report.pools)
 
 
 @billing_group.command("runs")

@@ -45,7 +45,7 @@ def check_command(obj: CliContext, site_file: str) -> None:
     """Validate a site file; every error names its field. Exit status 2 on errors."""
     site = load_checked_site(site_file)
     check_devices_against_models(site, obj.plugins.models)
-    problems = check_prepayment_sections(site)
+    problems = check_prepayment_sections(site, obj.plugins.models)
     problems.extend(check_billing(site, obj.plugins.models))
     try:
         obj.plugins.validate_site(site)

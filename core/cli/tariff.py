@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import click
 
+from ..binding import TariffBinding
 from ..errors import ConfigError, FieldError
 from ..numbers import NumberRefused, read_decimal
 from ..prepay_settings import check_prepay
@@ -23,7 +24,7 @@ from ..tariffs import (
     hhmm,
     load_tariffs,
 )
-from . import EXIT_CONFIG
+from . import EXIT_CONFIG, CliContext
 from .common import load_checked_site, site_argument
 from .params import Count, PlainNumber
 
@@ -145,10 +146,14 @@ def _letters(names: list[str]) -> dict[str, str]:
 
 @tariff_group.command("check")
 @site_argument
-def check_command(site_file: str) -> None:
-    """Validate [tariffs] and [prepay] of SITE; each error names its entry. Exit 2 on errors."""
+@click.pass_obj
+def check_command(obj: CliContext, site_file: str) -> None:
+    """Validate [tariffs] and [prepay] of SITE; each error names its entry. Exit 2 on errors.
+    The default tariffs are also checked against the registers of the site's room meters."""
     site = load_checked_site(site_file)
     errors: list[FieldError] = check_tariffs(site) + check_prepay(site)
+    if not errors:
+        errors = TariffBinding.for_site(site, obj.plugins.models).site_problems()
     if errors:
         click.echo(f"{site_file}: {len(errors)} error(s)", err=True)
         for e in errors:

@@ -105,6 +105,17 @@ meter = sa.Table(
     #: Last purchase count the meter confirmed (read back), for reconciliation.
     sa.Column("confirmed_buy_count", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    #: Set while the platform must read the meter's own purchase count before it sends a
+    #: RECHARGE or REFUND (a LOCAL meter attached, replaced, or an operator's request);
+    #: the running service reads the meter, aligns both counters and clears it. Rev. 0007.
+    sa.Column("align_requested_at", UtcDateTime(), nullable=True),
+    #: When the meter's own purchase count was last read and aligned with. Revision 0007.
+    sa.Column("aligned_at", UtcDateTime(), nullable=True),
+    #: The meter numbers purchases as the platform's count minus this (a meter that came
+    #: with purchases of its own, a replaced meter restarting at 0). Revision 0007.
+    sa.Column("count_offset", sa.Integer(), nullable=False, server_default="0"),
+    #: The serial number of the device now installed (set by a meter replacement).
+    sa.Column("serial", sa.String(64), nullable=True),
 )
 
 #: Which meters an account has. A meter belongs to at most one account that is not closed.
@@ -330,12 +341,22 @@ meter_command = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
     sa.Column("sent_at", UtcDateTime(), nullable=True),
     sa.Column("finished_at", UtcDateTime(), nullable=True),
+    #: The FAILED command this one retries (`openprepay command retry`). Revision 0007.
+    sa.Column("retry_of", BigId, nullable=True),
+    #: How an operator dealt with a FAILED command ("retried as #12", "refunded: top-up
+    #: reversed by journal 40"), who and when; a FAILED money command without one is an
+    #: open alarm. Revision 0007.
+    sa.Column("resolution", sa.String(300), nullable=True),
+    sa.Column("resolved_by", sa.String(100), nullable=True),
+    sa.Column("resolved_at", UtcDateTime(), nullable=True),
     sa.CheckConstraint(
         "state IN ('PENDING', 'CLAIMED', 'SENT', 'CONFIRMED', 'FAILED', 'SUPERSEDED')",
         name="state",
     ),
 )
 sa.Index("ix_meter_command_meter_id_state", meter_command.c.meter_id, meter_command.c.state)
+#: A FAILED command is retried at most once (revision 0007).
+sa.Index("uq_meter_command_retry_of", meter_command.c.retry_of, unique=True)
 sa.Index(
     "ix_meter_command_state_next_attempt_at", meter_command.c.state, meter_command.c.next_attempt_at
 )
@@ -357,8 +378,47 @@ prepay_meter = sa.Table(
     sa.Column("trip_due_at", UtcDateTime(), nullable=True),
     sa.Column("gate_reason", sa.String(500), nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    # -- supply re-assertion (revision 0007, core/supply_watch.py) --
+    #: What the platform wants: True on, False cut, None no decision yet; the supply
+    #: command that decided it (its kind, or a re-assertion of it).
+    sa.Column("desired_on", sa.Boolean(), nullable=True),
+    sa.Column("desired_command_id", BigId, nullable=True),
+    #: Re-assertions ever made for the meter (the meter disobeyed the platform) and those
+    #: since it last obeyed; the next one is not sent before `reassert_due_at` (back-off).
+    sa.Column("mismatch_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("reasserts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("mismatch_since", UtcDateTime(), nullable=True),
+    sa.Column("reassert_due_at", UtcDateTime(), nullable=True),
+    # -- billing alarm (revision 0007, core/metering.py) --
+    #: Why the meter's consumption is not billed now (no tariff prices it, the tariff does
+    #: not fit its registers...); None while it is billed.
+    sa.Column("billing_problem", sa.String(500), nullable=True),
+    sa.Column("billing_problem_at", UtcDateTime(), nullable=True),
 )
 sa.Index("ix_prepay_meter_trip_due_at", prepay_meter.c.trip_due_at)
+
+#: A meter exchange (`openprepay meter replace`): the old device is billed up to its final
+#: reading and the new one from its initial reading, both at `at`. Metering applies it once
+#: (`applied_at`) in the transaction that saves the meter's baseline. Revision 0007.
+meter_replacement = sa.Table(
+    "meter_replacement",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("meter_id", sa.String(64), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("old_serial", sa.String(64), nullable=True),
+    sa.Column("new_serial", sa.String(64), nullable=False),
+    #: Register point name → value as text ("1234.56"), every rated register.
+    sa.Column("final_reading", sa.JSON(), nullable=False),
+    sa.Column("initial_reading", sa.JSON(), nullable=False),
+    #: The account the meter belonged to when it was swapped (None: no tenant).
+    sa.Column("account_id", sa.String(64), nullable=True),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("recorded_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("applied_at", UtcDateTime(), nullable=True),
+)
+sa.Index("ix_meter_replacement_meter_id", meter_replacement.c.meter_id)
 
 #: Per account: the disconnection notice of the current arrears episode, an operator's hold
 #: (supply kept on despite arrears) and an exemption from disconnection.

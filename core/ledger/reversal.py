@@ -43,7 +43,8 @@ def reverse(
 
     A journal is reversed at most once (`reversal:<id>`); reversing a top-up also reverses
     the emergency-credit repayment it made and takes it out of the refundable top-ups. A
-    top-up already delivered to a LOCAL meter, or partly refunded, cannot be reversed.
+    top-up delivered (or on its way) to a LOCAL meter, or partly refunded, cannot be
+    reversed; one whose RECHARGE ended FAILED can (the meter never got the money).
     """
     if not reason or not reason.strip():
         raise RequestError("reason", "required: say why the entry is reversed (audit)")
@@ -77,7 +78,7 @@ def reverse(
                 t.topup.c.reference == original.idempotency_key.removeprefix("topup:")
             )
         ).first()
-        if order is not None and order.buy_count is not None:
+        if order is not None and order.buy_count is not None and not _undelivered(conn, order):
             raise RequestError(
                 "journal",
                 f"top-up {order.reference} was delivered to LOCAL meter {order.meter_id} "
@@ -101,6 +102,15 @@ def reverse(
     )
     assert journal is not None
     return Posted(journal, new_id is None)
+
+
+def _undelivered(conn: Connection, order: Any) -> bool:
+    """A LOCAL top-up whose RECHARGE ended FAILED never reached the meter: the money is only
+    in the platform's wallet, so reversing the top-up refunds it."""
+    state = conn.execute(
+        sa.select(t.meter_command.c.state).where(t.meter_command.c.id == order.command_id)
+    ).scalar()
+    return state == "FAILED"
 
 
 def write_reversal(

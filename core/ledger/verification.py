@@ -355,7 +355,8 @@ def verify(conn: Connection) -> VerifyReport:
     recharge_counts: dict[tuple[str, int], int] = {}
     for meter_id, params in conn.execute(
         sa.select(t.meter_command.c.meter_id, t.meter_command.c.params).where(
-            t.meter_command.c.kind == "RECHARGE"
+            t.meter_command.c.kind == "RECHARGE",
+            t.meter_command.c.retry_of.is_(None),  # a retry repeats its count by design
         )
     ):
         if "buy_count" in (params or {}):

@@ -19,6 +19,9 @@ building's common-area main meter. Points the profile marks with `ratio` hold
 secondary-side values, i.e. the primary quantity divided by the device options
 `ct_ratio`/`pt_ratio`, as on a CT/PT-connected meter.
 
+A stuck relay (`sim_relay_stuck`, or the attribute `relay_stuck` while it runs) acknowledges
+relay commands and switches nothing, so they are never confirmed by read-back.
+
 Common device options: `sim_load_kw` (base load), `sim_energy_kwh` (starting total),
 `sim_tou` (day table), `sim_optional_blocks = false` (the simulated firmware answers
 "illegal data address" for the profile's optional blocks, like a meter without them).
@@ -186,6 +189,9 @@ class AcrelPrepaidSimulator(_ElectricSimulator):
         self.remaining = float(self.device.options.get("sim_remaining", 100.0))
         self.buy_count = int(self.device.options.get("sim_buy_count", 1))
         self.alarm1, self.alarm2, self.overdraft = 20.0, 5.0, 0.0
+        #: Fault: relay commands are acknowledged but the relay never moves (a welded or
+        #: bypassed relay), `sim_relay_stuck`.
+        self.relay_stuck = bool(self.device.options.get("sim_relay_stuck", False))
         self.prices = {1: 0.72, 2: 0.60, 3: 0.50, 4: 0.20}
         super().setup()
         self._refresh_prepaid()
@@ -218,6 +224,8 @@ class AcrelPrepaidSimulator(_ElectricSimulator):
             trip = words[1] == 1 if len(words) > 1 else self.forced_trip
             if words[0] not in (0, 1) or (len(words) > 1 and words[1] not in (0, 1)):
                 return ExcCodes.ILLEGAL_VALUE
+            if self.relay_stuck:
+                return None  # acknowledged; nothing switches
             self.forced, self.forced_trip = forced, trip
             self._update_relay()
         elif address == 0x004E and len(words) == 3:

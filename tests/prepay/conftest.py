@@ -88,8 +88,10 @@ def _make_account(
     ),
     **spec: Any,
 ) -> acc.Account:
+    from openprepay.core.commands import set_meter_buy_count
+
     with db.begin() as conn:
-        return acc.create_account(
+        account = acc.create_account(
             conn,
             acc.AccountSpec(
                 account_id,
@@ -98,6 +100,11 @@ def _make_account(
                 **spec,
             ),
         )
+        for m in account.meters:
+            if m.control_mode == ControlMode.LOCAL and m.confirmed_buy_count == 0:
+                # The service would read a fresh meter's purchase count (0) at attach.
+                set_meter_buy_count(conn, m.meter_id, 0)
+        return account
 
 
 @pytest.fixture
