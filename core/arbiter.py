@@ -44,6 +44,7 @@ from .events import (
 )
 from .model import CommandOutcome, DeviceCommand, Quality, Sample
 from .site import LinkConfig, PollPolicy
+from .tasks import wait_event
 
 log = logging.getLogger("openprepay.arbiter")
 
@@ -117,31 +118,46 @@ class LinkWorker:
         self._reconnect_delay = link.reconnect_min_s
         self._ever_connected = False
         self._log_extra = {"link": link.id}
+        #: Set when the worker has stopped: read-backs scheduled later fail with it.
+        self._stopped: LinkDown | None = None
 
     # -- public API -----------------------------------------------------------------------
-    async def run(self) -> None:
-        """Poll until cancelled."""
+    async def run(self, routine_polls: bool = True) -> None:
+        """Serve commands and reads until cancelled; with `routine_polls` (the service),
+        also poll every device at its interval and publish the link's statistics."""
         now = self.clock()
         self.stats.window_start = now
-        meters = list(self.drivers)
-        for i, meter_id in enumerate(meters):
-            # Spread the first polls over one interval instead of a burst at start.
-            offset = self.health[meter_id].interval_s * i / max(len(meters), 1)
-            heapq.heappush(self._polls, _Poll(now + offset, next(self._seq), meter_id))
+        self._stopped = None
         lanes = [
             asyncio.create_task(self._lane(), name=f"link-{self.link.id}-{n}")
             for n in range(self.link.in_flight)
         ]
-        lanes.append(
-            asyncio.create_task(self._publish_stats_forever(), name=f"stats-{self.link.id}")
-        )
+        if routine_polls:
+            meters = list(self.drivers)
+            for i, meter_id in enumerate(meters):
+                # Spread the first polls over one interval instead of a burst at start.
+                offset = self.health[meter_id].interval_s * i / max(len(meters), 1)
+                heapq.heappush(self._polls, _Poll(now + offset, next(self._seq), meter_id))
+            lanes.append(
+                asyncio.create_task(self._publish_stats_forever(), name=f"stats-{self.link.id}")
+            )
         try:
             await asyncio.gather(*lanes)
         finally:
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            self._fail_waiting(LinkDown(f"link {self.link.id} stopped"))
             await self.transport.close()
+
+    def _fail_waiting(self, exc: LinkDown) -> None:
+        """Answer every command and read still queued: their callers must not wait for a
+        worker that has stopped."""
+        self._stopped = exc
+        while self._control:
+            _settle(self._control.popleft().future, exc)
+        while self._confirm:
+            _settle(self._confirm.popleft().future, exc)
 
     async def execute(self, command: DeviceCommand) -> CommandOutcome:
         """Send a command ahead of every poll and confirm it by reading the device back.
@@ -185,16 +201,20 @@ class LinkWorker:
             if not usable:
                 wake_at = max(wake_at, self._reconnect_at) if self._polls else self._reconnect_at
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wake_at - now, 0.0005))
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, max(wake_at - now, 0.0005))
 
     def _schedule(self, meter_id: str, delay: float) -> None:
         heapq.heappush(self._polls, _Poll(self.clock() + delay, next(self._seq), meter_id))
 
     async def _lane(self) -> None:
+        lane = asyncio.current_task()
+        assert lane is not None
         while True:
+            if lane.cancelling():
+                # A driver or its library swallowed our cancellation (Python 3.11's
+                # asyncio.wait_for does when the answer arrives as the lane is cancelled):
+                # the lane must stop anyway, or the command that stops it never ends.
+                raise asyncio.CancelledError
             job = await self._take()
             if not self.transport.connected:
                 try:
@@ -435,6 +455,9 @@ class LinkWorker:
 
     def _confirm_later(self, job: _Confirm, delay: float) -> None:
         def push() -> None:
+            if self._stopped is not None:
+                _settle(job.future, self._stopped)
+                return
             self._confirm.append(job)
             self._wake.set()
 
@@ -565,9 +588,11 @@ class LinkArbiter:
         self._link_of = {m: w for w in self.workers.values() for m in w.drivers}
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def start(self, routine_polls: bool = True) -> None:
+        """Start every link's worker; without `routine_polls` the workers only serve
+        `execute` and `read_now` (a one-off `openprepay read`)."""
         self._tasks = [
-            asyncio.create_task(worker.run(), name=f"link-{link_id}")
+            asyncio.create_task(worker.run(routine_polls), name=f"link-{link_id}")
             for link_id, worker in self.workers.items()
         ]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import click
 
@@ -16,6 +18,8 @@ from ..simulate import SimulatedSite
 from ..site import check_devices_against_models
 from . import CliContext
 from .common import load_checked_site, run_async, site_argument, wait_for_stop
+
+T = TypeVar("T")
 
 
 @click.command("plugins")
@@ -137,12 +141,16 @@ def read_command(obj: CliContext, site_file: str, meters: tuple[str, ...]) -> No
 
     async def main(stop: asyncio.Event) -> int:
         runtime = Runtime(site, obj.plugins)
-        await runtime.arbiter.start()
+        # Only the meters asked for are read: no routine polls of the whole site.
+        await runtime.arbiter.start(routine_polls=False)
         failures = 0
         try:
-            for meter_id in targets:
+            for n, meter_id in enumerate(targets):
                 try:
-                    sample = await runtime.arbiter.read_now(meter_id)
+                    sample = await _unless_stopped(runtime.arbiter.read_now(meter_id), stop)
+                except _Interrupted:
+                    click.echo(f"interrupted; {len(targets) - n} meter(s) not read", err=True)
+                    return INTERRUPTED
                 except Exception as exc:  # show every meter, then fail
                     failures += 1
                     click.echo(f"{meter_id}: {Quality.BAD_COMM_FAILURE.name}: {exc}")
@@ -155,10 +163,36 @@ def read_command(obj: CliContext, site_file: str, meters: tuple[str, ...]) -> No
                     click.echo(f"    {name:<22} {value!s:>14} {unit}")
         finally:
             await runtime.arbiter.stop()
-        return failures
+        return 1 if failures else 0
 
-    if run_async(main):
-        raise click.exceptions.Exit(1)
+    status = run_async(main)
+    if status:
+        raise click.exceptions.Exit(status)
+
+
+#: Exit status of a device command stopped by Ctrl-C or SIGTERM before it was done.
+INTERRUPTED = 130
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while waiting for a device."""
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T:
+    """The result of `work`, unless `stop` is set first (then `_Interrupted`, and `work` is
+    cancelled): a silent meter must not keep a stopped command waiting."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        interrupted = not task.done()
+        if interrupted:
+            task.cancel()
+    if interrupted:
+        raise _Interrupted
+    return task.result()
 
 
 def register(cli: click.Group) -> None:

@@ -153,6 +153,11 @@ class ModbusTransport:
             raise LinkDown(f"link {self.link.id}: {exc}") from exc
         finally:
             self._last_end = time.monotonic()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # pymodbus awaits the answer with asyncio.wait_for, which on Python 3.11 returns
+            # the answer and drops our cancellation when both happen at once: re-raise it.
+            raise asyncio.CancelledError
         if response is None:
             raise DeviceTimeout(f"unit {unit}: no answer")
         if isinstance(response, ExceptionResponse) or response.isError():
