@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,9 +143,10 @@ class ProfileDriver:
         expected = (
             check.expect_value if check.expect_param is None else command.params[check.expect_param]
         )
-        if self.profile.codecs[check.point].wire.is_float and isinstance(expected, int | float):
-            # A float32 register holds the written value rounded to single precision.
-            expected = struct.unpack(">f", struct.pack(">f", expected))[0]
+        codec = self.profile.codecs[check.point]
+        if codec.wire.is_float and isinstance(expected, int | float):
+            # The register holds the written value in single precision, published rounded.
+            expected = codec.as_read(expected)
         ok = _same(actual, expected, self.model.point(check.point).resolution)
         detail = f"{check.point} = {actual}" + ("" if ok else f", expected {expected}")
         return CommandOutcome(command, ok, detail, {check.point: actual})

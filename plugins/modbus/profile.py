@@ -230,11 +230,18 @@ def _read_point(
     low = r.number("low", None)
     high = r.number("high", None)
     rollover = r.number("rollover", None, low=0.0, low_exclusive=True)
+    resolution = r.number("resolution", None, low=0.0, low_exclusive=True)
     verified = r.bool("verified", True)
     src = r.str("source", "")
     ratio = r.str("ratio", None, choices=["ct", "pt", "ctpt"])
     if codec is None or description is None or role is None:
         return None
+    if resolution is not None and not codec.wire.is_float:
+        r.error(
+            "only f32 points take a resolution; an integer register steps by its scale",
+            "resolution",
+        )
+        resolution = None
     if value_type is None:
         is_int = (
             codec.bit is not None
@@ -251,7 +258,10 @@ def _read_point(
         ValueType(value_type),
         codec.bit,
         codec.mapping,
+        resolution,
     )
+    # The step of the published value: a float's declared resolution, an integer's scale.
+    step = resolution if codec.wire.is_float else (codec.scale if codec.bit is None else None)
     if role == PointRole.CUMULATIVE and rollover is None and not codec.wire.is_float:
         rollover = (1 << (16 * codec.registers)) * codec.scale
     spec = PointSpec(
@@ -260,7 +270,7 @@ def _read_point(
         description=description,
         role=PointRole(role),
         value_type=ValueType(value_type),
-        resolution=codec.scale if not codec.wire.is_float and codec.bit is None else None,
+        resolution=step,
         rollover=rollover,
         low=low,
         high=high,

@@ -54,10 +54,12 @@ def test_every_wire_type_round_trips_in_every_order(wire: WireType, order: str) 
     for value in SAMPLES[wire]:
         words = codec.encode(value)
         assert words == expected_words(wire, value, order), value
-        # What the register holds: the value itself, or its nearest float32.
+        # What the register holds: the value itself, or its nearest float32 — published
+        # as the shortest decimal that is that float32.
         held = struct.unpack(fmt, struct.pack(fmt, value))[0]
-        assert decode(codec, words) == held, value
-        assert codec.to_value(held) == held
+        decoded = decode(codec, words)
+        assert struct.unpack(fmt, struct.pack(fmt, decoded))[0] == held, value
+        assert codec.to_value(held) == decoded
 
 
 def test_orders_of_a_32_bit_value() -> None:
@@ -75,6 +77,19 @@ def test_xintai_example_bytes_read_as_little_endian_float() -> None:
     # Read in the Modbus default order the same bytes are nonsense.
     default = PointCodec("flow", 0x0005, WireType.F32, "ABCD")
     assert decode(default, [0x1E85, 0x0B3F], start=0x0005) != pytest.approx(0.545)
+
+
+def test_float_registers_are_published_at_their_resolution() -> None:
+    # Issue 9 §10: a float32 volume of 0.6 m³ was published as 0.6000000238418579.
+    volume = PointCodec("volume", 0, WireType.F32, "DCBA", resolution=0.001)
+    assert decode(volume, volume.encode(0.6)) == 0.6
+    assert decode(volume, volume.encode(98765.4321)) == 98765.43  # the register: 98765.4296875
+    assert volume.to_value(struct.unpack(">f", struct.pack(">f", 0.6))[0]) == 0.6
+    # Without a declared resolution: the shortest decimal the float32 register holds.
+    setpoint = PointCodec("setpoint", 0, WireType.F32)
+    assert decode(setpoint, setpoint.encode(0.6)) == 0.6
+    assert decode(setpoint, setpoint.encode(1234.567)) == 1234.567
+    assert setpoint.as_read(1234.567) == 1234.567
 
 
 def test_scale_gives_exact_decimals_and_scaled_encoding() -> None:
@@ -251,6 +266,7 @@ DELETE = object()
         ("points.energy.order", "DABC", "points.energy.order: expected one of ABCD, CDAB"),
         ("points.energy.scal", 0.1, "points.energy.scal: unknown key"),
         ("points.energy.scale", 0, "points.energy.scale: must not be 0"),
+        ("points.energy.resolution", 0.01, "points.energy.resolution: only f32 points take"),
         ("points.relay.bit", 16, "points.relay.bit: expected 0..15, got 16"),
         ("points.energy.bit", 3, 'points.energy.type: bit and map need type = "u16"'),
         ("points.relay.map", "full", "points.relay.map: expected a table of raw value"),
