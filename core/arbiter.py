@@ -342,7 +342,30 @@ class LinkWorker:
                 )
                 self.publish(CommunicationRestored(health.meter_id, self.link.id, offline_s))
         health.state = DeviceState.ONLINE
+        self._mark_unsupported(health, sample)
         self.publish(sample)
+
+    def _mark_unsupported(self, health: DeviceHealth, sample: Sample) -> None:
+        """Points of the model the device does not deliver (an optional block it answers
+        with "illegal data address") are out of service, not "no communication": said
+        in the first Good sample after start and after every Bad one, so that a point
+        the meter does not have never stays Bad after the meter came back."""
+        if not health.unsupported_unsaid:
+            return
+        health.unsupported_unsaid = False
+        missing = [p.name for p in sample.model.points if p.name not in sample.values]
+        if not missing:
+            return
+        marks = dict.fromkeys(missing, Quality.BAD_OUT_OF_SERVICE)
+        sample.point_quality = {**marks, **(sample.point_quality or {})}
+        if not health.unsupported:
+            health.unsupported = tuple(missing)
+            log.info(
+                "meter %s does not have %s: published as out of service",
+                health.meter_id,
+                ", ".join(missing),
+                extra={"meter": health.meter_id, **self._log_extra},
+            )
 
     def _poll_failed(self, health: DeviceHealth, exc: Exception) -> None:
         health.polls_failed += 1
@@ -401,6 +424,7 @@ class LinkWorker:
             self.publish(CommunicationLost(health.meter_id, self.link.id, error))
 
     def _publish_bad(self, health: DeviceHealth, quality: Quality, error: str) -> None:
+        health.unsupported_unsaid = True
         driver = self.drivers[health.meter_id]
         self.publish(Sample(health.meter_id, driver.model, utcnow(), {}, quality, error=error))
 
@@ -531,6 +555,8 @@ class LinkWorker:
         except DeviceIOError as exc:
             _settle(job.future, exc)
             return
+        health = self.health[job.meter_id]
+        self._mark_unsupported(health, sample)
         self.publish(sample)
         _settle(job.future, sample)
 

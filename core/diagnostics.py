@@ -105,6 +105,10 @@ class DeviceHealth:
     last_error: str | None = None
     #: monotonic time the device went offline, None while online.
     offline_since: float | None = None
+    #: Model points the device does not deliver, and whether the next Good sample must
+    #: say so (after start and after every Bad sample).
+    unsupported: tuple[str, ...] = ()
+    unsupported_unsaid: bool = True
 
     def values(self) -> dict[str, Value]:
         return {

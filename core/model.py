@@ -63,7 +63,8 @@ class Quality(enum.IntEnum):
     BAD_COMM_FAILURE = 2
     #: An answer that could not be used: exception response, garbled frame, bad decode.
     BAD_DEVICE_FAILURE = 3
-    #: The device is configured but not polled (quarantined, disabled).
+    #: The device is configured but not polled (quarantined, disabled), or a point the
+    #: device does not have (its register answers "illegal data address").
     BAD_OUT_OF_SERVICE = 4
 
     @property
