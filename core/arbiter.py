@@ -380,6 +380,12 @@ class LinkWorker:
             health.garbled_frames += 1
             self.stats.garbled_frames += 1
             quality = Quality.BAD_DEVICE_FAILURE
+            log.warning(
+                "meter %s sent an answer that cannot be used: %s",
+                health.meter_id,
+                exc,
+                extra=self._device_extra(health.meter_id),
+            )
         elif isinstance(exc, DeviceRejected):
             self.stats.rejected += 1
             health.rejected += 1
@@ -410,6 +416,10 @@ class LinkWorker:
             delay = max(min(backoff, policy.backoff_max_s), health.interval_s)
         health.backoff_s = delay
         self._schedule(health.meter_id, delay)
+
+    def _device_extra(self, meter_id: str) -> dict[str, object]:
+        """Log context of one device: meter, link and Modbus unit id."""
+        return {"meter": meter_id, **self._log_extra, "unit": self.drivers[meter_id].device.unit_id}
 
     def _mark_offline(self, health: DeviceHealth, error: str) -> None:
         health.online = False

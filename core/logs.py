@@ -11,7 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-CONTEXT_FIELDS = ("site", "link", "meter", "account", "command", "plugin", "job")
+CONTEXT_FIELDS = ("site", "link", "unit", "meter", "account", "command", "plugin", "job")
 
 
 class KeyValueFormatter(logging.Formatter):
