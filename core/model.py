@@ -151,6 +151,13 @@ class DeviceModel:
     def units(self) -> Mapping[str, str]:
         return {p.name: p.unit for p in self.points}
 
+    @property
+    def unverified_points(self) -> tuple[str, ...]:
+        """Points whose register rests on a single source or an inference
+        (`PointSpec.verified` false): views mark their values so that a guess is never
+        taken for a fact."""
+        return tuple(p.name for p in self.points if not p.verified)
+
     def command(self, name: str) -> CommandSpec:
         for spec in self.commands:
             if spec.name == name:
@@ -179,6 +186,8 @@ class Sample:
     error: str | None = None
     #: Per-point quality overrides (e.g. a valve reporting "abnormal").
     point_quality: dict[str, Quality] | None = None
+    #: Why a point's quality is not Good, where a check said so ("3686.1 V above 300 V").
+    point_errors: dict[str, str] | None = None
 
     @property
     def time(self) -> datetime:

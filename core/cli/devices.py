@@ -11,7 +11,7 @@ import click
 from ..billing.settings import check_billing
 from ..contracts import SimulatorOptions
 from ..errors import ConfigError
-from ..model import Quality
+from ..model import MeterKind, PointSpec, Quality, Sample
 from ..prepay_engine import check_prepayment_sections
 from ..runtime import Runtime
 from ..simulate import SimulatedSite
@@ -33,12 +33,50 @@ def plugins_command(obj: CliContext, models: bool) -> None:
         if models:
             for name in info.models:
                 model = plugins.models[name]
+                unverified = len(model.unverified_points)
                 click.echo(
-                    f"    {name:<22} {model.kind:<8} {len(model.points):>3} points  "
+                    f"    {name:<22} {model.kind:<8} {len(model.points):>3} points "
+                    f"({unverified} on unverified registers)  "
                     f"commands: {', '.join(c.name for c in model.commands) or '-'}"
                 )
     for failure in plugins.failures:
         click.echo(f"{failure.name:<14} FAILED: {failure.error}", err=True)
+
+
+@click.command("models")
+@click.argument("names", nargs=-1, metavar="[MODEL]...")
+@click.pass_obj
+def models_command(obj: CliContext, names: tuple[str, ...]) -> None:
+    """Show device models point by point: unit, role, plausible range, and whether the
+    register is verified (two sources agree) or rests on one source."""
+    catalogue = obj.plugins.models
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        known = ", ".join(sorted(catalogue))
+        raise click.BadParameter(f"unknown model(s) {', '.join(unknown)}; installed: {known}")
+    for name in names or sorted(catalogue):
+        model = catalogue[name]
+        if model.kind not in (MeterKind.ELECTRIC, MeterKind.WATER):
+            continue
+        click.echo(f"{name}  ({model.vendor} {model.product}, {model.kind}, plugin {model.plugin})")
+        for point in model.points:
+            mark = "verified" if point.verified else "UNVERIFIED"
+            click.echo(
+                f"    {point.name:<22} {point.unit or '-':<8} {point.role:<11} "
+                f"{_limits_text(point):<16} {mark:<10} {point.source}"
+            )
+        for command in model.commands:
+            mark = "verified" if command.verified else "UNVERIFIED"
+            click.echo(f"    command {command.name:<14} {mark:<10} {command.source}")
+
+
+def _limits_text(point: PointSpec) -> str:
+    """A point's plausible values: its range, or the legal values of a state register."""
+    if point.low is not None or point.high is not None:
+        low = "" if point.low is None else f"{point.low:g}"
+        high = "" if point.high is None else f"{point.high:g}"
+        return f"{low}..{high}"
+    return "-"
 
 
 @click.command("check")
@@ -158,9 +196,7 @@ def read_command(obj: CliContext, site_file: str, meters: tuple[str, ...]) -> No
                 click.echo(
                     f"{meter_id} ({sample.model.name}) at {sample.read_at:%Y-%m-%d %H:%M:%S}Z"
                 )
-                for name, value in sample.values.items():
-                    unit = sample.unit(name)
-                    click.echo(f"    {name:<22} {value!s:>14} {unit}")
+                _print_values(sample)
         finally:
             await runtime.arbiter.stop()
         return 1 if failures else 0
@@ -168,6 +204,27 @@ def read_command(obj: CliContext, site_file: str, meters: tuple[str, ...]) -> No
     status = run_async(main)
     if status:
         raise click.exceptions.Exit(status)
+
+
+def _print_values(sample: Sample) -> None:
+    """Every value with its unit; what is not Good says its quality and why, and values
+    that rest on an unverified register say so."""
+    unverified = set(sample.model.unverified_points)
+    notes = sample.point_errors or {}
+    if not sample.quality.is_good:
+        click.echo(f"    quality {sample.quality.name}: {sample.error or 'no reason given'}")
+    for name in [p.name for p in sample.model.points]:
+        quality = sample.quality_of(name)
+        if name not in sample.values and quality.is_good:
+            continue
+        value = sample.values.get(name, "-")
+        marks = []
+        if not quality.is_good:
+            marks.append(quality.name + (f" ({notes[name]})" if name in notes else ""))
+        if name in unverified:
+            marks.append("unverified register")
+        line = f"    {name:<22} {value!s:>14} {sample.unit(name):<8}"
+        click.echo(f"{line} {'; '.join(marks)}".rstrip())
 
 
 #: Exit status of a device command stopped by Ctrl-C or SIGTERM before it was done.
@@ -196,5 +253,12 @@ async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T:
 
 
 def register(cli: click.Group) -> None:
-    for command in (plugins_command, check_command, simulate_command, run_command, read_command):
+    for command in (
+        plugins_command,
+        models_command,
+        check_command,
+        simulate_command,
+        run_command,
+        read_command,
+    ):
         cli.add_command(command)
