@@ -39,10 +39,12 @@ from .events import (
     CommunicationLost,
     CommunicationRestored,
     DeviceQuarantined,
+    ImplausibleReading,
     LinkStateChanged,
     utcnow,
 )
 from .model import CommandOutcome, DeviceCommand, Quality, Sample
+from .plausibility import DeviceLimits, PlausibilityCheck, device_limits
 from .site import LinkConfig, PollPolicy
 from .tasks import wait_event
 
@@ -108,6 +110,16 @@ class LinkWorker:
             meter_id: DeviceHealth(meter_id, link.id, intervals[meter_id]) for meter_id in drivers
         }
         self.stats = LinkHealth(link.id)
+        #: Every sample is checked against its device's physical limits before it is
+        #: published (a driver may carry `limits` scaled by CT/PT ratios).
+        self.checks = {
+            meter_id: PlausibilityCheck(
+                driver.model,
+                getattr(driver, "limits", None) or device_limits(driver.model, driver.device),
+                policy.time_scale,
+            )
+            for meter_id, driver in drivers.items()
+        }
         self._control: deque[_Control] = deque()
         self._confirm: deque[_Confirm | _Read] = deque()
         self._polls: list[_Poll] = []
@@ -343,7 +355,38 @@ class LinkWorker:
                 self.publish(CommunicationRestored(health.meter_id, self.link.id, offline_s))
         health.state = DeviceState.ONLINE
         self._mark_unsupported(health, sample)
+        self._check(health, sample)
         self.publish(sample)
+
+    def _check(self, health: DeviceHealth, sample: Sample) -> None:
+        """Mark what is physically implausible in `sample` (core/plausibility.py); say so
+        once per episode and point: a log line and an ImplausibleReading event."""
+        check = self.checks[health.meter_id]
+        if not check.assess(sample):
+            if check.ended:
+                log.info(
+                    "meter %s: %s plausible again",
+                    health.meter_id,
+                    ", ".join(check.ended),
+                    extra=self._device_extra(health.meter_id),
+                )
+            return
+        health.implausible_readings += 1
+        for finding in check.started:
+            log.warning(
+                "meter %s: implausible %s = %r, expected %s%s",
+                health.meter_id,
+                finding.point,
+                finding.value,
+                finding.limit,
+                "; the reading is not billed" if finding.cumulative else "",
+                extra=self._device_extra(health.meter_id),
+            )
+            self.publish(
+                ImplausibleReading(
+                    health.meter_id, self.link.id, finding.point, finding.value, finding.limit
+                )
+            )
 
     def _mark_unsupported(self, health: DeviceHealth, sample: Sample) -> None:
         """Points of the model the device does not deliver (an optional block it answers
@@ -567,6 +610,7 @@ class LinkWorker:
             return
         health = self.health[job.meter_id]
         self._mark_unsupported(health, sample)
+        self._check(health, sample)
         self.publish(sample)
         _settle(job.future, sample)
 
@@ -652,3 +696,8 @@ class LinkArbiter:
 
     def health(self, meter_id: str) -> DeviceHealth:
         return self.worker_of(meter_id).health[meter_id]
+
+    def limits(self, meter_id: str) -> DeviceLimits:
+        """The plausibility limits `meter_id`'s samples are checked against (billing holds
+        its baseline to the same)."""
+        return self.worker_of(meter_id).checks[meter_id].limits

@@ -196,7 +196,10 @@ class Reconciler:
     def on_sample(self, sample: Sample) -> None:
         if sample.source not in self.meters or sample.quality is not Quality.GOOD:
             return
-        if "remaining_amount" not in sample.values or "buy_count" not in sample.values:
+        if any(
+            p not in sample.values or not sample.quality_of(p).is_good
+            for p in ("remaining_amount", "buy_count")
+        ):
             return
         at = sample.read_at.timestamp()
         if at - self._last.get(sample.source, -1e18) < self.every_s:
@@ -340,6 +343,8 @@ class PrepayEngine:
             self.catalogue,
             self.settings.default_tariffs,
             persist_s=self.settings.persist_s,
+            # Billing holds readings to the limits the arbiter checks samples against.
+            limits=None if arbiter is None else {m: arbiter.limits(m) for m in site.devices},
             clock=clock,
         )
         self.operations.unsaved_energy = self.metering.unsaved_energy

@@ -12,6 +12,7 @@ from ..billing.settings import check_billing
 from ..contracts import SimulatorOptions
 from ..errors import ConfigError
 from ..model import MeterKind, PointSpec, Quality, Sample
+from ..plausibility import check_device_limits
 from ..prepay_engine import check_prepayment_sections
 from ..runtime import Runtime
 from ..simulate import SimulatedSite
@@ -86,7 +87,8 @@ def check_command(obj: CliContext, site_file: str) -> None:
     """Validate a site file; every error names its field. Exit status 2 on errors."""
     site = load_checked_site(site_file)
     check_devices_against_models(site, obj.plugins.models)
-    problems = check_prepayment_sections(site)
+    problems = check_device_limits(site, obj.plugins.models)
+    problems.extend(check_prepayment_sections(site))
     problems.extend(check_billing(site, obj.plugins.models))
     try:
         obj.plugins.validate_site(site)
@@ -102,7 +104,12 @@ def check_command(obj: CliContext, site_file: str) -> None:
 
 @click.command("simulate")
 @site_argument
-@click.option("--speedup", default=1.0, show_default=True, help="Simulated seconds per second.")
+@click.option(
+    "--speedup",
+    type=float,
+    default=None,
+    help="Simulated seconds per second (default: the site's [poll] time_scale, 1).",
+)
 @click.option("--serial-timing", is_flag=True, help="Delay answers as a 9600-baud bus would.")
 @click.option("--silent", multiple=True, metavar="METER", help="Make a device silent.")
 @click.option(
@@ -113,7 +120,7 @@ def check_command(obj: CliContext, site_file: str) -> None:
 def simulate_command(
     obj: CliContext,
     site_file: str,
-    speedup: float,
+    speedup: float | None,
     serial_timing: bool,
     silent: tuple[str, ...],
     garbage: tuple[str, ...],
@@ -127,7 +134,9 @@ def simulate_command(
     site = load_checked_site(site_file)
     check_devices_against_models(site, obj.plugins.models)
     options = SimulatorOptions(
-        speedup=speedup, serial_timing=serial_timing, timezone=site.info.timezone
+        speedup=site.poll.time_scale if speedup is None else speedup,
+        serial_timing=serial_timing,
+        timezone=site.info.timezone,
     )
 
     async def main(stop: asyncio.Event) -> None:

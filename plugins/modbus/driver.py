@@ -15,6 +15,7 @@ from typing import Any
 from openprepay.core.errors import CommandRefused, ConfigError, DeviceRejected, FieldError
 from openprepay.core.events import utcnow
 from openprepay.core.model import CommandOutcome, DeviceCommand, Quality, Sample, Value
+from openprepay.core.plausibility import device_limits
 from openprepay.core.site import DeviceConfig
 
 from .profile import Block, CommandMap, RegisterProfile
@@ -36,6 +37,8 @@ class ProfileDriver:
         self.unit = device.unit_id
         self._blocks: list[Block] = list(profile.blocks)
         self._multipliers = self._ratio_multipliers(device.options)
+        #: The plausibility limits of this device, in the units it publishes (CT/PT).
+        self.limits = device_limits(self.model, device, self._multipliers)
 
     def _ratio_multipliers(self, options: Mapping[str, Any]) -> dict[str, float]:
         """CT/PT multipliers for meters that report secondary-side values."""

@@ -28,6 +28,9 @@ kind = "water"
 description = "A made-up meter with a float setpoint and a CDAB energy counter"
 total_point = "volume"
 
+[model.limits]
+max_flow = 2.5
+
 [protocol]
 order = "CDAB"
 
