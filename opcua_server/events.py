@@ -98,6 +98,17 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
             ("Confirmed", V.Boolean, "True once read back from the device"),
         ],
     ),
+    "ImplausibleReadingEventType": (
+        ua.ObjectIds.BaseEventType,
+        [
+            ("MeterId", V.String, "The meter that reported it"),
+            ("LinkId", V.String, "Its link"),
+            ("Point", V.String, "The implausible point (voltage, energy_total...)"),
+            ("Value", V.Double, "What was read"),
+            ("Limit", V.String, "What it broke: a range, legal values, a rate of rise"),
+            ("Source", V.String, "sample (the reading was flagged) or billing (refused)"),
+        ],
+    ),
     "HistorianDataDroppedEventType": (
         ua.ObjectIds.SystemEventType,
         [
@@ -121,6 +132,8 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
 
 SEVERITY_LOW_BALANCE = {1: 400, 2: 600, 3: 800}
 SEVERITY_COMM = 700
+#: A meter reported a value it cannot hold (core ImplausibleReading): a possible tamper.
+SEVERITY_IMPLAUSIBLE = 600
 
 
 @dataclass(frozen=True, slots=True)
