@@ -4,7 +4,10 @@ blocks and the error messages a profile author sees."""
 from __future__ import annotations
 
 import copy
+import re
 import struct
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -343,3 +346,12 @@ def test_shipped_profiles_load(tmp_path) -> None:
     broken.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_profile(broken)
+
+
+def test_the_readme_example_profile_is_valid() -> None:
+    readme = (Path(__file__).parents[2] / "plugins" / "modbus" / "README.md").read_text()
+    example = re.search(r"```toml\n(# ACME Heat 1.*?)```", readme, re.S)
+    assert example is not None
+    profile = parse_profile(tomllib.loads(example.group(1)))
+    assert profile.model.limits is not None and profile.model.limits.max_per_hour == 2.5
+    assert profile.model.point("setpoint").resolution == 0.001
