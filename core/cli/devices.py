@@ -73,6 +73,8 @@ def models_command(obj: CliContext, names: tuple[str, ...]) -> None:
 
 def _limits_text(point: PointSpec) -> str:
     """A point's plausible values: its range, or the legal values of a state register."""
+    if point.legal is not None:
+        return "one of " + ",".join(str(v) for v in point.legal)
     if point.low is not None or point.high is not None:
         low = "" if point.low is None else f"{point.low:g}"
         high = "" if point.high is None else f"{point.high:g}"

@@ -94,7 +94,7 @@ def test_models_and_plugins_show_which_points_are_unverified(cli) -> None:
     rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}
     assert "verified" in rows["energy_total"] and "UNVERIFIED" not in rows["energy_total"]
     assert "UNVERIFIED" in rows["supply_on"] and "derived from 0x0058" in rows["supply_on"]
-    assert "0..300" in rows["voltage"]
+    assert "0..300" in rows["voltage"] and "one of 0,1" in rows["relay_trip"]
     listing = CliRunner().invoke(group, ["plugins"], obj=obj).output
     plugins_line = next(line for line in listing.splitlines() if "acrel.DDSY1352" in line)
     unverified = len(obj.plugins.models["acrel.DDSY1352"].unverified_points)
