@@ -362,14 +362,15 @@ class LinkWorker:
         """Mark what is physically implausible in `sample` (core/plausibility.py); say so
         once per episode and point: a log line and an ImplausibleReading event."""
         check = self.checks[health.meter_id]
-        if not check.assess(sample):
-            if check.ended:
-                log.info(
-                    "meter %s: %s plausible again",
-                    health.meter_id,
-                    ", ".join(check.ended),
-                    extra=self._device_extra(health.meter_id),
-                )
+        findings = check.assess(sample)
+        if check.ended:
+            log.info(
+                "meter %s: %s plausible again",
+                health.meter_id,
+                ", ".join(check.ended),
+                extra=self._device_extra(health.meter_id),
+            )
+        if not findings:
             return
         health.implausible_readings += 1
         for finding in check.started:
@@ -407,7 +408,7 @@ class LinkWorker:
                 "meter %s does not have %s: published as out of service",
                 health.meter_id,
                 ", ".join(missing),
-                extra={"meter": health.meter_id, **self._log_extra},
+                extra=self._device_extra(health.meter_id),
             )
 
     def _poll_failed(self, health: DeviceHealth, exc: Exception) -> None:

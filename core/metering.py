@@ -374,6 +374,7 @@ class Metering:
         else:
             bound = self.max_per_hour[meter_id]
             limit = f"at most {bound} {unit} per hour of meter time since the last billed {base}"
+        link = self.site.devices[meter_id].link
         log.warning(
             "meter %s: reading %s = %s %s not billed: expected %s",
             meter_id,
@@ -381,9 +382,8 @@ class Metering:
             value,
             unit,
             limit,
-            extra={"meter": meter_id, "link": self.site.devices[meter_id].link},
+            extra={"meter": meter_id, "link": link},
         )
-        link = self.site.devices[meter_id].link
         report.effects.events.append(
             ImplausibleReading(meter_id, link, point, value, limit, source="billing")
         )

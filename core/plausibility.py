@@ -163,11 +163,9 @@ def _number(value: Any) -> float | None:
 
 def _limit_problem(key: str, value: Any) -> str | None:
     if key == "phases":
-        return (
-            None
-            if value in (1, 2, 3) and not isinstance(value, bool)
-            else (f"expected 1, 2 or 3, got {value!r}")
-        )
+        if value in (1, 2, 3) and not isinstance(value, bool):
+            return None
+        return f"expected 1, 2 or 3, got {value!r}"
     number = _number(value)
     if number is None or number <= 0:
         unit = {"rated_voltage": "V", "max_current": "A", "max_flow": "m³/h"}.get(key, "per hour")
@@ -221,7 +219,6 @@ class PlausibilityCheck:
     """
 
     def __init__(self, model: DeviceModel, limits: DeviceLimits, time_scale: float = 1.0) -> None:
-        self.model = model
         self.limits = limits
         self.time_scale = time_scale
         self._units = {p.name: p.unit for p in model.points}
