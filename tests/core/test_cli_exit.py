@@ -42,30 +42,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def site_dict(port: int, *, timeout_ms: int = 300, meters: int = 3) -> dict:
-    """One RTU gateway with `meters` DDSY1352 meters, polled as fast as the link allows."""
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive free ports."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first, first + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+
+
+def site_dict(port: int, *, timeout_ms: int = 300, meters: int = 3, more: int = 0) -> dict:
+    """An RTU gateway on `port` with `meters` DDSY1352 meters (E-1, E-2...), and `more`
+    gateways like it on the next ports, all polled as fast as their links allow."""
+    links, devices = {}, {}
+    for n in range(1 + more):
+        link = "gw" if n == 0 else f"gw{n}"
+        links[link] = {
+            "type": "rtu_over_tcp",
+            "host": "127.0.0.1",
+            "port": port + n,
+            "timeout_ms": timeout_ms,
+        }
+        for u in range(1, meters + 1):
+            meter = f"E-{u}" if n == 0 else f"E-{n}-{u}"
+            devices[meter] = {
+                "model": "acrel.DDSY1352",
+                "link": link,
+                "unit_id": u,
+                "building": "A",
+            }
     return {
         "site": {"id": "exit"},
         "poll": {"interval_s": 0, "stats_interval_s": 60},
-        "links": {
-            "gw": {
-                "type": "rtu_over_tcp",
-                "host": "127.0.0.1",
-                "port": port,
-                "timeout_ms": timeout_ms,
-            }
-        },
+        "links": links,
         "buildings": {"A": {"floors": ["1"]}},
-        "devices": {
-            f"E-{u}": {"model": "acrel.DDSY1352", "link": "gw", "unit_id": u, "building": "A"}
-            for u in range(1, meters + 1)
-        },
+        "devices": devices,
     }
 
 
 @contextmanager
-def simulator(site_file: Path, port: int, *silent: str) -> Iterator[subprocess.Popen]:
-    """`openprepay simulate SITE` in its own process, until the test ends."""
+def simulator(
+    site_file: Path, port: int, *silent: str, links: int = 1
+) -> Iterator[subprocess.Popen]:
+    """`openprepay simulate SITE` in its own process (its `links` gateways listening from
+    `port` on), until the test ends."""
     args = [*CLI, "simulate", str(site_file)]
     for meter in silent:
         args += ["--silent", meter]
@@ -74,13 +98,14 @@ def simulator(site_file: Path, port: int, *silent: str) -> Iterator[subprocess.P
     )
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and sim.poll() is None, "no simulator"
-                time.sleep(0.05)
+        for listening in range(port, port + links):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", listening), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and sim.poll() is None, "no simulator"
+                    time.sleep(0.05)
         yield sim
     finally:
         sim.terminate()
@@ -186,14 +211,15 @@ def test_sigterm_ends_run_mid_poll(tmp_path: Path) -> None:
 
 async def test_stopping_the_link_workers_never_hangs(tmp_path: Path) -> None:
     """The race in-process, many times over: stop the link workers while polls are in
-    flight to a simulator in another process (before the fix: hung within 3 stops)."""
-    port = free_port()
+    flight to a simulator in another process, on four links at once (before the fix: one
+    run in a few dozen hung)."""
+    port = free_ports(4)
     site_file = tmp_path / "site.toml"
-    site_file.write_text(tomli_w.dumps(site_dict(port)))
+    site_file.write_text(tomli_w.dumps(site_dict(port, more=3)))
     plugins = Plugins.load()
     site = load_site(site_file)
-    with simulator(site_file, port):
-        for run in range(100):
+    with simulator(site_file, port, links=4):
+        for run in range(200):
             runtime = Runtime(site, plugins)
             await runtime.arbiter.start()
             await runtime.arbiter.read_now("E-1")
