@@ -39,11 +39,14 @@ from .events import (
     CommunicationLost,
     CommunicationRestored,
     DeviceQuarantined,
+    ImplausibleReading,
     LinkStateChanged,
     utcnow,
 )
 from .model import CommandOutcome, DeviceCommand, Quality, Sample
+from .plausibility import DeviceLimits, PlausibilityCheck, device_limits
 from .site import LinkConfig, PollPolicy
+from .tasks import wait_event
 
 log = logging.getLogger("openprepay.arbiter")
 
@@ -107,6 +110,16 @@ class LinkWorker:
             meter_id: DeviceHealth(meter_id, link.id, intervals[meter_id]) for meter_id in drivers
         }
         self.stats = LinkHealth(link.id)
+        #: Every sample is checked against its device's physical limits before it is
+        #: published (a driver may carry `limits` scaled by CT/PT ratios).
+        self.checks = {
+            meter_id: PlausibilityCheck(
+                driver.model,
+                getattr(driver, "limits", None) or device_limits(driver.model, driver.device),
+                policy.time_scale,
+            )
+            for meter_id, driver in drivers.items()
+        }
         self._control: deque[_Control] = deque()
         self._confirm: deque[_Confirm | _Read] = deque()
         self._polls: list[_Poll] = []
@@ -117,31 +130,46 @@ class LinkWorker:
         self._reconnect_delay = link.reconnect_min_s
         self._ever_connected = False
         self._log_extra = {"link": link.id}
+        #: Set when the worker has stopped: read-backs scheduled later fail with it.
+        self._stopped: LinkDown | None = None
 
     # -- public API -----------------------------------------------------------------------
-    async def run(self) -> None:
-        """Poll until cancelled."""
+    async def run(self, routine_polls: bool = True) -> None:
+        """Serve commands and reads until cancelled; with `routine_polls` (the service),
+        also poll every device at its interval and publish the link's statistics."""
         now = self.clock()
         self.stats.window_start = now
-        meters = list(self.drivers)
-        for i, meter_id in enumerate(meters):
-            # Spread the first polls over one interval instead of a burst at start.
-            offset = self.health[meter_id].interval_s * i / max(len(meters), 1)
-            heapq.heappush(self._polls, _Poll(now + offset, next(self._seq), meter_id))
+        self._stopped = None
         lanes = [
             asyncio.create_task(self._lane(), name=f"link-{self.link.id}-{n}")
             for n in range(self.link.in_flight)
         ]
-        lanes.append(
-            asyncio.create_task(self._publish_stats_forever(), name=f"stats-{self.link.id}")
-        )
+        if routine_polls:
+            meters = list(self.drivers)
+            for i, meter_id in enumerate(meters):
+                # Spread the first polls over one interval instead of a burst at start.
+                offset = self.health[meter_id].interval_s * i / max(len(meters), 1)
+                heapq.heappush(self._polls, _Poll(now + offset, next(self._seq), meter_id))
+            lanes.append(
+                asyncio.create_task(self._publish_stats_forever(), name=f"stats-{self.link.id}")
+            )
         try:
             await asyncio.gather(*lanes)
         finally:
             for lane in lanes:
                 lane.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
+            self._fail_waiting(LinkDown(f"link {self.link.id} stopped"))
             await self.transport.close()
+
+    def _fail_waiting(self, exc: LinkDown) -> None:
+        """Answer every command and read still queued: their callers must not wait for a
+        worker that has stopped."""
+        self._stopped = exc
+        while self._control:
+            _settle(self._control.popleft().future, exc)
+        while self._confirm:
+            _settle(self._confirm.popleft().future, exc)
 
     async def execute(self, command: DeviceCommand) -> CommandOutcome:
         """Send a command ahead of every poll and confirm it by reading the device back.
@@ -185,16 +213,20 @@ class LinkWorker:
             if not usable:
                 wake_at = max(wake_at, self._reconnect_at) if self._polls else self._reconnect_at
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wake_at - now, 0.0005))
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, max(wake_at - now, 0.0005))
 
     def _schedule(self, meter_id: str, delay: float) -> None:
         heapq.heappush(self._polls, _Poll(self.clock() + delay, next(self._seq), meter_id))
 
     async def _lane(self) -> None:
+        lane = asyncio.current_task()
+        assert lane is not None
         while True:
+            if lane.cancelling():
+                # A driver or its library swallowed our cancellation (Python 3.11's
+                # asyncio.wait_for does when the answer arrives as the lane is cancelled):
+                # the lane must stop anyway, or the command that stops it never ends.
+                raise asyncio.CancelledError
             job = await self._take()
             if not self.transport.connected:
                 try:
@@ -322,7 +354,62 @@ class LinkWorker:
                 )
                 self.publish(CommunicationRestored(health.meter_id, self.link.id, offline_s))
         health.state = DeviceState.ONLINE
+        self._mark_unsupported(health, sample)
+        self._check(health, sample)
         self.publish(sample)
+
+    def _check(self, health: DeviceHealth, sample: Sample) -> None:
+        """Mark what is physically implausible in `sample` (core/plausibility.py); say so
+        once per episode and point: a log line and an ImplausibleReading event."""
+        check = self.checks[health.meter_id]
+        findings = check.assess(sample)
+        if check.ended:
+            log.info(
+                "meter %s: %s plausible again",
+                health.meter_id,
+                ", ".join(check.ended),
+                extra=self._device_extra(health.meter_id),
+            )
+        if not findings:
+            return
+        health.implausible_readings += 1
+        for finding in check.started:
+            log.warning(
+                "meter %s: implausible %s = %r, expected %s%s",
+                health.meter_id,
+                finding.point,
+                finding.value,
+                finding.limit,
+                "; the reading is not billed" if finding.cumulative else "",
+                extra=self._device_extra(health.meter_id),
+            )
+            self.publish(
+                ImplausibleReading(
+                    health.meter_id, self.link.id, finding.point, finding.value, finding.limit
+                )
+            )
+
+    def _mark_unsupported(self, health: DeviceHealth, sample: Sample) -> None:
+        """Points of the model the device does not deliver (an optional block it answers
+        with "illegal data address") are out of service, not "no communication": said
+        in the first Good sample after start and after every Bad one, so that a point
+        the meter does not have never stays Bad after the meter came back."""
+        if not health.unsupported_unsaid:
+            return
+        health.unsupported_unsaid = False
+        missing = [p.name for p in sample.model.points if p.name not in sample.values]
+        if not missing:
+            return
+        marks = dict.fromkeys(missing, Quality.BAD_OUT_OF_SERVICE)
+        sample.point_quality = {**marks, **(sample.point_quality or {})}
+        if not health.unsupported:
+            health.unsupported = tuple(missing)
+            log.info(
+                "meter %s does not have %s: published as out of service",
+                health.meter_id,
+                ", ".join(missing),
+                extra=self._device_extra(health.meter_id),
+            )
 
     def _poll_failed(self, health: DeviceHealth, exc: Exception) -> None:
         health.polls_failed += 1
@@ -337,6 +424,12 @@ class LinkWorker:
             health.garbled_frames += 1
             self.stats.garbled_frames += 1
             quality = Quality.BAD_DEVICE_FAILURE
+            log.warning(
+                "meter %s sent an answer that cannot be used: %s",
+                health.meter_id,
+                exc,
+                extra=self._device_extra(health.meter_id),
+            )
         elif isinstance(exc, DeviceRejected):
             self.stats.rejected += 1
             health.rejected += 1
@@ -368,6 +461,10 @@ class LinkWorker:
         health.backoff_s = delay
         self._schedule(health.meter_id, delay)
 
+    def _device_extra(self, meter_id: str) -> dict[str, object]:
+        """Log context of one device: meter, link and Modbus unit id."""
+        return {"meter": meter_id, **self._log_extra, "unit": self.drivers[meter_id].device.unit_id}
+
     def _mark_offline(self, health: DeviceHealth, error: str) -> None:
         health.online = False
         if health.offline_since is None:
@@ -381,6 +478,7 @@ class LinkWorker:
             self.publish(CommunicationLost(health.meter_id, self.link.id, error))
 
     def _publish_bad(self, health: DeviceHealth, quality: Quality, error: str) -> None:
+        health.unsupported_unsaid = True
         driver = self.drivers[health.meter_id]
         self.publish(Sample(health.meter_id, driver.model, utcnow(), {}, quality, error=error))
 
@@ -435,6 +533,9 @@ class LinkWorker:
 
     def _confirm_later(self, job: _Confirm, delay: float) -> None:
         def push() -> None:
+            if self._stopped is not None:
+                _settle(job.future, self._stopped)
+                return
             self._confirm.append(job)
             self._wake.set()
 
@@ -508,6 +609,9 @@ class LinkWorker:
         except DeviceIOError as exc:
             _settle(job.future, exc)
             return
+        health = self.health[job.meter_id]
+        self._mark_unsupported(health, sample)
+        self._check(health, sample)
         self.publish(sample)
         _settle(job.future, sample)
 
@@ -565,9 +669,11 @@ class LinkArbiter:
         self._link_of = {m: w for w in self.workers.values() for m in w.drivers}
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def start(self, routine_polls: bool = True) -> None:
+        """Start every link's worker; without `routine_polls` the workers only serve
+        `execute` and `read_now` (a one-off `openprepay read`)."""
         self._tasks = [
-            asyncio.create_task(worker.run(), name=f"link-{link_id}")
+            asyncio.create_task(worker.run(routine_polls), name=f"link-{link_id}")
             for link_id, worker in self.workers.items()
         ]
 
@@ -591,3 +697,12 @@ class LinkArbiter:
 
     def health(self, meter_id: str) -> DeviceHealth:
         return self.worker_of(meter_id).health[meter_id]
+
+    def rebase_plausibility(self, meter_id: str) -> None:
+        """Forget `meter_id`'s reference reading (its device was replaced)."""
+        self.worker_of(meter_id).checks[meter_id].rebase()
+
+    def limits(self, meter_id: str) -> DeviceLimits:
+        """The plausibility limits `meter_id`'s samples are checked against (billing holds
+        its baseline to the same)."""
+        return self.worker_of(meter_id).checks[meter_id].limits

@@ -37,7 +37,12 @@ class LinkTransport(Protocol):
 
 @runtime_checkable
 class Driver(Protocol):
-    """Reads and commands one device through its link's transport."""
+    """Reads and commands one device through its link's transport.
+
+    A driver whose values are scaled (a CT/PT-connected meter) may also have `limits`, the
+    `core.plausibility.DeviceLimits` of its device in the units it publishes; otherwise
+    the link arbiter takes them from the model and the site file.
+    """
 
     device: DeviceConfig
     model: DeviceModel

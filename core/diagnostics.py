@@ -82,6 +82,9 @@ HEALTH_MODEL = DeviceModel(
         diagnostic("polls_failed", "", "Failed polls since start"),
         diagnostic("timeouts", "", "Unanswered polls since start"),
         diagnostic("garbled_frames", "", "Corrupt answers since start"),
+        diagnostic(
+            "implausible_readings", "", "Readings with a physically impossible value since start"
+        ),
     ),
     plugin="core",
 )
@@ -102,9 +105,14 @@ class DeviceHealth:
     timeouts: int = 0
     garbled_frames: int = 0
     rejected: int = 0
+    implausible_readings: int = 0
     last_error: str | None = None
     #: monotonic time the device went offline, None while online.
     offline_since: float | None = None
+    #: Model points the device does not deliver, and whether the next Good sample must
+    #: say so (after start and after every Bad sample).
+    unsupported: tuple[str, ...] = ()
+    unsupported_unsaid: bool = True
 
     def values(self) -> dict[str, Value]:
         return {
@@ -117,6 +125,7 @@ class DeviceHealth:
             "polls_failed": self.polls_failed,
             "timeouts": self.timeouts,
             "garbled_frames": self.garbled_frames,
+            "implausible_readings": self.implausible_readings,
         }
 
 

@@ -111,6 +111,26 @@ class DeviceQuarantined(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ImplausibleReading(Event):
+    """A device reported a value it cannot physically hold: outside its profile's range, an
+    illegal state value, a cumulative register that ran backwards or rose faster than the
+    meter's rating allows (core/plausibility.py). Published once per episode and point, by
+    the link arbiter when the sample is made (the sample is then Uncertain or Bad) or by
+    metering when billing refuses a reading against its saved baseline. Such a reading is
+    never billed and never causes a trip.
+
+    `value` is what was read, `limit` what it broke ("at most 300 V", "at most 0.41 kWh
+    in 90 s: 60 A × 220 V × 1 phase"), `source` "sample" or "billing"."""
+
+    meter_id: str
+    link_id: str
+    point: str
+    value: float | int | bool
+    limit: str
+    source: str = "sample"
+
+
+@dataclass(frozen=True, slots=True)
 class CommandExecuted(Event):
     """A device command was written and read back (confirmed or not)."""
 

@@ -21,6 +21,14 @@ collected samples are billed off the event loop (`asyncio.to_thread`):
 4. fee control runs after each deduction (`PrepayControl.after_change`) in the same
    transaction: a trip it decides is a durable command committed with the posting.
 
+Only Good samples are billed: the link arbiter has already made a sample with an
+implausible cumulative register Uncertain (core/plausibility.py). Rating holds what still
+gets here to the same physical bound against the baseline it saves — `max_per_hour` is
+derived from the meter's plausibility limits unless `[prepay.rating]` sets it — so a
+reading that rises faster than the meter can meter (SPIKE) or runs backwards (DECREASE) is
+not billed, does not move the baseline, and is said once as an `ImplausibleReading`; the
+next consistent reading bills from the last good baseline.
+
 Writing lazily is safe: the baseline and the accrual are always saved together with the
 posting they produced, so a crash only forgets readings whose energy the meter's cumulative
 registers still hold — the first reading after a restart bills it (tier energy included),
@@ -51,6 +59,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -63,9 +72,10 @@ from . import ledger
 from .binding import TariffBinding
 from .db import Database
 from .db import schema as t
-from .events import BillingAlarm, utcnow
+from .events import BillingAlarm, ImplausibleReading, utcnow
 from .feecontrol import Cause
 from .model import DeviceModel, MeterKind, Quality, Sample
+from .plausibility import DeviceLimits, device_limits
 from .prepayment import (
     FEE_CONTROL,
     AccountRow,
@@ -76,14 +86,18 @@ from .prepayment import (
 )
 from .rating import (
     Accrual,
+    Flag,
     MeterState,
+    RatedBatch,
     RatingEngine,
     RatingError,
+    Readings,
     RegisterLayout,
     Replacement,
 )
 from .site import ControlMode, Site
 from .tariffs import TariffCatalogue
+from .tasks import wait_event
 
 log = logging.getLogger("openprepay.metering")
 
@@ -150,8 +164,9 @@ class FlushReport:
     skipped: dict[str, str] = field(default_factory=dict)
     effects: Effects = field(default_factory=Effects)
     samples: list[Sample] = field(default_factory=list)
-    #: Replacements applied (meter_replacement ids).
+    #: Replacements applied (meter_replacement ids) and the meters they concern.
     replacements: list[int] = field(default_factory=list)
+    replaced_meters: set[str] = field(default_factory=set)
 
 
 class Metering:
@@ -167,6 +182,7 @@ class Metering:
         default_tariffs: Mapping[str, str],
         *,
         persist_s: float = 60.0,
+        limits: Mapping[str, DeviceLimits] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.site = site
@@ -193,7 +209,13 @@ class Metering:
                 self.layouts[device.id] = _layout(model)
             except RatingError as exc:
                 log.warning("meter %s cannot be billed: %s", device.id, exc)
-        self._engines: dict[tuple[str, str], RatingEngine] = {}
+        #: Per billing meter: the most its rated registers may rise per hour of meter time
+        #: (rating holds a reading above it as SPIKE, unbilled): `[prepay.rating]
+        #: max_per_hour` when the site sets it, else the meter's plausibility limit.
+        self.max_per_hour = {m: self._rating_bound(m, limits or {}) for m in self.layouts}
+        #: Meters whose readings billing refuses at the moment (one event per episode).
+        self._refused: set[str] = set()
+        self._engines: dict[tuple[str, str, Decimal | None], RatingEngine] = {}
         self._pending: dict[str, list[Sample]] = {}
         self._warned: set[tuple[str, str]] = set()
 
@@ -248,7 +270,7 @@ class Metering:
             row = info.get(meter_id)
             reps = replacements.get(meter_id, [])
             try:
-                book, fen = self._rate(meter_id, samples, row, now, reps)
+                book, fen = self._rate(meter_id, samples, row, now, report, reps)
             except RatingError as exc:
                 report.skipped[meter_id] = str(exc)
                 problems[meter_id] = str(exc)
@@ -257,6 +279,8 @@ class Metering:
                 continue
             if book is None:
                 report.replacements.extend(r.id for r in reps)  # no tenant: nothing to bill
+                if reps:
+                    report.replaced_meters.add(meter_id)
                 continue
             problems[meter_id] = None
             if (
@@ -316,9 +340,22 @@ class Metering:
         ).all()
         return {r.meter_id: r for r in rows}
 
+    def _rating_bound(self, meter_id: str, limits: Mapping[str, DeviceLimits]) -> Decimal | None:
+        device = self.site.devices[meter_id]
+        per_hour = self.settings.rating.max_per_hour
+        if per_hour is None:
+            own = limits.get(meter_id) or device_limits(self.models[device.model], device)
+            caps = [own.per_hour[p] for p in self.layouts[meter_id].points if p in own.per_hour]
+            if not caps:
+                return None
+            per_hour = Decimal(repr(max(caps)))
+        scaled = per_hour * Decimal(repr(self.site.poll.time_scale))
+        return scaled.quantize(Decimal("0.001"), rounding=ROUND_CEILING)
+
     def _engine(self, tariff_id: str, meter_id: str) -> RatingEngine:
         model = self.site.devices[meter_id].model
-        key = (tariff_id, model)
+        bound = self.max_per_hour[meter_id]
+        key = (tariff_id, model, bound)
         engine = self._engines.get(key)
         if engine is None:
             engine = RatingEngine(
@@ -326,10 +363,61 @@ class Metering:
                 self.layouts[meter_id],
                 self.tz,
                 register_rates=self.settings.rates_for(model),
-                options=self.settings.rating,
+                options=dataclasses.replace(self.settings.rating, max_per_hour=bound),
             )
             self._engines[key] = engine
         return engine
+
+    def _watch(
+        self,
+        meter_id: str,
+        engine: RatingEngine,
+        readings: Readings,
+        rated: RatedBatch,
+        before: MeterState,
+        report: FlushReport,
+    ) -> None:
+        """Say once per episode that billing refuses a meter's readings: a register below
+        its billed baseline (DECREASE) or above what the meter can meter since (SPIKE).
+        The arbiter flags such readings before they get here; this catches what it could
+        not know (the first reading after a restart, against the saved baseline)."""
+        held = (rated.flags & int(Flag.SPIKE | Flag.DECREASE)) != 0
+        billed = (rated.flags & int(Flag.BASELINE | Flag.STALE | Flag.SPIKE | Flag.DECREASE)) == 0
+        if not held.any():
+            if billed.any():
+                self._refused.discard(meter_id)
+            return
+        last_held = int(np.flatnonzero(held)[-1])
+        if billed[last_held:].any():
+            self._refused.discard(meter_id)
+            return
+        if meter_id in self._refused:
+            return
+        self._refused.add(meter_id)
+        layout = engine.layout
+        point, step = layout.points[0], layout.resolution[0]
+        unit = self.models[self.site.devices[meter_id].model].point(point).unit
+        row = int(np.flatnonzero(readings.t == rated.t[last_held])[-1])
+        value = float(Decimal(int(readings.counts[row, 0])) * step)
+        base = "none" if before.last_counts is None else f"{Decimal(before.last_counts[0]) * step}"
+        if rated.flags[last_held] & int(Flag.DECREASE):
+            limit = f"not below the last billed reading {base} {unit}"
+        else:
+            bound = self.max_per_hour[meter_id]
+            limit = f"at most {bound} {unit} per hour of meter time since the last billed {base}"
+        link = self.site.devices[meter_id].link
+        log.warning(
+            "meter %s: reading %s = %s %s not billed: expected %s",
+            meter_id,
+            point,
+            value,
+            unit,
+            limit,
+            extra={"meter": meter_id, "link": link},
+        )
+        report.effects.events.append(
+            ImplausibleReading(meter_id, link, point, value, limit, source="billing")
+        )
 
     def _rate(
         self,
@@ -337,6 +425,7 @@ class Metering:
         samples: Sequence[Sample],
         info: Any,
         now: datetime,
+        report: FlushReport,
         replacements: Sequence[Any] = (),
     ) -> tuple[_Book | None, int]:
         """Rate the meter's new readings (and recorded replacements) in memory; returns its
@@ -373,6 +462,7 @@ class Metering:
         swaps = _replacements(engine.layout, replacements, book.state)
         rated = engine.rate(readings, book.state, swaps)
         book.replaced.extend(r.id for r in replacements)
+        self._watch(meter_id, engine, readings, rated, book.state, report)
         if rated.state == book.state:
             return book, 0  # stale readings only
         book.state = rated.state
@@ -424,7 +514,9 @@ class Metering:
             book.days = {}
             book.dirty = False
             book.saved_at = now
-            report.replacements.extend(book.replaced)
+            if book.replaced:
+                report.replacements.extend(book.replaced)
+                report.replaced_meters.add(meter_id)
             book.replaced = []
         self._save_states(conn, states)
         self._add_days(conn, days, now)
@@ -636,10 +728,7 @@ async def run_flushes(
 ) -> None:
     """Flush every `interval_s` until `stop`, then flush what is left."""
     while True:
-        try:
-            await asyncio.wait_for(stop.wait(), interval_s)
-        except TimeoutError:
-            pass
+        await wait_event(stop, interval_s)
         batch = metering.take()
         final = stop.is_set()
         if batch or final:

@@ -63,7 +63,8 @@ class Quality(enum.IntEnum):
     BAD_COMM_FAILURE = 2
     #: An answer that could not be used: exception response, garbled frame, bad decode.
     BAD_DEVICE_FAILURE = 3
-    #: The device is configured but not polled (quarantined, disabled).
+    #: The device is configured but not polled (quarantined, disabled), or a point the
+    #: device does not have (its register answers "illegal data address").
     BAD_OUT_OF_SERVICE = 4
 
     @property
@@ -85,9 +86,12 @@ class PointSpec:
     resolution: float | None = None
     #: Value at which a cumulative register wraps to zero, in engineering units.
     rollover: float | None = None
-    #: Plausible range, for OPC UA EURange and sanity checks.
+    #: Plausible range (OPC UA EURange): a value outside it is implausible, published
+    #: Bad and never used (core/plausibility.py).
     low: float | None = None
     high: float | None = None
+    #: The values a state register may hold (a relay: 0, 1); any other is implausible.
+    legal: tuple[int, ...] | None = None
     #: False when only one source documents the register (see reference/protocols.md).
     verified: bool = True
     source: str = ""
@@ -120,6 +124,39 @@ class SupplyControl:
 
 
 @dataclass(frozen=True, slots=True)
+class PhysicalLimits:
+    """What a product can physically meter, from its nameplate (a profile's
+    `[model.limits]`): it bounds how fast a cumulative register can rise.
+
+    Electric: `rated_voltage` (V, per phase) × `max_current` (A, the Imax of "5(60) A") ×
+    `phases` is the most power the meter can carry; water: `max_flow` (m³/h, the overload
+    flow Q4). Checks add their own margin (core/plausibility.py).
+    """
+
+    rated_voltage: float | None = None
+    max_current: float | None = None
+    phases: int = 1
+    max_flow: float | None = None
+
+    @property
+    def max_per_hour(self) -> float | None:
+        """The most a cumulative register can rise in an hour (kWh or m³), nameplate."""
+        if self.max_flow is not None:
+            return self.max_flow
+        if self.rated_voltage is None or self.max_current is None:
+            return None
+        return self.rated_voltage * self.max_current * self.phases / 1000
+
+    @property
+    def basis(self) -> str:
+        """Where `max_per_hour` comes from, for messages: "60 A × 220 V × 1 phase"."""
+        if self.max_flow is not None:
+            return f"{self.max_flow:g} m³/h maximum flow"
+        phases = f"{self.phases} phase" + ("s" if self.phases != 1 else "")
+        return f"{self.max_current:g} A × {self.rated_voltage:g} V × {phases}"
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceModel:
     """A product a plugin can talk to, described as data."""
 
@@ -139,6 +176,9 @@ class DeviceModel:
     plugin: str = ""
     #: Where the model's register profile lives, for `openprepay plugins`.
     profile: str = ""
+    #: The nameplate limits that bound its cumulative registers; None: not declared (then
+    #: only ranges, legal values and "never backwards" are checked).
+    limits: PhysicalLimits | None = None
 
     def point(self, name: str) -> PointSpec:
         for spec in self.points:
@@ -149,6 +189,13 @@ class DeviceModel:
     @property
     def units(self) -> Mapping[str, str]:
         return {p.name: p.unit for p in self.points}
+
+    @property
+    def unverified_points(self) -> tuple[str, ...]:
+        """Points whose register rests on a single source or an inference
+        (`PointSpec.verified` false): views mark their values so that a guess is never
+        taken for a fact."""
+        return tuple(p.name for p in self.points if not p.verified)
 
     def command(self, name: str) -> CommandSpec:
         for spec in self.commands:
@@ -178,6 +225,8 @@ class Sample:
     error: str | None = None
     #: Per-point quality overrides (e.g. a valve reporting "abnormal").
     point_quality: dict[str, Quality] | None = None
+    #: Why a point's quality is not Good, where a check said so ("3686.1 V above 300 V").
+    point_errors: dict[str, str] | None = None
 
     @property
     def time(self) -> datetime:

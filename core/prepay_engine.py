@@ -230,7 +230,10 @@ class Reconciler:
     def on_sample(self, sample: Sample) -> None:
         if sample.source not in self.local or sample.quality is not Quality.GOOD:
             return
-        if "remaining_amount" not in sample.values or "buy_count" not in sample.values:
+        if any(
+            p not in sample.values or not sample.quality_of(p).is_good
+            for p in ("remaining_amount", "buy_count")
+        ):
             return
         at = sample.read_at.timestamp()
         if at - self._last.get(sample.source, -1e18) < self.every_s:
@@ -503,6 +506,7 @@ class PrepayEngine:
         self.site = site
         self.db = db
         self.bus = bus
+        self.arbiter = arbiter
         self.clock = clock
         self.catalogue = catalogue or load_tariffs(site)
         self.prepay = prepay or load_prepay(site)
@@ -528,6 +532,8 @@ class PrepayEngine:
             self.catalogue,
             self.settings.default_tariffs,
             persist_s=self.settings.persist_s,
+            # Billing holds readings to the limits the arbiter checks samples against.
+            limits=None if arbiter is None else {m: arbiter.limits(m) for m in site.devices},
             clock=clock,
         )
         self.operations.unsaved_energy = self.metering.unsaved_energy
@@ -628,6 +634,11 @@ class PrepayEngine:
 
     def _published(self, report: FlushReport) -> None:
         self.flushes += 1
+        if self.arbiter is not None:
+            # A new device starts below the old one's registers: its samples are checked
+            # against its own first reading from now on, not the old device's last.
+            for meter_id in report.replaced_meters:
+                self.arbiter.rebase_plausibility(meter_id)
         for event in report.effects.events:
             self.bus.publish(event)
         for sample in report.samples:

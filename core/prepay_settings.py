@@ -13,7 +13,8 @@ close_limit = "0.00"
 hoard_limit = "5000.00"
 
 [prepay.rating]
-max_per_hour = "30"               # kWh/h (m³/h): more since the last reading is a SPIKE
+max_per_hour = "30"               # kWh/h (m³/h): more since the baseline is a SPIKE, not
+                                  # billed (default: each meter's plausibility limit)
 gap_s = 3600                      # readings further apart are flagged GAP (still billed)
 
 [prepay.register_rates]           # T1..T4 of a model → rate names (default sharp/peak/flat/valley)

@@ -444,6 +444,7 @@ NOT_BILLED = int(Flag.BASELINE | Flag.DECREASE | Flag.SPIKE | Flag.STALE)
 @dataclass(frozen=True, slots=True)
 class RatingOptions:
     #: Largest plausible consumption per hour (kWh/h or m³/h); above it a reading is a SPIKE.
+    #: Metering sets it per meter from the meter's plausibility limits (core/plausibility.py).
     max_per_hour: Decimal | None = None
     #: More than this many seconds between a reading and its baseline flags a GAP.
     gap_s: int | None = 3600

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .events import EventBus
 from .history import HistoryReader
 from .operations import Operations
+from .plausibility import check_device_limits
 from .plugins import Plugins
 from .prepay_engine import PrepayEngine, check_prepayment_sections
 from .readings import LatestReadings
@@ -64,7 +65,8 @@ class Runtime:
         self._wants_db = site.path is not None or "database" in site.sections
         if self._wants_db:
             read_database_config(site)
-        problems = check_prepayment_sections(site, plugins.models)
+        problems = check_device_limits(site, plugins.models)
+        problems.extend(check_prepayment_sections(site, plugins.models))
         problems.extend(check_billing(site, plugins.models))
         if problems:
             raise ConfigError(str(site.path or "site"), problems)

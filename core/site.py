@@ -69,6 +69,9 @@ class PollPolicy:
     quarantine_probe_s: float = 300.0
     #: How often link and device statistics are published as points.
     stats_interval_s: float = 5.0
+    #: Simulated sites only: device time runs this many times faster than the clock (the
+    #: demo's speed-up), so the plausibility bound on energy per hour scales with it.
+    time_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,9 @@ class DeviceConfig:
     poll_interval_s: float | None = None
     #: Model-specific settings (e.g. ct_ratio), checked by the plugin.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Plausibility limits that replace the model's for this device (a meter with a bigger
+    #: rating), checked against the model by core.plausibility.check_device_limits.
+    limits: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +276,7 @@ def _read_poll(r: TableReader) -> PollPolicy:
         stats_interval_s=r.number(
             "stats_interval_s", d.stats_interval_s, low=0.0, low_exclusive=True, high=DAY_S
         ),
+        time_scale=r.number("time_scale", d.time_scale, low=0.0, low_exclusive=True),
     )
     r.finish()
     if (
@@ -372,6 +379,10 @@ def _read_device(device_id: str, r: TableReader) -> DeviceConfig | None:
     if not isinstance(options, dict):
         r.error("expected a table of model-specific settings", "options")
         options = {}
+    limits = r.raw("limits", {})
+    if not isinstance(limits, dict):
+        r.error("expected a table of plausibility limits, e.g. { max_current = 100 }", "limits")
+        limits = {}
     if room is not None and building is not None:
         r.error("give either room or building (a common-area meter), not both", "building")
     if None in (model, link, unit_id, mode):
@@ -386,6 +397,7 @@ def _read_device(device_id: str, r: TableReader) -> DeviceConfig | None:
         control_mode=ControlMode(mode),
         poll_interval_s=interval,
         options=options,
+        limits=limits,
     )
 
 

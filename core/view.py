@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .events import EventBus
-from .model import MeterKind, Sample
+from .model import MeterKind, Quality, Sample, Value
 from .readings import LatestReadings
 from .site import Site
 
@@ -103,7 +103,7 @@ class RoomView:
         meters = self._meters.get(room_id, {})
         electric = self._latest(meters.get(MeterKind.ELECTRIC))
         water = self._latest(meters.get(MeterKind.WATER))
-        online = [s is not None and s.quality.is_good for s in (electric, water) if s is not None]
+        online = [_answers(s) for s in (electric, water) if s is not None]
         comms = Text("online", "green") if online and all(online) else Text("OFFLINE", "bold red")
         if not online:
             comms = Text("…", "dim")
@@ -111,7 +111,7 @@ class RoomView:
             room_id,
             comms,
             _num(self.totals.today(meters.get(MeterKind.ELECTRIC, "")), 2),
-            _num(electric.values.get("power_active") if electric else None, 3),
+            _num(_trusted(electric, "power_active"), 3),
             _switch(electric, "supply_on", "closed", "OPEN"),
             _num(self.totals.today(meters.get(MeterKind.WATER, "")), 3),
             _switch(water, "valve_open", "open", "SHUT"),
@@ -123,7 +123,7 @@ class RoomView:
         good = sum(
             1
             for s in self.readings.latest.values()
-            if s.model.kind in (MeterKind.ELECTRIC, MeterKind.WATER) and s.quality.is_good
+            if s.model.kind in (MeterKind.ELECTRIC, MeterKind.WATER) and _answers(s)
         )
         return Text(
             f"{datetime.now():%H:%M:%S}  {good}/{len(self.site.devices)} meters online  "
@@ -132,11 +132,24 @@ class RoomView:
         )
 
 
+def _answers(sample: Sample) -> bool:
+    """The meter answered (an implausible reading is Uncertain, not a lost meter)."""
+    return sample.quality <= Quality.UNCERTAIN
+
+
+def _trusted(sample: Sample | None, point: str) -> Value | None:
+    """The point's value when it is Good, else None (shown as a dash)."""
+    if sample is None or point not in sample.values or not sample.quality_of(point).is_good:
+        return None
+    return sample.values[point]
+
+
 def _num(value: float | None, digits: int) -> Text:
     return Text("–", "dim") if value is None else Text(f"{value:.{digits}f}")
 
 
 def _switch(sample: Sample | None, point: str, on: str, off: str) -> Text:
-    if sample is None or point not in sample.values:
+    value = _trusted(sample, point)
+    if value is None:
         return Text("–", "dim")
-    return Text(on, "green") if sample.values[point] else Text(off, "bold yellow")
+    return Text(on, "green") if value else Text(off, "bold yellow")

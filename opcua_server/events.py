@@ -131,6 +131,17 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
             ("Error", V.String, "Why it failed, or how an operator resolved it"),
         ],
     ),
+    "ImplausibleReadingEventType": (
+        ua.ObjectIds.BaseEventType,
+        [
+            ("MeterId", V.String, "The meter that reported it"),
+            ("LinkId", V.String, "Its link"),
+            ("Point", V.String, "The implausible point (voltage, energy_total...)"),
+            ("Value", V.Double, "What was read"),
+            ("Limit", V.String, "What it broke: a range, legal values, a rate of rise"),
+            ("Source", V.String, "sample (the reading was flagged) or billing (refused)"),
+        ],
+    ),
     "HistorianDataDroppedEventType": (
         ua.ObjectIds.SystemEventType,
         [
@@ -159,6 +170,8 @@ SEVERITY_COMM = 700
 SEVERITY_SUPPLY_MISMATCH = 800
 SEVERITY_BILLING = 700
 SEVERITY_DELIVERY = 700
+#: A meter reported a value it cannot hold (core ImplausibleReading): a possible tamper.
+SEVERITY_IMPLAUSIBLE = 600
 
 
 @dataclass(frozen=True, slots=True)

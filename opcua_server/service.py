@@ -28,12 +28,19 @@ from openprepay.core.events import (
     CommunicationRestored,
     Event,
     HistorianDataDropped,
+    ImplausibleReading,
 )
 from openprepay.core.model import Sample
 
 from .access import RoleRuleset, SessionUser, SessionUserManager
 from .config import OpcUaConfig, Policy
-from .events import SEVERITY_COMM, ConditionMethodService, Emission, EventEmitter
+from .events import (
+    SEVERITY_COMM,
+    SEVERITY_IMPLAUSIBLE,
+    ConditionMethodService,
+    Emission,
+    EventEmitter,
+)
 from .guard import SECURITY_MODEL, SECURITY_SOURCE, ChannelGuard, SecurityCounters
 from .history import HistorianBackend
 from .logins import LoginThrottle
@@ -345,6 +352,26 @@ class OpcUaService:
                     "OfflineSeconds": 0.0 if lost else float(event.offline_s),
                 },
                 event.at,
+            )
+        elif isinstance(event, ImplausibleReading):
+            emitter.post(
+                Emission(
+                    "ImplausibleReadingEventType",
+                    space.meter_nodes.get(event.meter_id) or ua.NodeId(ua.ObjectIds.Server),
+                    event.meter_id,
+                    f"{event.meter_id}: implausible {event.point} {event.value!r}, expected "
+                    f"{event.limit}",
+                    SEVERITY_IMPLAUSIBLE,
+                    {
+                        "MeterId": event.meter_id,
+                        "LinkId": event.link_id,
+                        "Point": event.point,
+                        "Value": float(event.value),
+                        "Limit": event.limit,
+                        "Source": event.source,
+                    },
+                    event.at,
+                )
             )
         elif isinstance(event, HistorianDataDropped):
             emitter.post(

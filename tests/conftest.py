@@ -90,11 +90,15 @@ async def until_async(
 
 async def simulate(data: dict[str, Any], plugins: Plugins, *, speedup: float) -> SimulatedSite:
     """Serve the simulated devices of the site in `data` on ephemeral ports, and point the
-    links of `data` at them (write it as the site file a `Runtime` loads)."""
+    links of `data` at them (write it as the site file a `Runtime` loads). With a speed-up,
+    `[poll] time_scale` tells the service that meter time runs that much faster (the
+    plausibility bound on energy per hour scales with it)."""
     from openprepay.core.contracts import SimulatorOptions
     from openprepay.core.simulate import SimulatedSite
     from openprepay.core.site import LinkType, parse_site
 
+    if speedup > 0:
+        data["poll"] = {**data.get("poll", {}), "time_scale": speedup}
     site = parse_site(data)
     options = SimulatorOptions(speedup=speedup, ephemeral_ports=True, timezone=site.info.timezone)
     sims = SimulatedSite(site, plugins, options)

@@ -11,6 +11,7 @@ from typing import TypeVar
 import click
 
 from ..site import Site, load_site
+from ..tasks import wait_event
 
 T = TypeVar("T")
 
@@ -40,10 +41,7 @@ def run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
 
 async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
     """Until Ctrl-C, or `duration` seconds when given."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=duration)
-    except TimeoutError:
-        pass
+    await wait_event(stop, duration)
 
 
 @contextmanager

@@ -67,6 +67,8 @@ def demo_command(
     """
     plugins = obj.plugins
     data = demo_site_data(buildings=buildings, floors=floors, rooms_per_floor=rooms_per_floor)
+    if speedup > 0:  # meter time runs faster: so may the registers (plausibility)
+        data["poll"]["time_scale"] = speedup
     site = parse_site(data, source="demo")
     options = SimulatorOptions(speedup=speedup, ephemeral_ports=True, timezone=site.info.timezone)
     folder = Path(state_dir)

@@ -12,10 +12,12 @@ A B C D: `ABCD` (high word first, the Modbus default), `CDAB` (word-swapped), `B
 from __future__ import annotations
 
 import enum
+import math
 import operator
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from openprepay.core.model import Value, ValueType
 
@@ -42,6 +44,7 @@ class WireType(enum.StrEnum):
 
 
 ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
+_F32 = struct.Struct(">f")
 
 
 def byte_positions(offset: int, wire: WireType, order: str) -> list[int]:
@@ -77,6 +80,9 @@ class PointCodec:
     bit: int | None = None
     #: Raw value → engineering value (e.g. pipe status 0x55 → 0, 0xAA → 1).
     mapping: Mapping[int, int] | None = None
+    #: For floats: the step the value is published in (0.001 m³); None publishes the
+    #: shortest decimal the float32 register holds (0.6, not 0.6000000238418579).
+    resolution: float | None = None
 
     @property
     def registers(self) -> int:
@@ -88,6 +94,8 @@ class PointCodec:
             return (int(raw) >> self.bit) & 1
         if self.mapping is not None:
             return self.mapping.get(int(raw), -1)
+        if self.wire.is_float and self.value_type is ValueType.FLOAT:
+            return _float_rounding(self.resolution)(raw * self.scale)
         value = _scaled(raw, self.scale)
         if self.value_type is ValueType.INT:
             return round(value)
@@ -111,6 +119,13 @@ class PointCodec:
         for value_index, wire_index in enumerate(positions):
             wire_bytes[wire_index] = big[value_index]
         return [int.from_bytes(wire_bytes[i : i + 2], "big") for i in range(0, len(wire_bytes), 2)]
+
+    def as_read(self, value: Value) -> Value:
+        """What a read returns once `value` is written: encoded, then decoded with this
+        codec (a float32 register holds 1234.567 as 1234.5670166…, published 1234.567)."""
+        out: dict[str, Value] = {}
+        BlockDecoder(self.address, self.registers, [self]).decode(self.encode(value), out)
+        return out[self.name]
 
 
 def _int_range(wire: WireType) -> tuple[int, int]:
@@ -184,8 +199,44 @@ class BlockDecoder:
             into[name] = convert(value)
 
 
+def shortest_float32(value: float) -> float:
+    """The shortest decimal that reads back as the same float32: what the register holds,
+    without the digits float32 → float64 conversion invents (0.6000000238418579 → 0.6)."""
+    if not math.isfinite(value):
+        return value
+    single = _F32.unpack(_F32.pack(value))[0]
+    for digits in range(6, 10):  # 9 significant digits always identify a float32
+        shorter = float(f"{single:.{digits}g}")
+        try:
+            if _F32.unpack(_F32.pack(shorter))[0] == single:
+                return shorter
+        except OverflowError:  # rounded past the largest float32
+            continue
+    return single
+
+
+def _float_rounding(resolution: float | None) -> Callable[[float], float]:
+    """How a float register's value is published: to its declared step, or shortest."""
+    if resolution is None:
+        return shortest_float32
+    divisor = _decimal_divisor(resolution)
+    if divisor is not None:
+        places = round(math.log10(divisor))
+        return lambda value: round(value, places) if math.isfinite(value) else value
+    step = Decimal(repr(resolution))
+    return lambda value: (
+        float(Decimal(round(value / resolution)) * step) if math.isfinite(value) else value
+    )
+
+
 def _converter(codec: PointCodec) -> Callable[[float | int], Value]:
     """The function turning a point's raw wire number into its engineering value."""
+    if codec.wire.is_float and codec.value_type is ValueType.FLOAT:
+        rounding = _float_rounding(codec.resolution)
+        if codec.scale == 1:
+            return rounding
+        scale = codec.scale
+        return lambda raw: rounding(raw * scale)
     if codec.bit is not None:
         bit = codec.bit
         return lambda raw: (raw >> bit) & 1

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 from openprepay.core.errors import CommandRefused, ConfigError, DeviceRejected, FieldError
 from openprepay.core.events import utcnow
 from openprepay.core.model import CommandOutcome, DeviceCommand, Quality, Sample, Value
+from openprepay.core.plausibility import device_limits
 from openprepay.core.site import DeviceConfig
 
 from .profile import Block, CommandMap, RegisterProfile
@@ -37,6 +37,8 @@ class ProfileDriver:
         self.unit = device.unit_id
         self._blocks: list[Block] = list(profile.blocks)
         self._multipliers = self._ratio_multipliers(device.options)
+        #: The plausibility limits of this device, in the units it publishes (CT/PT).
+        self.limits = device_limits(self.model, device, self._multipliers)
 
     def _ratio_multipliers(self, options: Mapping[str, Any]) -> dict[str, float]:
         """CT/PT multipliers for meters that report secondary-side values."""
@@ -144,9 +146,10 @@ class ProfileDriver:
         expected = (
             check.expect_value if check.expect_param is None else command.params[check.expect_param]
         )
-        if self.profile.codecs[check.point].wire.is_float and isinstance(expected, int | float):
-            # A float32 register holds the written value rounded to single precision.
-            expected = struct.unpack(">f", struct.pack(">f", expected))[0]
+        codec = self.profile.codecs[check.point]
+        if codec.wire.is_float and isinstance(expected, int | float):
+            # The register holds the written value in single precision, published rounded.
+            expected = codec.as_read(expected)
         ok = _same(actual, expected, self.model.point(check.point).resolution)
         detail = f"{check.point} = {actual}" + ("" if ok else f", expected {expected}")
         return CommandOutcome(command, ok, detail, {check.point: actual})

@@ -21,6 +21,7 @@ from openprepay.core.model import (
     CommandSpec,
     DeviceModel,
     MeterKind,
+    PhysicalLimits,
     PointRole,
     PointSpec,
     SupplyControl,
@@ -202,6 +203,14 @@ def _read_model(
             s.error(f"no point named {state!r}", "state_point")
         if cut and restore and state:
             supply = SupplyControl(cut, restore, state)
+    limits = _read_limits(r, kind) if r.has("limits") else None
+    if limits is None and (total or tariffs):
+        r.error(
+            "missing (required for a model with total_point or tariff_points): the nameplate "
+            "bounds how fast its registers can rise, e.g. { rated_voltage = 220, "
+            "max_current = 60, phases = 1 } or, for water, { max_flow = 5 }",
+            "limits",
+        )
     r.finish()
     if None in (name, vendor, product, kind, description):
         return None
@@ -216,7 +225,31 @@ def _read_model(
         supply=supply,
         total_point=total,
         tariff_points=tuple(tariffs or ()),
+        limits=limits,
     )
+
+
+def _read_limits(model: TableReader, kind: str | None) -> PhysicalLimits | None:
+    """`[model.limits]`: the nameplate (see plugins/modbus/README.md)."""
+    r = model.table("limits")
+    voltage = r.number("rated_voltage", None, low=0.0, low_exclusive=True)
+    current = r.number("max_current", None, low=0.0, low_exclusive=True)
+    phases = r.int("phases", 1, low=1, high=3)
+    flow = r.number("max_flow", None, low=0.0, low_exclusive=True)
+    r.finish()
+    if kind == MeterKind.WATER.value:
+        if flow is None:
+            r.error(
+                "missing (required for a water meter): the overload flow Q4 in m³/h", "max_flow"
+            )
+            return None
+        return PhysicalLimits(max_flow=flow)
+    for key, value in (("rated_voltage", voltage), ("max_current", current)):
+        if value is None:
+            r.error(f"missing (required for an electric meter): the {key.replace('_', ' ')}", key)
+    if voltage is None or current is None or phases is None:
+        return None
+    return PhysicalLimits(rated_voltage=voltage, max_current=current, phases=phases)
 
 
 def _read_point(
@@ -229,12 +262,31 @@ def _read_point(
     value_type = r.str("value", None, choices=[v.value for v in ValueType])
     low = r.number("low", None)
     high = r.number("high", None)
+    legal = r.raw("legal", None)
     rollover = r.number("rollover", None, low=0.0, low_exclusive=True)
+    resolution = r.number("resolution", None, low=0.0, low_exclusive=True)
     verified = r.bool("verified", True)
     src = r.str("source", "")
     ratio = r.str("ratio", None, choices=["ct", "pt", "ctpt"])
     if codec is None or description is None or role is None:
         return None
+    if legal is not None and (
+        not isinstance(legal, list)
+        or not legal
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in legal)
+    ):
+        r.error("expected the list of values the register may hold, e.g. [0, 1]", "legal")
+        legal = None
+    if legal is None and codec.mapping is not None:
+        legal = sorted(set(codec.mapping.values()))  # an unmapped raw value reads -1
+    if low is not None and high is not None and low >= high:
+        r.error(f"must be above low ({low:g})", "high")
+    if resolution is not None and not codec.wire.is_float:
+        r.error(
+            "only f32 points take a resolution; an integer register steps by its scale",
+            "resolution",
+        )
+        resolution = None
     if value_type is None:
         is_int = (
             codec.bit is not None
@@ -251,7 +303,10 @@ def _read_point(
         ValueType(value_type),
         codec.bit,
         codec.mapping,
+        resolution,
     )
+    # The step of the published value: a float's declared resolution, an integer's scale.
+    step = resolution if codec.wire.is_float else (codec.scale if codec.bit is None else None)
     if role == PointRole.CUMULATIVE and rollover is None and not codec.wire.is_float:
         rollover = (1 << (16 * codec.registers)) * codec.scale
     spec = PointSpec(
@@ -260,10 +315,11 @@ def _read_point(
         description=description,
         role=PointRole(role),
         value_type=ValueType(value_type),
-        resolution=codec.scale if not codec.wire.is_float and codec.bit is None else None,
+        resolution=step,
         rollover=rollover,
         low=low,
         high=high,
+        legal=None if legal is None else tuple(legal),
         verified=bool(verified),
         source=src or "",
     )

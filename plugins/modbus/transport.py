@@ -27,6 +27,8 @@ log = logging.getLogger("openprepay.modbus")
 
 #: Effectively "never close on silence": the arbiter decides what a silent device costs.
 MAX_NO_RESPONSES = 1 << 30
+#: Bytes of an answer kept to say what was wrong with it.
+KEEP_BYTES = 64
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -45,7 +47,12 @@ class ModbusTransport:
         self.link = link
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._last_end = 0.0
+        #: What the current transaction received (the start of it), to say why an
+        #: answer could not be used.
+        self._received = bytearray()
         self._bytes_received = 0
+        #: Why the last answer could not be decoded, when pymodbus could not decode it.
+        self._undecodable: str | None = None
         self._lock = asyncio.Lock() if link.in_flight == 1 else None
         #: Transactions and wire errors, for the link statistics.
         self.transactions = 0
@@ -59,6 +66,7 @@ class ModbusTransport:
     async def connect(self) -> None:
         if self._client is None:
             self._client = self._make_client()
+            self._keep_link_on_undecodable_answers(self._client)
         try:
             ok = await self._client.connect()
         except Exception as exc:  # pymodbus raises various OS-level errors here
@@ -99,7 +107,32 @@ class ModbusTransport:
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             self._bytes_received += len(data)
+            if len(self._received) < KEEP_BYTES:
+                self._received += data[: KEEP_BYTES - len(self._received)]
         return data
+
+    def _keep_link_on_undecodable_answers(
+        self, client: AsyncModbusTcpClient | AsyncModbusSerialClient
+    ) -> None:
+        """pymodbus raises from inside the socket's data callback when a well-framed
+        answer holds a PDU it cannot decode; asyncio then logs a 20-line traceback and
+        closes the connection, dropping every device of the link. Instead the answer is
+        dropped and the waiting request fails at once as a garbled answer: the framing
+        (MBAP length, RTU CRC) already delimited it, and the next request starts clean."""
+        manager = client.ctx
+        decode = manager.callback_data
+
+        def callback_data(data: bytes, addr: tuple | None = None) -> int:
+            try:
+                return decode(data, addr=addr)
+            except ModbusIOException:
+                self._undecodable = describe_frame(bytes(data), self.link.type)
+                waiting = manager.response_future
+                if not waiting.done():
+                    waiting.set_exception(ModbusIOException(self._undecodable))
+                return len(data)
+
+        manager.callback_data = callback_data  # type: ignore[method-assign]
 
     # -- transactions ---------------------------------------------------------------------
     async def read(self, unit: int, function: int, address: int, count: int) -> list[int]:
@@ -138,21 +171,31 @@ class ModbusTransport:
             if wait > 0:
                 await asyncio.sleep(wait)
         self._bytes_received = 0
+        self._received.clear()
+        self._undecodable = None
         self.transactions += 1
         try:
             response = await request
         except ModbusIOException as exc:
+            if self._undecodable is not None:
+                self.garbled_frames += 1
+                raise GarbledResponse(f"unit {unit}: {self._undecodable}") from exc
             if self._bytes_received:
                 self.garbled_frames += 1
+                why = describe_frame(bytes(self._received), self.link.type)
                 raise GarbledResponse(
-                    f"unit {unit}: {self._bytes_received} bytes received but no valid frame "
-                    "(CRC or length error)"
+                    f"unit {unit}: {self._bytes_received} bytes received but no valid frame ({why})"
                 ) from exc
             raise DeviceTimeout(f"unit {unit}: no answer within {self.link.timeout_s:g} s") from exc
         except ConnectionException as exc:
             raise LinkDown(f"link {self.link.id}: {exc}") from exc
         finally:
             self._last_end = time.monotonic()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # pymodbus awaits the answer with asyncio.wait_for, which on Python 3.11 returns
+            # the answer and drops our cancellation when both happen at once: re-raise it.
+            raise asyncio.CancelledError
         if response is None:
             raise DeviceTimeout(f"unit {unit}: no answer")
         if isinstance(response, ExceptionResponse) or response.isError():
@@ -160,3 +203,20 @@ class ModbusTransport:
             name = EXCEPTION_NAMES.get(code or 0, "error")
             raise DeviceRejected(f"unit {unit}: exception {code} ({name})", code)
         return response
+
+
+def describe_frame(data: bytes, link_type: LinkType) -> str:
+    """Why an answer that arrived could not be used, in the framing's own terms."""
+    if link_type is not LinkType.MODBUS_TCP:
+        if len(data) < 4:
+            return f"RTU frame of {len(data)} bytes, too short"
+        return "RTU frame with a CRC or length error, or a PDU that cannot be decoded"
+    if len(data) < 8:
+        return f"Modbus TCP frame of {len(data)} bytes, shorter than an MBAP header and PDU"
+    protocol = int.from_bytes(data[2:4], "big")
+    if protocol:
+        return f"MBAP protocol id {protocol}, expected 0"
+    length = int.from_bytes(data[4:6], "big")
+    if len(data) - 6 < length:
+        return f"MBAP length {length} but only {len(data) - 6} bytes followed"
+    return f"MBAP frame with function code 0x{data[7]:02X} that cannot be decoded"

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from openprepay.core.model import CommandOutcome, DeviceCommand, Quality, Value
 from openprepay.core.site import DeviceConfig
 from openprepay.plugins.modbus import ModbusTransport, ProfileDriver, RegisterProfile
-from openprepay.plugins.modbus.codec import BlockDecoder
 from openprepay.plugins.modbus.profile import CommandMap
 
 VALVE_POINTS = ("valve_open", "valve_closed")
@@ -78,12 +77,7 @@ class ValveMeterDriver(ProfileDriver):
     ) -> CommandOutcome:
         codec = self.profile.codecs["remaining_volume"]
         written = float(command.params["volume"])
-        # What the float32 register holds for the written value.
-        expected: dict[str, Value] = {}
-        BlockDecoder(codec.address, codec.registers, [codec]).decode(
-            codec.encode(written), expected
-        )
-        target = float(expected["remaining_volume"])
+        target = float(codec.as_read(written))  # what the float32 register reads back
         actual = float(values["remaining_volume"])
         elapsed_h = (time.monotonic() - self._written_at) / 3600
         flowed = max(float(values.get("flow_rate", 0.0)), 0.0) * elapsed_h * 2

@@ -43,6 +43,7 @@ async def test_demo_pools_are_captured_from_the_meters(plugins: Plugins, tmp_pat
     assert set(data["billing"]["pools"]) == {"A"}
     data["billing"]["reading_flush_s"] = 3600  # flushed by the test
     data["billing"]["month_end_poll_s"] = 3600
+    data["poll"]["time_scale"] = 600  # the simulators' speed-up below
     site = parse_site(data)
     sims = SimulatedSite(
         site,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from click.testing import CliRunner
 
 ROOT = Path(__file__).parents[2]
 CLI = [sys.executable, "-m", "openprepay.core.cli"]
@@ -72,7 +73,34 @@ def test_read_prints_every_point_with_its_unit(simulated_site: Path) -> None:
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
     assert lines["energy_total"][1] == "kWh" and float(lines["energy_total"][0]) > 0
     assert lines["voltage"][1] == "V"
-    assert lines["supply_on"] == ["1"]
+    assert lines["supply_on"][0] == "1"
+
+
+def test_read_marks_the_values_that_rest_on_unverified_registers(simulated_site: Path) -> None:
+    result = run("read", str(simulated_site), "E-A-101")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    # Two sources agree on the energy registers; the relay state is derived from a
+    # register only the vendor tool documents.
+    assert "unverified" not in lines["energy_total"]
+    assert lines["supply_on"].endswith("unverified register")
+    assert lines["voltage"].endswith("unverified register")
+
+
+def test_models_and_plugins_show_which_points_are_unverified(cli) -> None:
+    group, obj = cli
+    result = CliRunner().invoke(group, ["models", "acrel.DDSY1352"], obj=obj)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert "verified" in rows["energy_total"] and "UNVERIFIED" not in rows["energy_total"]
+    assert "UNVERIFIED" in rows["supply_on"] and "derived from 0x0058" in rows["supply_on"]
+    assert "0..300" in rows["voltage"] and "one of 0,1" in rows["relay_trip"]
+    listing = CliRunner().invoke(group, ["plugins"], obj=obj).output
+    plugins_line = next(line for line in listing.splitlines() if "acrel.DDSY1352" in line)
+    unverified = len(obj.plugins.models["acrel.DDSY1352"].unverified_points)
+    assert unverified and f"({unverified} on unverified registers)" in plugins_line, plugins_line
+    unknown = CliRunner().invoke(group, ["models", "acme.nope"], obj=obj)
+    assert unknown.exit_code == 2 and "unknown model(s) acme.nope" in unknown.output
 
 
 def test_read_reports_a_silent_meter_and_fails(simulated_site: Path) -> None:

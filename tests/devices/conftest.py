@@ -4,6 +4,10 @@
 devices the test asks for, connects a `ModbusTransport` to it and builds each device's
 driver through the plugins' own hooks. It is parametrised over the two TCP framings a
 site uses: RTU frames through a TCP-to-RS-485 gateway, and native Modbus TCP.
+
+`proxied` runs the whole service (from a site file, with its database when the site has
+one) against simulators reached through a `FaultProxy` (tests/faultproxy.py), which
+rewrites answers with a valid CRC or MBAP length when a test injects a fault.
 """
 
 from __future__ import annotations
@@ -11,17 +15,30 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.events import Event
+from openprepay.core.model import Sample
 from openprepay.core.plugins import Plugins
 from openprepay.core.runtime import Runtime
 from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import ControlMode, DeviceConfig, LinkConfig, LinkType, Site, parse_site
+from openprepay.core.site import (
+    ControlMode,
+    DeviceConfig,
+    LinkConfig,
+    LinkType,
+    Site,
+    load_site,
+    parse_site,
+)
 from openprepay.plugins.modbus import GatewaySimulator, ModbusTransport, ProfileDriver
 from openprepay.plugins.modbus.simulation import RegisterDeviceSimulator
+from tests.faultproxy import FaultProxy
 
 #: Simulated time stands still: what a test reads is what the simulator holds.
 FROZEN = SimulatorOptions(speedup=0, ephemeral_ports=True)
@@ -169,4 +186,62 @@ async def service(plugins: Plugins, link_type: LinkType) -> AsyncIterator[StartS
     yield start
     for one in reversed(started):
         await one.runtime.stop()
+        await one.sims.stop()
+
+
+@dataclass
+class Proxied:
+    """The service on simulated meters behind a fault-injecting proxy, and what it said."""
+
+    runtime: Runtime
+    sims: SimulatedSite
+    proxy: FaultProxy
+    samples: list[Sample]
+    events: list[Event]
+
+    def sim(self, meter: str) -> Any:
+        return self.sims.devices[meter]
+
+    def of(self, meter: str) -> list[Sample]:
+        """The device samples of `meter` so far (not its health statistics)."""
+        return [s for s in self.samples if s.source == meter and s.model.kind.value != "health"]
+
+
+StartProxied = Callable[..., Awaitable[Proxied]]
+
+
+@pytest.fixture
+async def proxied(
+    plugins: Plugins, link_type: LinkType, tmp_path: Path
+) -> AsyncIterator[StartProxied]:
+    """`await proxied(site_data, options=...)` → the service running from a site file whose
+    link `gw` reaches its simulated meters through a `FaultProxy`. The link's type is the
+    fixture's (RTU over TCP, Modbus TCP); the OPC UA server and historian are off unless
+    the site turns them on."""
+    started: list[Proxied] = []
+
+    async def start(data: dict[str, Any], options: SimulatorOptions = FROZEN) -> Proxied:
+        data = dict(data)
+        data.setdefault("opcua", {"enabled": False})
+        data.setdefault("historian", {"backend": "none"})
+        data["links"] = {k: dict(v) for k, v in data["links"].items()}
+        data["links"]["gw"]["type"] = link_type.value
+        sims = SimulatedSite(parse_site(data), plugins, options)
+        await sims.start()
+        proxy = FaultProxy(sims.addresses["gw"], rtu=link_type is not LinkType.MODBUS_TCP)
+        data["links"]["gw"]["host"], data["links"]["gw"]["port"] = await proxy.start()
+        site_file = tmp_path / f"site{len(started)}.toml"
+        site_file.write_text(tomli_w.dumps(data))
+        runtime = Runtime(load_site(site_file), plugins)
+        one = Proxied(runtime, sims, proxy, [], [])
+        runtime.bus.subscribe(Sample, one.samples.append)
+        runtime.bus.subscribe(Event, one.events.append)
+        started.append(one)
+        await runtime.start()
+        return one
+
+    yield start
+    for one in reversed(started):
+        await one.runtime.stop()
+        await one.proxy.stop()
         await one.sims.stop()

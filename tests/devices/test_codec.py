@@ -4,7 +4,10 @@ blocks and the error messages a profile author sees."""
 from __future__ import annotations
 
 import copy
+import re
 import struct
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,10 +57,12 @@ def test_every_wire_type_round_trips_in_every_order(wire: WireType, order: str) 
     for value in SAMPLES[wire]:
         words = codec.encode(value)
         assert words == expected_words(wire, value, order), value
-        # What the register holds: the value itself, or its nearest float32.
+        # What the register holds: the value itself, or its nearest float32 — published
+        # as the shortest decimal that is that float32.
         held = struct.unpack(fmt, struct.pack(fmt, value))[0]
-        assert decode(codec, words) == held, value
-        assert codec.to_value(held) == held
+        decoded = decode(codec, words)
+        assert struct.unpack(fmt, struct.pack(fmt, decoded))[0] == held, value
+        assert codec.to_value(held) == decoded
 
 
 def test_orders_of_a_32_bit_value() -> None:
@@ -75,6 +80,19 @@ def test_xintai_example_bytes_read_as_little_endian_float() -> None:
     # Read in the Modbus default order the same bytes are nonsense.
     default = PointCodec("flow", 0x0005, WireType.F32, "ABCD")
     assert decode(default, [0x1E85, 0x0B3F], start=0x0005) != pytest.approx(0.545)
+
+
+def test_float_registers_are_published_at_their_resolution() -> None:
+    # Issue 9 §10: a float32 volume of 0.6 m³ was published as 0.6000000238418579.
+    volume = PointCodec("volume", 0, WireType.F32, "DCBA", resolution=0.001)
+    assert decode(volume, volume.encode(0.6)) == 0.6
+    assert decode(volume, volume.encode(98765.4321)) == 98765.43  # the register: 98765.4296875
+    assert volume.to_value(struct.unpack(">f", struct.pack(">f", 0.6))[0]) == 0.6
+    # Without a declared resolution: the shortest decimal the float32 register holds.
+    setpoint = PointCodec("setpoint", 0, WireType.F32)
+    assert decode(setpoint, setpoint.encode(0.6)) == 0.6
+    assert decode(setpoint, setpoint.encode(1234.567)) == 1234.567
+    assert setpoint.as_read(1234.567) == 1234.567
 
 
 def test_scale_gives_exact_decimals_and_scaled_encoding() -> None:
@@ -176,6 +194,7 @@ MINIMAL: dict[str, Any] = {
         "description": "A test meter",
         "total_point": "energy",
         "supply": {"cut": "TRIP", "restore": "CLOSE", "state_point": "relay"},
+        "limits": {"rated_voltage": 230, "max_current": 40, "phases": 1},
     },
     "protocol": {"read_function": 3, "order": "ABCD"},
     "blocks": [{"start": 0, "count": 4}],
@@ -251,6 +270,7 @@ DELETE = object()
         ("points.energy.order", "DABC", "points.energy.order: expected one of ABCD, CDAB"),
         ("points.energy.scal", 0.1, "points.energy.scal: unknown key"),
         ("points.energy.scale", 0, "points.energy.scale: must not be 0"),
+        ("points.energy.resolution", 0.01, "points.energy.resolution: only f32 points take"),
         ("points.relay.bit", 16, "points.relay.bit: expected 0..15, got 16"),
         ("points.energy.bit", 3, 'points.energy.type: bit and map need type = "u16"'),
         ("points.relay.map", "full", "points.relay.map: expected a table of raw value"),
@@ -266,6 +286,11 @@ DELETE = object()
         ("model.total_point", "relay", "model.total_point: point 'relay' must have role"),
         ("model.tariff_points", ["t1"], "model.tariff_points: no point named 't1'"),
         ("model.kind", "gas", "model.kind: expected one of electric, water"),
+        ("model.limits", DELETE, "model.limits: missing (required for a model with total_point"),
+        ("model.limits.max_current", DELETE, "model.limits.max_current: missing (required"),
+        ("model.limits.phases", 4, "model.limits.phases: expected 1..3, got 4"),
+        ("model.limits.max_amps", 60, "model.limits.max_amps: unknown key"),
+        ("points.relay.legal", [0, "1"], "points.relay.legal: expected the list of values"),
         ("protocol.order", "ABDC", "protocol.order: expected one of ABCD"),
         ("blocks", [{"start": 0, "count": 200}], "blocks[0].count: expected 1..125, got 200"),
         ("blocks", [{"start": 0, "count": 1}], "points.energy.address: 0x0000 (u32) runs past"),
@@ -321,3 +346,12 @@ def test_shipped_profiles_load(tmp_path) -> None:
     broken.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_profile(broken)
+
+
+def test_the_readme_example_profile_is_valid() -> None:
+    readme = (Path(__file__).parents[2] / "plugins" / "modbus" / "README.md").read_text()
+    example = re.search(r"```toml\n(# ACME Heat 1.*?)```", readme, re.S)
+    assert example is not None
+    profile = parse_profile(tomllib.loads(example.group(1)))
+    assert profile.model.limits is not None and profile.model.limits.max_per_hour == 2.5
+    assert profile.model.point("setpoint").resolution == 0.001

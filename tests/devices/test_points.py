@@ -13,6 +13,7 @@ import pytest
 from openprepay.core.model import ValueType
 from openprepay.core.plugins import Plugins
 from openprepay.plugins.meter_acrel.plugin import profiles as acrel_profiles
+from openprepay.plugins.water_valve.plugin import CATALOGUE as WATER_PROFILES
 
 from .conftest import Bench, Meter, StartBench
 
@@ -89,9 +90,13 @@ async def read_and_compare(bench: Bench, model_name: str, options: dict, plugins
     snapshot = bench.sim.snapshot()
     assert sample.quality.is_good
     assert set(sample.values) == set(snapshot) == {p.name for p in model.points}
+    profiles = {**acrel_profiles(), **WATER_PROFILES.profiles}
     for name, held in snapshot.items():
         factor = expected_factor(model_name, options, name)
         got = sample.values[name]
+        codec = profiles[model_name].codecs[name]
+        if codec.wire.is_float:  # the float32 register's value, at the point's resolution
+            held = codec.as_read(held)
         assert got == pytest.approx(held * factor, rel=1e-12, abs=1e-12), name
         assert sample.unit(name) == UNITS[name], name
         if model.point(name).value_type is ValueType.INT:
@@ -166,11 +171,12 @@ async def test_edge_values_decode_exactly(
 async def test_water_meter_float_registers_little_endian(bench: StartBench) -> None:
     one = await bench(Meter("xintai.valve_meter", options={"sim_flow_m3h": 0.545}))
     sim = one.sim
-    sim.volume_forward, sim.volume_reverse, sim.remaining = 98765.4321, 0.545, 0.0
+    sim.volume_forward, sim.volume_reverse, sim.remaining = 98765.4321, 0.545, 0.6
     sample = await one.driver.read()
-    assert sample.values["volume_forward"] == pytest.approx(98765.4321, rel=1e-7)
-    assert sample.values["volume_reverse"] == pytest.approx(0.545, rel=1e-7)
-    assert sample.values["remaining_volume"] == 0.0
+    # Published at the profile's resolution (0.001 m³), not as the float32's binary digits.
+    assert sample.values["volume_forward"] == 98765.43  # the register holds 98765.4296875
+    assert sample.values["volume_reverse"] == 0.545
+    assert sample.values["remaining_volume"] == 0.6  # not 0.6000000238418579
     # Low byte of the low word first: 0.545 = 0x3F0B851F sits at 0x0003 as 1F 85 0B 3F
     # (the protocol's example, 1E 85 0B 3F, is the float one step below).
     assert sim.raw(0x0003, 2) == [0x1F85, 0x0B3F]
