@@ -48,8 +48,9 @@ def cli_run(cli: Any, run: Any, *args: str, ok: bool = True) -> str:
 
 
 async def test_usage_before_and_after_a_swap_is_billed_exactly(db_url, running, cli) -> None:
-    # flat tariff 0.50 CNY/kWh on the total register
-    run = await running(speedup=0, database={"url": db_url})
+    # flat tariff 0.50 CNY/kWh on the total register. The test adds kWh by hand within
+    # seconds: meter time runs an hour a second, so the plausibility bound lets them pass.
+    run = await running(speedup=0, database={"url": db_url}, poll={"time_scale": 3600})
     old = run.sim("E-101")
     run.open_account("A-101", ("E-101",), balance_fen=10000)
     await until(lambda: run.ops.account_snapshot("A-101").meters[0].supply_on is not None)
