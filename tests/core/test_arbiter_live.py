@@ -74,7 +74,11 @@ class Recorder:
 
 
 async def test_silent_meter_costs_its_neighbours_only_its_backoff_slots(plugins: Plugins) -> None:
-    site = gateway_site(10, backoff_initial_s=0.5, backoff_max_s=60, quarantine_after=50)
+    # 400 ms answer window: a loaded CI machine can stall a healthy loopback answer past
+    # 100 ms, which this test would read as the neighbour failing.
+    site = gateway_site(
+        10, timeout_ms=400, backoff_initial_s=0.5, backoff_max_s=60, quarantine_after=50
+    )
     async with SimulatedSite(site, plugins, SimulatorOptions(ephemeral_ports=True)) as sims:
         sims.devices["E5"].silent = True
         runtime = Runtime(sims.service_site(), plugins)
