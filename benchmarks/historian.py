@@ -43,10 +43,10 @@ from pathlib import Path
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.config.site import parse_site
 from openprepay.core.events import EventBus
 from openprepay.core.model import DeviceModel, Sample, ValueType
-from openprepay.core.plugins import Plugins
-from openprepay.core.site import parse_site
 from openprepay.historian.config import read_config
 from openprepay.historian.lineprotocol import to_ns
 from openprepay.historian.service import SpoolingHistorian

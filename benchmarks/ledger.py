@@ -32,10 +32,11 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-from openprepay.core import accounts, ledger
+from openprepay.core import ledger
 from openprepay.core.db import Database
 from openprepay.core.db.group import GroupCommit
-from openprepay.core.feecontrol import FeeThresholds
+from openprepay.core.prepay import accounts
+from openprepay.core.prepay.feecontrol import FeeThresholds
 
 ACCOUNTS = 200
 #: Concurrent callers in the group-commit case.

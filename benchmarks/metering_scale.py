@@ -25,14 +25,14 @@ from typing import Any
 
 os.environ.setdefault("OPENPREPAY_DISABLE_PLUGINS", "opcua,historian")
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database
 from openprepay.core.events import EventBus
 from openprepay.core.model import MeterKind, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.prepay_engine import PrepayEngine
-from openprepay.core.site import parse_site
+from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay.engine import PrepayEngine
 
 METERS = 2000
 PER_LINK = 200

@@ -41,13 +41,13 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from openprepay.core import ledger
+from openprepay.core.app.demo import residential_tariff
+from openprepay.core.app.plugins import Plugins
 from openprepay.core.billing.readings import Reading, save_captured
 from openprepay.core.billing.service import Billing
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
-from openprepay.core.demo import residential_tariff
-from openprepay.core.plugins import Plugins
-from openprepay.core.site import parse_site
 
 TZ = ZoneInfo("Asia/Shanghai")
 PERIOD = "2025-03"

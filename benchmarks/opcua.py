@@ -246,7 +246,7 @@ def bench_model() -> Any:
 
 
 def bench_site(meters: int) -> Any:
-    from openprepay.core.site import parse_site
+    from openprepay.core.config.site import parse_site
 
     per_gateway = 50
     floors = max(1, meters // 100)
@@ -273,7 +273,7 @@ def bench_site(meters: int) -> Any:
 
 async def product_server(site: Any, folder: Path, client_cert: Path) -> Any:
     from openprepay.core.events import EventBus
-    from openprepay.core.readings import LatestReadings
+    from openprepay.core.field.latest import LatestReadings
     from openprepay.opcua_server.config import OpcUaConfig
     from openprepay.opcua_server.pki import Pki, trust
     from openprepay.opcua_server.service import make_service

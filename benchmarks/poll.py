@@ -31,11 +31,11 @@ import tomli_w
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.config.site import load_site
 from openprepay.core.logs import setup_logging
 from openprepay.core.model import MeterKind, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.site import load_site
 from openprepay.plugins.meter_acrel.plugin import profiles
 from openprepay.plugins.modbus.simulation import frame_bytes
 

@@ -1,8 +1,8 @@
 """Rating throughput: interval readings rated per second with TOU + tiers.
 
 Baseline and product in the same run, on the same data:
-- baseline: the pure-Python reference (`core/rating_reference.py`), reading by reading;
-- product: the numpy engine (`core/rating.py`).
+- baseline: the pure-Python reference (`core/rating/reference.py`), reading by reading;
+- product: the numpy engine (`core/rating/engine.py`).
 
 Data: meters of the worked-example-A tariff (TOU 尖/峰/平/谷, M1 annual tiers crossing
 2880 kWh during the run) read every 15 minutes across a new year (so the tier cycle resets),
@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from openprepay.core.errors import FieldError
-from openprepay.core.rating import (
+from openprepay.core.rating.engine import (
     MeterState,
     RatingEngine,
     RatingOptions,
     Readings,
     RegisterLayout,
 )
-from openprepay.core.rating_reference import rate_reference
-from openprepay.core.tariffs import parse_tariffs
+from openprepay.core.rating.reference import rate_reference
+from openprepay.core.rating.tariffs import parse_tariffs
 
 TARIFF = """
 [tariffs.residential]

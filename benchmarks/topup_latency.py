@@ -32,15 +32,15 @@ os.environ.setdefault("OPENPREPAY_DISABLE_PLUGINS", "opcua,historian")
 
 import tomli_w
 
-from openprepay.core import accounts as acc
+from openprepay.core.app.demo import anytime_policy
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
+from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.demo import anytime_policy
 from openprepay.core.events import SupplyChanged
 from openprepay.core.model import DeviceCommand
-from openprepay.core.plugins import Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import load_site, parse_site
+from openprepay.core.prepay import accounts as acc
 
 METERS = 41
 ROUNDS = 15

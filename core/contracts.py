@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from .config.site import DeviceConfig, LinkConfig
 from .model import CommandOutcome, DeviceCommand, DeviceModel, Sample, Value
-from .site import DeviceConfig, LinkConfig
 
 
 @runtime_checkable
@@ -40,7 +40,7 @@ class Driver(Protocol):
     """Reads and commands one device through its link's transport.
 
     A driver whose values are scaled (a CT/PT-connected meter) may also have `limits`, the
-    `core.plausibility.DeviceLimits` of its device in the units it publishes; otherwise
+    `core.field.plausibility.DeviceLimits` of its device in the units it publishes; otherwise
     the link arbiter takes them from the model and the site file.
     """
 

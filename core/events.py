@@ -114,7 +114,7 @@ class DeviceQuarantined(Event):
 class ImplausibleReading(Event):
     """A device reported a value it cannot physically hold: outside its profile's range, an
     illegal state value, a cumulative register that ran backwards or rose faster than the
-    meter's rating allows (core/plausibility.py). Published once per episode and point, by
+    meter's rating allows (core/field/plausibility.py). Published once per episode and point, by
     the link arbiter when the sample is made (the sample is then Uncertain or Bad) or by
     metering when billing refuses a reading against its saved baseline. Such a reading is
     never billed and never causes a trip.
@@ -173,7 +173,7 @@ class HistorianBatchQuarantined(Event):
 
 @dataclass(frozen=True, slots=True)
 class AlarmLevelChanged(Event):
-    """Fee control moved an account to another state (`core.feecontrol.FeeState` values:
+    """Fee control moved an account to another state (`core.prepay.feecontrol.FeeState` values:
     NORMAL, ALARM1, ALARM2, OVER_ZERO, OVERDRAFT), after a deduction, top-up, refund or
     threshold change. `balance_fen` is the energy wallet that caused it."""
 

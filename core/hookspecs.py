@@ -25,6 +25,8 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
+    from .app.runtime import Runtime
+    from .config.site import DeviceConfig, LinkConfig, Site
     from .contracts import (
         Driver,
         LinkSimulator,
@@ -37,8 +39,6 @@ if TYPE_CHECKING:
     )
     from .errors import FieldError
     from .model import DeviceModel
-    from .runtime import Runtime
-    from .site import DeviceConfig, LinkConfig, Site
 
 PROJECT = "openprepay"
 hookspec = pluggy.HookspecMarker(PROJECT)

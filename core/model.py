@@ -24,7 +24,7 @@ class MeterKind(enum.StrEnum):
     LINK = "link"
     HEALTH = "health"
     #: Prepayment accounts (balances, alarm level), published by the prepayment engine as
-    #: samples of `core.account_points.ACCOUNT_MODEL`.
+    #: samples of `core.prepay.account_points.ACCOUNT_MODEL`.
     ACCOUNT = "account"
 
 
@@ -87,7 +87,7 @@ class PointSpec:
     #: Value at which a cumulative register wraps to zero, in engineering units.
     rollover: float | None = None
     #: Plausible range (OPC UA EURange): a value outside it is implausible, published
-    #: Bad and never used (core/plausibility.py).
+    #: Bad and never used (core/field/plausibility.py).
     low: float | None = None
     high: float | None = None
     #: The values a state register may hold (a relay: 0, 1); any other is implausible.
@@ -130,7 +130,7 @@ class PhysicalLimits:
 
     Electric: `rated_voltage` (V, per phase) × `max_current` (A, the Imax of "5(60) A") ×
     `phases` is the most power the meter can carry; water: `max_flow` (m³/h, the overload
-    flow Q4). Checks add their own margin (core/plausibility.py).
+    flow Q4). Checks add their own margin (core/field/plausibility.py).
     """
 
     rated_voltage: float | None = None

@@ -30,9 +30,9 @@ from openprepay.core.cli.common import (
     run_async,
     site_argument,
 )
+from openprepay.core.config.site import Site
 from openprepay.core.errors import OpenPrepayError
 from openprepay.core.model import DeviceModel, MeterKind, PointSpec, Quality, Sample, ValueType
-from openprepay.core.site import Site
 from openprepay.core.tasks import stop_task
 
 from .config import Backend, HistorianConfig, read_config
@@ -354,8 +354,8 @@ def _embedded_chunks(
     hi: int | None,
 ) -> list[Chunk]:
     """The stored values in [lo, hi) as line protocol: one line per source, model and time."""
-    from openprepay.core.account_points import ACCOUNT_MODEL
-    from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
+    from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL
+    from openprepay.core.prepay.account_points import ACCOUNT_MODEL
 
     for model in (LINK_MODEL, HEALTH_MODEL, ACCOUNT_MODEL, HISTORIAN_MODEL):
         models.setdefault(model.name, model)

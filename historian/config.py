@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openprepay.core.config.reader import TableReader
+from openprepay.core.config.site import Site
 from openprepay.core.errors import ConfigError, FieldError
-from openprepay.core.site import Site
-from openprepay.core.validation import TableReader
 
 SECTION = "historian"
 

@@ -1,7 +1,7 @@
 """The embedded history store: one SQLite file (WAL), no server needed.
 
 The default for the demo and small sites. It keeps one row per point value, keyed by
-series (a source's point) and time, and serves `core.history.HistoryReader` for OPC UA
+series (a source's point) and time, and serves `core.field.history.HistoryReader` for OPC UA
 HistoryRead and reports. A Bad sample is stored as a row without a value for every point of
 its model, with the sample's quality, so a gap is visible in history instead of a stale
 value. Writing the same (series, time) again replaces the row, as InfluxDB does.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from openprepay.core.events import Event
-from openprepay.core.history import HistoryPage, HistoryValue
+from openprepay.core.field.history import HistoryPage, HistoryValue
 from openprepay.core.model import Quality, Sample, ValueType
 from openprepay.core.private_files import private_file
 
@@ -285,7 +285,7 @@ class EmbeddedStore:
 
 
 class EmbeddedHistoryReader:
-    """`core.history.HistoryReader` over the embedded store."""
+    """`core.field.history.HistoryReader` over the embedded store."""
 
     def __init__(self, store: EmbeddedStore) -> None:
         self.store = store

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from openprepay.core.history import HistoryPage, HistoryValue
+from openprepay.core.field.history import HistoryPage, HistoryValue
 from openprepay.core.model import Quality, ValueType
 
 from .lineprotocol import from_ns, to_ns
@@ -63,7 +63,7 @@ class InfluxQLClient:
 
 
 class InfluxHistoryReader:
-    """`core.history.HistoryReader` over InfluxQL."""
+    """`core.field.history.HistoryReader` over InfluxQL."""
 
     def __init__(self, client: InfluxQLClient, catalogue: Catalogue) -> None:
         self.client = client

@@ -29,9 +29,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from openprepay.core.config.site import Site
 from openprepay.core.events import Event
 from openprepay.core.model import DeviceModel, Quality, Sample, ValueType
-from openprepay.core.site import Site
 
 from .schema import event_measurement, event_parts, field_name, sample_tags, series_kind
 

@@ -31,18 +31,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from openprepay.core.account_points import ACCOUNT_MODEL
-from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL, diagnostic
+from openprepay.core.config.site import Site
 from openprepay.core.events import CommandExecuted, Event
+from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL, diagnostic
 from openprepay.core.model import DeviceModel, MeterKind, PointSpec, ValueType
-from openprepay.core.site import Site
+from openprepay.core.prepay.account_points import ACCOUNT_MODEL
 
 #: Source id of the historian's own statistics.
 HISTORIAN_SOURCE = "historian"
 
 
 #: The historian's statistics, published every `stats_interval_s` as samples of this
-#: pseudo-model (source "historian"), like the core does for links (core/diagnostics.py).
+#: pseudo-model (source "historian"), like the core does for links (core/field/diagnostics.py).
 HISTORIAN_MODEL = DeviceModel(
     name="openprepay.historian",
     vendor="OpenPrepay",

@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from openprepay.core.config.site import Site
 from openprepay.core.events import Event, EventBus, HistorianDataDropped, utcnow
-from openprepay.core.history import HistoryReader
+from openprepay.core.field.history import HistoryReader
 from openprepay.core.model import DeviceModel, Sample
-from openprepay.core.site import Site
 
 from .config import Backend, DropPolicy, HistorianConfig
 from .embedded import EmbeddedHistoryReader, EmbeddedStore

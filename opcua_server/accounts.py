@@ -7,7 +7,7 @@ Accounts come from `runtime.operations` (core.operations.Operations):
   start for every account and later for new ones (the list is re-read every
   `[opcua] account_refresh_s`);
 - its balances, alarm level and supply state follow the account samples the prepayment
-  engine publishes on the bus (`core.account_points`); the rest (tariff, control mode,
+  engine publishes on the bus (`core.prepay.account_points`); the rest (tariff, control mode,
   today's energy and cost, thresholds, 保电) follows `account_snapshot`, re-read after every
   change that concerns the account and periodically;
 - methods TopUp, Refund, SetTariff, SetAlarmThresholds, Disconnect, Reconnect, Protect on
@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from asyncua import ua
 
-from openprepay.core.account_points import ACCOUNT_MODEL
 from openprepay.core.events import (
     AlarmLevelChanged,
     AuditRecord,
@@ -47,9 +46,10 @@ from openprepay.core.events import (
     SupplyChanged,
     SupplyMismatch,
 )
-from openprepay.core.feecontrol import FeeState
 from openprepay.core.model import DeviceModel, MeterKind, Sample
 from openprepay.core.operations import AccountSnapshot, Operations
+from openprepay.core.prepay.account_points import ACCOUNT_MODEL
+from openprepay.core.prepay.feecontrol import FeeState
 from openprepay.core.tasks import stop_task
 
 from .access import SessionUser, actor_name, current_user
@@ -121,7 +121,7 @@ class AccountVar:
     vtype: ua.VariantType
     unit: str
     description: str
-    #: Point of the account samples (core.account_points) that also feeds it, if any.
+    #: Point of the account samples (core.prepay.account_points) that also feeds it, if any.
     sample_point: str | None
     #: Key of `snapshot_values()`.
     snapshot_key: str

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openprepay.core.config.reader import TableReader
+from openprepay.core.config.site import Site
 from openprepay.core.errors import ConfigError, FieldError
-from openprepay.core.site import Site
-from openprepay.core.validation import TableReader
 
 SECTION = "opcua"
 DEFAULT_PORT = 4840

@@ -35,7 +35,7 @@ from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto import security_policies
 
-from openprepay.core.diagnostics import diagnostic
+from openprepay.core.field.diagnostics import diagnostic
 from openprepay.core.model import DeviceModel, MeterKind
 
 from .logins import LoginSource, LoginThrottle

@@ -20,7 +20,7 @@ from typing import Any
 from asyncua import ua
 from asyncua.server.history import HistoryStorageInterface
 
-from openprepay.core.history import HistoryReader, HistoryValue
+from openprepay.core.field.history import HistoryReader, HistoryValue
 from openprepay.core.model import Quality
 
 from .space import STATUS_OF_QUALITY, HistoryTarget

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 import click
 
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.config.site import Site
 from openprepay.core.contracts import Service
 from openprepay.core.errors import FieldError
 from openprepay.core.hookspecs import hookimpl
-from openprepay.core.runtime import Runtime
-from openprepay.core.site import Site
 
 from .config import check_config, read_config
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from asyncua import ua
 
-from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
+from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL
 from openprepay.core.model import MeterKind, Quality, Sample
 from openprepay.core.tasks import stop_task
 

@@ -59,7 +59,7 @@ from .transport import OpenPrepayServer
 from .users import Role, UserDirectory, add_user
 
 if TYPE_CHECKING:
-    from openprepay.core.runtime import Runtime
+    from openprepay.core.app.runtime import Runtime
 
 log = logging.getLogger("openprepay.opcua")
 

@@ -36,9 +36,9 @@ from typing import Any
 
 from asyncua import Node, Server, ua
 
-from openprepay.core.diagnostics import HEALTH_MODEL, LINK_MODEL
+from openprepay.core.config.site import Site
+from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL
 from openprepay.core.model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, ValueType
-from openprepay.core.site import Site
 
 from .nodes import FOLDER_TYPE, HAS_COMPONENT, NodeWriter
 from .units import eu_information

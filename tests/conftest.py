@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from openprepay.core.app.plugins import Plugins
+    from openprepay.core.app.simulation import SimulatedSite
     from openprepay.core.db import Database
     from openprepay.core.ledger import VerifyReport
-    from openprepay.core.plugins import Plugins
-    from openprepay.core.simulate import SimulatedSite
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -93,9 +93,9 @@ async def simulate(data: dict[str, Any], plugins: Plugins, *, speedup: float) ->
     links of `data` at them (write it as the site file a `Runtime` loads). With a speed-up,
     `[poll] time_scale` tells the service that meter time runs that much faster (the
     plausibility bound on energy per hour scales with it)."""
+    from openprepay.core.app.simulation import SimulatedSite
+    from openprepay.core.config.site import LinkType, parse_site
     from openprepay.core.contracts import SimulatorOptions
-    from openprepay.core.simulate import SimulatedSite
-    from openprepay.core.site import LinkType, parse_site
 
     if speedup > 0:
         data["poll"] = {**data.get("poll", {}), "time_scale": speedup}
@@ -284,8 +284,8 @@ def check(db: Database) -> Callable[[], VerifyReport]:
 @pytest.fixture(scope="module")
 def cli() -> tuple[Any, Any]:
     """The `openprepay` command group with every installed plugin, and its context object."""
+    from openprepay.core.app.plugins import Plugins
     from openprepay.core.cli import CliContext, build_cli
-    from openprepay.core.plugins import Plugins
 
     plugins = Plugins.load()
     return build_cli(plugins), CliContext(plugins)

@@ -37,11 +37,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..config.site import Site
 from ..db import schema as t
 from ..ledger import JournalKind, RequestError, format_fen
 from ..model import DeviceModel
-from ..rating import ENERGY_SCALE, Rounding, largest_remainder, round_fen
-from ..site import Site
+from ..rating.engine import ENERGY_SCALE, Rounding, largest_remainder, round_fen
 from . import runs
 from .periods import Calendar
 from .readings import Reading, difference, modulus_units, readings_at
@@ -127,7 +127,7 @@ class Apportionment:
         return pool
 
     def _modulus(self, meter: str) -> int | None:
-        from ..rating import RatingError, RegisterLayout
+        from ..rating.engine import RatingError, RegisterLayout
 
         name = self.site.devices[meter].model
         if name not in self._moduli:

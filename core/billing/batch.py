@@ -45,16 +45,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .. import commands as cmds
+from ..config.reader import ID_PATTERN, NUMBER_LIMIT
+from ..config.site import Site
 from ..db import Database
 from ..db import schema as t
 from ..events import utcnow
 from ..ledger import RequestError, format_fen, parse_yuan
 from ..model import DeviceModel, MeterKind, PointRole, PointSpec, Sample, ValueType
 from ..numbers import NumberRefused, read_decimal
-from ..site import Site
-from ..tariffs import MAX_PRICE
-from ..validation import ID_PATTERN, NUMBER_LIMIT
+from ..prepay import commands as cmds
+from ..rating.tariffs import MAX_PRICE
 
 log = logging.getLogger("openprepay.batch")
 
@@ -904,7 +904,7 @@ class Batches:
     def _set_params(
         self, job: Any, item: Any, p: Mapping[str, Any], reason: str, actor: str
     ) -> cmds.MeterCommand:
-        from ..prepayment import Effects, audit
+        from ..prepay.control import Effects, audit
 
         now = self.clock()
         effects = Effects()

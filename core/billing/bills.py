@@ -49,13 +49,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import ledger
-from ..binding import tariff_for
+from ..config.site import Site
 from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..ledger import JournalKind, Posting, RequestError, format_fen
 from ..model import DeviceModel, MeterKind
-from ..prepay_settings import PrepaySettings
-from ..rating import (
+from ..prepay.binding import tariff_for
+from ..prepay.settings import PrepaySettings
+from ..rating.engine import (
     DEFAULT_REGISTER_RATES,
     ENERGY_SCALE,
     RatingError,
@@ -64,8 +65,7 @@ from ..rating import (
     bill_usage,
     round_fen,
 )
-from ..site import Site
-from ..tariffs import SINGLE_RATE, TariffCatalogue
+from ..rating.tariffs import SINGLE_RATE, TariffCatalogue
 from .periods import Calendar, parse_period
 from .readings import difference, modulus_units, readings_at
 from .runs import ar_code, insert_items

@@ -26,10 +26,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import ledger
+from ..config.site import Site
 from ..db import schema as t
 from ..ledger import JournalKind, Posting, RequestError, format_fen
-from ..rating import Rounding, round_fen
-from ..site import Site
+from ..rating.engine import Rounding, round_fen
 from . import runs
 from .periods import Calendar
 from .runs import Computed, Line, RunState, ar_code

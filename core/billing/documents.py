@@ -17,9 +17,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..config.site import Site
 from ..db import schema as t
 from ..ledger import format_fen
-from ..site import Site
 from .bills import Arrear, Bills, BillView
 from .export import Table, page, write_csv, write_xlsx, yuan
 

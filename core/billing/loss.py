@@ -28,10 +28,10 @@ from fractions import Fraction
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..config.site import Site
 from ..db import schema as t
 from ..ledger import RequestError
 from ..model import DeviceModel
-from ..site import Site
 from .export import Chart, Table
 from .periods import Calendar
 from .readings import Reading, readings_between

@@ -41,7 +41,7 @@ from ..events import utcnow
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, Sample
 from ..numbers import NumberRefused, read_decimal
-from ..rating import ENERGY_SCALE, RatingError, RegisterLayout
+from ..rating.engine import ENERGY_SCALE, RatingError, RegisterLayout
 from .periods import Calendar
 
 CAPTURED = "meter"

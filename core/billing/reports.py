@@ -38,18 +38,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..config.site import Site
 from ..db import schema as t
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind
-from ..rating import (
+from ..rating.engine import (
     DEFAULT_REGISTER_RATES,
     ENERGY_SCALE,
     RatingError,
     bill_usage,
     largest_remainder,
 )
-from ..site import Site
-from ..tariffs import SINGLE_RATE, TariffCatalogue
+from ..rating.tariffs import SINGLE_RATE, TariffCatalogue
 from .bills import tariff_for
 from .export import Chart, Table, yuan
 from .periods import Calendar, parse_period

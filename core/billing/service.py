@@ -28,14 +28,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..config.site import Site
 from ..db import Database
 from ..db import schema as t
 from ..events import ApportionmentAlert, EventBus, publish_on_loop, utcnow
 from ..ledger import insert_ignore
 from ..model import DeviceModel, Sample
-from ..prepay_settings import PrepaySettings, load_prepay
-from ..site import Site
-from ..tariffs import TariffCatalogue, load_tariffs
+from ..prepay.settings import PrepaySettings, load_prepay
+from ..rating.tariffs import TariffCatalogue, load_tariffs
 from .apportion import Apportionment
 from .batch import Batches
 from .bills import Bills
@@ -95,7 +95,7 @@ class Billing:
         self.prepay = prepay or load_prepay(site)
         self.catalogue = catalogue or load_tariffs(site)
         if default_tariffs is None:
-            from ..prepay_engine import load_engine
+            from ..prepay.engine import load_engine
 
             default_tariffs = load_engine(site, self.catalogue).default_tariffs
         self.calendar = Calendar(site.info.tz, self.settings.freeze_day, self.settings.freeze_hour)
@@ -258,7 +258,7 @@ class BillingService:
         captured too: their bills difference the same readings. Looked up at start and
         before every flush, so an account opened while the service runs (by the CLI, in
         another process) is captured from its first sample on."""
-        from ..rating import RatingError, RegisterLayout
+        from ..rating.engine import RatingError, RegisterLayout
 
         with self.db.read() as conn:
             meters = conn.execute(

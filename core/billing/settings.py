@@ -61,11 +61,11 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from ..config.reader import ID_PATTERN, TableReader, describe
+from ..config.site import Site
 from ..errors import ConfigError, FieldError
 from ..model import DeviceModel, MeterKind
-from ..site import Site
-from ..tariffs import to_decimal
-from ..validation import ID_PATTERN, TableReader, describe
+from ..rating.tariffs import to_decimal
 
 
 class Method(enum.StrEnum):

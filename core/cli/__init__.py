@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import click
 
+from ..app.plugins import Plugins
 from ..errors import ConfigError, OpenPrepayError
 from ..logs import setup_logging
-from ..plugins import Plugins
 
 #: Exit status for bad input (site file, arguments) and for failed operations.
 EXIT_CONFIG = 2

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import click
 
-from .. import accounts as acc
-from .. import commands as cmds
 from .. import ledger
-from ..binding import TariffBinding
+from ..config.site import Site
 from ..db import Database
 from ..errors import OpenPrepayError
 from ..ledger import RequestError, format_fen, parse_yuan
 from ..operations import AccountSnapshot, MeterSnapshot
-from ..prepay_settings import load_prepay
-from ..site import Site
+from ..prepay import accounts as acc
+from ..prepay import commands as cmds
+from ..prepay.binding import TariffBinding
+from ..prepay.settings import load_prepay
 from . import EXIT_FAILED, CliContext
 from .common import load_checked_site, site_argument
 from .database import operator, site_database

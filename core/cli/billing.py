@@ -38,11 +38,11 @@ from ..billing.reports import Reports, parse_day
 from ..billing.runs import Computed, RunResult
 from ..billing.service import Billing
 from ..billing.settings import Mode
+from ..config.site import Site
 from ..db import Database
 from ..events import utcnow
 from ..ledger import RequestError, format_fen, parse_yuan
 from ..operations import Operations
-from ..site import Site
 from . import EXIT_FAILED, CliContext
 from .common import load_checked_site, progress_bar, site_argument
 from .database import operator, site_database

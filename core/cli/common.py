@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import click
 
-from ..site import Site, load_site
+from ..config.site import Site, load_site
 from ..tasks import wait_event
 
 T = TypeVar("T")

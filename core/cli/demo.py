@@ -12,16 +12,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from ..account_points import ACCOUNT_MODEL
+from ..app.demo import demo_site_data, open_demo_accounts
+from ..app.runtime import Runtime
+from ..app.simulation import SimulatedSite
+from ..app.view import DailyTotals, RoomView
+from ..config.site import LinkType, load_site, parse_site
 from ..contracts import SimulatorOptions
-from ..demo import demo_site_data, open_demo_accounts
-from ..feecontrol import FeeState
 from ..ledger import format_fen
 from ..model import MeterKind, Sample
-from ..runtime import Runtime
-from ..simulate import SimulatedSite
-from ..site import LinkType, load_site, parse_site
-from ..view import DailyTotals, RoomView
+from ..prepay.account_points import ACCOUNT_MODEL
+from ..prepay.feecontrol import FeeState
 from . import CliContext
 from .common import run_async
 from .params import DURATION, SPEEDUP, Count

@@ -8,15 +8,15 @@ from typing import TypeVar
 
 import click
 
+from ..app.runtime import Runtime
+from ..app.simulation import SimulatedSite
 from ..billing.settings import check_billing
+from ..config.site import check_devices_against_models
 from ..contracts import SimulatorOptions
 from ..errors import ConfigError
+from ..field.plausibility import check_device_limits
 from ..model import MeterKind, PointSpec, Quality, Sample
-from ..plausibility import check_device_limits
-from ..prepay_engine import check_prepayment_sections
-from ..runtime import Runtime
-from ..simulate import SimulatedSite
-from ..site import check_devices_against_models
+from ..prepay.engine import check_prepayment_sections
 from . import CliContext
 from .common import load_checked_site, run_async, site_argument, wait_for_stop
 from .params import DURATION, SPEEDUP

@@ -86,7 +86,7 @@ def meter_close(obj: CliContext, site_file: str, meter: str, reason: str) -> Non
 def _protect(obj: CliContext, site_file: str, meter: str, reason: str, on: bool) -> None:
     with site_operations(site_file, obj) as ops:
         with ops.db.read() as conn:
-            from ..accounts import account_for_meter, find_account
+            from ..prepay.accounts import account_for_meter, find_account
 
             account_id = account_for_meter(conn, meter)
             if account_id is None and find_account(conn, meter) is not None:
@@ -97,7 +97,7 @@ def _protect(obj: CliContext, site_file: str, meter: str, reason: str, on: bool)
             raise RequestError("meter", f"{meter!r} is neither an account's meter nor an account")
         account = ops.protect(account_id, on, actor=f"{operator()} ({reason})"[:100])
         with ops.db.read() as conn:
-            from .. import commands as cmds
+            from ..prepay import commands as cmds
 
             restored = [
                 c

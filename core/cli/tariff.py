@@ -7,12 +7,12 @@ from decimal import Decimal
 
 import click
 
-from ..binding import TariffBinding
 from ..errors import ConfigError, FieldError
 from ..numbers import NumberRefused, read_decimal
-from ..prepay_settings import check_prepay
-from ..rating import RatingError, bill_usage, fen_text
-from ..tariffs import (
+from ..prepay.binding import TariffBinding
+from ..prepay.settings import check_prepay
+from ..rating.engine import RatingError, bill_usage, fen_text
+from ..rating.tariffs import (
     DEFAULT_DAY_TABLE,
     ENERGY_PLACES,
     MAX_THRESHOLD,
@@ -199,7 +199,7 @@ def rate_command(
     """Bill a usage with TARIFF line by line, like the worked examples of the domain spec."""
     from fractions import Fraction
 
-    from ..prepay_settings import load_prepay
+    from ..prepay.settings import load_prepay
 
     site = load_checked_site(site_file)
     catalogue = load_tariffs(site)

@@ -16,9 +16,9 @@ UPDATE`, `SKIP LOCKED` for claims): nothing assumes a single instance.
 
 Transactions: `with db.begin() as conn:` is one write transaction (committed on exit,
 rolled back on an exception); `with db.read() as conn:` is a read-only snapshot. The
-service functions (`core.accounts`, `core.ledger`, `core.commands`) take a connection, so
-a caller can put several of them in one transaction (a usage posting and the TRIP it
-causes commit together or not at all).
+service functions (`core.prepay.accounts`, `core.ledger`, `core.prepay.commands`) take a
+connection, so a caller can put several of them in one transaction (a usage posting and the
+TRIP it causes commit together or not at all).
 
 Schema changes are Alembic migrations (`migrations/versions`), applied by
 `openprepay db upgrade SITE` and automatically when the service starts.
@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from ..config.reader import TableReader
 from ..errors import ConfigError, FieldError
 from ..private_files import private_file
-from ..validation import TableReader
 
 if TYPE_CHECKING:
-    from ..site import Site
+    from ..config.site import Site
 
 log = logging.getLogger("openprepay.db")
 # Alembic narrates every step at INFO; the product logs the one line that matters.

@@ -62,7 +62,7 @@ account = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("room", sa.String(64), nullable=True),
-    #: PREREGISTERED, OPEN, CLOSED (core.accounts.AccountState).
+    #: PREREGISTERED, OPEN, CLOSED (core.prepay.accounts.AccountState).
     sa.Column("state", sa.String(16), nullable=False),
     #: Id of a tariff in the site file's [tariffs] section (checked by the rating engine).
     sa.Column("tariff_id", sa.String(64), nullable=True),
@@ -76,7 +76,7 @@ account = sa.Table(
     sa.Column("hoard_limit_fen", sa.BigInteger(), nullable=False),
     #: Notification channels, e.g. ["email:a@example.com", "sms:+8613800000000"].
     sa.Column("notify", sa.JSON(), nullable=False),
-    #: Fee control's last state (core.feecontrol.FeeState): OVERDRAFT is sticky, so the
+    #: Fee control's last state (core.prepay.feecontrol.FeeState): OVERDRAFT is sticky, so the
     #: previous state must survive a restart. Revision 0002.
     sa.Column("fee_state", sa.String(16), nullable=False, server_default="NORMAL"),
     sa.Column("fee_state_at", UtcDateTime(), nullable=True),
@@ -211,7 +211,7 @@ posting = sa.Table(
 sa.Index("ix_posting_journal_id", posting.c.journal_id)
 sa.Index("ix_posting_ledger_account", posting.c.ledger_account)
 
-#: Drift-free deduction state per meter and billing cycle (core.rating.Accrual record),
+#: Drift-free deduction state per meter and billing cycle (core.rating.engine.Accrual record),
 #: written in the same transaction as the usage posting it produced. Revision 0002.
 usage_accrual = sa.Table(
     "usage_accrual",
@@ -314,14 +314,14 @@ meter_command = sa.Table(
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("meter_id", sa.String(64), nullable=False),
-    #: TRIP, CLOSE, ALLOW_CLOSE, ... (core.commands.CommandKind).
+    #: TRIP, CLOSE, ALLOW_CLOSE, ... (core.prepay.commands.CommandKind).
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("params", sa.JSON(), nullable=False),
     #: Why (audit): "balance -0.30 <= 0 (journal 812)", "operator request", ...
     sa.Column("reason", sa.String(500), nullable=False),
     #: Who asked (audit): "cli:alice", "fee-control", "opcua:operator1", ...
     sa.Column("requested_by", sa.String(100), nullable=False),
-    #: PENDING, CLAIMED, SENT, CONFIRMED, FAILED, SUPERSEDED (core.commands.CommandState).
+    #: PENDING, CLAIMED, SENT, CONFIRMED, FAILED, SUPERSEDED (core.prepay.commands.CommandState).
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
@@ -363,7 +363,7 @@ sa.Index(
 
 # -- the prepayment engine (revision 0004) -----------------------------------------------------
 
-#: What the prepayment engine remembers per meter: the rating baseline (core.rating
+#: What the prepayment engine remembers per meter: the rating baseline (core.rating.engine
 #: MeterState record), the supply state last confirmed by read-back, and a trip the policy
 #: gate deferred (re-evaluated at `trip_due_at`, with the gate's reason).
 prepay_meter = sa.Table(
@@ -378,7 +378,7 @@ prepay_meter = sa.Table(
     sa.Column("trip_due_at", UtcDateTime(), nullable=True),
     sa.Column("gate_reason", sa.String(500), nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
-    # -- supply re-assertion (revision 0007, core/supply_watch.py) --
+    # -- supply re-assertion (revision 0007, core/prepay/supply_watch.py) --
     #: What the platform wants: True on, False cut, None no decision yet; the supply
     #: command that decided it (its kind, or a re-assertion of it).
     sa.Column("desired_on", sa.Boolean(), nullable=True),
@@ -389,7 +389,7 @@ prepay_meter = sa.Table(
     sa.Column("reasserts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("mismatch_since", UtcDateTime(), nullable=True),
     sa.Column("reassert_due_at", UtcDateTime(), nullable=True),
-    # -- billing alarm (revision 0007, core/metering.py) --
+    # -- billing alarm (revision 0007, core/prepay/metering.py) --
     #: Why the meter's consumption is not billed now (no tariff prices it, the tariff does
     #: not fit its registers...); None while it is billed.
     sa.Column("billing_problem", sa.String(500), nullable=True),

@@ -107,7 +107,7 @@ def refund(
     request, and the pay-out when `settle`). A REFUND that finally fails ends the refund
     FAILED and releases the top-ups.
     """
-    from .. import commands
+    from ..prepay import commands
 
     check_amount(amount_fen)
     check_reference(reference)

@@ -56,7 +56,7 @@ def topup(
     purchase count is allocated and a RECHARGE command is queued in the same transaction
     (domain.md §1.5).
     """
-    from .. import commands
+    from ..prepay import commands
 
     check_amount(amount_fen)
     check_reference(reference)

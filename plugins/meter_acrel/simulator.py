@@ -35,10 +35,10 @@ from datetime import datetime
 
 from pymodbus.constants import ExcCodes
 
+from openprepay.core.config.site import ControlMode, DeviceConfig
 from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.loadshape import LoadShape
+from openprepay.core.field.loadshape import LoadShape
 from openprepay.core.model import PointRole, Value
-from openprepay.core.site import ControlMode, DeviceConfig
 from openprepay.plugins.modbus import PointCodec, RegisterDeviceSimulator, RegisterProfile
 
 #: The meter's default day table: (start "HH:MM", rate) with 1 尖, 2 峰, 3 平, 4 谷.

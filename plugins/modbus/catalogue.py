@@ -11,9 +11,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
+from openprepay.core.config.site import DeviceConfig
 from openprepay.core.contracts import LinkTransport
 from openprepay.core.model import DeviceModel
-from openprepay.core.site import DeviceConfig
 
 from .driver import ProfileDriver
 from .profile import RegisterProfile, load_profiles

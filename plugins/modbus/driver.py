@@ -12,11 +12,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from openprepay.core.config.site import DeviceConfig
 from openprepay.core.errors import CommandRefused, ConfigError, DeviceRejected, FieldError
 from openprepay.core.events import utcnow
+from openprepay.core.field.plausibility import device_limits
 from openprepay.core.model import CommandOutcome, DeviceCommand, Quality, Sample, Value
-from openprepay.core.plausibility import device_limits
-from openprepay.core.site import DeviceConfig
 
 from .profile import Block, CommandMap, RegisterProfile
 from .transport import ModbusTransport

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from openprepay.core.config.site import LinkConfig, LinkType
 from openprepay.core.contracts import SimulatedDevice, SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
-from openprepay.core.site import LinkConfig, LinkType
 
 from .simulation import GatewaySimulator, RegisterDeviceSimulator
 from .transport import ModbusTransport

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import ConfigError, FieldError
 from openprepay.core.model import (
     CommandSpec,
@@ -27,7 +28,6 @@ from openprepay.core.model import (
     SupplyControl,
     ValueType,
 )
-from openprepay.core.validation import TableReader
 
 from .codec import ORDERS, BlockDecoder, PointCodec, WireType
 

@@ -29,11 +29,11 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from openprepay.core.config.site import DeviceConfig, LinkConfig, LinkType
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.events import utcnow
-from openprepay.core.loadshape import seed_for
+from openprepay.core.field.loadshape import seed_for
 from openprepay.core.model import Value
-from openprepay.core.site import DeviceConfig, LinkConfig, LinkType
 
 from .codec import PointCodec
 from .profile import RegisterProfile

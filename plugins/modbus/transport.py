@@ -20,8 +20,8 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse
 
+from openprepay.core.config.site import LinkConfig, LinkType
 from openprepay.core.errors import DeviceRejected, DeviceTimeout, GarbledResponse, LinkDown
-from openprepay.core.site import LinkConfig, LinkType
 
 log = logging.getLogger("openprepay.modbus")
 

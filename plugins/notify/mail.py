@@ -28,8 +28,8 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
+from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import FieldError
-from openprepay.core.validation import TableReader
 
 SECURITY = ("none", "starttls", "tls")
 

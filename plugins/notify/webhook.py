@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import FieldError
-from openprepay.core.validation import TableReader
 
 DEFAULT_HEADER = "X-OpenPrepay-Signature"
 

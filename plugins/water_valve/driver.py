@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from openprepay.core.config.site import DeviceConfig
 from openprepay.core.model import CommandOutcome, DeviceCommand, Quality, Value
-from openprepay.core.site import DeviceConfig
 from openprepay.plugins.modbus import ModbusTransport, ProfileDriver, RegisterProfile
 from openprepay.plugins.modbus.profile import CommandMap
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from openprepay.core.config.site import DeviceConfig
 from openprepay.core.contracts import LinkTransport, SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
 from openprepay.core.model import DeviceModel
-from openprepay.core.site import DeviceConfig
 from openprepay.plugins.modbus import ProfileCatalogue
 
 from .driver import ValveMeterDriver

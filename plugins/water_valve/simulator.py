@@ -29,9 +29,9 @@ from datetime import datetime, timedelta
 
 from pymodbus.constants import ExcCodes
 
-from openprepay.core.loadshape import LoadShape
+from openprepay.core.config.site import ControlMode
+from openprepay.core.field.loadshape import LoadShape
 from openprepay.core.model import Value
-from openprepay.core.site import ControlMode
 from openprepay.plugins.modbus import RegisterDeviceSimulator
 from openprepay.plugins.modbus.codec import BlockDecoder
 

@@ -21,15 +21,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from openprepay.core import ledger
-from openprepay.core.billing.readings import Reading, save_captured
-from openprepay.core.billing.service import Billing
-from openprepay.core.db import Database
-from openprepay.core.demo import (
+from openprepay.core.app.demo import (
     anytime_policy,
     open_room_accounts,
     residential_tariff,
     water_tariff,
 )
+from openprepay.core.billing.readings import Reading, save_captured
+from openprepay.core.billing.service import Billing
+from openprepay.core.config.site import Site, parse_site
+from openprepay.core.db import Database
 from openprepay.core.model import (
     CommandSpec,
     DeviceModel,
@@ -39,7 +40,6 @@ from openprepay.core.model import (
     SupplyControl,
     ValueType,
 )
-from openprepay.core.site import Site, parse_site
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from openprepay.core import ledger
 from openprepay.core.billing.apportion import allocate
 from openprepay.core.billing.runs import ar_code
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
 from openprepay.core.errors import ConfigError
 from openprepay.core.ledger import RequestError
-from openprepay.core.site import parse_site
 
 from .conftest import FEB, JAN, NOW, deposit, make_billing, open_accounts, read
 

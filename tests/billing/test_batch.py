@@ -13,17 +13,17 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from openprepay.core import commands as cmds
 from openprepay.core import ledger
+from openprepay.core.app.demo import anytime_policy
 from openprepay.core.billing.batch import BATCH_MODEL, Batches, read_csv_rows
 from openprepay.core.billing.service import BillingService
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
-from openprepay.core.demo import anytime_policy
 from openprepay.core.events import EventBus
 from openprepay.core.ledger import RequestError
 from openprepay.core.model import Sample
 from openprepay.core.operations import Operations
-from openprepay.core.site import parse_site
+from openprepay.core.prepay import commands as cmds
 
 from .conftest import MODELS, NOW, open_accounts, site_data
 
@@ -231,7 +231,7 @@ def test_meter_parameters_are_durable_commands(sqlite_db, site, clock):
     assert sorted(c.meter_id for c in commands) == ["E-A-101", "E-A-102"]
     assert all(c.kind == "SET_PARAMS" and c.params["command"] == "SET_PRICES" for c in commands)
     assert commands[0].params["sharp"] == 0.72
-    from openprepay.core.executor import _device_command
+    from openprepay.core.prepay.executor import _device_command
 
     device = _device_command(commands[0])
     assert device.name == "SET_PRICES" and "command" not in device.params

@@ -13,9 +13,9 @@ from openprepay.core import ledger
 from openprepay.core.billing.charges import charge_once
 from openprepay.core.billing.runs import ar_code
 from openprepay.core.billing.settings import Mode, check_billing
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
 from openprepay.core.ledger import RequestError
-from openprepay.core.site import parse_site
 
 from .conftest import MODELS, NOW, TZ, deposit, make_billing, open_accounts, site_data
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from openprepay.core.app.demo import demo_site_data, open_demo_accounts
+from openprepay.core.app.plugins import DISABLE_ENV, Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.billing.readings import Reading, readings_at
+from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.demo import demo_site_data, open_demo_accounts
-from openprepay.core.plugins import DISABLE_ENV, Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import load_site, parse_site
 
 
 @pytest.fixture(scope="module")

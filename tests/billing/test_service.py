@@ -12,11 +12,11 @@ import sqlalchemy as sa
 
 from openprepay.core.billing.readings import readings_at, record_reading
 from openprepay.core.billing.service import BillingService
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
 from openprepay.core.events import ApportionmentAlert, EventBus
 from openprepay.core.model import Quality, Sample
 from openprepay.core.operations import Operations
-from openprepay.core.site import parse_site
 
 from .conftest import ELECTRIC, FEB, JAN, MAIN, MODELS, TZ, open_accounts, read, site_data
 

@@ -9,19 +9,19 @@ from dataclasses import replace
 
 import pytest
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
+from openprepay.core.config.site import Site, parse_site
 from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.diagnostics import DeviceState
 from openprepay.core.events import (
     CommunicationLost,
     CommunicationRestored,
     DeviceQuarantined,
     LinkStateChanged,
 )
+from openprepay.core.field.diagnostics import DeviceState
 from openprepay.core.model import MeterKind, Quality, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import Site, parse_site
 
 
 def gateway_site(n: int, *, timeout_ms: int = 100, interval_s: float = 0.0, **poll: object) -> Site:

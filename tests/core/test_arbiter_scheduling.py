@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from openprepay.core.arbiter import LinkWorker
+from openprepay.core.config.site import DeviceConfig, LinkConfig, LinkType, PollPolicy
 from openprepay.core.errors import DeviceRejected, DeviceTimeout, LinkDown
 from openprepay.core.events import CommandExecuted, utcnow
+from openprepay.core.field.arbiter import LinkWorker
 from openprepay.core.model import (
     CommandOutcome,
     DeviceCommand,
@@ -19,7 +20,6 @@ from openprepay.core.model import (
     PointSpec,
     Sample,
 )
-from openprepay.core.site import DeviceConfig, LinkConfig, LinkType, PollPolicy
 
 MODEL = DeviceModel("test.meter", "T", "T", MeterKind.ELECTRIC, "test", (PointSpec("x", "", "x"),))
 LINK = LinkConfig("bus", LinkType.SERIAL, device="/dev/null", reconnect_min_s=0.01)

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from openprepay.core.plugins import DISABLE_ENV, Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.site import load_site
+from openprepay.core.app.plugins import DISABLE_ENV, Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.config.site import load_site
 
 ROOT = Path(__file__).parents[2]
 CLI = [sys.executable, "-m", "openprepay.core.cli"]

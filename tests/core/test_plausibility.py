@@ -1,4 +1,4 @@
-"""Plausibility of samples (core/plausibility.py): ranges, legal state values, and
+"""Plausibility of samples (core/field/plausibility.py): ranges, legal state values, and
 cumulative registers that run backwards or rise faster than the meter can meter.
 
 Issue 9 §2: 3,686.1 V and `supply_on = -1` were published as Good, and a reading with
@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from openprepay.core.model import DeviceModel, Quality, Sample
-from openprepay.core.plausibility import (
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.config.site import DeviceConfig, parse_site
+from openprepay.core.field.plausibility import (
     MARGIN,
     PlausibilityCheck,
     check_device_limits,
     device_limits,
 )
-from openprepay.core.plugins import Plugins
-from openprepay.core.site import DeviceConfig, parse_site
+from openprepay.core.model import DeviceModel, Quality, Sample
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from openprepay.core.plugins import Plugins
+from openprepay.core.app.plugins import Plugins
 
 ROOT = Path(__file__).parents[2]
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from openprepay.core.errors import ConfigError
-from openprepay.core.site import (
+from openprepay.core.config.site import (
     ControlMode,
     LinkType,
     check_devices_against_models,
     load_site,
     parse_site,
 )
+from openprepay.core.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "site.toml"
 

@@ -4,12 +4,12 @@ the garbled value (issue 9 §2)."""
 
 from __future__ import annotations
 
-from openprepay.core.demo import demo_site
+from openprepay.core.app.demo import demo_site
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.view import DailyTotals, RoomView
 from openprepay.core.events import EventBus, utcnow
+from openprepay.core.field.latest import LatestReadings
 from openprepay.core.model import Quality, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.readings import LatestReadings
-from openprepay.core.view import DailyTotals, RoomView
 
 
 def test_an_implausible_reading_shows_no_relay_state_and_the_meter_online() -> None:

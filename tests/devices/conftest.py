@@ -21,13 +21,10 @@ from typing import Any
 import pytest
 import tomli_w
 
-from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.events import Event
-from openprepay.core.model import Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import (
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
+from openprepay.core.config.site import (
     ControlMode,
     DeviceConfig,
     LinkConfig,
@@ -36,6 +33,9 @@ from openprepay.core.site import (
     load_site,
     parse_site,
 )
+from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.events import Event
+from openprepay.core.model import Sample
 from openprepay.plugins.modbus import GatewaySimulator, ModbusTransport, ProfileDriver
 from openprepay.plugins.modbus.simulation import RegisterDeviceSimulator
 from tests.faultproxy import FaultProxy

@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.config.site import ControlMode, DeviceConfig
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.errors import DeviceRejected
 from openprepay.core.model import DeviceCommand, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.site import ControlMode, DeviceConfig
 from openprepay.plugins.meter_acrel import plugin as acrel
 from openprepay.plugins.meter_acrel.simulator import (
     AcrelPowerMeterSimulator,

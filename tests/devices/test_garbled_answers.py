@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from openprepay.core.config.site import LinkType
 from openprepay.core.events import LinkStateChanged
 from openprepay.core.model import Quality
-from openprepay.core.site import LinkType
 from tests.conftest import until
 from tests.faultproxy import Fault
 

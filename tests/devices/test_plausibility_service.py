@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
+from openprepay.core.app.demo import anytime_policy
+from openprepay.core.config.site import LinkType
 from openprepay.core.db import schema as t
-from openprepay.core.demo import anytime_policy
 from openprepay.core.events import ImplausibleReading
 from openprepay.core.model import Quality
-from openprepay.core.site import LinkType
+from openprepay.core.prepay import accounts as acc
 from tests.conftest import until
 from tests.faultproxy import Fault, add_u32, random_words, zeros
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from openprepay.core.app.plugins import Plugins
 from openprepay.core.model import ValueType
-from openprepay.core.plugins import Plugins
 from openprepay.plugins.meter_acrel.plugin import profiles as acrel_profiles
 from openprepay.plugins.water_valve.plugin import CATALOGUE as WATER_PROFILES
 

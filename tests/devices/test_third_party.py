@@ -8,13 +8,13 @@ from pathlib import Path
 
 from pymodbus.constants import ExcCodes
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
+from openprepay.core.config.site import LinkType
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
 from openprepay.core.model import DeviceCommand
-from openprepay.core.plugins import Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import LinkType
 from openprepay.plugins.modbus import ProfileCatalogue, ProfileDriver, RegisterDeviceSimulator
 
 from .conftest import Meter, site_of

@@ -5,13 +5,13 @@ point BadNoCommunication for good, since no later sample carried it."""
 
 from __future__ import annotations
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
+from openprepay.core.config.site import LinkType
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.events import CommunicationLost, CommunicationRestored
 from openprepay.core.model import Quality, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import LinkType
 from tests.conftest import until
 
 from .conftest import Meter, site_of

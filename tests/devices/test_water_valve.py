@@ -9,11 +9,11 @@ import time
 
 import pytest
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.config.site import ControlMode, DeviceConfig
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.errors import DeviceRejected
 from openprepay.core.model import DeviceCommand, MeterKind, Quality, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.site import ControlMode, DeviceConfig
 from openprepay.plugins.water_valve.driver import ValveMeterDriver
 from openprepay.plugins.water_valve.simulator import Valve, ValveMeterSimulator
 

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import tomli_w
 
-from openprepay.core import accounts as acc
-from openprepay.core.demo import anytime_policy
+from openprepay.core.app.demo import anytime_policy
+from openprepay.core.app.plugins import DISABLE_ENV, Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
+from openprepay.core.config.site import ControlMode, load_site
 from openprepay.core.model import MeterKind
-from openprepay.core.plugins import DISABLE_ENV, Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import ControlMode, load_site
+from openprepay.core.prepay import accounts as acc
 from tests.conftest import simulate
 
 #: Trips at any hour, any day, without notice or friendly credit: the engine's behaviour
@@ -161,7 +161,7 @@ class Running:
             )
             for m in assigned:
                 if m.control_mode is ControlMode.LOCAL:
-                    from openprepay.core.commands import set_meter_buy_count
+                    from openprepay.core.prepay.commands import set_meter_buy_count
 
                     set_meter_buy_count(conn, m.meter_id, int(self.sim(m.meter_id).buy_count))
         if balance_fen:

@@ -15,14 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 import tomli_w
 
-from openprepay.core import accounts as acc
-from openprepay.core import commands as cmds
+from openprepay.core.app.simulation import SimulatedSite
+from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.db import open_database
 from openprepay.core.db import schema as t
 from openprepay.core.operations import Operations
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import load_site, parse_site
+from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay import commands as cmds
 from tests.conftest import until
 
 from .conftest import site_data

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from openprepay.core.account_points import account_sample
+from openprepay.core.app.demo import demo_site
+from openprepay.core.app.view import DailyTotals, RoomView
 from openprepay.core.cli.demo import _prepay_columns
 from openprepay.core.db import Database
-from openprepay.core.demo import demo_site
 from openprepay.core.events import EventBus, utcnow
-from openprepay.core.feecontrol import FeeState
-from openprepay.core.readings import LatestReadings
-from openprepay.core.view import DailyTotals, RoomView
+from openprepay.core.field.latest import LatestReadings
+from openprepay.core.prepay.account_points import account_sample
+from openprepay.core.prepay.feecontrol import FeeState
 from tests.conftest import until
 
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from openprepay.core import commands as cmds
 from openprepay.core.events import ReconciliationBreak
+from openprepay.core.prepay import commands as cmds
 from tests.conftest import until
 
 from .conftest import site_data

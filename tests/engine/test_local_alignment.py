@@ -18,7 +18,6 @@ from typing import Any
 from click.testing import CliRunner
 from pymodbus.constants import ExcCodes
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
 from openprepay.core.events import (
     AuditRecord,
@@ -26,6 +25,7 @@ from openprepay.core.events import (
     CommandResolved,
     ReconciliationBreak,
 )
+from openprepay.core.prepay import accounts as acc
 from tests.conftest import until
 
 from .conftest import site_data

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from openprepay.core.config.site import parse_site
 from openprepay.core.errors import ConfigError
-from openprepay.core.feecontrol import FeeThresholds
-from openprepay.core.site import parse_site
+from openprepay.core.prepay.feecontrol import FeeThresholds
 from openprepay.plugins.notify.mail import EmailNotifier, EmailSettings
 from openprepay.plugins.notify.webhook import WebhookNotifier, WebhookSettings, verify
 from tests.conftest import until
@@ -153,7 +153,7 @@ async def test_alarm_and_disconnection_notices_reach_email_and_webhook(
 
 
 def test_notify_section_is_validated_field_by_field(plugins) -> None:
-    from openprepay.core.prepay_engine import check_prepayment_sections
+    from openprepay.core.prepay.engine import check_prepayment_sections
 
     site = parse_site(
         site_data(

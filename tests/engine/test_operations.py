@@ -16,16 +16,16 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from openprepay.core import accounts as acc
-from openprepay.core import commands as cmds
 from openprepay.core import ledger
 from openprepay.core.cli import CliContext, build_cli
+from openprepay.core.config.site import load_site
 from openprepay.core.db import Database
 from openprepay.core.events import AuditRecord, EventBus
-from openprepay.core.feecontrol import FeeState
 from openprepay.core.ledger import RequestError
 from openprepay.core.operations import Operations
-from openprepay.core.site import load_site
+from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay import commands as cmds
+from openprepay.core.prepay.feecontrol import FeeState
 from tests.conftest import until
 
 from .conftest import site_data
@@ -348,8 +348,8 @@ def test_no_trip_before_the_disconnection_notice_has_run(tmp_path: Path, plugins
 
 def test_emergency_credit_and_reconnection_after_it(tmp_path: Path, plugins) -> None:
     from openprepay.core import ledger
-    from openprepay.core.feecontrol import Cause
-    from openprepay.core.prepayment import Effects
+    from openprepay.core.prepay.control import Effects
+    from openprepay.core.prepay.feecontrol import Cause
 
     ops, db = policy_ops(tmp_path, plugins)
 

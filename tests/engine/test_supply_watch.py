@@ -14,11 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from openprepay.core import commands as cmds
 from openprepay.core import ledger
 from openprepay.core.db import schema as t
 from openprepay.core.events import AuditRecord, SupplyChanged, SupplyMismatch
-from openprepay.core.feecontrol import FeeState
+from openprepay.core.prepay import commands as cmds
+from openprepay.core.prepay.feecontrol import FeeState
 from tests.conftest import until
 
 from .conftest import site_data

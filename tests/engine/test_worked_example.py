@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
 from openprepay.core.events import EventBus
 from openprepay.core.model import Sample
-from openprepay.core.prepay_engine import PrepayEngine
-from openprepay.core.rating import MeterState
-from openprepay.core.site import parse_site
+from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay.engine import PrepayEngine
+from openprepay.core.rating.engine import MeterState
 
 from .conftest import site_data
 

@@ -19,6 +19,7 @@ import tomli_w
 from click.testing import CliRunner, Result
 
 from openprepay.core.cli import CliContext, OpenPrepayGroup
+from openprepay.core.config.site import Site, load_site
 from openprepay.core.events import Event, EventBus
 from openprepay.core.model import (
     DeviceModel,
@@ -28,7 +29,6 @@ from openprepay.core.model import (
     Sample,
     ValueType,
 )
-from openprepay.core.site import Site, load_site
 from openprepay.historian.cli import historian_group
 from openprepay.historian.config import read_config
 from openprepay.historian.service import Historian, make_historian

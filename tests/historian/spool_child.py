@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import conftest as helpers
 
+from openprepay.core.config.site import load_site
 from openprepay.core.events import EventBus
-from openprepay.core.site import load_site
 from openprepay.historian.config import read_config
 from openprepay.historian.service import make_historian
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.config.site import parse_site
 from openprepay.core.errors import ConfigError
-from openprepay.core.plugins import Plugins
-from openprepay.core.site import parse_site
 from openprepay.historian.config import Api, Backend, DropPolicy, check_config, read_config
 
 

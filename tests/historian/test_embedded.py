@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from openprepay.core.account_points import account_sample
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.events import CommunicationLost, EventBus
-from openprepay.core.feecontrol import FeeState
 from openprepay.core.model import Quality, Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.site import load_site, parse_site
+from openprepay.core.prepay.account_points import account_sample
+from openprepay.core.prepay.feecontrol import FeeState
 from openprepay.historian.embedded import EmbeddedHistoryReader
 from openprepay.historian.schema import HISTORIAN_SOURCE
 

@@ -8,12 +8,12 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 
-from openprepay.core.account_points import ACCOUNT_MODEL, account_sample
-from openprepay.core.diagnostics import LINK_MODEL
+from openprepay.core.config.site import parse_site
 from openprepay.core.events import CommandExecuted, HistorianDataDropped
-from openprepay.core.feecontrol import FeeState
+from openprepay.core.field.diagnostics import LINK_MODEL
 from openprepay.core.model import Quality, Sample
-from openprepay.core.site import parse_site
+from openprepay.core.prepay.account_points import ACCOUNT_MODEL, account_sample
+from openprepay.core.prepay.feecontrol import FeeState
 from openprepay.historian.lineprotocol import LineEncoder, from_ns, gunzip, gzip_member, to_ns
 
 from .conftest import BASE, MODEL, sample

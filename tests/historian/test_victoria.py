@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from openprepay.core.config.site import Site
 from openprepay.core.events import EventBus
 from openprepay.core.model import Sample
-from openprepay.core.site import Site
 
 from .conftest import BASE, fast, ms, running, sample, site_with, vm_export
 from .spool_child import kth

@@ -43,14 +43,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from openprepay.core import accounts as acc
+from openprepay.core.app.demo import anytime_policy
+from openprepay.core.app.plugins import DISABLE_ENV, Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.cli import CliContext, build_cli
+from openprepay.core.config.site import load_site
 from openprepay.core.db import open_database, schema
-from openprepay.core.demo import anytime_policy
-from openprepay.core.plugins import DISABLE_ENV, Plugins
-from openprepay.core.runtime import Runtime
-from openprepay.core.simulate import SimulatedSite
-from openprepay.core.site import load_site
+from openprepay.core.prepay import accounts as acc
 from openprepay.opcua_server.config import OpcUaConfig
 from openprepay.opcua_server.pki import Pki, trust
 from openprepay.opcua_server.service import OpcUaService, make_service

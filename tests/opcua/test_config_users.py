@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.errors import ConfigError
-from openprepay.core.site import load_site, parse_site
 from openprepay.opcua_server.config import DEFAULT_POLICIES, check_config, read_config
 from openprepay.opcua_server.users import (
     Role,

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from asyncua import ua
 
-from openprepay.core import commands as cmds
 from openprepay.core.events import BillingAlarm, utcnow
+from openprepay.core.prepay import commands as cmds
 from tests.conftest import until, until_async
 
 from .conftest import OpcUaSite

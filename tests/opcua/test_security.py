@@ -11,8 +11,8 @@ import pytest_asyncio
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyAes256Sha256RsaPss
 
-from openprepay.core.runtime import Runtime
-from openprepay.core.site import parse_site
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.config.site import parse_site
 from openprepay.opcua_server.config import read_config
 from openprepay.opcua_server.service import OpcUaPortInUse, OpcUaService, make_service
 

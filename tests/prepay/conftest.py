@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from openprepay.core import accounts as acc
+from openprepay.core.config.site import ControlMode, Site, parse_site
 from openprepay.core.db import Database
 from openprepay.core.model import DeviceModel, MeterKind, PointSpec
-from openprepay.core.site import ControlMode, Site, parse_site
+from openprepay.core.prepay import accounts as acc
 
 ELECTRIC = DeviceModel(
     name="test.ELECTRIC",
@@ -88,7 +88,7 @@ def _make_account(
     ),
     **spec: Any,
 ) -> acc.Account:
-    from openprepay.core.commands import set_meter_buy_count
+    from openprepay.core.prepay.commands import set_meter_buy_count
 
     with db.begin() as conn:
         account = acc.create_account(

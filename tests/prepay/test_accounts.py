@@ -8,13 +8,13 @@ from fractions import Fraction
 
 import pytest
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
-from openprepay.core.feecontrol import FeeThresholds
+from openprepay.core.config.site import ControlMode
 from openprepay.core.ledger import RequestError
 from openprepay.core.model import MeterKind
-from openprepay.core.rating import Accrual
-from openprepay.core.site import ControlMode
+from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay.feecontrol import FeeThresholds
+from openprepay.core.rating.engine import Accrual
 
 
 def test_one_account_with_electric_and_water_meters(db, site, models, check):
@@ -93,7 +93,7 @@ def test_closing_frees_the_meters_and_keeps_the_purchase_counter(db, make_accoun
     with pytest.raises(RequestError, match="unfinished money command"), db.begin() as conn:
         acc.close_account(conn, "A-102")
     with db.begin() as conn:
-        from openprepay.core import commands as cmds
+        from openprepay.core.prepay import commands as cmds
 
         (c,) = cmds.claim_due(conn, 1)
         cmds.mark_confirmed(conn, c.id)

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from openprepay.core.billing.batch import Batches
+from openprepay.core.config.site import load_site
 from openprepay.core.db import Database
 from openprepay.core.ledger import RequestError
 from openprepay.core.operations import Operations
-from openprepay.core.site import load_site
 
 SITE = """
 [site]

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from openprepay.core import commands as cmds
 from openprepay.core import ledger
-from openprepay.core.commands import CommandKind, CommandState, CommandStateError
+from openprepay.core.config.site import ControlMode
 from openprepay.core.ledger import RequestError
 from openprepay.core.model import DeviceCommand, MeterKind
-from openprepay.core.site import ControlMode
+from openprepay.core.prepay import commands as cmds
+from openprepay.core.prepay.commands import CommandKind, CommandState, CommandStateError
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -97,7 +97,7 @@ def test_recharges_of_a_meter_run_in_purchase_order(db, make_account):
     with db.begin() as conn:
         cmds.mark_confirmed(conn, r2.command_id)
     with db.read() as conn:
-        from openprepay.core.accounts import get_account
+        from openprepay.core.prepay.accounts import get_account
 
         meter = get_account(conn, "A-102").meters[0]
         assert (meter.buy_count, meter.confirmed_buy_count) == (2, 2)

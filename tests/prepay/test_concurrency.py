@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import Connection
 
 from openprepay.core import ledger
+from openprepay.core.config.site import ControlMode
 from openprepay.core.model import MeterKind
-from openprepay.core.site import ControlMode
 
 WORKER = textwrap.dedent(
     """
@@ -60,7 +60,7 @@ def test_topups_from_several_processes_all_land_once(db, db_url, make_account, c
 
 
 def ledger_thresholds():
-    from openprepay.core.feecontrol import FeeThresholds
+    from openprepay.core.prepay.feecontrol import FeeThresholds
 
     return FeeThresholds(hoard_limit_fen=0)
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
 from openprepay.core.db import Database
 from openprepay.core.db.group import GroupCommit
 from openprepay.core.ledger import RequestError
+from openprepay.core.prepay import accounts as acc
 
 
 def in_parallel(n: int, call: Callable[[int], Any]) -> list[Any]:

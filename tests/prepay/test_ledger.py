@@ -8,12 +8,12 @@ from decimal import Decimal
 
 import pytest
 
-from openprepay.core import accounts as acc
-from openprepay.core import commands as cmds
 from openprepay.core import ledger
+from openprepay.core.config.site import ControlMode
 from openprepay.core.ledger import IdempotencyConflict, Posting, RequestError
 from openprepay.core.model import MeterKind
-from openprepay.core.site import ControlMode
+from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay import commands as cmds
 
 
 def test_topup_posts_a_balanced_journal_and_returns_the_balance(db, account, check):

@@ -26,10 +26,10 @@ import sqlalchemy as sa
 from asyncua import ua
 from click.testing import CliRunner
 
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database, read_database_config
 from openprepay.core.errors import ConfigError
 from openprepay.core.logs import setup_logging
-from openprepay.core.site import parse_site
 from tests.conftest import until
 from tests.opcua.conftest import OpcUaSite
 from tests.prepay.conftest import SITE_DATA

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database, normalise_url, open_database, read_database_config
 from openprepay.core.db import schema as t
 from openprepay.core.errors import ConfigError
-from openprepay.core.site import parse_site
 
 
 def test_upgrade_from_empty_matches_the_schema(db_url):
@@ -186,9 +186,9 @@ def test_normalise_url_keeps_absolute_paths():
 
 
 async def test_the_service_migrates_its_database_at_start(tmp_path):
-    from openprepay.core.plugins import Plugins
-    from openprepay.core.runtime import Runtime
-    from openprepay.core.site import load_site
+    from openprepay.core.app.plugins import Plugins
+    from openprepay.core.app.runtime import Runtime
+    from openprepay.core.config.site import load_site
     from openprepay.plugins.modbus import plugin as modbus
 
     path = tmp_path / "site.toml"

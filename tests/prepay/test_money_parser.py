@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from openprepay.core.config.site import parse_site
 from openprepay.core.errors import ConfigError
 from openprepay.core.ledger import CAPACITY_FEN, AmountOutOfRange, RequestError, parse_yuan
-from openprepay.core.prepay_settings import check_prepay
-from openprepay.core.site import parse_site
+from openprepay.core.prepay.settings import check_prepay
 from tests.prepay.conftest import SITE_DATA
 
 ASCII_DIGITS = "0123456789"
@@ -260,7 +260,7 @@ def test_site_file_money_goes_through_the_same_parser(section, key, value, messa
 
 
 def test_site_file_money_with_a_thousands_separator_stops_the_service_start() -> None:
-    from openprepay.core.prepay_settings import load_prepay
+    from openprepay.core.prepay.settings import load_prepay
 
     data = {**SITE_DATA, "prepay": {"thresholds": {"alarm1": "1,000.00"}}}
     with pytest.raises(ConfigError, match=r"prepay\.thresholds\.alarm1: expected yuan"):

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
+from openprepay.core.config.site import ControlMode
 from openprepay.core.ledger import IdempotencyConflict, Posting, RequestError
 from openprepay.core.model import MeterKind
-from openprepay.core.site import ControlMode
+from openprepay.core.prepay import accounts as acc
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -128,7 +128,7 @@ def test_bad_refund_amounts(db, account, snapshot, amount, field):
 
 
 def test_a_local_meter_is_debited_before_the_refund_posts(db, make_account, check, snapshot):
-    from openprepay.core import commands as cmds
+    from openprepay.core.prepay import commands as cmds
 
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
@@ -164,7 +164,7 @@ def test_a_local_meter_is_debited_before_the_refund_posts(db, make_account, chec
 
 
 def test_a_meter_that_refuses_the_refund_fails_it_and_releases_the_topups(db, make_account, check):
-    from openprepay.core import commands as cmds
+    from openprepay.core.prepay import commands as cmds
 
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:

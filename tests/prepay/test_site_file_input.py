@@ -17,8 +17,8 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
+from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.errors import ConfigError
-from openprepay.core.site import load_site, parse_site
 from tests.prepay.conftest import SITE_DATA
 
 BAD_FLOATS = [float("nan"), float("inf"), float("-inf"), 1e308]
@@ -59,7 +59,7 @@ def test_every_float_of_the_site_refuses_nan_infinities_and_1e308(path, value) -
 
 
 def test_absurd_integers_are_refused_where_no_bound_is_given() -> None:
-    from openprepay.core.prepay_settings import check_prepay
+    from openprepay.core.prepay.settings import check_prepay
 
     site = parse_site(_with(("prepay", "rating", "gap_s"), 10**30))
     assert [str(e) for e in check_prepay(site)] == [

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from openprepay.core import commands as cmds
+from openprepay.core.config.site import load_site
 from openprepay.core.db import Database
-from openprepay.core.site import load_site
+from openprepay.core.prepay import commands as cmds
 
 SITE = """
 [site]

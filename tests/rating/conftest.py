@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from openprepay.core.errors import FieldError
-from openprepay.core.tariffs import TariffCatalogue, parse_tariffs
+from openprepay.core.rating.tariffs import TariffCatalogue, parse_tariffs
 
 TZ = "Asia/Shanghai"
 

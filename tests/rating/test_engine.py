@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from openprepay.core.model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, Sample
-from openprepay.core.rating import (
+from openprepay.core.rating.engine import (
     Flag,
     MeterState,
     RatingEngine,
@@ -21,7 +21,7 @@ from openprepay.core.rating import (
     RegisterLayout,
     Replacement,
 )
-from openprepay.core.rating_reference import rate_reference
+from openprepay.core.rating.reference import rate_reference
 
 from .conftest import TZ, catalogue_from
 

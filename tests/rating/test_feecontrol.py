@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from openprepay.core.feecontrol import (
+from openprepay.core.prepay.feecontrol import (
     Cause,
     FeeState,
     FeeThresholds,

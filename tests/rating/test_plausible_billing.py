@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from openprepay.core import accounts as acc
 from openprepay.core import ledger
+from openprepay.core.app.demo import anytime_policy
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
-from openprepay.core.demo import anytime_policy
 from openprepay.core.events import EventBus, ImplausibleReading
 from openprepay.core.model import Sample
-from openprepay.core.plugins import Plugins
-from openprepay.core.prepay_engine import PrepayEngine
-from openprepay.core.site import parse_site
+from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay.engine import PrepayEngine
 
 OPENED = datetime(2026, 3, 2, tzinfo=UTC)
 

@@ -10,9 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import FieldError
-from openprepay.core.feecontrol import Cause, FeeState, FeeThresholds, SupplyAction, evaluate
-from openprepay.core.policy import (
+from openprepay.core.prepay.feecontrol import Cause, FeeState, FeeThresholds, SupplyAction, evaluate
+from openprepay.core.prepay.policy import (
     MeterContext,
     Override,
     PolicyConfig,
@@ -24,7 +25,6 @@ from openprepay.core.policy import (
     read_policy,
     reconnect_allowed,
 )
-from openprepay.core.validation import TableReader
 
 TZ = ZoneInfo("Asia/Shanghai")
 POLICY = PolicyConfig()

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openprepay.core.rating import (
+from openprepay.core.rating.engine import (
     Accrual,
     MeterState,
     RatingEngine,
@@ -23,7 +23,7 @@ from openprepay.core.rating import (
     largest_remainder,
     round_fen,
 )
-from openprepay.core.rating_reference import rate_reference
+from openprepay.core.rating.reference import rate_reference
 
 from .conftest import TZ, catalogue_from
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from openprepay.core.tariffs import Proration, TierMethod
+from openprepay.core.rating.tariffs import Proration, TierMethod
 
 from .conftest import catalogue_from
 

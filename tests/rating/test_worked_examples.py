@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from openprepay.core.rating import (
+from openprepay.core.rating.engine import (
     Accrual,
     MeterState,
     RatingEngine,
@@ -19,7 +19,7 @@ from openprepay.core.rating import (
     bill_usage,
     round_fen,
 )
-from openprepay.core.rating_reference import rate_reference
+from openprepay.core.rating.reference import rate_reference
 
 from .conftest import TZ
 

@@ -1,0 +1,323 @@
+"""The demo building: a whole simulated site and the full service running against it.
+
+`demo_site()` describes a site like a small apartment complex: by default 2 buildings × 5
+floors × 6 rooms, each room with a prepaid electricity meter and a valve-controlled water
+meter, each building with a common-area main meter; meters hang off several RS-485
+gateways. `openprepay demo` serves it with simulators on loopback sockets and runs the
+service on embedded defaults against it.
+
+Its pieces — the residential and water tariffs, a disconnect policy that trips at any
+hour, an account per room — are what the tests and benchmarks build their sites from too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..config.site import Site, parse_site
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from ..model import DeviceModel
+    from ..prepay.feecontrol import FeeThresholds
+    from .runtime import Runtime
+
+ELECTRIC_MODEL = "acrel.DDSY1352"
+WATER_MODEL = "xintai.valve_meter"
+MAIN_MODEL = "acrel.DTSD1352"
+#: Floors per electric gateway: a bus of about 18 meters, as installers wire them.
+FLOORS_PER_GATEWAY = 3
+
+
+def demo_site_data(
+    buildings: int = 2,
+    floors: int = 5,
+    rooms_per_floor: int = 6,
+    seed: int = 1,
+    poll_interval_s: float = 5.0,
+    water: bool = True,
+) -> dict[str, Any]:
+    """The demo site as the dict a site file would parse into."""
+    rng = random.Random(seed)
+    data: dict[str, Any] = {
+        "site": {"id": "demo", "name": "OpenPrepay demo apartments", "timezone": "Asia/Shanghai"},
+        # First start without users: the OPC UA server creates the demo login (admin).
+        "opcua": {"demo": True},
+        "poll": {"interval_s": poll_interval_s, "stats_interval_s": 5},
+        "links": {},
+        "buildings": {},
+        "rooms": {},
+        "devices": {},
+    }
+    for b in range(buildings):
+        bid = chr(ord("A") + b)
+        floor_ids = [str(f) for f in range(1, floors + 1)]
+        data["buildings"][bid] = {"name": f"Building {bid}", "floors": floor_ids}
+        main_link = f"main-{bid}"
+        data["links"][main_link] = {"type": "modbus_tcp", "host": "127.0.0.1", "port": 502}
+        water_link = f"gw-{bid}-water"
+        if water:
+            data["links"][water_link] = {
+                "type": "rtu_over_tcp",
+                "host": "127.0.0.1",
+                "port": 502,
+                "timeout_ms": 300,
+            }
+        feeds: list[str] = []
+        water_unit = 0
+        for f, floor in enumerate(floor_ids):
+            gateway = f"gw-{bid}-e{f // FLOORS_PER_GATEWAY + 1}"
+            data["links"].setdefault(
+                gateway,
+                {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 502, "timeout_ms": 300},
+            )
+            for r in range(1, rooms_per_floor + 1):
+                room = f"{bid}-{floor}{r:02d}"
+                data["rooms"][room] = {
+                    "building": bid,
+                    "floor": floor,
+                    "name": f"{floor}{r:02d}",
+                    "area_m2": round(rng.uniform(38, 96), 1),
+                }
+                meter = f"E-{room}"
+                unit = (f % FLOORS_PER_GATEWAY) * rooms_per_floor + r
+                data["devices"][meter] = {
+                    "model": ELECTRIC_MODEL,
+                    "link": gateway,
+                    "unit_id": unit,
+                    "room": room,
+                    "control_mode": "REMOTE",
+                    "options": {"sim_load_kw": round(rng.uniform(0.25, 1.4), 2)},
+                }
+                if floor == floor_ids[-1] and r <= LOW_ROOMS_PER_BUILDING:
+                    # A room that starts nearly empty (open_demo_accounts): a heavy user.
+                    data["devices"][meter]["options"]["sim_load_kw"] = 2.0
+                feeds.append(meter)
+                if water:
+                    water_unit += 1
+                    data["devices"][f"W-{room}"] = {
+                        "model": WATER_MODEL,
+                        "link": water_link,
+                        "unit_id": water_unit,
+                        "room": room,
+                        "control_mode": "REMOTE",
+                    }
+        data["devices"][f"M-{bid}"] = {
+            "model": MAIN_MODEL,
+            "link": main_link,
+            "unit_id": 1,
+            "building": bid,
+            "control_mode": "POSTPAID",
+            "options": {"sim_feeds": feeds, "sim_load_kw": 1.5, "sim_loss": 0.04},
+        }
+    data.update(demo_prepay_sections())
+    data.update(demo_billing_section(list(data["buildings"])))
+    return data
+
+
+def demo_billing_section(buildings: list[str]) -> dict[str, Any]:
+    """The demo's [billing]: one common-area pool per building (its main meter `M-<b>`,
+    the building's room meters as sub-meters, the loss shared by floor area and billed), a
+    property fee by floor area taken from the general wallet (owed when it is empty), and
+    the monthly cycle at the default freeze instant (the 1st, 00:00). Readings are saved
+    every 10 s so that `openprepay billing readings` shows them at once."""
+    return {
+        "billing": {
+            "reading_flush_s": 10,
+            "pools": {
+                b: {
+                    "main": f"M-{b}",
+                    "building": b,
+                    "price": "0.6000",
+                    "method": "area",
+                    "mode": "bill",
+                }
+                for b in buildings
+            },
+            "charges": {
+                "property": {
+                    "type": "property",
+                    "name": "Property management fee",
+                    "basis": "area",
+                    "rate": "2.50",
+                    "mode": "wallet",
+                }
+            },
+        }
+    }
+
+
+#: Rooms of each building that start nearly empty, with a heavy load: at the demo's
+#: speed-up (60×) they run out within a couple of minutes and are cut.
+LOW_ROOMS_PER_BUILDING = 2
+LOW_BALANCE_FEN = 80
+OPENING_BALANCE_FEN = 10_000
+
+
+def demo_prepay_sections() -> dict[str, Any]:
+    """The demo's [tariffs] and [prepay]: residential TOU + annual tiers, tiered water, and
+    a disconnect policy that allows trips at any hour without notice, so that a room that
+    runs out is cut at once (a real site keeps the defaults: quiet hours, weekends,
+    holidays, three days' notice, friendly credit)."""
+    return {
+        "tariffs": {
+            "residential": {
+                "name": "Residential TOU + annual tiers",
+                **residential_tariff(
+                    [
+                        {"start": "23:00", "end": "07:00", "rate": "valley"},
+                        {"start": "07:00", "end": "08:00", "rate": "flat"},
+                        {"start": "08:00", "end": "11:30", "rate": "peak"},
+                        {"start": "11:30", "end": "18:30", "rate": "flat"},
+                        {"start": "18:30", "end": "19:00", "rate": "peak"},
+                        {"start": "19:00", "end": "21:00", "rate": "sharp"},
+                        {"start": "21:00", "end": "23:00", "rate": "peak"},
+                    ]
+                ),
+            },
+            "water": {"name": "Tiered water", **water_tariff()},
+        },
+        "prepay": {
+            "thresholds": {"alarm1": "5.00", "alarm2": "2.00"},
+            "policy": anytime_policy(),
+            "engine": {"default_tariffs": {"electric": "residential", "water": "water"}},
+        },
+    }
+
+
+def residential_tariff(periods: Sequence[Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """A `[tariffs.<id>]` table: residential electricity, TOU rates (CNY/kWh) over `periods`
+    plus the annual tier adders (2880 and 4800 kWh a year). Default periods: valley by
+    night, flat in the early morning, an hour of sharp from 10:00, peak the rest of the day."""
+    if periods is None:
+        periods = [
+            {"start": "23:00", "end": "07:00", "rate": "valley"},
+            {"start": "07:00", "end": "10:00", "rate": "flat"},
+            {"start": "10:00", "end": "11:00", "rate": "sharp"},
+            {"start": "11:00", "end": "23:00", "rate": "peak"},
+        ]
+    return {
+        "rates": {"sharp": "0.7200", "peak": "0.6000", "flat": "0.5000", "valley": "0.2000"},
+        "periods": [dict(p) for p in periods],
+        "tiers": {
+            "cycle": "annual",
+            "thresholds": ["2880", "4800"],
+            "adders": ["0", "0.05", "0.30"],
+        },
+    }
+
+
+def water_tariff() -> dict[str, Any]:
+    """A `[tariffs.<id>]` table: water in monthly tiers (18 and 25 m³)."""
+    return {
+        "commodity": "water",
+        "tiers": {
+            "cycle": "monthly",
+            "thresholds": ["18", "25"],
+            "prices": ["3.00", "4.50", "9.00"],
+        },
+    }
+
+
+def anytime_policy() -> dict[str, Any]:
+    """A `[prepay.policy]` that trips at any hour and day, without notice or friendly
+    credit, so that an account that runs out is cut at once (the demo and tests; a real
+    site keeps the defaults)."""
+    return {
+        "quiet_start": "00:00",
+        "quiet_end": "00:00",
+        "no_trip_days": [],
+        "holiday_calendar": "",
+        "no_trip_before_non_working_day": False,
+        "notice_days": 0,
+        "friendly_credit": "0.00",
+        "max_trips_per_minute": 100,
+    }
+
+
+def low_rooms(site: Site) -> list[str]:
+    """The rooms that start nearly empty: the first rooms of each building's top floor."""
+    out = []
+    for building in site.buildings.values():
+        top = building.floors[-1]
+        rooms = [r.id for r in site.rooms.values() if r.building == building.id and r.floor == top]
+        out.extend(sorted(rooms)[:LOW_ROOMS_PER_BUILDING])
+    return out
+
+
+def open_demo_accounts(runtime: Runtime) -> list[str]:
+    """Open a prepaid account per room (id = room id, its electric and water meters) with an
+    opening top-up; the low rooms get only a little. Idempotent: a second demo run on the
+    same state directory keeps the accounts and their balances. Returns the low rooms."""
+    from ..events import utcnow
+
+    ops = runtime.operations
+    assert ops is not None and runtime.db is not None
+    site = runtime.site
+    low = low_rooms(site)
+    meters: dict[str, list[str]] = {}
+    for device in sorted(site.devices.values(), key=lambda d: d.id):
+        if device.room is not None:
+            meters.setdefault(device.room, []).append(device.id)
+    with runtime.db.begin() as conn:
+        open_room_accounts(
+            conn,
+            site,
+            runtime.plugins.models,
+            meters,
+            tariff_id="residential",
+            thresholds=ops.settings.thresholds,
+        )
+    for room in sorted(meters):
+        amount = LOW_BALANCE_FEN if room in low else OPENING_BALANCE_FEN
+        ops.topup(room, amount, f"demo-opening-{room}", actor="demo")
+    now = utcnow()
+    with runtime.db.read() as conn:
+        samples = ops.control.account_samples(conn, meters, now)
+    for sample in samples:
+        runtime.bus.publish(sample)
+    return low
+
+
+def open_room_accounts(
+    conn: Connection,
+    site: Site,
+    models: Mapping[str, DeviceModel],
+    rooms: Mapping[str, Sequence[str]],
+    *,
+    tariff_id: str | None = None,
+    thresholds: FeeThresholds | None = None,
+    modes: Mapping[str, str] | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Open an account per room of `rooms` (room → its meters), in the caller's
+    transaction: id = room id, the meters' kinds from their models and control modes from
+    the site file unless `modes` (meter → mode) says otherwise. A room that has an account
+    already is left as it is (a second demo run keeps its accounts). Returns the rooms
+    opened."""
+    from ..prepay import accounts as acc
+
+    opened = []
+    for room, meters in sorted(rooms.items()):
+        if acc.find_account(conn, room) is not None:
+            continue
+        assigned = tuple(acc.resolve_meter(site, models, m, (modes or {}).get(m)) for m in meters)
+        spec = acc.AccountSpec(
+            room,
+            f"Tenant of {room}",
+            assigned,
+            room=room,
+            tariff_id=tariff_id,
+            thresholds=thresholds if thresholds is not None else acc.Thresholds(),
+        )
+        acc.create_account(conn, spec, now=now)
+        opened.append(room)
+    return opened
+
+
+def demo_site(**kwargs: Any) -> Site:
+    return parse_site(demo_site_data(**kwargs), source="demo")

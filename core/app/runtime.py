@@ -1,0 +1,126 @@
+"""The composition root: the one place that wires a running OpenPrepay.
+
+`Runtime(site, plugins)` builds the link arbiter (a transport per link, a driver per
+device, both from plugins), the event bus and the services that plugins contribute (OPC UA
+server, historian...), and starts and stops them in order. The CLI's `run` and `demo`
+commands and the tests all go through it; nothing else constructs these singletons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..billing.service import BillingService
+from ..billing.settings import check_billing
+from ..config.site import Site, check_devices_against_models
+from ..contracts import Service
+from ..db import Database, open_database, read_database_config
+from ..errors import ConfigError
+from ..events import EventBus
+from ..field.arbiter import LinkArbiter, LinkWorker
+from ..field.history import HistoryReader
+from ..field.latest import LatestReadings
+from ..field.plausibility import check_device_limits
+from ..operations import Operations
+from ..prepay.engine import PrepayEngine, check_prepayment_sections
+from .plugins import Plugins
+
+log = logging.getLogger("openprepay.runtime")
+
+
+def build_arbiter(site: Site, plugins: Plugins, bus: EventBus) -> LinkArbiter:
+    workers = {}
+    for link in site.links.values():
+        devices = site.devices_on(link.id)
+        transport = plugins.make_transport(link)
+        drivers = {
+            d.id: plugins.make_driver(plugins.model(d.model, f"devices.{d.id}.model"), d, transport)
+            for d in devices
+        }
+        intervals = {d.id: site.poll_interval(d) for d in devices}
+        workers[link.id] = LinkWorker(link, transport, drivers, site.poll, intervals, bus.publish)
+    return LinkArbiter(workers)
+
+
+class Runtime:
+    def __init__(self, site: Site, plugins: Plugins, bus: EventBus | None = None) -> None:
+        check_devices_against_models(site, plugins.models)
+        plugins.validate_site(site)
+        self.site = site
+        self.plugins = plugins
+        self.bus = bus or EventBus()
+        self.readings = LatestReadings(self.bus)
+        self.arbiter = build_arbiter(site, plugins, self.bus)
+        self.services: list[Service] = []
+        self._started: list[Service] = []
+        #: Set by the historian service when it is created (see core/field/history.py).
+        self.history: HistoryReader | None = None
+        #: Lines for the operator at start (endpoints, demo credentials), added by services.
+        self.announcements: list[str] = []
+        #: The site's database (accounts, ledger, meter commands), opened and migrated to
+        #: the current schema by `start()`. None for a site built in memory without a
+        #: [database] section (tests, in-memory demos). The config is checked here.
+        self.db: Database | None = None
+        self._wants_db = site.path is not None or "database" in site.sections
+        if self._wants_db:
+            read_database_config(site)
+        problems = check_device_limits(site, plugins.models)
+        problems.extend(check_prepayment_sections(site, plugins.models))
+        problems.extend(check_billing(site, plugins.models))
+        if problems:
+            raise ConfigError(str(site.path or "site"), problems)
+        #: With a database: the prepayment engine (metering, command executor, deferred
+        #: trips, reconciliation, notices) and the service functions every caller uses
+        #: (`core.operations.Operations`), both built by `start()`.
+        self.prepay: PrepayEngine | None = None
+        self.operations: Operations | None = None
+        #: With a database: billing operations (meter readings at the freeze instants,
+        #: month-end apportionment, charges and bills, batch jobs), built by `start()`.
+        self.billing: BillingService | None = None
+
+    async def start(self) -> None:
+        if self._wants_db and self.db is None:
+            self.db = await asyncio.to_thread(open_database, self.site)
+        services: list[Service] = []
+        if self.db is not None:
+            self.prepay = PrepayEngine.for_runtime(self)
+            self.operations = self.prepay.operations
+            services.append(self.prepay)
+            self.billing = BillingService.for_runtime(self)
+            services.append(self.billing)
+        self.services = services + self.plugins.services(self)
+        try:
+            for service in self.services:
+                log.info("starting %s", service.name)
+                await service.start()
+                self._started.append(service)
+            await self.arbiter.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "site %s running: %d links, %d devices",
+            self.site.id,
+            len(self.site.links),
+            len(self.site.devices),
+        )
+
+    async def stop(self) -> None:
+        await self.arbiter.stop()
+        while self._started:
+            service = self._started.pop()
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", service.name)
+        if self.db is not None:
+            self.db.dispose()
+            self.db = None
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

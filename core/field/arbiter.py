@@ -1,0 +1,708 @@
+"""The link arbiter: one worker per physical link, owning every transaction on it.
+
+A link is one RS-485 bus, gateway or Modbus TCP device. Its `LinkWorker` runs one
+transaction at a time (or `in_flight` on native Modbus TCP) from a priority queue:
+control commands first, then their read-back confirmations, then routine polls in order
+of due time. A device that stops answering is backed off exponentially and, after
+`quarantine_after` failures, probed only every `quarantine_probe_s`, so a dead meter costs
+its healthy neighbours no more than those rare probe slots. A link that drops is reopened
+with its own back-off while its devices show Bad quality.
+
+Everything the worker learns goes out on the event bus: a `Sample` per poll (Bad quality
+and no values when the poll failed), communication events, and periodic link and device
+statistics as samples of the diagnostic pseudo-models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..config.site import LinkConfig, PollPolicy
+from ..contracts import Driver, LinkTransport
+from ..errors import (
+    CommandRefused,
+    DeviceIOError,
+    DeviceRejected,
+    DeviceTimeout,
+    GarbledResponse,
+    LinkDown,
+)
+from ..events import (
+    CommandExecuted,
+    CommunicationLost,
+    CommunicationRestored,
+    DeviceQuarantined,
+    ImplausibleReading,
+    LinkStateChanged,
+    utcnow,
+)
+from ..model import CommandOutcome, DeviceCommand, Quality, Sample
+from ..tasks import wait_event
+from .diagnostics import HEALTH_MODEL, LINK_MODEL, DeviceHealth, DeviceState, LinkHealth
+from .plausibility import DeviceLimits, PlausibilityCheck, device_limits
+
+log = logging.getLogger("openprepay.arbiter")
+
+#: Read-backs attempted before a command counts as unconfirmed.
+CONFIRM_ATTEMPTS = 3
+
+Publish = Callable[[object], None]
+
+
+@dataclass(order=True, slots=True)
+class _Poll:
+    due: float
+    seq: int
+    meter_id: str = field(compare=False)
+
+
+@dataclass(slots=True)
+class _Control:
+    command: DeviceCommand
+    future: asyncio.Future[CommandOutcome]
+
+
+@dataclass(slots=True)
+class _Confirm:
+    command: DeviceCommand
+    future: asyncio.Future[CommandOutcome]
+    attempt: int
+    #: The device's refusal of the write, if it refused; raised when the read-back fails.
+    refusal: DeviceRejected | None = None
+
+
+@dataclass(slots=True)
+class _Read:
+    """A read on demand (confirmation priority), e.g. for reconciliation."""
+
+    meter_id: str
+    future: asyncio.Future[Sample]
+
+
+_Job = _Poll | _Control | _Confirm | _Read
+
+
+class LinkWorker:
+    def __init__(
+        self,
+        link: LinkConfig,
+        transport: LinkTransport,
+        drivers: Mapping[str, Driver],
+        policy: PollPolicy,
+        intervals: Mapping[str, float],
+        publish: Publish,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.link = link
+        self.transport = transport
+        self.drivers = dict(drivers)
+        self.policy = policy
+        self.publish = publish
+        self.clock = clock
+        self.health = {
+            meter_id: DeviceHealth(meter_id, link.id, intervals[meter_id]) for meter_id in drivers
+        }
+        self.stats = LinkHealth(link.id)
+        #: Every sample is checked against its device's physical limits before it is
+        #: published (a driver may carry `limits` scaled by CT/PT ratios).
+        self.checks = {
+            meter_id: PlausibilityCheck(
+                driver.model,
+                getattr(driver, "limits", None) or device_limits(driver.model, driver.device),
+                policy.time_scale,
+            )
+            for meter_id, driver in drivers.items()
+        }
+        self._control: deque[_Control] = deque()
+        self._confirm: deque[_Confirm | _Read] = deque()
+        self._polls: list[_Poll] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._connect_lock = asyncio.Lock()
+        self._reconnect_at = 0.0
+        self._reconnect_delay = link.reconnect_min_s
+        self._ever_connected = False
+        self._log_extra = {"link": link.id}
+        #: Set when the worker has stopped: read-backs scheduled later fail with it.
+        self._stopped: LinkDown | None = None
+
+    # -- public API -----------------------------------------------------------------------
+    async def run(self, routine_polls: bool = True) -> None:
+        """Serve commands and reads until cancelled; with `routine_polls` (the service),
+        also poll every device at its interval and publish the link's statistics."""
+        now = self.clock()
+        self.stats.window_start = now
+        self._stopped = None
+        lanes = [
+            asyncio.create_task(self._lane(), name=f"link-{self.link.id}-{n}")
+            for n in range(self.link.in_flight)
+        ]
+        if routine_polls:
+            meters = list(self.drivers)
+            for i, meter_id in enumerate(meters):
+                # Spread the first polls over one interval instead of a burst at start.
+                offset = self.health[meter_id].interval_s * i / max(len(meters), 1)
+                heapq.heappush(self._polls, _Poll(now + offset, next(self._seq), meter_id))
+            lanes.append(
+                asyncio.create_task(self._publish_stats_forever(), name=f"stats-{self.link.id}")
+            )
+        try:
+            await asyncio.gather(*lanes)
+        finally:
+            for lane in lanes:
+                lane.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+            self._fail_waiting(LinkDown(f"link {self.link.id} stopped"))
+            await self.transport.close()
+
+    def _fail_waiting(self, exc: LinkDown) -> None:
+        """Answer every command and read still queued: their callers must not wait for a
+        worker that has stopped."""
+        self._stopped = exc
+        while self._control:
+            _settle(self._control.popleft().future, exc)
+        while self._confirm:
+            _settle(self._confirm.popleft().future, exc)
+
+    async def execute(self, command: DeviceCommand) -> CommandOutcome:
+        """Send a command ahead of every poll and confirm it by reading the device back.
+
+        Raises `CommandRefused` (nothing was sent) or a `DeviceIOError` when the command
+        could not be written; returns the outcome of the read-back otherwise.
+        """
+        if command.meter_id not in self.drivers:
+            raise CommandRefused(f"meter {command.meter_id} is not on link {self.link.id}")
+        future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
+        self._control.append(_Control(command, future))
+        self._wake.set()
+        return await future
+
+    async def read_now(self, meter_id: str) -> Sample:
+        """Read one device ahead of routine polls; the sample is also published."""
+        future: asyncio.Future[Sample] = asyncio.get_running_loop().create_future()
+        self._confirm.append(_Read(meter_id, future))
+        self._wake.set()
+        return await future
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._control) + len(self._confirm)
+
+    # -- scheduling -----------------------------------------------------------------------
+    def _link_usable(self, now: float) -> bool:
+        return self.transport.connected or now >= self._reconnect_at
+
+    async def _take(self) -> _Job:
+        while True:
+            if self._control:
+                return self._control.popleft()
+            now = self.clock()
+            usable = self._link_usable(now)
+            if usable and self._confirm:
+                return self._confirm.popleft()
+            if usable and self._polls and self._polls[0].due <= now:
+                return heapq.heappop(self._polls)
+            wake_at = self._polls[0].due if self._polls else now + 60
+            if not usable:
+                wake_at = max(wake_at, self._reconnect_at) if self._polls else self._reconnect_at
+            self._wake.clear()
+            await wait_event(self._wake, max(wake_at - now, 0.0005))
+
+    def _schedule(self, meter_id: str, delay: float) -> None:
+        heapq.heappush(self._polls, _Poll(self.clock() + delay, next(self._seq), meter_id))
+
+    async def _lane(self) -> None:
+        lane = asyncio.current_task()
+        assert lane is not None
+        while True:
+            if lane.cancelling():
+                # A driver or its library swallowed our cancellation (Python 3.11's
+                # asyncio.wait_for does when the answer arrives as the lane is cancelled):
+                # the lane must stop anyway, or the command that stops it never ends.
+                raise asyncio.CancelledError
+            job = await self._take()
+            if not self.transport.connected:
+                try:
+                    await self._connect()
+                except LinkDown as exc:
+                    self._fail_on_link_down(job, exc)
+                    continue
+            started = self.clock()
+            try:
+                await self._run(job)
+            finally:
+                elapsed = self.clock() - started
+                self.stats.window_busy_s += elapsed
+                self.stats.window_jobs += 1
+                self.stats.jobs_total += 1
+
+    async def _run(self, job: _Job) -> None:
+        if isinstance(job, _Poll):
+            await self._poll(job.meter_id)
+        elif isinstance(job, _Control):
+            await self._execute(job)
+        elif isinstance(job, _Confirm):
+            await self._confirm_once(job)
+        else:
+            await self._read_on_demand(job)
+
+    # -- link state -----------------------------------------------------------------------
+    async def _connect(self) -> None:
+        async with self._connect_lock:
+            if self.transport.connected:
+                return
+            now = self.clock()
+            if now < self._reconnect_at:
+                raise LinkDown(
+                    f"link {self.link.id} is down; next attempt in {self._reconnect_at - now:.1f} s"
+                )
+            try:
+                await self.transport.connect()
+            except LinkDown as exc:
+                self._reconnect_at = self.clock() + self._reconnect_delay
+                self._reconnect_delay = min(self._reconnect_delay * 2, self.link.reconnect_max_s)
+                self.stats.last_error = str(exc)
+                if self.stats.connected or not self._ever_connected:
+                    log.warning(
+                        "link %s cannot be opened: %s", self.link.id, exc, extra=self._log_extra
+                    )
+                self._set_link_state(False, str(exc))
+                raise
+            if self._ever_connected:
+                self.stats.reconnects += 1
+            self._ever_connected = True
+            self._reconnect_delay = self.link.reconnect_min_s
+            self._set_link_state(True, f"open to {self.link.address}")
+            log.info("link %s open to %s", self.link.id, self.link.address, extra=self._log_extra)
+
+    def _set_link_state(self, connected: bool, detail: str) -> None:
+        if self.stats.connected != connected:
+            self.stats.connected = connected
+            self.publish(LinkStateChanged(self.link.id, connected, detail))
+
+    async def _link_lost(self, exc: Exception) -> None:
+        """The link failed under a transaction: close it, mark every device offline."""
+        log.warning("link %s lost: %s", self.link.id, exc, extra=self._log_extra)
+        self.stats.errors += 1
+        self.stats.last_error = str(exc)
+        self._reconnect_at = self.clock() + self._reconnect_delay
+        await self.transport.close()
+        self._set_link_state(False, str(exc))
+        for health in self.health.values():
+            if health.offline_since is None:
+                self._publish_bad(health, Quality.BAD_COMM_FAILURE, f"link down: {exc}")
+                self._mark_offline(health, f"link down: {exc}")
+
+    def _fail_on_link_down(self, job: _Job, exc: LinkDown) -> None:
+        if isinstance(job, _Poll):
+            health = self.health[job.meter_id]
+            if health.offline_since is None:
+                self._publish_bad(health, Quality.BAD_COMM_FAILURE, str(exc))
+                self._mark_offline(health, str(exc))
+            self._schedule(job.meter_id, health.interval_s)
+        elif not job.future.done():
+            job.future.set_exception(exc)
+
+    # -- polls ----------------------------------------------------------------------------
+    async def _poll(self, meter_id: str) -> None:
+        health = self.health[meter_id]
+        started = self.clock()
+        try:
+            sample = await self.drivers[meter_id].read()
+        except LinkDown as exc:
+            await self._link_lost(exc)
+            self._schedule(meter_id, health.interval_s)
+            return
+        except DeviceIOError as exc:
+            self._poll_failed(health, exc)
+            return
+        except Exception as exc:  # a driver bug must not stop the link
+            log.exception(
+                "driver of meter %s failed", meter_id, extra={"meter": meter_id, **self._log_extra}
+            )
+            self._poll_failed(health, exc)
+            return
+        latency = self.clock() - started
+        self._poll_succeeded(health, sample, latency)
+        self._schedule(meter_id, health.interval_s)
+
+    def _poll_succeeded(self, health: DeviceHealth, sample: Sample, latency: float) -> None:
+        health.polls_ok += 1
+        health.latency_s = latency
+        health.consecutive_failures = 0
+        health.backoff_s = 0.0
+        health.last_error = None
+        self.stats.window_poll_s += latency
+        self.stats.window_polls += 1
+        if not health.online:
+            health.online = True
+            if health.offline_since is not None:
+                offline_s = self.clock() - health.offline_since
+                health.offline_since = None
+                log.info(
+                    "meter %s answers again after %.1f s",
+                    health.meter_id,
+                    offline_s,
+                    extra={"meter": health.meter_id, **self._log_extra},
+                )
+                self.publish(CommunicationRestored(health.meter_id, self.link.id, offline_s))
+        health.state = DeviceState.ONLINE
+        self._mark_unsupported(health, sample)
+        self._check(health, sample)
+        self.publish(sample)
+
+    def _check(self, health: DeviceHealth, sample: Sample) -> None:
+        """Mark what is physically implausible in `sample` (core/field/plausibility.py); say so
+        once per episode and point: a log line and an ImplausibleReading event."""
+        check = self.checks[health.meter_id]
+        findings = check.assess(sample)
+        if check.ended:
+            log.info(
+                "meter %s: %s plausible again",
+                health.meter_id,
+                ", ".join(check.ended),
+                extra=self._device_extra(health.meter_id),
+            )
+        if not findings:
+            return
+        health.implausible_readings += 1
+        for finding in check.started:
+            log.warning(
+                "meter %s: implausible %s = %r, expected %s%s",
+                health.meter_id,
+                finding.point,
+                finding.value,
+                finding.limit,
+                "; the reading is not billed" if finding.cumulative else "",
+                extra=self._device_extra(health.meter_id),
+            )
+            self.publish(
+                ImplausibleReading(
+                    health.meter_id, self.link.id, finding.point, finding.value, finding.limit
+                )
+            )
+
+    def _mark_unsupported(self, health: DeviceHealth, sample: Sample) -> None:
+        """Points of the model the device does not deliver (an optional block it answers
+        with "illegal data address") are out of service, not "no communication": said
+        in the first Good sample after start and after every Bad one, so that a point
+        the meter does not have never stays Bad after the meter came back."""
+        if not health.unsupported_unsaid:
+            return
+        health.unsupported_unsaid = False
+        missing = [p.name for p in sample.model.points if p.name not in sample.values]
+        if not missing:
+            return
+        marks = dict.fromkeys(missing, Quality.BAD_OUT_OF_SERVICE)
+        sample.point_quality = {**marks, **(sample.point_quality or {})}
+        if not health.unsupported:
+            health.unsupported = tuple(missing)
+            log.info(
+                "meter %s does not have %s: published as out of service",
+                health.meter_id,
+                ", ".join(missing),
+                extra=self._device_extra(health.meter_id),
+            )
+
+    def _poll_failed(self, health: DeviceHealth, exc: Exception) -> None:
+        health.polls_failed += 1
+        health.consecutive_failures += 1
+        health.last_error = str(exc)
+        self.stats.errors += 1
+        if isinstance(exc, DeviceTimeout):
+            health.timeouts += 1
+            self.stats.timeouts += 1
+            quality = Quality.BAD_COMM_FAILURE
+        elif isinstance(exc, GarbledResponse):
+            health.garbled_frames += 1
+            self.stats.garbled_frames += 1
+            quality = Quality.BAD_DEVICE_FAILURE
+            log.warning(
+                "meter %s sent an answer that cannot be used: %s",
+                health.meter_id,
+                exc,
+                extra=self._device_extra(health.meter_id),
+            )
+        elif isinstance(exc, DeviceRejected):
+            self.stats.rejected += 1
+            health.rejected += 1
+            quality = Quality.BAD_DEVICE_FAILURE
+        else:
+            quality = Quality.BAD_DEVICE_FAILURE
+        self._publish_bad(health, quality, str(exc))
+        if health.consecutive_failures >= self.policy.offline_after:
+            self._mark_offline(health, str(exc))
+        policy = self.policy
+        if health.consecutive_failures >= policy.quarantine_after:
+            if health.state is not DeviceState.QUARANTINED:
+                log.warning(
+                    "meter %s quarantined after %d failures: %s",
+                    health.meter_id,
+                    health.consecutive_failures,
+                    exc,
+                    extra={"meter": health.meter_id, **self._log_extra},
+                )
+                self.publish(
+                    DeviceQuarantined(health.meter_id, self.link.id, health.consecutive_failures)
+                )
+            health.state = DeviceState.QUARANTINED
+            delay = max(policy.quarantine_probe_s, health.interval_s)
+        else:
+            health.state = DeviceState.BACKOFF
+            backoff = policy.backoff_initial_s * 2 ** (health.consecutive_failures - 1)
+            delay = max(min(backoff, policy.backoff_max_s), health.interval_s)
+        health.backoff_s = delay
+        self._schedule(health.meter_id, delay)
+
+    def _device_extra(self, meter_id: str) -> dict[str, object]:
+        """Log context of one device: meter, link and Modbus unit id."""
+        return {"meter": meter_id, **self._log_extra, "unit": self.drivers[meter_id].device.unit_id}
+
+    def _mark_offline(self, health: DeviceHealth, error: str) -> None:
+        health.online = False
+        if health.offline_since is None:
+            health.offline_since = self.clock()
+            log.warning(
+                "meter %s offline: %s",
+                health.meter_id,
+                error,
+                extra={"meter": health.meter_id, **self._log_extra},
+            )
+            self.publish(CommunicationLost(health.meter_id, self.link.id, error))
+
+    def _publish_bad(self, health: DeviceHealth, quality: Quality, error: str) -> None:
+        health.unsupported_unsaid = True
+        driver = self.drivers[health.meter_id]
+        self.publish(Sample(health.meter_id, driver.model, utcnow(), {}, quality, error=error))
+
+    # -- commands -------------------------------------------------------------------------
+    async def _execute(self, job: _Control) -> None:
+        command = job.command
+        driver = self.drivers[command.meter_id]
+        extra = {"meter": command.meter_id, **self._log_extra}
+        try:
+            delay = driver.confirm_delay_s(command)
+            await driver.execute(command)
+        except LinkDown as exc:
+            await self._link_lost(exc)
+            _settle(job.future, exc)
+            return
+        except DeviceRejected as exc:
+            # A meter may refuse what it already did (a repeated top-up with the same
+            # purchase count, a trip while tripped). Only the read-back decides.
+            log.warning(
+                "meter %s refused %s (%s); reading back",
+                command.meter_id,
+                command.name,
+                exc,
+                extra=extra,
+            )
+            self._confirm_later(_Confirm(command, job.future, CONFIRM_ATTEMPTS, exc), 0.0)
+            return
+        except (CommandRefused, DeviceIOError) as exc:
+            log.warning(
+                "command %s to meter %s failed: %s",
+                command.name,
+                command.meter_id,
+                exc,
+                extra=extra,
+            )
+            _settle(job.future, exc)
+            return
+        except Exception as exc:
+            log.exception(
+                "driver of meter %s failed on %s", command.meter_id, command.name, extra=extra
+            )
+            _settle(job.future, DeviceIOError(f"driver error: {exc}"))
+            return
+        log.info(
+            "command %s sent to meter %s (%s)",
+            command.name,
+            command.meter_id,
+            command.reason or "no reason given",
+            extra=extra,
+        )
+        self._confirm_later(_Confirm(command, job.future, 1), delay)
+
+    def _confirm_later(self, job: _Confirm, delay: float) -> None:
+        def push() -> None:
+            if self._stopped is not None:
+                _settle(job.future, self._stopped)
+                return
+            self._confirm.append(job)
+            self._wake.set()
+
+        asyncio.get_running_loop().call_later(delay, push)
+
+    async def _confirm_once(self, job: _Confirm) -> None:
+        command = job.command
+        driver = self.drivers[command.meter_id]
+        error: Exception | None = None
+        outcome: CommandOutcome | None = None
+        try:
+            outcome = await driver.confirm(command)
+        except LinkDown as exc:
+            await self._link_lost(exc)
+            error = exc
+        except DeviceIOError as exc:
+            error = exc
+        except Exception as exc:  # a driver bug must not kill the link's worker
+            log.exception(
+                "driver of meter %s failed confirming %s",
+                command.meter_id,
+                command.name,
+                extra={"meter": command.meter_id, **self._log_extra},
+            )
+            error = exc
+        if outcome is not None and outcome.confirmed:
+            if job.refusal is not None:
+                detail = f"{outcome.detail} (the write was refused: {job.refusal})"
+                outcome = CommandOutcome(command, True, detail, outcome.readback)
+            self._finish(job, outcome)
+        elif job.refusal is not None:
+            _settle(job.future, job.refusal)
+        elif job.attempt < CONFIRM_ATTEMPTS:
+            job.attempt += 1
+            self._confirm_later(job, max(driver.confirm_delay_s(command), 0.05))
+        else:
+            self._finish(
+                job, outcome or CommandOutcome(command, False, f"could not read back: {error}")
+            )
+
+    def _finish(self, job: _Confirm, outcome: CommandOutcome) -> None:
+        command = outcome.command
+        log.log(
+            logging.INFO if outcome.confirmed else logging.WARNING,
+            "command %s on meter %s %s: %s",
+            command.name,
+            command.meter_id,
+            "confirmed" if outcome.confirmed else "NOT confirmed",
+            outcome.detail,
+            extra={"meter": command.meter_id, **self._log_extra},
+        )
+        self.publish(
+            CommandExecuted(
+                command.meter_id,
+                self.link.id,
+                command.name,
+                outcome.confirmed,
+                outcome.detail,
+                command.reason,
+            )
+        )
+        _settle(job.future, outcome)
+
+    async def _read_on_demand(self, job: _Read) -> None:
+        try:
+            sample = await self.drivers[job.meter_id].read()
+        except LinkDown as exc:
+            await self._link_lost(exc)
+            _settle(job.future, exc)
+            return
+        except DeviceIOError as exc:
+            _settle(job.future, exc)
+            return
+        health = self.health[job.meter_id]
+        self._mark_unsupported(health, sample)
+        self._check(health, sample)
+        self.publish(sample)
+        _settle(job.future, sample)
+
+    # -- statistics -----------------------------------------------------------------------
+    async def _publish_stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.stats_interval_s)
+            self.publish_stats()
+
+    def publish_stats(self) -> None:
+        now = self.clock()
+        s = self.stats
+        window = max(now - s.window_start, 1e-9)
+        states = [h.state for h in self.health.values()]
+        values = {
+            "connected": self.transport.connected,
+            "utilisation": round(100 * min(s.window_busy_s / window / self.link.in_flight, 1.0), 2),
+            "transactions_per_s": round(s.window_jobs / window, 3),
+            "latency_ms": round(1000 * s.window_poll_s / s.window_polls, 3)
+            if s.window_polls
+            else 0.0,
+            "queue_depth": self.queue_depth,
+            "errors": s.errors,
+            "timeouts": s.timeouts,
+            "garbled_frames": s.garbled_frames,
+            "rejected": s.rejected,
+            "reconnects": s.reconnects,
+            "devices_online": sum(1 for h in self.health.values() if h.online),
+            "devices_backoff": states.count(DeviceState.BACKOFF),
+            "devices_quarantined": states.count(DeviceState.QUARANTINED),
+        }
+        s.published = values
+        s.window_start, s.window_busy_s, s.window_jobs = now, 0.0, 0
+        s.window_poll_s, s.window_polls = 0.0, 0
+        at = utcnow()
+        self.publish(Sample(self.link.id, LINK_MODEL, at, values))
+        for health in self.health.values():
+            self.publish(Sample(health.meter_id, HEALTH_MODEL, at, health.values()))
+
+
+def _settle(future: asyncio.Future, result: object) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class LinkArbiter:
+    """All link workers of a site; routes commands and reads to the right link."""
+
+    def __init__(self, workers: Mapping[str, LinkWorker]) -> None:
+        self.workers = dict(workers)
+        self._link_of = {m: w for w in self.workers.values() for m in w.drivers}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, routine_polls: bool = True) -> None:
+        """Start every link's worker; without `routine_polls` the workers only serve
+        `execute` and `read_now` (a one-off `openprepay read`)."""
+        self._tasks = [
+            asyncio.create_task(worker.run(routine_polls), name=f"link-{link_id}")
+            for link_id, worker in self.workers.items()
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def worker_of(self, meter_id: str) -> LinkWorker:
+        try:
+            return self._link_of[meter_id]
+        except KeyError:
+            raise CommandRefused(f"unknown meter {meter_id!r}") from None
+
+    async def execute(self, command: DeviceCommand) -> CommandOutcome:
+        return await self.worker_of(command.meter_id).execute(command)
+
+    async def read_now(self, meter_id: str) -> Sample:
+        return await self.worker_of(meter_id).read_now(meter_id)
+
+    def health(self, meter_id: str) -> DeviceHealth:
+        return self.worker_of(meter_id).health[meter_id]
+
+    def rebase_plausibility(self, meter_id: str) -> None:
+        """Forget `meter_id`'s reference reading (its device was replaced)."""
+        self.worker_of(meter_id).checks[meter_id].rebase()
+
+    def limits(self, meter_id: str) -> DeviceLimits:
+        """The plausibility limits `meter_id`'s samples are checked against (billing holds
+        its baseline to the same)."""
+        return self.worker_of(meter_id).checks[meter_id].limits

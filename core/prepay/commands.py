@@ -1,0 +1,811 @@
+"""Durable meter commands: the queue between a decision and a device.
+
+A `MeterCommand` row is written in the same transaction as the change that caused it (a
+top-up's RECHARGE, fee control's TRIP after a usage posting, an operator's CLOSE), so a
+crash can lose neither. The executor (in the running service) claims due rows, sends them
+through the link arbiter, confirms them by reading the device back, and records the
+outcome. Because the database is the queue, a command written by the CLI or by another
+instance is picked up by the next `claim_due` poll.
+
+State diagram::
+
+                enqueue
+                   │
+                   ▼          newer TRIP/CLOSE/... for the meter
+   ┌──────────► PENDING ─────────────────────────────────────────► SUPERSEDED
+   │               │ claim_due (due, oldest unfinished of its meter,
+   │               │            row-locked; attempts += 1; lease)
+   │               ▼
+   │            CLAIMED ──┐
+   │               │      │ lease expired (executor died): claimable again
+   │     mark_sent │      │ (re-sent: TRIP/CLOSE are idempotent, RECHARGE
+   │               ▼      │  carries its purchase count)
+   │             SENT  ───┘
+   │               │
+   │   mark_failed │ mark_confirmed (read-back shows the effect)
+   │  (retry_at)   ├──────────────────────────────────────────────► CONFIRMED
+   └───────────────┤
+                   │ mark_failed(final=True) (refused, out of attempts)
+                   └──────────────────────────────────────────────► FAILED
+
+Rules:
+- Per meter, commands run in order: a row is claimable only when no older row of the same
+  meter is PENDING, CLAIMED or SENT. RECHARGE n+1 therefore never overtakes n, and a CLOSE
+  never overtakes the TRIP before it.
+- A newer supply command (TRIP, CLOSE, ALLOW_CLOSE, RELEASE, VALVE_OPEN, VALVE_CLOSE)
+  supersedes older PENDING supply commands of the meter; likewise PROTECT/UNPROTECT and
+  ALARM/ALARM_CLEAR among themselves. Claimed or sent rows are never superseded (they
+  may be on the wire); the newer one simply runs after them.
+- RECHARGE and REFUND carry money and are never superseded. They carry the platform's
+  purchase count (`buy_count`, unique per meter, never going back); the meter's own count
+  is the platform's minus the meter's offset (`align_buy_count`: read from the meter when a
+  LOCAL meter is attached, replaced, or on request — until then they wait) and is fixed
+  in `params["meter_count"]` when first sent (`pin_meter_counts`), so every retry carries
+  the same count.
+- A FAILED command is final; an operator may send it again as a new command
+  (`retry_failed`, `retry_of`) or resolve it otherwise (`resolve`); FAILED money commands
+  without a resolution are open alarms (`open_failures`).
+- Every command records why (`reason`) and who asked (`requested_by`): required.
+- Claims use `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL (two instances never get
+  the same row); on SQLite the claim transaction holds the write lock.
+
+Executor loop (sketch)::
+
+    with db.begin() as conn:
+        batch = claim_due(conn, 20, owner=instance_id, meters=my_meters)
+    for cmd in batch:
+        try:
+            outcome = await arbiter.execute(cmd.device_command())
+        except CommandRefused as exc:
+            with db.begin() as conn: mark_failed(conn, cmd.id, str(exc), final=True, owner=...)
+            continue
+        except DeviceIOError as exc:
+            with db.begin() as conn:
+                mark_failed(conn, cmd.id, str(exc), retry_at=now + retry_delay(cmd.attempts))
+            continue
+        with db.begin() as conn:
+            if outcome.confirmed: mark_confirmed(conn, cmd.id, readback=outcome.readback)
+            else: mark_failed(conn, cmd.id, outcome.detail, retry_at=...)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..db import schema as t
+from ..errors import OpenPrepayError
+from ..events import utcnow
+from ..ledger import RequestError
+from ..model import DeviceCommand
+
+
+class CommandKind(enum.StrEnum):
+    TRIP = "TRIP"
+    CLOSE = "CLOSE"
+    ALLOW_CLOSE = "ALLOW_CLOSE"
+    #: Hand the relay back to the meter's own balance logic (LOCAL meters).
+    RELEASE = "RELEASE"
+    PROTECT = "PROTECT"
+    UNPROTECT = "UNPROTECT"
+    ALARM = "ALARM"
+    ALARM_CLEAR = "ALARM_CLEAR"
+    #: Deliver a top-up to a LOCAL meter: params buy_count, amount_fen, amount ("100.00").
+    RECHARGE = "RECHARGE"
+    #: Debit a LOCAL meter (equal purchase count): params buy_count, amount_fen, amount.
+    REFUND = "REFUND"
+    #: Push parameters (alarm amounts, prices...): params are the device command's.
+    SET_PARAMS = "SET_PARAMS"
+    VALVE_OPEN = "VALVE_OPEN"
+    VALVE_CLOSE = "VALVE_CLOSE"
+
+
+class CommandState(enum.StrEnum):
+    PENDING = "PENDING"
+    CLAIMED = "CLAIMED"
+    SENT = "SENT"
+    CONFIRMED = "CONFIRMED"
+    FAILED = "FAILED"
+    SUPERSEDED = "SUPERSEDED"
+
+
+UNFINISHED = (CommandState.PENDING, CommandState.CLAIMED, CommandState.SENT)
+FINISHED = (CommandState.CONFIRMED, CommandState.FAILED, CommandState.SUPERSEDED)
+
+#: Commands that switch supply (relay or valve): audited, and a newer one supersedes.
+SUPPLY_KINDS = frozenset(
+    {
+        CommandKind.TRIP,
+        CommandKind.CLOSE,
+        CommandKind.ALLOW_CLOSE,
+        CommandKind.RELEASE,
+        CommandKind.VALVE_OPEN,
+        CommandKind.VALVE_CLOSE,
+    }
+)
+_SUPPLY_VALUES = frozenset(k.value for k in SUPPLY_KINDS)
+_SUPERSEDE_GROUPS = (
+    SUPPLY_KINDS,
+    frozenset({CommandKind.PROTECT, CommandKind.UNPROTECT}),
+    frozenset({CommandKind.ALARM, CommandKind.ALARM_CLEAR}),
+)
+
+DEFAULT_LEASE_S = 60.0
+#: Commands that carry the meter's purchase count (domain.md §1.5).
+_COUNTED = (CommandKind.RECHARGE.value, CommandKind.REFUND.value)
+#: The purchase count in the meter's own numbering, fixed when first sent (params key).
+METER_COUNT = "meter_count"
+
+
+class CommandStateError(OpenPrepayError):
+    """A transition the state diagram does not allow (or the claim was lost)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterCommand:
+    id: int
+    meter_id: str
+    kind: str
+    params: Mapping[str, Any]
+    reason: str
+    requested_by: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    claimed_by: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    readback: Mapping[str, Any] | None
+    superseded_by: int | None
+    journal_id: int | None
+    account_id: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    finished_at: datetime | None
+    #: The FAILED command this one retries.
+    retry_of: int | None = None
+    #: How an operator dealt with this command once it FAILED (retry, refund), who, when.
+    resolution: str | None = None
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+
+    def device_command(self) -> DeviceCommand:
+        """What to hand to `LinkArbiter.execute`; the reason carries the audit trail."""
+        return DeviceCommand(
+            self.meter_id,
+            self.kind,
+            dict(self.params),
+            reason=f"{self.reason} (requested by {self.requested_by}; command {self.id})",
+        )
+
+
+def _row(row: Any) -> MeterCommand:
+    return MeterCommand(**{c: getattr(row, c) for c in MeterCommand.__slots__})
+
+
+_select = sa.select(*(t.meter_command.c[name] for name in MeterCommand.__slots__))
+
+
+def get_command(conn: Connection, command_id: int) -> MeterCommand:
+    row = conn.execute(_select.where(t.meter_command.c.id == command_id)).first()
+    if row is None:
+        raise RequestError("command", f"unknown command {command_id}")
+    return _row(row)
+
+
+def list_commands(
+    conn: Connection,
+    *,
+    meter_id: str | None = None,
+    account_id: str | None = None,
+    states: Collection[str] | None = None,
+    limit: int = 100,
+) -> list[MeterCommand]:
+    """Newest first."""
+    q = _select.order_by(t.meter_command.c.id.desc()).limit(limit)
+    if meter_id is not None:
+        q = q.where(t.meter_command.c.meter_id == meter_id)
+    if account_id is not None:
+        q = q.where(t.meter_command.c.account_id == account_id)
+    if states is not None:
+        q = q.where(t.meter_command.c.state.in_([str(s) for s in states]))
+    return [_row(r) for r in conn.execute(q)]
+
+
+def enqueue(
+    conn: Connection,
+    meter_id: str,
+    kind: CommandKind | str,
+    *,
+    reason: str,
+    requested_by: str,
+    params: Mapping[str, Any] | None = None,
+    journal_id: int | None = None,
+    account_id: str | None = None,
+    idempotency_key: str | None = None,
+    not_before: datetime | None = None,
+    now: datetime | None = None,
+) -> MeterCommand:
+    """Queue a command for `meter_id` in the caller's transaction.
+
+    `reason` (why) and `requested_by` (who) are required: every relay and valve action is
+    audited. `not_before` delays the first attempt (e.g. a TRIP scheduled after quiet
+    hours). With `idempotency_key`, enqueuing the same decision twice returns the first
+    row. A supply command supersedes the meter's older PENDING supply commands.
+    """
+    try:
+        kind = CommandKind(kind)
+    except ValueError:
+        known = ", ".join(k.value for k in CommandKind)
+        raise RequestError("kind", f"expected one of {known}; got {kind!r}") from None
+    if not isinstance(meter_id, str) or not meter_id:
+        raise RequestError("meter", "required")
+    if not reason or not reason.strip():
+        raise RequestError("reason", f"required: say why the {kind} is sent (audit)")
+    if not requested_by or not requested_by.strip():
+        raise RequestError("requested_by", f"required: say who asks for the {kind} (audit)")
+    if idempotency_key is not None:
+        existing = conn.execute(
+            _select.where(t.meter_command.c.idempotency_key == idempotency_key)
+        ).first()
+        if existing is not None:
+            return _row(existing)
+    now = now or utcnow()
+    command_id = conn.execute(
+        t.meter_command.insert().returning(t.meter_command.c.id),
+        {
+            "meter_id": meter_id,
+            "kind": kind.value,
+            "params": dict(params or {}),
+            "reason": reason[:500],
+            "requested_by": requested_by[:100],
+            "state": CommandState.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": not_before or now,
+            "journal_id": journal_id,
+            "account_id": account_id,
+            "idempotency_key": idempotency_key,
+            "created_at": now,
+            "updated_at": now,
+        },
+    ).scalar_one()
+    for group in _SUPERSEDE_GROUPS:
+        if kind in group:
+            conn.execute(
+                t.meter_command.update()
+                .where(
+                    t.meter_command.c.meter_id == meter_id,
+                    t.meter_command.c.state == CommandState.PENDING.value,
+                    t.meter_command.c.kind.in_([k.value for k in group]),
+                    t.meter_command.c.id < command_id,
+                )
+                .values(
+                    state=CommandState.SUPERSEDED.value,
+                    superseded_by=command_id,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+    return get_command(conn, command_id)
+
+
+def claim_due(
+    conn: Connection,
+    limit: int,
+    *,
+    owner: str = "executor",
+    lease_s: float = DEFAULT_LEASE_S,
+    meters: Collection[str] | None = None,
+    now: datetime | None = None,
+) -> list[MeterCommand]:
+    """Claim up to `limit` due commands for `owner` and return them, oldest first.
+
+    Due = PENDING with `next_attempt_at <= now`, or CLAIMED/SENT whose lease expired (the
+    executor that held it died). Only the oldest unfinished command of each meter is
+    claimable. `meters` restricts the claim to the meters this instance's links serve.
+    The claim increments `attempts` and sets a lease of `lease_s` seconds; commit the
+    transaction before talking to devices.
+    """
+    if limit <= 0:
+        return []
+    now = now or utcnow()
+    c = t.meter_command.alias("c")
+    older = t.meter_command.alias("o")
+    unfinished = [s.value for s in UNFINISHED]
+    blocked = (
+        sa.select(older.c.id)
+        .where(
+            older.c.meter_id == c.c.meter_id,
+            older.c.id < c.c.id,
+            older.c.state.in_(unfinished),
+        )
+        .exists()
+    )
+    due = sa.or_(
+        sa.and_(c.c.state == CommandState.PENDING.value, c.c.next_attempt_at <= now),
+        sa.and_(
+            c.c.state.in_([CommandState.CLAIMED.value, CommandState.SENT.value]),
+            c.c.lease_until < now,
+        ),
+    )
+    # Money waits while the meter's own purchase count is to be read (align_buy_count);
+    # one already sent, or a retry, keeps the count it was first sent with: never waits.
+    unaligned = sa.and_(
+        c.c.kind.in_(_COUNTED),
+        c.c.sent_at.is_(None),
+        c.c.retry_of.is_(None),
+        sa.select(t.meter.c.id)
+        .where(t.meter.c.id == c.c.meter_id, t.meter.c.align_requested_at.is_not(None))
+        .exists(),
+    )
+    q = (
+        sa.select(c.c.id)
+        .where(due, ~blocked, ~unaligned)
+        .order_by(c.c.next_attempt_at, c.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=c)
+    )
+    if meters is not None:
+        q = q.where(c.c.meter_id.in_(list(meters)))
+    ids = list(conn.execute(q).scalars())
+    if not ids:
+        return []
+    conn.execute(
+        t.meter_command.update()
+        .where(t.meter_command.c.id.in_(ids))
+        .values(
+            state=CommandState.CLAIMED.value,
+            claimed_by=owner[:100],
+            lease_until=now + timedelta(seconds=lease_s),
+            attempts=t.meter_command.c.attempts + 1,
+            updated_at=now,
+        )
+    )
+    rows = conn.execute(_select.where(t.meter_command.c.id.in_(ids))).all()
+    return sorted((_row(r) for r in rows), key=lambda m: (m.next_attempt_at, m.id))
+
+
+def _transition(
+    conn: Connection,
+    command_id: int,
+    allowed: Collection[CommandState],
+    owner: str | None,
+    values: Mapping[str, Any],
+) -> MeterCommand:
+    row = conn.execute(_select.where(t.meter_command.c.id == command_id).with_for_update()).first()
+    if row is None:
+        raise RequestError("command", f"unknown command {command_id}")
+    if row.state not in {s.value for s in allowed}:
+        raise CommandStateError(
+            f"command {command_id} is {row.state}; expected {' or '.join(s.value for s in allowed)}"
+        )
+    if owner is not None and row.claimed_by != owner:
+        raise CommandStateError(
+            f"command {command_id} is claimed by {row.claimed_by!r}, not {owner!r} "
+            "(the lease expired and another executor took it)"
+        )
+    conn.execute(
+        t.meter_command.update().where(t.meter_command.c.id == command_id).values(**values)
+    )
+    return get_command(conn, command_id)
+
+
+def mark_sent(
+    conn: Connection, command_id: int, *, owner: str | None = None, now: datetime | None = None
+) -> MeterCommand:
+    """The command was written to the device; confirmation by read-back follows."""
+    now = now or utcnow()
+    return _transition(
+        conn,
+        command_id,
+        (CommandState.CLAIMED, CommandState.SENT),
+        owner,
+        {"state": CommandState.SENT.value, "sent_at": now, "updated_at": now},
+    )
+
+
+def mark_confirmed(
+    conn: Connection,
+    command_id: int,
+    *,
+    readback: Mapping[str, Any] | None = None,
+    owner: str | None = None,
+    now: datetime | None = None,
+) -> MeterCommand:
+    """The device was read back and shows the effect. For RECHARGE, the meter's confirmed
+    purchase count advances (reconciliation compares it with the meter's)."""
+    now = now or utcnow()
+    command = _transition(
+        conn,
+        command_id,
+        (CommandState.CLAIMED, CommandState.SENT),
+        owner,
+        {
+            "state": CommandState.CONFIRMED.value,
+            "readback": dict(readback) if readback is not None else None,
+            "last_error": None,
+            "lease_until": None,
+            "finished_at": now,
+            "updated_at": now,
+        },
+    )
+    if command.kind == CommandKind.RECHARGE and "buy_count" in command.params:
+        count = int(command.params["buy_count"])
+        conn.execute(
+            t.meter.update()
+            .where(t.meter.c.id == command.meter_id, t.meter.c.confirmed_buy_count < count)
+            .values(confirmed_buy_count=count, updated_at=now)
+        )
+    elif command.kind == CommandKind.REFUND:
+        # The meter is debited: now the refund is posted (same transaction).
+        from ..ledger import complete_meter_refund
+
+        complete_meter_refund(conn, command.id, requested_by=command.requested_by, now=now)
+    return command
+
+
+def mark_failed(
+    conn: Connection,
+    command_id: int,
+    error: str,
+    *,
+    retry_at: datetime | None = None,
+    final: bool = False,
+    owner: str | None = None,
+    now: datetime | None = None,
+) -> MeterCommand:
+    """The attempt failed. With `retry_at` the command goes back to PENDING until then;
+    with `final=True` it ends FAILED (refused by the device, out of attempts). Exactly
+    one of the two."""
+    if (retry_at is None) == (not final):
+        raise RequestError("retry_at", "give either retry_at (retry later) or final=True")
+    now = now or utcnow()
+    values: dict[str, Any] = {
+        "last_error": (error or "failed")[:1000],
+        "updated_at": now,
+        "lease_until": None,
+    }
+    if final:
+        values.update(state=CommandState.FAILED.value, finished_at=now)
+    else:
+        values.update(state=CommandState.PENDING.value, next_attempt_at=retry_at, claimed_by=None)
+    command = _transition(
+        conn, command_id, (CommandState.CLAIMED, CommandState.SENT), owner, values
+    )
+    if final and command.kind == CommandKind.REFUND:
+        from ..ledger import abandon_meter_refund
+
+        abandon_meter_refund(conn, command.id, f"meter refused: {error}", now=now)
+    return command
+
+
+def cancel(
+    conn: Connection, command_id: int, reason: str, *, now: datetime | None = None
+) -> MeterCommand:
+    """Withdraw a PENDING command (operator action): it ends SUPERSEDED with the reason
+    (a withdrawn meter REFUND ends its refund FAILED)."""
+    if not reason or not reason.strip():
+        raise RequestError("reason", "required (audit)")
+    now = now or utcnow()
+    command = _transition(
+        conn,
+        command_id,
+        (CommandState.PENDING,),
+        None,
+        {
+            "state": CommandState.SUPERSEDED.value,
+            "last_error": f"cancelled: {reason}"[:1000],
+            "finished_at": now,
+            "updated_at": now,
+        },
+    )
+    if command.kind == CommandKind.REFUND:
+        from ..ledger import abandon_meter_refund
+
+        abandon_meter_refund(conn, command.id, f"cancelled: {reason}", now=now)
+    return command
+
+
+def retry_delay(attempts: int, initial_s: float = 5.0, maximum_s: float = 600.0) -> timedelta:
+    """Back-off before the next attempt: initial × 2^(attempts−1), capped."""
+    return timedelta(seconds=min(maximum_s, initial_s * 2 ** max(0, attempts - 1)))
+
+
+def allocate_buy_count(conn: Connection, meter_id: str, *, now: datetime | None = None) -> int:
+    """Allocate the meter's next purchase count (购电次数) in the caller's transaction.
+
+    The count is retried unchanged until the meter confirms it, so at-least-once delivery
+    is safe: the meter refuses a count it has seen (domain.md §1.5).
+    """
+    now = now or utcnow()
+    count = conn.execute(
+        t.meter.update()
+        .where(t.meter.c.id == meter_id)
+        .values(buy_count=t.meter.c.buy_count + 1, updated_at=now)
+        .returning(t.meter.c.buy_count)
+    ).scalar()
+    if count is None:
+        raise RequestError(
+            "meter", f"meter {meter_id!r} is not registered (attach it to an account)"
+        )
+    return int(count)
+
+
+def set_meter_buy_count(
+    conn: Connection, meter_id: str, buy_count: int, *, now: datetime | None = None
+) -> None:
+    """Align the platform's purchase counter with the meter's (commissioning a LOCAL meter
+    that already has purchases, or reconciliation after a meter swap). Refused while a
+    RECHARGE for the meter is unfinished."""
+    if isinstance(buy_count, bool) or not isinstance(buy_count, int) or buy_count < 0:
+        raise RequestError("buy_count", f"expected an integer >= 0, got {buy_count!r}")
+    pending = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(t.meter_command)
+        .where(
+            t.meter_command.c.meter_id == meter_id,
+            t.meter_command.c.kind == CommandKind.RECHARGE.value,
+            t.meter_command.c.state.in_([s.value for s in UNFINISHED]),
+        )
+    ).scalar()
+    if pending:
+        raise RequestError("buy_count", f"meter {meter_id!r} has {pending} unfinished RECHARGE(s)")
+    now = now or utcnow()
+    done = conn.execute(
+        t.meter.update()
+        .where(t.meter.c.id == meter_id)
+        .values(
+            buy_count=buy_count,
+            confirmed_buy_count=buy_count,
+            count_offset=0,
+            align_requested_at=None,
+            aligned_at=now,
+            updated_at=now,
+        )
+    ).rowcount
+    if not done:
+        raise RequestError("meter", f"meter {meter_id!r} is not registered")
+
+
+def request_alignment(conn: Connection, meter_id: str, *, now: datetime | None = None) -> bool:
+    """Ask the running service to read the meter's own purchase count and align with it
+    before any RECHARGE or REFUND is sent (`align_buy_count`). False: not registered."""
+    now = now or utcnow()
+    return bool(
+        conn.execute(
+            t.meter.update()
+            .where(t.meter.c.id == meter_id)
+            .values(align_requested_at=now, updated_at=now)
+        ).rowcount
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Alignment:
+    """What `align_buy_count` did. The platform numbers purchases on its own monotonic
+    counter; the meter's numbering is the platform's minus `offset`."""
+
+    meter_id: str
+    meter_count: int
+    offset_before: int
+    offset: int
+
+    def describe(self) -> str:
+        return (
+            f"purchase count aligned with the meter's {self.meter_count}: the next delivery "
+            f"carries meter count {self.meter_count + 1} (platform count = meter count "
+            f"{self.offset:+d}; was {self.offset_before:+d})"
+        )
+
+
+def align_buy_count(
+    conn: Connection, meter_id: str, meter_count: int, *, now: datetime | None = None
+) -> Alignment:
+    """Align the platform's purchase numbering with the count just read from the meter.
+
+    The platform's counter never goes back (top-ups keep their unique (meter, count)); what
+    moves is the meter's offset, so the first RECHARGE not yet sent carries meter count + 1
+    (a REFUND the meter's count). Refused while a RECHARGE or REFUND was sent and is
+    unfinished, or a retry is queued: their counts are fixed. Clears the request; the
+    caller audits.
+    """
+    if isinstance(meter_count, bool) or not isinstance(meter_count, int) or meter_count < 0:
+        raise RequestError("buy_count", f"expected an integer >= 0, got {meter_count!r}")
+    now = now or utcnow()
+    row = conn.execute(
+        sa.select(t.meter.c.buy_count, t.meter.c.count_offset)
+        .where(t.meter.c.id == meter_id)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise RequestError("meter", f"meter {meter_id!r} is not registered")
+    c = t.meter_command.c
+    queued = [
+        _row(r)
+        for r in conn.execute(
+            _select.where(
+                c.meter_id == meter_id,
+                c.kind.in_(_COUNTED),
+                c.state.in_([s.value for s in UNFINISHED]),
+            ).order_by(c.id)
+        )
+    ]
+    fixed = [q.id for q in queued if METER_COUNT in q.params or q.state != "PENDING"]
+    if fixed:
+        raise RequestError(
+            "meter",
+            f"meter {meter_id!r} has a delivery whose count is fixed (command {fixed[0]}): "
+            "aligning waits until it is finished",
+        )
+    recharges = [int(q.params["buy_count"]) for q in queued if q.kind == CommandKind.RECHARGE]
+    last_done = (min(recharges) - 1) if recharges else int(row.buy_count)
+    offset = last_done - meter_count
+    conn.execute(
+        t.meter.update()
+        .where(t.meter.c.id == meter_id)
+        .values(
+            count_offset=offset,
+            confirmed_buy_count=last_done,
+            align_requested_at=None,
+            aligned_at=now,
+            updated_at=now,
+        )
+    )
+    return Alignment(meter_id, meter_count, int(row.count_offset), offset)
+
+
+def pin_meter_counts(conn: Connection, commands: Iterable[MeterCommand]) -> list[MeterCommand]:
+    """Fix the meter's own purchase count (`params["meter_count"]`) of RECHARGE and REFUND
+    commands about to be sent for the first time, from the meter's offset. Retries — by the
+    executor or an operator — keep it, so a delivery whose reply was lost is confirmed by
+    the meter, never applied twice."""
+    out = []
+    offsets: dict[str, int] = {}
+    for command in commands:
+        params = command.params
+        if command.kind not in _COUNTED or METER_COUNT in params or "buy_count" not in params:
+            out.append(command)
+            continue
+        if command.meter_id not in offsets:
+            offsets[command.meter_id] = int(
+                conn.execute(
+                    sa.select(t.meter.c.count_offset).where(t.meter.c.id == command.meter_id)
+                ).scalar()
+                or 0
+            )
+        pinned = {**params, METER_COUNT: int(params["buy_count"]) - offsets[command.meter_id]}
+        conn.execute(
+            t.meter_command.update().where(t.meter_command.c.id == command.id).values(params=pinned)
+        )
+        out.append(replace(command, params=pinned))
+    return out
+
+
+#: FAILED commands an operator may send again (money out of the meter never is: a FAILED
+#: REFUND already ended its refund FAILED).
+RETRYABLE = frozenset({CommandKind.RECHARGE, CommandKind.SET_PARAMS} | SUPPLY_KINDS)
+
+
+def retry_failed(
+    conn: Connection,
+    command_id: int,
+    reason: str,
+    *,
+    requested_by: str,
+    now: datetime | None = None,
+) -> tuple[MeterCommand, MeterCommand]:
+    """Queue a FAILED command again with the same parameters — a RECHARGE keeps its
+    purchase count, so a delivery whose reply was lost is confirmed, never applied twice —
+    and record on the failed one that it was retried. Returns (failed, new)."""
+    if not reason or not reason.strip():
+        raise RequestError("reason", "required: say why the command is retried (audit)")
+    now = now or utcnow()
+    failed = _failed_for_resolution(conn, command_id)
+    if CommandKind(failed.kind) not in RETRYABLE:
+        raise RequestError(
+            "command", f"command {command_id} is a {failed.kind}: it cannot be sent again"
+        )
+    new = enqueue(
+        conn,
+        failed.meter_id,
+        failed.kind,
+        reason=f"retry of #{failed.id}: {reason.strip()} (was: {failed.reason})",
+        requested_by=failed.requested_by if failed.kind in _SUPPLY_VALUES else requested_by,
+        params=failed.params,
+        journal_id=failed.journal_id,
+        account_id=failed.account_id,
+        now=now,
+    )
+    conn.execute(
+        t.meter_command.update().where(t.meter_command.c.id == new.id).values(retry_of=failed.id)
+    )
+    if failed.kind == CommandKind.RECHARGE:
+        conn.execute(
+            t.topup.update().where(t.topup.c.command_id == failed.id).values(command_id=new.id)
+        )
+    resolve(conn, failed.id, f"retried as #{new.id}", requested_by=requested_by, now=now)
+    return get_command(conn, failed.id), get_command(conn, new.id)
+
+
+def resolve(
+    conn: Connection,
+    command_id: int,
+    resolution: str,
+    *,
+    requested_by: str,
+    now: datetime | None = None,
+) -> MeterCommand:
+    """Record how an operator dealt with a FAILED command (closes its alarm)."""
+    _failed_for_resolution(conn, command_id)
+    conn.execute(
+        t.meter_command.update()
+        .where(t.meter_command.c.id == command_id)
+        .values(
+            resolution=resolution[:300],
+            resolved_by=requested_by[:100],
+            resolved_at=now or utcnow(),
+        )
+    )
+    return get_command(conn, command_id)
+
+
+def _failed_for_resolution(conn: Connection, command_id: int) -> MeterCommand:
+    row = conn.execute(_select.where(t.meter_command.c.id == command_id).with_for_update()).first()
+    if row is None:
+        raise RequestError("command", f"unknown command {command_id}")
+    command = _row(row)
+    if command.state != CommandState.FAILED:
+        raise RequestError(
+            "command", f"command {command_id} is {command.state}; only a FAILED one can be resolved"
+        )
+    if command.resolution is not None:
+        raise RequestError(
+            "command",
+            f"command {command_id} was already resolved ({command.resolution}, by "
+            f"{command.resolved_by})",
+        )
+    return command
+
+
+def open_failures(conn: Connection, *, account_id: str | None = None) -> list[MeterCommand]:
+    """FAILED money commands no operator resolved yet: open alarms (money not delivered)."""
+    q = _select.where(
+        t.meter_command.c.state == CommandState.FAILED.value,
+        t.meter_command.c.kind.in_(_COUNTED),
+        t.meter_command.c.resolution.is_(None),
+    ).order_by(t.meter_command.c.id)
+    if account_id is not None:
+        q = q.where(t.meter_command.c.account_id == account_id)
+    return [_row(r) for r in conn.execute(q)]
+
+
+def recent_command_times(
+    conn: Connection,
+    kinds: Collection[CommandKind | str],
+    since: datetime,
+    *,
+    meters: Collection[str] | None = None,
+) -> list[datetime]:
+    """When commands of `kinds` were queued since `since` (not superseded), oldest first:
+    the policy gate's mass-disconnect rate limit across every instance sharing the
+    database (the in-memory `TripWindow` only sees its own process)."""
+    q = (
+        sa.select(t.meter_command.c.created_at)
+        .where(
+            t.meter_command.c.kind.in_([str(k) for k in kinds]),
+            t.meter_command.c.created_at >= since,
+            t.meter_command.c.state != CommandState.SUPERSEDED.value,
+        )
+        .order_by(t.meter_command.c.created_at)
+    )
+    if meters is not None:
+        q = q.where(t.meter_command.c.meter_id.in_(list(meters)))
+    return list(conn.execute(q).scalars())

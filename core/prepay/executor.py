@@ -1,0 +1,325 @@
+"""The command executor: durable meter commands from the database to the devices.
+
+The database is the queue (`core.prepay.commands`). The executor claims due commands every
+`poll_s` (0.25 s by default, so a command written by the CLI or another process runs within
+half a second) or at once when this process queued one (`wake()`), and runs each as a task
+of its own — one per meter at a time, because a command is only claimable when no older
+command of its meter is unfinished:
+
+    claim (CLAIMED, lease) → mark_sent (SENT) → arbiter.execute (write, then read back)
+      confirmed   → mark_confirmed; supply commands update the meter's supply state and
+                    publish SupplyChanged (with the reason and who asked)
+      not shown   → retry with back-off (same parameters: a RECHARGE keeps its purchase
+                    count — the meter's own, fixed when first sent — so a top-up whose
+                    reply was lost is applied exactly once)
+      refused     → FAILED at once (CommandRefused: the device cannot do it)
+      I/O error   → retry with back-off; FAILED after `attempts` tries
+    FAILED publishes CommandFailed.
+
+After a restart nothing is lost: the instance releases the claims its previous life held
+(same instance name), so PENDING, CLAIMED and SENT commands run again at once; claims of
+another, dead instance become claimable when their lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any
+
+from ..db import Database
+from ..db import schema as t
+from ..errors import CommandRefused, DeviceIOError
+from ..events import CommandFailed, SupplyChanged, publish_on_loop, utcnow
+from ..model import CommandOutcome, DeviceCommand
+from . import commands as cmds
+from .control import Effects, PrepayControl
+from .feecontrol import Cause
+
+log = logging.getLogger("openprepay.executor")
+
+
+class CommandExecutor:
+    name = "command-executor"
+
+    def __init__(
+        self,
+        db: Database,
+        arbiter: Any,
+        control: PrepayControl,
+        publish: Callable[[object], None],
+        *,
+        meters: Collection[str],
+        owner: str,
+        poll_s: float = 0.25,
+        lease_s: float = 30.0,
+        attempts: int = 8,
+        retry_initial_s: float = 5.0,
+        retry_max_s: float = 600.0,
+        concurrency: int = 64,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.arbiter = arbiter
+        self.control = control
+        self.publish = publish
+        self.meters = frozenset(meters)
+        self.owner = owner
+        self.poll_s = poll_s
+        self.lease_s = lease_s
+        self.attempts = attempts
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.concurrency = concurrency
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.confirmed = 0
+        self.failed = 0
+        self.retried = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        released = await asyncio.to_thread(self._release_own_claims)
+        if released:
+            log.info("resuming %d command(s) this instance held before it stopped", released)
+        self._task = asyncio.create_task(self._run(), name="command-executor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._running:
+            await asyncio.wait(self._running, timeout=10)
+            for task in self._running:
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Look at the queue now (thread-safe): this process just queued a command."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def _release_own_claims(self) -> int:
+        now = self.clock()
+        with self.db.begin() as conn:
+            return conn.execute(
+                t.meter_command.update()
+                .where(
+                    t.meter_command.c.claimed_by == self.owner[:100],
+                    t.meter_command.c.state.in_(
+                        [cmds.CommandState.CLAIMED.value, cmds.CommandState.SENT.value]
+                    ),
+                )
+                .values(lease_until=now)
+            ).rowcount
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                free = self.concurrency - len(self._running)
+                if free > 0:
+                    batch = await asyncio.to_thread(self._claim, free)
+                    for command in batch:
+                        task = asyncio.create_task(self._execute(command))
+                        self._running.add(task)
+                        task.add_done_callback(self._running.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claiming meter commands failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            except TimeoutError:
+                pass
+
+    def _claim(self, limit: int) -> list[cmds.MeterCommand]:
+        with self.db.begin() as conn:
+            batch = cmds.claim_due(
+                conn,
+                limit,
+                owner=self.owner,
+                lease_s=self.lease_s,
+                meters=self.meters,
+                now=self.clock(),
+            )
+            batch = cmds.pin_meter_counts(conn, batch)
+            for command in batch:
+                cmds.mark_sent(conn, command.id, owner=self.owner)
+            return batch
+
+    async def _execute(self, command: cmds.MeterCommand) -> None:
+        try:
+            device = _device_command(command)
+        except (KeyError, TypeError, ValueError) as exc:
+            await asyncio.to_thread(self._fail, command, f"bad parameters: {exc}", True)
+            return
+        try:
+            outcome = await asyncio.wait_for(
+                self.arbiter.execute(device), timeout=max(self.lease_s * 0.8, 1.0)
+            )
+        except CommandRefused as exc:
+            await asyncio.to_thread(self._fail, command, f"refused: {exc}", True)
+            return
+        except (DeviceIOError, TimeoutError) as exc:
+            await asyncio.to_thread(self._fail, command, f"{type(exc).__name__}: {exc}", False)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not lose the command
+            log.exception("executing command %d failed", command.id)
+            await asyncio.to_thread(self._fail, command, f"error: {exc}", False)
+            return
+        if outcome.confirmed:
+            await asyncio.to_thread(self._confirmed, command, outcome)
+        else:
+            await asyncio.to_thread(self._fail, command, f"not confirmed: {outcome.detail}", False)
+
+    def _confirmed(self, command: cmds.MeterCommand, outcome: CommandOutcome) -> None:
+        now = self.clock()
+        supply = self.control.supply_of(command.meter_id)
+        on = None
+        if supply is not None and command.kind in (supply.cut, supply.restore):
+            on = command.kind == supply.restore
+        with self.db.begin() as conn:
+            try:
+                cmds.mark_confirmed(
+                    conn,
+                    command.id,
+                    readback=_jsonable(outcome.readback),
+                    owner=self.owner,
+                    now=now,
+                )
+            except cmds.CommandStateError as exc:
+                log.warning("command %d: %s", command.id, exc)
+                return
+            if on is not None:
+                self.control.upsert_meter(conn, command.meter_id, now, supply_on=on, supply_at=now)
+            effects = Effects()
+            if command.kind == cmds.CommandKind.REFUND and command.account_id:
+                # The meter was debited and the refund posted with the confirmation: the
+                # energy balance moved, so fee control looks at it (same transaction).
+                self.control.after_change(
+                    conn,
+                    command.account_id,
+                    Cause.REFUND,
+                    actor=command.requested_by,
+                    effects=effects,
+                    now=now,
+                )
+        for event in effects.events:
+            self._emit(event)
+        if effects.commands:
+            self.wake()
+        self.confirmed += 1
+        if on is not None:
+            self._emit(
+                SupplyChanged(
+                    command.meter_id,
+                    command.account_id,
+                    on,
+                    command.reason,
+                    command.requested_by,
+                    command.id,
+                    True,
+                    at=now,
+                )
+            )
+
+    def _fail(self, command: cmds.MeterCommand, error: str, final: bool) -> None:
+        now = self.clock()
+        final = final or command.attempts >= self.attempts
+        retry_at = (
+            None
+            if final
+            else now + cmds.retry_delay(command.attempts, self.retry_initial_s, self.retry_max_s)
+        )
+        with self.db.begin() as conn:
+            try:
+                cmds.mark_failed(
+                    conn,
+                    command.id,
+                    error,
+                    retry_at=retry_at,
+                    final=final,
+                    owner=self.owner,
+                    now=now,
+                )
+            except cmds.CommandStateError as exc:
+                log.warning("command %d: %s", command.id, exc)
+                return
+        log.warning(
+            "command %s #%d for %s %s (attempt %d): %s",
+            command.kind,
+            command.id,
+            command.meter_id,
+            "FAILED" if final else "will be retried",
+            command.attempts,
+            error,
+        )
+        if final:
+            self.failed += 1
+            self._emit(
+                CommandFailed(
+                    command.id,
+                    command.meter_id,
+                    command.account_id,
+                    command.kind,
+                    command.attempts,
+                    error,
+                    at=now,
+                )
+            )
+        else:
+            self.retried += 1
+            self._schedule_wake(retry_at)
+
+    def _emit(self, event: object) -> None:
+        """Publish on the event loop (this runs in a worker thread)."""
+        publish_on_loop(self._loop, self.publish, event)
+
+    def _schedule_wake(self, at: datetime | None) -> None:
+        loop = self._loop
+        if at is None or loop is None or loop.is_closed():
+            return
+        delay = max((at - self.clock()).total_seconds(), 0.0)
+        if delay < self.poll_s:
+            return
+        loop.call_soon_threadsafe(loop.call_later, delay, self._wake.set)
+
+
+def _device_command(command: cmds.MeterCommand) -> DeviceCommand:
+    """The device command for a queued one: money parameters become the wire's units, the
+    purchase count the meter's own (pinned when first sent)."""
+    params = dict(command.params)
+    if command.kind in (cmds.CommandKind.RECHARGE, cmds.CommandKind.REFUND):
+        fen = int(params["amount_fen"])
+        count = params.get(cmds.METER_COUNT, params["buy_count"])
+        params = {"buy_count": int(count), "amount": fen / 100}
+    device = command.device_command()
+    name = device.name
+    if command.kind == cmds.CommandKind.SET_PARAMS and "command" in params:
+        name = str(params.pop("command"))  # the model's own command (SET_PRICES, SET_ALARMS)
+    return DeviceCommand(device.meter_id, name, params, reason=device.reason)
+
+
+def _jsonable(values: Any) -> dict[str, Any]:
+    out = {}
+    for k, v in dict(values or {}).items():
+        out[str(k)] = v if isinstance(v, int | float | str | bool) or v is None else str(v)
+    return out
