@@ -25,6 +25,7 @@ from .journal import (
     reused_key,
     write_journal,
 )
+from .local import LocalMeterCommands, require_local
 from .money import check_amount, format_fen
 from .position import balances, energy_balance, local_meter_for, lock_position, lock_wallet
 from .reversal import write_reversal
@@ -90,6 +91,7 @@ def refund(
     meter_id: str | None = None,
     requested_by: str = "",
     now: datetime | None = None,
+    local: LocalMeterCommands | None = None,
 ) -> RefundResult:
     """Refund from the energy wallet: Dr wallet / Cr liab:refund_payable (state REQUESTED).
 
@@ -105,10 +107,9 @@ def refund(
     AWAITING_METER with its top-ups reserved and an equal-count REFUND command queued;
     nothing is posted until the meter confirms (`commands.mark_confirmed` then posts the
     request, and the pay-out when `settle`). A REFUND that finally fails ends the refund
-    FAILED and releases the top-ups.
+    FAILED and releases the top-ups. `local` queues that command; without it such a refund
+    is refused.
     """
-    from ..prepay import commands
-
     check_amount(amount_fen)
     check_reference(reference)
     request = {"account": account_id, "amount_fen": amount_fen}
@@ -120,7 +121,9 @@ def refund(
     if replay is not None:
         return replay
     wallet, balance = pos.wallet, pos.balance_fen
-    local = local_meter_for(conn, account_id, meter_id, pos)
+    local_meter = local_meter_for(conn, account_id, meter_id, pos)
+    if local_meter is not None:
+        local = require_local(local, local_meter)
     now = now or utcnow()
     awaiting = _awaiting_meter_refunds(conn, account_id)
     orders = _refundable_topups(conn, account_id, now)
@@ -139,7 +142,7 @@ def refund(
             + f", unrefunded top-ups of the last 365 days {format_fen(sum(o[2] for o in orders))}",
         )
     journal_id = None
-    if local is None:
+    if local_meter is None:
         journal_id = _post_request(
             conn,
             reference,
@@ -159,10 +162,10 @@ def refund(
             "account_id": account_id,
             "reference": reference,
             "amount_fen": amount_fen,
-            "state": "REQUESTED" if local is None else "AWAITING_METER",
+            "state": "REQUESTED" if local_meter is None else "AWAITING_METER",
             "request_journal_id": journal_id,
-            "meter_id": local,
-            "settle_on_confirm": bool(settle and local is not None),
+            "meter_id": local_meter,
+            "settle_on_confirm": bool(settle and local_meter is not None),
             "created_at": now,
             "updated_at": now,
         },
@@ -178,24 +181,18 @@ def refund(
             {"refund_id": refund_id, "topup_id": topup_id, "amount_fen": take},
         )
         _add_refunded(conn, topup_id, take)
-    if local is not None:
-        count = conn.execute(sa.select(t.meter.c.buy_count).where(t.meter.c.id == local)).scalar()
-        command = commands.enqueue(
+    if local_meter is not None and local is not None:
+        command_id = local.refund(
             conn,
-            local,
-            commands.CommandKind.REFUND,
-            params={
-                "buy_count": int(count or 0),
-                "amount_fen": amount_fen,
-                "amount": format_fen(amount_fen),
-                "refund": reference,
-            },
+            local_meter,
+            account_id=account_id,
+            amount_fen=amount_fen,
+            reference=reference,
             reason=f"refund {reference} of {format_fen(amount_fen)}",
             requested_by=requested_by or "ledger",
-            account_id=account_id,
             now=now,
         )
-        _set_refund(conn, refund_id, command_id=command.id)
+        _set_refund(conn, refund_id, command_id=command_id)
     elif settle:
         settle_refund(conn, reference, requested_by=requested_by, now=now)
     return refund_result(conn, reference, replayed=False)

@@ -15,6 +15,7 @@ from ..events import utcnow
 from .codes import check_channel, clearing_code, emergency_code
 from .errors import LedgerIntegrityError, RequestError
 from .journal import check_reference, find_replay, write_journal
+from .local import LocalMeterCommands, require_local
 from .money import CAPACITY_FEN, check_amount, format_fen
 from .position import energy_balance, local_meter_for, lock_position
 from .values import Journal, JournalKind, Posting, TopUpResult
@@ -43,6 +44,7 @@ def topup(
     meter_id: str | None = None,
     requested_by: str = "",
     now: datetime | None = None,
+    local: LocalMeterCommands | None = None,
 ) -> TopUpResult:
     """Credit the account's energy wallet: Dr asset:psp_clearing:{channel} / Cr wallet.
 
@@ -52,12 +54,10 @@ def topup(
     `RequestError` naming the field: amount not > 0, above the 999,999.99 capacity or the
     account's hoarding limit (balance + amount > limit); unknown, pre-registered or closed
     account. Outstanding emergency credit is repaid from the top-up in the same
-    transaction. For a LOCAL meter (the account's only one, or `meter_id`) the meter's next
-    purchase count is allocated and a RECHARGE command is queued in the same transaction
-    (domain.md §1.5).
+    transaction. For a LOCAL meter (the account's only one, or `meter_id`) `local` queues
+    the RECHARGE command with the meter's next purchase count in the same transaction
+    (domain.md §1.5); without it such a top-up is refused.
     """
-    from ..prepay import commands
-
     check_amount(amount_fen)
     check_reference(reference)
     check_channel(channel)
@@ -71,7 +71,9 @@ def topup(
     if pos.key_taken:
         return _topup_replay(conn, key, request)
     wallet, balance = pos.wallet, pos.balance_fen
-    local = local_meter_for(conn, account_id, meter_id, pos)
+    local_meter = local_meter_for(conn, account_id, meter_id, pos)
+    if local_meter is not None:
+        local = require_local(local, local_meter)
     after = balance + amount_fen
     if after > CAPACITY_FEN:
         raise RequestError(
@@ -93,7 +95,7 @@ def topup(
         [Posting(counter, amount_fen), Posting(wallet, -amount_fen)],
         request=request,
         account_id=account_id,
-        meter_id=local,
+        meter_id=local_meter,
         memo=f"top-up via {channel}",
         requested_by=requested_by,
         now=now,
@@ -104,7 +106,7 @@ def topup(
         return _topup_replay(conn, key, request)
 
     repaid = 0
-    outstanding = 0 if local else pos.emergency_fen
+    outstanding = 0 if local_meter else pos.emergency_fen
     if outstanding > 0:
         repaid = min(outstanding, amount_fen)
         write_journal(
@@ -121,24 +123,17 @@ def topup(
         )
 
     buy_count = command_id = None
-    if local is not None:
-        buy_count = commands.allocate_buy_count(conn, local, now=now)
-        command = commands.enqueue(
+    if local_meter is not None and local is not None:
+        buy_count, command_id = local.recharge(
             conn,
-            local,
-            commands.CommandKind.RECHARGE,
-            params={
-                "buy_count": buy_count,
-                "amount_fen": amount_fen,
-                "amount": format_fen(amount_fen),
-            },
+            local_meter,
+            account_id=account_id,
+            amount_fen=amount_fen,
+            journal_id=journal_id,
             reason=f"top-up {reference} of {format_fen(amount_fen)} via {channel}",
             requested_by=requested_by or "ledger",
-            journal_id=journal_id,
-            account_id=account_id,
             now=now,
         )
-        command_id = command.id
     _fast_topup.execute(
         conn,
         {
@@ -147,7 +142,7 @@ def topup(
             "channel": channel,
             "amount_fen": amount_fen,
             "journal_id": journal_id,
-            "meter_id": local,
+            "meter_id": local_meter,
             "buy_count": buy_count,
             "command_id": command_id,
             "created_at": db_time(conn, now),
@@ -162,7 +157,7 @@ def topup(
         after - repaid,
         False,
         repaid,
-        local,
+        local_meter,
         buy_count,
         command_id,
     )

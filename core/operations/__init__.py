@@ -54,6 +54,7 @@ from ..prepay import commands as cmds
 from ..prepay.binding import TariffBinding
 from ..prepay.control import Effects, PrepayControl, audit, load_account_row
 from ..prepay.feecontrol import Cause, FeeState, FeeThresholds
+from ..prepay.local_money import LOCAL_MONEY
 from ..prepay.notifications import NotifySettings, load_notify
 from ..prepay.policy import MeterContext, grant_emergency_credit, reconnect_allowed
 from ..prepay.replacement import ReplacementRecord, check_serial, parse_reading
@@ -274,6 +275,7 @@ class Operations:
                 meter_id=meter_id,
                 requested_by=actor,
                 now=now,
+                local=LOCAL_MONEY,
             )
             if not result.replayed:
                 if result.command_id is not None:
@@ -410,6 +412,7 @@ class Operations:
                 meter_id=meter_id,
                 requested_by=actor,
                 now=now,
+                local=LOCAL_MONEY,
             )
             if not result.replayed:
                 self._fee_control(

@@ -14,6 +14,7 @@ from openprepay.core.ledger import RequestError
 from openprepay.core.model import DeviceCommand, MeterKind
 from openprepay.core.prepay import commands as cmds
 from openprepay.core.prepay.commands import CommandKind, CommandState, CommandStateError
+from openprepay.core.prepay.local_money import LOCAL_MONEY
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -81,8 +82,8 @@ def test_claimed_commands_are_not_superseded_and_order_is_kept(db):
 def test_recharges_of_a_meter_run_in_purchase_order(db, make_account):
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
-        r1 = ledger.topup(conn, "A-102", 1000, "p1", now=T0)
-        r2 = ledger.topup(conn, "A-102", 2000, "p2", now=T0)
+        r1 = ledger.topup(conn, "A-102", 1000, "p1", now=T0, local=LOCAL_MONEY)
+        r2 = ledger.topup(conn, "A-102", 2000, "p2", now=T0, local=LOCAL_MONEY)
     first = claim(db, at=T0 + timedelta(seconds=1))
     assert [c.params["buy_count"] for c in first] == [1]
     with db.begin() as conn:

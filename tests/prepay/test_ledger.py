@@ -14,6 +14,7 @@ from openprepay.core.ledger import IdempotencyConflict, Posting, RequestError
 from openprepay.core.model import MeterKind
 from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay import commands as cmds
+from openprepay.core.prepay.local_money import LOCAL_MONEY
 
 
 def test_topup_posts_a_balanced_journal_and_returns_the_balance(db, account, check):
@@ -284,9 +285,9 @@ def test_post_journal_refuses_bad_postings(db, account, snapshot, postings, fiel
 def test_local_topup_allocates_the_purchase_count_and_queues_recharge(db, make_account, check):
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
-        r1 = ledger.topup(conn, "A-102", 5000, "p1", requested_by="cashier")
-        r2 = ledger.topup(conn, "A-102", 2000, "p2")
-        replay = ledger.topup(conn, "A-102", 5000, "p1")
+        r1 = ledger.topup(conn, "A-102", 5000, "p1", requested_by="cashier", local=LOCAL_MONEY)
+        r2 = ledger.topup(conn, "A-102", 2000, "p2", local=LOCAL_MONEY)
+        replay = ledger.topup(conn, "A-102", 5000, "p1", local=LOCAL_MONEY)
     assert (r1.meter_id, r1.buy_count, r2.buy_count) == ("E-102", 1, 2)
     assert (replay.buy_count, replay.command_id) == (1, r1.command_id)
     with db.read() as conn:
@@ -302,7 +303,7 @@ def test_a_failed_transaction_leaves_neither_money_nor_command(db, make_account,
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     before = snapshot()
     with pytest.raises(RuntimeError), db.begin() as conn:
-        ledger.topup(conn, "A-102", 5000, "p1")
+        ledger.topup(conn, "A-102", 5000, "p1", local=LOCAL_MONEY)
         raise RuntimeError("crash after the top-up, before commit")
     assert snapshot() == before
 
@@ -316,13 +317,13 @@ def test_several_local_meters_need_the_meter_named(db, make_account, check):
         ),
     )
     with pytest.raises(RequestError) as info, db.begin() as conn:
-        ledger.topup(conn, "A-1", 100, "p1")
+        ledger.topup(conn, "A-1", 100, "p1", local=LOCAL_MONEY)
     assert info.value.field == "meter" and "E-102, W-101" in info.value.message
     with pytest.raises(RequestError) as info, db.begin() as conn:
-        ledger.topup(conn, "A-1", 100, "p1", meter_id="E-201")
+        ledger.topup(conn, "A-1", 100, "p1", meter_id="E-201", local=LOCAL_MONEY)
     assert info.value.field == "meter"
     with db.begin() as conn:
-        r = ledger.topup(conn, "A-1", 100, "p1", meter_id="W-101")
+        r = ledger.topup(conn, "A-1", 100, "p1", meter_id="W-101", local=LOCAL_MONEY)
     assert (r.meter_id, r.buy_count) == ("W-101", 1)
     check()
 
@@ -403,3 +404,14 @@ def test_commit_as_you_go_connections_are_atomic_too(db, account, check):
     with db.read() as conn:
         assert ledger.balances(conn, "A-101").energy_fen == 200
     assert check().journals == 1
+
+
+def test_local_topup_without_its_device_half_is_refused_and_posts_nothing(db, make_account):
+    """The ledger only posts money: a LOCAL meter's RECHARGE is queued by the caller's
+    `local` (the service door passes it); a caller that forgets it is refused."""
+    make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
+    with pytest.raises(ledger.LedgerIntegrityError, match="E-102 is LOCAL"), db.begin() as conn:
+        ledger.topup(conn, "A-102", 5000, "p1")
+    with db.read() as conn:
+        assert ledger.balances(conn, "A-102").energy_fen == 0
+        assert cmds.list_commands(conn) == []

@@ -13,6 +13,7 @@ from openprepay.core.config.site import ControlMode
 from openprepay.core.ledger import IdempotencyConflict, Posting, RequestError
 from openprepay.core.model import MeterKind
 from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay.local_money import LOCAL_MONEY
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -132,12 +133,21 @@ def test_a_local_meter_is_debited_before_the_refund_posts(db, make_account, chec
 
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
-        ledger.topup(conn, "A-102", 5000, "p1", now=NOW)
+        ledger.topup(conn, "A-102", 5000, "p1", now=NOW, local=LOCAL_MONEY)
         (recharge,) = cmds.claim_due(conn, 5, now=NOW)
         cmds.mark_confirmed(conn, recharge.id, now=NOW)
     before = snapshot()
     with db.begin() as conn:
-        r = ledger.refund(conn, "A-102", 2000, "rf-1", settle=True, requested_by="cashier", now=NOW)
+        r = ledger.refund(
+            conn,
+            "A-102",
+            2000,
+            "rf-1",
+            settle=True,
+            requested_by="cashier",
+            now=NOW,
+            local=LOCAL_MONEY,
+        )
     assert (r.state, r.balance_fen, r.meter_id) == ("AWAITING_METER", 5000, "E-102")
     with db.read() as conn:
         command = cmds.get_command(conn, r.command_id)
@@ -149,9 +159,11 @@ def test_a_local_meter_is_debited_before_the_refund_posts(db, make_account, chec
         assert ledger.balances(conn, "A-102").energy_fen == 5000  # nothing posted yet ...
         assert ledger.refundable(conn, "A-102", now=NOW) == 3000  # ... but 20.00 is reserved
     with pytest.raises(RequestError, match=r"at most 30\.00"), db.begin() as conn:
-        ledger.refund(conn, "A-102", 3001, "rf-x", now=NOW)
+        ledger.refund(conn, "A-102", 3001, "rf-x", now=NOW, local=LOCAL_MONEY)
     with db.begin() as conn:
-        assert ledger.refund(conn, "A-102", 2000, "rf-1", settle=True, now=NOW).replayed
+        assert ledger.refund(
+            conn, "A-102", 2000, "rf-1", settle=True, now=NOW, local=LOCAL_MONEY
+        ).replayed
     check()
     assert snapshot() != before
     with db.begin() as conn:
@@ -168,9 +180,9 @@ def test_a_meter_that_refuses_the_refund_fails_it_and_releases_the_topups(db, ma
 
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
-        ledger.topup(conn, "A-102", 5000, "p1", now=NOW)
-        r1 = ledger.refund(conn, "A-102", 1000, "rf-1", now=NOW)
-        r2 = ledger.refund(conn, "A-102", 500, "rf-2", now=NOW)
+        ledger.topup(conn, "A-102", 5000, "p1", now=NOW, local=LOCAL_MONEY)
+        r1 = ledger.refund(conn, "A-102", 1000, "rf-1", now=NOW, local=LOCAL_MONEY)
+        r2 = ledger.refund(conn, "A-102", 500, "rf-2", now=NOW, local=LOCAL_MONEY)
         assert ledger.refundable(conn, "A-102", now=NOW) == 3500
     check()
     with db.begin() as conn:
