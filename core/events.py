@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -313,3 +314,38 @@ class ApportionmentAlert(Event):
     period: str
     state: str
     reason: str
+
+
+# -- events as records (the outbox carries them between processes) -------------------------
+
+
+def event_record(event: Event) -> dict[str, Any]:
+    """`event` as a JSON-able dict: its type name and its fields (times as ISO 8601)."""
+    record: dict[str, Any] = {"type": type(event).__name__}
+    for f in fields(event):
+        value = getattr(event, f.name)
+        record[f.name] = value.isoformat() if isinstance(value, datetime) else value
+    return record
+
+
+def event_from_record(record: dict[str, Any]) -> Event:
+    """The event `event_record` wrote; `KeyError` for a type this process does not know
+    (a newer instance's), `TypeError`/`ValueError` for a damaged record."""
+    cls = _EVENT_TYPES[record["type"]]
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name not in record:
+            continue
+        value = record[f.name]
+        if value is not None and datetime in (*typing.get_args(hints[f.name]), hints[f.name]):
+            value = datetime.fromisoformat(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+#: Every event type of this module by name (read from the module: with `slots=True`
+#: `__subclasses__()` can still list the classes dataclass replaced).
+_EVENT_TYPES: dict[str, type[Event]] = {
+    name: obj for name, obj in globals().items() if isinstance(obj, type) and issubclass(obj, Event)
+}

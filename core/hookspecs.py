@@ -25,7 +25,7 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .app.runtime import Runtime
+    from .app.host import ServiceHost
     from .config.site import DeviceConfig, LinkConfig, Site
     from .contracts import (
         Driver,
@@ -123,12 +123,14 @@ def openprepay_validate_site(site: Site) -> Sequence[FieldError]:
 
 
 @hookspec
-def openprepay_services(runtime: Runtime) -> Sequence[Service]:
+def openprepay_services(runtime: ServiceHost) -> Sequence[Service]:
     """Long-running services to start with the runtime (OPC UA server, historian...).
 
     Called by the runtime after the site is loaded and the links are built, before polling
-    starts. The runtime gives access to the site, the event bus and the core service
-    functions; services must act through those, never by reaching into a plugin. Services
+    starts. `runtime` (`core.app.host.ServiceHost`) gives access to the site, the models,
+    the event bus, the database and the door every change goes through
+    (`runtime.operations`); services must act through those, never by reaching into a
+    plugin. Services
     are started in the order returned and stopped in reverse.
     """
 

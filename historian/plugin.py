@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import click
 
-from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.host import ServiceHost
 from openprepay.core.config.site import Site
 from openprepay.core.contracts import Service
 from openprepay.core.errors import FieldError
@@ -26,10 +26,8 @@ def openprepay_validate_site(site: Site) -> Sequence[FieldError]:
 
 
 @hookimpl
-def openprepay_services(runtime: Runtime) -> Sequence[Service]:
-    historian = make_historian(
-        read_config(runtime.site), runtime.site, runtime.bus, runtime.plugins.models
-    )
+def openprepay_services(runtime: ServiceHost) -> Sequence[Service]:
+    historian = make_historian(read_config(runtime.site), runtime.site, runtime.bus, runtime.models)
     if historian is None:
         return []
     runtime.history = historian.reader

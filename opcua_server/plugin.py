@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import click
 
-from openprepay.core.app.runtime import Runtime
+from openprepay.core.app.host import ServiceHost
 from openprepay.core.config.site import Site
 from openprepay.core.contracts import Service
 from openprepay.core.errors import FieldError
@@ -25,7 +25,7 @@ def openprepay_validate_site(site: Site) -> Sequence[FieldError]:
 
 
 @hookimpl
-def openprepay_services(runtime: Runtime) -> Sequence[Service]:
+def openprepay_services(runtime: ServiceHost) -> Sequence[Service]:
     config = read_config(runtime.site)
     if config is None:
         return []

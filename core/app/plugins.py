@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         SimulatedDevice,
         SimulatorOptions,
     )
-    from .runtime import Runtime
+    from .host import ServiceHost
 
 ENTRY_POINT_GROUP = "openprepay.plugins"
 DISABLE_ENV = "OPENPREPAY_DISABLE_PLUGINS"
@@ -209,7 +209,7 @@ class Plugins:
         if errors:
             raise ConfigError(str(site.path or "site"), errors)
 
-    def services(self, runtime: Runtime) -> list[Service]:
+    def services(self, runtime: ServiceHost) -> list[Service]:
         return [
             s
             for group in reversed(self._call("openprepay_services", runtime=runtime))

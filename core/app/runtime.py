@@ -1,15 +1,18 @@
-"""The composition root: the one place that wires a running OpenPrepay.
+"""The running site: the one place that wires a running OpenPrepay.
 
 `Runtime(site, plugins)` builds the link arbiter (a transport per link, a driver per
-device, both from plugins), the event bus and the services that plugins contribute (OPC UA
-server, historian...), and starts and stops them in order. The CLI's `run` and `demo`
-commands and the tests all go through it; nothing else constructs these singletons.
+device, both from plugins) and the event bus; `start()` opens the database, builds the core
+services from the composition root (`core.app.services.running_services`: the door, the
+prepayment engine, billing, the event-outbox tail) and the services plugins contribute
+(OPC UA server, historian...), and starts and stops them in order. The CLI's `run` and
+`demo` commands and the tests all go through it; nothing else constructs these singletons.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from ..billing.service import BillingService
 from ..billing.settings import check_billing
@@ -22,9 +25,12 @@ from ..field.arbiter import LinkArbiter, LinkWorker
 from ..field.history import HistoryReader
 from ..field.latest import LatestReadings
 from ..field.plausibility import check_device_limits
+from ..model import DeviceModel
 from ..operations import Operations
-from ..prepay.engine import PrepayEngine, check_prepayment_sections
+from ..prepay.engine import PrepayEngine
+from ..prepay.site_check import check_prepayment_sections
 from .plugins import Plugins
+from .services import running_services
 
 log = logging.getLogger("openprepay.runtime")
 
@@ -71,24 +77,38 @@ class Runtime:
         if problems:
             raise ConfigError(str(site.path or "site"), problems)
         #: With a database: the prepayment engine (metering, command executor, deferred
-        #: trips, reconciliation, notices) and the service functions every caller uses
-        #: (`core.operations.Operations`), both built by `start()`.
+        #: trips, reconciliation, notices) and the door every change goes through
+        #: (`core.operations.Operations`), both built by `start()` (`core.app.services`).
         self.prepay: PrepayEngine | None = None
         self.operations: Operations | None = None
         #: With a database: billing operations (meter readings at the freeze instants,
         #: month-end apportionment, charges and bills, batch jobs), built by `start()`.
         self.billing: BillingService | None = None
 
+    @property
+    def models(self) -> Mapping[str, DeviceModel]:
+        return self.plugins.models
+
     async def start(self) -> None:
         if self._wants_db and self.db is None:
             self.db = await asyncio.to_thread(open_database, self.site)
         services: list[Service] = []
         if self.db is not None:
-            self.prepay = PrepayEngine.for_runtime(self)
-            self.operations = self.prepay.operations
-            services.append(self.prepay)
-            self.billing = BillingService.for_runtime(self)
-            services.append(self.billing)
+            core = running_services(
+                self.site,
+                self.models,
+                self.db,
+                self.bus,
+                self.arbiter,
+                notifiers=self.plugins.notifiers(self.site),
+            )
+            core.operations.loop = asyncio.get_running_loop()
+            self.prepay, self.operations, self.billing = (
+                core.engine,
+                core.operations,
+                core.billing_service,
+            )
+            services.extend(core.loops())
         self.services = services + self.plugins.services(self)
         try:
             for service in self.services:

@@ -34,6 +34,7 @@ from ..db import schema as t
 from ..events import ApportionmentAlert, EventBus, publish_on_loop, utcnow
 from ..ledger import insert_ignore
 from ..model import DeviceModel, Sample
+from ..prepay.engine_settings import load_engine
 from ..prepay.settings import PrepaySettings, load_prepay
 from ..rating.tariffs import TariffCatalogue, load_tariffs
 from .apportion import Apportionment
@@ -95,8 +96,6 @@ class Billing:
         self.prepay = prepay or load_prepay(site)
         self.catalogue = catalogue or load_tariffs(site)
         if default_tariffs is None:
-            from ..prepay.engine import load_engine
-
             default_tariffs = load_engine(site, self.catalogue).default_tariffs
         self.calendar = Calendar(site.info.tz, self.settings.freeze_day, self.settings.freeze_hour)
         rounding = self.prepay.rounding
@@ -197,21 +196,6 @@ class BillingService:
         self._unsubscribe: Callable[[], None] | None = None
         self._wake_batches = asyncio.Event()
         self.month_ends: list[MonthEndReport] = []
-
-    @classmethod
-    def for_runtime(cls, runtime: Any) -> BillingService:
-        engine = runtime.prepay
-        instance = None
-        if engine is not None:
-            instance = f"{engine.settings.instance_name(runtime.site)}:billing"
-        return cls(
-            runtime.site,
-            runtime.plugins.models,
-            runtime.db,
-            runtime.bus,
-            runtime.operations,
-            instance=instance,
-        )
 
     def _publish(self, item: object) -> None:
         """Publish on the service's event loop, whatever thread the call comes from (batch

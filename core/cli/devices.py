@@ -16,7 +16,7 @@ from ..contracts import SimulatorOptions
 from ..errors import ConfigError
 from ..field.plausibility import check_device_limits
 from ..model import MeterKind, PointSpec, Quality, Sample
-from ..prepay.engine import check_prepayment_sections
+from ..prepay.site_check import check_prepayment_sections
 from . import CliContext
 from .common import load_checked_site, run_async, site_argument, wait_for_stop
 from .params import DURATION, SPEEDUP

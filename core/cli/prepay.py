@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import click
 
+from ..app.services import command_services
 from ..ledger import format_fen
 from ..operations import Operations
 from . import CliContext
@@ -27,7 +28,7 @@ def site_operations(site_file: str, obj: CliContext) -> Iterator[Operations]:
     site = load_checked_site(site_file)
     db = site_database(site_file)
     try:
-        yield Operations(site, db, models=obj.plugins.models)
+        yield command_services(site, obj.plugins.models, db).operations
     finally:
         db.dispose()
 

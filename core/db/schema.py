@@ -716,3 +716,18 @@ billing_cycle = sa.Table(
     sa.Column("started_at", UtcDateTime(), nullable=False),
     sa.Column("finished_at", UtcDateTime(), nullable=True),
 )
+
+#: What committed changes the running services must learn of (core/operations/outbox.py):
+#: written in the transaction of the change by whichever process made it (the CLI, another
+#: instance), read by every running service, which publishes it on its event bus.
+event_outbox = sa.Table(
+    "event_outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    #: The writer (one `Operations`): a service skips what it published itself.
+    sa.Column("origin", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    #: {"events": [event records], "accounts": [...], "commands": [ids], "notices": n}
+    sa.Column("payload", sa.JSON(), nullable=False),
+)
+sa.Index("ix_event_outbox_created_at", event_outbox.c.created_at)

@@ -53,6 +53,7 @@ from ..prepay import accounts as acc
 from ..prepay import commands as cmds
 from ..prepay.binding import TariffBinding
 from ..prepay.control import Effects, PrepayControl, audit, load_account_row
+from ..prepay.engine_settings import load_engine
 from ..prepay.feecontrol import Cause, FeeState, FeeThresholds
 from ..prepay.local_money import LOCAL_MONEY
 from ..prepay.notifications import NotifySettings, load_notify
@@ -62,6 +63,7 @@ from ..prepay.replacement import record as record_replacement
 from ..prepay.settings import PrepaySettings, load_prepay
 from ..rating.engine import ENERGY_SCALE, RatingError, RegisterLayout
 from ..rating.tariffs import Commodity, TariffCatalogue, load_tariffs
+from . import outbox
 
 log = logging.getLogger("openprepay.operations")
 
@@ -186,8 +188,6 @@ class Operations:
             site, models, self.settings, notify or load_notify(site)
         )
         if default_tariffs is None:
-            from ..prepay.engine import load_engine
-
             default_tariffs = load_engine(site, self.catalogue).default_tariffs
         #: Which tariff prices which meter, and whether it fits its registers.
         self.binding = TariffBinding(site, models, self.catalogue, self.settings, default_tariffs)
@@ -198,9 +198,12 @@ class Operations:
         #: Energy rated but not saved yet (meter, day) → 0.001 units; set by the running
         #: engine so that today's figures are current between its database writes.
         self.unsaved_energy: Callable[[str, str], int] = lambda meter, day: 0
-        #: The running service's event loop (set by the engine): events are published
+        #: The running service's event loop (set by the runtime): events are published
         #: there. None: published in the caller's thread (the CLI).
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: This writer's name in the event outbox: the running service publishes what
+        #: other writers (the CLI, another instance) committed, not its own changes twice.
+        self.origin = outbox.new_origin()
 
     # -- plumbing -----------------------------------------------------------------------
     def _call(
@@ -219,23 +222,38 @@ class Operations:
             def transaction(conn: Connection) -> R:
                 outcome = work(conn, effects, now)
                 audit(conn, effects, actor, action, str(target), describe(outcome), now=now)
+                outbox.write(conn, self.origin, effects, now)
                 return outcome
 
             result = self.writer.run(transaction)
         except RequestError as exc:
-            self._publish(
-                AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False)
+            self._refused(
+                AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False),
+                now,
             )
             raise
-        self._after_commit(effects, now)
+        self.publish_committed(effects, now)
         return result
+
+    def _refused(self, record: AuditRecord, now: datetime) -> None:
+        """A refused request changed nothing, but its audit record reaches every running
+        service (an operator watching OPC UA sees failed attempts from the CLI too)."""
+        effects = Effects(events=[record])
+        try:
+            self.writer.run(lambda conn: outbox.write(conn, self.origin, effects, now))
+        except Exception:
+            log.exception("the audit record of a refused request was not stored")
+        self.publish_committed(effects, now)
 
     def _publish(self, item: object) -> None:
         """Publish on the running service's event loop, whatever thread the call came from
         (the OPC UA server calls through `asyncio.to_thread`)."""
         publish_on_loop(self.loop, self.bus.publish, item)
 
-    def _after_commit(self, effects: Effects, now: datetime) -> None:
+    def publish_committed(self, effects: Effects, now: datetime) -> None:
+        """Tell this process of committed effects: events and account samples on the bus,
+        then the commit listeners. Called after each of our own commits, and by the
+        outbox tail for what other writers committed."""
         for event in effects.events:
             self._publish(event)
         if effects.accounts:

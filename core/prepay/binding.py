@@ -22,8 +22,9 @@ from ..errors import FieldError
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind
 from ..rating.engine import DEFAULT_REGISTER_RATES, CompiledTariff, RatingError, RegisterLayout
-from ..rating.tariffs import Commodity, Tariff, TariffCatalogue
-from .settings import PrepaySettings
+from ..rating.tariffs import Commodity, Tariff, TariffCatalogue, load_tariffs
+from .engine_settings import load_engine
+from .settings import PrepaySettings, load_prepay
 
 
 def tariff_for(
@@ -60,10 +61,6 @@ class TariffBinding:
     @classmethod
     def for_site(cls, site: Site, models: Mapping[str, DeviceModel]) -> TariffBinding:
         """The binding rules of a checked site file (the CLI outside a running service)."""
-        from ..rating.tariffs import load_tariffs
-        from .engine import load_engine
-        from .settings import load_prepay
-
         catalogue = load_tariffs(site)
         defaults = load_engine(site, catalogue).default_tariffs
         return cls(site, models, catalogue, load_prepay(site), defaults)

@@ -153,7 +153,7 @@ async def test_alarm_and_disconnection_notices_reach_email_and_webhook(
 
 
 def test_notify_section_is_validated_field_by_field(plugins) -> None:
-    from openprepay.core.prepay.engine import check_prepayment_sections
+    from openprepay.core.prepay.site_check import check_prepayment_sections
 
     site = parse_site(
         site_data(

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from openprepay.core import ledger
+from openprepay.core.app.services import operations_for
 from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
@@ -103,7 +104,7 @@ def test_worked_example_a_posts_exactly_70_70(db: Database, plugins) -> None:
         engine.control.upsert_meter(
             conn, "E-101", opened, account_id="A-101", rating_state=state.to_record()
         )
-    engine.operations.topup("A-101", 20000, "pay-1", actor="test")
+    operations_for(engine).topup("A-101", 20000, "pay-1", actor="test")
 
     readings = month_of_readings(1000)
     start = datetime(2025, 3, 2, tzinfo=UTC)

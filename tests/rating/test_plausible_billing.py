@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from openprepay.core import ledger
 from openprepay.core.app.demo import anytime_policy
 from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.services import operations_for
 from openprepay.core.config.site import parse_site
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
@@ -70,7 +71,7 @@ class Billing:
                 "A-101", "tenant", (acc.resolve_meter(self.engine.site, plugins.models, "E-101"),)
             )
             acc.create_account(conn, spec, now=OPENED)
-        self.engine.operations.topup("A-101", balance_fen, "pay-1", actor="test")
+        operations_for(self.engine).topup("A-101", balance_fen, "pay-1", actor="test")
 
     def read(self, minutes: float, kwh: float) -> None:
         """A Good sample `minutes` after opening with the total register at `kwh`."""
