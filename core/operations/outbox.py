@@ -172,7 +172,7 @@ class OutboxTail:
         self.published = 0
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._pruned_at = 0.0
+        self._pruned_at: float | None = None
 
     async def start(self) -> None:
         self._stop.clear()
@@ -204,7 +204,7 @@ class OutboxTail:
             self.publish_committed(effects, self.clock())
             published += 1
         self.published += published
-        if time.monotonic() - self._pruned_at > min(self.keep_s, 3600):
+        if self._pruned_at is None or time.monotonic() - self._pruned_at > min(self.keep_s, 3600):
             self._prune()
         return published
 
