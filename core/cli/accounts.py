@@ -7,23 +7,20 @@ running service sees it on its next poll of the database.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from .. import ledger
-from ..config.site import Site
-from ..db import Database
 from ..errors import OpenPrepayError
-from ..ledger import RequestError, format_fen, parse_yuan
-from ..operations import AccountSnapshot, MeterSnapshot
+from ..ledger import format_fen, parse_yuan
+from ..operations import AccountSnapshot, MeterSnapshot, NewAccount, Operations
 from ..prepay import accounts as acc
 from ..prepay import commands as cmds
-from ..prepay.binding import TariffBinding
-from ..prepay.settings import load_prepay
 from . import EXIT_FAILED, CliContext
-from .common import load_checked_site, site_argument
-from .database import operator, site_database
+from .common import progress_bar, site_argument
+from .database import operator
 from .params import Count
 from .prepay import site_operations
 
@@ -36,9 +33,19 @@ def _amount(text: str, name: str = "amount") -> int:
     return parse_yuan(text, name, low_fen=1)
 
 
-def _optional_amount(text: str | None, name: str, default: int) -> int:
-    """A threshold: 0.00 up to the meter capacity (the default when not given)."""
-    return default if text is None else parse_yuan(text, name, low_fen=0)
+def _optional_fen(text: str | None, name: str) -> int | None:
+    """A threshold: 0.00 up to the meter capacity (None: the site's default)."""
+    return None if text is None else parse_yuan(text, name, low_fen=0)
+
+
+#: How `account open` names the fields the door may refuse.
+OPEN_LABELS = {
+    "name": "--name",
+    "room": "--room",
+    "meters": "--meter",
+    "tariff": "--tariff",
+    "preregister": "--preregister",
+}
 
 
 @click.group("account")
@@ -94,68 +101,24 @@ def account_open(
 
     For a pre-registered ACCOUNT no other option is needed: `account open SITE A-101`.
     """
-    site = load_checked_site(site_file)
-    db = site_database(site_file)
-    try:
-        with db.begin() as conn:
-            existing = acc.find_account(conn, account_id)
-            if existing is not None:
-                given = [
-                    name,
-                    room,
-                    tariff,
-                    alarm1,
-                    alarm2,
-                    overdraft_limit,
-                    close_limit,
-                    hoard_limit,
-                ]
-                if any(v is not None for v in given) or meters or protected or notify:
-                    raise RequestError(
-                        "account",
-                        f"account {account_id!r} exists ({existing.state}); "
-                        "options only apply to a new account",
-                    )
-                if preregister:
-                    raise RequestError("--preregister", f"account {account_id!r} exists")
-                account = acc.open_account(conn, account_id)
-                verb = "already open" if existing.state is acc.AccountState.OPEN else "opened"
-            else:
-                if not name:
-                    raise RequestError("--name", "required for a new account")
-                if room is not None and room not in site.rooms:
-                    raise RequestError("--room", f"unknown room {room!r} in {site_file}")
-                assigned = tuple(
-                    acc.resolve_meter(site, obj.plugins.models, meter, mode, "--meter")
-                    for text in meters
-                    for meter, mode in acc.parse_meter_list(text)
-                )
-                d = load_prepay(site).thresholds
-                thresholds = acc.Thresholds(
-                    _optional_amount(alarm1, "--alarm1", d.alarm1_fen),
-                    _optional_amount(alarm2, "--alarm2", d.alarm2_fen),
-                    _optional_amount(overdraft_limit, "--overdraft-limit", d.overdraft_limit_fen),
-                    _optional_amount(close_limit, "--close-limit", d.close_limit_fen),
-                    _optional_amount(hoard_limit, "--hoard-limit", d.hoard_limit_fen),
-                )
-                TariffBinding.for_site(site, obj.plugins.models).check_account(
-                    tariff, [m.meter_id for m in assigned], "--tariff"
-                )
-                spec = acc.AccountSpec(
-                    account_id,
-                    name,
-                    assigned,
-                    room,
-                    tariff,
-                    thresholds,
-                    protected,
-                    tuple(notify),
-                )
-                account = acc.create_account(conn, spec, open_now=not preregister)
-                verb = "pre-registered" if preregister else "opened"
-    finally:
-        db.dispose()
-    click.echo(f"account {account.id} {verb}: {_summary(account)}")
+    request = NewAccount(
+        account_id,
+        name,
+        room,
+        meters,
+        tariff,
+        _optional_fen(alarm1, "--alarm1"),
+        _optional_fen(alarm2, "--alarm2"),
+        _optional_fen(overdraft_limit, "--overdraft-limit"),
+        _optional_fen(close_limit, "--close-limit"),
+        _optional_fen(hoard_limit, "--hoard-limit"),
+        protected,
+        tuple(notify),
+        preregister,
+    )
+    with site_operations(site_file, obj) as ops:
+        opened = ops.open_account(request, actor=operator(), labels=OPEN_LABELS)
+    click.echo(f"account {opened.account.id} {opened.verb}: {_summary(opened.account)}")
 
 
 def _summary(a: acc.Account) -> str:
@@ -315,14 +278,11 @@ def account_show(obj: CliContext, site_file: str, account_id: str, entries: int)
 @account_group.command("close")
 @site_argument
 @click.argument("account_id", metavar="ACCOUNT")
-def account_close(site_file: str, account_id: str) -> None:
+@click.pass_obj
+def account_close(obj: CliContext, site_file: str, account_id: str) -> None:
     """Close ACCOUNT (its wallets must be at 0.00: refund first); frees its meters."""
-    db = site_database(site_file)
-    try:
-        with db.begin() as conn:
-            a = acc.close_account(conn, account_id)
-    finally:
-        db.dispose()
+    with site_operations(site_file, obj) as ops:
+        a = ops.close_account(account_id, actor=operator())
     click.echo(
         f"account {a.id} closed; meters freed: {', '.join(m.meter_id for m in a.meters) or 'none'}"
     )
@@ -348,17 +308,13 @@ def account_import(
     Good rows are created and bad rows change nothing; re-importing the corrected file is
     safe (existing identical accounts count as unchanged). Exit status 1 if any row is bad.
     """
-    site = load_checked_site(site_file)
     try:
         text = csv_file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise OpenPrepayError(f"{csv_file}: cannot read as UTF-8 text: {exc}") from None
     rows = max(0, text.count("\n") - 1 + (0 if text.endswith("\n") else 1))
-    db = site_database(site_file)
-    try:
-        report = _run_import(db, site, obj, text, rows, all_or_nothing, dry_run)
-    finally:
-        db.dispose()
+    with site_operations(site_file, obj) as ops:
+        report = _run_import(ops, text, rows, all_or_nothing, dry_run)
     for p in report.problems:
         click.echo(f"{csv_file}:{p}", err=True)
     if report.rolled_back or dry_run:
@@ -373,59 +329,28 @@ def account_import(
         raise SystemExit(EXIT_FAILED)
 
 
-class _DryRun(Exception):
-    def __init__(self, report: acc.ImportReport) -> None:
-        self.report = report
-
-
 def _run_import(
-    db: Database,
-    site: Site,
-    obj: CliContext,
-    text: str,
-    rows: int,
-    all_or_nothing: bool,
-    dry_run: bool,
+    ops: Operations, text: str, rows: int, all_or_nothing: bool, dry_run: bool
 ) -> acc.ImportReport:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    """The import through the door; a big file gets a progress bar (checking, creating)."""
 
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=rows < PROGRESS_FROM_ROWS,
-    )
-    with progress:
-        checking = progress.add_task("checking", total=rows)
-        creating = progress.add_task("creating", total=rows, visible=False)
+    def run(progress: Callable[[str, int], None] | None) -> acc.ImportReport:
+        return ops.import_accounts(
+            text,
+            actor=operator(),
+            all_or_nothing=all_or_nothing,
+            dry_run=dry_run,
+            progress=progress,
+        )
 
-        def tick(phase: str, done: int) -> None:
-            if phase == "checked":
-                progress.update(checking, completed=done)
-            else:
-                progress.update(creating, completed=done, visible=True)
-
-        try:
-            with db.begin() as conn:
-                report = acc.import_accounts(
-                    conn,
-                    site,
-                    obj.plugins.models,
-                    text,
-                    all_or_nothing=all_or_nothing,
-                    defaults=load_prepay(site).thresholds,
-                    progress=tick,
-                    requested_by=operator(),
-                    binding=TariffBinding.for_site(site, obj.plugins.models),
-                )
-                if dry_run:
-                    raise _DryRun(report)
-        except _DryRun as dry:
-            return dry.report
-    return report
+    if rows < PROGRESS_FROM_ROWS:
+        return run(None)
+    with progress_bar("checking", rows) as update:
+        return run(
+            lambda phase, done: update(
+                done, description="checking" if phase == "checked" else "creating"
+            )
+        )
 
 
 @click.command("topup", context_settings={"ignore_unknown_options": True})

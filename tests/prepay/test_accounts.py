@@ -14,6 +14,7 @@ from openprepay.core.ledger import RequestError
 from openprepay.core.model import MeterKind
 from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay.feecontrol import FeeThresholds
+from openprepay.core.prepay.local_money import LOCAL_MONEY
 from openprepay.core.rating.engine import Accrual
 
 
@@ -85,7 +86,7 @@ def test_a_meter_belongs_to_one_live_account(db, account, snapshot):
 def test_closing_frees_the_meters_and_keeps_the_purchase_counter(db, make_account, check):
     make_account("A-102", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
-        ledger.topup(conn, "A-102", 1000, "p1")
+        ledger.topup(conn, "A-102", 1000, "p1", local=LOCAL_MONEY)
     with pytest.raises(RequestError, match="refund or settle"), db.begin() as conn:
         acc.close_account(conn, "A-102")
     with db.begin() as conn:
@@ -101,7 +102,7 @@ def test_closing_frees_the_meters_and_keeps_the_purchase_counter(db, make_accoun
     assert closed.state == "CLOSED" and [m.meter_id for m in closed.meters] == ["E-102"]
     make_account("A-102b", meters=(("E-102", MeterKind.ELECTRIC, ControlMode.LOCAL),))
     with db.begin() as conn:
-        r = ledger.topup(conn, "A-102b", 500, "p2")
+        r = ledger.topup(conn, "A-102b", 500, "p2", local=LOCAL_MONEY)
     assert r.buy_count == 2  # the meter's counter carries on across tenants
     check()
 

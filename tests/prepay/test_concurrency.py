@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 from openprepay.core import ledger
 from openprepay.core.config.site import ControlMode
 from openprepay.core.model import MeterKind
+from openprepay.core.prepay.local_money import LOCAL_MONEY
 
 WORKER = textwrap.dedent(
     """
@@ -75,7 +76,9 @@ def test_one_reference_from_many_threads_is_applied_once(db, make_account, check
         try:
             barrier.wait()
             with db.begin() as conn:
-                results.append(ledger.topup(conn, "A-102", 5000, "wx-callback-1"))
+                results.append(
+                    ledger.topup(conn, "A-102", 5000, "wx-callback-1", local=LOCAL_MONEY)
+                )
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

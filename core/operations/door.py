@@ -1,0 +1,193 @@
+"""The door's plumbing: one transaction per call, audited one way, published one way
+(see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy.engine import Connection
+
+from ..config.site import Site
+from ..db import Database
+from ..db.group import GroupCommit
+from ..events import AuditRecord, EventBus, publish_on_loop, utcnow
+from ..ledger import RequestError
+from ..model import DeviceModel, MeterKind
+from ..prepay import commands as cmds
+from ..prepay.binding import TariffBinding
+from ..prepay.control import Effects, PrepayControl, audit
+from ..prepay.engine_settings import load_engine
+from ..prepay.feecontrol import Cause
+from ..prepay.notifications import NotifySettings, load_notify
+from ..prepay.settings import PrepaySettings, load_prepay
+from ..rating.tariffs import TariffCatalogue, load_tariffs
+from . import outbox
+
+log = logging.getLogger("openprepay.operations")
+
+R = TypeVar("R")
+
+
+class Door:
+    """The construction and plumbing every part of `Operations` shares."""
+
+    def __init__(
+        self,
+        site: Site,
+        db: Database,
+        bus: EventBus | None = None,
+        *,
+        models: Mapping[str, DeviceModel],
+        settings: PrepaySettings | None = None,
+        catalogue: TariffCatalogue | None = None,
+        notify: NotifySettings | None = None,
+        control: PrepayControl | None = None,
+        default_tariffs: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.site = site
+        self.db = db
+        #: Concurrent calls share one durable commit (core/db/group.py).
+        self.writer = GroupCommit(db)
+        self.bus = bus or EventBus()
+        self.models = models
+        self.settings = settings or load_prepay(site)
+        self.catalogue = catalogue or load_tariffs(site)
+        self.control = control or PrepayControl(
+            site, models, self.settings, notify or load_notify(site)
+        )
+        if default_tariffs is None:
+            default_tariffs = load_engine(site, self.catalogue).default_tariffs
+        #: Which tariff prices which meter, and whether it fits its registers.
+        self.binding = TariffBinding(site, models, self.catalogue, self.settings, default_tariffs)
+        self.clock = clock
+        #: Called with the effects of every committed call (the runtime wakes its command
+        #: executor and notification dispatcher here).
+        self.committed: list[Callable[[Effects], None]] = []
+        #: Energy rated but not saved yet (meter, day) → 0.001 units; set by the running
+        #: engine so that today's figures are current between its database writes.
+        self.unsaved_energy: Callable[[str, str], int] = lambda meter, day: 0
+        #: The running service's event loop (set by the runtime): events are published
+        #: there. None: published in the caller's thread (the CLI).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: This writer's name in the event outbox: the running service publishes what
+        #: other writers (the CLI, another instance) committed, not its own changes twice.
+        self.origin = outbox.new_origin()
+
+    def _call(
+        self,
+        action: str,
+        target: str,
+        actor: str,
+        work: Callable[[Connection, Effects, datetime], R],
+        describe: Callable[[R], str],
+    ) -> R:
+        now = self.clock()
+        try:
+            check_actor(actor)
+            effects = Effects()
+
+            def transaction(conn: Connection) -> R:
+                outcome = work(conn, effects, now)
+                audit(conn, effects, actor, action, str(target), describe(outcome), now=now)
+                outbox.write(conn, self.origin, effects, now)
+                return outcome
+
+            result = self.writer.run(transaction)
+        except RequestError as exc:
+            self._refused(
+                AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False),
+                now,
+            )
+            raise
+        self.publish_committed(effects, now)
+        return result
+
+    def _refused(self, record: AuditRecord, now: datetime) -> None:
+        """A refused request changed nothing, but its audit record reaches every running
+        service (an operator watching OPC UA sees failed attempts from the CLI too)."""
+        effects = Effects(events=[record])
+        try:
+            self.writer.run(lambda conn: outbox.write(conn, self.origin, effects, now))
+        except Exception:
+            log.exception("the audit record of a refused request was not stored")
+        self.publish_committed(effects, now)
+
+    def _publish(self, item: object) -> None:
+        """Publish on the running service's event loop, whatever thread the call came from
+        (the OPC UA server calls through `asyncio.to_thread`)."""
+        publish_on_loop(self.loop, self.bus.publish, item)
+
+    def publish_committed(self, effects: Effects, now: datetime) -> None:
+        """Tell this process of committed effects: events and account samples on the bus,
+        then the commit listeners. Called after each of our own commits, and by the
+        outbox tail for what other writers committed."""
+        for event in effects.events:
+            self._publish(event)
+        if effects.accounts:
+            with self.db.read() as conn:
+                samples = self.control.account_samples(conn, effects.accounts, now)
+            for sample in samples:
+                self._publish(sample)
+        for listener in self.committed:
+            try:
+                listener(effects)
+            except Exception:
+                log.exception("commit listener failed")
+
+    def _fee_control(
+        self,
+        conn: Connection,
+        account_id: str,
+        cause: Cause,
+        actor: str,
+        effects: Effects,
+        now: datetime,
+        balance_fen: int | None = None,
+    ) -> None:
+        """Re-evaluate fee control after a change of the account (same transaction), and
+        publish the account's sample once committed."""
+        self.control.after_change(
+            conn, account_id, cause, actor=actor, effects=effects, balance_fen=balance_fen, now=now
+        )
+        effects.accounts.add(account_id)
+
+    def _model_of(self, meter_id: str) -> DeviceModel:
+        device = self.site.devices.get(meter_id) if isinstance(meter_id, str) else None
+        model = self.models.get(device.model) if device is not None else None
+        if model is None or model.kind not in (MeterKind.ELECTRIC, MeterKind.WATER):
+            raise RequestError(
+                "meter", f"unknown meter {meter_id!r} (not a billing meter of the site)"
+            )
+        return model
+
+
+def check_actor(actor: str) -> None:
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 100:
+        raise RequestError(
+            "actor", "required: who asks (e.g. cli:alice, opcua:operator1), at most 100 characters"
+        )
+
+
+def check_reason(reason: str) -> None:
+    if not isinstance(reason, str) or not reason.strip():
+        raise RequestError("reason", "required: say why (every relay and valve action is audited)")
+    if len(reason) > 400:
+        raise RequestError("reason", "at most 400 characters")
+
+
+def command_number(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise RequestError("command", f"expected a command number, got {value!r}")
+    return value
+
+
+def describe_command(c: cmds.MeterCommand) -> str:
+    when = ""
+    if c.next_attempt_at > c.created_at + timedelta(seconds=1):
+        when = f" at {c.next_attempt_at:%Y-%m-%d %H:%M} UTC"
+    return f"{c.kind} #{c.id} for {c.meter_id}{when}"

@@ -1,0 +1,236 @@
+"""What an operator screen shows of accounts and meters (reads: not audited)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .. import ledger
+from ..db import schema as t
+from ..model import MeterKind
+from ..prepay import accounts as acc
+from ..prepay import commands as cmds
+from ..prepay.feecontrol import FeeState, FeeThresholds
+from ..rating.engine import ENERGY_SCALE
+from .door import Door
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSnapshot:
+    meter_id: str
+    #: electric / water.
+    kind: str
+    #: REMOTE / LOCAL / POSTPAID.
+    control_mode: str
+    #: Supply on (relay closed, valve open) as last read back; None while unknown.
+    supply_on: bool | None
+    #: A trip the policy gate deferred to this instant (UTC), if any.
+    trip_due_at: datetime | None
+    #: Consumption since site-local midnight, in `unit` (kWh or m³).
+    today: Decimal
+    unit: str
+    buy_count: int
+    confirmed_buy_count: int
+    #: The supply state the platform decided (None: never switched by the platform).
+    desired_on: bool | None = None
+    #: Times the decision had to be re-asserted because the meter read otherwise, and
+    #: whether it disobeys now (an active SupplyMismatch).
+    mismatch_count: int = 0
+    mismatch_active: bool = False
+    #: Why the meter is not billed (None: it is).
+    billing_problem: str | None = None
+    #: Purchase counts in the meter's own numbering (the platform's minus its offset).
+    meter_buy_count: int = 0
+    #: True while its purchase count is to be read and aligned with.
+    align_pending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """An account as an operator screen shows it."""
+
+    account_id: str
+    name: str
+    room: str | None
+    #: PREREGISTERED / OPEN / CLOSED.
+    state: str
+    tariff_id: str | None
+    protected: bool
+    #: Energy wallet (what fee control reads) and general wallet, fen.
+    balance_fen: int
+    general_fen: int
+    emergency_outstanding_fen: int
+    fee_state: FeeState
+    thresholds: FeeThresholds
+    meters: tuple[MeterSnapshot, ...]
+    energy_today_kwh: Decimal
+    water_today_m3: Decimal
+    #: Usage deducted from the energy wallet since site-local midnight, fen.
+    cost_today_fen: int
+    at: datetime
+    #: What the tenant owes, fen: energy arrears (beyond emergency credit), general-wallet
+    #: arrears, and billed charges and post-paid bills not paid (`asset:ar`).
+    receivable_fen: int = 0
+    #: FAILED RECHARGE/REFUND commands nobody retried or refunded yet (open alarms).
+    failed_commands: tuple[int, ...] = ()
+
+    @property
+    def owed_fen(self) -> int:
+        energy = max(0, self.emergency_outstanding_fen - self.balance_fen)
+        return energy + max(0, -self.general_fen) + max(0, self.receivable_fen)
+
+    @property
+    def billing_problems(self) -> dict[str, str]:
+        """Meter → why it is not billed, for the meters that are not."""
+        return {m.meter_id: m.billing_problem for m in self.meters if m.billing_problem}
+
+    @property
+    def desired_supply_on(self) -> bool:
+        """True unless the platform decided to cut a meter of the account."""
+        return all(m.desired_on is not False for m in self.meters)
+
+    @property
+    def general_balance_fen(self) -> int:
+        return self.general_fen
+
+    @property
+    def alarm_level(self) -> int:
+        """0 normal, 1 alarm1, 2 alarm2, 3 over zero, 4 overdraft."""
+        return self.fee_state.severity
+
+    @property
+    def supply_on(self) -> bool:
+        """True while no meter of the account is known to be cut."""
+        return all(m.supply_on is not False for m in self.meters)
+
+
+class SnapshotReads(Door):
+    def account_snapshot(self, account_id: str) -> AccountSnapshot:
+        """Balances, fee state, supply and today's consumption of one account."""
+        with self.db.read() as conn:
+            account = acc.get_account(conn, account_id)
+            return self._snapshots(conn, [account])[0]
+
+    def list_accounts(self) -> list[AccountSnapshot]:
+        """Every account (ordered by id) as `AccountSnapshot`s."""
+        with self.db.read() as conn:
+            return self._snapshots(conn, acc.list_accounts(conn))
+
+    def _snapshots(self, conn: Connection, accounts: list[acc.Account]) -> list[AccountSnapshot]:
+        now = self.clock()
+        tz = self.site.info.tz
+        local = now.astimezone(tz)
+        midnight = datetime.combine(local.date(), datetime.min.time(), tzinfo=tz)
+        day = local.date().isoformat()
+        ids = [a.id for a in accounts]
+        meters = [m.meter_id for a in accounts for m in a.meters]
+        p = t.prepay_meter.c
+        pm = {
+            r.meter_id: r
+            for r in conn.execute(
+                sa.select(
+                    p.meter_id,
+                    p.supply_on,
+                    p.trip_due_at,
+                    p.desired_on,
+                    p.mismatch_count,
+                    p.mismatch_since,
+                    p.billing_problem,
+                ).where(p.meter_id.in_(meters))
+            )
+        }
+        offsets = dict(
+            conn.execute(
+                sa.select(t.meter.c.id, t.meter.c.count_offset).where(t.meter.c.id.in_(meters))
+            ).all()
+        )
+        aligning = set(
+            conn.execute(
+                sa.select(t.meter.c.id).where(
+                    t.meter.c.id.in_(meters), t.meter.c.align_requested_at.is_not(None)
+                )
+            ).scalars()
+        )
+        from ..billing.bills import receivable
+
+        owed = receivable(conn, ids)
+        failures: dict[str, list[int]] = {}
+        for f in cmds.open_failures(conn):
+            failures.setdefault(f.account_id or "", []).append(f.id)
+        usage = dict(
+            conn.execute(
+                sa.select(t.meter_usage_day.c.meter_id, t.meter_usage_day.c.energy).where(
+                    t.meter_usage_day.c.meter_id.in_(meters), t.meter_usage_day.c.day == day
+                )
+            ).all()
+        )
+        cost = ledger.usage_fen_since(conn, ids, midnight.astimezone(now.tzinfo))
+        emergency = {
+            code.rsplit(":", 1)[1]: int(total)
+            for code, total in conn.execute(
+                sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
+                .where(t.posting.c.ledger_account.like("asset:emergency_credit:%"))
+                .group_by(t.posting.c.ledger_account)
+            ).all()
+        }
+        out = []
+        for a in accounts:
+            snaps = []
+            kwh = Decimal(0)
+            m3 = Decimal(0)
+            for m in a.meters:
+                row = pm.get(m.meter_id)
+                units = int(usage.get(m.meter_id, 0)) + self.unsaved_energy(m.meter_id, day)
+                today = Decimal(units) / ENERGY_SCALE
+                water = m.kind == MeterKind.WATER.value
+                if water:
+                    m3 += today
+                else:
+                    kwh += today
+                offset = int(offsets.get(m.meter_id) or 0)
+                snaps.append(
+                    MeterSnapshot(
+                        m.meter_id,
+                        m.kind,
+                        m.control_mode,
+                        row.supply_on if row is not None else None,
+                        row.trip_due_at if row is not None else None,
+                        today,
+                        "m³" if water else "kWh",
+                        m.buy_count,
+                        m.confirmed_buy_count,
+                        desired_on=row.desired_on if row is not None else None,
+                        mismatch_count=int(row.mismatch_count) if row is not None else 0,
+                        mismatch_active=row is not None and row.mismatch_since is not None,
+                        billing_problem=row.billing_problem if row is not None else None,
+                        meter_buy_count=m.confirmed_buy_count - offset,
+                        align_pending=m.meter_id in aligning,
+                    )
+                )
+            out.append(
+                AccountSnapshot(
+                    a.id,
+                    a.name,
+                    a.room,
+                    a.state.value,
+                    a.tariff_id,
+                    a.protected,
+                    a.energy_fen,
+                    a.general_fen,
+                    emergency.get(a.id, 0),
+                    FeeState(a.fee_state),
+                    a.thresholds,
+                    tuple(snaps),
+                    kwh,
+                    m3,
+                    cost.get(a.id, 0),
+                    now,
+                    receivable_fen=owed.get(a.id, 0),
+                    failed_commands=tuple(failures.get(a.id, ())),
+                )
+            )
+        return out
