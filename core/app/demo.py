@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..config.site import Site, parse_site
+from ..events import utcnow
+from ..prepay import accounts as acc
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -253,8 +255,6 @@ def open_demo_accounts(runtime: Runtime) -> list[str]:
     """Open a prepaid account per room (id = room id, its electric and water meters) with an
     opening top-up; the low rooms get only a little. Idempotent: a second demo run on the
     same state directory keeps the accounts and their balances. Returns the low rooms."""
-    from ..events import utcnow
-
     ops = runtime.operations
     assert ops is not None and runtime.db is not None
     site = runtime.site
@@ -299,8 +299,6 @@ def open_room_accounts(
     the site file unless `modes` (meter → mode) says otherwise. A room that has an account
     already is left as it is (a second demo run keeps its accounts). Returns the rooms
     opened."""
-    from ..prepay import accounts as acc
-
     opened = []
     for room, meters in sorted(rooms.items()):
         if acc.find_account(conn, room) is not None:

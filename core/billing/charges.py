@@ -33,7 +33,16 @@ from ..rating.engine import Rounding, round_fen
 from . import runs
 from .periods import Calendar
 from .runs import Computed, Line, RunState, ar_code
-from .settings import Basis, BillingSettings, Charge, ChargeType, Cycle, Mode, Prorate
+from .settings import (
+    DEFAULT_REVENUE,
+    Basis,
+    BillingSettings,
+    Charge,
+    ChargeType,
+    Cycle,
+    Mode,
+    Prorate,
+)
 
 
 def _dec(x: Decimal) -> str:
@@ -194,8 +203,6 @@ def charge_once(
     existing = conn.execute(
         sa.select(t.journal.c.id).where(t.journal.c.idempotency_key == key)
     ).scalar()
-    from .settings import DEFAULT_REVENUE
-
     revenue = f"rev:{DEFAULT_REVENUE[charge_type]}"
     balance = runs.general_balances(conn, [account_id]).get(account_id, 0)
     from_wallet = mode is Mode.WALLET and balance >= amount_fen and existing is None

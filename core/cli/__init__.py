@@ -62,6 +62,8 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 
 
 def _register_builtin() -> None:
+    # Imported here: every command module imports `CliContext` and the exit codes from
+    # this package, so they can only load once it has.
     from . import accounts, billing, database, demo, devices, prepay, tariff
 
     devices.register(cli)

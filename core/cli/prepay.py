@@ -15,8 +15,10 @@ from contextlib import contextmanager
 import click
 
 from ..app.services import command_services
-from ..ledger import format_fen
+from ..ledger import RequestError, format_fen
 from ..operations import Operations
+from ..prepay import commands as cmds
+from ..prepay.accounts import account_for_meter, find_account
 from . import CliContext
 from .common import load_checked_site, site_argument
 from .database import operator, site_database
@@ -87,19 +89,13 @@ def meter_close(obj: CliContext, site_file: str, meter: str, reason: str) -> Non
 def _protect(obj: CliContext, site_file: str, meter: str, reason: str, on: bool) -> None:
     with site_operations(site_file, obj) as ops:
         with ops.db.read() as conn:
-            from ..prepay.accounts import account_for_meter, find_account
-
             account_id = account_for_meter(conn, meter)
             if account_id is None and find_account(conn, meter) is not None:
                 account_id = meter
         if account_id is None:
-            from ..ledger import RequestError
-
             raise RequestError("meter", f"{meter!r} is neither an account's meter nor an account")
         account = ops.protect(account_id, on, actor=f"{operator()} ({reason})"[:100])
         with ops.db.read() as conn:
-            from ..prepay import commands as cmds
-
             restored = [
                 c
                 for c in cmds.list_commands(conn, account_id=account_id, limit=10)

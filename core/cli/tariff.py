@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from fractions import Fraction
 
 import click
 
 from ..errors import ConfigError, FieldError
 from ..numbers import NumberRefused, read_decimal
 from ..prepay.binding import TariffBinding
-from ..prepay.settings import check_prepay
+from ..prepay.settings import check_prepay, load_prepay
 from ..rating.engine import RatingError, bill_usage, fen_text
 from ..rating.tariffs import (
     DEFAULT_DAY_TABLE,
@@ -197,10 +198,6 @@ def rate_command(
     days: int | None,
 ) -> None:
     """Bill a usage with TARIFF line by line, like the worked examples of the domain spec."""
-    from fractions import Fraction
-
-    from ..prepay.settings import load_prepay
-
     site = load_checked_site(site_file)
     catalogue = load_tariffs(site)
     settings = load_prepay(site)

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import ledger
+from ..billing.bills import receivable
 from ..db import schema as t
 from ..model import MeterKind
 from ..prepay import accounts as acc
@@ -155,8 +156,6 @@ class SnapshotReads(Door):
                 )
             ).scalars()
         )
-        from ..billing.bills import receivable
-
         owed = receivable(conn, ids)
         failures: dict[str, list[int]] = {}
         for f in cmds.open_failures(conn):
