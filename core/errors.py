@@ -15,6 +15,15 @@ class OpenPrepayError(Exception):
     """Base of every error the product raises on purpose."""
 
 
+class RequestError(OpenPrepayError):
+    """A request that cannot be carried out; `field` names what is wrong. Nothing changed."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
 class DeviceIOError(OpenPrepayError):
     """A transaction with a device did not produce a usable answer."""
 

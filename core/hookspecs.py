@@ -25,7 +25,6 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from .app.host import ServiceHost
     from .config.site import DeviceConfig, LinkConfig, Site
     from .contracts import (
         Driver,
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
         SimulatorOptions,
     )
     from .errors import FieldError
+    from .host import ServiceHost
     from .model import DeviceModel
 
 PROJECT = "openprepay"

@@ -9,7 +9,7 @@ programmer's notations, `+5` is a sign a till never prints. Numbers that arrive 
 numbers (TOML floats and integers, an OPC UA Double) have no text to misread: they are
 checked for being finite, for their decimal places and for the field's bounds only.
 
-`read_decimal` is the one reader; `core.ledger.money.parse_yuan` builds yuan → fen on it,
+`read_decimal` is the one reader; `core.money.parse_yuan` builds yuan → fen on it,
 and the site file, the CLI, CSV imports and OPC UA all go through one of the two.
 """
 

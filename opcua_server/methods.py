@@ -18,7 +18,7 @@ Before anything is called the arguments are checked; a bad call changes nothing 
   (`check_role`), whatever the channel.
 
 Amounts are read by the ledger's one money parser (`parse_yuan`, `check_amount` in
-core/ledger/money.py): a Double becomes the shortest decimal that reads back as it.
+core/money.py): a Double becomes the shortest decimal that reads back as it.
 
 The message says what was wrong: it is in the result's InputArgumentDiagnosticInfos
 (AdditionalInfo) for the offending argument, and in the audit event every call raises.
@@ -38,7 +38,7 @@ from asyncua import ua
 
 from openprepay.core.errors import OpenPrepayError
 from openprepay.core.ledger import RequestError, parse_yuan
-from openprepay.core.ledger.money import AmountOutOfRange, check_amount
+from openprepay.core.money import AmountOutOfRange, check_amount
 
 from .access import SessionUser, actor_name, may_call
 from .users import Role

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 import click
 
-from openprepay.core.app.host import ServiceHost
 from openprepay.core.config.site import Site
 from openprepay.core.contracts import Service
 from openprepay.core.errors import FieldError
 from openprepay.core.hookspecs import hookimpl
+from openprepay.core.host import ServiceHost
 
 from .config import check_config, read_config
 

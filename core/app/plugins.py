@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         SimulatedDevice,
         SimulatorOptions,
     )
-    from .host import ServiceHost
+    from ..host import ServiceHost
 
 ENTRY_POINT_GROUP = "openprepay.plugins"
 DISABLE_ENV = "OPENPREPAY_DISABLE_PLUGINS"

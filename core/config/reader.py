@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from ..errors import FieldError
+from ..errors import FieldError, RequestError
+from ..money import CAPACITY_FEN, parse_yuan
 from ..numbers import NumberRefused, form, read_decimal, shown
 
 T = TypeVar("T")
@@ -199,12 +200,9 @@ class TableReader:
         low_fen: int = 0,
         high_fen: int | None = None,
     ) -> Any:
-        """A CNY amount ("20.00", or a TOML number) as integer fen, through the ledger's one
-        money parser; non-negative and at most the meter capacity unless told otherwise."""
-        # Imported here: the ledger package imports this module (through the database).
-        from ..ledger.errors import RequestError
-        from ..ledger.money import CAPACITY_FEN, parse_yuan
-
+        """A CNY amount ("20.00", or a TOML number) as integer fen, through the one money
+        parser (`core.money`); non-negative and at most the meter capacity unless told
+        otherwise."""
         present, value = self._get(key, default_fen)
         if not present:
             return value

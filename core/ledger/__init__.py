@@ -38,6 +38,8 @@ public names from here (`from openprepay.core.ledger import topup`).
 
 from __future__ import annotations
 
+from ..errors import RequestError
+from ..money import CAPACITY_FEN, AmountOutOfRange, format_fen, parse_yuan
 from .codes import (
     ACCOUNT_TYPES,
     OPENING_BALANCE,
@@ -52,9 +54,8 @@ from .codes import (
     wallet_code,
 )
 from .emergency import grant_emergency_credit, post_opening_balance
-from .errors import IdempotencyConflict, LedgerIntegrityError, RequestError
+from .errors import IdempotencyConflict, LedgerIntegrityError
 from .journal import get_journal, insert_ignore, load_journal, post_journal, reused_key
-from .money import CAPACITY_FEN, AmountOutOfRange, format_fen, parse_yuan
 from .position import balances
 from .reading import JournalLine, journals_since, usage_fen_since, wallet_history
 from .refunds import (

@@ -9,10 +9,10 @@ from sqlalchemy.engine import Connection
 
 from ..db import schema as t
 from ..events import utcnow
+from ..money import check_amount, format_fen
 from .codes import OPENING_BALANCE, emergency_code, wallet_code
 from .errors import RequestError
 from .journal import check_key, find_replay, load_journal, post_journal, write_journal
-from .money import check_amount, format_fen
 from .position import emergency_outstanding, lock_wallet, require_account
 from .values import JournalKind, Posted, Posting, WalletKind
 

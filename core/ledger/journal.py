@@ -19,10 +19,10 @@ from sqlalchemy.engine import Connection
 from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..events import utcnow
+from ..money import CAPACITY_FEN, format_fen
 from ..text import first_control
 from .codes import CODE_PATTERN, code_type
 from .errors import IdempotencyConflict, RequestError
-from .money import CAPACITY_FEN, format_fen
 from .position import require_account
 from .values import Journal, JournalKind, Posted, Posting
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ..db import schema as t
 from ..events import utcnow
+from ..money import check_amount, format_fen
 from .codes import REFUND_PAYABLE, clearing_code
 from .errors import LedgerIntegrityError, RequestError
 from .journal import (
@@ -26,7 +27,6 @@ from .journal import (
     write_journal,
 )
 from .local import LocalMeterCommands, require_local
-from .money import check_amount, format_fen
 from .position import balances, energy_balance, local_meter_for, lock_position, lock_wallet
 from .reversal import write_reversal
 from .values import JournalKind, Posting, RefundAllocation, RefundResult, WalletKind

@@ -11,9 +11,9 @@ from sqlalchemy.engine import Connection
 
 from ..db import schema as t
 from ..events import utcnow
+from ..money import format_fen
 from .errors import RequestError
 from .journal import check_key, find_replay, get_journal, load_journal, write_journal
-from .money import format_fen
 from .position import lock_wallet
 from .values import Journal, JournalKind, Posted, Posting, WalletKind
 

@@ -12,11 +12,11 @@ from sqlalchemy.engine import Connection
 from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..events import utcnow
+from ..money import CAPACITY_FEN, check_amount, format_fen
 from .codes import check_channel, clearing_code, emergency_code
 from .errors import LedgerIntegrityError, RequestError
 from .journal import check_reference, find_replay, write_journal
 from .local import LocalMeterCommands, require_local
-from .money import CAPACITY_FEN, check_amount, format_fen
 from .position import energy_balance, local_meter_for, lock_position
 from .values import Journal, JournalKind, Posting, TopUpResult
 

@@ -12,10 +12,10 @@ from sqlalchemy.engine import Connection
 
 from ..db import schema as t
 from ..events import utcnow
+from ..money import CAPACITY_FEN, format_fen
 from .codes import revenue_code
 from .errors import RequestError
 from .journal import check_key, find_replay, write_journal
-from .money import CAPACITY_FEN, format_fen
 from .position import energy_balance, lock_wallet, require_account
 from .values import JournalKind, Posting, UsageResult, WalletKind
 

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
+from ..money import format_fen
 from .codes import ACCOUNT_TYPES, code_type
-from .money import format_fen
 from .values import JournalKind
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ..numbers import NumberRefused, read_decimal
 from .errors import RequestError
+from .numbers import NumberRefused, read_decimal
 
 #: Largest balance a prepaid meter can hold (999,999.99), in fen. Also the largest amount
 #: accepted by any single top-up or refund.

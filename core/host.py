@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..config.site import Site
-    from ..db import Database
-    from ..events import EventBus
-    from ..field.history import HistoryReader
-    from ..field.latest import LatestReadings
-    from ..model import DeviceModel
-    from ..operations import Operations
+    from .config.site import Site
+    from .db import Database
+    from .events import EventBus
+    from .field.history import HistoryReader
+    from .field.latest import LatestReadings
+    from .model import DeviceModel
+    from .operations import Operations
 
 
 class ServiceHost(Protocol):
