@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -123,113 +124,128 @@ class SnapshotReads(Door):
 
     def _snapshots(self, conn: Connection, accounts: list[acc.Account]) -> list[AccountSnapshot]:
         now = self.clock()
-        tz = self.site.info.tz
-        local = now.astimezone(tz)
-        midnight = datetime.combine(local.date(), datetime.min.time(), tzinfo=tz)
+        local = now.astimezone(self.site.info.tz)
+        midnight = datetime.combine(local.date(), datetime.min.time(), tzinfo=self.site.info.tz)
         day = local.date().isoformat()
-        ids = [a.id for a in accounts]
-        meters = [m.meter_id for a in accounts for m in a.meters]
-        p = t.prepay_meter.c
-        pm = {
-            r.meter_id: r
-            for r in conn.execute(
-                sa.select(
-                    p.meter_id,
-                    p.supply_on,
-                    p.trip_due_at,
-                    p.desired_on,
-                    p.mismatch_count,
-                    p.mismatch_since,
-                    p.billing_problem,
-                ).where(p.meter_id.in_(meters))
+        facts = _read_facts(conn, accounts, midnight.astimezone(now.tzinfo), day)
+        return [self._account_snapshot(a, facts, day, now) for a in accounts]
+
+    def _account_snapshot(
+        self, a: acc.Account, facts: _Facts, day: str, now: datetime
+    ) -> AccountSnapshot:
+        meters = tuple(self._meter_snapshot(m, facts, day) for m in a.meters)
+        water = [m.today for m in meters if m.kind == MeterKind.WATER.value]
+        electric = [m.today for m in meters if m.kind != MeterKind.WATER.value]
+        return AccountSnapshot(
+            a.id,
+            a.name,
+            a.room,
+            a.state.value,
+            a.tariff_id,
+            a.protected,
+            a.energy_fen,
+            a.general_fen,
+            facts.emergency.get(a.id, 0),
+            FeeState(a.fee_state),
+            a.thresholds,
+            meters,
+            sum(electric, Decimal(0)),
+            sum(water, Decimal(0)),
+            facts.cost.get(a.id, 0),
+            now,
+            receivable_fen=facts.owed.get(a.id, 0),
+            failed_commands=tuple(facts.failures.get(a.id, ())),
+        )
+
+    def _meter_snapshot(self, m: acc.AccountMeter, facts: _Facts, day: str) -> MeterSnapshot:
+        row = facts.prepay_meters.get(m.meter_id)
+        units = int(facts.usage.get(m.meter_id, 0)) + self.unsaved_energy(m.meter_id, day)
+        water = m.kind == MeterKind.WATER.value
+        offset = int(facts.offsets.get(m.meter_id) or 0)
+        return MeterSnapshot(
+            m.meter_id,
+            m.kind,
+            m.control_mode,
+            row.supply_on if row is not None else None,
+            row.trip_due_at if row is not None else None,
+            Decimal(units) / ENERGY_SCALE,
+            "m³" if water else "kWh",
+            m.buy_count,
+            m.confirmed_buy_count,
+            desired_on=row.desired_on if row is not None else None,
+            mismatch_count=int(row.mismatch_count) if row is not None else 0,
+            mismatch_active=row is not None and row.mismatch_since is not None,
+            billing_problem=row.billing_problem if row is not None else None,
+            meter_buy_count=m.confirmed_buy_count - offset,
+            align_pending=m.meter_id in facts.aligning,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What the snapshots of a set of accounts need, read in a few queries."""
+
+    prepay_meters: dict[str, Any]
+    offsets: dict[str, int]
+    aligning: set[str]
+    owed: dict[str, int]
+    failures: dict[str, list[int]]
+    #: Today's energy per meter (0.001 units), as saved.
+    usage: dict[str, int]
+    cost: dict[str, int]
+    emergency: dict[str, int]
+
+
+def _read_facts(
+    conn: Connection, accounts: list[acc.Account], midnight: datetime, day: str
+) -> _Facts:
+    ids = [a.id for a in accounts]
+    meters = [m.meter_id for a in accounts for m in a.meters]
+    p = t.prepay_meter.c
+    columns = (p.supply_on, p.trip_due_at, p.desired_on, p.mismatch_count, p.mismatch_since)
+    prepay_meters = {
+        r.meter_id: r
+        for r in conn.execute(
+            sa.select(p.meter_id, *columns, p.billing_problem).where(p.meter_id.in_(meters))
+        )
+    }
+    offsets = dict(
+        conn.execute(
+            sa.select(t.meter.c.id, t.meter.c.count_offset).where(t.meter.c.id.in_(meters))
+        ).all()
+    )
+    aligning = set(
+        conn.execute(
+            sa.select(t.meter.c.id).where(
+                t.meter.c.id.in_(meters), t.meter.c.align_requested_at.is_not(None)
             )
-        }
-        offsets = dict(
-            conn.execute(
-                sa.select(t.meter.c.id, t.meter.c.count_offset).where(t.meter.c.id.in_(meters))
-            ).all()
-        )
-        aligning = set(
-            conn.execute(
-                sa.select(t.meter.c.id).where(
-                    t.meter.c.id.in_(meters), t.meter.c.align_requested_at.is_not(None)
-                )
-            ).scalars()
-        )
-        owed = receivable(conn, ids)
-        failures: dict[str, list[int]] = {}
-        for f in cmds.open_failures(conn):
-            failures.setdefault(f.account_id or "", []).append(f.id)
-        usage = dict(
-            conn.execute(
-                sa.select(t.meter_usage_day.c.meter_id, t.meter_usage_day.c.energy).where(
-                    t.meter_usage_day.c.meter_id.in_(meters), t.meter_usage_day.c.day == day
-                )
-            ).all()
-        )
-        cost = ledger.usage_fen_since(conn, ids, midnight.astimezone(now.tzinfo))
-        emergency = {
-            code.rsplit(":", 1)[1]: int(total)
-            for code, total in conn.execute(
-                sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
-                .where(t.posting.c.ledger_account.like("asset:emergency_credit:%"))
-                .group_by(t.posting.c.ledger_account)
-            ).all()
-        }
-        out = []
-        for a in accounts:
-            snaps = []
-            kwh = Decimal(0)
-            m3 = Decimal(0)
-            for m in a.meters:
-                row = pm.get(m.meter_id)
-                units = int(usage.get(m.meter_id, 0)) + self.unsaved_energy(m.meter_id, day)
-                today = Decimal(units) / ENERGY_SCALE
-                water = m.kind == MeterKind.WATER.value
-                if water:
-                    m3 += today
-                else:
-                    kwh += today
-                offset = int(offsets.get(m.meter_id) or 0)
-                snaps.append(
-                    MeterSnapshot(
-                        m.meter_id,
-                        m.kind,
-                        m.control_mode,
-                        row.supply_on if row is not None else None,
-                        row.trip_due_at if row is not None else None,
-                        today,
-                        "m³" if water else "kWh",
-                        m.buy_count,
-                        m.confirmed_buy_count,
-                        desired_on=row.desired_on if row is not None else None,
-                        mismatch_count=int(row.mismatch_count) if row is not None else 0,
-                        mismatch_active=row is not None and row.mismatch_since is not None,
-                        billing_problem=row.billing_problem if row is not None else None,
-                        meter_buy_count=m.confirmed_buy_count - offset,
-                        align_pending=m.meter_id in aligning,
-                    )
-                )
-            out.append(
-                AccountSnapshot(
-                    a.id,
-                    a.name,
-                    a.room,
-                    a.state.value,
-                    a.tariff_id,
-                    a.protected,
-                    a.energy_fen,
-                    a.general_fen,
-                    emergency.get(a.id, 0),
-                    FeeState(a.fee_state),
-                    a.thresholds,
-                    tuple(snaps),
-                    kwh,
-                    m3,
-                    cost.get(a.id, 0),
-                    now,
-                    receivable_fen=owed.get(a.id, 0),
-                    failed_commands=tuple(failures.get(a.id, ())),
-                )
+        ).scalars()
+    )
+    failures: dict[str, list[int]] = {}
+    for f in cmds.open_failures(conn):
+        failures.setdefault(f.account_id or "", []).append(f.id)
+    usage = dict(
+        conn.execute(
+            sa.select(t.meter_usage_day.c.meter_id, t.meter_usage_day.c.energy).where(
+                t.meter_usage_day.c.meter_id.in_(meters), t.meter_usage_day.c.day == day
             )
-        return out
+        ).all()
+    )
+    emergency = {
+        code.rsplit(":", 1)[1]: int(total)
+        for code, total in conn.execute(
+            sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
+            .where(t.posting.c.ledger_account.like("asset:emergency_credit:%"))
+            .group_by(t.posting.c.ledger_account)
+        ).all()
+    }
+    return _Facts(
+        prepay_meters,
+        offsets,
+        aligning,
+        receivable(conn, ids),
+        failures,
+        usage,
+        ledger.usage_fen_since(conn, ids, midnight),
+        emergency,
+    )
