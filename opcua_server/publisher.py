@@ -32,7 +32,8 @@ from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL
 from openprepay.core.model import MeterKind, Quality, Sample
 from openprepay.core.tasks import stop_task
 
-from .space import STATUS_OF_QUALITY, SourceBinding, Space
+from .bindings import STATUS_OF_QUALITY, SourceBinding
+from .space import Space
 
 log = logging.getLogger("openprepay.opcua")
 

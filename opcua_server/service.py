@@ -54,6 +54,7 @@ from .pki import (
     thumbprint,
 )
 from .publisher import Publisher
+from .site_tree import build_site_tree
 from .space import Space
 from .standard_space import FastInternalServer
 from .transport import OpenPrepayServer
@@ -209,7 +210,7 @@ class OpcUaService:
         await self.events.create_types()
         for ext in self.extensions:
             await ext.declare(self)
-        space.build_site()
+        build_site_tree(space)
         for ext in self.extensions:
             await ext.build(self)
         return space

@@ -20,6 +20,7 @@ from asyncua import ua
 from openprepay.core.operations import Operations
 
 from ..access import SessionUser, actor_name, current_user
+from ..bindings import Target
 from ..events import ACKNOWLEDGE
 from ..extension import ExtensionHost
 from ..methods import (
@@ -40,7 +41,6 @@ from ..methods import (
     result_of,
     role_refusal,
 )
-from ..space import Target
 from .alarms import audit
 from .nodes import yuan
 

@@ -20,16 +20,8 @@ from openprepay.core.operations import AccountSnapshot
 from openprepay.core.prepay.account_points import ACCOUNT_MODEL
 from openprepay.core.prepay.feecontrol import FeeState
 
-from ..space import (
-    NULL,
-    WAITING,
-    HistoryTarget,
-    PointBinding,
-    SourceBinding,
-    Space,
-    Target,
-    datatype_of,
-)
+from ..bindings import NULL, WAITING, HistoryTarget, PointBinding, SourceBinding, Target
+from ..space import Space, datatype_of
 from ..units import eu_information
 
 V = ua.VariantType
