@@ -274,9 +274,9 @@ def bench_site(meters: int) -> Any:
 async def product_server(site: Any, folder: Path, client_cert: Path) -> Any:
     from openprepay.core.events import EventBus
     from openprepay.core.field.latest import LatestReadings
+    from openprepay.opcua_server.assembly import make_service
     from openprepay.opcua_server.config import OpcUaConfig
     from openprepay.opcua_server.pki import Pki, trust
-    from openprepay.opcua_server.service import make_service
     from openprepay.opcua_server.users import add_user
 
     bus = EventBus()

@@ -164,7 +164,7 @@ def _influx_status(config: HistorianConfig) -> dict[str, Any]:
                     "to": _time(e.last_ns),
                     "file": str(config.spool_dir / QUARANTINE / f"{e.id}.lp"),
                 }
-                for e in spool.quarantined()
+                for e in spool.quarantine.entries()
             ],
         }
     finally:
@@ -306,12 +306,12 @@ def replay_command(
     lo, hi = _aware(start, site), _aware(end, site)
     spool = _spool(config)
     if embedded is None:
-        batches, lines = spool.requeue_quarantine(lo, hi)
+        batches, lines = spool.quarantine.requeue(lo, hi)
         click.echo(f"replay: {batches} quarantined batches ({lines} lines) queued again")
     else:
         models = dict(obj.plugins.models) if obj is not None else {}
         chunks = _embedded_chunks(embedded, site, models, config.batch_size, lo, hi)
-        lines = spool.add_replay(chunks)
+        lines = spool.quarantine.add_replay(chunks)
         click.echo(f"replay: {lines} lines from {embedded} queued")
     try:
         spool.open()

@@ -118,6 +118,8 @@ def read_config(site: Site) -> HistorianConfig:
 
 
 def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
+    """The `[historian]` configuration and every error in it. Long because it is the one
+    list of the section's settings, all read before `finish()` reports the unknown ones."""
     errors: list[FieldError] = []
     data: Any = site.sections.get(SECTION, {})
     r = TableReader(data, SECTION, errors)
@@ -135,24 +137,7 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
     path = r.str("path", "history.sqlite")
     retention = r.number("retention_days", d.retention_days, low=0.0, low_exclusive=True)
 
-    # Server.
-    url = r.str("url", None)
-    api = r.str("api", Api.V2.value, choices=[a.value for a in Api])
-    token = r.str("token", None)
-    token_env = r.str("token_env", None)
-    org = r.str("org", "-")
-    bucket = r.str("bucket", None)
-    db = r.str("db", None)
-    rp = r.str("rp", None)
-    username = r.str("username", None)
-    password = r.str("password", None)
-    password_env = r.str("password_env", None)
-    query_db = r.str("query_db", None)
-    query_rp = r.str("query_rp", None)
-    timeout_ms = r.number("timeout_ms", 10_000, low=100, high=600_000)
-    gzip = r.bool("gzip", True)
-    verify_ssl = r.bool("verify_ssl", True)
-    create_database = r.bool("create_database", False)
+    server = _read_server(r)
 
     # Spool and batching.
     batch_size = r.int("batch_size", d.batch_size, low=1, high=1_000_000)
@@ -170,18 +155,8 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
     max_in_flight = r.int("max_in_flight", d.max_in_flight, low=1, high=8)
     r.finish()
 
-    if token_env is not None:
-        if token is not None:
-            r.error("give token or token_env, not both", "token_env")
-        token = os.environ.get(token_env)
-        if token is None:
-            r.error(f"environment variable {token_env} is not set", "token_env")
-    if password_env is not None:
-        if password is not None:
-            r.error("give password or password_env, not both", "password_env")
-        password = os.environ.get(password_env)
-        if password is None:
-            r.error(f"environment variable {password_env} is not set", "password_env")
+    server.token = _from_env(r, server.token, server.token_env, "token")
+    server.password = _from_env(r, server.password, server.password_env, "password")
     if (
         retry_initial_ms is not None
         and retry_max_ms is not None
@@ -191,47 +166,8 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
 
     influx = None
     if backend is Backend.INFLUXDB:
-        if url is None:
-            r.error("missing (required with backend = influxdb)", "url")
-        elif not url.startswith(("http://", "https://")):
-            r.error(f"expected an http:// or https:// URL, got {url!r}", "url")
-        if api == Api.V2.value and bucket is None:
-            r.error('missing (required with api = "v2"; "db/rp" on InfluxDB 1.8)', "bucket")
-        if api == Api.V1.value and db is None:
-            r.error('missing (required with api = "v1")', "db")
-        if api == Api.V1.value:
-            for key, value in (("token", token), ("bucket", bucket)):
-                if value is not None:
-                    r.error('is a v2 setting; with api = "v1" use db, rp, username, password', key)
-        if api == Api.V2.value:
-            for key, value in (("db", db), ("rp", rp), ("username", username)):
-                if value is not None:
-                    r.error(
-                        f'is a v1 setting; with api = "v2" use token, org, bucket '
-                        f"(query_db for reads), got {key} = {value!r}",
-                        key,
-                    )
-        if (username is None) != (password is None) and api == Api.V1.value:
-            r.error("give both username and password, or neither", "username")
-        if url is not None and api is not None and None not in (timeout_ms, gzip, verify_ssl):
-            influx = InfluxTarget(
-                url=url.rstrip("/"),
-                api=Api(api),
-                token=token,
-                org=org or "-",
-                bucket=bucket,
-                db=db,
-                rp=rp,
-                username=username,
-                password=password,
-                query_db=query_db,
-                query_rp=query_rp,
-                timeout_s=timeout_ms / 1000,
-                gzip=gzip,
-                verify_ssl=verify_ssl,
-                create_database=bool(create_database),
-            )
-    elif url is not None:
+        influx = _influx_target(r, server)
+    elif server.url is not None:
         r.error(f"is only used with backend = influxdb (backend is {backend_name})", "url")
 
     store_path = _resolve(path, base) if path is not None else None
@@ -267,6 +203,109 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
             max_in_flight=max_in_flight,
         ),
         errors,
+    )
+
+
+@dataclass(slots=True)
+class _ServerFields:
+    """The InfluxDB settings as read, before they are checked together."""
+
+    url: str | None
+    api: str | None
+    token: str | None
+    token_env: str | None
+    org: str | None
+    bucket: str | None
+    db: str | None
+    rp: str | None
+    username: str | None
+    password: str | None
+    password_env: str | None
+    query_db: str | None
+    query_rp: str | None
+    timeout_ms: float | None
+    gzip: bool | None
+    verify_ssl: bool | None
+    create_database: bool | None
+
+
+def _read_server(r: TableReader) -> _ServerFields:
+    return _ServerFields(
+        url=r.str("url", None),
+        api=r.str("api", Api.V2.value, choices=[a.value for a in Api]),
+        token=r.str("token", None),
+        token_env=r.str("token_env", None),
+        org=r.str("org", "-"),
+        bucket=r.str("bucket", None),
+        db=r.str("db", None),
+        rp=r.str("rp", None),
+        username=r.str("username", None),
+        password=r.str("password", None),
+        password_env=r.str("password_env", None),
+        query_db=r.str("query_db", None),
+        query_rp=r.str("query_rp", None),
+        timeout_ms=r.number("timeout_ms", 10_000, low=100, high=600_000),
+        gzip=r.bool("gzip", True),
+        verify_ssl=r.bool("verify_ssl", True),
+        create_database=r.bool("create_database", False),
+    )
+
+
+def _from_env(r: TableReader, value: str | None, env: str | None, key: str) -> str | None:
+    """`key` as given, or from the environment variable `<key>_env` names."""
+    if env is None:
+        return value
+    if value is not None:
+        r.error(f"give {key} or {key}_env, not both", f"{key}_env")
+    value = os.environ.get(env)
+    if value is None:
+        r.error(f"environment variable {env} is not set", f"{key}_env")
+    return value
+
+
+def _influx_target(r: TableReader, f: _ServerFields) -> InfluxTarget | None:
+    """The server of backend = influxdb; each setting of the other API version refused."""
+    url, api = f.url, f.api
+    if url is None:
+        r.error("missing (required with backend = influxdb)", "url")
+    elif not url.startswith(("http://", "https://")):
+        r.error(f"expected an http:// or https:// URL, got {url!r}", "url")
+    if api == Api.V2.value and f.bucket is None:
+        r.error('missing (required with api = "v2"; "db/rp" on InfluxDB 1.8)', "bucket")
+    if api == Api.V1.value and f.db is None:
+        r.error('missing (required with api = "v1")', "db")
+    if api == Api.V1.value:
+        for key, value in (("token", f.token), ("bucket", f.bucket)):
+            if value is not None:
+                r.error('is a v2 setting; with api = "v1" use db, rp, username, password', key)
+    if api == Api.V2.value:
+        for key, value in (("db", f.db), ("rp", f.rp), ("username", f.username)):
+            if value is not None:
+                r.error(
+                    f'is a v1 setting; with api = "v2" use token, org, bucket '
+                    f"(query_db for reads), got {key} = {value!r}",
+                    key,
+                )
+    if (f.username is None) != (f.password is None) and api == Api.V1.value:
+        r.error("give both username and password, or neither", "username")
+    if url is None or api is None or None in (f.timeout_ms, f.gzip, f.verify_ssl):
+        return None
+    return InfluxTarget(
+        url=url.rstrip("/"),
+        api=Api(api),
+        token=f.token,
+        org=f.org or "-",
+        bucket=f.bucket,
+        db=f.db,
+        rp=f.rp,
+        username=f.username,
+        password=f.password,
+        query_db=f.query_db,
+        query_rp=f.query_rp,
+        timeout_s=f.timeout_ms / 1000,  # type: ignore[operator]
+        gzip=bool(f.gzip),
+        verify_ssl=bool(f.verify_ssl),
+        create_database=bool(f.create_database),
     )
 
 

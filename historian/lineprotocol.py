@@ -293,44 +293,21 @@ class LineEncoder:
             matrix = np.array([tuple(s.values.values()) for s in samples], dtype=np.float64)
         except (TypeError, ValueError):  # a string or an object among the values
             return b"", 0, 0, 0, 0, samples
-        times = [s.device_time or s.read_at for s in samples]
-        seconds = np.fromiter(
-            (t.timestamp() if t.tzinfo else t.replace(tzinfo=UTC).timestamp() for t in times),
-            np.float64,
-            len(times),
-        )
-        ns = np.rint(seconds * 1e6).astype(np.int64) * 1000
-        ok = np.ones(len(samples), dtype=bool)
-
-        fm = matrix[:, layout.floats]
-        ok &= np.isfinite(fm).all(axis=1)
-        im = matrix[:, layout.ints]
-        ok &= ((np.rint(im) == im) & (np.abs(im) < _EXACT)).all(axis=1)
-        bm = matrix[:, layout.bools]
-        ok &= ~np.isnan(bm).any(axis=1)
-        decimals = []
-        for j in range(fm.shape[1]):
-            d, fits = _fit_decimals(fm[:, j], ok, layout.decimals[j])
-            layout.decimals[j] = d
-            decimals.append(d)
-            ok &= fits
-        lag = None
-        if layout.has_lag:
-            lag = np.array([_lag_ms(s) for s in samples], dtype=np.float64)
-            lag_k = np.rint(lag * 1000)
-            ok &= np.isfinite(lag) & (lag_k / 1000 == lag) & (np.abs(lag_k) < _EXACT)
-
+        columns, ok = _checked_columns(layout, matrix, samples)
         rest = [s for s, good in zip(samples, ok.tolist(), strict=True) if not good]
         if rest:
-            keep = np.flatnonzero(ok)
-            fm, im, bm, ns = fm[keep], im[keep], bm[keep], ns[keep]
+            columns = columns.rows(np.flatnonzero(ok))
             samples = [s for s, good in zip(samples, ok.tolist(), strict=True) if good]
-            if lag is not None:
-                lag = lag[keep]
         m = len(samples)
         if not m:
             return b"", 0, 0, 0, 0, rest
+        prefixes = self._prefix_rows(layout, samples)
+        data = _render(layout, columns, prefixes)
+        ns = columns.ns
+        return data, m, m * layout.points, int(ns.min()), int(ns.max()), rest
 
+    def _prefix_rows(self, layout: _Layout, samples: list[Sample]) -> np.ndarray:
+        """Each sample's measurement and tags, as rows of the layout's prefix table."""
         model = samples[0].model
         index = layout.prefix_index
         rows = []
@@ -345,49 +322,108 @@ class LineEncoder:
             layout.table = np.zeros((len(layout.prefixes), width), dtype=np.uint8)
             for i, p in enumerate(layout.prefixes):
                 layout.table[i, : len(p)] = np.frombuffer(p, dtype=np.uint8)
-        segments: list[np.ndarray] = [layout.table[np.array(rows, dtype=np.intp)]]
+        return layout.table[np.array(rows, dtype=np.intp)]
 
-        # All numbers of a kind at once: fixed-point floats, integers, the timestamp.
-        d = np.array(decimals, dtype=np.int64)
-        fk = np.rint(fm * 10.0**d).astype(np.int64)
-        f_digits, f_width = _digit_block(np.abs(fk), d + 1)
-        ik = np.rint(im).astype(np.int64)
-        i_digits, _ = _digit_block(np.abs(ik), np.ones(ik.shape[1], dtype=np.int64))
-        t_digits, _ = _digit_block(np.abs(ns)[:, None], np.ones(1, dtype=np.int64))
-        dot = _literal(b".", m)
 
-        sep = b""
-        for j, name in enumerate(layout.float_names):
-            segments.append(_literal(sep + name, m))
-            if (fk[:, j] < 0).any():
-                segments.append(_sign(fk[:, j] < 0))
-            split = f_width - decimals[j]
-            if decimals[j]:
-                segments += [f_digits[:, j, :split], dot, f_digits[:, j, split:]]
-            else:
-                segments.append(f_digits[:, j])
-            sep = b","
-        for j, name in enumerate(layout.int_names):
-            segments.append(_literal(sep + name, m))
-            if (ik[:, j] < 0).any():
-                segments.append(_sign(ik[:, j] < 0))
-            segments += [i_digits[:, j], _literal(b"i", m)]
-            sep = b","
-        for j, name in enumerate(layout.bool_names):
-            segments.append(_literal(sep + name, m))
-            segments.append(_BOOLS[(bm[:, j] != 0).astype(np.intp)])
-            sep = b","
-        segments.append(_literal(sep + b"quality=0i", m))
-        if lag is not None:
-            segments.append(_literal(b",read_lag_ms=", m))
-            segments.extend(_fixed_point(lag, 3))
-        segments.append(_literal(b" ", m))
-        if (ns < 0).any():
-            segments.append(_sign(ns < 0))
-        segments += [t_digits[:, 0], _literal(b"\n", m)]
-        block = np.concatenate(segments, axis=1)
-        data = block[block != 0].tobytes()
-        return data, m, m * layout.points, int(ns.min()), int(ns.max()), rest
+@dataclass(slots=True)
+class _Columns:
+    """A group's values by type, each row's time in ns and read lag, and the decimals each
+    float column is printed with."""
+
+    floats: np.ndarray
+    ints: np.ndarray
+    bools: np.ndarray
+    ns: np.ndarray
+    lag: np.ndarray | None
+    decimals: list[int]
+
+    def rows(self, keep: np.ndarray) -> _Columns:
+        lag = self.lag[keep] if self.lag is not None else None
+        return _Columns(
+            self.floats[keep], self.ints[keep], self.bools[keep], self.ns[keep], lag, self.decimals
+        )
+
+
+def _checked_columns(
+    layout: _Layout, matrix: np.ndarray, samples: list[Sample]
+) -> tuple[_Columns, np.ndarray]:
+    """The group's columns, and which rows print exactly: finite floats with few enough
+    decimals, integral integers, booleans, a lag in whole microseconds."""
+    times = [s.device_time or s.read_at for s in samples]
+    seconds = np.fromiter(
+        (t.timestamp() if t.tzinfo else t.replace(tzinfo=UTC).timestamp() for t in times),
+        np.float64,
+        len(times),
+    )
+    ns = np.rint(seconds * 1e6).astype(np.int64) * 1000
+    ok = np.ones(len(samples), dtype=bool)
+
+    fm = matrix[:, layout.floats]
+    ok &= np.isfinite(fm).all(axis=1)
+    im = matrix[:, layout.ints]
+    ok &= ((np.rint(im) == im) & (np.abs(im) < _EXACT)).all(axis=1)
+    bm = matrix[:, layout.bools]
+    ok &= ~np.isnan(bm).any(axis=1)
+    decimals = []
+    for j in range(fm.shape[1]):
+        d, fits = _fit_decimals(fm[:, j], ok, layout.decimals[j])
+        layout.decimals[j] = d
+        decimals.append(d)
+        ok &= fits
+    lag = None
+    if layout.has_lag:
+        lag = np.array([_lag_ms(s) for s in samples], dtype=np.float64)
+        lag_k = np.rint(lag * 1000)
+        ok &= np.isfinite(lag) & (lag_k / 1000 == lag) & (np.abs(lag_k) < _EXACT)
+    return _Columns(fm, im, bm, ns, lag, decimals), ok
+
+
+def _render(layout: _Layout, columns: _Columns, prefixes: np.ndarray) -> bytes:
+    """The lines: every number of a kind at once (fixed-point floats, integers, the
+    timestamp), literal parts broadcast, the padding squeezed out with one mask."""
+    fm, im, bm, ns, lag = columns.floats, columns.ints, columns.bools, columns.ns, columns.lag
+    decimals = columns.decimals
+    m = len(ns)
+    segments: list[np.ndarray] = [prefixes]
+    d = np.array(decimals, dtype=np.int64)
+    fk = np.rint(fm * 10.0**d).astype(np.int64)
+    f_digits, f_width = _digit_block(np.abs(fk), d + 1)
+    ik = np.rint(im).astype(np.int64)
+    i_digits, _ = _digit_block(np.abs(ik), np.ones(ik.shape[1], dtype=np.int64))
+    t_digits, _ = _digit_block(np.abs(ns)[:, None], np.ones(1, dtype=np.int64))
+    dot = _literal(b".", m)
+
+    sep = b""
+    for j, name in enumerate(layout.float_names):
+        segments.append(_literal(sep + name, m))
+        if (fk[:, j] < 0).any():
+            segments.append(_sign(fk[:, j] < 0))
+        split = f_width - decimals[j]
+        if decimals[j]:
+            segments += [f_digits[:, j, :split], dot, f_digits[:, j, split:]]
+        else:
+            segments.append(f_digits[:, j])
+        sep = b","
+    for j, name in enumerate(layout.int_names):
+        segments.append(_literal(sep + name, m))
+        if (ik[:, j] < 0).any():
+            segments.append(_sign(ik[:, j] < 0))
+        segments += [i_digits[:, j], _literal(b"i", m)]
+        sep = b","
+    for j, name in enumerate(layout.bool_names):
+        segments.append(_literal(sep + name, m))
+        segments.append(_BOOLS[(bm[:, j] != 0).astype(np.intp)])
+        sep = b","
+    segments.append(_literal(sep + b"quality=0i", m))
+    if lag is not None:
+        segments.append(_literal(b",read_lag_ms=", m))
+        segments.extend(_fixed_point(lag, 3))
+    segments.append(_literal(b" ", m))
+    if (ns < 0).any():
+        segments.append(_sign(ns < 0))
+    segments += [t_digits[:, 0], _literal(b"\n", m)]
+    block = np.concatenate(segments, axis=1)
+    return block[block != 0].tobytes()
 
 
 def _lag_ms(sample: Sample) -> float:

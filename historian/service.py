@@ -419,7 +419,7 @@ class SpoolingHistorian(Historian):
             "dropped_lines": counters["dropped_lines"] + self.memory_dropped_lines,
             "dropped_points": counters["dropped_points"] + self.memory_dropped_points,
             "quarantined_lines": counters["quarantined_lines"],
-            "quarantine_batches": self.spool.quarantine_count(),
+            "quarantine_batches": self.spool.quarantine.count(),
             "retries": f.retries if f else 0,
             "connected": bool(f and f.connected),
             "write_ms": round((f.last_write_s if f else 0.0) * 1000, 3),

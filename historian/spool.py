@@ -9,11 +9,10 @@ Layout of `spool_dir`::
     replay/<id>.lp              lines waiting to be put back into the spool (CLI replay)
     spool.lock                  held (flock) by the process that owns the spool
 
-A record is a 48-byte header (magic, flags, body length, lines, points, creation time, data
-time range, CRC-32 of header and body) and a body of up to `batch_size` lines of line
-protocol — one gzip member when requests are sent compressed (`gzip = true`), plain text
-otherwise: what is stored is what is sent, and gzip members concatenate into one valid
-gzip stream, so a request is the records' bodies joined.
+Records (records.py) hold up to `batch_size` lines each, gzip-compressed when requests are
+sent compressed: what is stored is what is sent, and gzip members concatenate into one
+valid gzip stream, so a request is the records' bodies joined. Quarantine and replay:
+quarantine.py.
 
 Durability: `append()` writes a commit's records and `fdatasync`s the segment before it
 returns; only then do the lines count as accepted. A new segment's directory entry is
@@ -45,7 +44,6 @@ import fcntl
 import json
 import logging
 import os
-import struct
 import threading
 import time
 import zlib
@@ -57,7 +55,18 @@ from openprepay.core.errors import OpenPrepayError
 from openprepay.core.private_files import open_private, private_dir
 
 from .config import DropPolicy
-from .lineprotocol import Chunk, gunzip, gzip_member
+from .lineprotocol import Chunk, gunzip
+from .quarantine import Quarantine
+from .records import (
+    GZ,
+    HEADER,
+    MAGIC,
+    Segment,
+    fsync_dir,
+    pack_records,
+    scan_segment,
+    write_atomic,
+)
 
 SEGMENTS = "segments"
 CURSOR = "cursor"
@@ -68,11 +77,8 @@ LOCK_FILE = "spool.lock"
 
 log = logging.getLogger("openprepay.historian")
 
-_HEADER = struct.Struct("<4sB3xIIIqqqI")
-_MAGIC = b"OPR1"
 #: After drop_newest refused data, new data is taken again below this share of the bound.
 RESUME_BELOW = 0.9
-_GZ = 1
 COUNTERS = (
     "accepted_lines",
     "accepted_points",
@@ -82,6 +88,12 @@ COUNTERS = (
     "quarantined_lines",
     "requeued_lines",
 )
+
+
+#: (header, body, chunk) of a record to append.
+_Record = tuple[bytes, bytes, Chunk]
+#: (lines, points, first ns, last ns, records) of what the drop policy threw away.
+_Dropped = tuple[int, int, int | None, int | None, int]
 
 
 class SpoolLocked(OpenPrepayError):
@@ -130,72 +142,6 @@ class QueueState:
     segments: int
 
 
-@dataclass(frozen=True, slots=True)
-class QuarantineEntry:
-    id: str
-    at_ns: int
-    status: int
-    error: str
-    first_ns: int
-    last_ns: int
-    lines: int
-    bytes: int
-
-
-@dataclass(slots=True)
-class _Segment:
-    id: int
-    path: Path
-    #: Bytes of complete, committed records.
-    size: int = 0
-    sealed: bool = False
-    #: Unsent records of the segment: count, lines, points, bytes, data time range.
-    records: int = 0
-    lines: int = 0
-    points: int = 0
-    bytes: int = 0
-    first_ns: int | None = None
-    last_ns: int | None = None
-    created_ns: int | None = None
-
-    def add(self, lines: int, points: int, size: int, first: int, last: int, created: int) -> None:
-        self.records += 1
-        self.lines += lines
-        self.points += points
-        self.bytes += size
-        self.first_ns = first if self.first_ns is None else min(self.first_ns, first)
-        self.last_ns = last if self.last_ns is None else max(self.last_ns, last)
-        if self.created_ns is None:
-            self.created_ns = created
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _time_range(data: bytes) -> tuple[int, int]:
-    times = []
-    for line in data.splitlines():
-        tail = line.rsplit(b" ", 1)[-1]
-        if tail.isdigit():
-            times.append(int(tail))
-    return (min(times), max(times)) if times else (0, 0)
-
-
 class Spool:
     def __init__(
         self,
@@ -216,8 +162,8 @@ class Spool:
         self._mutex = threading.RLock()
         #: Appends are serialised; the head segment is written outside `_mutex`.
         self._append_lock = threading.Lock()
-        self._segments: dict[int, _Segment] = {}
-        self._head: _Segment | None = None
+        self._segments: dict[int, Segment] = {}
+        self._head: Segment | None = None
         self._head_fd: int | None = None
         self._cursor = (0, 0)
         self._read = (0, 0)
@@ -230,7 +176,9 @@ class Spool:
         self._counters_dirty = False
         #: drop_newest refused data and refuses until the backlog drains below RESUME_BELOW.
         self._refusing = False
-        self._quarantine_count: int | None = None
+        self.quarantine = Quarantine(
+            folder / QUARANTINE, folder / REPLAY, quarantine_max_bytes, self._count_trimmed
+        )
         self._lock_fd: int | None = None
         self._writable = False
         self.opened = False
@@ -269,14 +217,14 @@ class Spool:
                 if lock:
                     path.unlink(missing_ok=True)  # acknowledged; the delete did not happen
                 continue
-            segment = _Segment(seg_id, path, sealed=True)
+            segment = Segment(seg_id, path, sealed=True)
             start = self._cursor[1] if seg_id == self._cursor[0] else 0
             if start and start >= path.stat().st_size:
                 if lock:
                     path.unlink(missing_ok=True)  # sent completely
                 continue
             last = n == len(ids) - 1
-            segment.size = self._scan(segment, start, verify=last, repair=last and lock)
+            segment.size = scan_segment(segment, start, verify=last, repair=last and lock)
             self._segments[seg_id] = segment
         if self._cursor[0] not in self._segments:
             # The cursor's segment is gone (fully sent): start at the next one.
@@ -284,43 +232,6 @@ class Spool:
         self._read = self._cursor
         self.opened = True
         return self
-
-    def _scan(self, segment: _Segment, start: int, verify: bool, repair: bool) -> int:
-        """Add the records from `start` to the segment's unsent totals; its valid size.
-
-        With `verify` (the last segment, the one written when a crash happened), records
-        that fail their CRC at the end of the file are a torn write and are cut off; a
-        damaged record followed by good ones is kept (and set aside when it is sent).
-        """
-        size = segment.path.stat().st_size
-        records = []
-        with open(segment.path, "rb") as f:
-            offset = start
-            while offset + _HEADER.size <= size:
-                f.seek(offset)
-                header = f.read(_HEADER.size)
-                magic, _, length, lines, points, created, first, last, crc = _HEADER.unpack(header)
-                end = offset + _HEADER.size + length
-                if magic != _MAGIC or end > size:
-                    break
-                ok = not verify or zlib.crc32(f.read(length), zlib.crc32(header[:-4])) == crc
-                records.append((ok, end - offset, lines, points, first, last, created))
-                offset = end
-        while records and not records[-1][0]:
-            records.pop()
-        valid = start + sum(r[1] for r in records)
-        for _, length, lines, points, first, last, created in records:
-            segment.add(lines, points, length, first, last, created)
-        if valid < size and repair:
-            log.warning(
-                "historian spool: %d bytes of an unfinished write cut off %s",
-                size - valid,
-                segment.path,
-            )
-            with open(segment.path, "r+b") as f:
-                f.truncate(valid)
-                os.fsync(f.fileno())
-        return valid
 
     def lock(self) -> None:
         private_dir(self.folder, own=True)
@@ -358,7 +269,7 @@ class Spool:
         self.unlock()
 
     def _save_counters(self) -> None:
-        _write_atomic(self.folder / COUNTERS_FILE, json.dumps(self._counters).encode())
+        write_atomic(self.folder / COUNTERS_FILE, json.dumps(self._counters).encode())
         self._counters_dirty = False
 
     def save_counters(self) -> None:
@@ -367,7 +278,7 @@ class Spool:
                 self._save_counters()
 
     # -- appending (the committer's thread) -----------------------------------------------
-    def _new_head(self) -> _Segment:
+    def _new_head(self) -> Segment:
         if self._head is not None:
             self._head.sealed = True
             if self._head_fd is not None:
@@ -377,8 +288,8 @@ class Spool:
         seg_id = max(seg_id, self._cursor[0])
         path = self.segment_dir / f"{seg_id:012d}.seg"
         self._head_fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        _fsync_dir(self.segment_dir)
-        segment = _Segment(seg_id, path)
+        fsync_dir(self.segment_dir)
+        segment = Segment(seg_id, path)
         self._segments[seg_id] = segment
         self._head = segment
         return segment
@@ -398,62 +309,22 @@ class Spool:
 
     def _append(self, chunks: Sequence[Chunk]) -> tuple[int, Drop | None]:
         now = time.time_ns()
-        flags = _GZ if self.compress else 0
-        records = []
-        for c in chunks:
-            body = gzip_member(c.data) if self.compress else c.data
-            header = _HEADER.pack(
-                _MAGIC, flags, len(body), c.lines, c.points, now, c.first_ns, c.last_ns, 0
-            )
-            crc = zlib.crc32(body, zlib.crc32(header[:-4]))
-            records.append((header[:-4] + struct.pack("<I", crc), body, c))
+        records = pack_records(chunks, now, self.compress)
         with self._mutex:
-            dropped: list[tuple[int, int, int | None, int | None, int]] = []
-            reason = ""
-            incoming = sum(len(h) + len(b) for h, b, _ in records)
-            if self._refusing and self._pending_bytes() < self.max_bytes * RESUME_BELOW:
-                self._refusing = False
-            if self._refusing or self._pending_bytes() + incoming > self.max_bytes:
-                if self.policy is DropPolicy.DROP_OLDEST:
-                    dropped += self._drop_oldest(self._pending_bytes() + incoming - self.max_bytes)
-                    reason = "spool full: oldest segments dropped"
-                if self._refusing or self._pending_bytes() + incoming > self.max_bytes:
-                    # drop_newest (or a batch larger than the whole spool): refuse new data,
-                    # and keep refusing until the backlog has drained below RESUME_BELOW,
-                    # so that what is kept stays one contiguous stretch of time.
-                    kept = []
-                    used = self._pending_bytes()
-                    for rec in records:
-                        size = len(rec[0]) + len(rec[1])
-                        if not self._refusing and used + size <= self.max_bytes:
-                            kept.append(rec)
-                            used += size
-                        else:
-                            self._refusing = self.policy is DropPolicy.DROP_NEWEST
-                            c = rec[2]
-                            dropped.append((c.lines, c.points, c.first_ns, c.last_ns, 1))
-                    records = kept
-                    reason = reason or "spool full: new data refused"
+            records, dropped, reason = self._make_room(records)
             head = self._head
             if records and (head is None or head.size >= self.segment_bytes):
                 head = self._new_head()
             fd = self._head_fd
-        accepted = points = 0
+        data = b""
         if records:
             # Only this thread writes the head segment; readers stop at its committed size,
             # so the write and the sync happen outside the lock.
             assert head is not None and fd is not None
             data = b"".join(h + b for h, b, _ in records)
-            try:
-                written = os.write(fd, data)
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-                os.fdatasync(fd)
-            except OSError:
-                os.ftruncate(fd, head.size)  # leave no partial record behind
-                raise
-            accepted = sum(c.lines for _, _, c in records)
-            points = sum(c.points for _, _, c in records)
+            _write_synced(fd, data, head.size)
+        accepted = sum(c.lines for _, _, c in records)
+        points = sum(c.points for _, _, c in records)
         with self._mutex:
             if records:
                 assert head is not None
@@ -465,23 +336,58 @@ class Spool:
             self._counters_dirty = True
             drop = None
             if dropped:
-                firsts = [d[2] for d in dropped if d[2] is not None]
-                lasts = [d[3] for d in dropped if d[3] is not None]
-                drop = Drop(
-                    lines=sum(d[0] for d in dropped),
-                    points=sum(d[1] for d in dropped),
-                    batches=sum(d[4] for d in dropped),
-                    first_ns=min(firsts) if firsts else None,
-                    last_ns=max(lasts) if lasts else None,
-                    reason=f"{reason} ({self.policy.value}, spool_max_mb "
-                    f"{round(self.max_bytes / 1048576, 3):g})",
-                )
+                drop = self._drop_of(dropped, reason)
                 self._counters["dropped_lines"] += drop.lines
                 self._counters["dropped_points"] += drop.points
                 self._save_counters()
         return accepted, drop
 
-    def _drop_oldest(self, need: int) -> list[tuple[int, int, int | None, int | None, int]]:
+    def _make_room(self, records: list[_Record]) -> tuple[list[_Record], list[_Dropped], str]:
+        """Apply the drop policy when `records` would exceed the bound (under the mutex):
+        (the records to write, what was dropped, why)."""
+        dropped: list[_Dropped] = []
+        reason = ""
+        incoming = sum(len(h) + len(b) for h, b, _ in records)
+        if self._refusing and self._pending_bytes() < self.max_bytes * RESUME_BELOW:
+            self._refusing = False
+        if not self._refusing and self._pending_bytes() + incoming <= self.max_bytes:
+            return records, dropped, reason
+        if self.policy is DropPolicy.DROP_OLDEST:
+            dropped += self._drop_oldest(self._pending_bytes() + incoming - self.max_bytes)
+            reason = "spool full: oldest segments dropped"
+        if self._refusing or self._pending_bytes() + incoming > self.max_bytes:
+            # drop_newest (or a batch larger than the whole spool): refuse new data,
+            # and keep refusing until the backlog has drained below RESUME_BELOW,
+            # so that what is kept stays one contiguous stretch of time.
+            kept = []
+            used = self._pending_bytes()
+            for rec in records:
+                size = len(rec[0]) + len(rec[1])
+                if not self._refusing and used + size <= self.max_bytes:
+                    kept.append(rec)
+                    used += size
+                else:
+                    self._refusing = self.policy is DropPolicy.DROP_NEWEST
+                    c = rec[2]
+                    dropped.append((c.lines, c.points, c.first_ns, c.last_ns, 1))
+            records = kept
+            reason = reason or "spool full: new data refused"
+        return records, dropped, reason
+
+    def _drop_of(self, dropped: list[_Dropped], reason: str) -> Drop:
+        firsts = [d[2] for d in dropped if d[2] is not None]
+        lasts = [d[3] for d in dropped if d[3] is not None]
+        return Drop(
+            lines=sum(d[0] for d in dropped),
+            points=sum(d[1] for d in dropped),
+            batches=sum(d[4] for d in dropped),
+            first_ns=min(firsts) if firsts else None,
+            last_ns=max(lasts) if lasts else None,
+            reason=f"{reason} ({self.policy.value}, spool_max_mb "
+            f"{round(self.max_bytes / 1048576, 3):g})",
+        )
+
+    def _drop_oldest(self, need: int) -> list[_Dropped]:
         """Delete the oldest segments (never the one being written) until `need` bytes are
         free."""
         dropped = []
@@ -518,7 +424,7 @@ class Spool:
             self._read = self._cursor
 
     def _write_cursor(self) -> None:
-        _write_atomic(self.folder / CURSOR, f"{self._cursor[0]} {self._cursor[1]}\n".encode())
+        write_atomic(self.folder / CURSOR, f"{self._cursor[0]} {self._cursor[1]}\n".encode())
 
     # -- sending (the forwarder's thread) -------------------------------------------------
     def _fd(self, seg_id: int) -> int:
@@ -552,20 +458,20 @@ class Spool:
                     seg_id, offset = min(later), 0
                     continue
                 fd = self._fd(seg_id)
-                header = os.pread(fd, _HEADER.size, offset)
-                magic, flags, length, lines, points, _, first, last, crc = _HEADER.unpack(header)
+                header = os.pread(fd, HEADER.size, offset)
+                magic, flags, length, lines, points, _, first, last, crc = HEADER.unpack(header)
                 if out and total + lines > max_lines:
                     break
-                if magic == _MAGIC and offset + _HEADER.size + length > segment.size:
+                if magic == MAGIC and offset + HEADER.size + length > segment.size:
                     break  # not committed yet
-                body = os.pread(fd, length, offset + _HEADER.size)
-                end = offset + _HEADER.size + length
+                body = os.pread(fd, length, offset + HEADER.size)
+                end = offset + HEADER.size + length
                 corrupt = (
-                    magic != _MAGIC
+                    magic != MAGIC
                     or len(body) != length
                     or zlib.crc32(body, zlib.crc32(header[:-4])) != crc
                 )
-                if corrupt and magic != _MAGIC:
+                if corrupt and magic != MAGIC:
                     end = segment.size  # the rest of the segment cannot be framed
                 out.append(
                     SpoolBatch(
@@ -577,7 +483,7 @@ class Spool:
                         body,
                         first,
                         last,
-                        bool(flags & _GZ),
+                        bool(flags & GZ),
                         corrupt,
                     )
                 )
@@ -614,7 +520,7 @@ class Spool:
         the segments left behind."""
         bad_lines = 0
         for status, error, data in quarantined:
-            bad_lines += self._quarantine(status, error, data)
+            bad_lines += self.quarantine.put(status, error, data)
         with self._mutex:
             waiting = {(b.segment, b.offset) for b in self._outstanding}
             sent = 0
@@ -672,125 +578,31 @@ class Spool:
                 continue
             start = offset if sid == seg_id else 0
             if start < segment.size:
-                header = os.pread(self._fd(sid), _HEADER.size, start)
-                if len(header) == _HEADER.size:
-                    return _HEADER.unpack(header)[5]
+                header = os.pread(self._fd(sid), HEADER.size, start)
+                if len(header) == HEADER.size:
+                    return HEADER.unpack(header)[5]
             return segment.created_ns or time.time_ns()
         return time.time_ns()
 
-    # -- quarantine and replay ------------------------------------------------------------
-    def _quarantine(self, status: int, error: str, data: bytes) -> int:
-        folder = self.folder / QUARANTINE
-        entry = f"{time.time_ns()}-{os.getpid()}-{zlib.crc32(data):08x}"
-        lines = data.count(b"\n")
-        first, last = _time_range(data)
-        meta = {
-            "at_ns": time.time_ns(),
-            "status": status,
-            "error": error[:2000],
-            "lines": lines,
-            "first_ns": first,
-            "last_ns": last,
-        }
-        _write_atomic(folder / f"{entry}.lp", data)
-        _write_atomic(folder / f"{entry}.json", json.dumps(meta).encode())
-        self._quarantine_count = None
-        self._trim_quarantine()
-        return lines
-
-    def _trim_quarantine(self) -> None:
-        entries = self.quarantined()
-        total = sum(e.bytes for e in entries)
-        for e in entries:
-            if total <= self.quarantine_max_bytes:
-                break
-            (self.folder / QUARANTINE / f"{e.id}.lp").unlink(missing_ok=True)
-            (self.folder / QUARANTINE / f"{e.id}.json").unlink(missing_ok=True)
-            self._quarantine_count = None
-            with self._mutex:
-                self._counters["dropped_lines"] += e.lines
-                self._counters["dropped_points"] += e.lines
-            total -= e.bytes
-
-    def quarantine_count(self) -> int:
-        """Pieces in the quarantine (cached; this process changes it, `replay` empties it)."""
-        if self._quarantine_count is None:
-            self._quarantine_count = len(list((self.folder / QUARANTINE).glob("*.json")))
-        return self._quarantine_count
-
-    def quarantined(self) -> list[QuarantineEntry]:
-        out = []
-        for meta_path in sorted((self.folder / QUARANTINE).glob("*.json")):
-            data_path = meta_path.with_suffix(".lp")
-            try:
-                meta = json.loads(meta_path.read_text())
-                size = data_path.stat().st_size
-            except (OSError, ValueError):
-                continue
-            out.append(
-                QuarantineEntry(
-                    meta_path.stem,
-                    int(meta["at_ns"]),
-                    int(meta["status"]),
-                    str(meta["error"]),
-                    int(meta["first_ns"]),
-                    int(meta["last_ns"]),
-                    int(meta["lines"]),
-                    size,
-                )
-            )
-        return out
-
-    def requeue_quarantine(
-        self, from_ns: int | None = None, to_ns: int | None = None
-    ) -> tuple[int, int]:
-        """Move quarantined batches whose data overlaps [from, to) to `replay/`, from where
-        the spool's owner puts them back at the end of the queue; (batches, lines)."""
-        lo = from_ns if from_ns is not None else -(2**63)
-        hi = to_ns if to_ns is not None else 2**63 - 1
-        private_dir(self.folder / REPLAY, own=True)
-        moved = lines = 0
-        for e in self.quarantined():
-            if e.last_ns < lo or e.first_ns >= hi:
-                continue
-            source = self.folder / QUARANTINE / f"{e.id}.lp"
-            os.replace(source, self.folder / REPLAY / f"{e.id}.lp")
-            (self.folder / QUARANTINE / f"{e.id}.json").unlink(missing_ok=True)
-            moved += 1
-            lines += e.lines
-        self._quarantine_count = None
-        _fsync_dir(self.folder / REPLAY)
-        return moved, lines
-
-    def add_replay(self, chunks: Sequence[Chunk]) -> int:
-        """Lines produced outside the service (replay from an embedded store), left in
-        `replay/` for the spool's owner to append."""
-        private_dir(self.folder / REPLAY, own=True)
-        total = 0
-        for n, c in enumerate(chunks):
-            _write_atomic(self.folder / REPLAY / f"{time.time_ns()}-{n:06d}.lp", c.data)
-            total += c.lines
-        return total
-
+    # -- replay -------------------------------------------------------------------------
     def ingest_replay(self, max_lines: int = 5000) -> int:
         """Append what waits in `replay/` to the spool (owner only); the lines appended."""
         total = 0
-        for path in sorted((self.folder / REPLAY).glob("*.lp")):
-            data = path.read_bytes()
-            lines = [line for line in data.split(b"\n") if line.strip()]
-            chunks = []
-            for i in range(0, len(lines), max_lines):
-                part = b"\n".join(lines[i : i + max_lines]) + b"\n"
-                first, last = _time_range(part)
-                chunks.append(Chunk(part, len(lines[i : i + max_lines]), 0, first, last))
+        for path, chunks, lines in self.quarantine.replay_files(max_lines):
             self.append(chunks)
             path.unlink()
-            total += len(lines)
+            total += lines
         if total:
             with self._mutex:
                 self._counters["requeued_lines"] += total
                 self._save_counters()
         return total
+
+    def _count_trimmed(self, lines: int) -> None:
+        """A quarantined piece deleted to keep the quarantine's bound: data lost."""
+        with self._mutex:
+            self._counters["dropped_lines"] += lines
+            self._counters["dropped_points"] += lines
 
     # -- inspection -----------------------------------------------------------------------
     def queue(self) -> QueueState:
@@ -808,3 +620,16 @@ class Spool:
     def counters(self) -> dict[str, int]:
         with self._mutex:
             return dict(self._counters)
+
+
+def _write_synced(fd: int, data: bytes, committed: int) -> None:
+    """Append `data` and fdatasync; on failure cut the file back to `committed` bytes, so
+    that no partial record is left behind."""
+    try:
+        written = os.write(fd, data)
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fdatasync(fd)
+    except OSError:
+        os.ftruncate(fd, committed)
+        raise

@@ -146,47 +146,8 @@ def check_config(site: Site) -> tuple[OpcUaConfig | None, list[FieldError]]:
         r.error(
             f"expected at least login_delay_s ({delay:g}), got {delay_max:g}", "login_delay_max_s"
         )
-    if policy_names is not None and not policy_names and allow_none and not allow_anonymous:
-        r.error(
-            "with only the None policy no password can be encrypted, so nobody could log in: "
-            "give a security policy, or allow_anonymous = true for read-only access",
-            "security_policies",
-        )
-
-    policies: list[Policy] = []
-    if policy_names is not None:
-        known = [p.value for p in Policy]
-        for name in policy_names:
-            if name == "None":
-                r.error(
-                    "the None policy is not a security policy here; set allow_none = true "
-                    "to offer it beside the secure ones",
-                    "security_policies",
-                )
-            elif name not in known:
-                r.error(f"expected some of {', '.join(known)}; got {name!r}", "security_policies")
-            elif Policy(name) not in policies:
-                policies.append(Policy(name))
-        if not policy_names and not allow_none:  # (with allow_none: checked above)
-            r.error(
-                "no security policy left: give at least one, or allow_none = true",
-                "security_policies",
-            )
-
-    pki_path = _resolve(pki_dir, base) if pki_dir is not None else None
-    if pki_dir is not None and pki_path is None and present:
-        r.error(
-            "a relative path needs a site file to be relative to; give an absolute path",
-            "pki_dir",
-        )
-    users_path = None
-    if users_file is not None:
-        users_path = _resolve(users_file, base)
-        if users_path is None:
-            r.error(
-                "a relative path needs a site file to be relative to; give an absolute path",
-                "users_file",
-            )
+    policies = _policies(r, policy_names, allow_none, allow_anonymous)
+    pki_path, users_path = _paths(r, pki_dir, users_file, base, present)
 
     if errors:
         return None, errors
@@ -220,6 +181,60 @@ def check_config(site: Site) -> tuple[OpcUaConfig | None, list[FieldError]]:
         ),
         errors,
     )
+
+
+def _policies(
+    r: TableReader, names: list[str] | None, allow_none: bool, allow_anonymous: bool
+) -> list[Policy]:
+    """The security policies named, without repeats; refuses a set nobody could log in with."""
+    policies: list[Policy] = []
+    if names is None:
+        return policies
+    if not names and allow_none and not allow_anonymous:
+        r.error(
+            "with only the None policy no password can be encrypted, so nobody could log in: "
+            "give a security policy, or allow_anonymous = true for read-only access",
+            "security_policies",
+        )
+    known = [p.value for p in Policy]
+    for name in names:
+        if name == "None":
+            r.error(
+                "the None policy is not a security policy here; set allow_none = true "
+                "to offer it beside the secure ones",
+                "security_policies",
+            )
+        elif name not in known:
+            r.error(f"expected some of {', '.join(known)}; got {name!r}", "security_policies")
+        elif Policy(name) not in policies:
+            policies.append(Policy(name))
+    if not names and not allow_none:  # (with allow_none: checked above)
+        r.error(
+            "no security policy left: give at least one, or allow_none = true",
+            "security_policies",
+        )
+    return policies
+
+
+def _paths(
+    r: TableReader, pki_dir: str | None, users_file: str | None, base: Path | None, present: bool
+) -> tuple[Path | None, Path | None]:
+    """The PKI folder and the users file, relative to the site file's folder."""
+    pki_path = _resolve(pki_dir, base) if pki_dir is not None else None
+    if pki_dir is not None and pki_path is None and present:
+        r.error(
+            "a relative path needs a site file to be relative to; give an absolute path",
+            "pki_dir",
+        )
+    users_path = None
+    if users_file is not None:
+        users_path = _resolve(users_file, base)
+        if users_path is None:
+            r.error(
+                "a relative path needs a site file to be relative to; give an absolute path",
+                "users_file",
+            )
+    return pki_path, users_path
 
 
 def pki_dir_of(site: Site) -> Path:

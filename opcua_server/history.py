@@ -23,7 +23,7 @@ from asyncua.server.history import HistoryStorageInterface
 from openprepay.core.field.history import HistoryReader, HistoryValue
 from openprepay.core.model import Quality
 
-from .space import STATUS_OF_QUALITY, HistoryTarget
+from .bindings import STATUS_OF_QUALITY, HistoryTarget
 
 _TICK = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -29,7 +29,8 @@ def openprepay_services(runtime: ServiceHost) -> Sequence[Service]:
     config = read_config(runtime.site)
     if config is None:
         return []
-    from .service import make_service
+    # asyncua is heavy: loaded only when a site runs the server, not for every command.
+    from .assembly import make_service
 
     return [make_service(config, runtime)]
 

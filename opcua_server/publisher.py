@@ -32,7 +32,8 @@ from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL
 from openprepay.core.model import MeterKind, Quality, Sample
 from openprepay.core.tasks import stop_task
 
-from .space import STATUS_OF_QUALITY, SourceBinding, Space
+from .bindings import STATUS_OF_QUALITY, PointBinding, SourceBinding
+from .space import Space
 
 log = logging.getLogger("openprepay.opcua")
 
@@ -167,20 +168,12 @@ class Publisher:
                 pb.at = at
             online = binding.online
             if online is not None:
-                up = quality in _GOODISH
-                same = online.value is up and online.status == 0
-                due = up and stale is not None and online.at is not None and online.at <= stale
-                if not same or due:
-                    dv = ua.DataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
-                    await write(online.nodeid, VALUE, dv)
-                    online.value, online.status, online.at = up, 0, at
-                    if same:
-                        steady += 1
-                    else:
-                        changed += 1
-                        room = self.space.meter_room.get(sample.source)
-                        if room is not None:
-                            rooms.add(room)
+                went, kept = await _write_online(write, online, quality in _GOODISH, at, now, stale)
+                changed += went
+                steady += kept
+                room = self.space.meter_room.get(sample.source) if went else None
+                if room is not None:
+                    rooms.add(room)
             if changed:
                 for hook in self.after:
                     hook(sample, binding)
@@ -230,3 +223,23 @@ class Publisher:
             await space.server.iserver.aspace.write_attribute_value(
                 space.room_online[room], VALUE, dv
             )
+
+
+async def _write_online(
+    write: Any,
+    online: PointBinding,
+    up: bool,
+    at: datetime,
+    now: datetime,
+    stale: datetime | None,
+) -> tuple[int, int]:
+    """A meter's Online after a poll; (1, 0) when it changed, (0, 1) when only its time
+    moved on (as for a steady Good value), (0, 0) when not written."""
+    same = online.value is up and online.status == 0
+    due = up and stale is not None and online.at is not None and online.at <= stale
+    if same and not due:
+        return 0, 0
+    dv = ua.DataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
+    await write(online.nodeid, VALUE, dv)
+    online.value, online.status, online.at = up, 0, at
+    return (0, 1) if same else (1, 0)

@@ -16,9 +16,9 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from asyncua import ua
 
@@ -41,6 +41,7 @@ from .events import (
     Emission,
     EventEmitter,
 )
+from .extension import ServerExtension
 from .guard import SECURITY_MODEL, SECURITY_SOURCE, ChannelGuard, SecurityCounters
 from .history import HistorianBackend
 from .logins import LoginThrottle
@@ -53,6 +54,7 @@ from .pki import (
     thumbprint,
 )
 from .publisher import Publisher
+from .site_tree import build_site_tree
 from .space import Space
 from .standard_space import FastInternalServer
 from .transport import OpenPrepayServer
@@ -89,7 +91,12 @@ class OpcUaPortInUse(OpenPrepayError):
 class OpcUaService:
     name = "opcua"
 
-    def __init__(self, config: OpcUaConfig, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        config: OpcUaConfig,
+        runtime: Runtime,
+        extensions: Sequence[ServerExtension] = (),
+    ) -> None:
         assert config.pki_dir is not None
         self.config = config
         self.runtime = runtime
@@ -108,8 +115,8 @@ class OpcUaService:
         self.counters = SecurityCounters(on_change=self._publish_counters)
         self.limiter = LogLimiter(log)
         self._unsubscribe: list[Callable[[], None]] = []
-        #: Hooks that add to the address space before the server starts (accounts).
-        self.extensions: list[Any] = []
+        #: What else the address space has (accounts): built, started and fed in this order.
+        self.extensions: list[ServerExtension] = list(extensions)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -122,15 +129,37 @@ class OpcUaService:
         cert = await asyncio.to_thread(
             ensure_server_certificate, self.pki, app_uri, config.hostname
         )
+        demo_created = await self._load_users()
+        server = self._make_server()
+        space = await self._build_space(server, app_uri)
+        self._secure(server)
+        await self._listen(server)
+        await self._go_live(space)
+        log.info(
+            "OPC UA server on %s (%s; certificate SHA-1 %s; %d nodes)",
+            self.endpoint,
+            self._policies_text(),
+            thumbprint(cert),
+            space.writer.created,
+        )
+        self._announce(demo_created)
+
+    async def _load_users(self) -> bool:
+        """The user directory; True when the demo user was created just now."""
+        config = self.config
         self.users = UserDirectory(config.users_path)
-        demo_created = False
         if config.demo and not self.users.users:
             await asyncio.to_thread(
                 add_user, config.users_path, DEMO_USER, DEMO_PASSWORD, Role.ADMIN
             )
             self.users.reload()
-            demo_created = True
+            return True
+        return False
 
+    def _make_server(self) -> OpenPrepayServer:
+        """The asyncua server behind the guarded transport, not yet initialised."""
+        config = self.config
+        assert self.users is not None
         throttle = LoginThrottle(
             free_failures=config.login_free_failures,
             delay_s=config.login_delay_s,
@@ -148,6 +177,12 @@ class OpcUaService:
         server.iserver.method_service.stop()
         self.condition_methods = ConditionMethodService(server.iserver.aspace)
         server.iserver.method_service = self.condition_methods
+        return server
+
+    async def _build_space(self, server: OpenPrepayServer, app_uri: str) -> Space:
+        """Server identity, then the address space: types, event types, the extensions'
+        types and methods, the site tree, the extensions' instances."""
+        config = self.config
         self.space = space = Space(
             server,
             self.runtime.site,
@@ -175,10 +210,14 @@ class OpcUaService:
         await self.events.create_types()
         for ext in self.extensions:
             await ext.declare(self)
-        space.build_site()
+        build_site_tree(space)
         for ext in self.extensions:
             await ext.build(self)
+        return space
 
+    def _secure(self, server: OpenPrepayServer) -> None:
+        """Role ruleset, security policies, identity tokens, client certificate check."""
+        config = self.config
         self.ruleset = RoleRuleset(self.method_roles, self._refused_call)
         policies: list[ua.SecurityPolicyType] = []
         if config.allow_none:
@@ -202,6 +241,9 @@ class OpcUaService:
             ClientCertificateValidator(self.pki, rejected, self.counters, self.limiter)
         )
 
+    async def _listen(self, server: OpenPrepayServer) -> None:
+        """Start listening; a port in use is one `OpcUaPortInUse` line."""
+        config = self.config
         port = self._choose_port()
         self.endpoint = f"opc.tcp://{config.hostname}:{port}{config.path}"
         server.set_endpoint(self.endpoint)
@@ -222,6 +264,9 @@ class OpcUaService:
         if port == 0:
             self.endpoint = f"opc.tcp://{config.hostname}:{self.port}{config.path}"
 
+    async def _go_live(self, space: Space) -> None:
+        """Publisher and events running, the bus listened to, the latest readings shown."""
+        assert self.events is not None
         self.publisher = Publisher(space)
         self.publisher.start()
         self._publish_counters()
@@ -236,17 +281,15 @@ class OpcUaService:
         for ext in self.extensions:
             await ext.start(self)
 
-        policies_text = ", ".join(p.value for p in config.policies) + (
-            ", None" if config.allow_none else ""
-        )
-        log.info(
-            "OPC UA server on %s (%s; certificate SHA-1 %s; %d nodes)",
-            self.endpoint,
-            policies_text,
-            thumbprint(cert),
-            space.writer.created,
-        )
-        lines = [f"OPC UA: {self.endpoint}  ({policies_text}, SignAndEncrypt)"]
+    def _policies_text(self) -> str:
+        config = self.config
+        return ", ".join(p.value for p in config.policies) + (", None" if config.allow_none else "")
+
+    def _announce(self, demo_created: bool) -> None:
+        """What the operator needs to connect, for the CLI to print after start."""
+        config = self.config
+        assert self.users is not None
+        lines = [f"OPC UA: {self.endpoint}  ({self._policies_text()}, SignAndEncrypt)"]
         users = self.users.users
         if demo_created or (config.demo and DEMO_USER in users):
             lines.append(
@@ -320,9 +363,7 @@ class OpcUaService:
     def _refused_call(self, user: SessionUser | None, calls: list[ua.CallMethodRequest]) -> None:
         self.counters.add("calls_refused")
         for ext in self.extensions:
-            hook = getattr(ext, "refused", None)
-            if hook is not None:
-                hook(self, user, calls)
+            ext.refused(self, user, calls)
 
     # -- core events → OPC UA events ------------------------------------------------------------
     def _on_event(self, event: Event) -> None:
@@ -394,15 +435,4 @@ class OpcUaService:
                 )
             )
         for ext in self.extensions:
-            hook = getattr(ext, "on_event", None)
-            if hook is not None:
-                hook(self, event)
-
-
-def make_service(config: OpcUaConfig, runtime: Runtime) -> OpcUaService:
-    """The service with every part of the address space this installation has."""
-    from .accounts import AccountView
-
-    service = OpcUaService(config, runtime)
-    service.extensions.append(AccountView())
-    return service
+            ext.on_event(self, event)

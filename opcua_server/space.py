@@ -1,4 +1,4 @@
-"""The address space: object types, the site tree, and which variable shows which point.
+"""The address space: its namespaces, object types, methods, point variables and lookups.
 
 Two namespaces:
 
@@ -10,14 +10,10 @@ Two namespaces:
   ids in the site file and the ledger (`Meter:E-A-101/energy_total`, `Account:A-101`,
   `Room:A-101`), so they are the same after every restart and a SCADA screen keeps working.
 
-Tree::
-
-    Objects/OpenPrepay/
-      Sites/<site>/Buildings/<b>/Floors/<f>/Rooms/<r>/Meters/<m>
-                  /Buildings/<b>/Meters/<m>           (common-area meters)
-                  /Links/<link>
-      Accounts/<account>                             (also organised by its room)
-      Diagnostics/<source>                           (historian statistics...)
+The tree of sites, buildings, rooms, meters and links is built by site_tree.py, accounts
+by the accounts extension (accounts/nodes.py); this module adds the
+`OpenPrepay/Diagnostics/<source>` objects (historian statistics...) on their first sample,
+and keeps the lookups all of them fill. Which variable shows which point: bindings.py.
 
 Methods are declared once on the types and referenced by every instance; the Call's
 ObjectId tells which meter or account it is about.
@@ -28,18 +24,16 @@ is false: a single source, or inference) has a `Verified` property (Boolean, fal
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 from asyncua import Node, Server, ua
 
 from openprepay.core.config.site import Site
 from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL
-from openprepay.core.model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, ValueType
+from openprepay.core.model import DeviceModel, MeterKind, PointRole, PointSpec, ValueType
 
+from .bindings import NULL, WAITING, HistoryTarget, PointBinding, SourceBinding, Target
 from .nodes import FOLDER_TYPE, HAS_COMPONENT, NodeWriter
 from .units import eu_information
 
@@ -47,16 +41,6 @@ TYPES_URI = "urn:openprepay:types"
 ANALOG_ITEM = ua.NodeId(ua.ObjectIds.AnalogItemType)
 BASE_ANALOG = ua.NodeId(ua.ObjectIds.BaseAnalogType)
 SUBSCRIBE_TO_EVENTS = ua.EventNotifier.SubscribeToEvents.mask
-
-STATUS_OF_QUALITY = {
-    Quality.GOOD: ua.StatusCode(ua.StatusCodes.Good),
-    Quality.UNCERTAIN: ua.StatusCode(ua.StatusCodes.Uncertain),
-    Quality.BAD_COMM_FAILURE: ua.StatusCode(ua.StatusCodes.BadNoCommunication),
-    Quality.BAD_DEVICE_FAILURE: ua.StatusCode(ua.StatusCodes.BadDeviceFailure),
-    Quality.BAD_OUT_OF_SERVICE: ua.StatusCode(ua.StatusCodes.BadOutOfService),
-}
-WAITING = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
-NULL = ua.Variant(None, ua.VariantType.Null)
 
 _VTYPE = {
     ValueType.FLOAT: (ua.VariantType.Double, ua.NodeId(ua.ObjectIds.Double), float),
@@ -67,58 +51,6 @@ _VTYPE = {
 
 def site_uri(site_id: str) -> str:
     return f"urn:openprepay:site:{site_id}"
-
-
-@dataclass(slots=True)
-class PointBinding:
-    """One variable fed by one point of one source; remembers what it shows.
-
-    Several bindings may read the same point (an account's balance in fen is shown as
-    `Balance` in CNY and as `BalanceFen`), and one binding may be fed by two sources (an
-    account's sample and its snapshot): with `guard`, a value older than the one shown is
-    not written.
-    """
-
-    nodeid: ua.NodeId
-    vtype: ua.VariantType
-    convert: Callable[[Any], Any]
-    value: Any = None
-    status: int = ua.StatusCodes.BadWaitingForInitialData
-    #: Skip values older than `at` (only for variables fed by two sources: a meter clock
-    #: set back must not freeze its variables).
-    guard: bool = False
-    at: datetime | None = None
-
-
-@dataclass(slots=True)
-class SourceBinding:
-    """The variables of one (source, model): a meter, its health, a link, an account."""
-
-    source: str
-    node: ua.NodeId
-    #: (point name in the sample, the variable it feeds)
-    points: list[tuple[str, PointBinding]] = field(default_factory=list)
-    #: A meter's Online variable: true after a Good or Uncertain poll, false after a Bad one.
-    online: PointBinding | None = None
-    #: A steady Good value is written again with a newer sample's time once the time it
-    #: shows is this old (meters only; None: only changes are written).
-    refresh: timedelta | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryTarget:
-    source: str
-    point: str
-    vtype: ua.VariantType
-    convert: Callable[[Any], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a method call is about: ("meter", id) or ("account", id)."""
-
-    kind: str
-    id: str
 
 
 def history_worthy(model: DeviceModel, spec: PointSpec) -> bool:
@@ -318,204 +250,7 @@ class Space:
             if owner in owners:
                 self.writer.reference(instance, method, HAS_COMPONENT, inverse=False)
 
-    # -- the site tree --------------------------------------------------------------------------
-    def build_site(self) -> None:
-        # Hundreds of thousands of long-lived objects: without the collector running over a
-        # growing heap on every allocation burst, building is several times faster.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            self._build_site()
-        finally:
-            if enabled:
-                gc.enable()
-
-    def _build_site(self) -> None:
-        w = self.writer
-        site = self.site
-        root = w.object(
-            self.iid("OpenPrepay"),
-            self.iq("OpenPrepay"),
-            ua.NodeId(ua.ObjectIds.ObjectsFolder),
-            FOLDER_TYPE,
-            event_notifier=SUBSCRIBE_TO_EVENTS,
-        )
-        sites = self._folder("OpenPrepay/Sites", "Sites", root.nodeid)
-        self._folder("OpenPrepay/Accounts", "Accounts", root.nodeid)
-        site_node = w.object(
-            self.iid(f"Site:{site.id}"),
-            self.iq(site.id),
-            sites,
-            self.types["SiteType"],
-            display=site.info.name or site.id,
-        )
-        self.add_properties(
-            site_node.nodeid,
-            f"Site:{site.id}",
-            {
-                "Name": site.info.name,
-                "TimeZone": site.info.timezone,
-                "Currency": site.info.currency,
-            },
-        )
-        buildings = self._folder(f"Site:{site.id}/Buildings", "Buildings", site_node.nodeid)
-        links = self._folder(f"Site:{site.id}/Links", "Links", site_node.nodeid)
-
-        building_meters: dict[str, ua.NodeId] = {}
-        floor_rooms: dict[tuple[str, str], ua.NodeId] = {}
-        for b in site.buildings.values():
-            bnode = w.object(
-                self.iid(f"Building:{b.id}"),
-                self.iq(b.id),
-                buildings,
-                self.types["BuildingType"],
-                display=b.name,
-            )
-            self.add_properties(bnode.nodeid, f"Building:{b.id}", {"Name": b.name})
-            floors = self._folder(f"Building:{b.id}/Floors", "Floors", bnode.nodeid)
-            for f in b.floors:
-                fnode = w.object(
-                    self.iid(f"Floor:{b.id}/{f}"), self.iq(f), floors, self.types["FloorType"]
-                )
-                floor_rooms[(b.id, f)] = self._folder(
-                    f"Floor:{b.id}/{f}/Rooms", "Rooms", fnode.nodeid
-                )
-            if any(d.building == b.id and d.room is None for d in site.devices.values()):
-                building_meters[b.id] = self._folder(
-                    f"Building:{b.id}/Meters", "Meters", bnode.nodeid
-                )
-
-        room_meters: dict[str, ua.NodeId] = {}
-        for r in site.rooms.values():
-            parent = floor_rooms.get((r.building, r.floor))
-            if parent is None:
-                continue
-            rnode = w.object(
-                self.iid(f"Room:{r.id}"),
-                self.iq(r.id),
-                parent,
-                self.types["RoomType"],
-                display=r.name,
-                event_notifier=SUBSCRIBE_TO_EVENTS,
-            )
-            props: dict[str, Any] = {"Name": r.name}
-            self.add_properties(rnode.nodeid, f"Room:{r.id}", props)
-            if r.area_m2 is not None:
-                self.add_property(
-                    rnode.nodeid, f"Room:{r.id}/AreaM2", "AreaM2", r.area_m2, ua.VariantType.Double
-                )
-            self.room_online[r.id] = self.iid(f"Room:{r.id}/Online")
-            w.variable(
-                self.room_online[r.id],
-                self.tq("Online"),
-                rnode.nodeid,
-                NULL,
-                datatype_of(ua.VariantType.Boolean),
-                status=WAITING,
-                description="True while every meter of the room answers",
-            )
-            self.room_nodes[r.id] = rnode.nodeid
-            room_meters[r.id] = self._folder(f"Room:{r.id}/Meters", "Meters", rnode.nodeid)
-
-        other_meters: ua.NodeId | None = None
-        for device in site.devices.values():
-            model = self.models.get(device.model)
-            if model is None:
-                continue
-            if device.room is not None and device.room in room_meters:
-                parent = room_meters[device.room]
-                location = f"room {device.room}"
-                self.room_meters.setdefault(device.room, []).append(device.id)
-                self.meter_room[device.id] = device.room
-            elif device.building is not None and device.building in building_meters:
-                parent = building_meters[device.building]
-                location = f"building {device.building}"
-            else:
-                if other_meters is None:
-                    other_meters = self._folder(
-                        f"Site:{site.id}/Meters", "Meters", site_node.nodeid
-                    )
-                parent = other_meters
-                location = f"site {site.id}"
-            self._meter(
-                device.id,
-                model,
-                parent,
-                {
-                    "MeterId": device.id,
-                    "Model": model.name,
-                    "Vendor": model.vendor,
-                    "Product": model.product,
-                    "ControlMode": device.control_mode.value,
-                    "LinkId": device.link,
-                    "Location": location,
-                },
-                device.unit_id,
-            )
-            refresh = self.timestamp_refresh_s
-            self.meter_bindings[device.id].refresh = timedelta(
-                seconds=site.poll_interval(device) if refresh is None else refresh
-            )
-
-        for link in site.links.values():
-            lnode = w.object(
-                self.iid(f"Link:{link.id}"), self.iq(link.id), links, self.types["LinkType"]
-            )
-            self.add_properties(
-                lnode.nodeid,
-                f"Link:{link.id}",
-                {"Address": link.address, "LinkKind": link.type.value},
-            )
-            self._bind_points(link.id, LINK_MODEL, lnode.nodeid, f"Link:{link.id}")
-            self.link_nodes[link.id] = lnode.nodeid
-
-    def _meter(
-        self,
-        meter_id: str,
-        model: DeviceModel,
-        parent: ua.NodeId,
-        props: Mapping[str, str],
-        unit_id: int,
-    ) -> None:
-        w = self.writer
-        type_name = "WaterMeterType" if model.kind is MeterKind.WATER else "ElectricMeterType"
-        base = f"Meter:{meter_id}"
-        node = w.object(
-            self.iid(base),
-            self.iq(meter_id),
-            parent,
-            self.types[type_name],
-            event_notifier=SUBSCRIBE_TO_EVENTS,
-            description=model.description,
-        )
-        self.add_properties(node.nodeid, base, props)
-        self.add_property(node.nodeid, f"{base}/UnitId", "UnitId", unit_id, ua.VariantType.Int32)
-        online = w.variable(
-            self.iid(f"{base}/Online"),
-            self.tq("Online"),
-            node.nodeid,
-            NULL,
-            datatype_of(ua.VariantType.Boolean),
-            status=WAITING,
-            description="True while the meter answers its polls",
-        )
-        binding = self._bind_points(meter_id, model, node.nodeid, base)
-        # Online follows the quality of every poll (the health statistics come later).
-        binding.online = PointBinding(online.nodeid, ua.VariantType.Boolean, bool)
-        self.meter_bindings[meter_id] = binding
-        comm = w.object(
-            self.iid(f"{base}/Communication"),
-            self.tq("Communication"),
-            node.nodeid,
-            self.types["DeviceHealthType"],
-            reference=HAS_COMPONENT,
-        )
-        self._bind_points(meter_id, HEALTH_MODEL, comm.nodeid, f"{base}/Communication")
-        self.attach_methods(node.nodeid, "MeterType")
-        self.meter_nodes[meter_id] = node.nodeid
-        self.targets[node.nodeid] = Target("meter", meter_id)
-
-    def _bind_points(
+    def bind_points(
         self, source: str, model: DeviceModel, parent: ua.NodeId, base: str
     ) -> SourceBinding:
         binding = SourceBinding(source, parent)
@@ -593,7 +328,7 @@ class Space:
         its first sample under OpenPrepay/Diagnostics."""
         folder = self.iid("OpenPrepay/Diagnostics")
         if not self.writer.exists(folder):
-            self._folder("OpenPrepay/Diagnostics", "Diagnostics", self.iid("OpenPrepay"))
+            self.folder("OpenPrepay/Diagnostics", "Diagnostics", self.iid("OpenPrepay"))
         base = f"Diagnostics:{source}"
         node = self.iid(base)
         if not self.writer.exists(node):
@@ -605,10 +340,10 @@ class Space:
                 description=model.description,
                 event_notifier=SUBSCRIBE_TO_EVENTS,
             )
-        return self._bind_points(source, model, node, f"{base}/{model.name}")
+        return self.bind_points(source, model, node, f"{base}/{model.name}")
 
     # -- helpers ------------------------------------------------------------------------------
-    def _folder(self, ident: str, name: str, parent: ua.NodeId) -> ua.NodeId:
+    def folder(self, ident: str, name: str, parent: ua.NodeId) -> ua.NodeId:
         node = self.writer.object(self.iid(ident), self.tq(name), parent, FOLDER_TYPE)
         return node.nodeid
 

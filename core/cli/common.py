@@ -1,4 +1,13 @@
-"""Helpers shared by CLI commands."""
+"""The public toolkit for command groups: the built-in ones and a plugin's
+(`openprepay_cli_commands`, e.g. historian/cli.py, opcua_server/cli.py).
+
+A plugin's commands need nothing else from core/cli: `site_argument` and
+`load_checked_site` (the SITE argument and the site it names; a bad one raises
+`ConfigError`, which the CLI prints in one line and exits non-zero, as it does for any
+`OpenPrepayError`), `run_async` and `wait_for_stop` (a long-running command that ends
+cleanly on Ctrl-C or SIGTERM), `progress_bar` (progress on standard error). A command that
+takes a password uses core/cli/secret.py.
+"""
 
 from __future__ import annotations
 

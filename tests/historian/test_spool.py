@@ -156,14 +156,14 @@ def test_quarantine_and_replay(tmp_path: Path) -> None:
     spool.append([chunk(1)])
     batches = spool.peek(100)
     spool.ack(batches, [(400, "partial write: field type conflict", b"m f=1 5000\n")])
-    [entry] = spool.quarantined()
+    [entry] = spool.quarantine.entries()
     assert (entry.status, entry.lines, entry.first_ns) == (400, 1, 5000)
     assert "type conflict" in entry.error
     assert spool.counters()["quarantined_lines"] == 1
     assert spool.counters()["sent_lines"] == 9
-    assert spool.requeue_quarantine(from_ns=6000) == (0, 0)  # outside the range
-    assert spool.requeue_quarantine(from_ns=4000, to_ns=6000) == (1, 1)
-    assert spool.quarantined() == []
+    assert spool.quarantine.requeue(from_ns=6000) == (0, 0)  # outside the range
+    assert spool.quarantine.requeue(from_ns=4000, to_ns=6000) == (1, 1)
+    assert spool.quarantine.entries() == []
     assert spool.ingest_replay() == 1
     [again] = spool.peek(100)
     assert again.plain() == b"m f=1 5000\n"

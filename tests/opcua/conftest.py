@@ -51,9 +51,10 @@ from openprepay.core.cli import CliContext, build_cli
 from openprepay.core.config.site import load_site
 from openprepay.core.db import open_database, schema
 from openprepay.core.prepay import accounts as acc
+from openprepay.opcua_server.assembly import make_service
 from openprepay.opcua_server.config import OpcUaConfig
 from openprepay.opcua_server.pki import Pki, trust
-from openprepay.opcua_server.service import OpcUaService, make_service
+from openprepay.opcua_server.service import OpcUaService
 from openprepay.opcua_server.users import add_user
 from tests.conftest import simulate
 

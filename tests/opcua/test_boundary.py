@@ -23,7 +23,7 @@ from asyncua.crypto.security_policies import (
     SecurityPolicyBasic256Sha256,
 )
 
-from openprepay.opcua_server.accounts import ACKNOWLEDGE_SPEC, AccountView
+from openprepay.opcua_server.accounts.methods import ACKNOWLEDGE_SPEC, AccountMethods
 from openprepay.opcua_server.methods import MethodSpec
 from openprepay.opcua_server.service import OpcUaService
 
@@ -86,7 +86,7 @@ def every_method() -> list[tuple[str, MethodSpec]]:
     """(object, method) for every method the server declares: accounts, meters, alarms.
     A method added to the table later is in this list without touching the test."""
     objects = {"AccountType": "Account:A-102", "MeterType": "Meter:E-A-102"}
-    calls = [(objects[spec.owner], spec) for spec in AccountView().method_specs()]
+    calls = [(objects[spec.owner], spec) for spec in AccountMethods().method_specs()]
     return [*calls, ("Account:A-102/LowBalance", ACKNOWLEDGE_SPEC)]
 
 
@@ -161,7 +161,7 @@ async def test_a_password_not_encrypted_as_the_endpoint_says_is_refused(
     with pytest.raises(ua.uaerrors.BadIdentityTokenInvalid):
         await client.connect()
         try:
-            await call_status(client, "Account:A-102", AccountView().method_specs()[0])
+            await call_status(client, "Account:A-102", AccountMethods().method_specs()[0])
         finally:
             await client.disconnect()
     assert footprint(opcua_site) == before, why
@@ -417,7 +417,7 @@ async def test_every_refusal_is_counted_in_the_security_diagnostics(
     await knock(url, make_client_cert(tmp_path, "counted", "urn:openprepay:tests:counted"))
     # A call the role may not make.
     async with connect(url, "viewer1", cert=opcua_site.trusted) as client:
-        status = await call_status(client, "Account:A-102", AccountView().method_specs()[0])
+        status = await call_status(client, "Account:A-102", AccountMethods().method_specs()[0])
         assert status == S.BadUserAccessDenied
         await none_server.publisher.drained()  # type: ignore[union-attr]
         s = await client.get_namespace_index("urn:openprepay:site:t")

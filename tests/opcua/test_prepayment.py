@@ -557,9 +557,9 @@ async def test_historian_drop_and_cli_operations_reach_server_subscribers(
 async def test_alarms_active_when_the_server_starts_come_back_on_condition_refresh(
     opcua_site: OpcUaSite, tmp_path: Any
 ) -> None:
+    from openprepay.opcua_server.assembly import make_service
     from openprepay.opcua_server.config import OpcUaConfig
     from openprepay.opcua_server.pki import trust
-    from openprepay.opcua_server.service import make_service
     from openprepay.opcua_server.users import add_user
 
     ops = opcua_site.ops

@@ -13,8 +13,9 @@ from asyncua.crypto.security_policies import SecurityPolicyAes256Sha256RsaPss
 
 from openprepay.core.app.runtime import Runtime
 from openprepay.core.config.site import parse_site
+from openprepay.opcua_server.assembly import make_service
 from openprepay.opcua_server.config import read_config
-from openprepay.opcua_server.service import OpcUaPortInUse, OpcUaService, make_service
+from openprepay.opcua_server.service import OpcUaPortInUse, OpcUaService
 
 from .conftest import SITE, ClientCert, OpcUaSite, load_plugins, make_client_cert, run_cli
 

@@ -173,7 +173,7 @@ def test_history_store_and_spool_are_the_owners_only(tmp_path: Path, umask) -> N
     data = b"m,k=v f=1i 1000\n"
     spool.append([Chunk(data, 1, 1, 1000, 1000)])
     spool.ack(spool.peek(10))  # writes the cursor
-    spool.add_replay([Chunk(data, 1, 1, 1000, 1000)])  # a file in replay/
+    spool.quarantine.add_replay([Chunk(data, 1, 1, 1000, 1000)])  # a file in replay/
     spool.close()
     folders = [tmp_path / "spool", *[p for p in (tmp_path / "spool").rglob("*") if p.is_dir()]]
     files = [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]

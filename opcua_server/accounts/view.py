@@ -1,0 +1,145 @@
+"""Prepayment in the address space, as an extension of the OPC UA service.
+
+Accounts come from `runtime.operations` (core.operations.Operations): each is added at
+start (nodes.py) and new ones later (the list is re-read every `[opcua] account_refresh_s`);
+a snapshot is re-read after every change that concerns the account and periodically, and
+goes through the publisher's queue like a sample. Core events become OPC UA alarms and
+events (alarms.py); the methods call the core (methods.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from asyncua import ua
+
+from openprepay.core.events import Event
+from openprepay.core.model import Sample
+from openprepay.core.operations import AccountSnapshot
+from openprepay.core.tasks import stop_task
+
+from ..access import SessionUser
+from ..extension import ExtensionHost
+from ..methods import in_thread
+from .alarms import AccountAlarms
+from .methods import AccountMethods
+from .nodes import SNAPSHOT_MODEL, add_account, declare_account_type, snapshot_values
+
+log = logging.getLogger("openprepay.opcua")
+
+
+class AccountView:
+    """The prepayment part of the server (an `extension.ServerExtension`)."""
+
+    def __init__(self) -> None:
+        self.methods = AccountMethods()
+        self.alarms = AccountAlarms()
+        self._dirty: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.refreshes = 0
+
+    async def declare(self, host: ExtensionHost) -> None:
+        """AccountType and the methods (before the site tree)."""
+        assert host.space is not None
+        declare_account_type(host.space)
+        self.methods.declare(host)
+
+    async def build(self, host: ExtensionHost) -> None:
+        """The accounts that exist at start."""
+        ops = self.methods.ops = getattr(host.runtime, "operations", None)
+        if ops is None:
+            return
+        try:
+            snapshots = await in_thread(ops.list_accounts)
+        except Exception:
+            log.exception("reading the accounts for OPC UA failed")
+            return
+        for snap in snapshots:
+            self._add(host, snap)
+
+    def _add(self, host: ExtensionHost, snap: AccountSnapshot) -> None:
+        space = host.space
+        assert space is not None
+        if snap.account_id in space.account_nodes:
+            return
+        add_account(space, snap)
+        self.alarms.low_balance(
+            host, snap.account_id, snap.alarm_level, snap.balance_fen, startup=True
+        )
+
+    async def start(self, host: ExtensionHost) -> None:
+        if self.methods.ops is None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._refresh_forever(host), name="opcua-accounts")
+
+    async def stop(self, host: ExtensionHost) -> None:
+        await stop_task(self._task)
+        self._task = None
+
+    def touch(self, account_id: str | None) -> None:
+        """Re-read this account's snapshot soon (any thread)."""
+        if account_id is None or self._loop is None:
+            return
+        self._dirty.add(account_id)
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)  # type: ignore[union-attr]
+        except RuntimeError:
+            pass  # loop closed: stopping
+
+    async def _refresh_forever(self, host: ExtensionHost) -> None:
+        assert self._wake is not None
+        period = host.config.account_refresh_s
+        await self.refresh(host, None)
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + period
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - loop.time()))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            full = loop.time() >= next_full
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await self.refresh(host, None if full else dirty)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("refreshing OPC UA accounts failed")
+            if full:
+                next_full = loop.time() + period
+
+    async def refresh(self, host: ExtensionHost, accounts: set[str] | None) -> None:
+        """Re-read snapshots (all when `accounts` is None) into the address space."""
+        ops, publisher = self.methods.ops, host.publisher
+        if ops is None or publisher is None:
+            return
+        if accounts is None:
+            snapshots = await in_thread(ops.list_accounts)
+        else:
+            snapshots = []
+            for account_id in sorted(accounts):
+                try:
+                    snapshots.append(await in_thread(ops.account_snapshot, account_id))
+                except Exception as exc:
+                    log.debug("snapshot of %s: %s", account_id, exc)
+        self.refreshes += 1
+        for snap in snapshots:
+            self._add(host, snap)
+            # Through the publisher's queue: one writer for the address space.
+            publisher.on_sample(
+                Sample(snap.account_id, SNAPSHOT_MODEL, snap.at, snapshot_values(snap))
+            )
+
+    def on_event(self, host: ExtensionHost, event: Event) -> None:
+        self.touch(self.alarms.publish(host, event))
+
+    def refused(
+        self, host: ExtensionHost, user: SessionUser | None, calls: list[ua.CallMethodRequest]
+    ) -> None:
+        self.methods.refused(host, user, calls)

@@ -1,0 +1,75 @@
+"""Which variable shows which point: the bindings the publisher writes through, and what
+HistoryRead and method calls look up by NodeId."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from asyncua import ua
+
+from openprepay.core.model import Quality
+
+STATUS_OF_QUALITY = {
+    Quality.GOOD: ua.StatusCode(ua.StatusCodes.Good),
+    Quality.UNCERTAIN: ua.StatusCode(ua.StatusCodes.Uncertain),
+    Quality.BAD_COMM_FAILURE: ua.StatusCode(ua.StatusCodes.BadNoCommunication),
+    Quality.BAD_DEVICE_FAILURE: ua.StatusCode(ua.StatusCodes.BadDeviceFailure),
+    Quality.BAD_OUT_OF_SERVICE: ua.StatusCode(ua.StatusCodes.BadOutOfService),
+}
+WAITING = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
+NULL = ua.Variant(None, ua.VariantType.Null)
+
+
+@dataclass(slots=True)
+class PointBinding:
+    """One variable fed by one point of one source; remembers what it shows.
+
+    Several bindings may read the same point (an account's balance in fen is shown as
+    `Balance` in CNY and as `BalanceFen`), and one binding may be fed by two sources (an
+    account's sample and its snapshot): with `guard`, a value older than the one shown is
+    not written.
+    """
+
+    nodeid: ua.NodeId
+    vtype: ua.VariantType
+    convert: Callable[[Any], Any]
+    value: Any = None
+    status: int = ua.StatusCodes.BadWaitingForInitialData
+    #: Skip values older than `at` (only for variables fed by two sources: a meter clock
+    #: set back must not freeze its variables).
+    guard: bool = False
+    at: datetime | None = None
+
+
+@dataclass(slots=True)
+class SourceBinding:
+    """The variables of one (source, model): a meter, its health, a link, an account."""
+
+    source: str
+    node: ua.NodeId
+    #: (point name in the sample, the variable it feeds)
+    points: list[tuple[str, PointBinding]] = field(default_factory=list)
+    #: A meter's Online variable: true after a Good or Uncertain poll, false after a Bad one.
+    online: PointBinding | None = None
+    #: A steady Good value is written again with a newer sample's time once the time it
+    #: shows is this old (meters only; None: only changes are written).
+    refresh: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryTarget:
+    source: str
+    point: str
+    vtype: ua.VariantType
+    convert: Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a method call is about: ("meter", id) or ("account", id)."""
+
+    kind: str
+    id: str
