@@ -258,7 +258,8 @@ class BillingService:
         captured too: their bills difference the same readings. Looked up at start and
         before every flush, so an account opened while the service runs (by the CLI, in
         another process) is captured from its first sample on."""
-        from ..rating.engine import RatingError, RegisterLayout
+        from ..rating.errors import RatingError
+        from ..rating.layout import RegisterLayout
 
         with self.db.read() as conn:
             meters = conn.execute(

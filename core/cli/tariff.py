@@ -11,7 +11,9 @@ from ..errors import ConfigError, FieldError
 from ..numbers import NumberRefused, read_decimal
 from ..prepay.binding import TariffBinding
 from ..prepay.settings import check_prepay
-from ..rating.engine import RatingError, bill_usage, fen_text
+from ..rating.bills import bill_usage
+from ..rating.errors import RatingError
+from ..rating.money import fen_text
 from ..rating.tariffs import (
     DEFAULT_DAY_TABLE,
     ENERGY_PLACES,

@@ -59,8 +59,10 @@ from ..prepay.policy import MeterContext, grant_emergency_credit, reconnect_allo
 from ..prepay.replacement import ReplacementRecord, check_serial, parse_reading
 from ..prepay.replacement import record as record_replacement
 from ..prepay.settings import PrepaySettings, load_prepay
-from ..rating.engine import ENERGY_SCALE, RatingError, RegisterLayout
+from ..rating.errors import RatingError
+from ..rating.layout import RegisterLayout
 from ..rating.tariffs import Commodity, TariffCatalogue, load_tariffs
+from ..rating.units import ENERGY_SCALE
 
 log = logging.getLogger("openprepay.operations")
 

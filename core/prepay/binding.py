@@ -21,7 +21,9 @@ from ..config.site import Site
 from ..errors import FieldError
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind
-from ..rating.engine import DEFAULT_REGISTER_RATES, CompiledTariff, RatingError, RegisterLayout
+from ..rating.compiled import DEFAULT_REGISTER_RATES, CompiledTariff
+from ..rating.errors import RatingError
+from ..rating.layout import RegisterLayout
 from ..rating.tariffs import Commodity, Tariff, TariffCatalogue
 from .settings import PrepaySettings
 
