@@ -32,7 +32,7 @@ from openprepay.core.rating.checks import RatingOptions
 from openprepay.core.rating.engine import RatingEngine
 from openprepay.core.rating.layout import MeterState, Readings, RegisterLayout
 from openprepay.core.rating.small_batch import SmallBatchRater
-from openprepay.core.rating.tariffs import parse_tariffs
+from openprepay.core.rating.tariff_reading import parse_tariffs
 
 TARIFF = """
 [tariffs.residential]

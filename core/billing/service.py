@@ -35,7 +35,8 @@ from ..events import ApportionmentAlert, EventBus, publish_on_loop, utcnow
 from ..ledger import insert_ignore
 from ..model import DeviceModel, Sample
 from ..prepay.settings import PrepaySettings, load_prepay
-from ..rating.tariffs import TariffCatalogue, load_tariffs
+from ..rating.tariff_reading import load_tariffs
+from ..rating.tariffs import TariffCatalogue
 from .apportion import Apportionment
 from .batch import Batches
 from .bills import Bills

@@ -14,6 +14,7 @@ from ..prepay.settings import check_prepay
 from ..rating.bills import bill_usage
 from ..rating.errors import RatingError
 from ..rating.money import fen_text
+from ..rating.tariff_reading import check_tariffs, load_tariffs
 from ..rating.tariffs import (
     DEFAULT_DAY_TABLE,
     ENERGY_PLACES,
@@ -22,9 +23,7 @@ from ..rating.tariffs import (
     Tariff,
     TariffVersion,
     TierMethod,
-    check_tariffs,
     hhmm,
-    load_tariffs,
 )
 from . import EXIT_CONFIG, CliContext
 from .common import load_checked_site, site_argument

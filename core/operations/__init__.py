@@ -61,7 +61,8 @@ from ..prepay.replacement import record as record_replacement
 from ..prepay.settings import PrepaySettings, load_prepay
 from ..rating.errors import RatingError
 from ..rating.layout import RegisterLayout
-from ..rating.tariffs import Commodity, TariffCatalogue, load_tariffs
+from ..rating.tariff_reading import load_tariffs
+from ..rating.tariffs import Commodity, TariffCatalogue
 from ..rating.units import ENERGY_SCALE
 
 log = logging.getLogger("openprepay.operations")

@@ -62,7 +62,7 @@ class TariffBinding:
     @classmethod
     def for_site(cls, site: Site, models: Mapping[str, DeviceModel]) -> TariffBinding:
         """The binding rules of a checked site file (the CLI outside a running service)."""
-        from ..rating.tariffs import load_tariffs
+        from ..rating.tariff_reading import load_tariffs
         from .engine import load_engine
         from .settings import load_prepay
 

@@ -67,7 +67,8 @@ from ..events import CommandFailed, CommandResolved, EventBus, ReconciliationBre
 from ..ledger import RequestError
 from ..model import DeviceModel, Quality, Sample
 from ..operations import Operations
-from ..rating.tariffs import Commodity, TariffCatalogue, check_tariffs, load_tariffs
+from ..rating.tariff_reading import check_tariffs, load_tariffs
+from ..rating.tariffs import Commodity, TariffCatalogue
 from . import commands as cmds
 from .accounts import account_for_meter
 from .binding import TariffBinding

@@ -39,7 +39,7 @@ from ..config.reader import ID_PATTERN, TableReader
 from ..errors import ConfigError, FieldError
 from ..rating.checks import RatingOptions
 from ..rating.money import Rounding
-from ..rating.tariffs import to_decimal
+from ..rating.tariff_values import to_decimal
 from .feecontrol import FeeThresholds, read_thresholds
 from .policy import PolicyConfig, read_policy
 

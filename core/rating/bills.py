@@ -13,7 +13,8 @@ from typing import Any
 
 from .errors import RatingError
 from .money import Rounding, largest_remainder, round_fen
-from .tariffs import SINGLE_RATE, Tariff, TariffVersion, TierMethod, to_decimal
+from .tariff_values import to_decimal
+from .tariffs import SINGLE_RATE, Tariff, TariffVersion, TierMethod
 
 
 @dataclass(frozen=True, slots=True)
