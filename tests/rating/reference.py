@@ -30,6 +30,11 @@ def rate_reference(
     replacements: Sequence[Replacement] = (),
     options: RatingOptions | None = None,
 ) -> RatedBatch:
+    """Rate `readings` from `state` reading by reading, as `RatingEngine.rate` does.
+
+    Long because it is the oracle: one loop that reads top to bottom like the rules in
+    `core/rating/__init__.py`, with nothing factored out that the product also uses.
+    """
     state = state or MeterState()
     options = options or RatingOptions()
     layout = compiled.layout
