@@ -15,7 +15,9 @@ Units used inside (all integers, never floats near money; see `units`):
 The package is split by job:
 
 - `tariffs` — the tariff model (versions, periods, seasons, tiers) and the catalogue;
-  `tariff_reading` reads and validates the site file's `[tariffs]` into it;
+- `tariff_reading` — reads and validates the site file's `[tariffs]` into it, with
+  `tariff_versions` (one version's components cross-checked), `tariff_day_tables`
+  (`periods`, `seasons`), `tariff_tiers` (`[tiers]`) and `tariff_values` (single values);
 - `units`, `errors` — the integer units and `RatingError`;
 - `money` — rounding (`round_fen`), largest-remainder allocation and the drift-free `Accrual`;
 - `layout` — which registers are rated (`RegisterLayout`), `Readings`, `Replacement` and the
