@@ -41,7 +41,8 @@ from ..config.site import Site
 from ..db import schema as t
 from ..ledger import JournalKind, RequestError, format_fen
 from ..model import DeviceModel
-from ..rating.engine import ENERGY_SCALE, Rounding, largest_remainder, round_fen
+from ..rating.money import Rounding, largest_remainder, round_fen
+from ..rating.units import ENERGY_SCALE
 from . import runs
 from .periods import Calendar
 from .readings import Reading, difference, modulus_units, readings_at
@@ -127,7 +128,8 @@ class Apportionment:
         return pool
 
     def _modulus(self, meter: str) -> int | None:
-        from ..rating.engine import RatingError, RegisterLayout
+        from ..rating.errors import RatingError
+        from ..rating.layout import RegisterLayout
 
         name = self.site.devices[meter].model
         if name not in self._moduli:

@@ -56,16 +56,13 @@ from ..ledger import JournalKind, Posting, RequestError, format_fen
 from ..model import DeviceModel, MeterKind
 from ..prepay.binding import tariff_for
 from ..prepay.settings import PrepaySettings
-from ..rating.engine import (
-    DEFAULT_REGISTER_RATES,
-    ENERGY_SCALE,
-    RatingError,
-    RegisterLayout,
-    Rounding,
-    bill_usage,
-    round_fen,
-)
+from ..rating.bills import bill_usage
+from ..rating.compiled import DEFAULT_REGISTER_RATES
+from ..rating.errors import RatingError
+from ..rating.layout import RegisterLayout
+from ..rating.money import Rounding, round_fen
 from ..rating.tariffs import SINGLE_RATE, TariffCatalogue
+from ..rating.units import ENERGY_SCALE
 from .periods import Calendar, parse_period
 from .readings import difference, modulus_units, readings_at
 from .runs import ar_code, insert_items

@@ -41,7 +41,9 @@ from ..events import utcnow
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, Sample
 from ..numbers import NumberRefused, read_decimal
-from ..rating.engine import ENERGY_SCALE, RatingError, RegisterLayout
+from ..rating.errors import RatingError
+from ..rating.layout import RegisterLayout
+from ..rating.units import ENERGY_SCALE
 from .periods import Calendar
 
 CAPTURED = "meter"

@@ -42,14 +42,12 @@ from ..config.site import Site
 from ..db import schema as t
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind
-from ..rating.engine import (
-    DEFAULT_REGISTER_RATES,
-    ENERGY_SCALE,
-    RatingError,
-    bill_usage,
-    largest_remainder,
-)
+from ..rating.bills import bill_usage
+from ..rating.compiled import DEFAULT_REGISTER_RATES
+from ..rating.errors import RatingError
+from ..rating.money import largest_remainder
 from ..rating.tariffs import SINGLE_RATE, TariffCatalogue
+from ..rating.units import ENERGY_SCALE
 from .bills import tariff_for
 from .export import Chart, Table, yuan
 from .periods import Calendar, parse_period

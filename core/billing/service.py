@@ -36,7 +36,8 @@ from ..ledger import insert_ignore
 from ..model import DeviceModel, Sample
 from ..prepay.engine_settings import load_engine
 from ..prepay.settings import PrepaySettings, load_prepay
-from ..rating.tariffs import TariffCatalogue, load_tariffs
+from ..rating.tariff_reading import load_tariffs
+from ..rating.tariffs import TariffCatalogue
 from .apportion import Apportionment
 from .batch import Batches
 from .bills import Bills
@@ -242,7 +243,8 @@ class BillingService:
         captured too: their bills difference the same readings. Looked up at start and
         before every flush, so an account opened while the service runs (by the CLI, in
         another process) is captured from its first sample on."""
-        from ..rating.engine import RatingError, RegisterLayout
+        from ..rating.errors import RatingError
+        from ..rating.layout import RegisterLayout
 
         with self.db.read() as conn:
             meters = conn.execute(

@@ -65,7 +65,7 @@ from ..config.reader import ID_PATTERN, TableReader, describe
 from ..config.site import Site
 from ..errors import ConfigError, FieldError
 from ..model import DeviceModel, MeterKind
-from ..rating.tariffs import to_decimal
+from ..rating.tariff_values import to_decimal
 
 
 class Method(enum.StrEnum):

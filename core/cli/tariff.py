@@ -12,7 +12,10 @@ from ..errors import ConfigError, FieldError
 from ..numbers import NumberRefused, read_decimal
 from ..prepay.binding import TariffBinding
 from ..prepay.settings import check_prepay, load_prepay
-from ..rating.engine import RatingError, bill_usage, fen_text
+from ..rating.bills import bill_usage
+from ..rating.engine import RatingError
+from ..rating.money import fen_text
+from ..rating.tariff_reading import check_tariffs, load_tariffs
 from ..rating.tariffs import (
     DEFAULT_DAY_TABLE,
     ENERGY_PLACES,
@@ -21,9 +24,7 @@ from ..rating.tariffs import (
     Tariff,
     TariffVersion,
     TierMethod,
-    check_tariffs,
     hhmm,
-    load_tariffs,
 )
 from . import EXIT_CONFIG, CliContext
 from .common import load_checked_site, site_argument

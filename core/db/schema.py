@@ -211,7 +211,7 @@ posting = sa.Table(
 sa.Index("ix_posting_journal_id", posting.c.journal_id)
 sa.Index("ix_posting_ledger_account", posting.c.ledger_account)
 
-#: Drift-free deduction state per meter and billing cycle (core.rating.engine.Accrual record),
+#: Drift-free deduction state per meter and billing cycle (core.rating.money.Accrual record),
 #: written in the same transaction as the usage posting it produced. Revision 0002.
 usage_accrual = sa.Table(
     "usage_accrual",
@@ -363,7 +363,7 @@ sa.Index(
 
 # -- the prepayment engine (revision 0004) -----------------------------------------------------
 
-#: What the prepayment engine remembers per meter: the rating baseline (core.rating.engine
+#: What the prepayment engine remembers per meter: the rating baseline (core.rating.layout
 #: MeterState record), the supply state last confirmed by read-back, and a trip the policy
 #: gate deferred (re-evaluated at `trip_due_at`, with the gate's reason).
 prepay_meter = sa.Table(

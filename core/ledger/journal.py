@@ -243,18 +243,7 @@ def write_journal(
     wallets = sorted(
         {p.ledger_account for p in postings if p.ledger_account.startswith("liab:wallet:")}
     )
-    unknown = [w for w in wallets if w not in known_wallets]
-    if unknown:
-        found = set(
-            conn.execute(
-                sa.select(t.wallet.c.ledger_account).where(t.wallet.c.ledger_account.in_(unknown))
-            ).scalars()
-        )
-        missing = [w for w in unknown if w not in found]
-        if missing:
-            raise RequestError(
-                "postings", f"unknown wallet {missing[0]!r} (wallets belong to an account)"
-            )
+    _check_wallets_exist(conn, [w for w in wallets if w not in known_wallets])
     at = db_time(conn, now)
     cursor = _fast_journal.execute(
         conn,
@@ -275,6 +264,36 @@ def write_journal(
     if row is None:
         return None
     journal_id = int(row[0])
+    _insert_postings(conn, journal_id, postings, known_accounts, at)
+    _move_wallets(conn, wallets, postings)
+    return journal_id
+
+
+def _check_wallets_exist(conn: Connection, unknown: Sequence[str]) -> None:
+    """Refuse postings to wallets that do not exist (wallets belong to an account)."""
+    if not unknown:
+        return
+    found = set(
+        conn.execute(
+            sa.select(t.wallet.c.ledger_account).where(t.wallet.c.ledger_account.in_(unknown))
+        ).scalars()
+    )
+    missing = [w for w in unknown if w not in found]
+    if missing:
+        raise RequestError(
+            "postings", f"unknown wallet {missing[0]!r} (wallets belong to an account)"
+        )
+
+
+def _insert_postings(
+    conn: Connection,
+    journal_id: int,
+    postings: Sequence[Posting],
+    known_accounts: Iterable[str],
+    at: Any,
+) -> None:
+    """The journal's postings, creating the ledger accounts (other than wallets) they name
+    on first use."""
     others = sorted(
         {
             p.ledger_account
@@ -298,13 +317,16 @@ def write_journal(
             for p in postings
         ],
     )
+
+
+def _move_wallets(conn: Connection, wallets: Sequence[str], postings: Sequence[Posting]) -> None:
+    """Move the cached balances of the journal's wallets (sorted by code)."""
     # Wallets are credit-normal: a credit (negative posting) raises the balance. Updated in
     # code order so that concurrent multi-wallet journals lock rows in the same order.
     for code in wallets:
         delta = -sum(p.amount_fen for p in postings if p.ledger_account == code)
         if delta:
             _fast_wallet_move.execute(conn, {"code": code, "delta": delta}).close()
-    return journal_id
 
 
 def post_journal(

@@ -45,18 +45,11 @@ def post_usage(
     unless `revenue` names one.
 
     `accrual` (with `cycle`) is the meter's drift-free deduction state after this period
-    (`core.rating.engine.Accrual.to_record()`); it is saved in the same transaction, even when
+    (`core.rating.money.Accrual.to_record()`); it is saved in the same transaction, even when
     the period posts 0 fen, together with `period_key`. Load it back with `load_accrual`.
     A period equal to the last one saved for the meter and cycle is a replay.
     """
-    if accrual is not None and not cycle:
-        raise RequestError("cycle", "required with an accrual (the billing cycle it belongs to)")
-    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen < 0:
-        raise RequestError("amount", f"expected integer fen >= 0, got {amount_fen!r}")
-    if amount_fen > CAPACITY_FEN:
-        raise RequestError("amount", f"absurd usage {format_fen(amount_fen)}")
-    if not isinstance(period_key, str) or not period_key:
-        raise RequestError("period_key", "required")
+    _check_usage_request(amount_fen, period_key, accrual, cycle)
     key = check_key(idempotency_key or f"usage:{meter_id}:{period_key}")
     request = {
         "account": account_id,
@@ -64,27 +57,11 @@ def post_usage(
         "amount_fen": amount_fen,
         "period": period_key,
     }
-    existing = find_replay(conn, key, request, "usage") if amount_fen else None
-    if existing is not None:
-        return UsageResult(
-            existing.id, account_id, meter_id, amount_fen, energy_balance(conn, account_id), True
-        )
-    if accrual is not None and amount_fen == 0:
-        saved = load_accrual(conn, meter_id, cycle or "")
-        if saved is not None and saved["period_key"] == period_key:
-            return UsageResult(
-                None, account_id, meter_id, 0, energy_balance(conn, account_id), True
-            )
+    replay = _replayed(conn, key, request, account_id, meter_id, amount_fen, accrual, cycle)
+    if replay is not None:
+        return replay
     require_account(conn, account_id, open_only=True)
-    kind = conn.execute(
-        sa.select(t.account_meter.c.kind).where(
-            t.account_meter.c.account_id == account_id,
-            t.account_meter.c.meter_id == meter_id,
-            t.account_meter.c.detached_at.is_(None),
-        )
-    ).scalar()
-    if kind is None:
-        raise RequestError("meter", f"meter {meter_id!r} is not attached to account {account_id!r}")
+    kind = _attached_meter_kind(conn, account_id, meter_id)
     wallet, balance = lock_wallet(conn, account_id, WalletKind.ENERGY)
     now = now or utcnow()
     if amount_fen == 0:
@@ -114,6 +91,59 @@ def post_usage(
     if accrual is not None:
         _save_accrual(conn, account_id, meter_id, cycle or "", accrual, period_key, journal_id, now)
     return UsageResult(journal_id, account_id, meter_id, amount_fen, balance - amount_fen, False)
+
+
+def _check_usage_request(
+    amount_fen: int, period_key: str, accrual: Mapping[str, Any] | None, cycle: str | None
+) -> None:
+    """Refuse a bad request before anything is read or written."""
+    if accrual is not None and not cycle:
+        raise RequestError("cycle", "required with an accrual (the billing cycle it belongs to)")
+    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen < 0:
+        raise RequestError("amount", f"expected integer fen >= 0, got {amount_fen!r}")
+    if amount_fen > CAPACITY_FEN:
+        raise RequestError("amount", f"absurd usage {format_fen(amount_fen)}")
+    if not isinstance(period_key, str) or not period_key:
+        raise RequestError("period_key", "required")
+
+
+def _replayed(
+    conn: Connection,
+    key: str,
+    request: Mapping[str, Any],
+    account_id: str,
+    meter_id: str,
+    amount_fen: int,
+    accrual: Mapping[str, Any] | None,
+    cycle: str | None,
+) -> UsageResult | None:
+    """The result of the period already applied — its journal, or for a 0-fen period the
+    accrual saved with its `period_key` — or None for a new period."""
+    existing = find_replay(conn, key, request, "usage") if amount_fen else None
+    if existing is not None:
+        return UsageResult(
+            existing.id, account_id, meter_id, amount_fen, energy_balance(conn, account_id), True
+        )
+    if accrual is not None and amount_fen == 0:
+        saved = load_accrual(conn, meter_id, cycle or "")
+        if saved is not None and saved["period_key"] == request["period"]:
+            balance = energy_balance(conn, account_id)
+            return UsageResult(None, account_id, meter_id, 0, balance, True)
+    return None
+
+
+def _attached_meter_kind(conn: Connection, account_id: str, meter_id: str) -> str:
+    """The kind of the meter (electric or water), which must be attached to the account."""
+    kind = conn.execute(
+        sa.select(t.account_meter.c.kind).where(
+            t.account_meter.c.account_id == account_id,
+            t.account_meter.c.meter_id == meter_id,
+            t.account_meter.c.detached_at.is_(None),
+        )
+    ).scalar()
+    if kind is None:
+        raise RequestError("meter", f"meter {meter_id!r} is not attached to account {account_id!r}")
+    return str(kind)
 
 
 def load_accrual(conn: Connection, meter_id: str, cycle: str) -> dict[str, Any] | None:

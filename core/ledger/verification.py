@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,15 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.breaks
 
+    def record(self, name: str, rows: Iterable[Any], describe: Callable[[Any], str]) -> None:
+        """Record that the check `name` ran; each of `rows` breaks it (a few are listed)."""
+        self.checks.append(name)
+        for i, row in enumerate(rows):
+            if i >= _EXAMPLES:
+                self.breaks.append(Break(name, "... more"))
+                break
+            self.breaks.append(Break(name, describe(row)))
+
 
 #: At most this many examples are listed per broken invariant.
 _EXAMPLES = 20
@@ -60,27 +69,33 @@ def verify(conn: Connection) -> VerifyReport:
     9. Closed accounts hold nothing; relay and valve commands record reason and requester.
     """
     report = VerifyReport()
+    report.journals = _count(conn, t.journal)
+    report.postings = _count(conn, t.posting)
+    report.wallets = _count(conn, t.wallet)
+    for check in _CHECKS:
+        check(conn, report)
+    return report
 
-    def check(name: str, rows: Iterable[Any], describe: Any) -> None:
-        report.checks.append(name)
-        for i, row in enumerate(rows):
-            if i >= _EXAMPLES:
-                report.breaks.append(Break(name, "... more"))
-                break
-            report.breaks.append(Break(name, describe(row)))
 
-    p, j, w = t.posting, t.journal, t.wallet
-    report.journals = conn.execute(sa.select(sa.func.count()).select_from(j)).scalar() or 0
-    report.postings = conn.execute(sa.select(sa.func.count()).select_from(p)).scalar() or 0
-    report.wallets = conn.execute(sa.select(sa.func.count()).select_from(w)).scalar() or 0
+def _count(conn: Connection, table: sa.Table) -> int:
+    return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() or 0
 
+
+# -- 1, 2: postings and journals balance ------------------------------------------------------
+
+
+def _check_postings_sum_to_zero(conn: Connection, report: VerifyReport) -> None:
+    p = t.posting
     total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(p.c.amount_fen), 0))).scalar()
-    check(
+    report.record(
         "sum of all postings is 0",
         [total] if total else [],
         lambda v: f"all postings sum to {v} fen",
     )
 
+
+def _check_journals_balance(conn: Connection, report: VerifyReport) -> None:
+    p, j = t.posting, t.journal
     sums = (
         sa.select(
             j.c.id,
@@ -94,12 +109,20 @@ def verify(conn: Connection) -> VerifyReport:
         )
         .order_by(j.c.id)
     )
-    check(
+    report.record(
         "every journal balances with >= 2 postings",
         conn.execute(sums),
         lambda r: f"journal {r.id}: {r.n} posting(s) summing to {r.total} fen",
     )
 
+
+# -- 3: wallets --------------------------------------------------------------------------------
+
+
+def _check_wallets_match_postings(conn: Connection, report: VerifyReport) -> None:
+    """The cached balance is minus the sum of the wallet's postings, and its version is at
+    least the number of journals that moved it (one query, two checks)."""
+    p, w = t.posting, t.wallet
     derived = (
         sa.select(p.c.ledger_account, sa.func.sum(p.c.amount_fen).label("total"))
         .group_by(p.c.ledger_account)
@@ -131,7 +154,7 @@ def verify(conn: Connection) -> VerifyReport:
         )
         .order_by(w.c.ledger_account)
     ).all()
-    check(
+    report.record(
         "wallet balance = -(sum of its postings)",
         [r for r in wallet_rows if r.balance_fen != -r.total],
         lambda r: (
@@ -139,56 +162,76 @@ def verify(conn: Connection) -> VerifyReport:
             f"postings say {format_fen(-r.total)}"
         ),
     )
-    check(
+    report.record(
         "wallet version counts its journals",
         [r for r in wallet_rows if r.version < r.n],
         lambda r: f"{r.ledger_account}: version {r.version} < {r.n} journals",
     )
+
+
+def _check_wallet_postings_have_wallets(conn: Connection, report: VerifyReport) -> None:
+    p, w = t.posting, t.wallet
     orphan_wallets = conn.execute(
         sa.select(p.c.ledger_account)
         .where(p.c.ledger_account.like("liab:wallet:%"))
         .where(p.c.ledger_account.not_in(sa.select(w.c.ledger_account)))
         .distinct()
     ).all()
-    check(
+    report.record(
         "wallet postings name existing wallets",
         orphan_wallets,
         lambda r: f"{r.ledger_account} has postings but no wallet row",
     )
 
-    def duplicates(column: Any, *extra: Any, where: Any = None) -> list[Any]:
-        cols = (column, *extra)
-        q = sa.select(*cols, sa.func.count().label("n")).group_by(*cols)
-        if where is not None:
-            q = q.where(where)
-        return conn.execute(q.having(sa.func.count() > 1)).all()
 
-    check(
+# -- 4, 6: applied once ------------------------------------------------------------------------
+
+
+def _duplicates(conn: Connection, column: Any, *extra: Any, where: Any = None) -> list[Any]:
+    """The values of `column` (and `extra`) that occur more than once, with their count."""
+    cols = (column, *extra)
+    q = sa.select(*cols, sa.func.count().label("n")).group_by(*cols)
+    if where is not None:
+        q = q.where(where)
+    return conn.execute(q.having(sa.func.count() > 1)).all()
+
+
+def _check_applied_once(conn: Connection, report: VerifyReport) -> None:
+    """Journal keys, payment references, refund numbers, (meter, purchase count) and
+    reversals are each applied at most once: one check per key, kept together because
+    each is one `_duplicates` query."""
+    j = t.journal
+    report.record(
         "journal idempotency keys are unique",
-        duplicates(j.c.idempotency_key),
+        _duplicates(conn, j.c.idempotency_key),
         lambda r: f"key {r[0]!r} used {r.n} times",
     )
-    check(
+    report.record(
         "payment references are applied once",
-        duplicates(t.topup.c.reference),
+        _duplicates(conn, t.topup.c.reference),
         lambda r: f"top-up {r[0]!r} recorded {r.n} times",
     )
-    check(
+    report.record(
         "refund numbers are applied once",
-        duplicates(t.refund.c.reference),
+        _duplicates(conn, t.refund.c.reference),
         lambda r: f"refund {r[0]!r} recorded {r.n} times",
     )
-    check(
+    report.record(
         "(meter, purchase count) is applied once",
-        duplicates(t.topup.c.meter_id, t.topup.c.buy_count, where=t.topup.c.buy_count.is_not(None)),
+        _duplicates(
+            conn, t.topup.c.meter_id, t.topup.c.buy_count, where=t.topup.c.buy_count.is_not(None)
+        ),
         lambda r: f"meter {r[0]} purchase {r[1]} delivered by {r.n} top-ups",
     )
-    check(
+    report.record(
         "a journal is reversed at most once",
-        duplicates(j.c.reverses_id, where=j.c.reverses_id.is_not(None)),
+        _duplicates(conn, j.c.reverses_id, where=j.c.reverses_id.is_not(None)),
         lambda r: f"journal {r[0]} reversed {r.n} times",
     )
 
+
+def _check_topups_have_journals(conn: Connection, report: VerifyReport) -> None:
+    j = t.journal
     topup_journal = conn.execute(
         sa.select(t.topup.c.reference, t.topup.c.amount_fen, j.c.kind, j.c.idempotency_key)
         .select_from(t.topup.outerjoin(j, j.c.id == t.topup.c.journal_id))
@@ -200,38 +243,48 @@ def verify(conn: Connection) -> VerifyReport:
             )
         )
     ).all()
-    check(
+    report.record(
         "every top-up order has its journal",
         topup_journal,
         lambda r: f"top-up {r.reference}: journal {r.idempotency_key!r} ({r.kind})",
     )
 
-    def off_allocations(table: Any, amount: Any, key: Any, *of_refunds: Any) -> Any:
-        """(reference, `amount`, total) of the `table` rows whose `amount` is not the sum of
-        the refund allocations pointing at them through `key` (of refunds `of_refunds`)."""
-        a = t.refund_allocation
-        sums = sa.select(key, sa.func.sum(a.c.amount_fen).label("total"))
-        if of_refunds:
-            sums = sums.join(t.refund, t.refund.c.id == a.c.refund_id).where(*of_refunds)
-        sums = sums.group_by(key).subquery()
-        return conn.execute(
-            sa.select(table.c.reference, amount, sums.c.total)
-            .select_from(table.outerjoin(sums, sums.c[key.name] == table.c.id))
-            .where(sa.func.coalesce(sums.c.total, 0) != amount)
-        )
 
-    check(
+# -- 5: refunds ------------------------------------------------------------------------------
+
+
+def _off_allocations(conn: Connection, table: Any, amount: Any, key: Any, *of_refunds: Any) -> Any:
+    """(reference, `amount`, total) of the `table` rows whose `amount` is not the sum of
+    the refund allocations pointing at them through `key` (of refunds `of_refunds`)."""
+    a = t.refund_allocation
+    sums = sa.select(key, sa.func.sum(a.c.amount_fen).label("total"))
+    if of_refunds:
+        sums = sums.join(t.refund, t.refund.c.id == a.c.refund_id).where(*of_refunds)
+    sums = sums.group_by(key).subquery()
+    return conn.execute(
+        sa.select(table.c.reference, amount, sums.c.total)
+        .select_from(table.outerjoin(sums, sums.c[key.name] == table.c.id))
+        .where(sa.func.coalesce(sums.c.total, 0) != amount)
+    )
+
+
+def _check_refund_allocations(conn: Connection, report: VerifyReport) -> None:
+    report.record(
         "refund allocations sum to the refund",
-        off_allocations(t.refund, t.refund.c.amount_fen, t.refund_allocation.c.refund_id),
+        _off_allocations(conn, t.refund, t.refund.c.amount_fen, t.refund_allocation.c.refund_id),
         lambda r: (
             f"refund {r.reference}: {format_fen(r.amount_fen)} but allocations "
             f"{format_fen(r.total or 0)}"
         ),
     )
+
+
+def _check_topup_refunded_amounts(conn: Connection, report: VerifyReport) -> None:
     # Failed refunds released their top-ups: only the others still hold part of one.
-    check(
+    report.record(
         "top-up refunded amounts match live refund allocations",
-        off_allocations(
+        _off_allocations(
+            conn,
             t.topup,
             t.topup.c.refunded_fen,
             t.refund_allocation.c.topup_id,
@@ -242,7 +295,10 @@ def verify(conn: Connection) -> VerifyReport:
             f"allocations {format_fen(r.total or 0)}"
         ),
     )
-    check(
+
+
+def _check_refund_states_have_journals(conn: Connection, report: VerifyReport) -> None:
+    report.record(
         "refund states have their journals",
         conn.execute(
             sa.select(t.refund.c.reference, t.refund.c.state).where(
@@ -277,6 +333,13 @@ def verify(conn: Connection) -> VerifyReport:
         lambda r: f"refund {r.reference} is {r.state} without the matching journal",
     )
 
+
+# -- 6: reversals ----------------------------------------------------------------------------
+
+
+def _check_reversals_negate(conn: Connection, report: VerifyReport) -> None:
+    """For every reversal and every account either side touches: reversal + original = 0."""
+    p, j = t.posting, t.journal
     original = p.alias("orig")
     rev = j.alias("rev")
     mine = (
@@ -293,7 +356,6 @@ def verify(conn: Connection) -> VerifyReport:
         .group_by(original.c.journal_id, original.c.ledger_account)
         .subquery()
     )
-    # For every reversal and every account either side touches: reversal + original = 0.
     both = sa.union(
         sa.select(rev.c.id.label("rid"), mine.c.ledger_account.label("acct")).join(
             mine, mine.c.journal_id == rev.c.id
@@ -321,13 +383,18 @@ def verify(conn: Connection) -> VerifyReport:
         .where(sa.func.coalesce(mine.c.s, 0) + sa.func.coalesce(theirs.c.s, 0) != 0)
         .order_by(both.c.rid)
     ).all()
-    check(
+    report.record(
         "reversals negate their original",
         bad_reversals,
         lambda r: f"journal {r.rid} does not cancel its original on {r.acct}",
     )
 
-    check(
+
+# -- 7, 8, 9: accounts, purchase counters, commands ------------------------------------------
+
+
+def _check_account_types(conn: Connection, report: VerifyReport) -> None:
+    report.record(
         "ledger account types match their codes",
         [
             r
@@ -337,13 +404,15 @@ def verify(conn: Connection) -> VerifyReport:
         lambda r: f"{r.code} has type {r.type!r}",
     )
 
+
+def _check_purchase_counters(conn: Connection, report: VerifyReport) -> None:
     max_count = (
         sa.select(t.topup.c.meter_id, sa.func.max(t.topup.c.buy_count).label("top"))
         .where(t.topup.c.buy_count.is_not(None))
         .group_by(t.topup.c.meter_id)
         .subquery()
     )
-    check(
+    report.record(
         "purchase counters cover every allocated count",
         conn.execute(
             sa.select(max_count.c.meter_id, max_count.c.top, t.meter.c.buy_count)
@@ -352,6 +421,9 @@ def verify(conn: Connection) -> VerifyReport:
         ),
         lambda r: f"meter {r.meter_id}: counter {r.buy_count}, allocated {r.top}",
     )
+
+
+def _check_recharge_counts_distinct(conn: Connection, report: VerifyReport) -> None:
     recharge_counts: dict[tuple[str, int], int] = {}
     for meter_id, params in conn.execute(
         sa.select(t.meter_command.c.meter_id, t.meter_command.c.params).where(
@@ -362,13 +434,16 @@ def verify(conn: Connection) -> VerifyReport:
         if "buy_count" in (params or {}):
             k = (meter_id, int(params["buy_count"]))
             recharge_counts[k] = recharge_counts.get(k, 0) + 1
-    check(
+    report.record(
         "RECHARGE commands carry distinct purchase counts",
         [(k, n) for k, n in sorted(recharge_counts.items()) if n > 1],
         lambda r: f"meter {r[0][0]} purchase {r[0][1]} in {r[1]} RECHARGE commands",
     )
 
-    check(
+
+def _check_closed_accounts_hold_nothing(conn: Connection, report: VerifyReport) -> None:
+    w = t.wallet
+    report.record(
         "closed accounts hold nothing",
         conn.execute(
             sa.select(w.c.ledger_account, w.c.balance_fen)
@@ -377,7 +452,10 @@ def verify(conn: Connection) -> VerifyReport:
         ),
         lambda r: f"{r.ledger_account} holds {format_fen(r.balance_fen)}",
     )
-    check(
+
+
+def _check_commands_record_reason(conn: Connection, report: VerifyReport) -> None:
+    report.record(
         "every meter command records reason and requester",
         conn.execute(
             sa.select(t.meter_command.c.id, t.meter_command.c.kind).where(
@@ -389,4 +467,23 @@ def verify(conn: Connection) -> VerifyReport:
         ),
         lambda r: f"command {r.id} ({r.kind}) has no reason or requester",
     )
-    return report
+
+
+#: The checks in the order they run (and are listed in the report).
+_CHECKS: tuple[Callable[[Connection, VerifyReport], None], ...] = (
+    _check_postings_sum_to_zero,
+    _check_journals_balance,
+    _check_wallets_match_postings,
+    _check_wallet_postings_have_wallets,
+    _check_applied_once,
+    _check_topups_have_journals,
+    _check_refund_allocations,
+    _check_topup_refunded_amounts,
+    _check_refund_states_have_journals,
+    _check_reversals_negate,
+    _check_account_types,
+    _check_purchase_counters,
+    _check_recharge_counts_distinct,
+    _check_closed_accounts_hold_nothing,
+    _check_commands_record_reason,
+)

@@ -24,7 +24,8 @@ from ..prepay.engine_settings import load_engine
 from ..prepay.feecontrol import Cause
 from ..prepay.notifications import NotifySettings, load_notify
 from ..prepay.settings import PrepaySettings, load_prepay
-from ..rating.tariffs import TariffCatalogue, load_tariffs
+from ..rating.tariff_reading import load_tariffs
+from ..rating.tariffs import TariffCatalogue
 from . import outbox
 
 log = logging.getLogger("openprepay.operations")

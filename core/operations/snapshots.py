@@ -17,7 +17,7 @@ from ..model import MeterKind
 from ..prepay import accounts as acc
 from ..prepay import commands as cmds
 from ..prepay.feecontrol import FeeState, FeeThresholds
-from ..rating.engine import ENERGY_SCALE
+from ..rating.units import ENERGY_SCALE
 from .door import Door
 
 

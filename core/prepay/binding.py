@@ -21,8 +21,10 @@ from ..config.site import Site
 from ..errors import FieldError
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind
-from ..rating.engine import DEFAULT_REGISTER_RATES, CompiledTariff, RatingError, RegisterLayout
-from ..rating.tariffs import Commodity, Tariff, TariffCatalogue, load_tariffs
+from ..rating.compiled import DEFAULT_REGISTER_RATES
+from ..rating.engine import CompiledTariff, RatingError, RegisterLayout
+from ..rating.tariff_reading import load_tariffs
+from ..rating.tariffs import Commodity, Tariff, TariffCatalogue
 from .engine_settings import load_engine
 from .settings import PrepaySettings, load_prepay
 

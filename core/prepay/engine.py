@@ -36,7 +36,8 @@ from ..config.site import Site
 from ..db import Database
 from ..events import CommandFailed, EventBus, utcnow
 from ..model import DeviceModel, Sample
-from ..rating.tariffs import TariffCatalogue, load_tariffs
+from ..rating.tariff_reading import load_tariffs
+from ..rating.tariffs import TariffCatalogue
 from .alignment import CountAligner
 from .control import Effects, PrepayControl
 from .engine_settings import EngineSettings, load_engine

@@ -43,7 +43,7 @@ resumes.
 
 A recorded meter replacement (`meter_replacement`, `Operations.replace_meter`) is applied
 with the meter's next batch: the old device is billed from the baseline up to its final
-reading, the new one from its initial reading on (`core.rating.engine.Replacement`), and the
+reading, the new one from its initial reading on (`core.rating.layout.Replacement`), and the
 replacement is marked applied in the transaction that saves the new baseline.
 
 After commit the events (alarm level changes, billing alarms, audit records, account
@@ -75,17 +75,12 @@ from ..db import schema as t
 from ..events import BillingAlarm, ImplausibleReading, utcnow
 from ..field.plausibility import DeviceLimits, device_limits
 from ..model import DeviceModel, MeterKind, Quality, Sample
-from ..rating.engine import (
-    Accrual,
-    Flag,
-    MeterState,
-    RatedBatch,
-    RatingEngine,
-    RatingError,
-    Readings,
-    RegisterLayout,
-    Replacement,
-)
+from ..rating.checks import Flag
+from ..rating.engine import RatingEngine
+from ..rating.errors import RatingError
+from ..rating.layout import MeterState, Readings, RegisterLayout, Replacement
+from ..rating.money import Accrual
+from ..rating.rated import RatedBatch
 from ..rating.tariffs import TariffCatalogue
 from ..tasks import wait_event
 from .binding import TariffBinding

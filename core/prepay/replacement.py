@@ -5,7 +5,7 @@ and the OPC UA method ReplaceMeter (both `Operations.replace_meter`) record one 
 `meter_replacement`: the old device's final reading and the new device's initial reading
 of every register the meter is rated on (the total and, for a time-of-use meter, T1..Tn),
 at the moment it is recorded. Metering applies it with the meter's next batch
-(`core.rating.engine.Replacement`): the old device is billed from its last reading up to its
+(`core.rating.layout.Replacement`): the old device is billed from its last reading up to its
 final reading, the new one from its initial reading on — nothing lost, nothing invented
 (the new device's lower registers never read as a decrease). For a LOCAL meter the new
 device's own purchase count is read and aligned with before the next delivery.
@@ -28,7 +28,8 @@ from sqlalchemy.engine import Connection
 
 from ..db import schema as t
 from ..ledger import RequestError, insert_ignore
-from ..rating.engine import ENERGY_SCALE, RegisterLayout
+from ..rating.layout import RegisterLayout
+from ..rating.units import ENERGY_SCALE
 
 _SERIAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}$")
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from ..config.site import Site
 from ..errors import FieldError
 from ..model import DeviceModel
-from ..rating.tariffs import check_tariffs, load_tariffs
+from ..rating.tariff_reading import check_tariffs, load_tariffs
 from .binding import TariffBinding
 from .engine_settings import parse_engine
 from .notifications import check_notify

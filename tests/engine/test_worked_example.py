@@ -23,7 +23,7 @@ from openprepay.core.events import EventBus
 from openprepay.core.model import Sample
 from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay.engine import PrepayEngine
-from openprepay.core.rating.engine import MeterState
+from openprepay.core.rating.layout import MeterState
 
 from .conftest import site_data
 

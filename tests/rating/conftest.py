@@ -7,7 +7,8 @@ import tomllib
 import pytest
 
 from openprepay.core.errors import FieldError
-from openprepay.core.rating.tariffs import TariffCatalogue, parse_tariffs
+from openprepay.core.rating.tariff_reading import parse_tariffs
+from openprepay.core.rating.tariffs import TariffCatalogue
 
 TZ = "Asia/Shanghai"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from openprepay.core.errors import FieldError
 from openprepay.core.prepay.settings import parse_prepay
-from openprepay.core.rating.tariffs import parse_tariffs
+from openprepay.core.rating.tariff_reading import parse_tariffs
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "prepay-rating.md"
 

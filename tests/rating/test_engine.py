@@ -11,19 +11,14 @@ import numpy as np
 import pytest
 
 from openprepay.core.model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, Sample
-from openprepay.core.rating.engine import (
-    Flag,
-    MeterState,
-    RatingEngine,
-    RatingError,
-    RatingOptions,
-    Readings,
-    RegisterLayout,
-    Replacement,
-)
-from openprepay.core.rating.reference import rate_reference
+from openprepay.core.rating.checks import Flag, RatingOptions
+from openprepay.core.rating.engine import RatingEngine
+from openprepay.core.rating.errors import RatingError
+from openprepay.core.rating.layout import MeterState, Readings, RegisterLayout, Replacement
+from openprepay.core.rating.small_batch import SmallBatchRater
 
 from .conftest import TZ, catalogue_from
+from .reference import rate_reference
 
 SH = dt.timezone(dt.timedelta(hours=8))
 T0 = int(dt.datetime(2025, 3, 3, 9, 0, tzinfo=SH).timestamp())
@@ -40,13 +35,16 @@ def times(n: int, step: int = 600, start: int = T0) -> np.ndarray:
 
 
 def both(engine: RatingEngine, readings: Readings, state: MeterState, reps=()):
-    """Rate with the engine and the reference and insist they agree."""
+    """Rate with the vectorised path, the scalar path and the reference; insist they agree."""
     got = engine.rate_vectorised(readings, state, reps)
+    small = SmallBatchRater(engine.compiled, engine.checks).rate(readings, state, reps)
     ref = rate_reference(engine.compiled, readings, state, reps, engine.options)
-    for name in ("t", "flags", "energy", "rate_energy", "tier_energy", "cost", "version", "cycle"):
-        assert np.array_equal(getattr(got, name), getattr(ref, name)), name
-    assert got.cost_extra == ref.cost_extra
-    assert got.state == ref.state
+    for other in (small, ref):
+        for name in ("t", "flags", "energy", "rate_energy", "tier_energy", "cost", "version"):
+            assert np.array_equal(getattr(got, name), getattr(other, name)), name
+        assert np.array_equal(got.cycle, other.cycle)
+        assert got.cost_extra == other.cost_extra
+        assert got.state == other.state
     return got
 
 

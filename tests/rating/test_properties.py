@@ -1,5 +1,6 @@
-"""Properties: the numpy engine equals the pure-Python reference on random inputs; slicing
-a series into batches changes nothing; the accrual never drifts."""
+"""Properties: the numpy path, the scalar small-batch path and the pure-Python test oracle
+(`reference.py`) agree on random inputs and random tariffs; slicing a series into batches
+changes nothing; the accrual never drifts."""
 
 from __future__ import annotations
 
@@ -11,21 +12,14 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openprepay.core.rating.engine import (
-    Accrual,
-    MeterState,
-    RatingEngine,
-    RatingOptions,
-    Readings,
-    RegisterLayout,
-    Replacement,
-    Rounding,
-    largest_remainder,
-    round_fen,
-)
-from openprepay.core.rating.reference import rate_reference
+from openprepay.core.rating.checks import RatingOptions
+from openprepay.core.rating.engine import RatingEngine
+from openprepay.core.rating.layout import MeterState, Readings, RegisterLayout, Replacement
+from openprepay.core.rating.money import Accrual, Rounding, largest_remainder, round_fen
+from openprepay.core.rating.small_batch import SmallBatchRater
 
 from .conftest import TZ, catalogue_from
+from .reference import rate_reference
 
 SH = dt.timezone(dt.timedelta(hours=8))
 START = int(dt.datetime(2025, 12, 20, tzinfo=SH).timestamp())  # spans a new year
@@ -129,17 +123,99 @@ def _assert_same(a, b):
     assert a.state == b.state
 
 
+def _assert_three_agree(engine: RatingEngine, readings, state, reps):
+    """The vectorised path, the scalar path and the oracle give identical rows."""
+    got = engine.rate_vectorised(readings, state, reps)
+    small = SmallBatchRater(engine.compiled, engine.checks).rate(readings, state, reps)
+    ref = rate_reference(engine.compiled, readings, state, reps, engine.options)
+    _assert_same(got, ref)
+    _assert_same(small, ref)
+    assert (got.energy >= 0).all()
+    return got
+
+
 @settings(
     max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 @given(series())
-def test_numpy_engine_equals_the_reference(case):
+def test_vectorised_small_batch_and_reference_agree(case):
     name, readings, state, reps, _ = case
-    engine = ENGINES[name]
-    got = engine.rate_vectorised(readings, state, reps)
-    ref = rate_reference(engine.compiled, readings, state, reps, engine.options)
-    _assert_same(got, ref)
-    assert (got.energy >= 0).all()
+    _assert_three_agree(ENGINES[name], readings, state, reps)
+
+
+prices = st.decimals(min_value=0, max_value=3, places=4)
+
+
+@st.composite
+def random_engine(draw):
+    """An engine for a random tariff: TOU or single-rate, no tiers, M1, M2 or tier prices,
+    a random cycle and proration, random plausibility options."""
+    tou = draw(st.booleans())
+    method = draw(st.sampled_from(["none", "adders", "period_adders", "prices"]))
+    if tou and method == "prices":
+        method = "adders"
+    if not tou and method == "period_adders":
+        method = "adders"
+    rates = ["sharp", "peak", "flat", "valley"]
+    lines = ["[tariffs.r]"]
+    if tou:
+        table = ", ".join(f'{r} = "{draw(prices)}"' for r in rates)
+        lines += [
+            f"rates = {{ {table} }}",
+            'periods = [{ start = "00:00", end = "24:00", rate = "flat" }]',
+        ]
+    elif method != "prices":
+        lines.append(f'price = "{draw(prices)}"')
+    if method != "none":
+        n = draw(st.integers(2, 3))
+        first = draw(st.integers(1, 30))
+        thresholds = [first + i * draw(st.integers(1, 30)) for i in range(n - 1)]
+        cycle = draw(st.sampled_from(["monthly", "annual"]))
+        prorations = ["none", "actual_days"] + (["days_30"] if cycle == "monthly" else [])
+        lines += [
+            "[tariffs.r.tiers]",
+            f'cycle = "{cycle}"',
+            f'proration = "{draw(st.sampled_from(prorations))}"',
+            "thresholds = [" + ", ".join(f'"{th / 10}"' for th in thresholds) + "]",
+        ]
+        if method == "period_adders":
+            tables = [
+                "{ " + ", ".join(f'{r} = "{draw(prices)}"' for r in rates) + " }" for _ in range(n)
+            ]
+            lines.append(f"period_adders = [{', '.join(tables)}]")
+        else:
+            amounts = ", ".join(f'"{draw(prices)}"' for _ in range(n))
+            lines.append(f"{method} = [{amounts}]")
+    catalogue, errors = catalogue_from("\n".join(lines) + "\n")
+    assert not errors, (errors, lines)
+    max_ph = draw(st.sampled_from([None, Decimal("5"), Decimal("40")]))
+    options = RatingOptions(max_per_hour=max_ph, gap_s=draw(st.sampled_from([None, 3600])))
+    layout = RegisterLayout.simple(tou=4 if tou else 0, modulus=10_000 if tou else 5_000)
+    return RatingEngine(catalogue.get("r"), layout, TZ, options=options)
+
+
+@settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(random_engine(), series(), st.integers(1, 16))
+def test_paths_agree_on_random_tariffs(engine, case, size):
+    """Small batches (what `rate` sends to the scalar path) of random tariffs."""
+    _, readings, state, reps, _ = case
+    m = len(engine.layout.points)
+    counts = readings.counts
+    if counts.shape[1] != m:  # the series was drawn for another layout: keep its first column
+        counts = np.repeat(counts[:, :1], m, axis=1)
+        if m > 1:
+            counts[:, 0] = counts[:, 1:].sum(axis=1) % 10_000
+        base = state.last_counts
+        if base is not None:
+            row = [base[0]] * m if m > 1 else [base[0] % 5_000]
+            if m > 1:
+                row[0] = sum(row[1:]) % 10_000
+            state = MeterState(state.last_t, tuple(row), None, state.cycle_energy, state.opened_at)
+        reps = []
+    small = Readings(readings.t[:size], counts[:size])
+    _assert_three_agree(engine, small, state, reps)
 
 
 @settings(

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from openprepay.core.cli import CliContext, OpenPrepayGroup
 from openprepay.core.cli import tariff as tariff_cli
 from openprepay.core.errors import FieldError
-from openprepay.core.rating.tariffs import parse_tariffs
+from openprepay.core.rating.tariff_reading import parse_tariffs
 
 SITE_HEAD = """
 [site]

@@ -10,18 +10,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from openprepay.core.rating.engine import (
-    Accrual,
-    MeterState,
-    RatingEngine,
-    Readings,
-    RegisterLayout,
-    bill_usage,
-    round_fen,
-)
-from openprepay.core.rating.reference import rate_reference
+from openprepay.core.rating.bills import bill_usage
+from openprepay.core.rating.engine import RatingEngine
+from openprepay.core.rating.layout import MeterState, Readings, RegisterLayout
+from openprepay.core.rating.money import Accrual, round_fen
 
 from .conftest import TZ
+from .reference import rate_reference
 
 SH = dt.timezone(dt.timedelta(hours=8))
 MARCH = dt.datetime(2025, 3, 1, tzinfo=SH)

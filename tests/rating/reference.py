@@ -1,9 +1,10 @@
-"""A pure-Python rating of one meter, reading by reading: the reference for `RatingEngine`.
+"""A pure-Python rating of one meter, reading by reading: the test oracle for the engine.
 
-It implements the rules of `core/rating/engine.py` in the most direct way (one loop, Python ints,
+It implements the rules of `core/rating/` in the most direct way (one loop, Python ints,
 `bisect` for calendars) and shares only the tariff's integer tables (`CompiledTariff`)
-with the numpy engine. Tests check that both produce identical rows on random inputs; the
-benchmark uses it as the baseline.
+with the product. Tests check that the vectorised path (`RatingEngine.rate_vectorised`) and
+the scalar small-batch path (`core/rating/small_batch.py`) produce identical rows to it on
+random inputs. Production code never imports it.
 """
 
 from __future__ import annotations
@@ -15,18 +16,11 @@ from fractions import Fraction
 
 import numpy as np
 
-from .engine import (
-    _INF,
-    CompiledTariff,
-    Flag,
-    MeterState,
-    RatedBatch,
-    RatingError,
-    RatingOptions,
-    Readings,
-    Replacement,
-    epoch,
-)
+from openprepay.core.rating.checks import Flag, RatingOptions
+from openprepay.core.rating.compiled import NO_LIMIT, CompiledTariff
+from openprepay.core.rating.errors import RatingError
+from openprepay.core.rating.layout import MeterState, Readings, Replacement, epoch
+from openprepay.core.rating.rated import RatedBatch
 
 
 def rate_reference(
@@ -36,6 +30,11 @@ def rate_reference(
     replacements: Sequence[Replacement] = (),
     options: RatingOptions | None = None,
 ) -> RatedBatch:
+    """Rate `readings` from `state` reading by reading, as `RatingEngine.rate` does.
+
+    Long because it is the oracle: one loop that reads top to bottom like the rules in
+    `core/rating/__init__.py`, with nothing factored out that the product also uses.
+    """
     state = state or MeterState()
     options = options or RatingOptions()
     layout = compiled.layout
@@ -56,7 +55,7 @@ def rate_reference(
     adders = compiled.adders.tolist()
     thresholds = compiled.thresholds.tolist()
     ntiers = compiled.ntiers
-    inf = int(_INF)
+    inf = int(NO_LIMIT)
 
     rows: list[tuple[int, int, tuple[int, ...]]] = [
         (int(t), 0, tuple(int(x) for x in c))
