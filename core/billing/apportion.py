@@ -41,7 +41,7 @@ from ..config.site import Site
 from ..db import schema as t
 from ..ledger import JournalKind, RequestError, format_fen
 from ..model import DeviceModel
-from ..rating.money import Rounding, largest_remainder, round_fen
+from ..rating.rounding import Rounding, largest_remainder, round_fen
 from ..rating.units import ENERGY_SCALE
 from . import runs
 from .periods import Calendar

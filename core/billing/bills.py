@@ -60,7 +60,7 @@ from ..rating.bills import bill_usage
 from ..rating.compiled import DEFAULT_REGISTER_RATES
 from ..rating.errors import RatingError
 from ..rating.layout import RegisterLayout
-from ..rating.money import Rounding, round_fen
+from ..rating.rounding import Rounding, round_fen
 from ..rating.tariffs import SINGLE_RATE, TariffCatalogue
 from ..rating.units import ENERGY_SCALE
 from .periods import Calendar, parse_period

@@ -29,7 +29,7 @@ from .. import ledger
 from ..config.site import Site
 from ..db import schema as t
 from ..ledger import JournalKind, Posting, RequestError, format_fen
-from ..rating.money import Rounding, round_fen
+from ..rating.rounding import Rounding, round_fen
 from . import runs
 from .periods import Calendar
 from .runs import Computed, Line, RunState, ar_code

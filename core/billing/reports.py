@@ -45,7 +45,7 @@ from ..model import DeviceModel, MeterKind
 from ..rating.bills import bill_usage
 from ..rating.compiled import DEFAULT_REGISTER_RATES
 from ..rating.errors import RatingError
-from ..rating.money import largest_remainder
+from ..rating.rounding import largest_remainder
 from ..rating.tariffs import SINGLE_RATE, TariffCatalogue
 from ..rating.units import ENERGY_SCALE
 from .bills import tariff_for

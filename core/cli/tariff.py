@@ -14,7 +14,7 @@ from ..prepay.binding import TariffBinding
 from ..prepay.settings import check_prepay, load_prepay
 from ..rating.bills import bill_usage
 from ..rating.engine import RatingError
-from ..rating.money import fen_text
+from ..rating.rounding import fen_text
 from ..rating.tariff_reading import check_tariffs, load_tariffs
 from ..rating.tariffs import (
     DEFAULT_DAY_TABLE,

@@ -211,7 +211,7 @@ posting = sa.Table(
 sa.Index("ix_posting_journal_id", posting.c.journal_id)
 sa.Index("ix_posting_ledger_account", posting.c.ledger_account)
 
-#: Drift-free deduction state per meter and billing cycle (core.rating.money.Accrual record),
+#: Drift-free deduction state per meter and billing cycle (core.rating.rounding.Accrual record),
 #: written in the same transaction as the usage posting it produced. Revision 0002.
 usage_accrual = sa.Table(
     "usage_accrual",

@@ -45,7 +45,7 @@ def post_usage(
     unless `revenue` names one.
 
     `accrual` (with `cycle`) is the meter's drift-free deduction state after this period
-    (`core.rating.money.Accrual.to_record()`); it is saved in the same transaction, even when
+    (`core.rating.rounding.Accrual.to_record()`); it is saved in the same transaction, even when
     the period posts 0 fen, together with `period_key`. Load it back with `load_accrual`.
     A period equal to the last one saved for the meter and cycle is a replay.
     """

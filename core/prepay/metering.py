@@ -79,8 +79,8 @@ from ..rating.checks import Flag
 from ..rating.engine import RatingEngine
 from ..rating.errors import RatingError
 from ..rating.layout import MeterState, Readings, RegisterLayout, Replacement
-from ..rating.money import Accrual
 from ..rating.rated import RatedBatch
+from ..rating.rounding import Accrual
 from ..rating.tariffs import TariffCatalogue
 from ..tasks import wait_event
 from .binding import TariffBinding

@@ -38,7 +38,7 @@ from typing import Any
 from ..config.reader import ID_PATTERN, TableReader
 from ..errors import ConfigError, FieldError
 from ..rating.checks import RatingOptions
-from ..rating.money import Rounding
+from ..rating.rounding import Rounding
 from ..rating.tariff_values import to_decimal
 from .feecontrol import FeeThresholds, read_thresholds
 from .policy import PolicyConfig, read_policy

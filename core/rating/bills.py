@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 from .errors import RatingError
-from .money import Rounding, largest_remainder, round_fen
+from .rounding import Rounding, largest_remainder, round_fen
 from .tariff_values import to_decimal
 from .tariffs import SINGLE_RATE, Tariff, TariffVersion, TierMethod
 

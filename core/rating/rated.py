@@ -12,7 +12,7 @@ import numpy as np
 from .checks import Flag
 from .compiled import CompiledTariff
 from .layout import MeterState
-from .money import fen_from_cost
+from .rounding import fen_from_cost
 from .units import ENERGY_SCALE
 
 

@@ -15,7 +15,7 @@ from openprepay.core.model import MeterKind
 from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay.feecontrol import FeeThresholds
 from openprepay.core.prepay.local_money import LOCAL_MONEY
-from openprepay.core.rating.money import Accrual
+from openprepay.core.rating.rounding import Accrual
 
 
 def test_one_account_with_electric_and_water_meters(db, site, models, check):

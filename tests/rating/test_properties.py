@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from openprepay.core.rating.checks import RatingOptions
 from openprepay.core.rating.engine import RatingEngine
 from openprepay.core.rating.layout import MeterState, Readings, RegisterLayout, Replacement
-from openprepay.core.rating.money import Accrual, Rounding, largest_remainder, round_fen
+from openprepay.core.rating.rounding import Accrual, Rounding, largest_remainder, round_fen
 from openprepay.core.rating.small_batch import SmallBatchRater
 
 from .conftest import TZ, catalogue_from

@@ -13,7 +13,7 @@ import pytest
 from openprepay.core.rating.bills import bill_usage
 from openprepay.core.rating.engine import RatingEngine
 from openprepay.core.rating.layout import MeterState, Readings, RegisterLayout
-from openprepay.core.rating.money import Accrual, round_fen
+from openprepay.core.rating.rounding import Accrual, round_fen
 
 from .conftest import TZ
 from .reference import rate_reference
