@@ -42,6 +42,7 @@ from ..config.site import Site
 from ..db import schema as t
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind
+from ..prepay.binding import tariff_for
 from ..rating.engine import (
     DEFAULT_REGISTER_RATES,
     ENERGY_SCALE,
@@ -50,7 +51,6 @@ from ..rating.engine import (
     largest_remainder,
 )
 from ..rating.tariffs import SINGLE_RATE, TariffCatalogue
-from .bills import tariff_for
 from .export import Chart, Table, yuan
 from .periods import Calendar, parse_period
 from .readings import readings_between

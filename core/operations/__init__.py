@@ -888,7 +888,7 @@ class Operations:
                 )
             ).scalars()
         )
-        from ..billing.bills import receivable
+        from ..billing.bills.paying import receivable
 
         owed = receivable(conn, ids)
         failures: dict[str, list[int]] = {}
