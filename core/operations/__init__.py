@@ -764,6 +764,45 @@ class Operations:
             lambda _: f"purchase count to be read from the meter and aligned: {reason}",
         )
 
+    def set_params(
+        self,
+        meter_id: str,
+        command: str,
+        values: Mapping[str, object],
+        reason: str,
+        *,
+        actor: str,
+        idempotency_key: str,
+    ) -> cmds.MeterCommand:
+        """Queue the model's `command` (e.g. SET_PRICES, SET_ALARMS) with `values` as a
+        durable SET_PARAMS command for `meter_id`. `idempotency_key` makes it idempotent:
+        the same key again returns the first command."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> cmds.MeterCommand:
+            model = self._model_of(meter_id)
+            if not isinstance(values, Mapping) or not values:
+                raise RequestError("values", "give the command's parameters (NAME=VALUE)")
+            try:
+                model.command(command)
+            except KeyError as exc:
+                raise RequestError("command", str(exc.args[0])) from None
+            queued = cmds.enqueue(
+                conn,
+                meter_id,
+                cmds.CommandKind.SET_PARAMS,
+                params={"command": command, **dict(values)},
+                reason=reason,
+                requested_by=actor,
+                idempotency_key=idempotency_key,
+                now=now,
+            )
+            effects.commands.append(queued)
+            return queued
+
+        return self._call(
+            "set_params", meter_id, actor, work, lambda c: f"{command} #{c.id}: {reason}"
+        )
+
     def replace_meter(
         self,
         meter_id: str,
