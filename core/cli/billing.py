@@ -27,7 +27,9 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from ..billing import runs
-from ..billing.batch import Action, Batches, JobView, read_csv_rows
+from ..billing.batch import Batches
+from ..billing.batch.model import Action, JobView
+from ..billing.batch.selection import read_csv_rows
 from ..billing.charges import charge_once, items_of
 from ..billing.documents import export_arrears, export_bills
 from ..billing.export import Table, csv_text, write_csv, write_xlsx
