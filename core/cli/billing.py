@@ -36,7 +36,8 @@ from ..billing.export import Table, csv_text, write_csv, write_xlsx
 from ..billing.loss import LossAnalysis
 from ..billing.periods import parse_period
 from ..billing.readings import meter_model, readings_at, record_reading
-from ..billing.reports import Reports, parse_day
+from ..billing.reports import Reports
+from ..billing.reports.common import parse_day
 from ..billing.runs import Computed, RunResult
 from ..billing.service import Billing
 from ..billing.settings import Mode
