@@ -52,30 +52,7 @@ def monthly(
     billed = _billed(conn, month, {m for ms in rooms.values() for m in ms})
     owners = _owners(conn, meters)
     rates = rate_order({k for c in this.values() for k in c if k != "total"} - {SINGLE_RATE})
-    unit = "m³" if commodity == "water" else "kWh"
-    table = Table(
-        f"Monthly {commodity} report {month} per room",
-        [
-            "room",
-            "account",
-            "tenant",
-            f"total {unit}",
-            *[f"{r} {unit}" for r in rates],
-            *[f"{r} CNY" for r in rates],
-            "tier surcharge CNY",
-            "total CNY",
-            f"{year - 1}-{mon:02d} {unit}",
-            "change %",
-        ],
-        sheet=f"{commodity} {month}",
-        chart=Chart("bar", 0, (3,), f"{commodity} {month} per room", unit),
-        notes=[
-            "Cost = the month's usage deductions of the room's meters (ledger), and the "
-            "usage lines of the month's confirmed post-paid bills, split over the rates in "
-            "proportion to the tariff's exact amounts for the month's energy.",
-            *unbilled_notes(conn, meters),
-        ],
-    )
+    table = _table(month, commodity, rates, unbilled_notes(conn, meters))
     kind = "water" if commodity == "water" else "electric"
     totals = [0] * (len(rates) + 1)
     cost_totals = [0] * (len(rates) + 2)
@@ -115,6 +92,35 @@ def monthly(
         "",
     ]
     return table
+
+
+def _table(month: str, commodity: str, rates: Sequence[str], notes: Sequence[str]) -> Table:
+    """The empty monthly report: its title, columns, chart and notes."""
+    year, mon = parse_period(month, "month")
+    unit = "m³" if commodity == "water" else "kWh"
+    return Table(
+        f"Monthly {commodity} report {month} per room",
+        [
+            "room",
+            "account",
+            "tenant",
+            f"total {unit}",
+            *[f"{r} {unit}" for r in rates],
+            *[f"{r} CNY" for r in rates],
+            "tier surcharge CNY",
+            "total CNY",
+            f"{year - 1}-{mon:02d} {unit}",
+            "change %",
+        ],
+        sheet=f"{commodity} {month}",
+        chart=Chart("bar", 0, (3,), f"{commodity} {month} per room", unit),
+        notes=[
+            "Cost = the month's usage deductions of the room's meters (ledger), and the "
+            "usage lines of the month's confirmed post-paid bills, split over the rates in "
+            "proportion to the tariff's exact amounts for the month's energy.",
+            *notes,
+        ],
+    )
 
 
 def _energy_by_meter(usage: Sequence[Any]) -> dict[str, dict[str, int]]:
