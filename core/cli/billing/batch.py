@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ...billing.batch import Batches
 from ...billing.batch.model import Action, JobView
@@ -101,6 +100,10 @@ def _params(
 
 def _progress(batches: Batches, job_id: int, run_here: bool) -> JobView:
     """Run the job here (claimed as the service would) or follow it, with a progress bar."""
+    # Deferred like the other progress bars of the CLI: every command's start-up pays
+    # for a module-level import, only this one needs it.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
