@@ -41,6 +41,7 @@ from ..config.site import Site
 from ..db import schema as t
 from ..ledger import JournalKind, RequestError, format_fen
 from ..model import DeviceModel
+from ..rating.engine import RatingError, RegisterLayout
 from ..rating.rounding import Rounding, largest_remainder, round_fen
 from ..rating.units import ENERGY_SCALE
 from . import runs
@@ -128,9 +129,6 @@ class Apportionment:
         return pool
 
     def _modulus(self, meter: str) -> int | None:
-        from ..rating.errors import RatingError
-        from ..rating.layout import RegisterLayout
-
         name = self.site.devices[meter].model
         if name not in self._moduli:
             model = self.models.get(name)
@@ -207,10 +205,11 @@ class Apportionment:
         return out
 
     def compute(self, conn: Connection, pool: Pool, period: str) -> Computed:
+        """The pool's run for `period` (see the module docstring): its lines, or why it
+        is FAULT, NO_DATA or HELD. Nothing is written."""
         start_at, end_at = self.calendar.bounds(period)
         start = readings_at(conn, pool.meters, start_at, registers=False)
         end = readings_at(conn, pool.meters, end_at, registers=False)
-        memo = f"common area {pool.id} {period}"
         computed = Computed(
             pool.source,
             period,
@@ -219,9 +218,8 @@ class Apportionment:
             "rev:public_energy",
             pool.mode,
             JournalKind.ALLOCATION.value,
-            memo,
+            f"common area {pool.id} {period}",
         )
-        figures, why = self.figures(pool, start, end)
         detail: dict[str, Any] = {
             "pool": pool.id,
             "main": pool.main,
@@ -239,10 +237,11 @@ class Apportionment:
             },
         }
         computed.detail = detail
+        figures, why = self.figures(pool, start, end)
         if figures is None:
-            computed.state = RunState.NO_DATA if "no reading" in why else RunState.FAULT
-            computed.reason = why
-            return computed
+            return _stopped(
+                computed, RunState.NO_DATA if "no reading" in why else RunState.FAULT, why
+            )
         detail.update(
             main_energy=figures.main,
             sub_energy=figures.subs,
@@ -251,19 +250,28 @@ class Apportionment:
             loss_rate=_pct(figures.loss_rate),
         )
         if figures.loss < 0:
-            computed.state = RunState.FAULT
-            computed.reason = (
+            return _stopped(
+                computed,
+                RunState.FAULT,
                 f"negative loss: main {_qty(figures.main)} < subs {_qty(figures.subs)} + public "
                 f"{_qty(figures.public)} ({_qty(figures.loss)}); a meter is faulty — nothing "
-                "allocated"
+                "allocated",
             )
-            return computed
-        max_age = dt.timedelta(seconds=self.settings.reading_max_age_s)
-        stale = sorted(
-            m
-            for m in pool.meters
-            if start[m].at - start[m].read_at > max_age or end[m].at - end[m].read_at > max_age
-        )
+        room_account = self._room_accounts(conn, pool)
+        rooms = sorted(r for r, a in room_account.items() if a is not None or pool.vacant_to_owner)
+        detail["vacant"] = sorted(r for r, a in room_account.items() if a is None)
+        shares, why = self._shares(pool, figures, rooms, detail)
+        if shares is None:
+            return _stopped(computed, RunState.HELD, why)
+        computed.lines = _lines(pool, period, rooms, room_account, shares)
+        held = self._held(pool, figures, start, end)
+        if held:
+            computed.state = RunState.HELD
+            computed.reason = held
+        return computed
+
+    def _room_accounts(self, conn: Connection, pool: Pool) -> dict[str, str | None]:
+        """room → the OPEN account of its sub-meters (None: vacant)."""
         tenants = self.tenants(conn, pool.subs)
         room_account: dict[str, str | None] = {}
         for meter in pool.subs:
@@ -272,9 +280,13 @@ class Apportionment:
             room_account.setdefault(room, None)
             if meter in tenants and room_account[room] is None:
                 room_account[room] = tenants[meter]
-        rooms = sorted(r for r, a in room_account.items() if a is not None or pool.vacant_to_owner)
-        vacant = sorted(r for r, a in room_account.items() if a is None)
-        detail["vacant"] = vacant
+        return room_account
+
+    def _shares(
+        self, pool: Pool, figures: PoolFigures, rooms: Sequence[str], detail: dict[str, Any]
+    ) -> tuple[dict[str, list[tuple[str, int, str]]] | None, str]:
+        """room → its (label, fen, explanation) shares of the priced public-area energy and
+        loss, or (None, why) when there is nothing to share by."""
         price = Fraction(pool.price)
         parts = (
             ("public", figures.public, pool.public_method, "public-area energy"),
@@ -289,66 +301,49 @@ class Apportionment:
             if not fen:
                 continue
             if not rooms:
-                computed.state = RunState.HELD
-                computed.reason = "no room to share among (every room is vacant and excluded)"
-                return computed
+                return None, "no room to share among (every room is vacant and excluded)"
             weights = self.weights(pool, method, rooms, figures)
             total_w = sum((w for _, w in weights), Fraction(0))
             if total_w == 0:
-                computed.state = RunState.HELD
-                computed.reason = f"{label}: the rooms' weights by {method} add up to 0"
-                return computed
+                return None, f"{label}: the rooms' weights by {method} add up to 0"
             split = allocate(fen, weights)
             head = (
                 f"{label} {_qty(units)} {unit} × {pool.price} = {format_fen(fen)}, "
                 f"by {method.value}: "
             )
-            if method is Method.CONSUMPTION:
-                of = f" of {_qty(int(total_w))} {unit}"
-            elif method is Method.AREA:
-                of = f" of {_dec(total_w)} m²"
-            elif method is Method.EQUAL:
-                of = f" of {len(weights)} rooms"
-            else:
-                of = f" of {_dec(total_w)}"
+            of = _of_total(method, total_w, len(weights), unit)
             for room, w in weights:
                 mine = _qty(int(w)) if method is Method.CONSUMPTION else _dec(w)
                 shares[room].append((label, split[room], head + mine + of))
-        lines = []
-        for room in rooms:
-            amount = sum(s[1] for s in shares[room])
-            if not amount:
-                continue
-            description = f"common area {pool.id} {period}: " + "; ".join(
-                f"{text} → {format_fen(fen)}" for _, fen, text in shares[room]
-            )
-            lines.append(
-                Line(
-                    room_account[room],
-                    room,
-                    amount,
-                    "public_energy",
-                    description[:300],
-                    "",
-                    str(pool.price),
-                )
-            )
-        computed.lines = lines
-        cap = pool.loss_cap
+        return shares, ""
+
+    def _held(
+        self,
+        pool: Pool,
+        figures: PoolFigures,
+        start: Mapping[str, Reading],
+        end: Mapping[str, Reading],
+    ) -> str:
+        """Why a computed run waits for an operator's approval ("" when it does not): loss
+        above the cap, or readings older than `reading_max_age_h` at an instant."""
         rate = figures.loss_rate
-        if rate is not None and rate > cap:
-            computed.state = RunState.HELD
-            computed.reason = (
-                f"loss {_pct(rate)} of the main meter is above the cap {_pct(cap)}: "
+        if rate is not None and rate > pool.loss_cap:
+            return (
+                f"loss {_pct(rate)} of the main meter is above the cap {_pct(pool.loss_cap)}: "
                 "held for approval"
             )
-        elif stale:
-            computed.state = RunState.HELD
-            computed.reason = (
+        max_age = dt.timedelta(seconds=self.settings.reading_max_age_s)
+        stale = sorted(
+            m
+            for m in pool.meters
+            if start[m].at - start[m].read_at > max_age or end[m].at - end[m].read_at > max_age
+        )
+        if stale:
+            return (
                 f"readings of {', '.join(stale[:5])} are older than "
                 f"{self.settings.reading_max_age_s / 3600:g} h at an instant: held for approval"
             )
-        return computed
+        return ""
 
     def run(
         self,
@@ -370,6 +365,54 @@ class Apportionment:
             computed = self.compute(conn, pool, period)
             out.append(computed if dry_run else runs.apply(conn, computed, actor=actor, now=now))
         return out
+
+
+def _stopped(computed: Computed, state: RunState, reason: str) -> Computed:
+    """`computed` stopped in `state` (FAULT, NO_DATA, HELD) without lines."""
+    computed.state = state
+    computed.reason = reason
+    return computed
+
+
+def _of_total(method: Method, total_w: Fraction, rooms: int, unit: str) -> str:
+    """The end of a share's explanation: what the room's weight is a part of."""
+    if method is Method.CONSUMPTION:
+        return f" of {_qty(int(total_w))} {unit}"
+    if method is Method.AREA:
+        return f" of {_dec(total_w)} m²"
+    if method is Method.EQUAL:
+        return f" of {rooms} rooms"
+    return f" of {_dec(total_w)}"
+
+
+def _lines(
+    pool: Pool,
+    period: str,
+    rooms: Sequence[str],
+    room_account: Mapping[str, str | None],
+    shares: Mapping[str, list[tuple[str, int, str]]],
+) -> list[Line]:
+    """One itemised line per room with a share (vacant rooms: the owner's, account None)."""
+    lines = []
+    for room in rooms:
+        amount = sum(s[1] for s in shares[room])
+        if not amount:
+            continue
+        description = f"common area {pool.id} {period}: " + "; ".join(
+            f"{text} → {format_fen(fen)}" for _, fen, text in shares[room]
+        )
+        lines.append(
+            Line(
+                room_account[room],
+                room,
+                amount,
+                "public_energy",
+                description[:300],
+                "",
+                str(pool.price),
+            )
+        )
+    return lines
 
 
 def _dec(x: Fraction) -> str:

@@ -20,7 +20,8 @@ from sqlalchemy.engine import Connection
 from ..config.site import Site
 from ..db import schema as t
 from ..ledger import format_fen
-from .bills import Arrear, Bills, BillView
+from .bills import Bills
+from .bills.model import Arrear, BillView
 from .export import Table, page, write_csv, write_xlsx, yuan
 
 

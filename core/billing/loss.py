@@ -35,7 +35,7 @@ from ..model import DeviceModel
 from .export import Chart, Table
 from .periods import Calendar
 from .readings import Reading, readings_between
-from .reports import energy
+from .reports.common import energy
 from .settings import BillingSettings, Pool
 
 #: A room counts as "not consuming" below this share of its earlier daily consumption.

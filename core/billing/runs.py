@@ -383,6 +383,8 @@ def _post(
     actor: str,
     now: dt.datetime,
 ) -> None:
+    """Post run `run_id` (see the module docstring): one balanced journal, one billing
+    item per account line; a run whose lines are all zero is EMPTY."""
     lines = [ln for ln in computed.lines if ln.amount_fen]
     if not lines:
         conn.execute(
@@ -394,6 +396,27 @@ def _post(
     tenants = [ln.account_id for ln in lines if ln.account_id is not None]
     if len(set(tenants)) != len(tenants):
         raise RequestError("lines", f"{computed.source}: an account has two lines in one run")
+    postings, item_modes, total = _postings(conn, computed, lines, tenants)
+    journal_id = _post_journal(conn, computed, revision, postings, total, actor=actor, now=now)
+    rows = [
+        _item_row(computed, ln, mode, run_id, journal_id, now)
+        for ln, mode in zip(lines, item_modes, strict=True)
+        if ln.account_id is not None
+    ]
+    insert_items(conn, rows, now)
+    conn.execute(
+        t.billing_run.update()
+        .where(t.billing_run.c.id == run_id)
+        .values(state=RunState.POSTED.value, journal_id=journal_id, updated_at=now)
+    )
+
+
+def _postings(
+    conn: Connection, computed: Computed, lines: Sequence[Line], tenants: Sequence[str]
+) -> tuple[list[Posting], list[str], int]:
+    """(the run's postings, the mode of each line's item, the total): a line comes from the general
+    wallet when the run's mode is `wallet` and the wallet holds it, else it is owed; a
+    vacant room's line is the owner's expense. The revenue takes the total."""
     balances = general_balances(conn, tenants) if computed.mode is Mode.WALLET else {}
     postings: list[Posting] = []
     item_modes: list[str] = []
@@ -412,14 +435,26 @@ def _post(
             item_modes.append(Mode.BILL.value)
     total = sum(p.amount_fen for p in postings)
     postings.append(Posting(computed.revenue, -total))
-    postings = [p for p in postings if p.amount_fen]
+    return [p for p in postings if p.amount_fen], item_modes, total
+
+
+def _post_journal(
+    conn: Connection,
+    computed: Computed,
+    revision: int,
+    postings: Sequence[Posting],
+    total: int,
+    *,
+    actor: str,
+    now: dt.datetime,
+) -> int:
     digest = hashlib.sha256(
         json.dumps([[p.ledger_account, p.amount_fen] for p in postings]).encode()
     ).hexdigest()
     posted = ledger.post_journal(
         conn,
         computed.journal_kind,
-        postings,
+        list(postings),
         idempotency_key=_key(computed.source, computed.period, revision),
         memo=computed.memo,
         requested_by=actor,
@@ -433,37 +468,33 @@ def _post(
         },
         now=now,
     )
-    journal_id = posted.journal.id
-    rows = [
-        {
-            "account_id": ln.account_id,
-            "period": computed.period,
-            "kind": ln.kind,
-            "source": computed.source,
-            "description": (
-                ln.description
-                + (
-                    " (general wallet short: owed)"
-                    if mode == "bill" and computed.mode is Mode.WALLET
-                    else ""
-                )
-            )[:300],
-            "quantity": ln.quantity[:60],
-            "unit_price": ln.unit_price[:40],
-            "amount_fen": ln.amount_fen,
-            "mode": mode,
-            "run_id": run_id,
-            "journal_id": journal_id,
-            "bill_id": None,
-            "void": False,
-            "created_at": now,
-        }
-        for ln, mode in zip(lines, item_modes, strict=True)
-        if ln.account_id is not None
-    ]
-    insert_items(conn, rows, now)
-    conn.execute(
-        t.billing_run.update()
-        .where(t.billing_run.c.id == run_id)
-        .values(state=RunState.POSTED.value, journal_id=journal_id, updated_at=now)
+    return posted.journal.id
+
+
+def _item_row(
+    computed: Computed,
+    ln: Line,
+    mode: str,
+    run_id: int,
+    journal_id: int,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    short = (
+        " (general wallet short: owed)" if mode == "bill" and computed.mode is Mode.WALLET else ""
     )
+    return {
+        "account_id": ln.account_id,
+        "period": computed.period,
+        "kind": ln.kind,
+        "source": computed.source,
+        "description": (ln.description + short)[:300],
+        "quantity": ln.quantity[:60],
+        "unit_price": ln.unit_price[:40],
+        "amount_fen": ln.amount_fen,
+        "mode": mode,
+        "run_id": run_id,
+        "journal_id": journal_id,
+        "bill_id": None,
+        "void": False,
+        "created_at": now,
+    }

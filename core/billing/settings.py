@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -379,65 +379,36 @@ def _read_pool(
     ratios = _per_room(r.table("ratios"), site, places=6)
     if None in (main, subs, public, method, public_method, cap, mode, vacant) or price is None:
         return None
-    ok = True
-
-    def bad(key: str, message: str) -> None:
-        nonlocal ok
-        ok = False
-        r.error(message, key)
-
+    assert main is not None and subs is not None and public is not None
     if main not in site.devices:
-        bad("main", f"unknown meter {main!r} (site devices)")
+        r.error(f"unknown meter {main!r} (site devices)", "main")
         return None
     kind = _kind_of(site, models, main)
+    problems: list[tuple[str, str]] = []
     if kind is not None and kind not in (MeterKind.ELECTRIC.value, MeterKind.WATER.value):
-        bad("main", f"meter {main!r} is a {kind}, not an electric or water meter")
+        problems.append(("main", f"meter {main!r} is a {kind}, not an electric or water meter"))
     if building is not None and building not in site.buildings:
-        bad("building", f"unknown building {building!r}")
+        problems.append(("building", f"unknown building {building!r}"))
     if building is None:
         building = site.devices[main].building or site.building_of(site.devices[main])
     if not subs:
-        if building is None:
-            bad("subs", "list the sub-meters, or name the pool's building")
-        else:
-            subs = tuple(
-                sorted(
-                    dev.id
-                    for dev in site.devices.values()
-                    if dev.room is not None
-                    and site.rooms[dev.room].building == building
-                    and dev.id != main
-                    and dev.id not in public
-                    and (kind is None or _kind_of(site, models, dev.id) == kind)
-                )
-            )
-            if not subs:
-                bad("subs", f"building {building!r} has no room meters to share among")
-    for key, meters in (("subs", subs), ("public", public)):
-        for i, meter in enumerate(meters):
-            if meter not in site.devices:
-                bad(f"{key}[{i}]", f"unknown meter {meter!r}")
-            elif meter == main:
-                bad(f"{key}[{i}]", "the main meter cannot also be a sub or public meter")
-            elif kind is not None and _kind_of(site, models, meter) not in (kind, None):
-                bad(f"{key}[{i}]", f"meter {meter!r} is not a {kind} meter like the main meter")
-            elif key == "subs" and site.devices[meter].room is None:
-                bad(f"{key}[{i}]", f"meter {meter!r} is in no room: whose share would it be?")
-    if len(set(subs) | set(public)) != len(subs) + len(public):
-        bad("subs", "a meter is listed twice (subs and public must not overlap)")
-    if not ok:
+        subs = _building_subs(site, models, main, building, public, kind, problems)
+    problems.extend(_pool_meter_problems(site, models, main, subs, public, kind))
+    if _reported(r, problems):
         return None
-    rooms = sorted({site.devices[m].room for m in subs if site.devices[m].room})
+    rooms = sorted({room for m in subs if (room := site.devices[m].room)})
     for key, m in (("method", method), ("public_method", public_method)):
         if m == Method.AREA.value:
             problem = _without_area(site, areas, rooms)
             if problem:
-                bad(key, problem)
+                problems.append((key, problem))
         if m == Method.RATIO.value:
             missing = [room for room in rooms if room not in ratios]
             if missing:
-                bad("ratios", f"method ratio needs a weight for rooms {', '.join(missing[:5])}")
-    if not ok:
+                problems.append(
+                    ("ratios", f"method ratio needs a weight for rooms {', '.join(missing[:5])}")
+                )
+    if _reported(r, problems):
         return None
     return Pool(
         pool_id,
@@ -454,6 +425,71 @@ def _read_pool(
         building,
         vacant == "owner",
     )
+
+
+def _building_subs(
+    site: Site,
+    models: Mapping[str, DeviceModel] | None,
+    main: str,
+    building: str | None,
+    public: Sequence[str],
+    kind: str | None,
+    problems: list[tuple[str, str]],
+) -> tuple[str, ...]:
+    """A pool's default sub-meters: the room meters of its building (of the main meter's
+    kind), other than the main and public meters."""
+    if building is None:
+        problems.append(("subs", "list the sub-meters, or name the pool's building"))
+        return ()
+    subs = tuple(
+        sorted(
+            dev.id
+            for dev in site.devices.values()
+            if dev.room is not None
+            and site.rooms[dev.room].building == building
+            and dev.id != main
+            and dev.id not in public
+            and (kind is None or _kind_of(site, models, dev.id) == kind)
+        )
+    )
+    if not subs:
+        problems.append(("subs", f"building {building!r} has no room meters to share among"))
+    return subs
+
+
+def _pool_meter_problems(
+    site: Site,
+    models: Mapping[str, DeviceModel] | None,
+    main: str,
+    subs: Sequence[str],
+    public: Sequence[str],
+    kind: str | None,
+) -> list[tuple[str, str]]:
+    """(key, message) for each sub or public meter that cannot be in the pool."""
+    problems = []
+    for key, meters in (("subs", subs), ("public", public)):
+        for i, meter in enumerate(meters):
+            where = f"{key}[{i}]"
+            if meter not in site.devices:
+                problems.append((where, f"unknown meter {meter!r}"))
+            elif meter == main:
+                problems.append((where, "the main meter cannot also be a sub or public meter"))
+            elif kind is not None and _kind_of(site, models, meter) not in (kind, None):
+                problems.append(
+                    (where, f"meter {meter!r} is not a {kind} meter like the main meter")
+                )
+            elif key == "subs" and site.devices[meter].room is None:
+                problems.append((where, f"meter {meter!r} is in no room: whose share would it be?"))
+    if len(set(subs) | set(public)) != len(subs) + len(public):
+        problems.append(("subs", "a meter is listed twice (subs and public must not overlap)"))
+    return problems
+
+
+def _reported(r: TableReader, problems: list[tuple[str, str]]) -> bool:
+    """Report `problems` as errors of table `r`; True when there were any."""
+    for key, message in problems:
+        r.error(message, key)
+    return bool(problems)
 
 
 def _read_charge(

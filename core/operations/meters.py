@@ -1,4 +1,5 @@
-"""Meters through the door: purchase-count alignment and replacement."""
+"""Meters through the door: purchase-count alignment, replacement and parameter commands
+(prices, alarm thresholds written to the device)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,42 @@ class MeterDoor(Door):
             return done
 
         return self._call("replace", meter_id, actor, work, lambda r: f"{r.describe()}; {reason}")
+
+    def set_params(
+        self,
+        meter_id: str,
+        command: str,
+        values: Mapping[str, object],
+        reason: str,
+        *,
+        actor: str,
+        idempotency_key: str,
+    ) -> cmds.MeterCommand:
+        """Queue the model's `command` (e.g. SET_PRICES, SET_ALARMS) with `values` as a
+        durable SET_PARAMS command for `meter_id`. `idempotency_key` makes it idempotent:
+        the same key again returns the first command."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> cmds.MeterCommand:
+            model = self._model_of(meter_id)
+            if not isinstance(values, Mapping) or not values:
+                raise RequestError("values", "give the command's parameters (NAME=VALUE)")
+            try:
+                model.command(command)
+            except KeyError as exc:
+                raise RequestError("command", str(exc.args[0])) from None
+            queued = cmds.enqueue(
+                conn,
+                meter_id,
+                cmds.CommandKind.SET_PARAMS,
+                params={"command": command, **dict(values)},
+                reason=reason,
+                requested_by=actor,
+                idempotency_key=idempotency_key,
+                now=now,
+            )
+            effects.commands.append(queued)
+            return queued
+
+        return self._call(
+            "set_params", meter_id, actor, work, lambda c: f"{command} #{c.id}: {reason}"
+        )

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import ledger
-from ..billing.bills import receivable
+from ..billing.bills.paying import receivable
 from ..db import schema as t
 from ..model import MeterKind
 from ..prepay import accounts as acc

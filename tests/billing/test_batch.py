@@ -15,7 +15,9 @@ import sqlalchemy as sa
 
 from openprepay.core import ledger
 from openprepay.core.app.demo import anytime_policy
-from openprepay.core.billing.batch import BATCH_MODEL, Batches, read_csv_rows
+from openprepay.core.billing.batch import Batches
+from openprepay.core.billing.batch.model import BATCH_MODEL
+from openprepay.core.billing.batch.selection import read_csv_rows
 from openprepay.core.billing.service import BillingService
 from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from openprepay.core import ledger
-from openprepay.core.billing.bills import receivable
+from openprepay.core.billing.bills.paying import receivable
 from openprepay.core.db import schema as t
 from openprepay.core.ledger import RequestError
 

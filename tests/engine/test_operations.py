@@ -452,3 +452,73 @@ def test_a_failing_commit_fails_every_request_of_its_batch(offline: Any) -> None
     with pytest.raises(RuntimeError, match="disk full"):
         ops.writer.run(explode)
     assert snapshot(db) == before
+
+
+def test_set_params_queues_one_audited_command_idempotent_on_its_key(offline) -> None:
+    ops, db, audits, _ = offline
+    committed: list[Any] = []
+    ops.committed.append(committed.append)
+    first = ops.set_params(
+        "E-101",
+        "SET_ALARMS",
+        {"alarm1": 20.0, "alarm2": 5.0},
+        "new alarm levels",
+        actor="op:1",
+        idempotency_key="batch:7:1:1",
+    )
+    assert (first.meter_id, first.kind) == ("E-101", "SET_PARAMS")
+    assert first.params == {"command": "SET_ALARMS", "alarm1": 20.0, "alarm2": 5.0}
+    assert [c.id for effects in committed for c in effects.commands] == [first.id]
+
+    def audit_rows() -> list[tuple[str, ...]]:
+        with db.read() as conn:
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    sa.text(
+                        "SELECT actor, target, detail FROM audit_log "
+                        "WHERE action = 'set_params' ORDER BY id"
+                    )
+                ).all()
+            ]
+
+    assert audit_rows() == [("op:1", "E-101", f"SET_ALARMS #{first.id}: new alarm levels")]
+    assert audits[-1].action == "set_params" and audits[-1].ok
+
+    again = ops.set_params(
+        "E-101",
+        "SET_ALARMS",
+        {"alarm1": 20.0, "alarm2": 5.0},
+        "new alarm levels",
+        actor="op:1",
+        idempotency_key="batch:7:1:1",
+    )
+    assert again.id == first.id  # the same key: the first command, nothing queued again
+    with db.read() as conn:
+        kinds = [c.kind for c in cmds.list_commands(conn) if c.kind == "SET_PARAMS"]
+    assert kinds == ["SET_PARAMS"]
+    # Each request is audited once (as every call of the door is); both name one command.
+    row = ("op:1", "E-101", f"SET_ALARMS #{first.id}: new alarm levels")
+    assert audit_rows() == [row, row]
+
+
+@pytest.mark.parametrize(
+    "meter,command,field",
+    [
+        ("E 1O1;", "SET_ALARMS", "meter"),
+        (None, "SET_ALARMS", "meter"),
+        ("E-101", "NOPE", "command"),
+    ],
+)
+def test_set_params_refuses_a_garbled_meter_or_command(offline, meter, command, field) -> None:
+    ops, db, audits, _ = offline
+    before = snapshot(db)
+    with pytest.raises(RequestError) as raised:
+        ops.set_params(
+            meter, command, {"alarm1": 1}, "test", actor="op:1", idempotency_key="k-garbled"
+        )
+    assert raised.value.field == field
+    if field == "meter":
+        assert "unknown meter" in raised.value.message
+    assert snapshot(db) == before
+    assert audits[-1].ok is False and audits[-1].action == "set_params"

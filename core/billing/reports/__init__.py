@@ -1,0 +1,103 @@
+"""Finance and energy reports (AcrelCloud §4.4, §4.5), reconciled with the ledger.
+
+Finance (from the journal and its postings, nothing else):
+
+- `orders` — every order in a span: top-ups, refunds, emergency credit, charges, common-area
+  shares, bill payments, reversals, one row per journal and customer; usage deductions
+  summed per account, day and commodity. Columns are the changes of the energy wallet, the
+  general wallet and what is owed (`asset:ar:<account>`); their totals are exactly the net
+  postings of those ledger accounts in the span.
+- `revenue` — revenue by day, month, year or the whole span, and its composition
+  (electricity, water, common area, property, rent, services, late fees): the credits to
+  `rev:*` net of reversals. Its total is exactly the net `rev:*` postings of the span.
+
+Energy (from the consumption the engine keeps per meter and day, `meter_usage_day`, and for
+meters without an account — main and public meters — from their registers at the capture
+instants):
+
+- `monthly` — the comprehensive monthly report per room: total and 尖/峰/平/谷 energy, the
+  cost of each (the month's usage postings of the room's meters — exactly the ledger's —
+  split over the rates in proportion to the exact tariff amounts of the month's energy by
+  `rating.largest_remainder`, tier surcharges in their own column), and the same month of
+  the previous year with the change;
+- `meter_energy` — energy per meter by day, month or year (electricity or water).
+
+Every report is a `export.Table`: printed on the command line, written as CSV or XLSX (with
+a chart). Times are bucketed in the site's time zone by the journal's time.
+"
+
+The package: `common` (the site's scope, day buckets, shared queries), `finance` (orders,
+revenue), `energy` (energy per meter), `monthly` (the monthly report per room). `Reports`
+below is what the command line and the tests call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy.engine import Connection
+
+from ...config.site import Site
+from ...model import DeviceModel
+from ...rating.tariffs import TariffCatalogue
+from ..export import Table
+from ..periods import Calendar
+from . import energy, finance, monthly
+from .common import ReportScope, buckets
+
+
+class Reports:
+    """The finance and energy reports of a site (see the package docstring)."""
+
+    def __init__(
+        self,
+        site: Site,
+        models: Mapping[str, DeviceModel],
+        catalogue: TariffCatalogue,
+        *,
+        calendar: Calendar,
+        register_rates: Mapping[str, Sequence[str]] | None = None,
+        default_tariffs: Mapping[str, str] | None = None,
+    ) -> None:
+        self.scope = ReportScope(
+            site,
+            models,
+            catalogue,
+            calendar,
+            dict(register_rates or {}),
+            dict(default_tariffs or {}),
+        )
+
+    def buckets(self, start: dt.date, end: dt.date, by: str) -> list[tuple[str, dt.date]]:
+        """(label, first day) of each bucket of [start, end)."""
+        return buckets(start, end, by)
+
+    # -- finance ---------------------------------------------------------------------------
+    def revenue(self, conn: Connection, start: dt.date, end: dt.date, by: str = "month") -> Table:
+        return finance.revenue(self.scope, conn, start, end, by)
+
+    def orders(
+        self, conn: Connection, start: dt.date, end: dt.date, *, account: str | None = None
+    ) -> Table:
+        return finance.orders(self.scope, conn, start, end, account=account)
+
+    # -- energy ----------------------------------------------------------------------------
+    def meter_energy(
+        self,
+        conn: Connection,
+        start: dt.date,
+        end: dt.date,
+        by: str = "day",
+        commodity: str = "electricity",
+        meters: Sequence[str] | None = None,
+    ) -> Table:
+        return energy.meter_energy(self.scope, conn, start, end, by, commodity, meters)
+
+    def energy_by_bucket(self, table: Table) -> Table:
+        """A chartable summary of `meter_energy`: total energy per bucket."""
+        return energy.energy_by_bucket(table)
+
+    def monthly(self, conn: Connection, month: str, commodity: str = "electricity") -> Table:
+        """The comprehensive monthly report per room (see `monthly`)."""
+        return monthly.monthly(self.scope, conn, month, commodity)

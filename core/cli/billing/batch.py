@@ -1,0 +1,336 @@
+"""`openprepay batch ...`: batch and scheduled operations over many accounts or meters
+(dry run, progress bar)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ...billing.batch import Batches
+from ...billing.batch.model import Action, JobView
+from ...billing.batch.selection import read_csv_rows
+from ...billing.export import Table
+from ...events import utcnow
+from ...ledger import RequestError
+from ...model import Sample
+from .. import CliContext
+from ..common import site_argument
+from ..database import operator
+from ..params import ROW_ID
+from .common import echo_table, pair, parse_time
+from .services import billing_services
+
+
+@click.group("batch")
+def batch_group() -> None:
+    """Batch and scheduled operations over many accounts or meters."""
+
+
+def _selection(
+    all_site: bool,
+    buildings: Sequence[str],
+    floors: Sequence[str],
+    rooms: Sequence[str],
+    accounts: Sequence[str],
+    meters: Sequence[str],
+    csv_file: str | None,
+) -> dict[str, Any]:
+    sel: dict[str, Any] = {}
+    if all_site:
+        sel["site"] = True
+    for key, values in (
+        ("buildings", buildings),
+        ("floors", floors),
+        ("rooms", rooms),
+        ("accounts", accounts),
+        ("meters", meters),
+    ):
+        if values:
+            sel[key] = list(values)
+    if csv_file:
+        path = Path(csv_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RequestError("csv", f"cannot read {csv_file}: {exc.strerror}") from None
+        sel["rows"] = read_csv_rows(text, path.name)
+        sel["source"] = path.name
+    return sel
+
+
+def _params(
+    action: str,
+    tariff: str | None,
+    amount: str | None,
+    channel: str | None,
+    alarm1: str | None,
+    alarm2: str | None,
+    override: bool,
+    kind: str | None,
+    prices: Sequence[str],
+    command: str | None,
+    params: Sequence[str],
+) -> dict[str, Any]:
+    p: dict[str, Any] = {}
+    if action == Action.SET_TARIFF and tariff:
+        p["tariff"] = tariff
+    if action == Action.TOPUP:
+        if amount:
+            p["amount"] = amount
+        if channel:
+            p["channel"] = channel
+    if action == Action.SET_THRESHOLDS:
+        p.update(alarm1=alarm1, alarm2=alarm2)
+    if action in (Action.DISCONNECT, Action.RECONNECT):
+        p["override"] = override
+        if kind:
+            p["kind"] = kind
+    if action == Action.SET_PRICE:
+        p.update(dict(pair(x, "price") for x in prices))
+    if action == Action.SET_PARAMS:
+        p["command"] = command
+        p["values"] = dict(pair(x, "param") for x in params)
+    return p
+
+
+def _progress(batches: Batches, job_id: int, run_here: bool) -> JobView:
+    """Run the job here (claimed as the service would) or follow it, with a progress bar."""
+    # Deferred like the other progress bars of the CLI: every command's start-up pays
+    # for a module-level import, only this one needs it.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    with progress:
+        task = progress.add_task(f"batch {job_id}", total=None, failed=0)
+
+        def show(total: int, done: int, failed: int) -> None:
+            progress.update(task, total=max(total, 1), completed=done + failed, failed=failed)
+
+        def on_item(item: object) -> None:
+            if isinstance(item, Sample) and item.source == f"batch-{job_id}":
+                v = item.values
+                show(int(v["total"]), int(v["done"]), int(v["failed"]))
+
+        if run_here and batches.claim(job_id=job_id):
+            batches.publish = on_item
+            view = batches.run(job_id)
+            show(view.total, view.done, view.failed)
+            return view
+        while True:  # the service (or another instance) runs it: follow it
+            view = batches.get(job_id)
+            show(view.total, view.done, view.failed)
+            if view.state not in ("RUNNING", "SCHEDULED") or (
+                view.state == "SCHEDULED" and view.run_no > 0
+            ):
+                return view
+            time.sleep(0.2)
+
+
+def _selection_options(f: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--all", "all_site", is_flag=True, help="Every room of the site."),
+            click.option("--building", "buildings", multiple=True),
+            click.option("--floor", "floors", multiple=True, metavar="BUILDING:FLOOR"),
+            click.option("--room", "rooms", multiple=True),
+            click.option("--account", "accounts", multiple=True),
+            click.option("--meter", "meters", multiple=True),
+            click.option(
+                "--csv",
+                "csv_file",
+                type=click.Path(dir_okay=False),
+                help="Rows with an account, meter or room column (and amount, tariff...).",
+            ),
+            click.option("--tariff"),
+            click.option("--amount", help="Top-up amount in yuan."),
+            click.option("--channel"),
+            click.option("--alarm1"),
+            click.option("--alarm2"),
+            click.option(
+                "--override",
+                is_flag=True,
+                help="Disconnect as an operator's override (the rate limit and 保电 still apply).",
+            ),
+            click.option("--kind", type=click.Choice(["electric", "water"])),
+            click.option(
+                "--price",
+                "prices",
+                multiple=True,
+                metavar="RATE=CNY",
+                help="set_price: sharp=0.72 ...",
+            ),
+            click.option("--command"),
+            click.option("--param", "params", multiple=True, metavar="NAME=VALUE"),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@batch_group.command("create")
+@site_argument
+@click.argument("action", type=click.Choice([a.value for a in Action]))
+@_selection_options
+@click.option("--reason", required=True, help="Why (audited with every item).")
+@click.option("--at", "at_text", help="Run at this site-local time (default now).")
+@click.option(
+    "--every", type=click.Choice(["day", "week", "month"]), help="Repeat at the same time."
+)
+@click.option("--dry-run", is_flag=True, help="Show what each item would do; write nothing.")
+@click.option("--no-wait", is_flag=True, help="Leave a job that is due now to the running service.")
+@click.pass_obj
+def batch_create(
+    obj: CliContext,
+    site_file: str,
+    action: str,
+    all_site: bool,
+    buildings: tuple[str, ...],
+    floors: tuple[str, ...],
+    rooms: tuple[str, ...],
+    accounts: tuple[str, ...],
+    meters: tuple[str, ...],
+    csv_file: str | None,
+    tariff: str | None,
+    amount: str | None,
+    channel: str | None,
+    alarm1: str | None,
+    alarm2: str | None,
+    override: bool,
+    kind: str | None,
+    prices: tuple[str, ...],
+    command: str | None,
+    params: tuple[str, ...],
+    reason: str,
+    at_text: str | None,
+    every: str | None,
+    dry_run: bool,
+    no_wait: bool,
+) -> None:
+    """Create a batch job: ACTION over a selection, now, at a time or every day/week/month."""
+    with billing_services(site_file, obj) as c:
+        batches = c.batches
+        selection = _selection(all_site, buildings, floors, rooms, accounts, meters, csv_file)
+        p = _params(
+            action, tariff, amount, channel, alarm1, alarm2, override, kind, prices, command, params
+        )
+        if dry_run:
+            plan = batches.plan(action, p, selection)
+            for line in plan:
+                click.echo(f"{'ok  ' if line.ok else 'FAIL'} {line.target:<14} {line.text}")
+            click.echo(
+                f"dry run: {sum(1 for x in plan if x.ok)} of {len(plan)} item(s) would succeed; "
+                "nothing written"
+            )
+            return
+        at = parse_time(c.site, at_text) if at_text else None
+        job = batches.create(
+            action, p, selection, reason=reason, actor=operator(), at=at, every=every
+        )
+        when = "now" if at is None else f"at {at.astimezone(c.site.info.tz):%Y-%m-%d %H:%M}"
+        click.echo(f"batch job {job.id}: {action} {when}" + (f", every {every}" if every else ""))
+        if at is None and not no_wait:
+            view = _progress(batches, job.id, run_here=True)
+            click.echo(
+                f"batch job {job.id}: {view.done} done, {view.failed} failed of {view.total}"
+            )
+            if view.failed:
+                raise SystemExit(1)
+
+
+@batch_group.command("list")
+@site_argument
+@click.option("--state", type=click.Choice(["SCHEDULED", "RUNNING", "DONE", "CANCELLED"]))
+@click.pass_obj
+def batch_list(obj: CliContext, site_file: str, state: str | None) -> None:
+    with billing_services(site_file, obj) as c:
+        batches = c.batches
+        jobs = batches.list(state=state)
+    table = Table(
+        "Batch jobs",
+        ["job", "action", "state", "run", "done", "failed", "total", "next run", "every", "reason"],
+    )
+    for j in jobs:
+        nxt = (
+            j.next_run_at.astimezone(c.site.info.tz).strftime("%Y-%m-%d %H:%M")
+            if j.next_run_at
+            else ""
+        )
+        table.rows.append(
+            [
+                str(j.id),
+                j.action,
+                j.state,
+                str(j.run_no),
+                str(j.done),
+                str(j.failed),
+                str(j.total),
+                nxt,
+                j.every or "",
+                j.reason,
+            ]
+        )
+    echo_table(table)
+
+
+@batch_group.command("show")
+@site_argument
+@click.argument("job_id", type=ROW_ID)
+@click.option("--run", "run_no", type=ROW_ID, help="Occurrence (default the last).")
+@click.pass_obj
+def batch_show(obj: CliContext, site_file: str, job_id: int, run_no: int | None) -> None:
+    """A job and the result of each of its items."""
+    with billing_services(site_file, obj) as c:
+        batches = c.batches
+        job = batches.get(job_id)
+        items = batches.items(job_id, run_no)
+    chosen = job.selection.get("source", "CSV") if "rows" in job.selection else job.selection
+    click.echo(
+        f"batch job {job.id}: {job.action} {job.params} on {chosen}; {job.state}, "
+        f"occurrence {job.run_no}: {job.done} done, {job.failed} failed of {job.total}"
+    )
+    for i in items:
+        click.echo(f"  {i.seq:>4} {i.target:<14} {i.state:<7} {i.result}")
+
+
+@batch_group.command("run")
+@site_argument
+@click.argument("job_id", type=ROW_ID)
+@click.pass_obj
+def batch_run(obj: CliContext, site_file: str, job_id: int) -> None:
+    """Run a due job here with a progress bar (or follow it if the service runs it)."""
+    with billing_services(site_file, obj) as c:
+        batches = c.batches
+        view = batches.get(job_id)
+        if view.state == "SCHEDULED" and view.next_run_at and view.next_run_at > utcnow():
+            raise RequestError(
+                "job",
+                f"batch job {job_id} is scheduled for "
+                f"{view.next_run_at.astimezone(c.site.info.tz):%Y-%m-%d %H:%M}",
+            )
+        view = _progress(batches, job_id, run_here=True)
+    click.echo(
+        f"batch job {job_id}: {view.state}, {view.done} done, {view.failed} failed of {view.total}"
+    )
+
+
+@batch_group.command("cancel")
+@site_argument
+@click.argument("job_id", type=ROW_ID)
+@click.pass_obj
+def batch_cancel(obj: CliContext, site_file: str, job_id: int) -> None:
+    with billing_services(site_file, obj) as c:
+        batches = c.batches
+        view = batches.cancel(job_id, actor=operator())
+    click.echo(f"batch job {job_id}: {view.state}")

@@ -1,0 +1,363 @@
+"""`openprepay billing ...`: meter readings at the freeze instants, common-area
+apportionment, custom charges, the month-end, the itemised statement of an account."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from ...billing import runs
+from ...billing.charges import charge_once, items_of
+from ...billing.export import Table
+from ...billing.readings import meter_model, readings_at, record_reading
+from ...billing.runs import Computed, RunResult
+from ...billing.service import Billing
+from ...billing.settings import Mode
+from ...events import utcnow
+from ...ledger import RequestError, format_fen, parse_yuan
+from .. import EXIT_FAILED, CliContext
+from ..common import progress_bar, site_argument
+from ..database import operator
+from .common import echo_table, pair, parse_time
+from .services import billing_services
+
+
+@click.group("billing")
+def billing_group() -> None:
+    """Meter readings, common-area apportionment, custom charges, month-end."""
+
+
+@billing_group.command("reading")
+@site_argument
+@click.argument("meter")
+@click.option("--at", "at_text", required=True, help="Capture instant, e.g. '2025-03-01 00:00'.")
+@click.option("--value", required=True, help="Total register, kWh or m³ (e.g. 1234.56).")
+@click.option(
+    "--register",
+    "registers",
+    multiple=True,
+    metavar="POINT=VALUE",
+    help="Rate register (energy_sharp=12.3).",
+)
+@click.pass_obj
+def billing_reading(
+    obj: CliContext,
+    site_file: str,
+    meter: str,
+    at_text: str,
+    value: str,
+    registers: tuple[str, ...],
+) -> None:
+    """Record METER's reading for a capture instant by hand (replaces what was captured)."""
+    with billing_services(site_file, obj) as c:
+        at = parse_time(c.site, at_text)
+        regs = dict(pair(r, "register") for r in registers)
+        with c.db.begin() as conn:
+            r = record_reading(
+                conn,
+                meter,
+                at,
+                value,
+                registers=regs,
+                recorded_by=operator(),
+                known_meters=c.site.devices,
+                model=meter_model(c.site, obj.plugins.models, meter),
+            )
+    click.echo(
+        f"{r.meter_id} at {at.astimezone(c.site.info.tz):%Y-%m-%d %H:%M}: "
+        f"{r.energy / 1000:.3f} (manual)"
+    )
+
+
+@billing_group.command("readings")
+@site_argument
+@click.option("--at", "at_text", help="Capture instant (default: the start of --period).")
+@click.option("--period", help="Show the readings at the period's start and end.")
+@click.option("--meter", "meters", multiple=True)
+@click.pass_obj
+def billing_readings(
+    obj: CliContext,
+    site_file: str,
+    at_text: str | None,
+    period: str | None,
+    meters: tuple[str, ...],
+) -> None:
+    """Meter registers at capture instants (what apportionment and bills difference)."""
+    with billing_services(site_file, obj) as c:
+        if period:
+            instants = list(c.billing.calendar.bounds(period))
+        elif at_text:
+            instants = [parse_time(c.site, at_text)]
+        else:
+            raise RequestError("at", "give --at or --period")
+        chosen = list(meters) or sorted(c.site.devices)
+        table = Table("Meter readings", ["meter", "instant", "read at", "value", "source"])
+        with c.db.read() as conn:
+            for at in instants:
+                found = readings_at(conn, chosen, at)
+                for m in chosen:
+                    r = found.get(m)
+                    local = at.astimezone(c.site.info.tz)
+                    if r is None:
+                        if meters:
+                            table.rows.append([m, f"{local:%Y-%m-%d %H:%M}", "-", "missing", ""])
+                        continue
+                    table.rows.append(
+                        [
+                            m,
+                            f"{local:%Y-%m-%d %H:%M}",
+                            f"{r.read_at.astimezone(c.site.info.tz):%Y-%m-%d %H:%M:%S}",
+                            f"{r.energy / 1000:.3f}",
+                            r.source,
+                        ]
+                    )
+    echo_table(table)
+
+
+def _show_run(r: RunResult | Computed, tz: Any) -> None:
+    source, period, state = (
+        r.source,
+        r.period,
+        str(r.state.value if hasattr(r.state, "value") else r.state),
+    )
+    detail = r.detail
+    amount = r.amount_fen
+    extra = ""
+    if "main_energy" in detail:
+        extra = (
+            f" main {detail['main_energy'] / 1000:.2f}, subs {detail['sub_energy'] / 1000:.2f}, "
+            f"public {detail['public_energy'] / 1000:.2f}, loss {detail['loss_energy'] / 1000:.2f} "
+            f"({detail['loss_rate']})"
+        )
+    how = ""
+    if isinstance(r, RunResult):
+        how = " (unchanged)" if r.unchanged else f" revision {r.revision}"
+        if r.reversed_revision:
+            how += f", revision {r.reversed_revision} reversed"
+    else:
+        how = " (dry run)"
+        if state == "POSTED":
+            state = "would post"
+    click.echo(f"{source} {period}: {state}{how}, {format_fen(amount)}.{extra}")
+    if r.reason:
+        click.echo(f"  {r.reason}")
+    for ln in r.lines:
+        click.echo(
+            f"  {ln.room or '-':<10} {ln.account_id or '(vacant: owner)':<14} "
+            f"{format_fen(ln.amount_fen):>10}  {ln.description}"
+        )
+
+
+@billing_group.command("apportion")
+@site_argument
+@click.option("--period", required=True, help="Billing period, e.g. 2025-03.")
+@click.option("--pool", "pools", multiple=True, help="Only these pools.")
+@click.option("--dry-run", is_flag=True, help="Compute and show; post nothing.")
+@click.pass_obj
+def billing_apportion(
+    obj: CliContext, site_file: str, period: str, pools: tuple[str, ...], dry_run: bool
+) -> None:
+    """Share the common-area energy of PERIOD (again: the same result changes nothing; a
+    different one reverses and re-posts)."""
+    with billing_services(site_file, obj) as c:
+        if not c.billing.settings.apportionment:
+            click.echo(
+                "common-area apportionment is switched off for this site "
+                "([billing] apportionment = false)"
+            )
+            return
+        with c.db.begin() as conn:
+            results = c.billing.apportionment.run(
+                conn, period, pools=pools or None, actor=operator(), now=utcnow(), dry_run=dry_run
+            )
+    for r in results:
+        _show_run(r, c.site.info.tz)
+    _exit_on_fault(results)
+
+
+def _exit_on_fault(results: Sequence[RunResult | Computed]) -> None:
+    """A pool in FAULT (main < Σ sub + public: a meter fault, nothing allocated) is a
+    failure of the command: say so on stderr and exit non-zero."""
+    faults = [r for r in results if str(r.state) == runs.RunState.FAULT]
+    for r in faults:
+        click.echo(
+            f"error: {r.source} {r.period} is in FAULT, nothing was allocated: {r.reason}",
+            err=True,
+        )
+    if faults:
+        raise SystemExit(EXIT_FAILED)
+
+
+@billing_group.command("approve")
+@site_argument
+@click.argument("pool")
+@click.option("--period", required=True)
+@click.pass_obj
+def billing_approve(obj: CliContext, site_file: str, pool: str, period: str) -> None:
+    """Post POOL's HELD allocation of PERIOD as computed (loss above the cap accepted)."""
+    with billing_services(site_file, obj) as c:
+        c.billing.apportionment.pool(pool)
+        with c.db.begin() as conn:
+            r = runs.approve(conn, f"pool:{pool}", period, actor=operator(), now=utcnow())
+    _show_run(r, c.site.info.tz)
+
+
+@billing_group.command("charge")
+@site_argument
+@click.option("--period", required=True)
+@click.option("--charge", "charges", multiple=True, help="Only these charges.")
+@click.option("--dry-run", is_flag=True)
+@click.pass_obj
+def billing_charge(
+    obj: CliContext, site_file: str, period: str, charges: tuple[str, ...], dry_run: bool
+) -> None:
+    """Charge the custom charges of [billing.charges] due in PERIOD (idempotent)."""
+    with billing_services(site_file, obj) as c, c.db.begin() as conn:
+        results = c.billing.charges.run(
+            conn,
+            period,
+            charges=charges or None,
+            actor=operator(),
+            now=utcnow(),
+            dry_run=dry_run,
+        )
+    for r in results:
+        _show_run(r, c.site.info.tz)
+    if not results:
+        click.echo(f"no charge is due in {period}")
+
+
+@billing_group.command("charge-once")
+@site_argument
+@click.argument("account")
+@click.argument("amount")
+@click.option(
+    "--type",
+    "kind",
+    default="service",
+    show_default=True,
+    type=click.Choice(["property", "rent", "service", "custom"]),
+)
+@click.option("--description", required=True, help="What is charged (printed on the bill).")
+@click.option(
+    "--ref", "reference", required=True, help="Unique reference: the same again changes nothing."
+)
+@click.option(
+    "--bill",
+    "billed",
+    is_flag=True,
+    help="Owe it on the next bill instead of taking it from the general wallet.",
+)
+@click.pass_obj
+def billing_charge_once(
+    obj: CliContext,
+    site_file: str,
+    account: str,
+    amount: str,
+    kind: str,
+    description: str,
+    reference: str,
+    billed: bool,
+) -> None:
+    """Charge ACCOUNT a one-off AMOUNT (a repair, a key, a cleaning fee)."""
+    with billing_services(site_file, obj) as c:
+        now = utcnow()
+        with c.db.begin() as conn:
+            posted = charge_once(
+                conn,
+                account,
+                kind,
+                parse_yuan(amount, "amount", low_fen=1),
+                reference,
+                description=description,
+                mode=Mode.BILL if billed else Mode.WALLET,
+                period=c.billing.calendar.period_of(now),
+                actor=operator(),
+                now=now,
+            )
+    how = (
+        "general wallet"
+        if any(p.ledger_account.startswith("liab:wallet:") for p in posted.journal.postings)
+        else "owed (next bill)"
+    )
+    click.echo(
+        f"journal {posted.journal.id}: {format_fen(parse_yuan(amount))} {kind} charged to "
+        f"{account}, {how}" + (" (already done)" if posted.replayed else "")
+    )
+
+
+@billing_group.command("month-end")
+@site_argument
+@click.option("--period", required=True)
+@click.pass_obj
+def billing_month_end(obj: CliContext, site_file: str, period: str) -> None:
+    """Apportionment, charges and post-paid drafts of PERIOD (what the service runs the day
+    after the freeze instant); each step is idempotent."""
+    steps = Billing.MONTH_END_STEPS
+    with billing_services(site_file, obj) as c, progress_bar(f"{period}", len(steps)) as update:
+        report = c.billing.month_end(
+            c.db,
+            period,
+            actor=operator(),
+            progress=lambda step, done: update(done, description=f"{period}: {step}"),
+        )
+    for r in [*report.pools, *report.charges]:
+        _show_run(r, c.site.info.tz)
+    click.echo(
+        f"{report.drafts} post-paid draft(s) for {period}: review them with "
+        f"`openprepay bill list {site_file} --period {period}`"
+    )
+    _exit_on_fault(report.pools)
+
+
+@billing_group.command("runs")
+@site_argument
+@click.option("--period")
+@click.pass_obj
+def billing_runs(obj: CliContext, site_file: str, period: str | None) -> None:
+    """Every computation of pools and charges with its revisions."""
+    with billing_services(site_file, obj) as c, c.db.read() as conn:
+        rows = runs.list_runs(conn, period=period)
+    table = Table("Runs", ["source", "period", "revision", "state", "amount", "journal", "reason"])
+    for r in rows:
+        table.rows.append(
+            [
+                r.source,
+                r.period,
+                str(r.revision),
+                r.state,
+                format_fen(r.amount_fen),
+                str(r.journal_id or ""),
+                r.reason,
+            ]
+        )
+    echo_table(table)
+
+
+@billing_group.command("statement")
+@site_argument
+@click.argument("account")
+@click.option("--period")
+@click.pass_obj
+def billing_statement(obj: CliContext, site_file: str, account: str, period: str | None) -> None:
+    """ACCOUNT's itemised charges (common area, property fee, rent, services, bills)."""
+    with billing_services(site_file, obj) as c, c.db.read() as conn:
+        items = items_of(conn, account, period=period)
+    table = Table(
+        f"Charges of {account}", ["period", "kind", "description", "amount", "how", "bill"]
+    )
+    for i in items:
+        how = "void" if i["void"] else ("general wallet" if i["mode"] == "wallet" else "owed")
+        table.rows.append(
+            [
+                i["period"],
+                i["kind"],
+                i["description"],
+                format_fen(i["amount_fen"]),
+                how,
+                str(i["bill_id"] or ""),
+            ]
+        )
+    echo_table(table)
