@@ -1,6 +1,7 @@
 """The billing services a billing command works with, built from a site file in one place
-(`billing_services`): the site, its database, `Billing`, and — when a command needs them —
-the service door (`Operations`), batch jobs, reports and loss analysis."""
+(`billing_services`): the door (`Operations`) and `Billing` from the composition root
+(`core.app.services.command_services`), and — when a command needs them — batch jobs,
+reports and loss analysis."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
 
+from ...app.services import SiteServices, command_services
 from ...billing.batch import Batches
 from ...billing.loss import LossAnalysis
 from ...billing.reports import Reports
@@ -24,17 +26,12 @@ from ..database import operator, site_database
 class BillingServices:
     """A site's billing services for one command (built on first use)."""
 
-    def __init__(
-        self, site: Site, db: Database, billing: Billing, models: Mapping[str, DeviceModel]
-    ) -> None:
-        self.site = site
-        self.db = db
-        self.billing = billing
-        self.models = models
-
-    @cached_property
-    def operations(self) -> Operations:
-        return Operations(self.site, self.db, models=self.models)
+    def __init__(self, core: SiteServices) -> None:
+        self.site: Site = core.site
+        self.db: Database = core.db
+        self.models: Mapping[str, DeviceModel] = core.models
+        self.billing: Billing = core.billing
+        self.operations: Operations = core.operations
 
     @cached_property
     def batches(self) -> Batches:
@@ -71,6 +68,6 @@ def billing_services(site_file: str, obj: CliContext) -> Iterator[BillingService
     site = load_checked_site(site_file)
     db = site_database(site_file)
     try:
-        yield BillingServices(site, db, Billing(site, obj.plugins.models), obj.plugins.models)
+        yield BillingServices(command_services(site, obj.plugins.models, db))
     finally:
         db.dispose()
