@@ -61,18 +61,7 @@ def command_services(
     """The door and billing for one command on the site's database."""
     bus = bus or EventBus()
     ops = Operations(site, db, bus, models=models, clock=clock)
-    return SiteServices(site, models, db, bus, ops, billing_for(ops))
-
-
-def billing_for(ops: Operations) -> Billing:
-    """Billing with the door's prepayment settings, tariffs and default tariffs."""
-    return Billing(
-        ops.site,
-        ops.models,
-        prepay=ops.settings,
-        catalogue=ops.catalogue,
-        default_tariffs=ops.binding.default_tariffs,
-    )
+    return SiteServices(site, models, db, bus, ops, ops.billing)
 
 
 def operations_for(engine: PrepayEngine) -> Operations:
@@ -114,7 +103,7 @@ def running_services(
         db,
         bus,
         ops,
-        billing=billing_for(ops),
+        billing=ops.billing,
         instance=f"{engine.settings.instance_name(site)}:billing",
     )
     tail = OutboxTail(db, ops.origin, ops.publish_committed, poll_s=engine.settings.outbox_poll_s)

@@ -34,6 +34,7 @@ top-up) or an operator disconnects it again.
 from __future__ import annotations
 
 from .account_settings import AccountSettingsDoor
+from .bills import BillDoor
 from .door import Door
 from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
@@ -49,6 +50,7 @@ class Operations(
     MoneyDoor,
     AccountLifecycleDoor,
     AccountSettingsDoor,
+    BillDoor,
     SupplyDoor,
     CommandDoor,
     MeterDoor,

@@ -52,7 +52,7 @@ from ...db import schema as t
 from ...events import utcnow
 from ...ledger import RequestError
 from ...model import DeviceModel
-from ...operations import Operations
+from .door import BatchDoor
 from .items import carry_out, item_tag
 from .model import (
     CONTROL_ACTIONS,
@@ -80,7 +80,7 @@ class Batches:
         site: Site,
         models: Mapping[str, DeviceModel],
         db: Database,
-        operations: Operations,
+        operations: BatchDoor,
         *,
         owner: str = "batch",
         lease_s: float = 60.0,

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...ledger import format_fen
-from ...operations import Operations
 from ...prepay import commands as cmds
+from .door import BatchDoor
 from .model import Action
 
 
@@ -25,7 +25,7 @@ def job_actor(job: Any) -> str:
     return f"{job.created_by} (batch {job.id})"[:100]
 
 
-def carry_out(ops: Operations, job: Any, item: Any, action: Action, p: Mapping[str, Any]) -> str:
+def carry_out(ops: BatchDoor, job: Any, item: Any, action: Action, p: Mapping[str, Any]) -> str:
     """Do `item` (parameters `p`: the job's and the item's own) and describe the result."""
     actor = job_actor(job)
     target = item.target

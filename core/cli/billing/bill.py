@@ -51,8 +51,8 @@ def _bill_table(bills: Sequence[Any], title: str) -> Table:
 @click.pass_obj
 def bill_draft(obj: CliContext, site_file: str, period: str, accounts: tuple[str, ...]) -> None:
     """Compute the drafts of PERIOD (again and again until they are confirmed)."""
-    with billing_services(site_file, obj) as c, c.db.begin() as conn:
-        drafts = c.billing.bills.draft(conn, period, accounts=list(accounts) or None, now=utcnow())
+    with billing_services(site_file, obj) as c:
+        drafts = c.operations.draft_bills(period, accounts=list(accounts) or None, actor=operator())
     echo_table(_bill_table(drafts, f"Drafts {period}"))
 
 
@@ -108,9 +108,9 @@ def bill_confirm(
 ) -> None:
     """Confirm reviewed drafts (NUMBERS, or all of --period): their usage and late fees
     are posted; a draft that changed since it was made is refreshed, not confirmed."""
-    with billing_services(site_file, obj) as c, c.db.begin() as conn:
-        confirmed, refused = c.billing.bills.confirm(
-            conn, period=period, numbers=list(numbers) or None, actor=operator(), now=utcnow()
+    with billing_services(site_file, obj) as c:
+        confirmed, refused = c.operations.confirm_bills(
+            period=period, numbers=list(numbers) or None, actor=operator()
         )
     for b in confirmed:
         click.echo(f"{b.number}: {b.state} {format_fen(b.total_fen)}")
@@ -135,15 +135,9 @@ def bill_issue(
 ) -> None:
     with billing_services(site_file, obj) as c:
         on = parse_day(on_text, "on") if on_text else None
-        with c.db.begin() as conn:
-            issued = c.billing.bills.issue(
-                conn,
-                period=period,
-                numbers=list(numbers) or None,
-                on=on,
-                actor=operator(),
-                now=utcnow(),
-            )
+        issued = c.operations.issue_bills(
+            period=period, numbers=list(numbers) or None, on=on, actor=operator()
+        )
     for b in issued:
         click.echo(f"{b.number}: {b.state}, {format_fen(b.total_fen)} due {b.due_date}")
 
@@ -165,15 +159,13 @@ def bill_pay(
 ) -> None:
     """Record a payment of ACCOUNT: its bills first (oldest first), the rest to the general
     wallet."""
-    with billing_services(site_file, obj) as c, c.db.begin() as conn:
-        r = c.billing.bills.pay(
-            conn,
+    with billing_services(site_file, obj) as c:
+        r = c.operations.pay_bills(
             account,
             parse_yuan(amount, "amount", low_fen=1),
             reference,
             channel=channel,
             actor=operator(),
-            now=utcnow(),
         )
     parts = ", ".join(f"{n} {format_fen(f)}" for n, f in r.allocations.items()) or "no open bill"
     click.echo(
@@ -191,8 +183,8 @@ def bill_pay(
 def bill_void(obj: CliContext, site_file: str, number: str, reason: str) -> None:
     """Void a confirmed or issued bill nothing was paid on: what confirming it posted is
     reversed, its billed items go on the account's next draft (numbered -R2...)."""
-    with billing_services(site_file, obj) as c, c.db.begin() as conn:
-        r = c.billing.bills.void(conn, number, reason=reason, actor=operator(), now=utcnow())
+    with billing_services(site_file, obj) as c:
+        r = c.operations.void_bill(number, reason, actor=operator())
     click.echo(
         f"{r.number}: VOID, {format_fen(r.reversed_fen)} reversed, "
         f"{r.released_items} item(s) back on the next draft of {r.account_id} {r.period}"
