@@ -1,7 +1,7 @@
 """The database schema (SQLAlchemy Core): accounts, wallets, journal, commands.
 
 This module is the schema the code queries; the migrations under `migrations/versions`
-create it. `tests/prepay/test_migrations.py` checks that a database migrated from empty
+create it. `tests/core/db/test_migrations.py` checks that a database migrated from empty
 matches this metadata exactly, so the two cannot drift apart.
 
 Money columns are integer fen (`*_fen`, BIGINT). Timestamps are UTC (`UtcDateTime`).

@@ -46,6 +46,6 @@ The rules every path implements:
    interval that crosses a threshold).
 
 An interval belongs to the version, tier cycle and day in which it *ends*; one ending
-exactly on a boundary belongs to the period before it. `tests/rating/reference.py` is a
+exactly on a boundary belongs to the period before it. `tests/core/rating/reference.py` is a
 pure-Python implementation of the same rules that the tests hold both paths to.
 """

@@ -2,7 +2,7 @@
 
 `RatingEngine.rate` hands a poll or two to the scalar path (`small_batch`), which has less
 overhead per call, and everything larger to `rate_vectorised`. Both give identical rows;
-property tests hold them and the test oracle (`tests/rating/reference.py`) to that.
+property tests hold them and the test oracle (`tests/core/rating/reference.py`) to that.
 """
 
 from __future__ import annotations

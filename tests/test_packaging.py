@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[1]
 TOP = {
     "core": "openprepay.core",
     "plugins": "openprepay.plugins",

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from asyncua import ua
 
 from openprepay.core.db import Database
-from tests.opcua.conftest import OpcUaSite
-from tests.prepay.served import cli, method, served
+from tests.core.served import cli, method, served
+from tests.opcua_server.conftest import OpcUaSite
 
 __all__ = ["served"]  # the fixture, imported for pytest
 

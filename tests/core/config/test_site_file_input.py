@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.errors import ConfigError
-from tests.prepay.conftest import SITE_DATA
+from tests.core.conftest import SITE_DATA
 
 BAD_FLOATS = [float("nan"), float("inf"), float("-inf"), 1e308]
 

@@ -27,8 +27,7 @@ from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay import commands as cmds
 from openprepay.core.prepay.feecontrol import FeeState
 from tests.conftest import until
-
-from .conftest import site_data
+from tests.core.prepay.conftest import site_data
 
 TABLES = (
     "journal",
@@ -289,7 +288,7 @@ async def test_cli_trip_from_another_process_runs_on_the_service_within_a_second
 def policy_ops(tmp_path: Path, plugins: Any, **policy: Any) -> tuple[Operations, Database]:
     import tomli_w
 
-    from .conftest import ANYTIME_POLICY
+    from tests.core.prepay.conftest import ANYTIME_POLICY
 
     data = site_data(prepay=dict(site_data()["prepay"], policy=dict(ANYTIME_POLICY, **policy)))
     data["devices"]["E-102"]["control_mode"] = "REMOTE"

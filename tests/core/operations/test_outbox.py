@@ -21,8 +21,7 @@ from openprepay.core.operations import Operations
 from openprepay.core.operations.outbox import OutboxReader, OutboxTail
 from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay.control import Effects
-
-from .conftest import site_data
+from tests.core.prepay.conftest import site_data
 
 
 class Service:

@@ -31,9 +31,9 @@ from openprepay.core.db import Database, read_database_config
 from openprepay.core.errors import ConfigError
 from openprepay.core.logs import setup_logging
 from tests.conftest import until
-from tests.opcua.conftest import OpcUaSite
-from tests.prepay.conftest import SITE_DATA
-from tests.prepay.served import method, served
+from tests.core.conftest import SITE_DATA
+from tests.core.served import method, served
+from tests.opcua_server.conftest import OpcUaSite
 
 __all__ = ["served"]  # the fixture, imported for pytest
 

@@ -16,7 +16,7 @@ from openprepay.core.config.site import (
 )
 from openprepay.core.errors import ConfigError
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "site.toml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "site.toml"
 
 BASE = {
     "site": {"id": "s1", "timezone": "Asia/Shanghai"},

@@ -30,7 +30,7 @@ from openprepay.core.app.plugins import DISABLE_ENV, Plugins
 from openprepay.core.app.runtime import Runtime
 from openprepay.core.config.site import load_site
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CLI = [sys.executable, "-m", "openprepay.core.cli"]
 #: A run that has not ended after this long is hung (a read takes about 2 s here, idle).
 HUNG_S = 90

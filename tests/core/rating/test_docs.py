@@ -10,7 +10,7 @@ from openprepay.core.errors import FieldError
 from openprepay.core.prepay.settings import parse_prepay
 from openprepay.core.rating.tariff_reading import parse_tariffs
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "prepay-rating.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "prepay-rating.md"
 
 
 def test_documented_samples_are_valid():

@@ -23,7 +23,7 @@ from openprepay.core.config.site import parse_site
 from openprepay.core.errors import ConfigError
 from openprepay.core.ledger import CAPACITY_FEN, AmountOutOfRange, RequestError, parse_yuan
 from openprepay.core.prepay.settings import check_prepay
-from tests.prepay.conftest import SITE_DATA
+from tests.core.conftest import SITE_DATA
 
 ASCII_DIGITS = "0123456789"
 

@@ -12,7 +12,7 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
-from tests.prepay.conftest import SITE_DATA
+from tests.core.conftest import SITE_DATA
 
 
 @pytest.fixture

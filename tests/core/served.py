@@ -19,7 +19,7 @@ import tomli_w
 from asyncua import Client, ua
 from click.testing import CliRunner, Result
 
-from tests.opcua.conftest import (
+from tests.opcua_server.conftest import (
     SITE,
     OpcUaSite,
     load_plugins,

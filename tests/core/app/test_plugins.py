@@ -12,7 +12,7 @@ import pytest
 
 from openprepay.core.app.plugins import Plugins
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 WORKING = """
 from openprepay.core.hookspecs import hookimpl

@@ -13,7 +13,7 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CLI = [sys.executable, "-m", "openprepay.core.cli"]
 
 
