@@ -56,7 +56,8 @@ from ..ledger import (
 )
 from ..model import DeviceModel, MeterKind
 from ..text import first_control
-from .feecontrol import FeeThresholds
+from .commands import UNFINISHED, CommandKind
+from .feecontrol import FeeState, FeeThresholds
 
 if TYPE_CHECKING:
     from .binding import TariffBinding
@@ -311,8 +312,6 @@ def close_account(conn: Connection, account_id: str, *, now: datetime | None = N
     """Close an account: refused while a wallet is not at 0.00 (refund or settle first) or
     a money command (RECHARGE/REFUND) is unfinished. Its meters are freed for the next
     tenant; the purchase counters stay with the meters."""
-    from .commands import UNFINISHED, CommandKind
-
     account = get_account(conn, account_id)
     if account.state is AccountState.CLOSED:
         return account
@@ -409,8 +408,6 @@ def set_fee_state(
     With `expected`, the update only happens if the stored state is still `expected`
     (optimistic check for concurrent evaluators); returns whether it was stored.
     """
-    from .feecontrol import FeeState
-
     try:
         state = FeeState(state).value
     except ValueError:

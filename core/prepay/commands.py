@@ -82,7 +82,7 @@ from sqlalchemy.engine import Connection
 from ..db import schema as t
 from ..errors import OpenPrepayError
 from ..events import utcnow
-from ..ledger import RequestError
+from ..ledger import RequestError, abandon_meter_refund, complete_meter_refund
 from ..model import DeviceCommand
 
 
@@ -446,8 +446,6 @@ def mark_confirmed(
         )
     elif command.kind == CommandKind.REFUND:
         # The meter is debited: now the refund is posted (same transaction).
-        from ..ledger import complete_meter_refund
-
         complete_meter_refund(conn, command.id, requested_by=command.requested_by, now=now)
     return command
 
@@ -481,8 +479,6 @@ def mark_failed(
         conn, command_id, (CommandState.CLAIMED, CommandState.SENT), owner, values
     )
     if final and command.kind == CommandKind.REFUND:
-        from ..ledger import abandon_meter_refund
-
         abandon_meter_refund(conn, command.id, f"meter refused: {error}", now=now)
     return command
 
@@ -508,8 +504,6 @@ def cancel(
         },
     )
     if command.kind == CommandKind.REFUND:
-        from ..ledger import abandon_meter_refund
-
         abandon_meter_refund(conn, command.id, f"cancelled: {reason}", now=now)
     return command
 

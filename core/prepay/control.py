@@ -53,6 +53,7 @@ from ..ledger import RequestError, format_fen
 from ..model import DeviceModel, SupplyControl
 from . import commands as cmds
 from .account_points import account_sample
+from .accounts import account_for_meter, set_fee_state
 from .feecontrol import Cause, FeeDecision, FeeState, FeeThresholds, evaluate
 from .notifications import NotifySettings, enqueue_notice
 from .policy import GateDecision, MeterContext, Override, TripCalendar, Verdict, may_disconnect
@@ -355,8 +356,6 @@ class PrepayControl:
         now: datetime,
         effects: Effects,
     ) -> None:
-        from .accounts import set_fee_state
-
         set_fee_state(conn, account.id, decision.state.value, now=now)
         effects.events.append(
             AlarmLevelChanged(
@@ -636,8 +635,6 @@ class PrepayControl:
                 raise RequestError(
                     "meter", f"meter {target!r} ({model}) has no relay or valve to switch"
                 )
-            from .accounts import account_for_meter
-
             return account_for_meter(conn, target), [(target, supply)]
         account = load_account_row(conn, target)
         if account is None:
@@ -804,8 +801,6 @@ class PrepayControl:
         decision = cmds.get_command(conn, decided_by)
         if decision.state not in (cmds.CommandState.CONFIRMED, cmds.CommandState.FAILED):
             return None  # on its way: the read-back decides first
-        from .accounts import account_for_meter
-
         account_id = account_for_meter(conn, meter_id)
         desired_on = bool(row.desired_on)
         consecutive = int(row.reasserts) + 1
@@ -914,8 +909,6 @@ class PrepayControl:
         self.upsert_meter(
             conn, meter_id, now, reasserts=0, mismatch_since=None, reassert_due_at=None
         )
-        from .accounts import account_for_meter
-
         account_id = account_for_meter(conn, meter_id)
         detail = (
             f"the meter reads supply {'on' if observed_on else 'off'} as decided again, after "

@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 
 from ..config.reader import TableReader
 from ..rating.tariffs import hhmm, parse_hhmm
-from .feecontrol import FeeState, FeeThresholds
+from .feecontrol import FeeState, FeeThresholds, read_cny
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -482,8 +482,6 @@ class TripWindow:
 
 def read_policy(r: TableReader) -> PolicyConfig:
     """`[prepay.policy]` with the defaults of `PolicyConfig`."""
-    from .feecontrol import read_cny
-
     d = PolicyConfig()
     qs = r.str("quiet_start", hhmm(d.quiet_start))
     qe = r.str("quiet_end", hhmm(d.quiet_end))
