@@ -904,7 +904,7 @@ class Batches:
     def _set_params(
         self, job: Any, item: Any, p: Mapping[str, Any], reason: str, actor: str
     ) -> cmds.MeterCommand:
-        from ..prepay.control import Effects, audit
+        from ..prepay.effects import Effects, audit
 
         now = self.clock()
         effects = Effects()

@@ -11,7 +11,7 @@ from .. import ledger
 from ..db import schema as t
 from ..ledger import RequestError
 from ..prepay import commands as cmds
-from ..prepay.control import Effects
+from ..prepay.effects import Effects
 from ..prepay.feecontrol import Cause
 from .door import Door, check_reason, command_number
 

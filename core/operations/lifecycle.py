@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from ..ledger import RequestError
 from ..prepay import accounts as acc
 from ..prepay.account_import import ImportReport, import_accounts
-from ..prepay.control import Effects
+from ..prepay.effects import Effects
 from .door import Door
 
 

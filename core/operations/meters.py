@@ -13,7 +13,7 @@ from ..db import schema as t
 from ..ledger import RequestError
 from ..prepay import accounts as acc
 from ..prepay import commands as cmds
-from ..prepay.control import Effects
+from ..prepay.effects import Effects
 from ..prepay.replacement import ReplacementRecord, check_serial, parse_reading
 from ..prepay.replacement import record as record_replacement
 from ..rating.engine import RatingError, RegisterLayout

@@ -19,7 +19,7 @@ from ..ledger import RequestError
 from ..model import DeviceModel
 from . import commands as cmds
 from .accounts import account_for_meter
-from .control import Effects, audit
+from .effects import Effects, audit
 
 log = logging.getLogger("openprepay.engine")
 

@@ -38,7 +38,8 @@ from ..events import CommandFailed, EventBus, utcnow
 from ..model import DeviceModel, Sample
 from ..rating.tariffs import TariffCatalogue, load_tariffs
 from .alignment import CountAligner
-from .control import Effects, PrepayControl
+from .control import PrepayControl
+from .effects import Effects
 from .engine_settings import EngineSettings, load_engine
 from .executor import CommandExecutor
 from .failure_watch import FailureWatch

@@ -35,7 +35,8 @@ from ..errors import CommandRefused, DeviceIOError
 from ..events import CommandFailed, SupplyChanged, publish_on_loop, utcnow
 from ..model import CommandOutcome, DeviceCommand
 from . import commands as cmds
-from .control import Effects, PrepayControl
+from .control import PrepayControl
+from .effects import Effects
 from .feecontrol import Cause
 
 log = logging.getLogger("openprepay.executor")

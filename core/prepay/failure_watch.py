@@ -11,7 +11,7 @@ from ..db import Database
 from ..db import schema as t
 from ..events import CommandFailed, CommandResolved, utcnow
 from . import commands as cmds
-from .control import Effects
+from .effects import Effects
 
 
 class FailureWatch:

@@ -88,15 +88,10 @@ from ..rating.engine import (
 )
 from ..rating.tariffs import TariffCatalogue
 from ..tasks import wait_event
+from .account_rows import AccountRow, load_account_row, load_account_rows
 from .binding import TariffBinding
-from .control import (
-    FEE_CONTROL,
-    AccountRow,
-    Effects,
-    PrepayControl,
-    load_account_row,
-    load_account_rows,
-)
+from .control import FEE_CONTROL, PrepayControl
+from .effects import Effects
 from .feecontrol import Cause
 
 log = logging.getLogger("openprepay.metering")

@@ -268,7 +268,11 @@ def may_disconnect(
 ) -> GateDecision:
     """May `ctx.meter_id` be tripped at `now`? `recent_trips` are the site's trips sent (or
     reserved) in the last minute, from the durable command table, so several instances
-    share the limit. An ALLOW reserves nothing: record the trip before sending it."""
+    share the limit. An ALLOW reserves nothing: record the trip before sending it.
+
+    In order: protected supply and an operator's hold deny; an operator's override
+    allows; otherwise the arrears rules decide (`_arrears_gate`). What is allowed is
+    still spaced out by the mass-disconnect rate limit."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     tz = ZoneInfo(tz) if isinstance(tz, str) else tz
@@ -279,76 +283,105 @@ def may_disconnect(
     if ov is not None and not ov.allow:
         return _deny(f"manual hold by {ov.who}: {ov.why}")
     forced = ov is not None and ov.allow
-    balance = ctx.energy_balance_fen
-    why: list[str] = []
-    if forced:
-        earliest = now
-        assert ov is not None
-        why.append(f"manual override by {ov.who}: {ov.why}")
+    if ov is not None and forced:
+        reason = f"manual override by {ov.who}: {ov.why}"
     else:
-        if ctx.exempt:
-            return _deny(
-                "exempt from disconnection"
-                + (f" ({ctx.exempt_reason})" if ctx.exempt_reason else "")
-            )
-        if ctx.fee_state is not FeeState.OVERDRAFT:
-            return _deny(
-                f"energy wallet not in arrears (fee-control state {ctx.fee_state}, balance "
-                f"{_cny(balance)}); only the energy balance trips supply — property fee, "
-                "rent and service debt never do"
-            )
-        level = ctx.trip_level_fen
-        earliest = now
-        if policy.notice_days > 0:
-            if ctx.notice_served_at is None:
-                return _deny(
-                    "no disconnection notice served; serve one — a trip may follow "
-                    f"{policy.notice_days} days later"
-                )
-            ready = ctx.notice_served_at + dt.timedelta(days=policy.notice_days)
-            if ready > now:
-                earliest = ready
-                why.append(
-                    f"notice served {ctx.notice_served_at.astimezone(tz):%Y-%m-%d %H:%M} runs "
-                    f"{policy.notice_days} days"
-                )
-        beyond = balance <= level - policy.friendly_credit_fen
-        when = next_trip_instant(earliest, policy, tz, calendar, day_rules=not beyond)
-        if when is None:
-            return _deny("no allowed trip instant within the next 400 days; check the policy")
-        if when > now:
-            why.extend(_blocked_reasons(now, policy, tz, calendar, day_rules=not beyond))
-            if beyond:
-                why.append(
-                    f"friendly credit exhausted (balance {_cny(balance)} ≤ "
-                    f"{_cny(level - policy.friendly_credit_fen)}): due at the next daytime "
-                    "instant, weekends and holidays included"
-                )
-            else:
-                why.append(
-                    f"friendly credit: supply stays on; the balance may fall to "
-                    f"{_cny(level - policy.friendly_credit_fen)}"
-                )
-            return GateDecision(Verdict.DEFER, when, "; ".join(why))
-        why.append(
-            f"energy balance {_cny(balance)} at or below the trip level {_cny(level)}"
-            + (f"; notice served {ctx.notice_served_at:%Y-%m-%d}" if ctx.notice_served_at else "")
-            + ("; friendly credit exhausted" if beyond else "; outside quiet hours, trip day")
+        gate = _arrears_gate(ctx, now, policy, tz, calendar)
+        if gate.verdict is not Verdict.ALLOW:
+            return gate
+        reason = gate.reason
+    limited = _rate_limited(ctx, now, policy, tz, calendar, recent_trips, forced, reason)
+    return limited or GateDecision(Verdict.ALLOW, None, reason)
+
+
+def _arrears_gate(
+    ctx: MeterContext,
+    now: dt.datetime,
+    policy: PolicyConfig,
+    tz: ZoneInfo,
+    calendar: TripCalendar,
+) -> GateDecision:
+    """The rules for a trip nobody forced: exemption, arrears of the energy wallet, the
+    disconnection notice, quiet hours and trip days, friendly credit. ALLOW carries the
+    reason; the rate limit is not applied here."""
+    balance = ctx.energy_balance_fen
+    if ctx.exempt:
+        return _deny(
+            "exempt from disconnection" + (f" ({ctx.exempt_reason})" if ctx.exempt_reason else "")
         )
-    # rate limit on mass disconnects
-    window = sorted(t for t in recent_trips if now - dt.timedelta(minutes=1) < t <= now)
-    if policy.max_trips_per_minute and len(window) >= policy.max_trips_per_minute:
-        free = window[len(window) - policy.max_trips_per_minute] + dt.timedelta(minutes=1)
-        if not forced:
-            beyond = balance <= ctx.trip_level_fen - policy.friendly_credit_fen
-            free = next_trip_instant(free, policy, tz, calendar, day_rules=not beyond) or free
-        return GateDecision(
-            Verdict.DEFER,
-            free.astimezone(dt.UTC),
-            f"rate limit: {len(window)} trips in the last minute for the site "
-            f"(max {policy.max_trips_per_minute}); " + "; ".join(why),
+    if ctx.fee_state is not FeeState.OVERDRAFT:
+        return _deny(
+            f"energy wallet not in arrears (fee-control state {ctx.fee_state}, balance "
+            f"{_cny(balance)}); only the energy balance trips supply — property fee, "
+            "rent and service debt never do"
         )
+    why: list[str] = []
+    level = ctx.trip_level_fen
+    earliest = now
+    if policy.notice_days > 0:
+        if ctx.notice_served_at is None:
+            return _deny(
+                "no disconnection notice served; serve one — a trip may follow "
+                f"{policy.notice_days} days later"
+            )
+        ready = ctx.notice_served_at + dt.timedelta(days=policy.notice_days)
+        if ready > now:
+            earliest = ready
+            why.append(
+                f"notice served {ctx.notice_served_at.astimezone(tz):%Y-%m-%d %H:%M} runs "
+                f"{policy.notice_days} days"
+            )
+    beyond = balance <= level - policy.friendly_credit_fen
+    when = next_trip_instant(earliest, policy, tz, calendar, day_rules=not beyond)
+    if when is None:
+        return _deny("no allowed trip instant within the next 400 days; check the policy")
+    if when > now:
+        why.extend(_blocked_reasons(now, policy, tz, calendar, day_rules=not beyond))
+        if beyond:
+            why.append(
+                f"friendly credit exhausted (balance {_cny(balance)} ≤ "
+                f"{_cny(level - policy.friendly_credit_fen)}): due at the next daytime "
+                "instant, weekends and holidays included"
+            )
+        else:
+            why.append(
+                f"friendly credit: supply stays on; the balance may fall to "
+                f"{_cny(level - policy.friendly_credit_fen)}"
+            )
+        return GateDecision(Verdict.DEFER, when, "; ".join(why))
+    why.append(
+        f"energy balance {_cny(balance)} at or below the trip level {_cny(level)}"
+        + (f"; notice served {ctx.notice_served_at:%Y-%m-%d}" if ctx.notice_served_at else "")
+        + ("; friendly credit exhausted" if beyond else "; outside quiet hours, trip day")
+    )
     return GateDecision(Verdict.ALLOW, None, "; ".join(why))
+
+
+def _rate_limited(
+    ctx: MeterContext,
+    now: dt.datetime,
+    policy: PolicyConfig,
+    tz: ZoneInfo,
+    calendar: TripCalendar,
+    recent_trips: Iterable[dt.datetime],
+    forced: bool,
+    reason: str,
+) -> GateDecision | None:
+    """DEFER to when the mass-disconnect rate limit frees a slot (for a trip nobody forced,
+    also an allowed instant); None when the last minute has room for this trip."""
+    window = sorted(t for t in recent_trips if now - dt.timedelta(minutes=1) < t <= now)
+    if not policy.max_trips_per_minute or len(window) < policy.max_trips_per_minute:
+        return None
+    free = window[len(window) - policy.max_trips_per_minute] + dt.timedelta(minutes=1)
+    if not forced:
+        beyond = ctx.energy_balance_fen <= ctx.trip_level_fen - policy.friendly_credit_fen
+        free = next_trip_instant(free, policy, tz, calendar, day_rules=not beyond) or free
+    return GateDecision(
+        Verdict.DEFER,
+        free.astimezone(dt.UTC),
+        f"rate limit: {len(window)} trips in the last minute for the site "
+        f"(max {policy.max_trips_per_minute}); " + reason,
+    )
 
 
 def _blocked_reasons(
