@@ -14,6 +14,7 @@ from ..ledger import RequestError
 from ..prepay import accounts as acc
 from ..prepay import commands as cmds
 from ..prepay.effects import Effects
+from ..prepay.purchase_count import request_alignment
 from ..prepay.replacement import ReplacementRecord, check_serial, parse_reading
 from ..prepay.replacement import record as record_replacement
 from ..rating.engine import RatingError, RegisterLayout
@@ -32,7 +33,7 @@ class MeterDoor(Door):
                 raise RequestError(
                     "meter", f"meter {meter_id!r} ({model.name}) reports no purchase count"
                 )
-            if not cmds.request_alignment(conn, meter_id, now=now):
+            if not request_alignment(conn, meter_id, now=now):
                 raise RequestError(
                     "meter", f"meter {meter_id!r} is not registered (attach it to an account)"
                 )
@@ -106,7 +107,7 @@ class MeterDoor(Door):
                 )
             ).scalar()
             if mode == ControlMode.LOCAL.value:
-                cmds.request_alignment(conn, meter_id, now=now)
+                request_alignment(conn, meter_id, now=now)
             if account_id:
                 effects.accounts.add(account_id)
             return done

@@ -14,7 +14,7 @@ from ..billing.bills import receivable
 from ..db import schema as t
 from ..model import MeterKind
 from ..prepay import accounts as acc
-from ..prepay import commands as cmds
+from ..prepay.failed_commands import open_failures
 from ..prepay.feecontrol import FeeState, FeeThresholds
 from ..rating.engine import ENERGY_SCALE
 from .door import Door
@@ -158,7 +158,7 @@ class SnapshotReads(Door):
         )
         owed = receivable(conn, ids)
         failures: dict[str, list[int]] = {}
-        for f in cmds.open_failures(conn):
+        for f in open_failures(conn):
             failures.setdefault(f.account_id or "", []).append(f.id)
         usage = dict(
             conn.execute(
