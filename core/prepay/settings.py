@@ -40,7 +40,8 @@ from ..errors import ConfigError, FieldError
 from ..rating.engine import RatingOptions, Rounding
 from ..rating.tariffs import to_decimal
 from .feecontrol import FeeThresholds, read_thresholds
-from .policy import PolicyConfig, read_policy
+from .policy import PolicyConfig
+from .policy_config import read_policy
 
 #: The keys of [prepay] this module reads.
 KEYS = ("rounding", "thresholds", "rating", "register_rates", "policy")
