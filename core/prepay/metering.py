@@ -48,6 +48,9 @@ replacement is marked applied in the transaction that saves the new baseline.
 
 After commit the events (alarm level changes, billing alarms, audit records, account
 samples) are published on the loop and the command executor is woken.
+
+Each meter's in-memory state is a `MeterBook` (`core/prepay/meter_book.py`); the batch's
+reads and writes are `core/prepay/metering_store.py`.
 """
 
 from __future__ import annotations
