@@ -56,69 +56,81 @@ def demo_site_data(
         "devices": {},
     }
     for b in range(buildings):
-        bid = chr(ord("A") + b)
-        floor_ids = [str(f) for f in range(1, floors + 1)]
-        data["buildings"][bid] = {"name": f"Building {bid}", "floors": floor_ids}
-        main_link = f"main-{bid}"
-        data["links"][main_link] = {"type": "modbus_tcp", "host": "127.0.0.1", "port": 502}
-        water_link = f"gw-{bid}-water"
-        if water:
-            data["links"][water_link] = {
-                "type": "rtu_over_tcp",
-                "host": "127.0.0.1",
-                "port": 502,
-                "timeout_ms": 300,
-            }
-        feeds: list[str] = []
-        water_unit = 0
-        for f, floor in enumerate(floor_ids):
-            gateway = f"gw-{bid}-e{f // FLOORS_PER_GATEWAY + 1}"
-            data["links"].setdefault(
-                gateway,
-                {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 502, "timeout_ms": 300},
-            )
-            for r in range(1, rooms_per_floor + 1):
-                room = f"{bid}-{floor}{r:02d}"
-                data["rooms"][room] = {
-                    "building": bid,
-                    "floor": floor,
-                    "name": f"{floor}{r:02d}",
-                    "area_m2": round(rng.uniform(38, 96), 1),
-                }
-                meter = f"E-{room}"
-                unit = (f % FLOORS_PER_GATEWAY) * rooms_per_floor + r
-                data["devices"][meter] = {
-                    "model": ELECTRIC_MODEL,
-                    "link": gateway,
-                    "unit_id": unit,
-                    "room": room,
-                    "control_mode": "REMOTE",
-                    "options": {"sim_load_kw": round(rng.uniform(0.25, 1.4), 2)},
-                }
-                if floor == floor_ids[-1] and r <= LOW_ROOMS_PER_BUILDING:
-                    # A room that starts nearly empty (open_demo_accounts): a heavy user.
-                    data["devices"][meter]["options"]["sim_load_kw"] = 2.0
-                feeds.append(meter)
-                if water:
-                    water_unit += 1
-                    data["devices"][f"W-{room}"] = {
-                        "model": WATER_MODEL,
-                        "link": water_link,
-                        "unit_id": water_unit,
-                        "room": room,
-                        "control_mode": "REMOTE",
-                    }
-        data["devices"][f"M-{bid}"] = {
-            "model": MAIN_MODEL,
-            "link": main_link,
-            "unit_id": 1,
-            "building": bid,
-            "control_mode": "POSTPAID",
-            "options": {"sim_feeds": feeds, "sim_load_kw": 1.5, "sim_loss": 0.04},
-        }
+        _add_building(data, chr(ord("A") + b), floors, rooms_per_floor, rng, water)
     data.update(demo_prepay_sections())
     data.update(demo_billing_section(list(data["buildings"])))
     return data
+
+
+def _add_building(
+    data: dict[str, Any],
+    bid: str,
+    floors: int,
+    rooms_per_floor: int,
+    rng: random.Random,
+    water: bool,
+) -> None:
+    """Building `bid` into the site dict `data`: its gateways, rooms, each room's electric
+    (and water) meter, and the main meter that feeds them."""
+    floor_ids = [str(f) for f in range(1, floors + 1)]
+    data["buildings"][bid] = {"name": f"Building {bid}", "floors": floor_ids}
+    main_link = f"main-{bid}"
+    data["links"][main_link] = {"type": "modbus_tcp", "host": "127.0.0.1", "port": 502}
+    water_link = f"gw-{bid}-water"
+    if water:
+        data["links"][water_link] = {
+            "type": "rtu_over_tcp",
+            "host": "127.0.0.1",
+            "port": 502,
+            "timeout_ms": 300,
+        }
+    feeds: list[str] = []
+    water_unit = 0
+    for f, floor in enumerate(floor_ids):
+        gateway = f"gw-{bid}-e{f // FLOORS_PER_GATEWAY + 1}"
+        data["links"].setdefault(
+            gateway,
+            {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 502, "timeout_ms": 300},
+        )
+        for r in range(1, rooms_per_floor + 1):
+            room = f"{bid}-{floor}{r:02d}"
+            data["rooms"][room] = {
+                "building": bid,
+                "floor": floor,
+                "name": f"{floor}{r:02d}",
+                "area_m2": round(rng.uniform(38, 96), 1),
+            }
+            meter = f"E-{room}"
+            unit = (f % FLOORS_PER_GATEWAY) * rooms_per_floor + r
+            data["devices"][meter] = {
+                "model": ELECTRIC_MODEL,
+                "link": gateway,
+                "unit_id": unit,
+                "room": room,
+                "control_mode": "REMOTE",
+                "options": {"sim_load_kw": round(rng.uniform(0.25, 1.4), 2)},
+            }
+            if floor == floor_ids[-1] and r <= LOW_ROOMS_PER_BUILDING:
+                # A room that starts nearly empty (open_demo_accounts): a heavy user.
+                data["devices"][meter]["options"]["sim_load_kw"] = 2.0
+            feeds.append(meter)
+            if water:
+                water_unit += 1
+                data["devices"][f"W-{room}"] = {
+                    "model": WATER_MODEL,
+                    "link": water_link,
+                    "unit_id": water_unit,
+                    "room": room,
+                    "control_mode": "REMOTE",
+                }
+    data["devices"][f"M-{bid}"] = {
+        "model": MAIN_MODEL,
+        "link": main_link,
+        "unit_id": 1,
+        "building": bid,
+        "control_mode": "POSTPAID",
+        "options": {"sim_feeds": feeds, "sim_load_kw": 1.5, "sim_loss": 0.04},
+    }
 
 
 def demo_billing_section(buildings: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ..ledger import format_fen, parse_yuan
 from ..operations import AccountSnapshot, MeterSnapshot, NewAccount, Operations
 from ..prepay import accounts as acc
 from ..prepay import commands as cmds
+from ..prepay.account_import import ImportReport
 from . import EXIT_FAILED, CliContext
 from .common import progress_bar, site_argument
 from .database import operator
@@ -331,10 +332,10 @@ def account_import(
 
 def _run_import(
     ops: Operations, text: str, rows: int, all_or_nothing: bool, dry_run: bool
-) -> acc.ImportReport:
+) -> ImportReport:
     """The import through the door; a big file gets a progress bar (checking, creating)."""
 
-    def run(progress: Callable[[str, int], None] | None) -> acc.ImportReport:
+    def run(progress: Callable[[str, int], None] | None) -> ImportReport:
         return ops.import_accounts(
             text,
             actor=operator(),

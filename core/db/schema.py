@@ -3,6 +3,9 @@
 This module is the schema the code queries; the migrations under `migrations/versions`
 create it. `tests/core/db/test_migrations.py` checks that a database migrated from empty
 matches this metadata exactly, so the two cannot drift apart.
+It is one module, not one per subject, on purpose: a table catalogue is read by table name,
+and keeping every table in one metadata is the single place the migrations are checked
+against.
 
 Money columns are integer fen (`*_fen`, BIGINT). Timestamps are UTC (`UtcDateTime`).
 """

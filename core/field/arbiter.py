@@ -11,6 +11,9 @@ with its own back-off while its devices show Bad quality.
 Everything the worker learns goes out on the event bus: a `Sample` per poll (Bad quality
 and no values when the poll failed), communication events, and periodic link and device
 statistics as samples of the diagnostic pseudo-models.
+
+What each poll means for a device's health is `core/field/device_watch.py`; the queued
+jobs are `core/field/link_jobs.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from ..config.site import LinkConfig, PollPolicy
 from ..contracts import Driver, LinkTransport
@@ -30,23 +32,19 @@ from ..errors import (
     CommandRefused,
     DeviceIOError,
     DeviceRejected,
-    DeviceTimeout,
-    GarbledResponse,
     LinkDown,
 )
 from ..events import (
     CommandExecuted,
-    CommunicationLost,
-    CommunicationRestored,
-    DeviceQuarantined,
-    ImplausibleReading,
     LinkStateChanged,
     utcnow,
 )
 from ..model import CommandOutcome, DeviceCommand, Quality, Sample
 from ..tasks import wait_event
+from .device_watch import DeviceWatch
 from .diagnostics import HEALTH_MODEL, LINK_MODEL, DeviceHealth, DeviceState, LinkHealth
-from .plausibility import DeviceLimits, PlausibilityCheck, device_limits
+from .link_jobs import ConfirmJob, ControlJob, Job, PollJob, ReadJob, settle
+from .plausibility import DeviceLimits
 
 log = logging.getLogger("openprepay.arbiter")
 
@@ -56,40 +54,9 @@ CONFIRM_ATTEMPTS = 3
 Publish = Callable[[object], None]
 
 
-@dataclass(order=True, slots=True)
-class _Poll:
-    due: float
-    seq: int
-    meter_id: str = field(compare=False)
-
-
-@dataclass(slots=True)
-class _Control:
-    command: DeviceCommand
-    future: asyncio.Future[CommandOutcome]
-
-
-@dataclass(slots=True)
-class _Confirm:
-    command: DeviceCommand
-    future: asyncio.Future[CommandOutcome]
-    attempt: int
-    #: The device's refusal of the write, if it refused; raised when the read-back fails.
-    refusal: DeviceRejected | None = None
-
-
-@dataclass(slots=True)
-class _Read:
-    """A read on demand (confirmation priority), e.g. for reconciliation."""
-
-    meter_id: str
-    future: asyncio.Future[Sample]
-
-
-_Job = _Poll | _Control | _Confirm | _Read
-
-
 class LinkWorker:
+    """One link's transactions, in priority order (module docstring)."""
+
     def __init__(
         self,
         link: LinkConfig,
@@ -106,23 +73,15 @@ class LinkWorker:
         self.policy = policy
         self.publish = publish
         self.clock = clock
-        self.health = {
-            meter_id: DeviceHealth(meter_id, link.id, intervals[meter_id]) for meter_id in drivers
-        }
         self.stats = LinkHealth(link.id)
-        #: Every sample is checked against its device's physical limits before it is
-        #: published (a driver may carry `limits` scaled by CT/PT ratios).
-        self.checks = {
-            meter_id: PlausibilityCheck(
-                driver.model,
-                getattr(driver, "limits", None) or device_limits(driver.model, driver.device),
-                policy.time_scale,
-            )
-            for meter_id, driver in drivers.items()
-        }
-        self._control: deque[_Control] = deque()
-        self._confirm: deque[_Confirm | _Read] = deque()
-        self._polls: list[_Poll] = []
+        self.devices = DeviceWatch(
+            link.id, self.drivers, policy, intervals, self.stats, publish, clock
+        )
+        self.health = self.devices.health
+        self.checks = self.devices.checks
+        self._control: deque[ControlJob] = deque()
+        self._confirm: deque[ConfirmJob | ReadJob] = deque()
+        self._polls: list[PollJob] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._connect_lock = asyncio.Lock()
@@ -149,7 +108,7 @@ class LinkWorker:
             for i, meter_id in enumerate(meters):
                 # Spread the first polls over one interval instead of a burst at start.
                 offset = self.health[meter_id].interval_s * i / max(len(meters), 1)
-                heapq.heappush(self._polls, _Poll(now + offset, next(self._seq), meter_id))
+                heapq.heappush(self._polls, PollJob(now + offset, next(self._seq), meter_id))
             lanes.append(
                 asyncio.create_task(self._publish_stats_forever(), name=f"stats-{self.link.id}")
             )
@@ -167,9 +126,9 @@ class LinkWorker:
         worker that has stopped."""
         self._stopped = exc
         while self._control:
-            _settle(self._control.popleft().future, exc)
+            settle(self._control.popleft().future, exc)
         while self._confirm:
-            _settle(self._confirm.popleft().future, exc)
+            settle(self._confirm.popleft().future, exc)
 
     async def execute(self, command: DeviceCommand) -> CommandOutcome:
         """Send a command ahead of every poll and confirm it by reading the device back.
@@ -180,14 +139,14 @@ class LinkWorker:
         if command.meter_id not in self.drivers:
             raise CommandRefused(f"meter {command.meter_id} is not on link {self.link.id}")
         future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
-        self._control.append(_Control(command, future))
+        self._control.append(ControlJob(command, future))
         self._wake.set()
         return await future
 
     async def read_now(self, meter_id: str) -> Sample:
         """Read one device ahead of routine polls; the sample is also published."""
         future: asyncio.Future[Sample] = asyncio.get_running_loop().create_future()
-        self._confirm.append(_Read(meter_id, future))
+        self._confirm.append(ReadJob(meter_id, future))
         self._wake.set()
         return await future
 
@@ -199,7 +158,7 @@ class LinkWorker:
     def _link_usable(self, now: float) -> bool:
         return self.transport.connected or now >= self._reconnect_at
 
-    async def _take(self) -> _Job:
+    async def _take(self) -> Job:
         while True:
             if self._control:
                 return self._control.popleft()
@@ -216,7 +175,7 @@ class LinkWorker:
             await wait_event(self._wake, max(wake_at - now, 0.0005))
 
     def _schedule(self, meter_id: str, delay: float) -> None:
-        heapq.heappush(self._polls, _Poll(self.clock() + delay, next(self._seq), meter_id))
+        heapq.heappush(self._polls, PollJob(self.clock() + delay, next(self._seq), meter_id))
 
     async def _lane(self) -> None:
         lane = asyncio.current_task()
@@ -243,12 +202,12 @@ class LinkWorker:
                 self.stats.window_jobs += 1
                 self.stats.jobs_total += 1
 
-    async def _run(self, job: _Job) -> None:
-        if isinstance(job, _Poll):
+    async def _run(self, job: Job) -> None:
+        if isinstance(job, PollJob):
             await self._poll(job.meter_id)
-        elif isinstance(job, _Control):
+        elif isinstance(job, ControlJob):
             await self._execute(job)
-        elif isinstance(job, _Confirm):
+        elif isinstance(job, ConfirmJob):
             await self._confirm_once(job)
         else:
             await self._read_on_demand(job)
@@ -297,15 +256,15 @@ class LinkWorker:
         self._set_link_state(False, str(exc))
         for health in self.health.values():
             if health.offline_since is None:
-                self._publish_bad(health, Quality.BAD_COMM_FAILURE, f"link down: {exc}")
-                self._mark_offline(health, f"link down: {exc}")
+                self.devices.publish_bad(health, Quality.BAD_COMM_FAILURE, f"link down: {exc}")
+                self.devices.mark_offline(health, f"link down: {exc}")
 
-    def _fail_on_link_down(self, job: _Job, exc: LinkDown) -> None:
-        if isinstance(job, _Poll):
+    def _fail_on_link_down(self, job: Job, exc: LinkDown) -> None:
+        if isinstance(job, PollJob):
             health = self.health[job.meter_id]
             if health.offline_since is None:
-                self._publish_bad(health, Quality.BAD_COMM_FAILURE, str(exc))
-                self._mark_offline(health, str(exc))
+                self.devices.publish_bad(health, Quality.BAD_COMM_FAILURE, str(exc))
+                self.devices.mark_offline(health, str(exc))
             self._schedule(job.meter_id, health.interval_s)
         elif not job.future.done():
             job.future.set_exception(exc)
@@ -321,169 +280,20 @@ class LinkWorker:
             self._schedule(meter_id, health.interval_s)
             return
         except DeviceIOError as exc:
-            self._poll_failed(health, exc)
+            self._schedule(meter_id, self.devices.failed(health, exc))
             return
         except Exception as exc:  # a driver bug must not stop the link
             log.exception(
                 "driver of meter %s failed", meter_id, extra={"meter": meter_id, **self._log_extra}
             )
-            self._poll_failed(health, exc)
+            self._schedule(meter_id, self.devices.failed(health, exc))
             return
         latency = self.clock() - started
-        self._poll_succeeded(health, sample, latency)
+        self.devices.answered(health, sample, latency)
         self._schedule(meter_id, health.interval_s)
 
-    def _poll_succeeded(self, health: DeviceHealth, sample: Sample, latency: float) -> None:
-        health.polls_ok += 1
-        health.latency_s = latency
-        health.consecutive_failures = 0
-        health.backoff_s = 0.0
-        health.last_error = None
-        self.stats.window_poll_s += latency
-        self.stats.window_polls += 1
-        if not health.online:
-            health.online = True
-            if health.offline_since is not None:
-                offline_s = self.clock() - health.offline_since
-                health.offline_since = None
-                log.info(
-                    "meter %s answers again after %.1f s",
-                    health.meter_id,
-                    offline_s,
-                    extra={"meter": health.meter_id, **self._log_extra},
-                )
-                self.publish(CommunicationRestored(health.meter_id, self.link.id, offline_s))
-        health.state = DeviceState.ONLINE
-        self._mark_unsupported(health, sample)
-        self._check(health, sample)
-        self.publish(sample)
-
-    def _check(self, health: DeviceHealth, sample: Sample) -> None:
-        """Mark what is physically implausible in `sample` (core/field/plausibility.py); say so
-        once per episode and point: a log line and an ImplausibleReading event."""
-        check = self.checks[health.meter_id]
-        findings = check.assess(sample)
-        if check.ended:
-            log.info(
-                "meter %s: %s plausible again",
-                health.meter_id,
-                ", ".join(check.ended),
-                extra=self._device_extra(health.meter_id),
-            )
-        if not findings:
-            return
-        health.implausible_readings += 1
-        for finding in check.started:
-            log.warning(
-                "meter %s: implausible %s = %r, expected %s%s",
-                health.meter_id,
-                finding.point,
-                finding.value,
-                finding.limit,
-                "; the reading is not billed" if finding.cumulative else "",
-                extra=self._device_extra(health.meter_id),
-            )
-            self.publish(
-                ImplausibleReading(
-                    health.meter_id, self.link.id, finding.point, finding.value, finding.limit
-                )
-            )
-
-    def _mark_unsupported(self, health: DeviceHealth, sample: Sample) -> None:
-        """Points of the model the device does not deliver (an optional block it answers
-        with "illegal data address") are out of service, not "no communication": said
-        in the first Good sample after start and after every Bad one, so that a point
-        the meter does not have never stays Bad after the meter came back."""
-        if not health.unsupported_unsaid:
-            return
-        health.unsupported_unsaid = False
-        missing = [p.name for p in sample.model.points if p.name not in sample.values]
-        if not missing:
-            return
-        marks = dict.fromkeys(missing, Quality.BAD_OUT_OF_SERVICE)
-        sample.point_quality = {**marks, **(sample.point_quality or {})}
-        if not health.unsupported:
-            health.unsupported = tuple(missing)
-            log.info(
-                "meter %s does not have %s: published as out of service",
-                health.meter_id,
-                ", ".join(missing),
-                extra=self._device_extra(health.meter_id),
-            )
-
-    def _poll_failed(self, health: DeviceHealth, exc: Exception) -> None:
-        health.polls_failed += 1
-        health.consecutive_failures += 1
-        health.last_error = str(exc)
-        self.stats.errors += 1
-        if isinstance(exc, DeviceTimeout):
-            health.timeouts += 1
-            self.stats.timeouts += 1
-            quality = Quality.BAD_COMM_FAILURE
-        elif isinstance(exc, GarbledResponse):
-            health.garbled_frames += 1
-            self.stats.garbled_frames += 1
-            quality = Quality.BAD_DEVICE_FAILURE
-            log.warning(
-                "meter %s sent an answer that cannot be used: %s",
-                health.meter_id,
-                exc,
-                extra=self._device_extra(health.meter_id),
-            )
-        elif isinstance(exc, DeviceRejected):
-            self.stats.rejected += 1
-            health.rejected += 1
-            quality = Quality.BAD_DEVICE_FAILURE
-        else:
-            quality = Quality.BAD_DEVICE_FAILURE
-        self._publish_bad(health, quality, str(exc))
-        if health.consecutive_failures >= self.policy.offline_after:
-            self._mark_offline(health, str(exc))
-        policy = self.policy
-        if health.consecutive_failures >= policy.quarantine_after:
-            if health.state is not DeviceState.QUARANTINED:
-                log.warning(
-                    "meter %s quarantined after %d failures: %s",
-                    health.meter_id,
-                    health.consecutive_failures,
-                    exc,
-                    extra={"meter": health.meter_id, **self._log_extra},
-                )
-                self.publish(
-                    DeviceQuarantined(health.meter_id, self.link.id, health.consecutive_failures)
-                )
-            health.state = DeviceState.QUARANTINED
-            delay = max(policy.quarantine_probe_s, health.interval_s)
-        else:
-            health.state = DeviceState.BACKOFF
-            backoff = policy.backoff_initial_s * 2 ** (health.consecutive_failures - 1)
-            delay = max(min(backoff, policy.backoff_max_s), health.interval_s)
-        health.backoff_s = delay
-        self._schedule(health.meter_id, delay)
-
-    def _device_extra(self, meter_id: str) -> dict[str, object]:
-        """Log context of one device: meter, link and Modbus unit id."""
-        return {"meter": meter_id, **self._log_extra, "unit": self.drivers[meter_id].device.unit_id}
-
-    def _mark_offline(self, health: DeviceHealth, error: str) -> None:
-        health.online = False
-        if health.offline_since is None:
-            health.offline_since = self.clock()
-            log.warning(
-                "meter %s offline: %s",
-                health.meter_id,
-                error,
-                extra={"meter": health.meter_id, **self._log_extra},
-            )
-            self.publish(CommunicationLost(health.meter_id, self.link.id, error))
-
-    def _publish_bad(self, health: DeviceHealth, quality: Quality, error: str) -> None:
-        health.unsupported_unsaid = True
-        driver = self.drivers[health.meter_id]
-        self.publish(Sample(health.meter_id, driver.model, utcnow(), {}, quality, error=error))
-
     # -- commands -------------------------------------------------------------------------
-    async def _execute(self, job: _Control) -> None:
+    async def _execute(self, job: ControlJob) -> None:
         command = job.command
         driver = self.drivers[command.meter_id]
         extra = {"meter": command.meter_id, **self._log_extra}
@@ -492,7 +302,7 @@ class LinkWorker:
             await driver.execute(command)
         except LinkDown as exc:
             await self._link_lost(exc)
-            _settle(job.future, exc)
+            settle(job.future, exc)
             return
         except DeviceRejected as exc:
             # A meter may refuse what it already did (a repeated top-up with the same
@@ -504,7 +314,7 @@ class LinkWorker:
                 exc,
                 extra=extra,
             )
-            self._confirm_later(_Confirm(command, job.future, CONFIRM_ATTEMPTS, exc), 0.0)
+            self._confirm_later(ConfirmJob(command, job.future, CONFIRM_ATTEMPTS, exc), 0.0)
             return
         except (CommandRefused, DeviceIOError) as exc:
             log.warning(
@@ -514,13 +324,13 @@ class LinkWorker:
                 exc,
                 extra=extra,
             )
-            _settle(job.future, exc)
+            settle(job.future, exc)
             return
         except Exception as exc:
             log.exception(
                 "driver of meter %s failed on %s", command.meter_id, command.name, extra=extra
             )
-            _settle(job.future, DeviceIOError(f"driver error: {exc}"))
+            settle(job.future, DeviceIOError(f"driver error: {exc}"))
             return
         log.info(
             "command %s sent to meter %s (%s)",
@@ -529,19 +339,19 @@ class LinkWorker:
             command.reason or "no reason given",
             extra=extra,
         )
-        self._confirm_later(_Confirm(command, job.future, 1), delay)
+        self._confirm_later(ConfirmJob(command, job.future, 1), delay)
 
-    def _confirm_later(self, job: _Confirm, delay: float) -> None:
+    def _confirm_later(self, job: ConfirmJob, delay: float) -> None:
         def push() -> None:
             if self._stopped is not None:
-                _settle(job.future, self._stopped)
+                settle(job.future, self._stopped)
                 return
             self._confirm.append(job)
             self._wake.set()
 
         asyncio.get_running_loop().call_later(delay, push)
 
-    async def _confirm_once(self, job: _Confirm) -> None:
+    async def _confirm_once(self, job: ConfirmJob) -> None:
         command = job.command
         driver = self.drivers[command.meter_id]
         error: Exception | None = None
@@ -567,7 +377,7 @@ class LinkWorker:
                 outcome = CommandOutcome(command, True, detail, outcome.readback)
             self._finish(job, outcome)
         elif job.refusal is not None:
-            _settle(job.future, job.refusal)
+            settle(job.future, job.refusal)
         elif job.attempt < CONFIRM_ATTEMPTS:
             job.attempt += 1
             self._confirm_later(job, max(driver.confirm_delay_s(command), 0.05))
@@ -576,7 +386,7 @@ class LinkWorker:
                 job, outcome or CommandOutcome(command, False, f"could not read back: {error}")
             )
 
-    def _finish(self, job: _Confirm, outcome: CommandOutcome) -> None:
+    def _finish(self, job: ConfirmJob, outcome: CommandOutcome) -> None:
         command = outcome.command
         log.log(
             logging.INFO if outcome.confirmed else logging.WARNING,
@@ -597,23 +407,21 @@ class LinkWorker:
                 command.reason,
             )
         )
-        _settle(job.future, outcome)
+        settle(job.future, outcome)
 
-    async def _read_on_demand(self, job: _Read) -> None:
+    async def _read_on_demand(self, job: ReadJob) -> None:
         try:
             sample = await self.drivers[job.meter_id].read()
         except LinkDown as exc:
             await self._link_lost(exc)
-            _settle(job.future, exc)
+            settle(job.future, exc)
             return
         except DeviceIOError as exc:
-            _settle(job.future, exc)
+            settle(job.future, exc)
             return
         health = self.health[job.meter_id]
-        self._mark_unsupported(health, sample)
-        self._check(health, sample)
-        self.publish(sample)
-        _settle(job.future, sample)
+        self.devices.publish_read(health, sample)
+        settle(job.future, sample)
 
     # -- statistics -----------------------------------------------------------------------
     async def _publish_stats_forever(self) -> None:
@@ -650,15 +458,6 @@ class LinkWorker:
         self.publish(Sample(self.link.id, LINK_MODEL, at, values))
         for health in self.health.values():
             self.publish(Sample(health.meter_id, HEALTH_MODEL, at, health.values()))
-
-
-def _settle(future: asyncio.Future, result: object) -> None:
-    if future.done():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
 
 
 class LinkArbiter:

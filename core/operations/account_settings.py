@@ -11,7 +11,8 @@ from .. import ledger
 from ..ledger import RequestError, format_fen
 from ..model import MeterKind
 from ..prepay import accounts as acc
-from ..prepay.control import Effects, load_account_row
+from ..prepay.account_rows import load_account_row
+from ..prepay.effects import Effects
 from ..prepay.feecontrol import Cause
 from ..rating.tariffs import Commodity
 from .door import Door

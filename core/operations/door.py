@@ -19,7 +19,8 @@ from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind
 from ..prepay import commands as cmds
 from ..prepay.binding import TariffBinding
-from ..prepay.control import Effects, PrepayControl, audit
+from ..prepay.control import PrepayControl
+from ..prepay.effects import Effects, audit
 from ..prepay.engine_settings import load_engine
 from ..prepay.feecontrol import Cause
 from ..prepay.notifications import NotifySettings, load_notify

@@ -11,8 +11,10 @@ from .. import ledger
 from ..db import schema as t
 from ..ledger import RequestError
 from ..prepay import commands as cmds
-from ..prepay.control import Effects
+from ..prepay.effects import Effects
+from ..prepay.failed_commands import open_failures, resolve, retry_failed
 from ..prepay.feecontrol import Cause
+from ..prepay.purchase_count import METER_COUNT, request_alignment
 from .door import Door, check_reason, command_number
 
 
@@ -25,7 +27,7 @@ class CommandDoor(Door):
     def open_failures(self, account_id: str | None = None) -> list[cmds.MeterCommand]:
         """FAILED RECHARGE/REFUND commands nobody retried or refunded yet (alarms)."""
         with self.db.read() as conn:
-            return cmds.open_failures(conn, account_id=account_id)
+            return open_failures(conn, account_id=account_id)
 
     def retry_command(self, command_id: int, reason: str, *, actor: str) -> cmds.MeterCommand:
         """Send a FAILED command again with the same parameters; returns the new command.
@@ -35,7 +37,7 @@ class CommandDoor(Door):
 
         def work(conn: Connection, effects: Effects, now: datetime) -> cmds.MeterCommand:
             check_reason(reason)
-            failed, new = cmds.retry_failed(
+            failed, new = retry_failed(
                 conn, command_number(command_id), reason.strip(), requested_by=actor, now=now
             )
             if failed.kind in {k.value for k in cmds.SUPPLY_KINDS}:
@@ -82,7 +84,7 @@ class CommandDoor(Door):
             if order is None:
                 raise RequestError("command", f"RECHARGE #{failed.id} has no top-up to refund")
             self._check_undelivered(conn, failed)
-            cmds.resolve(
+            resolve(
                 conn,
                 failed.id,
                 f"refunded: top-up {order.reference} reversed",
@@ -96,7 +98,7 @@ class CommandDoor(Door):
                 requested_by=actor,
                 now=now,
             )
-            cmds.request_alignment(conn, failed.meter_id, now=now)
+            request_alignment(conn, failed.meter_id, now=now)
             if failed.account_id:
                 self._fee_control(conn, failed.account_id, Cause.REFUND, actor, effects, now)
             return posted
@@ -136,7 +138,7 @@ class CommandDoor(Door):
                 f"it first — `openprepay meter align SITE {failed.meter_id}` — then refund",
             )
         shows = int(meter.confirmed_buy_count) - int(meter.count_offset)
-        sent = int(failed.params.get(cmds.METER_COUNT, failed.params.get("buy_count", 0)))
+        sent = int(failed.params.get(METER_COUNT, failed.params.get("buy_count", 0)))
         if shows >= sent:
             raise RequestError(
                 "command",

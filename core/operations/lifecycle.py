@@ -10,7 +10,8 @@ from sqlalchemy.engine import Connection
 
 from ..ledger import RequestError
 from ..prepay import accounts as acc
-from ..prepay.control import Effects
+from ..prepay.account_import import ImportReport, import_accounts
+from ..prepay.effects import Effects
 from .door import Door
 
 
@@ -177,13 +178,13 @@ class AccountLifecycleDoor(Door):
         all_or_nothing: bool = False,
         dry_run: bool = False,
         progress: Callable[[str, int], None] | None = None,
-    ) -> acc.ImportReport:
-        """Open accounts in bulk from CSV text (`core.prepay.accounts.import_accounts`):
+    ) -> ImportReport:
+        """Open accounts in bulk from CSV text (`core.prepay.account_import.import_accounts`):
         good rows are created, bad rows reported and change nothing. `dry_run` checks every
         row and writes nothing (not audited: nothing changed)."""
 
-        def run(conn: Connection, now: datetime) -> acc.ImportReport:
-            return acc.import_accounts(
+        def run(conn: Connection, now: datetime) -> ImportReport:
+            return import_accounts(
                 conn,
                 self.site,
                 self.models,
@@ -199,7 +200,7 @@ class AccountLifecycleDoor(Door):
         if dry_run:
             return self._dry_run(run)
 
-        def work(conn: Connection, effects: Effects, now: datetime) -> acc.ImportReport:
+        def work(conn: Connection, effects: Effects, now: datetime) -> ImportReport:
             report = run(conn, now)
             effects.accounts.update(report.created)
             return report
@@ -216,7 +217,7 @@ class AccountLifecycleDoor(Door):
             ),
         )
 
-    def _dry_run(self, run: Callable[[Connection, datetime], acc.ImportReport]) -> acc.ImportReport:
+    def _dry_run(self, run: Callable[[Connection, datetime], ImportReport]) -> ImportReport:
         try:
             with self.db.begin() as conn:
                 raise _RolledBack(run(conn, self.clock()))
@@ -227,5 +228,5 @@ class AccountLifecycleDoor(Door):
 class _RolledBack(Exception):
     """Leaves a dry run's transaction: what it wrote is rolled back."""
 
-    def __init__(self, report: acc.ImportReport) -> None:
+    def __init__(self, report: ImportReport) -> None:
         self.report = report

@@ -14,7 +14,8 @@ from ..db import schema as t
 from ..ledger import RequestError
 from ..prepay import accounts as acc
 from ..prepay import commands as cmds
-from ..prepay.control import Effects
+from ..prepay.effects import Effects
+from ..prepay.purchase_count import request_alignment
 from ..prepay.replacement import ReplacementRecord, check_serial, parse_reading
 from ..prepay.replacement import record as record_replacement
 from ..rating.engine import RatingError, RegisterLayout
@@ -33,7 +34,7 @@ class MeterDoor(Door):
                 raise RequestError(
                     "meter", f"meter {meter_id!r} ({model.name}) reports no purchase count"
                 )
-            if not cmds.request_alignment(conn, meter_id, now=now):
+            if not request_alignment(conn, meter_id, now=now):
                 raise RequestError(
                     "meter", f"meter {meter_id!r} is not registered (attach it to an account)"
                 )
@@ -107,7 +108,7 @@ class MeterDoor(Door):
                 )
             ).scalar()
             if mode == ControlMode.LOCAL.value:
-                cmds.request_alignment(conn, meter_id, now=now)
+                request_alignment(conn, meter_id, now=now)
             if account_id:
                 effects.accounts.add(account_id)
             return done

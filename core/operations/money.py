@@ -9,7 +9,8 @@ from sqlalchemy.engine import Connection
 from .. import ledger
 from ..ledger import RefundResult, RequestError, TopUpResult, format_fen
 from ..prepay import commands as cmds
-from ..prepay.control import Effects, audit, load_account_row
+from ..prepay.account_rows import load_account_row
+from ..prepay.effects import Effects, audit
 from ..prepay.feecontrol import Cause, FeeState
 from ..prepay.local_money import LOCAL_MONEY
 from ..prepay.policy import MeterContext, grant_emergency_credit, reconnect_allowed

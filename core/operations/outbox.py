@@ -34,7 +34,7 @@ from ..db import schema as t
 from ..events import Event, event_from_record, event_record, utcnow
 from ..ledger import RequestError
 from ..prepay import commands as cmds
-from ..prepay.control import Effects
+from ..prepay.effects import Effects
 from ..tasks import wait_event
 
 log = logging.getLogger("openprepay.outbox")

@@ -15,7 +15,7 @@ from ..billing.bills.paying import receivable
 from ..db import schema as t
 from ..model import MeterKind
 from ..prepay import accounts as acc
-from ..prepay import commands as cmds
+from ..prepay.failed_commands import open_failures
 from ..prepay.feecontrol import FeeState, FeeThresholds
 from ..rating.units import ENERGY_SCALE
 from .door import Door
@@ -222,7 +222,7 @@ def _read_facts(
         ).scalars()
     )
     failures: dict[str, list[int]] = {}
-    for f in cmds.open_failures(conn):
+    for f in open_failures(conn):
         failures.setdefault(f.account_id or "", []).append(f.id)
     usage = dict(
         conn.execute(

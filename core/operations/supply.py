@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy.engine import Connection
 
 from ..prepay import commands as cmds
-from ..prepay.control import Effects
+from ..prepay.effects import Effects
 from .door import Door, check_reason, describe_command
 
 

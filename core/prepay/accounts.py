@@ -23,19 +23,17 @@ Thresholds follow domain.md §1.2 and are fee control's `FeeThresholds` (default
 The fee-control engine reads them with the account, and the account's last fee state
 (`fee_state`, sticky OVERDRAFT included) is stored with it (`set_fee_state`).
 
-Bulk opening from CSV: `import_accounts` (see its docstring for the file format and the
-per-row semantics).
+Bulk opening from CSV is `core.prepay.account_import.import_accounts`.
 """
 
 from __future__ import annotations
 
-import csv
 import enum
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -50,16 +48,11 @@ from ..ledger import (
     WalletKind,
     format_fen,
     insert_ignore,
-    parse_yuan,
-    post_opening_balance,
     wallet_code,
 )
 from ..model import DeviceModel, MeterKind
-from ..text import first_control
-from .feecontrol import FeeThresholds
-
-if TYPE_CHECKING:
-    from .binding import TariffBinding
+from .commands import UNFINISHED, CommandKind
+from .feecontrol import FeeState, FeeThresholds
 
 
 class AccountState(enum.StrEnum):
@@ -146,7 +139,8 @@ class Account:
 _NOTIFY = re.compile(r"^[a-z][a-z0-9_]{0,31}:\S{1,200}$")
 
 
-def _validate_spec(spec: AccountSpec) -> None:
+def validate_spec(spec: AccountSpec) -> None:
+    """Raise `RequestError` naming the first field of `spec` that cannot be saved."""
     if not isinstance(spec.id, str) or not ID_PATTERN.match(spec.id):
         raise RequestError(
             "id", f"expected letters, digits, '_', '-', '.' (at most 64); got {spec.id!r}"
@@ -183,15 +177,15 @@ def create_account(
     """Create an account with its wallets and meters; OPEN, or PREREGISTERED to be opened
     later with `open_account`. Refused (nothing written) when the id exists or a meter
     belongs to another account that is not closed."""
-    _validate_spec(spec)
+    validate_spec(spec)
     if conn.execute(sa.select(t.account.c.id).where(t.account.c.id == spec.id)).first():
         raise RequestError("id", f"account {spec.id!r} already exists")
     _check_meters_free(conn, spec.meters)
-    _insert_account(conn, spec, open_now, now or utcnow())
+    insert_account(conn, spec, open_now, now or utcnow())
     return get_account(conn, spec.id)
 
 
-def _insert_account(conn: Connection, spec: AccountSpec, open_now: bool, now: datetime) -> None:
+def insert_account(conn: Connection, spec: AccountSpec, open_now: bool, now: datetime) -> None:
     """The rows of a new account, its wallets and meters (checks done by the caller)."""
     th = spec.thresholds
     conn.execute(
@@ -311,8 +305,6 @@ def close_account(conn: Connection, account_id: str, *, now: datetime | None = N
     """Close an account: refused while a wallet is not at 0.00 (refund or settle first) or
     a money command (RECHARGE/REFUND) is unfinished. Its meters are freed for the next
     tenant; the purchase counters stay with the meters."""
-    from .commands import UNFINISHED, CommandKind
-
     account = get_account(conn, account_id)
     if account.state is AccountState.CLOSED:
         return account
@@ -375,7 +367,7 @@ def update_account(
         protected=account.protected if protected is None else protected,
         notify=tuple(notify) if notify is not None else account.notify,
     )
-    _validate_spec(spec)
+    validate_spec(spec)
     th = spec.thresholds
     conn.execute(
         t.account.update()
@@ -409,8 +401,6 @@ def set_fee_state(
     With `expected`, the update only happens if the stored state is still `expected`
     (optimistic check for concurrent evaluators); returns whether it was stored.
     """
-    from .feecontrol import FeeState
-
     try:
         state = FeeState(state).value
     except ValueError:
@@ -596,319 +586,3 @@ def parse_meter_list(text: str) -> list[tuple[str, str | None]]:
         meter, _, mode = part.partition(":")
         out.append((meter, mode or None))
     return out
-
-
-# -- CSV import --------------------------------------------------------------------------------
-
-IMPORT_COLUMNS = (
-    "id",
-    "name",
-    "room",
-    "meters",
-    "tariff",
-    "alarm1",
-    "alarm2",
-    "overdraft_limit",
-    "close_limit",
-    "hoard_limit",
-    "protected",
-    "notify",
-    "state",
-    "opening_balance",
-)
-_REQUIRED_COLUMNS = ("id", "name")
-
-
-@dataclass(frozen=True, slots=True)
-class RowProblem:
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.message}"
-
-
-@dataclass(slots=True)
-class ImportReport:
-    rows: int = 0
-    created: list[str] = field(default_factory=list)
-    #: Rows whose account already exists with the same settings (a re-run of the file).
-    unchanged: list[str] = field(default_factory=list)
-    problems: list[RowProblem] = field(default_factory=list)
-    #: True when nothing was written because of `all_or_nothing` and a bad row.
-    rolled_back: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    line: int
-    spec: AccountSpec
-    open_now: bool
-    opening_fen: int
-
-
-def import_accounts(
-    conn: Connection,
-    site: Site,
-    models: Mapping[str, DeviceModel],
-    text: str | Iterable[str],
-    *,
-    all_or_nothing: bool = False,
-    defaults: FeeThresholds | None = None,
-    progress: Callable[[str, int], None] | None = None,
-    requested_by: str = "import",
-    binding: TariffBinding | None = None,
-    now: datetime | None = None,
-) -> ImportReport:
-    """Open accounts in bulk from CSV text (UTF-8, header row, comma-separated).
-
-    Columns (header names; only `id` and `name` required, unknown columns are an error):
-    `id, name, room, meters, tariff, alarm1, alarm2, overdraft_limit, close_limit,
-    hoard_limit, protected, notify, state, opening_balance`. Amounts in yuan with at most 2
-    decimals; empty = default. `meters` is a `;`-separated list of site device ids, each
-    optionally `:MODE` (`E-A-101;W-A-101:LOCAL`). `protected` is yes/no/true/false/1/0.
-    `notify` is `;`-separated `channel:recipient`. `state` is OPEN (default) or
-    PREREGISTERED. `opening_balance` (≥ 0) is carried over into the energy wallet. Empty
-    thresholds take `defaults` (the site's `[prepay.thresholds]`). With `binding` (the
-    site's tariffs), an unknown `tariff`, or one that cannot bill a row's meters, makes the
-    row bad. `progress(phase, n)` is called as rows are checked (`"checked"`) and created
-    (`"created"`).
-
-    Semantics — **per row**: every row is checked first (syntax, room and meters against
-    the site file, duplicates within the file and against the database). A bad row is
-    reported with its line number and field and writes nothing; the good rows are created.
-    A row whose account already exists with identical settings counts as `unchanged`, so
-    a corrected file can simply be imported again. With `all_or_nothing=True`, any bad
-    row means nothing at all is written. The caller's transaction holds the writes; the
-    report says what happened.
-    """
-    report = ImportReport()
-    lines = text.splitlines(keepends=True) if isinstance(text, str) else list(text)
-    reader = csv.reader(lines, strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        report.problems.append(RowProblem(1, "header", "the file is empty"))
-        return report
-    except csv.Error as exc:
-        report.problems.append(RowProblem(1, "header", f"malformed CSV: {exc}"))
-        return report
-    header = [h.strip().lower().lstrip("\ufeff") for h in header]
-    bad_header = False
-    for i, name in enumerate(header):
-        if name not in IMPORT_COLUMNS:
-            report.problems.append(
-                RowProblem(
-                    1,
-                    name or f"column {i + 1}",
-                    f"unknown column (expected: {', '.join(IMPORT_COLUMNS)})",
-                )
-            )
-            bad_header = True
-        elif header.index(name) != i:
-            report.problems.append(RowProblem(1, name, "column given twice"))
-            bad_header = True
-    for name in _REQUIRED_COLUMNS:
-        if name not in header:
-            report.problems.append(RowProblem(1, name, "required column missing"))
-            bad_header = True
-    if bad_header:
-        return report
-
-    parsed: list[_Row] = []
-    good: list[_Row] = []
-    seen_ids: dict[str, int] = {}
-    seen_meters: dict[str, int] = {}
-    while True:
-        line = reader.line_num + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            report.rows += 1
-            report.problems.append(RowProblem(line, "row", f"malformed CSV: {exc}"))
-            break  # the reader cannot resynchronise after a broken quote
-        line = reader.line_num
-        if not values or all(not v.strip() for v in values):
-            continue
-        report.rows += 1
-        if len(values) != len(header):
-            report.problems.append(
-                RowProblem(line, "row", f"expected {len(header)} fields, got {len(values)}")
-            )
-            continue
-        record = {k: v.strip() for k, v in zip(header, values, strict=True)}
-        try:
-            row = _parse_row(line, record, site, models, defaults or FeeThresholds())
-            if binding is not None:
-                binding.check_account(row.spec.tariff_id, [m.meter_id for m in row.spec.meters])
-            _check_row_unique(row, seen_ids, seen_meters)
-        except RequestError as exc:
-            report.problems.append(RowProblem(line, exc.field, exc.message))
-            continue
-        parsed.append(row)
-
-    # Against the database, with two look-ups for the whole file instead of per row.
-    existing_ids: set[str] = set()
-    for chunk in _chunks([r.spec.id for r in parsed]):
-        existing_ids.update(
-            conn.execute(sa.select(t.account.c.id).where(t.account.c.id.in_(chunk))).scalars()
-        )
-    taken: dict[str, str] = {}
-    for chunk in _chunks([m.meter_id for r in parsed for m in r.spec.meters]):
-        taken.update(
-            conn.execute(
-                sa.select(t.account_meter.c.meter_id, t.account_meter.c.account_id).where(
-                    t.account_meter.c.meter_id.in_(chunk), t.account_meter.c.detached_at.is_(None)
-                )
-            ).all()
-        )
-    for checked, row in enumerate(parsed, 1):
-        try:
-            if row.spec.id in existing_ids:
-                existing = find_account(conn, row.spec.id)
-                if existing is None or not _same(existing, row):
-                    raise RequestError(
-                        "id", f"account {row.spec.id!r} already exists with other settings"
-                    )
-                report.unchanged.append(row.spec.id)
-                continue
-            for m in row.spec.meters:
-                if m.meter_id in taken:
-                    raise RequestError(
-                        "meters",
-                        f"meter {m.meter_id!r} already belongs to account {taken[m.meter_id]!r}",
-                    )
-        except RequestError as exc:
-            report.problems.append(RowProblem(row.line, exc.field, exc.message))
-            continue
-        good.append(row)
-        if progress is not None:
-            progress("checked", checked)
-    report.problems.sort(key=lambda p: p.line)
-
-    if all_or_nothing and report.problems:
-        report.rolled_back = True
-        report.unchanged.clear()
-        return report
-    at = now or utcnow()
-    for done, row in enumerate(good, 1):
-        _insert_account(conn, row.spec, row.open_now, at)
-        if row.opening_fen:
-            post_opening_balance(
-                conn, row.spec.id, row.opening_fen, requested_by=requested_by, now=at
-            )
-        report.created.append(row.spec.id)
-        if progress is not None:
-            progress("created", done)
-    return report
-
-
-def _chunks(items: Sequence[str], size: int = 500) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield list(items[i : i + size])
-
-
-def _same(account: Account, row: _Row) -> bool:
-    spec = row.spec
-    return (
-        account.name == spec.name
-        and account.room == spec.room
-        and account.tariff_id == spec.tariff_id
-        and account.thresholds == spec.thresholds
-        and account.protected == spec.protected
-        and account.notify == spec.notify
-        and [(m.meter_id, m.control_mode) for m in account.meters]
-        == [(m.meter_id, ControlMode(m.control_mode).value) for m in spec.meters]
-    )
-
-
-def _check_row_unique(row: _Row, ids: dict[str, int], meters: dict[str, int]) -> None:
-    if row.spec.id in ids:
-        raise RequestError("id", f"account {row.spec.id!r} is already on line {ids[row.spec.id]}")
-    for m in row.spec.meters:
-        if m.meter_id in meters:
-            raise RequestError(
-                "meters", f"meter {m.meter_id!r} is already on line {meters[m.meter_id]}"
-            )
-    ids[row.spec.id] = row.line
-    for m in row.spec.meters:
-        meters[m.meter_id] = row.line
-
-
-_YES = {"yes", "true", "1", "y"}
-_NO = {"no", "false", "0", "n", ""}
-
-
-def _parse_row(
-    line: int,
-    r: Mapping[str, str],
-    site: Site,
-    models: Mapping[str, DeviceModel],
-    d: FeeThresholds,
-) -> _Row:
-    def amount(name: str, default: int) -> int:
-        text = r.get(name, "")
-        return parse_yuan(text, name, low_fen=0) if text else default
-
-    for name, text in r.items():
-        control = first_control(text)
-        if control is not None:
-            raise RequestError(
-                name,
-                f"control character {control[1]} at position {control[0]}; names and "
-                "references are printable text (remove it and import again)",
-            )
-
-    room = r.get("room") or None
-    if room is not None and room not in site.rooms:
-        known = sorted(site.rooms)
-        raise RequestError(
-            "room",
-            f"unknown room {room!r} (site rooms: "
-            f"{', '.join(known[:8]) + (', ...' if len(known) > 8 else '')})",
-        )
-    meters = tuple(
-        resolve_meter(site, models, meter, mode)
-        for meter, mode in parse_meter_list(r.get("meters", ""))
-    )
-    thresholds = Thresholds(
-        amount("alarm1", d.alarm1_fen),
-        amount("alarm2", d.alarm2_fen),
-        amount("overdraft_limit", d.overdraft_limit_fen),
-        amount("close_limit", d.close_limit_fen),
-        amount("hoard_limit", d.hoard_limit_fen),
-    )
-    protected_text = r.get("protected", "").lower()
-    if protected_text not in _YES | _NO:
-        raise RequestError("protected", f"expected yes or no, got {r.get('protected')!r}")
-    state = (r.get("state") or "OPEN").upper()
-    if state not in ("OPEN", "PREREGISTERED"):
-        raise RequestError("state", f"expected OPEN or PREREGISTERED, got {r.get('state')!r}")
-    opening = amount("opening_balance", 0)
-    if opening and state != "OPEN":
-        raise RequestError("opening_balance", "only an OPEN account can carry a balance")
-    spec = AccountSpec(
-        id=r.get("id", ""),
-        name=r.get("name", ""),
-        meters=meters,
-        room=room,
-        tariff_id=r.get("tariff") or None,
-        thresholds=thresholds,
-        protected=protected_text in _YES,
-        notify=tuple(n for n in re.split(r"[;\s]+", r.get("notify", "")) if n),
-    )
-    _validate_spec(spec)
-    if opening and spec.thresholds.hoard_limit_fen and opening > spec.thresholds.hoard_limit_fen:
-        raise RequestError(
-            "opening_balance",
-            f"{format_fen(opening)} is above the hoarding "
-            f"limit {format_fen(spec.thresholds.hoard_limit_fen)}",
-        )
-    return _Row(line, replace(spec), state == "OPEN", opening)

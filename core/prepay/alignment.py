@@ -17,9 +17,9 @@ from ..errors import DeviceIOError
 from ..events import utcnow
 from ..ledger import RequestError
 from ..model import DeviceModel
-from . import commands as cmds
 from .accounts import account_for_meter
-from .control import Effects, audit
+from .effects import Effects, audit
+from .purchase_count import align_buy_count
 
 log = logging.getLogger("openprepay.engine")
 
@@ -27,7 +27,7 @@ log = logging.getLogger("openprepay.engine")
 class CountAligner:
     """Reads the purchase count of LOCAL meters whose alignment was requested (attached,
     replaced, or `openprepay meter align`) ahead of routine polls and aligns the platform's
-    numbering with it (`commands.align_buy_count`), audited. Until then their RECHARGE and
+    numbering with it (`purchase_count.align_buy_count`), audited. Until then their RECHARGE and
     REFUND commands wait; a delivery whose count is already fixed is let finish first."""
 
     ACTOR = "prepay-engine"
@@ -104,7 +104,7 @@ class CountAligner:
         now = self.clock()
         try:
             with self.db.begin() as conn:
-                done = cmds.align_buy_count(conn, meter_id, count, now=now)
+                done = align_buy_count(conn, meter_id, count, now=now)
                 account = account_for_meter(conn, meter_id)
                 audit(conn, effects, self.ACTOR, "align", meter_id, done.describe(), now=now)
         except RequestError as exc:

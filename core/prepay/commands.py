@@ -38,13 +38,12 @@ Rules:
   may be on the wire); the newer one simply runs after them.
 - RECHARGE and REFUND carry money and are never superseded. They carry the platform's
   purchase count (`buy_count`, unique per meter, never going back); the meter's own count
-  is the platform's minus the meter's offset (`align_buy_count`: read from the meter when a
-  LOCAL meter is attached, replaced, or on request — until then they wait) and is fixed
-  in `params["meter_count"]` when first sent (`pin_meter_counts`), so every retry carries
-  the same count.
-- A FAILED command is final; an operator may send it again as a new command
-  (`retry_failed`, `retry_of`) or resolve it otherwise (`resolve`); FAILED money commands
-  without a resolution are open alarms (`open_failures`).
+  is the platform's minus the meter's offset and is fixed when first sent, so every retry
+  carries the same count (`core/prepay/purchase_count.py`); a command whose meter's
+  count is still to be read waits.
+- A FAILED command is final; an operator may send it again as a new command or resolve
+  it otherwise; FAILED money commands without a resolution are open alarms
+  (`core/prepay/failed_commands.py`).
 - Every command records why (`reason`) and who asked (`requested_by`): required.
 - Claims use `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL (two instances never get
   the same row); on SQLite the claim transaction holds the write lock.
@@ -71,8 +70,8 @@ Executor loop (sketch)::
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -82,7 +81,7 @@ from sqlalchemy.engine import Connection
 from ..db import schema as t
 from ..errors import OpenPrepayError
 from ..events import utcnow
-from ..ledger import RequestError
+from ..ledger import RequestError, abandon_meter_refund, complete_meter_refund
 from ..model import DeviceCommand
 
 
@@ -129,7 +128,6 @@ SUPPLY_KINDS = frozenset(
         CommandKind.VALVE_CLOSE,
     }
 )
-_SUPPLY_VALUES = frozenset(k.value for k in SUPPLY_KINDS)
 _SUPERSEDE_GROUPS = (
     SUPPLY_KINDS,
     frozenset({CommandKind.PROTECT, CommandKind.UNPROTECT}),
@@ -138,9 +136,7 @@ _SUPERSEDE_GROUPS = (
 
 DEFAULT_LEASE_S = 60.0
 #: Commands that carry the meter's purchase count (domain.md §1.5).
-_COUNTED = (CommandKind.RECHARGE.value, CommandKind.REFUND.value)
-#: The purchase count in the meter's own numbering, fixed when first sent (params key).
-METER_COUNT = "meter_count"
+COUNTED_KINDS = (CommandKind.RECHARGE.value, CommandKind.REFUND.value)
 
 
 class CommandStateError(OpenPrepayError):
@@ -187,18 +183,20 @@ class MeterCommand:
         )
 
 
-def _row(row: Any) -> MeterCommand:
+def command_from_row(row: Any) -> MeterCommand:
+    """A `meter_command` row selected with `SELECT_COMMANDS` as a `MeterCommand`."""
     return MeterCommand(**{c: getattr(row, c) for c in MeterCommand.__slots__})
 
 
-_select = sa.select(*(t.meter_command.c[name] for name in MeterCommand.__slots__))
+#: Every column of `MeterCommand`, to select commands with.
+SELECT_COMMANDS = sa.select(*(t.meter_command.c[name] for name in MeterCommand.__slots__))
 
 
 def get_command(conn: Connection, command_id: int) -> MeterCommand:
-    row = conn.execute(_select.where(t.meter_command.c.id == command_id)).first()
+    row = conn.execute(SELECT_COMMANDS.where(t.meter_command.c.id == command_id)).first()
     if row is None:
         raise RequestError("command", f"unknown command {command_id}")
-    return _row(row)
+    return command_from_row(row)
 
 
 def list_commands(
@@ -210,14 +208,14 @@ def list_commands(
     limit: int = 100,
 ) -> list[MeterCommand]:
     """Newest first."""
-    q = _select.order_by(t.meter_command.c.id.desc()).limit(limit)
+    q = SELECT_COMMANDS.order_by(t.meter_command.c.id.desc()).limit(limit)
     if meter_id is not None:
         q = q.where(t.meter_command.c.meter_id == meter_id)
     if account_id is not None:
         q = q.where(t.meter_command.c.account_id == account_id)
     if states is not None:
         q = q.where(t.meter_command.c.state.in_([str(s) for s in states]))
-    return [_row(r) for r in conn.execute(q)]
+    return [command_from_row(r) for r in conn.execute(q)]
 
 
 def enqueue(
@@ -254,10 +252,10 @@ def enqueue(
         raise RequestError("requested_by", f"required: say who asks for the {kind} (audit)")
     if idempotency_key is not None:
         existing = conn.execute(
-            _select.where(t.meter_command.c.idempotency_key == idempotency_key)
+            SELECT_COMMANDS.where(t.meter_command.c.idempotency_key == idempotency_key)
         ).first()
         if existing is not None:
-            return _row(existing)
+            return command_from_row(existing)
     now = now or utcnow()
     command_id = conn.execute(
         t.meter_command.insert().returning(t.meter_command.c.id),
@@ -339,7 +337,7 @@ def claim_due(
     # Money waits while the meter's own purchase count is to be read (align_buy_count);
     # one already sent, or a retry, keeps the count it was first sent with: never waits.
     unaligned = sa.and_(
-        c.c.kind.in_(_COUNTED),
+        c.c.kind.in_(COUNTED_KINDS),
         c.c.sent_at.is_(None),
         c.c.retry_of.is_(None),
         sa.select(t.meter.c.id)
@@ -369,8 +367,8 @@ def claim_due(
             updated_at=now,
         )
     )
-    rows = conn.execute(_select.where(t.meter_command.c.id.in_(ids))).all()
-    return sorted((_row(r) for r in rows), key=lambda m: (m.next_attempt_at, m.id))
+    rows = conn.execute(SELECT_COMMANDS.where(t.meter_command.c.id.in_(ids))).all()
+    return sorted((command_from_row(r) for r in rows), key=lambda m: (m.next_attempt_at, m.id))
 
 
 def _transition(
@@ -380,7 +378,8 @@ def _transition(
     owner: str | None,
     values: Mapping[str, Any],
 ) -> MeterCommand:
-    row = conn.execute(_select.where(t.meter_command.c.id == command_id).with_for_update()).first()
+    locked = SELECT_COMMANDS.where(t.meter_command.c.id == command_id).with_for_update()
+    row = conn.execute(locked).first()
     if row is None:
         raise RequestError("command", f"unknown command {command_id}")
     if row.state not in {s.value for s in allowed}:
@@ -446,8 +445,6 @@ def mark_confirmed(
         )
     elif command.kind == CommandKind.REFUND:
         # The meter is debited: now the refund is posted (same transaction).
-        from ..ledger import complete_meter_refund
-
         complete_meter_refund(conn, command.id, requested_by=command.requested_by, now=now)
     return command
 
@@ -481,8 +478,6 @@ def mark_failed(
         conn, command_id, (CommandState.CLAIMED, CommandState.SENT), owner, values
     )
     if final and command.kind == CommandKind.REFUND:
-        from ..ledger import abandon_meter_refund
-
         abandon_meter_refund(conn, command.id, f"meter refused: {error}", now=now)
     return command
 
@@ -508,8 +503,6 @@ def cancel(
         },
     )
     if command.kind == CommandKind.REFUND:
-        from ..ledger import abandon_meter_refund
-
         abandon_meter_refund(conn, command.id, f"cancelled: {reason}", now=now)
     return command
 
@@ -517,274 +510,6 @@ def cancel(
 def retry_delay(attempts: int, initial_s: float = 5.0, maximum_s: float = 600.0) -> timedelta:
     """Back-off before the next attempt: initial × 2^(attempts−1), capped."""
     return timedelta(seconds=min(maximum_s, initial_s * 2 ** max(0, attempts - 1)))
-
-
-def allocate_buy_count(conn: Connection, meter_id: str, *, now: datetime | None = None) -> int:
-    """Allocate the meter's next purchase count (购电次数) in the caller's transaction.
-
-    The count is retried unchanged until the meter confirms it, so at-least-once delivery
-    is safe: the meter refuses a count it has seen (domain.md §1.5).
-    """
-    now = now or utcnow()
-    count = conn.execute(
-        t.meter.update()
-        .where(t.meter.c.id == meter_id)
-        .values(buy_count=t.meter.c.buy_count + 1, updated_at=now)
-        .returning(t.meter.c.buy_count)
-    ).scalar()
-    if count is None:
-        raise RequestError(
-            "meter", f"meter {meter_id!r} is not registered (attach it to an account)"
-        )
-    return int(count)
-
-
-def set_meter_buy_count(
-    conn: Connection, meter_id: str, buy_count: int, *, now: datetime | None = None
-) -> None:
-    """Align the platform's purchase counter with the meter's (commissioning a LOCAL meter
-    that already has purchases, or reconciliation after a meter swap). Refused while a
-    RECHARGE for the meter is unfinished."""
-    if isinstance(buy_count, bool) or not isinstance(buy_count, int) or buy_count < 0:
-        raise RequestError("buy_count", f"expected an integer >= 0, got {buy_count!r}")
-    pending = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(t.meter_command)
-        .where(
-            t.meter_command.c.meter_id == meter_id,
-            t.meter_command.c.kind == CommandKind.RECHARGE.value,
-            t.meter_command.c.state.in_([s.value for s in UNFINISHED]),
-        )
-    ).scalar()
-    if pending:
-        raise RequestError("buy_count", f"meter {meter_id!r} has {pending} unfinished RECHARGE(s)")
-    now = now or utcnow()
-    done = conn.execute(
-        t.meter.update()
-        .where(t.meter.c.id == meter_id)
-        .values(
-            buy_count=buy_count,
-            confirmed_buy_count=buy_count,
-            count_offset=0,
-            align_requested_at=None,
-            aligned_at=now,
-            updated_at=now,
-        )
-    ).rowcount
-    if not done:
-        raise RequestError("meter", f"meter {meter_id!r} is not registered")
-
-
-def request_alignment(conn: Connection, meter_id: str, *, now: datetime | None = None) -> bool:
-    """Ask the running service to read the meter's own purchase count and align with it
-    before any RECHARGE or REFUND is sent (`align_buy_count`). False: not registered."""
-    now = now or utcnow()
-    return bool(
-        conn.execute(
-            t.meter.update()
-            .where(t.meter.c.id == meter_id)
-            .values(align_requested_at=now, updated_at=now)
-        ).rowcount
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Alignment:
-    """What `align_buy_count` did. The platform numbers purchases on its own monotonic
-    counter; the meter's numbering is the platform's minus `offset`."""
-
-    meter_id: str
-    meter_count: int
-    offset_before: int
-    offset: int
-
-    def describe(self) -> str:
-        return (
-            f"purchase count aligned with the meter's {self.meter_count}: the next delivery "
-            f"carries meter count {self.meter_count + 1} (platform count = meter count "
-            f"{self.offset:+d}; was {self.offset_before:+d})"
-        )
-
-
-def align_buy_count(
-    conn: Connection, meter_id: str, meter_count: int, *, now: datetime | None = None
-) -> Alignment:
-    """Align the platform's purchase numbering with the count just read from the meter.
-
-    The platform's counter never goes back (top-ups keep their unique (meter, count)); what
-    moves is the meter's offset, so the first RECHARGE not yet sent carries meter count + 1
-    (a REFUND the meter's count). Refused while a RECHARGE or REFUND was sent and is
-    unfinished, or a retry is queued: their counts are fixed. Clears the request; the
-    caller audits.
-    """
-    if isinstance(meter_count, bool) or not isinstance(meter_count, int) or meter_count < 0:
-        raise RequestError("buy_count", f"expected an integer >= 0, got {meter_count!r}")
-    now = now or utcnow()
-    row = conn.execute(
-        sa.select(t.meter.c.buy_count, t.meter.c.count_offset)
-        .where(t.meter.c.id == meter_id)
-        .with_for_update()
-    ).first()
-    if row is None:
-        raise RequestError("meter", f"meter {meter_id!r} is not registered")
-    c = t.meter_command.c
-    queued = [
-        _row(r)
-        for r in conn.execute(
-            _select.where(
-                c.meter_id == meter_id,
-                c.kind.in_(_COUNTED),
-                c.state.in_([s.value for s in UNFINISHED]),
-            ).order_by(c.id)
-        )
-    ]
-    fixed = [q.id for q in queued if METER_COUNT in q.params or q.state != "PENDING"]
-    if fixed:
-        raise RequestError(
-            "meter",
-            f"meter {meter_id!r} has a delivery whose count is fixed (command {fixed[0]}): "
-            "aligning waits until it is finished",
-        )
-    recharges = [int(q.params["buy_count"]) for q in queued if q.kind == CommandKind.RECHARGE]
-    last_done = (min(recharges) - 1) if recharges else int(row.buy_count)
-    offset = last_done - meter_count
-    conn.execute(
-        t.meter.update()
-        .where(t.meter.c.id == meter_id)
-        .values(
-            count_offset=offset,
-            confirmed_buy_count=last_done,
-            align_requested_at=None,
-            aligned_at=now,
-            updated_at=now,
-        )
-    )
-    return Alignment(meter_id, meter_count, int(row.count_offset), offset)
-
-
-def pin_meter_counts(conn: Connection, commands: Iterable[MeterCommand]) -> list[MeterCommand]:
-    """Fix the meter's own purchase count (`params["meter_count"]`) of RECHARGE and REFUND
-    commands about to be sent for the first time, from the meter's offset. Retries — by the
-    executor or an operator — keep it, so a delivery whose reply was lost is confirmed by
-    the meter, never applied twice."""
-    out = []
-    offsets: dict[str, int] = {}
-    for command in commands:
-        params = command.params
-        if command.kind not in _COUNTED or METER_COUNT in params or "buy_count" not in params:
-            out.append(command)
-            continue
-        if command.meter_id not in offsets:
-            offsets[command.meter_id] = int(
-                conn.execute(
-                    sa.select(t.meter.c.count_offset).where(t.meter.c.id == command.meter_id)
-                ).scalar()
-                or 0
-            )
-        pinned = {**params, METER_COUNT: int(params["buy_count"]) - offsets[command.meter_id]}
-        conn.execute(
-            t.meter_command.update().where(t.meter_command.c.id == command.id).values(params=pinned)
-        )
-        out.append(replace(command, params=pinned))
-    return out
-
-
-#: FAILED commands an operator may send again (money out of the meter never is: a FAILED
-#: REFUND already ended its refund FAILED).
-RETRYABLE = frozenset({CommandKind.RECHARGE, CommandKind.SET_PARAMS} | SUPPLY_KINDS)
-
-
-def retry_failed(
-    conn: Connection,
-    command_id: int,
-    reason: str,
-    *,
-    requested_by: str,
-    now: datetime | None = None,
-) -> tuple[MeterCommand, MeterCommand]:
-    """Queue a FAILED command again with the same parameters — a RECHARGE keeps its
-    purchase count, so a delivery whose reply was lost is confirmed, never applied twice —
-    and record on the failed one that it was retried. Returns (failed, new)."""
-    if not reason or not reason.strip():
-        raise RequestError("reason", "required: say why the command is retried (audit)")
-    now = now or utcnow()
-    failed = _failed_for_resolution(conn, command_id)
-    if CommandKind(failed.kind) not in RETRYABLE:
-        raise RequestError(
-            "command", f"command {command_id} is a {failed.kind}: it cannot be sent again"
-        )
-    new = enqueue(
-        conn,
-        failed.meter_id,
-        failed.kind,
-        reason=f"retry of #{failed.id}: {reason.strip()} (was: {failed.reason})",
-        requested_by=failed.requested_by if failed.kind in _SUPPLY_VALUES else requested_by,
-        params=failed.params,
-        journal_id=failed.journal_id,
-        account_id=failed.account_id,
-        now=now,
-    )
-    conn.execute(
-        t.meter_command.update().where(t.meter_command.c.id == new.id).values(retry_of=failed.id)
-    )
-    if failed.kind == CommandKind.RECHARGE:
-        conn.execute(
-            t.topup.update().where(t.topup.c.command_id == failed.id).values(command_id=new.id)
-        )
-    resolve(conn, failed.id, f"retried as #{new.id}", requested_by=requested_by, now=now)
-    return get_command(conn, failed.id), get_command(conn, new.id)
-
-
-def resolve(
-    conn: Connection,
-    command_id: int,
-    resolution: str,
-    *,
-    requested_by: str,
-    now: datetime | None = None,
-) -> MeterCommand:
-    """Record how an operator dealt with a FAILED command (closes its alarm)."""
-    _failed_for_resolution(conn, command_id)
-    conn.execute(
-        t.meter_command.update()
-        .where(t.meter_command.c.id == command_id)
-        .values(
-            resolution=resolution[:300],
-            resolved_by=requested_by[:100],
-            resolved_at=now or utcnow(),
-        )
-    )
-    return get_command(conn, command_id)
-
-
-def _failed_for_resolution(conn: Connection, command_id: int) -> MeterCommand:
-    row = conn.execute(_select.where(t.meter_command.c.id == command_id).with_for_update()).first()
-    if row is None:
-        raise RequestError("command", f"unknown command {command_id}")
-    command = _row(row)
-    if command.state != CommandState.FAILED:
-        raise RequestError(
-            "command", f"command {command_id} is {command.state}; only a FAILED one can be resolved"
-        )
-    if command.resolution is not None:
-        raise RequestError(
-            "command",
-            f"command {command_id} was already resolved ({command.resolution}, by "
-            f"{command.resolved_by})",
-        )
-    return command
-
-
-def open_failures(conn: Connection, *, account_id: str | None = None) -> list[MeterCommand]:
-    """FAILED money commands no operator resolved yet: open alarms (money not delivered)."""
-    q = _select.where(
-        t.meter_command.c.state == CommandState.FAILED.value,
-        t.meter_command.c.kind.in_(_COUNTED),
-        t.meter_command.c.resolution.is_(None),
-    ).order_by(t.meter_command.c.id)
-    if account_id is not None:
-        q = q.where(t.meter_command.c.account_id == account_id)
-    return [_row(r) for r in conn.execute(q)]
 
 
 def recent_command_times(

@@ -31,15 +31,19 @@ relay and valve command has a reason and an actor, and the outcome is audited.
 
 Every supply command records the state it decides on the meter (`prepay_meter.desired_on`).
 The newest one not superseded is the standing decision — a FAILED one included: the meter
-did not obey, and `reassert_supply` (called by the supply watch, `core/prepay/supply_watch.py`)
-sends it again rather than fee control deciding it anew at every deduction.
+did not obey, and `core.prepay.reassertion.reassert_supply` (called by the supply watch,
+`core/prepay/supply_watch.py`) sends it again rather than fee control deciding it anew at
+every deduction.
+
+Around this module: `effects.py` (what a transaction did, the audit log), `account_rows.py`
+(fee control's view of accounts), `supply_state.py` (the engine's state rows and the supply
+command that records a decision), `level_notice.py` (the notice's words).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,238 +52,27 @@ from sqlalchemy.engine import Connection
 
 from ..config.site import ControlMode, Site
 from ..db import schema as t
-from ..events import AlarmLevelChanged, AuditRecord, SupplyMismatch, utcnow
+from ..events import AlarmLevelChanged, utcnow
 from ..ledger import RequestError, format_fen
 from ..model import DeviceModel, SupplyControl
 from . import commands as cmds
 from .account_points import account_sample
+from .account_rows import AccountRow, energy_balances, load_account_row
+from .accounts import account_for_meter, set_fee_state
+from .effects import Effects, audit
 from .feecontrol import Cause, FeeDecision, FeeState, FeeThresholds, evaluate
+from .level_notice import notice_body, notice_subject
 from .notifications import NotifySettings, enqueue_notice
 from .policy import GateDecision, MeterContext, Override, TripCalendar, Verdict, may_disconnect
 from .settings import PrepaySettings
+from .supply_state import meter_context, queue_supply_command, state_row, upsert_state
 
 log = logging.getLogger("openprepay.prepay")
 
 #: Who fee control's own commands are requested by (audit).
 FEE_CONTROL = "fee-control"
-#: Who re-asserts a standing supply decision on a meter that disobeys it (audit).
-SUPPLY_WATCH = "supply-watch"
 
 _PRE_TRIP_OR_WORSE = (FeeState.ALARM2, FeeState.OVER_ZERO, FeeState.OVERDRAFT)
-
-
-@dataclass(slots=True)
-class Effects:
-    """What a transaction did that others must learn of once it commits."""
-
-    events: list[object] = field(default_factory=list)
-    commands: list[cmds.MeterCommand] = field(default_factory=list)
-    #: Accounts whose state changed (an account sample is published for each).
-    accounts: set[str] = field(default_factory=set)
-    notices: int = 0
-
-    def extend(self, other: Effects) -> None:
-        self.events.extend(other.events)
-        self.commands.extend(other.commands)
-        self.accounts |= other.accounts
-        self.notices += other.notices
-
-
-@dataclass(frozen=True, slots=True)
-class AccountRow:
-    """What fee control needs of an account (one query)."""
-
-    id: str
-    state: str
-    fee_state: FeeState
-    thresholds: FeeThresholds
-    protected: bool
-    notify: tuple[str, ...]
-    #: (meter id, kind, control mode) of the meters attached now.
-    meters: tuple[tuple[str, str, str], ...]
-
-
-def load_account_row(conn: Connection, account_id: str) -> AccountRow | None:
-    return load_account_rows(conn, (account_id,)).get(account_id)
-
-
-def load_account_rows(conn: Connection, account_ids: Iterable[str]) -> dict[str, AccountRow]:
-    """`load_account_row` for several accounts in two queries."""
-    ids = sorted(set(account_ids))
-    if not ids:
-        return {}
-    a = t.account
-    rows = conn.execute(
-        sa.select(
-            a.c.id,
-            a.c.state,
-            a.c.fee_state,
-            a.c.alarm1_fen,
-            a.c.alarm2_fen,
-            a.c.overdraft_limit_fen,
-            a.c.close_limit_fen,
-            a.c.hoard_limit_fen,
-            a.c.protected,
-            a.c.notify,
-        ).where(a.c.id.in_(ids))
-    ).all()
-    meters: dict[str, list[tuple[str, str, str]]] = {}
-    for m in conn.execute(
-        sa.select(
-            t.account_meter.c.account_id,
-            t.account_meter.c.meter_id,
-            t.account_meter.c.kind,
-            t.account_meter.c.control_mode,
-        )
-        .where(t.account_meter.c.account_id.in_(ids), t.account_meter.c.detached_at.is_(None))
-        .order_by(t.account_meter.c.id)
-    ).all():
-        meters.setdefault(m.account_id, []).append((m.meter_id, m.kind, m.control_mode))
-    return {
-        row.id: AccountRow(
-            row.id,
-            row.state,
-            FeeState(row.fee_state),
-            FeeThresholds(
-                int(row.alarm1_fen),
-                int(row.alarm2_fen),
-                int(row.overdraft_limit_fen),
-                int(row.close_limit_fen),
-                int(row.hoard_limit_fen),
-            ),
-            bool(row.protected),
-            tuple(row.notify or ()),
-            tuple(meters.get(row.id, ())),
-        )
-        for row in rows
-    }
-
-
-def energy_balances(conn: Connection, account_id: str) -> tuple[int, int]:
-    """(energy, general) wallet balances in fen."""
-    rows = dict(
-        conn.execute(
-            sa.select(t.wallet.c.kind, t.wallet.c.balance_fen).where(
-                t.wallet.c.account_id == account_id
-            )
-        ).all()
-    )
-    return int(rows.get("energy", 0)), int(rows.get("general", 0))
-
-
-def audit(
-    conn: Connection,
-    effects: Effects,
-    actor: str,
-    action: str,
-    target: str,
-    detail: str,
-    ok: bool = True,
-    *,
-    now: datetime | None = None,
-) -> AuditRecord:
-    """Record an action in the audit log (in the caller's transaction) and queue its event."""
-    at = now or utcnow()
-    conn.execute(
-        t.audit_log.insert(),
-        {
-            "at": at,
-            "actor": actor[:100],
-            "action": action[:64],
-            "target": target[:100],
-            "detail": detail[:1000],
-            "ok": ok,
-        },
-    )
-    record = AuditRecord(actor, action, target, detail, ok, at=at)
-    effects.events.append(record)
-    return record
-
-
-def _queue(
-    conn: Connection,
-    effects: Effects,
-    meter_id: str,
-    kind: str,
-    reason: str,
-    actor: str,
-    account_id: str | None,
-    now: datetime,
-    *,
-    audit_as: str | None = None,
-    not_before: datetime | None = None,
-    desired_on: bool,
-    reassertion: bool = False,
-) -> cmds.MeterCommand:
-    """Queue a supply command in the caller's transaction (the executor is woken once it
-    commits) and record the supply state it decides (`desired_on`: what the supply watch
-    holds the meter to); with `audit_as`, also audit it as that action (fee control's own
-    commands: manual ones are audited by the operation that asked). A new decision starts
-    the meter's re-assertion back-off afresh; a re-assertion keeps it."""
-    command = cmds.enqueue(
-        conn,
-        meter_id,
-        kind,
-        reason=reason,
-        requested_by=actor,
-        account_id=account_id,
-        not_before=not_before,
-        now=now,
-    )
-    fresh = {} if reassertion else {"reasserts": 0, "reassert_due_at": None}
-    _upsert_state(
-        conn,
-        t.prepay_meter,
-        "meter_id",
-        meter_id,
-        now,
-        {"desired_on": desired_on, "desired_command_id": command.id, **fresh},
-    )
-    effects.commands.append(command)
-    if audit_as is not None:
-        detail = f"{kind} #{command.id} queued: {reason}"
-        audit(conn, effects, actor, audit_as, meter_id, detail, now=now)
-    return command
-
-
-def _meter_context(
-    meter_id: str,
-    balance_fen: int,
-    fee_state: FeeState,
-    thresholds: FeeThresholds,
-    protected: bool,
-    pa: Any,
-    override: Override | None,
-) -> MeterContext:
-    """What the policy gate sees of a meter: its account's figures plus the account's
-    engine row `pa` (exemption, notice served; None before it has one)."""
-    return MeterContext(
-        meter_id=meter_id,
-        energy_balance_fen=balance_fen,
-        fee_state=fee_state,
-        thresholds=thresholds,
-        protected=protected,
-        exempt=pa is not None and pa.exempt_reason is not None,
-        exempt_reason=(pa.exempt_reason or "") if pa is not None else "",
-        notice_served_at=pa.notice_served_at if pa is not None else None,
-        override=override,
-    )
-
-
-def _state_row(conn: Connection, table: sa.Table, key: str, value: str) -> Any:
-    """The engine's state row (prepay_account, prepay_meter) of one account or meter."""
-    return conn.execute(sa.select(table).where(table.c[key] == value)).first()
-
-
-def _upsert_state(
-    conn: Connection, table: sa.Table, key: str, value: str, now: datetime, values: dict
-) -> None:
-    """Update the engine's state row of one account or meter, inserting it the first time."""
-    done = conn.execute(
-        table.update().where(table.c[key] == value).values(updated_at=now, **values)
-    ).rowcount
-    if not done:
-        conn.execute(table.insert(), {key: value, "updated_at": now, **values})
 
 
 class PrepayControl:
@@ -355,8 +148,6 @@ class PrepayControl:
         now: datetime,
         effects: Effects,
     ) -> None:
-        from .accounts import set_fee_state
-
         set_fee_state(conn, account.id, decision.state.value, now=now)
         effects.events.append(
             AlarmLevelChanged(
@@ -377,8 +168,10 @@ class PrepayControl:
             account.id,
             account.notify,
             kind="alarm_level",
-            subject=_subject(account.id, decision, balance_fen),
-            body=_body(account.id, decision, balance_fen, notice_served, self.policy.notice_days),
+            subject=notice_subject(account.id, decision, balance_fen),
+            body=notice_body(
+                account.id, decision, balance_fen, notice_served, self.policy.notice_days
+            ),
             data={
                 "event": "alarm_level",
                 "account": account.id,
@@ -393,12 +186,12 @@ class PrepayControl:
 
     # -- per-account engine state ---------------------------------------------------------
     def _prepay_account(self, conn: Connection, account_id: str) -> Any:
-        return _state_row(conn, t.prepay_account, "account_id", account_id)
+        return state_row(conn, t.prepay_account, "account_id", account_id)
 
     def _upsert_account(
         self, conn: Connection, account_id: str, now: datetime, **values: Any
     ) -> None:
-        _upsert_state(conn, t.prepay_account, "account_id", account_id, now, values)
+        upsert_state(conn, t.prepay_account, "account_id", account_id, now, values)
 
     def _serve_notice(self, conn: Connection, account_id: str, now: datetime) -> bool:
         row = self._prepay_account(conn, account_id)
@@ -420,11 +213,11 @@ class PrepayControl:
         self._upsert_account(conn, account_id, now, hold_by=who, hold_reason=why)
 
     # -- per-meter engine state -----------------------------------------------------------
-    def _meter_row(self, conn: Connection, meter_id: str) -> Any:
-        return _state_row(conn, t.prepay_meter, "meter_id", meter_id)
+    def meter_row(self, conn: Connection, meter_id: str) -> Any:
+        return state_row(conn, t.prepay_meter, "meter_id", meter_id)
 
     def upsert_meter(self, conn: Connection, meter_id: str, now: datetime, **values: Any) -> None:
-        _upsert_state(conn, t.prepay_meter, "meter_id", meter_id, now, values)
+        upsert_state(conn, t.prepay_meter, "meter_id", meter_id, now, values)
 
     def latest_supply_command(self, conn: Connection, meter_id: str) -> Any:
         """The newest supply command of the meter that was not superseded or cancelled: the
@@ -447,7 +240,7 @@ class PrepayControl:
         latest = self.latest_supply_command(conn, meter_id)
         if latest is not None:
             return latest.kind == supply.cut, latest
-        row = self._meter_row(conn, meter_id)
+        row = self.meter_row(conn, meter_id)
         return (row is not None and row.supply_on is False), latest
 
     # -- trips ----------------------------------------------------------------------------
@@ -481,7 +274,7 @@ class PrepayControl:
             override = None
             if pa is not None and pa.hold_by:
                 override = Override(pa.hold_by, pa.hold_reason or "hold", allow=False)
-            ctx = _meter_context(
+            ctx = meter_context(
                 meter_id,
                 balance_fen,
                 decision.state,
@@ -490,10 +283,12 @@ class PrepayControl:
                 pa,
                 override,
             )
-            gate = self._gate(conn, ctx, now)
+            gate = self.gate(conn, ctx, now)
             self._apply_gate(conn, account.id, meter_id, supply, gate, FEE_CONTROL, now, effects)
 
-    def _gate(self, conn: Connection, ctx: MeterContext, now: datetime) -> GateDecision:
+    def gate(self, conn: Connection, ctx: MeterContext, now: datetime) -> GateDecision:
+        """What the policy gate says of cutting `ctx`'s meter now (the mass-disconnect rate
+        limit counts the cuts every instance queued in the last minute)."""
         recent = cmds.recent_command_times(
             conn, sorted(self.cut_kinds()), now - timedelta(minutes=1)
         )
@@ -513,11 +308,11 @@ class PrepayControl:
         effects: Effects,
         reason_prefix: str = "",
     ) -> cmds.MeterCommand | None:
-        row = self._meter_row(conn, meter_id)
+        row = self.meter_row(conn, meter_id)
         previous_reason = row.gate_reason if row is not None else None
         if gate.verdict is Verdict.ALLOW:
             reason = f"{reason_prefix}{gate.reason}" or "disconnect"
-            command = _queue(
+            command = queue_supply_command(
                 conn,
                 effects,
                 meter_id,
@@ -567,7 +362,7 @@ class PrepayControl:
     ) -> None:
         """Out of OVERDRAFT: restore what fee control cut, drop deferred trips."""
         for meter_id, supply in self._remote_supply_meters(account):
-            row = self._meter_row(conn, meter_id)
+            row = self.meter_row(conn, meter_id)
             if row is not None and row.trip_due_at is not None:
                 self.upsert_meter(conn, meter_id, now, trip_due_at=None, gate_reason=None)
             latest = self.latest_supply_command(conn, meter_id)
@@ -581,7 +376,7 @@ class PrepayControl:
             reason = (
                 f"fee control: {decision.reason}; balance {format_fen(balance_fen)} allows closing"
             )
-            _queue(
+            queue_supply_command(
                 conn,
                 effects,
                 meter_id,
@@ -636,8 +431,6 @@ class PrepayControl:
                 raise RequestError(
                     "meter", f"meter {target!r} ({model}) has no relay or valve to switch"
                 )
-            from .accounts import account_for_meter
-
             return account_for_meter(conn, target), [(target, supply)]
         account = load_account_row(conn, target)
         if account is None:
@@ -666,7 +459,7 @@ class PrepayControl:
         balance = energy_balances(conn, account_id)[0] if account_id else 0
         out = []
         for meter_id, supply in meters:
-            ctx = _meter_context(
+            ctx = meter_context(
                 meter_id,
                 balance,
                 account.fee_state if account else FeeState.NORMAL,
@@ -675,11 +468,11 @@ class PrepayControl:
                 pa,
                 Override(actor, reason, allow=True) if override else None,
             )
-            gate = self._gate(conn, ctx, now)
+            gate = self.gate(conn, ctx, now)
             if gate.verdict is Verdict.DENY:
                 raise RequestError("target", f"{meter_id} may not be disconnected: {gate.reason}")
             # A deferred cut is queued for the instant the gate gives (`until`; None: now).
-            command = _queue(
+            command = queue_supply_command(
                 conn,
                 effects,
                 meter_id,
@@ -710,7 +503,7 @@ class PrepayControl:
         account_id, meters = self.resolve_targets(conn, meter_or_account_id)
         out = []
         for meter_id, supply in meters:
-            command = _queue(
+            command = queue_supply_command(
                 conn,
                 effects,
                 meter_id,
@@ -749,7 +542,7 @@ class PrepayControl:
             cut, _ = self._is_cut(conn, meter_id, supply)
             if not cut:
                 continue
-            command = _queue(
+            command = queue_supply_command(
                 conn,
                 effects,
                 meter_id,
@@ -763,180 +556,6 @@ class PrepayControl:
             self.upsert_meter(conn, meter_id, now, trip_due_at=None)
             out.append(command)
         return out
-
-    # -- supply re-assertion (core/prepay/supply_watch.py decides when) ---------------------------
-    def reassert_supply(
-        self,
-        conn: Connection,
-        meter_id: str,
-        observed_on: bool,
-        since: datetime,
-        *,
-        decided_by: int,
-        backoff: Callable[[int], timedelta],
-        effects: Effects,
-        now: datetime,
-    ) -> SupplyMismatch | None:
-        """Send the standing supply decision (`decided_by`, a finished command) to a meter
-        whose Good readings have shown `observed_on` since `since`, in the caller's
-        transaction. Returns the `SupplyMismatch` to publish, or None when the decision
-        changed meanwhile (nothing done).
-
-        A cut is sent again through the policy gate as the enforcement of a cut the gate
-        already allowed, not a new disconnection decision: quiet hours, trip days, notice,
-        exemption and arrears rules do not hold it back (a bypassed meter would otherwise
-        stay on all night), while protected supply (保电) still denies it and the
-        mass-disconnect rate limit still spaces it out. A restore is sent at once. The
-        command keeps the decision's requester (fee control stays the one that cut), the
-        audit names the supply watch, and the next re-assertion waits `backoff(n)` after
-        the n-th in a row.
-        """
-        row = self._meter_row(conn, meter_id)
-        supply = self.supply_of(meter_id)
-        if (
-            row is None
-            or supply is None
-            or row.desired_on is None
-            or row.desired_command_id != decided_by
-            or bool(row.desired_on) == observed_on
-        ):
-            return None
-        decision = cmds.get_command(conn, decided_by)
-        if decision.state not in (cmds.CommandState.CONFIRMED, cmds.CommandState.FAILED):
-            return None  # on its way: the read-back decides first
-        from .accounts import account_for_meter
-
-        account_id = account_for_meter(conn, meter_id)
-        desired_on = bool(row.desired_on)
-        consecutive = int(row.reasserts) + 1
-        count = int(row.mismatch_count) + 1
-        observed = "on" if observed_on else "off"
-        why = (
-            f"the meter reads supply {observed} since {since:%Y-%m-%d %H:%M:%S} UTC while "
-            f"#{decision.id} ({decision.kind}, {decision.state}) stands; possible bypass, "
-            f"reset, power cycle or swapped meter (re-assertion {consecutive} in a row)"
-        )
-        command_id = 0
-        next_at = now + backoff(consecutive)
-        if desired_on:
-            kind = supply.restore
-            gate = None
-        else:
-            kind = supply.cut
-            gate = self._reassert_gate(conn, meter_id, account_id, decision, now)
-        if gate is not None and gate.verdict is Verdict.DENY:
-            detail = f"{why}; not re-asserted: {gate.reason}"
-        elif gate is not None and gate.verdict is Verdict.DEFER:
-            next_at = gate.until or next_at
-            detail = f"{why}; held until {next_at:%H:%M:%S} UTC: {gate.reason}"
-            consecutive -= 1  # nothing was sent: the back-off does not grow
-            count -= 1
-        else:
-            command = _queue(
-                conn,
-                effects,
-                meter_id,
-                kind,
-                f"re-asserted {kind} of #{decision.id}: {decision.reason}",
-                decision.requested_by,
-                account_id,
-                now,
-                desired_on=desired_on,
-                reassertion=True,
-            )
-            command_id = command.id
-            detail = (
-                f"{why}; {kind} #{command.id} sent again, the next no sooner than "
-                f"{next_at:%H:%M:%S} UTC"
-            )
-        audit(conn, effects, SUPPLY_WATCH, "reassert", meter_id, detail, ok=command_id > 0, now=now)
-        self.upsert_meter(
-            conn,
-            meter_id,
-            now,
-            mismatch_count=count,
-            reasserts=consecutive,
-            mismatch_since=row.mismatch_since or since,
-            reassert_due_at=next_at,
-        )
-        event = SupplyMismatch(
-            meter_id,
-            account_id,
-            desired_on,
-            observed_on,
-            True,
-            count,
-            consecutive,
-            command_id,
-            next_at,
-            detail,
-            at=now,
-        )
-        effects.events.append(event)
-        log.warning(
-            "meter %s disobeys: %s",
-            meter_id,
-            detail,
-            extra={"meter": meter_id, "account": account_id or "-"},
-        )
-        return event
-
-    def _reassert_gate(
-        self,
-        conn: Connection,
-        meter_id: str,
-        account_id: str | None,
-        decision: cmds.MeterCommand,
-        now: datetime,
-    ) -> GateDecision:
-        """The gate for sending a standing cut again: an override by the supply watch, so
-        only protected supply and the mass-disconnect rate limit apply."""
-        account = load_account_row(conn, account_id) if account_id else None
-        ctx = _meter_context(
-            meter_id,
-            energy_balances(conn, account_id)[0] if account_id else 0,
-            account.fee_state if account else FeeState.NORMAL,
-            account.thresholds if account else FeeThresholds(),
-            bool(account and account.protected),
-            None,
-            Override(SUPPLY_WATCH, f"re-assert the cut of #{decision.id}", allow=True),
-        )
-        return self._gate(conn, ctx, now)
-
-    def supply_obeyed(
-        self, conn: Connection, meter_id: str, observed_on: bool, *, effects: Effects, now: datetime
-    ) -> SupplyMismatch | None:
-        """The meter reads the desired state again: end its mismatch (the back-off starts
-        afresh) and return the event that clears the alarm; None if there was none."""
-        row = self._meter_row(conn, meter_id)
-        if row is None or (row.mismatch_since is None and not row.reasserts):
-            return None
-        self.upsert_meter(
-            conn, meter_id, now, reasserts=0, mismatch_since=None, reassert_due_at=None
-        )
-        from .accounts import account_for_meter
-
-        account_id = account_for_meter(conn, meter_id)
-        detail = (
-            f"the meter reads supply {'on' if observed_on else 'off'} as decided again, after "
-            f"{int(row.reasserts)} re-assertion(s)"
-        )
-        audit(conn, effects, SUPPLY_WATCH, "reassert", meter_id, detail, now=now)
-        event = SupplyMismatch(
-            meter_id,
-            account_id,
-            observed_on,
-            observed_on,
-            False,
-            int(row.mismatch_count),
-            0,
-            0,
-            None,
-            detail,
-            at=now,
-        )
-        effects.events.append(event)
-        return event
 
     # -- account samples ----------------------------------------------------------------------
     def account_samples(self, conn: Connection, account_ids: Iterable[str], now: datetime) -> list:
@@ -989,38 +608,3 @@ class PrepayControl:
             for account_id in ids
             if account_id in states
         ]
-
-
-def _subject(account_id: str, decision: FeeDecision, balance_fen: int) -> str:
-    level = decision.state.value
-    if decision.state.severity > decision.previous.severity:
-        what = {
-            FeeState.ALARM1: "low balance",
-            FeeState.ALARM2: "balance very low — supply will be cut",
-            FeeState.OVER_ZERO: "balance used up — supply will be cut",
-            FeeState.OVERDRAFT: "balance exhausted — supply is being cut",
-        }.get(decision.state, level)
-    else:
-        what = "balance restored"
-    return f"Account {account_id}: {what} ({format_fen(balance_fen)} CNY, {level})"
-
-
-def _body(
-    account_id: str,
-    decision: FeeDecision,
-    balance_fen: int,
-    notice_served: bool,
-    notice_days: int,
-) -> str:
-    lines = [
-        f"Account {account_id}: energy balance {format_fen(balance_fen)} CNY.",
-        f"Alarm level {decision.previous.value} -> {decision.state.value}.",
-    ]
-    if notice_served:
-        lines.append(
-            "This is your notice of disconnection: unless you top up, supply may be cut"
-            + (f" after {notice_days} day(s)." if notice_days else ".")
-        )
-    if decision.state.severity < decision.previous.severity:
-        lines.append("Thank you: supply is available again.")
-    return "\n".join(lines)

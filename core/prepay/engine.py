@@ -39,7 +39,8 @@ from ..model import DeviceModel, Sample
 from ..rating.tariff_reading import load_tariffs
 from ..rating.tariffs import TariffCatalogue
 from .alignment import CountAligner
-from .control import Effects, PrepayControl
+from .control import PrepayControl
+from .effects import Effects
 from .engine_settings import EngineSettings, load_engine
 from .executor import CommandExecutor
 from .failure_watch import FailureWatch

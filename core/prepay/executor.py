@@ -35,8 +35,10 @@ from ..errors import CommandRefused, DeviceIOError
 from ..events import CommandFailed, SupplyChanged, publish_on_loop, utcnow
 from ..model import CommandOutcome, DeviceCommand
 from . import commands as cmds
-from .control import Effects, PrepayControl
+from .control import PrepayControl
+from .effects import Effects
 from .feecontrol import Cause
+from .purchase_count import METER_COUNT, pin_meter_counts
 
 log = logging.getLogger("openprepay.executor")
 
@@ -158,7 +160,7 @@ class CommandExecutor:
                 meters=self.meters,
                 now=self.clock(),
             )
-            batch = cmds.pin_meter_counts(conn, batch)
+            batch = pin_meter_counts(conn, batch)
             for command in batch:
                 cmds.mark_sent(conn, command.id, owner=self.owner)
             return batch
@@ -309,7 +311,7 @@ def _device_command(command: cmds.MeterCommand) -> DeviceCommand:
     params = dict(command.params)
     if command.kind in (cmds.CommandKind.RECHARGE, cmds.CommandKind.REFUND):
         fen = int(params["amount_fen"])
-        count = params.get(cmds.METER_COUNT, params["buy_count"])
+        count = params.get(METER_COUNT, params["buy_count"])
         params = {"buy_count": int(count), "amount": fen / 100}
     device = command.device_command()
     name = device.name

@@ -11,7 +11,8 @@ from ..db import Database
 from ..db import schema as t
 from ..events import CommandFailed, CommandResolved, utcnow
 from . import commands as cmds
-from .control import Effects
+from .effects import Effects
+from .failed_commands import open_failures
 
 
 class FailureWatch:
@@ -32,7 +33,7 @@ class FailureWatch:
     def check(self) -> Effects:
         effects = Effects()
         with self.db.read() as conn:
-            current = {c.id for c in cmds.open_failures(conn)}
+            current = {c.id for c in open_failures(conn)}
             known = (self._open or set()) | self._failed_here
             self._failed_here = set()
             gone = sorted(known - current)

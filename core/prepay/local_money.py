@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from ..db import schema as t
 from ..ledger import format_fen
 from . import commands as cmds
+from .purchase_count import allocate_buy_count
 
 
 class LocalMoney:
@@ -27,7 +28,7 @@ class LocalMoney:
         requested_by: str,
         now: datetime,
     ) -> tuple[int, int]:
-        buy_count = cmds.allocate_buy_count(conn, meter_id, now=now)
+        buy_count = allocate_buy_count(conn, meter_id, now=now)
         command = cmds.enqueue(
             conn,
             meter_id,

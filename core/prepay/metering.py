@@ -48,6 +48,9 @@ replacement is marked applied in the transaction that saves the new baseline.
 
 After commit the events (alarm level changes, billing alarms, audit records, account
 samples) are published on the loop and the command executor is woken.
+
+Each meter's in-memory state is a `MeterBook` (`core/prepay/meter_book.py`); the batch's
+reads and writes are `core/prepay/metering_store.py`.
 """
 
 from __future__ import annotations
@@ -64,8 +67,6 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from .. import ledger
@@ -83,70 +84,18 @@ from ..rating.rated import RatedBatch
 from ..rating.rounding import Accrual
 from ..rating.tariffs import TariffCatalogue
 from ..tasks import wait_event
+from .account_rows import AccountRow, load_account_row, load_account_rows
 from .binding import TariffBinding
-from .control import (
-    FEE_CONTROL,
-    AccountRow,
-    Effects,
-    PrepayControl,
-    load_account_row,
-    load_account_rows,
-)
+from .control import FEE_CONTROL, PrepayControl
+from .effects import Effects
 from .feecontrol import Cause
+from .meter_book import MeterBook, add_usage
+from .metering_store import add_days, meter_info, pending_replacements, save_states
 
 log = logging.getLogger("openprepay.metering")
 
 #: Who usage postings are requested by (audit).
 METERING = "metering"
-
-
-@dataclass(slots=True)
-class _Book:
-    """What metering holds in memory for one meter between database writes."""
-
-    account_id: str
-    mode: str
-    state: MeterState
-    saved_at: datetime
-    #: Unsaved state is written at least this often (persist_s, spread per meter).
-    persist: timedelta
-    cycle: str | None = None
-    accrual: Accrual | None = None
-    #: Cost rated while the cycle's saved accrual was not loaded yet (fen, exact).
-    pending_cost: Fraction = Fraction(0)
-    #: The last rated reading (epoch seconds): the posting's period key.
-    period: str = ""
-    #: Unsaved changes (baseline moved, energy not yet added to `meter_usage_day`).
-    dirty: bool = False
-    #: Energy not yet added to `meter_usage_day`: day → (units, units per rate).
-    days: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
-    #: Replacements rated into the state and not saved yet (meter_replacement ids).
-    replaced: list[int] = field(default_factory=list)
-
-
-def _add_usage(book: _Book, engine: RatingEngine, rated: Any, tz: Any) -> None:
-    """Add a rated batch's energy to the book's unsaved per-day consumption (not money)."""
-    energy = np.asarray(rated.energy, np.int64)
-    if not energy.any():
-        return
-    days = [datetime.fromtimestamp(int(x), UTC).astimezone(tz).date().isoformat() for x in rated.t]
-    names = engine.compiled.rate_names
-    for day in sorted(set(days)):
-        rows = np.asarray([d == day for d in days])
-        units = int(energy[rows].sum())
-        if not units:
-            continue
-        total, by_rate = book.days.get(day, (0, {}))
-        for vi, rate_names in enumerate(names):
-            sel = rows & (rated.version == vi)
-            if not sel.any():
-                continue
-            sums = rated.rate_energy[sel].sum(axis=0, dtype=np.int64)
-            for c, name in enumerate(rate_names):
-                if int(sums[c]):
-                    key = name or "total"
-                    by_rate[key] = by_rate.get(key, 0) + int(sums[c])
-        book.days[day] = (total + units, by_rate)
 
 
 @dataclass(slots=True)
@@ -183,7 +132,7 @@ class Metering:
         self.site = site
         #: A meter's unsaved baseline and consumption are written at least this often.
         self.persist = timedelta(seconds=persist_s)
-        self._books: dict[str, _Book] = {}
+        self._books: dict[str, MeterBook] = {}
         self.models = models
         self.db = db
         self.control = control
@@ -249,15 +198,15 @@ class Metering:
         report = FlushReport()
         now = self.clock()
         with self.db.read() as conn:
-            replacements = self._pending_replacements(conn)
+            replacements = pending_replacements(conn, self.layouts)
             meters = list(batch)
             meters.extend(m for m in replacements if m not in batch)
             if persist_all:
                 meters.extend(m for m, b in self._books.items() if b.dirty and m not in batch)
             if not meters:
                 return report
-            info = self._meter_info(conn, meters)
-        due: list[tuple[str, _Book, int]] = []
+            info = meter_info(conn, meters)
+        due: list[tuple[str, MeterBook, int]] = []
         problems: dict[str, str | None] = {}
         for meter_id in meters:
             report.meters += 1
@@ -295,45 +244,12 @@ class Metering:
             raise
         return report
 
-    def _pending_replacements(self, conn: Connection) -> dict[str, list[Any]]:
-        """Recorded replacements not applied yet, per billing meter, oldest first."""
-        r = t.meter_replacement
-        out: dict[str, list[Any]] = {}
-        for row in conn.execute(
-            sa.select(r.c.id, r.c.meter_id, r.c.at, r.c.final_reading, r.c.initial_reading)
-            .where(r.c.applied_at.is_(None))
-            .order_by(r.c.at, r.c.id)
-        ):
-            if row.meter_id in self.layouts:
-                out.setdefault(row.meter_id, []).append(row)
-        return out
-
     @staticmethod
     def _alarms_changed(problems: Mapping[str, str | None], info: Mapping[str, Any]) -> bool:
         return any(
             (row := info.get(m)) is not None and row.billing_problem != problem
             for m, problem in problems.items()
         )
-
-    def _meter_info(self, conn: Connection, meters: list[str]) -> dict[str, Any]:
-        am, a, pm = t.account_meter, t.account, t.prepay_meter
-        rows = conn.execute(
-            sa.select(
-                am.c.meter_id,
-                am.c.account_id,
-                am.c.control_mode,
-                a.c.state,
-                a.c.tariff_id,
-                a.c.opened_at,
-                pm.c.account_id.label("state_account"),
-                pm.c.rating_state,
-                pm.c.billing_problem,
-            )
-            .join(a, a.c.id == am.c.account_id)
-            .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
-            .where(am.c.meter_id.in_(meters), am.c.detached_at.is_(None))
-        ).all()
-        return {r.meter_id: r for r in rows}
 
     def _rating_bound(self, meter_id: str, limits: Mapping[str, DeviceLimits]) -> Decimal | None:
         device = self.site.devices[meter_id]
@@ -422,7 +338,7 @@ class Metering:
         now: datetime,
         report: FlushReport,
         replacements: Sequence[Any] = (),
-    ) -> tuple[_Book | None, int]:
+    ) -> tuple[MeterBook | None, int]:
         """Rate the meter's new readings (and recorded replacements) in memory; returns its
         book and the fen due. RatingError: the meter cannot be billed (the reason)."""
         if info is None or info.state != "OPEN":
@@ -445,7 +361,7 @@ class Metering:
             # Spread the meters' periodic saves over +0..25 % of persist_s, so that meters
             # that started together do not all write in the same second.
             spread = 1 + (zlib.crc32(meter_id.encode()) % 1000) / 4000
-            book = _Book(account_id, info.control_mode, state, now, self.persist * spread)
+            book = MeterBook(account_id, info.control_mode, state, now, self.persist * spread)
             self._books[meter_id] = book
         book.mode = info.control_mode
         if not samples and not replacements:
@@ -463,7 +379,7 @@ class Metering:
         book.state = rated.state
         book.dirty = True
         book.period = f"{int(rated.t.max())}"
-        _add_usage(book, engine, rated, self.tz)
+        add_usage(book, engine, rated, self.tz)
         if book.mode == ControlMode.POSTPAID.value:
             return book, 0
         last = datetime.fromtimestamp(int(rated.t.max()), UTC)
@@ -479,7 +395,7 @@ class Metering:
     def _write(
         self,
         conn: Connection,
-        due: list[tuple[str, _Book, int]],
+        due: list[tuple[str, MeterBook, int]],
         info: Mapping[str, Any],
         now: datetime,
         report: FlushReport,
@@ -513,8 +429,8 @@ class Metering:
                 report.replacements.extend(book.replaced)
                 report.replaced_meters.add(meter_id)
             book.replaced = []
-        self._save_states(conn, states)
-        self._add_days(conn, days, now)
+        save_states(conn, states)
+        add_days(conn, days, now)
         if report.replacements:
             conn.execute(
                 t.meter_replacement.update()
@@ -560,7 +476,7 @@ class Metering:
         self,
         conn: Connection,
         meter_id: str,
-        book: _Book,
+        book: MeterBook,
         fen: int,
         accounts: dict[str, AccountRow],
         now: datetime,
@@ -616,76 +532,6 @@ class Metering:
                 accounts[book.account_id] = dataclasses.replace(account, fee_state=decision.state)
             report.effects.accounts.add(book.account_id)
         return True
-
-    def _save_states(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """The meters' baselines, one statement for the batch."""
-        if not rows:
-            return
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(t.prepay_meter)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["meter_id"],
-            set_={
-                "account_id": stmt.excluded.account_id,
-                "rating_state": stmt.excluded.rating_state,
-                "updated_at": stmt.excluded.updated_at,
-            },
-        )
-        conn.execute(stmt, rows)
-
-    def _add_days(
-        self,
-        conn: Connection,
-        days: Mapping[tuple[str, str], tuple[str, int, dict[str, int]]],
-        now: datetime,
-    ) -> None:
-        """Add consumption to `meter_usage_day` (energy and per rate), a few statements for
-        the batch."""
-        if not days:
-            return
-        u = t.meter_usage_day
-        existing = {
-            (r.meter_id, r.day): r
-            for r in conn.execute(
-                sa.select(u.c.meter_id, u.c.day, u.c.energy, u.c.by_rate).where(
-                    sa.tuple_(u.c.meter_id, u.c.day).in_(list(days))
-                )
-            ).all()
-        }
-        inserts, updates = [], []
-        for (meter_id, day), (account_id, units, by_rate) in days.items():
-            row = existing.get((meter_id, day))
-            if row is None:
-                inserts.append(
-                    {
-                        "meter_id": meter_id,
-                        "day": day,
-                        "account_id": account_id,
-                        "energy": units,
-                        "by_rate": dict(by_rate),
-                        "updated_at": now,
-                    }
-                )
-                continue
-            merged = {k: int(v) for k, v in (row.by_rate or {}).items()}
-            for k, v in by_rate.items():
-                merged[k] = merged.get(k, 0) + v
-            updates.append(
-                {
-                    "m": meter_id,
-                    "d": day,
-                    "energy": int(row.energy) + units,
-                    "by_rate": merged,
-                    "updated_at": now,
-                }
-            )
-        if inserts:
-            conn.execute(u.insert(), inserts)
-        if updates:
-            conn.execute(
-                u.update().where(u.c.meter_id == sa.bindparam("m"), u.c.day == sa.bindparam("d")),
-                updates,
-            )
 
     def _warn(self, meter_id: str, message: str) -> None:
         if (meter_id, message) not in self._warned:

@@ -40,8 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from ..config.reader import TableReader
-from ..rating.tariffs import hhmm, parse_hhmm
+from ..rating.tariffs import hhmm
 from .feecontrol import FeeState, FeeThresholds
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -160,7 +159,7 @@ class TripCalendar:
         if cached is None:
             code = self.policy.holiday_calendar
             if code:
-                import holidays
+                import holidays  # deferred: a 0.2 s import, only for a holiday calendar
 
                 table = holidays.country_holidays(code, years=year)
                 days = {d: str(name) for d, name in table.items() if d.year == year}
@@ -268,7 +267,11 @@ def may_disconnect(
 ) -> GateDecision:
     """May `ctx.meter_id` be tripped at `now`? `recent_trips` are the site's trips sent (or
     reserved) in the last minute, from the durable command table, so several instances
-    share the limit. An ALLOW reserves nothing: record the trip before sending it."""
+    share the limit. An ALLOW reserves nothing: record the trip before sending it.
+
+    In order: protected supply and an operator's hold deny; an operator's override
+    allows; otherwise the arrears rules decide (`_arrears_gate`). What is allowed is
+    still spaced out by the mass-disconnect rate limit."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     tz = ZoneInfo(tz) if isinstance(tz, str) else tz
@@ -279,76 +282,105 @@ def may_disconnect(
     if ov is not None and not ov.allow:
         return _deny(f"manual hold by {ov.who}: {ov.why}")
     forced = ov is not None and ov.allow
-    balance = ctx.energy_balance_fen
-    why: list[str] = []
-    if forced:
-        earliest = now
-        assert ov is not None
-        why.append(f"manual override by {ov.who}: {ov.why}")
+    if ov is not None and forced:
+        reason = f"manual override by {ov.who}: {ov.why}"
     else:
-        if ctx.exempt:
-            return _deny(
-                "exempt from disconnection"
-                + (f" ({ctx.exempt_reason})" if ctx.exempt_reason else "")
-            )
-        if ctx.fee_state is not FeeState.OVERDRAFT:
-            return _deny(
-                f"energy wallet not in arrears (fee-control state {ctx.fee_state}, balance "
-                f"{_cny(balance)}); only the energy balance trips supply — property fee, "
-                "rent and service debt never do"
-            )
-        level = ctx.trip_level_fen
-        earliest = now
-        if policy.notice_days > 0:
-            if ctx.notice_served_at is None:
-                return _deny(
-                    "no disconnection notice served; serve one — a trip may follow "
-                    f"{policy.notice_days} days later"
-                )
-            ready = ctx.notice_served_at + dt.timedelta(days=policy.notice_days)
-            if ready > now:
-                earliest = ready
-                why.append(
-                    f"notice served {ctx.notice_served_at.astimezone(tz):%Y-%m-%d %H:%M} runs "
-                    f"{policy.notice_days} days"
-                )
-        beyond = balance <= level - policy.friendly_credit_fen
-        when = next_trip_instant(earliest, policy, tz, calendar, day_rules=not beyond)
-        if when is None:
-            return _deny("no allowed trip instant within the next 400 days; check the policy")
-        if when > now:
-            why.extend(_blocked_reasons(now, policy, tz, calendar, day_rules=not beyond))
-            if beyond:
-                why.append(
-                    f"friendly credit exhausted (balance {_cny(balance)} ≤ "
-                    f"{_cny(level - policy.friendly_credit_fen)}): due at the next daytime "
-                    "instant, weekends and holidays included"
-                )
-            else:
-                why.append(
-                    f"friendly credit: supply stays on; the balance may fall to "
-                    f"{_cny(level - policy.friendly_credit_fen)}"
-                )
-            return GateDecision(Verdict.DEFER, when, "; ".join(why))
-        why.append(
-            f"energy balance {_cny(balance)} at or below the trip level {_cny(level)}"
-            + (f"; notice served {ctx.notice_served_at:%Y-%m-%d}" if ctx.notice_served_at else "")
-            + ("; friendly credit exhausted" if beyond else "; outside quiet hours, trip day")
+        gate = _arrears_gate(ctx, now, policy, tz, calendar)
+        if gate.verdict is not Verdict.ALLOW:
+            return gate
+        reason = gate.reason
+    limited = _rate_limited(ctx, now, policy, tz, calendar, recent_trips, forced, reason)
+    return limited or GateDecision(Verdict.ALLOW, None, reason)
+
+
+def _arrears_gate(
+    ctx: MeterContext,
+    now: dt.datetime,
+    policy: PolicyConfig,
+    tz: ZoneInfo,
+    calendar: TripCalendar,
+) -> GateDecision:
+    """The rules for a trip nobody forced: exemption, arrears of the energy wallet, the
+    disconnection notice, quiet hours and trip days, friendly credit. ALLOW carries the
+    reason; the rate limit is not applied here."""
+    balance = ctx.energy_balance_fen
+    if ctx.exempt:
+        return _deny(
+            "exempt from disconnection" + (f" ({ctx.exempt_reason})" if ctx.exempt_reason else "")
         )
-    # rate limit on mass disconnects
-    window = sorted(t for t in recent_trips if now - dt.timedelta(minutes=1) < t <= now)
-    if policy.max_trips_per_minute and len(window) >= policy.max_trips_per_minute:
-        free = window[len(window) - policy.max_trips_per_minute] + dt.timedelta(minutes=1)
-        if not forced:
-            beyond = balance <= ctx.trip_level_fen - policy.friendly_credit_fen
-            free = next_trip_instant(free, policy, tz, calendar, day_rules=not beyond) or free
-        return GateDecision(
-            Verdict.DEFER,
-            free.astimezone(dt.UTC),
-            f"rate limit: {len(window)} trips in the last minute for the site "
-            f"(max {policy.max_trips_per_minute}); " + "; ".join(why),
+    if ctx.fee_state is not FeeState.OVERDRAFT:
+        return _deny(
+            f"energy wallet not in arrears (fee-control state {ctx.fee_state}, balance "
+            f"{_cny(balance)}); only the energy balance trips supply — property fee, "
+            "rent and service debt never do"
         )
+    why: list[str] = []
+    level = ctx.trip_level_fen
+    earliest = now
+    if policy.notice_days > 0:
+        if ctx.notice_served_at is None:
+            return _deny(
+                "no disconnection notice served; serve one — a trip may follow "
+                f"{policy.notice_days} days later"
+            )
+        ready = ctx.notice_served_at + dt.timedelta(days=policy.notice_days)
+        if ready > now:
+            earliest = ready
+            why.append(
+                f"notice served {ctx.notice_served_at.astimezone(tz):%Y-%m-%d %H:%M} runs "
+                f"{policy.notice_days} days"
+            )
+    beyond = balance <= level - policy.friendly_credit_fen
+    when = next_trip_instant(earliest, policy, tz, calendar, day_rules=not beyond)
+    if when is None:
+        return _deny("no allowed trip instant within the next 400 days; check the policy")
+    if when > now:
+        why.extend(_blocked_reasons(now, policy, tz, calendar, day_rules=not beyond))
+        if beyond:
+            why.append(
+                f"friendly credit exhausted (balance {_cny(balance)} ≤ "
+                f"{_cny(level - policy.friendly_credit_fen)}): due at the next daytime "
+                "instant, weekends and holidays included"
+            )
+        else:
+            why.append(
+                f"friendly credit: supply stays on; the balance may fall to "
+                f"{_cny(level - policy.friendly_credit_fen)}"
+            )
+        return GateDecision(Verdict.DEFER, when, "; ".join(why))
+    why.append(
+        f"energy balance {_cny(balance)} at or below the trip level {_cny(level)}"
+        + (f"; notice served {ctx.notice_served_at:%Y-%m-%d}" if ctx.notice_served_at else "")
+        + ("; friendly credit exhausted" if beyond else "; outside quiet hours, trip day")
+    )
     return GateDecision(Verdict.ALLOW, None, "; ".join(why))
+
+
+def _rate_limited(
+    ctx: MeterContext,
+    now: dt.datetime,
+    policy: PolicyConfig,
+    tz: ZoneInfo,
+    calendar: TripCalendar,
+    recent_trips: Iterable[dt.datetime],
+    forced: bool,
+    reason: str,
+) -> GateDecision | None:
+    """DEFER to when the mass-disconnect rate limit frees a slot (for a trip nobody forced,
+    also an allowed instant); None when the last minute has room for this trip."""
+    window = sorted(t for t in recent_trips if now - dt.timedelta(minutes=1) < t <= now)
+    if not policy.max_trips_per_minute or len(window) < policy.max_trips_per_minute:
+        return None
+    free = window[len(window) - policy.max_trips_per_minute] + dt.timedelta(minutes=1)
+    if not forced:
+        beyond = ctx.energy_balance_fen <= ctx.trip_level_fen - policy.friendly_credit_fen
+        free = next_trip_instant(free, policy, tz, calendar, day_rules=not beyond) or free
+    return GateDecision(
+        Verdict.DEFER,
+        free.astimezone(dt.UTC),
+        f"rate limit: {len(window)} trips in the last minute for the site "
+        f"(max {policy.max_trips_per_minute}); " + reason,
+    )
 
 
 def _blocked_reasons(
@@ -477,91 +509,6 @@ class TripWindow:
         self.sent.append(at)
 
 
-# -- configuration --------------------------------------------------------------------------
-
-
-def read_policy(r: TableReader) -> PolicyConfig:
-    """`[prepay.policy]` with the defaults of `PolicyConfig`."""
-    from .feecontrol import read_cny
-
-    d = PolicyConfig()
-    qs = r.str("quiet_start", hhmm(d.quiet_start))
-    qe = r.str("quiet_end", hhmm(d.quiet_end))
-    quiet = []
-    for key, value in (("quiet_start", qs), ("quiet_end", qe)):
-        minutes = None if value is None else parse_hhmm(value)
-        if value is not None and (minutes is None or minutes >= 24 * 60):
-            r.error(f"expected a time HH:MM from 00:00 to 23:59, got {value!r}", key)
-        quiet.append(minutes)
-    days = r.str_list("no_trip_days", [WEEKDAYS[i] for i in sorted(d.no_trip_weekdays)])
-    weekdays: set[int] = set()
-    for name in days or ():
-        if name not in WEEKDAYS:
-            r.error(f"unknown day {name!r} (use {', '.join(WEEKDAYS)})", "no_trip_days")
-        else:
-            weekdays.add(WEEKDAYS.index(name))
-    calendar = r.str("holiday_calendar", d.holiday_calendar)
-    if calendar:
-        try:
-            import holidays
-
-            holidays.country_holidays(calendar, years=2024)
-        except (NotImplementedError, KeyError, AttributeError):
-            r.error(
-                f"unknown holiday calendar {calendar!r} (a country code of the `holidays` "
-                'package, e.g. CN; "" for none)',
-                "holiday_calendar",
-            )
-    before = r.bool("no_trip_before_non_working_day", d.no_trip_before_non_working_day)
-    adjusted = r.bool("trip_on_adjusted_workdays", d.trip_on_adjusted_workdays)
-    extra_h = _read_dates(r, "extra_holidays")
-    extra_w = _read_dates(r, "extra_workdays")
-    notice = r.int("notice_days", d.notice_days, low=0, high=60)
-    friendly = read_cny(r, "friendly_credit", d.friendly_credit_fen)
-    emergency = read_cny(r, "emergency_credit", d.emergency_credit_fen)
-    reconnect = read_cny(r, "reconnect_min", d.reconnect_min_fen)
-    rate = r.int("max_trips_per_minute", d.max_trips_per_minute, low=0, high=100000)
-    r.finish()
-    both = extra_h & extra_w
-    if both:
-        r.error(
-            f"{', '.join(str(x) for x in sorted(both))} listed as holiday and working day",
-            "extra_workdays",
-        )
-    return PolicyConfig(
-        quiet_start=quiet[0] if quiet[0] is not None else d.quiet_start,
-        quiet_end=quiet[1] if quiet[1] is not None else d.quiet_end,
-        no_trip_weekdays=frozenset(weekdays) if days is not None else d.no_trip_weekdays,
-        holiday_calendar=calendar if calendar is not None else d.holiday_calendar,
-        no_trip_before_non_working_day=before if before is not None else True,
-        trip_on_adjusted_workdays=adjusted if adjusted is not None else True,
-        extra_holidays=extra_h,
-        extra_workdays=extra_w,
-        notice_days=notice if notice is not None else d.notice_days,
-        friendly_credit_fen=friendly if friendly is not None else d.friendly_credit_fen,
-        emergency_credit_fen=emergency if emergency is not None else d.emergency_credit_fen,
-        reconnect_min_fen=reconnect if reconnect is not None else d.reconnect_min_fen,
-        max_trips_per_minute=rate if rate is not None else d.max_trips_per_minute,
-    )
-
-
-def _read_dates(r: TableReader, key: str) -> frozenset[dt.date]:
-    raw = r.raw(key, [])
-    if not isinstance(raw, list):
-        r.error("expected a list of dates (YYYY-MM-DD)", key)
-        return frozenset()
-    out = set()
-    for i, item in enumerate(raw):
-        if isinstance(item, dt.date) and not isinstance(item, dt.datetime):
-            out.add(item)
-            continue
-        try:
-            out.add(dt.date.fromisoformat(str(item)))
-        except ValueError:
-            r.error(f"expected a date YYYY-MM-DD, got {item!r}", f"{key}[{i}]")
-    return frozenset(out)
-
-
 def _cny(fen: int) -> str:
     sign = "-" if fen < 0 else ""
     return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
@@ -580,6 +527,5 @@ __all__: Sequence[str] = (
     "grant_emergency_credit",
     "may_disconnect",
     "next_trip_instant",
-    "read_policy",
     "reconnect_allowed",
 )

@@ -41,7 +41,8 @@ from ..rating.checks import RatingOptions
 from ..rating.rounding import Rounding
 from ..rating.tariff_values import to_decimal
 from .feecontrol import FeeThresholds, read_thresholds
-from .policy import PolicyConfig, read_policy
+from .policy import PolicyConfig
+from .policy_config import read_policy
 
 #: The keys of [prepay] this module reads.
 KEYS = ("rounding", "thresholds", "rating", "register_rates", "policy")

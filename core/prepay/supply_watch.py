@@ -13,7 +13,7 @@ reconnections, protection) with what every Good reading of the meter's state poi
   changes (`prepay_meter.supply_on`) and looks at every meter whose deciding command has
   finished (CONFIRMED, or FAILED: the decision stands): a reading taken after it that
   disagrees, and keeps disagreeing for `supply_grace_s` of the meter's own readings, is a
-  mismatch. `PrepayControl.reassert_supply` then sends the decision again (through the
+  mismatch. `core.prepay.reassertion.reassert_supply` then sends the decision again (through the
   policy gate for a cut), counts it on the meter, audits it and raises `SupplyMismatch`;
 - a meter that keeps disobeying is re-asserted ever more rarely: the n-th re-assertion in a
   row is followed by at least `supply_grace_s × 2^n` (at most `supply_backoff_max_s`),
@@ -40,7 +40,9 @@ from ..db import schema as t
 from ..events import utcnow
 from ..model import Sample, SupplyControl
 from . import commands as cmds
-from .control import Effects, PrepayControl
+from .control import PrepayControl
+from .effects import Effects
+from .reassertion import reassert_supply, supply_obeyed
 
 log = logging.getLogger("openprepay.supply")
 
@@ -137,10 +139,11 @@ class SupplyWatch:
             self._stored.update({m: o.on for m, o in changed.items()})
         for meter_id, obs in obeyed:
             with self.db.begin() as conn:
-                self.control.supply_obeyed(conn, meter_id, obs.on, effects=effects, now=now)
+                supply_obeyed(self.control, conn, meter_id, obs.on, effects=effects, now=now)
         for meter_id, obs, started, decided_by in due:
             with self.db.begin() as conn:
-                event = self.control.reassert_supply(
+                event = reassert_supply(
+                    self.control,
                     conn,
                     meter_id,
                     obs.on,

@@ -88,7 +88,7 @@ def _make_account(
     ),
     **spec: Any,
 ) -> acc.Account:
-    from openprepay.core.prepay.commands import set_meter_buy_count
+    from openprepay.core.prepay.purchase_count import set_meter_buy_count
 
     with db.begin() as conn:
         account = acc.create_account(

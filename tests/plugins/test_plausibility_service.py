@@ -128,7 +128,7 @@ async def test_a_garbled_reading_moves_no_money_and_trips_nothing(
     with runtime.db.begin() as conn:
         meter = acc.resolve_meter(runtime.site, runtime.plugins.models, "E-101")
         acc.create_account(conn, acc.AccountSpec("A-101", "tenant", (meter,)))
-    runtime.prepay.operations.topup("A-101", 2000, "pay-1", actor="test")
+    runtime.operations.topup("A-101", 2000, "pay-1", actor="test")
     await until(lambda: baseline_saved(run) and len(run.of("E-101")) >= 3)
 
     use(run, 1.00)  # 1 kWh at 0.50: 50 fen

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from openprepay.core.config.site import load_site
 from openprepay.core.db import Database
 from openprepay.core.prepay import commands as cmds
+from openprepay.core.prepay.purchase_count import set_meter_buy_count
 
 SITE = """
 [site]
@@ -149,7 +150,7 @@ def test_a_replayed_local_topup_reports_its_recharge_as_it_stands(run, site_file
     db = Database(site.sections["database"]["url"])
     try:
         with db.begin() as conn:  # what the service does at attach: read the count (0)
-            cmds.set_meter_buy_count(conn, "E-102", 0)
+            set_meter_buy_count(conn, "E-102", 0)
         first = run("topup", "SITE", "A-102", "50", "--ref", "local-1").output
         assert "RECHARGE #1 queued for E-102 (purchase 1)" in first
         assert (

@@ -347,7 +347,7 @@ def test_no_trip_before_the_disconnection_notice_has_run(tmp_path: Path, plugins
 
 def test_emergency_credit_and_reconnection_after_it(tmp_path: Path, plugins) -> None:
     from openprepay.core import ledger
-    from openprepay.core.prepay.control import Effects
+    from openprepay.core.prepay.effects import Effects
     from openprepay.core.prepay.feecontrol import Cause
 
     ops, db = policy_ops(tmp_path, plugins)

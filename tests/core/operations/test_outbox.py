@@ -20,7 +20,7 @@ from openprepay.core.model import Sample
 from openprepay.core.operations import Operations
 from openprepay.core.operations.outbox import OutboxReader, OutboxTail
 from openprepay.core.prepay import accounts as acc
-from openprepay.core.prepay.control import Effects
+from openprepay.core.prepay.effects import Effects
 from tests.core.prepay.conftest import site_data
 
 

@@ -161,7 +161,7 @@ class Running:
             )
             for m in assigned:
                 if m.control_mode is ControlMode.LOCAL:
-                    from openprepay.core.prepay.commands import set_meter_buy_count
+                    from openprepay.core.prepay.purchase_count import set_meter_buy_count
 
                     set_meter_buy_count(conn, m.meter_id, int(self.sim(m.meter_id).buy_count))
         if balance_fen:

@@ -13,6 +13,7 @@ from openprepay.core.config.site import ControlMode
 from openprepay.core.ledger import RequestError
 from openprepay.core.model import MeterKind
 from openprepay.core.prepay import accounts as acc
+from openprepay.core.prepay.account_import import import_accounts
 from openprepay.core.prepay.feecontrol import FeeThresholds
 from openprepay.core.prepay.local_money import LOCAL_MONEY
 from openprepay.core.rating.rounding import Accrual
@@ -188,7 +189,7 @@ def import_csv(db, site, text, **kw):
         for name, kind in (("test.ELECTRIC", MeterKind.ELECTRIC), ("test.WATER", MeterKind.WATER))
     }
     with db.begin() as conn:
-        return acc.import_accounts(conn, site, models, text, **kw)
+        return import_accounts(conn, site, models, text, **kw)
 
 
 def test_import_creates_good_rows_and_reports_bad_rows_by_line_and_field(db, site, check, snapshot):

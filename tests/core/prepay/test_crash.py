@@ -23,6 +23,7 @@ from openprepay.core.db import schema as t
 from openprepay.core.operations import Operations
 from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay import commands as cmds
+from openprepay.core.prepay.purchase_count import set_meter_buy_count
 from tests.conftest import until
 
 from .conftest import site_data
@@ -123,7 +124,7 @@ async def test_kill_9_mid_stream_loses_nothing(plugins, tmp_path: Path) -> None:
                         account, "tenant", (acc.resolve_meter(site, plugins.models, meter),)
                     ),
                 )
-            cmds.set_meter_buy_count(conn, "E-102", 0)
+            set_meter_buy_count(conn, "E-102", 0)
 
         service = Service(site_file)
         await service.start()

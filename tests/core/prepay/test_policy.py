@@ -22,9 +22,9 @@ from openprepay.core.prepay.policy import (
     Verdict,
     grant_emergency_credit,
     may_disconnect,
-    read_policy,
     reconnect_allowed,
 )
+from openprepay.core.prepay.policy_config import read_policy
 
 TZ = ZoneInfo("Asia/Shanghai")
 POLICY = PolicyConfig()

@@ -1,0 +1,122 @@
+"""Metering's database side: what a flush reads about its meters, and the few statements
+that save a batch's baselines and daily consumption."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..db import schema as t
+
+
+def meter_info(conn: Connection, meters: list[str]) -> dict[str, Any]:
+    """Per meter of an account: its account, control mode, tariff, state and saved rating
+    state and billing problem (one query)."""
+    am, a, pm = t.account_meter, t.account, t.prepay_meter
+    rows = conn.execute(
+        sa.select(
+            am.c.meter_id,
+            am.c.account_id,
+            am.c.control_mode,
+            a.c.state,
+            a.c.tariff_id,
+            a.c.opened_at,
+            pm.c.account_id.label("state_account"),
+            pm.c.rating_state,
+            pm.c.billing_problem,
+        )
+        .join(a, a.c.id == am.c.account_id)
+        .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
+        .where(am.c.meter_id.in_(meters), am.c.detached_at.is_(None))
+    ).all()
+    return {r.meter_id: r for r in rows}
+
+
+def pending_replacements(conn: Connection, meters: Container[str]) -> dict[str, list[Any]]:
+    """Recorded replacements not applied yet, per meter of `meters`, oldest first."""
+    r = t.meter_replacement
+    out: dict[str, list[Any]] = {}
+    for row in conn.execute(
+        sa.select(r.c.id, r.c.meter_id, r.c.at, r.c.final_reading, r.c.initial_reading)
+        .where(r.c.applied_at.is_(None))
+        .order_by(r.c.at, r.c.id)
+    ):
+        if row.meter_id in meters:
+            out.setdefault(row.meter_id, []).append(row)
+    return out
+
+
+def save_states(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """The meters' baselines, one statement for the batch."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(t.prepay_meter)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["meter_id"],
+        set_={
+            "account_id": stmt.excluded.account_id,
+            "rating_state": stmt.excluded.rating_state,
+            "updated_at": stmt.excluded.updated_at,
+        },
+    )
+    conn.execute(stmt, rows)
+
+
+def add_days(
+    conn: Connection,
+    days: Mapping[tuple[str, str], tuple[str, int, dict[str, int]]],
+    now: datetime,
+) -> None:
+    """Add consumption to `meter_usage_day` (energy and per rate), a few statements for
+    the batch."""
+    if not days:
+        return
+    u = t.meter_usage_day
+    existing = {
+        (r.meter_id, r.day): r
+        for r in conn.execute(
+            sa.select(u.c.meter_id, u.c.day, u.c.energy, u.c.by_rate).where(
+                sa.tuple_(u.c.meter_id, u.c.day).in_(list(days))
+            )
+        ).all()
+    }
+    inserts, updates = [], []
+    for (meter_id, day), (account_id, units, by_rate) in days.items():
+        row = existing.get((meter_id, day))
+        if row is None:
+            inserts.append(
+                {
+                    "meter_id": meter_id,
+                    "day": day,
+                    "account_id": account_id,
+                    "energy": units,
+                    "by_rate": dict(by_rate),
+                    "updated_at": now,
+                }
+            )
+            continue
+        merged = {k: int(v) for k, v in (row.by_rate or {}).items()}
+        for k, v in by_rate.items():
+            merged[k] = merged.get(k, 0) + v
+        updates.append(
+            {
+                "m": meter_id,
+                "d": day,
+                "energy": int(row.energy) + units,
+                "by_rate": merged,
+                "updated_at": now,
+            }
+        )
+    if inserts:
+        conn.execute(u.insert(), inserts)
+    if updates:
+        conn.execute(
+            u.update().where(u.c.meter_id == sa.bindparam("m"), u.c.day == sa.bindparam("d")),
+            updates,
+        )
