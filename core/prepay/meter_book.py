@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..rating.engine import Accrual, MeterState, RatingEngine
+from ..rating.engine import MeterState, RatingEngine
+from ..rating.rounding import Accrual
 
 
 @dataclass(slots=True)
