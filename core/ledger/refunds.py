@@ -27,7 +27,14 @@ from .journal import (
     write_journal,
 )
 from .local import LocalMeterCommands, require_local
-from .position import balances, energy_balance, local_meter_for, lock_position, lock_wallet
+from .position import (
+    Position,
+    balances,
+    energy_balance,
+    local_meter_for,
+    lock_position,
+    lock_wallet,
+)
 from .reversal import write_reversal
 from .values import JournalKind, Posting, RefundAllocation, RefundResult, WalletKind
 
@@ -120,27 +127,12 @@ def refund(
     replay = _refund_replay(conn, reference, request)  # a concurrent twin may have won
     if replay is not None:
         return replay
-    wallet, balance = pos.wallet, pos.balance_fen
+    wallet = pos.wallet
     local_meter = local_meter_for(conn, account_id, meter_id, pos)
     if local_meter is not None:
         local = require_local(local, local_meter)
     now = now or utcnow()
-    awaiting = _awaiting_meter_refunds(conn, account_id)
-    orders = _refundable_topups(conn, account_id, now)
-    available = min(balance - pos.emergency_fen - awaiting, sum(o[2] for o in orders))
-    if amount_fen > available:
-        raise RequestError(
-            "amount",
-            f"at most {format_fen(max(available, 0))} can be refunded: energy wallet "
-            f"{format_fen(balance)}"
-            + (
-                f" (of which {format_fen(pos.emergency_fen)} emergency credit)"
-                if pos.emergency_fen
-                else ""
-            )
-            + (f" (of which {format_fen(awaiting)} awaiting meter refunds)" if awaiting else "")
-            + f", unrefunded top-ups of the last 365 days {format_fen(sum(o[2] for o in orders))}",
-        )
+    orders = _check_refundable(conn, account_id, amount_fen, pos, now)
     journal_id = None
     if local_meter is None:
         journal_id = _post_request(
@@ -170,17 +162,7 @@ def refund(
             "updated_at": now,
         },
     ).scalar_one()
-    need = amount_fen
-    for topup_id, _ref, free, _channel in orders:
-        if need == 0:
-            break
-        take = min(free, need)
-        need -= take
-        conn.execute(
-            t.refund_allocation.insert(),
-            {"refund_id": refund_id, "topup_id": topup_id, "amount_fen": take},
-        )
-        _add_refunded(conn, topup_id, take)
+    _allocate(conn, refund_id, orders, amount_fen)
     if local_meter is not None and local is not None:
         command_id = local.refund(
             conn,
@@ -196,6 +178,48 @@ def refund(
     elif settle:
         settle_refund(conn, reference, requested_by=requested_by, now=now)
     return refund_result(conn, reference, replayed=False)
+
+
+def _check_refundable(
+    conn: Connection, account_id: str, amount_fen: int, pos: Position, now: datetime
+) -> list[Any]:
+    """The account's refundable top-ups (newest first), refusing `amount_fen` above what
+    can be refunded: the energy wallet less emergency credit and refunds awaiting a
+    meter, and at most the unrefunded top-ups of the last 365 days."""
+    balance = pos.balance_fen
+    awaiting = _awaiting_meter_refunds(conn, account_id)
+    orders = _refundable_topups(conn, account_id, now)
+    unrefunded = sum(o[2] for o in orders)
+    available = min(balance - pos.emergency_fen - awaiting, unrefunded)
+    if amount_fen > available:
+        raise RequestError(
+            "amount",
+            f"at most {format_fen(max(available, 0))} can be refunded: energy wallet "
+            f"{format_fen(balance)}"
+            + (
+                f" (of which {format_fen(pos.emergency_fen)} emergency credit)"
+                if pos.emergency_fen
+                else ""
+            )
+            + (f" (of which {format_fen(awaiting)} awaiting meter refunds)" if awaiting else "")
+            + f", unrefunded top-ups of the last 365 days {format_fen(unrefunded)}",
+        )
+    return orders
+
+
+def _allocate(conn: Connection, refund_id: int, orders: list[Any], amount_fen: int) -> None:
+    """Take the refund from the top-ups, newest first."""
+    need = amount_fen
+    for topup_id, _ref, free, _channel in orders:
+        if need == 0:
+            break
+        take = min(free, need)
+        need -= take
+        conn.execute(
+            t.refund_allocation.insert(),
+            {"refund_id": refund_id, "topup_id": topup_id, "amount_fen": take},
+        )
+        _add_refunded(conn, topup_id, take)
 
 
 def _post_request(

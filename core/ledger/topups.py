@@ -17,7 +17,7 @@ from .codes import check_channel, clearing_code, emergency_code
 from .errors import LedgerIntegrityError, RequestError
 from .journal import check_reference, find_replay, write_journal
 from .local import LocalMeterCommands, require_local
-from .position import energy_balance, local_meter_for, lock_position
+from .position import Position, energy_balance, local_meter_for, lock_position
 from .values import Journal, JournalKind, Posting, TopUpResult
 
 _TOPUP_COLUMNS = (
@@ -74,81 +74,39 @@ def topup(
     local_meter = local_meter_for(conn, account_id, meter_id, pos)
     if local_meter is not None:
         local = require_local(local, local_meter)
-    after = balance + amount_fen
-    if after > CAPACITY_FEN:
-        raise RequestError(
-            "amount",
-            f"balance {format_fen(balance)} + {format_fen(amount_fen)} would exceed the "
-            f"capacity {format_fen(CAPACITY_FEN)}",
-        )
-    if pos.hoard_limit_fen and after > pos.hoard_limit_fen:
-        raise RequestError(
-            "amount",
-            f"balance {format_fen(balance)} + {format_fen(amount_fen)} = {format_fen(after)} "
-            f"would exceed the account's hoarding limit {format_fen(pos.hoard_limit_fen)}",
-        )
+    after = _check_room(balance, amount_fen, pos.hoard_limit_fen)
     now = now or utcnow()
-    journal_id = write_journal(
-        conn,
-        JournalKind.TOPUP,
-        key,
-        [Posting(counter, amount_fen), Posting(wallet, -amount_fen)],
-        request=request,
-        account_id=account_id,
-        meter_id=local_meter,
-        memo=f"top-up via {channel}",
-        requested_by=requested_by,
-        now=now,
-        known_wallets=(wallet,),
-        known_accounts=(counter,) if pos.counter_exists else (),
-    )
+    journal_id = _post_topup(conn, key, request, pos, counter, local_meter, requested_by, now)
     if journal_id is None:  # a concurrent request with the same reference won
         return _topup_replay(conn, key, request)
 
+    # A LOCAL meter's emergency credit is the meter's own: it repays it itself.
     repaid = 0
-    outstanding = 0 if local_meter else pos.emergency_fen
-    if outstanding > 0:
-        repaid = min(outstanding, amount_fen)
-        write_journal(
+    if not local_meter and pos.emergency_fen > 0:
+        repaid = _repay_emergency(
             conn,
-            JournalKind.EMERGENCY_REPAY,
-            f"emergency_repay:{reference}",
-            [Posting(wallet, repaid), Posting(emergency_code(account_id), -repaid)],
-            request={"account": account_id, "amount_fen": repaid, "topup": reference},
-            account_id=account_id,
-            memo=f"emergency credit repaid from top-up {reference}",
+            account_id,
+            wallet,
+            min(pos.emergency_fen, amount_fen),
+            reference,
             requested_by=requested_by,
             now=now,
-            known_wallets=(wallet,),
         )
 
     buy_count = command_id = None
     if local_meter is not None and local is not None:
+        reason = f"top-up {reference} of {format_fen(amount_fen)} via {channel}"
         buy_count, command_id = local.recharge(
             conn,
             local_meter,
             account_id=account_id,
             amount_fen=amount_fen,
             journal_id=journal_id,
-            reason=f"top-up {reference} of {format_fen(amount_fen)} via {channel}",
+            reason=reason,
             requested_by=requested_by or "ledger",
             now=now,
         )
-    _fast_topup.execute(
-        conn,
-        {
-            "account_id": account_id,
-            "reference": reference,
-            "channel": channel,
-            "amount_fen": amount_fen,
-            "journal_id": journal_id,
-            "meter_id": local_meter,
-            "buy_count": buy_count,
-            "command_id": command_id,
-            "created_at": db_time(conn, now),
-        },
-    ).close()
-    return TopUpResult(
+    result = TopUpResult(
         reference,
         account_id,
         amount_fen,
@@ -161,6 +119,97 @@ def topup(
         buy_count,
         command_id,
     )
+    _fast_topup.execute(conn, _order_row(conn, result, now)).close()
+    return result
+
+
+def _post_topup(
+    conn: Connection,
+    key: str,
+    request: dict[str, Any],
+    pos: Position,
+    counter: str,
+    local_meter: str | None,
+    requested_by: str,
+    now: datetime,
+) -> int | None:
+    """The top-up's journal (Dr clearing / Cr wallet); None when a concurrent request with
+    the same reference posted first."""
+    amount_fen = request["amount_fen"]
+    return write_journal(
+        conn,
+        JournalKind.TOPUP,
+        key,
+        [Posting(counter, amount_fen), Posting(pos.wallet, -amount_fen)],
+        request=request,
+        account_id=request["account"],
+        meter_id=local_meter,
+        memo=f"top-up via {request['channel']}",
+        requested_by=requested_by,
+        now=now,
+        known_wallets=(pos.wallet,),
+        known_accounts=(counter,) if pos.counter_exists else (),
+    )
+
+
+def _order_row(conn: Connection, r: TopUpResult, now: datetime) -> dict[str, Any]:
+    """The top-up order row (what refunds allocate against and replays read back)."""
+    return {
+        "account_id": r.account_id,
+        "reference": r.reference,
+        "channel": r.channel,
+        "amount_fen": r.amount_fen,
+        "journal_id": r.journal_id,
+        "meter_id": r.meter_id,
+        "buy_count": r.buy_count,
+        "command_id": r.command_id,
+        "created_at": db_time(conn, now),
+    }
+
+
+def _check_room(balance_fen: int, amount_fen: int, hoard_limit_fen: int) -> int:
+    """The balance after the top-up, refused above the meter capacity or the account's
+    hoarding limit (0: none)."""
+    after = balance_fen + amount_fen
+    if after > CAPACITY_FEN:
+        raise RequestError(
+            "amount",
+            f"balance {format_fen(balance_fen)} + {format_fen(amount_fen)} would exceed the "
+            f"capacity {format_fen(CAPACITY_FEN)}",
+        )
+    if hoard_limit_fen and after > hoard_limit_fen:
+        raise RequestError(
+            "amount",
+            f"balance {format_fen(balance_fen)} + {format_fen(amount_fen)} = {format_fen(after)} "
+            f"would exceed the account's hoarding limit {format_fen(hoard_limit_fen)}",
+        )
+    return after
+
+
+def _repay_emergency(
+    conn: Connection,
+    account_id: str,
+    wallet: str,
+    repaid: int,
+    reference: str,
+    *,
+    requested_by: str,
+    now: datetime,
+) -> int:
+    """Repay outstanding emergency credit from the top-up `reference`; returns `repaid`."""
+    write_journal(
+        conn,
+        JournalKind.EMERGENCY_REPAY,
+        f"emergency_repay:{reference}",
+        [Posting(wallet, repaid), Posting(emergency_code(account_id), -repaid)],
+        request={"account": account_id, "amount_fen": repaid, "topup": reference},
+        account_id=account_id,
+        memo=f"emergency credit repaid from top-up {reference}",
+        requested_by=requested_by,
+        now=now,
+        known_wallets=(wallet,),
+    )
+    return repaid
 
 
 #: What makes two top-ups under one reference the same payment. The channel and the meter

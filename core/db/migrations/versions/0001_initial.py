@@ -21,6 +21,8 @@ BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    """Create the initial schema. Long because it is one revision's table list, frozen
+    history: it is never edited once released."""
     op.create_table(
         "account",
         sa.Column("id", sa.String(length=64), nullable=False),

@@ -28,6 +28,8 @@ def _fk(table: str, column: str, target: str) -> sa.ForeignKeyConstraint:
 
 
 def upgrade() -> None:
+    """Create the billing tables. Long because it is one revision's table list, frozen
+    history: it is never edited once released."""
     op.create_table(
         "billing_reading",
         sa.Column("meter_id", sa.String(length=64), nullable=False),
