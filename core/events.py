@@ -86,8 +86,8 @@ def utcnow() -> datetime:
 def set_wall_clock(at: datetime | None) -> None:
     """Run the whole process's wall clock from `at` on (None: the machine's clock again).
 
-    For rehearsing a freeze instant or a month-end with simulated meters (`openprepay demo
-    --clock`) and for tests that cross one: every sample, reading, posting and schedule
+    For rehearsing a freeze instant or a month-end with simulated meters, and for tests
+    that cross one: every sample, reading, posting and schedule
     stamped with `utcnow()` follows; timers (the event loop's monotonic clock) do not, so
     polling keeps its real pace. Never for a service with real meters and real money."""
     global _wall_offset

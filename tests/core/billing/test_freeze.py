@@ -124,10 +124,7 @@ async def test_the_month_end_bills_every_meter_from_its_last_real_reading(
     shop_meters = {m for m in captured if runtime.site.devices[m].control_mode.value == "POSTPAID"}
     shop_meters.discard(f"M-{next(iter(runtime.site.buildings))}")
     billed = {
-        ln["meter"]: ln["energy"]
-        for b in bills
-        for ln in b.lines
-        if ln["kind"] == "meter_reading"
+        ln["meter"]: ln["energy"] for b in bills for ln in b.lines if ln["kind"] == "meter_reading"
     }
     opening = {r.meter_id: r.energy for r in first}
     assert billed == {m: at_freeze[m].energy - opening[m] for m in shop_meters}
