@@ -14,7 +14,7 @@ import logging
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 log = logging.getLogger("openprepay.events")
@@ -72,8 +72,26 @@ def publish_on_loop(
     publish(item)
 
 
+#: How far the service's wall clock runs ahead of the machine's (see `set_wall_clock`).
+_wall_offset = timedelta(0)
+
+
 def utcnow() -> datetime:
+    """The service's wall clock: the machine's, unless `set_wall_clock` moved it."""
+    if _wall_offset:
+        return datetime.now(UTC) + _wall_offset
     return datetime.now(UTC)
+
+
+def set_wall_clock(at: datetime | None) -> None:
+    """Run the whole process's wall clock from `at` on (None: the machine's clock again).
+
+    For rehearsing a freeze instant or a month-end with simulated meters, and for tests
+    that cross one: every sample, reading, posting and schedule
+    stamped with `utcnow()` follows; timers (the event loop's monotonic clock) do not, so
+    polling keeps its real pace. Never for a service with real meters and real money."""
+    global _wall_offset
+    _wall_offset = timedelta(0) if at is None else at - datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +331,16 @@ class ApportionmentAlert(Event):
     pool_id: str
     period: str
     state: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MonthEndHeld(Event):
+    """The month-end of `period` did not run: its freeze readings are missing or stale
+    (`reason` names the meters). It runs at the next look once an operator has recorded the
+    readings; or an operator runs it with an override reason (core/billing/closing.py)."""
+
+    period: str
     reason: str
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -323,6 +323,17 @@ def difference(start: Reading, end: Reading, modulus: int | None = None) -> int 
     return None
 
 
+def _is_reading(sample: Sample, points: Sequence[str]) -> bool:
+    """Whether `sample` holds every billing register Good. The sample stream carries more
+    under a meter's id than its registers (the link's per-device health figures, a failed
+    read's empty sample): only a reading may become the reading of an instant, else it
+    would displace the real one held before it."""
+    values = sample.values
+    if sample.point_quality:
+        return all(p in values and sample.quality_of(p).is_good for p in points)
+    return all(p in values for p in points)
+
+
 class ReadingCapture:
     """Keeps the last Good reading of each captured meter before each capture instant."""
 
@@ -359,7 +370,10 @@ class ReadingCapture:
         return cls(calendar, layouts)
 
     def on_sample(self, sample: Sample) -> None:
-        if sample.quality is not Quality.GOOD or sample.source not in self.layouts:
+        if sample.quality is not Quality.GOOD:
+            return
+        layout = self.layouts.get(sample.source)
+        if layout is None or not _is_reading(sample, layout.points):
             return
         meter = sample.source
         held = self._held.get(meter)

@@ -22,18 +22,21 @@ import asyncio
 import datetime as dt
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from ..config.site import Site
 from ..db import Database
 from ..db import schema as t
-from ..events import ApportionmentAlert, EventBus, publish_on_loop, utcnow
+from ..errors import RequestError
+from ..events import ApportionmentAlert, EventBus, MonthEndHeld, publish_on_loop, utcnow
 from ..ledger import insert_ignore
 from ..model import DeviceModel, Sample
+from ..prepay.effects import Effects
 from ..prepay.engine_settings import load_engine
 from ..prepay.settings import PrepaySettings, load_prepay
 from ..rating.tariff_reading import load_tariffs
@@ -42,6 +45,7 @@ from .apportion import Apportionment
 from .batch import Batches
 from .bills import Bills
 from .charges import Charges
+from .closing import PeriodCheck, check_period, postpaid_meters, require_closable
 from .periods import Calendar
 from .readings import ReadingCapture, save_captured
 from .runs import Computed, RunResult, RunState
@@ -59,6 +63,8 @@ class MonthEndReport:
     charges: list[RunResult | Computed] = field(default_factory=list)
     drafts: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    #: The audit event of an override that let the month-end close the period early.
+    overridden: list[Any] = field(default_factory=list)
 
     def alerts(self) -> list[ApportionmentAlert]:
         out = []
@@ -109,6 +115,49 @@ class Billing:
     #: The steps of `month_end`, in order (what a progress display counts).
     MONTH_END_STEPS = ("apportionment", "charges", "drafts")
 
+    def period_check(
+        self,
+        conn: Connection,
+        period: str,
+        *,
+        now: dt.datetime,
+        pools: Sequence[str] | None = None,
+        drafts: bool = True,
+        accounts: Sequence[str] | None = None,
+    ) -> PeriodCheck:
+        """Whether `period` may be closed at `now` (core/billing/closing.py) for the meters
+        a step bills: those of `pools` (all pools when None, none when empty) and, with
+        `drafts`, the POSTPAID meters (of `accounts`)."""
+        meters: set[str] = set()
+        if self.settings.apportionment:
+            chosen = list(self.settings.pools) if pools is None else list(pools)
+            meters.update(m for p in chosen for m in self.apportionment.pool(p).meters)
+        if drafts:
+            meters.update(postpaid_meters(conn, accounts))
+        max_age = dt.timedelta(seconds=self.settings.reading_max_age_s)
+        return check_period(conn, self.calendar, period, meters, now=now, max_age=max_age)
+
+    def require_closable(
+        self,
+        conn: Connection,
+        period: str,
+        step: str,
+        *,
+        now: dt.datetime,
+        actor: str,
+        override: str | None = None,
+        pools: Sequence[str] | None = None,
+        drafts: bool = True,
+        accounts: Sequence[str] | None = None,
+    ) -> Effects:
+        """Refuse `step` of a period that has not ended or lacks freeze readings, unless
+        `override` says why (audited in `conn`'s transaction; the effects carry the audit
+        event)."""
+        check = self.period_check(
+            conn, period, now=now, pools=pools, drafts=drafts, accounts=accounts
+        )
+        return require_closable(conn, check, step=step, override=override, actor=actor, now=now)
+
     def month_end(
         self,
         db: Database,
@@ -117,10 +166,13 @@ class Billing:
         actor: str,
         now: dt.datetime | None = None,
         progress: Callable[[str, int], None] | None = None,
+        override: str | None = None,
     ) -> MonthEndReport:
         """Apportionment, charges and post-paid drafts of `period` (each idempotent; each
-        step its own transaction). `progress(step, steps_done)` is called before each step
-        and once at the end (step "done")."""
+        step its own transaction). Refused, before anything is written, for a period that
+        has not ended or lacks freeze readings, unless `override` says why (audited).
+        `progress(step, steps_done)` is called before each step and once at the end (step
+        "done")."""
         import time
 
         def step(name: str, done: int) -> None:
@@ -132,6 +184,9 @@ class Billing:
         t0 = time.perf_counter()
         step("apportionment", 0)
         with db.begin() as conn:
+            report.overridden = self.require_closable(
+                conn, period, "month-end", now=now, actor=actor, override=override
+            ).events
             report.pools = self.apportionment.run(conn, period, actor=actor, now=now)
         t1 = time.perf_counter()
         step("charges", 1)
@@ -197,6 +252,8 @@ class BillingService:
         self._unsubscribe: Callable[[], None] | None = None
         self._wake_batches = asyncio.Event()
         self.month_ends: list[MonthEndReport] = []
+        #: period → why its month-end is held (said once per reason).
+        self._held: dict[str, str] = {}
 
     def _publish(self, item: object) -> None:
         """Publish on the service's event loop, whatever thread the call comes from (batch
@@ -344,9 +401,16 @@ class BillingService:
             )
         return period
 
-    def run_month_end(self, period: str) -> MonthEndReport:
+    def run_month_end(self, period: str) -> MonthEndReport | None:
+        """The month-end of a claimed `period`; None when it is held (freeze readings
+        missing or stale: an operator records them, or runs it with an override), in which
+        case the cycle is HELD with the reason and retried at the next look."""
         now = self.clock()
-        report = self.billing.month_end(self.db, period, actor=MONTH_END, now=now)
+        try:
+            report = self.billing.month_end(self.db, period, actor=MONTH_END, now=now)
+        except RequestError as refused:
+            self._hold(period, refused.message)
+            return None
         with self.db.begin() as conn:
             conn.execute(
                 t.billing_cycle.update()
@@ -361,6 +425,18 @@ class BillingService:
         self.month_ends.append(report)
         return report
 
+    def _hold(self, period: str, reason: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                t.billing_cycle.update()
+                .where(t.billing_cycle.c.period == period)
+                .values(state="HELD", lease_until=None, summary={"held": reason})
+            )
+        if self._held.get(period) != reason:  # said once, not at every look
+            self._held[period] = reason
+            log.warning("month-end of %s held: %s", period, reason, extra={"period": period})
+            self._publish(MonthEndHeld(period, reason))
+
     async def _month_end_loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -371,7 +447,7 @@ class BillingService:
                     log.info("month-end of %s", period)
                     await asyncio.to_thread(self.flush_readings)
                     report = await asyncio.to_thread(self.run_month_end, period)
-                    for alert in report.alerts():
+                    for alert in report.alerts() if report is not None else ():
                         log.warning(
                             "common area %s %s %s: %s",
                             alert.pool_id,

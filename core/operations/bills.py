@@ -31,11 +31,30 @@ class BillDoor(Door):
         )
 
     def draft_bills(
-        self, period: str, *, accounts: Sequence[str] | None = None, actor: str
+        self,
+        period: str,
+        *,
+        accounts: Sequence[str] | None = None,
+        actor: str,
+        override: str | None = None,
     ) -> list[BillSummary]:
-        """Compute and store the drafts of `period` (all accounts, or `accounts`)."""
+        """Compute and store the drafts of `period` (all accounts, or `accounts`); refused
+        before the period has ended or while a POSTPAID meter lacks its freeze reading,
+        unless `override` says why (audited)."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> list[BillSummary]:
+            effects.extend(
+                self.billing.require_closable(
+                    conn,
+                    period,
+                    "bill drafting",
+                    now=now,
+                    actor=actor,
+                    override=override,
+                    pools=(),
+                    accounts=accounts,
+                )
+            )
             return self.billing.bills.draft(conn, period, accounts=accounts, now=now)
 
         return self._call(

@@ -17,7 +17,7 @@ from ...ledger import format_fen, parse_yuan
 from .. import CliContext
 from ..common import site_argument
 from ..database import operator
-from .common import echo_table, formats, parse_day
+from .common import echo_table, formats, override_option, parse_day
 from .services import billing_services
 
 
@@ -48,11 +48,18 @@ def _bill_table(bills: Sequence[Any], title: str) -> Table:
 @site_argument
 @click.option("--period", required=True)
 @click.option("--account", "accounts", multiple=True)
+@override_option
 @click.pass_obj
-def bill_draft(obj: CliContext, site_file: str, period: str, accounts: tuple[str, ...]) -> None:
-    """Compute the drafts of PERIOD (again and again until they are confirmed)."""
+def bill_draft(
+    obj: CliContext, site_file: str, period: str, accounts: tuple[str, ...], override: str | None
+) -> None:
+    """Compute the drafts of PERIOD (again and again until they are confirmed). Refused
+    before PERIOD's freeze instant and while a post-paid meter has no recent reading at it,
+    unless --override says why."""
     with billing_services(site_file, obj) as c:
-        drafts = c.operations.draft_bills(period, accounts=list(accounts) or None, actor=operator())
+        drafts = c.operations.draft_bills(
+            period, accounts=list(accounts) or None, actor=operator(), override=override
+        )
     echo_table(_bill_table(drafts, f"Drafts {period}"))
 
 

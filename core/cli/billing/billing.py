@@ -10,6 +10,7 @@ import click
 
 from ...billing import runs
 from ...billing.charges import charge_once, items_of
+from ...billing.closing import PeriodCheck
 from ...billing.export import Table
 from ...billing.readings import meter_model, readings_at, record_reading
 from ...billing.runs import Computed, RunResult
@@ -20,8 +21,14 @@ from ...ledger import RequestError, format_fen, parse_yuan
 from .. import EXIT_FAILED, CliContext
 from ..common import progress_bar, site_argument
 from ..database import operator
-from .common import echo_table, pair, parse_time
+from .common import echo_table, override_option, pair, parse_time
 from .services import billing_services
+
+
+def _say_provisional(check: PeriodCheck) -> None:
+    """A dry run of a period that cannot be closed yet shows figures that are not final."""
+    if not check.closable:
+        click.echo(f"PROVISIONAL: {check.describe()}")
 
 
 @click.group("billing")
@@ -155,12 +162,19 @@ def _show_run(r: RunResult | Computed, tz: Any) -> None:
 @click.option("--period", required=True, help="Billing period, e.g. 2025-03.")
 @click.option("--pool", "pools", multiple=True, help="Only these pools.")
 @click.option("--dry-run", is_flag=True, help="Compute and show; post nothing.")
+@override_option
 @click.pass_obj
 def billing_apportion(
-    obj: CliContext, site_file: str, period: str, pools: tuple[str, ...], dry_run: bool
+    obj: CliContext,
+    site_file: str,
+    period: str,
+    pools: tuple[str, ...],
+    dry_run: bool,
+    override: str | None,
 ) -> None:
     """Share the common-area energy of PERIOD (again: the same result changes nothing; a
-    different one reverses and re-posts)."""
+    different one reverses and re-posts). Refused before PERIOD's freeze instant and while
+    a pool meter has no recent reading at it, unless --override says why."""
     with billing_services(site_file, obj) as c:
         if not c.billing.settings.apportionment:
             click.echo(
@@ -168,9 +182,24 @@ def billing_apportion(
                 "([billing] apportionment = false)"
             )
             return
+        now, chosen = utcnow(), pools or None
         with c.db.begin() as conn:
+            if dry_run:
+                check = c.billing.period_check(conn, period, now=now, pools=chosen, drafts=False)
+                _say_provisional(check)
+            else:
+                c.billing.require_closable(
+                    conn,
+                    period,
+                    "apportionment",
+                    now=now,
+                    actor=operator(),
+                    override=override,
+                    pools=chosen,
+                    drafts=False,
+                )
             results = c.billing.apportionment.run(
-                conn, period, pools=pools or None, actor=operator(), now=utcnow(), dry_run=dry_run
+                conn, period, pools=chosen, actor=operator(), now=now, dry_run=dry_run
             )
     for r in results:
         _show_run(r, c.site.info.tz)
@@ -209,18 +238,39 @@ def billing_approve(obj: CliContext, site_file: str, pool: str, period: str) -> 
 @click.option("--period", required=True)
 @click.option("--charge", "charges", multiple=True, help="Only these charges.")
 @click.option("--dry-run", is_flag=True)
+@override_option
 @click.pass_obj
 def billing_charge(
-    obj: CliContext, site_file: str, period: str, charges: tuple[str, ...], dry_run: bool
+    obj: CliContext,
+    site_file: str,
+    period: str,
+    charges: tuple[str, ...],
+    dry_run: bool,
+    override: str | None,
 ) -> None:
-    """Charge the custom charges of [billing.charges] due in PERIOD (idempotent)."""
+    """Charge the custom charges of [billing.charges] due in PERIOD (idempotent); refused
+    before PERIOD has ended unless --override says why."""
+    now = utcnow()
     with billing_services(site_file, obj) as c, c.db.begin() as conn:
+        if dry_run:
+            _say_provisional(c.billing.period_check(conn, period, now=now, pools=(), drafts=False))
+        else:
+            c.billing.require_closable(
+                conn,
+                period,
+                "charges",
+                now=now,
+                actor=operator(),
+                override=override,
+                pools=(),
+                drafts=False,
+            )
         results = c.billing.charges.run(
             conn,
             period,
             charges=charges or None,
             actor=operator(),
-            now=utcnow(),
+            now=now,
             dry_run=dry_run,
         )
     for r in results:
@@ -291,10 +341,13 @@ def billing_charge_once(
 @billing_group.command("month-end")
 @site_argument
 @click.option("--period", required=True)
+@override_option
 @click.pass_obj
-def billing_month_end(obj: CliContext, site_file: str, period: str) -> None:
+def billing_month_end(obj: CliContext, site_file: str, period: str, override: str | None) -> None:
     """Apportionment, charges and post-paid drafts of PERIOD (what the service runs the day
-    after the freeze instant); each step is idempotent."""
+    after the freeze instant); each step is idempotent. Refused before PERIOD's freeze
+    instant and while a billed meter has no recent reading at it, unless --override says
+    why."""
     steps = Billing.MONTH_END_STEPS
     with billing_services(site_file, obj) as c, progress_bar(f"{period}", len(steps)) as update:
         report = c.billing.month_end(
@@ -302,7 +355,10 @@ def billing_month_end(obj: CliContext, site_file: str, period: str) -> None:
             period,
             actor=operator(),
             progress=lambda step, done: update(done, description=f"{period}: {step}"),
+            override=override,
         )
+    for event in report.overridden:
+        click.echo(f"override recorded in the audit log: {event.detail}")
     for r in [*report.pools, *report.charges]:
         _show_run(r, c.site.info.tz)
     click.echo(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -109,3 +110,14 @@ OUT = click.option(
 )
 FROM = click.option("--from", "from_text", required=True, help="First day, e.g. 2025-01-01.")
 TO = click.option("--to", "to_text", required=True, help="Last day (included).")
+
+
+OVERRIDE_HELP = (
+    "Close the period although it has not ended or its freeze readings are missing or stale: "
+    "the reason is written to the audit log."
+)
+
+
+def override_option(f: Any) -> Any:
+    """`--override REASON` of the steps that close a period (core/billing/closing.py)."""
+    return click.option("--override", metavar="REASON", help=OVERRIDE_HELP)(f)

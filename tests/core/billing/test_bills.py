@@ -86,7 +86,7 @@ def test_draft_confirm_issue_pay(db, postpaid, check):
 
     # February: example A (2,800 kWh before, 150 this month) = 67.20 + 3.50 tier 2; the
     # January bill is overdue from 18 Feb: 11 days × 1‰ of 1,561.75 = 17.18.
-    billing.month_end(db, "2025-02", actor="month-end", now=NOW)
+    billing.month_end(db, "2025-02", actor="month-end", now=MAR + dt.timedelta(hours=9))
     with db.read() as conn:
         [feb] = bills.list(conn, period="2025-02")
     usage = sum(ln["amount_fen"] for ln in feb.lines if ln["kind"] == "electricity")
@@ -336,7 +336,7 @@ def test_a_late_fee_keeps_its_bill_until_the_later_bill_is_void(db, postpaid, ch
     with db.begin() as conn:
         bills.confirm(conn, period="2025-01", actor="a", now=NOW)
         bills.issue(conn, period="2025-01", on=dt.date(2025, 2, 2), actor="a", now=NOW)
-    postpaid.month_end(db, "2025-02", actor="t", now=NOW)
+    postpaid.month_end(db, "2025-02", actor="t", now=MAR + dt.timedelta(hours=9))
     with db.begin() as conn:
         bills.confirm(conn, period="2025-02", actor="a", now=NOW)
     with db.read() as conn:

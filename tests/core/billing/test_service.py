@@ -6,6 +6,7 @@ instant, by one of several instances, with an alert for a faulty pool."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from openprepay.core.billing.service import BillingService
 from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
 from openprepay.core.events import ApportionmentAlert, EventBus
+from openprepay.core.field.diagnostics import HEALTH_MODEL, DeviceHealth
 from openprepay.core.model import Quality, Sample
 from openprepay.core.operations import Operations
 
@@ -85,6 +87,28 @@ def test_capture_keeps_the_last_good_reading_at_or_before_each_instant(sqlite_db
         assert readings_at(conn, ["M-A"], FEB)["M-A"].energy == 1_000_050
         manual = readings_at(conn, ["M-A"], next_day)["M-A"]
     assert (manual.energy, manual.source) == (1_010_000, "manual")
+
+
+def test_health_figures_under_a_meters_id_never_displace_its_reading(sqlite_db):
+    """The link publishes each meter's health figures under the meter's id; one that comes
+    after the last reading before a save (or the instant) must not drop the reading."""
+    service, bus = _service(sqlite_db, Clock(FEB))
+    bus.subscribe(Sample, service.capture.on_sample)
+    last = FEB - dt.timedelta(seconds=5)
+    bus.publish(_sample("M-A", last, 1000.05))
+    health = DeviceHealth("M-A", "L-A", 5.0)
+    health.online = True
+    bus.publish(Sample("M-A", HEALTH_MODEL, FEB - dt.timedelta(seconds=1), health.values()))
+    bus.publish(Sample("M-A", MAIN, FEB - dt.timedelta(seconds=1), {}, Quality.GOOD))
+    garbled = _sample("M-A", FEB, 1999.0)  # a value the plausibility check marked Bad
+    garbled = dataclasses.replace(
+        garbled, point_quality={"energy_total": Quality.BAD_DEVICE_FAILURE}
+    )
+    bus.publish(garbled)
+    assert service.flush_readings() == 1
+    with sqlite_db.read() as conn:
+        reading = readings_at(conn, ["M-A"], FEB)["M-A"]
+    assert (reading.energy, reading.read_at) == (1_000_050, last)
 
 
 async def test_month_end_runs_once_after_the_freeze_instant(sqlite_db, site):
