@@ -74,8 +74,22 @@ class Reports:
         return buckets(start, end, by)
 
     # -- finance ---------------------------------------------------------------------------
-    def revenue(self, conn: Connection, start: dt.date, end: dt.date, by: str = "month") -> Table:
-        return finance.revenue(self.scope, conn, start, end, by)
+    def revenue(
+        self,
+        conn: Connection,
+        start: dt.date,
+        end: dt.date,
+        by: str = "month",
+        basis: str = "posting",
+    ) -> Table:
+        """Revenue by stream, by posting date (default) or by service period."""
+        return finance.revenue(self.scope, conn, start, end, by, basis)
+
+    def revenue_bases(
+        self, conn: Connection, start: dt.date, end: dt.date, by: str = "month"
+    ) -> Table:
+        """Revenue by posting date against by service period, with what moved."""
+        return finance.revenue_bases(self.scope, conn, start, end, by)
 
     def orders(
         self, conn: Connection, start: dt.date, end: dt.date, *, account: str | None = None

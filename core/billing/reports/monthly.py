@@ -23,6 +23,7 @@ from ...rating.tariffs import SINGLE_RATE
 from ...rating.units import ENERGY_SCALE
 from ..export import Chart, Table, yuan
 from ..periods import parse_period
+from .attribution import usage_by_meter
 from .common import ReportScope, energy, rate_order, unbilled_notes, usage_days
 
 #: meter → (account, tariff, tenant name) of the open account it is attached to.
@@ -118,9 +119,11 @@ def _table(month: str, commodity: str, rates: Sequence[str], notes: Sequence[str
         sheet=f"{commodity} {month}",
         chart=Chart("bar", 0, (3,), f"{commodity} {month} per room", unit),
         notes=[
-            "Cost = the month's usage deductions of the room's meters (ledger), and the "
-            "usage lines of the month's confirmed post-paid bills, split over the rates in "
-            "proportion to the tariff's exact amounts for the month's energy.",
+            "Basis: service period. Cost = the prepaid usage of the room's meters read in "
+            "the month (ledger) and the usage lines of the month's confirmed post-paid "
+            "bills (however late they were confirmed), split over the rates in proportion "
+            "to the tariff's exact amounts for the month's energy — the electricity or water "
+            "of `report revenue --basis service` for the month.",
             *notes,
         ],
     )
@@ -149,24 +152,9 @@ def _change_pct(now: int, last: int) -> Decimal | None:
 def _deducted(
     scope: ReportScope, conn: Connection, meters: Sequence[str], first: dt.date, nxt: dt.date
 ) -> dict[str, int]:
-    """meter → what the ledger took for its usage in the month (prepaid)."""
-    lo, hi = scope.midnight(first), scope.midnight(nxt)
-    j, p = t.journal, t.posting
-    return {
-        meter: int(total)
-        for meter, total in conn.execute(
-            sa.select(j.c.meter_id, sa.func.sum(p.c.amount_fen))
-            .join(j, j.c.id == p.c.journal_id)
-            .where(
-                j.c.kind == "usage",
-                p.c.ledger_account.like("liab:wallet:%"),
-                j.c.created_at >= lo,
-                j.c.created_at < hi,
-                j.c.meter_id.in_(meters),
-            )
-            .group_by(j.c.meter_id)
-        ).all()
-    }
+    """meter → what the ledger took for its prepaid usage read in the month (the
+    revenue report's service period)."""
+    return usage_by_meter(scope, conn, scope.midnight(first), scope.midnight(nxt), meters)
 
 
 def _billed(conn: Connection, month: str, room_meters: set[str]) -> dict[str, int]:
