@@ -43,7 +43,7 @@ from ...model import DeviceModel
 from ...rating.tariffs import TariffCatalogue
 from ..export import Table
 from ..periods import Calendar
-from . import energy, finance, monthly
+from . import channels, energy, finance, monthly
 from .common import ReportScope, buckets
 
 
@@ -90,6 +90,10 @@ class Reports:
     ) -> Table:
         """Revenue by posting date against by service period, with what moved."""
         return finance.revenue_bases(self.scope, conn, start, end, by)
+
+    def channels(self, conn: Connection, start: dt.date, end: dt.date, by: str = "month") -> Table:
+        """Money received and paid back per payment channel (see `channels`)."""
+        return channels.channels(self.scope, conn, start, end, by)
 
     def orders(
         self, conn: Connection, start: dt.date, end: dt.date, *, account: str | None = None
