@@ -43,6 +43,7 @@ from ...model import DeviceModel
 from ...rating.tariffs import TariffCatalogue
 from ..export import Table
 from ..periods import Calendar
+from ..settings import Pool, load_billing
 from . import channels, energy, finance, monthly
 from .common import ReportScope, buckets
 
@@ -59,7 +60,10 @@ class Reports:
         calendar: Calendar,
         register_rates: Mapping[str, Sequence[str]] | None = None,
         default_tariffs: Mapping[str, str] | None = None,
+        pools: Sequence[Pool] | None = None,
     ) -> None:
+        if pools is None:  # the site's own [billing] pools
+            pools = list(load_billing(site, models).pools.values())
         self.scope = ReportScope(
             site,
             models,
@@ -67,6 +71,7 @@ class Reports:
             calendar,
             dict(register_rates or {}),
             dict(default_tariffs or {}),
+            tuple(pools),
         )
 
     def buckets(self, start: dt.date, end: dt.date, by: str) -> list[tuple[str, dt.date]]:
