@@ -2,8 +2,8 @@
 has no figure for a span, instead of leaving it out or showing 0.
 
 A meter has data for a span when the engine recorded consumption for it then
-(`meter_usage_day`), when two fresh readings of its registers were captured then
-(`billing_reading`), or when it was on an account then and was read (a prepaid meter that
+(`meter_usage_day`), when two fresh readings of its registers were captured then, the
+later not below the earlier (`billing_reading`), or when it was on an account then and was read (a prepaid meter that
 used nothing: a real zero). Otherwise the reason is said: the meter was replaced, it has not
 been read since a time, its register went backwards (a bad reading), it has one reading
 only, it is not billed (the engine's billing alarm), or nothing metered it.
@@ -83,7 +83,8 @@ def has_data(
         ).scalars()
     )
     for meter, rows in readings_between(conn, ids, lo, hi).items():
-        if sum(1 for x in rows if fresh(x)) >= 2:
+        good = [x for x in rows if fresh(x)]
+        if any(b.energy >= a.energy for a, b in itertools.pairwise(good)):
             out.add(meter)
     on_account = set(
         conn.execute(
