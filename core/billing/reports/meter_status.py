@@ -3,10 +3,11 @@ has no figure for a span, instead of leaving it out or showing 0.
 
 A meter has data for a span when the engine recorded consumption for it then
 (`meter_usage_day`), when two fresh readings of its registers were captured then, the
-later not below the earlier (`billing_reading`), or when it was on an account then and was read (a prepaid meter that
-used nothing: a real zero). Otherwise the reason is said: the meter was replaced, it has not
-been read since a time, its register went backwards (a bad reading), it has one reading
-only, it is not billed (the engine's billing alarm), or nothing metered it.
+later not below the earlier (`billing_reading`), or when it was on an account then and
+was read (a prepaid meter that used nothing: a real zero). Otherwise the reason is said:
+the meter was replaced, it has not been read since a time, its register went backwards (a
+bad reading), it has one reading only, it is not billed (the engine's billing alarm), or
+nothing metered it.
 
 A captured reading is **fresh** when it was taken less than `MAX_AGE` before its capture
 instant: a meter that went silent keeps its last reading at every later instant (its
