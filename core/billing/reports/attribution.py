@@ -84,11 +84,7 @@ def revenue_flows(
 ) -> list[Flow]:
     """Every revenue posting posted in, or paying for, the span [bounds[0], bounds[-1])."""
     bucket = Bucketer(bounds)
-    flows = [
-        *_usage_in_bulk(conn, bounds),
-        *_usage_near_boundaries(scope, conn, bounds, bucket),
-        *_other_revenue(scope, conn, bucket),
-    ]
+    flows = [*_usage(scope, conn, bounds, bucket), *_other_revenue(scope, conn, bucket)]
     return [f for f in flows if f.posted is not None or f.served is not None]
 
 
@@ -96,15 +92,24 @@ def stream_of(code: str) -> str:
     return code.split(":", 1)[1]
 
 
+#: Boundaries per query of usage near them (SQLite limits an expression's depth).
+_CHUNK = 100
+
+
 def _near_boundary(column: Any, bounds: Sequence[dt.datetime]) -> Any:
     return sa.or_(*[sa.and_(column >= b, column < b + USAGE_LAG) for b in bounds])
 
 
-def _usage_in_bulk(conn: Connection, bounds: Sequence[dt.datetime]) -> list[Flow]:
-    """Usage posted well inside a bucket: read in that bucket too, summed per stream."""
+def _usage(
+    scope: ReportScope, conn: Connection, bounds: Sequence[dt.datetime], bucket: Bucketer
+) -> list[Flow]:
+    """Prepaid usage: summed per bucket and stream by posting time (read in the same
+    bucket), except what was posted just after a boundary, placed by its reading."""
+    near = _usage_near_boundaries(scope, conn, bounds, bucket)
+    sums: dict[tuple[int, str], int] = {}
     j, p = t.journal, t.posting
     b = bucket_of(j.c.created_at, bounds).label("b")
-    rows = conn.execute(
+    for i, code, fen in conn.execute(
         sa.select(b, p.c.ledger_account, sa.func.sum(p.c.amount_fen))
         .join(j, j.c.id == p.c.journal_id)
         .where(
@@ -112,11 +117,15 @@ def _usage_in_bulk(conn: Connection, bounds: Sequence[dt.datetime]) -> list[Flow
             p.c.ledger_account.like("rev:%"),
             j.c.created_at >= bounds[0],
             j.c.created_at < bounds[-1],
-            sa.not_(_near_boundary(j.c.created_at, bounds)),
         )
         .group_by(b, p.c.ledger_account)
-    ).all()
-    return [Flow(stream_of(code), -int(fen), int(i), int(i)) for i, code, fen in rows]
+    ).all():
+        sums[(int(i), stream_of(code))] = -int(fen)
+    for f in near:  # looked at one by one: out of the sums
+        if f.posted is not None:
+            sums[(f.posted, f.stream)] -= f.fen
+    bulk = [Flow(stream, fen, i, i) for (i, stream), fen in sums.items() if fen]
+    return bulk + near
 
 
 def _usage_near_boundaries(
@@ -124,27 +133,22 @@ def _usage_near_boundaries(
 ) -> list[Flow]:
     """Usage posted just after a bucket boundary, one journal at a time, by its reading."""
     j, p = t.journal, t.posting
-    rows = conn.execute(
-        sa.select(j.c.created_at, j.c.request, p.c.ledger_account, p.c.amount_fen)
-        .join(j, j.c.id == p.c.journal_id)
-        .where(
-            j.c.kind == "usage",
-            p.c.ledger_account.like("rev:%"),
-            _near_boundary(j.c.created_at, bounds),
-        )
-    ).all()
     sums: dict[tuple[str, int | None, int | None, str, str, bool], int] = {}
-    for created, request, code, fen in rows:
-        (at, label), fallback = _usage_service(scope, created, request)
-        key = (
-            stream_of(code),
-            bucket(created),
-            bucket(at),
-            _day(scope, created),
-            label,
-            fallback,
-        )
-        sums[key] = sums.get(key, 0) - int(fen)
+    for c in range(0, len(bounds), _CHUNK):
+        rows = conn.execute(
+            sa.select(j.c.created_at, j.c.request, p.c.ledger_account, p.c.amount_fen)
+            .join(j, j.c.id == p.c.journal_id)
+            .where(
+                j.c.kind == "usage",
+                p.c.ledger_account.like("rev:%"),
+                _near_boundary(j.c.created_at, bounds[c : c + _CHUNK]),
+            )
+        ).all()
+        for created, request, code, fen in rows:
+            (at, label), fallback = _usage_service(scope, created, request)
+            posted_on = _day(scope, created)
+            key = (stream_of(code), bucket(created), bucket(at), posted_on, label, fallback)
+            sums[key] = sums.get(key, 0) - int(fen)
     return [
         Flow(stream, fen, posted, served, posted_on, label, "usage", fallback)
         for (stream, posted, served, posted_on, label, fallback), fen in sums.items()

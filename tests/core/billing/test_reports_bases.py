@@ -173,6 +173,9 @@ def test_a_reversed_run_stays_in_its_period_and_a_bad_basis_is_refused(db, decem
     with db.read() as conn:
         service = reports.revenue(conn, dt.date(2024, 12, 1), dt.date(2025, 3, 1), basis="service")
         posting = reports.revenue(conn, dt.date(2024, 12, 1), dt.date(2025, 3, 1))
+        # Four years by day: as many boundaries as the database takes in one query, and more.
+        years = reports.revenue(conn, dt.date(2022, 1, 1), dt.date(2026, 1, 1), "day", "service")
+    assert len(years.rows) == 1461 and years.total[-1] == service.total[-1]
     feb_p, feb_s = _cells(posting, "2025-02"), _cells(service, "2025-02")
     assert feb_p["common area"] < 0 and feb_s["common area"] == 0  # back in December
     assert fen(service.total[-1]) == fen(posting.total[-1])
