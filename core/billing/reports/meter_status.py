@@ -3,8 +3,9 @@ has no figure for a span, instead of leaving it out or showing 0.
 
 A meter has data for a span when the engine recorded consumption for it then
 (`meter_usage_day`), when two fresh readings of its registers were captured then, the
-later not below the earlier (`billing_reading`), or when it was on an account then and
-was read (a prepaid meter that used nothing: a real zero). Otherwise the reason is said:
+later not below the earlier (`billing_reading`), or when it was on an account then and the
+engine has read it since the span began (its rating state: a meter that used nothing, a
+real zero). Otherwise the reason is said:
 the meter was replaced, it has not been read since a time, its register went backwards (a
 bad reading), it has one reading only, it is not billed (the engine's billing alarm), or
 nothing metered it.
@@ -76,7 +77,7 @@ def has_data(
     ids = sorted(set(meters))
     if not ids:
         return set()
-    u, am = t.meter_usage_day, t.account_meter
+    u = t.meter_usage_day
     first, last = _day(scope, lo), _day(scope, hi)
     out = set(
         conn.execute(
@@ -87,17 +88,27 @@ def has_data(
         good = [x for x in rows if fresh(x)]
         if any(b.energy >= a.energy for a, b in itertools.pairwise(good)):
             out.add(meter)
-    on_account = set(
+    on_account = _on_account(conn, sorted(set(ids) - out), lo, hi)
+    rated = _last_rated(conn, sorted(on_account))
+    return out | {m for m in on_account if m in rated and rated[m] >= lo}
+
+
+def _on_account(
+    conn: Connection, meters: Sequence[str], lo: dt.datetime, hi: dt.datetime
+) -> set[str]:
+    """The meters of `meters` attached to an account at some time in [lo, hi)."""
+    if not meters:
+        return set()
+    am = t.account_meter
+    return set(
         conn.execute(
             sa.select(am.c.meter_id).where(
-                am.c.meter_id.in_(ids),
+                am.c.meter_id.in_(list(meters)),
                 am.c.attached_at < hi,
                 sa.or_(am.c.detached_at.is_(None), am.c.detached_at > lo),
             )
         ).scalars()
     )
-    silent = _silent_since(conn, sorted(on_account - out), lo)
-    return out | (on_account - set(silent))
 
 
 def why_no_figure(
@@ -121,9 +132,12 @@ def why_no_figure(
     ).scalar()
     if problem:
         return f"not billed: {problem}"
-    since = _silent_since(conn, [meter], lo).get(meter) or _last_read(conn, meter, lo)
+    rated = _last_rated(conn, [meter]).get(meter)
+    since = rated if rated is not None and rated < lo else _last_read(conn, meter, lo)
     if since is not None:
         return f"not read since {_local(scope, since)}"
+    if _on_account(conn, [meter], lo, hi):
+        return "no readings in range (on an account, but not read by the engine)"
     return "no readings in range (no account, and no reading captured or entered)"
 
 
@@ -139,11 +153,8 @@ def _why_readings(scope: ReportScope, rows: Sequence[Reading]) -> str:
     return "no two fresh readings a capture apart"
 
 
-def _silent_since(
-    conn: Connection, meters: Sequence[str], lo: dt.datetime
-) -> dict[str, dt.datetime]:
-    """meter → its last rated reading, for the meters of `meters` the engine has not read
-    since before `lo` (from the rating state it keeps)."""
+def _last_rated(conn: Connection, meters: Sequence[str]) -> dict[str, dt.datetime]:
+    """meter → the last reading the engine rated (from the rating state it keeps)."""
     if not meters:
         return {}
     out = {}
@@ -153,7 +164,7 @@ def _silent_since(
         )
     ).all():
         last_t = (state or {}).get("last_t")
-        if last_t is not None and dt.datetime.fromtimestamp(int(last_t), dt.UTC) < lo:
+        if last_t is not None:
             out[meter] = dt.datetime.fromtimestamp(int(last_t), dt.UTC)
     return out
 

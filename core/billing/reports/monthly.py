@@ -47,11 +47,7 @@ def monthly(
     first = dt.date(year, mon, 1)
     nxt = _next_month(first)
     meters = scope.meters(commodity)
-    rooms: dict[str, list[str]] = {}
-    for m in meters:
-        room = scope.site.devices[m].room
-        if room is not None:
-            rooms.setdefault(room, []).append(m)
+    rooms = _rooms(scope, meters)
     this = _energy_by_meter(usage_days(conn, meters, first, nxt))
     present = has_data(conn, meters, scope.midnight(first), scope.midnight(nxt), scope)
     year_ago = Past(scope, conn, meters, dt.date(year - 1, mon, 1))
@@ -101,6 +97,16 @@ def monthly(
     ]
     table.rows.extend(_common_area_rows(scope, conn, commodity, first, rates))
     return table
+
+
+def _rooms(scope: ReportScope, meters: Sequence[str]) -> dict[str, list[str]]:
+    """room → its meters (of `meters`)."""
+    rooms: dict[str, list[str]] = {}
+    for m in meters:
+        room = scope.site.devices[m].room
+        if room is not None:
+            rooms.setdefault(room, []).append(m)
+    return rooms
 
 
 def _energies(now: int | None, e: Mapping[str, int], rates: Sequence[str]) -> list[Any]:

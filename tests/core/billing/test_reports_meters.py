@@ -60,6 +60,7 @@ def test_comparisons_show_no_data_apart_from_a_real_zero(db, site):
     _usage_day(db, "E-A-101", "A-101", "2024-12-05", 4000)
     _usage_day(db, "E-A-101", None, "2024-01-20", 5000)  # a previous tenant a year ago
     _usage_day(db, "E-A-102", "A-102", "2025-01-07", 2500)  # nothing in December: a real 0
+    _last_read(db, "E-A-102", "A-102", local(2025, 1, 31, 23))  # (the engine reads it)
     read(db, JAN, {"M-A": 10000})
     read(db, FEB, {"M-A": 10800})
     reports = reports_of(make_billing())
@@ -87,9 +88,7 @@ def test_comparisons_show_no_data_apart_from_a_real_zero(db, site):
 
 
 def test_every_meter_is_listed_with_its_figure_or_why_it_has_none(db, site):
-    open_accounts(
-        db, site, {"A-101": ("E-A-101",), "A-102": ("E-A-102",)}, opened_at=local(2024, 12, 1)
-    )
+    open_accounts(db, site, opened_at=local(2024, 12, 1))  # A-101, A-102, A-201
     _usage_day(db, "E-A-101", "A-101", "2025-01-05", 4000)
     _last_read(db, "E-A-102", "A-102", local(2025, 1, 20, 10))  # read, used nothing
     # Main meter A: read on the 1st, 2nd, 4th and 5th only.
@@ -140,7 +139,10 @@ def test_every_meter_is_listed_with_its_figure_or_why_it_has_none(db, site):
     assert only("M-B")["note"] == "no figure: not read since 2024-12-19 23:59"
     assert only("E-B-101")["note"].startswith("no figure: meter replaced 2025-01-10 15:00")
     assert "register went backwards 2025-01-01 00:00 → 2025-01-02 00:00" in only("E-B-102")["note"]
-    assert only("E-A-201")["note"].startswith("no figure: no readings in range")
+    # On an account, but the engine never read it: no data, not "nothing used".
+    assert only("E-A-201")["total"] is None and only("E-A-201")["note"] == (
+        "no figure: no readings in range (on an account, but not read by the engine)"
+    )
     # The total and the chart leave the main meters out (their energy holds the rooms').
     assert table.total[4] == Decimal("4")
     assert dict((r[0], r[1]) for r in summary.rows)["2025-01-05"] == Decimal("4")
