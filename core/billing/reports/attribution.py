@@ -301,18 +301,23 @@ class _Places:
         return parts if sum(f for _, f in parts) == fen else []
 
     def _reversed(self, jid: int, stream: str, fen: int) -> tuple[list[tuple[Service, int]], str]:
+        """A reversal's parts: where the journal it reverses was placed — its service
+        period, or its own posting time when it had none."""
         if jid in self.reverses or jid in self.runs or jid in self.voids or jid in self.items:
             parts, source = self.of(jid, stream, -fen)
-            return [(svc, -f) for svc, f in parts], source
+            if parts:
+                return [(svc, -f) for svc, f in parts], source
         row = self.conn.execute(
             sa.select(t.journal.c.kind, t.journal.c.created_at, t.journal.c.request).where(
                 t.journal.c.id == jid
             )
         ).first()
-        if row is None or row.kind != "usage":
+        if row is None:
             return [], "other"
-        service, fallback = _usage_service(self.scope, row.created_at, row.request)
-        return ([] if fallback else [(service, fen)]), "usage"
+        if row.kind == "usage":
+            service, _ = _usage_service(self.scope, row.created_at, row.request)
+            return [(service, fen)], "usage"
+        return [((row.created_at, _day(self.scope, row.created_at)), fen)], row.kind
 
 
 def group(flows: Iterable[Flow], basis: str, streams: Sequence[str], n: int) -> list[list[int]]:

@@ -51,7 +51,8 @@ def meter_energy(
         scope, conn, [m for m in chosen if m not in seen], start, end, grid, bucket_of
     )
     lo, hi = scope.midnight(start), scope.midnight(end)
-    empty = [m for m in chosen if not any(k[0] == m for k in grid)]
+    with_figure = {m for m, _ in grid}
+    empty = [m for m in chosen if m not in with_figure]
     metered = has_data(conn, empty, lo, hi, scope)
     rates = rate_order({k for c in grid.values() for k in c if k != "total"})
     table = _table(scope, commodity, by, start, end, rates)
@@ -117,6 +118,7 @@ def _from_registers(
     )
     gaps: dict[str, str] = {}
     for meter, readings in series.items():
+        counted = False
         by_at = {r.at: r for r in readings}
         missing: dict[str, list[str]] = {}
         for day in (start + dt.timedelta(days=i) for i in range((end - start).days)):
@@ -128,7 +130,8 @@ def _from_registers(
                 continue
             cell = grid.setdefault((meter, bucket_of(day)), {})
             cell["total"] = cell.get("total", 0) + units
-        if missing and any(k[0] == meter for k in grid):
+            counted = True
+        if missing and counted:
             gaps[meter] = "; ".join(
                 f"no figure on {_days(days)}: {why}" for why, days in missing.items()
             )

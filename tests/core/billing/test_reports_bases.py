@@ -170,6 +170,12 @@ def test_a_reversed_run_stays_in_its_period_and_a_bad_basis_is_refused(db, decem
         )
     with db.begin() as conn:
         december.apportionment.run(conn, "2024-12", actor="t", now=local(2025, 2, 3, 9))
+        # The reading of 23:59:58 on 31 December was wrong: its usage reversed in February.
+        late = int(local(2024, 12, 31, 23, 59, 58).timestamp())
+        usage = conn.execute(
+            sa.select(t.journal.c.id).where(t.journal.c.idempotency_key == f"usage:E-A-102:{late}")
+        ).scalar_one()
+        ledger.reverse(conn, usage, reason="bad reading", now=local(2025, 2, 4, 9))
     with db.read() as conn:
         service = reports.revenue(conn, dt.date(2024, 12, 1), dt.date(2025, 3, 1), basis="service")
         posting = reports.revenue(conn, dt.date(2024, 12, 1), dt.date(2025, 3, 1))
@@ -178,6 +184,8 @@ def test_a_reversed_run_stays_in_its_period_and_a_bad_basis_is_refused(db, decem
     assert len(years.rows) == 1461 and years.total[-1] == service.total[-1]
     feb_p, feb_s = _cells(posting, "2025-02"), _cells(service, "2025-02")
     assert feb_p["common area"] < 0 and feb_s["common area"] == 0  # back in December
+    assert feb_p["electricity"] == -123 and feb_s["electricity"] == 0
+    assert _cells(service, "2024-12")["electricity"] == 450 + 15000  # without the 1.23
     assert fen(service.total[-1]) == fen(posting.total[-1])
     with db.read() as conn, pytest.raises(RequestError, match="basis: expected one of posting"):
         reports.revenue(conn, *SPAN, basis="accrual")
