@@ -90,7 +90,8 @@ def _table(
         ["meter", "room", "role", by, "total", *rates, "note"],
         sheet=f"{commodity} by {by}"[:31],
         notes=[
-            "Room meters on an account: the engine's consumption per day. Main and public "
+            "Basis: reading time. Room meters on an account: the engine's consumption per "
+            "day (the day of the readings it was rated from). Main and public "
             "(common-area) meters and meters without an account: their registers captured "
             f"each day at {scope.calendar.freeze_hour:02d}:00, a day counted only between two "
             "fresh readings. A meter without a figure is listed with why (an empty cell is "

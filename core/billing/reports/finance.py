@@ -201,8 +201,9 @@ def orders(
         ],
         sheet="Orders",
         notes=[
-            "Changes in CNY: energy and general wallets (+ = more money for the tenant), "
-            "owed (+ = more owed). Usage deductions are summed per account and day."
+            "Basis: posting date (the journal's time). Changes in CNY: energy and general "
+            "wallets (+ = more money for the tenant), owed (+ = more owed). Usage deductions "
+            "are summed per account and day."
         ],
     )
     table.rows = [r for _, r in rows]

@@ -152,6 +152,7 @@ def test_orders_reconcile_with_the_wallets_and_what_is_owed(db, activity, check)
     )
     assert sum(fen(r[owed_col]) for r in table.rows) == _ledger_sum(db, "asset:ar:%", lo, hi)
     assert fen(table.total[energy_col]) == -_ledger_sum(db, "liab:wallet:%:energy", lo, hi)
+    assert table.notes[0].startswith("Basis: posting date")
     refs = [r[3] for r in table.rows]
     assert "topup:pay-1" in refs and "topup:pay-2" in refs
     assert "topup:pay-late" not in refs and "topup:pay-early" not in refs  # outside January
@@ -223,6 +224,7 @@ def test_energy_per_meter_and_exports(db, activity, tmp_path):
         daily = reports.meter_energy(conn, dt.date(2025, 1, 1), dt.date(2025, 2, 1), "day")
         monthly = reports.meter_energy(conn, dt.date(2025, 1, 1), dt.date(2025, 2, 1), "month")
         revenue = reports.revenue(conn, dt.date(2025, 1, 1), dt.date(2025, 2, 1), "day")
+    assert daily.notes[0].startswith("Basis: reading time")
     by = {(r[0], r[3]): r for r in daily.rows}
     assert by[("E-A-101", "2025-01-05")][4] == Decimal("4")
     assert by[("M-A", "2025-01-01")][4] == Decimal("30")  # from the main meter's registers
