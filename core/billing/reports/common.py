@@ -21,6 +21,7 @@ from ...prepay.binding import tariff_for
 from ...rating.compiled import DEFAULT_REGISTER_RATES
 from ...rating.tariffs import TariffCatalogue
 from ..periods import Calendar
+from ..settings import Pool
 
 BY = ("day", "month", "year", "range")
 
@@ -35,6 +36,8 @@ class ReportScope:
     calendar: Calendar
     register_rates: Mapping[str, Sequence[str]] = field(default_factory=dict)
     default_tariffs: Mapping[str, str] = field(default_factory=dict)
+    #: The common-area pools: their main and public meters are marked in energy reports.
+    pools: Sequence[Pool] = ()
 
     @property
     def tz(self) -> Any:

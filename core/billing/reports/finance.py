@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -20,8 +21,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ...db import schema as t
+from ...ledger import RequestError
 from ..export import Chart, Table, yuan
+from .attribution import Flow, group, revenue_flows
 from .common import ReportScope, bucket_of, buckets
+
+#: Revenue by posting date (the journal's time) or by service period (what it pays for).
+BASES = ("posting", "service")
 
 #: Revenue streams in report order (the rest goes to "other").
 STREAMS = (
@@ -53,43 +59,118 @@ _Row = tuple[tuple[dt.datetime, int], list[Any]]
 
 
 def revenue(
-    scope: ReportScope, conn: Connection, start: dt.date, end: dt.date, by: str = "month"
+    scope: ReportScope,
+    conn: Connection,
+    start: dt.date,
+    end: dt.date,
+    by: str = "month",
+    basis: str = "posting",
 ) -> Table:
+    """Revenue per bucket and stream, by posting date or by service period (`BASES`)."""
+    check_basis(basis)
     spans = buckets(start, end, by)
     bounds = [scope.midnight(d) for _, d in spans] + [scope.midnight(end)]
-    j, p = t.journal, t.posting
-    b = bucket_of(j.c.created_at, bounds).label("b")
-    rows = conn.execute(
-        sa.select(b, p.c.ledger_account, sa.func.sum(p.c.amount_fen))
-        .join(j, j.c.id == p.c.journal_id)
-        .where(
-            p.c.ledger_account.like("rev:%"),
-            j.c.created_at >= bounds[0],
-            j.c.created_at < bounds[-1],
-        )
-        .group_by(b, p.c.ledger_account)
-    ).all()
+    flows = revenue_flows(scope, conn, bounds)
     streams = [s for s, _ in STREAMS]
-    grid = [[0] * (len(streams) + 1) for _ in spans]
-    for bucket, code, total in rows:
-        stream = code.split(":", 1)[1]
-        col = streams.index(stream) if stream in streams else len(streams)
-        grid[int(bucket)][col] += -int(total)
+    grid = group(flows, basis, streams, len(spans))
+    title = "by posting date" if basis == "posting" else "by service period"
     table = Table(
-        f"Revenue {start} to {end - dt.timedelta(days=1)} by {by}",
+        f"Revenue {start} to {end - dt.timedelta(days=1)} by {by}, {title}",
         [by, *[name for _, name in STREAMS], "other", "total"],
         sheet="Revenue",
         chart=Chart("stacked", 0, tuple(range(1, len(streams) + 2)), "Revenue by stream", "CNY"),
-        notes=[
-            "Revenue = credits to rev:* net of reversals, by journal time "
-            f"({scope.site.info.timezone}); CNY."
-        ],
+        notes=_revenue_notes(scope, basis, flows),
     )
     for (label, _), cells in zip(spans, grid, strict=True):
         table.rows.append([label, *[yuan(c) for c in cells], yuan(sum(cells))])
     sums = [sum(g[i] for g in grid) for i in range(len(streams) + 1)]
     table.total = ["total", *[yuan(s) for s in sums], yuan(sum(sums))]
     return table
+
+
+def check_basis(basis: str) -> str:
+    if basis not in BASES:
+        raise RequestError("basis", f"expected one of {', '.join(BASES)}; got {basis!r}")
+    return basis
+
+
+def _revenue_notes(scope: ReportScope, basis: str, flows: Sequence[Flow]) -> list[str]:
+    tz = scope.site.info.timezone
+    if basis == "posting":
+        return [
+            "Basis: posting date. Revenue = credits to rev:* net of reversals, by journal "
+            f"time ({tz}); CNY. Equal to the ledger's rev:* postings of each bucket; a "
+            "bucket never changes once it is over."
+        ]
+    notes = [
+        "Basis: service period. Revenue = credits to rev:* net of reversals, in the period "
+        "each pays for: prepaid usage by its reading time, common-area pools and charges "
+        "by their run's period, post-paid usage and late fees by their bill's period, one-"
+        f"off charges by the period they were charged in ({tz}); CNY. A period's revenue "
+        "sits at the period's start. A period still being billed changes when its bills "
+        "and charges are posted; `report revenue-bases` shows what moved."
+    ]
+    fallback = sum(f.fen for f in flows if f.fallback and f.served is not None)
+    if fallback:
+        notes.append(
+            f"{yuan(fallback)} has no service period (not a reading time, run, bill or "
+            "charge) and is placed by posting time."
+        )
+    return notes
+
+
+def revenue_bases(
+    scope: ReportScope, conn: Connection, start: dt.date, end: dt.date, by: str = "month"
+) -> Table:
+    """Revenue by posting date against by service period, bucket by bucket, with what
+    moved between them: `in` = posted in another bucket (or outside the span) for this
+    one, `out` = posted in this bucket for another. service = posting + in − out."""
+    spans = buckets(start, end, by)
+    bounds = [scope.midnight(d) for _, d in spans] + [scope.midnight(end)]
+    flows = revenue_flows(scope, conn, bounds)
+    posting = [0] * len(spans)
+    service = [0] * len(spans)
+    moved_in: list[dict[str, int]] = [{} for _ in spans]
+    moved_out: list[dict[str, int]] = [{} for _ in spans]
+    for f in flows:
+        if f.posted is not None:
+            posting[f.posted] += f.fen
+        if f.served is not None:
+            service[f.served] += f.fen
+        if f.posted == f.served:
+            continue
+        what = f"{_stream_name(f.stream)} for {f.service} posted {f.posted_on} ({f.source})"
+        for side, i in ((moved_in, f.served), (moved_out, f.posted)):
+            if i is not None:
+                side[i][what] = side[i].get(what, 0) + f.fen
+    table = Table(
+        f"Revenue {start} to {end - dt.timedelta(days=1)} by {by}: posting date against "
+        "service period",
+        [by, "by posting date", "in", "out", "by service period", "what moved"],
+        sheet="Revenue bases",
+        notes=[
+            "in: revenue posted in another bucket (or outside the span) for this one; out: "
+            "revenue posted in this bucket for another. by service period = by posting "
+            "date + in − out. Over a span that holds both the posting and the service "
+            "period of everything, the two totals are equal; CNY."
+        ],
+    )
+    for i, (label, _) in enumerate(spans):
+        ins, outs = sum(moved_in[i].values()), sum(moved_out[i].values())
+        moves = [f"+{yuan(v)} {k}" for k, v in sorted(moved_in[i].items()) if v] + [
+            f"−{yuan(v)} {k}" for k, v in sorted(moved_out[i].items()) if v
+        ]
+        table.rows.append(
+            [label, yuan(posting[i]), yuan(ins), yuan(outs), yuan(service[i]), "; ".join(moves)]
+        )
+    ins = sum(sum(m.values()) for m in moved_in)
+    outs = sum(sum(m.values()) for m in moved_out)
+    table.total = ["total", yuan(sum(posting)), yuan(ins), yuan(outs), yuan(sum(service)), ""]
+    return table
+
+
+def _stream_name(stream: str) -> str:
+    return dict(STREAMS).get(stream, stream)
 
 
 def orders(
@@ -120,8 +201,9 @@ def orders(
         ],
         sheet="Orders",
         notes=[
-            "Changes in CNY: energy and general wallets (+ = more money for the tenant), "
-            "owed (+ = more owed). Usage deductions are summed per account and day."
+            "Basis: posting date (the journal's time). Changes in CNY: energy and general "
+            "wallets (+ = more money for the tenant), owed (+ = more owed). Usage deductions "
+            "are summed per account and day."
         ],
     )
     table.rows = [r for _, r in rows]

@@ -1,8 +1,11 @@
 """The comprehensive monthly report per room: total and 尖/峰/平/谷 energy, the cost of each
-(the month's usage postings of the room's meters — exactly the ledger's — and the usage
-lines of the month's confirmed post-paid bills, split over the rates in proportion to the
-exact tariff amounts of the month's energy by `rating.largest_remainder`, tier surcharges
-in their own column), and the same month of the previous year with the change."""
+(the prepaid usage of the room's meters read in the month — exactly the ledger's — and the
+usage lines of the month's confirmed post-paid bills: the service period, split over the
+rates in proportion to the exact tariff amounts of the month's energy by
+`rating.largest_remainder`, tier surcharges in their own column), the same month of the
+previous year and the month before with the changes — "no data" (an empty cell) kept apart
+from a real zero — and then the pools' main and public meters from their registers. A room
+or meter without a figure says why."""
 
 from __future__ import annotations
 
@@ -23,7 +26,10 @@ from ...rating.tariffs import SINGLE_RATE
 from ...rating.units import ENERGY_SCALE
 from ..export import Chart, Table, yuan
 from ..periods import parse_period
+from ..readings import readings_at
+from .attribution import usage_by_meter
 from .common import ReportScope, energy, rate_order, unbilled_notes, usage_days
+from .meter_status import has_data, register_figure, roles, why_no_figure
 
 #: meter → (account, tariff, tenant name) of the open account it is attached to.
 Owners = dict[str, tuple[str, str | None, str]]
@@ -40,17 +46,12 @@ def monthly(
     year, mon = parse_period(month, "month")
     first = dt.date(year, mon, 1)
     nxt = _next_month(first)
-    a_year_ago = dt.date(year - 1, mon, 1)
     meters = scope.meters(commodity)
-    rooms: dict[str, list[str]] = {}
-    for m in meters:
-        room = scope.site.devices[m].room
-        if room is not None:
-            rooms.setdefault(room, []).append(m)
+    rooms = _rooms(scope, meters)
     this = _energy_by_meter(usage_days(conn, meters, first, nxt))
-    before: dict[str, int] = {}
-    for meter, _day, units, _ in usage_days(conn, meters, a_year_ago, _next_month(a_year_ago)):
-        before[meter] = before.get(meter, 0) + int(units)
+    present = has_data(conn, meters, scope.midnight(first), scope.midnight(nxt), scope)
+    year_ago = Past(scope, conn, meters, dt.date(year - 1, mon, 1))
+    month_ago = Past(scope, conn, meters, _previous_month(first))
     cost = _deducted(scope, conn, meters, first, nxt)
     billed = _billed(conn, month, {m for ms in rooms.values() for m in ms})
     owners = _owners(conn, meters)
@@ -59,47 +60,166 @@ def monthly(
     kind = "water" if commodity == "water" else "electric"
     totals = [0] * (len(rates) + 1)
     cost_totals = [0] * (len(rates) + 2)
-    prior_total = 0
     for room in sorted(rooms):
         ms = rooms[room]
         e = {k: sum(this.get(m, {}).get(k, 0) for m in ms) for k in ["total", *rates]}
         money = sum(cost.get(m, 0) + billed.get(m, 0) for m in ms)
         owner = next((owners[m] for m in ms if m in owners), (None, None, None))
         split = _split(scope, conn, ms, owner[1], kind, (first, nxt), rates, e, money)
-        last = sum(before.get(m, 0) for m in ms)
+        now = e["total"] if any(m in present for m in ms) else None
+        note = "" if now is not None else _why(scope, conn, ms, first, nxt)
         table.rows.append(
             [
                 room,
                 owner[0] or "",
                 owner[2] or "",
-                energy(e["total"]),
-                *[energy(e[r]) for r in rates],
+                *_energies(now, e, rates),
                 *[yuan(f) for f in split],
                 yuan(money),
-                energy(last),
-                _change_pct(e["total"], last),
+                *year_ago.cells(ms, now),
+                *month_ago.cells(ms, now),
+                note,
             ]
         )
         for i, k in enumerate(["total", *rates]):
             totals[i] += e[k]
         for i, f in enumerate([*split, money]):
             cost_totals[i] += f
-        prior_total += last
     table.total = [
         "total",
         "",
         "",
         *[energy(x) for x in totals],
         *[yuan(x) for x in cost_totals],
-        energy(prior_total),
+        *year_ago.total(),
+        *month_ago.total(),
         "",
     ]
+    table.rows.extend(_common_area_rows(scope, conn, commodity, first, rates))
     return table
+
+
+def _rooms(scope: ReportScope, meters: Sequence[str]) -> dict[str, list[str]]:
+    """room → its meters (of `meters`)."""
+    rooms: dict[str, list[str]] = {}
+    for m in meters:
+        room = scope.site.devices[m].room
+        if room is not None:
+            rooms.setdefault(room, []).append(m)
+    return rooms
+
+
+def _energies(now: int | None, e: Mapping[str, int], rates: Sequence[str]) -> list[Any]:
+    """The energy cells of a room: empty without data, 0.000 for a real zero."""
+    if now is None:
+        return [None for _ in ["total", *rates]]
+    return [energy(e["total"]), *[energy(e[r]) for r in rates]]
+
+
+def _why(
+    scope: ReportScope, conn: Connection, meters: Sequence[str], first: dt.date, nxt: dt.date
+) -> str:
+    lo, hi = scope.midnight(first), scope.midnight(nxt)
+    return "no data: " + "; ".join(f"{m} {why_no_figure(conn, scope, m, lo, hi)}" for m in meters)
+
+
+class Past:
+    """A month to compare with (a year or a month before): each room's energy, or no data
+    (None) when none of its meters was metered then — never 0, which is a real zero."""
+
+    def __init__(
+        self, scope: ReportScope, conn: Connection, meters: Sequence[str], first: dt.date
+    ) -> None:
+        nxt = _next_month(first)
+        self.label = f"{first:%Y-%m}"
+        self.energy: dict[str, int] = {}
+        for meter, _day, units, _ in usage_days(conn, meters, first, nxt):
+            self.energy[meter] = self.energy.get(meter, 0) + int(units)
+        self.present = has_data(conn, meters, scope.midnight(first), scope.midnight(nxt), scope)
+        self.sum = 0
+        self.missing = 0
+        self.found = 0
+
+    def of(self, meters: Sequence[str]) -> int | None:
+        if not any(m in self.present for m in meters):
+            return None
+        return sum(self.energy.get(m, 0) for m in meters)
+
+    def cells(self, meters: Sequence[str], now: int | None) -> list[Any]:
+        """[energy then, change %]: empty cells without data (then or now)."""
+        then = self.of(meters)
+        if then is None:
+            self.missing += 1
+            return [None, None]
+        self.sum += then
+        self.found += 1
+        return [energy(then), change_pct(now, then)]
+
+    def total(self) -> list[Any]:
+        return [energy(self.sum) if self.found else None, ""]
+
+
+def change_pct(now: int | None, then: int | None) -> Decimal | None:
+    """The change in % (a number, so a spreadsheet can sort and chart it); None without
+    data either side, or from a real zero (no % of nothing)."""
+    if now is None or not then:
+        return None
+    pct = Fraction(now - then, then) * 100
+    return (Decimal(pct.numerator) / Decimal(pct.denominator)).quantize(Decimal("0.1"))
+
+
+def _common_area_rows(
+    scope: ReportScope, conn: Connection, commodity: str, first: dt.date, rates: Sequence[str]
+) -> list[list[Any]]:
+    """The pools' main and public meters of the commodity, from their registers at the
+    capture instants starting this month, a year and a month before."""
+    wanted = set(scope.meters(commodity))
+    known = roles(scope)
+    out = []
+    for meter in sorted(m for m in known if m in wanted):
+        now, why = _registers(scope, conn, meter, first)
+        cells: list[Any] = []
+        for past in (dt.date(first.year - 1, first.month, 1), _previous_month(first)):
+            then, _ = _registers(scope, conn, meter, past)
+            cells += [None if then is None else energy(then), change_pct(now, then)]
+        out.append(
+            [
+                f"{meter} ({known[meter]})",
+                "",
+                "",
+                None if now is None else energy(now),
+                *[None for _ in rates],
+                *[None for _ in rates],
+                None,
+                None,
+                *cells,
+                f"no data: {why}" if now is None else "common area: not in the total",
+            ]
+        )
+    return out
+
+
+def _registers(
+    scope: ReportScope, conn: Connection, meter: str, first: dt.date
+) -> tuple[int | None, str]:
+    """A meter's energy over the month starting `first`, from its captured registers."""
+    lo, hi = scope.calendar.capture_on(first), scope.calendar.capture_on(_next_month(first))
+    a = readings_at(conn, [meter], lo, registers=False).get(meter)
+    b = readings_at(conn, [meter], hi, registers=False).get(meter)
+    units, why = register_figure(scope, a, b)
+    if units is None and (a is None or b is None):
+        why = why_no_figure(conn, scope, meter, lo, hi)
+    return units, why
+
+
+def _previous_month(first: dt.date) -> dt.date:
+    return (first - dt.timedelta(days=1)).replace(day=1)
 
 
 def _table(month: str, commodity: str, rates: Sequence[str], notes: Sequence[str]) -> Table:
     """The empty monthly report: its title, columns, chart and notes."""
     year, mon = parse_period(month, "month")
+    prev = _previous_month(dt.date(year, mon, 1))
     unit = "m³" if commodity == "water" else "kWh"
     return Table(
         f"Monthly {commodity} report {month} per room",
@@ -113,14 +233,24 @@ def _table(month: str, commodity: str, rates: Sequence[str], notes: Sequence[str
             "tier surcharge CNY",
             "total CNY",
             f"{year - 1}-{mon:02d} {unit}",
-            "change %",
+            "YoY %",
+            f"{prev:%Y-%m} {unit}",
+            "MoM %",
+            "note",
         ],
         sheet=f"{commodity} {month}",
         chart=Chart("bar", 0, (3,), f"{commodity} {month} per room", unit),
         notes=[
-            "Cost = the month's usage deductions of the room's meters (ledger), and the "
-            "usage lines of the month's confirmed post-paid bills, split over the rates in "
-            "proportion to the tariff's exact amounts for the month's energy.",
+            "Basis: service period. Cost = the prepaid usage of the room's meters read in "
+            "the month (ledger) and the usage lines of the month's confirmed post-paid "
+            "bills (however late they were confirmed), split over the rates in proportion "
+            "to the tariff's exact amounts for the month's energy — the electricity or water "
+            "of `report revenue --basis service` for the month.",
+            "An empty energy cell is no data (the room's meters were on no account and were "
+            "not read then; the note says why); 0.000 is a real zero (metered, nothing "
+            "used). YoY and MoM % are empty without data either side or from a zero.",
+            "Common-area meters (the pools' main and public meters) follow the rooms, from "
+            "their registers at the capture instants; they are not in the total.",
             *notes,
         ],
     )
@@ -137,36 +267,12 @@ def _energy_by_meter(usage: Sequence[Any]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _change_pct(now: int, last: int) -> Decimal | None:
-    """The change against last year in % (a number, so a spreadsheet can sort and chart
-    it); None without last year's energy."""
-    if not last:
-        return None
-    pct = Fraction(now - last, last) * 100
-    return (Decimal(pct.numerator) / Decimal(pct.denominator)).quantize(Decimal("0.1"))
-
-
 def _deducted(
     scope: ReportScope, conn: Connection, meters: Sequence[str], first: dt.date, nxt: dt.date
 ) -> dict[str, int]:
-    """meter → what the ledger took for its usage in the month (prepaid)."""
-    lo, hi = scope.midnight(first), scope.midnight(nxt)
-    j, p = t.journal, t.posting
-    return {
-        meter: int(total)
-        for meter, total in conn.execute(
-            sa.select(j.c.meter_id, sa.func.sum(p.c.amount_fen))
-            .join(j, j.c.id == p.c.journal_id)
-            .where(
-                j.c.kind == "usage",
-                p.c.ledger_account.like("liab:wallet:%"),
-                j.c.created_at >= lo,
-                j.c.created_at < hi,
-                j.c.meter_id.in_(meters),
-            )
-            .group_by(j.c.meter_id)
-        ).all()
-    }
+    """meter → what the ledger took for its prepaid usage read in the month (the
+    revenue report's service period)."""
+    return usage_by_meter(scope, conn, scope.midnight(first), scope.midnight(nxt), meters)
 
 
 def _billed(conn: Connection, month: str, room_meters: set[str]) -> dict[str, int]:

@@ -20,21 +20,73 @@ def report_group() -> None:
     """Finance and energy reports (screen, CSV or XLSX with charts)."""
 
 
+BASIS = click.option(
+    "--basis",
+    default="posting",
+    show_default=True,
+    type=click.Choice(["posting", "service"]),
+    help="posting: by journal time (the ledger's months); service: by the period each "
+    "posting pays for (readings, runs, bills).",
+)
+BY = click.option(
+    "--by", default="month", show_default=True, type=click.Choice(["day", "month", "year", "range"])
+)
+
+
 @report_group.command("revenue")
 @site_argument
 @FROM
 @TO
-@click.option(
-    "--by", default="month", show_default=True, type=click.Choice(["day", "month", "year", "range"])
-)
+@BY
+@BASIS
 @OUT
 @click.pass_obj
 def report_revenue(
+    obj: CliContext,
+    site_file: str,
+    from_text: str,
+    to_text: str,
+    by: str,
+    basis: str,
+    out: str | None,
+) -> None:
+    """Revenue and its composition (electricity, water, common area, property, rent...),
+    by posting date or by service period."""
+    with billing_services(site_file, obj) as c, c.db.read() as conn:
+        table = c.reports.revenue(conn, *span(from_text, to_text), by, basis)
+    output([table], out)
+
+
+@report_group.command("revenue-bases")
+@site_argument
+@FROM
+@TO
+@BY
+@OUT
+@click.pass_obj
+def report_revenue_bases(
     obj: CliContext, site_file: str, from_text: str, to_text: str, by: str, out: str | None
 ) -> None:
-    """Revenue and its composition (electricity, water, common area, property, rent...)."""
+    """Revenue by posting date against by service period, bucket by bucket, with what
+    moved between them."""
     with billing_services(site_file, obj) as c, c.db.read() as conn:
-        table = c.reports.revenue(conn, *span(from_text, to_text), by)
+        table = c.reports.revenue_bases(conn, *span(from_text, to_text), by)
+    output([table], out)
+
+
+@report_group.command("channels")
+@site_argument
+@FROM
+@TO
+@BY
+@OUT
+@click.pass_obj
+def report_channels(
+    obj: CliContext, site_file: str, from_text: str, to_text: str, by: str, out: str | None
+) -> None:
+    """Money received and refunded per payment channel (cash, WeChat, Alipay, bank...)."""
+    with billing_services(site_file, obj) as c, c.db.read() as conn:
+        table = c.reports.channels(conn, *span(from_text, to_text), by)
     output([table], out)
 
 

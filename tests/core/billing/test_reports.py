@@ -152,6 +152,7 @@ def test_orders_reconcile_with_the_wallets_and_what_is_owed(db, activity, check)
     )
     assert sum(fen(r[owed_col]) for r in table.rows) == _ledger_sum(db, "asset:ar:%", lo, hi)
     assert fen(table.total[energy_col]) == -_ledger_sum(db, "liab:wallet:%:energy", lo, hi)
+    assert table.notes[0].startswith("Basis: posting date")
     refs = [r[3] for r in table.rows]
     assert "topup:pay-1" in refs and "topup:pay-2" in refs
     assert "topup:pay-late" not in refs and "topup:pay-early" not in refs  # outside January
@@ -186,7 +187,7 @@ def test_monthly_report_per_room_reconciles_and_compares_with_last_year(db, acti
     rows = {r[0]: dict(zip(table.columns, r, strict=True)) for r in table.rows}
     a101 = rows["A-101"]
     assert a101["total kWh"] == Decimal("10") and a101["valley kWh"] == Decimal("4")
-    assert a101["2024-01 kWh"] == Decimal("5") and a101["change %"] == Decimal("100.0")
+    assert a101["2024-01 kWh"] == Decimal("5") and a101["YoY %"] == Decimal("100.0")
     ledger_cost = _ledger_sum(db, "liab:wallet:%", local(2025, 1, 1), local(2025, 2, 1))
     with db.read() as conn:
         usage_cost = int(
@@ -223,10 +224,12 @@ def test_energy_per_meter_and_exports(db, activity, tmp_path):
         daily = reports.meter_energy(conn, dt.date(2025, 1, 1), dt.date(2025, 2, 1), "day")
         monthly = reports.meter_energy(conn, dt.date(2025, 1, 1), dt.date(2025, 2, 1), "month")
         revenue = reports.revenue(conn, dt.date(2025, 1, 1), dt.date(2025, 2, 1), "day")
-    by = {(r[0], r[2]): r for r in daily.rows}
-    assert by[("E-A-101", "2025-01-05")][3] == Decimal("4")
-    assert by[("M-A", "2025-01-01")][3] == Decimal("30")  # from the main meter's registers
-    assert {(r[0], r[2], r[3]) for r in monthly.rows} >= {("E-A-101", "2025-01", Decimal("10"))}
+    assert daily.notes[0].startswith("Basis: reading time")
+    by = {(r[0], r[3]): r for r in daily.rows}
+    assert by[("E-A-101", "2025-01-05")][4] == Decimal("4")
+    assert by[("M-A", "2025-01-01")][4] == Decimal("30")  # from the main meter's registers
+    assert by[("M-A", "2025-01-01")][2] == "main meter, pool A"
+    assert {(r[0], r[3], r[4]) for r in monthly.rows} >= {("E-A-101", "2025-01", Decimal("10"))}
     path = write_xlsx([revenue, reports.energy_by_bucket(daily), daily], tmp_path / "r.xlsx")
     wb = load_workbook(path)
     assert wb.sheetnames == ["Revenue", "total by day", "electricity by day"]
