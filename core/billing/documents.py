@@ -346,7 +346,7 @@ def notice_page(
     rows = [
         [
             a.number,
-            f"{a.period}",
+            a.period,
             a.due_date,
             str(a.days_overdue),
             format_fen(a.outstanding_fen),
