@@ -26,6 +26,9 @@ need_apt() {
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
   command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+  # The printed bills are checked in a real browser (print to PDF), with Chinese glyphs.
+  command -v chromium >/dev/null || missing+=(chromium)
+  fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-wqy-microhei)
   "$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "==> apt-get install ${missing[*]}"

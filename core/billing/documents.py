@@ -1,16 +1,19 @@
-"""Bills and arrears notices as documents: CSV and XLSX tables, one printable HTML page per
-bill or notice (print it, or save it as PDF from a browser).
+"""Bills and arrears notices as documents: CSV and XLSX tables for the clerk, one printable
+HTML page per bill or notice for the tenant (print it, or save it as PDF from a browser).
 
 `export_bills(period)` writes `bills-<period>.csv` (one row per bill), `bill-lines-<period>
 .csv` (every line), `bills-<period>.xlsx` (both sheets) and `bills-<period>/<number>.html`;
 `export_arrears(as_of)` writes `arrears-<date>.csv`, `.xlsx` and one notice page per
-account. Amounts are the bills' own fen shown as yuan; nothing is computed here.
+account. Amounts are the bills' own fen shown as yuan; nothing is computed here. A void
+bill is listed, marked, and never counted or summed. Pages are in the site's bill language
+(`[billing.bills] language`) with the issuer's contact and payment instructions
+(`printed`, `bill_rows`, `bill_text`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,13 @@ from sqlalchemy.engine import Connection
 from ..config.site import Site
 from ..db import schema as t
 from ..ledger import format_fen
+from .bill_rows import printed_lines
+from .bill_text import Words
 from .bills import Bills
-from .bills.model import Arrear, BillView
-from .export import Table, page, write_csv, write_xlsx, yuan
+from .bills.model import Arrear, BillState, BillView
+from .export import Table, write_csv, write_xlsx, yuan
+from .printed import BillFacts, Issuer, PaymentShown, bill_html, notice_html
+from .settings import BillSettings
 
 
 def _accounts(conn: Connection, ids: Sequence[str]) -> dict[str, Any]:
@@ -39,6 +46,9 @@ def _accounts(conn: Connection, ids: Sequence[str]) -> dict[str, Any]:
 
 
 def bill_tables(bills: Sequence[BillView], accounts: Mapping[str, Any]) -> tuple[Table, Table]:
+    """The bills and their lines. A void bill stays listed, marked VOID with its reason,
+    but is not counted or summed; outstanding is what confirmed and issued bills still owe
+    (the ledger's receivable and the arrears list), so a draft or a void bill owes 0."""
     summary = Table(
         "Bills",
         [
@@ -54,112 +64,166 @@ def bill_tables(bills: Sequence[BillView], accounts: Mapping[str, Any]) -> tuple
             "paid",
             "outstanding",
             "due",
+            "void reason",
         ],
         sheet="Bills",
+        notes=[
+            "Void bills are listed but not counted or summed. Outstanding: what confirmed and "
+            "issued bills still owe (drafts are not owed yet)."
+        ],
     )
     lines = Table(
         "Bill lines",
-        ["bill", "account", "kind", "description", "quantity", "unit price", "amount"],
+        ["bill", "state", "account", "kind", "description", "quantity", "unit price", "amount"],
         sheet="Lines",
     )
     for b in bills:
-        a = accounts.get(b.account_id)
-        summary.rows.append(
-            [
-                b.number,
-                b.account_id,
-                a.name if a else "",
-                (a.room or "") if a else "",
-                b.period,
-                b.start_date,
-                _last_day(b.end_date),
-                b.state,
-                yuan(b.total_fen),
-                yuan(b.paid_fen),
-                yuan(b.total_fen - b.paid_fen),
-                b.due_date or "",
-            ]
-        )
-        for ln in b.lines:
-            if ln.get("kind") == "meter_reading":
-                lines.rows.append(
-                    [b.number, b.account_id, "reading", ln["description"], "", "", ""]
-                )
-                continue
-            lines.rows.append(
-                [
-                    b.number,
-                    b.account_id,
-                    ln["kind"],
-                    ln["description"],
-                    ln.get("quantity", ""),
-                    ln.get("unit_price", ""),
-                    yuan(int(ln["amount_fen"])),
-                ]
-            )
-    total = sum(b.total_fen for b in bills)
-    paid = sum(b.paid_fen for b in bills)
+        summary.rows.append(_summary_row(b, accounts.get(b.account_id)))
+        lines.rows.extend(_line_rows(b))
+    live = [b for b in bills if b.state != BillState.VOID]
+    total = sum(b.total_fen for b in live)
+    paid = sum(b.paid_fen for b in live)
+    void = len(bills) - len(live)
     summary.total = [
         "total",
-        f"{len(bills)} bills",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
+        f"{len(live)} bills" + (f" ({void} void, not counted)" if void else ""),
+        *([""] * 6),
         yuan(total),
         yuan(paid),
-        yuan(total - paid),
+        yuan(sum(b.outstanding_fen for b in live)),
+        "",
         "",
     ]
     return summary, lines
+
+
+def _summary_row(b: BillView, account: Any) -> list[Any]:
+    return [
+        b.number,
+        b.account_id,
+        account.name if account else "",
+        (account.room or "") if account else "",
+        b.period,
+        b.start_date,
+        _last_day(b.end_date),
+        b.state,
+        yuan(b.total_fen),
+        yuan(b.paid_fen),
+        yuan(b.outstanding_fen),
+        b.due_date or "",
+        b.void_reason or "",
+    ]
+
+
+def _line_rows(b: BillView) -> list[list[Any]]:
+    """A bill's lines for the clerk: descriptions as stored, quantities at the precision
+    of the reading."""
+    out: list[list[Any]] = []
+    for ln in b.lines:
+        if ln.get("kind") == "meter_reading":
+            out.append([b.number, b.state, b.account_id, "reading", ln["description"], "", "", ""])
+            continue
+        quantity = (
+            f"{ln['quantity_value']} {ln['unit']}"
+            if "quantity_value" in ln
+            else ln.get("quantity", "")
+        )
+        out.append(
+            [
+                b.number,
+                b.state,
+                b.account_id,
+                ln["kind"],
+                ln["description"],
+                quantity,
+                ln.get("unit_price", ""),
+                yuan(int(ln["amount_fen"])),
+            ]
+        )
+    return out
 
 
 def _last_day(end: str) -> str:
     return (dt.date.fromisoformat(end) - dt.timedelta(days=1)).isoformat()
 
 
-def bill_page(site: Site, bill: BillView, account: Any, arrears_fen: int = 0) -> str:
-    """One printable page: the bill's facts, its lines, the total and the due date."""
-    rows = []
-    readings = []
-    for ln in bill.lines:
-        if ln.get("kind") == "meter_reading":
-            readings.append(ln["description"])
-            continue
-        rows.append(
-            [
-                ln["description"],
-                ln.get("quantity", ""),
-                ln.get("unit_price", ""),
-                format_fen(int(ln["amount_fen"])),
-            ]
-        )
-    meta = {
-        "Bill": bill.number,
-        "Account": f"{bill.account_id} — {account.name if account else ''}",
-        "Room": (account.room or "") if account else "",
-        "Period": f"{bill.start_date} – {_last_day(bill.end_date)}",
-        "State": bill.state,
-        "Due": bill.due_date or "on issue",
-    }
-    notes = [f"Meter reading: {r}" for r in readings]
-    if arrears_fen:
-        notes.append(f"Earlier bills still unpaid: {format_fen(arrears_fen)} {site.info.currency}.")
-    notes.append(
-        "Common-area energy is its own line (its method and inputs are shown); it is not "
-        "part of the energy price. Unpaid property fees never cut power or water."
+def issuer(site: Site, settings: BillSettings) -> Issuer:
+    """Who issues the site's bills (`[billing.bills]`; the site's name by default)."""
+    return Issuer(
+        settings.issuer_name or site.info.name,
+        settings.issuer_address,
+        settings.issuer_phone,
+        settings.payment_instructions,
     )
-    return page(
-        f"{site.info.name} — bill {bill.number}",
-        meta,
-        ["item", "quantity", "unit price", f"amount ({site.info.currency})"],
+
+
+def bill_page(
+    site: Site,
+    settings: BillSettings,
+    bill: BillView,
+    account: Any,
+    *,
+    payments: Sequence[PaymentShown] = (),
+    earlier_unpaid_fen: int = 0,
+    payment_qr: str | None = None,
+) -> str:
+    """One printable page (see `printed.bill_html`) in the site's bill language.
+    `payment_qr`: the room's payment QR code image, once online payment provides it."""
+    words = Words(settings.language, site.info.currency)
+    rows, readings = printed_lines(bill.lines, words)
+    tz = site.info.tz
+    facts = BillFacts(
+        bill.number,
+        bill.state,
+        bill.account_id,
+        account.name if account else "",
+        (account.room or "") if account else "",
+        bill.start_date,
+        _last_day(bill.end_date),
+        bill.issued_at.astimezone(tz).date().isoformat() if bill.issued_at else "",
+        bill.due_date or "",
+        bill.total_fen,
+        bill.paid_fen,
+        bill.void_reason or "",
+    )
+    return bill_html(
+        words,
+        issuer(site, settings),
+        facts,
         rows,
-        ["total", "", "", format_fen(bill.total_fen)],
-        notes,
-        numeric=(3,),
+        readings,
+        payments,
+        earlier_unpaid_fen=earlier_unpaid_fen,
+        payment_qr=payment_qr,
     )
+
+
+def payments_by_bill(
+    conn: Connection, account_ids: Sequence[str], tz: dt.tzinfo
+) -> dict[str, list[PaymentShown]]:
+    """Bill number → the payments applied to it (oldest first), whatever their kind:
+    cash, WeChat, a credit applied... each with the part this bill received."""
+    p = t.bill_payment
+    out: dict[str, list[PaymentShown]] = {}
+    ids = sorted(set(account_ids))
+    for i in range(0, len(ids), 5000):
+        rows = conn.execute(
+            sa.select(p.c.reference, p.c.channel, p.c.allocations, p.c.created_at)
+            .where(p.c.account_id.in_(ids[i : i + 5000]))
+            .order_by(p.c.created_at, p.c.id)
+        ).all()
+        for r in rows:
+            day = r.created_at.astimezone(tz).date().isoformat()
+            for number, fen in (r.allocations or {}).items():
+                out.setdefault(number, []).append(
+                    PaymentShown(day, r.channel, r.reference, int(fen))
+                )
+    return out
+
+
+#: The room's payment QR code for an account (an image: `data:image/...` or an https
+#: address), or None; the online-payment work provides it.
+PaymentQr = Callable[[str], str | None]
 
 
 def export_bills(
@@ -169,7 +233,10 @@ def export_bills(
     out: Path,
     *,
     formats: Sequence[str] = ("csv", "xlsx", "html"),
+    payment_qr: PaymentQr | None = None,
 ) -> list[Path]:
+    """`bills-<period>.csv`, `bill-lines-<period>.csv`, `bills-<period>.xlsx` and one
+    printable page per bill in `bills-<period>/` (see the module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
     views = bills.list(conn, period=period)
     accounts = _accounts(conn, [b.account_id for b in views])
@@ -185,12 +252,19 @@ def export_bills(
         folder = out / f"bills-{period}"
         folder.mkdir(exist_ok=True)
         earlier = _unpaid_before(conn, period)
+        paid = payments_by_bill(conn, [b.account_id for b in views], bills.site.info.tz)
         for b in views:
             path = folder / f"{b.number}.html"
-            path.write_text(
-                bill_page(bills.site, b, accounts.get(b.account_id), earlier.get(b.account_id, 0)),
-                encoding="utf-8",
+            page = bill_page(
+                bills.site,
+                bills.settings.bills,
+                b,
+                accounts.get(b.account_id),
+                payments=paid.get(b.number, ()),
+                earlier_unpaid_fen=earlier.get(b.account_id, 0),
+                payment_qr=payment_qr(b.account_id) if payment_qr else None,
             )
+            path.write_text(page, encoding="utf-8")
             written.append(path)
     return written
 
@@ -258,7 +332,16 @@ def arrears_table(arrears: Sequence[Arrear], as_of: dt.date) -> Table:
     return table
 
 
-def notice_page(site: Site, account_id: str, arrears: Sequence[Arrear], as_of: dt.date) -> str:
+def notice_page(
+    site: Site,
+    settings: BillSettings,
+    account_id: str,
+    arrears: Sequence[Arrear],
+    as_of: dt.date,
+    *,
+    payment_qr: str | None = None,
+) -> str:
+    """An account's arrears notice, in the site's bill language (`printed.notice_html`)."""
     first = arrears[0]
     rows = [
         [
@@ -273,23 +356,14 @@ def notice_page(site: Site, account_id: str, arrears: Sequence[Arrear], as_of: d
     ]
     owed = sum(a.outstanding_fen for a in arrears)
     fees = sum(a.late_fee_fen for a in arrears)
-    return page(
-        f"{site.info.name} — arrears notice",
-        {
-            "Account": f"{account_id} — {first.name}",
-            "Room": first.room or "",
-            "Date": as_of.isoformat(),
-            "Outstanding": f"{format_fen(owed)} {site.info.currency}",
-        },
-        ["bill", "period", "due", "days overdue", "outstanding", "late fee so far"],
+    return notice_html(
+        Words(settings.language, site.info.currency),
+        issuer(site, settings),
+        {"account": account_id, "tenant": first.name, "room": first.room or ""},
+        as_of.isoformat(),
         rows,
-        ["total", "", "", "", format_fen(owed), format_fen(fees)],
-        [
-            "Please pay the outstanding amount. Late fees accrue per overdue day until it is "
-            "paid and are charged on the next bill.",
-            "Unpaid property fees, rent and service charges never cut your power or water.",
-        ],
-        numeric=(3, 4, 5),
+        (owed, fees),
+        payment_qr=payment_qr,
     )
 
 
@@ -300,7 +374,9 @@ def export_arrears(
     out: Path,
     *,
     formats: Sequence[str] = ("csv", "xlsx", "html"),
+    payment_qr: PaymentQr | None = None,
 ) -> list[Path]:
+    """`arrears-<date>.csv`, `.xlsx` and one notice page per account in `arrears-<date>/`."""
     out.mkdir(parents=True, exist_ok=True)
     arrears = bills.arrears(conn, as_of)
     table = arrears_table(arrears, as_of)
@@ -317,6 +393,14 @@ def export_arrears(
             per.setdefault(a.account_id, []).append(a)
         for account_id, items in sorted(per.items()):
             path = folder / f"notice-{account_id}.html"
-            path.write_text(notice_page(bills.site, account_id, items, as_of), encoding="utf-8")
+            page = notice_page(
+                bills.site,
+                bills.settings.bills,
+                account_id,
+                items,
+                as_of,
+                payment_qr=payment_qr(account_id) if payment_qr else None,
+            )
+            path.write_text(page, encoding="utf-8")
             written.append(path)
     return written

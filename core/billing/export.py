@@ -1,20 +1,18 @@
-"""Tables out: CSV, XLSX (openpyxl, with a chart where one says more than the numbers) and
-printable HTML pages.
+"""Tables out: CSV and XLSX (openpyxl, with a chart where one says more than the numbers).
 
 A `Table` is what every report and export produces: a title, column names, rows of plain
 values (text, integers, `Decimal` yuan — money is shown exactly as the ledger holds it,
 fen / 100, never rounded here) and an optional total row and chart. `write_csv` and
-`write_xlsx` turn one or several tables into files; `bill_page` / `notice_page` render one
-printable HTML page per bill or arrears notice (print it, or "save as PDF" from a browser).
+`write_xlsx` turn one or several tables into files. Printable pages for tenants (bills,
+arrears notices) are `printed`'s.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -178,67 +176,3 @@ def _append(ws: Any, values: Sequence[Value]) -> None:
         if runs_as_formula(value):
             cell.data_type = "s"
             cell.quotePrefix = True
-
-
-# -- printable pages -------------------------------------------------------------------------
-
-_PAGE = """<!DOCTYPE html>
-<html lang="zh-CN"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-@page {{ size: A4; margin: 18mm; }}
-body {{ font-family: "Noto Sans CJK SC", "Microsoft YaHei", Arial, sans-serif; font-size: 11pt;
-       color: #111; max-width: 180mm; margin: auto; }}
-h1 {{ font-size: 16pt; margin: 0 0 4mm; }}
-table {{ border-collapse: collapse; width: 100%; margin: 4mm 0; }}
-th, td {{ border-bottom: 1px solid #bbb; padding: 1.5mm 2mm; text-align: left; }}
-td.n, th.n {{ text-align: right; white-space: nowrap; }}
-tr.total td {{ font-weight: bold; border-top: 2px solid #111; }}
-.meta td {{ border: none; padding: 0.5mm 2mm 0.5mm 0; }}
-.note {{ font-size: 9pt; color: #444; }}
-</style></head><body>
-{body}
-</body></html>
-"""
-
-
-def _e(v: Any) -> str:
-    return html.escape(_text(v) if not isinstance(v, str) else v)
-
-
-def page(
-    title: str,
-    meta: Mapping[str, Any],
-    columns: Sequence[str],
-    rows: Sequence[Sequence[Value]],
-    total: Sequence[Value] | None = None,
-    notes: Sequence[str] = (),
-    numeric: Sequence[int] = (),
-) -> str:
-    """One printable A4 page: a heading, a block of facts, a table and notes."""
-    parts = [f"<h1>{_e(title)}</h1>", '<table class="meta">']
-    parts += [f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in meta.items()]
-    parts.append("</table><table><thead><tr>")
-    parts += [
-        f'<th class="{"n" if i in numeric else ""}">{_e(c)}</th>' for i, c in enumerate(columns)
-    ]
-    parts.append("</tr></thead><tbody>")
-    for row in rows:
-        parts.append(
-            "<tr>"
-            + "".join(
-                f'<td class="{"n" if i in numeric else ""}">{_e(v)}</td>' for i, v in enumerate(row)
-            )
-            + "</tr>"
-        )
-    if total is not None:
-        parts.append(
-            '<tr class="total">'
-            + "".join(
-                f'<td class="{"n" if i in numeric else ""}">{_e(v)}</td>'
-                for i, v in enumerate(total)
-            )
-            + "</tr>"
-        )
-    parts.append("</tbody></table>")
-    parts += [f'<p class="note">{_e(n)}</p>' for n in notes]
-    return _PAGE.format(title=_e(title), body="\n".join(parts))

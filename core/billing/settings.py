@@ -46,6 +46,11 @@
     late_fee_per_day = "0.001"    # 1‰ of the overdue amount per day; "0" = no late fee
     late_fee_min = "1.00"
     number_prefix = "B"
+    language = "zh"               # printed bills and arrears notices: zh | en
+    issuer_name = "..."           # who issues them (default: the site's name)
+    issuer_address = "..."        # printed with the phone as the tenant's contact
+    issuer_phone = "..."
+    payment_instructions = "..."  # how to pay (lines of text)
 
 Errors read like every other section's: ``billing.pools.A.method: expected one of area,
 equal, consumption, ratio; got 'floor'``.
@@ -174,6 +179,10 @@ class Charge:
         )
 
 
+#: Languages of printed bills and notices (`core/billing/bill_text.py` has their words).
+BILL_LANGUAGES = ("zh", "en")
+
+
 @dataclass(frozen=True, slots=True)
 class BillSettings:
     due_days: int = 15
@@ -181,6 +190,13 @@ class BillSettings:
     late_fee_per_day: Decimal = Decimal("0.001")
     late_fee_min_fen: int = 100
     number_prefix: str = "B"
+    #: What is printed for the tenant: the language, who issues the bill and how to reach
+    #: them (empty issuer name: the site's name; empty fields are left off), how to pay.
+    language: str = "zh"
+    issuer_name: str = ""
+    issuer_address: str = ""
+    issuer_phone: str = ""
+    payment_instructions: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,10 +594,38 @@ def _read_bills(r: TableReader) -> BillSettings | None:
         r, "late_fee_min", Decimal(d.late_fee_min_fen) / 100, places=2, low=Decimal(0)
     )
     prefix = r.str("number_prefix", d.number_prefix, pattern=ID_PATTERN, hint="expected an id")
+    language = r.str("language", d.language, choices=BILL_LANGUAGES)
+    printed = {
+        key: _printed_text(r, key, limit, lines)
+        for key, limit, lines in (
+            ("issuer_name", 100, False),
+            ("issuer_address", 200, False),
+            ("issuer_phone", 40, False),
+            ("payment_instructions", 1000, True),
+        )
+    }
     r.finish()
-    if None in (due, rate, minimum, prefix):
+    if None in (due, rate, minimum, prefix, language, *printed.values()):
         return None
-    return BillSettings(due, rate, int(minimum * 100), prefix)
+    return BillSettings(due, rate, int(minimum * 100), prefix, language, **printed)
+
+
+def _printed_text(r: TableReader, key: str, limit: int, lines: bool) -> str | None:
+    """A text printed on every bill: at most `limit` characters, no control characters
+    (line breaks only where `lines`), surrounding spaces dropped."""
+    value = r.str(key, "")
+    if value is None:
+        return None
+    allowed = "\n\r" if lines else ""
+    bad = next((c for c in value if (ord(c) < 32 or ord(c) == 127) and c not in allowed), None)
+    if bad is not None:
+        where = "other than line breaks " if lines else ""
+        r.error(f"control character {bad!r} {where}not allowed (it is printed on bills)", key)
+        return None
+    if len(value) > limit:
+        r.error(f"at most {limit} characters, got {len(value)}", key)
+        return None
+    return value.strip()
 
 
 def check_billing(site: Site, models: Mapping[str, DeviceModel] | None = None) -> list[FieldError]:

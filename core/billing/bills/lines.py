@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -161,6 +161,10 @@ class BillLines:
                     "meter": meter,
                     "description": f"{meter} {ln.label}" if ln.label != SINGLE_RATE else meter,
                     "quantity": f"{ln.quantity_text} {ln.unit}",
+                    # The quantity at the precision of the reading (0.428 m³, where
+                    # `quantity` says 0.43): what a printed bill shows.
+                    "quantity_value": reading_text(ln.quantity),
+                    "unit": ln.unit,
                     "unit_price": str(ln.unit_price),
                     "amount_fen": ln.amount_fen,
                 }
@@ -267,5 +271,16 @@ def _reading_line(meter: str, start: Any, end: Any, delta: int, tariff: Tariff) 
             f"{Decimal(delta) / ENERGY_SCALE} {tariff.unit} ({tariff.id})"
         ),
         "energy": delta,
+        "start": start.energy,
+        "end": end.energy,
+        "unit": tariff.unit,
         "amount_fen": 0,
     }
+
+
+def reading_text(quantity: Fraction) -> str:
+    """A quantity at the precision of the readings it comes from (0.001 kWh or m³), half
+    up: a share split by days may not end there."""
+    places = Decimal(1) / ENERGY_SCALE
+    exact = Decimal(quantity.numerator) / Decimal(quantity.denominator)
+    return f"{exact.quantize(places, rounding=ROUND_HALF_UP):f}"

@@ -169,7 +169,9 @@ def test_a_month_from_readings_to_exported_bills(run, site_file, tmp_path):
     page = (tmp_path / "bills" / "bills-2025-01" / "B-2025-01-A-101.html").read_text(
         encoding="utf-8"
     )
-    assert "E-A-101: 100 → 200 = 100 kWh (flat)" in page and "80.99" in page
+    # Printed in Chinese by default, the readings it was billed from with it.
+    assert "<td>E-A-101</td><td class='n'>100.000</td><td class='n'>200.000</td>" in page
+    assert "80.99" in page and "缴费通知单" in page
     assert (
         (tmp_path / "bills" / "bills-2025-01.csv")
         .read_text(encoding="utf-8-sig")
