@@ -66,7 +66,7 @@ from .model import (
     progress_sample,
 )
 from .params import check_params, parse_action
-from .preview import preview
+from .preview import Preview
 from .selection import Selector
 
 log = logging.getLogger("openprepay.batch")
@@ -150,17 +150,22 @@ class Batches:
         return job_view(row)
 
     def plan(
-        self, action: str, params: Mapping[str, Any], selection: Mapping[str, Any]
+        self,
+        action: str,
+        params: Mapping[str, Any],
+        selection: Mapping[str, Any],
+        *,
+        reason: str = "dry run",
+        actor: str = "dry run",
     ) -> list[PlanLine]:
-        """The dry run: every item with what it would do, or why it would fail."""
+        """The dry run: every item with what it would do, or `would fail: <reason>` where
+        the real run would fail — the door's own checks (`preview.py`), nothing written."""
         act = parse_action(action)
         checked = check_params(self.ops.binding, act, params)
+        dry = Preview(self.ops, act, checked, reason=reason, actor=actor, tz=self.site.info.tz)
         with self.db.read() as conn:
             items = self.selector.resolve(conn, act, checked, selection)
-            return [
-                preview(conn, self.site, self.models, self.ops.binding, act, checked, item)
-                for item in items
-            ]
+            return [dry.line(conn, n, item) for n, item in enumerate(items, start=1)]
 
     # -- reading -------------------------------------------------------------------------
     def get(self, job_id: int) -> JobView:

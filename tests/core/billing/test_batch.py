@@ -122,7 +122,7 @@ def test_dry_run_writes_nothing_and_bad_input_changes_nothing(sqlite_db, site, c
     before = {tbl.name: _count(db, tbl) for tbl in (t.batch_job, t.batch_item, t.journal)}
     plan = batches.plan("topup", {"amount": "50.00"}, {"rooms": ["A-101", "A-102"]})
     assert [(p.target, p.ok) for p in plan] == [("A-101", True), ("A-102", False)]
-    assert "would exceed the hoarding limit 30.00" in plan[1].text
+    assert "would exceed the account's hoarding limit 30.00" in plan[1].text
     rows = read_csv_rows("room,amount\nA-101,10.00\nA-999,5.00\n", "topups.csv")
     with pytest.raises(
         RequestError, match=re.escape("topups.csv:line 3: room: unknown room 'A-999'")
