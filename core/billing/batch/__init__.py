@@ -53,7 +53,8 @@ from ...events import utcnow
 from ...ledger import RequestError
 from ...model import DeviceModel
 from .door import BatchDoor
-from .items import carry_out, item_tag
+from .follow import settle_waiting
+from .items import Carried, carry_out, item_tag
 from .model import (
     CONTROL_ACTIONS,
     EVERY,
@@ -68,6 +69,7 @@ from .model import (
 from .params import check_params, parse_action
 from .preview import Preview
 from .selection import Selector
+from .views import ItemView, item_views
 
 log = logging.getLogger("openprepay.batch")
 
@@ -182,7 +184,9 @@ class Batches:
         with self.db.read() as conn:
             return [job_view(r) for r in conn.execute(q).all()]
 
-    def items(self, job_id: int, run_no: int | None = None) -> list[Any]:
+    def items(self, job_id: int, run_no: int | None = None) -> list[ItemView]:
+        """The items of an occurrence (default the last) as a clerk reads them: who each
+        target is, and its outcome — a WAITING item's from its device commands now."""
         i = t.batch_item
         with self.db.read() as conn:
             job = conn.execute(
@@ -190,13 +194,12 @@ class Batches:
             ).scalar()
             if job is None:
                 raise RequestError("job", f"unknown batch job {job_id}")
-            return list(
-                conn.execute(
-                    sa.select(i)
-                    .where(i.c.job_id == job_id, i.c.run_no == (run_no or job))
-                    .order_by(i.c.seq)
-                ).all()
-            )
+            rows = conn.execute(
+                sa.select(i)
+                .where(i.c.job_id == job_id, i.c.run_no == (run_no or job))
+                .order_by(i.c.seq)
+            ).all()
+            return item_views(conn, self.site, rows)
 
     def cancel(self, job_id: int, *, actor: str) -> JobView:
         """Stop a job: no further occurrence; a running one stops after its current item."""
@@ -339,7 +342,7 @@ class Batches:
             if item.state == "RUNNING":
                 found = self._queued_before(job, item)
                 if found is not None:
-                    self._record(job, item, True, f"{found} (queued before a restart)")
+                    self._record(job, item, found)
                     return
             with self.db.begin() as conn:
                 conn.execute(
@@ -348,16 +351,15 @@ class Batches:
                     .values(state="RUNNING", updated_at=now)
                 )
         try:
-            text = carry_out(self.ops, job, item, action, params)
-            ok = True
+            carried = carry_out(self.ops, job, item, action, params, self.site.info.tz)
         except RequestError as exc:
-            ok, text = False, str(exc)
+            carried = Carried(str(exc), failed=True)
         except Exception as exc:  # one item's bug must not stop the job
             log.exception("batch job %s item %s (%s) failed", job.id, item.seq, item.target)
-            ok, text = False, f"error: {exc}"
-        self._record(job, item, ok, text)
+            carried = Carried(f"error: {exc}", failed=True)
+        self._record(job, item, carried)
 
-    def _queued_before(self, job: Any, item: Any) -> str | None:
+    def _queued_before(self, job: Any, item: Any) -> Carried | None:
         mc = t.meter_command
         with self.db.read() as conn:
             row = conn.execute(
@@ -366,30 +368,49 @@ class Batches:
                 .order_by(mc.c.id.desc())
                 .limit(1)
             ).first()
-        return None if row is None else f"{row.kind} #{row.id} for {item.target}"
+        if row is None:
+            return None
+        return Carried(f"{row.kind} #{row.id} queued (before a restart)", (int(row.id),))
 
-    def _record(self, job: Any, item: Any, ok: bool, text: str) -> None:
+    def _record(self, job: Any, item: Any, carried: Carried) -> None:
+        """Store an item's result: FAILED (refused), WAITING (its device commands are
+        followed, `follow`) or DONE; the job counts only final outcomes."""
         now = self.clock()
+        state = "FAILED" if carried.failed else "WAITING" if carried.command_ids else "DONE"
+        text, ids = carried.text, list(carried.command_ids) or None
         with self.db.begin() as conn:
             changed = conn.execute(
                 t.batch_item.update()
                 .where(
                     t.batch_item.c.id == item.id, t.batch_item.c.state.in_(["PENDING", "RUNNING"])
                 )
-                .values(state="DONE" if ok else "FAILED", result=text[:1000], updated_at=now)
+                .values(state=state, result=text[:1000], command_ids=ids, updated_at=now)
             ).rowcount
             if changed:
                 conn.execute(
                     t.batch_job.update()
                     .where(t.batch_job.c.id == job.id)
                     .values(
-                        done=t.batch_job.c.done + (1 if ok else 0),
-                        failed=t.batch_job.c.failed + (0 if ok else 1),
+                        done=t.batch_job.c.done + int(state == "DONE"),
+                        failed=t.batch_job.c.failed + int(state == "FAILED"),
                         updated_at=now,
                     )
                 )
             row = conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id == job.id)).one()
         self.publish(progress_sample(row, now))
+
+    def follow(self) -> list[int]:
+        """Record the outcome of WAITING items whose device commands have finished (the
+        job's counts with it) and publish the progress of their jobs; returns the jobs.
+        The service calls it with every look for due jobs."""
+        now = self.clock()
+        jobs = settle_waiting(self.db, self.site.info.tz, now)
+        if jobs:
+            with self.db.read() as conn:
+                rows = conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id.in_(jobs))).all()
+            for row in rows:
+                self.publish(progress_sample(row, now))
+        return jobs
 
     def _finish(self, job_id: int) -> JobView:
         now = self.clock()
@@ -424,8 +445,10 @@ class Batches:
         return job_view(row)
 
     def run_due(self, *, stop: Callable[[], bool] | None = None) -> list[JobView]:
-        """Claim and run every due job, one after the other (the service's loop)."""
+        """Follow the device commands of WAITING items, then claim and run every due job,
+        one after the other (the service's loop)."""
         out = []
+        self.follow()
         while stop is None or not stop():
             claimed = self.claim()
             if not claimed:
