@@ -330,15 +330,22 @@ def batch_show(obj: CliContext, site_file: str, job_id: int, run_no: int | None)
     )
     click.echo(f"reason: {job.reason}")
     click.echo(
-        f"created by {job.created_by} at {local_time(job.created_at, tz)}"
+        f"created by {job.created_by} at {local_time(job.created_at, tz)} (times: {tz})"
         + (f"; repeats every {job.every}" if job.every else "")
         + (f"; next run {local_time(job.next_run_at, tz)}" if job.next_run_at else "")
     )
     if job.state == "CANCELLED" and job.last_error:
         click.echo(f"{job.last_error} at {local_time(job.finished_at, tz)}")
+    # The job row knows the times of its last occurrence only.
+    last = run_no is None or run_no == job.run_no
+    when = (
+        f"{job.state}, started {local_time(job.started_at, tz)}, "
+        f"finished {local_time(job.finished_at, tz)}: "
+        if last
+        else ""
+    )
     click.echo(
-        f"occurrence {run_no or job.run_no}: {job.state}, started {local_time(job.started_at, tz)}"
-        f", finished {local_time(job.finished_at, tz)} ({tz}) — {n.succeeded} succeeded, "
+        f"occurrence {run_no or job.run_no}: {when}{n.succeeded} succeeded, "
         f"{n.failed} failed, {n.pending} pending of {n.total}"
     )
     table = Table("", ["#", "target", "who", "state", "result", "updated"])
