@@ -116,25 +116,31 @@ def _progress(batches: Batches, job_id: int, run_here: bool) -> JobView:
     with progress:
         task = progress.add_task(f"batch {job_id}", total=None, failed=0)
 
-        def show(total: int, done: int, failed: int) -> None:
-            progress.update(task, total=max(total, 1), completed=done + failed, failed=failed)
+        # The bar counts items carried out; an item waiting for its meter's read-back is
+        # carried out (its outcome follows: `batch show`).
+        def show(total: int, carried: int, failed: int) -> None:
+            progress.update(task, total=max(total, 1), completed=carried, failed=failed)
+
+        carried = 0
 
         def on_item(item: object) -> None:
+            nonlocal carried
             if isinstance(item, Sample) and item.source == f"batch-{job_id}":
-                v = item.values
-                show(int(v["total"]), int(v["done"]), int(v["failed"]))
+                carried += 1  # one sample per item carried out
+                show(int(item.values["total"]), carried, int(item.values["failed"]))
 
         if run_here and batches.claim(job_id=job_id):
             batches.publish = on_item
             view = batches.run(job_id)
-            show(view.total, view.done, view.failed)
+            show(view.total, view.total if view.state != "RUNNING" else carried, view.failed)
             return view
         while True:  # the service (or another instance) runs it: follow it
             view = batches.get(job_id)
-            show(view.total, view.done, view.failed)
-            if view.state not in ("RUNNING", "SCHEDULED") or (
+            finished = view.state not in ("RUNNING", "SCHEDULED") or (
                 view.state == "SCHEDULED" and view.run_no > 0
-            ):
+            )
+            show(view.total, view.total if finished else view.done + view.failed, view.failed)
+            if finished:
                 return view
             time.sleep(0.2)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 import sqlalchemy as sa
 
 from openprepay.core.app.demo import anytime_policy
@@ -14,6 +15,7 @@ from openprepay.core.billing.batch import Batches
 from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
 from openprepay.core.events import EventBus
+from openprepay.core.ledger import RequestError
 from openprepay.core.operations import NewAccount, Operations
 
 from .conftest import MODELS, NOW, open_accounts, site_data
@@ -154,3 +156,17 @@ def test_reconnect_and_meter_parameters_dry_run_agree(sqlite_db):
     [item] = batches.items(job.id)
     assert (plan[0].ok, item.state) == (False, "FAILED")
     assert plan[0].text == f"would fail: {item.result}"
+
+
+def test_an_unknown_meter_is_refused_alike_by_the_dry_run_and_the_job(sqlite_db):
+    db = sqlite_db
+    open_accounts(db, parse_site(site_data()), ROOMS)
+    batches = _batches(db)
+    before = _written(db)
+    selection = {"meters": ["E-A-101", "E-X-999"]}
+    with pytest.raises(RequestError, match="meter: unknown meter 'E-X-999'") as dry:
+        batches.plan("disconnect", {"override": True}, selection, reason="r")
+    with pytest.raises(RequestError) as real:
+        batches.create("disconnect", {"override": True}, selection, reason="r", actor="a")
+    assert str(dry.value) == str(real.value)
+    assert _written(db) == before
