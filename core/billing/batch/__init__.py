@@ -24,16 +24,20 @@ durable command queue — exactly as an operator's single action would. Meter pa
 as `SET_ALARMS`) are `SET_PARAMS` commands in the durable queue, checked against the
 model's commands first.
 
-`plan()` is the dry run: every item with what would happen or why it would fail, nothing
-written. Progress is published on the event bus as samples of the pseudo-model
-`openprepay.batch` (source `batch-<job>`, points total/done/failed/state), which the OPC UA
-server exposes under Diagnostics and the historian stores.
-"
+`plan()` is the dry run: every item with what would happen, or `would fail: <reason>`
+from the door's own read-only checks (the ones the real action runs first), nothing
+written. An item whose action queued device commands is WAITING until they finish, then
+DONE or FAILED with their outcome (`follow()`, called with every look for due jobs); the
+job's `done` and `failed` count final outcomes. Progress is published on the event bus as
+samples of the pseudo-model `openprepay.batch` (source `batch-<job>`, points
+total/done/failed/pending/state), which the OPC UA server exposes under Diagnostics and
+the historian stores.
 
 The package, one job a module: `model` (actions, states, views, progress samples), `params`
 (checking a job's parameters), `selection` (resolving a selection into items), `preview`
-(the dry run of an item), `items` (carrying out an item through `Operations`). `Batches`
-below creates, plans, claims and runs jobs.
+(the dry run of a job's items), `items` (carrying out an item through `Operations`),
+`outcomes` and `follow` (what an item's device commands came to, recorded), `views` (items
+as a clerk reads them). `Batches` below creates, plans, claims, runs and follows jobs.
 """
 
 from __future__ import annotations

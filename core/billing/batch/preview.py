@@ -74,9 +74,11 @@ class Preview:
         if action is Action.TOPUP:
             return self._topup(conn, seq, target, p)
         # The real run's reason carries the item's tag: the same length is checked here.
-        reason = f"{self.reason} [batch - #1.{seq}]"
+        tag = f" [batch - #1.{seq}]"
+        reason = f"{self.reason}{tag}"
         if action is Action.DISCONNECT:
-            return self._disconnect(conn, target, reason, bool(p.get("override")))
+            text = self._disconnect(conn, target, reason, bool(p.get("override")))
+            return text.replace(tag, "")
         if action is Action.RECONNECT:
             meters = ops.check_reconnect(conn, target, reason)
             return ", ".join(f"{supply.restore} for {meter}" for meter, supply in meters)

@@ -107,6 +107,7 @@ def test_the_rate_limit_defers_the_same_items_in_the_dry_run(sqlite_db):
     assert deferred == ["E-A-201"]
     local = (NOW + dt.timedelta(minutes=1)).astimezone(batches.site.info.tz)
     assert [p.target for p in plan if " at " in p.text] == ["E-A-201"]
+    assert plan[0].text == "TRIP for E-A-101 (manual override by cli:alice: month-end round)"
     assert f"at {local:%Y-%m-%d %H:%M} (rate limit" in plan[2].text
 
 
