@@ -698,13 +698,21 @@ batch_item = sa.Table(
     sa.Column("target", sa.String(64), nullable=False),
     #: Per-item parameters (a CSV row's amount...).
     sa.Column("params", sa.JSON(), nullable=False),
-    #: PENDING, RUNNING (started, outcome not yet recorded), DONE, FAILED.
+    #: PENDING, RUNNING (started, outcome not yet recorded), WAITING (carried out, its
+    #: device commands not finished yet; revision 0009), DONE, FAILED.
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("result", sa.String(1000), nullable=False, server_default=""),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    #: The device commands the item queued (ids in meter_command): its outcome is theirs.
+    #: Revision 0009.
+    sa.Column("command_ids", sa.JSON(), nullable=True),
     sa.UniqueConstraint("job_id", "run_no", "seq"),
-    sa.CheckConstraint("state IN ('PENDING', 'RUNNING', 'DONE', 'FAILED')", name="state"),
+    sa.CheckConstraint(
+        "state IN ('PENDING', 'RUNNING', 'WAITING', 'DONE', 'FAILED')", name="state"
+    ),
 )
+#: The items whose device commands are followed (WAITING) are looked up by state.
+sa.Index("ix_batch_item_state", batch_item.c.state)
 
 #: The service's month-end of a period (apportionment, charges, draft bills): claimed once.
 billing_cycle = sa.Table(

@@ -69,7 +69,7 @@ from .refunds import (
     settle_refund,
 )
 from .reversal import reverse
-from .topups import topup
+from .topups import TopUpCheck, check_topup, topup
 from .usage import load_accrual, post_usage
 from .values import (
     Balances,
@@ -107,6 +107,7 @@ __all__ = [
     "RefundAllocation",
     "RefundResult",
     "RequestError",
+    "TopUpCheck",
     "TopUpResult",
     "UsageResult",
     "VerifyReport",
@@ -114,6 +115,7 @@ __all__ = [
     "abandon_meter_refund",
     "balances",
     "check_channel",
+    "check_topup",
     "clearing_code",
     "complete_meter_refund",
     "emergency_code",

@@ -76,7 +76,7 @@ _local_filter = sa.and_(
     _am.c.detached_at.is_(None),
     _am.c.control_mode == "LOCAL",
 )
-_position_select = (
+_position_peek = (
     sa.select(
         t.account.c.state,
         t.account.c.hoard_limit_fen,
@@ -98,9 +98,11 @@ _position_select = (
     )
     .join(t.wallet, sa.and_(t.wallet.c.account_id == t.account.c.id, t.wallet.c.kind == "energy"))
     .where(t.account.c.id == sa.bindparam("id"))
-    .with_for_update(of=t.wallet)
 )
+#: The same read, the energy wallet row-locked until the transaction ends.
+_position_select = _position_peek.with_for_update(of=t.wallet)
 _fast_position = FastStatement(_position_select)
+_fast_peek = FastStatement(_position_peek)
 
 
 def lock_position(
@@ -112,9 +114,32 @@ def lock_position(
     counter: str = "",
 ) -> Position:
     """Check the account exists (and is open) and lock its energy wallet; one query."""
+    return _position(conn, _fast_position, account_id, open_only, key, counter)
+
+
+def peek_position(
+    conn: Connection,
+    account_id: str,
+    *,
+    open_only: bool = True,
+    key: str = "",
+    counter: str = "",
+) -> Position:
+    """`lock_position` without the lock, for a check that writes nothing (a dry run)."""
+    return _position(conn, _fast_peek, account_id, open_only, key, counter)
+
+
+def _position(
+    conn: Connection,
+    statement: FastStatement,
+    account_id: str,
+    open_only: bool,
+    key: str,
+    counter: str,
+) -> Position:
     if not isinstance(account_id, str) or not account_id:
         raise RequestError("account", "required")
-    cursor = _fast_position.execute(conn, {"id": account_id, "key": key, "counter": counter})
+    cursor = statement.execute(conn, {"id": account_id, "key": key, "counter": counter})
     row = cursor.fetchone()
     cursor.close()
     if row is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from .codes import check_channel, clearing_code, emergency_code
 from .errors import LedgerIntegrityError, RequestError
 from .journal import check_reference, find_replay, write_journal
 from .local import LocalMeterCommands, require_local
-from .position import Position, energy_balance, local_meter_for, lock_position
+from .position import Position, energy_balance, local_meter_for, lock_position, peek_position
 from .values import Journal, JournalKind, Posting, TopUpResult
 
 _TOPUP_COLUMNS = (
@@ -58,9 +59,7 @@ def topup(
     the RECHARGE command with the meter's next purchase count in the same transaction
     (domain.md §1.5); without it such a top-up is refused.
     """
-    check_amount(amount_fen)
-    check_reference(reference)
-    check_channel(channel)
+    _check_request(amount_fen, reference, channel)
     key = f"topup:{reference}"
     request = {"account": account_id, "amount_fen": amount_fen, "channel": channel}
     if meter_id is not None:
@@ -70,11 +69,10 @@ def topup(
     pos = lock_position(conn, account_id, key=key, counter=counter)
     if pos.key_taken:
         return _topup_replay(conn, key, request)
-    wallet, balance = pos.wallet, pos.balance_fen
-    local_meter = local_meter_for(conn, account_id, meter_id, pos)
+    wallet = pos.wallet
+    local_meter, after = _check_position(conn, account_id, amount_fen, meter_id, pos)
     if local_meter is not None:
         local = require_local(local, local_meter)
-    after = _check_room(balance, amount_fen, pos.hoard_limit_fen)
     now = now or utcnow()
     journal_id = _post_topup(conn, key, request, pos, counter, local_meter, requested_by, now)
     if journal_id is None:  # a concurrent request with the same reference won
@@ -121,6 +119,51 @@ def topup(
     )
     _fast_topup.execute(conn, _order_row(conn, result, now)).close()
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class TopUpCheck:
+    """What a top-up would do: the energy balance before and after, the LOCAL meter it
+    would recharge (None: platform wallet), or that its reference was used (a replay)."""
+
+    balance_fen: int
+    after_fen: int
+    local_meter: str | None
+    replayed: bool
+
+
+def check_topup(
+    conn: Connection,
+    account_id: str,
+    amount_fen: int,
+    reference: str,
+    *,
+    channel: str = "cash",
+    meter_id: str | None = None,
+) -> TopUpCheck:
+    """What `topup` would do now, or the `RequestError` it would refuse with; reads only
+    (a dry run). It runs the checks `topup` runs, in the same order."""
+    _check_request(amount_fen, reference, channel)
+    pos = peek_position(conn, account_id, key=f"topup:{reference}", counter=clearing_code(channel))
+    if pos.key_taken:
+        return TopUpCheck(pos.balance_fen, pos.balance_fen, None, True)
+    local_meter, after = _check_position(conn, account_id, amount_fen, meter_id, pos)
+    return TopUpCheck(pos.balance_fen, after, local_meter, False)
+
+
+def _check_request(amount_fen: int, reference: str, channel: str) -> None:
+    check_amount(amount_fen)
+    check_reference(reference)
+    check_channel(channel)
+
+
+def _check_position(
+    conn: Connection, account_id: str, amount_fen: int, meter_id: str | None, pos: Position
+) -> tuple[str | None, int]:
+    """(the LOCAL meter to recharge or None, the balance after) — refused when the meter
+    is ambiguous or the amount does not fit under the capacity and hoarding limit."""
+    local_meter = local_meter_for(conn, account_id, meter_id, pos)
+    return local_meter, _check_room(pos.balance_fen, amount_fen, pos.hoard_limit_fen)
 
 
 def _post_topup(

@@ -115,6 +115,17 @@ class MeterDoor(Door):
 
         return self._call("replace", meter_id, actor, work, lambda r: f"{r.describe()}; {reason}")
 
+    def check_set_params(self, meter_id: str, command: str, values: Mapping[str, object]) -> None:
+        """Refuse what `set_params` would refuse (unknown meter, no values, a command the
+        model lacks) with its `RequestError`; `set_params` runs it first."""
+        model = self._model_of(meter_id)
+        if not isinstance(values, Mapping) or not values:
+            raise RequestError("values", "give the command's parameters (NAME=VALUE)")
+        try:
+            model.command(command)
+        except KeyError as exc:
+            raise RequestError("command", str(exc.args[0])) from None
+
     def set_params(
         self,
         meter_id: str,
@@ -130,13 +141,7 @@ class MeterDoor(Door):
         the same key again returns the first command."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> cmds.MeterCommand:
-            model = self._model_of(meter_id)
-            if not isinstance(values, Mapping) or not values:
-                raise RequestError("values", "give the command's parameters (NAME=VALUE)")
-            try:
-                model.command(command)
-            except KeyError as exc:
-                raise RequestError("command", str(exc.args[0])) from None
+            self.check_set_params(meter_id, command, values)
             queued = cmds.enqueue(
                 conn,
                 meter_id,

@@ -18,6 +18,23 @@ from .door import Door
 
 
 class MoneyDoor(Door):
+    def check_topup(
+        self,
+        conn: Connection,
+        account_id: str,
+        amount_fen: int,
+        reference: str,
+        *,
+        channel: str = "cash",
+        meter_id: str | None = None,
+    ) -> ledger.TopUpCheck:
+        """What `topup` would do (balance after, LOCAL meter recharged, replay), or the
+        `RequestError` it would refuse with. Reads only (a dry run): the checks are the
+        ones the ledger's top-up runs before it posts (`ledger.check_topup`)."""
+        return ledger.check_topup(
+            conn, account_id, amount_fen, reference, channel=channel, meter_id=meter_id
+        )
+
     def topup(
         self,
         account_id: str,

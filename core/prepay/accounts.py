@@ -343,6 +343,13 @@ def close_account(conn: Connection, account_id: str, *, now: datetime | None = N
     return get_account(conn, account_id)
 
 
+def check_settable(account: Account) -> None:
+    """Refuse to change the settings of a closed account (`update_account` and the
+    door's read-only checks both ask here)."""
+    if account.state is AccountState.CLOSED:
+        raise RequestError("account", f"account {account.id!r} is closed")
+
+
 def update_account(
     conn: Connection,
     account_id: str,
@@ -356,8 +363,7 @@ def update_account(
 ) -> Account:
     """Change an account's settings (not its state, meters or money)."""
     account = get_account(conn, account_id)
-    if account.state is AccountState.CLOSED:
-        raise RequestError("account", f"account {account_id!r} is closed")
+    check_settable(account)
     spec = AccountSpec(
         account.id,
         name if name is not None else account.name,

@@ -43,7 +43,8 @@ command that records a decision), `level_notice.py` (the notice's words).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,6 +74,15 @@ log = logging.getLogger("openprepay.prepay")
 FEE_CONTROL = "fee-control"
 
 _PRE_TRIP_OR_WORSE = (FeeState.ALARM2, FeeState.OVER_ZERO, FeeState.OVERDRAFT)
+
+
+@dataclass(frozen=True, slots=True)
+class CutPlan:
+    """An operator's cut as the policy gate allows it: the account (None: a meter of no
+    account) and each meter with its supply mapping and gate decision (ALLOW or DEFER)."""
+
+    account_id: str | None
+    meters: list[tuple[str, SupplyControl, GateDecision]]
 
 
 class PrepayControl:
@@ -286,12 +296,21 @@ class PrepayControl:
             gate = self.gate(conn, ctx, now)
             self._apply_gate(conn, account.id, meter_id, supply, gate, FEE_CONTROL, now, effects)
 
-    def gate(self, conn: Connection, ctx: MeterContext, now: datetime) -> GateDecision:
+    def gate(
+        self,
+        conn: Connection,
+        ctx: MeterContext,
+        now: datetime,
+        *,
+        also_queued: Sequence[datetime] = (),
+    ) -> GateDecision:
         """What the policy gate says of cutting `ctx`'s meter now (the mass-disconnect rate
-        limit counts the cuts every instance queued in the last minute)."""
+        limit counts the cuts every instance queued in the last minute, and `also_queued`:
+        cuts planned but not written yet)."""
         recent = cmds.recent_command_times(
             conn, sorted(self.cut_kinds()), now - timedelta(minutes=1)
         )
+        recent = [*recent, *also_queued]
         return may_disconnect(
             ctx, now, self.policy, self.tz, recent_trips=recent, calendar=self.calendar
         )
@@ -442,7 +461,7 @@ class PrepayControl:
             raise RequestError("target", f"account {target!r} has no meter with a relay or valve")
         return account.id, meters
 
-    def manual_cut(
+    def plan_cut(
         self,
         conn: Connection,
         meter_or_account_id: str,
@@ -450,14 +469,18 @@ class PrepayControl:
         *,
         actor: str,
         override: bool,
-        effects: Effects,
         now: datetime,
-    ) -> list[cmds.MeterCommand]:
+        also_queued: Sequence[datetime] = (),
+    ) -> CutPlan:
+        """What the policy gate says of an operator's cut, read only: each meter with its
+        gate decision, or a `RequestError` when the gate denies one (`manual_cut` acts on
+        this plan, so a dry run and the real cut cannot differ). `also_queued`: cuts a
+        dry run has already counted against the mass-disconnect rate limit."""
         account_id, meters = self.resolve_targets(conn, meter_or_account_id)
         account = load_account_row(conn, account_id) if account_id else None
         pa = self._prepay_account(conn, account_id) if account_id else None
         balance = energy_balances(conn, account_id)[0] if account_id else 0
-        out = []
+        gates = []
         for meter_id, supply in meters:
             ctx = meter_context(
                 meter_id,
@@ -468,9 +491,32 @@ class PrepayControl:
                 pa,
                 Override(actor, reason, allow=True) if override else None,
             )
-            gate = self.gate(conn, ctx, now)
+            gate = self.gate(conn, ctx, now, also_queued=[*also_queued, *(now for _ in gates)])
             if gate.verdict is Verdict.DENY:
                 raise RequestError("target", f"{meter_id} may not be disconnected: {gate.reason}")
+            gates.append((meter_id, supply, gate))
+        return CutPlan(account_id, gates)
+
+    def manual_cut(
+        self,
+        conn: Connection,
+        meter_or_account_id: str,
+        reason: str,
+        *,
+        actor: str,
+        override: bool,
+        effects: Effects,
+        now: datetime,
+        plan: CutPlan | None = None,
+    ) -> list[cmds.MeterCommand]:
+        """Cut as `plan_cut` planned (`plan`, or planned now)."""
+        if plan is None:
+            plan = self.plan_cut(
+                conn, meter_or_account_id, reason, actor=actor, override=override, now=now
+            )
+        account_id = plan.account_id
+        out = []
+        for meter_id, supply, gate in plan.meters:
             # A deferred cut is queued for the instant the gate gives (`until`; None: now).
             command = queue_supply_command(
                 conn,

@@ -24,16 +24,20 @@ durable command queue — exactly as an operator's single action would. Meter pa
 as `SET_ALARMS`) are `SET_PARAMS` commands in the durable queue, checked against the
 model's commands first.
 
-`plan()` is the dry run: every item with what would happen or why it would fail, nothing
-written. Progress is published on the event bus as samples of the pseudo-model
-`openprepay.batch` (source `batch-<job>`, points total/done/failed/state), which the OPC UA
-server exposes under Diagnostics and the historian stores.
-"
+`plan()` is the dry run: every item with what would happen, or `would fail: <reason>`
+from the door's own read-only checks (the ones the real action runs first), nothing
+written. An item whose action queued device commands is WAITING until they finish, then
+DONE or FAILED with their outcome (`follow()`, called with every look for due jobs); the
+job's `done` and `failed` count final outcomes. Progress is published on the event bus as
+samples of the pseudo-model `openprepay.batch` (source `batch-<job>`, points
+total/done/failed/pending/state), which the OPC UA server exposes under Diagnostics and
+the historian stores.
 
 The package, one job a module: `model` (actions, states, views, progress samples), `params`
 (checking a job's parameters), `selection` (resolving a selection into items), `preview`
-(the dry run of an item), `items` (carrying out an item through `Operations`). `Batches`
-below creates, plans, claims and runs jobs.
+(the dry run of a job's items), `items` (carrying out an item through `Operations`),
+`outcomes` and `follow` (what an item's device commands came to, recorded), `views` (items
+as a clerk reads them). `Batches` below creates, plans, claims, runs and follows jobs.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ from ...events import utcnow
 from ...ledger import RequestError
 from ...model import DeviceModel
 from .door import BatchDoor
-from .items import carry_out, item_tag
+from .follow import settle_waiting
+from .items import Carried, carry_out, item_tag
 from .model import (
     CONTROL_ACTIONS,
     EVERY,
@@ -66,8 +71,9 @@ from .model import (
     progress_sample,
 )
 from .params import check_params, parse_action
-from .preview import preview
+from .preview import Preview
 from .selection import Selector
+from .views import ItemView, item_views
 
 log = logging.getLogger("openprepay.batch")
 
@@ -150,17 +156,22 @@ class Batches:
         return job_view(row)
 
     def plan(
-        self, action: str, params: Mapping[str, Any], selection: Mapping[str, Any]
+        self,
+        action: str,
+        params: Mapping[str, Any],
+        selection: Mapping[str, Any],
+        *,
+        reason: str = "dry run",
+        actor: str = "dry run",
     ) -> list[PlanLine]:
-        """The dry run: every item with what it would do, or why it would fail."""
+        """The dry run: every item with what it would do, or `would fail: <reason>` where
+        the real run would fail — the door's own checks (`preview.py`), nothing written."""
         act = parse_action(action)
         checked = check_params(self.ops.binding, act, params)
+        dry = Preview(self.ops, act, checked, reason=reason, actor=actor, tz=self.site.info.tz)
         with self.db.read() as conn:
             items = self.selector.resolve(conn, act, checked, selection)
-            return [
-                preview(conn, self.site, self.models, self.ops.binding, act, checked, item)
-                for item in items
-            ]
+            return [dry.line(conn, n, item) for n, item in enumerate(items, start=1)]
 
     # -- reading -------------------------------------------------------------------------
     def get(self, job_id: int) -> JobView:
@@ -177,7 +188,9 @@ class Batches:
         with self.db.read() as conn:
             return [job_view(r) for r in conn.execute(q).all()]
 
-    def items(self, job_id: int, run_no: int | None = None) -> list[Any]:
+    def items(self, job_id: int, run_no: int | None = None) -> list[ItemView]:
+        """The items of an occurrence (default the last) as a clerk reads them: who each
+        target is, and its outcome — a WAITING item's from its device commands now."""
         i = t.batch_item
         with self.db.read() as conn:
             job = conn.execute(
@@ -185,13 +198,12 @@ class Batches:
             ).scalar()
             if job is None:
                 raise RequestError("job", f"unknown batch job {job_id}")
-            return list(
-                conn.execute(
-                    sa.select(i)
-                    .where(i.c.job_id == job_id, i.c.run_no == (run_no or job))
-                    .order_by(i.c.seq)
-                ).all()
-            )
+            rows = conn.execute(
+                sa.select(i)
+                .where(i.c.job_id == job_id, i.c.run_no == (run_no or job))
+                .order_by(i.c.seq)
+            ).all()
+            return item_views(conn, self.site, rows)
 
     def cancel(self, job_id: int, *, actor: str) -> JobView:
         """Stop a job: no further occurrence; a running one stops after its current item."""
@@ -334,7 +346,7 @@ class Batches:
             if item.state == "RUNNING":
                 found = self._queued_before(job, item)
                 if found is not None:
-                    self._record(job, item, True, f"{found} (queued before a restart)")
+                    self._record(job, item, found)
                     return
             with self.db.begin() as conn:
                 conn.execute(
@@ -343,16 +355,15 @@ class Batches:
                     .values(state="RUNNING", updated_at=now)
                 )
         try:
-            text = carry_out(self.ops, job, item, action, params)
-            ok = True
+            carried = carry_out(self.ops, job, item, action, params, self.site.info.tz)
         except RequestError as exc:
-            ok, text = False, str(exc)
+            carried = Carried(str(exc), failed=True)
         except Exception as exc:  # one item's bug must not stop the job
             log.exception("batch job %s item %s (%s) failed", job.id, item.seq, item.target)
-            ok, text = False, f"error: {exc}"
-        self._record(job, item, ok, text)
+            carried = Carried(f"error: {exc}", failed=True)
+        self._record(job, item, carried)
 
-    def _queued_before(self, job: Any, item: Any) -> str | None:
+    def _queued_before(self, job: Any, item: Any) -> Carried | None:
         mc = t.meter_command
         with self.db.read() as conn:
             row = conn.execute(
@@ -361,30 +372,49 @@ class Batches:
                 .order_by(mc.c.id.desc())
                 .limit(1)
             ).first()
-        return None if row is None else f"{row.kind} #{row.id} for {item.target}"
+        if row is None:
+            return None
+        return Carried(f"{row.kind} #{row.id} queued (before a restart)", (int(row.id),))
 
-    def _record(self, job: Any, item: Any, ok: bool, text: str) -> None:
+    def _record(self, job: Any, item: Any, carried: Carried) -> None:
+        """Store an item's result: FAILED (refused), WAITING (its device commands are
+        followed, `follow`) or DONE; the job counts only final outcomes."""
         now = self.clock()
+        state = "FAILED" if carried.failed else "WAITING" if carried.command_ids else "DONE"
+        text, ids = carried.text, list(carried.command_ids) or None
         with self.db.begin() as conn:
             changed = conn.execute(
                 t.batch_item.update()
                 .where(
                     t.batch_item.c.id == item.id, t.batch_item.c.state.in_(["PENDING", "RUNNING"])
                 )
-                .values(state="DONE" if ok else "FAILED", result=text[:1000], updated_at=now)
+                .values(state=state, result=text[:1000], command_ids=ids, updated_at=now)
             ).rowcount
             if changed:
                 conn.execute(
                     t.batch_job.update()
                     .where(t.batch_job.c.id == job.id)
                     .values(
-                        done=t.batch_job.c.done + (1 if ok else 0),
-                        failed=t.batch_job.c.failed + (0 if ok else 1),
+                        done=t.batch_job.c.done + int(state == "DONE"),
+                        failed=t.batch_job.c.failed + int(state == "FAILED"),
                         updated_at=now,
                     )
                 )
             row = conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id == job.id)).one()
         self.publish(progress_sample(row, now))
+
+    def follow(self) -> list[int]:
+        """Record the outcome of WAITING items whose device commands have finished (the
+        job's counts with it) and publish the progress of their jobs; returns the jobs.
+        The service calls it with every look for due jobs."""
+        now = self.clock()
+        jobs = settle_waiting(self.db, self.site.info.tz, now)
+        if jobs:
+            with self.db.read() as conn:
+                rows = conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id.in_(jobs))).all()
+            for row in rows:
+                self.publish(progress_sample(row, now))
+        return jobs
 
     def _finish(self, job_id: int) -> JobView:
         now = self.clock()
@@ -419,8 +449,10 @@ class Batches:
         return job_view(row)
 
     def run_due(self, *, stop: Callable[[], bool] | None = None) -> list[JobView]:
-        """Claim and run every due job, one after the other (the service's loop)."""
+        """Follow the device commands of WAITING items, then claim and run every due job,
+        one after the other (the service's loop)."""
         out = []
+        self.follow()
         while stop is None or not stop():
             claimed = self.claim()
             if not claimed:

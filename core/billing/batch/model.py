@@ -58,8 +58,9 @@ BATCH_MODEL = DeviceModel(
     description="Progress of one batch job (its current occurrence)",
     points=(
         _diag("total", "Items of the current occurrence"),
-        _diag("done", "Items carried out"),
-        _diag("failed", "Items that failed (each with its own result)"),
+        _diag("done", "Items that succeeded (their device commands confirmed)"),
+        _diag("failed", "Items refused, or whose device command failed (see their results)"),
+        _diag("pending", "Items not carried out yet, or waiting for their device command"),
         _diag("state", "0 scheduled, 1 running, 2 done, 3 cancelled"),
         _diag("run_no", "Occurrence number (recurring jobs)"),
     ),
@@ -76,6 +77,7 @@ def progress_sample(job: Any, at: dt.datetime) -> Sample:
             "total": int(job.total),
             "done": int(job.done),
             "failed": int(job.failed),
+            "pending": int(job.total) - int(job.done) - int(job.failed),
             "state": STATE_CODES[JobState(job.state)],
             "run_no": int(job.run_no),
         },
@@ -114,6 +116,7 @@ class JobView:
     last_error: str | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    created_at: dt.datetime | None = None
 
 
 def job_view(row: Any) -> JobView:
@@ -136,6 +139,7 @@ def job_view(row: Any) -> JobView:
         row.last_error,
         row.started_at,
         row.finished_at,
+        row.created_at,
     )
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from ...billing.batch import Batches
 from ...billing.batch.model import Action, JobView
 from ...billing.batch.selection import read_csv_rows
+from ...billing.batch.views import counts, describe_params, describe_selection, local_time
 from ...billing.export import Table
 from ...events import utcnow
 from ...ledger import RequestError
@@ -115,27 +116,42 @@ def _progress(batches: Batches, job_id: int, run_here: bool) -> JobView:
     with progress:
         task = progress.add_task(f"batch {job_id}", total=None, failed=0)
 
-        def show(total: int, done: int, failed: int) -> None:
-            progress.update(task, total=max(total, 1), completed=done + failed, failed=failed)
+        # The bar counts items carried out; an item waiting for its meter's read-back is
+        # carried out (its outcome follows: `batch show`).
+        def show(total: int, carried: int, failed: int) -> None:
+            progress.update(task, total=max(total, 1), completed=carried, failed=failed)
+
+        carried = 0
 
         def on_item(item: object) -> None:
+            nonlocal carried
             if isinstance(item, Sample) and item.source == f"batch-{job_id}":
-                v = item.values
-                show(int(v["total"]), int(v["done"]), int(v["failed"]))
+                carried += 1  # one sample per item carried out
+                show(int(item.values["total"]), carried, int(item.values["failed"]))
 
         if run_here and batches.claim(job_id=job_id):
             batches.publish = on_item
             view = batches.run(job_id)
-            show(view.total, view.done, view.failed)
+            show(view.total, view.total if view.state != "RUNNING" else carried, view.failed)
             return view
         while True:  # the service (or another instance) runs it: follow it
             view = batches.get(job_id)
-            show(view.total, view.done, view.failed)
-            if view.state not in ("RUNNING", "SCHEDULED") or (
+            finished = view.state not in ("RUNNING", "SCHEDULED") or (
                 view.state == "SCHEDULED" and view.run_no > 0
-            ):
+            )
+            show(view.total, view.total if finished else view.done + view.failed, view.failed)
+            if finished:
                 return view
             time.sleep(0.2)
+
+
+def _outcome(view: JobView) -> str:
+    """`3 done, 1 failed of 5, 1 waiting for its meter`: items whose device command has
+    not finished are neither done nor failed yet (`batch show` follows them)."""
+    waiting = view.total - view.done - view.failed
+    return f"{view.done} done, {view.failed} failed of {view.total}" + (
+        f", {waiting} waiting for the meter" if waiting and view.state != "RUNNING" else ""
+    )
 
 
 def _selection_options(f: Any) -> Any:
@@ -188,7 +204,11 @@ def _selection_options(f: Any) -> Any:
 @click.option(
     "--every", type=click.Choice(["day", "week", "month"]), help="Repeat at the same time."
 )
-@click.option("--dry-run", is_flag=True, help="Show what each item would do; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what each item would do, or why the real run would fail it; write nothing.",
+)
 @click.option("--no-wait", is_flag=True, help="Leave a job that is due now to the running service.")
 @click.pass_obj
 def batch_create(
@@ -226,7 +246,7 @@ def batch_create(
             action, tariff, amount, channel, alarm1, alarm2, override, kind, prices, command, params
         )
         if dry_run:
-            plan = batches.plan(action, p, selection)
+            plan = batches.plan(action, p, selection, reason=reason, actor=operator())
             for line in plan:
                 click.echo(f"{'ok  ' if line.ok else 'FAIL'} {line.target:<14} {line.text}")
             click.echo(
@@ -242,9 +262,7 @@ def batch_create(
         click.echo(f"batch job {job.id}: {action} {when}" + (f", every {every}" if every else ""))
         if at is None and not no_wait:
             view = _progress(batches, job.id, run_here=True)
-            click.echo(
-                f"batch job {job.id}: {view.done} done, {view.failed} failed of {view.total}"
-            )
+            click.echo(f"batch job {job.id}: {_outcome(view)}")
             if view.failed:
                 raise SystemExit(1)
 
@@ -259,7 +277,20 @@ def batch_list(obj: CliContext, site_file: str, state: str | None) -> None:
         jobs = batches.list(state=state)
     table = Table(
         "Batch jobs",
-        ["job", "action", "state", "run", "done", "failed", "total", "next run", "every", "reason"],
+        [
+            "job",
+            "action",
+            "state",
+            "run",
+            "done",
+            "failed",
+            "pending",
+            "total",
+            "next run",
+            "every",
+            "created by",
+            "reason",
+        ],
     )
     for j in jobs:
         nxt = (
@@ -275,9 +306,11 @@ def batch_list(obj: CliContext, site_file: str, state: str | None) -> None:
                 str(j.run_no),
                 str(j.done),
                 str(j.failed),
+                str(j.total - j.done - j.failed),
                 str(j.total),
                 nxt,
                 j.every or "",
+                j.created_by,
                 j.reason,
             ]
         )
@@ -290,18 +323,42 @@ def batch_list(obj: CliContext, site_file: str, state: str | None) -> None:
 @click.option("--run", "run_no", type=ROW_ID, help="Occurrence (default the last).")
 @click.pass_obj
 def batch_show(obj: CliContext, site_file: str, job_id: int, run_no: int | None) -> None:
-    """A job and the result of each of its items."""
+    """A job and the result of each of its items (times in the site's time zone)."""
     with billing_services(site_file, obj) as c:
         batches = c.batches
         job = batches.get(job_id)
         items = batches.items(job_id, run_no)
-    chosen = job.selection.get("source", "CSV") if "rows" in job.selection else job.selection
+    tz = c.site.info.tz
+    n = counts(items)
     click.echo(
-        f"batch job {job.id}: {job.action} {job.params} on {chosen}; {job.state}, "
-        f"occurrence {job.run_no}: {job.done} done, {job.failed} failed of {job.total}"
+        f"batch job {job.id}: {job.action}, {describe_params(job.action, job.params)}; "
+        f"on {describe_selection(job.selection)}"
     )
+    click.echo(f"reason: {job.reason}")
+    click.echo(
+        f"created by {job.created_by} at {local_time(job.created_at, tz)} (times: {tz})"
+        + (f"; repeats every {job.every}" if job.every else "")
+        + (f"; next run {local_time(job.next_run_at, tz)}" if job.next_run_at else "")
+    )
+    if job.state == "CANCELLED" and job.last_error:
+        click.echo(f"{job.last_error} at {local_time(job.finished_at, tz)}")
+    # The job row knows the times of its last occurrence only.
+    last = run_no is None or run_no == job.run_no
+    when = (
+        f"{job.state}, started {local_time(job.started_at, tz)}, "
+        f"finished {local_time(job.finished_at, tz)}: "
+        if last
+        else ""
+    )
+    click.echo(
+        f"occurrence {run_no or job.run_no}: {when}{n.succeeded} succeeded, "
+        f"{n.failed} failed, {n.pending} pending of {n.total}"
+    )
+    table = Table("", ["#", "target", "who", "state", "result", "updated"])
     for i in items:
-        click.echo(f"  {i.seq:>4} {i.target:<14} {i.state:<7} {i.result}")
+        updated = local_time(i.updated_at, tz)
+        table.rows.append([str(i.seq), i.target, i.who, i.state, i.result, updated])
+    echo_table(table)
 
 
 @batch_group.command("run")
@@ -320,9 +377,7 @@ def batch_run(obj: CliContext, site_file: str, job_id: int) -> None:
                 f"{view.next_run_at.astimezone(c.site.info.tz):%Y-%m-%d %H:%M}",
             )
         view = _progress(batches, job_id, run_here=True)
-    click.echo(
-        f"batch job {job_id}: {view.state}, {view.done} done, {view.failed} failed of {view.total}"
-    )
+    click.echo(f"batch job {job_id}: {view.state}, {_outcome(view)}")
 
 
 @batch_group.command("cancel")

@@ -107,7 +107,14 @@ def test_topup_a_building_one_result_per_item(sqlite_db, site, clock):
         ("A-201", f"batch-{job.id}-1-3"),
     ]
     assert progress[-1].source == f"batch-{job.id}"
-    assert progress[-1].values == {"total": 3, "done": 3, "failed": 0, "state": 2, "run_no": 1}
+    assert progress[-1].values == {
+        "total": 3,
+        "done": 3,
+        "failed": 0,
+        "pending": 0,
+        "state": 2,
+        "run_no": 1,
+    }
     assert batches.claim() == []  # done: nothing runs again
 
 
@@ -122,7 +129,7 @@ def test_dry_run_writes_nothing_and_bad_input_changes_nothing(sqlite_db, site, c
     before = {tbl.name: _count(db, tbl) for tbl in (t.batch_job, t.batch_item, t.journal)}
     plan = batches.plan("topup", {"amount": "50.00"}, {"rooms": ["A-101", "A-102"]})
     assert [(p.target, p.ok) for p in plan] == [("A-101", True), ("A-102", False)]
-    assert "would exceed the hoarding limit 30.00" in plan[1].text
+    assert "would exceed the account's hoarding limit 30.00" in plan[1].text
     rows = read_csv_rows("room,amount\nA-101,10.00\nA-999,5.00\n", "topups.csv")
     with pytest.raises(
         RequestError, match=re.escape("topups.csv:line 3: room: unknown room 'A-999'")
@@ -195,7 +202,9 @@ def test_control_batch_goes_through_the_gate_and_the_rate_limit(sqlite_db, site,
         actor="cli:bob",
     )
     [job_id] = batches.claim()
-    assert batches.run(job_id).done == 3
+    view = batches.run(job_id)  # queued, not done: each item waits for its meter
+    assert (view.state, view.done, view.failed, view.total) == ("DONE", 0, 0, 3)
+    assert [i.state for i in batches.items(job.id)] == ["WAITING"] * 3
     with db.read() as conn:
         trips = conn.execute(
             sa.select(
