@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from openprepay.core.app.vitals import SERVICE_MODEL, SERVICE_SOURCE
 from openprepay.core.config.site import Site
 from openprepay.core.events import CommandExecuted, Event
 from openprepay.core.field.diagnostics import HEALTH_MODEL, LINK_MODEL, diagnostic
@@ -74,6 +75,7 @@ PSEUDO_MEASUREMENTS: Mapping[str, tuple[str, str]] = {
     HEALTH_MODEL.name: ("device_health", "meter"),
     ACCOUNT_MODEL.name: ("account", "account"),
     HISTORIAN_MODEL.name: ("historian", "instance"),
+    SERVICE_MODEL.name: ("service", "instance"),
 }
 KIND_MEASUREMENTS: Mapping[MeterKind, tuple[str, str]] = {
     MeterKind.ELECTRIC: ("electric", "meter"),
@@ -207,6 +209,8 @@ class Catalogue:
                 candidates.append(LINK_MODEL)
         if source == HISTORIAN_SOURCE:
             candidates.append(HISTORIAN_MODEL)
+        if source == SERVICE_SOURCE:
+            candidates.append(SERVICE_MODEL)
         candidates.append(ACCOUNT_MODEL)
         for model in candidates:
             for spec in model.points:

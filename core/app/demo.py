@@ -76,22 +76,17 @@ def _add_building(
     data["buildings"][bid] = {"name": f"Building {bid}", "floors": floor_ids}
     main_link = f"main-{bid}"
     data["links"][main_link] = {"type": "modbus_tcp", "host": "127.0.0.1", "port": 502}
-    water_link = f"gw-{bid}-water"
-    if water:
-        data["links"][water_link] = {
-            "type": "rtu_over_tcp",
-            "host": "127.0.0.1",
-            "port": 502,
-            "timeout_ms": 300,
-        }
     feeds: list[str] = []
-    water_unit = 0
     for f, floor in enumerate(floor_ids):
-        gateway = f"gw-{bid}-e{f // FLOORS_PER_GATEWAY + 1}"
-        data["links"].setdefault(
-            gateway,
-            {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 502, "timeout_ms": 300},
-        )
+        # A bus per few floors for each medium, as installers wire a tower: unit ids stay
+        # within Modbus's 247 and each link's poll load stays a bus's, at any size.
+        bus = f // FLOORS_PER_GATEWAY + 1
+        gateway, water_link = f"gw-{bid}-e{bus}", f"gw-{bid}-w{bus}"
+        for link in (gateway, water_link) if water else (gateway,):
+            data["links"].setdefault(
+                link,
+                {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 502, "timeout_ms": 300},
+            )
         for r in range(1, rooms_per_floor + 1):
             room = f"{bid}-{floor}{r:02d}"
             data["rooms"][room] = {
@@ -115,11 +110,10 @@ def _add_building(
                 data["devices"][meter]["options"]["sim_load_kw"] = 2.0
             feeds.append(meter)
             if water:
-                water_unit += 1
                 data["devices"][f"W-{room}"] = {
                     "model": WATER_MODEL,
                     "link": water_link,
-                    "unit_id": water_unit,
+                    "unit_id": unit,
                     "room": room,
                     "control_mode": "REMOTE",
                 }

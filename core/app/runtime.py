@@ -31,6 +31,7 @@ from ..prepay.engine import PrepayEngine
 from ..prepay.site_check import check_prepayment_sections
 from .plugins import Plugins
 from .services import running_services
+from .vitals import Vitals
 
 log = logging.getLogger("openprepay.runtime")
 
@@ -59,6 +60,9 @@ class Runtime:
         self.readings = LatestReadings(self.bus)
         self.arbiter = build_arbiter(site, plugins, self.bus)
         self.services: list[Service] = []
+        #: Event-loop lag, collector pauses, CPU and memory of this process (a service of
+        #: its own, started first and stopped last).
+        self.vitals = Vitals(self.bus, site.poll.stats_interval_s)
         self._started: list[Service] = []
         #: Set by the historian service when it is created (see core/field/history.py).
         self.history: HistoryReader | None = None
@@ -109,7 +113,7 @@ class Runtime:
                 core.billing_service,
             )
             services.extend(core.loops())
-        self.services = services + self.plugins.services(self)
+        self.services = [self.vitals, *services, *self.plugins.services(self)]
         try:
             for service in self.services:
                 log.info("starting %s", service.name)
@@ -119,6 +123,7 @@ class Runtime:
         except BaseException:
             await self.stop()
             raise
+        self.vitals.settle_heap()
         log.info(
             "site %s running: %d links, %d devices",
             self.site.id,

@@ -1,0 +1,186 @@
+"""The service's own vital signs: event-loop lag, collector pauses, CPU and memory.
+
+At site scale the failures are not in one component but in the process: a loop that stalls
+for seconds makes healthy meters look offline, and the cyclic garbage collector walking
+millions of long-lived objects (the site, the models, the OPC UA address space, the
+per-meter state) stops everything while it does. `Vitals` watches both, from start to stop:
+
+- a probe task sleeps 50 ms at a time and records how late it wakes (the loop's lag);
+- `gc.callbacks` time every collection (generation and duration);
+- every `stats_interval_s` the window's figures are published as a sample of the
+  `openprepay.service` pseudo-model (source "service"), so OPC UA shows them under
+  Diagnostics and the historian stores them like link statistics; a stall over a second or
+  a collection over half a second is also logged as a warning.
+
+`settle_heap()`, called by the runtime once every service has started, collects once and
+moves everything alive into the collector's permanent generation (`gc.freeze()`): what was
+built at start-up lives as long as the process, and no later collection walks it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..events import EventBus, utcnow
+from ..field.diagnostics import diagnostic
+from ..model import DeviceModel, MeterKind, Sample, ValueType
+
+log = logging.getLogger("openprepay.vitals")
+
+SERVICE_SOURCE = "service"
+
+SERVICE_MODEL = DeviceModel(
+    name="openprepay.service",
+    vendor="OpenPrepay",
+    product="Service vital signs",
+    kind=MeterKind.HEALTH,
+    description="Event-loop lag, garbage-collector pauses, CPU and memory of the service",
+    points=(
+        diagnostic("loop_lag_p99_ms", "ms", "Event-loop lag, 99th percentile, last window",
+                   ValueType.FLOAT),
+        diagnostic("loop_stall_max_ms", "ms", "Longest event-loop stall, last window",
+                   ValueType.FLOAT),
+        diagnostic("gc_pause_max_ms", "ms", "Longest garbage-collector pause, last window",
+                   ValueType.FLOAT),
+        diagnostic("gc_collections", "", "Garbage collections since start"),
+        diagnostic("gc_frozen_objects", "", "Objects frozen after start-up (never walked again)"),
+        diagnostic("cpu_percent", "%", "CPU used by the process, last window (100 = one core)",
+                   ValueType.FLOAT),
+        diagnostic("rss_mb", "MB", "Peak resident memory of the process", ValueType.FLOAT),
+    ),
+    plugin="core",
+)  # fmt: skip
+
+#: How often the probe wakes, and what counts as worth a warning.
+PROBE_S = 0.05
+STALL_WARNING_S = 1.0
+GC_WARNING_S = 0.5
+
+
+@dataclass(slots=True)
+class Window:
+    """What one statistics window saw."""
+
+    lags: list[float] = field(default_factory=list)
+    gc_max_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    cpu_start: float = field(default_factory=time.process_time)
+
+
+class Vitals:
+    """See the module docstring. A core service: the runtime starts it first and stops it
+    last, so it sees every other service start and stop."""
+
+    name = "vitals"
+
+    def __init__(self, bus: EventBus, stats_interval_s: float) -> None:
+        self.bus = bus
+        self.interval = stats_interval_s
+        self.window = Window()
+        self.collections = 0
+        #: The whole run's worst figures (what a benchmark reports at the end).
+        self.worst_stall_s = 0.0
+        self.worst_gc_s = 0.0
+        #: The loop's lags of the last ~1.4 h (bounded: a service runs for months).
+        self.recent_lags: collections.deque[float] = collections.deque(maxlen=100_000)
+        self.frozen = 0
+        self._gc_started = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        self.window = Window()
+        self._tasks = [
+            asyncio.create_task(self._probe(), name="vitals-probe"),
+            asyncio.create_task(self._publish_forever(), name="vitals-publish"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        log.info("vitals: %s", self.summary())
+
+    def summary(self) -> dict[str, float]:
+        """The run's figures so far: the loop's lag (p99 and worst) and the collector."""
+        lags = np.array(self.recent_lags) if self.recent_lags else np.zeros(1)
+        return {
+            "loop_lag_p99_ms": round(1000 * float(np.percentile(lags, 99)), 1),
+            "max_loop_stall_ms": round(1000 * self.worst_stall_s, 1),
+            "max_gc_pause_ms": round(1000 * self.worst_gc_s, 1),
+            "gc_collections": self.collections,
+            "frozen_objects": self.frozen,
+        }
+
+    def settle_heap(self) -> None:
+        """Collect once and freeze what start-up built (see the module docstring)."""
+        started = time.perf_counter()
+        gc.collect()
+        gc.freeze()
+        self.frozen = gc.get_freeze_count()
+        log.info(
+            "start-up heap frozen: %d objects (%.0f ms)",
+            self.frozen,
+            1000 * (time.perf_counter() - started),
+        )
+
+    # -- measuring ---------------------------------------------------------------------
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        self.collections += 1
+        self.window.gc_max_s = max(self.window.gc_max_s, pause)
+        self.worst_gc_s = max(self.worst_gc_s, pause)
+        if pause > GC_WARNING_S:
+            log.warning(
+                "garbage collection of generation %s paused the service %.0f ms",
+                info.get("generation"),
+                1000 * pause,
+            )
+
+    async def _probe(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(PROBE_S)
+            lag = max(0.0, loop.time() - before - PROBE_S)
+            self.window.lags.append(lag)
+            self.recent_lags.append(lag)
+            if lag > self.worst_stall_s:
+                self.worst_stall_s = lag
+            if lag > STALL_WARNING_S:
+                log.warning("the event loop stalled %.1f s", lag)
+
+    async def _publish_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.bus.publish(Sample(SERVICE_SOURCE, SERVICE_MODEL, utcnow(), self.values()))
+
+    def values(self) -> dict[str, Any]:
+        """The figures of the window that ends now (and a new window starts)."""
+        w, self.window = self.window, Window()
+        elapsed = max(time.monotonic() - w.started, 1e-9)
+        lags = np.array(w.lags) if w.lags else np.zeros(1)
+        return {
+            "loop_lag_p99_ms": round(1000 * float(np.percentile(lags, 99)), 3),
+            "loop_stall_max_ms": round(1000 * float(lags.max()), 3),
+            "gc_pause_max_ms": round(1000 * w.gc_max_s, 3),
+            "gc_collections": self.collections,
+            "gc_frozen_objects": self.frozen,
+            "cpu_percent": round(100 * (time.process_time() - w.cpu_start) / elapsed, 1),
+            "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }

@@ -1,0 +1,48 @@
+"""The service's vital signs: a blocked event loop and a garbage collection are measured and
+published as a sample of the `openprepay.service` pseudo-model; the start-up heap is frozen
+so later collections do not walk it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from openprepay.core.app.vitals import SERVICE_MODEL, SERVICE_SOURCE, Vitals
+from openprepay.core.events import EventBus
+from openprepay.core.model import Sample
+
+
+async def test_a_stalled_loop_and_a_collection_are_measured_and_published():
+    bus = EventBus()
+    published: list[Sample] = []
+    bus.subscribe(Sample, published.append)
+    vitals = Vitals(bus, stats_interval_s=0.5)
+    await vitals.start()
+    try:
+        await asyncio.sleep(0.2)
+        time.sleep(0.3)  # noqa: ASYNC251 (the blocking call the probe must see)
+        gc.collect()
+        for _ in range(40):
+            if published:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await vitals.stop()
+    [sample] = published[:1]
+    assert (sample.source, sample.model) == (SERVICE_SOURCE, SERVICE_MODEL)
+    assert set(sample.values) == {p.name for p in SERVICE_MODEL.points}
+    assert sample.values["loop_stall_max_ms"] >= 250
+    assert sample.values["gc_collections"] >= 1 and sample.values["rss_mb"] > 0
+    summary = vitals.summary()
+    assert summary["max_loop_stall_ms"] >= 250 and summary["max_gc_pause_ms"] > 0
+    assert gc.callbacks.count(vitals._on_gc) == 0  # stop() takes its callback away
+
+
+def test_the_start_up_heap_is_frozen():
+    vitals = Vitals(EventBus(), stats_interval_s=5)
+    try:
+        vitals.settle_heap()
+        assert vitals.frozen == gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
