@@ -444,9 +444,10 @@ class BillingService:
                 await asyncio.to_thread(self._seen, now)
                 period = await asyncio.to_thread(self.month_end_due, now)
                 if period is not None:
-                    log.info("month-end of %s", period)
                     await asyncio.to_thread(self.flush_readings)
                     report = await asyncio.to_thread(self.run_month_end, period)
+                    if report is not None:  # a held one was said once, by _hold
+                        log.info("month-end of %s done: %s", period, report.summary())
                     for alert in report.alerts() if report is not None else ():
                         log.warning(
                             "common area %s %s %s: %s",
