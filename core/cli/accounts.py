@@ -211,8 +211,9 @@ def account_show(obj: CliContext, site_file: str, account_id: str, entries: int)
             refundable = ledger.refundable(conn, account_id) if a.state == "OPEN" else 0
         snap = ops.account_snapshot(account_id)
     th = a.thresholds
+    tz = ops.site.info.tz
     click.echo(f"account   {a.id} — {a.name}")
-    click.echo(f"state     {a.state} (created {a.created_at:%Y-%m-%d %H:%M} UTC)")
+    click.echo(f"state     {a.state} (created {a.created_at.astimezone(tz):%Y-%m-%d %H:%M})")
     click.echo(
         f"room      {a.room or '-'}    tariff {a.tariff_id or '-'}    "
         f"protected {'yes (保电)' if a.protected else 'no'}"
@@ -260,11 +261,12 @@ def account_show(obj: CliContext, site_file: str, account_id: str, entries: int)
             f"`openprepay command retry {site_file} {command_id} --reason ...` or "
             f"`openprepay command refund {site_file} {command_id} --reason ...`"
         )
+    click.echo(f"times     site time ({tz.key})")
     if history:
         click.echo("entries:")
         for h in history:
             click.echo(
-                f"  {h['at']:%Y-%m-%d %H:%M:%S}  #{h['journal']:<7} {h['kind']:<17} "
+                f"  {h['at'].astimezone(tz):%Y-%m-%d %H:%M:%S}  #{h['journal']:<7} {h['kind']:<17} "
                 f"{h['wallet']:<8} {format_fen(h['amount_fen']):>12}  {h['key']}"
             )
     if commands:

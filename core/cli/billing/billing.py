@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ...billing import runs
-from ...billing.charges import charge_once, items_of
+from ...billing.charges import charge_once
 from ...billing.closing import PeriodCheck
 from ...billing.export import Table
 from ...billing.reading_file import instant_of
@@ -18,6 +18,7 @@ from ...billing.readings import readings_at
 from ...billing.runs import Computed, RunResult
 from ...billing.service import Billing
 from ...billing.settings import Mode
+from ...billing.statement import statement
 from ...events import utcnow
 from ...ledger import RequestError, format_fen, parse_yuan
 from ...prepay.csv_problems import RowsRefused
@@ -409,8 +410,12 @@ def billing_month_end(obj: CliContext, site_file: str, period: str, override: st
 def billing_runs(obj: CliContext, site_file: str, period: str | None) -> None:
     """Every computation of pools and charges with its revisions."""
     with billing_services(site_file, obj) as c, c.db.read() as conn:
-        rows = runs.list_runs(conn, period=period)
-    table = Table("Runs", ["source", "period", "revision", "state", "amount", "journal", "reason"])
+        rows = runs.list_run_listings(conn, period=period)
+    tz = c.site.info.tz
+    table = Table(
+        "Runs",
+        ["source", "period", "revision", "state", "amount", "posted", "approved", "reason"],
+    )
     for r in rows:
         table.rows.append(
             [
@@ -419,10 +424,14 @@ def billing_runs(obj: CliContext, site_file: str, period: str | None) -> None:
                 str(r.revision),
                 r.state,
                 format_fen(r.amount_fen),
-                str(r.journal_id or ""),
+                f"{r.posted_at.astimezone(tz):%Y-%m-%d %H:%M}" if r.posted_at else "",
+                f"{r.approved_by}, {r.approved_at.astimezone(tz):%Y-%m-%d %H:%M}"
+                if r.approved_by and r.approved_at
+                else "",
                 r.reason,
             ]
         )
+    table.notes.append(f"Times in site time ({tz.key}).")
     echo_table(table)
 
 
@@ -432,22 +441,23 @@ def billing_runs(obj: CliContext, site_file: str, period: str | None) -> None:
 @click.option("--period")
 @click.pass_obj
 def billing_statement(obj: CliContext, site_file: str, account: str, period: str | None) -> None:
-    """ACCOUNT's itemised charges (common area, property fee, rent, services, bills)."""
+    """ACCOUNT's itemised charges (common area, property fee, rent, services, bills): the
+    day (site time), what, the amount in yuan and how it is paid."""
     with billing_services(site_file, obj) as c, c.db.read() as conn:
-        items = items_of(conn, account, period=period)
+        lines = statement(conn, account, c.site.info.tz, period=period)
     table = Table(
-        f"Charges of {account}", ["period", "kind", "description", "amount", "how", "bill"]
+        f"Charges of {account}", ["date", "period", "what", "description", "amount", "paid how"]
     )
-    for i in items:
-        how = "void" if i["void"] else ("general wallet" if i["mode"] == "wallet" else "owed")
+    for ln in lines:
         table.rows.append(
             [
-                i["period"],
-                i["kind"],
-                i["description"],
-                format_fen(i["amount_fen"]),
-                how,
-                str(i["bill_id"] or ""),
+                ln.day.isoformat(),
+                ln.period,
+                ln.what,
+                ln.description,
+                format_fen(ln.amount_fen),
+                ln.how,
             ]
         )
+    table.notes.append(f"Amounts in yuan (CNY); dates in site time ({c.site.info.tz.key}).")
     echo_table(table)
