@@ -22,8 +22,10 @@ class RowProblem:
     value: str = ""
 
     def __str__(self) -> str:
-        found = f" = {self.value!r}" if self.value else ""
-        return f"line {self.line}: {self.field}{found}: {self.message}"
+        # The value is quoted unless the message quotes it already.
+        quoted = repr(self.value) in self.message or f"got {self.value}" in self.message
+        shown = f" (the cell holds {self.value!r})" if self.value and not quoted else ""
+        return f"line {self.line}: {self.field}: {self.message}{shown}"
 
 
 class RowsRefused(RequestError):
