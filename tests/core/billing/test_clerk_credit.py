@@ -21,7 +21,7 @@ from openprepay.core.operations import Operations
 
 from .clerk import Run, audits, rows, runner
 from .clerk import site_file as make_site_file
-from .conftest import FEB, JAN, MAR, MODELS, NOW, deposit, open_accounts, read, site_data
+from .conftest import FEB, JAN, MAR, MODELS, deposit, open_accounts, read, site_data
 
 
 @pytest.fixture
@@ -37,7 +37,9 @@ def ops(db) -> Operations:
     )
     for at, kwh in ((JAN, 0), (FEB, 100), (MAR, 200)):
         read(db, at, {"E-A-101": kwh, "E-B-101": kwh})
-    operations = Operations(site, db, EventBus(), models=MODELS, clock=lambda: NOW)
+    # A day after the February freeze instant: both periods have ended.
+    later = MAR + dt.timedelta(days=1)
+    operations = Operations(site, db, EventBus(), models=MODELS, clock=lambda: later)
     for period in ("2025-01", "2025-02"):
         operations.draft_bills(period, actor="cli:alice")
         operations.confirm_bills(period=period, actor="cli:alice")
