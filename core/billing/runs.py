@@ -227,6 +227,13 @@ class RunListing:
 HELD_SUFFIX = ": held for approval"
 
 
+def approved_reason(reason: str) -> str:
+    """The reason of a held run once approved: what the operator accepted, not "held"."""
+    if reason.endswith(HELD_SUFFIX):
+        return reason.removesuffix(HELD_SUFFIX) + ": accepted on approval"
+    return reason
+
+
 def list_run_listings(conn: Connection, *, period: str | None = None) -> list[RunListing]:
     """Every run (of `period`) with its posting time and approval, oldest period first."""
     r, j = t.billing_run, t.journal
@@ -239,9 +246,7 @@ def list_run_listings(conn: Connection, *, period: str | None = None) -> list[Ru
         q = q.where(r.c.period == period)
     out = []
     for row in conn.execute(q).all():
-        reason = row.reason or ""
-        if row.approved_by and reason.endswith(HELD_SUFFIX):
-            reason = reason.removesuffix(HELD_SUFFIX) + ": accepted on approval"
+        reason = approved_reason(row.reason or "") if row.approved_by else row.reason or ""
         out.append(
             RunListing(
                 row.source,

@@ -110,7 +110,8 @@ def bill_show(obj: CliContext, site_file: str, number: str) -> None:
     for p in b.problems:
         click.echo(f"  problem: {p}")
     if b.state == "VOID":
-        click.echo(f"  void: {b.void_reason} (by {b.voided_by} at {b.voided_at:%Y-%m-%d %H:%M})")
+        when = f"{b.voided_at.astimezone(tz):%Y-%m-%d %H:%M}" if b.voided_at else "-"
+        click.echo(f"  void: {b.void_reason} (by {b.voided_by} at {when})")
 
 
 @bill_group.command("confirm")

@@ -4,6 +4,7 @@ apportionment, custom charges, the month-end, the itemised statement of an accou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,7 @@ def billing_approve(obj: CliContext, site_file: str, pool: str, period: str) -> 
         c.billing.apportionment.pool(pool)
         with c.db.begin() as conn:
             r = runs.approve(conn, f"pool:{pool}", period, actor=operator(), now=utcnow())
-    _show_run(r, c.site.info.tz)
+    _show_run(replace(r, reason=runs.approved_reason(r.reason)), c.site.info.tz)
 
 
 @billing_group.command("charge")

@@ -53,7 +53,8 @@ def test_runs_show_who_approved_and_when_and_no_held_after_approval(run):
     run("billing", "apportion", "SITE", "--period", "2025-01")
     held = _row(run("billing", "runs", "SITE").output, "pool:A")
     assert "HELD" in held and "held for approval" in held
-    run("billing", "approve", "SITE", "A", "--period", "2025-01")
+    approving = run("billing", "approve", "SITE", "A", "--period", "2025-01").output
+    assert "POSTED" in approving and "held" not in approving.lower()
     out = run("billing", "runs", "SITE", "--period", "2025-01").output
     assert "posted" in out and "approved" in out and "Times in site time (Asia/Shanghai)" in out
     approved = _row(out, "pool:A")
