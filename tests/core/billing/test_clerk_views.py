@@ -27,7 +27,10 @@ def site_file(tmp_path: Path) -> Path:
 def run(cli, site_file) -> Run:
     """January of pool A read (loss 30 %, above the cap: held), as in test_cli.py."""
     invoke = runner(cli, site_file)
-    for at, main, a101, a102 in (("2025-01", 1000, 100, 200), ("2025-02", 1400, 200, 380)):
+    for at, main, a101, a102 in (
+        ("2025-01-01 00:00", 1000, 100, 200),
+        ("2025-02-01 00:00", 1400, 200, 380),
+    ):
         invoke("billing", "reading", "SITE", "M-A", "--at", at, "--value", str(main))
         invoke("billing", "reading", "SITE", "E-A-101", "--at", at, "--value", str(a101))
         invoke("billing", "reading", "SITE", "E-A-102", "--at", at, "--value", str(a102))
