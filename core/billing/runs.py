@@ -201,6 +201,69 @@ def list_runs(
     return list(conn.execute(q).all())
 
 
+@dataclass(frozen=True, slots=True)
+class RunListing:
+    """A run as `billing runs` shows it: what it posted, when, and who approved it."""
+
+    source: str
+    period: str
+    revision: int
+    state: str
+    amount_fen: int
+    journal_id: int | None
+    #: Why it was held or stopped; for an approved run, what was accepted (not "held").
+    reason: str
+    requested_by: str
+    #: When its journal was posted (for an approved run: when it was approved).
+    posted_at: dt.datetime | None
+    approved_by: str | None
+
+    @property
+    def approved_at(self) -> dt.datetime | None:
+        return self.posted_at if self.approved_by else None
+
+
+#: How `apportion` ends the reason of a run it holds for an operator's approval.
+HELD_SUFFIX = ": held for approval"
+
+
+def approved_reason(reason: str) -> str:
+    """The reason of a held run once approved: what the operator accepted, not "held"."""
+    if reason.endswith(HELD_SUFFIX):
+        return reason.removesuffix(HELD_SUFFIX) + ": accepted on approval"
+    return reason
+
+
+def list_run_listings(conn: Connection, *, period: str | None = None) -> list[RunListing]:
+    """Every run (of `period`) with its posting time and approval, oldest period first."""
+    r, j = t.billing_run, t.journal
+    q = (
+        sa.select(r, j.c.created_at.label("posted_at"))
+        .outerjoin(j, j.c.id == r.c.journal_id)
+        .order_by(r.c.period, r.c.source, r.c.revision)
+    )
+    if period is not None:
+        q = q.where(r.c.period == period)
+    out = []
+    for row in conn.execute(q).all():
+        reason = approved_reason(row.reason or "") if row.approved_by else row.reason or ""
+        out.append(
+            RunListing(
+                row.source,
+                row.period,
+                int(row.revision),
+                row.state,
+                int(row.amount_fen),
+                row.journal_id,
+                reason,
+                row.requested_by,
+                row.posted_at,
+                row.approved_by,
+            )
+        )
+    return out
+
+
 def _key(source: str, period: str, revision: int) -> str:
     return f"{source}:{period}" + ("" if revision == 1 else f":r{revision}")
 

@@ -211,8 +211,9 @@ def account_show(obj: CliContext, site_file: str, account_id: str, entries: int)
             refundable = ledger.refundable(conn, account_id) if a.state == "OPEN" else 0
         snap = ops.account_snapshot(account_id)
     th = a.thresholds
+    tz = ops.site.info.tz
     click.echo(f"account   {a.id} — {a.name}")
-    click.echo(f"state     {a.state} (created {a.created_at:%Y-%m-%d %H:%M} UTC)")
+    click.echo(f"state     {a.state} (created {a.created_at.astimezone(tz):%Y-%m-%d %H:%M})")
     click.echo(
         f"room      {a.room or '-'}    tariff {a.tariff_id or '-'}    "
         f"protected {'yes (保电)' if a.protected else 'no'}"
@@ -260,11 +261,12 @@ def account_show(obj: CliContext, site_file: str, account_id: str, entries: int)
             f"`openprepay command retry {site_file} {command_id} --reason ...` or "
             f"`openprepay command refund {site_file} {command_id} --reason ...`"
         )
+    click.echo(f"times     site time ({tz.key})")
     if history:
         click.echo("entries:")
         for h in history:
             click.echo(
-                f"  {h['at']:%Y-%m-%d %H:%M:%S}  #{h['journal']:<7} {h['kind']:<17} "
+                f"  {h['at'].astimezone(tz):%Y-%m-%d %H:%M:%S}  #{h['journal']:<7} {h['kind']:<17} "
                 f"{h['wallet']:<8} {format_fen(h['amount_fen']):>12}  {h['key']}"
             )
     if commands:
@@ -295,19 +297,21 @@ def account_close(obj: CliContext, site_file: str, account_id: str) -> None:
 @click.option(
     "--all-or-nothing",
     is_flag=True,
-    help="Write nothing when any row is bad (default: create the good rows, report the bad).",
+    hidden=True,
+    help="Accepted for older scripts: a file with a bad row never writes anything now.",
 )
 @click.option("--dry-run", is_flag=True, help="Check every row and report; write nothing.")
 @click.pass_obj
 def account_import(
     obj: CliContext, site_file: str, csv_file: Path, all_or_nothing: bool, dry_run: bool
 ) -> None:
-    """Open accounts in bulk from CSV_FILE; prints one line per bad row (line: field: why).
+    """Open accounts in bulk from CSV_FILE, all of them or none.
 
     Columns: id, name, room, meters, tariff, alarm1, alarm2, overdraft_limit, close_limit,
     hoard_limit, protected, notify, state, opening_balance (only id and name required).
-    Good rows are created and bad rows change nothing; re-importing the corrected file is
-    safe (existing identical accounts count as unchanged). Exit status 1 if any row is bad.
+    Every bad cell of every row is listed (line: column: why, and what the cell holds) and
+    then nothing is written: correct the file and import it again (accounts that exist
+    with the same settings count as unchanged). Exit status 1 if any row is bad.
     """
     try:
         text = csv_file.read_text(encoding="utf-8-sig")
@@ -315,31 +319,33 @@ def account_import(
         raise OpenPrepayError(f"{csv_file}: cannot read as UTF-8 text: {exc}") from None
     rows = max(0, text.count("\n") - 1 + (0 if text.endswith("\n") else 1))
     with site_operations(site_file, obj) as ops:
-        report = _run_import(ops, text, rows, all_or_nothing, dry_run)
+        report = _run_import(ops, text, rows, dry_run)
     for p in report.problems:
         click.echo(f"{csv_file}:{p}", err=True)
     if report.rolled_back or dry_run:
-        written = "nothing written" + (" (dry run)" if dry_run else " (--all-or-nothing)")
+        written = "nothing written" + (" (dry run)" if dry_run else "")
     else:
         written = f"{len(report.created)} created"
+    bad_rows = len({p.line for p in report.problems})
     click.echo(
         f"{report.rows} row(s): {written}, {len(report.unchanged)} unchanged, "
-        f"{len(report.problems)} bad" + (f" would create {len(report.created)}" if dry_run else "")
+        f"{bad_rows} bad"
+        + (f" would create {len(report.created)}" if dry_run else "")
+        + ("; correct the rows listed and import the file again" if report.problems else "")
     )
     if report.problems:
         raise SystemExit(EXIT_FAILED)
 
 
-def _run_import(
-    ops: Operations, text: str, rows: int, all_or_nothing: bool, dry_run: bool
-) -> ImportReport:
-    """The import through the door; a big file gets a progress bar (checking, creating)."""
+def _run_import(ops: Operations, text: str, rows: int, dry_run: bool) -> ImportReport:
+    """The import through the door, all rows or none; a big file gets a progress bar
+    (checking, creating)."""
 
     def run(progress: Callable[[str, int], None] | None) -> ImportReport:
         return ops.import_accounts(
             text,
             actor=operator(),
-            all_or_nothing=all_or_nothing,
+            all_or_nothing=True,
             dry_run=dry_run,
             progress=progress,
         )

@@ -40,16 +40,26 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .readings import ReadingDoor, ReadingsImported
 from .snapshots import AccountSnapshot, MeterSnapshot, SnapshotReads
 from .supply import SupplyDoor
 
-__all__ = ["AccountSnapshot", "Door", "MeterSnapshot", "NewAccount", "Opened", "Operations"]
+__all__ = [
+    "AccountSnapshot",
+    "Door",
+    "MeterSnapshot",
+    "NewAccount",
+    "Opened",
+    "Operations",
+    "ReadingsImported",
+]
 
 
 class Operations(
     MoneyDoor,
     AccountLifecycleDoor,
     AccountSettingsDoor,
+    ReadingDoor,
     BillDoor,
     SupplyDoor,
     CommandDoor,

@@ -1,6 +1,6 @@
-"""Post-paid bills through the door: draft, confirm, issue, pay, void (core/billing/bills
-computes; here each step becomes one audited transaction whose effects every running
-service learns of)."""
+"""Post-paid bills through the door: draft, confirm, issue, pay, apply a general-wallet
+credit, void (core/billing/bills computes; here each step becomes one audited transaction
+whose effects every running service learns of)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from functools import cached_property
 
 from sqlalchemy.engine import Connection
 
+from ..billing.bills import paying
 from ..billing.bills.model import BillSummary, PaymentResult, VoidResult
 from ..billing.service import Billing
 from ..ledger import format_fen
@@ -137,6 +138,41 @@ class BillDoor(Door):
             work,
             lambda r: (
                 f"{format_fen(r.amount_fen)} via {channel}, reference {r.reference}"
+                + (" (replay: nothing changed)" if r.replayed else "")
+            ),
+        )
+
+    def apply_credit(
+        self,
+        account_id: str,
+        *,
+        bill: str | None = None,
+        amount_fen: int | None = None,
+        reference: str | None = None,
+        actor: str,
+    ) -> PaymentResult:
+        """Pay the account's unpaid bills (or only `bill`), oldest first, from its general
+        wallet: `amount_fen`, or all the wallet holds up to what the bills owe. Refused
+        beyond either. `reference` (default: one made of the account and the time) makes it
+        idempotent: the same reference again returns the first result."""
+
+        def work(conn: Connection, effects: Effects, now: datetime) -> PaymentResult:
+            ref = reference or f"credit-{account_id}-{now:%Y%m%d%H%M%S%f}"
+            result = paying.apply_credit(
+                conn, account_id, ref, amount_fen=amount_fen, bill=bill, actor=actor, now=now
+            )
+            effects.accounts.add(account_id)
+            return result
+
+        return self._call(
+            "bill_credit",
+            account_id,
+            actor,
+            work,
+            lambda r: (
+                f"general wallet credit {format_fen(r.amount_fen)} applied to "
+                + ", ".join(f"{n} {format_fen(f)}" for n, f in r.allocations.items())
+                + f", reference {r.reference}"
                 + (" (replay: nothing changed)" if r.replayed else "")
             ),
         )

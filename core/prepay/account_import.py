@@ -3,7 +3,9 @@
 The file is read in four steps — the header, then every row parsed and checked against
 the site file and the rest of the file, then the rows checked against the database (two
 look-ups for the whole file), then the good rows created — so that a bad row is reported
-with its line number and field and never half-written.
+with its line number and field and never half-written. Every bad cell of a row is reported
+(`RowProblem`: line, column, the value, what to write), not only the first; the command
+line imports all rows or none (`all_or_nothing`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -26,6 +28,7 @@ from ..model import DeviceModel
 from ..text import first_control
 from .accounts import (
     Account,
+    AccountMeter,
     AccountSpec,
     find_account,
     insert_account,
@@ -33,6 +36,7 @@ from .accounts import (
     resolve_meter,
     validate_spec,
 )
+from .csv_problems import RowProblem
 from .feecontrol import FeeThresholds
 
 if TYPE_CHECKING:
@@ -58,6 +62,8 @@ _REQUIRED_COLUMNS = ("id", "name")
 _YES = {"yes", "true", "1", "y"}
 _NO = {"no", "false", "0", "n", ""}
 
+T = TypeVar("T")
+
 #: `progress(phase, n)`: rows "checked" and "created" so far.
 Progress = Callable[[str, int], None]
 
@@ -68,16 +74,6 @@ class _CsvReader(Protocol):
     line_num: int
 
     def __next__(self) -> list[str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RowProblem:
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.message}"
 
 
 @dataclass(slots=True)
@@ -221,15 +217,17 @@ def _parse_rows(
             )
             continue
         record = {k: v.strip() for k, v in zip(header, values, strict=True)}
-        try:
-            row = _parse_row(line, record, site, models, defaults)
+        cells = _Cells(line, record)
+        row = _parse_row(cells, site, models, defaults)
+        if row is not None:
             if binding is not None:
-                binding.check_account(row.spec.tariff_id, [m.meter_id for m in row.spec.meters])
-            _check_row_unique(row, seen_ids, seen_meters)
-        except RequestError as exc:
-            report.problems.append(RowProblem(line, exc.field, exc.message))
-            continue
-        parsed.append(row)
+                cells.check(
+                    binding.check_account, row.spec.tariff_id, [m.meter_id for m in row.spec.meters]
+                )
+            cells.check(_check_row_unique, row, seen_ids, seen_meters)
+        report.problems.extend(cells.problems)
+        if row is not None and not cells.problems:
+            parsed.append(row)
     return parsed
 
 
@@ -260,7 +258,9 @@ def _check_against_database(
                 existing = find_account(conn, row.spec.id)
                 if existing is None or not _same(existing, row):
                     raise RequestError(
-                        "id", f"account {row.spec.id!r} already exists with other settings"
+                        "id",
+                        f"account {row.spec.id!r} already exists with other settings: use "
+                        "another id, or make the line match it (account show)",
                     )
                 report.unchanged.append(row.spec.id)
                 continue
@@ -268,10 +268,12 @@ def _check_against_database(
                 if m.meter_id in taken:
                     raise RequestError(
                         "meters",
-                        f"meter {m.meter_id!r} already belongs to account {taken[m.meter_id]!r}",
+                        f"meter {m.meter_id!r} already belongs to account "
+                        f"{taken[m.meter_id]!r}: close that account first, or leave it out",
                     )
         except RequestError as exc:
-            report.problems.append(RowProblem(row.line, exc.field, exc.message))
+            value = row.spec.id if exc.field == "id" else ""
+            report.problems.append(RowProblem(row.line, exc.field, exc.message, value))
             continue
         good.append(row)
         if progress is not None:
@@ -320,82 +322,132 @@ def _same(account: Account, row: _Row) -> bool:
 
 def _check_row_unique(row: _Row, ids: dict[str, int], meters: dict[str, int]) -> None:
     if row.spec.id in ids:
-        raise RequestError("id", f"account {row.spec.id!r} is already on line {ids[row.spec.id]}")
+        raise RequestError(
+            "id", f"account {row.spec.id!r} is already on line {ids[row.spec.id]}: keep one"
+        )
     for m in row.spec.meters:
         if m.meter_id in meters:
             raise RequestError(
-                "meters", f"meter {m.meter_id!r} is already on line {meters[m.meter_id]}"
+                "meters",
+                f"meter {m.meter_id!r} is already on line {meters[m.meter_id]}: a meter "
+                "belongs to one account",
             )
     ids[row.spec.id] = row.line
     for m in row.spec.meters:
         meters[m.meter_id] = row.line
 
 
+class _Cells:
+    """One data line's cells, and every problem found in them (not only the first)."""
+
+    def __init__(self, line: int, record: Mapping[str, str]) -> None:
+        self.line = line
+        self.record = record
+        self.problems: list[RowProblem] = []
+
+    def check(self, check: Callable[..., T], *args: Any) -> T | None:
+        """`check(*args)`, or None with its problem noted (named by the column it blames,
+        with the value the cell holds)."""
+        try:
+            return check(*args)
+        except RequestError as exc:
+            field = exc.field.removeprefix("--")
+            self.problems.append(
+                RowProblem(self.line, field, exc.message, self.record.get(field, ""))
+            )
+            return None
+
+
 def _parse_row(
-    line: int,
-    r: Mapping[str, str],
+    cells: _Cells,
     site: Site,
     models: Mapping[str, DeviceModel],
     d: FeeThresholds,
-) -> _Row:
-    """One data row (column → stripped text) as the account it asks for; `d` gives the
-    thresholds left empty. Raises `RequestError` naming the column."""
+) -> _Row | None:
+    """One data line as the account it asks for (None: a problem, noted in `cells`); `d`
+    gives the thresholds left empty. Every column is checked, so a line with three bad
+    cells gets three problems."""
+    r = cells.record
 
-    def amount(name: str, default: int) -> int:
+    def amount(name: str, default: int) -> int | None:
         text = r.get(name, "")
-        return parse_yuan(text, name, low_fen=0) if text else default
+        return cells.check(lambda: parse_yuan(text, name, low_fen=0)) if text else default
 
-    _check_printable(r)
-    room = _parse_room(r.get("room") or None, site)
-    meters = tuple(
-        resolve_meter(site, models, meter, mode)
-        for meter, mode in parse_meter_list(r.get("meters", ""))
+    for name in r:
+        cells.check(_check_printable, name, r[name])
+    room = cells.check(_parse_room, r.get("room") or None, site)
+    meters = cells.check(_parse_meters, r.get("meters", ""), site, models)
+    defaults = (
+        ("alarm1", d.alarm1_fen),
+        ("alarm2", d.alarm2_fen),
+        ("overdraft_limit", d.overdraft_limit_fen),
+        ("close_limit", d.close_limit_fen),
+        ("hoard_limit", d.hoard_limit_fen),
     )
-    thresholds = FeeThresholds(
-        amount("alarm1", d.alarm1_fen),
-        amount("alarm2", d.alarm2_fen),
-        amount("overdraft_limit", d.overdraft_limit_fen),
-        amount("close_limit", d.close_limit_fen),
-        amount("hoard_limit", d.hoard_limit_fen),
-    )
-    protected_text = r.get("protected", "").lower()
-    if protected_text not in _YES | _NO:
-        raise RequestError("protected", f"expected yes or no, got {r.get('protected')!r}")
-    state = (r.get("state") or "OPEN").upper()
-    if state not in ("OPEN", "PREREGISTERED"):
-        raise RequestError("state", f"expected OPEN or PREREGISTERED, got {r.get('state')!r}")
+    limits = [amount(name, default) for name, default in defaults]
+    protected = cells.check(_parse_protected, r.get("protected", ""))
+    state = cells.check(_parse_state, r.get("state", ""))
     opening = amount("opening_balance", 0)
-    if opening and state != "OPEN":
-        raise RequestError("opening_balance", "only an OPEN account can carry a balance")
+    if opening and state == "PREREGISTERED":
+        cells.check(_refuse, "opening_balance", "only an OPEN account can carry a balance")
+    # The rest of the row (id, name, tariff, notify, thresholds together) is checked even
+    # when a cell above was bad, with the defaults standing in for the bad cells.
     spec = AccountSpec(
         id=r.get("id", ""),
         name=r.get("name", ""),
-        meters=meters,
+        meters=meters or (),
         room=room,
         tariff_id=r.get("tariff") or None,
-        thresholds=thresholds,
-        protected=protected_text in _YES,
+        thresholds=FeeThresholds(
+            *[x if x is not None else dflt for x, (_, dflt) in zip(limits, defaults, strict=True)]
+        ),
+        protected=bool(protected),
         notify=tuple(n for n in re.split(r"[;\s]+", r.get("notify", "")) if n),
     )
-    validate_spec(spec)
-    if opening and spec.thresholds.hoard_limit_fen and opening > spec.thresholds.hoard_limit_fen:
-        raise RequestError(
+    cells.check(validate_spec, spec)
+    opening = opening or 0
+    hoard = spec.thresholds.hoard_limit_fen
+    if opening and hoard and opening > hoard:
+        cells.check(
+            _refuse,
             "opening_balance",
-            f"{format_fen(opening)} is above the hoarding "
-            f"limit {format_fen(spec.thresholds.hoard_limit_fen)}",
+            f"{format_fen(opening)} is above the hoarding limit {format_fen(hoard)}: "
+            "raise hoard_limit or lower the balance",
         )
-    return _Row(line, spec, state == "OPEN", opening)
+    return None if cells.problems else _Row(cells.line, spec, state == "OPEN", opening)
 
 
-def _check_printable(r: Mapping[str, str]) -> None:
-    for name, text in r.items():
-        control = first_control(text)
-        if control is not None:
-            raise RequestError(
-                name,
-                f"control character {control[1]} at position {control[0]}; names and "
-                "references are printable text (remove it and import again)",
-            )
+def _refuse(field: str, message: str) -> None:
+    raise RequestError(field, message)
+
+
+def _parse_meters(
+    text: str, site: Site, models: Mapping[str, DeviceModel]
+) -> tuple[AccountMeter, ...]:
+    return tuple(resolve_meter(site, models, meter, mode) for meter, mode in parse_meter_list(text))
+
+
+def _parse_protected(text: str) -> bool:
+    if text.lower() not in _YES | _NO:
+        raise RequestError("protected", "expected yes or no (or empty: no)")
+    return text.lower() in _YES
+
+
+def _parse_state(text: str) -> str:
+    state = (text or "OPEN").upper()
+    if state not in ("OPEN", "PREREGISTERED"):
+        raise RequestError("state", "expected OPEN or PREREGISTERED (or empty: OPEN)")
+    return state
+
+
+def _check_printable(name: str, text: str) -> None:
+    control = first_control(text)
+    if control is not None:
+        raise RequestError(
+            name,
+            f"control character {control[1]} at position {control[0]}; names and "
+            "references are printable text (remove it and import again)",
+        )
 
 
 def _parse_room(room: str | None, site: Site) -> str | None:

@@ -237,7 +237,7 @@ def test_csv_import_money_is_read_strictly(run, snapshot, tmp_path):
     assert f"{csv_file}:line 2: opening_balance: expected yuan like 12.50" in result.output
     assert f"{csv_file}:line 3: alarm1: expected yuan like 12.50" in result.output
     assert f"{csv_file}:line 4: opening_balance: expected yuan like 12.50" in result.output
-    assert "3 row(s): 0 created, 0 unchanged, 3 bad" in result.output
+    assert "3 row(s): nothing written, 0 unchanged, 3 bad" in result.output
     assert snapshot() == before
 
 

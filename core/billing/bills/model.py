@@ -27,6 +27,28 @@ def bill_number(prefix: str, account_id: str, period: str, revision: int = 1) ->
     return base if revision <= 1 else f"{base}-R{revision}"
 
 
+#: The `bill_payment` channel of a general-wallet credit applied to bills (no money came
+#: in: it was already in the wallet).
+CREDIT_CHANNEL = "credit"
+
+
+@dataclass(frozen=True, slots=True)
+class BillPayment:
+    """What one payment, or one general-wallet credit applied, put on a bill."""
+
+    reference: str
+    #: cash, wechat, ... or `credit` (the account's general wallet applied to its bills).
+    channel: str
+    #: The part of it this bill took.
+    amount_fen: int
+    at: dt.datetime
+    by: str
+
+    @property
+    def credit(self) -> bool:
+        return self.channel == CREDIT_CHANNEL
+
+
 @dataclass(frozen=True, slots=True)
 class BillView:
     number: str
@@ -46,10 +68,17 @@ class BillView:
     voided_by: str | None = None
     voided_at: dt.datetime | None = None
     void_journal_id: int | None = None
+    #: The payments and credits applied to it, oldest first (their parts in `paid_fen`).
+    payments: tuple[BillPayment, ...] = ()
 
     @property
     def outstanding_fen(self) -> int:
         return self.total_fen - self.paid_fen if self.state in OPEN_STATES else 0
+
+    @property
+    def credit_applied_fen(self) -> int:
+        """What the account's general wallet paid of it (`bill apply-credit`)."""
+        return sum(p.amount_fen for p in self.payments if p.credit)
 
 
 def bill_view(row: Any) -> BillView:

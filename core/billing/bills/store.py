@@ -15,6 +15,7 @@ from ...db import schema as t
 from ...ledger import RequestError
 from ..periods import parse_period
 from .model import BillState, BillSummary, BillView, bill_view
+from .paying import with_payments
 
 
 class OpenItem(NamedTuple):
@@ -139,7 +140,7 @@ def get_bill(conn: Connection, number: str) -> BillView:
     row = conn.execute(sa.select(t.bill).where(t.bill.c.number == number)).first()
     if row is None:
         raise RequestError("bill", f"unknown bill {number!r}")
-    return bill_view(row)
+    return with_payments(conn, [bill_view(row)])[0]
 
 
 def list_bills(
@@ -157,7 +158,7 @@ def list_bills(
         q = q.where(t.bill.c.state == state)
     if account_id is not None:
         q = q.where(t.bill.c.account_id == account_id)
-    return [bill_view(r) for r in conn.execute(q).all()]
+    return with_payments(conn, [bill_view(r) for r in conn.execute(q).all()])
 
 
 def draft_ids(conn: Connection, period: str, accounts: Sequence[str] | None) -> list[int]:

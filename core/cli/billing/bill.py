@@ -1,5 +1,5 @@
-"""`openprepay bill ...`: post-paid bills — draft, list, show, confirm, issue, pay, void,
-arrears, export (CSV, XLSX, one printable HTML page per bill)."""
+"""`openprepay bill ...`: post-paid bills — draft, list, show, confirm, issue, pay,
+apply-credit, void, arrears, export (CSV, XLSX, one printable HTML page per bill)."""
 
 from __future__ import annotations
 
@@ -98,11 +98,20 @@ def bill_show(obj: CliContext, site_file: str, number: str) -> None:
             )
     click.echo(
         f"  {'total':<60} {'':>14} {format_fen(b.total_fen):>10}   paid {format_fen(b.paid_fen)}"
+        + (f", outstanding {format_fen(b.outstanding_fen)}" if b.outstanding_fen else "")
     )
+    tz = c.site.info.tz
+    for p in b.payments:
+        how = "credit applied (general wallet)" if p.credit else f"payment via {p.channel}"
+        click.echo(
+            f"  {how} {p.at.astimezone(tz):%Y-%m-%d %H:%M}, {p.reference}: "
+            f"{format_fen(p.amount_fen)}"
+        )
     for p in b.problems:
         click.echo(f"  problem: {p}")
     if b.state == "VOID":
-        click.echo(f"  void: {b.void_reason} (by {b.voided_by} at {b.voided_at:%Y-%m-%d %H:%M})")
+        when = f"{b.voided_at.astimezone(tz):%Y-%m-%d %H:%M}" if b.voided_at else "-"
+        click.echo(f"  void: {b.void_reason} (by {b.voided_by} at {when})")
 
 
 @bill_group.command("confirm")
@@ -179,6 +188,39 @@ def bill_pay(
         f"payment {r.reference} {format_fen(r.amount_fen)}: {parts}; "
         f"general wallet +{format_fen(r.to_wallet_fen)}"
         + (" (already recorded)" if r.replayed else "")
+    )
+
+
+@bill_group.command("apply-credit")
+@site_argument
+@click.argument("account")
+@click.option("--bill", "number", help="Only this bill (default: the unpaid bills, oldest first).")
+@click.option("--amount", help="Yuan to apply (default: all the wallet holds, up to what is owed).")
+@click.option("--ref", "reference", help="Reference: the same again changes nothing.")
+@click.pass_obj
+def bill_apply_credit(
+    obj: CliContext,
+    site_file: str,
+    account: str,
+    number: str | None,
+    amount: str | None,
+    reference: str | None,
+) -> None:
+    """Pay ACCOUNT's unpaid bills from its general wallet (a credit it holds: an
+    overpayment, a deposit), oldest bill first; refused beyond what the wallet holds or
+    the bills owe."""
+    with billing_services(site_file, obj) as c:
+        r = c.operations.apply_credit(
+            account,
+            bill=number,
+            amount_fen=parse_yuan(amount, "amount", low_fen=1) if amount is not None else None,
+            reference=reference,
+            actor=operator(),
+        )
+    parts = ", ".join(f"{n} {format_fen(f)}" for n, f in r.allocations.items())
+    click.echo(
+        f"credit {r.reference}: {format_fen(r.amount_fen)} from the general wallet of "
+        f"{r.account_id} to {parts}" + (" (already applied)" if r.replayed else "")
     )
 
 

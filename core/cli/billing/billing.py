@@ -4,24 +4,29 @@ apportionment, custom charges, the month-end, the itemised statement of an accou
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ...billing import runs
-from ...billing.charges import charge_once, items_of
+from ...billing.charges import charge_once
 from ...billing.closing import PeriodCheck
 from ...billing.export import Table
-from ...billing.readings import meter_model, readings_at, record_reading
+from ...billing.reading_file import instant_of
+from ...billing.readings import readings_at
 from ...billing.runs import Computed, RunResult
 from ...billing.service import Billing
 from ...billing.settings import Mode
+from ...billing.statement import statement
 from ...events import utcnow
 from ...ledger import RequestError, format_fen, parse_yuan
+from ...prepay.csv_problems import RowsRefused
 from .. import EXIT_FAILED, CliContext
 from ..common import progress_bar, site_argument
 from ..database import operator
-from .common import echo_table, override_option, pair, parse_time
+from .common import echo_table, override_option, pair
 from .services import billing_services
 
 
@@ -39,7 +44,12 @@ def billing_group() -> None:
 @billing_group.command("reading")
 @site_argument
 @click.argument("meter")
-@click.option("--at", "at_text", required=True, help="Capture instant, e.g. '2025-03-01 00:00'.")
+@click.option(
+    "--at",
+    "at_text",
+    required=True,
+    help="Capture instant, e.g. '2025-03-01 00:00' (site time), or a period (2025-03: its start).",
+)
 @click.option("--value", required=True, help="Total register, kWh or m³ (e.g. 1234.56).")
 @click.option(
     "--register",
@@ -59,22 +69,48 @@ def billing_reading(
 ) -> None:
     """Record METER's reading for a capture instant by hand (replaces what was captured)."""
     with billing_services(site_file, obj) as c:
-        at = parse_time(c.site, at_text)
+        at = instant_of(c.billing.calendar, at_text)
         regs = dict(pair(r, "register") for r in registers)
-        with c.db.begin() as conn:
-            r = record_reading(
-                conn,
-                meter,
-                at,
-                value,
-                registers=regs,
-                recorded_by=operator(),
-                known_meters=c.site.devices,
-                model=meter_model(c.site, obj.plugins.models, meter),
-            )
+        r = c.operations.record_reading(meter, at, value, registers=regs, actor=operator())
     click.echo(
         f"{r.meter_id} at {at.astimezone(c.site.info.tz):%Y-%m-%d %H:%M}: "
         f"{r.energy / 1000:.3f} (manual)"
+    )
+
+
+@billing_group.command("readings-import")
+@site_argument
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check every line and report; record nothing.")
+@click.pass_obj
+def billing_readings_import(obj: CliContext, site_file: str, csv_file: Path, dry_run: bool) -> None:
+    """Record the meter readings of CSV_FILE by hand, all of them or none.
+
+    Columns: meter, at, energy, and optionally read_at, note and one column per rate
+    register (energy_sharp, energy_peak, energy_flat, energy_valley). `at` is a capture
+    instant in site time (2025-03-01 00:00) or a period (2025-03: its start). Any bad line:
+    every problem is listed (line: column = value: what to write), nothing is recorded, exit
+    status 1."""
+    try:
+        text = csv_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RequestError("file", f"{csv_file}: cannot read as UTF-8 text: {exc}") from None
+    with billing_services(site_file, obj) as c:
+        try:
+            done = c.operations.record_readings(
+                text, file_name=csv_file.name, actor=operator(), dry_run=dry_run
+            )
+        except RowsRefused as refused:
+            for p in refused.problems:
+                click.echo(f"{csv_file.name}:{p}", err=True)
+            lines = len({p.line for p in refused.problems})
+            click.echo(f"{lines} bad line(s): nothing recorded; correct them and import again")
+            raise SystemExit(EXIT_FAILED) from None
+    meters = len({r.meter_id for r in done.readings})
+    verb = "would record" if dry_run else "recorded"
+    click.echo(
+        f"{csv_file.name}: {verb} {len(done.readings)} reading(s) of {meters} meter(s)"
+        + (" (dry run: nothing written)" if dry_run else " (manual)")
     )
 
 
@@ -96,7 +132,7 @@ def billing_readings(
         if period:
             instants = list(c.billing.calendar.bounds(period))
         elif at_text:
-            instants = [parse_time(c.site, at_text)]
+            instants = [instant_of(c.billing.calendar, at_text)]
         else:
             raise RequestError("at", "give --at or --period")
         chosen = list(meters) or sorted(c.site.devices)
@@ -230,7 +266,7 @@ def billing_approve(obj: CliContext, site_file: str, pool: str, period: str) -> 
         c.billing.apportionment.pool(pool)
         with c.db.begin() as conn:
             r = runs.approve(conn, f"pool:{pool}", period, actor=operator(), now=utcnow())
-    _show_run(r, c.site.info.tz)
+    _show_run(replace(r, reason=runs.approved_reason(r.reason)), c.site.info.tz)
 
 
 @billing_group.command("charge")
@@ -375,8 +411,12 @@ def billing_month_end(obj: CliContext, site_file: str, period: str, override: st
 def billing_runs(obj: CliContext, site_file: str, period: str | None) -> None:
     """Every computation of pools and charges with its revisions."""
     with billing_services(site_file, obj) as c, c.db.read() as conn:
-        rows = runs.list_runs(conn, period=period)
-    table = Table("Runs", ["source", "period", "revision", "state", "amount", "journal", "reason"])
+        rows = runs.list_run_listings(conn, period=period)
+    tz = c.site.info.tz
+    table = Table(
+        "Runs",
+        ["source", "period", "revision", "state", "amount", "posted", "approved", "reason"],
+    )
     for r in rows:
         table.rows.append(
             [
@@ -385,10 +425,14 @@ def billing_runs(obj: CliContext, site_file: str, period: str | None) -> None:
                 str(r.revision),
                 r.state,
                 format_fen(r.amount_fen),
-                str(r.journal_id or ""),
+                f"{r.posted_at.astimezone(tz):%Y-%m-%d %H:%M}" if r.posted_at else "",
+                f"{r.approved_by}, {r.approved_at.astimezone(tz):%Y-%m-%d %H:%M}"
+                if r.approved_by and r.approved_at
+                else "",
                 r.reason,
             ]
         )
+    table.notes.append(f"Times in site time ({tz.key}).")
     echo_table(table)
 
 
@@ -398,22 +442,23 @@ def billing_runs(obj: CliContext, site_file: str, period: str | None) -> None:
 @click.option("--period")
 @click.pass_obj
 def billing_statement(obj: CliContext, site_file: str, account: str, period: str | None) -> None:
-    """ACCOUNT's itemised charges (common area, property fee, rent, services, bills)."""
+    """ACCOUNT's itemised charges (common area, property fee, rent, services, bills): the
+    day (site time), what, the amount in yuan and how it is paid."""
     with billing_services(site_file, obj) as c, c.db.read() as conn:
-        items = items_of(conn, account, period=period)
+        lines = statement(conn, account, c.site.info.tz, period=period)
     table = Table(
-        f"Charges of {account}", ["period", "kind", "description", "amount", "how", "bill"]
+        f"Charges of {account}", ["date", "period", "what", "description", "amount", "paid how"]
     )
-    for i in items:
-        how = "void" if i["void"] else ("general wallet" if i["mode"] == "wallet" else "owed")
+    for ln in lines:
         table.rows.append(
             [
-                i["period"],
-                i["kind"],
-                i["description"],
-                format_fen(i["amount_fen"]),
-                how,
-                str(i["bill_id"] or ""),
+                ln.day.isoformat(),
+                ln.period,
+                ln.what,
+                ln.description,
+                format_fen(ln.amount_fen),
+                ln.how,
             ]
         )
+    table.notes.append(f"Amounts in yuan (CNY); dates in site time ({c.site.info.tz.key}).")
     echo_table(table)

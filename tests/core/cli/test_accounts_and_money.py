@@ -166,8 +166,14 @@ def test_import_reports_bad_rows_and_exits_non_zero(run, tmp_path):
     assert result.exit_code == 1
     assert f"{csv_file}:line 3: room: unknown room 'A-109'" in result.output
     assert f"{csv_file}:line 4: opening_balance: expected at least 0.00, got -3.00" in result.output
-    assert "3 row(s): 1 created, 0 unchanged, 2 bad" in result.output
-    dry = run("account", "import", "SITE", str(csv_file), "--dry-run", ok=False)
+    # A file with a bad row writes nothing (not even its good rows).
+    assert "3 row(s): nothing written, 0 unchanged, 2 bad" in result.output
+    assert "unknown account 'A-101'" in run("account", "show", "SITE", "A-101", ok=False).output
+    csv_file.write_text(
+        "id,name,room,meters,opening_balance\nA-101,Alice,A-101,E-101,10.00\n", encoding="utf-8"
+    )
+    assert "1 row(s): 1 created" in run("account", "import", "SITE", str(csv_file)).output
+    dry = run("account", "import", "SITE", str(csv_file), "--dry-run")
     assert "nothing written (dry run)" in dry.output and "1 unchanged" in dry.output
     assert "10.00" in run("account", "show", "SITE", "A-101").output
 

@@ -188,8 +188,8 @@ def test_csv_import_refuses_unknown_and_unfitting_tariffs(run, site_file, tmp_pa
     result = run("account", "import", "SITE", str(rows), ok=False)
     assert "line 2: tariff: meter E-101 cannot be billed: tariff tou3" in result.output
     assert "line 3: tariff: unknown tariff 'nope'" in result.output
-    assert "1 created" in result.output
-    assert accounts(site_file) == [("A-103", "flat")]
+    assert "nothing written" in result.output  # a file with a bad row is refused whole
+    assert accounts(site_file) == []
 
 
 def test_set_tariff_and_batch_refuse_a_tariff_that_cannot_bill(run, site_file, cli):
