@@ -198,27 +198,14 @@ def bill_page(
     )
 
 
-def payments_by_bill(
-    conn: Connection, account_ids: Sequence[str], tz: dt.tzinfo
-) -> dict[str, list[PaymentShown]]:
-    """Bill number → the payments applied to it (oldest first), whatever their kind:
-    cash, WeChat, a credit applied... each with the part this bill received."""
-    p = t.bill_payment
-    out: dict[str, list[PaymentShown]] = {}
-    ids = sorted(set(account_ids))
-    for i in range(0, len(ids), 5000):
-        rows = conn.execute(
-            sa.select(p.c.reference, p.c.channel, p.c.allocations, p.c.created_at)
-            .where(p.c.account_id.in_(ids[i : i + 5000]))
-            .order_by(p.c.created_at, p.c.id)
-        ).all()
-        for r in rows:
-            day = r.created_at.astimezone(tz).date().isoformat()
-            for number, fen in (r.allocations or {}).items():
-                out.setdefault(number, []).append(
-                    PaymentShown(day, r.channel, r.reference, int(fen))
-                )
-    return out
+def shown_payments(bill: BillView, tz: dt.tzinfo) -> list[PaymentShown]:
+    """The payments applied to `bill` (oldest first), whatever their kind — cash, WeChat, a
+    credit applied... — each with the part this bill received (`BillView.payments`, read
+    with the bill)."""
+    return [
+        PaymentShown(p.at.astimezone(tz).date().isoformat(), p.channel, p.reference, p.amount_fen)
+        for p in bill.payments
+    ]
 
 
 #: The room's payment QR code for an account (an image: `data:image/...` or an https
@@ -252,7 +239,6 @@ def export_bills(
         folder = out / f"bills-{period}"
         folder.mkdir(exist_ok=True)
         earlier = _unpaid_before(conn, period)
-        paid = payments_by_bill(conn, [b.account_id for b in views], bills.site.info.tz)
         for b in views:
             path = folder / f"{b.number}.html"
             page = bill_page(
@@ -260,7 +246,7 @@ def export_bills(
                 bills.settings.bills,
                 b,
                 accounts.get(b.account_id),
-                payments=paid.get(b.number, ()),
+                payments=shown_payments(b, bills.site.info.tz),
                 earlier_unpaid_fen=earlier.get(b.account_id, 0),
                 payment_qr=payment_qr(b.account_id) if payment_qr else None,
             )

@@ -145,14 +145,13 @@ def page_of(db: Database, billing: Billing, number: str, **kwargs: Any) -> str:
     with db.read() as conn:
         bill = billing.bills.get(conn, number)
         account = documents._accounts(conn, [bill.account_id])[bill.account_id]
-        paid = documents.payments_by_bill(conn, [bill.account_id], TZ)
         earlier = documents._unpaid_before(conn, bill.period)
     return documents.bill_page(
         billing.site,
         billing.settings.bills,
         bill,
         account,
-        payments=paid.get(number, ()),
+        payments=documents.shown_payments(bill, TZ),
         earlier_unpaid_fen=earlier.get(bill.account_id, 0),
         **kwargs,
     )
