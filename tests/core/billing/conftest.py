@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,7 @@ from openprepay.core.app.demo import (
     residential_tariff,
     water_tariff,
 )
+from openprepay.core.app.plugins import DISABLE_ENV, Plugins
 from openprepay.core.billing.readings import Reading, save_captured
 from openprepay.core.billing.service import Billing
 from openprepay.core.config.site import Site, parse_site
@@ -245,3 +247,18 @@ def read(
         )
     with db.begin() as conn:
         save_captured(conn, rows, now=at)
+
+
+@pytest.fixture(scope="module")
+def plugins() -> Iterator[Plugins]:
+    """The installed plugins for tests that run the service on simulators, without the OPC
+    UA server and the historian (what those tests do not look at)."""
+    before = os.environ.get(DISABLE_ENV)
+    os.environ[DISABLE_ENV] = "opcua,historian"
+    try:
+        yield Plugins.load()
+    finally:
+        if before is None:
+            os.environ.pop(DISABLE_ENV, None)
+        else:
+            os.environ[DISABLE_ENV] = before

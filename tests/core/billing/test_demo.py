@@ -7,33 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import tomli_w
 
 from openprepay.core.app.demo import demo_site_data, open_demo_accounts
-from openprepay.core.app.plugins import DISABLE_ENV, Plugins
+from openprepay.core.app.plugins import Plugins
 from openprepay.core.app.runtime import Runtime
 from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.billing.readings import Reading, readings_at
 from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.contracts import SimulatorOptions
-
-
-@pytest.fixture(scope="module")
-def plugins() -> Iterator[Plugins]:
-    before = os.environ.get(DISABLE_ENV)
-    os.environ[DISABLE_ENV] = "opcua,historian"
-    try:
-        yield Plugins.load()
-    finally:
-        if before is None:
-            os.environ.pop(DISABLE_ENV, None)
-        else:
-            os.environ[DISABLE_ENV] = before
 
 
 async def test_demo_pools_are_captured_from_the_meters(plugins: Plugins, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 import tomli_w
 
 from openprepay.core.app.demo import demo_site_data, open_demo_accounts
-from openprepay.core.app.plugins import DISABLE_ENV, Plugins
+from openprepay.core.app.plugins import Plugins
 from openprepay.core.app.runtime import Runtime
 from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.billing.readings import Reading, energy_of, readings_at, save_captured
@@ -33,19 +32,6 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 #: The freeze instant closing December 2026, and the one opening it.
 FREEZE = dt.datetime(2027, 1, 1, tzinfo=SHANGHAI).astimezone(dt.UTC)
 DECEMBER = dt.datetime(2026, 12, 1, tzinfo=SHANGHAI).astimezone(dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def plugins() -> Iterator[Plugins]:
-    before = os.environ.get(DISABLE_ENV)
-    os.environ[DISABLE_ENV] = "opcua,historian"
-    try:
-        yield Plugins.load()
-    finally:
-        if before is None:
-            os.environ.pop(DISABLE_ENV, None)
-        else:
-            os.environ[DISABLE_ENV] = before
 
 
 @pytest.fixture
