@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol, runtime_checkable
 
 from .config.site import DeviceConfig, LinkConfig
@@ -137,8 +137,133 @@ class Notifier(Protocol):
         """Deliver one notice; raise on failure so the sender can retry."""
 
 
-@runtime_checkable
-class PaymentProvider(Protocol):
-    """An online payment channel (WeChat Pay, Alipay, Stripe...)."""
+# -- online payment --------------------------------------------------------------------------
+# The core keeps the payment orders (core/payments) and credits them through the door; a
+# provider plugin speaks one provider's API: it creates the provider's order, verifies and
+# decodes what the provider sends, and asks the provider what it knows. Amounts are integer
+# fen everywhere in these types; a provider converts to and from its own form (yuan strings).
+
+
+class NotificationRefused(Exception):
+    """A notification that must not be believed (bad or probe signature, stale timestamp,
+    undecryptable resource, unknown key serial): nothing is stored or credited, the provider
+    is answered with an error. `reason` is for the log, never for the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRequest:
+    """What the core asks a provider to open for one of its orders."""
+
+    out_trade_no: str
+    amount_fen: int
+    currency: str
+    #: What the payer sees (e.g. "Electricity A-101").
+    description: str
+    expires_at: datetime
+    #: "native" (a QR code for a browser), "jsapi" (inside WeChat, needs `payer_id`),
+    #: "qr" (Alipay precreate).
+    method: str
+    #: The URL the provider calls back (the site's public base URL + the notify route).
+    notify_url: str
+    #: The payer at the provider, where the method needs it (WeChat's openid for JSAPI).
+    payer_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPrepared:
+    """What the payer needs to pay an order: a QR code's content, or the parameters the
+    WeChat JSAPI wants (already signed by the provider plugin)."""
+
+    code_url: str | None = None
+    jsapi: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentNotice:
+    """A provider's word on one order — from a verified notification, a query or a bill.
+
+    `state` is the provider's state mapped to ours: "PAID", "NOTPAY", "CLOSED", "REFUNDED"
+    (and "REFUND_FAILED" for a refund notification that reports failure)."""
 
     channel: str
+    out_trade_no: str
+    state: str
+    amount_fen: int
+    currency: str
+    #: The provider's own id of the payment (WeChat transaction_id, Alipay trade_no);
+    #: None while unpaid.
+    transaction_id: str | None
+    merchant_id: str
+    app_id: str
+    paid_at: datetime | None = None
+    #: For refund notifications: our refund number and the refunded fen.
+    out_refund_no: str | None = None
+    refund_fen: int = 0
+    #: The decoded resource as the provider sent it (kept with the order, for people).
+    raw: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyAnswer:
+    """What the web service answers the provider's callback (status, body, content type)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRecord:
+    """One row of a provider's daily trade bill, in fen."""
+
+    out_trade_no: str
+    transaction_id: str
+    state: str
+    amount_fen: int
+    refund_fen: int = 0
+    at: datetime | None = None
+
+
+@runtime_checkable
+class PaymentProvider(Protocol):
+    """An online payment channel (WeChat Pay, Alipay...). Returned by
+    `openprepay_payment_providers(site)` for the channels the site configures.
+
+    `verify` is CPU-only and never touches the network (it runs inside the provider's
+    callback, which must be answered within seconds; an unknown key serial is refused, not
+    fetched). The other calls go to the provider's API (its base URL configurable, so a test
+    emulator can stand in)."""
+
+    #: "wechat", "alipay": the route of its callbacks (/pay/notify/<channel>) and the top-up
+    #: channel its payments are credited under.
+    channel: str
+    merchant_id: str
+    app_id: str
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: datetime) -> PaymentNotice:
+        """The notice in a callback, verified and decoded; `NotificationRefused` if not."""
+
+    def answer(self, accepted: bool) -> NotifyAnswer:
+        """What to answer a callback: accepted (stored) or not (the provider retries)."""
+
+    async def create(self, request: PaymentRequest) -> PaymentPrepared:
+        """Open the provider's order for one of ours."""
+
+    async def query(self, out_trade_no: str) -> PaymentNotice:
+        """The provider's current word on an order (no notification came)."""
+
+    async def close(self, out_trade_no: str) -> None:
+        """Close an unpaid order at the provider (it expired or was cancelled)."""
+
+    async def refund(
+        self, out_trade_no: str, out_refund_no: str, refund_fen: int, total_fen: int, reason: str
+    ) -> PaymentNotice:
+        """Ask for a refund (the same `out_refund_no` again refunds once); the answer says
+        whether it was accepted — the refund notification or a query says when it is done."""
+
+    async def trade_bill(self, day: date) -> list[TradeRecord]:
+        """The provider's trade bill of `day` (site-local), checked (hash) and parsed."""

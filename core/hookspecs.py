@@ -151,11 +151,15 @@ def openprepay_notifiers(site: Site) -> Sequence[Notifier]:
 
 
 @hookspec
-def openprepay_payment_providers() -> Sequence[PaymentProvider]:
-    """Online payment channels (WeChat Pay, Alipay, Stripe...).
+def openprepay_payment_providers(site: Site) -> Sequence[PaymentProvider]:
+    """Online payment channels (WeChat Pay, Alipay...) the site configures.
 
-    Called once by the payment service at start; callbacks from a channel are routed to the
-    provider whose `channel` matches.
+    Called once by the payment service at start and by the `openprepay payments` commands,
+    with the site (read your settings from `site.sections["payments"]["<channel>"]`,
+    validate them in `openprepay_validate_site`); return none for a channel the site does
+    not configure. Callbacks to /pay/notify/<channel> are routed to the provider whose
+    `channel` matches; its payments are credited through the door's top-up with the
+    provider's transaction id as the idempotency key (core/payments).
     """
 
 

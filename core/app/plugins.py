@@ -219,8 +219,8 @@ class Plugins:
     def notifiers(self, site: Site) -> list[Notifier]:
         return [n for group in self._call("openprepay_notifiers", site=site) for n in group]
 
-    def payment_providers(self) -> list[PaymentProvider]:
-        return [p for group in self._call("openprepay_payment_providers") for p in group]
+    def payment_providers(self, site: Site) -> list[PaymentProvider]:
+        return [p for group in self._call("openprepay_payment_providers", site=site) for p in group]
 
     def add_cli_commands(self, cli: click.Group) -> None:
         self._call("openprepay_cli_commands", cli=cli)
