@@ -161,6 +161,8 @@ class Metering:
         self._refused: set[str] = set()
         self._engines: dict[tuple[str, str, Decimal | None], RatingEngine] = {}
         self._pending: dict[str, list[Sample]] = {}
+        #: Read time of the oldest sample of the batch being flushed (None: no flush).
+        self._flushing_since: datetime | None = None
         self._warned: set[tuple[str, str]] = set()
 
     # -- the listener (on the poll path: cheap) ---------------------------------------------
@@ -181,7 +183,17 @@ class Metering:
 
     def take(self) -> dict[str, list[Sample]]:
         batch, self._pending = self._pending, {}
+        if batch:
+            self._flushing_since = min(samples[0].read_at for samples in batch.values())
         return batch
+
+    def oldest_unbilled(self) -> datetime | None:
+        """Read time of the oldest Good sample not billed yet — waiting, or in the flush
+        under way (None: nothing waits): how far billing is behind the meters."""
+        waiting = [samples[0].read_at for samples in self._pending.values() if samples]
+        if self._flushing_since is not None:
+            waiting.append(self._flushing_since)
+        return min(waiting, default=None)
 
     # -- billing (in a worker thread) ------------------------------------------------------
     def flush(
@@ -581,5 +593,7 @@ async def run_flushes(
                     metering._pending.setdefault(meter_id, [])[:0] = samples
             else:
                 publish(report)
+            finally:
+                metering._flushing_since = None  # billed, or waiting again
         if stop.is_set():
             return

@@ -1,0 +1,334 @@
+"""Site capacity: the whole service on one box at N meters, every service on.
+
+The demo estate sized to N meters (a bus per three floors for each medium, a main meter per
+building) is served by `openprepay simulate` in a separate process at real-time consumption
+(speed-up 1); the service runs in this process as `openprepay run` would (the link arbiter,
+the prepayment engine with an account per room, billing, the embedded historian, the OPC UA
+server), polling at the README's default interval (10 s); one OPC UA client in a third
+process subscribes to every meter's main register. After every meter has answered, a steady
+window is measured:
+
+- polls done ÷ due — the baseline is the schedule itself: N meters × window ÷ interval;
+- service CPU per sample (this process's CPU time over the Good register samples);
+- event-loop lag p99 and the worst stall, the worst collector pause (`core.app.vitals`);
+- the longest database write lock (BEGIN IMMEDIATE → COMMIT, every write transaction);
+- billing lag (how old the oldest unbilled sample got, `Metering.oldest_unbilled`);
+- RSS per meter, start-up time (start → every meter read once, accounts opened), and the
+  time `stop` takes; commands left SENT and historian lines dropped (both must be 0).
+
+Ends with one JSON line, e.g. {"bench": "site_capacity", "meters": 20026,
+"polls_done_ratio": 0.99, "max_loop_stall_ms": ..., "max_write_lock_s": ..., ...}.
+Target (issue 15): 20,000 meters at 10 s: polls_done_ratio >= 0.99, max_loop_stall_ms <= 200,
+max_write_lock_s <= 1, lost_commands = 0, historian_dropped = 0, stop_s <= 5.
+
+    .venv/bin/python benchmarks/site_capacity.py [--meters 2000] [--window 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import resource
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import tomli_w
+
+from openprepay.core.app.demo import demo_site_data, open_demo_accounts
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.runtime import Runtime
+from openprepay.core.config.site import load_site
+from openprepay.core.db import schema as t
+from openprepay.core.events import utcnow
+from openprepay.core.model import MeterKind, Sample
+
+ROOMS_PER_FLOOR = 10
+MAX_FLOORS = 40
+POLL_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def site_data(meters: int, folder: Path) -> dict[str, Any]:
+    """The demo estate with about `meters` meters (two per room, a main meter per
+    building), every link on its own loopback port, every service on."""
+    rooms = max(1, meters // 2)
+    floors = min(MAX_FLOORS, math.ceil(rooms / ROOMS_PER_FLOOR))
+    buildings = math.ceil(rooms / (floors * ROOMS_PER_FLOOR))
+    data = demo_site_data(buildings, floors, ROOMS_PER_FLOOR, poll_interval_s=POLL_S)
+    for link in data["links"].values():
+        link["host"], link["port"] = "127.0.0.1", free_port()
+    data["database"] = {"url": f"sqlite:///{folder / 'site.db'}"}
+    data["opcua"] = {
+        "port": free_port(),
+        "host": "127.0.0.1",
+        "allow_none": True,
+        "allow_anonymous": True,
+        "pki_dir": str(folder / "opcua"),
+    }
+    return data
+
+
+# -- the OPC UA client (a process of its own) ----------------------------------------------
+async def client_main(url: str, namespace: str, nodes: list[str]) -> None:
+    from asyncua import Client, ua
+
+    class Count:
+        n = 0
+
+        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+            Count.n += 1
+
+    client = Client(url, timeout=120, watchdog_intervall=60)
+    await client.connect()
+    try:
+        ns = await client.get_namespace_index(namespace)
+        sub = await client.create_subscription(1000, Count())
+        handles = [client.get_node(ua.NodeId(n, ns)) for n in nodes]
+        for i in range(0, len(handles), 2000):
+            await sub.subscribe_data_change(handles[i : i + 2000], queuesize=1)
+        print(json.dumps({"ready": len(handles)}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        print(json.dumps({"notifications": Count.n}), flush=True)
+    finally:
+        await client.disconnect()
+
+
+async def spawn_client(url: str, namespace: str, nodes: list[str], folder: Path) -> Any:
+    spec = folder / "client.json"
+    spec.write_text(json.dumps({"url": url, "namespace": namespace, "nodes": nodes}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", str(spec),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 600)
+    if not line:
+        raise RuntimeError("the OPC UA client did not subscribe")
+    return proc
+
+
+# -- measuring ---------------------------------------------------------------------------
+class WriteLocks:
+    """The longest SQLite write transaction (the writer lock is held from BEGIN IMMEDIATE
+    to COMMIT or ROLLBACK)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.longest = 0.0
+        sa.event.listen(engine, "begin", self._begin)
+        sa.event.listen(engine, "commit", self._end)
+        sa.event.listen(engine, "rollback", self._end)
+
+    def _begin(self, conn: sa.Connection) -> None:
+        if conn.get_execution_options().get("sqlite_begin", "IMMEDIATE") == "IMMEDIATE":
+            conn.info["locked_at"] = time.perf_counter()
+
+    def _end(self, conn: sa.Connection) -> None:
+        started = conn.info.pop("locked_at", None)
+        if started is not None:
+            self.longest = max(self.longest, time.perf_counter() - started)
+
+
+class Polls:
+    """Good register samples of the site's meters (not health figures or accounts)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        models = runtime.models
+        self.meters = {
+            d.id
+            for d in runtime.site.devices.values()
+            if models[d.model].kind in (MeterKind.ELECTRIC, MeterKind.WATER)
+        }
+        self.models = {d.id: models[d.model] for d in runtime.site.devices.values()}
+        self.count = 0
+        self.seen: set[str] = set()
+        runtime.bus.subscribe(Sample, self.on_sample)
+
+    def on_sample(self, sample: Sample) -> None:
+        source = sample.source
+        if (
+            source in self.meters
+            and sample.model is self.models[source]
+            and sample.quality.is_good
+            and sample.values
+        ):
+            self.count += 1
+            self.seen.add(source)
+
+
+async def wait_all_read(polls: Polls, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    said = time.monotonic()
+    while time.monotonic() < deadline:
+        if len(polls.seen) >= len(polls.meters):
+            return True
+        if time.monotonic() - said > 10:
+            print(f"  {len(polls.seen)}/{len(polls.meters)} meters read", flush=True)
+            said = time.monotonic()
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def billing_lag(runtime: Runtime, stop: asyncio.Event, worst: list[float]) -> None:
+    metering = runtime.prepay.metering if runtime.prepay is not None else None
+    while not stop.is_set() and metering is not None:
+        oldest = metering.oldest_unbilled()
+        if oldest is not None:
+            worst[0] = max(worst[0], (utcnow() - oldest).total_seconds())
+        await asyncio.sleep(1.0)
+
+
+# -- the run -----------------------------------------------------------------------------
+async def main(meters: int, window_s: float) -> dict[str, Any]:
+    logging.basicConfig(level=logging.WARNING)
+    folder = Path(tempfile.mkdtemp(prefix="site-capacity-"))
+    data = site_data(meters, folder)
+    site_file = folder / "site.toml"
+    site_file.write_text(tomli_w.dumps(data))
+    sims = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "openprepay.core.cli", "simulate", str(site_file),
+        "--speedup", "1", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    client = None
+    try:
+        await asyncio.sleep(3 + len(data["links"]) / 200)  # the simulators listen
+        runtime = Runtime(load_site(site_file), Plugins.load())
+        n = len(runtime.site.devices)
+        polls = Polls(runtime)
+        t0 = time.perf_counter()
+        await runtime.start()
+        assert runtime.db is not None
+        locks = WriteLocks(runtime.db.engine)
+        await asyncio.to_thread(open_demo_accounts, runtime)
+        all_read = await wait_all_read(polls, 600)
+        startup_s = time.perf_counter() - t0
+        print(f"{n} meters on {len(data['links'])} links; start-up {startup_s:.1f} s"
+              f"{'' if all_read else ' (not every meter answered)'}", flush=True)  # fmt: skip
+        nodes = [
+            f"Meter:{m}/{runtime.models[runtime.site.devices[m].model].total_point}"
+            for m in sorted(polls.meters)
+        ]
+        client = await spawn_client(
+            f"opc.tcp://127.0.0.1:{data['opcua']['port']}/openprepay",
+            f"urn:openprepay:site:{runtime.site.id}",
+            nodes,
+            folder,
+        )
+        await asyncio.sleep(POLL_S)  # the subscription settles
+        vitals = runtime.vitals
+        polls.count, locks.longest = 0, 0.0
+        vitals.worst_stall_s = vitals.worst_gc_s = 0.0
+        vitals.recent_lags.clear()
+        lag_stop, lag_worst = asyncio.Event(), [0.0]
+        lagging = asyncio.create_task(billing_lag(runtime, lag_stop, lag_worst))
+        cpu0, w0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(window_s)
+        cpu, window = time.process_time() - cpu0, time.perf_counter() - w0
+        done, summary, longest_lock = polls.count, vitals.summary(), locks.longest
+        lag_stop.set()
+        await lagging
+        dropped = await historian_dropped(runtime)
+        t1 = time.perf_counter()
+        await runtime.stop()
+        stop_s = time.perf_counter() - t1
+        runtime.db = None
+        lost = await asyncio.to_thread(_lost_commands, site_file)
+        due = len(polls.meters) * window / POLL_S
+        return {
+            "bench": "site_capacity",
+            "meters": n,
+            "polls_done_ratio": round(done / due, 3),
+            "samples_per_s": round(done / window, 1),
+            "cpu_ms_per_sample": round(1000 * cpu / max(done, 1), 3),
+            "service_cpu_percent": round(100 * cpu / window, 1),
+            "loop_lag_p99_ms": summary["loop_lag_p99_ms"],
+            "max_loop_stall_ms": summary["max_loop_stall_ms"],
+            "max_gc_pause_ms": summary["max_gc_pause_ms"],
+            "max_write_lock_s": round(longest_lock, 3),
+            "billing_lag_s": round(lag_worst[0], 1),
+            "rss_mb_per_meter": round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / n, 3
+            ),
+            "startup_s": round(startup_s, 1),
+            "stop_s": round(stop_s, 2),
+            "lost_commands": lost,
+            "historian_dropped": dropped,
+            "ratio": round(done / due, 3),
+        }
+    finally:
+        if client is not None and client.returncode is None:
+            client.kill()
+        if sims.returncode is None:
+            sims.terminate()
+            await sims.wait()
+
+
+async def historian_dropped(runtime: Runtime) -> int:
+    """Lines the historian threw away, in memory or by its drop policy (its statistics)."""
+    for service in runtime.services:
+        if service.name == "historian":
+            stats = await service.stats()  # type: ignore[attr-defined]
+            return int(stats.get("dropped_lines", 0)) + service.memory_dropped_lines  # type: ignore[attr-defined]
+    raise RuntimeError("the historian is not running: every service must be on")
+
+
+def _lost_commands(site_file: Path) -> int:
+    """Meter commands left SENT after the service stopped (each should have ended)."""
+    from openprepay.core.db import Database
+
+    data = load_site(site_file)
+    url = data.sections["database"]["url"]
+    db = Database(url)
+    try:
+        with db.read() as conn:
+            c = t.meter_command
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(c).where(c.c.state == "SENT")
+                ).scalar()
+            )
+    finally:
+        db.dispose()
+
+
+def report(figures: dict[str, Any]) -> None:
+    f = figures
+    print(
+        f"{f['meters']} meters at a {POLL_S:g} s poll: polls done / due {f['polls_done_ratio']}"
+        f" ({f['samples_per_s']} samples/s), service CPU {f['service_cpu_percent']}% "
+        f"({f['cpu_ms_per_sample']} ms per sample)\n"
+        f"event loop: lag p99 {f['loop_lag_p99_ms']} ms, worst stall {f['max_loop_stall_ms']} ms"
+        f"; worst collector pause {f['max_gc_pause_ms']} ms\n"
+        f"longest write lock {f['max_write_lock_s']} s; billing lag {f['billing_lag_s']} s; "
+        f"RSS {f['rss_mb_per_meter']} MB per meter\n"
+        f"start-up {f['startup_s']} s, stop {f['stop_s']} s; commands left SENT "
+        f"{f['lost_commands']}, historian lines dropped {f['historian_dropped']}"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--meters", type=int, default=2000)
+    parser.add_argument("--window", type=float, default=60.0, help="steady window, seconds")
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        spec = json.loads(Path(args.client).read_text())
+        asyncio.run(client_main(spec["url"], spec["namespace"], spec["nodes"]))
+    else:
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        report(asyncio.run(main(args.meters, args.window)))
