@@ -14,11 +14,12 @@ from openprepay.core.config.site import load_site
 from openprepay.core.db import Database
 from openprepay.core.operations import Operations
 from openprepay.core.prepay import accounts as acc
-from tests.core.prepay.conftest import _without_other_services, plugins, running, site_data
+from openprepay.core.app.plugins import Plugins
+from tests.core.prepay.conftest import _without_other_services, running, site_data
 
-from .double import DoubleProvider
+from .double import DoublePlugin, DoubleProvider
 
-__all__ = ["_without_other_services", "plugins", "running"]
+__all__ = ["_without_other_services", "running"]
 
 PAYMENTS: dict[str, Any] = {"minimum": "1.00", "order_minutes": 15, "query_after_s": 60}
 
@@ -43,6 +44,19 @@ def open_account(ops: Operations, db: Database, account_id: str = "A-101", **spe
                 **spec,
             ),
         )
+
+
+@pytest.fixture(scope="package")
+def double_plugin() -> DoublePlugin:
+    return DoublePlugin()
+
+
+@pytest.fixture(scope="package")
+def plugins(_without_other_services: None, double_plugin: DoublePlugin) -> Plugins:
+    """Every installed plugin but OPC UA and the historian, plus the test-double provider."""
+    loaded = Plugins.load(extra=[("payments_double", double_plugin)])
+    assert not loaded.failures, loaded.failures
+    return loaded
 
 
 @pytest.fixture
