@@ -76,17 +76,18 @@ class PaymentDoor(MoneyDoor):
         if provider is None:
             configured = ", ".join(sorted(self._providers)) or "none"
             raise RequestError(
-                "channel", f"no payment provider {channel!r} on this site (configured: {configured})"
+                "channel",
+                f"no payment provider {channel!r} on this site (configured: {configured})",
             )
         if method not in METHODS:
             raise RequestError("method", f"expected one of {', '.join(METHODS)}; got {method!r}")
-        if isinstance(amount_fen, int) and not isinstance(amount_fen, bool):
-            if amount_fen < settings.minimum_fen:
-                raise RequestError(
-                    "amount",
-                    f"{format_fen(amount_fen)} is below the site's minimum payment "
-                    f"{format_fen(settings.minimum_fen)}",
-                )
+        whole = isinstance(amount_fen, int) and not isinstance(amount_fen, bool)
+        if whole and amount_fen < settings.minimum_fen:  # other bad amounts: the ledger's check
+            raise RequestError(
+                "amount",
+                f"{format_fen(amount_fen)} is below the site's minimum payment "
+                f"{format_fen(settings.minimum_fen)}",
+            )
 
         def work(conn: Connection, effects: Effects, now: datetime) -> po.PaymentOrder:
             account = get_account(conn, account_id)
@@ -95,7 +96,9 @@ class PaymentDoor(MoneyDoor):
                     "account", f"account {account_id!r} is {account.state}, not OPEN: open it first"
                 )
             out_trade_no = po.new_out_trade_no(settings.prefix, now)
-            ledger.check_topup(conn, account_id, amount_fen, f"check:{out_trade_no}", channel=channel)
+            ledger.check_topup(
+                conn, account_id, amount_fen, f"check:{out_trade_no}", channel=channel
+            )
             return po.insert_order(
                 conn,
                 {
@@ -164,9 +167,7 @@ class PaymentDoor(MoneyDoor):
             po.update_order(conn, order.id, state=OrderState.CLOSED.value, closed_at=now)
             return self._reload(conn, out_trade_no)
 
-        return self._call(
-            "close_payment", out_trade_no, actor, work, lambda o: f"closed: {reason}"
-        )
+        return self._call("close_payment", out_trade_no, actor, work, lambda o: f"closed: {reason}")
 
     def mark_conflict(self, out_trade_no: str, reason: str, *, actor: str) -> po.PaymentOrder:
         """Any → CONFLICT: a person must look at the order (nothing is credited)."""
@@ -211,7 +212,9 @@ class PaymentDoor(MoneyDoor):
                 )
             po.update_order(conn, order.id, **record)
             if decision.credits:
-                return self._credit(conn, effects, now, self._reload(conn, order.out_trade_no), actor)
+                return self._credit(
+                    conn, effects, now, self._reload(conn, order.out_trade_no), actor
+                )
             after = OrderState(record.get("state", order.state))
             return NoticeOutcome(order.out_trade_no, after, decision.action, decision.reason)
 
@@ -248,7 +251,9 @@ class PaymentDoor(MoneyDoor):
         )
 
     def _locked(self, conn: Connection, out_trade_no: str) -> po.PaymentOrder:
-        order = po.get_order(conn, out_trade_no, lock=True) if isinstance(out_trade_no, str) else None
+        order = (
+            po.get_order(conn, out_trade_no, lock=True) if isinstance(out_trade_no, str) else None
+        )
         if order is None:
             raise RequestError("out_trade_no", f"unknown payment order {out_trade_no!r}")
         return order

@@ -37,6 +37,8 @@ log = logging.getLogger("openprepay.payments")
 
 #: Who the service's own door calls are audited as.
 ACTOR = "payments:service"
+#: A PAID order its credit task has not credited by then is credited by the sweep.
+STRAGGLER = timedelta(seconds=30)
 
 
 @dataclass
@@ -98,19 +100,20 @@ class PaymentService:
             self._count(outcome)
         return len(paid)
 
-    def credit_later(self, notice: PaymentNotice, actor: str) -> asyncio.Task[Any]:
-        """Credit a stored notice in a task (the provider has been answered already)."""
-        task = asyncio.create_task(self._credit(notice, actor), name=f"credit {notice.out_trade_no}")
+    def credit_later(self, out_trade_no: str, actor: str) -> asyncio.Task[Any]:
+        """Credit an order whose notice was stored (PAID) in a task: the provider has been
+        answered already."""
+        task = asyncio.create_task(self._credit(out_trade_no, actor), name=f"credit {out_trade_no}")
         self._credits.add(task)
         task.add_done_callback(self._credits.discard)
         return task
 
-    async def _credit(self, notice: PaymentNotice, actor: str) -> Any:
+    async def _credit(self, out_trade_no: str, actor: str) -> Any:
         try:
-            outcome = await asyncio.to_thread(self.ops.apply_notice, notice, actor=actor)
+            outcome = await asyncio.to_thread(self.ops.credit_order, out_trade_no, actor=actor)
         except Exception:
-            # Stored: the next start (or the active query) credits it.
-            log.exception("crediting payment %s failed", notice.out_trade_no)
+            # Stored as PAID: the next start credits it.
+            log.exception("crediting payment %s failed", out_trade_no)
             return None
         self._count(outcome)
         return outcome
@@ -171,10 +174,15 @@ class PaymentService:
             await asyncio.sleep(self.settings.poll_s)
 
     async def sweep(self) -> None:
-        """One pass over CREATED orders: query the silent ones, close the expired ones."""
+        """One pass: credit PAID stragglers, query silent CREATED orders, close expired
+        ones."""
         now = self.clock()
         with self.ops.db.read() as conn:
             created = po.orders_in(conn, OrderState.CREATED)
+            paid = po.orders_in(conn, OrderState.PAID)
+        for order in paid:  # stored, its credit task failed (database down a moment)
+            if order.paid_at is None or order.paid_at + STRAGGLER <= now:
+                await self._credit(order.out_trade_no, ACTOR)
         wait = timedelta(seconds=self.settings.query_after_s)
         for order in created:
             provider = self.providers.get(order.channel)
@@ -191,7 +199,9 @@ class PaymentService:
             if expired and notice.state in ("NOTPAY", "CLOSED"):
                 await self._close(provider, order)
 
-    async def _query(self, provider: PaymentProvider, order: po.PaymentOrder) -> PaymentNotice | None:
+    async def _query(
+        self, provider: PaymentProvider, order: po.PaymentOrder
+    ) -> PaymentNotice | None:
         self.counters.queries += 1
         try:
             notice = await provider.query(order.out_trade_no)
@@ -209,7 +219,9 @@ class PaymentService:
         try:
             await provider.close(order.out_trade_no)
         except Exception as exc:
-            log.warning("closing payment %s at %s failed: %s", order.out_trade_no, provider.channel, exc)
+            log.warning(
+                "closing payment %s at %s failed: %s", order.out_trade_no, provider.channel, exc
+            )
             return
         try:
             await asyncio.to_thread(

@@ -71,7 +71,7 @@ def _read(site: Site, errors: list[FieldError]) -> PaymentSettings:
         try:
             minimum = parse_yuan(str(data["minimum"]), "payments.minimum", low_fen=1)
         except RequestError as exc:
-            errors.append(FieldError("payments.minimum", f"{exc.message} (e.g. \"1.00\")"))
+            errors.append(FieldError("payments.minimum", f'{exc.message} (e.g. "1.00")'))
     order_minutes = _number(data, "order_minutes", defaults.order_minutes, 1, 24 * 60, errors)
     query_after = _number(data, "query_after_s", defaults.query_after_s, 1, 3600, errors)
     poll = _number(data, "poll_s", defaults.poll_s, 0.05, 600, errors)
@@ -83,17 +83,24 @@ def _read(site: Site, errors: list[FieldError]) -> PaymentSettings:
         prefix = defaults.prefix
     currency = data.get("currency", defaults.currency)
     if currency != "CNY":
-        errors.append(FieldError("payments.currency", f"only \"CNY\" is supported, got {currency!r}"))
+        errors.append(FieldError("payments.currency", f'only "CNY" is supported, got {currency!r}'))
         currency = defaults.currency
     return PaymentSettings(minimum, int(order_minutes), query_after, poll, prefix, currency)
 
 
 def _number(
-    data: dict[str, Any], key: str, default: float, low: float, high: float, errors: list[FieldError]
+    data: dict[str, Any],
+    key: str,
+    default: float,
+    low: float,
+    high: float,
+    errors: list[FieldError],
 ) -> float:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        errors.append(FieldError(f"payments.{key}", f"expected a number {low}..{high}, got {value!r}"))
+        errors.append(
+            FieldError(f"payments.{key}", f"expected a number {low}..{high}, got {value!r}")
+        )
         return default
     if key == "order_minutes" and not isinstance(value, int):
         errors.append(FieldError(f"payments.{key}", f"expected whole minutes, got {value!r}"))

@@ -22,6 +22,8 @@ class RateLimiter:
         self._buckets[client] = (tokens - 1.0, now)
         if len(self._buckets) > 10_000:  # forget clients whose buckets are full again
             self._buckets = {
-                k: v for k, v in self._buckets.items() if v[0] + (now - v[1]) * self.rate < self.capacity
+                k: v
+                for k, v in self._buckets.items()
+                if v[0] + (now - v[1]) * self.rate < self.capacity
             }
         return True

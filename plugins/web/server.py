@@ -42,8 +42,12 @@ WEB_MODEL = DeviceModel(
         diagnostic("up", "", "1 while the web service listens", ValueType.BOOL),
         diagnostic("requests", "", "Requests received, since start"),
         diagnostic("notify_accepted", "", "Callbacks verified and stored, since start"),
-        diagnostic("notify_refused", "", "Callbacks refused (signature, timestamp...), since start"),
-        diagnostic("notify_failed", "", "Callbacks verified but not stored (unknown order, database)"),
+        diagnostic(
+            "notify_refused", "", "Callbacks refused (signature, timestamp...), since start"
+        ),
+        diagnostic(
+            "notify_failed", "", "Callbacks verified but not stored (unknown order, database)"
+        ),
         diagnostic("rate_limited", "", "Requests refused by the per-client rate, since start"),
         diagnostic("too_large", "", "Requests refused for their body size, since start"),
     ),
@@ -68,7 +72,9 @@ class WebCounters:
 class WebService:
     name = "web"
 
-    def __init__(self, runtime: Any, settings: WebSettings, *, stats_interval_s: float = 60.0) -> None:
+    def __init__(
+        self, runtime: Any, settings: WebSettings, *, stats_interval_s: float = 60.0
+    ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.stats_interval_s = stats_interval_s
@@ -148,7 +154,9 @@ class WebService:
                 raise NotificationRefused(f"notice of channel {notice.channel!r} on {channel!r}")
         except NotificationRefused as refused:
             self.counters.notify_refused += 1
-            log.warning("%s callback from %s refused: %s", channel, self.client(request), refused.reason)
+            log.warning(
+                "%s callback from %s refused: %s", channel, self.client(request), refused.reason
+            )
             return _response(provider.answer(False))
         actor = f"web:{channel}"
         try:
@@ -165,7 +173,7 @@ class WebService:
             return _response(provider.answer(False))
         self.counters.notify_accepted += 1
         if outcome.state is OrderState.PAID:
-            payments.credit_later(notice, actor)
+            payments.credit_later(notice.out_trade_no, actor)
         return _response(provider.answer(True))
 
     async def health(self, request: web.Request) -> web.StreamResponse:

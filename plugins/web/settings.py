@@ -39,12 +39,16 @@ def parse_web(raw: Any, errors: list[FieldError]) -> WebSettings | None:
     d = WebSettings()
     for key in raw:
         if key not in KEYS:
-            errors.append(FieldError(f"web.{key}", f"unknown key (expected one of {', '.join(KEYS)})"))
+            errors.append(
+                FieldError(f"web.{key}", f"unknown key (expected one of {', '.join(KEYS)})")
+            )
     bind = raw.get("bind", d.bind)
     try:
         ipaddress.ip_address(bind)
     except (ValueError, TypeError):
-        errors.append(FieldError("web.bind", f"expected an IP address (127.0.0.1, 0.0.0.0), got {bind!r}"))
+        errors.append(
+            FieldError("web.bind", f"expected an IP address (127.0.0.1, 0.0.0.0), got {bind!r}")
+        )
     port = _int(raw, "port", d.port, 0, 65535, errors)
     url = raw.get("public_base_url", d.public_base_url)
     parts = urlsplit(url) if isinstance(url, str) else None
@@ -52,7 +56,7 @@ def parse_web(raw: Any, errors: list[FieldError]) -> WebSettings | None:
         errors.append(
             FieldError(
                 "web.public_base_url",
-                f"expected the URL providers call back, e.g. \"https://pay.example.com\" "
+                f'expected the URL providers call back, e.g. "https://pay.example.com" '
                 f"(no query string), got {url!r}",
             )
         )
@@ -66,9 +70,13 @@ def parse_web(raw: Any, errors: list[FieldError]) -> WebSettings | None:
     return WebSettings(bind, port, str(url).rstrip("/"), body, rate, trust)
 
 
-def _int(raw: dict[str, Any], key: str, default: int, low: int, high: int, errors: list[FieldError]) -> int:
+def _int(
+    raw: dict[str, Any], key: str, default: int, low: int, high: int, errors: list[FieldError]
+) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        errors.append(FieldError(f"web.{key}", f"expected a whole number {low}..{high}, got {value!r}"))
+        errors.append(
+            FieldError(f"web.{key}", f"expected a whole number {low}..{high}, got {value!r}")
+        )
         return default
     return value

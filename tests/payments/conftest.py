@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import tomli_w
 
+from openprepay.core.app.plugins import Plugins
 from openprepay.core.config.site import load_site
 from openprepay.core.db import Database
 from openprepay.core.operations import Operations
 from openprepay.core.prepay import accounts as acc
-from openprepay.core.app.plugins import Plugins
 from tests.core.prepay.conftest import _without_other_services, running, site_data
 
 from .double import DoublePlugin, DoubleProvider
@@ -65,7 +65,9 @@ def provider() -> DoubleProvider:
 
 
 @pytest.fixture
-def ops(db: Database, tmp_path: Path, plugins: Any, provider: DoubleProvider) -> Iterator[Operations]:
+def ops(
+    db: Database, tmp_path: Path, plugins: Any, provider: DoubleProvider
+) -> Iterator[Operations]:
     """The door on `db` (SQLite and PostgreSQL) with account A-101 open and the double."""
     site = load_site(payment_site(tmp_path))
     door = Operations(site, db, models=plugins.models)

@@ -26,7 +26,9 @@ def main(site_file: str, url: str, headers_json: str, body_file: str) -> None:
     site = load_site(site_file)
     ops = Operations(site, Database(url), models=Plugins.load().models)
     ops.use_providers([provider])
-    notice = provider.verify(json.loads(headers_json), Path(body_file).read_bytes(), datetime.now(UTC))
+    notice = provider.verify(
+        json.loads(headers_json), Path(body_file).read_bytes(), datetime.now(UTC)
+    )
     ops.store_notice(notice, actor="web:test")
     print("stored", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)

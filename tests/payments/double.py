@@ -31,7 +31,12 @@ class DoubleProvider:
     """Channel "test" (or another): orders opened, paid by the test, queried, closed."""
 
     def __init__(
-        self, channel: str = "test", *, key: bytes = b"k" * 32, merchant_id: str = "M1", app_id: str = "A1"
+        self,
+        channel: str = "test",
+        *,
+        key: bytes = b"k" * 32,
+        merchant_id: str = "M1",
+        app_id: str = "A1",
     ) -> None:
         self.channel = channel
         self.merchant_id = merchant_id
@@ -146,8 +151,14 @@ class DoubleProvider:
         opened = self.orders[out_trade_no]
         if opened.state == "NOTPAY":
             self.orders[out_trade_no] = PaymentNotice(
-                self.channel, out_trade_no, "CLOSED", opened.amount_fen, "CNY", None,
-                self.merchant_id, self.app_id,
+                self.channel,
+                out_trade_no,
+                "CLOSED",
+                opened.amount_fen,
+                "CNY",
+                None,
+                self.merchant_id,
+                self.app_id,
             )
 
     async def refund(

@@ -48,8 +48,13 @@ def _request(order: Any) -> Any:
     from openprepay.core.contracts import PaymentRequest
 
     return PaymentRequest(
-        order.out_trade_no, order.amount_fen, order.currency, "test", order.expires_at,
-        order.method, "http://127.0.0.1/pay/notify/test",
+        order.out_trade_no,
+        order.amount_fen,
+        order.currency,
+        "test",
+        order.expires_at,
+        order.method,
+        "http://127.0.0.1/pay/notify/test",
     )
 
 
@@ -73,7 +78,9 @@ def test_a_paid_notice_credits_through_the_top_up(ops: Operations, db: Database,
         assert order.paid_at is not None and order.credited_at is not None
 
 
-def test_100_concurrent_copies_credit_once(db: Database, ops: Operations, provider, plugins) -> None:
+def test_100_concurrent_copies_credit_once(
+    db: Database, ops: Operations, provider, plugins
+) -> None:
     """Four doors (four writers: real concurrent transactions on PostgreSQL, the writer
     lock on SQLite) and 100 threads bringing the same notification."""
     no = opened(ops, provider)
@@ -91,7 +98,7 @@ def test_100_concurrent_copies_credit_once(db: Database, ops: Operations, provid
         start.wait()
         try:
             outcomes.append(doors[i % 4].apply_notice(notice, actor=f"test:{i}"))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=bring, args=(i,)) for i in range(100)]
@@ -109,7 +116,9 @@ def test_100_concurrent_copies_credit_once(db: Database, ops: Operations, provid
         assert get_order(conn, no).notices == 100
 
 
-def test_a_notification_racing_the_active_query_credits_once(ops: Operations, db: Database, provider) -> None:
+def test_a_notification_racing_the_active_query_credits_once(
+    ops: Operations, db: Database, provider
+) -> None:
     no = opened(ops, provider)
     notice = provider.pay(no)
     answer = asyncio.run(provider.query(no))
@@ -134,7 +143,9 @@ def test_a_notification_racing_the_active_query_credits_once(ops: Operations, db
     assert balance(db) == 5000 and topups(db) == 1
 
 
-def test_a_mismatched_amount_is_a_conflict_and_credits_nothing(ops: Operations, db: Database, provider) -> None:
+def test_a_mismatched_amount_is_a_conflict_and_credits_nothing(
+    ops: Operations, db: Database, provider
+) -> None:
     no = opened(ops, provider)
     notice = provider.pay(no, amount_fen=1)
     outcome = ops.apply_notice(notice, actor=ACTOR)
@@ -148,7 +159,9 @@ def test_a_mismatched_amount_is_a_conflict_and_credits_nothing(ops: Operations, 
     assert balance(db) == 0
 
 
-@pytest.mark.parametrize("field,value", [("merchant_id", "M2"), ("app_id", "A2"), ("currency", "USD")])
+@pytest.mark.parametrize(
+    "field,value", [("merchant_id", "M2"), ("app_id", "A2"), ("currency", "USD")]
+)
 def test_a_foreign_merchant_app_or_currency_is_a_conflict(ops, db, provider, field, value) -> None:
     no = opened(ops, provider)
     notice = replace(provider.pay(no), **{field: value})
@@ -195,7 +208,9 @@ def test_close_and_a_payment_after_close(ops: Operations, db: Database, provider
 def test_a_credit_the_ledger_refuses_is_a_conflict(ops: Operations, db: Database, provider) -> None:
     """Paid, then the account's hoarding limit reached by a cash top-up meanwhile."""
     with db.begin() as conn:
-        conn.execute(t.account.update().where(t.account.c.id == "A-101").values(hoard_limit_fen=6000))
+        conn.execute(
+            t.account.update().where(t.account.c.id == "A-101").values(hoard_limit_fen=6000)
+        )
     no = opened(ops, provider)
     ops.topup("A-101", 2000, "cash-1", actor=ACTOR)
     outcome = ops.apply_notice(provider.pay(no), actor=ACTOR)
@@ -214,12 +229,16 @@ BAD_OPEN = [
 
 
 @pytest.mark.parametrize("args,field", [b[1:] for b in BAD_OPEN], ids=[b[0] for b in BAD_OPEN])
-def test_bad_orders_are_refused_naming_the_field(ops: Operations, db: Database, args, field) -> None:
+def test_bad_orders_are_refused_naming_the_field(
+    ops: Operations, db: Database, args, field
+) -> None:
     with pytest.raises(RequestError) as refused:
         ops.open_payment(*args, actor=ACTOR)
     assert refused.value.field == field, refused.value
     with db.read() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(t.payment_order)).scalar_one() == 0
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(t.payment_order)).scalar_one() == 0
+        )
 
 
 def test_an_unknown_order_is_refused(ops: Operations, provider) -> None:

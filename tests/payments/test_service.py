@@ -126,10 +126,18 @@ async def test_killed_between_store_and_credit_is_credited_once_at_start(
     proc = await asyncio.to_thread(
         subprocess.run,
         [
-            sys.executable, "-m", "tests.payments.crash_after_store",
-            str(tmp_path / "site.toml"), db_url, json.dumps(headers), str(tmp_path / "body"),
+            sys.executable,
+            "-m",
+            "tests.payments.crash_after_store",
+            str(tmp_path / "site.toml"),
+            db_url,
+            json.dumps(headers),
+            str(tmp_path / "body"),
         ],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == -9, proc.stderr

@@ -27,8 +27,14 @@ def facts(state: OrderState, txn: str | None = None) -> OrderFacts:
 
 def notice(state: str, **changes: object) -> PaymentNotice:
     values: dict[str, object] = dict(
-        channel="test", out_trade_no="OP1", state=state, amount_fen=1000, currency="CNY",
-        transaction_id="T1" if state != "NOTPAY" else None, merchant_id="M1", app_id="A1",
+        channel="test",
+        out_trade_no="OP1",
+        state=state,
+        amount_fen=1000,
+        currency="CNY",
+        transaction_id="T1" if state != "NOTPAY" else None,
+        merchant_id="M1",
+        app_id="A1",
     )
     values.update(changes)
     return PaymentNotice(**values)  # type: ignore[arg-type]
@@ -83,7 +89,9 @@ MISMATCHES = {
 @pytest.mark.parametrize("state", [OrderState.CREATED, OrderState.PAID, OrderState.CREDITED])
 @pytest.mark.parametrize("field", list(MISMATCHES))
 @pytest.mark.parametrize("kind", ["PAID", "REFUNDED"])
-def test_a_mismatch_is_a_conflict_and_never_credits(state: OrderState, field: str, kind: str) -> None:
+def test_a_mismatch_is_a_conflict_and_never_credits(
+    state: OrderState, field: str, kind: str
+) -> None:
     if field == "transaction" and state is OrderState.CREATED:
         pytest.skip("an unpaid order has no transaction id to differ from")
     d = decide(facts(state), notice(kind, **MISMATCHES[field]))
@@ -94,7 +102,10 @@ def test_a_mismatch_is_a_conflict_and_never_credits(state: OrderState, field: st
 @pytest.mark.parametrize("field", list(MISMATCHES))
 def test_an_unpaid_answer_is_not_checked_for_money(field: str) -> None:
     """A query answer for an unpaid order may carry no amount: not a conflict."""
-    assert decide(facts(OrderState.CREATED), notice("NOTPAY", **MISMATCHES[field])).action is Action.KEEP
+    assert (
+        decide(facts(OrderState.CREATED), notice("NOTPAY", **MISMATCHES[field])).action
+        is Action.KEEP
+    )
 
 
 def test_paid_without_transaction_id_is_a_conflict() -> None:
