@@ -183,6 +183,26 @@ class PaymentDoor(MoneyDoor):
             "payment_conflict", out_trade_no, actor, work, lambda o: f"conflict: {reason}"
         )
 
+    # -- reads (not audited) ---------------------------------------------------------------
+
+    def payment_orders(
+        self, *, state: str | None = None, account_id: str | None = None, limit: int = 200
+    ) -> list[po.PaymentOrder]:
+        """Orders, newest first; `state` one of `OrderState`."""
+        if state is not None and state not in {s.value for s in OrderState}:
+            raise RequestError(
+                "state", f"expected one of {', '.join(s.value for s in OrderState)}; got {state!r}"
+            )
+        with self.db.read() as conn:
+            return po.list_orders(conn, state=state, account_id=account_id, limit=limit)
+
+    def payment_order(self, out_trade_no: str) -> po.PaymentOrder:
+        with self.db.read() as conn:
+            order = po.get_order(conn, out_trade_no)
+        if order is None:
+            raise RequestError("out_trade_no", f"unknown payment order {out_trade_no!r}")
+        return order
+
     # -- the parts ----------------------------------------------------------------------
 
     def _notice(

@@ -1,0 +1,57 @@
+"""`openprepay payments list|show` on a site's database (as an operator reads them)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from openprepay.core.config.site import load_site
+from openprepay.core.db import Database
+from openprepay.core.operations import Operations
+
+from .conftest import open_account, payment_site
+from .double import DoubleProvider
+
+
+def test_list_and_show(tmp_path: Path, plugins: Any, cli: Any) -> None:
+    group, obj = cli
+    site_file = payment_site(tmp_path)
+    site = load_site(site_file)
+    db = Database.for_site(site)
+    db.upgrade()
+    provider = DoubleProvider()
+    ops = Operations(site, db, models=plugins.models)
+    ops.use_providers([provider])
+    open_account(ops, db)
+    paid = ops.open_payment("A-101", 1234, "test", "native", actor="test:payer")
+    unpaid = ops.open_payment("A-101", 500, "test", "native", actor="test:payer")
+    from openprepay.core.contracts import PaymentRequest
+
+    asyncio.run(
+        provider.create(
+            PaymentRequest(paid.out_trade_no, 1234, "CNY", "x", paid.expires_at, "native", "u")
+        )
+    )
+    ops.apply_notice(provider.pay(paid.out_trade_no), actor="test")
+    ops.writer.close()
+    db.dispose()
+    runner = CliRunner()
+
+    out = runner.invoke(group, ["payments", "list", str(site_file)], obj=obj)
+    assert out.exit_code == 0, out.output
+    assert paid.out_trade_no in out.output and unpaid.out_trade_no in out.output
+    assert "CREDITED" in out.output and "12.34" in out.output and "2 order(s)" in out.output
+
+    out = runner.invoke(group, ["payments", "list", str(site_file), "--state", "created"], obj=obj)
+    assert out.exit_code == 0 and "1 order(s)" in out.output and unpaid.out_trade_no in out.output
+
+    out = runner.invoke(group, ["payments", "show", str(site_file), paid.out_trade_no], obj=obj)
+    assert out.exit_code == 0, out.output
+    assert "state        CREDITED" in out.output and "transaction  T" in out.output
+    assert "last notice" in out.output and "times in site time" in out.output
+
+    out = runner.invoke(group, ["payments", "show", str(site_file), "OPnope"], obj=obj)
+    assert out.exit_code != 0 and "out_trade_no" in out.output
