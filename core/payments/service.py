@@ -21,17 +21,15 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..contracts import PaymentNotice, PaymentPrepared, PaymentProvider, PaymentRequest
 from ..errors import RequestError
 from ..events import utcnow
 from ..tasks import stop_task
 from . import orders as po
+from .settings import PaymentSettings
 from .states import OrderState
-
-if TYPE_CHECKING:
-    from ..operations import Operations
 
 log = logging.getLogger("openprepay.payments")
 
@@ -53,12 +51,33 @@ class PaymentCounters:
     conflicts: int = 0
 
 
+class PaymentDoorCalls(Protocol):
+    """The door's calls the service makes (`core.operations.Operations`, a box above this
+    one, hands itself in)."""
+
+    site: Any
+    db: Any
+
+    @property
+    def payment_settings(self) -> PaymentSettings: ...
+
+    def open_payment(
+        self, account_id: str, amount_fen: int, channel: str, method: str, *, actor: str
+    ) -> po.PaymentOrder: ...
+
+    def apply_notice(self, notice: PaymentNotice, *, actor: str, queried: bool = False) -> Any: ...
+
+    def credit_order(self, out_trade_no: str, *, actor: str) -> Any: ...
+
+    def close_payment(self, out_trade_no: str, reason: str, *, actor: str) -> po.PaymentOrder: ...
+
+
 class PaymentService:
     name = "payments"
 
     def __init__(
         self,
-        ops: Operations,
+        ops: PaymentDoorCalls,
         providers: Mapping[str, PaymentProvider],
         *,
         clock: Callable[[], datetime] = utcnow,
