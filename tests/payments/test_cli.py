@@ -55,3 +55,29 @@ def test_list_and_show(tmp_path: Path, plugins: Any, cli: Any) -> None:
 
     out = runner.invoke(group, ["payments", "show", str(site_file), "OPnope"], obj=obj)
     assert out.exit_code != 0 and "out_trade_no" in out.output
+
+
+def test_check_names_the_payments_and_web_fields(tmp_path: Path, cli: Any) -> None:
+    import tomli_w
+
+    from tests.core.prepay.conftest import site_data
+
+    group, obj = cli
+    data = site_data(
+        payments={"minimum": "0.001", "prefix": "toolong-prefix", "poll_s": 0},
+        web={"bind": "localhost", "port": 70000, "public_base_url": "ftp://x?y=1", "colour": 1},
+    )
+    site_file = tmp_path / "bad.toml"
+    site_file.write_text(tomli_w.dumps(data))
+    out = CliRunner().invoke(group, ["check", str(site_file)], obj=obj)
+    assert out.exit_code == 2, out.output
+    for field in (
+        "payments.minimum",
+        "payments.prefix",
+        "payments.poll_s",
+        "web.bind",
+        "web.port",
+        "web.public_base_url",
+        "web.colour",
+    ):
+        assert field in out.output, (field, out.output)
