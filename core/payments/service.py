@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from ..contracts import PaymentNotice, PaymentPrepared, PaymentProvider, PaymentRequest
 from ..errors import RequestError
 from ..events import utcnow
+from ..field.diagnostics import diagnostic
+from ..model import DeviceModel, MeterKind, Sample
 from ..tasks import stop_task
 from . import orders as po
 from .settings import PaymentSettings
@@ -39,6 +41,26 @@ ACTOR = "payments:service"
 STRAGGLER = timedelta(seconds=30)
 
 
+PAYMENTS_SOURCE = "payments"
+#: The service's figures, published every `[poll] stats_interval_s` like the historian's.
+PAYMENTS_MODEL = DeviceModel(
+    name="openprepay.payments",
+    vendor="OpenPrepay",
+    product="Payment service statistics",
+    kind=MeterKind.HEALTH,
+    description="Online payment orders credited, queried and closed by the payment service",
+    points=(
+        diagnostic("recovered", "", "PAID orders credited at start (stored before a stop)"),
+        diagnostic("queries", "", "Active queries of orders no notice came for, since start"),
+        diagnostic("query_errors", "", "Queries or their application that failed, since start"),
+        diagnostic("credited", "", "Orders credited by the service, since start"),
+        diagnostic("closed", "", "Expired orders closed, since start"),
+        diagnostic("conflicts", "", "Orders the service saw go to CONFLICT, since start"),
+    ),
+    plugin="core",
+)
+
+
 @dataclass
 class PaymentCounters:
     """What the service did since start (diagnostics)."""
@@ -50,6 +72,9 @@ class PaymentCounters:
     closed: int = 0
     conflicts: int = 0
 
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 class PaymentDoorCalls(Protocol):
     """The door's calls the service makes (`core.operations.Operations`, a box above this
@@ -57,6 +82,7 @@ class PaymentDoorCalls(Protocol):
 
     site: Any
     db: Any
+    bus: Any
 
     @property
     def payment_settings(self) -> PaymentSettings: ...
@@ -91,16 +117,19 @@ class PaymentService:
         web = ops.site.sections.get("web") or {}
         self.public_base_url = str(web.get("public_base_url", "")).rstrip("/")
         self._task: asyncio.Task[None] | None = None
+        self._stats: asyncio.Task[None] | None = None
         self._credits: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
         await self.recover()
         self._task = asyncio.create_task(self._run(), name="payments")
+        self._stats = asyncio.create_task(self._publish_forever(), name="payments stats")
 
     async def stop(self) -> None:
         await stop_task(self._task)
-        self._task = None
+        await stop_task(self._stats)
+        self._task = self._stats = None
         if self._credits:
             await asyncio.gather(*self._credits, return_exceptions=True)
 
@@ -181,6 +210,18 @@ class PaymentService:
             )
             raise
         return order, prepared
+
+    # -- figures ------------------------------------------------------------------------
+
+    def publish(self) -> None:
+        sample = Sample(PAYMENTS_SOURCE, PAYMENTS_MODEL, utcnow(), self.counters.values())
+        self.ops.bus.publish(sample)
+
+    async def _publish_forever(self) -> None:
+        interval = self.ops.site.poll.stats_interval_s
+        while True:
+            self.publish()
+            await asyncio.sleep(interval)
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -152,3 +152,15 @@ async def test_killed_between_store_and_credit_is_credited_once_at_start(
     await again.start()
     await again.stop()
     assert again.counters.recovered == 0 and balance(db) == 3000
+
+
+def test_the_service_figures_are_points(ops: Operations, provider: DoubleProvider) -> None:
+    from openprepay.core.model import Sample
+
+    samples: list[Sample] = []
+    ops.bus.subscribe(Sample, samples.append)
+    service = service_at(ops, provider, timedelta(0))
+    service.counters.queries = 3
+    service.publish()
+    assert samples[-1].source == "payments" and samples[-1].model.name == "openprepay.payments"
+    assert samples[-1].values["queries"] == 3
