@@ -36,8 +36,10 @@ def _web(r: Any) -> Any:
 
 
 @pytest.fixture
-async def site(running: Any, double_plugin: DoublePlugin) -> Any:
-    r = await running(payments={**PAYMENTS, "test": {}}, web=dict(WEB))
+async def site(running: Any, double_plugin: DoublePlugin, db_url: str) -> Any:
+    """The runtime on SQLite and on PostgreSQL, with the web service and the double."""
+    r = await running(payments={**PAYMENTS, "test": {}}, web=dict(WEB), database={"url": db_url})
+    assert r.db.dialect == db_url.split(":")[0].split("+")[0]
     r.open_account("A-101", ("E-101", "W-101"))
     r.provider = double_plugin.made[-1]
     r.url = f"http://127.0.0.1:{_web(r).port}"
