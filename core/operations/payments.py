@@ -21,7 +21,7 @@ from ..contracts import PaymentNotice, PaymentProvider
 from ..ledger import RequestError, TopUpResult, format_fen
 from ..payments import orders as po
 from ..payments.settings import PaymentSettings, load_payments
-from ..payments.states import Action, OrderState, decide
+from ..payments.states import Action, Decision, OrderState, decide
 from ..prepay.accounts import AccountState, get_account
 from ..prepay.effects import Effects
 from .money import MoneyDoor
@@ -214,6 +214,11 @@ class PaymentDoor(MoneyDoor):
         def work(conn: Connection, effects: Effects, now: datetime) -> NoticeOutcome:
             order = self._locked(conn, notice.out_trade_no)
             decision = decide(order.facts, notice, credit=credit)
+            if decision.action in (Action.PAY, Action.PAY_AND_CREDIT):
+                other = po.order_paid_by(conn, notice.transaction_id)
+                if other is not None and other != order.out_trade_no:
+                    why = f"transaction {notice.transaction_id!r} already paid order {other}"
+                    decision = Decision(Action.CONFLICT, why, why)
             record: dict[str, object] = {
                 "notices": order.notices + 1,
                 "last_notice": po.notice_record(notice, now),

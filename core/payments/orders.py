@@ -89,6 +89,16 @@ def get_order(conn: Connection, out_trade_no: str, *, lock: bool = False) -> Pay
     return _order(row) if row is not None else None
 
 
+def order_paid_by(conn: Connection, transaction_id: str | None) -> str | None:
+    """The order the provider's transaction already paid (the column is unique)."""
+    if transaction_id is None:
+        return None
+    o = t.payment_order
+    return conn.execute(
+        sa.select(o.c.out_trade_no).where(o.c.transaction_id == transaction_id)
+    ).scalar()
+
+
 def update_order(conn: Connection, order_id: int, **values: Any) -> None:
     conn.execute(t.payment_order.update().where(t.payment_order.c.id == order_id).values(**values))
 

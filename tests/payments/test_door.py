@@ -247,3 +247,15 @@ def test_an_unknown_order_is_refused(ops: Operations, provider) -> None:
     with pytest.raises(RequestError) as refused:
         ops.apply_notice(notice, actor=ACTOR)
     assert refused.value.field == "out_trade_no"
+
+
+def test_one_transaction_paying_two_orders_is_a_conflict(
+    ops: Operations, db: Database, provider
+) -> None:
+    first, second = opened(ops, provider), opened(ops, provider)
+    paid = provider.pay(first)
+    assert ops.apply_notice(paid, actor=ACTOR).state is OrderState.CREDITED
+    twice = replace(paid, out_trade_no=second)
+    outcome = ops.apply_notice(twice, actor=ACTOR)
+    assert outcome.state is OrderState.CONFLICT and "already paid order" in outcome.reason
+    assert balance(db) == 5000 and topups(db) == 1
