@@ -24,6 +24,7 @@ from ..payments.settings import PaymentSettings, load_payments
 from ..payments.states import Action, Decision, OrderState, decide
 from ..prepay.accounts import AccountState, get_account
 from ..prepay.effects import Effects
+from .door import check_reason
 from .money import MoneyDoor
 
 #: How a payer pays (core/contracts.py PaymentRequest.method).
@@ -156,6 +157,7 @@ class PaymentDoor(MoneyDoor):
     def close_payment(self, out_trade_no: str, reason: str, *, actor: str) -> po.PaymentOrder:
         """CREATED → CLOSED (expired, cancelled, closed at the provider); refused for an
         order in any other state."""
+        check_reason(reason)
 
         def work(conn: Connection, effects: Effects, now: datetime) -> po.PaymentOrder:
             order = self._locked(conn, out_trade_no)
@@ -171,8 +173,7 @@ class PaymentDoor(MoneyDoor):
 
     def mark_conflict(self, out_trade_no: str, reason: str, *, actor: str) -> po.PaymentOrder:
         """Any → CONFLICT: a person must look at the order (nothing is credited)."""
-        if not isinstance(reason, str) or not reason.strip():
-            raise RequestError("reason", "required: say what a person must look at")
+        check_reason(reason)
 
         def work(conn: Connection, effects: Effects, now: datetime) -> po.PaymentOrder:
             order = self._locked(conn, out_trade_no)

@@ -259,3 +259,15 @@ def test_one_transaction_paying_two_orders_is_a_conflict(
     outcome = ops.apply_notice(twice, actor=ACTOR)
     assert outcome.state is OrderState.CONFLICT and "already paid order" in outcome.reason
     assert balance(db) == 5000 and topups(db) == 1
+
+
+def test_mark_conflict_needs_a_reason_and_stops_crediting(
+    ops: Operations, db: Database, provider
+) -> None:
+    no = opened(ops, provider)
+    with pytest.raises(RequestError) as refused:
+        ops.mark_conflict(no, " ", actor=ACTOR)
+    assert refused.value.field == "reason"
+    assert ops.mark_conflict(no, "tenant disputes", actor=ACTOR).conflict == "tenant disputes"
+    assert ops.apply_notice(provider.pay(no), actor=ACTOR).state is OrderState.CONFLICT
+    assert balance(db) == 0
