@@ -16,8 +16,19 @@ from .conftest import open_account, payment_site
 from .double import DoubleProvider
 
 
-def test_list_and_show(tmp_path: Path, plugins: Any, cli: Any) -> None:
-    group, obj = cli
+def _cli(plugins: Any) -> tuple[Any, Any]:
+    """The two commands alone: `build_cli` registers plugin commands once per process, with
+    whatever plugins the first caller had (these tests run without OPC UA and historian)."""
+    from openprepay.core.cli import CliContext, OpenPrepayGroup
+    from openprepay.core.cli.devices import check_command
+    from openprepay.core.cli.payments import payments_group
+
+    group = OpenPrepayGroup("openprepay", commands=[payments_group, check_command])
+    return group, CliContext(plugins)
+
+
+def test_list_and_show(tmp_path: Path, plugins: Any) -> None:
+    group, obj = _cli(plugins)
     site_file = payment_site(tmp_path)
     site = load_site(site_file)
     db = Database.for_site(site)
@@ -54,15 +65,15 @@ def test_list_and_show(tmp_path: Path, plugins: Any, cli: Any) -> None:
     assert "last notice" in out.output and "times in site time" in out.output
 
     out = runner.invoke(group, ["payments", "show", str(site_file), "OPnope"], obj=obj)
-    assert out.exit_code != 0 and "out_trade_no" in out.output
+    assert out.exit_code == 1 and "out_trade_no: unknown payment order 'OPnope'" in out.output
 
 
-def test_check_names_the_payments_and_web_fields(tmp_path: Path, cli: Any) -> None:
+def test_check_names_the_payments_and_web_fields(tmp_path: Path, plugins: Any) -> None:
     import tomli_w
 
     from tests.core.prepay.conftest import site_data
 
-    group, obj = cli
+    group, obj = _cli(plugins)
     data = site_data(
         payments={"minimum": "0.001", "prefix": "toolong-prefix", "poll_s": 0},
         web={"bind": "localhost", "port": 70000, "public_base_url": "ftp://x?y=1", "colour": 1},
@@ -81,3 +92,14 @@ def test_check_names_the_payments_and_web_fields(tmp_path: Path, cli: Any) -> No
         "web.colour",
     ):
         assert field in out.output, (field, out.output)
+
+
+def test_the_rate_limit_is_per_client() -> None:
+    from openprepay.plugins.web.limits import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(3, clock=lambda: now[0])
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b")  # another client has its own bucket
+    now[0] += 20.0  # a third of a minute: one request back
+    assert limiter.allow("a") and not limiter.allow("a")
