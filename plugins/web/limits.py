@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 
 class RateLimiter:
-    def __init__(self, per_min: int, *, clock=time.monotonic) -> None:
+    def __init__(self, per_min: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = float(per_min)
         self.rate = per_min / 60.0
         self.clock = clock

@@ -126,3 +126,17 @@ async def test_health_and_its_points(site: Any) -> None:
         and samples[-1].values["requests"] >= 1
         and samples[-1].model.name == "openprepay.web"
     )
+
+
+async def test_the_rate_limit_spares_the_providers_callbacks(site: Any) -> None:
+    web = _web(site)
+    web.limiter.capacity = web.limiter.rate = 0.0  # no request allowed for anyone
+    web.limiter._buckets.clear()
+    no = await _order(site)
+    headers, body = site.provider.notification(site.provider.pay(no))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{site.url}/health") as resp:
+            assert resp.status == 429
+        async with http.post(f"{site.url}/pay/notify/test", data=body, headers=headers) as resp:
+            assert resp.status == 204
+    await until(lambda: _state(site, no) is OrderState.CREDITED)
