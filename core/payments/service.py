@@ -119,6 +119,9 @@ class PaymentService:
         self._task: asyncio.Task[None] | None = None
         self._stats: asyncio.Task[None] | None = None
         self._credits: set[asyncio.Task[Any]] = set()
+        #: When each open order was last asked about (a failed query is not recorded in
+        #: the database): order id → instant.
+        self._tried: dict[int, datetime] = {}
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
@@ -240,6 +243,8 @@ class PaymentService:
         with self.ops.db.read() as conn:
             created = po.orders_in(conn, OrderState.CREATED)
             paid = po.orders_in(conn, OrderState.PAID)
+        open_ids = {o.id for o in created}
+        self._tried = {k: v for k, v in self._tried.items() if k in open_ids}
         for order in paid:  # stored, its credit task failed (database down a moment)
             if order.paid_at is None or order.paid_at + STRAGGLER <= now:
                 await self._credit(order.out_trade_no, ACTOR)
@@ -248,11 +253,15 @@ class PaymentService:
             provider = self.providers.get(order.channel)
             if provider is None:
                 continue
-            expired = order.expires_at <= now
-            silent = order.notices == 0 and order.created_at + wait <= now
-            asked = order.last_query_at is not None and order.last_query_at + wait > now
-            if not expired and (not silent or asked):
+            # Still CREATED: no payment heard of. Ask `query_after_s` after creation, then
+            # every `query_after_s` (also after a failed query) until it expires.
+            tried = max(
+                filter(None, (order.last_query_at, self._tried.get(order.id))), default=None
+            )
+            if order.created_at + wait > now or (tried is not None and tried + wait > now):
                 continue
+            expired = order.expires_at <= now
+            self._tried[order.id] = now
             notice = await self._query(provider, order)
             if notice is None:
                 continue

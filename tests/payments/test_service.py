@@ -164,3 +164,36 @@ def test_the_service_figures_are_points(ops: Operations, provider: DoubleProvide
     service.publish()
     assert samples[-1].source == "payments" and samples[-1].model.name == "openprepay.payments"
     assert samples[-1].values["queries"] == 3
+
+
+async def test_an_open_order_is_asked_again_every_minute_until_paid(
+    ops: Operations, db: Database, provider: DoubleProvider
+) -> None:
+    no = await _open(ops, provider, service_at(ops, provider, timedelta(0)))
+    await service_at(ops, provider, timedelta(seconds=61)).sweep()
+    assert provider.queries == 1 and state(db, no) is OrderState.CREATED
+    provider.pay(no)  # paid later; its notification is lost too
+    await service_at(ops, provider, timedelta(seconds=122)).sweep()
+    assert provider.queries == 2 and state(db, no) is OrderState.CREDITED
+    assert balance(db) == 3000
+
+
+async def test_a_failing_query_is_tried_again_a_minute_later_not_at_every_sweep(
+    ops: Operations, db: Database, provider: DoubleProvider
+) -> None:
+    no = await _open(ops, provider, service_at(ops, provider, timedelta(0)))
+    calls: list[str] = []
+
+    async def down(out_trade_no: str) -> Any:
+        calls.append(out_trade_no)
+        raise ConnectionError("provider unreachable")
+
+    provider.query = down  # type: ignore[method-assign]
+    shift = [timedelta(seconds=61)]
+    service = PaymentService(ops, {"test": provider}, clock=lambda: utcnow() + shift[0])
+    await service.sweep()
+    await service.sweep()
+    assert calls == [no] and service.counters.query_errors == 1
+    shift[0] = timedelta(seconds=122)
+    await service.sweep()
+    assert calls == [no, no] and state(db, no) is OrderState.CREATED
