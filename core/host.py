@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .field.latest import LatestReadings
     from .model import DeviceModel
     from .operations import Operations
+    from .payments.service import PaymentService
 
 
 class ServiceHost(Protocol):
@@ -34,6 +35,8 @@ class ServiceHost(Protocol):
     db: Database | None
     #: The door every state change goes through; None without a database.
     operations: Operations | None
+    #: Online payment (orders, crediting, active query); None without a payment provider.
+    payments: PaymentService | None
 
     @property
     def models(self) -> Mapping[str, DeviceModel]:

@@ -39,6 +39,7 @@ CORE_RANKS: dict[str, int] = {
     "field": 3,
     "prepay": 4,
     "billing": 5,
+    "payments": 5,
     "operations": 6,
     "host": 7,
     "hookspecs": 8,

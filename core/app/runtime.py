@@ -27,6 +27,8 @@ from ..field.latest import LatestReadings
 from ..field.plausibility import check_device_limits
 from ..model import DeviceModel
 from ..operations import Operations
+from ..payments.service import PaymentService
+from ..payments.settings import check_payments
 from ..prepay.engine import PrepayEngine
 from ..prepay.site_check import check_prepayment_sections
 from .plugins import Plugins
@@ -78,6 +80,7 @@ class Runtime:
         problems = check_device_limits(site, plugins.models)
         problems.extend(check_prepayment_sections(site, plugins.models))
         problems.extend(check_billing(site, plugins.models))
+        problems.extend(check_payments(site))
         if problems:
             raise ConfigError(str(site.path or "site"), problems)
         #: With a database: the prepayment engine (metering, command executor, deferred
@@ -88,6 +91,8 @@ class Runtime:
         #: With a database: billing operations (meter readings at the freeze instants,
         #: month-end apportionment, charges and bills, batch jobs), built by `start()`.
         self.billing: BillingService | None = None
+        #: With a database and a payment provider: online payment (core/payments/service.py).
+        self.payments: PaymentService | None = None
 
     @property
     def models(self) -> Mapping[str, DeviceModel]:
@@ -105,12 +110,14 @@ class Runtime:
                 self.bus,
                 self.arbiter,
                 notifiers=self.plugins.notifiers(self.site),
+                providers=self.plugins.payment_providers(self.site),
             )
             core.operations.loop = asyncio.get_running_loop()
-            self.prepay, self.operations, self.billing = (
+            self.prepay, self.operations, self.billing, self.payments = (
                 core.engine,
                 core.operations,
                 core.billing_service,
+                core.payments,
             )
             services.extend(core.loops())
         self.services = [self.vitals, *services, *self.plugins.services(self)]

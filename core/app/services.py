@@ -21,12 +21,13 @@ from typing import Any
 
 from ..billing.service import Billing, BillingService
 from ..config.site import Site
-from ..contracts import Notifier, Service
+from ..contracts import Notifier, PaymentProvider, Service
 from ..db import Database
 from ..events import EventBus, utcnow
 from ..model import DeviceModel
 from ..operations import Operations
 from ..operations.outbox import OutboxTail
+from ..payments.service import PaymentService
 from ..prepay.engine import PrepayEngine
 
 
@@ -44,10 +45,16 @@ class SiteServices:
     engine: PrepayEngine | None = None
     billing_service: BillingService | None = None
     outbox: OutboxTail | None = None
+    #: Online payment (active query, expiry, crediting): only when a provider is configured.
+    payments: PaymentService | None = None
 
     def loops(self) -> list[Service]:
         """The services to start, in order (stopped in reverse)."""
-        return [s for s in (self.engine, self.billing_service, self.outbox) if s is not None]
+        return [
+            s
+            for s in (self.engine, self.billing_service, self.payments, self.outbox)
+            if s is not None
+        ]
 
 
 def command_services(
@@ -92,9 +99,11 @@ def running_services(
     arbiter: Any,
     *,
     notifiers: list[Notifier] | None = None,
+    providers: list[PaymentProvider] | None = None,
 ) -> SiteServices:
     """Everything the running service needs on the site's database (`arbiter`: the link
-    arbiter that executes device commands; None in tests that run no devices)."""
+    arbiter that executes device commands; None in tests that run no devices; `providers`:
+    the site's online payment channels, whose service runs only when there is one)."""
     engine = PrepayEngine(site, models, db, bus, arbiter, notifiers=notifiers)
     ops = operations_for(engine)
     billing_service = BillingService(
@@ -107,6 +116,10 @@ def running_services(
         instance=f"{engine.settings.instance_name(site)}:billing",
     )
     tail = OutboxTail(db, ops.origin, ops.publish_committed, poll_s=engine.settings.outbox_poll_s)
+    payments = None
+    if providers:
+        ops.use_providers(providers)
+        payments = PaymentService(ops, ops.payment_providers, clock=engine.clock)
     return SiteServices(
-        site, models, db, bus, ops, billing_service.billing, engine, billing_service, tail
+        site, models, db, bus, ops, billing_service.billing, engine, billing_service, tail, payments
     )

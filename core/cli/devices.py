@@ -16,6 +16,7 @@ from ..contracts import SimulatorOptions
 from ..errors import ConfigError
 from ..field.plausibility import check_device_limits
 from ..model import MeterKind, PointSpec, Quality, Sample
+from ..payments.settings import check_payments
 from ..prepay.site_check import check_prepayment_sections
 from . import CliContext
 from .common import load_checked_site, run_async, site_argument, wait_for_stop
@@ -93,6 +94,7 @@ def check_command(obj: CliContext, site_file: str) -> None:
     problems = check_device_limits(site, obj.plugins.models)
     problems.extend(check_prepayment_sections(site, obj.plugins.models))
     problems.extend(check_billing(site, obj.plugins.models))
+    problems.extend(check_payments(site))
     try:
         obj.plugins.validate_site(site)
     except ConfigError as exc:

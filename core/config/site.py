@@ -192,7 +192,17 @@ DAY_S = 86_400.0
 MAX_AREA_M2 = 1_000_000.0
 
 #: Sections that the later layers read from the site file; validated by their owners.
-OWNED_SECTIONS = ("database", "historian", "opcua", "prepay", "tariffs", "notify", "billing")
+OWNED_SECTIONS = (
+    "database",
+    "historian",
+    "opcua",
+    "prepay",
+    "tariffs",
+    "notify",
+    "billing",
+    "payments",
+    "web",
+)
 
 
 def load_site(path: str | Path) -> Site:

@@ -742,3 +742,50 @@ event_outbox = sa.Table(
     sa.Column("payload", sa.JSON(), nullable=False),
 )
 sa.Index("ix_event_outbox_created_at", event_outbox.c.created_at)
+
+# -- online payment (revision 0010) ----------------------------------------------------------
+
+#: One online payment (WeChat Pay, Alipay...) from order to credit (core/payments): CREATED →
+#: PAID → CREDITED, CREATED → CLOSED, CREDITED → REFUNDED, any → CONFLICT for a person.
+payment_order = sa.Table(
+    "payment_order",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    #: Ours, sent to the provider: [0-9A-Za-z], at most 32 characters, unguessable.
+    sa.Column("out_trade_no", sa.String(32), nullable=False, unique=True),
+    #: The provider ("wechat", "alipay") and how the payer pays ("native", "jsapi", "qr").
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("method", sa.String(16), nullable=False),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("account.id"), nullable=False),
+    sa.Column("room", sa.String(64), nullable=True),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    sa.Column("currency", sa.String(8), nullable=False),
+    #: CREATED, PAID, CREDITED, CLOSED, REFUNDED, CONFLICT (core.payments.states).
+    sa.Column("state", sa.String(16), nullable=False),
+    #: The provider's id of the payment (the top-up's reference); unique once known.
+    sa.Column("transaction_id", sa.String(64), nullable=True, unique=True),
+    sa.Column("merchant_id", sa.String(64), nullable=False),
+    sa.Column("app_id", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+    sa.Column("paid_at", UtcDateTime(), nullable=True),
+    sa.Column("credited_at", UtcDateTime(), nullable=True),
+    sa.Column("closed_at", UtcDateTime(), nullable=True),
+    sa.Column("refunded_fen", sa.BigInteger(), nullable=False, server_default="0"),
+    #: Why a person must look at it (amount/merchant/app/currency mismatch...).
+    sa.Column("conflict", sa.Text(), nullable=True),
+    #: Notices received (notifications and query answers) and the last one, decoded.
+    sa.Column("notices", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_notice", sa.JSON(), nullable=True),
+    sa.Column("last_query_at", UtcDateTime(), nullable=True),
+    sa.Column("requested_by", sa.String(100), nullable=False),
+    sa.CheckConstraint("amount_fen > 0", name="positive"),
+    sa.CheckConstraint(
+        "state IN ('CREATED', 'PAID', 'CREDITED', 'CLOSED', 'REFUNDED', 'CONFLICT')",
+        name="state",
+    ),
+    sa.CheckConstraint("refunded_fen >= 0 AND refunded_fen <= amount_fen", name="refunded"),
+)
+#: The service looks up open orders (CREATED to query or close, PAID to credit) by state.
+sa.Index("ix_payment_order_state", payment_order.c.state)
+sa.Index("ix_payment_order_account_id", payment_order.c.account_id)

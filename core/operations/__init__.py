@@ -40,6 +40,7 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
 from .snapshots import AccountSnapshot, MeterSnapshot, SnapshotReads
 from .supply import SupplyDoor
@@ -49,6 +50,7 @@ __all__ = [
     "Door",
     "MeterSnapshot",
     "NewAccount",
+    "NoticeOutcome",
     "Opened",
     "Operations",
     "ReadingsImported",
@@ -56,6 +58,7 @@ __all__ = [
 
 
 class Operations(
+    PaymentDoor,
     MoneyDoor,
     AccountLifecycleDoor,
     AccountSettingsDoor,

@@ -51,27 +51,9 @@ class MoneyDoor(Door):
         leaves arrears gets its supply restored."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> TopUpResult:
-            result = ledger.topup(
-                conn,
-                account_id,
-                amount_fen,
-                reference,
-                channel=channel,
-                meter_id=meter_id,
-                requested_by=actor,
-                now=now,
-                local=LOCAL_MONEY,
+            return self._topup_in(
+                conn, effects, now, account_id, amount_fen, reference, channel, actor, meter_id
             )
-            if not result.replayed:
-                if result.command_id is not None:
-                    effects.commands.append(cmds.get_command(conn, result.command_id))
-                if self._reconnection_withheld(conn, account_id, result, actor, effects, now):
-                    effects.accounts.add(account_id)
-                else:
-                    self._fee_control(
-                        conn, account_id, Cause.RECHARGE, actor, effects, now, result.balance_fen
-                    )
-            return result
 
         return self._call(
             "topup",
@@ -89,6 +71,43 @@ class MoneyDoor(Door):
                 )
             ),
         )
+
+    def _topup_in(
+        self,
+        conn: Connection,
+        effects: Effects,
+        now: datetime,
+        account_id: str,
+        amount_fen: int,
+        reference: str,
+        channel: str,
+        actor: str,
+        meter_id: str | None = None,
+    ) -> TopUpResult:
+        """The top-up inside the caller's transaction (the CLI's, OPC UA's and a paid
+        online order's alike): the ledger's top-up, the LOCAL meter's RECHARGE, fee
+        control."""
+        result = ledger.topup(
+            conn,
+            account_id,
+            amount_fen,
+            reference,
+            channel=channel,
+            meter_id=meter_id,
+            requested_by=actor,
+            now=now,
+            local=LOCAL_MONEY,
+        )
+        if not result.replayed:
+            if result.command_id is not None:
+                effects.commands.append(cmds.get_command(conn, result.command_id))
+            if self._reconnection_withheld(conn, account_id, result, actor, effects, now):
+                effects.accounts.add(account_id)
+            else:
+                self._fee_control(
+                    conn, account_id, Cause.RECHARGE, actor, effects, now, result.balance_fen
+                )
+        return result
 
     def _reconnection_withheld(
         self,

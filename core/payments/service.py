@@ -1,0 +1,301 @@
+"""The payment service: the running service's part of online payment.
+
+- at start, credits every order a crash left PAID but not CREDITED (its notice was
+  verified and stored, the provider answered, the credit not done);
+- every `poll_s`, asks the provider about CREATED orders no notice came for within
+  `query_after_s` (notifications get lost: the provider's own advice), and closes expired
+  orders at the provider and here (after one last query: a payment at the last second
+  is credited, not closed);
+- credits what the web route stored (`credit_later`: "verify and store first, credit
+  after"), in tasks it waits for at stop;
+- opens orders for the tenant page (`start_payment`): ours through the door, then the
+  provider's.
+
+Door calls block on the database: they run in threads (`asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from ..contracts import PaymentNotice, PaymentPrepared, PaymentProvider, PaymentRequest
+from ..errors import RequestError
+from ..events import utcnow
+from ..field.diagnostics import diagnostic
+from ..model import DeviceModel, MeterKind, Sample
+from ..tasks import stop_task
+from . import orders as po
+from .settings import PaymentSettings
+from .states import OrderState
+
+log = logging.getLogger("openprepay.payments")
+
+#: Who the service's own door calls are audited as.
+ACTOR = "payments:service"
+#: A PAID order its credit task has not credited by then is credited by the sweep.
+STRAGGLER = timedelta(seconds=30)
+
+
+PAYMENTS_SOURCE = "payments"
+#: The service's figures, published every `[poll] stats_interval_s` like the historian's.
+PAYMENTS_MODEL = DeviceModel(
+    name="openprepay.payments",
+    vendor="OpenPrepay",
+    product="Payment service statistics",
+    kind=MeterKind.HEALTH,
+    description="Online payment orders credited, queried and closed by the payment service",
+    points=(
+        diagnostic("recovered", "", "PAID orders credited at start (stored before a stop)"),
+        diagnostic("queries", "", "Active queries of orders no notice came for, since start"),
+        diagnostic("query_errors", "", "Queries or their application that failed, since start"),
+        diagnostic("credited", "", "Orders credited by the service, since start"),
+        diagnostic("closed", "", "Expired orders closed, since start"),
+        diagnostic("conflicts", "", "Orders the service saw go to CONFLICT, since start"),
+    ),
+    plugin="core",
+)
+
+
+@dataclass
+class PaymentCounters:
+    """What the service did since start (diagnostics)."""
+
+    recovered: int = 0
+    queries: int = 0
+    query_errors: int = 0
+    credited: int = 0
+    closed: int = 0
+    conflicts: int = 0
+
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class PaymentDoorCalls(Protocol):
+    """The door's calls the service makes (`core.operations.Operations`, a box above this
+    one, hands itself in)."""
+
+    site: Any
+    db: Any
+    bus: Any
+
+    @property
+    def payment_settings(self) -> PaymentSettings: ...
+
+    def open_payment(
+        self, account_id: str, amount_fen: int, channel: str, method: str, *, actor: str
+    ) -> po.PaymentOrder: ...
+
+    def apply_notice(self, notice: PaymentNotice, *, actor: str, queried: bool = False) -> Any: ...
+
+    def credit_order(self, out_trade_no: str, *, actor: str) -> Any: ...
+
+    def close_payment(self, out_trade_no: str, reason: str, *, actor: str) -> po.PaymentOrder: ...
+
+
+class PaymentService:
+    name = "payments"
+
+    def __init__(
+        self,
+        ops: PaymentDoorCalls,
+        providers: Mapping[str, PaymentProvider],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.ops = ops
+        self.providers = dict(providers)
+        self.settings = ops.payment_settings
+        self.clock = clock
+        self.counters = PaymentCounters()
+        #: The site's public base URL the providers call back (the web section's).
+        web = ops.site.sections.get("web") or {}
+        self.public_base_url = str(web.get("public_base_url", "")).rstrip("/")
+        self._task: asyncio.Task[None] | None = None
+        self._stats: asyncio.Task[None] | None = None
+        self._credits: set[asyncio.Task[Any]] = set()
+        #: When each open order was last asked about (a failed query is not recorded in
+        #: the database): order id → instant.
+        self._tried: dict[int, datetime] = {}
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.recover()
+        self._task = asyncio.create_task(self._run(), name="payments")
+        self._stats = asyncio.create_task(self._publish_forever(), name="payments stats")
+
+    async def stop(self) -> None:
+        await stop_task(self._task)
+        await stop_task(self._stats)
+        self._task = self._stats = None
+        if self._credits:
+            await asyncio.gather(*self._credits, return_exceptions=True)
+
+    # -- crediting ------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Credit every PAID order (stored, not credited: a crash came between)."""
+        with self.ops.db.read() as conn:
+            paid = po.orders_in(conn, OrderState.PAID)
+        for order in paid:
+            outcome = await asyncio.to_thread(
+                self.ops.credit_order, order.out_trade_no, actor=ACTOR
+            )
+            log.info("payment %s stored before a stop: %s", order.out_trade_no, outcome.reason)
+            self.counters.recovered += 1
+            self._count(outcome)
+        return len(paid)
+
+    def credit_later(self, out_trade_no: str, actor: str) -> asyncio.Task[Any]:
+        """Credit an order whose notice was stored (PAID) in a task: the provider has been
+        answered already."""
+        task = asyncio.create_task(self._credit(out_trade_no, actor), name=f"credit {out_trade_no}")
+        self._credits.add(task)
+        task.add_done_callback(self._credits.discard)
+        return task
+
+    async def _credit(self, out_trade_no: str, actor: str) -> Any:
+        try:
+            outcome = await asyncio.to_thread(self.ops.credit_order, out_trade_no, actor=actor)
+        except Exception:
+            # Stored as PAID: the next start credits it.
+            log.exception("crediting payment %s failed", out_trade_no)
+            return None
+        self._count(outcome)
+        return outcome
+
+    def _count(self, outcome: Any) -> None:
+        if outcome.credited:
+            self.counters.credited += 1
+        if outcome.state is OrderState.CONFLICT:
+            self.counters.conflicts += 1
+            log.warning("payment %s in conflict: %s", outcome.out_trade_no, outcome.reason)
+
+    # -- opening --------------------------------------------------------------------------
+
+    async def start_payment(
+        self,
+        account_id: str,
+        amount_fen: int,
+        channel: str,
+        method: str,
+        *,
+        actor: str,
+        description: str,
+        payer_id: str | None = None,
+    ) -> tuple[po.PaymentOrder, PaymentPrepared]:
+        """Open our order (the door's checks), then the provider's; closed here again when
+        the provider refuses."""
+        order = await asyncio.to_thread(
+            self.ops.open_payment, account_id, amount_fen, channel, method, actor=actor
+        )
+        provider = self.providers[channel]
+        request = PaymentRequest(
+            order.out_trade_no,
+            order.amount_fen,
+            order.currency,
+            description,
+            order.expires_at,
+            method,
+            f"{self.public_base_url}/pay/notify/{channel}",
+            payer_id,
+        )
+        try:
+            prepared = await provider.create(request)
+        except Exception as exc:
+            await asyncio.to_thread(
+                self.ops.close_payment, order.out_trade_no, f"provider refused: {exc}", actor=ACTOR
+            )
+            raise
+        return order, prepared
+
+    # -- figures ------------------------------------------------------------------------
+
+    def publish(self) -> None:
+        sample = Sample(PAYMENTS_SOURCE, PAYMENTS_MODEL, utcnow(), self.counters.values())
+        self.ops.bus.publish(sample)
+
+    async def _publish_forever(self) -> None:
+        interval = self.ops.site.poll.stats_interval_s
+        while True:
+            self.publish()
+            await asyncio.sleep(interval)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("payment sweep failed")
+            await asyncio.sleep(self.settings.poll_s)
+
+    async def sweep(self) -> None:
+        """One pass: credit PAID stragglers, query silent CREATED orders, close expired
+        ones."""
+        now = self.clock()
+        with self.ops.db.read() as conn:
+            created = po.orders_in(conn, OrderState.CREATED)
+            paid = po.orders_in(conn, OrderState.PAID)
+        open_ids = {o.id for o in created}
+        self._tried = {k: v for k, v in self._tried.items() if k in open_ids}
+        for order in paid:  # stored, its credit task failed (database down a moment)
+            if order.paid_at is None or order.paid_at + STRAGGLER <= now:
+                await self._credit(order.out_trade_no, ACTOR)
+        wait = timedelta(seconds=self.settings.query_after_s)
+        for order in created:
+            provider = self.providers.get(order.channel)
+            if provider is None:
+                continue
+            # Still CREATED: no payment heard of. Ask `query_after_s` after creation, then
+            # every `query_after_s` (also after a failed query) until it expires.
+            tried = max(
+                filter(None, (order.last_query_at, self._tried.get(order.id))), default=None
+            )
+            if order.created_at + wait > now or (tried is not None and tried + wait > now):
+                continue
+            expired = order.expires_at <= now
+            self._tried[order.id] = now
+            notice = await self._query(provider, order)
+            if notice is None:
+                continue
+            if expired and notice.state in ("NOTPAY", "CLOSED"):
+                await self._close(provider, order)
+
+    async def _query(
+        self, provider: PaymentProvider, order: po.PaymentOrder
+    ) -> PaymentNotice | None:
+        self.counters.queries += 1
+        try:
+            notice = await provider.query(order.out_trade_no)
+            outcome = await asyncio.to_thread(
+                self.ops.apply_notice, notice, actor=ACTOR, queried=True
+            )
+        except (RequestError, Exception) as exc:
+            self.counters.query_errors += 1
+            log.warning("query of payment %s failed: %s", order.out_trade_no, exc)
+            return None
+        self._count(outcome)
+        return notice
+
+    async def _close(self, provider: PaymentProvider, order: po.PaymentOrder) -> None:
+        try:
+            await provider.close(order.out_trade_no)
+        except Exception as exc:
+            log.warning(
+                "closing payment %s at %s failed: %s", order.out_trade_no, provider.channel, exc
+            )
+            return
+        try:
+            await asyncio.to_thread(
+                self.ops.close_payment, order.out_trade_no, "expired", actor=ACTOR
+            )
+        except RequestError:
+            return  # a notice moved it meanwhile
+        self.counters.closed += 1

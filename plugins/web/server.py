@@ -1,0 +1,207 @@
+"""The web service: aiohttp on the running service's own event loop (AppRunner/TCPSite, no
+signal handling of its own: the runtime stops it), with its request figures published as
+points of a HEALTH pseudo-model.
+
+`POST /pay/notify/<channel>`: the provider's callback. Verify over the raw body (the
+provider plugin's `verify`: CPU only), store the notice through the door, answer the
+provider at once, credit after in a task of the payment service ("verify and store first,
+credit after": the provider wants its answer within seconds, a crash after the answer
+leaves a stored PAID order that the service credits at its next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, fields
+from typing import Any
+
+from aiohttp import web
+
+from openprepay.core.contracts import NotificationRefused, NotifyAnswer
+from openprepay.core.errors import RequestError
+from openprepay.core.events import utcnow
+from openprepay.core.field.diagnostics import diagnostic
+from openprepay.core.model import DeviceModel, MeterKind, Sample, ValueType
+from openprepay.core.payments.states import OrderState
+from openprepay.core.tasks import stop_task
+
+from .limits import RateLimiter
+from .settings import WebSettings
+
+log = logging.getLogger("openprepay.web")
+
+WEB_SOURCE = "web"
+WEB_MODEL = DeviceModel(
+    name="openprepay.web",
+    vendor="OpenPrepay",
+    product="Web service statistics",
+    kind=MeterKind.HEALTH,
+    description="Requests and payment callbacks of the web service",
+    points=(
+        diagnostic("up", "", "1 while the web service listens", ValueType.BOOL),
+        diagnostic("requests", "", "Requests received, since start"),
+        diagnostic("notify_accepted", "", "Callbacks verified and stored, since start"),
+        diagnostic(
+            "notify_refused", "", "Callbacks refused (signature, timestamp...), since start"
+        ),
+        diagnostic(
+            "notify_failed", "", "Callbacks verified but not stored (unknown order, database)"
+        ),
+        diagnostic("rate_limited", "", "Requests refused by the per-client rate, since start"),
+        diagnostic("too_large", "", "Requests refused for their body size, since start"),
+    ),
+    plugin="web",
+)
+
+
+@dataclass
+class WebCounters:
+    up: bool = False
+    requests: int = 0
+    notify_accepted: int = 0
+    notify_refused: int = 0
+    notify_failed: int = 0
+    rate_limited: int = 0
+    too_large: int = 0
+
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class WebService:
+    name = "web"
+
+    def __init__(
+        self, runtime: Any, settings: WebSettings, *, stats_interval_s: float = 60.0
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.stats_interval_s = stats_interval_s
+        self.counters = WebCounters()
+        self.limiter = RateLimiter(settings.rate_per_min)
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._stats: asyncio.Task[None] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes, middlewares=[self._gate]
+        )
+        app.router.add_post("/pay/notify/{channel}", self.notify)
+        app.router.add_get("/health", self.health)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.bind, self.settings.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or ()
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        self.counters.up = True
+        self.runtime.announcements.append(
+            f"web: http://{self.settings.bind}:{self.port} (providers call "
+            f"{self.settings.public_base_url or '(no public_base_url)'}/pay/notify/<channel>)"
+        )
+        self._stats = asyncio.create_task(self._publish_forever(), name="web stats")
+
+    async def stop(self) -> None:
+        self.counters.up = False
+        await stop_task(self._stats)
+        self._stats = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self._publish()
+
+    # -- requests -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.counters.requests += 1
+        # Providers call from a few addresses (or all through the proxy): a per-client rate
+        # would refuse real payments at a busy hour. Their callbacks are bounded by the body
+        # size and refused cheaply by the signature check instead.
+        limited = not request.path.startswith("/pay/notify/")
+        if limited and not self.limiter.allow(self.client(request)):
+            self.counters.rate_limited += 1
+            return web.Response(status=429, text="too many requests\n")
+        if (request.content_length or 0) > self.settings.max_body_bytes:
+            self.counters.too_large += 1
+            return web.Response(status=413, text="request body too large\n")
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            self.counters.too_large += 1
+            raise
+
+    def client(self, request: web.Request) -> str:
+        """The client address; behind a trusted local proxy, the address it saw."""
+        if self.settings.trust_forwarded:
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            if forwarded:
+                return forwarded.rsplit(",", 1)[-1].strip()
+        return request.remote or "?"
+
+    async def notify(self, request: web.Request) -> web.StreamResponse:
+        channel = request.match_info["channel"]
+        payments = self.runtime.payments
+        provider = payments.providers.get(channel) if payments is not None else None
+        if provider is None:
+            return web.Response(status=404, text="no such payment channel\n")
+        body = await request.read()  # the raw bytes: the signature covers them exactly
+        try:
+            notice = provider.verify(request.headers, body, utcnow())
+            if notice.channel != channel:
+                raise NotificationRefused(f"notice of channel {notice.channel!r} on {channel!r}")
+        except NotificationRefused as refused:
+            self.counters.notify_refused += 1
+            log.warning(
+                "%s callback from %s refused: %s", channel, self.client(request), refused.reason
+            )
+            return _response(provider.answer(False))
+        actor = f"web:{channel}"
+        try:
+            outcome = await asyncio.to_thread(
+                self.runtime.operations.store_notice, notice, actor=actor
+            )
+        except RequestError as refused:
+            self.counters.notify_failed += 1
+            log.warning("%s callback for %s not stored: %s", channel, notice.out_trade_no, refused)
+            return _response(provider.answer(False))
+        except Exception:
+            self.counters.notify_failed += 1  # the provider retries
+            log.exception("%s callback for %s not stored", channel, notice.out_trade_no)
+            return _response(provider.answer(False))
+        self.counters.notify_accepted += 1
+        if outcome.state is OrderState.PAID:
+            payments.credit_later(notice.out_trade_no, actor)
+        return _response(provider.answer(True))
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        payments = self.runtime.payments
+        return web.json_response(
+            {
+                "status": "ok",
+                "site": self.runtime.site.id,
+                "database": self.runtime.db is not None,
+                "payment_channels": sorted(payments.providers) if payments is not None else [],
+                **self.counters.values(),
+            }
+        )
+
+    # -- figures --------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        self.runtime.bus.publish(Sample(WEB_SOURCE, WEB_MODEL, utcnow(), self.counters.values()))
+
+    async def _publish_forever(self) -> None:
+        while True:
+            self._publish()
+            await asyncio.sleep(self.stats_interval_s)
+
+
+def _response(answer: NotifyAnswer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
