@@ -131,7 +131,8 @@ def transaction_notice(obj: Mapping[str, Any]) -> PaymentNotice:
     if not isinstance(amount, dict):
         raise MalformedObject("amount missing")
     transaction_id = obj.get("transaction_id") or None
-    if state != "NOTPAY" and not isinstance(transaction_id, str):
+    # Only a payment has a transaction id (an order closed unpaid has none).
+    if state in ("PAID", "REFUNDED") and not isinstance(transaction_id, str):
         raise MalformedObject("transaction_id missing")
     success_time = obj.get("success_time")
     return PaymentNotice(
