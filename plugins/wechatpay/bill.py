@@ -66,7 +66,8 @@ def parse_trade_bill(content: bytes) -> list[TradeRecord]:
         if not row[0].startswith("`"):
             break  # the summary header: the detail rows are over
         cells = [cell.strip().removeprefix("`") for cell in row]
-        if len(cells) < len(header):
+        # A shifted row (a comma inside a cell) would read amounts from the wrong column.
+        if len(cells) != len(header):
             raise BillError(f"row {number}", f"{len(cells)} columns, the header has {len(header)}")
 
         state = STATES.get(cells[column[STATE]])
