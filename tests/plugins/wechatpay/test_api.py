@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
@@ -285,3 +286,33 @@ async def test_a_wrong_amount_arrives_as_sent(
     await emulator.notify_paid("OP20261202A101h4", amount_fen=1)
     [notice] = receiver.notices
     assert notice.amount_fen == 1  # ≠ the order's 5000: the core marks the order in conflict
+
+
+async def test_the_emulator_resends_on_the_compressed_schedule_until_answered(
+    provider: PaymentProvider, emulator: WechatPayEmulator
+) -> None:
+    # A callback endpoint that is down twice, then verifies and accepts.
+    answers = [500, 503]
+    notices = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        body = await request.read()
+        if answers:
+            return web.Response(status=answers.pop(0))
+        notices.append(provider.verify(request.headers, body, datetime.now(UTC)))
+        return web.Response(status=provider.answer(True).status)
+
+    app = web.Application()
+    app.router.add_post("/pay/notify/wechat", flaky)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/pay/notify/wechat"
+    try:
+        await provider.create(order("OP20261202A101w1", 800, notify_url=url))
+        emulator.pay("OP20261202A101w1")
+        assert await emulator.notify_with_retries("OP20261202A101w1") == [500, 503, 204]
+    finally:
+        await runner.cleanup()
+    [notice] = notices
+    assert (notice.state, notice.amount_fen) == ("PAID", 800)
