@@ -102,7 +102,6 @@ def parse_wechat(data: Any, base: Path, errors: list[FieldError]) -> WechatSetti
         if key is not None:
             keys[public_key_id] = key
     for cert_serial, cert_file in certificates.data.items():
-        certificates._seen.add(cert_serial)
         cert_key = _certificate(certificates, base, cert_serial, cert_file)
         if cert_key is not None:
             keys[cert_serial.upper()] = cert_key
@@ -163,9 +162,12 @@ def _apiv3_key(r: TableReader, base: Path) -> bytes | None:
             r.error(f"the environment variable {key_env} is not set", "apiv3_key_env")
             return None
         where = "apiv3_key_env"
-    value = text.encode("ascii", "replace")
+    # Only the length and the charset are ever reported: the key itself is never shown.
+    if not text.isascii():
+        r.error("the APIv3 key must be ASCII letters and digits", where)
+        return None
+    value = text.encode("ascii")
     if len(value) != APIV3_KEY_BYTES:
-        # The length only: the key itself is never shown.
         r.error(
             f"the APIv3 key must be {APIV3_KEY_BYTES} characters (商户平台 → API安全 → "
             f"APIv3密钥), got {len(value)}",

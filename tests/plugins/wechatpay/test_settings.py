@@ -144,6 +144,13 @@ def test_the_apiv3_key_is_never_shown(
         "payments.wechat.apiv3_key_file: the APIv3 key must be 32 characters "
         "(商户平台 → API安全 → APIv3密钥), got 40"
     )
+    (tmp_path / "wechat" / "wide.key").write_text("０" * 32, encoding="utf-8")
+    [error] = errors({**section, "apiv3_key_file": "wechat/wide.key"}, tmp_path)
+    assert error.startswith("payments.wechat.apiv3_key_file: cannot read the APIv3 key file")
+    monkeypatch.setenv("TEST_WIDE_KEY", "０" * 32)
+    from_env = {k: v for k, v in section.items() if k != "apiv3_key_file"}
+    [error] = errors({**from_env, "apiv3_key_env": "TEST_WIDE_KEY"}, tmp_path)
+    assert error == "payments.wechat.apiv3_key_env: the APIv3 key must be ASCII letters and digits"
     site = with_payments(bare_site(), section, tmp_path / "site.toml")
     [provider] = plugin.openprepay_payment_providers(site)
     shown = repr(provider) + repr(provider.settings)  # type: ignore[attr-defined]
