@@ -67,8 +67,8 @@ def site_table(site: Any) -> Any | None:
 def parse_wechat(data: Any, base: Path, errors: list[FieldError]) -> WechatSettings | None:
     """The settings, or None with every problem appended to `errors`. Relative file paths
     are relative to `base` (the site file's folder)."""
-    r = TableReader(data, SECTION, errors)
     start = len(errors)
+    r = TableReader(data, SECTION, errors)
     mchid = r.str("mchid", pattern=MCHID, hint="expected the merchant id (商户号), digits")
     appid = r.str("appid", pattern=APPID, hint="expected the app id bound to mchid (wx…)")
     key_file = r.str("private_key_file")
