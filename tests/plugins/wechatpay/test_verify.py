@@ -133,8 +133,11 @@ def test_signature_probes_are_refused(
 def test_stale_or_future_timestamps_are_refused(
     provider: PaymentProvider, emulator: WechatPayEmulator, merchant: Merchant, offset_s: int
 ) -> None:
-    note = emulator.notification(paid(emulator, merchant), timestamp=int(time.time()) + offset_s)
-    assert "stale timestamp" in refused(provider, note.headers, note.body)
+    # `now` is fixed: the result depends on the offset alone, never on how long the test takes.
+    base = int(time.time())
+    note = emulator.notification(paid(emulator, merchant), timestamp=base + offset_s)
+    now = datetime.fromtimestamp(base, UTC)
+    assert "stale timestamp" in refused(provider, note.headers, note.body, now=now)
 
 
 def test_the_window_is_measured_from_the_callers_now(
@@ -154,8 +157,10 @@ def test_a_configured_window_applies(
     merchant: Merchant,
 ) -> None:
     provider = make_provider({**section, "notify_window_s": 60})
-    note = emulator.notification(paid(emulator, merchant), timestamp=int(time.time()) - 90)
-    assert "window 60 s" in refused(provider, note.headers, note.body)
+    base = int(time.time())
+    note = emulator.notification(paid(emulator, merchant), timestamp=base - 90)
+    now = datetime.fromtimestamp(base, UTC)
+    assert "window 60 s" in refused(provider, note.headers, note.body, now=now)
 
 
 def test_a_timestamp_that_is_not_a_number_is_refused(
