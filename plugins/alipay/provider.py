@@ -8,6 +8,7 @@ alipay.data.dataservice.bill.downloadurl.query + the zip. `verify` is CPU only.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -31,6 +32,8 @@ from .settings import AlipaySettings
 NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
 #: The bill of a day without trades, or not generated yet.
 BILL_EMPTY = ("isp.bill_not_exist",)
+#: Alipay takes at most 64 characters; we keep to the set both providers accept.
+OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 #: Subject is at most 256 characters at Alipay.
 MAX_SUBJECT = 256
 #: timeout_express: 1m .. 15d.
@@ -63,6 +66,10 @@ class AlipayProvider:
     async def create(self, request: PaymentRequest) -> PaymentPrepared:
         if request.method != "qr":
             raise RequestError("method", f'Alipay offers "qr" (precreate), not {request.method!r}')
+        if not OUT_TRADE_NO.match(request.out_trade_no):
+            raise RequestError(
+                "out_trade_no", f"Alipay takes 1-64 of [0-9A-Za-z_-], got {request.out_trade_no!r}"
+            )
         if request.currency != "CNY":
             raise RequestError("currency", f"Alipay precreate takes CNY, got {request.currency!r}")
         left_s = (request.expires_at - self.clock()).total_seconds()

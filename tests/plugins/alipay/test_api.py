@@ -71,6 +71,8 @@ async def test_create_refuses_what_alipay_cannot_do(
         (PaymentRequest(**{**_fields(wrong_method), "currency": "USD"}), "currency"),
         (order("OP-X-2", 100, receiver.url, minutes=0.5), "expires_at"),
         (order("OP-X-3", 0, receiver.url), "amount_fen"),
+        (order("OP X 4", 100, receiver.url), "out_trade_no"),
+        (order("O" * 65, 100, receiver.url), "out_trade_no"),
     ):
         with pytest.raises(RequestError) as refused:
             await provider.create(bad)
