@@ -56,10 +56,18 @@ MAX_FLOORS = 40
 POLL_S = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (each socket held until all are chosen, so none repeats)."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def site_data(meters: int, folder: Path) -> dict[str, Any]:
@@ -69,11 +77,12 @@ def site_data(meters: int, folder: Path) -> dict[str, Any]:
     floors = min(MAX_FLOORS, math.ceil(rooms / ROOMS_PER_FLOOR))
     buildings = math.ceil(rooms / (floors * ROOMS_PER_FLOOR))
     data = demo_site_data(buildings, floors, ROOMS_PER_FLOOR, poll_interval_s=POLL_S)
-    for link in data["links"].values():
-        link["host"], link["port"] = "127.0.0.1", free_port()
+    ports = free_ports(len(data["links"]) + 1)
+    for link, port in zip(data["links"].values(), ports, strict=False):
+        link["host"], link["port"] = "127.0.0.1", port
     data["database"] = {"url": f"sqlite:///{folder / 'site.db'}"}
     data["opcua"] = {
-        "port": free_port(),
+        "port": ports[-1],
         "host": "127.0.0.1",
         "allow_none": True,
         "allow_anonymous": True,
@@ -197,13 +206,16 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
     data = site_data(meters, folder)
     site_file = folder / "site.toml"
     site_file.write_text(tomli_w.dumps(data))
+    sims_log = (folder / "simulate.log").open("wb")
     sims = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "openprepay.core.cli", "simulate", str(site_file),
-        "--speedup", "1", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        "--speedup", "1", stdout=sims_log, stderr=sims_log,
     )  # fmt: skip
     client = None
     try:
         await asyncio.sleep(3 + len(data["links"]) / 200)  # the simulators listen
+        if sims.returncode is not None:
+            raise RuntimeError(f"the simulators exited: see {folder / 'simulate.log'}")
         runtime = Runtime(load_site(site_file), Plugins.load())
         n = len(runtime.site.devices)
         polls = Polls(runtime)
