@@ -26,8 +26,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from openprepay.core import ledger
+from openprepay.core.contracts import PaymentProviderError
+from openprepay.core.errors import RequestError
 from openprepay.core.events import utcnow
-from openprepay.core.payments import get_order
+from openprepay.core.payments import get_order, list_orders
 from openprepay.core.payments.states import OrderState
 from tests.conftest import free_port, until
 from tests.plugins.alipay.emulator import AlipayEmulator
@@ -108,6 +110,7 @@ class Wechat(Channel):
 
     async def stop(self) -> None:
         await self.emu.stop()
+        self.emu._runner = None  # stopped: a second stop is nothing
 
     async def pay(self, no: str, *, copies: int = 1, lost: bool = False) -> list[tuple[int, bytes]]:
         self.emu.pay(no)
@@ -143,6 +146,7 @@ class Alipay(Channel):
 
     async def stop(self) -> None:
         await self.emu.stop()
+        self.emu._runner = None  # stopped: a second stop is nothing
 
     async def pay(self, no: str, *, copies: int = 1, lost: bool = False) -> list[tuple[int, bytes]]:
         sent = await self.emu.pay(no, copies=copies, lost=lost)
@@ -169,6 +173,10 @@ class Site:
     def order(self, no: str) -> Any:
         with self.r.db.read() as conn:
             return get_order(conn, no)
+
+    def orders(self) -> list[Any]:
+        with self.r.db.read() as conn:
+            return list(list_orders(conn))
 
     def web(self) -> Any:
         return next(s for s in self.r.runtime.services if s.name == "web")
@@ -197,7 +205,7 @@ StartSite = Callable[..., Awaitable[Site]]
 
 @pytest.fixture(params=["wechat", "alipay"])
 async def start_site(
-    request: pytest.FixtureRequest, running: Any, db_url: str, keys: Keys, tmp_path: Path
+    request: pytest.FixtureRequest, db_url: str, running: Any, keys: Keys, tmp_path: Path
 ) -> AsyncIterator[StartSite]:
     """`await start_site(query_after_s=...)` → the runtime with the channel's provider
     pointed at its emulator, the web service, account A-101 open; on SQLite and PostgreSQL."""
@@ -207,7 +215,7 @@ async def start_site(
     section = await channel.start(folder)
     started: list[Site] = []
 
-    async def start(query_after_s: float = 60, poll_s: float = 0.1) -> Site:
+    async def start(query_after_s: float = 60, poll_s: float = 0.1, web: bool = True) -> Site:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         payments = {
@@ -216,13 +224,15 @@ async def start_site(
             "poll_s": poll_s,
             channel.name: section,
         }
-        web = {"bind": "127.0.0.1", "port": port, "public_base_url": url}
-        r = await running(payments=payments, web=web, database={"url": db_url})
+        sections: dict[str, Any] = {"payments": payments, "database": {"url": db_url}}
+        if web:
+            sections["web"] = {"bind": "127.0.0.1", "port": port, "public_base_url": url}
+        r = await running(**sections)
         assert r.db.dialect == db_url.split(":")[0].split("+")[0]
         assert sorted(r.runtime.payments.providers) == [channel.name]
         r.open_account("A-101", ("E-101", "W-101"))
         site = Site(r, channel, url)
-        assert site.web().port == port
+        assert not web or site.web().port == port
         started.append(site)
         return site
 
@@ -324,3 +334,24 @@ async def test_an_order_the_provider_never_saw_is_not_paid_and_closes(
     await _past_expiry(site)
     assert site.order(no).state is OrderState.CLOSED and site.balance() == 0
     assert service.counters.query_errors == 0
+
+
+async def test_an_unreachable_provider_closes_our_order_and_raises_its_error(
+    start_site: StartSite,
+) -> None:
+    site = await start_site()
+    await site.channel.stop()  # the provider's API is down
+    with pytest.raises(PaymentProviderError):
+        await site.start_payment()
+    (order,) = site.orders()
+    assert order.state is OrderState.CLOSED and site.balance() == 0
+
+
+async def test_without_a_public_base_url_no_payment_is_opened(start_site: StartSite) -> None:
+    """No [web] section: nothing could call back. Refused, naming the field, before any
+    order is made here or at the provider."""
+    site = await start_site(web=False)
+    with pytest.raises(RequestError) as refused:
+        await site.start_payment()
+    assert refused.value.field == "web.public_base_url"
+    assert site.orders() == []
