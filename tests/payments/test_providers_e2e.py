@@ -72,7 +72,11 @@ class Channel:
     async def stop(self) -> None:
         raise NotImplementedError
 
-    async def pay(self, no: str, *, copies: int = 1, lost: bool = False) -> list[tuple[int, bytes]]:
+    async def pay(
+        self, no: str, *, copies: int = 1, lost: bool = False, amount_fen: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """The payer pays; the notification is sent `copies` times at once (none when
+        `lost`), claiming `amount_fen` when given."""
         raise NotImplementedError
 
     async def pay_forged(self, no: str) -> tuple[int, bytes]:
@@ -112,9 +116,11 @@ class Wechat(Channel):
         await self.emu.stop()
         self.emu._runner = None  # stopped: a second stop is nothing
 
-    async def pay(self, no: str, *, copies: int = 1, lost: bool = False) -> list[tuple[int, bytes]]:
+    async def pay(
+        self, no: str, *, copies: int = 1, lost: bool = False, amount_fen: int | None = None
+    ) -> list[tuple[int, bytes]]:
         self.emu.pay(no)
-        return await self.emu.notify_paid(no, copies=copies, lost=lost)
+        return await self.emu.notify_paid(no, copies=copies, lost=lost, amount_fen=amount_fen)
 
     async def pay_forged(self, no: str) -> tuple[int, bytes]:
         order = self.emu.orders[no]
@@ -148,8 +154,10 @@ class Alipay(Channel):
         await self.emu.stop()
         self.emu._runner = None  # stopped: a second stop is nothing
 
-    async def pay(self, no: str, *, copies: int = 1, lost: bool = False) -> list[tuple[int, bytes]]:
-        sent = await self.emu.pay(no, copies=copies, lost=lost)
+    async def pay(
+        self, no: str, *, copies: int = 1, lost: bool = False, amount_fen: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        sent = await self.emu.pay(no, copies=copies, lost=lost, amount_fen=amount_fen)
         return [(d.status, d.body.encode()) for d in sent]
 
     async def pay_forged(self, no: str) -> tuple[int, bytes]:
@@ -282,6 +290,19 @@ async def test_a_bad_signature_is_answered_the_failure_and_changes_nothing(
     assert order.state is OrderState.CREATED and order.notices == 0
     assert site.balance() == 0
     assert site.web().counters.notify_refused == 1
+
+
+async def test_a_signed_notification_with_another_amount_is_a_conflict(
+    start_site: StartSite,
+) -> None:
+    """Signed by the provider, but not our order's amount: stored for a person (the provider
+    is answered, it need not resend), nothing credited."""
+    site = await start_site()
+    no = await site.start_payment()
+    assert await site.channel.pay(no, amount_fen=1) == [site.channel.accepted]
+    order = site.order(no)
+    assert order.state is OrderState.CONFLICT and "amount" in (order.conflict or "")
+    assert site.balance() == 0
 
 
 async def test_a_lost_notification_is_found_by_the_active_query(start_site: StartSite) -> None:
