@@ -12,6 +12,7 @@ from datetime import date, datetime
 from typing import Protocol, runtime_checkable
 
 from .config.site import DeviceConfig, LinkConfig
+from .errors import OpenPrepayError
 from .model import CommandOutcome, DeviceCommand, DeviceModel, Sample, Value
 
 
@@ -152,6 +153,13 @@ class NotificationRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class PaymentProviderError(OpenPrepayError):
+    """A call to a provider's API gave no usable answer: the provider answered an error,
+    its answer's signature did not verify, or it could not be reached. Nothing was believed
+    from the answer. Each provider plugin raises its own subclass (with the provider's
+    codes); the core catches this type. Bad input is `RequestError`, before any call."""
 
 
 @dataclass(frozen=True, slots=True)

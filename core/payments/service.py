@@ -23,7 +23,13 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from ..contracts import PaymentNotice, PaymentPrepared, PaymentProvider, PaymentRequest
+from ..contracts import (
+    PaymentNotice,
+    PaymentPrepared,
+    PaymentProvider,
+    PaymentProviderError,
+    PaymentRequest,
+)
 from ..errors import RequestError
 from ..events import utcnow
 from ..field.diagnostics import diagnostic
@@ -190,7 +196,15 @@ class PaymentService:
         payer_id: str | None = None,
     ) -> tuple[po.PaymentOrder, PaymentPrepared]:
         """Open our order (the door's checks), then the provider's; closed here again when
-        the provider refuses."""
+        the provider refuses (its `PaymentProviderError`, or `RequestError` for input it
+        cannot take, raised on to the caller)."""
+        if not self.public_base_url:
+            # Without it no provider can call back: every payment would wait for the query.
+            raise RequestError(
+                "web.public_base_url",
+                "no URL for the providers' callbacks: configure [web] with public_base_url "
+                '(e.g. "https://pay.example.com")',
+            )
         order = await asyncio.to_thread(
             self.ops.open_payment, account_id, amount_fen, channel, method, actor=actor
         )
@@ -208,8 +222,9 @@ class PaymentService:
         try:
             prepared = await provider.create(request)
         except Exception as exc:
+            # Any failure, not only the provider's own: the payer got no code to pay with.
             await asyncio.to_thread(
-                self.ops.close_payment, order.out_trade_no, f"provider refused: {exc}", actor=ACTOR
+                self.ops.close_payment, order.out_trade_no, _reason(exc), actor=ACTOR
             )
             raise
         return order, prepared
@@ -277,9 +292,15 @@ class PaymentService:
             outcome = await asyncio.to_thread(
                 self.ops.apply_notice, notice, actor=ACTOR, queried=True
             )
-        except (RequestError, Exception) as exc:
+        except (PaymentProviderError, RequestError) as exc:
             self.counters.query_errors += 1
             log.warning("query of payment %s failed: %s", order.out_trade_no, exc)
+            return None
+        except Exception:
+            # Not the provider's word nor a refusal: a fault, logged with its trace; the
+            # order stays CREATED and is asked again.
+            self.counters.query_errors += 1
+            log.exception("query of payment %s failed", order.out_trade_no)
             return None
         self._count(outcome)
         return notice
@@ -287,10 +308,13 @@ class PaymentService:
     async def _close(self, provider: PaymentProvider, order: po.PaymentOrder) -> None:
         try:
             await provider.close(order.out_trade_no)
-        except Exception as exc:
+        except (PaymentProviderError, RequestError) as exc:
             log.warning(
                 "closing payment %s at %s failed: %s", order.out_trade_no, provider.channel, exc
             )
+            return
+        except Exception:
+            log.exception("closing payment %s at %s failed", order.out_trade_no, provider.channel)
             return
         try:
             await asyncio.to_thread(
@@ -299,3 +323,11 @@ class PaymentService:
         except RequestError:
             return  # a notice moved it meanwhile
         self.counters.closed += 1
+
+
+def _reason(exc: BaseException) -> str:
+    """Why an order was closed at creation, within the door's reason limit (a provider's
+    error can carry a long URL or message: the close must not fail on it)."""
+    reason = f"provider refused: {exc}".replace("\n", " ")
+    limit = 400  # the door's (core.operations.door.check_reason)
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from openprepay.core.errors import OpenPrepayError
+from openprepay.core.contracts import PaymentProviderError
 
 from .amounts import beijing_text
 from .settings import AlipaySettings
@@ -27,7 +27,7 @@ from .signing import request_content, response_node, sign, verify
 SUCCESS = "10000"
 
 
-class AlipayError(OpenPrepayError):
+class AlipayError(PaymentProviderError):
     """Alipay answered a call with an error (or could not be reached, or its answer could
     not be believed). `code`/`sub_code` are Alipay's (e.g. 40004 / ACQ.TRADE_NOT_EXIST)."""
 

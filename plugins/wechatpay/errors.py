@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from openprepay.core.errors import OpenPrepayError
+from openprepay.core.contracts import PaymentProviderError
 
 
-class WechatPayError(OpenPrepayError):
+class WechatPayError(PaymentProviderError):
     """An API call failed: WeChat answered an error (`status`, its `code` such as
     ORDER_NOT_EXIST or ORDERPAID), the answer's signature did not verify, or the network
     failed (`status` 0). Nothing was believed from the answer."""

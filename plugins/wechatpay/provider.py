@@ -41,6 +41,8 @@ OUT_TRADE_NO = re.compile(r"^[0-9A-Za-z_-]{6,32}$")
 OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_|*@-]{1,64}$")
 DESCRIPTION_BYTES = 127
 CHINA = timezone(timedelta(hours=8))
+#: WeChat's error code for an order it has never been given.
+ORDER_NOT_EXIST = "ORDER_NOT_EXIST"
 FAIL_BODY = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False).encode()
 
 
@@ -128,7 +130,14 @@ class WechatPayProvider:
     async def query(self, out_trade_no: str) -> PaymentNotice:
         _out_trade_no(out_trade_no)
         path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={quote(self.merchant_id)}"
-        answer = await self._api.call("GET", path)
+        try:
+            answer = await self._api.call("GET", path)
+        except WechatPayError as exc:
+            if exc.code != ORDER_NOT_EXIST:
+                raise
+            # WeChat never got the order (a crash or a lost answer between ours and its):
+            # unpaid, as the contract wants, so it is asked again and closed at expiry.
+            return self._not_paid(out_trade_no)
         try:
             return transaction_notice(answer if isinstance(answer, dict) else {})
         except MalformedObject as exc:
@@ -137,7 +146,24 @@ class WechatPayProvider:
     async def close(self, out_trade_no: str) -> None:
         _out_trade_no(out_trade_no)
         path = f"/v3/pay/transactions/out-trade-no/{out_trade_no}/close"
-        await self._api.call("POST", path, {"mchid": self.merchant_id})
+        try:
+            await self._api.call("POST", path, {"mchid": self.merchant_id})
+        except WechatPayError as exc:
+            if exc.code != ORDER_NOT_EXIST:  # never created there: nothing to close
+                raise
+
+    def _not_paid(self, out_trade_no: str) -> PaymentNotice:
+        return PaymentNotice(
+            channel=CHANNEL,
+            out_trade_no=out_trade_no,
+            state="NOTPAY",
+            amount_fen=0,
+            currency="CNY",
+            transaction_id=None,
+            merchant_id=self.merchant_id,
+            app_id=self.app_id,
+            raw={"code": ORDER_NOT_EXIST},
+        )
 
     async def refund(
         self, out_trade_no: str, out_refund_no: str, refund_fen: int, total_fen: int, reason: str

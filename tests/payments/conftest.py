@@ -22,6 +22,8 @@ from .double import DoublePlugin, DoubleProvider
 __all__ = ["_without_other_services", "running"]
 
 PAYMENTS: dict[str, Any] = {"minimum": "1.00", "order_minutes": 15, "query_after_s": 60}
+#: Where providers call back (the notify URL given to them is built from it).
+WEB: dict[str, Any] = {"bind": "127.0.0.1", "port": 0, "public_base_url": "https://pay.example.com"}
 
 
 def payment_site(tmp_path: Path, **changes: Any) -> Path:
@@ -69,7 +71,7 @@ def ops(
     db: Database, tmp_path: Path, plugins: Any, provider: DoubleProvider
 ) -> Iterator[Operations]:
     """The door on `db` (SQLite and PostgreSQL) with account A-101 open and the double."""
-    site = load_site(payment_site(tmp_path))
+    site = load_site(payment_site(tmp_path, web=dict(WEB)))
     door = Operations(site, db, models=plugins.models)
     door.use_providers([provider])
     open_account(door, db)

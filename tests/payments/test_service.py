@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from openprepay.core import ledger
+from openprepay.core.contracts import PaymentProviderError
 from openprepay.core.db import Database
 from openprepay.core.events import utcnow
 from openprepay.core.operations import Operations
@@ -107,6 +108,27 @@ async def test_a_provider_refusing_the_order_closes_ours(
 
     provider.create = refuse  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
+        await service_at(ops, provider, timedelta(0)).start_payment(
+            "A-101", 3000, "test", "native", actor="test:payer", description="x"
+        )
+    from openprepay.core.payments import list_orders
+
+    with db.read() as conn:
+        assert [o.state for o in list_orders(conn)] == [OrderState.CLOSED]
+
+
+async def test_a_provider_error_longer_than_a_reason_still_closes_ours(
+    ops: Operations, db: Database, provider: DoubleProvider
+) -> None:
+    """A provider's message can be long (WeChat's: code, 300 characters, the HTTP status):
+    the close must not be refused by the door's 400-character reason limit, leaving the
+    order CREATED and the provider's error hidden behind a RequestError."""
+
+    async def refuse(request: Any) -> Any:
+        raise PaymentProviderError("x" * 500)
+
+    provider.create = refuse  # type: ignore[method-assign]
+    with pytest.raises(PaymentProviderError):
         await service_at(ops, provider, timedelta(0)).start_payment(
             "A-101", 3000, "test", "native", actor="test:payer", description="x"
         )

@@ -36,8 +36,9 @@ def _web(r: Any) -> Any:
 
 
 @pytest.fixture
-async def site(running: Any, double_plugin: DoublePlugin, db_url: str) -> Any:
-    """The runtime on SQLite and on PostgreSQL, with the web service and the double."""
+async def site(db_url: str, running: Any, double_plugin: DoublePlugin) -> Any:
+    """The runtime on SQLite and on PostgreSQL, with the web service and the double.
+    (`db_url` first: its schema is dropped after the runtime stops, not under it.)"""
     r = await running(payments={**PAYMENTS, "test": {}}, web=dict(WEB), database={"url": db_url})
     assert r.db.dialect == db_url.split(":")[0].split("+")[0]
     r.open_account("A-101", ("E-101", "W-101"))

@@ -133,12 +133,20 @@ async def test_query_close_and_a_lost_notification(
     )
 
 
-async def test_query_of_an_unknown_order_is_an_error_with_wechats_code(
-    provider: PaymentProvider,
+async def test_an_order_wechat_never_got_is_not_paid_and_closes_quietly(
+    provider: PaymentProvider, emulator: WechatPayEmulator
 ) -> None:
-    with pytest.raises(WechatPayError) as caught:
-        await provider.query("OP20261202NOSUCH")
-    assert (caught.value.code, caught.value.status) == ("ORDER_NOT_EXIST", 404)
+    """WeChat answers ORDER_NOT_EXIST (404): the contract's NOTPAY (the payment service asks
+    again and closes it at expiry), and closing it is nothing to do."""
+    notice = await provider.query("OP20261202NOSUCH")
+    assert (notice.state, notice.transaction_id, notice.out_trade_no) == (
+        "NOTPAY",
+        None,
+        "OP20261202NOSUCH",
+    )
+    assert (notice.merchant_id, notice.app_id) == (provider.merchant_id, provider.app_id)
+    await provider.close("OP20261202NOSUCH")
+    assert "OP20261202NOSUCH" not in emulator.orders
 
 
 async def test_refund_is_accepted_then_its_notification_says_done(
