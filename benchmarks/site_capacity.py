@@ -37,6 +37,7 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,12 @@ async def spawn_client(url: str, namespace: str, nodes: list[str], folder: Path)
 # -- measuring ---------------------------------------------------------------------------
 class WriteLocks:
     """The longest SQLite write transaction (the writer lock is held from BEGIN IMMEDIATE
-    to COMMIT or ROLLBACK)."""
+    to COMMIT or ROLLBACK), and where the longest ones began (the product's frames)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.longest = 0.0
+        #: (seconds, where it began) of transactions over a second.
+        self.slow: list[tuple[float, str]] = []
         sa.event.listen(engine, "begin", self._begin)
         sa.event.listen(engine, "commit", self._end)
         sa.event.listen(engine, "rollback", self._end)
@@ -144,11 +147,22 @@ class WriteLocks:
     def _begin(self, conn: sa.Connection) -> None:
         if conn.get_execution_options().get("sqlite_begin", "IMMEDIATE") == "IMMEDIATE":
             conn.info["locked_at"] = time.perf_counter()
+            conn.info["begun_in"] = traceback.extract_stack(limit=14)
 
     def _end(self, conn: sa.Connection) -> None:
         started = conn.info.pop("locked_at", None)
-        if started is not None:
-            self.longest = max(self.longest, time.perf_counter() - started)
+        stack = conn.info.pop("begun_in", None)
+        if started is None:
+            return
+        held = time.perf_counter() - started
+        self.longest = max(self.longest, held)
+        if held > 1.0 and stack is not None:
+            ours = [f"{Path(f.filename).stem}.{f.name}" for f in stack if "/openprepay" in
+                    f.filename or "/core/" in f.filename or "/plugins/" in f.filename]  # fmt: skip
+            self.slow.append((held, " < ".join(reversed(ours[-4:]))))
+
+    def worst(self, n: int = 5) -> list[str]:
+        return [f"{s:.1f} s in {where}" for s, where in sorted(self.slow, reverse=True)[:n]]
 
 
 class Polls:
@@ -223,7 +237,11 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
         await runtime.start()
         assert runtime.db is not None
         locks = WriteLocks(runtime.db.engine)
-        await asyncio.to_thread(open_demo_accounts, runtime)
+        errors: list[str] = []
+        try:  # the product losing work under load is a finding, not the end of the run
+            await asyncio.to_thread(open_demo_accounts, runtime)
+        except Exception as exc:
+            errors.append(f"opening the accounts: {type(exc).__name__}: {exc}"[:300])
         startup_s = time.perf_counter() - t0  # migrations, address space, accounts
         all_read = await wait_all_read(polls, 600)
         all_read_s = time.perf_counter() - t0
@@ -251,6 +269,7 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
         await asyncio.sleep(window_s)
         cpu, window = time.process_time() - cpu0, time.perf_counter() - w0
         done, summary, longest_lock = polls.count, vitals.summary(), locks.longest
+        slow_writes = locks.worst()
         lag_stop.set()
         await lagging
         dropped = await historian_dropped(runtime)
@@ -283,6 +302,8 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
             "stop_s": round(stop_s, 2),
             "lost_commands": lost,
             "historian_dropped": dropped,
+            "errors": errors,
+            "slow_writes_whole_run": slow_writes,
             "ratio": round(done / due, 3),
         }
     finally:
@@ -335,6 +356,8 @@ def report(figures: dict[str, Any]) -> None:
         f"{f['stop_s']} s; commands left SENT "
         f"{f['lost_commands']}, historian lines dropped {f['historian_dropped']}"
     )
+    for line in [*f["errors"], *(f"write lock held {w}" for w in f["slow_writes_whole_run"])]:
+        print(f"  {line}")
     print(json.dumps(figures))
 
 
