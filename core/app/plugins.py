@@ -14,7 +14,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -222,8 +222,16 @@ class Plugins:
     def payment_providers(self, site: Site) -> list[PaymentProvider]:
         return [p for group in self._call("openprepay_payment_providers", site=site) for p in group]
 
-    def add_cli_commands(self, cli: click.Group) -> None:
-        self._call("openprepay_cli_commands", cli=cli)
+    def add_cli_commands(self, cli: click.Group, only: Collection[str] | None = None) -> None:
+        """Let the plugins (those named in `only`, or all) add their commands to `cli`."""
+        if only is None:
+            self._call("openprepay_cli_commands", cli=cli)
+            return
+        others = [self.manager.get_plugin(n) for n in self.infos if n not in only]
+        caller = self.manager.subset_hook_caller(
+            "openprepay_cli_commands", remove_plugins=[p for p in others if p is not None]
+        )
+        caller(cli=cli)
 
     def _call(self, hook: str, **kwargs: Any) -> list[Any]:
         return [r for r in getattr(self.manager.hook, hook)(**kwargs) if r is not None]

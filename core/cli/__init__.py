@@ -76,16 +76,22 @@ def _register_builtin() -> None:
     payments.register(cli)
 
 
-_registered = False
+#: Plugins whose commands are on the group (the built-in ones are added with the first).
+_with_commands: set[str] = set()
 
 
 def build_cli(plugins: Plugins | None = None) -> click.Group:
-    """The command group with built-in and plugin commands (also used by tests)."""
-    global _registered
-    if not _registered:
+    """The command group with built-in and plugin commands (also used by tests). The group
+    is one per process: a later call with plugins not seen before adds their commands, so
+    a first caller that had some plugins switched off does not hide them from later ones."""
+    if not _with_commands:
         _register_builtin()
-        (plugins or Plugins.load()).add_cli_commands(cli)
-        _registered = True
+        _with_commands.add("")  # the built-in commands
+    plugins = plugins or Plugins.load()
+    new = set(plugins.infos) - _with_commands
+    if new:
+        plugins.add_cli_commands(cli, only=new)
+        _with_commands.update(new)
     return cli
 
 
