@@ -98,8 +98,10 @@ async def test_a_meter_made_local_by_its_account_is_aligned_and_reconciled(runni
     result = run.ops.topup("A-101", 2000, "pay-l1", actor="cashier:1")
     await until(lambda: run.ops.command(result.command_id).state == "CONFIRMED", 30)
     assert meter.buy_count == 2
-    meter.remaining += 30.0  # recharged at the meter with a card the platform never saw
+    # Recharged at the meter with a card the platform never saw; the count first, so that a
+    # poll between the two changes never sees new money under the old count.
     meter.buy_count += 1
+    meter.remaining += 30.0
     meter._refresh_prepaid()
     await until(lambda: any(e.meter_id == "E-101" for e in seen.of(ReconciliationBreak)), 30)
     event = next(e for e in seen.of(ReconciliationBreak) if e.meter_id == "E-101")
