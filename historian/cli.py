@@ -18,6 +18,7 @@ import json
 import time
 from collections import defaultdict
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +31,7 @@ from openprepay.core.cli.common import (
     run_async,
     site_argument,
 )
+from openprepay.core.cli.params import PlainNumber
 from openprepay.core.config.site import Site
 from openprepay.core.errors import OpenPrepayError
 from openprepay.core.model import DeviceModel, MeterKind, PointSpec, Quality, Sample, ValueType
@@ -218,7 +220,13 @@ def _print_status(r: dict[str, Any]) -> None:
 
 @historian_group.command("flush")
 @site_argument
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep trying.")
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=PlainNumber(Decimal("0.1"), 86_400, places=3, as_float=True, example="60"),
+    help="Seconds to keep trying.",
+)
 def flush_command(site_file: str, timeout: float) -> None:
     """Send the whole spool to the server now (the service must not be running)."""
     site = load_checked_site(site_file)

@@ -106,3 +106,11 @@ def test_stop_keeps_the_backlog_and_flush_sends_it(victoria_metrics, tmp_path: P
     assert sum(len(s["values"]) for s in got) == 300
     text = run_cli("status", str(site.path)).output
     assert "queue     0 lines" in text and "accepted 300, sent 300, dropped 0" in text
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-5", "1e9", "0"])
+def test_flush_refuses_a_timeout_that_is_not_a_plain_number_of_seconds(timeout, tmp_path: Path):
+    site = site_with(v2(DEAD), tmp_path)
+    result = run_cli("flush", str(site.path), "--timeout", timeout)
+    assert result.exit_code == 2, result.output
+    assert "--timeout" in result.output
