@@ -40,6 +40,7 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .payment_refunds import PaymentRefundDoor, RefundOutcome
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
 from .snapshots import AccountSnapshot, MeterSnapshot, SnapshotReads
@@ -54,10 +55,12 @@ __all__ = [
     "Opened",
     "Operations",
     "ReadingsImported",
+    "RefundOutcome",
 ]
 
 
 class Operations(
+    PaymentRefundDoor,
     PaymentDoor,
     MoneyDoor,
     AccountLifecycleDoor,
