@@ -175,6 +175,10 @@ class PaymentRefundDoor(PaymentDoor):
                 record["last_query_at"] = now
             if provider_id and refund.refund_id is None:
                 record["refund_id"] = provider_id[:64]
+            if refund.state is to or not pr.can_move(refund.state, to):
+                pr.update_refund(conn, refund.id, **record)
+                why = f"{refund.state}: {notice.state} changes nothing"
+                return RefundOutcome(self._reload_refund(conn, number), why, True)
             wrong = _mismatch(refund, notice)
             if wrong is not None:
                 pr.update_refund(conn, refund.id, **record)
@@ -189,10 +193,6 @@ class PaymentRefundDoor(PaymentDoor):
                     )
                 )
                 return RefundOutcome(self._reload_refund(conn, number), f"kept: {wrong}")
-            if refund.state is to or not pr.can_move(refund.state, to):
-                pr.update_refund(conn, refund.id, **record)
-                why = f"{refund.state}: {notice.state} changes nothing"
-                return RefundOutcome(self._reload_refund(conn, number), why, True)
             return self._move(conn, effects, now, refund, to, actor, record, _failure(notice))
 
         return self._call("payment_refund_notice", number, actor, work, _describe)
