@@ -40,6 +40,7 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .payment_reconcile import PaymentReconcileDoor, Reconciliation
 from .payment_refunds import PaymentRefundDoor, RefundOutcome
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
@@ -55,11 +56,13 @@ __all__ = [
     "Opened",
     "Operations",
     "ReadingsImported",
+    "Reconciliation",
     "RefundOutcome",
 ]
 
 
 class Operations(
+    PaymentReconcileDoor,
     PaymentRefundDoor,
     PaymentDoor,
     MoneyDoor,
