@@ -110,10 +110,9 @@ def get_refund(conn: Connection, out_refund_no: str, *, lock: bool = False) -> P
     return _refund(row) if row is not None else None
 
 
-def update_refund(conn: Connection, refund_id: int, **values: Any) -> None:
-    conn.execute(
-        t.payment_refund.update().where(t.payment_refund.c.id == refund_id).values(**values)
-    )
+def update_refund(conn: Connection, row_id: int, /, **values: Any) -> None:
+    """Set `values` on the refund of id `row_id` (`refund_id` is a column: the provider's)."""
+    conn.execute(t.payment_refund.update().where(t.payment_refund.c.id == row_id).values(**values))
 
 
 def refunds_of(conn: Connection, order_id: int) -> list[PaymentRefund]:
