@@ -23,11 +23,10 @@ from ..payments.service import PaymentService
 from . import CliContext
 from .common import site_argument
 from .database import operator
-from .payments import _at, payments_group
 from .prepay import site_operations
 
 
-@payments_group.command("refund")
+@click.command("refund")
 @site_argument
 @click.argument("out_trade_no", metavar="OUT_TRADE_NO")
 @click.argument("amount", metavar="AMOUNT")
@@ -82,7 +81,7 @@ def payments_refund(
     click.echo(f"the running service sends it to {r.channel} within its payments poll")
 
 
-@payments_group.command("refunds")
+@click.command("refunds")
 @site_argument
 @click.option("--state", type=click.Choice([s.value for s in RefundState], case_sensitive=False))
 @click.option("--order", "out_trade_no", metavar="OUT_TRADE_NO", help="Only this order's.")
@@ -113,7 +112,7 @@ def _refund_line(r: PaymentRefund, tz: Any) -> str:
     )
 
 
-@payments_group.command("reconcile")
+@click.command("reconcile")
 @site_argument
 @click.option(
     "--day",
@@ -163,7 +162,7 @@ def payments_reconcile(
         raise SystemExit(1)
 
 
-@payments_group.command("reconciliations")
+@click.command("reconciliations")
 @site_argument
 @click.option("--channel", metavar="CHANNEL", help="Only this provider.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=30, show_default=True)
@@ -185,6 +184,21 @@ def payments_reconciliations(
             f"{format_fen(x.refunded_fen):>10}"
         )
     click.echo(f"{len(rows)} day(s)")
+
+
+def register(group: click.Group) -> None:
+    """Add the commands to `openprepay payments`."""
+    for command in (
+        payments_refund,
+        payments_refunds,
+        payments_reconcile,
+        payments_reconciliations,
+    ):
+        group.add_command(command)
+
+
+def _at(value: datetime | None, tz: Any) -> str:
+    return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
 def _day(value: str | None, tz: Any) -> date:

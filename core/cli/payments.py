@@ -101,6 +101,7 @@ def _show(o: PaymentOrder, tz: object) -> list[str]:
 
 
 def register(cli: click.Group) -> None:
-    from . import payment_refunds  # noqa: F401  (refund, refunds, reconcile, reconciliations)
+    from . import payment_refunds
 
+    payment_refunds.register(payments_group)  # refund, refunds, reconcile, reconciliations
     cli.add_command(payments_group)
