@@ -224,3 +224,59 @@ def test_an_unpaid_order_is_not_refunded(ops: Operations, db: Database, provider
     with pytest.raises(RequestError) as refused:
         ops.request_refund(no, 100, "r", actor=ADMIN)
     assert refused.value.field == "out_trade_no" and "CREATED" in str(refused.value)
+
+
+def _together(n: int, call: Any) -> tuple[list[Any], list[BaseException]]:
+    import threading
+
+    start = threading.Barrier(n)
+    outcomes: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            outcomes.append(call(i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return outcomes, errors
+
+
+def test_concurrent_copies_of_a_request_and_of_its_notice_move_money_once(
+    ops: Operations, db: Database, provider, plugins: Any
+) -> None:
+    """Four doors (real concurrent transactions on PostgreSQL) and 40 threads: the same
+    refund number requested 40 times debits once; its SUCCESS notice 40 times settles once."""
+    no = credited(ops, provider)
+    doors = [ops] + [Operations(ops.site, db, models=plugins.models) for _ in range(3)]
+    for door in doors[1:]:
+        door.use_providers([provider])
+    number = no + "Rc"
+    outcomes, errors = _together(
+        40,
+        lambda i: doors[i % 4].request_refund(
+            no, 1700, "moved out", actor=f"test:{i}", out_refund_no=number
+        ),
+    )
+    assert not errors, errors[:3]
+    assert sum(not o.replayed for o in outcomes) == 1 and balance(db) == 3300
+    refund = ops.payment_refund(number)
+    sent(ops, provider, refund)
+    done = provider.finish_refund(number)
+    outcomes, errors = _together(
+        40, lambda i: doors[i % 4].apply_refund_notice(done, actor=f"test:{i}")
+    )
+    for door in doors[1:]:
+        door.writer.close()
+    assert not errors, errors[:3]
+    assert sum(not o.replayed for o in outcomes) == 1
+    assert all(o.refund.state is RefundState.SUCCESS for o in outcomes)
+    assert ledger_refund_state(db, number) == "SETTLED" and balance(db) == 3300
+    with db.read() as conn:
+        assert get_order(conn, no).refunded_fen == 1700
