@@ -280,3 +280,25 @@ def test_concurrent_copies_of_a_request_and_of_its_notice_move_money_once(
     assert ledger_refund_state(db, number) == "SETTLED" and balance(db) == 3300
     with db.read() as conn:
         assert get_order(conn, no).refunded_fen == 1700
+
+
+def test_ledger_verify_sees_a_refund_out_of_step(ops: Operations, db: Database, provider) -> None:
+    no = credited(ops, provider)
+    refund = ops.request_refund(no, 1000, "r", actor=ADMIN).refund
+    with db.begin() as conn:  # as a bad hand in the database would
+        conn.execute(
+            t.payment_refund.update()
+            .where(t.payment_refund.c.id == refund.id)
+            .values(state="SUCCESS")
+        )
+    with db.read() as conn:
+        report = ledger.verify(conn)
+    names = {b.invariant for b in report.breaks}
+    assert "payment refunds match their ledger refunds" in names
+    assert "payment orders' refunded amounts match their SUCCESS refunds" in names
+    with db.begin() as conn:  # put back, for the check after the test
+        conn.execute(
+            t.payment_refund.update()
+            .where(t.payment_refund.c.id == refund.id)
+            .values(state="REQUESTED")
+        )
