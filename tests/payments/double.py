@@ -91,6 +91,9 @@ class DoubleProvider:
                 "transaction_id": notice.transaction_id,
                 "merchant_id": notice.merchant_id,
                 "app_id": notice.app_id,
+                # A refund's notification names the refund.
+                "out_refund_no": notice.out_refund_no,
+                "refund_fen": notice.refund_fen,
             }
         ).encode()
         ts = str(int((now or datetime.now(UTC)).timestamp()))
@@ -131,6 +134,8 @@ class DoubleProvider:
             data["merchant_id"],
             data["app_id"],
             datetime.now(UTC) if data["state"] == "PAID" else None,
+            out_refund_no=data.get("out_refund_no"),
+            refund_fen=int(data.get("refund_fen") or 0),
             raw=data,
         )
 
