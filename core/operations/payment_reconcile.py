@@ -76,7 +76,9 @@ class PaymentReconcileDoor(PaymentDoor):
             outcome_text = "for a person"
             if finding.credit:
                 order = known[finding.out_trade_no]
-                row = next(r for r in rows if r.out_trade_no == finding.out_trade_no)
+                row = next(
+                    r for r in rows if r.out_trade_no == finding.out_trade_no and r.state == "PAID"
+                )
                 notice = PaymentNotice(
                     channel,
                     finding.out_trade_no,
