@@ -84,6 +84,8 @@ UNITS: dict[int, tuple[str, Decimal]] = {
     0x17: ("kW", Decimal(1)),
 }
 VOLUME_UNITS = (0x2C, 0x29)
+#: Volume unit codes by the names a simulator option uses.
+UNITS_BY_NAME = {"m3": 0x2C, "L": 0x29}
 M3 = 0x2C
 
 

@@ -4,7 +4,7 @@ The 901F answer of a water meter has one layout in the standard, so the points a
 same for every model and live here; a profile says what differs between products — the
 model's name and nameplate (`[model.limits] max_flow`, the overload flow Q4 that bounds
 how fast the volume can rise), the meter type byte, the DI byte order the meter wants,
-the preamble, how long its valve motor runs, and where its firmware puts the valve and
+how long its valve motor runs, and where its firmware puts the valve and
 battery bits in ST (the two implementations we have disagree: `[status]` says which
 layout, and whether it was verified on a device). See README.md in this folder.
 """
@@ -67,7 +67,6 @@ class Cjt188Profile:
     meter_type: int
     #: Requests send the DI high byte first (`90 1F`); replies are accepted either way.
     di_high_first: bool
-    preamble: int
     #: Seconds from a valve command to the read-back (the motor's travel).
     valve_travel_s: float
     status: StatusLayout
@@ -156,7 +155,6 @@ def parse_profile(
     types = {t.name.lower(): int(t) for t in MeterType}
     meter_type = proto.str("meter_type", "cold_water", choices=list(types))
     di_order = proto.str("di_order", "low_first", choices=["low_first", "high_first"])
-    preamble = proto.int("preamble", 2, low=0, high=4)
     travel = proto.number("valve_travel_s", 10.0, low=0.0, high=120.0)
     proto.finish()
 
@@ -189,7 +187,6 @@ def parse_profile(
         model=model,
         meter_type=types[meter_type],
         di_high_first=di_order == "high_first",
-        preamble=preamble,
         valve_travel_s=travel,
         status=status,
         path=path,
