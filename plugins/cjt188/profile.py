@@ -182,6 +182,7 @@ def parse_profile(
         total_point="volume",
         limits=PhysicalLimits(max_flow=max_flow),
         profile=str(path) if path else "",
+        protocol="cjt188",
     )
     return Cjt188Profile(
         model=model,
