@@ -71,6 +71,52 @@ def test_a_metering_reply_decodes_volume_unit_time_and_status() -> None:
     assert m.status == 0x0005
 
 
+# Frames published with their checksums in two worked examples of the protocol:
+# "CJ/T-188 水表协议解析" (cnblogs yangykaifa/p/7010777, csdn 46824903) and
+# "CJ/T188-2004 报文举例" (juejin 7434716832313327625, cnblogs cj94/p/18534598).
+
+
+def test_a_published_metering_reply_with_the_meters_clock() -> None:
+    body = (
+        "68 10 44 33 22 11 00 33 78 81 16 1F 90 00"
+        " 00 77 66 55 2C 00 77 66 55 2C 31 01 22 11 05 15 20 21 84"
+    )
+    # The article prints CS 08, but its bytes sum to 0x13: the frame as printed is
+    # refused, as a meter's reply with that checksum would be.
+    with pytest.raises(FrameError, match="checksum 0x08, computed 0x13"):
+        codec.decode(h("FE FE FE FE " + body + " 08 16"))
+    frame = codec.decode(h(body + " 13 16"), address="78330011223344", di=DI.METERING, ser=0)
+    m = codec.decode_metering(frame.data)
+    assert m.volume.value == Decimal("556677.00") and m.volume.unit == "m³"
+    assert m.settlement_volume.value == Decimal("556677.00")
+    assert m.meter_time == datetime(2015, 5, 11, 22, 1, 31)
+    assert m.status == 0x8421
+
+
+def test_the_published_address_read_and_its_answer() -> None:
+    ask = codec.decode(
+        h("FE FE FE FE 68 AA AA AA AA AA AA AA AA 03 03 81 0A 00 49 16"), di=DI.ADDRESS
+    )
+    assert (ask.meter_type, ask.address, ask.control) == (0xAA, codec.WILDCARD, 0x03)
+    assert ask.di_high_first
+    answer = codec.decode(
+        h("FE FE FE FE 68 10 18 02 12 20 20 00 00 83 03 81 0A 00 F5 16"), di=DI.ADDRESS
+    )
+    assert answer.address == "00002020120218" and answer.control == 0x83
+
+
+def test_a_published_metering_reply_without_a_clock() -> None:
+    raw = h(
+        "FE FE FE FE 68 10 18 02 12 20 20 00 00 81 16 90 1F 00"
+        " 00 02 00 00 2C 00 02 00 00 2C 00 00 00 00 00 00 00 00 FF 85 16"
+    )
+    frame = codec.decode(raw, address="00002020120218", di=DI.METERING)
+    assert frame.di_high_first
+    m = codec.decode_metering(frame.data)
+    assert m.volume.value == Decimal("2.00") and m.meter_time is None
+    assert m.status == 0xFF00
+
+
 # -- round trips --------------------------------------------------------------------------------
 
 addresses = st.integers(0, 10**14 - 1).map(lambda n: f"{n:014d}")
