@@ -183,8 +183,11 @@ def _meters(
                 "ControlMode": device.control_mode.value,
                 "LinkId": device.link,
                 "Location": location,
+                # DL/T 645 and CJ/T 188 meters are addressed by the number on their label.
+                **({"Address": device.address} if device.address is not None else {}),
             },
-            device.unit_id,
+            # 0: no Modbus unit id (a DL/T 645 or CJ/T 188 meter, see Address).
+            device.unit_id or 0,
         )
         refresh = space.timestamp_refresh_s
         space.meter_bindings[device.id].refresh = timedelta(

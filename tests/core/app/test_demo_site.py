@@ -12,7 +12,11 @@ from openprepay.core.app.demo import (
     FLOORS_PER_GATEWAY,
     demo_site_data,
 )
+from openprepay.core.app.plugins import Plugins
+from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.config.site import LinkProtocol, parse_site
+from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.model import Quality
 
 
 def test_the_demo_builds_twenty_thousand_meters_on_real_buses():
@@ -71,3 +75,26 @@ def test_floor_one_of_the_last_building_speaks_dlt645_and_cjt188_on_its_own_feed
     # A single-floor demo stays all Modbus.
     small = parse_site(demo_site_data(buildings=1, floors=1, rooms_per_floor=3))
     assert all(d.address is None for d in small.devices.values())
+
+
+async def test_the_demo_floors_dlt645_and_cjt188_meters_answer_on_their_buses() -> None:
+    plugins = Plugins.load()
+    site = parse_site(demo_site_data(buildings=1, floors=2, rooms_per_floor=2))
+    sims = SimulatedSite(site, plugins, SimulatorOptions(speedup=0, ephemeral_ports=True))
+    await sims.start()
+    served = sims.service_site()
+    transports = []
+    try:
+        for link_id in ("gw-A-dlt645", "gw-A-cjt188"):
+            transport = plugins.make_transport(served.links[link_id])
+            await transport.connect()
+            transports.append(transport)
+            for device in served.devices_on(link_id):
+                model = plugins.model(device.model)
+                sample = await plugins.make_driver(model, device, transport).read()
+                assert sample.quality is Quality.GOOD, (device.id, sample.error)
+                assert sample.values[model.total_point or ""] > 0
+    finally:
+        for transport in transports:
+            await transport.close()
+        await sims.stop()
