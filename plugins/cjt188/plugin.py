@@ -20,6 +20,7 @@ from .simulator import Cjt188MeterSimulator
 
 PROFILES = Path(__file__).parent / "profiles"
 FRAMED_LINKS = (LinkType.SERIAL, LinkType.RTU_OVER_TCP)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @cache
@@ -69,5 +70,9 @@ def openprepay_make_link_simulator(
 ) -> SimulatedBus | None:
     if not _mine(link) or not all(isinstance(d, Cjt188MeterSimulator) for d in devices):
         return None
+    # Serve on the port the site file names when it points at this machine, so that
+    # `openprepay run SITE` finds the simulators of `openprepay simulate SITE`.
+    local = link.type is LinkType.RTU_OVER_TCP and link.host in LOOPBACK
+    port = link.port if local and not options.ephemeral_ports else 0
     meters = {d.address: d for d in devices if isinstance(d, Cjt188MeterSimulator)}
-    return SimulatedBus(link, FRAMING, meters, options)
+    return SimulatedBus(link, FRAMING, meters, options, port=port or 0)
