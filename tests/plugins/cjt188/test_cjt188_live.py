@@ -22,7 +22,7 @@ from openprepay.plugins.cjt188.driver import Cjt188Driver, read_address
 from openprepay.plugins.cjt188.framing import FRAMING
 from openprepay.plugins.cjt188.simulator import Cjt188MeterSimulator
 from openprepay.plugins.framed import FramedTransport
-from tests.conftest import until
+from tests.conftest import simulate, until
 
 FROZEN = SimulatorOptions(speedup=0, ephemeral_ports=True)
 MODELS = ("cjt188.cold_water_dn15", "cjt188.cold_water_dn20", "cjt188.cold_water_dn25")
@@ -219,3 +219,29 @@ async def test_a_meter_counting_in_litres_is_published_in_cubic_metres(bus: Any)
     _, driver, _ = await bus(sim_unit="L", sim_volume_m3=12.5)
     sample = await driver.read()
     assert sample.values["volume"] == pytest.approx(12.5)
+
+
+async def test_the_bcd_register_wraps_at_a_million_and_stays_good(plugins: Plugins) -> None:
+    data = site_data(
+        {"W1": {"address": A1, "options": {"sim_volume_m3": 999999.5, "sim_flow_m3h": 2.0}}},
+        interval_s=0.3,
+    )
+    sims = await simulate(data, plugins, speedup=3600)
+    runtime = Runtime(parse_site(data), plugins)
+    seen: list[Sample] = []
+    runtime.bus.subscribe(Sample, seen.append)
+    await runtime.start()
+    try:
+
+        def volumes() -> list[Sample]:
+            return [s for s in seen if s.source == "W1" and s.model.kind is MeterKind.WATER]
+
+        await until(lambda: any(s.values.get("volume", 1e9) < 1000 for s in volumes()), 60)
+        ours = volumes()
+        assert ours[0].values["volume"] > 999_999
+        wrapped = next(s for s in ours if s.values.get("volume", 1e9) < 1000)
+        assert wrapped.quality is Quality.GOOD, wrapped.error
+        assert wrapped.quality_of("volume") is Quality.GOOD, wrapped.point_errors
+    finally:
+        await runtime.stop()
+        await sims.stop()
