@@ -133,9 +133,12 @@ class LinkConfig:
             return self.frame_gap_s
         if self.type is not LinkType.SERIAL:
             return 0.0
+        if self.protocol is not LinkProtocol.MODBUS:
+            # DL/T 645 and CJ/T 188 frames are delimited by their length byte, not by
+            # silence (the FE preamble wakes the receivers): two characters let the last
+            # meter's transmitter release the RS-485 bus.
+            return 2 * self.char_time_s
         # Modbus over serial line, §2.5.1.1: t3.5 = 3.5 characters, fixed 1.75 ms above 19200.
-        # DL/T 645 and CJ/T 188 frames are delimited by their length byte, not by silence;
-        # the same short pause lets a meter's transmitter release the RS-485 bus.
         return 0.00175 if self.baudrate > 19200 else 3.5 * 11 / self.baudrate
 
     @property

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from openprepay.core.config.site import DeviceConfig
 from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.events import utcnow
 from openprepay.core.field.loadshape import LoadShape, seed_for
 from openprepay.core.model import Value
 from openprepay.plugins.modbus import SimClock
@@ -106,8 +107,10 @@ class Dlt645MeterSimulator:
 
     # -- behaviour ------------------------------------------------------------------------
     def meter_time(self) -> datetime:
-        """The meter's own clock: local time, naive, with its error."""
-        return (self.clock.now().astimezone(self.tz) + self.clock_offset).replace(tzinfo=None)
+        """The meter's own clock: local wall time, naive, with its error. It runs at real
+        speed whatever the demo's speed-up (energy follows the simulated clock), so that
+        a command's expiry means what it means on a real meter."""
+        return (utcnow().astimezone(self.tz) + self.clock_offset).replace(tzinfo=None)
 
     def _tick(self) -> None:
         now = self.clock.now()
@@ -236,7 +239,7 @@ class Dlt645MeterSimulator:
             told = time_from_bytes(data)
         except FrameError:
             return
-        own = (self.clock.now().astimezone(self.tz)).replace(tzinfo=None)
+        own = utcnow().astimezone(self.tz).replace(tzinfo=None)
         self.clock_offset = told - own
         self.time_syncs.append(told)
 

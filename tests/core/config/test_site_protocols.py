@@ -142,3 +142,11 @@ def test_a_model_must_sit_on_a_link_of_its_protocol() -> None:
     assert error.startswith("devices.D1.model: dlt645.single_phase speaks modbus but link")
     models["dlt645.single_phase"] = _model("dlt645.single_phase", "dlt645")
     check_devices_against_models(site, models)
+
+
+def test_framed_serial_links_keep_two_characters_of_silence() -> None:
+    site = parse_site(BASE)
+    assert site.links["bus645"].gap_s == pytest.approx(2 * 11 / 2400)
+    data = copy.deepcopy(BASE)
+    data["links"]["bus645"]["frame_gap_ms"] = 50
+    assert parse_site(data).links["bus645"].gap_s == pytest.approx(0.05)
