@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
+import click
+
 from openprepay.core.config.site import DeviceConfig, LinkConfig, LinkProtocol, LinkType
 from openprepay.core.contracts import LinkTransport, SimulatedDevice, SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
@@ -76,3 +78,10 @@ def openprepay_make_link_simulator(
     port = link.port if local and not options.ephemeral_ports else 0
     meters = {d.address: d for d in devices if isinstance(d, Cjt188MeterSimulator)}
     return SimulatedBus(link, FRAMING, meters, options, port=port or 0)
+
+
+@hookimpl
+def openprepay_cli_commands(cli: click.Group) -> None:
+    from .cli import cjt188_group
+
+    cli.add_command(cjt188_group)

@@ -22,18 +22,11 @@ def free_port() -> int:
 
 
 def test_simulate_serves_cjt188_meters_that_read_reads(tmp_path: Path) -> None:
-    port = free_port()
+    port, lone_port = free_port(), free_port()
+    link = {"type": "rtu_over_tcp", "protocol": "cjt188", "host": "127.0.0.1", "timeout_ms": 300}
     site = {
         "site": {"id": "cli"},
-        "links": {
-            "water": {
-                "type": "rtu_over_tcp",
-                "protocol": "cjt188",
-                "host": "127.0.0.1",
-                "port": port,
-                "timeout_ms": 300,
-            }
-        },
+        "links": {"water": {**link, "port": port}, "lone": {**link, "port": lone_port}},
         "buildings": {"A": {"floors": ["1"]}},
         "rooms": {"A-101": {"building": "A", "floor": "1"}},
         "devices": {
@@ -50,6 +43,12 @@ def test_simulate_serves_cjt188_meters_that_read_reads(tmp_path: Path) -> None:
                 "address": "00000000000102",
                 "room": "A-101",
             },
+            "W-lone": {
+                "model": "cjt188.cold_water_dn25",
+                "link": "lone",
+                "address": "20261203000042",
+                "building": "A",
+            },
         },
     }
     path = tmp_path / "site.toml"
@@ -65,7 +64,8 @@ def test_simulate_serves_cjt188_meters_that_read_reads(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                for p in (port, lone_port):
+                    socket.create_connection(("127.0.0.1", p), timeout=0.2).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline and sim.poll() is None, "simulator did not start"
@@ -81,6 +81,24 @@ def test_simulate_serves_cjt188_meters_that_read_reads(tmp_path: Path) -> None:
         assert result.returncode != 0  # the silent meter fails the read
         assert "42.5" in result.stdout and "m³" in result.stdout, result.stdout
         assert "W-dead" in result.stdout + result.stderr
+        lone = subprocess.run(
+            [*CLI, "cjt188", "address", str(path), "--link", "lone"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        assert lone.returncode == 0 and lone.stdout.strip() == "20261203000042", lone.stderr
+        wrong = subprocess.run(
+            [*CLI, "cjt188", "address", str(path), "--link", "nope"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        assert wrong.returncode != 0 and "cjt188 links: water, lone" in wrong.stderr
     finally:
         sim.terminate()
         sim.wait(10)
