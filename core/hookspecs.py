@@ -67,7 +67,8 @@ def openprepay_make_transport(link: LinkConfig) -> LinkTransport | None:
     """Open-able transport for `link` (serial port, RTU-over-TCP gateway, Modbus TCP).
 
     Called by the link arbiter once per link when the service starts. First result: return
-    None for link types you do not handle. The transport is not connected yet; the arbiter
+    None for link types or protocols (`link.protocol`: modbus, dlt645, cjt188) you do not
+    handle. The transport is not connected yet; the arbiter
     connects and reconnects it.
     """
 

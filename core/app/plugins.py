@@ -154,7 +154,12 @@ class Plugins:
         if transport is None:
             raise ConfigError(
                 "plugins",
-                [FieldError(f"links.{link.id}.type", f"no plugin handles {link.type} links")],
+                [
+                    FieldError(
+                        f"links.{link.id}.type",
+                        f"no plugin handles {link.type} links carrying {link.protocol}",
+                    )
+                ],
             )
         return transport
 

@@ -97,6 +97,7 @@ class TcpStream:
         )
 
     async def open(self) -> None:
+        await self.close()  # a socket the peer closed is replaced, not leaked
         self._inbox = _Inbox()
         where = f"{self.host}:{self.port}"
         try:
@@ -142,6 +143,7 @@ class SerialStream:
         import serial  # pyserial: imported here so that TCP-only sites do not need it
 
         link = self.link
+        await self.close()
         self._inbox = _Inbox()
         try:
             self._port = serial.serial_for_url(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,7 @@ from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.config.site import Site, parse_site
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.errors import ConfigError, DeviceRejected
-from openprepay.core.events import CommunicationLost, LinkStateChanged
+from openprepay.core.events import CommunicationLost, CommunicationRestored, LinkStateChanged
 from openprepay.core.model import DeviceCommand, MeterKind, Quality, Sample
 from openprepay.plugins.dlt645.codec import RemoteAction
 
@@ -228,3 +229,23 @@ def test_bad_password_option_is_refused_before_anything_runs(plugins: Plugins) -
         "devices.D1.options.password: expected 8 digits in quotes (level + 6-digit password, "
         'e.g. "02123456"), got 2123456'
     ]
+
+
+async def test_link_reopens_after_the_gateway_restarts(plugins: Plugins) -> None:
+    site = bus_site(2, interval_s=0.05)
+    async with SimulatedSite(site, plugins, OPTIONS) as sims:
+        service_site = sims.service_site()
+        link = replace(service_site.links["bus"], reconnect_min_s=0.05, reconnect_max_s=0.2)
+        runtime = Runtime(replace(service_site, links={"bus": link}), plugins)
+        rec = Recorder(runtime)
+        gateway = sims.links["bus"]
+        async with runtime:
+            await until(lambda: all(runtime.arbiter.health(m).online for m in ("D1", "D2")))
+            await gateway.stop()
+            await until(lambda: len(rec.of(CommunicationLost)) == 2)
+            assert any(not e.connected for e in rec.of(LinkStateChanged))
+            await gateway.start()  # same port
+            await until(lambda: len(rec.of(CommunicationRestored)) == 2)
+            good = rec.meter_samples("D1")[-1]
+            assert good.quality is Quality.GOOD and good.values["energy_total"] > 0
+            assert runtime.arbiter.workers["bus"].stats.reconnects >= 1
