@@ -42,9 +42,8 @@ class FrameLink(Protocol):
 
 def device_address(device: DeviceConfig) -> str:
     """The device's 14-digit address; `ConfigError` naming the field when it is wrong."""
-    raw = getattr(device, "address", None)
     try:
-        return codec.check_address(str(raw or ""))
+        return codec.check_address(device.address or "")
     except ValueError as exc:
         raise ConfigError(
             "site", [FieldError(f"devices.{device.id}.address", f"CJ/T 188 meter: {exc}")]

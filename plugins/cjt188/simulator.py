@@ -63,7 +63,7 @@ class Cjt188MeterSimulator:
         self.options = options
         self.clock = clock or SimClock(options)
         self.tz = ZoneInfo(options.timezone)
-        self.address = codec.check_address(str(getattr(device, "address", None) or ""))
+        self.address = codec.check_address(device.address or "")
         opts = device.options
         self.seed = seed_for(device.id, options.seed)
         base = float(opts.get("sim_flow_m3h", 0.02 + (self.seed % 1000) / 50_000))

@@ -13,13 +13,20 @@ import pytest
 from openprepay.core.app.plugins import Plugins
 from openprepay.core.app.runtime import Runtime
 from openprepay.core.app.simulation import SimulatedSite
-from openprepay.core.config.site import LinkConfig, LinkProtocol, LinkType, parse_site
+from openprepay.core.config.site import (
+    DeviceConfig,
+    LinkConfig,
+    LinkProtocol,
+    LinkType,
+    parse_site,
+)
 from openprepay.core.contracts import SimulatorOptions
-from openprepay.core.errors import DeviceRejected
+from openprepay.core.errors import ConfigError, DeviceRejected
 from openprepay.core.model import DeviceCommand, MeterKind, Quality, Sample
 from openprepay.plugins.cjt188 import codec
 from openprepay.plugins.cjt188.driver import Cjt188Driver, read_address
 from openprepay.plugins.cjt188.framing import FRAMING
+from openprepay.plugins.cjt188.plugin import profiles
 from openprepay.plugins.cjt188.simulator import Cjt188MeterSimulator
 from openprepay.plugins.framed import FramedTransport
 from tests.conftest import simulate, until
@@ -245,3 +252,13 @@ async def test_the_bcd_register_wraps_at_a_million_and_stays_good(plugins: Plugi
     finally:
         await runtime.stop()
         await sims.stop()
+
+
+def test_a_meter_without_a_fourteen_digit_address_is_refused_by_field() -> None:
+    data = site_data({"W1": {"address": "000000000011"}})
+    with pytest.raises(ConfigError, match=r"devices\.W1\.address: expected exactly 14 digits"):
+        parse_site(data)
+    profile = profiles()[MODELS[0]]
+    wildcard = DeviceConfig("W2", MODELS[0], "water", None, address=codec.WILDCARD)
+    with pytest.raises(ConfigError, match=r"devices\.W2\.address: the wildcard is not a meter"):
+        Cjt188Driver(profile, wildcard, transport=None)  # type: ignore[arg-type]
