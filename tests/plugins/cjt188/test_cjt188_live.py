@@ -162,7 +162,7 @@ async def test_an_abnormal_valve_is_uncertain_and_never_confirmed(service: Start
 async def test_silent_and_garbling_meters_give_bad_samples_without_values(
     service: Start,
 ) -> None:
-    await service(
+    runtime, _ = await service(
         {
             "OK": {"address": A1},
             "MUTE": {"address": A2, "options": {"sim_silent": True}},
@@ -174,7 +174,7 @@ async def test_silent_and_garbling_meters_give_bad_samples_without_values(
     def of(meter: str) -> list[Sample]:
         return [s for s in SAMPLES if s.source == meter and s.model.kind is MeterKind.WATER]
 
-    await until(lambda: len(of("OK")) >= 3 and of("MUTE") and of("NOISE"))
+    await until(lambda: len(of("OK")) >= 8 and of("MUTE") and of("NOISE"))
     for mute in of("MUTE"):
         assert mute.quality is Quality.BAD_COMM_FAILURE and mute.values == {}
     for noise in of("NOISE"):
@@ -182,6 +182,10 @@ async def test_silent_and_garbling_meters_give_bad_samples_without_values(
         assert "checksum" in (noise.error or "")
     # The neighbour is unaffected: every one of its polls is Good.
     assert all(s.quality is Quality.GOOD and "volume" in s.values for s in of("OK"))
+    # The silent meter is backed off: it costs the bus fewer slots than a healthy one.
+    ok, mute = runtime.arbiter.health("OK"), runtime.arbiter.health("MUTE")
+    assert mute.backoff_s > 0 and mute.timeouts == mute.polls_failed
+    assert mute.polls_failed < ok.polls_ok
 
 
 @pytest.fixture
