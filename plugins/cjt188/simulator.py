@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -155,17 +156,11 @@ class Cjt188MeterSimulator:
         return request.di if request.di in known else swapped
 
     def _encode(self, request: Frame, data: bytes, error: bool = False) -> bytes:
+        """The reply, from this meter's own type and address (a wildcard request is
+        answered with them: that is how read address works), echoing the DI bytes and SER."""
         reply = codec.reply_for(request, data, error)
-        reply = Frame(
-            self.profile.meter_type,
-            self.address,
-            reply.control,
-            reply.di,
-            reply.ser,
-            reply.data,
-            reply.di_high_first,
-        )
-        return codec.encode(reply, preamble=0)
+        own = replace(reply, meter_type=self.profile.meter_type, address=self.address)
+        return codec.encode(own, preamble=0)
 
     def _metering(self) -> bytes:
         steps = self.register_steps()
