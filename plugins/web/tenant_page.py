@@ -160,11 +160,11 @@ class TenantRoutes:
         appid = self.oauth_ready()
         if appid is None:
             return None
-        response = web.HTTPFound("/")
+        response = _redirect("/")
         session = rl.new_session(self.settings, self.site_id, "", utcnow())
         sealed = self.set_session(response, session)
         state = rl.oauth_state(self.settings, sealed)
-        response.location = authorize_url(
+        response.headers["Location"] = authorize_url(
             self.settings.wechat_oauth_url, appid, f"{self.public}/t/oauth", state
         )
         _protect(response)
@@ -186,11 +186,11 @@ class TenantRoutes:
         self.service.counters.tenant_links += 1
         session = rl.new_session(self.settings, self.site_id, room, now)
         appid = self.oauth_ready()
-        response = web.HTTPFound(f"/t?lang={self.lang(request)}")
+        response = _redirect(f"/t?lang={self.lang(request)}")
         sealed = self.set_session(response, session)
         if appid is not None and in_wechat(request.headers.get("User-Agent", "")):
             state = rl.oauth_state(self.settings, sealed)
-            response.location = authorize_url(
+            response.headers["Location"] = authorize_url(
                 self.settings.wechat_oauth_url, appid, f"{self.public}/t/oauth", state
             )
         _protect(response)
@@ -218,7 +218,7 @@ class TenantRoutes:
         except OAuthFailed as failed:
             log.warning("WeChat OAuth failed: %s", failed)
             if session.room:  # the signed link stands: the page without JSAPI
-                raise web.HTTPFound("/t") from None
+                return _redirect("/t")
             return self.refuse(request, "no_session", 401)
         room = session.room
         if room:
@@ -228,7 +228,7 @@ class TenantRoutes:
             if not rooms:
                 return self.refuse(request, "no_session", 401)
             room = rooms[0]
-        response = web.HTTPFound("/t")
+        response = _redirect("/t")
         self.set_session(
             response, rl.new_session(self.settings, self.site_id, room, utcnow(), openid)
         )
@@ -334,7 +334,7 @@ class TenantRoutes:
         self._prepared[order.out_trade_no] = (session.room, prepared)
         while len(self._prepared) > KEEP_PREPARED:
             self._prepared.popitem(last=False)
-        response = web.HTTPSeeOther(f"/t/order/{order.out_trade_no}?lang={self.lang(request)}")
+        response = _redirect_see_other(f"/t/order/{order.out_trade_no}?lang={self.lang(request)}")
         _protect(response)
         return response
 
@@ -387,3 +387,12 @@ def _protect(response: web.StreamResponse) -> None:
     # A room link's token must not leak to another site through the Referer header.
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": location})
+
+
+def _redirect_see_other(location: str) -> web.Response:
+    """After a POST: the browser follows with a GET."""
+    return web.Response(status=303, headers={"Location": location})
