@@ -93,6 +93,7 @@ def _doc(
         '<meta name="referrer" content="no-referrer">',
         f"<title>{_e(w('title'))}</title>",
         '<link rel="stylesheet" href="/t/static/tenant.css">',
+        '<link rel="icon" href="data:,">',  # no favicon request
     ]
     if refresh:
         head.append(f'<meta http-equiv="refresh" content="{_e(refresh)}">')
@@ -248,6 +249,7 @@ def order_page(
     code_url: str | None,
     jsapi: dict[str, str] | None,
     follow: bool,
+    balance_fen: int | None = None,
 ) -> str:
     done = set(steps)
     final = bool(done & {"restored", "closed", "conflict", "refunded"})
@@ -283,7 +285,13 @@ def order_page(
         f"{_e(w(key))}</li>"
         for name, key in items
     )
-    parts.append(f'<section id="progress"><ol class="steps">{lis}</ol></section>')
+    balance = ""
+    if balance_fen is not None and "credited" in done:
+        balance = (
+            f'<div class="row"><span>{_e(w("balance"))}</span>'
+            f'<span id="new-balance">¥{_e(format_fen(balance_fen))}</span></div>'
+        )
+    parts.append(f'<section id="progress"><ol class="steps">{lis}</ol>{balance}</section>')
     parts.append(f'<p><a href="/t?lang={lang}">{_e(w("back"))}</a></p>')
     refresh = None if final or (jsapi is not None and not follow and waiting) else "2"
     return _doc(w, lang, "".join(parts), refresh=refresh, script=jsapi is not None)

@@ -365,6 +365,7 @@ class TenantRoutes:
             code_url=prepared.code_url if prepared is not None else None,
             jsapi=dict(prepared.jsapi) if prepared is not None and prepared.jsapi else None,
             follow=request.query.get("follow") == "1",
+            balance_fen=view.snapshot.balance_fen,
         )
         return self.html(request, text)
 

@@ -54,39 +54,51 @@ class TenantSite:
             return get_order(conn, no)
 
 
-StartTenant = Callable[..., Awaitable[TenantSite]]
+@pytest.fixture
+async def start_tenant(
+    running: Any, keys: Keys, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[TenantSite]]]:
+    """`await start_tenant(speedup=..., balance_fen=...)` → the tenant site (once a test)."""
+    started: list[TenantSite] = []
+
+    async def start(speedup: float = 0.0, balance_fen: int = 0) -> TenantSite:
+        wechat, alipay = Wechat(keys), Alipay(keys)
+        (tmp_path / "wechat").mkdir()
+        (tmp_path / "alipay").mkdir()
+        wechat_section = await wechat.start(tmp_path / "wechat")
+        alipay_section = await alipay.start(tmp_path / "alipay")
+        oauth = OAuthEmulator(wechat.merchant.appid, APP_SECRET, OPENID)
+        await oauth.start()
+        (tmp_path / "app.secret").write_text(APP_SECRET + "\n")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        web = {
+            "bind": "127.0.0.1",
+            "port": port,
+            "public_base_url": url,
+            "tenant_secret": SECRET,
+            "wechat_app_secret_file": str(tmp_path / "app.secret"),
+            "wechat_oauth_url": oauth.base_url,
+            "wechat_api_url": oauth.base_url,
+        }
+        payments = {**PAYMENTS, "poll_s": 0.1, "wechat": wechat_section, "alipay": alipay_section}
+        r = await running(speedup=speedup, payments=payments, web=web)
+        r.open_account("A-101", ("E-101", "W-101"), room="A-101", balance_fen=balance_fen)
+        r.open_account("A-102", ("E-102",), room="A-102", balance_fen=777_00)
+        site = TenantSite(r, url, wechat, alipay, oauth)
+        started.append(site)
+        return site
+
+    yield start
+    for site in started:
+        with site.r.db.read() as conn:
+            report = ledger.verify(conn)
+        assert report.ok, report.breaks
+        await site.oauth.stop()
+        await site.wechat.stop()
+        await site.alipay.stop()
 
 
 @pytest.fixture
-async def tenant(running: Any, keys: Keys, tmp_path: Path) -> AsyncIterator[TenantSite]:
-    wechat, alipay = Wechat(keys), Alipay(keys)
-    (tmp_path / "wechat").mkdir()
-    (tmp_path / "alipay").mkdir()
-    wechat_section = await wechat.start(tmp_path / "wechat")
-    alipay_section = await alipay.start(tmp_path / "alipay")
-    oauth = OAuthEmulator(wechat.merchant.appid, APP_SECRET, OPENID)
-    await oauth.start()
-    (tmp_path / "app.secret").write_text(APP_SECRET + "\n")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    web = {
-        "bind": "127.0.0.1",
-        "port": port,
-        "public_base_url": url,
-        "tenant_secret": SECRET,
-        "wechat_app_secret_file": str(tmp_path / "app.secret"),
-        "wechat_oauth_url": oauth.base_url,
-        "wechat_api_url": oauth.base_url,
-    }
-    payments = {**PAYMENTS, "poll_s": 0.1, "wechat": wechat_section, "alipay": alipay_section}
-    r = await running(payments=payments, web=web)
-    r.open_account("A-101", ("E-101", "W-101"), room="A-101")
-    r.open_account("A-102", ("E-102",), room="A-102", balance_fen=777_00)
-    site = TenantSite(r, url, wechat, alipay, oauth)
-    yield site
-    with r.db.read() as conn:
-        report = ledger.verify(conn)
-    assert report.ok, report.breaks
-    await oauth.stop()
-    await wechat.stop()
-    await alipay.stop()
+async def tenant(start_tenant: Callable[..., Awaitable[TenantSite]]) -> TenantSite:
+    return await start_tenant()

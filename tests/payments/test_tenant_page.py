@@ -24,6 +24,7 @@ from tests.conftest import until
 
 from .tenant_fixtures import OPENID, TenantSite
 from .tenant_fixtures import keys as keys
+from .tenant_fixtures import start_tenant as start_tenant
 from .tenant_fixtures import tenant as tenant
 
 WECHAT_UA = (
