@@ -13,6 +13,7 @@ import dataclasses
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +23,8 @@ from openprepay.core.payments.states import OrderState
 from openprepay.plugins.web import room_links as rl
 from tests.conftest import until
 
+from .conftest import PAYMENTS
+from .conftest import WEB as WEB_HTTPS
 from .tenant_fixtures import OPENID, TenantSite
 from .tenant_fixtures import keys as keys
 from .tenant_fixtures import start_tenant as start_tenant
@@ -218,3 +221,25 @@ async def test_the_page_and_its_static_files(
         assert answer.status == 200 and "WeixinJSBridge" in await answer.text()
     async with phone.get(f"{tenant.url}/t/static/../../health") as answer:
         assert answer.status in (404, 200)  # normalised by the router, never a file read
+
+
+async def test_behind_https_the_cookie_is_secure_and_links_are_rate_limited(
+    running: Any, phone: aiohttp.ClientSession
+) -> None:
+    """`public_base_url` https (the reverse proxy's): the session cookie is Secure. Opening
+    links is limited per client (30 a minute) well below the pages' rate."""
+    web = {**WEB_HTTPS, "tenant_secret": "https-tenant-secret-0123456789abcdef"}
+    r = await running(payments=dict(PAYMENTS), web=web)
+    r.open_account("A-101", ("E-101", "W-101"), room="A-101")
+    service = next(s for s in r.runtime.services if s.name == "web")
+    token = rl.sign_room_link(service.settings.tenant, r.runtime.site.id, "A-101", utcnow())
+    url = f"http://127.0.0.1:{service.port}/r/{token}"
+    async with phone.get(url, allow_redirects=False) as answer:
+        assert answer.status == 302
+        cookie = answer.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    statuses = []
+    for _ in range(40):
+        async with phone.get(url, allow_redirects=False) as answer:
+            statuses.append(answer.status)
+    assert 429 in statuses and statuses[0] == 302
