@@ -63,18 +63,34 @@ class RoomView:
 
 class TenantReads(SnapshotReads):
     def room_account(self, room: str) -> str | None:
-        """The open account of `room` (by the account's room, else by its meters' room)."""
+        """The open account of `room` (by the account's room, else by the account its
+        meters in the room are attached to)."""
         with self.db.read() as conn:
-            accounts = acc.list_accounts(conn, state=acc.AccountState.OPEN)
-        for a in accounts:
-            if a.room == room:
-                return a.id
-        for a in accounts:
-            for m in a.meters:
-                device = self.site.devices.get(m.meter_id)
-                if device is not None and device.room == room:
-                    return a.id
-        return None
+            a = t.account.c
+            found = conn.execute(
+                sa.select(a.id)
+                .where(a.room == room, a.state == acc.AccountState.OPEN.value)
+                .order_by(a.id)
+                .limit(1)
+            ).scalar()
+            if found is not None:
+                return str(found)
+            meters = [d.id for d in self.site.devices.values() if d.room == room]
+            if not meters:
+                return None
+            m = t.account_meter.c
+            found = conn.execute(
+                sa.select(m.account_id)
+                .join(t.account, t.account.c.id == m.account_id)
+                .where(
+                    m.meter_id.in_(meters),
+                    m.detached_at.is_(None),
+                    a.state == acc.AccountState.OPEN.value,
+                )
+                .order_by(m.account_id)
+                .limit(1)
+            ).scalar()
+            return str(found) if found is not None else None
 
     def room_view(self, room: str, account_id: str, *, recharges: int = 10) -> RoomView:
         """Balance, fee state, supply, today's and this month's use with cost, prices,

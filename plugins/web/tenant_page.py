@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -322,8 +323,13 @@ class TenantRoutes:
                 payer_id=session.openid if chosen.method == "jsapi" else None,
             )
         except RequestError as refused:
-            # The hoarding limit, the capacity, a closed account: the door's words.
-            error = f"{w('refused')}: {refused.message}"
+            # The hoarding limit in the page's words; the capacity, a closed account: the
+            # door's words.
+            limit = re.search(r"hoarding limit (\d+\.\d\d)", refused.message)
+            if limit is not None:
+                error = w("above_limit", limit=limit.group(1))
+            else:
+                error = f"{w('refused')}: {refused.message}"
             return await self.show_room(
                 request, session, account, error=error, amount_text=other, status=400
             )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from openprepay.core.db import Database
 from openprepay.core.errors import RequestError
 from openprepay.core.operations import Operations
+from openprepay.core.prepay import accounts as acc
 
 OPENID = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
 
@@ -66,3 +68,17 @@ def test_the_room_view_shows_the_rooms_own_account(ops: Operations) -> None:
     assert {p.kind for p in view.prices} == {"electric", "water"}
     assert view.open_bills == ()
     assert view.month_kwh >= view.snapshot.energy_today_kwh
+
+
+def test_a_rooms_account_is_found_by_its_meters_when_it_names_no_room(
+    ops: Operations, db: Database
+) -> None:
+    with db.begin() as conn:
+        acc.create_account(
+            conn,
+            acc.AccountSpec(
+                "B-1", "tenant B-1", (acc.resolve_meter(ops.site, ops.models, "E-102"),)
+            ),
+        )
+    assert ops.room_account("A-102") == "B-1"
+    assert ops.room_account("A-101") == "A-101"

@@ -172,7 +172,7 @@ async def test_above_the_hoarding_limit_is_refused_with_the_doors_words(
     form = {"form": _form_token(page), "other": "99999", "pay": "alipay:qr"}
     async with phone.post(f"{tenant.url}/t/pay", data=form) as answer:
         assert answer.status == 400
-        assert "Cannot recharge" in await answer.text()
+        assert "Above the hoarding limit" in await answer.text()
     assert tenant.r.ops.payment_orders() == []
 
 
