@@ -144,7 +144,9 @@ class TenantRoutes:
         try:
             session = await self.session(request)
         except rl.LinkRefused as refused:
-            if refused.reason == "no session" and in_wechat(request.headers.get("User-Agent", "")):
+            # Inside WeChat, a payer without a (valid) session may be bound already: ask.
+            again = refused.reason in ("no session", "no room", "session expired")
+            if again and in_wechat(request.headers.get("User-Agent", "")):
                 redirect = self.to_oauth_without_room(request)
                 if redirect is not None:
                     return redirect

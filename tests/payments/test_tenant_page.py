@@ -243,3 +243,27 @@ async def test_behind_https_the_cookie_is_secure_and_links_are_rate_limited(
         async with phone.get(url, allow_redirects=False) as answer:
             statuses.append(answer.status)
     assert 429 in statuses and statuses[0] == 302
+
+
+async def test_oauth_answers_that_are_forged_or_replayed_bind_nobody(
+    tenant: TenantSite, phone: aiohttp.ClientSession
+) -> None:
+    # Outside WeChat first: a session for A-101 without an openid.
+    status, _ = await _open(phone, tenant.link("A-101"))
+    assert status == 200
+    # A code WeChat does not know (replayed, expired): no binding; the signed link still
+    # holds, so the page opens without WeChat's JSAPI.
+    sealed = next(c.value for c in phone.cookie_jar if c.key == rl.SESSION_COOKIE)
+    state = rl.oauth_state(tenant.web.settings.tenant, sealed)
+    status, page = await _open(phone, f"{tenant.url}/t/oauth?code=used&state={state}")
+    assert status == 200 and "A-101" in page
+    assert tenant.r.ops.payer_bindings() == [] and tenant.oauth.exchanged == 1
+    # A forged answer (a state not derived from this session) is refused, and ends it.
+    status, _ = await _open(phone, f"{tenant.url}/t/oauth?code=abc&state=forged")
+    assert status == 403 and tenant.r.ops.payer_bindings() == []
+    assert tenant.oauth.exchanged == 1  # never asked WeChat
+    # Inside WeChat, an unknown payer coming without a link sees no room.
+    tenant.oauth.openid = "oStranger_0123456789abcdef"
+    phone.cookie_jar.clear()
+    status, page = await _open(phone, f"{tenant.url}/t", headers={"User-Agent": WECHAT_UA})
+    assert status == 401 and "A-101" not in page
