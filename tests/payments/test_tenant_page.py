@@ -146,8 +146,10 @@ async def test_pay_from_the_page_with_a_native_qr_and_follow_the_order(
     assert tenant.balance() == 20_00
     status, followed = await _open(phone, f"{tenant.url}/t/order/{no}")
     assert status == 200 and 'id="step-credited" class="done"' in followed
+    status, zh = await _open(phone, f"{tenant.url}/t/order/{no}?lang=zh")
+    assert status == 200 and "已支付" in zh and "已到账" in zh and "剩余金额" in zh
     status, room = await _open(phone, f"{tenant.url}/t")
-    assert "20.00" in room
+    assert "20.00" in room and "充值记录" in room
 
 
 @pytest.mark.parametrize(
