@@ -164,6 +164,18 @@ def openprepay_payment_providers(site: Site) -> Sequence[PaymentProvider]:
     """
 
 
+@hookspec(firstresult=True)
+def openprepay_room_payment_qr(site: Site, room: str) -> str | None:
+    """The QR code a tenant scans to pay for `room`, as an image (`data:image/svg+xml;...`
+    or an https address) — *first result*.
+
+    Called by the bill and arrears-notice export (`openprepay bill export`, `bill arrears
+    --export`) once per printed page, to fill the page's payment QR code; return None when
+    you offer no payment page for the site (the page then shows none). The built-in web
+    plugin answers with the room's signed tenant-page link when `[web]` has a tenant secret.
+    """
+
+
 # -- Command line ---------------------------------------------------------------------------
 
 

@@ -227,6 +227,11 @@ class Plugins:
     def payment_providers(self, site: Site) -> list[PaymentProvider]:
         return [p for group in self._call("openprepay_payment_providers", site=site) for p in group]
 
+    def room_payment_qr(self, site: Site, room: str) -> str | None:
+        """The room's payment QR image from the plugin that offers one (None: nobody)."""
+        answer = self.manager.hook.openprepay_room_payment_qr(site=site, room=room)
+        return answer if isinstance(answer, str) and answer else None
+
     def add_cli_commands(self, cli: click.Group, only: Collection[str] | None = None) -> None:
         """Let the plugins (those named in `only`, or all) add their commands to `cli`."""
         if only is None:

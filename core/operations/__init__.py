@@ -40,10 +40,12 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .payer_bindings import PayerBindingDoor
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
-from .snapshots import AccountSnapshot, MeterSnapshot, SnapshotReads
+from .snapshots import AccountSnapshot, MeterSnapshot
 from .supply import SupplyDoor
+from .tenant import RoomView, TenantReads
 
 __all__ = [
     "AccountSnapshot",
@@ -54,11 +56,13 @@ __all__ = [
     "Opened",
     "Operations",
     "ReadingsImported",
+    "RoomView",
 ]
 
 
 class Operations(
     PaymentDoor,
+    PayerBindingDoor,
     MoneyDoor,
     AccountLifecycleDoor,
     AccountSettingsDoor,
@@ -67,7 +71,7 @@ class Operations(
     SupplyDoor,
     CommandDoor,
     MeterDoor,
-    SnapshotReads,
+    TenantReads,
 ):
     """The door of one site: every state change is one method here (see the module
     docstring); each part lives in the module of its subject."""
