@@ -40,12 +40,14 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .payer_bindings import PayerBindingDoor
 from .payment_reconcile import PaymentReconcileDoor, Reconciliation
 from .payment_refunds import PaymentRefundDoor, RefundOutcome
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
-from .snapshots import AccountSnapshot, MeterSnapshot, SnapshotReads
+from .snapshots import AccountSnapshot, MeterSnapshot
 from .supply import SupplyDoor
+from .tenant import RoomView, TenantReads
 
 __all__ = [
     "AccountSnapshot",
@@ -58,6 +60,7 @@ __all__ = [
     "ReadingsImported",
     "Reconciliation",
     "RefundOutcome",
+    "RoomView",
 ]
 
 
@@ -65,6 +68,7 @@ class Operations(
     PaymentReconcileDoor,
     PaymentRefundDoor,
     PaymentDoor,
+    PayerBindingDoor,
     MoneyDoor,
     AccountLifecycleDoor,
     AccountSettingsDoor,
@@ -73,7 +77,7 @@ class Operations(
     SupplyDoor,
     CommandDoor,
     MeterDoor,
-    SnapshotReads,
+    TenantReads,
 ):
     """The door of one site: every state change is one method here (see the module
     docstring); each part lives in the module of its subject."""
