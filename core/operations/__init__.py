@@ -40,6 +40,7 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .payment_figures import PaymentFigureReads
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
 from .snapshots import AccountSnapshot, MeterSnapshot, SnapshotReads
@@ -59,6 +60,7 @@ __all__ = [
 
 class Operations(
     PaymentDoor,
+    PaymentFigureReads,
     MoneyDoor,
     AccountLifecycleDoor,
     AccountSettingsDoor,
