@@ -11,7 +11,7 @@ so concurrent copies of one notification and the active query see one another's 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
@@ -239,23 +239,39 @@ class PaymentDoor(MoneyDoor):
                     transaction_id=notice.transaction_id,
                     paid_at=notice.paid_at or now,
                 )
+            if decision.credits:
+                # PAID and CREDITED in one UPDATE once the top-up is done.
+                paid = order
+                if decision.action is Action.PAY_AND_CREDIT:
+                    paid = replace(
+                        order,
+                        state=OrderState.PAID,
+                        transaction_id=notice.transaction_id,
+                        paid_at=record["paid_at"],  # type: ignore[arg-type]
+                    )
+                return self._credit(conn, effects, now, paid, actor, pending=record)
             if decision.action is not Action.CONFLICT:
                 po.update_order(conn, order.id, **record)
-            if decision.credits:
-                return self._credit(
-                    conn, effects, now, self._reload(conn, order.out_trade_no), actor
-                )
             after = OrderState(record.get("state", order.state))
             return NoticeOutcome(order.out_trade_no, after, decision.action, decision.reason)
 
         return self._call("payment_notice", notice.out_trade_no, actor, work, _describe)
 
     def _credit(
-        self, conn: Connection, effects: Effects, now: datetime, order: po.PaymentOrder, actor: str
+        self,
+        conn: Connection,
+        effects: Effects,
+        now: datetime,
+        order: po.PaymentOrder,
+        actor: str,
+        *,
+        pending: dict[str, object] | None = None,
     ) -> NoticeOutcome:
         """PAID → CREDITED: the top-up under the provider's transaction id. A top-up the
         ledger refuses now (account closed since, hoarding limit reached by a cash top-up
-        meanwhile) leaves the money paid and uncredited: CONFLICT, for a person."""
+        meanwhile) leaves the money paid and uncredited: CONFLICT, for a person.
+        `pending`: the order's changes not written yet (the notice that paid it), written
+        in the same UPDATE as CREDITED."""
         assert order.transaction_id is not None
         conn.exec_driver_sql("SAVEPOINT payment_credit")
         try:
@@ -272,10 +288,13 @@ class PaymentDoor(MoneyDoor):
         except RequestError as refused:
             conn.exec_driver_sql("ROLLBACK TO SAVEPOINT payment_credit")
             why = f"paid but the top-up was refused: {refused}"
+            if pending:
+                po.update_order(conn, order.id, **pending)
             _conflict(conn, effects, order, why, actor)
             return NoticeOutcome(order.out_trade_no, OrderState.CONFLICT, Action.CONFLICT, why)
         conn.exec_driver_sql("RELEASE SAVEPOINT payment_credit")
-        po.update_order(conn, order.id, state=OrderState.CREDITED.value, credited_at=now)
+        done = {**(pending or {}), "state": OrderState.CREDITED.value, "credited_at": now}
+        po.update_order(conn, order.id, **done)
         return NoticeOutcome(
             order.out_trade_no, OrderState.CREDITED, Action.CREDIT, "credited", result
         )

@@ -175,6 +175,11 @@ class PaymentService:
         self._count(outcome)
         return outcome
 
+    def count(self, outcome: Any) -> None:
+        """Count a door outcome someone else brought about (the web route credits in the
+        call that stores)."""
+        self._count(outcome)
+
     def _count(self, outcome: Any) -> None:
         if outcome.credited:
             self.counters.credited += 1
