@@ -36,6 +36,7 @@ from ..field.diagnostics import diagnostic
 from ..model import DeviceModel, MeterKind, Sample
 from ..tasks import stop_task
 from . import orders as po
+from .callbacks import callback_warnings
 from .settings import PaymentSettings
 from .states import OrderState
 
@@ -129,8 +130,16 @@ class PaymentService:
         #: the database): order id → instant.
         self._tried: dict[int, datetime] = {}
         self._wake = asyncio.Event()
+        #: What the start-up check found about how providers reach us (callbacks.py).
+        self.warnings: list[str] = []
 
     async def start(self) -> None:
+        web = self.ops.site.sections.get("web")
+        self.warnings = callback_warnings(
+            web if isinstance(web, dict) else None, self.providers.values()
+        )
+        for warning in self.warnings:
+            log.warning("payments: %s", warning)
         await self.recover()
         self._task = asyncio.create_task(self._run(), name="payments")
         self._stats = asyncio.create_task(self._publish_forever(), name="payments stats")
