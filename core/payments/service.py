@@ -269,9 +269,9 @@ class PaymentService:
         """One pass: credit PAID stragglers, query silent CREATED orders, close expired
         ones."""
         now = self.clock()
-        with self.ops.db.read() as conn:
-            created = po.orders_in(conn, OrderState.CREATED)
-            paid = po.orders_in(conn, OrderState.PAID)
+        # In a thread: hundreds of open orders at a busy hour are a read the event loop
+        # (which also answers the providers' callbacks) should not wait for.
+        created, paid = await asyncio.to_thread(self._open_orders)
         open_ids = {o.id for o in created}
         self._tried = {k: v for k, v in self._tried.items() if k in open_ids}
         for order in paid:  # stored, its credit task failed (database down a moment)
@@ -296,6 +296,10 @@ class PaymentService:
                 continue
             if expired and notice.state in ("NOTPAY", "CLOSED"):
                 await self._close(provider, order)
+
+    def _open_orders(self) -> tuple[list[po.PaymentOrder], list[po.PaymentOrder]]:
+        with self.ops.db.read() as conn:
+            return po.orders_in(conn, OrderState.CREATED), po.orders_in(conn, OrderState.PAID)
 
     async def _query(
         self, provider: PaymentProvider, order: po.PaymentOrder
