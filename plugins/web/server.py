@@ -2,6 +2,9 @@
 signal handling of its own: the runtime stops it), with its request figures published as
 points of a HEALTH pseudo-model.
 
+The tenant page's routes (`/r/<token>`, `/t...`) are in tenant_page.py, served when
+`[web]` has a tenant secret.
+
 `POST /pay/notify/<channel>`: the provider's callback. Verify over the raw body (the
 provider plugin's `verify`: CPU only), then store the notice and credit it in one door
 call (`apply_notice`: one transaction, the order locked, PAID → CREDITED through the
@@ -41,6 +44,7 @@ from openprepay.core.tasks import stop_task
 
 from .limits import RateLimiter
 from .settings import WebSettings
+from .tenant_page import TenantRoutes
 
 log = logging.getLogger("openprepay.web")
 
@@ -67,6 +71,12 @@ WEB_MODEL = DeviceModel(
         ),
         diagnostic("rate_limited", "", "Requests refused by the per-client rate, since start"),
         diagnostic("too_large", "", "Requests refused for their body size, since start"),
+        diagnostic("tenant_links", "", "Signed room links opened (tenant page), since start"),
+        diagnostic("tenant_pages", "", "Room pages shown to tenants, since start"),
+        diagnostic("tenant_orders", "", "Payments opened from the tenant page, since start"),
+        diagnostic(
+            "tenant_refused", "", "Tenant requests refused (link, session, binding), since start"
+        ),
     ),
     plugin="web",
 )
@@ -81,6 +91,10 @@ class WebCounters:
     notify_failed: int = 0
     rate_limited: int = 0
     too_large: int = 0
+    tenant_links: int = 0
+    tenant_pages: int = 0
+    tenant_orders: int = 0
+    tenant_refused: int = 0
 
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -108,6 +122,8 @@ class WebService:
         )
         app.router.add_post("/pay/notify/{channel}", self.notify)
         app.router.add_get("/health", self.health)
+        if self.settings.tenant is not None:
+            TenantRoutes(self, self.settings.tenant).add(app)
         return app
 
     async def start(self) -> None:
