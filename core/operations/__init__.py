@@ -41,6 +41,7 @@ from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
 from .payer_bindings import PayerBindingDoor
+from .payment_figures import PaymentFigureReads
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
 from .snapshots import AccountSnapshot, MeterSnapshot
@@ -62,6 +63,7 @@ __all__ = [
 
 class Operations(
     PaymentDoor,
+    PaymentFigureReads,
     PayerBindingDoor,
     MoneyDoor,
     AccountLifecycleDoor,
