@@ -11,6 +11,7 @@ prepayment engine, billing, the event-outbox tail) and the services plugins cont
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -128,6 +129,11 @@ class Runtime:
             )
             services.extend(core.loops())
         self.services = [self.vitals, *services, *self.plugins.services(self)]
+        # Start-up builds millions of long-lived objects (the OPC UA address space, the
+        # per-meter state): collecting while it does walked them again and again (pauses
+        # of seconds at 4k meters). One collection at the end (`settle_heap`) instead.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             for service in self.services:
                 log.info("starting %s", service.name)
@@ -135,9 +141,13 @@ class Runtime:
                 self._started.append(service)
             await self.arbiter.start()
         except BaseException:
+            if collecting:
+                gc.enable()
             await self.stop()
             raise
         self.vitals.settle_heap()
+        if collecting:
+            gc.enable()
         log.info(
             "site %s running: %d links, %d devices",
             self.site.id,

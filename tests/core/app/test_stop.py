@@ -4,6 +4,7 @@ abandoned, and the service, `read` and `demo --duration` exit within 5 s."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from openprepay.core.app.plugins import Plugins
 from openprepay.core.app.runtime import STOP_DEADLINE_S, Runtime
+from openprepay.core.app.vitals import GC_THRESHOLDS
 from openprepay.core.config.site import load_site
 from openprepay.core.field.arbiter import LinkArbiter
 from openprepay.core.hookspecs import hookimpl
@@ -85,7 +87,15 @@ async def test_the_runtime_stops_within_its_deadline_past_a_hung_service(tmp_pat
     hang = types.SimpleNamespace(openprepay_services=openprepay_services)
     plugins = Plugins.load(entry_points=False, extra=[("modbus", modbus), ("hang", hang)])
     runtime = Runtime(load_site(path), plugins)
-    await runtime.start()
+    thresholds = gc.get_threshold()
+    try:
+        await runtime.start()
+        # Start-up ran without the collector, then froze its heap and raised the thresholds.
+        assert gc.isenabled() and gc.get_threshold() == GC_THRESHOLDS
+        assert runtime.vitals.frozen > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
     started = time.monotonic()
     await runtime.stop()
     took = time.monotonic() - started
