@@ -55,6 +55,10 @@ from openprepay.core.model import MeterKind, Sample
 ROOMS_PER_FLOOR = 10
 MAX_FLOORS = 40
 POLL_S = 10.0
+#: Monitored items per CreateMonitoredItems request: asyncua's server answers a request
+#: in one go on its loop, so 2,000 at a time stalled the service's loop (and polls) for
+#: seconds; 500 keep each stall short (benchmarks/opcua_subscribe_all.py measures it).
+SUBSCRIBE_BATCH = 500
 
 
 def free_ports(n: int) -> list[int]:
@@ -108,9 +112,11 @@ async def client_main(url: str, namespace: str, nodes: list[str]) -> None:
         ns = await client.get_namespace_index(namespace)
         sub = await client.create_subscription(1000, Count())
         handles = [client.get_node(ua.NodeId(n, ns)) for n in nodes]
-        for i in range(0, len(handles), 2000):
-            await sub.subscribe_data_change(handles[i : i + 2000], queuesize=1)
-        print(json.dumps({"ready": len(handles)}), flush=True)
+        started = time.perf_counter()
+        for i in range(0, len(handles), SUBSCRIBE_BATCH):
+            await sub.subscribe_data_change(handles[i : i + SUBSCRIBE_BATCH], queuesize=1)
+        took = time.perf_counter() - started
+        print(json.dumps({"ready": len(handles), "subscribe_s": round(took, 2)}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         print(json.dumps({"notifications": Count.n}), flush=True)
     finally:
@@ -128,6 +134,7 @@ async def spawn_client(url: str, namespace: str, nodes: list[str], folder: Path)
     line = await asyncio.wait_for(proc.stdout.readline(), 600)
     if not line:
         raise RuntimeError("the OPC UA client did not subscribe")
+    proc.subscribed = json.loads(line)  # type: ignore[attr-defined]
     return proc
 
 

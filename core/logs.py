@@ -20,7 +20,9 @@ from typing import Any
 
 from .text import escape_controls, json_line_safe
 
-CONTEXT_FIELDS = ("site", "link", "unit", "meter", "account", "command", "plugin", "job")
+CONTEXT_FIELDS = (
+    "site", "link", "unit", "meter", "account", "command", "plugin", "job", "service",
+)  # fmt: skip
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -4,6 +4,8 @@ waiting for events without losing a cancellation."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable
 from typing import Any
 
 
@@ -31,4 +33,33 @@ async def wait_event(event: asyncio.Event, timeout_s: float | None) -> bool:
             await event.wait()
     except TimeoutError:
         return False
+    return True
+
+
+async def finish_within(
+    aw: Awaitable[Any], timeout_s: float, *, what: str, log: logging.Logger
+) -> bool:
+    """Run `aw` (a service's or worker's stop) for at most `timeout_s`; True when it ended.
+
+    Past the time it is cancelled and given a short grace (a tenth of the time, at most
+    half a second) to end; a stop that still does not end — a hung device read, a thread
+    that never answers, a library that swallows the cancellation — is abandoned with a
+    warning naming `what`, and the caller goes on. An error it raised is logged, not raised:
+    one broken service must not keep the others running.
+    """
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=max(timeout_s, 0.0))
+    if not done:
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=min(0.5, max(timeout_s / 10, 0.05)))
+    if not done:
+        log.warning(
+            "%s did not stop within %.1f s: abandoned", what, timeout_s, extra={"service": what}
+        )
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("stopping %s failed", what, exc_info=(type(exc), exc, exc.__traceback__))
+    elif task.cancelled():
+        log.warning("%s stopped only when cancelled after %.1f s", what, timeout_s)
     return True

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openprepay.core.events import HistorianBatchQuarantined
+from openprepay.core.tasks import wait_event
 
 from .config import HistorianConfig
 from .spool import Spool, SpoolBatch
@@ -119,10 +120,7 @@ class Forwarder:
                 await self._back_off()
             elif sent is None:  # another worker took what there was
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self.config.flush_interval_s)
 
     async def _ready(self) -> None:
         while True:
@@ -135,10 +133,7 @@ class Forwarder:
                     return
             else:
                 wait = None
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, wait)
 
     def next_delay(self) -> float:
         """Seconds to wait before the next attempt: the server's Retry-After when it sent

@@ -31,6 +31,7 @@ from openprepay.core.config.site import Site
 from openprepay.core.events import Event, EventBus, HistorianDataDropped, utcnow
 from openprepay.core.field.history import HistoryReader
 from openprepay.core.model import DeviceModel, Sample
+from openprepay.core.tasks import wait_event
 
 from .config import Backend, DropPolicy, HistorianConfig
 from .embedded import EmbeddedHistoryReader, EmbeddedStore
@@ -179,10 +180,7 @@ class Historian:
         assert self._wake is not None
         delay = self.config.commit_interval_s
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
             self._wake.clear()
             try:
                 await self.commit()

@@ -32,6 +32,7 @@ from openprepay.core.events import (
     PaymentDiscrepancy,
 )
 from openprepay.core.model import Sample
+from openprepay.core.tasks import stop_task
 
 from .access import RoleRuleset, SessionUser, SessionUserManager
 from .config import OpcUaConfig, Policy
@@ -329,6 +330,7 @@ class OpcUaService:
             server, self.server = self.server, None
             if server.bserver is not None:  # it was started
                 try:
+                    await _stop_clock(server)
                     await server.stop()
                 except Exception:
                     log.exception("stopping the OPC UA server failed")
@@ -457,3 +459,12 @@ class OpcUaService:
             )
         for ext in self.extensions:
             ext.on_event(self, event)
+
+
+async def _stop_clock(server: OpenPrepayServer) -> None:
+    """End asyncua's clock task (it writes ServerStatus.CurrentTime once a second) now:
+    its own `stop()` sets a flag and waits for the task's next wake, up to a second of
+    every stop for nothing."""
+    iserver = server.iserver
+    task, iserver.time_task = iserver.time_task, None
+    await stop_task(task)

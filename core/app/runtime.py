@@ -11,8 +11,9 @@ prepayment engine, billing, the event-outbox tail) and the services plugins cont
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from ..billing.service import BillingService
 from ..billing.settings import check_billing
@@ -31,11 +32,16 @@ from ..payments.service import PaymentService
 from ..payments.settings import check_payments
 from ..prepay.engine import PrepayEngine
 from ..prepay.site_check import check_prepayment_sections
+from ..tasks import finish_within
 from .plugins import Plugins
 from .services import running_services
 from .vitals import Vitals
 
 log = logging.getLogger("openprepay.runtime")
+
+#: `Runtime.stop()` ends within this many seconds, whatever a service or a device does:
+#: the service, `demo --duration`, `read` and the device commands exit within 5 s.
+STOP_DEADLINE_S = 4.0
 
 
 def build_arbiter(site: Site, plugins: Plugins, bus: EventBus) -> LinkArbiter:
@@ -66,6 +72,8 @@ class Runtime:
         #: its own, started first and stopped last).
         self.vitals = Vitals(self.bus, site.poll.stats_interval_s)
         self._started: list[Service] = []
+        #: What did not stop within its share of `STOP_DEADLINE_S` (see `stop()`).
+        self.abandoned: list[str] = []
         #: Set by the historian service when it is created (see core/field/history.py).
         self.history: HistoryReader | None = None
         #: Lines for the operator at start (endpoints, demo credentials), added by services.
@@ -121,6 +129,11 @@ class Runtime:
             )
             services.extend(core.loops())
         self.services = [self.vitals, *services, *self.plugins.services(self)]
+        # Start-up builds millions of long-lived objects (the OPC UA address space, the
+        # per-meter state): collecting while it does walked them again and again (pauses
+        # of seconds at 4k meters). One collection at the end (`settle_heap`) instead.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             for service in self.services:
                 log.info("starting %s", service.name)
@@ -128,9 +141,13 @@ class Runtime:
                 self._started.append(service)
             await self.arbiter.start()
         except BaseException:
+            if collecting:
+                gc.enable()
             await self.stop()
             raise
         self.vitals.settle_heap()
+        if collecting:
+            gc.enable()
         log.info(
             "site %s running: %d links, %d devices",
             self.site.id,
@@ -139,13 +156,21 @@ class Runtime:
         )
 
     async def stop(self) -> None:
-        await self.arbiter.stop()
+        """Stop the links, then every started service in reverse order, within
+        `STOP_DEADLINE_S` in all: each gets an equal share of the time left (what a quick
+        one leaves over goes to the ones after it); one that overruns its share is
+        cancelled and, if even that does not end it, abandoned (named in `abandoned` and
+        logged) so that stopping always ends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_DEADLINE_S
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [("links", self.arbiter.stop)]
         while self._started:
             service = self._started.pop()
-            try:
-                await service.stop()
-            except Exception:
-                log.exception("stopping %s failed", service.name)
+            steps.append((service.name, service.stop))
+        for n, (name, stop) in enumerate(steps):
+            share = max(deadline - loop.time(), 0.0) / (len(steps) - n)
+            if not await finish_within(stop(), share, what=name, log=log):
+                self.abandoned.append(name)
         if self.db is not None:
             self.db.dispose()
             self.db = None

@@ -9,11 +9,15 @@ tests and the benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 
 from ..config.site import LinkType, Site
 from ..contracts import LinkSimulator, SimulatedDevice, SimulatorOptions
 from .plugins import Plugins
+
+log = logging.getLogger("openprepay.simulation")
 
 
 class SimulatedSite:
@@ -41,8 +45,13 @@ class SimulatedSite:
         return self.addresses
 
     async def stop(self) -> None:
-        for link_sim in self.links.values():
-            await link_sim.stop()
+        """Stop every link's server at once (one after another took seconds at 10k meters)."""
+        results = await asyncio.gather(
+            *(link_sim.stop() for link_sim in self.links.values()), return_exceptions=True
+        )
+        for link_id, result in zip(self.links, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("stopping the simulator of link %s failed: %r", link_id, result)
 
     def service_site(self) -> Site:
         """The site with every link pointing at its simulator."""

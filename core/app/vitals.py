@@ -14,7 +14,9 @@ per-meter state) stops everything while it does. `Vitals` watches both, from sta
 
 `settle_heap()`, called by the runtime once every service has started, collects once and
 moves everything alive into the collector's permanent generation (`gc.freeze()`): what was
-built at start-up lives as long as the process, and no later collection walks it again.
+built at start-up lives as long as the process, and no later collection walks it again. It
+then raises the collector's thresholds (`GC_THRESHOLDS`), and what survives a later full
+collection is frozen as well; the worst pause is the `gc_pause_max_ms` point.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ SERVICE_MODEL = DeviceModel(
     plugin="core",
 )  # fmt: skip
 
+#: The collector's thresholds after start-up (Python's default is (700, 10, 10)): with the
+#: start-up heap frozen, a young collection every 50,000 allocations instead of every 700
+#: costs no more per collection and runs 70 times less often; full collections stay rare.
+GC_THRESHOLDS = (50_000, 20, 10)
+
 #: How often the probe wakes, and what counts as worth a warning.
 PROBE_S = 0.05
 STALL_WARNING_S = 1.0
@@ -93,6 +100,7 @@ class Vitals:
         #: The loop's lags of the last ~1.4 h (bounded: a service runs for months).
         self.recent_lags: collections.deque[float] = collections.deque(maxlen=100_000)
         self.frozen = 0
+        self._refreeze = False
         self._gc_started = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -125,10 +133,14 @@ class Vitals:
         }
 
     def settle_heap(self) -> None:
-        """Collect once and freeze what start-up built (see the module docstring)."""
+        """Collect once and freeze what start-up built, and set `GC_THRESHOLDS` (see the
+        module docstring). After every later full collection what survived it is frozen
+        too (by the probe, outside the collector's callback): it has lived through the
+        oldest generation, so it is as long-lived as start-up's objects."""
         started = time.perf_counter()
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         self.frozen = gc.get_freeze_count()
         log.info(
             "start-up heap frozen: %d objects (%.0f ms)",
@@ -143,6 +155,8 @@ class Vitals:
             return
         pause = time.perf_counter() - self._gc_started
         self.collections += 1
+        if info.get("generation") == 2 and self.frozen:
+            self._refreeze = True
         self.window.gc_max_s = max(self.window.gc_max_s, pause)
         self.worst_gc_s = max(self.worst_gc_s, pause)
         if pause > GC_WARNING_S:
@@ -158,6 +172,10 @@ class Vitals:
             before = loop.time()
             await asyncio.sleep(PROBE_S)
             lag = max(0.0, loop.time() - before - PROBE_S)
+            if self._refreeze:
+                self._refreeze = False
+                gc.freeze()
+                self.frozen = gc.get_freeze_count()
             self.window.lags.append(lag)
             self.recent_lags.append(lag)
             if lag > self.worst_stall_s:

@@ -12,6 +12,7 @@ import click
 from ..app.plugins import Plugins
 from ..errors import ConfigError, OpenPrepayError
 from ..logs import setup_logging
+from .common import exit_without_hung_threads
 
 #: Exit status for bad input (site file, arguments) and for failed operations.
 EXIT_CONFIG = 2
@@ -99,4 +100,8 @@ def build_cli(plugins: Plugins | None = None) -> click.Group:
 def main(argv: list[str] | None = None) -> None:
     setup_logging("WARNING")  # until the group's options configure it
     plugins = Plugins.load()
-    build_cli(plugins).main(args=argv, obj=CliContext(plugins), prog_name="openprepay")
+    try:
+        build_cli(plugins).main(args=argv, obj=CliContext(plugins), prog_name="openprepay")
+    except SystemExit as end:
+        exit_without_hung_threads(end.code)
+        raise

@@ -22,6 +22,7 @@ from ..ledger import format_fen
 from ..model import MeterKind, Sample
 from ..prepay.account_points import ACCOUNT_MODEL
 from ..prepay.feecontrol import FeeState
+from ..tasks import wait_event
 from . import CliContext
 from .common import run_async
 from .params import DURATION, SPEEDUP, Count
@@ -161,10 +162,7 @@ async def _live(view: RoomView, stop: asyncio.Event, duration: float | None) -> 
     with Live(view.render(), refresh_per_second=2, screen=False) as live:
         while not stop.is_set() and (deadline is None or loop.time() < deadline):
             live.update(view.render())
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
+            await wait_event(stop, 0.5)
 
 
 async def _headless(runtime: Runtime, stop: asyncio.Event, duration: float | None) -> None:
@@ -172,10 +170,7 @@ async def _headless(runtime: Runtime, stop: asyncio.Event, duration: float | Non
     deadline = None if duration is None else loop.time() + duration
     while not stop.is_set() and (deadline is None or loop.time() < deadline):
         wait = 10.0 if deadline is None else min(10.0, max(deadline - loop.time(), 0))
-        try:
-            await asyncio.wait_for(stop.wait(), wait)
-        except TimeoutError:
-            pass
+        await wait_event(stop, wait)
         good = sum(
             1
             for s in runtime.readings.latest.values()

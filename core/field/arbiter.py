@@ -476,10 +476,19 @@ class LinkArbiter:
             for link_id, worker in self.workers.items()
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 4.0) -> None:
+        """Cancel every link's worker and wait for them at most `timeout_s`: a worker
+        stuck in a device read that ignores its cancellation is abandoned (logged), so
+        `openprepay read` and the device commands always end."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            done, stuck = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("%s ended with %r", task.get_name(), task.exception())
+            for task in stuck:
+                log.warning("%s did not stop within %.1f s: abandoned", task.get_name(), timeout_s)
         self._tasks = []
 
     def worker_of(self, meter_id: str) -> LinkWorker:

@@ -41,6 +41,7 @@ from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
 from .payer_bindings import PayerBindingDoor
+from .payment_figures import PaymentFigureReads
 from .payment_reconcile import PaymentReconcileDoor, Reconciliation
 from .payment_refunds import PaymentRefundDoor, RefundOutcome
 from .payments import NoticeOutcome, PaymentDoor
@@ -68,6 +69,7 @@ class Operations(
     PaymentReconcileDoor,
     PaymentRefundDoor,
     PaymentDoor,
+    PaymentFigureReads,
     PayerBindingDoor,
     MoneyDoor,
     AccountLifecycleDoor,

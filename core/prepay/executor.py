@@ -34,6 +34,7 @@ from ..db import schema as t
 from ..errors import CommandRefused, DeviceIOError
 from ..events import CommandFailed, SupplyChanged, publish_on_loop, utcnow
 from ..model import CommandOutcome, DeviceCommand
+from ..tasks import wait_event
 from . import commands as cmds
 from .control import PrepayControl
 from .effects import Effects
@@ -145,10 +146,7 @@ class CommandExecutor:
                 raise
             except Exception:
                 log.exception("claiming meter commands failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.poll_s)
 
     def _claim(self, limit: int) -> list[cmds.MeterCommand]:
         with self.db.begin() as conn:

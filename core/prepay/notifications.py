@@ -39,6 +39,7 @@ from ..contracts import Notifier
 from ..db import schema as t
 from ..errors import ConfigError, FieldError
 from ..events import NotificationFailed, utcnow
+from ..tasks import wait_event
 
 log = logging.getLogger("openprepay.notify")
 
@@ -284,10 +285,7 @@ class NotificationDispatcher:
                 raise
             except Exception:
                 log.exception("reading the notification outbox failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.settings.poll_s)
             self._wake.clear()
 
     def _claim(self, channels: Sequence[str], limit: int) -> list[Notice]:

@@ -17,7 +17,7 @@ from asyncua import ua
 from openprepay.core.events import Event
 from openprepay.core.model import Sample
 from openprepay.core.operations import AccountSnapshot
-from openprepay.core.tasks import stop_task
+from openprepay.core.tasks import stop_task, wait_event
 
 from ..access import SessionUser
 from ..extension import ExtensionHost
@@ -98,10 +98,7 @@ class AccountView:
         loop = asyncio.get_running_loop()
         next_full = loop.time() + period
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - loop.time()))
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, max(0.0, next_full - loop.time()))
             self._wake.clear()
             full = loop.time() >= next_full
             dirty, self._dirty = self._dirty, set()

@@ -6,16 +6,29 @@ The tenant page's routes (`/r/<token>`, `/t...`) are in tenant_page.py, served w
 `[web]` has a tenant secret.
 
 `POST /pay/notify/<channel>`: the provider's callback. Verify over the raw body (the
-provider plugin's `verify`: CPU only), store the notice through the door, answer the
-provider at once, credit after in a task of the payment service ("verify and store first,
-credit after": the provider wants its answer within seconds, a crash after the answer
-leaves a stored PAID order that the service credits at its next start).
+provider plugin's `verify`: CPU only), then store the notice and credit it in one door
+call (`apply_notice`: one transaction, the order locked, PAID → CREDITED through the
+top-up, a ledger refusal a CONFLICT in the same transaction), and answer the provider once
+that is committed. Nothing is answered before it is stored; a crash before the commit
+leaves nothing, and the provider sends again.
+
+Should the credit part fail unexpectedly (a fault, not a refusal), the notice is stored
+alone (`store_notice`) and credited after in a task of the payment service ("verify and
+store first, credit after"; a crash after the answer leaves a stored PAID order that the
+service credits at its next start).
+
+Door calls block on the database: they run on the web service's own threads (`DOOR_THREADS`,
+not asyncio's default pool of a few), so every concurrent callback waits in the door's
+group commit at once and shares one durable commit with the others (core/db/group.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -35,6 +48,10 @@ from .settings import WebSettings
 from .tenant_page import TenantRoutes
 
 log = logging.getLogger("openprepay.web")
+
+#: Threads that wait on the door for callbacks: each only waits for its group commit, so
+#: as many callbacks as arrive together are stored and credited in one transaction.
+DOOR_THREADS = 64
 
 WEB_SOURCE = "web"
 WEB_MODEL = DeviceModel(
@@ -98,6 +115,7 @@ class WebService:
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stats: asyncio.Task[None] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -131,6 +149,9 @@ class WebService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._publish()
 
     # -- requests -------------------------------------------------------------------------
@@ -190,10 +211,16 @@ class WebService:
             if applied:
                 self.counters.notify_accepted += 1
                 return _response(provider.answer(True))
+        ops = self.runtime.operations
         try:
-            outcome = await asyncio.to_thread(
-                self.runtime.operations.store_notice, notice, actor=actor
-            )
+            try:
+                outcome = await self._door(ops.apply_notice, notice, actor=actor)
+            except RequestError:
+                raise
+            except Exception:
+                # The credit part failed (a fault): keep the notice, credit it after.
+                log.exception("%s callback for %s: crediting failed", channel, notice.out_trade_no)
+                outcome = await self._door(ops.store_notice, notice, actor=actor)
         except RequestError as refused:
             self.counters.notify_failed += 1
             log.warning("%s callback for %s not stored: %s", channel, notice.out_trade_no, refused)
@@ -205,6 +232,8 @@ class WebService:
         self.counters.notify_accepted += 1
         if outcome.state is OrderState.PAID:
             payments.credit_later(notice.out_trade_no, actor)
+        else:
+            payments.count(outcome)
         return _response(provider.answer(True))
 
     async def _refund_notice(self, notice: PaymentNotice, actor: str) -> bool:
@@ -213,13 +242,20 @@ class WebService:
         refund of ours (it is then a notice about the order, stored as one)."""
         ops = self.runtime.operations
         try:
-            await asyncio.to_thread(ops.payment_refund, notice.out_refund_no)
+            await self._door(ops.payment_refund, notice.out_refund_no)
         except RequestError:
             return False
         if notice.state not in REFUND_NOTICE_STATES:
             return False
-        await asyncio.to_thread(ops.apply_refund_notice, notice, actor=actor)
+        await self._door(ops.apply_refund_notice, notice, actor=actor)
         return True
+
+    async def _door(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A door call on the web service's threads (see the module docstring)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(DOOR_THREADS, thread_name_prefix="web-door")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         payments = self.runtime.payments

@@ -46,3 +46,25 @@ def test_the_start_up_heap_is_frozen():
         assert vitals.frozen == gc.get_freeze_count() > 1000
     finally:
         gc.unfreeze()
+
+
+async def test_thresholds_are_raised_and_survivors_of_a_full_collection_frozen():
+    thresholds = gc.get_threshold()
+    vitals = Vitals(EventBus(), stats_interval_s=60)
+    await vitals.start()
+    try:
+        vitals.settle_heap()
+        assert gc.get_threshold() == (50_000, 20, 10)
+        frozen = vitals.frozen
+        survivors = [[i] for i in range(5000)]  # allocated after start-up, still alive
+        gc.collect()
+        for _ in range(100):
+            if vitals.frozen > frozen:
+                break
+            await asyncio.sleep(0.02)
+        assert vitals.frozen >= frozen + len(survivors)
+        assert vitals.summary()["frozen_objects"] == vitals.frozen
+    finally:
+        await vitals.stop()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
