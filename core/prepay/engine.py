@@ -63,6 +63,8 @@ class PrepayEngine:
     """Metering, command execution, deferred trips, reconciliation and notices of a site."""
 
     name = "prepay-engine"
+    #: Stopping flushes metering (usage not yet posted) and lets commands in hand finish.
+    stop_weight = 2.0
 
     def __init__(
         self,
