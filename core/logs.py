@@ -20,7 +20,7 @@ from typing import Any
 
 from .text import escape_controls, json_line_safe
 
-CONTEXT_FIELDS = ("site", "link", "unit", "meter", "account", "command", "plugin", "job")
+CONTEXT_FIELDS = ("site", "link", "unit", "meter", "account", "command", "plugin", "job", "attempt")
 
 
 class KeyValueFormatter(logging.Formatter):
