@@ -16,6 +16,11 @@ command of its meter is unfinished:
       I/O error   → retry with back-off; FAILED after `attempts` tries
     FAILED publishes CommandFailed.
 
+A busy database never loses a confirmation: claiming and recording an outcome run through
+`Database.write`, which waits the lock out with back-off (`core/db/retry.py`); a command
+whose outcome is still being recorded stays "in hand" and is not claimed again by this
+executor even if its lease runs out meanwhile (`claim_due(in_hand=...)`).
+
 After a restart nothing is lost: the instance releases the claims its previous life held
 (same instance name), so PENDING, CLAIMED and SENT commands run again at once; claims of
 another, dead instance become claimable when their lease expires.
@@ -25,9 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from ..db import Database
 from ..db import schema as t
@@ -80,6 +88,11 @@ class CommandExecutor:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Commands claimed and not yet recorded (never claimed twice by this executor).
+        self._in_hand: set[int] = set()
+        #: Set when stop gives up waiting: a recording still waiting on a busy database
+        #: gives up too (the command is resumed at the next start).
+        self._stopping = threading.Event()
         self.confirmed = 0
         self.failed = 0
         self.retried = 0
@@ -98,6 +111,7 @@ class CommandExecutor:
             self._task = None
         if self._running:
             await asyncio.wait(self._running, timeout=10)
+            self._stopping.set()
             for task in self._running:
                 task.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
@@ -136,8 +150,9 @@ class CommandExecutor:
             try:
                 free = self.concurrency - len(self._running)
                 if free > 0:
-                    batch = await asyncio.to_thread(self._claim, free)
+                    batch = await asyncio.to_thread(self._claim, free, frozenset(self._in_hand))
                     for command in batch:
+                        self._in_hand.add(command.id)
                         task = asyncio.create_task(self._execute(command))
                         self._running.add(task)
                         task.add_done_callback(self._running.discard)
@@ -150,8 +165,8 @@ class CommandExecutor:
             except TimeoutError:
                 pass
 
-    def _claim(self, limit: int) -> list[cmds.MeterCommand]:
-        with self.db.begin() as conn:
+    def _claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[cmds.MeterCommand]:
+        def claim(conn: Connection) -> list[cmds.MeterCommand]:
             batch = cmds.claim_due(
                 conn,
                 limit,
@@ -159,13 +174,26 @@ class CommandExecutor:
                 lease_s=self.lease_s,
                 meters=self.meters,
                 now=self.clock(),
+                in_hand=in_hand,
             )
             batch = pin_meter_counts(conn, batch)
             for command in batch:
                 cmds.mark_sent(conn, command.id, owner=self.owner)
             return batch
 
+        return self.db.write(claim, what="claiming meter commands", stop=self._stopping)
+
     async def _execute(self, command: cmds.MeterCommand) -> None:
+        try:
+            await self._execute_one(command)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # recording failed for another reason: the lease runs out, it reruns
+            log.exception("recording the outcome of command %d failed", command.id)
+        finally:
+            self._in_hand.discard(command.id)
+
+    async def _execute_one(self, command: cmds.MeterCommand) -> None:
         try:
             device = _device_command(command)
         except (KeyError, TypeError, ValueError) as exc:
@@ -198,7 +226,8 @@ class CommandExecutor:
         on = None
         if supply is not None and command.kind in (supply.cut, supply.restore):
             on = command.kind == supply.restore
-        with self.db.begin() as conn:
+
+        def record(conn: Connection) -> Effects | None:
             try:
                 cmds.mark_confirmed(
                     conn,
@@ -209,7 +238,7 @@ class CommandExecutor:
                 )
             except cmds.CommandStateError as exc:
                 log.warning("command %d: %s", command.id, exc)
-                return
+                return None
             if on is not None:
                 self.control.upsert_meter(conn, command.meter_id, now, supply_on=on, supply_at=now)
             effects = Effects()
@@ -224,6 +253,13 @@ class CommandExecutor:
                     effects=effects,
                     now=now,
                 )
+            return effects
+
+        effects = self.db.write(
+            record, what=f"recording command {command.id} confirmed", stop=self._stopping
+        )
+        if effects is None:
+            return
         for event in effects.events:
             self._emit(event)
         if effects.commands:
@@ -251,7 +287,8 @@ class CommandExecutor:
             if final
             else now + cmds.retry_delay(command.attempts, self.retry_initial_s, self.retry_max_s)
         )
-        with self.db.begin() as conn:
+
+        def record(conn: Connection) -> bool:
             try:
                 cmds.mark_failed(
                     conn,
@@ -264,7 +301,13 @@ class CommandExecutor:
                 )
             except cmds.CommandStateError as exc:
                 log.warning("command %d: %s", command.id, exc)
-                return
+                return False
+            return True
+
+        if not self.db.write(
+            record, what=f"recording command {command.id} failed", stop=self._stopping
+        ):
+            return
         log.warning(
             "command %s #%d for %s %s (attempt %d): %s",
             command.kind,
