@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -51,6 +50,7 @@ from ..private_files import private_file
 
 if TYPE_CHECKING:
     from ..config.site import Site
+    from .retry import Flag
 
 log = logging.getLogger("openprepay.db")
 # Alembic narrates every step at INFO; the product logs the one line that matters.
@@ -171,7 +171,7 @@ class Database:
         *,
         what: str,
         attempts: int | None = None,
-        stop: threading.Event | None = None,
+        stop: Flag | None = None,
     ) -> R:
         """Run `work(conn)` in one write transaction, run again after a jittered back-off
         while the database is busy (`core/db/retry.py`): what background writers use, so a

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -43,6 +43,12 @@ BACKOFF_MAX_S = 5.0
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
 #: PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.
 _PG_BUSY = frozenset({"40001", "40P01", "55P03"})
+
+
+class Flag(Protocol):
+    """What says the service is stopping: a `threading.Event` or an `asyncio.Event`."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -97,7 +103,7 @@ def run_retrying(
     what: str,
     attempts: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    stop: threading.Event | None = None,
+    stop: Flag | None = None,
 ) -> R:
     """Run `work(conn)` in one write transaction; when the database is busy, roll back and
     run it again after the back-off. `attempts` None: until it succeeds (what a writer
