@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..config.site import Site, parse_site
+from ..db.bounded import DEMO_ACCOUNTS, write_in_chunks
 from ..events import utcnow
 from ..prepay import accounts as acc
 
@@ -269,15 +270,21 @@ def open_demo_accounts(runtime: Runtime) -> list[str]:
     for device in sorted(site.devices.values(), key=lambda d: d.id):
         if device.room is not None:
             meters.setdefault(device.room, []).append(device.id)
-    with runtime.db.begin() as conn:
-        open_room_accounts(
+    # Bounded transactions (core/db/bounded.py): the service is already running.
+    write_in_chunks(
+        runtime.db,
+        sorted(meters.items()),
+        DEMO_ACCOUNTS,
+        lambda conn, part: open_room_accounts(
             conn,
             site,
             runtime.plugins.models,
-            meters,
+            dict(part),
             tariff_id="residential",
             thresholds=ops.settings.thresholds,
-        )
+        ),
+        what="opening demo accounts",
+    )
     for room in sorted(meters):
         amount = LOW_BALANCE_FEN if room in low else OPENING_BALANCE_FEN
         ops.topup(room, amount, f"demo-opening-{room}", actor="demo")
