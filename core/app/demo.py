@@ -13,12 +13,14 @@ hour, an account per room — are what the tests and benchmarks build their site
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..config.site import Site, parse_site
 from ..db.bounded import DEMO_ACCOUNTS, write_in_chunks
+from ..db.retry import backoff_s, is_busy
 from ..events import utcnow
 from ..prepay import accounts as acc
 
@@ -287,7 +289,18 @@ def open_demo_accounts(runtime: Runtime) -> list[str]:
     )
     for room in sorted(meters):
         amount = LOW_BALANCE_FEN if room in low else OPENING_BALANCE_FEN
-        ops.topup(room, amount, f"demo-opening-{room}", actor="demo")
+        # The service is running: a busy database delays an opening top-up, never loses it
+        # (the reference makes a repeat a replay).
+        attempt = 1
+        while True:
+            try:
+                ops.topup(room, amount, f"demo-opening-{room}", actor="demo")
+                break
+            except Exception as exc:
+                if not is_busy(exc):
+                    raise
+                time.sleep(backoff_s(attempt))
+                attempt += 1
     now = utcnow()
     with runtime.db.read() as conn:
         samples = ops.control.account_samples(conn, meters, now)
