@@ -93,11 +93,16 @@ class CommandExecutor:
         #: Set when stop gives up waiting: a recording still waiting on a busy database
         #: gives up too (the command is resumed at the next start).
         self._stopping = threading.Event()
+        #: Set when stop begins: a claim waiting on a busy database gives up (what it
+        #: would claim could not run any more).
+        self._no_claims = threading.Event()
         self.confirmed = 0
         self.failed = 0
         self.retried = 0
 
     async def start(self) -> None:
+        self._no_claims.clear()
+        self._stopping.clear()
         self._loop = asyncio.get_running_loop()
         released = await asyncio.to_thread(self._release_own_claims)
         if released:
@@ -105,6 +110,7 @@ class CommandExecutor:
         self._task = asyncio.create_task(self._run(), name="command-executor")
 
     async def stop(self) -> None:
+        self._no_claims.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -181,7 +187,7 @@ class CommandExecutor:
                 cmds.mark_sent(conn, command.id, owner=self.owner)
             return batch
 
-        return self.db.write(claim, what="claiming meter commands", stop=self._stopping)
+        return self.db.write(claim, what="claiming meter commands", stop=self._no_claims)
 
     async def _execute(self, command: cmds.MeterCommand) -> None:
         try:
