@@ -73,7 +73,7 @@ from .. import ledger
 from ..config.site import ControlMode, Site
 from ..db import Database
 from ..db import schema as t
-from ..db.bounded import METERING_METERS, chunks
+from ..db.bounded import METERING_METERS, between_parts, chunks
 from ..db.retry import is_busy
 from ..events import BillingAlarm, ImplausibleReading, utcnow
 from ..field.plausibility import DeviceLimits, device_limits
@@ -256,6 +256,8 @@ class Metering:
         # Bounded transactions (core/db/bounded.py): no flush holds the write lock long.
         parts = list(chunks(due, METERING_METERS)) or [[]]
         for n, part in enumerate(parts):
+            if n:
+                between_parts(self.db)
             try:
                 with self.db.begin() as conn:
                     self._write(conn, list(part), info, now, report, problems)
