@@ -116,7 +116,8 @@ class Service(Protocol):
     """A long-running part of the product (OPC UA server, historian, prepay engine).
 
     The runtime starts services in the order the hooks returned them and stops them in
-    reverse order.
+    reverse order. A service may declare `stop_weight` (default 1): its share of the stop
+    deadline relative to the others, larger for one that still has data to put away.
     """
 
     name: str

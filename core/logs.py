@@ -21,7 +21,7 @@ from typing import Any
 from .text import escape_controls, json_line_safe
 
 CONTEXT_FIELDS = (
-    "site", "link", "unit", "meter", "account", "command", "plugin", "job", "service",
+    "site", "link", "unit", "meter", "account", "command", "plugin", "job", "service", "attempt",
 )  # fmt: skip
 
 

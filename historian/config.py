@@ -102,6 +102,9 @@ class HistorianConfig:
     stop_timeout_s: float = 10.0
     #: Samples waiting in memory for the next commit before the drop policy applies there.
     max_pending: int = 200_000
+    #: Beyond `max_pending`, samples wait on disk up to this size (0: no overflow; the drop
+    #: policy applies at once), historian/overflow.py.
+    overflow_max_bytes: int = 512 * 1024 * 1024
     #: Write requests at a time. 1 keeps acknowledgements in strict order; more lets a
     #: server that ingests in parallel work on two batches at once (a failure then re-sends
     #: the batches after the failed one too, which InfluxDB absorbs).
@@ -153,6 +156,7 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
     stop_s = r.number("stop_timeout_s", d.stop_timeout_s, low=0.0)
     max_pending = r.int("max_pending", d.max_pending, low=1000, high=100_000_000)
     max_in_flight = r.int("max_in_flight", d.max_in_flight, low=1, high=8)
+    overflow_max_mb = r.number("overflow_max_mb", 512, low=0.0, high=1_048_576)
     r.finish()
 
     server.token = _from_env(r, server.token, server.token_env, "token")
@@ -201,6 +205,7 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
             stop_timeout_s=stop_s,
             max_pending=max_pending,
             max_in_flight=max_in_flight,
+            overflow_max_bytes=int(overflow_max_mb * 1024 * 1024),
         ),
         errors,
     )

@@ -60,6 +60,9 @@ HISTORIAN_MODEL = DeviceModel(
         diagnostic("sent_lines", "", "Lines the server acknowledged, since the spool was created"),
         diagnostic("dropped_lines", "", "Lines thrown away by the drop policy, in total"),
         diagnostic("dropped_points", "", "Point values thrown away by the drop policy, in total"),
+        diagnostic(
+            "spilled_samples", "", "Samples that waited on disk (memory queue full), since start"
+        ),
         diagnostic("quarantined_lines", "", "Lines the server rejected as malformed, in total"),
         diagnostic("quarantine_batches", "", "Rejected batches kept in the quarantine"),
         diagnostic("retries", "", "Write attempts that failed and were retried, since start"),

@@ -38,6 +38,7 @@ from .embedded import EmbeddedHistoryReader, EmbeddedStore
 from .forward import Forwarder
 from .influxql import InfluxHistoryReader, InfluxQLClient
 from .lineprotocol import LineEncoder, from_ns, to_ns
+from .overflow import OVERFLOW_FILE, Overflow
 from .schema import HISTORIAN_MODEL, HISTORIAN_SOURCE, Catalogue
 from .spool import Drop, Spool
 from .writer import InfluxWriter
@@ -61,6 +62,9 @@ class Historian:
     """Common part of both backends: queueing, committing, statistics, start and stop."""
 
     name = "historian"
+    #: Its final commit puts the samples still in memory into the spool: give it the
+    #: largest share of the runtime's stop deadline.
+    stop_weight = 4.0
     reader: HistoryReader
 
     def __init__(
@@ -95,6 +99,11 @@ class Historian:
         self._drops_unreported: Drop | None = None
         self._last_drop_event = -DROP_EVENT_INTERVAL_S
         self._setup()
+        #: Samples beyond `max_pending` wait on disk (overflow.py), written on a thread
+        #: of their own; `_spilling` are on their way there.
+        self.overflow = self._make_overflow(models or {})
+        self._overflow_thread = ThreadPoolExecutor(1, thread_name_prefix="historian-overflow")
+        self._spilling = 0
 
     # -- the bus listener: enqueue only ---------------------------------------------------
     def _enqueue(self, item: Item) -> None:
@@ -117,6 +126,14 @@ class Historian:
     def _drop_in_memory(self) -> None:
         pending = self._pending
         excess = len(pending) - self.config.max_pending
+        if self.overflow is not None and self._loop is not None:
+            # Oldest first to the disk; what does not fit there meets the drop policy.
+            excess = max(excess, self.config.max_pending // 10)
+            spilled = pending[:excess]
+            del pending[:excess]
+            self._spilling += len(spilled)
+            self._overflow_thread.submit(self._spill, spilled)
+            return
         if self.config.drop_policy is DropPolicy.DROP_OLDEST:
             excess = max(excess, self.config.max_pending // 10)
             dropped = pending[:excess]
@@ -126,6 +143,53 @@ class Historian:
             del pending[-excess:]
         self._memory_drops.extend(dropped)
 
+    # -- overflow (overflow.py) -------------------------------------------------------------
+    def _make_overflow(self, models: Mapping[str, DeviceModel]) -> Overflow | None:
+        config = self.config
+        if config.overflow_max_bytes <= 0:
+            return None
+        if config.backend is Backend.INFLUXDB and config.spool_dir is not None:
+            path = config.spool_dir / OVERFLOW_FILE
+        elif config.backend is Backend.EMBEDDED and config.path is not None:
+            path = config.path.with_name(config.path.name + ".overflow")
+        else:
+            return None  # an in-memory store keeps nothing on disk
+        known = {HISTORIAN_MODEL.name: HISTORIAN_MODEL, **models}
+        return Overflow(path, config.overflow_max_bytes, known)
+
+    def _spill(self, items: list[Item]) -> None:
+        """On the overflow thread: write `items`; the loop learns what did not fit."""
+        assert self.overflow is not None and self._loop is not None
+        try:
+            left = self.overflow.spill(items)
+        except Exception:
+            log.exception("historian: overflow write failed")
+            left = items
+        try:
+            self._loop.call_soon_threadsafe(self._spilled, len(items), left)
+        except RuntimeError:  # the loop is closed: the process is ending
+            pass
+
+    def _spilled(self, count: int, left: list[Item]) -> None:
+        self._spilling -= count
+        if left:
+            self._memory_drops.extend(left)
+
+    async def _take_back(self) -> list[Item]:
+        """The oldest spilled samples, when the memory queue has room for them."""
+        overflow = self.overflow
+        if overflow is None or not overflow.waiting:
+            return []
+        if len(self._pending) >= self.config.max_pending // 2:
+            return []
+        loop = asyncio.get_running_loop()
+        limit = max(self.config.batch_size * 4, 1000)
+        return await loop.run_in_executor(self._overflow_thread, overflow.take, limit)
+
+    async def _in_overflow(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._overflow_thread, fn, *args)
+
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -133,6 +197,8 @@ class Historian:
         self._wake = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         await self._in_store(self._open)
+        if self.overflow is not None:
+            await self._in_overflow(self.overflow.open)
         self._unsubscribe = [
             self.bus.subscribe(Sample, self._enqueue),
             self.bus.subscribe(Event, self._enqueue),
@@ -158,7 +224,12 @@ class Historian:
                 task.cancel()
         await asyncio.gather(*self._tasks[:2], return_exceptions=True)
         try:
+            await self._in_overflow(lambda: None)  # the spills under way are written
             await self.commit()
+            for _ in range(100_000):  # what waited on disk, a batch at a time
+                if self.overflow is None or not self.overflow.waiting:
+                    break
+                await self.commit()
         except Exception:
             log.exception("historian: final commit failed; %d samples lost", len(self._pending))
         self._report_drop(None, force=True)
@@ -169,6 +240,9 @@ class Historian:
         self._tasks = []
         await self._in_store(self._close)
         self._store_thread.shutdown(wait=True)
+        if self.overflow is not None:
+            await self._in_overflow(self.overflow.close)
+        self._overflow_thread.shutdown(wait=True)
         log.info("historian stopped")
 
     async def _in_store(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -194,7 +268,8 @@ class Historian:
         """Write what is pending durably now; the lines accepted."""
         assert self._commit_lock is not None
         async with self._commit_lock:
-            items, self._pending = self._pending, []
+            back = await self._take_back()
+            items, self._pending = back + self._pending, []
             memory_drops, self._memory_drops = self._memory_drops, []
             if memory_drops:
                 self._report_drop(self._memory_drop(memory_drops))
@@ -412,6 +487,7 @@ class SpoolingHistorian(Historian):
             "queue_bytes": queue.bytes,
             "oldest_age_s": round(max(oldest, 0.0), 3),
             "pending_samples": len(self._pending),
+            "spilled_samples": self.overflow.spilled if self.overflow is not None else 0,
             "accepted_lines": counters["accepted_lines"],
             "sent_lines": counters["sent_lines"],
             "dropped_lines": counters["dropped_lines"] + self.memory_dropped_lines,
@@ -457,6 +533,7 @@ class EmbeddedHistorian(Historian):
             "queue_bytes": 0,
             "oldest_age_s": 0.0,
             "pending_samples": len(self._pending),
+            "spilled_samples": self.overflow.spilled if self.overflow is not None else 0,
             "accepted_lines": self.accepted_lines,
             "sent_lines": self.accepted_lines,
             "dropped_lines": self.memory_dropped_lines,

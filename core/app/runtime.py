@@ -157,18 +157,23 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop the links, then every started service in reverse order, within
-        `STOP_DEADLINE_S` in all: each gets an equal share of the time left (what a quick
-        one leaves over goes to the ones after it); one that overruns its share is
+        `STOP_DEADLINE_S` in all: each gets a share of the time left in proportion to its
+        `stop_weight` (default 1; what a quick one leaves over goes to the ones after it), so
+        the historian's last commit is not cut for a web server's sake; one that overruns is
         cancelled and, if even that does not end it, abandoned (named in `abandoned` and
         logged) so that stopping always ends."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_DEADLINE_S
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [("links", self.arbiter.stop)]
+        steps: list[tuple[str, Callable[[], Awaitable[None]], float]] = [
+            ("links", self.arbiter.stop, 1.0)
+        ]
         while self._started:
             service = self._started.pop()
-            steps.append((service.name, service.stop))
-        for n, (name, stop) in enumerate(steps):
-            share = max(deadline - loop.time(), 0.0) / (len(steps) - n)
+            steps.append((service.name, service.stop, float(getattr(service, "stop_weight", 1.0))))
+        weight_left = sum(weight for _, _, weight in steps)
+        for name, stop, weight in steps:
+            share = max(deadline - loop.time(), 0.0) * weight / weight_left
+            weight_left -= weight
             if not await finish_within(stop(), share, what=name, log=log):
                 self.abandoned.append(name)
         if self.db is not None:

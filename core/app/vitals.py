@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..db.retry import BUSY
 from ..events import EventBus, utcnow
 from ..field.diagnostics import diagnostic
 from ..model import DeviceModel, MeterKind, Sample, ValueType
@@ -58,6 +59,7 @@ SERVICE_MODEL = DeviceModel(
         diagnostic("cpu_percent", "%", "CPU used by the process, last window (100 = one core)",
                    ValueType.FLOAT),
         diagnostic("rss_mb", "MB", "Peak resident memory of the process", ValueType.FLOAT),
+        diagnostic("db_busy_retried", "", "Transactions retried on a busy database, since start"),
     ),
     plugin="core",
 )  # fmt: skip
@@ -201,4 +203,5 @@ class Vitals:
             "gc_frozen_objects": self.frozen,
             "cpu_percent": round(100 * (time.process_time() - w.cpu_start) / elapsed, 1),
             "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "db_busy_retried": BUSY.retried,
         }

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from ..config.site import Site
 from ..db import Database
 from ..db import schema as t
+from ..db.bounded import READINGS_ROWS, write_in_chunks
 from ..errors import RequestError
 from ..events import ApportionmentAlert, EventBus, MonthEndHeld, publish_on_loop, utcnow
 from ..ledger import insert_ignore
@@ -183,19 +184,27 @@ class Billing:
         report = MonthEndReport(period)
         t0 = time.perf_counter()
         step("apportionment", 0)
-        with db.begin() as conn:
-            report.overridden = self.require_closable(
+
+        def apportion(conn: Connection) -> tuple[Any, Any]:
+            closable = self.require_closable(
                 conn, period, "month-end", now=now, actor=actor, override=override
-            ).events
-            report.pools = self.apportionment.run(conn, period, actor=actor, now=now)
+            )
+            return closable.events, self.apportionment.run(conn, period, actor=actor, now=now)
+
+        # Each step is idempotent: one that found the database busy is run again whole.
+        report.overridden, report.pools = db.write(apportion, what=f"month-end {period}")
         t1 = time.perf_counter()
         step("charges", 1)
-        with db.begin() as conn:
-            report.charges = self.charges.run(conn, period, actor=actor, now=now)
+        report.charges = db.write(
+            lambda conn: self.charges.run(conn, period, actor=actor, now=now),
+            what=f"month-end {period} charges",
+        )
         t2 = time.perf_counter()
         step("drafts", 2)
-        with db.begin() as conn:
-            report.drafts = len(self.bills.draft(conn, period, now=now))
+        report.drafts = db.write(
+            lambda conn: len(self.bills.draft(conn, period, now=now)),
+            what=f"month-end {period} drafts",
+        )
         t3 = time.perf_counter()
         step("done", 3)
         report.timings = {"apportionment_s": t1 - t0, "charges_s": t2 - t1, "drafts_s": t3 - t2}
@@ -331,12 +340,21 @@ class BillingService:
         taken = self.capture.take()
         if not taken:
             return 0
+        readings = list(self.capture.readings(taken))
+        now = self.clock()
         try:
-            with self.db.begin() as conn:
-                return save_captured(conn, self.capture.readings(taken), now=self.clock())
+            # Bounded transactions, each waiting out a busy database (core/db/bounded.py).
+            saved = write_in_chunks(
+                self.db,
+                readings,
+                READINGS_ROWS,
+                lambda conn, part: save_captured(conn, part, now=now),
+                what="saving captured meter readings",
+            )
         except Exception:
-            self.capture.restore(taken)
+            self.capture.restore(taken)  # re-saving a part is an idempotent upsert
             raise
+        return sum(saved)
 
     async def _readings_loop(self) -> None:
         while not self._stop.is_set():
@@ -369,11 +387,14 @@ class BillingService:
     def _seen(self, now: dt.datetime) -> None:
         """Remember that the service ran during the current period."""
         period = self.calendar.period_of(now)
-        with self.db.begin() as conn:
-            conn.execute(
+        self.db.write(
+            lambda conn: conn.execute(
                 insert_ignore(conn, t.billing_cycle),
                 {"period": period, "state": "OPEN", "summary": {}, "started_at": now},
-            )
+            ),
+            what="noting the billing period",
+            stop=self._stop,
+        )
 
     def month_end_due(self, now: dt.datetime) -> str | None:
         """The period whose month-end this instance should run now, claimed, or None."""
@@ -382,7 +403,8 @@ class BillingService:
         if now < end + dt.timedelta(hours=self.settings.run_delay_h):
             return None
         c = t.billing_cycle
-        with self.db.begin() as conn:
+
+        def claim(conn: Connection) -> str | None:
             row = conn.execute(
                 sa.select(c).where(c.c.period == period).with_for_update(skip_locked=True)
             ).first()
@@ -399,7 +421,9 @@ class BillingService:
                     lease_until=now + dt.timedelta(hours=1),
                 )
             )
-        return period
+            return period
+
+        return self.db.write(claim, what=f"claiming month-end {period}", stop=self._stop)
 
     def run_month_end(self, period: str) -> MonthEndReport | None:
         """The month-end of a claimed `period`; None when it is held (freeze readings
@@ -411,8 +435,8 @@ class BillingService:
         except RequestError as refused:
             self._hold(period, refused.message)
             return None
-        with self.db.begin() as conn:
-            conn.execute(
+        self.db.write(
+            lambda conn: conn.execute(
                 t.billing_cycle.update()
                 .where(t.billing_cycle.c.period == period)
                 .values(
@@ -421,17 +445,21 @@ class BillingService:
                     summary=report.summary(),
                     finished_at=self.clock(),
                 )
-            )
+            ),
+            what=f"month-end {period} done",
+        )
         self.month_ends.append(report)
         return report
 
     def _hold(self, period: str, reason: str) -> None:
-        with self.db.begin() as conn:
-            conn.execute(
+        self.db.write(
+            lambda conn: conn.execute(
                 t.billing_cycle.update()
                 .where(t.billing_cycle.c.period == period)
                 .values(state="HELD", lease_until=None, summary={"held": reason})
-            )
+            ),
+            what=f"holding month-end {period}",
+        )
         if self._held.get(period) != reason:  # said once, not at every look
             self._held[period] = reason
             log.warning("month-end of %s held: %s", period, reason, extra={"period": period})

@@ -20,6 +20,10 @@ service functions (`core.prepay.accounts`, `core.ledger`, `core.prepay.commands`
 connection, so a caller can put several of them in one transaction (a usage posting and the
 TRIP it causes commit together or not at all).
 
+Background writers use `db.write(work, what=...)`: the same transaction, run again after a
+jittered back-off when the database is busy (`retry.py`); large batches are cut into
+bounded transactions (`bounded.py`) so that no writer holds the lock for long.
+
 Schema changes are Alembic migrations (`migrations/versions`), applied by
 `openprepay db upgrade SITE` and automatically when the service starts.
 """
@@ -30,12 +34,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
@@ -46,6 +50,7 @@ from ..private_files import private_file
 
 if TYPE_CHECKING:
     from ..config.site import Site
+    from .retry import Flag
 
 log = logging.getLogger("openprepay.db")
 # Alembic narrates every step at INFO; the product logs the one line that matters.
@@ -53,6 +58,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 DEFAULT_SQLITE_PATH = Path("var") / "openprepay.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
+R = TypeVar("R")
 #: Key of the PostgreSQL advisory lock that serialises concurrent `upgrade()` calls.
 _MIGRATION_LOCK = 0x6F70_7072_6570_6179 & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -158,6 +164,21 @@ class Database:
         """One write transaction: committed when the block ends, rolled back on error."""
         with self.engine.begin() as conn:
             yield conn
+
+    def write(
+        self,
+        work: Callable[[Connection], R],
+        *,
+        what: str,
+        attempts: int | None = None,
+        stop: Flag | None = None,
+    ) -> R:
+        """Run `work(conn)` in one write transaction, run again after a jittered back-off
+        while the database is busy (`core/db/retry.py`): what background writers use, so a
+        busy database delays their work instead of killing it. `what` names it in the log."""
+        from .retry import run_retrying
+
+        return run_retrying(self, work, what=what, attempts=attempts, stop=stop)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -71,6 +71,7 @@ from .refunds import (
 from .reversal import reverse
 from .topups import TopUpCheck, check_topup, topup
 from .usage import load_accrual, post_usage
+from .usage_bulk import UsageRequest, load_accruals, post_usages
 from .values import (
     Balances,
     Journal,
@@ -109,6 +110,7 @@ __all__ = [
     "RequestError",
     "TopUpCheck",
     "TopUpResult",
+    "UsageRequest",
     "UsageResult",
     "VerifyReport",
     "WalletKind",
@@ -126,11 +128,13 @@ __all__ = [
     "insert_ignore",
     "journals_since",
     "load_accrual",
+    "load_accruals",
     "load_journal",
     "parse_yuan",
     "post_journal",
     "post_opening_balance",
     "post_usage",
+    "post_usages",
     "refund",
     "refund_result",
     "refundable",

@@ -303,6 +303,7 @@ def claim_due(
     lease_s: float = DEFAULT_LEASE_S,
     meters: Collection[str] | None = None,
     now: datetime | None = None,
+    in_hand: Collection[int] = (),
 ) -> list[MeterCommand]:
     """Claim up to `limit` due commands for `owner` and return them, oldest first.
 
@@ -310,7 +311,9 @@ def claim_due(
     executor that held it died). Only the oldest unfinished command of each meter is
     claimable. `meters` restricts the claim to the meters this instance's links serve.
     The claim increments `attempts` and sets a lease of `lease_s` seconds; commit the
-    transaction before talking to devices.
+    transaction before talking to devices. `in_hand`: ids the caller still holds (its
+    outcome is being recorded, perhaps past the lease while the database was busy) —
+    never claimed again, and their meters' newer commands wait behind them as usual.
     """
     if limit <= 0:
         return []
@@ -353,6 +356,8 @@ def claim_due(
     )
     if meters is not None:
         q = q.where(c.c.meter_id.in_(list(meters)))
+    if in_hand:
+        q = q.where(c.c.id.not_in(list(in_hand)))
     ids = list(conn.execute(q).scalars())
     if not ids:
         return []

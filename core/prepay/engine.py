@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import Connection
+
 from ..config.site import Site
 from ..db import Database
 from ..events import CommandFailed, EventBus, utcnow
@@ -63,6 +65,8 @@ class PrepayEngine:
     """Metering, command execution, deferred trips, reconciliation and notices of a site."""
 
     name = "prepay-engine"
+    #: Stopping flushes metering (usage not yet posted) and lets commands in hand finish.
+    stop_weight = 2.0
 
     def __init__(
         self,
@@ -254,6 +258,13 @@ class PrepayEngine:
         with self.db.read() as conn:
             due = self.control.due_deferrals(conn, now)
         for account_id in due:
-            with self.db.begin() as conn:
-                self.control.reevaluate(conn, account_id, effects=effects, now=now)
+
+            def work(conn: Connection, account_id: str = account_id) -> Effects:
+                mine = Effects()  # the effects of the attempt that commits, only
+                self.control.reevaluate(conn, account_id, effects=mine, now=now)
+                return mine
+
+            effects.extend(
+                self.db.write(work, what=f"deferred trips of {account_id}", stop=self._stop)
+            )
         return effects

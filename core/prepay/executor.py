@@ -16,6 +16,11 @@ command of its meter is unfinished:
       I/O error   → retry with back-off; FAILED after `attempts` tries
     FAILED publishes CommandFailed.
 
+A busy database never loses a confirmation: claiming and recording an outcome run through
+`Database.write`, which waits the lock out with back-off (`core/db/retry.py`); a command
+whose outcome is still being recorded stays "in hand" and is not claimed again by this
+executor even if its lease runs out meanwhile (`claim_due(in_hand=...)`).
+
 After a restart nothing is lost: the instance releases the claims its previous life held
 (same instance name), so PENDING, CLAIMED and SENT commands run again at once; claims of
 another, dead instance become claimable when their lease expires.
@@ -25,9 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from ..db import Database
 from ..db import schema as t
@@ -81,11 +89,21 @@ class CommandExecutor:
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Commands claimed and not yet recorded (never claimed twice by this executor).
+        self._in_hand: set[int] = set()
+        #: Set when stop gives up waiting: a recording still waiting on a busy database
+        #: gives up too (the command is resumed at the next start).
+        self._stopping = threading.Event()
+        #: Set when stop begins: a claim waiting on a busy database gives up (what it
+        #: would claim could not run any more).
+        self._no_claims = threading.Event()
         self.confirmed = 0
         self.failed = 0
         self.retried = 0
 
     async def start(self) -> None:
+        self._no_claims.clear()
+        self._stopping.clear()
         self._loop = asyncio.get_running_loop()
         released = await asyncio.to_thread(self._release_own_claims)
         if released:
@@ -93,12 +111,14 @@ class CommandExecutor:
         self._task = asyncio.create_task(self._run(), name="command-executor")
 
     async def stop(self) -> None:
+        self._no_claims.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._running:
             await asyncio.wait(self._running, timeout=10)
+            self._stopping.set()
             for task in self._running:
                 task.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
@@ -137,8 +157,9 @@ class CommandExecutor:
             try:
                 free = self.concurrency - len(self._running)
                 if free > 0:
-                    batch = await asyncio.to_thread(self._claim, free)
+                    batch = await asyncio.to_thread(self._claim, free, frozenset(self._in_hand))
                     for command in batch:
+                        self._in_hand.add(command.id)
                         task = asyncio.create_task(self._execute(command))
                         self._running.add(task)
                         task.add_done_callback(self._running.discard)
@@ -148,8 +169,8 @@ class CommandExecutor:
                 log.exception("claiming meter commands failed")
             await wait_event(self._wake, self.poll_s)
 
-    def _claim(self, limit: int) -> list[cmds.MeterCommand]:
-        with self.db.begin() as conn:
+    def _claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[cmds.MeterCommand]:
+        def claim(conn: Connection) -> list[cmds.MeterCommand]:
             batch = cmds.claim_due(
                 conn,
                 limit,
@@ -157,13 +178,26 @@ class CommandExecutor:
                 lease_s=self.lease_s,
                 meters=self.meters,
                 now=self.clock(),
+                in_hand=in_hand,
             )
             batch = pin_meter_counts(conn, batch)
             for command in batch:
                 cmds.mark_sent(conn, command.id, owner=self.owner)
             return batch
 
+        return self.db.write(claim, what="claiming meter commands", stop=self._no_claims)
+
     async def _execute(self, command: cmds.MeterCommand) -> None:
+        try:
+            await self._execute_one(command)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # recording failed for another reason: the lease runs out, it reruns
+            log.exception("recording the outcome of command %d failed", command.id)
+        finally:
+            self._in_hand.discard(command.id)
+
+    async def _execute_one(self, command: cmds.MeterCommand) -> None:
         try:
             device = _device_command(command)
         except (KeyError, TypeError, ValueError) as exc:
@@ -196,7 +230,8 @@ class CommandExecutor:
         on = None
         if supply is not None and command.kind in (supply.cut, supply.restore):
             on = command.kind == supply.restore
-        with self.db.begin() as conn:
+
+        def record(conn: Connection) -> Effects | None:
             try:
                 cmds.mark_confirmed(
                     conn,
@@ -207,7 +242,7 @@ class CommandExecutor:
                 )
             except cmds.CommandStateError as exc:
                 log.warning("command %d: %s", command.id, exc)
-                return
+                return None
             if on is not None:
                 self.control.upsert_meter(conn, command.meter_id, now, supply_on=on, supply_at=now)
             effects = Effects()
@@ -222,6 +257,13 @@ class CommandExecutor:
                     effects=effects,
                     now=now,
                 )
+            return effects
+
+        effects = self.db.write(
+            record, what=f"recording command {command.id} confirmed", stop=self._stopping
+        )
+        if effects is None:
+            return
         for event in effects.events:
             self._emit(event)
         if effects.commands:
@@ -249,7 +291,8 @@ class CommandExecutor:
             if final
             else now + cmds.retry_delay(command.attempts, self.retry_initial_s, self.retry_max_s)
         )
-        with self.db.begin() as conn:
+
+        def record(conn: Connection) -> bool:
             try:
                 cmds.mark_failed(
                     conn,
@@ -262,7 +305,13 @@ class CommandExecutor:
                 )
             except cmds.CommandStateError as exc:
                 log.warning("command %d: %s", command.id, exc)
-                return
+                return False
+            return True
+
+        if not self.db.write(
+            record, what=f"recording command {command.id} failed", stop=self._stopping
+        ):
+            return
         log.warning(
             "command %s #%d for %s %s (attempt %d): %s",
             command.kind,

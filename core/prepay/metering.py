@@ -73,6 +73,8 @@ from .. import ledger
 from ..config.site import ControlMode, Site
 from ..db import Database
 from ..db import schema as t
+from ..db.bounded import METERING_METERS, between_parts, chunks
+from ..db.retry import is_busy
 from ..events import BillingAlarm, ImplausibleReading, utcnow
 from ..field.plausibility import DeviceLimits, device_limits
 from ..model import DeviceModel, MeterKind, Quality, Sample
@@ -111,6 +113,10 @@ class FlushReport:
     #: Replacements applied (meter_replacement ids) and the meters they concern.
     replacements: list[int] = field(default_factory=list)
     replaced_meters: set[str] = field(default_factory=set)
+    #: Meters whose part of the flush found the database busy: billed with the next one.
+    unwritten: set[str] = field(default_factory=set)
+    #: How many of `replacements` are marked applied (written part by part).
+    applied: int = 0
 
 
 class Metering:
@@ -247,13 +253,33 @@ class Metering:
                 due.append((meter_id, book, fen))
         if not due and not report.replacements and not self._alarms_changed(problems, info):
             return report
-        try:
-            with self.db.begin() as conn:
-                self._write(conn, due, info, now, report, problems)
-        except Exception:
-            for meter_id, _, _ in due:
-                self._books.pop(meter_id, None)  # reload from the database next time
-            raise
+        # Bounded transactions (core/db/bounded.py): no flush holds the write lock long.
+        parts = list(chunks(due, METERING_METERS)) or [[]]
+        for n, part in enumerate(parts):
+            if n:
+                between_parts(self.db)
+            try:
+                with self.db.begin() as conn:
+                    self._write(conn, list(part), info, now, report, problems)
+            except Exception as exc:
+                rest = [m for p in parts[n:] for m, _, _ in p]
+                for meter_id in rest:
+                    self._books.pop(meter_id, None)  # reload from the database next time
+                if not is_busy(exc) or n == 0:
+                    raise
+                # The parts before are committed (their events are published); the rest
+                # is billed again from the saved baselines with the next flush.
+                report.unwritten.update(rest)
+                log.warning(
+                    "billing: the database is busy; %d meter(s) are billed with the next flush",
+                    len(rest),
+                )
+                break
+        if report.effects.accounts:
+            with self.db.read() as conn:
+                report.samples.extend(
+                    self.control.account_samples(conn, report.effects.accounts, now)
+                )
         return report
 
     @staticmethod
@@ -416,12 +442,18 @@ class Metering:
         accounts = load_account_rows(
             conn, {b.account_id for _, b, fen in due if fen and b.mode != ControlMode.POSTPAID}
         )
+        billed = [
+            (meter_id, book, fen)
+            for meter_id, book, fen in due
+            if book.mode != ControlMode.POSTPAID.value and book.cycle is not None
+        ]
+        outcomes = self._post_all(conn, billed, now)
         states: list[dict[str, Any]] = []
         days: dict[tuple[str, str], tuple[str, int, dict[str, int]]] = {}
-        for meter_id, book, fen in due:
-            billed = book.mode != ControlMode.POSTPAID.value and book.cycle is not None
-            if billed and not self._post(
-                conn, meter_id, book, fen, accounts, now, report, problems
+        for meter_id, book, _ in due:
+            outcome = outcomes.get(meter_id)
+            if outcome is not None and not self._after_post(
+                conn, meter_id, book, outcome, accounts, now, report, problems
             ):
                 continue
             states.append(
@@ -443,14 +475,18 @@ class Metering:
             book.replaced = []
         save_states(conn, states)
         add_days(conn, days, now)
-        if report.replacements:
+        # The replacements not marked yet (the first part: also those of meters without a
+        # tenant).
+        fresh = report.replacements[report.applied :]
+        if fresh:
             conn.execute(
                 t.meter_replacement.update()
-                .where(t.meter_replacement.c.id.in_(report.replacements))
+                .where(t.meter_replacement.c.id.in_(fresh))
                 .values(applied_at=now)
             )
+        report.applied = len(report.replacements)
         self._store_alarms(conn, problems, info, now, report)
-        report.samples.extend(self.control.account_samples(conn, report.effects.accounts, now))
+        problems.clear()  # stored: a later part stores only its own refusals
 
     def _store_alarms(
         self,
@@ -484,46 +520,58 @@ class Metering:
             )
             report.effects.accounts.add(row.account_id)
 
-    def _post(
+    def _post_all(
+        self, conn: Connection, billed: Sequence[tuple[str, MeterBook, int]], now: datetime
+    ) -> dict[str, ledger.UsageResult | ledger.RequestError]:
+        """Post the fen of every billed meter with its accrual, in bulk
+        (`ledger.post_usages`); a meter whose accrual is not in memory yet has it loaded
+        (one query for all) and its pending cost added."""
+        missing = {(m, b.cycle) for m, b, _ in billed if b.accrual is None and b.cycle}
+        saved = ledger.load_accruals(conn, missing) if missing else {}
+        requests = []
+        for meter_id, book, fen in billed:
+            assert book.cycle is not None
+            if book.accrual is None:
+                record = saved.get((meter_id, book.cycle))
+                book.accrual = (
+                    Accrual.from_record(record)
+                    if record is not None
+                    else Accrual(rounding=self.settings.rounding)
+                )
+                fen = book.accrual.add(book.pending_cost)
+                book.pending_cost = Fraction(0)
+            requests.append(
+                ledger.UsageRequest(
+                    book.account_id,
+                    meter_id,
+                    fen,
+                    book.period,
+                    accrual=book.accrual.to_record(),
+                    cycle=book.cycle,
+                )
+            )
+        outcomes = ledger.post_usages(conn, requests, requested_by=METERING, now=now)
+        return {r.meter_id: o for r, o in zip(requests, outcomes, strict=True)}
+
+    def _after_post(
         self,
         conn: Connection,
         meter_id: str,
         book: MeterBook,
-        fen: int,
+        result: ledger.UsageResult | ledger.RequestError,
         accounts: dict[str, AccountRow],
         now: datetime,
         report: FlushReport,
         problems: dict[str, str | None],
     ) -> bool:
-        """Post the meter's fen with its accrual and run fee control; False if refused."""
-        assert book.cycle is not None
-        if book.accrual is None:
-            saved = ledger.load_accrual(conn, meter_id, book.cycle)
-            book.accrual = (
-                Accrual.from_record(saved)
-                if saved is not None
-                else Accrual(rounding=self.settings.rounding)
-            )
-            fen = book.accrual.add(book.pending_cost)
-            book.pending_cost = Fraction(0)
-        try:
-            result = ledger.post_usage(
-                conn,
-                book.account_id,
-                meter_id,
-                fen,
-                book.period,
-                accrual=book.accrual.to_record(),
-                cycle=book.cycle,
-                requested_by=METERING,
-                now=now,
-            )
-        except ledger.RequestError as exc:  # refused before anything was written
-            report.skipped[meter_id] = str(exc)
-            problems[meter_id] = f"the ledger refused its usage: {exc}"
-            self._warn(meter_id, str(exc))
+        """Fee control after a meter's posting; False if the ledger refused it."""
+        if isinstance(result, ledger.RequestError):  # refused before anything was written
+            report.skipped[meter_id] = str(result)
+            problems[meter_id] = f"the ledger refused its usage: {result}"
+            self._warn(meter_id, str(result))
             self._books.pop(meter_id, None)
             return False
+        fen = result.amount_fen
         if fen and not result.replayed:
             report.postings += 1
             report.posted_fen += fen
@@ -592,6 +640,8 @@ async def run_flushes(
                 for meter_id, samples in batch.items():
                     metering._pending.setdefault(meter_id, [])[:0] = samples
             else:
+                for meter_id in report.unwritten:  # the database was busy: next flush
+                    metering._pending.setdefault(meter_id, [])[:0] = batch.get(meter_id, [])
                 publish(report)
             finally:
                 metering._flushing_since = None  # billed, or waiting again

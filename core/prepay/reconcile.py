@@ -99,17 +99,23 @@ class Reconciler:
         ).first()
         if row is None or row.align_requested_at is not None:
             return None  # not LOCAL, or its count is about to be read and aligned
-        in_flight = conn.execute(
-            sa.select(sa.func.count()).where(
-                t.meter_command.c.meter_id == meter_id,
-                t.meter_command.c.kind.in_(
-                    [cmds.CommandKind.RECHARGE.value, cmds.CommandKind.REFUND.value]
-                ),
-                t.meter_command.c.state.in_([s.value for s in cmds.UNFINISHED]),
+        mc = t.meter_command
+        unfinished = mc.c.state.in_([s.value for s in cmds.UNFINISHED])
+        in_flight, last_finished = conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(sa.case((unfinished, 1), else_=0)), 0),
+                sa.func.max(mc.c.finished_at),
+            ).where(
+                mc.c.meter_id == meter_id,
+                mc.c.kind.in_([cmds.CommandKind.RECHARGE.value, cmds.CommandKind.REFUND.value]),
             )
-        ).scalar()
+        ).one()
         if in_flight:
             return None  # a delivery is on its way: compare once it is confirmed
+        if last_finished is not None and sample.read_at <= last_finished:
+            # Read before the last delivery was recorded (a loaded service checks it
+            # later): it may show the count before that delivery. The next sample tells.
+            return None
         wallet = int(
             conn.execute(
                 sa.select(t.wallet.c.balance_fen).where(

@@ -28,21 +28,25 @@ still on its way is left to its read-back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from ..db import Database
 from ..db import schema as t
+from ..db.bounded import SUPPLY_WATCH_METERS, write_in_chunks
 from ..events import utcnow
 from ..model import Sample, SupplyControl
 from . import commands as cmds
 from .control import PrepayControl
 from .effects import Effects
 from .reassertion import reassert_supply, supply_obeyed
+
+R = TypeVar("R")
 
 log = logging.getLogger("openprepay.supply")
 
@@ -131,31 +135,61 @@ class SupplyWatch:
                 continue  # backing off
             due.append((meter_id, obs, started, int(row.desired_command_id)))
         if changed:
-            with self.db.begin() as conn:
-                for meter_id, obs in changed.items():
+
+            def store(conn: Connection, part: Sequence[tuple[str, Observation]]) -> None:
+                for meter_id, obs in part:
                     self.control.upsert_meter(
                         conn, meter_id, now, supply_on=obs.on, supply_at=obs.since
                     )
-            self._stored.update({m: o.on for m, o in changed.items()})
+                self._stored.update({m: o.on for m, o in part})
+
+            # Bounded transactions (core/db/bounded.py), each waiting out a busy database.
+            write_in_chunks(
+                self.db,
+                list(changed.items()),
+                SUPPLY_WATCH_METERS,
+                store,
+                what="saving observed supply states",
+            )
         for meter_id, obs in obeyed:
-            with self.db.begin() as conn:
-                supply_obeyed(self.control, conn, meter_id, obs.on, effects=effects, now=now)
+            self._write(
+                lambda conn, mine, m=meter_id, on=obs.on: supply_obeyed(
+                    self.control, conn, m, on, effects=mine, now=now
+                ),
+                effects,
+                what=f"supply of {meter_id} obeyed",
+            )
         for meter_id, obs, started, decided_by in due:
-            with self.db.begin() as conn:
-                event = reassert_supply(
+            event = self._write(
+                lambda conn, mine, m=meter_id, on=obs.on, s=started, d=decided_by: reassert_supply(
                     self.control,
                     conn,
-                    meter_id,
-                    obs.on,
-                    started,
-                    decided_by=decided_by,
+                    m,
+                    on,
+                    s,
+                    decided_by=d,
                     backoff=self.backoff,
-                    effects=effects,
+                    effects=mine,
                     now=now,
-                )
+                ),
+                effects,
+                what=f"reasserting supply of {meter_id}",
+            )
             if event is not None and event.command_id:
                 self.reasserted += 1
         return effects
+
+    def _write(self, work: Callable[[Connection, Effects], R], effects: Effects, *, what: str) -> R:
+        """`work` in a transaction that waits out a busy database; the effects of the
+        attempt that committed (only) join `effects`."""
+
+        def attempt(conn: Connection) -> tuple[R, Effects]:
+            mine = Effects()
+            return work(conn, mine), mine
+
+        result, mine = self.db.write(attempt, what=what)
+        effects.extend(mine)
+        return result
 
     def _rows(self, conn: Any, meters: list[str]) -> dict[str, Any]:
         pm, c = t.prepay_meter, t.meter_command

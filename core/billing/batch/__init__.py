@@ -53,6 +53,7 @@ from sqlalchemy.engine import Connection
 from ...config.site import Site
 from ...db import Database
 from ...db import schema as t
+from ...db.bounded import BATCH_ITEMS, chunks
 from ...events import utcnow
 from ...ledger import RequestError
 from ...model import DeviceModel
@@ -245,8 +246,9 @@ class Batches:
         if job_id is not None:
             q = q.where(j.c.id == job_id)
         q = q.with_for_update(skip_locked=True)
-        claimed = []
-        with self.db.begin() as conn:
+
+        def work(conn: Connection) -> list[int]:
+            claimed = []
             for row in conn.execute(q).all():
                 values: dict[str, Any] = {
                     "state": JobState.RUNNING.value,
@@ -258,7 +260,9 @@ class Batches:
                     values.update(self._start_occurrence(conn, row, now))
                 conn.execute(j.update().where(j.c.id == row.id).values(**values))
                 claimed.append(int(row.id))
-        return claimed
+            return claimed
+
+        return self.db.write(work, what="claiming batch jobs")
 
     def _start_occurrence(self, conn: Connection, row: Any, now: dt.datetime) -> dict[str, Any]:
         """Resolve and store the items of the scheduled job's next occurrence; returns its
@@ -270,23 +274,23 @@ class Batches:
             error = None
         except RequestError as exc:
             items, error = [], str(exc)
-        if items:
-            conn.execute(
-                t.batch_item.insert(),
-                [
-                    {
-                        "job_id": row.id,
-                        "run_no": run_no,
-                        "seq": n,
-                        "target": item.target,
-                        "params": dict(item.params),
-                        "state": "PENDING",
-                        "result": "",
-                        "updated_at": now,
-                    }
-                    for n, item in enumerate(items, start=1)
-                ],
-            )
+        rows = [
+            {
+                "job_id": row.id,
+                "run_no": run_no,
+                "seq": n,
+                "target": item.target,
+                "params": dict(item.params),
+                "state": "PENDING",
+                "result": "",
+                "updated_at": now,
+            }
+            for n, item in enumerate(items, start=1)
+        ]
+        # One occurrence starts whole (its items and run_no together), in statements of
+        # at most BATCH_ITEMS rows.
+        for part in chunks(rows, BATCH_ITEMS):
+            conn.execute(t.batch_item.insert(), list(part))
         return {
             "run_no": run_no,
             "total": len(items),
@@ -326,16 +330,20 @@ class Batches:
 
     def _renew(self, job_id: int) -> bool:
         now = self.clock()
-        with self.db.begin() as conn:
-            done = conn.execute(
-                t.batch_job.update()
-                .where(
-                    t.batch_job.c.id == job_id,
-                    t.batch_job.c.state == JobState.RUNNING.value,
-                    t.batch_job.c.claimed_by == self.owner[:100],
-                )
-                .values(lease_until=now + dt.timedelta(seconds=self.lease_s))
-            ).rowcount
+        done = self.db.write(
+            lambda conn: (
+                conn.execute(
+                    t.batch_job.update()
+                    .where(
+                        t.batch_job.c.id == job_id,
+                        t.batch_job.c.state == JobState.RUNNING.value,
+                        t.batch_job.c.claimed_by == self.owner[:100],
+                    )
+                    .values(lease_until=now + dt.timedelta(seconds=self.lease_s))
+                ).rowcount
+            ),
+            what=f"renewing batch job {job_id}",
+        )
         return bool(done)
 
     def _carry_out(self, job: Any, item: Any) -> None:
@@ -348,12 +356,14 @@ class Batches:
                 if found is not None:
                     self._record(job, item, found)
                     return
-            with self.db.begin() as conn:
-                conn.execute(
+            self.db.write(
+                lambda conn: conn.execute(
                     t.batch_item.update()
                     .where(t.batch_item.c.id == item.id)
                     .values(state="RUNNING", updated_at=now)
-                )
+                ),
+                what=f"starting batch item {item.id}",
+            )
         try:
             carried = carry_out(self.ops, job, item, action, params, self.site.info.tz)
         except RequestError as exc:
@@ -382,7 +392,8 @@ class Batches:
         now = self.clock()
         state = "FAILED" if carried.failed else "WAITING" if carried.command_ids else "DONE"
         text, ids = carried.text, list(carried.command_ids) or None
-        with self.db.begin() as conn:
+
+        def work(conn: Connection) -> Any:
             changed = conn.execute(
                 t.batch_item.update()
                 .where(
@@ -400,7 +411,10 @@ class Batches:
                         updated_at=now,
                     )
                 )
-            row = conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id == job.id)).one()
+            return conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id == job.id)).one()
+
+        # A result is never lost to a busy database: the item's effect already happened.
+        row = self.db.write(work, what=f"recording batch item {item.id}")
         self.publish(progress_sample(row, now))
 
     def follow(self) -> list[int]:
@@ -418,7 +432,8 @@ class Batches:
 
     def _finish(self, job_id: int) -> JobView:
         now = self.clock()
-        with self.db.begin() as conn:
+
+        def work(conn: Connection) -> Any:
             row = conn.execute(
                 sa.select(t.batch_job).where(t.batch_job.c.id == job_id).with_for_update()
             ).one()
@@ -435,7 +450,9 @@ class Batches:
                         **values, claimed_by=None, lease_until=None, finished_at=now, updated_at=now
                     )
                 )
-            row = conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id == job_id)).one()
+            return conn.execute(sa.select(t.batch_job).where(t.batch_job.c.id == job_id)).one()
+
+        row = self.db.write(work, what=f"finishing batch job {job_id}")
         self.publish(progress_sample(row, now))
         log.info(
             "batch job %s (%s) occurrence %s: %s done, %s failed of %s",

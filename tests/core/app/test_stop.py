@@ -106,6 +106,51 @@ async def test_the_runtime_stops_within_its_deadline_past_a_hung_service(tmp_pat
     assert took < STOP_DEADLINE_S + 1.0
 
 
+class SlowToStopService:
+    """Takes a second to put its data away: more than an equal share of the deadline."""
+
+    name = "slow"
+    stop_weight = 4.0
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await asyncio.sleep(1.0)
+        self.stopped = True
+
+
+async def test_a_service_with_a_larger_stop_weight_gets_the_time_it_needs(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[site]\nid = "s"\n[links.gw]\ntype = "modbus_tcp"\nhost = "127.0.0.1"\nport = 1\n',
+        encoding="utf-8",
+    )
+    slow, hung = SlowToStopService(), HungService()
+
+    @hookimpl
+    def openprepay_services(runtime):
+        return [hung, slow]  # the slow one stops first, the hung one after it
+
+    extra = types.SimpleNamespace(openprepay_services=openprepay_services)
+    plugins = Plugins.load(entry_points=False, extra=[("modbus", modbus), ("slow", extra)])
+    runtime = Runtime(load_site(path), plugins)
+    thresholds = gc.get_threshold()
+    try:
+        await runtime.start()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    steps = 1 + len(runtime.services)  # the links, then every service
+    assert STOP_DEADLINE_S / steps < 1.0, "an equal share would cut the slow one"
+    await runtime.stop()
+    hung.released.set()
+    assert slow.stopped and runtime.abandoned == ["hung"]
+
+
 async def test_a_device_read_that_never_ends_does_not_hold_the_links_stop() -> None:
     worker, _log, drivers, _ = make_worker(1)
 
