@@ -160,7 +160,13 @@ class PaymentProviderError(OpenPrepayError):
     """A call to a provider's API gave no usable answer: the provider answered an error,
     its answer's signature did not verify, or it could not be reached. Nothing was believed
     from the answer. Each provider plugin raises its own subclass (with the provider's
-    codes); the core catches this type. Bad input is `RequestError`, before any call."""
+    codes); the core catches this type. Bad input is `RequestError`, before any call.
+
+    `final`: the provider refused for good (e.g. a refund of an order it does not know, or
+    more than is left): the same call again will fail again. False: worth retrying (network,
+    the provider busy, a system error)."""
+
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +201,10 @@ class PaymentPrepared:
 class PaymentNotice:
     """A provider's word on one order — from a verified notification, a query or a bill.
 
-    `state` is the provider's state mapped to ours: "PAID", "NOTPAY", "CLOSED", "REFUNDED"
-    (and "REFUND_FAILED" for a refund notification that reports failure)."""
+    `state` is the provider's state mapped to ours: "PAID", "NOTPAY", "CLOSED", "REFUNDED";
+    for a refund (`out_refund_no` set): "REFUND_PROCESSING" (accepted, not done),
+    "REFUNDED" (paid back), "REFUND_ABNORMAL" (could not be paid back: for a person),
+    "REFUND_FAILED" (closed or refused: nothing paid back)."""
 
     channel: str
     out_trade_no: str
@@ -273,6 +281,11 @@ class PaymentProvider(Protocol):
     ) -> PaymentNotice:
         """Ask for a refund (the same `out_refund_no` again refunds once); the answer says
         whether it was accepted — the refund notification or a query says when it is done."""
+
+    async def query_refund(self, out_trade_no: str, out_refund_no: str) -> PaymentNotice:
+        """The provider's current word on one of our refunds (no notification came):
+        a refund notice ("REFUND_PROCESSING", "REFUNDED", "REFUND_ABNORMAL",
+        "REFUND_FAILED")."""
 
     async def trade_bill(self, day: date) -> list[TradeRecord]:
         """The provider's trade bill of `day` (site-local), checked (hash) and parsed."""

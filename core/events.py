@@ -259,6 +259,24 @@ class ReconciliationBreak(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentDiscrepancy(Event):
+    """Money at a payment provider and here disagree (issue 11): the daily trade-bill
+    reconciliation found an order paid there and not credited here (`kind`
+    "paid_not_credited", credited by the reconciliation when it could be), credited here
+    and not paid there ("credited_not_paid"), another amount ("amount_mismatch"), a trade
+    unknown here ("unknown_order"), or a refund the provider could not pay back
+    ("refund_abnormal"). An operator should look at every one but the credited ones."""
+
+    channel: str
+    kind: str
+    out_trade_no: str
+    amount_fen: int
+    detail: str
+    #: The bill's day (ISO date) for reconciliation findings, "" otherwise.
+    day: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SupplyMismatch(Event):
     """A meter's Good readings disagree with the supply state the platform decided (possible
     tamper: a bypass, a manual reset, a power cycle or a swapped meter), for longer than the

@@ -154,6 +154,22 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
             ("Source", V.String, "sample (the reading was flagged) or billing (refused)"),
         ],
     ),
+    "PaymentDiscrepancyEventType": (
+        ua.ObjectIds.SystemEventType,
+        [
+            ("Channel", V.String, "The payment provider (wechat, alipay...)"),
+            (
+                "Kind",
+                V.String,
+                "paid_not_credited, credited_not_paid, amount_mismatch, transaction_mismatch, "
+                "unknown_order, refund_abnormal, refund_mismatch, bill_failed",
+            ),
+            ("OutTradeNo", V.String, "Our order number"),
+            ("AmountFen", V.Int64, "The amount concerned, in fen"),
+            ("Day", V.String, "The trade bill's day (reconciliation findings)"),
+            ("Detail", V.String, "What differs and what was done"),
+        ],
+    ),
     "HistorianDataDroppedEventType": (
         ua.ObjectIds.SystemEventType,
         [
@@ -186,6 +202,8 @@ SEVERITY_DELIVERY = 700
 SEVERITY_PAYMENT_CONFLICT = 800
 #: A meter reported a value it cannot hold (core ImplausibleReading): a possible tamper.
 SEVERITY_IMPLAUSIBLE = 600
+#: Money at a payment provider and here disagree (core PaymentDiscrepancy).
+SEVERITY_PAYMENT = 700
 
 
 @dataclass(frozen=True, slots=True)

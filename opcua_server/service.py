@@ -29,6 +29,7 @@ from openprepay.core.events import (
     Event,
     HistorianDataDropped,
     ImplausibleReading,
+    PaymentDiscrepancy,
 )
 from openprepay.core.model import Sample
 from openprepay.core.tasks import stop_task
@@ -38,6 +39,7 @@ from .config import OpcUaConfig, Policy
 from .events import (
     SEVERITY_COMM,
     SEVERITY_IMPLAUSIBLE,
+    SEVERITY_PAYMENT,
     ConditionMethodService,
     Emission,
     EventEmitter,
@@ -432,6 +434,25 @@ class OpcUaService:
                         "Reason": event.reason,
                         "FirstTime": event.first,
                         "LastTime": event.last,
+                    },
+                    event.at,
+                )
+            )
+        elif isinstance(event, PaymentDiscrepancy):
+            emitter.post(
+                Emission(
+                    "PaymentDiscrepancyEventType",
+                    ua.NodeId(ua.ObjectIds.Server),
+                    f"payments:{event.channel}",
+                    f"{event.channel} {event.kind} {event.out_trade_no}: {event.detail}"[:500],
+                    SEVERITY_PAYMENT,
+                    {
+                        "Channel": event.channel,
+                        "Kind": event.kind,
+                        "OutTradeNo": event.out_trade_no,
+                        "AmountFen": int(event.amount_fen),
+                        "Day": event.day,
+                        "Detail": event.detail,
                     },
                     event.at,
                 )

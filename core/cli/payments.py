@@ -18,7 +18,7 @@ from .prepay import site_operations
 
 @click.group("payments")
 def payments_group() -> None:
-    """Online payment orders (WeChat Pay, Alipay...): list, show."""
+    """Online payment orders (WeChat Pay, Alipay...): list, show, refund, reconcile."""
 
 
 def _at(value: datetime | None, tz: object) -> str:
@@ -101,4 +101,7 @@ def _show(o: PaymentOrder, tz: object) -> list[str]:
 
 
 def register(cli: click.Group) -> None:
+    from . import payment_refunds
+
+    payment_refunds.register(payments_group)  # refund, refunds, reconcile, reconciliations
     cli.add_command(payments_group)

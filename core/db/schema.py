@@ -790,6 +790,68 @@ payment_order = sa.Table(
 sa.Index("ix_payment_order_state", payment_order.c.state)
 sa.Index("ix_payment_order_account_id", payment_order.c.account_id)
 
+payment_refund = sa.Table(
+    "payment_refund",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    #: Ours, sent to the provider (the same number again refunds once); also the ledger
+    #: refund's reference.
+    sa.Column("out_refund_no", sa.String(64), nullable=False, unique=True),
+    sa.Column("order_id", BigId, sa.ForeignKey("payment_order.id"), nullable=False),
+    sa.Column("out_trade_no", sa.String(32), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("amount_fen", sa.BigInteger(), nullable=False),
+    #: REQUESTED, PROCESSING, SUCCESS, ABNORMAL, CLOSED (core.payments.refunds).
+    sa.Column("state", sa.String(16), nullable=False),
+    #: The provider's id of the refund, once it accepted it.
+    sa.Column("refund_id", sa.String(64), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=False),
+    #: Requested although the wallet lacked the money (the account goes into arrears).
+    sa.Column("forced", sa.Boolean(), nullable=False, server_default=sa.false()),
+    #: Why the provider refused or closed it, or why it is ABNORMAL.
+    sa.Column("failure", sa.Text(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_notice", sa.JSON(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("sent_at", UtcDateTime(), nullable=True),
+    sa.Column("last_query_at", UtcDateTime(), nullable=True),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    sa.Column("requested_by", sa.String(100), nullable=False),
+    sa.CheckConstraint("amount_fen > 0", name="positive"),
+    sa.CheckConstraint(
+        "state IN ('REQUESTED', 'PROCESSING', 'SUCCESS', 'ABNORMAL', 'CLOSED')", name="state"
+    ),
+)
+sa.Index("ix_payment_refund_state", payment_refund.c.state)
+sa.Index("ix_payment_refund_order_id", payment_refund.c.order_id)
+
+payment_reconciliation = sa.Table(
+    "payment_reconciliation",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    #: The bill's day (the provider's, China time) and channel; one row each, re-runs update it.
+    sa.Column("day", sa.Date(), nullable=False),
+    sa.Column("channel", sa.String(32), nullable=False),
+    #: OK, DIFFERENCES (see `report`), FAILED (the bill could not be had: `error`).
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("bill_rows", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("matched", sa.Integer(), nullable=False, server_default="0"),
+    #: Orders paid there and credited here by this reconciliation.
+    sa.Column("credited", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("differences", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("paid_fen", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("refunded_fen", sa.BigInteger(), nullable=False, server_default="0"),
+    #: The differences, one object each (kind, out_trade_no, amounts, what was done).
+    sa.Column("report", sa.JSON(), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("finished_at", UtcDateTime(), nullable=False),
+    sa.Column("requested_by", sa.String(100), nullable=False),
+    sa.UniqueConstraint("day", "channel"),
+    sa.CheckConstraint("state IN ('OK', 'DIFFERENCES', 'FAILED')", name="state"),
+)
+
 #: Which payer at a provider (WeChat openid) the tenant page bound to which room
 #: (core.payments.bindings); one row per (channel, payer, room), revoked rather than deleted.
 payer_binding = sa.Table(

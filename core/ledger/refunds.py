@@ -99,6 +99,8 @@ def refund(
     requested_by: str = "",
     now: datetime | None = None,
     local: LocalMeterCommands | None = None,
+    topup_reference: str | None = None,
+    force: bool = False,
 ) -> RefundResult:
     """Refund from the energy wallet: Dr wallet / Cr liab:refund_payable (state REQUESTED).
 
@@ -116,6 +118,11 @@ def refund(
     request, and the pay-out when `settle`). A REFUND that finally fails ends the refund
     FAILED and releases the top-ups. `local` queues that command; without it such a refund
     is refused.
+
+    `topup_reference`: refund that top-up only (an online payment refunded through its own
+    channel), at most what is left of it. `force`: refund it even when the wallet lacks
+    the money (the tenant already used it: the wallet goes below zero, into arrears);
+    still never more than the top-ups' unrefunded amount.
     """
     check_amount(amount_fen)
     check_reference(reference)
@@ -132,7 +139,9 @@ def refund(
     if local_meter is not None:
         local = require_local(local, local_meter)
     now = now or utcnow()
-    orders = _check_refundable(conn, account_id, amount_fen, pos, now)
+    orders = _check_refundable(
+        conn, account_id, amount_fen, pos, now, topup_reference=topup_reference, force=force
+    )
     journal_id = None
     if local_meter is None:
         journal_id = _post_request(
@@ -181,7 +190,14 @@ def refund(
 
 
 def _check_refundable(
-    conn: Connection, account_id: str, amount_fen: int, pos: Position, now: datetime
+    conn: Connection,
+    account_id: str,
+    amount_fen: int,
+    pos: Position,
+    now: datetime,
+    *,
+    topup_reference: str | None = None,
+    force: bool = False,
 ) -> list[Any]:
     """The account's refundable top-ups (newest first), refusing `amount_fen` above what
     can be refunded: the energy wallet less emergency credit and refunds awaiting a
@@ -189,8 +205,19 @@ def _check_refundable(
     balance = pos.balance_fen
     awaiting = _awaiting_meter_refunds(conn, account_id)
     orders = _refundable_topups(conn, account_id, now)
+    if topup_reference is not None:
+        orders = [o for o in orders if o[1] == topup_reference]
+        left = sum(o[2] for o in orders)
+        if amount_fen > left:
+            raise RequestError(
+                "amount",
+                f"at most {format_fen(left)} of top-up {topup_reference} can be refunded "
+                "(its amount less earlier refunds, within 365 days)",
+            )
     unrefunded = sum(o[2] for o in orders)
     available = min(balance - pos.emergency_fen - awaiting, unrefunded)
+    if force:
+        available = unrefunded
     if amount_fen > available:
         raise RequestError(
             "amount",

@@ -67,6 +67,9 @@ def verify(conn: Connection) -> VerifyReport:
     8. Purchase counters: a meter's counter is ≥ every count allocated to it, and RECHARGE
        commands carry distinct counts per meter.
     9. Closed accounts hold nothing; relay and valve commands record reason and requester.
+    10. Refunds of online payments are in the state their ledger refund says (SUCCESS ↔
+        SETTLED, CLOSED ↔ FAILED, others ↔ REQUESTED) and an order's refunded amount is
+        the sum of its SUCCESS refunds.
     """
     report = VerifyReport()
     report.journals = _count(conn, t.journal)
@@ -470,6 +473,65 @@ def _check_commands_record_reason(conn: Connection, report: VerifyReport) -> Non
 
 
 #: The checks in the order they run (and are listed in the report).
+# -- 10: refunds of online payments follow their ledger refunds ---------------------------------
+
+#: A payment refund's state → the states its ledger refund (same reference) may be in.
+_PAYMENT_REFUND_LEDGER = {
+    "REQUESTED": ("REQUESTED", "AWAITING_METER"),
+    "PROCESSING": ("REQUESTED",),
+    "ABNORMAL": ("REQUESTED",),
+    "SUCCESS": ("SETTLED",),
+    "CLOSED": ("FAILED",),
+}
+
+
+def _check_payment_refunds(conn: Connection, report: VerifyReport) -> None:
+    p, r = t.payment_refund, t.refund
+    fits = sa.or_(
+        *(
+            sa.and_(p.c.state == mine, r.c.state.in_(theirs))
+            for mine, theirs in _PAYMENT_REFUND_LEDGER.items()
+        )
+    )
+    report.record(
+        "payment refunds match their ledger refunds",
+        conn.execute(
+            sa.select(p.c.out_refund_no, p.c.state, p.c.amount_fen, r.c.state.label("ledger"))
+            .select_from(p.outerjoin(r, r.c.reference == p.c.out_refund_no))
+            .where(
+                sa.or_(
+                    r.c.id.is_(None),
+                    r.c.amount_fen != p.c.amount_fen,
+                    r.c.account_id != p.c.account_id,
+                    sa.not_(fits),
+                )
+            )
+        ),
+        lambda row: (
+            f"refund {row.out_refund_no} {row.state} {format_fen(row.amount_fen)}: ledger refund "
+            f"{row.ledger or 'missing'}"
+        ),
+    )
+    o = t.payment_order
+    settled = (
+        sa.select(sa.func.coalesce(sa.func.sum(p.c.amount_fen), 0))
+        .where(p.c.order_id == o.c.id, p.c.state == "SUCCESS")
+        .scalar_subquery()
+    )
+    report.record(
+        "payment orders' refunded amounts match their SUCCESS refunds",
+        conn.execute(
+            sa.select(o.c.out_trade_no, o.c.refunded_fen, settled.label("total")).where(
+                o.c.refunded_fen != settled
+            )
+        ),
+        lambda row: (
+            f"order {row.out_trade_no}: refunded {format_fen(row.refunded_fen)}, SUCCESS "
+            f"refunds {format_fen(row.total)}"
+        ),
+    )
+
+
 _CHECKS: tuple[Callable[[Connection, VerifyReport], None], ...] = (
     _check_postings_sum_to_zero,
     _check_journals_balance,
@@ -486,4 +548,5 @@ _CHECKS: tuple[Callable[[Connection, VerifyReport], None], ...] = (
     _check_recharge_counts_distinct,
     _check_closed_accounts_hold_nothing,
     _check_commands_record_reason,
+    _check_payment_refunds,
 )

@@ -42,6 +42,8 @@ from .meters import MeterDoor
 from .money import MoneyDoor
 from .payer_bindings import PayerBindingDoor
 from .payment_figures import PaymentFigureReads
+from .payment_reconcile import PaymentReconcileDoor, Reconciliation
+from .payment_refunds import PaymentRefundDoor, RefundOutcome
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
 from .snapshots import AccountSnapshot, MeterSnapshot
@@ -57,11 +59,15 @@ __all__ = [
     "Opened",
     "Operations",
     "ReadingsImported",
+    "Reconciliation",
+    "RefundOutcome",
     "RoomView",
 ]
 
 
 class Operations(
+    PaymentReconcileDoor,
+    PaymentRefundDoor,
     PaymentDoor,
     PaymentFigureReads,
     PayerBindingDoor,

@@ -9,7 +9,12 @@
 - credits what the web route stored (`credit_later`: "verify and store first, credit
   after"), in tasks it waits for at stop;
 - opens orders for the tenant page (`start_payment`): ours through the door, then the
-  provider's.
+  provider's;
+- sends REQUESTED refunds to the provider (`send_refund`; again after `query_after_s` while
+  its answer is retryable, CLOSED when it refuses for good), asks about PROCESSING refunds
+  no notification came for;
+- once a day after `[payments] reconcile_at` (site time), reconciles yesterday's trade bill
+  of every provider (`reconcile`), again an hour later when the bill could not be had.
 
 Door calls block on the database: they run in threads (`asyncio.to_thread`).
 """
@@ -18,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from ..contracts import (
@@ -29,14 +34,18 @@ from ..contracts import (
     PaymentProvider,
     PaymentProviderError,
     PaymentRequest,
+    TradeRecord,
 )
 from ..errors import RequestError
 from ..events import utcnow
 from ..field.diagnostics import diagnostic
+from ..ledger import refund_result
 from ..model import DeviceModel, MeterKind, Sample
 from ..tasks import stop_task
 from . import orders as po
+from . import refunds as pr
 from .callbacks import callback_warnings
+from .refunds import RefundState
 from .settings import PaymentSettings
 from .states import OrderState
 
@@ -46,6 +55,8 @@ log = logging.getLogger("openprepay.payments")
 ACTOR = "payments:service"
 #: A PAID order its credit task has not credited by then is credited by the sweep.
 STRAGGLER = timedelta(seconds=30)
+#: A day whose trade bill could not be had is tried again after this.
+RECONCILE_RETRY = timedelta(hours=1)
 
 
 PAYMENTS_SOURCE = "payments"
@@ -63,6 +74,10 @@ PAYMENTS_MODEL = DeviceModel(
         diagnostic("credited", "", "Orders credited by the service, since start"),
         diagnostic("closed", "", "Expired orders closed, since start"),
         diagnostic("conflicts", "", "Orders the service saw go to CONFLICT, since start"),
+        diagnostic("refunds_sent", "", "Refund calls to the providers, since start"),
+        diagnostic("refund_errors", "", "Refund calls or queries that failed, since start"),
+        diagnostic("reconciliations", "", "Trade bills reconciled, since start"),
+        diagnostic("discrepancies", "", "Reconciliation findings, since start"),
     ),
     plugin="core",
 )
@@ -78,6 +93,10 @@ class PaymentCounters:
     credited: int = 0
     closed: int = 0
     conflicts: int = 0
+    refunds_sent: int = 0
+    refund_errors: int = 0
+    reconciliations: int = 0
+    discrepancies: int = 0
 
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -103,6 +122,22 @@ class PaymentDoorCalls(Protocol):
     def credit_order(self, out_trade_no: str, *, actor: str) -> Any: ...
 
     def close_payment(self, out_trade_no: str, reason: str, *, actor: str) -> po.PaymentOrder: ...
+
+    def apply_refund_notice(
+        self, notice: PaymentNotice, *, actor: str, queried: bool = False
+    ) -> Any: ...
+
+    def refund_refused(self, out_refund_no: str, reason: str, *, actor: str) -> Any: ...
+
+    def refund_attempted(self, out_refund_no: str, error: str, *, actor: str) -> None: ...
+
+    def reconcile_payments(
+        self, channel: str, day: date, rows: Sequence[TradeRecord], *, actor: str
+    ) -> Any: ...
+
+    def reconciliation_failed(self, channel: str, day: date, error: str, *, actor: str) -> Any: ...
+
+    def reconciliation(self, channel: str, day: date) -> Any: ...
 
 
 class PaymentService:
@@ -130,6 +165,8 @@ class PaymentService:
         #: the database): order id → instant.
         self._tried: dict[int, datetime] = {}
         self._wake = asyncio.Event()
+        #: (channel, day) → when its reconciliation was last tried by the schedule.
+        self._reconciled: dict[tuple[str, date], datetime] = {}
         #: What the start-up check found about how providers reach us (callbacks.py).
         self.warnings: list[str] = []
 
@@ -261,8 +298,13 @@ class PaymentService:
         while True:
             try:
                 await self.sweep()
+                await self.sweep_refunds()
             except Exception:
                 log.exception("payment sweep failed")
+            try:
+                await self.reconcile_due()
+            except Exception:
+                log.exception("scheduled payment reconciliation failed")
             await asyncio.sleep(self.settings.poll_s)
 
     async def sweep(self) -> None:
@@ -342,6 +384,153 @@ class PaymentService:
             return  # a notice moved it meanwhile
         self.counters.closed += 1
 
+    # -- refunds --------------------------------------------------------------------------
+
+    async def send_refund(self, out_refund_no: str) -> Any:
+        """Ask the provider for a REQUESTED refund (the wallet was debited when it was
+        requested); its answer applied (PROCESSING, or SUCCESS at once for Alipay). A final
+        refusal closes it (money back to the wallet); a retryable failure leaves it
+        REQUESTED for the next sweep. None when there was nothing to send."""
+        with self.ops.db.read() as conn:
+            refund = pr.get_refund(conn, out_refund_no)
+            order = po.get_order(conn, refund.out_trade_no) if refund is not None else None
+            ledger_state = _ledger_refund_state(conn, out_refund_no) if refund else None
+        if refund is None or order is None or refund.state is not RefundState.REQUESTED:
+            return None
+        if ledger_state == "AWAITING_METER":
+            return None  # a LOCAL meter is debited first (its REFUND command)
+        if ledger_state == "FAILED":
+            return await asyncio.to_thread(
+                self.ops.refund_refused,
+                out_refund_no,
+                "the meter did not give the money back (its REFUND command failed)",
+                actor=ACTOR,
+            )
+        provider = self.providers.get(refund.channel)
+        if provider is None:
+            log.warning("refund %s: no provider %r configured", out_refund_no, refund.channel)
+            return None
+        self.counters.refunds_sent += 1
+        try:
+            answer = await provider.refund(
+                order.out_trade_no,
+                out_refund_no,
+                refund.amount_fen,
+                order.amount_fen,
+                refund.reason,
+            )
+        except PaymentProviderError as exc:
+            self.counters.refund_errors += 1
+            if exc.final:
+                log.warning("refund %s refused for good: %s", out_refund_no, exc)
+                return await asyncio.to_thread(
+                    self.ops.refund_refused, out_refund_no, _reason(exc), actor=ACTOR
+                )
+            log.warning("refund %s not sent (sent again later): %s", out_refund_no, exc)
+            await asyncio.to_thread(
+                self.ops.refund_attempted, out_refund_no, _reason(exc), actor=ACTOR
+            )
+            return None
+        except Exception as exc:
+            # Our input or configuration (RequestError naming the field) or a fault: kept
+            # REQUESTED, sent again once it is fixed.
+            self.counters.refund_errors += 1
+            log.warning("refund %s not sent: %s", out_refund_no, exc)
+            await asyncio.to_thread(
+                self.ops.refund_attempted, out_refund_no, _reason(exc), actor=ACTOR
+            )
+            return None
+        return await asyncio.to_thread(self.ops.apply_refund_notice, answer, actor=ACTOR)
+
+    async def query_refund(self, out_refund_no: str) -> Any:
+        """Ask the provider about a PROCESSING refund and apply its answer."""
+        with self.ops.db.read() as conn:
+            refund = pr.get_refund(conn, out_refund_no)
+        if refund is None or refund.state is not RefundState.PROCESSING:
+            return None
+        provider = self.providers.get(refund.channel)
+        if provider is None:
+            return None
+        try:
+            answer = await provider.query_refund(refund.out_trade_no, out_refund_no)
+            return await asyncio.to_thread(
+                self.ops.apply_refund_notice, answer, actor=ACTOR, queried=True
+            )
+        except (PaymentProviderError, RequestError) as exc:
+            self.counters.refund_errors += 1
+            log.warning("query of refund %s failed: %s", out_refund_no, exc)
+            return None
+
+    async def sweep_refunds(self) -> None:
+        """Send REQUESTED refunds (again `query_after_s` after a failed call), query
+        PROCESSING ones no notification finished within `query_after_s`."""
+        now = self.clock()
+        wait = timedelta(seconds=self.settings.query_after_s)
+        with self.ops.db.read() as conn:
+            requested = pr.refunds_in(conn, RefundState.REQUESTED)
+            processing = pr.refunds_in(conn, RefundState.PROCESSING)
+        for refund in requested:
+            if refund.sent_at is None or refund.sent_at + wait <= now:
+                await self.send_refund(refund.out_refund_no)
+        for refund in processing:
+            last = max(filter(None, (refund.sent_at, refund.last_query_at)), default=None)
+            if last is None or last + wait <= now:
+                await self.query_refund(refund.out_refund_no)
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def reconcile(self, channel: str, day: date, *, actor: str = ACTOR) -> Any:
+        """Download `channel`'s trade bill of `day` and reconcile it (the door's
+        `reconcile_payments`); a bill that cannot be had is recorded FAILED."""
+        provider = self.providers[channel]
+        try:
+            rows = await provider.trade_bill(day)
+        except Exception as exc:
+            log.warning("trade bill of %s for %s not had: %s", channel, day, exc)
+            return await asyncio.to_thread(
+                self.ops.reconciliation_failed, channel, day, _reason(exc), actor=actor
+            )
+        result = await asyncio.to_thread(
+            self.ops.reconcile_payments, channel, day, rows, actor=actor
+        )
+        self.counters.reconciliations += 1
+        self.counters.discrepancies += result.differences
+        if result.differences:
+            log.warning(
+                "reconciliation of %s %s: %d difference(s), %d credited",
+                channel,
+                day,
+                result.differences,
+                result.credited,
+            )
+        return result
+
+    async def reconcile_due(self) -> int:
+        """Reconcile yesterday (site time) for every provider once `reconcile_at` has
+        passed today, unless done (not FAILED) already; a FAILED day again after an hour.
+        Returns how many were run."""
+        at = self.settings.reconcile_at
+        if at is None:
+            return 0
+        now = self.clock()
+        local = now.astimezone(self.ops.site.info.tz)
+        if local.time() < at:
+            return 0
+        day = local.date() - timedelta(days=1)
+        ran = 0
+        for channel in sorted(self.providers):
+            tried = self._reconciled.get((channel, day))
+            if tried is not None and tried + RECONCILE_RETRY > now:
+                continue
+            done = await asyncio.to_thread(self.ops.reconciliation, channel, day)
+            self._reconciled[(channel, day)] = now
+            if done is not None and done.state != "FAILED":
+                continue
+            await self.reconcile(channel, day)
+            ran += 1
+        self._reconciled = {k: v for k, v in self._reconciled.items() if k[1] >= day}
+        return ran
+
 
 def _reason(exc: BaseException) -> str:
     """Why an order was closed at creation, within the door's reason limit (a provider's
@@ -349,3 +538,7 @@ def _reason(exc: BaseException) -> str:
     reason = f"provider refused: {exc}".replace("\n", " ")
     limit = 400  # the door's (core.operations.door.check_reason)
     return reason if len(reason) <= limit else reason[: limit - 1] + "…"
+
+
+def _ledger_refund_state(conn: Any, reference: str) -> str:
+    return refund_result(conn, reference, replayed=True).state

@@ -7,6 +7,8 @@
     poll_s = 5              # how often the service looks for such orders
     prefix = "OP"           # out_trade_no prefix (letters and digits, at most 8)
     currency = "CNY"
+    reconcile_at = "10:30"  # site time: yesterday's trade bills are reconciled after this
+                            # ("off": only `openprepay payments reconcile`)
 
 Sub-tables (`[payments.wechat]`, `[payments.alipay]`) belong to the provider plugins.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import time
 from typing import Any
 
 from ..config.site import Site
@@ -22,7 +25,16 @@ from ..errors import ConfigError, FieldError, RequestError
 from ..money import parse_yuan
 
 _PREFIX = re.compile(r"^[0-9A-Za-z]{0,8}$")
-_KEYS = ("minimum", "order_minutes", "query_after_s", "poll_s", "prefix", "currency")
+_KEYS = (
+    "minimum",
+    "order_minutes",
+    "query_after_s",
+    "poll_s",
+    "prefix",
+    "currency",
+    "reconcile_at",
+)
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +45,9 @@ class PaymentSettings:
     poll_s: float = 5.0
     prefix: str = "OP"
     currency: str = "CNY"
+    #: The site-time of day after which yesterday's trade bills are reconciled; None: off.
+    #: The providers publish them after 09:00 (WeChat advises fetching after 10:00).
+    reconcile_at: time | None = time(10, 30)
 
 
 def _section(site: Site) -> dict[str, Any]:
@@ -85,7 +100,24 @@ def _read(site: Site, errors: list[FieldError]) -> PaymentSettings:
     if currency != "CNY":
         errors.append(FieldError("payments.currency", f'only "CNY" is supported, got {currency!r}'))
         currency = defaults.currency
-    return PaymentSettings(minimum, int(order_minutes), query_after, poll, prefix, currency)
+    reconcile_at = defaults.reconcile_at
+    if "reconcile_at" in data:
+        raw_at = data["reconcile_at"]
+        match = _HHMM.match(raw_at) if isinstance(raw_at, str) else None
+        if raw_at == "off":
+            reconcile_at = None
+        elif match is None:
+            errors.append(
+                FieldError(
+                    "payments.reconcile_at",
+                    f'expected a time of day "HH:MM" (e.g. "10:30") or "off", got {raw_at!r}',
+                )
+            )
+        else:
+            reconcile_at = time(int(match.group(1)), int(match.group(2)))
+    return PaymentSettings(
+        minimum, int(order_minutes), query_after, poll, prefix, currency, reconcile_at
+    )
 
 
 def _number(

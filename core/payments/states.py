@@ -28,7 +28,15 @@ class OrderState(StrEnum):
 TERMINAL = frozenset({OrderState.CLOSED, OrderState.REFUNDED, OrderState.CONFLICT})
 
 #: The provider states a `PaymentNotice` carries (core/contracts.py).
-NOTICE_STATES = ("PAID", "NOTPAY", "CLOSED", "REFUNDED", "REFUND_FAILED")
+NOTICE_STATES = (
+    "PAID",
+    "NOTPAY",
+    "CLOSED",
+    "REFUNDED",
+    "REFUND_FAILED",
+    "REFUND_PROCESSING",
+    "REFUND_ABNORMAL",
+)
 
 
 class Action(StrEnum):
@@ -138,6 +146,7 @@ def decide(order: OrderFacts, notice: PaymentNotice, *, credit: bool = True) -> 
         # Refunds are not started from here yet: one the provider reports is for a person.
         why = f"refunded at the provider ({notice.refund_fen} fen) while {state} here"
         return Decision(Action.CONFLICT, why, why)
-    if kind == "REFUND_FAILED":
-        return Decision(Action.KEEP, "refund failed at the provider: nothing changed")
+    if kind in ("REFUND_FAILED", "REFUND_PROCESSING", "REFUND_ABNORMAL"):
+        # Refunds have their own rows (core.payments.refunds): the order is not moved.
+        return Decision(Action.KEEP, f"{kind} is about a refund: the order is unchanged")
     raise ValueError(f"unknown notice state {kind!r} (expected one of {NOTICE_STATES})")

@@ -101,9 +101,18 @@ def state_row(conn: Connection, table: sa.Table, key: str, value: str) -> Any:
 def upsert_state(
     conn: Connection, table: sa.Table, key: str, value: str, now: datetime, values: dict
 ) -> None:
-    """Update the engine's state row of one account or meter, inserting it the first time."""
-    done = conn.execute(
-        table.update().where(table.c[key] == value).values(updated_at=now, **values)
-    ).rowcount
-    if not done:
+    """Update the engine's state row of one account or meter, inserting it the first time.
+    Two writers inserting the first row at once (the running engine and a door call on
+    PostgreSQL): the loser's insert fails on the key inside a savepoint and it updates the
+    row the winner committed instead."""
+    update = table.update().where(table.c[key] == value).values(updated_at=now, **values)
+    if conn.execute(update).rowcount:
+        return
+    conn.exec_driver_sql("SAVEPOINT state_row_insert")
+    try:
         conn.execute(table.insert(), {key: value, "updated_at": now, **values})
+    except sa.exc.IntegrityError:
+        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT state_row_insert")
+        conn.execute(update)
+    else:
+        conn.exec_driver_sql("RELEASE SAVEPOINT state_row_insert")

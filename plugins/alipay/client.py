@@ -27,6 +27,10 @@ from .signing import request_content, response_node, sign, verify
 SUCCESS = "10000"
 
 
+#: Sub-codes of a business refusal that are worth the same call later.
+RETRYABLE = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR", "ACQ.SELLER_BALANCE_NOT_ENOUGH"})
+
+
 class AlipayError(PaymentProviderError):
     """Alipay answered a call with an error (or could not be reached, or its answer could
     not be believed). `code`/`sub_code` are Alipay's (e.g. 40004 / ACQ.TRADE_NOT_EXIST)."""
@@ -35,6 +39,9 @@ class AlipayError(PaymentProviderError):
         self.method = method
         self.code = code
         self.sub_code = sub_code
+        # A business refusal (40004) or bad parameters (40002) answer the same next time;
+        # "service unavailable" (20000), the network and the "later" codes do not.
+        self.final = code in ("40002", "40004") and sub_code not in RETRYABLE
         detail = f" ({code} {sub_code})".replace(" )", ")") if code else ""
         super().__init__(f"{method}: {message}{detail}")
 

@@ -149,6 +149,35 @@ class AlipayProvider:
         # answers fund_change "N" and refunds nothing more.
         return replace(notice, out_refund_no=out_refund_no, refund_fen=refund_fen)
 
+    async def query_refund(self, out_trade_no: str, out_refund_no: str) -> PaymentNotice:
+        """alipay.trade.fastpay.refund.query: an answer with the refund (refund_status
+        REFUND_SUCCESS, or empty in older answers) is a refund done; none means Alipay did
+        not refund it (the same number sent again refunds once)."""
+        biz = {
+            "out_trade_no": out_trade_no,
+            "out_request_no": out_refund_no,
+            "query_options": ["gmt_refund_pay"],
+        }
+        body = await self.client.call("alipay.trade.fastpay.refund.query", biz)
+        status = str(body.get("refund_status") or "")
+        if not body.get("refund_amount") or status not in ("", "REFUND_SUCCESS"):
+            raise AlipayError(
+                "alipay.trade.fastpay.refund.query",
+                f"refund {out_refund_no} not made at Alipay (status {status or 'none'}): "
+                "send it again",
+            )
+        refund_fen = to_fen(str(body["refund_amount"]), "refund_amount", low_fen=1)
+        total_fen = to_fen(str(body.get("total_amount", "")), "total_amount", low_fen=1)
+        notice = self._notice(
+            str(body.get("out_trade_no") or out_trade_no),
+            "REFUNDED",
+            total_fen,
+            str(body["trade_no"]) if body.get("trade_no") else None,
+            None,
+            body,
+        )
+        return replace(notice, out_refund_no=out_refund_no, refund_fen=refund_fen)
+
     async def trade_bill(self, day: date) -> list[TradeRecord]:
         biz = {"bill_type": "trade", "bill_date": day.isoformat()}
         try:

@@ -34,11 +34,12 @@ from typing import Any
 
 from aiohttp import web
 
-from openprepay.core.contracts import NotificationRefused, NotifyAnswer
+from openprepay.core.contracts import NotificationRefused, NotifyAnswer, PaymentNotice
 from openprepay.core.errors import RequestError
 from openprepay.core.events import utcnow
 from openprepay.core.field.diagnostics import diagnostic
 from openprepay.core.model import DeviceModel, MeterKind, Sample, ValueType
+from openprepay.core.payments.refunds import NOTICE_STATES as REFUND_NOTICE_STATES
 from openprepay.core.payments.states import OrderState
 from openprepay.core.tasks import stop_task
 
@@ -200,6 +201,16 @@ class WebService:
             )
             return _response(provider.answer(False))
         actor = f"web:{channel}"
+        if notice.out_refund_no is not None:
+            try:
+                applied = await self._refund_notice(notice, actor)
+            except Exception:
+                self.counters.notify_failed += 1  # the provider retries
+                log.exception("%s refund notice %s not stored", channel, notice.out_refund_no)
+                return _response(provider.answer(False))
+            if applied:
+                self.counters.notify_accepted += 1
+                return _response(provider.answer(True))
         ops = self.runtime.operations
         try:
             try:
@@ -224,6 +235,20 @@ class WebService:
         else:
             payments.count(outcome)
         return _response(provider.answer(True))
+
+    async def _refund_notice(self, notice: PaymentNotice, actor: str) -> bool:
+        """A verified notice about one of our refunds (REFUND.* from WeChat, a trade
+        notification naming the refund from Alipay) applied to it; False when it names no
+        refund of ours (it is then a notice about the order, stored as one)."""
+        ops = self.runtime.operations
+        try:
+            await self._door(ops.payment_refund, notice.out_refund_no)
+        except RequestError:
+            return False
+        if notice.state not in REFUND_NOTICE_STATES:
+            return False
+        await self._door(ops.apply_refund_notice, notice, actor=actor)
+        return True
 
     async def _door(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A door call on the web service's threads (see the module docstring)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from openprepay.core.contracts import PaymentProviderError
 
+#: Error codes of a 4xx answer that are worth the same call later (WeChat's own advice).
+RETRYABLE = frozenset({"SYSTEM_ERROR", "FREQUENCY_LIMITED", "NOT_ENOUGH", "BANK_ERROR"})
+
 
 class WechatPayError(PaymentProviderError):
     """An API call failed: WeChat answered an error (`status`, its `code` such as
@@ -15,6 +18,9 @@ class WechatPayError(PaymentProviderError):
         self.code = code
         self.message = message
         self.status = status
+        # A 4xx is WeChat's "no" to this request: the same call again fails again, but
+        # for the codes that mean "later" (rate limit, merchant balance short, busy).
+        self.final = 400 <= status < 500 and status != 429 and code not in RETRYABLE
 
 
 class BillError(WechatPayError):

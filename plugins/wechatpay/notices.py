@@ -42,7 +42,12 @@ TRADE_STATES = {
     # 转入退款: it was paid and a refund was made.
     "REFUND": "REFUNDED",
 }
-REFUND_STATES = {"SUCCESS": "REFUNDED", "CLOSED": "REFUND_FAILED", "ABNORMAL": "REFUND_FAILED"}
+REFUND_STATES = {
+    "PROCESSING": "REFUND_PROCESSING",
+    "SUCCESS": "REFUNDED",
+    "CLOSED": "REFUND_FAILED",
+    "ABNORMAL": "REFUND_ABNORMAL",
+}
 
 
 class MalformedObject(ValueError):
@@ -158,10 +163,7 @@ def refund_notice(obj: Mapping[str, Any], mchid: str, appid: str) -> PaymentNoti
     amount = obj.get("amount")
     if not isinstance(status, str) or not isinstance(amount, dict):
         raise MalformedObject("refund_status/amount missing")
-    if status == "PROCESSING":
-        # Accepted, not done: the payment stands until the refund notification says so.
-        state = "PAID"
-    elif status in REFUND_STATES:
+    if status in REFUND_STATES:
         state = REFUND_STATES[status]
     else:
         raise MalformedObject(f"unknown refund status {status[:40]!r}")

@@ -182,8 +182,14 @@ class WechatPayProvider:
         }
         if reason:
             body["reason"] = _cut(reason, 80)
-        if self.settings.refund_notify_url:
-            body["notify_url"] = self.settings.refund_notify_url
+        if not self.settings.refund_notify_url:
+            # Without it WeChat tells nobody when the refund is done (only queries would).
+            raise RequestError(
+                "payments.wechat.refund_notify_url",
+                "not configured: set it to the site's notify route, e.g. "
+                '"https://pay.example.com/pay/notify/wechat"',
+            )
+        body["notify_url"] = self.settings.refund_notify_url
         answer = await self._api.call("POST", "/v3/refund/domestic/refunds", body)
         try:
             return refund_notice(
@@ -191,6 +197,17 @@ class WechatPayProvider:
             )
         except MalformedObject as exc:
             raise WechatPayError("ANSWER", f"refund {out_refund_no}: {exc}") from None
+
+    async def query_refund(self, out_trade_no: str, out_refund_no: str) -> PaymentNotice:
+        if not OUT_REFUND_NO.match(out_refund_no):
+            raise RequestError("out_refund_no", "expected 1-64 of 0-9 A-Z a-z _ - | * @")
+        answer = await self._api.call("GET", f"/v3/refund/domestic/refunds/{out_refund_no}")
+        try:
+            return refund_notice(
+                answer if isinstance(answer, dict) else {}, self.merchant_id, self.app_id
+            )
+        except MalformedObject as exc:
+            raise WechatPayError("ANSWER", f"refund query {out_refund_no}: {exc}") from None
 
     async def trade_bill(self, day: date) -> list[TradeRecord]:
         # Uncompressed: the SHA-1 WeChat gives is of the file itself.

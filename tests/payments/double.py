@@ -11,6 +11,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from openprepay.core.contracts import (
     NotifyAnswer,
     PaymentNotice,
     PaymentPrepared,
+    PaymentProviderError,
     PaymentRequest,
     TradeRecord,
 )
@@ -47,6 +49,15 @@ class DoubleProvider:
         self.requests: list[PaymentRequest] = []
         self.closed: list[str] = []
         self.queries = 0
+        #: out_refund_no → the provider's word on the refund.
+        self.refunds: dict[str, PaymentNotice] = {}
+        self.refund_calls = 0
+        self.refund_queries = 0
+        #: (message, final) to refuse refund calls with; None: accepted.
+        self.refuse_refunds: tuple[str, bool] | None = None
+        #: What the trade bill adds (paid there, unknown or uncredited here) and leaves out.
+        self.bill_extra: list[TradeRecord] = []
+        self.bill_missing: set[str] = set()
 
     # -- what the test does as the payer ---------------------------------------------------
 
@@ -80,6 +91,9 @@ class DoubleProvider:
                 "transaction_id": notice.transaction_id,
                 "merchant_id": notice.merchant_id,
                 "app_id": notice.app_id,
+                # A refund's notification names the refund.
+                "out_refund_no": notice.out_refund_no,
+                "refund_fen": notice.refund_fen,
             }
         ).encode()
         ts = str(int((now or datetime.now(UTC)).timestamp()))
@@ -120,6 +134,8 @@ class DoubleProvider:
             data["merchant_id"],
             data["app_id"],
             datetime.now(UTC) if data["state"] == "PAID" else None,
+            out_refund_no=data.get("out_refund_no"),
+            refund_fen=int(data.get("refund_fen") or 0),
             raw=data,
         )
 
@@ -164,14 +180,41 @@ class DoubleProvider:
     async def refund(
         self, out_trade_no: str, out_refund_no: str, refund_fen: int, total_fen: int, reason: str
     ) -> PaymentNotice:
-        raise NotImplementedError("refunds are not built yet")
+        """Accepted (PROCESSING) unless `refuse_refunds` says why not (`final` or not);
+        the same number again answers what the first call did."""
+        self.refund_calls += 1
+        if self.refuse_refunds is not None:
+            message, final = self.refuse_refunds
+            error = PaymentProviderError(message)
+            error.final = final
+            raise error
+        if out_refund_no not in self.refunds:
+            paid = self.orders[out_trade_no]
+            self.refunds[out_refund_no] = replace(
+                paid, state="REFUND_PROCESSING", out_refund_no=out_refund_no, refund_fen=refund_fen
+            )
+        return self.refunds[out_refund_no]
+
+    def finish_refund(self, out_refund_no: str, state: str = "REFUNDED") -> PaymentNotice:
+        """The refund completes there (REFUNDED, REFUND_ABNORMAL, REFUND_FAILED)."""
+        self.refunds[out_refund_no] = replace(self.refunds[out_refund_no], state=state)
+        return self.refunds[out_refund_no]
+
+    async def query_refund(self, out_trade_no: str, out_refund_no: str) -> PaymentNotice:
+        self.refund_queries += 1
+        return self.refunds[out_refund_no]
 
     async def trade_bill(self, day: date) -> list[TradeRecord]:
-        return [
+        rows = [
             TradeRecord(n.out_trade_no, n.transaction_id or "", n.state, n.amount_fen)
             for n in self.orders.values()
-            if n.state == "PAID"
+            if n.state == "PAID" and n.out_trade_no not in self.bill_missing
         ]
+        rows += [
+            TradeRecord(r.out_trade_no, r.transaction_id or "", "REFUNDED", 0, r.refund_fen)
+            for r in self.refunds.values()
+        ]
+        return rows + list(self.bill_extra)
 
 
 class DoublePlugin:

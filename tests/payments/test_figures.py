@@ -5,11 +5,10 @@ today by channel, the last notification, the reconciliation seam; a mismatch rai
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from openprepay.core.db import Database
 from openprepay.core.db import schema as t
@@ -110,40 +109,31 @@ def test_a_refused_credit_and_an_operator_raise_payment_conflict(
 
 
 def test_the_reconciliation_seam_reads_the_newest_row(db: Database) -> None:
+    """The figures read the newest `payment_reconciliation` row (migration 0011)."""
     with db.read() as conn:
-        assert latest_reconciliation(conn) is None  # no table on this branch yet
-    meta = sa.MetaData()
-    table = sa.Table(
-        RECONCILIATION_TABLE,
-        meta,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("day", sa.String(10)),
-        sa.Column("channel", sa.String(32)),
-        sa.Column("state", sa.String(16)),
-        sa.Column("differences", sa.JSON),
-        sa.Column("finished_at", sa.DateTime(timezone=True)),
-    )
+        assert latest_reconciliation(conn) is None  # no row yet
+    at = datetime(2026, 12, 2, 10, 30, tzinfo=UTC)
+
+    def row(day: str, state: str, differences: int, finished: datetime) -> dict[str, Any]:
+        return {
+            "day": date.fromisoformat(day),
+            "channel": "wechat",
+            "state": state,
+            "differences": differences,
+            "report": [],
+            "started_at": finished,
+            "finished_at": finished,
+            "requested_by": "test",
+        }
+
     with db.begin() as conn:
-        meta.create_all(conn)
-    try:
-        with db.read() as conn:
-            assert latest_reconciliation(conn) is None  # no row yet
-        at = datetime(2026, 12, 2, 10, 30, tzinfo=UTC)
-        with db.begin() as conn:
-            conn.execute(
-                table.insert(),
-                [
-                    {"day": "2026-11-30", "channel": "wechat", "state": "OK",
-                     "differences": [], "finished_at": at - timedelta(days=1)},
-                    {"day": "2026-12-01", "channel": "wechat", "state": "DIFFERENCES",
-                     "differences": [{"out_trade_no": "X"}, {"out_trade_no": "Y"}],
-                     "finished_at": at},
-                ],
-            )  # fmt: skip
-        with db.read() as conn:
-            latest = latest_reconciliation(conn)
-        assert latest is not None
-        assert latest.at == at and latest.result == "DIFFERENCES" and latest.differences == 2
-    finally:
-        with db.begin() as conn:
-            meta.drop_all(conn)
+        conn.execute(
+            t.payment_reconciliation.insert(),
+            [row("2026-11-30", "OK", 0, at - timedelta(days=1)),
+             row("2026-12-01", "DIFFERENCES", 2, at)],
+        )  # fmt: skip
+    with db.read() as conn:
+        latest = latest_reconciliation(conn)
+    assert latest is not None
+    assert latest.at == at and latest.result == "DIFFERENCES" and latest.differences == 2
+    assert t.payment_reconciliation.name == RECONCILIATION_TABLE

@@ -226,11 +226,14 @@ async def start_site(
     async def start(query_after_s: float = 60, poll_s: float = 0.1, web: bool = True) -> Site:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        channel_section = dict(section)
+        if channel.name == "wechat" and web:  # refunds are notified on the same route
+            channel_section["refund_notify_url"] = f"{url}/pay/notify/wechat"
         payments = {
             **PAYMENTS,
             "query_after_s": query_after_s,
             "poll_s": poll_s,
-            channel.name: section,
+            channel.name: channel_section,
         }
         sections: dict[str, Any] = {"payments": payments, "database": {"url": db_url}}
         if web:

@@ -175,6 +175,7 @@ class AlipayEmulator:
             "alipay.trade.query": self._query,
             "alipay.trade.close": self._close,
             "alipay.trade.refund": self._refund,
+            "alipay.trade.fastpay.refund.query": self._refund_query,
             "alipay.data.dataservice.bill.downloadurl.query": self._bill_url,
         }.get(method)
         node = method.replace(".", "_") + "_response"
@@ -293,6 +294,23 @@ class AlipayEmulator:
             buyer_logon_id="159****5620",
             fund_change=change,
             refund_fee=yuan(sum(trade.refunds.values())),
+        )
+
+    def _refund_query(self, biz: dict[str, Any], _: dict[str, str]) -> dict[str, Any]:
+        trade = self.trades.get(biz.get("out_trade_no", ""))
+        if trade is None or not trade.scanned:
+            return self._not_exist()
+        number = biz.get("out_request_no", "")
+        if number not in trade.refunds:
+            # Alipay's way of saying "not refunded": success without the refund's fields.
+            return self._ok(out_trade_no=trade.out_trade_no, trade_no=trade.trade_no)
+        return self._ok(
+            trade_no=trade.trade_no,
+            out_trade_no=trade.out_trade_no,
+            out_request_no=number,
+            total_amount=yuan(trade.total_fen),
+            refund_amount=yuan(trade.refunds[number]),
+            refund_status="REFUND_SUCCESS",
         )
 
     def _bill_url(self, biz: dict[str, Any], _: dict[str, str]) -> dict[str, Any]:

@@ -190,6 +190,32 @@ async def test_refund_once_per_number_partial_then_whole(
     assert refused.value.field == "refund_fen"
 
 
+async def test_a_refund_query_says_done_or_not_made(
+    provider: AlipayProvider, emulator: AlipayEmulator, receiver: Receiver
+) -> None:
+    await provider.create(order("OP-Q-1", 1000, receiver.url))
+    await emulator.pay("OP-Q-1")
+    await provider.refund("OP-Q-1", "OP-Q-1-r1", 400, 1000, "x")
+    done = await provider.query_refund("OP-Q-1", "OP-Q-1-r1")
+    assert (done.state, done.out_refund_no, done.refund_fen, done.amount_fen) == (
+        "REFUNDED",
+        "OP-Q-1-r1",
+        400,
+        1000,
+    )
+    assert emulator.calls[-1][0] == "alipay.trade.fastpay.refund.query"
+    with pytest.raises(AlipayError) as caught:
+        await provider.query_refund("OP-Q-1", "OP-Q-1-r2")
+    assert "send it again" in str(caught.value) and not caught.value.final
+
+
+def test_business_refusals_are_final_service_trouble_is_not() -> None:
+    assert AlipayError("m", "x", "40004", "ACQ.TRADE_STATUS_ERROR").final
+    assert not AlipayError("m", "x", "40004", "ACQ.SYSTEM_ERROR").final
+    assert not AlipayError("m", "x", "20000", "isp.unknow-error").final
+    assert not AlipayError("m", "gateway unreachable").final
+
+
 async def test_the_trade_bill_with_extra_and_missing_rows(
     provider: AlipayProvider, emulator: AlipayEmulator, receiver: Receiver
 ) -> None:

@@ -177,6 +177,7 @@ class WechatPayEmulator:
         app.router.add_get("/v3/pay/transactions/out-trade-no/{no}", self._query)
         app.router.add_post("/v3/pay/transactions/out-trade-no/{no}/close", self._close)
         app.router.add_post("/v3/refund/domestic/refunds", self._refund)
+        app.router.add_get("/v3/refund/domestic/refunds/{no}", self._refund_query)
         app.router.add_get("/v3/bill/tradebill", self._tradebill)
         app.router.add_get("/v3/billdownload/file", self._download)
         self._runner = web.AppRunner(app, access_log=None)
@@ -522,6 +523,12 @@ class WechatPayEmulator:
         }
         self.refunds[no] = refund
         order["trade_state"], order["trade_state_desc"] = "REFUND", "转入退款"
+        return self._json(200, self._refund_object(refund))
+
+    async def _refund_query(self, request: web.Request) -> web.Response:
+        refund = self.refunds.get(request.match_info["no"])
+        if refund is None:
+            return self._error(404, "RESOURCE_NOT_EXISTS", "退款单不存在")
         return self._json(200, self._refund_object(refund))
 
     def _refund_object(self, refund: Mapping[str, Any]) -> dict[str, Any]:

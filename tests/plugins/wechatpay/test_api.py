@@ -159,7 +159,7 @@ async def test_refund_is_accepted_then_its_notification_says_done(
     await provider.create(order("OP20261202A101r1", 5000))
     transaction = emulator.pay("OP20261202A101r1")
     accepted = await provider.refund("OP20261202A101r1", "RF20261202x1", 1234, 5000, "退租")
-    assert accepted.state == "PAID"  # PROCESSING: accepted, not done
+    assert accepted.state == "REFUND_PROCESSING"  # accepted, not done
     assert (accepted.out_refund_no, accepted.refund_fen, accepted.amount_fen) == (
         "RF20261202x1",
         1234,
@@ -190,12 +190,57 @@ async def test_refund_input_is_checked_before_the_call(
 
 
 async def test_a_refund_wechat_refuses_is_an_error(
-    provider: PaymentProvider, emulator: WechatPayEmulator
+    section: dict[str, Any],
+    make_provider: Callable[[dict[str, Any]], PaymentProvider],
+    emulator: WechatPayEmulator,
+    receiver: Receiver,
 ) -> None:
+    provider = make_provider({**section, "refund_notify_url": receiver.url})
     await provider.create(order("OP20261202A101r3", 5000))
     with pytest.raises(WechatPayError) as caught:  # not paid
         await provider.refund("OP20261202A101r3", "RF20261202x3", 100, 5000, "")
-    assert caught.value.code == "TRADE_ERROR"
+    assert caught.value.code == "TRADE_ERROR" and caught.value.final  # the same again fails
+
+
+async def test_a_refund_needs_the_refund_notify_url(
+    provider: PaymentProvider, emulator: WechatPayEmulator
+) -> None:
+    with pytest.raises(RequestError) as caught:
+        await provider.refund("OP20261202A101r4", "RF20261202x4", 100, 5000, "")
+    assert caught.value.field == "payments.wechat.refund_notify_url"
+    assert emulator.calls == []
+
+
+async def test_a_refund_is_queried_until_done(
+    section: dict[str, Any],
+    make_provider: Callable[[dict[str, Any]], PaymentProvider],
+    emulator: WechatPayEmulator,
+    receiver: Receiver,
+) -> None:
+    provider = make_provider({**section, "refund_notify_url": receiver.url})
+    await provider.create(order("OP20261202A101r5", 5000))
+    emulator.pay("OP20261202A101r5")
+    await provider.refund("OP20261202A101r5", "RF20261202x5", 700, 5000, "")
+    asked = await provider.query_refund("OP20261202A101r5", "RF20261202x5")
+    assert (asked.state, asked.out_refund_no, asked.refund_fen) == (
+        "REFUND_PROCESSING",
+        "RF20261202x5",
+        700,
+    )
+    await emulator.finish_refund("RF20261202x5", "ABNORMAL")
+    asked = await provider.query_refund("OP20261202A101r5", "RF20261202x5")
+    assert asked.state == "REFUND_ABNORMAL"
+    with pytest.raises(WechatPayError) as caught:
+        await provider.query_refund("OP20261202A101r5", "RF-unknown")
+    assert caught.value.code == "RESOURCE_NOT_EXISTS" and caught.value.final
+
+
+def test_server_errors_and_later_codes_are_not_final() -> None:
+    assert not WechatPayError("SYSTEM_ERROR", "busy", 500).final
+    assert not WechatPayError("NOT_ENOUGH", "merchant balance", 403).final
+    assert not WechatPayError("FREQUENCY_LIMITED", "slow down", 429).final
+    assert not WechatPayError("NETWORK", "reset").final
+    assert WechatPayError("INVALID_REQUEST", "no", 400).final
 
 
 async def test_our_requests_are_signed_with_the_merchant_key(

@@ -3,7 +3,9 @@ extra and missing rows, and parsed from yuan to the fen exactly."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -33,8 +35,13 @@ def at(hour: int, minute: int = 0) -> datetime:
 
 
 async def test_bill_with_extra_and_missing_rows_to_the_fen(
-    provider: PaymentProvider, emulator: WechatPayEmulator
+    section: dict[str, Any],
+    make_provider: Callable[[dict[str, Any]], PaymentProvider],
+    emulator: WechatPayEmulator,
 ) -> None:
+    provider = make_provider(
+        {**section, "refund_notify_url": "https://pay.example.com/pay/notify/wechat"}
+    )
     amounts = {"OP20261201A101b1": 1, "OP20261201A101b2": 99_999_99, "OP20261201A101b3": 12345}
     for no, fen in amounts.items():
         await provider.create(order(no, fen))

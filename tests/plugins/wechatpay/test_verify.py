@@ -260,7 +260,7 @@ def test_a_wrong_amount_is_reported_as_sent_for_the_core_to_flag(
 
 @pytest.mark.parametrize(
     ("status", "state"),
-    [("SUCCESS", "REFUNDED"), ("ABNORMAL", "REFUND_FAILED"), ("CLOSED", "REFUND_FAILED")],
+    [("SUCCESS", "REFUNDED"), ("ABNORMAL", "REFUND_ABNORMAL"), ("CLOSED", "REFUND_FAILED")],
 )
 def test_refund_notifications_map_to_notices(
     provider: PaymentProvider,

@@ -4,7 +4,7 @@ signed QR link once inside WeChat is recognised again; revoked by an operator
 (`openprepay payer revoke`).
 
 Revision ID: 0013
-Revises: 0010 (on this branch; 0012 once the cluster leases' migration is merged)
+Revises: 0011 (payment_refund, merged before it; 0012 once the cluster leases' migration is merged)
 Create Date: 2026-12-03
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 
 revision = "0013"
 #: "0012" (link_lease) once that migration is merged before this one.
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
