@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..billing.service import BillingService
 from ..billing.settings import check_billing
+from ..cluster.manager import LinkLeases
+from ..cluster.settings import ClusterSettings, read_cluster
 from ..config.site import Site, check_devices_against_models
 from ..contracts import Service
 from ..db import Database, open_database, read_database_config
@@ -52,6 +54,15 @@ def build_arbiter(site: Site, plugins: Plugins, bus: EventBus) -> LinkArbiter:
     return LinkArbiter(workers)
 
 
+def _owner_check(runtime: Runtime, link_id: str) -> Callable[[], bool]:
+    """The link worker's guard: does this instance still own `link_id`?"""
+
+    def owned() -> bool:
+        return runtime.cluster is not None and runtime.cluster.owns(link_id)
+
+    return owned
+
+
 class Runtime:
     def __init__(self, site: Site, plugins: Plugins, bus: EventBus | None = None) -> None:
         check_devices_against_models(site, plugins.models)
@@ -83,6 +94,13 @@ class Runtime:
         problems.extend(check_payments(site))
         if problems:
             raise ConfigError(str(site.path or "site"), problems)
+        #: With [cluster]: the link leases (core/cluster); links run only while owned.
+        self.cluster_settings: ClusterSettings | None = read_cluster(site)
+        self.cluster: LinkLeases | None = None
+        if self.cluster_settings is not None:
+            self.arbiter.leased = True
+            for worker in self.arbiter.workers.values():
+                worker.guard = _owner_check(self, worker.link.id)
         #: With a database: the prepayment engine (metering, command executor, deferred
         #: trips, reconciliation, notices) and the door every change goes through
         #: (`core.operations.Operations`), both built by `start()` (`core.app.services`).
@@ -119,6 +137,25 @@ class Runtime:
                 core.billing_service,
                 core.payments,
             )
+            if self.cluster_settings is not None:
+                self.cluster = LinkLeases(
+                    self.cluster_settings,
+                    self.db,
+                    self.arbiter,
+                    self.bus.publish,
+                    list(self.site.links),
+                )
+                executor = core.engine.executor
+                executor.use_fences(
+                    self.cluster.fences,
+                    {
+                        link_id: [d.id for d in self.site.devices_on(link_id)]
+                        for link_id in self.site.links
+                    },
+                )
+                self.cluster.on_change.append(executor.wake)
+                # First in, last out: links are given up after everything else stopped.
+                services.insert(0, self.cluster)
             services.extend(core.loops())
         self.services = [self.vitals, *services, *self.plugins.services(self)]
         try:

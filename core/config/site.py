@@ -202,6 +202,7 @@ OWNED_SECTIONS = (
     "billing",
     "payments",
     "web",
+    "cluster",
 )
 
 

@@ -16,6 +16,12 @@ command of its meter is unfinished:
       I/O error   → retry with back-off; FAILED after `attempts` tries
     FAILED publishes CommandFailed.
 
+With [cluster] (`use_fences`), the executor claims only the commands of the meters on the
+links this instance holds the lease of, under the lease's epoch, and every transition
+carries it: a completion under a lost lease is refused by the database (`CommandFenced`)
+and dropped; the new owner claims the command at once and, if it had been sent before,
+reads the device back before deciding whether to send it again.
+
 After a restart nothing is lost: the instance releases the claims its previous life held
 (same instance name), so PENDING, CLAIMED and SENT commands run again at once; claims of
 another, dead instance become claimable when their lease expires.
@@ -25,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
+from ..cluster.lease import Fence
 from ..db import Database
 from ..db import schema as t
-from ..errors import CommandRefused, DeviceIOError
+from ..errors import CommandFenced, CommandRefused, DeviceIOError, LinkNotOwned
 from ..events import CommandFailed, SupplyChanged, publish_on_loop, utcnow
 from ..model import CommandOutcome, DeviceCommand
 from . import commands as cmds
@@ -83,6 +90,19 @@ class CommandExecutor:
         self.confirmed = 0
         self.failed = 0
         self.retried = 0
+        #: With [cluster]: the fences of the links this instance owns now, and the meters
+        #: of each link (`use_fences`); None: one process, every meter of the site.
+        self.fences: Callable[[], Mapping[str, Fence]] | None = None
+        self.link_meters: Mapping[str, Collection[str]] = {}
+        #: Completions the database refused because the lease had moved on.
+        self.fenced = 0
+
+    def use_fences(
+        self, fences: Callable[[], Mapping[str, Fence]], link_meters: Mapping[str, Collection[str]]
+    ) -> None:
+        """[cluster]: claim and complete only under the current lease of each link."""
+        self.fences = fences
+        self.link_meters = {k: frozenset(v) & self.meters for k, v in link_meters.items()}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -151,6 +171,8 @@ class CommandExecutor:
                 pass
 
     def _claim(self, limit: int) -> list[cmds.MeterCommand]:
+        if self.fences is not None:
+            return self._claim_fenced(limit)
         with self.db.begin() as conn:
             batch = cmds.claim_due(
                 conn,
@@ -165,16 +187,70 @@ class CommandExecutor:
                 cmds.mark_sent(conn, command.id, owner=self.owner)
             return batch
 
+    def _claim_fenced(self, limit: int) -> list[cmds.MeterCommand]:
+        assert self.fences is not None
+        claimed: list[cmds.MeterCommand] = []
+        for link_id, fence in self.fences().items():
+            meters = self.link_meters.get(link_id)
+            if not meters or len(claimed) >= limit:
+                continue
+            with self.db.begin() as conn:
+                batch = cmds.claim_due(
+                    conn,
+                    limit - len(claimed),
+                    owner=self.owner,
+                    lease_s=self.lease_s,
+                    meters=meters,
+                    now=self.clock(),
+                    fence=fence,
+                )
+                batch = pin_meter_counts(conn, batch)
+                for command in batch:
+                    cmds.mark_sent(conn, command.id, owner=self.owner, fence=fence)
+            claimed.extend(batch)
+        return claimed
+
+    def _fence_of(self, command: cmds.MeterCommand) -> Fence | None:
+        if self.fences is None or command.claimed_link is None or command.claimed_epoch is None:
+            return None
+        return Fence(command.claimed_link, self.owner, command.claimed_epoch)
+
     async def _execute(self, command: cmds.MeterCommand) -> None:
         try:
             device = _device_command(command)
         except (KeyError, TypeError, ValueError) as exc:
             await asyncio.to_thread(self._fail, command, f"bad parameters: {exc}", True)
             return
+        if self.fences is not None and command.sent_at is not None:
+            # Sent before (perhaps by the link's previous owner): read the device back
+            # first; if it shows the effect, nothing is written again.
+            try:
+                seen = await asyncio.wait_for(
+                    self.arbiter.check(device), timeout=max(self.lease_s * 0.8, 1.0)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("command %d: read-back before re-sending failed: %s", command.id, exc)
+            else:
+                if seen.confirmed:
+                    log.info(
+                        "command %d (seq %s) already in effect on %s: not sent again",
+                        command.id,
+                        command.seq,
+                        command.meter_id,
+                    )
+                    await asyncio.to_thread(self._confirmed, command, seen)
+                    return
         try:
             outcome = await asyncio.wait_for(
                 self.arbiter.execute(device), timeout=max(self.lease_s * 0.8, 1.0)
             )
+        except LinkNotOwned as exc:
+            # [cluster] the lease went while the command waited: nothing was sent and
+            # nothing is recorded; the link's next owner claims it under its epoch.
+            log.warning("command %d not sent: %s", command.id, exc)
+            return
         except CommandRefused as exc:
             await asyncio.to_thread(self._fail, command, f"refused: {exc}", True)
             return
@@ -206,8 +282,10 @@ class CommandExecutor:
                     readback=_jsonable(outcome.readback),
                     owner=self.owner,
                     now=now,
+                    fence=self._fence_of(command),
                 )
-            except cmds.CommandStateError as exc:
+            except (cmds.CommandStateError, CommandFenced) as exc:
+                self.fenced += isinstance(exc, CommandFenced)
                 log.warning("command %d: %s", command.id, exc)
                 return
             if on is not None:
@@ -261,8 +339,10 @@ class CommandExecutor:
                     final=final,
                     owner=self.owner,
                     now=now,
+                    fence=self._fence_of(command),
                 )
-            except cmds.CommandStateError as exc:
+            except (cmds.CommandStateError, CommandFenced) as exc:
+                self.fenced += isinstance(exc, CommandFenced)
                 log.warning("command %d: %s", command.id, exc)
                 return
         log.warning(

@@ -1,0 +1,222 @@
+"""The lease manager: which links this instance owns, renewed by heartbeat.
+
+Every `heartbeat_s` one thread-side transaction heartbeats the instance, renews every lease
+it holds (one UPDATE) and tries to take the links it may own that are free or expired. A
+lease held gives a *local deadline* on the monotonic clock:
+
+    deadline = (monotonic time just before the statement) + (seconds left by the DB clock) − margin
+
+The margin is larger than the slowest command, so a link is given up — its worker stopped,
+nothing more written — before the database could hand it to another instance. The deadline
+is enforced by a watchdog task and checked by the link's worker before every transaction
+(`owns`), so neither a hung database connection (a partition) nor a paused process (SIGSTOP,
+a long collector pause) can make this instance write after its lease may have passed to
+another. What a paused process had in flight is fenced in the database instead: completing
+a command needs the link's current epoch (`core.prepay.commands`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..db import Database
+from ..events import LinkOwnerChanged
+from . import lease
+from .settings import ClusterSettings
+
+log = logging.getLogger("openprepay.cluster")
+
+
+@dataclass(slots=True)
+class Owned:
+    epoch: int
+    #: Monotonic time after which this instance must not use the link.
+    deadline: float
+
+
+class LinkLeases:
+    """The `[cluster]` service: takes, renews and gives up link leases (module docstring)."""
+
+    name = "cluster"
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        db: Database,
+        arbiter: Any,
+        publish: Callable[[object], None],
+        links: Sequence[str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.arbiter = arbiter
+        self.publish = publish
+        self.instance = settings.instance_id
+        #: The site's links this instance may own, in order.
+        self.links = [link for link in links if settings.may_own(link)]
+        self.clock = clock
+        self.held: dict[str, Owned] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._beat: asyncio.Future[Any] | None = None
+        self._changed = asyncio.Event()
+        self.on_change: list[Callable[[], None]] = []
+        #: Heartbeats that failed (database unreachable, slow) since start.
+        self.failed_beats = 0
+
+    # -- what the rest of the service asks ------------------------------------------------
+    def owns(self, link_id: str) -> bool:
+        own = self.held.get(link_id)
+        return own is not None and self.clock() < own.deadline
+
+    def fence(self, link_id: str) -> lease.Fence | None:
+        own = self.held.get(link_id)
+        if own is None or self.clock() >= own.deadline:
+            return None
+        return lease.Fence(link_id, self.instance, own.epoch)
+
+    def fences(self) -> dict[str, lease.Fence]:
+        now = self.clock()
+        return {
+            link: lease.Fence(link, self.instance, own.epoch)
+            for link, own in self.held.items()
+            if now < own.deadline
+        }
+
+    def left_s(self, link_id: str) -> float:
+        own = self.held.get(link_id)
+        return 0.0 if own is None else max(own.deadline - self.clock(), 0.0)
+
+    def epoch(self, link_id: str) -> int:
+        own = self.held.get(link_id)
+        return 0 if own is None else own.epoch
+
+    # -- service --------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._register)
+        self._tasks = [
+            asyncio.create_task(self._heartbeats(), name="cluster-heartbeat"),
+            asyncio.create_task(self._watchdog(), name="cluster-watchdog"),
+        ]
+        log.info(
+            "cluster instance %s: may own %d link(s) %s; lease %.1f s, heartbeat %.1f s, "
+            "margin %.1f s",
+            self.instance,
+            len(self.links),
+            ", ".join(self.links),
+            self.settings.lease_ttl_s,
+            self.settings.heartbeat_s,
+            self.settings.margin_s,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        released = list(self.held.items())
+        for link_id in list(self.held):
+            await self._give_up(link_id, "instance stopping")
+        if released:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self._release, released), 5)
+            except Exception as exc:  # the leases expire by themselves
+                log.warning("could not release leases at stop: %s", exc)
+
+    def _register(self) -> None:
+        with self.db.begin() as conn:
+            lease.ensure(conn, self.links)
+            lease.register_instance(conn, self.instance, self.settings.links)
+
+    def _release(self, released: list[tuple[str, Owned]]) -> None:
+        with self.db.begin() as conn:
+            for link_id, own in released:
+                lease.release(conn, link_id, self.instance, own.epoch)
+
+    # -- heartbeat ------------------------------------------------------------------------
+    async def _heartbeats(self) -> None:
+        while True:
+            if self._beat is None or self._beat.done():
+                started = self.clock()
+                self._beat = asyncio.ensure_future(
+                    asyncio.to_thread(self._renew_and_take, dict(self.held))
+                )
+                try:
+                    renewed, taken = await asyncio.wait_for(
+                        asyncio.shield(self._beat), self.settings.heartbeat_s * 2
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.failed_beats += 1
+                    log.warning("cluster heartbeat failed: %s", exc or type(exc).__name__)
+                else:
+                    await self._apply(started, renewed, taken)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+    def _renew_and_take(
+        self, held: dict[str, Owned]
+    ) -> tuple[dict[str, lease.Held], dict[str, lease.Held]]:
+        ttl = self.settings.lease_ttl_s
+        taken: dict[str, lease.Held] = {}
+        with self.db.begin() as conn:
+            lease.heartbeat(conn, self.instance)
+            renewed = lease.renew(conn, self.instance, {k: v.epoch for k, v in held.items()}, ttl)
+        for link_id in self.links:
+            if link_id in held:
+                continue
+            with self.db.begin() as conn:
+                got = lease.acquire(conn, link_id, self.instance, ttl)
+            if got is not None:
+                taken[link_id] = got
+        return renewed, taken
+
+    async def _apply(
+        self, started: float, renewed: dict[str, lease.Held], taken: dict[str, lease.Held]
+    ) -> None:
+        margin = self.settings.margin_s
+        for link_id, own in list(self.held.items()):
+            got = renewed.get(link_id)
+            if got is None or got.epoch != own.epoch:
+                await self._give_up(link_id, "lease lost (expired or taken over)")
+            else:
+                own.deadline = started + got.left_s - margin
+        for link_id, got in taken.items():
+            deadline = started + got.left_s - margin
+            if self.clock() >= deadline:
+                continue  # granted too slowly to be of use; it expires unused
+            self.held[link_id] = Owned(got.epoch, deadline)
+            log.info("link %s: owned by %s, epoch %d", link_id, self.instance, got.epoch)
+            self.publish(LinkOwnerChanged(link_id, self.instance, got.epoch, self.instance))
+            await self.arbiter.start_link(link_id)
+            self._notify()
+
+    async def _watchdog(self) -> None:
+        """Give up every link whose local deadline passed, whatever the database does."""
+        while True:
+            now = self.clock()
+            for link_id, own in list(self.held.items()):
+                if now >= own.deadline:
+                    await self._give_up(link_id, "local deadline passed before renewal")
+            nearest = min((o.deadline for o in self.held.values()), default=now + 1.0)
+            await asyncio.sleep(min(max(nearest - self.clock(), 0.01), 0.5))
+
+    async def _give_up(self, link_id: str, why: str) -> None:
+        own = self.held.pop(link_id, None)
+        if own is None:
+            return
+        log.warning(
+            "link %s: given up by %s (epoch %d): %s", link_id, self.instance, own.epoch, why
+        )
+        await self.arbiter.stop_link(link_id)
+        self.publish(LinkOwnerChanged(link_id, None, own.epoch, self.instance, why))
+        self._notify()
+
+    def _notify(self) -> None:
+        for callback in self.on_change:
+            callback()
