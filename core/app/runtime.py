@@ -152,6 +152,7 @@ class Runtime:
                         link_id: [d.id for d in self.site.devices_on(link_id)]
                         for link_id in self.site.links
                     },
+                    self.cluster_settings.instance_id,
                 )
                 self.cluster.on_change.append(executor.wake)
                 # First in, last out: links are given up after everything else stopped.

@@ -63,7 +63,6 @@ class LinkLeases:
         self.clock = clock
         self.held: dict[str, Owned] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._beat: asyncio.Future[Any] | None = None
         self._changed = asyncio.Event()
         self.on_change: list[Callable[[], None]] = []
         #: Heartbeats that failed (database unreachable, slow) since start.
@@ -141,22 +140,23 @@ class LinkLeases:
     # -- heartbeat ------------------------------------------------------------------------
     async def _heartbeats(self) -> None:
         while True:
-            if self._beat is None or self._beat.done():
-                started = self.clock()
-                self._beat = asyncio.ensure_future(
-                    asyncio.to_thread(self._renew_and_take, dict(self.held))
-                )
-                try:
-                    renewed, taken = await asyncio.wait_for(
-                        asyncio.shield(self._beat), self.settings.heartbeat_s * 2
-                    )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.failed_beats += 1
-                    log.warning("cluster heartbeat failed: %s", exc or type(exc).__name__)
-                else:
-                    await self._apply(started, renewed, taken)
+            started = self.clock()
+            beat = asyncio.ensure_future(asyncio.to_thread(self._renew_and_take, dict(self.held)))
+            done, _ = await asyncio.wait({beat}, timeout=self.settings.heartbeat_s * 2)
+            if not done:
+                # The database is slow or unreachable (a partition): the watchdog gives the
+                # links up at their deadlines; this beat is applied whenever it returns,
+                # measured from when it started, so a late grant is worth nothing.
+                self.failed_beats += 1
+                log.warning("cluster heartbeat is waiting for the database")
+                await asyncio.wait({beat})
+            try:
+                renewed, taken = beat.result()
+            except Exception as exc:
+                self.failed_beats += 1
+                log.warning("cluster heartbeat failed: %s", exc or type(exc).__name__)
+            else:
+                await self._apply(started, renewed, taken)
             await asyncio.sleep(self.settings.heartbeat_s)
 
     def _renew_and_take(

@@ -98,9 +98,14 @@ class CommandExecutor:
         self.fenced = 0
 
     def use_fences(
-        self, fences: Callable[[], Mapping[str, Fence]], link_meters: Mapping[str, Collection[str]]
+        self,
+        fences: Callable[[], Mapping[str, Fence]],
+        link_meters: Mapping[str, Collection[str]],
+        owner: str,
     ) -> None:
-        """[cluster]: claim and complete only under the current lease of each link."""
+        """[cluster]: claim and complete only under the current lease of each link, as
+        `owner` (the cluster instance id, the leases' owner)."""
+        self.owner = owner
         self.fences = fences
         self.link_meters = {k: frozenset(v) & self.meters for k, v in link_meters.items()}
 
