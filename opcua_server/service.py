@@ -29,6 +29,7 @@ from openprepay.core.events import (
     Event,
     HistorianDataDropped,
     ImplausibleReading,
+    LinkOwnerChanged,
 )
 from openprepay.core.model import Sample
 
@@ -430,6 +431,28 @@ class OpcUaService:
                         "Reason": event.reason,
                         "FirstTime": event.first,
                         "LastTime": event.last,
+                    },
+                    event.at,
+                )
+            )
+        elif isinstance(event, LinkOwnerChanged):
+            owner = event.owner or ""
+            emitter.post(
+                Emission(
+                    "LinkOwnerChangedEventType",
+                    ua.NodeId(ua.ObjectIds.Server),
+                    event.link_id,
+                    f"link {event.link_id}: owned by {owner} (epoch {event.epoch})"
+                    if owner
+                    else f"link {event.link_id}: given up by {event.instance} "
+                    f"(epoch {event.epoch}): {event.detail}",
+                    500,
+                    {
+                        "LinkId": event.link_id,
+                        "Owner": owner,
+                        "Epoch": event.epoch,
+                        "Instance": event.instance,
+                        "Detail": event.detail,
                     },
                     event.at,
                 )

@@ -63,6 +63,17 @@ def _owner_check(runtime: Runtime, link_id: str) -> Callable[[], bool]:
     return owned
 
 
+def _lease_info(runtime: Runtime, link_id: str) -> Callable[[], tuple[int, float]]:
+    """The link's lease epoch and seconds left, for its statistics points."""
+
+    def info() -> tuple[int, float]:
+        if runtime.cluster is None or not runtime.cluster.owns(link_id):
+            return 0, 0.0
+        return runtime.cluster.epoch(link_id), runtime.cluster.left_s(link_id)
+
+    return info
+
+
 class Runtime:
     def __init__(self, site: Site, plugins: Plugins, bus: EventBus | None = None) -> None:
         check_devices_against_models(site, plugins.models)
@@ -101,6 +112,7 @@ class Runtime:
             self.arbiter.leased = True
             for worker in self.arbiter.workers.values():
                 worker.guard = _owner_check(self, worker.link.id)
+                worker.lease_info = _lease_info(self, worker.link.id)
         #: With a database: the prepayment engine (metering, command executor, deferred
         #: trips, reconciliation, notices) and the door every change goes through
         #: (`core.operations.Operations`), both built by `start()` (`core.app.services`).

@@ -194,6 +194,7 @@ class LinkLeases:
             log.info("link %s: owned by %s, epoch %d", link_id, self.instance, got.epoch)
             self.publish(LinkOwnerChanged(link_id, self.instance, got.epoch, self.instance))
             await self.arbiter.start_link(link_id)
+            self.arbiter.workers[link_id].publish_stats()
             self._notify()
 
     async def _watchdog(self) -> None:
@@ -214,6 +215,7 @@ class LinkLeases:
             "link %s: given up by %s (epoch %d): %s", link_id, self.instance, own.epoch, why
         )
         await self.arbiter.stop_link(link_id)
+        self.arbiter.workers[link_id].publish_stats()  # lease_epoch 0: not owned here
         self.publish(LinkOwnerChanged(link_id, None, own.epoch, self.instance, why))
         self._notify()
 

@@ -95,6 +95,8 @@ class LinkWorker:
         #: With [cluster]: asked before every transaction whether this instance still owns
         #: the link (its lease's local deadline has not passed); None: always.
         self.guard: Callable[[], bool] | None = None
+        #: With [cluster]: (lease epoch, seconds left) for the link's statistics.
+        self.lease_info: Callable[[], tuple[int, float]] | None = None
 
     # -- public API -----------------------------------------------------------------------
     async def run(self, routine_polls: bool = True) -> None:
@@ -475,6 +477,9 @@ class LinkWorker:
             "devices_backoff": states.count(DeviceState.BACKOFF),
             "devices_quarantined": states.count(DeviceState.QUARANTINED),
         }
+        if self.lease_info is not None:
+            epoch, left_s = self.lease_info()
+            values["lease_epoch"], values["lease_left_s"] = epoch, round(left_s, 3)
         s.published = values
         s.window_start, s.window_busy_s, s.window_jobs = now, 0.0, 0
         s.window_poll_s, s.window_polls = 0.0, 0

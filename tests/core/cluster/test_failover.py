@@ -10,6 +10,7 @@ before any other instance starts on it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from openprepay.core.prepay import commands as cmds
 from tests.conftest import until
 from tests.core.prepay.conftest import site_data
 
-from .instances import CLUSTER, Instance, instance_site, owner_of
+from .instances import CLUSTER, OPENPREPAY, Instance, instance_site, owner_of
 from .relay import Frame, Relay
 
 NAMES = ("a", "b", "c")
@@ -109,6 +110,21 @@ async def test_sigkill_the_owner_another_polls_the_link(cluster: Cluster) -> Non
     assert done.claimed_by == new and done.claimed_epoch == owner_of(c.db)[1]
     assert c.sims.devices["E-101"].snapshot()["supply_on"] == 0
     no_interleaving(c.frames())
+    # The operator sees it: `openprepay cluster status`.
+    status = await _cluster_status(c.instances[new].site_file)
+    leases = {r["name"]: r for r in status["leases"]}
+    assert leases["gw"]["owner"] == new and leases["gw"]["epoch"] == owner_of(c.db)[1]
+    alive = {i["id"]: i["alive"] for i in status["instances"]}
+    assert alive[new] is True and set(alive) == {"a", "b", "c"}
+
+
+async def _cluster_status(site_file: Path) -> dict:  # type: ignore[type-arg]
+    proc = await asyncio.create_subprocess_exec(
+        OPENPREPAY, "cluster", "status", str(site_file), "--json", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    return json.loads(out)
 
 
 async def test_sigstop_past_the_lease_completes_nothing_in_flight(cluster: Cluster) -> None:
