@@ -167,6 +167,8 @@ class Runtime:
                     self.cluster_settings.instance_id,
                 )
                 self.cluster.on_change.append(executor.wake)
+                core.billing_service.leader = self.cluster.leader_fence
+                core.billing_service.instance = f"{self.cluster_settings.instance_id}:billing"
                 # First in, last out: links are given up after everything else stopped.
                 services.insert(0, self.cluster)
             services.extend(core.loops())

@@ -29,6 +29,9 @@ from ..events import LinkOwnerChanged
 from . import lease
 from .settings import ClusterSettings
 
+#: The lease of the instance that runs the jobs that must run once (month-end...).
+JOBS_LEADER = f"{lease.LEADER}jobs"
+
 log = logging.getLogger("openprepay.cluster")
 
 
@@ -60,6 +63,8 @@ class LinkLeases:
         self.instance = settings.instance_id
         #: The site's links this instance may own, in order.
         self.links = [link for link in links if settings.may_own(link)]
+        #: The leases this instance competes for: its links, then the jobs leader's.
+        self.names = [*self.links, *([JOBS_LEADER] if settings.leader else [])]
         self.clock = clock
         self.held: dict[str, Owned] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,6 +91,11 @@ class LinkLeases:
             for link, own in self.held.items()
             if now < own.deadline
         }
+
+    def leader_fence(self) -> lease.Fence | None:
+        """The jobs leader's lease while this instance holds it (else None): jobs that
+        must run once run only then, and check it in each of their transactions."""
+        return self.fence(JOBS_LEADER)
 
     def left_s(self, link_id: str) -> float:
         own = self.held.get(link_id)
@@ -129,7 +139,7 @@ class LinkLeases:
 
     def _register(self) -> None:
         with self.db.begin() as conn:
-            lease.ensure(conn, self.links)
+            lease.ensure(conn, self.names)
             lease.register_instance(conn, self.instance, self.settings.links)
 
     def _release(self, released: list[tuple[str, Owned]]) -> None:
@@ -167,7 +177,7 @@ class LinkLeases:
         with self.db.begin() as conn:
             lease.heartbeat(conn, self.instance)
             renewed = lease.renew(conn, self.instance, {k: v.epoch for k, v in held.items()}, ttl)
-        for link_id in self.links:
+        for link_id in self.names:
             if link_id in held:
                 continue
             with self.db.begin() as conn:
@@ -193,8 +203,9 @@ class LinkLeases:
             self.held[link_id] = Owned(got.epoch, deadline)
             log.info("link %s: owned by %s, epoch %d", link_id, self.instance, got.epoch)
             self.publish(LinkOwnerChanged(link_id, self.instance, got.epoch, self.instance))
-            await self.arbiter.start_link(link_id)
-            self.arbiter.workers[link_id].publish_stats()
+            if link_id in self.arbiter.workers:
+                await self.arbiter.start_link(link_id)
+                self.arbiter.workers[link_id].publish_stats()
             self._notify()
 
     async def _watchdog(self) -> None:
@@ -214,8 +225,9 @@ class LinkLeases:
         log.warning(
             "link %s: given up by %s (epoch %d): %s", link_id, self.instance, own.epoch, why
         )
-        await self.arbiter.stop_link(link_id)
-        self.arbiter.workers[link_id].publish_stats()  # lease_epoch 0: not owned here
+        if link_id in self.arbiter.workers:
+            await self.arbiter.stop_link(link_id)
+            self.arbiter.workers[link_id].publish_stats()  # lease_epoch 0: not owned here
         self.publish(LinkOwnerChanged(link_id, None, own.epoch, self.instance, why))
         self._notify()
 

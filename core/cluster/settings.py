@@ -6,6 +6,7 @@
     lease_ttl_s = 10               # a lease lasts this long past its last renewal (DB clock)
     heartbeat_s = 2                # renew every ...
     margin_s = 3                   # stop using a link this long before the lease expires
+    leader = true                  # may run the jobs that must run once (month-end...)
 
 Without the section the service runs as one process, as before. With it the database must be
 PostgreSQL (the database clock and row locks are the coordinator).
@@ -33,6 +34,8 @@ class ClusterSettings:
     lease_ttl_s: float = DEFAULT_TTL_S
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     margin_s: float = DEFAULT_MARGIN_S
+    #: May this instance be the jobs leader (month-end and other run-once jobs)?
+    leader: bool = True
 
     def may_own(self, link_id: str) -> bool:
         return any(fnmatch.fnmatchcase(link_id, pattern) for pattern in self.links)
@@ -53,6 +56,7 @@ def read_cluster(site: Site) -> ClusterSettings | None:
     ttl = r.number("lease_ttl_s", DEFAULT_TTL_S, low=1, high=3600)
     heartbeat = r.number("heartbeat_s", DEFAULT_HEARTBEAT_S, low=0.05, high=600)
     margin = r.number("margin_s", DEFAULT_MARGIN_S, low=0, high=3600, low_exclusive=True)
+    leader = r.bool("leader", True)
     r.finish()
     if links is not None:
         if not links:
@@ -87,4 +91,4 @@ def read_cluster(site: Site) -> ClusterSettings | None:
         )
     if errors:
         raise ConfigError(str(site.path or "site"), errors)
-    return ClusterSettings(instance_id, tuple(links), ttl, heartbeat, margin)
+    return ClusterSettings(instance_id, tuple(links), ttl, heartbeat, margin, bool(leader))
