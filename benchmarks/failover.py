@@ -131,11 +131,14 @@ class Relay:
             return
 
         async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, log: bool) -> None:
-            while data := await r.read(65536):
-                if log:
-                    self.frames.append((time.monotonic(), self.name))
-                w.write(data)
-                await w.drain()
+            try:
+                while data := await r.read(65536):
+                    if log:
+                        self.frames.append((time.monotonic(), self.name))
+                    w.write(data)
+                    await w.drain()
+            except OSError:
+                pass  # the instance was killed: its connection is reset
             w.close()
 
         await asyncio.gather(
