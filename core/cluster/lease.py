@@ -115,6 +115,22 @@ def renew(conn: Connection, owner: str, held: Mapping[str, int], ttl_s: float) -
     return {r[0]: Held(r[0], int(r[1]), float(r[2])) for r in rows}
 
 
+def next_expiry_s(conn: Connection, names: Sequence[str], owner: str) -> float | None:
+    """Seconds until the first of `names` held by another instance expires (None: none
+    is), so a standby can try to take it right then rather than at its next heartbeat."""
+    if not names:
+        return None
+    value = conn.execute(
+        sa.text(
+            "SELECT min(EXTRACT(EPOCH FROM expires_at - clock_timestamp())) FROM link_lease "
+            "WHERE name = ANY(CAST(:names AS text[])) AND owner IS NOT NULL AND owner <> :owner "
+            "AND expires_at IS NOT NULL"
+        ),
+        {"names": list(names), "owner": owner},
+    ).scalar()
+    return None if value is None else float(value)
+
+
 def release(conn: Connection, name: str, owner: str, epoch: int) -> bool:
     """Give a lease up at once (a clean stop), so another instance need not wait for it
     to expire. False if it was no longer ours."""
