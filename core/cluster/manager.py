@@ -72,6 +72,8 @@ class LinkLeases:
         self.on_change: list[Callable[[], None]] = []
         #: Heartbeats that failed (database unreachable, slow) since start.
         self.failed_beats = 0
+        #: The instances alive at the last heartbeat (this one included), by id.
+        self.peers: list[str] = [self.instance]
 
     # -- what the rest of the service asks ------------------------------------------------
     def owns(self, link_id: str) -> bool:
@@ -96,6 +98,15 @@ class LinkLeases:
         """The jobs leader's lease while this instance holds it (else None): jobs that
         must run once run only then, and check it in each of their transactions."""
         return self.fence(JOBS_LEADER)
+
+    def service_level(self) -> int:
+        """OPC UA ServiceLevel of this instance's server: high while it owns links (its
+        meters are live), low as a standby (clients pick the highest)."""
+        now = self.clock()
+        owned = [k for k, o in self.held.items() if k in self.links and now < o.deadline]
+        if owned:
+            return 250
+        return 100 if self.links else 200
 
     def left_s(self, link_id: str) -> float:
         own = self.held.get(link_id)
@@ -193,6 +204,8 @@ class LinkLeases:
         wanted = [n for n in self.names if n not in held and n not in taken]
         with self.db.begin() as conn:
             next_expiry = lease.next_expiry_s(conn, wanted, self.instance)
+            alive = [i["id"] for i in lease.instances(conn) if i["heartbeat_age_s"] < ttl]
+        self.peers = sorted({*alive, self.instance})
         return renewed, taken, next_expiry
 
     async def _apply(
