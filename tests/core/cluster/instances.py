@@ -22,10 +22,18 @@ OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
 CLUSTER = {"lease_ttl_s": 4.0, "heartbeat_s": 0.5, "margin_s": 1.5}
 
 
+def cluster_site_data() -> dict[str, Any]:
+    """The prepay tests' site, with a LOCAL meter that uses no energy: its balance then is
+    exactly the money delivered to it, however long a test runs."""
+    data = site_data()
+    data["devices"]["E-102"]["options"]["sim_load_kw"] = 0.0
+    return data
+
+
 def instance_site(
     tmp_path: Path, name: str, db_url: str, gateway_port: int, **cluster: Any
 ) -> Path:
-    data = site_data()
+    data = cluster_site_data()
     data["links"]["gw"]["port"] = gateway_port
     data["database"] = {"url": db_url}
     data["cluster"] = {"instance_id": name, **CLUSTER, **cluster}

@@ -25,9 +25,15 @@ from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.db import Database
 from openprepay.core.prepay import commands as cmds
 from tests.conftest import until
-from tests.core.prepay.conftest import site_data
 
-from .instances import CLUSTER, OPENPREPAY, Instance, instance_site, owner_of
+from .instances import (
+    CLUSTER,
+    OPENPREPAY,
+    Instance,
+    cluster_site_data,
+    instance_site,
+    owner_of,
+)
 from .relay import Frame, Relay
 
 NAMES = ("a", "b", "c")
@@ -49,7 +55,9 @@ class Cluster:
 
 @pytest.fixture
 async def cluster(plugins, pg: Database, pg_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:  # type: ignore[no-untyped-def]
-    sims = SimulatedSite(parse_site(site_data()), plugins, SimulatorOptions(ephemeral_ports=True))
+    sims = SimulatedSite(
+        parse_site(cluster_site_data()), plugins, SimulatorOptions(ephemeral_ports=True)
+    )
     await sims.start()
     found = Cluster(pg, sims)
     try:
