@@ -37,6 +37,10 @@ class Relay:
         self.modbus = modbus
         self.frames: list[Frame] = []
         self.hold_replies_s = 0.0
+        #: In front of PostgreSQL: once, let a COMMIT through and then drop the connection
+        #: before its answer (the commit happens; the client cannot know).
+        self.lose_next_commit = False
+        self.commits_lost = 0
         self._hold_until = 0.0
         self._open = asyncio.Event()
         self._open.set()
@@ -69,16 +73,22 @@ class Relay:
             writer.close()
             return
         self._writers.add(up_writer)
+        state = {"mute": False}
         await asyncio.gather(
-            self._pump(reader, up_writer, requests=True),
-            self._pump(up_reader, writer, requests=False),
+            self._pump(reader, up_writer, requests=True, state=state),
+            self._pump(up_reader, writer, requests=False, state=state),
             return_exceptions=True,
         )
         for w in (writer, up_writer):
             w.close()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, requests: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        requests: bool,
+        state: dict[str, bool],
     ) -> None:
         while True:
             data = await reader.read(65536)
@@ -86,11 +96,22 @@ class Relay:
                 writer.close()
                 return
             await self._open.wait()
+            if requests and self.lose_next_commit and b"COMMIT" in data:
+                self.lose_next_commit = False
+                state["mute"] = True  # the answer never reaches the client
+                writer.write(data)
+                await writer.drain()
+                await asyncio.sleep(0.5)  # the server commits and answers into the void
+                self.commits_lost += 1
+                writer.close()
+                raise ConnectionResetError("relay: connection lost after COMMIT")
             if requests and self.modbus and len(data) >= 2:
                 frame = Frame(time.monotonic(), self.name, data[0], data[1])
                 self.frames.append(frame)
                 if frame.write and self.hold_replies_s:
                     self._hold_until = time.monotonic() + self.hold_replies_s
+            if not requests and state["mute"]:
+                continue
             if not requests:
                 delay = self._hold_until - time.monotonic()
                 if delay > 0:
