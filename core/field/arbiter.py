@@ -546,7 +546,9 @@ class LinkArbiter:
         worker = self.worker_of(meter_id)
         if self.leased and not self.running(worker.link.id):
             raise LinkNotOwned(
-                f"meter {meter_id}: link {worker.link.id} is owned by another instance"
+                f"meter {meter_id}: this instance does not own link {worker.link.id} "
+                "([cluster]: only the lease's owner talks to a link; its points are on its "
+                "OPC UA server)"
             )
         return worker
 
