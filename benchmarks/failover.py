@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import sys
@@ -256,11 +257,14 @@ async def failover(db_url: str, rounds: int, tmp: Path) -> dict[str, Any]:
         streamer = threading.Thread(target=stream.run, daemon=True)
         streamer.start()
         times: list[float] = []
+        rng = random.Random(13)
         for _ in range(rounds):
             await wait_for(lambda: owner(db) in NAMES, 120)
             victim = owner(db)
             assert victim is not None
-            await asyncio.sleep(2.0)  # the owner is busy with the stream's commands
+            # The owner is busy with the stream's commands; the kill falls at a random point
+            # of its heartbeat cycle (seeded: the same schedule every run).
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
             killed_at = time.monotonic()
             await instances[victim].kill()
             await wait_for(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..billing.service import BillingService
 from ..billing.settings import check_billing
@@ -72,6 +73,17 @@ def _lease_info(runtime: Runtime, link_id: str) -> Callable[[], tuple[int, float
         return runtime.cluster.epoch(link_id), runtime.cluster.left_s(link_id)
 
     return info
+
+
+def _fence_metering(cluster: LinkLeases, metering: Any, site: Site) -> None:
+    """[cluster]: metering writes only under the current lease of each meter's link, and
+    forgets what it held for the meters of a link given up."""
+    link_of = {d.id: d.link for d in site.devices.values()}
+    meters_of: dict[str, list[str]] = {}
+    for meter_id, link_id in link_of.items():
+        meters_of.setdefault(link_id, []).append(meter_id)
+    metering.guard = lambda conn, meters: cluster.guard_meters(conn, link_of, meters)
+    cluster.on_give_up.append(lambda link_id: metering.forget(meters_of.get(link_id, ())))
 
 
 class Runtime:
@@ -168,6 +180,7 @@ class Runtime:
                 )
                 self.cluster.on_change.append(executor.wake)
                 core.billing_service.leader = self.cluster.leader_fence
+                _fence_metering(self.cluster, core.engine.metering, self.site)
                 core.billing_service.instance = f"{self.cluster_settings.instance_id}:billing"
                 # First in, last out: links are given up after everything else stopped.
                 services.insert(0, self.cluster)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..db import Database
+from ..errors import CommandFenced
 from ..events import LinkOwnerChanged
 from . import lease
 from .settings import ClusterSettings
@@ -70,6 +71,9 @@ class LinkLeases:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self.on_change: list[Callable[[], None]] = []
+        #: Called with the id of each link given up (what the service holds for its
+        #: meters in memory is dropped).
+        self.on_give_up: list[Callable[[str], None]] = []
         #: Heartbeats that failed (database unreachable, slow) since start.
         self.failed_beats = 0
         #: The instances alive at the last heartbeat (this one included), by id.
@@ -93,6 +97,15 @@ class LinkLeases:
             for link, own in self.held.items()
             if now < own.deadline
         }
+
+    def guard_meters(self, conn: Any, link_of: dict[str, str], meters: list[str]) -> None:
+        """Raise `CommandFenced` unless every link of `meters` is still this instance's,
+        checked in the database in the caller's transaction (`lease.check`)."""
+        for link_id in sorted({link_of[m] for m in meters if m in link_of}):
+            fence = self.fence(link_id)
+            if fence is None:
+                raise CommandFenced(f"link {link_id} is no longer owned by {self.instance}")
+            lease.check(conn, fence)
 
     def leader_fence(self) -> lease.Fence | None:
         """The jobs leader's lease while this instance holds it (else None): jobs that
@@ -251,6 +264,8 @@ class LinkLeases:
             await self.arbiter.stop_link(link_id)
             self.arbiter.workers[link_id].publish_stats()  # lease_epoch 0: not owned here
         self.publish(LinkOwnerChanged(link_id, None, own.epoch, self.instance, why))
+        for callback in self.on_give_up:
+            callback(link_id)
         self._notify()
 
     def _notify(self) -> None:

@@ -88,6 +88,8 @@ async def test_seeded_faults_lose_and_double_nothing(
                 ),
             )
         set_meter_buy_count(conn, "E-102", 0)
+    e101: Any = c.sims.devices["E-101"]
+    energy_at_open = sum(e101.energy.values())
     names = ("a", "b")
     for name in names:
         await c.instances[name].start()
@@ -153,6 +155,16 @@ async def test_seeded_faults_lose_and_double_nothing(
     sim: Any = c.sims.devices["E-102"]
     assert sim.buy_count == len(local)
     assert round(sim.remaining * 100) == sum(r.amount_fen for r in local)
+    # Metering billed no energy twice: no more than the meter's register advanced (a
+    # paused owner's flush from an old baseline is fenced by the database).
+    with c.db.read() as conn:
+        billed = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(t.meter_usage_day.c.energy), 0)).where(
+                t.meter_usage_day.c.meter_id == "E-101"
+            )
+        ).scalar()
+    advanced = round((sum(e101.energy.values()) - energy_at_open) * 1000)
+    assert billed <= advanced + 10, (billed, advanced)  # registers are read to 0.01 kWh
     # The gateway heard one speaker at a time: a change of speaker only at a fault.
     speakers = [f.instance for f in c.frames()]
     changes = sum(1 for x, y in itertools.pairwise(speakers) if x != y)
