@@ -69,6 +69,7 @@ class LinkLeases:
         self.clock = clock
         self.held: dict[str, Owned] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._handing_back: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self.on_change: list[Callable[[], None]] = []
         #: Called with the id of each link given up (what the service holds for its
@@ -267,6 +268,21 @@ class LinkLeases:
         for callback in self.on_give_up:
             callback(link_id)
         self._notify()
+        if self._tasks:  # running (not stopping): hand the lease back now, best effort
+            task = asyncio.create_task(self._hand_back(link_id, own))
+            self._handing_back.add(task)
+            task.add_done_callback(self._handing_back.discard)
+
+    async def _hand_back(self, link_id: str, own: Owned) -> None:
+        """Release a lease given up while still valid in the database (a late heartbeat),
+        so another instance need not wait for it to expire. A partition makes this hang:
+        then the lease simply expires."""
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self._release, [(link_id, own)]), self.settings.lease_ttl_s
+            )
+        except Exception as exc:
+            log.info("link %s: lease not handed back (%s); it expires", link_id, exc)
 
     def _notify(self) -> None:
         for callback in self.on_change:

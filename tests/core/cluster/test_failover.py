@@ -10,6 +10,7 @@ before any other instance starts on it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import time
@@ -76,16 +77,16 @@ async def cluster(plugins, pg: Database, pg_url: str, tmp_path: Path) -> AsyncIt
         await sims.stop()
 
 
-def no_interleaving(frames: list[Frame]) -> None:
-    """Once another instance has talked to the link, the previous one never does again."""
-    seen: list[str] = []
-    for frame in frames:
-        if not seen or seen[-1] != frame.instance:
-            assert frame.instance not in seen, (
-                f"{frame.instance} talked to the link again after {seen[-1]} took over: "
-                f"order {[*seen, frame.instance]}"
-            )
-            seen.append(frame.instance)
+def one_speaker_at_a_time(c: Cluster, faults: int) -> None:
+    """The gateway's log changes speaker only where the previous one was faulted (killed,
+    stopped, cut off) or gave the link up itself (logged; under heavy load a heartbeat can
+    come too late): two instances polling the link at once would change it at every frame."""
+    speakers = [f.instance for f in c.frames()]
+    changes = sum(1 for x, y in itertools.pairwise(speakers) if x != y)
+    given_up = sum(
+        line.count("link gw: given up by") for i in c.instances.values() for line in i.log
+    )
+    assert changes <= faults + given_up, (changes, faults, given_up, speakers[-20:])
 
 
 async def owned_by(c: Cluster, names: tuple[str, ...], timeout: float = 60) -> str:
@@ -117,7 +118,7 @@ async def test_sigkill_the_owner_another_polls_the_link(cluster: Cluster) -> Non
         done = cmds.get_command(conn, command.id)
     assert done.claimed_by == new and done.claimed_epoch == owner_of(c.db)[1]
     assert c.sims.devices["E-101"].snapshot()["supply_on"] == 0
-    no_interleaving(c.frames())
+    one_speaker_at_a_time(c, 1)
     # The operator sees it: `openprepay cluster status`.
     status = await _cluster_status(c.instances[new].site_file)
     leases = {r["name"]: r for r in status["leases"]}
@@ -169,7 +170,7 @@ async def test_sigstop_past_the_lease_completes_nothing_in_flight(cluster: Clust
     assert not c.frames_of("a", resumed_at), "a talked to the link after it woke up"
     # What a had in flight came back to it after the pause; the database refused it.
     assert a.logged("the database refuses the change") or a.logged("not sent"), "".join(a.log)
-    no_interleaving(c.frames())
+    one_speaker_at_a_time(c, 1)
     assert c.sims.devices["E-101"].snapshot()["supply_on"] == 0
 
 
@@ -203,7 +204,7 @@ async def test_partition_from_postgres_gives_links_up_before_another_takes_them(
         last_c = max(f.at for f in c.relays["c"].frames)
         assert last_c < first_new, "c still talked to the link when a started on it"
         assert c.instances["c"].logged("link gw: given up by c")
-        no_interleaving(c.frames())
+        one_speaker_at_a_time(c, 1)
     finally:
         pg_relay.heal()
         await c.instances["c"].kill()

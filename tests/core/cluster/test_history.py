@@ -165,8 +165,12 @@ async def test_seeded_faults_lose_and_double_nothing(
         ).scalar()
     advanced = round((sum(e101.energy.values()) - energy_at_open) * 1000)
     assert billed <= advanced + 10, (billed, advanced)  # registers are read to 0.01 kWh
-    # The gateway heard one speaker at a time: a change of speaker only at a fault.
+    # The gateway heard one speaker at a time: the speaker changes only where the previous
+    # one was killed or gave the link up (a fault, or a heartbeat late under load).
     speakers = [f.instance for f in c.frames()]
     changes = sum(1 for x, y in itertools.pairwise(speakers) if x != y)
-    assert changes <= faults, (changes, faults)
+    given_up = sum(
+        line.count("link gw: given up by") for i in c.instances.values() for line in i.log
+    )
+    assert changes <= faults + given_up, (changes, faults, given_up)
     assert owner_of(c.db)[1] >= faults + 1
