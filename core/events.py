@@ -331,6 +331,24 @@ class NotificationFailed(Event):
     error: str
 
 
+# -- payments -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentConflict(Event):
+    """An online payment order went to CONFLICT (core/operations/payments.py): a provider's
+    notice did not match the order (amount, currency, merchant id, app id, transaction), a
+    payment arrived for an order closed here, or the ledger refused the credit. Nothing was
+    credited: a person must look at the order (`openprepay payments show`)."""
+
+    out_trade_no: str
+    channel: str
+    account_id: str
+    amount_fen: int
+    reason: str
+    actor: str
+
+
 # -- billing ------------------------------------------------------------------------------
 
 

@@ -67,7 +67,8 @@ def openprepay_make_transport(link: LinkConfig) -> LinkTransport | None:
     """Open-able transport for `link` (serial port, RTU-over-TCP gateway, Modbus TCP).
 
     Called by the link arbiter once per link when the service starts. First result: return
-    None for link types you do not handle. The transport is not connected yet; the arbiter
+    None for link types or protocols (`link.protocol`: modbus, dlt645, cjt188) you do not
+    handle. The transport is not connected yet; the arbiter
     connects and reconnects it.
     """
 
@@ -160,6 +161,18 @@ def openprepay_payment_providers(site: Site) -> Sequence[PaymentProvider]:
     not configure. Callbacks to /pay/notify/<channel> are routed to the provider whose
     `channel` matches; its payments are credited through the door's top-up with the
     provider's transaction id as the idempotency key (core/payments).
+    """
+
+
+@hookspec(firstresult=True)
+def openprepay_room_payment_qr(site: Site, room: str) -> str | None:
+    """The QR code a tenant scans to pay for `room`, as an image (`data:image/svg+xml;...`
+    or an https address) — *first result*.
+
+    Called by the bill and arrears-notice export (`openprepay bill export`, `bill arrears
+    --export`) once per printed page, to fill the page's payment QR code; return None when
+    you offer no payment page for the site (the page then shows none). The built-in web
+    plugin answers with the room's signed tenant-page link when `[web]` has a tenant secret.
     """
 
 

@@ -179,6 +179,9 @@ class DeviceModel:
     #: The nameplate limits that bound its cumulative registers; None: not declared (then
     #: only ranges, legal values and "never backwards" are checked).
     limits: PhysicalLimits | None = None
+    #: The frames the model speaks; its devices must sit on a link with this protocol
+    #: (`LinkConfig.protocol`: "modbus", "dlt645", "cjt188").
+    protocol: str = "modbus"
 
     def point(self, name: str) -> PointSpec:
         for spec in self.points:

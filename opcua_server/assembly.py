@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from .accounts.view import AccountView
 from .config import OpcUaConfig
+from .payments import PaymentsView
 from .service import OpcUaService
 
 if TYPE_CHECKING:
@@ -14,4 +15,4 @@ if TYPE_CHECKING:
 
 def make_service(config: OpcUaConfig, runtime: Runtime) -> OpcUaService:
     """The service with every part of the address space this installation has."""
-    return OpcUaService(config, runtime, extensions=[AccountView()])
+    return OpcUaService(config, runtime, extensions=[AccountView(), PaymentsView()])

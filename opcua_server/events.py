@@ -131,6 +131,18 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
             ("Error", V.String, "Why it failed, or how an operator resolved it"),
         ],
     ),
+    "PaymentConflictAlarmType": (
+        ua.ObjectIds.AlarmConditionType,
+        [
+            ("OutTradeNo", V.String, "The payment order (ours, as sent to the provider)"),
+            ("Channel", V.String, "The provider: wechat, alipay..."),
+            ("AccountId", V.String, "The account the order was for"),
+            ("AmountFen", V.Int64, "The order's amount, fen"),
+            ("Amount", V.Double, "The order's amount, CNY"),
+            ("Reason", V.String, "What did not match (amount, merchant, app...), nothing credited"),
+            ("Actor", V.String, "Who brought it: web:<channel>, payments:service, a user"),
+        ],
+    ),
     "ImplausibleReadingEventType": (
         ua.ObjectIds.BaseEventType,
         [
@@ -180,6 +192,8 @@ SEVERITY_COMM = 700
 SEVERITY_SUPPLY_MISMATCH = 800
 SEVERITY_BILLING = 700
 SEVERITY_DELIVERY = 700
+#: Money paid at a provider that does not match its order: a person must look.
+SEVERITY_PAYMENT_CONFLICT = 800
 #: A meter reported a value it cannot hold (core ImplausibleReading): a possible tamper.
 SEVERITY_IMPLAUSIBLE = 600
 

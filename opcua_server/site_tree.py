@@ -185,6 +185,7 @@ def _meters(
                 "Location": location,
             },
             device.unit_id,
+            device.address,
         )
         refresh = space.timestamp_refresh_s
         space.meter_bindings[device.id].refresh = timedelta(
@@ -198,9 +199,12 @@ def _meter(
     model: DeviceModel,
     parent: ua.NodeId,
     props: Mapping[str, str],
-    unit_id: int,
+    unit_id: int | None,
+    address: str | None = None,
 ) -> None:
-    """One meter: its points, Online, its Communication health and its methods."""
+    """One meter: its points, Online, its Communication health and its methods. A Modbus
+    meter has a UnitId property; a DL/T 645 or CJ/T 188 meter an Address (its nameplate
+    address, as a string: leading zeros count) and a UnitId only where the site gives one."""
     w = space.writer
     type_name = "WaterMeterType" if model.kind is MeterKind.WATER else "ElectricMeterType"
     base = f"Meter:{meter_id}"
@@ -213,7 +217,12 @@ def _meter(
         description=model.description,
     )
     space.add_properties(node.nodeid, base, props)
-    space.add_property(node.nodeid, f"{base}/UnitId", "UnitId", unit_id, ua.VariantType.Int32)
+    if unit_id is not None:
+        space.add_property(node.nodeid, f"{base}/UnitId", "UnitId", unit_id, ua.VariantType.Int32)
+    if address is not None:
+        space.add_property(
+            node.nodeid, f"{base}/Address", "Address", address, ua.VariantType.String
+        )
     online = w.variable(
         space.iid(f"{base}/Online"),
         space.tq("Online"),
@@ -250,7 +259,7 @@ def _links(space: Space, links: ua.NodeId) -> None:
         space.add_properties(
             lnode.nodeid,
             f"Link:{link.id}",
-            {"Address": link.address, "LinkKind": link.type.value},
+            {"Address": link.address, "LinkKind": link.type.value, "Protocol": link.protocol.value},
         )
         space.bind_points(link.id, LINK_MODEL, lnode.nodeid, f"Link:{link.id}")
         space.link_nodes[link.id] = lnode.nodeid

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 ELECTRIC_MODEL = "acrel.DDSY1352"
 WATER_MODEL = "xintai.valve_meter"
 MAIN_MODEL = "acrel.DTSD1352"
+#: Floor 1 of the last building (multi-floor demos): meters that speak the Chinese meter
+#: protocols instead of Modbus, each medium on its own bus.
+DLT645_MODEL = "dlt645.single_phase"
+CJT188_MODEL = "cjt188.cold_water_dn15"
 #: Floors per electric gateway: a bus of about 18 meters, as installers wire them.
 FLOORS_PER_GATEWAY = 3
 
@@ -42,8 +46,10 @@ def demo_site_data(
     seed: int = 1,
     poll_interval_s: float = 5.0,
     water: bool = True,
+    framed: bool = True,
 ) -> dict[str, Any]:
-    """The demo site as the dict a site file would parse into."""
+    """The demo site as the dict a site file would parse into. With `framed` (and more than
+    one floor), floor 1 of the last building speaks DL/T 645 and CJ/T 188 instead of Modbus."""
     rng = random.Random(seed)
     data: dict[str, Any] = {
         "site": {"id": "demo", "name": "OpenPrepay demo apartments", "timezone": "Asia/Shanghai"},
@@ -59,7 +65,45 @@ def demo_site_data(
         _add_building(data, chr(ord("A") + b), floors, rooms_per_floor, rng, water)
     data.update(demo_prepay_sections())
     data.update(demo_billing_section(list(data["buildings"])))
+    if framed and buildings and floors > 1:
+        _framed_floor(data, chr(ord("A") + buildings - 1))
     return data
+
+
+def _framed_floor(data: dict[str, Any], bid: str) -> None:
+    """Floor 1 of building `bid` gets DL/T 645 single-phase meters on `gw-<b>-dlt645` and
+    CJ/T 188 cold-water meters on `gw-<b>-cjt188` (2400 baud, addressed by the number on
+    the label). They hang on their own feeder, outside the building's common-area pool:
+    the main meter does not feed them and the pool lists its sub-meters without them."""
+    floor = data["buildings"][bid]["floors"][0]
+    links = {"dlt645": f"gw-{bid}-dlt645", "cjt188": f"gw-{bid}-cjt188"}
+    moved: list[str] = []
+    for device_id, device in data["devices"].items():
+        room = device.get("room")
+        if room is None or data["rooms"][room]["building"] != bid:
+            continue
+        if data["rooms"][room]["floor"] != floor:
+            continue
+        # 000 building, 000 floor, 000 room: a label number unique on the site.
+        serial = f"{ord(bid) - ord('A') + 1:03d}{int(floor):03d}{int(room[-2:]):03d}"
+        protocol = "dlt645" if device_id.startswith("E-") else "cjt188"
+        device.pop("unit_id", None)
+        device["model"] = DLT645_MODEL if protocol == "dlt645" else CJT188_MODEL
+        device["link"] = links[protocol]
+        device["address"] = serial.zfill(12 if protocol == "dlt645" else 14)
+        data["links"][links[protocol]] = {
+            "type": "rtu_over_tcp",
+            "protocol": protocol,
+            "host": "127.0.0.1",
+            "port": 502,
+            "timeout_ms": 500,
+        }
+        moved.append(device_id)
+    main = data["devices"][f"M-{bid}"]
+    main["options"]["sim_feeds"] = [m for m in main["options"]["sim_feeds"] if m not in moved]
+    data["billing"]["pools"][bid]["subs"] = list(main["options"]["sim_feeds"])
+    for link in set(data["links"]) - {d["link"] for d in data["devices"].values()}:
+        del data["links"][link]  # the floor's Modbus buses, if nothing else is left on them
 
 
 def _add_building(

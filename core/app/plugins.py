@@ -154,7 +154,12 @@ class Plugins:
         if transport is None:
             raise ConfigError(
                 "plugins",
-                [FieldError(f"links.{link.id}.type", f"no plugin handles {link.type} links")],
+                [
+                    FieldError(
+                        f"links.{link.id}.type",
+                        f"no plugin handles {link.type} links carrying {link.protocol}",
+                    )
+                ],
             )
         return transport
 
@@ -221,6 +226,11 @@ class Plugins:
 
     def payment_providers(self, site: Site) -> list[PaymentProvider]:
         return [p for group in self._call("openprepay_payment_providers", site=site) for p in group]
+
+    def room_payment_qr(self, site: Site, room: str) -> str | None:
+        """The room's payment QR image from the plugin that offers one (None: nobody)."""
+        answer = self.manager.hook.openprepay_room_payment_qr(site=site, room=room)
+        return answer if isinstance(answer, str) and answer else None
 
     def add_cli_commands(self, cli: click.Group, only: Collection[str] | None = None) -> None:
         """Let the plugins (those named in `only`, or all) add their commands to `cli`."""

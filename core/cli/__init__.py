@@ -64,7 +64,18 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 def _register_builtin() -> None:
     # Imported here: every command module imports `CliContext` and the exit codes from
     # this package, so they can only load once it has.
-    from . import accounts, billing, cluster, database, demo, devices, payments, prepay, tariff
+    from . import (
+        accounts,
+        billing,
+        cluster,
+        database,
+        demo,
+        devices,
+        payer,
+        payments,
+        prepay,
+        tariff,
+    )
 
     devices.register(cli)
     demo.register(cli)
@@ -74,6 +85,7 @@ def _register_builtin() -> None:
     prepay.register(cli)
     billing.register(cli)
     payments.register(cli)
+    payer.register(cli)
     cluster.register(cli)
 
 

@@ -115,7 +115,7 @@ def check_command(obj: CliContext, site_file: str) -> None:
     default=None,
     help="Simulated seconds per second (default: the site's [poll] time_scale, 1).",
 )
-@click.option("--serial-timing", is_flag=True, help="Delay answers as a 9600-baud bus would.")
+@click.option("--serial-timing", is_flag=True, help="Delay answers as the link's baud rate would.")
 @click.option("--silent", multiple=True, metavar="METER", help="Make a device silent.")
 @click.option(
     "--garbage", multiple=True, metavar="METER", help="Make a device answer with garbage."

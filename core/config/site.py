@@ -12,7 +12,7 @@ examples/site.toml.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,25 @@ class LinkType(enum.StrEnum):
     RTU_OVER_TCP = "rtu_over_tcp"
     #: A native Modbus TCP device or a gateway converting Modbus TCP to RTU.
     MODBUS_TCP = "modbus_tcp"
+
+
+class LinkProtocol(enum.StrEnum):
+    """The frames a link carries; one protocol per link."""
+
+    MODBUS = "modbus"
+    #: DL/T 645-2007 electricity meters (plugins/dlt645).
+    DLT645 = "dlt645"
+    #: CJ/T 188-2004 water, heat and gas meters (plugins/cjt188).
+    CJT188 = "cjt188"
+
+
+#: Protocols whose frames pass through a serial bus or a transparent TCP gateway only.
+FRAMED_PROTOCOLS = (LinkProtocol.DLT645, LinkProtocol.CJT188)
+#: Digits of a device address, per protocol (12 BCD digits for DL/T 645, 14 for CJ/T 188).
+ADDRESS_DIGITS = {LinkProtocol.DLT645: 12, LinkProtocol.CJT188: 14}
+#: Serial settings these meters ship with (DL/T 645-2007 default 2400 8E1).
+FRAMED_DEFAULT_BAUDRATE = 2400
+FRAMED_DEFAULT_PARITY = "E"
 
 
 class ControlMode(enum.StrEnum):
@@ -95,6 +114,8 @@ class LinkConfig:
     in_flight: int = 1
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    #: The frames the link carries (Modbus RTU/TCP, DL/T 645, CJ/T 188).
+    protocol: LinkProtocol = LinkProtocol.MODBUS
 
     @property
     def bits_per_char(self) -> int:
@@ -112,6 +133,11 @@ class LinkConfig:
             return self.frame_gap_s
         if self.type is not LinkType.SERIAL:
             return 0.0
+        if self.protocol is not LinkProtocol.MODBUS:
+            # DL/T 645 and CJ/T 188 frames are delimited by their length byte, not by
+            # silence (the FE preamble wakes the receivers): two characters let the last
+            # meter's transmitter release the RS-485 bus.
+            return 2 * self.char_time_s
         # Modbus over serial line, §2.5.1.1: t3.5 = 3.5 characters, fixed 1.75 ms above 19200.
         return 0.00175 if self.baudrate > 19200 else 3.5 * 11 / self.baudrate
 
@@ -143,7 +169,8 @@ class DeviceConfig:
     id: str
     model: str
     link: str
-    unit_id: int
+    #: Modbus unit id (1..247); None on DL/T 645 and CJ/T 188 links, where `address` is used.
+    unit_id: int | None
     #: Where the meter is: a room, or only a building for common-area meters.
     room: str | None = None
     building: str | None = None
@@ -154,6 +181,14 @@ class DeviceConfig:
     #: Plausibility limits that replace the model's for this device (a meter with a bigger
     #: rating), checked against the model by core.field.plausibility.check_device_limits.
     limits: Mapping[str, Any] = field(default_factory=dict)
+    #: Meter address on DL/T 645 (12 digits) and CJ/T 188 (14 digits) links, as printed on
+    #: the nameplate (most significant digit first); None on Modbus links.
+    address: str | None = None
+
+    @property
+    def bus_id(self) -> str:
+        """How the device is addressed on its link, for messages and logs."""
+        return self.address if self.address is not None else str(self.unit_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,15 +276,27 @@ def parse_site(data: Mapping[str, Any], source: str = "site", path: Path | None 
 
 
 def check_devices_against_models(site: Site, models: Mapping[str, DeviceModel]) -> None:
-    """Fail when a device names a model that no installed plugin provides."""
+    """Fail when a device names a model that no installed plugin provides, or a model
+    whose protocol is not its link's."""
     errors = []
     known = ", ".join(sorted(models)) or "none (no device plugin loaded)"
     for device in site.devices.values():
-        if device.model not in models:
+        model = models.get(device.model)
+        if model is None:
             errors.append(
                 FieldError(
                     f"devices.{device.id}.model",
                     f"unknown model {device.model!r}; installed models: {known}",
+                )
+            )
+            continue
+        link = site.links.get(device.link)
+        if link is not None and link.protocol != model.protocol:
+            errors.append(
+                FieldError(
+                    f"devices.{device.id}.model",
+                    f"{model.name} speaks {model.protocol} but link {link.id!r} carries "
+                    f'{link.protocol}; put it on a link with protocol = "{model.protocol}"',
                 )
             )
     if errors:
@@ -317,8 +364,17 @@ def _read_link(link_id: str, r: TableReader) -> LinkConfig | None:
     else:
         host = r.str("host")
         port = r.int("port", 502, low=1, high=65535)
-    baudrate = r.int("baudrate", 9600, low=300, high=921600)
-    parity = r.str("parity", "N", choices=_PARITIES)
+    protocol = r.str("protocol", "modbus", choices=[p.value for p in LinkProtocol])
+    framed = protocol is not None and LinkProtocol(protocol) in FRAMED_PROTOCOLS
+    if framed and link_type is LinkType.MODBUS_TCP:
+        r.error(
+            f"{protocol} frames travel on a serial link or through a transparent TCP gateway; "
+            'set type = "serial" or type = "rtu_over_tcp" (a modbus_tcp link carries Modbus only)',
+            "protocol",
+        )
+        protocol = None
+    baudrate = r.int("baudrate", FRAMED_DEFAULT_BAUDRATE if framed else 9600, low=300, high=921600)
+    parity = r.str("parity", FRAMED_DEFAULT_PARITY if framed else "N", choices=_PARITIES)
     stopbits = r.int("stopbits", 1, low=1, high=2)
     bytesize = r.int("bytesize", 8, low=7, high=8)
     timeout_ms = r.number("timeout_ms", 500, low=1, high=60000)
@@ -332,7 +388,7 @@ def _read_link(link_id: str, r: TableReader) -> LinkConfig | None:
         )
     reconnect_min = r.number("reconnect_min_s", 0.5, low=0.0, low_exclusive=True, high=DAY_S)
     reconnect_max = r.number("reconnect_max_s", 30.0, low=0.0, low_exclusive=True, high=DAY_S)
-    if None in (baudrate, parity, stopbits, bytesize, timeout_ms, in_flight) or (
+    if None in (protocol, baudrate, parity, stopbits, bytesize, timeout_ms, in_flight) or (
         link_type is LinkType.SERIAL and device is None
     ):
         return None
@@ -353,6 +409,7 @@ def _read_link(link_id: str, r: TableReader) -> LinkConfig | None:
         in_flight=in_flight,
         reconnect_min_s=reconnect_min or 0.5,
         reconnect_max_s=reconnect_max or 30.0,
+        protocol=LinkProtocol(protocol),
     )
 
 
@@ -381,7 +438,16 @@ def _read_room(room_id: str, r: TableReader) -> Room | None:
 def _read_device(device_id: str, r: TableReader) -> DeviceConfig | None:
     model = r.str("model")
     link = r.id("link")
-    unit_id = r.int("unit_id", low=1, high=247)
+    # Which of unit_id / address a device needs depends on its link's protocol: checked
+    # with the references, once the links are known.
+    unit_id = r.int("unit_id", None, low=1, high=247)
+    address = r.raw("address", None)
+    if address is not None and not isinstance(address, str):
+        r.error(
+            'expected the meter address as a string of digits in quotes, e.g. "000012345678"',
+            "address",
+        )
+        return None
     room = r.id("room", None)
     building = r.id("building", None)
     mode = r.str("control_mode", "REMOTE", choices=[m.value for m in ControlMode])
@@ -396,7 +462,7 @@ def _read_device(device_id: str, r: TableReader) -> DeviceConfig | None:
         limits = {}
     if room is not None and building is not None:
         r.error("give either room or building (a common-area meter), not both", "building")
-    if None in (model, link, unit_id, mode):
+    if None in (model, link, mode):
         return None
     return DeviceConfig(
         id=device_id,
@@ -409,7 +475,53 @@ def _read_device(device_id: str, r: TableReader) -> DeviceConfig | None:
         poll_interval_s=interval,
         options=options,
         limits=limits,
+        address=address,
     )
+
+
+def _check_bus_id(
+    device: DeviceConfig, link: LinkConfig | None, err: Callable[[str, str], None]
+) -> None:
+    """unit_id on Modbus links, a well-formed address on DL/T 645 and CJ/T 188 links."""
+    at = f"devices.{device.id}"
+    if link is None:
+        # The link has errors of its own; a device with neither id still lacks one.
+        if device.unit_id is None and device.address is None:
+            err(f"{at}.unit_id", "missing (required)")
+        return
+    if link.protocol is LinkProtocol.MODBUS:
+        if device.unit_id is None:
+            err(f"{at}.unit_id", "missing (required)")
+        if device.address is not None:
+            err(
+                f"{at}.address",
+                f"link {link.id!r} carries Modbus, which addresses devices by unit_id; "
+                "remove address (or set the link's protocol)",
+            )
+        return
+    digits = ADDRESS_DIGITS[link.protocol]
+    example = "0" * (digits - 6) + "123456"
+    if device.address is None:
+        err(
+            f"{at}.address",
+            f"missing (required): the meter's {digits}-digit {link.protocol} address from its "
+            f'nameplate, e.g. "{example}"',
+        )
+    elif (
+        len(device.address) != digits
+        or not device.address.isascii()
+        or not (device.address.isdigit())
+    ):
+        err(
+            f"{at}.address",
+            f"expected exactly {digits} digits 0-9 for a {link.protocol} meter "
+            f'(e.g. "{example}"), got {device.address!r}',
+        )
+    elif set(device.address) == {"9"}:
+        err(
+            f"{at}.address",
+            f"{device.address} is the broadcast address, not a meter's; use the nameplate address",
+        )
 
 
 def _check_references(
@@ -442,7 +554,7 @@ def _check_references(
                 f"(its floors: {', '.join(building.floors) or 'none'})",
             )
 
-    used_units: dict[tuple[str, int], str] = {}
+    used_units: dict[tuple[str, str], str] = {}
     for device in devices.values():
         at = f"devices.{device.id}"
         if device.link not in declared["links"]:
@@ -454,11 +566,17 @@ def _check_references(
                 f"{at}.building",
                 f"unknown building {device.building!r} (defined: {choices(buildings)})",
             )
-        key = (device.link, device.unit_id)
+        link = links.get(device.link)
+        _check_bus_id(device, link, err)
+        if link is None or (device.unit_id is None and device.address is None):
+            continue
+        key = (device.link, device.bus_id)
         if key in used_units:
+            what = "unit id" if link.protocol is LinkProtocol.MODBUS else "address"
+            field_name = "unit_id" if link.protocol is LinkProtocol.MODBUS else "address"
             err(
-                f"{at}.unit_id",
-                f"unit id {device.unit_id} is already used on link {device.link!r} "
+                f"{at}.{field_name}",
+                f"{what} {device.bus_id} is already used on link {device.link!r} "
                 f"by devices.{used_units[key]}",
             )
         else:

@@ -834,3 +834,21 @@ meter_command_seq = sa.Table(
     sa.Column("meter_id", sa.String(64), primary_key=True),
     sa.Column("last_seq", sa.BigInteger(), nullable=False),
 )
+
+#: Which payer at a provider (WeChat openid) the tenant page bound to which room
+#: (core.payments.bindings); one row per (channel, payer, room), revoked rather than deleted.
+payer_binding = sa.Table(
+    "payer_binding",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("payer_id", sa.String(128), nullable=False),
+    sa.Column("room", sa.String(64), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("revoked_by", sa.String(100), nullable=True),
+    sa.UniqueConstraint("channel", "payer_id", "room"),
+)
+sa.Index("ix_payer_binding_room", payer_binding.c.room)

@@ -40,10 +40,13 @@ from .failures import CommandDoor
 from .lifecycle import AccountLifecycleDoor, NewAccount, Opened
 from .meters import MeterDoor
 from .money import MoneyDoor
+from .payer_bindings import PayerBindingDoor
+from .payment_figures import PaymentFigureReads
 from .payments import NoticeOutcome, PaymentDoor
 from .readings import ReadingDoor, ReadingsImported
-from .snapshots import AccountSnapshot, MeterSnapshot, SnapshotReads
+from .snapshots import AccountSnapshot, MeterSnapshot
 from .supply import SupplyDoor
+from .tenant import RoomView, TenantReads
 
 __all__ = [
     "AccountSnapshot",
@@ -54,11 +57,14 @@ __all__ = [
     "Opened",
     "Operations",
     "ReadingsImported",
+    "RoomView",
 ]
 
 
 class Operations(
     PaymentDoor,
+    PaymentFigureReads,
+    PayerBindingDoor,
     MoneyDoor,
     AccountLifecycleDoor,
     AccountSettingsDoor,
@@ -67,7 +73,7 @@ class Operations(
     SupplyDoor,
     CommandDoor,
     MeterDoor,
-    SnapshotReads,
+    TenantReads,
 ):
     """The door of one site: every state change is one method here (see the module
     docstring); each part lives in the module of its subject."""

@@ -11,13 +11,14 @@ so concurrent copies of one notification and the active query see one another's 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
 
 from .. import ledger
 from ..contracts import PaymentNotice, PaymentProvider
+from ..events import PaymentConflict
 from ..ledger import RequestError, TopUpResult, format_fen
 from ..payments import orders as po
 from ..payments.settings import PaymentSettings, load_payments
@@ -177,7 +178,7 @@ class PaymentDoor(MoneyDoor):
 
         def work(conn: Connection, effects: Effects, now: datetime) -> po.PaymentOrder:
             order = self._locked(conn, out_trade_no)
-            po.update_order(conn, order.id, state=OrderState.CONFLICT.value, conflict=reason)
+            _conflict(conn, effects, order, reason, actor)
             return self._reload(conn, out_trade_no)
 
         return self._call(
@@ -227,7 +228,9 @@ class PaymentDoor(MoneyDoor):
             if queried:
                 record["last_query_at"] = now
             if decision.action is Action.CONFLICT:
-                record.update(state=OrderState.CONFLICT.value, conflict=decision.conflict)
+                po.update_order(conn, order.id, **record)
+                _conflict(conn, effects, order, decision.conflict or decision.reason, actor)
+                record = {"state": OrderState.CONFLICT.value}
             elif decision.action is Action.CLOSE:
                 record.update(state=OrderState.CLOSED.value, closed_at=now)
             elif decision.action in (Action.PAY, Action.PAY_AND_CREDIT):
@@ -236,22 +239,39 @@ class PaymentDoor(MoneyDoor):
                     transaction_id=notice.transaction_id,
                     paid_at=notice.paid_at or now,
                 )
-            po.update_order(conn, order.id, **record)
             if decision.credits:
-                return self._credit(
-                    conn, effects, now, self._reload(conn, order.out_trade_no), actor
-                )
+                # PAID and CREDITED in one UPDATE once the top-up is done.
+                paid = order
+                if decision.action is Action.PAY_AND_CREDIT:
+                    paid = replace(
+                        order,
+                        state=OrderState.PAID,
+                        transaction_id=notice.transaction_id,
+                        paid_at=record["paid_at"],  # type: ignore[arg-type]
+                    )
+                return self._credit(conn, effects, now, paid, actor, pending=record)
+            if decision.action is not Action.CONFLICT:
+                po.update_order(conn, order.id, **record)
             after = OrderState(record.get("state", order.state))
             return NoticeOutcome(order.out_trade_no, after, decision.action, decision.reason)
 
         return self._call("payment_notice", notice.out_trade_no, actor, work, _describe)
 
     def _credit(
-        self, conn: Connection, effects: Effects, now: datetime, order: po.PaymentOrder, actor: str
+        self,
+        conn: Connection,
+        effects: Effects,
+        now: datetime,
+        order: po.PaymentOrder,
+        actor: str,
+        *,
+        pending: dict[str, object] | None = None,
     ) -> NoticeOutcome:
         """PAID → CREDITED: the top-up under the provider's transaction id. A top-up the
         ledger refuses now (account closed since, hoarding limit reached by a cash top-up
-        meanwhile) leaves the money paid and uncredited: CONFLICT, for a person."""
+        meanwhile) leaves the money paid and uncredited: CONFLICT, for a person.
+        `pending`: the order's changes not written yet (the notice that paid it), written
+        in the same UPDATE as CREDITED."""
         assert order.transaction_id is not None
         conn.exec_driver_sql("SAVEPOINT payment_credit")
         try:
@@ -268,10 +288,13 @@ class PaymentDoor(MoneyDoor):
         except RequestError as refused:
             conn.exec_driver_sql("ROLLBACK TO SAVEPOINT payment_credit")
             why = f"paid but the top-up was refused: {refused}"
-            po.update_order(conn, order.id, state=OrderState.CONFLICT.value, conflict=why)
+            if pending:
+                po.update_order(conn, order.id, **pending)
+            _conflict(conn, effects, order, why, actor)
             return NoticeOutcome(order.out_trade_no, OrderState.CONFLICT, Action.CONFLICT, why)
         conn.exec_driver_sql("RELEASE SAVEPOINT payment_credit")
-        po.update_order(conn, order.id, state=OrderState.CREDITED.value, credited_at=now)
+        done = {**(pending or {}), "state": OrderState.CREDITED.value, "credited_at": now}
+        po.update_order(conn, order.id, **done)
         return NoticeOutcome(
             order.out_trade_no, OrderState.CREDITED, Action.CREDIT, "credited", result
         )
@@ -288,6 +311,22 @@ class PaymentDoor(MoneyDoor):
         order = po.get_order(conn, out_trade_no)
         assert order is not None
         return order
+
+
+def _conflict(
+    conn: Connection, effects: Effects, order: po.PaymentOrder, reason: str, actor: str
+) -> None:
+    """Mark `order` in CONFLICT for a person (nothing credited) and raise `PaymentConflict`
+    once the transaction commits (an order already in CONFLICT takes the new reason but
+    raises nothing again)."""
+    po.update_order(conn, order.id, state=OrderState.CONFLICT.value, conflict=reason)
+    if order.state is OrderState.CONFLICT:
+        return
+    effects.events.append(
+        PaymentConflict(
+            order.out_trade_no, order.channel, order.account_id, order.amount_fen, reason, actor
+        )
+    )
 
 
 def _describe(o: NoticeOutcome) -> str:

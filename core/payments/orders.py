@@ -79,13 +79,20 @@ def insert_order(conn: Connection, values: Mapping[str, Any]) -> PaymentOrder:
     return order
 
 
+# Statements built once: a notification runs each of them, and building a statement (and
+# its cache key) costs more than SQLite executing it.
+_o = t.payment_order
+_BY_NUMBER = sa.select(_o).where(_o.c.out_trade_no == sa.bindparam("no"))
+_BY_NUMBER_LOCKED = _BY_NUMBER.with_for_update()
+_PAID_BY = sa.select(_o.c.out_trade_no).where(_o.c.transaction_id == sa.bindparam("tx"))
+#: UPDATE statements by the set of columns they write.
+_UPDATES: dict[frozenset[str], Any] = {}
+
+
 def get_order(conn: Connection, out_trade_no: str, *, lock: bool = False) -> PaymentOrder | None:
     """The order, or None. `lock`: SELECT … FOR UPDATE on PostgreSQL (SQLite's write
     transactions start with BEGIN IMMEDIATE: the writer lock already serialises them)."""
-    q = sa.select(t.payment_order).where(t.payment_order.c.out_trade_no == out_trade_no)
-    if lock:
-        q = q.with_for_update()
-    row = conn.execute(q).first()
+    row = conn.execute(_BY_NUMBER_LOCKED if lock else _BY_NUMBER, {"no": out_trade_no}).first()
     return _order(row) if row is not None else None
 
 
@@ -93,14 +100,22 @@ def order_paid_by(conn: Connection, transaction_id: str | None) -> str | None:
     """The order the provider's transaction already paid (the column is unique)."""
     if transaction_id is None:
         return None
-    o = t.payment_order
-    return conn.execute(
-        sa.select(o.c.out_trade_no).where(o.c.transaction_id == transaction_id)
-    ).scalar()
+    return conn.execute(_PAID_BY, {"tx": transaction_id}).scalar()
 
 
 def update_order(conn: Connection, order_id: int, **values: Any) -> None:
-    conn.execute(t.payment_order.update().where(t.payment_order.c.id == order_id).values(**values))
+    columns = frozenset(values)
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        unknown = columns - set(_o.c.keys())
+        if unknown:
+            raise TypeError(f"payment_order has no column {', '.join(sorted(unknown))}")
+        statement = _UPDATES[columns] = (
+            _o.update()
+            .where(_o.c.id == sa.bindparam("order_id"))
+            .values({name: sa.bindparam(f"v_{name}", type_=_o.c[name].type) for name in columns})
+        )
+    conn.execute(statement, {"order_id": order_id, **{f"v_{k}": v for k, v in values.items()}})
 
 
 def list_orders(

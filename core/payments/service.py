@@ -36,6 +36,7 @@ from ..field.diagnostics import diagnostic
 from ..model import DeviceModel, MeterKind, Sample
 from ..tasks import stop_task
 from . import orders as po
+from .callbacks import callback_warnings
 from .settings import PaymentSettings
 from .states import OrderState
 
@@ -129,8 +130,16 @@ class PaymentService:
         #: the database): order id → instant.
         self._tried: dict[int, datetime] = {}
         self._wake = asyncio.Event()
+        #: What the start-up check found about how providers reach us (callbacks.py).
+        self.warnings: list[str] = []
 
     async def start(self) -> None:
+        web = self.ops.site.sections.get("web")
+        self.warnings = callback_warnings(
+            web if isinstance(web, dict) else None, self.providers.values()
+        )
+        for warning in self.warnings:
+            log.warning("payments: %s", warning)
         await self.recover()
         self._task = asyncio.create_task(self._run(), name="payments")
         self._stats = asyncio.create_task(self._publish_forever(), name="payments stats")
@@ -174,6 +183,11 @@ class PaymentService:
             return None
         self._count(outcome)
         return outcome
+
+    def count(self, outcome: Any) -> None:
+        """Count a door outcome someone else brought about (the web route credits in the
+        call that stores)."""
+        self._count(outcome)
 
     def _count(self, outcome: Any) -> None:
         if outcome.credited:
@@ -255,9 +269,9 @@ class PaymentService:
         """One pass: credit PAID stragglers, query silent CREATED orders, close expired
         ones."""
         now = self.clock()
-        with self.ops.db.read() as conn:
-            created = po.orders_in(conn, OrderState.CREATED)
-            paid = po.orders_in(conn, OrderState.PAID)
+        # In a thread: hundreds of open orders at a busy hour are a read the event loop
+        # (which also answers the providers' callbacks) should not wait for.
+        created, paid = await asyncio.to_thread(self._open_orders)
         open_ids = {o.id for o in created}
         self._tried = {k: v for k, v in self._tried.items() if k in open_ids}
         for order in paid:  # stored, its credit task failed (database down a moment)
@@ -282,6 +296,10 @@ class PaymentService:
                 continue
             if expired and notice.state in ("NOTPAY", "CLOSED"):
                 await self._close(provider, order)
+
+    def _open_orders(self) -> tuple[list[po.PaymentOrder], list[po.PaymentOrder]]:
+        with self.ops.db.read() as conn:
+            return po.orders_in(conn, OrderState.CREATED), po.orders_in(conn, OrderState.PAID)
 
     async def _query(
         self, provider: PaymentProvider, order: po.PaymentOrder

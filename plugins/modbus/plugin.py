@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from openprepay.core.config.site import LinkConfig, LinkType
+from openprepay.core.config.site import LinkConfig, LinkProtocol, LinkType
 from openprepay.core.contracts import SimulatedDevice, SimulatorOptions
 from openprepay.core.hookspecs import hookimpl
 
@@ -18,6 +18,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 @hookimpl
 def openprepay_make_transport(link: LinkConfig) -> ModbusTransport | None:
+    if link.protocol is not LinkProtocol.MODBUS:
+        return None
     return ModbusTransport(link) if link.type in MODBUS_LINKS else None
 
 
@@ -25,7 +27,7 @@ def openprepay_make_transport(link: LinkConfig) -> ModbusTransport | None:
 def openprepay_make_link_simulator(
     link: LinkConfig, devices: Sequence[SimulatedDevice], options: SimulatorOptions
 ) -> GatewaySimulator | None:
-    if link.type not in MODBUS_LINKS:
+    if link.type not in MODBUS_LINKS or link.protocol is not LinkProtocol.MODBUS:
         return None
     if not all(isinstance(d, RegisterDeviceSimulator) for d in devices):
         return None

@@ -2,17 +2,33 @@
 signal handling of its own: the runtime stops it), with its request figures published as
 points of a HEALTH pseudo-model.
 
+The tenant page's routes (`/r/<token>`, `/t...`) are in tenant_page.py, served when
+`[web]` has a tenant secret.
+
 `POST /pay/notify/<channel>`: the provider's callback. Verify over the raw body (the
-provider plugin's `verify`: CPU only), store the notice through the door, answer the
-provider at once, credit after in a task of the payment service ("verify and store first,
-credit after": the provider wants its answer within seconds, a crash after the answer
-leaves a stored PAID order that the service credits at its next start).
+provider plugin's `verify`: CPU only), then store the notice and credit it in one door
+call (`apply_notice`: one transaction, the order locked, PAID → CREDITED through the
+top-up, a ledger refusal a CONFLICT in the same transaction), and answer the provider once
+that is committed. Nothing is answered before it is stored; a crash before the commit
+leaves nothing, and the provider sends again.
+
+Should the credit part fail unexpectedly (a fault, not a refusal), the notice is stored
+alone (`store_notice`) and credited after in a task of the payment service ("verify and
+store first, credit after"; a crash after the answer leaves a stored PAID order that the
+service credits at its next start).
+
+Door calls block on the database: they run on the web service's own threads (`DOOR_THREADS`,
+not asyncio's default pool of a few), so every concurrent callback waits in the door's
+group commit at once and shares one durable commit with the others (core/db/group.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -28,8 +44,13 @@ from openprepay.core.tasks import stop_task
 
 from .limits import RateLimiter
 from .settings import WebSettings
+from .tenant_page import TenantRoutes
 
 log = logging.getLogger("openprepay.web")
+
+#: Threads that wait on the door for callbacks: each only waits for its group commit, so
+#: as many callbacks as arrive together are stored and credited in one transaction.
+DOOR_THREADS = 64
 
 WEB_SOURCE = "web"
 WEB_MODEL = DeviceModel(
@@ -50,6 +71,12 @@ WEB_MODEL = DeviceModel(
         ),
         diagnostic("rate_limited", "", "Requests refused by the per-client rate, since start"),
         diagnostic("too_large", "", "Requests refused for their body size, since start"),
+        diagnostic("tenant_links", "", "Signed room links opened (tenant page), since start"),
+        diagnostic("tenant_pages", "", "Room pages shown to tenants, since start"),
+        diagnostic("tenant_orders", "", "Payments opened from the tenant page, since start"),
+        diagnostic(
+            "tenant_refused", "", "Tenant requests refused (link, session, binding), since start"
+        ),
     ),
     plugin="web",
 )
@@ -64,6 +91,10 @@ class WebCounters:
     notify_failed: int = 0
     rate_limited: int = 0
     too_large: int = 0
+    tenant_links: int = 0
+    tenant_pages: int = 0
+    tenant_orders: int = 0
+    tenant_refused: int = 0
 
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -83,6 +114,7 @@ class WebService:
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._stats: asyncio.Task[None] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -90,6 +122,8 @@ class WebService:
         )
         app.router.add_post("/pay/notify/{channel}", self.notify)
         app.router.add_get("/health", self.health)
+        if self.settings.tenant is not None:
+            TenantRoutes(self, self.settings.tenant).add(app)
         return app
 
     async def start(self) -> None:
@@ -114,6 +148,9 @@ class WebService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._publish()
 
     # -- requests -------------------------------------------------------------------------
@@ -163,10 +200,16 @@ class WebService:
             )
             return _response(provider.answer(False))
         actor = f"web:{channel}"
+        ops = self.runtime.operations
         try:
-            outcome = await asyncio.to_thread(
-                self.runtime.operations.store_notice, notice, actor=actor
-            )
+            try:
+                outcome = await self._door(ops.apply_notice, notice, actor=actor)
+            except RequestError:
+                raise
+            except Exception:
+                # The credit part failed (a fault): keep the notice, credit it after.
+                log.exception("%s callback for %s: crediting failed", channel, notice.out_trade_no)
+                outcome = await self._door(ops.store_notice, notice, actor=actor)
         except RequestError as refused:
             self.counters.notify_failed += 1
             log.warning("%s callback for %s not stored: %s", channel, notice.out_trade_no, refused)
@@ -178,7 +221,16 @@ class WebService:
         self.counters.notify_accepted += 1
         if outcome.state is OrderState.PAID:
             payments.credit_later(notice.out_trade_no, actor)
+        else:
+            payments.count(outcome)
         return _response(provider.answer(True))
+
+    async def _door(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A door call on the web service's threads (see the module docstring)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(DOOR_THREADS, thread_name_prefix="web-door")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         payments = self.runtime.payments

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from openprepay.core.errors import FieldError
 
-KEYS = ("bind", "port", "public_base_url", "max_body_bytes", "rate_per_min", "trust_forwarded")
+from .tenant_settings import TENANT_KEYS, TenantSettings, parse_tenant
+
+KEYS = (
+    "bind",
+    "port",
+    "public_base_url",
+    "max_body_bytes",
+    "rate_per_min",
+    "trust_forwarded",
+    *TENANT_KEYS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +35,8 @@ class WebSettings:
     rate_per_min: int = 600
     #: Behind a reverse proxy on this machine: the client is X-Forwarded-For's last entry.
     trust_forwarded: bool = False
+    #: The tenant page (None: not served): see tenant_settings.py.
+    tenant: TenantSettings | None = None
 
 
 def section(site: Any) -> dict[str, Any] | None:
@@ -31,7 +44,14 @@ def section(site: Any) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
-def parse_web(raw: Any, errors: list[FieldError]) -> WebSettings | None:
+def site_folder(site: Any) -> Path:
+    """Where relative file names in the site file are found: the site file's folder."""
+    path = getattr(site, "path", None)
+    return Path(path).parent if path else Path.cwd()
+
+
+def parse_web(raw: Any, errors: list[FieldError], base: Path | None = None) -> WebSettings | None:
+    """`base`: the site file's folder (relative secret files are found there)."""
     if not isinstance(raw, dict):
         errors.append(FieldError("web", "expected a table ([web])"))
         return None
@@ -65,9 +85,10 @@ def parse_web(raw: Any, errors: list[FieldError]) -> WebSettings | None:
     trust = raw.get("trust_forwarded", d.trust_forwarded)
     if not isinstance(trust, bool):
         errors.append(FieldError("web.trust_forwarded", f"expected true or false, got {trust!r}"))
+    tenant = parse_tenant(raw, base or Path.cwd(), errors)
     if len(errors) > before:
         return None
-    return WebSettings(bind, port, str(url).rstrip("/"), body, rate, trust)
+    return WebSettings(bind, port, str(url).rstrip("/"), body, rate, trust, tenant)
 
 
 def _int(

@@ -13,7 +13,9 @@ Finance (from the journal and its postings, nothing else):
   of the span) or by service period (`attribution`: the period each posting pays for);
 - `revenue_bases` — the two bases side by side per bucket, with what moved between them;
 - `channels` — top-ups, bill payments and refunds per payment channel (the clearing
-  accounts).
+  accounts);
+- `payment_orders` — online payment orders per channel (`payment_orders`): credited,
+  refunded, closed unpaid, open, and conflicts (paid at the provider, not credited).
 
 Energy (from the consumption the engine keeps per meter and day, `meter_usage_day`, and for
 meters without an account — main and public meters — from their registers at the capture
@@ -54,7 +56,7 @@ from ...rating.tariffs import TariffCatalogue
 from ..export import Table
 from ..periods import Calendar
 from ..settings import Pool, load_billing
-from . import channels, energy, finance, monthly
+from . import channels, energy, finance, monthly, payment_orders
 from .common import ReportScope, buckets
 
 
@@ -109,6 +111,12 @@ class Reports:
     def channels(self, conn: Connection, start: dt.date, end: dt.date, by: str = "month") -> Table:
         """Money received and paid back per payment channel (see `channels`)."""
         return channels.channels(self.scope, conn, start, end, by)
+
+    def payment_orders(
+        self, conn: Connection, start: dt.date, end: dt.date, by: str = "month"
+    ) -> Table:
+        """Online payment orders per channel: credited, refunded, closed, open, conflicts."""
+        return payment_orders.payment_orders(self.scope, conn, start, end, by)
 
     def orders(
         self, conn: Connection, start: dt.date, end: dt.date, *, account: str | None = None

@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
-from ...billing.documents import arrears_table, export_arrears, export_bills
+from ...billing.documents import PaymentQr, arrears_table, export_arrears, export_bills
 from ...billing.export import Table
 from ...billing.periods import parse_period
 from ...events import utcnow
 from ...ledger import format_fen, parse_yuan
+from ...prepay.accounts import find_account
 from .. import CliContext
 from ..common import site_argument
 from ..database import operator
@@ -261,7 +262,12 @@ def bill_arrears(
         with c.db.read() as conn:
             if export_dir:
                 written = export_arrears(
-                    conn, c.billing.bills, day, Path(export_dir), formats=formats(fmt)
+                    conn,
+                    c.billing.bills,
+                    day,
+                    Path(export_dir),
+                    formats=formats(fmt),
+                    payment_qr=room_payment_qr(obj, c.billing.bills.site, conn),
                 )
             else:
                 table = arrears_table(c.billing.bills.arrears(conn, day), day)
@@ -281,5 +287,34 @@ def bill_export(obj: CliContext, site_file: str, period: str, out_dir: str, fmt:
     """Bills of PERIOD as CSV, XLSX and one printable HTML page per bill."""
     parse_period(period)
     with billing_services(site_file, obj) as c, c.db.read() as conn:
-        written = export_bills(conn, c.billing.bills, period, Path(out_dir), formats=formats(fmt))
+        written = export_bills(
+            conn,
+            c.billing.bills,
+            period,
+            Path(out_dir),
+            formats=formats(fmt),
+            payment_qr=room_payment_qr(obj, c.billing.bills.site, conn),
+        )
     click.echo(f"wrote {len(written)} file(s) to {out_dir}")
+
+
+def room_payment_qr(obj: CliContext, site: Any, conn: Any) -> PaymentQr:
+    """account → the payment QR of its room from the plugin that offers one
+    (`openprepay_room_payment_qr`; the web plugin's signed tenant-page link)."""
+    made: dict[str, str | None] = {}
+
+    def qr(account_id: str) -> str | None:
+        if account_id not in made:
+            account = find_account(conn, account_id)
+            room = account.room if account is not None else None
+            if room is None and account is not None:
+                rooms = [
+                    site.devices[m.meter_id].room
+                    for m in account.meters
+                    if m.meter_id in site.devices
+                ]
+                room = next((r for r in rooms if r), None)
+            made[account_id] = obj.plugins.room_payment_qr(site, room) if room else None
+        return made[account_id]
+
+    return qr

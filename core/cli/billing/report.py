@@ -90,6 +90,22 @@ def report_channels(
     output([table], out)
 
 
+@report_group.command("payments")
+@site_argument
+@FROM
+@TO
+@BY
+@OUT
+@click.pass_obj
+def report_payments(
+    obj: CliContext, site_file: str, from_text: str, to_text: str, by: str, out: str | None
+) -> None:
+    """Online payment orders per channel: credited, refunded, closed, open, conflicts."""
+    with billing_services(site_file, obj) as c, c.db.read() as conn:
+        table = c.reports.payment_orders(conn, *span(from_text, to_text), by)
+    output([table], out)
+
+
 @report_group.command("orders")
 @site_argument
 @FROM

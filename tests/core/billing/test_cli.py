@@ -79,6 +79,11 @@ mode = "bill"
 
 [database]
 url = "sqlite:///{db}"
+
+# The tenant page's signed room links: printed as each bill's payment QR code.
+[web]
+public_base_url = "https://pay.example.com"
+tenant_secret = "cli-billing-tenant-secret-0123456789abcdef"
 """
 
 
@@ -172,6 +177,10 @@ def test_a_month_from_readings_to_exported_bills(run, site_file, tmp_path):
     # Printed in Chinese by default, the readings it was billed from with it.
     assert "<td>E-A-101</td><td class='n'>100.000</td><td class='n'>200.000</td>" in page
     assert "80.99" in page and "缴费通知单" in page
+    # The room's payment QR (the web plugin's signed tenant-page link, through the hook).
+    assert 'data-hook="payment-qr"><img src="data:image/svg+xml;base64,' in page
+    notice = tmp_path / "arrears" / "arrears-2025-03-01" / "notice-A-101.html"
+    assert "data:image/svg+xml;base64," in notice.read_text(encoding="utf-8")
     assert (
         (tmp_path / "bills" / "bills-2025-01.csv")
         .read_text(encoding="utf-8-sig")
