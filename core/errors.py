@@ -52,6 +52,16 @@ class CommandRefused(OpenPrepayError):
     """A command cannot be sent to this device (unsupported, bad parameters)."""
 
 
+class LinkNotOwned(CommandRefused):
+    """With [cluster]: this instance does not hold the link's lease (or its local deadline
+    passed), so it must not talk to the link: nothing was sent."""
+
+
+class CommandFenced(OpenPrepayError):
+    """With [cluster]: the database refused a claim or completion made under a lease epoch
+    that is no longer current (another instance owns the link now). Nothing changed."""
+
+
 @dataclass(frozen=True, slots=True)
 class FieldError:
     """One problem at one place: `links.gw1.port: expected 1..65535, got 70000`."""

@@ -123,6 +123,18 @@ class LinkStateChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class LinkOwnerChanged(Event):
+    """With [cluster]: this instance took a link's lease (`owner` is its id) or gave it up
+    (`owner` is None: expired, lost or released); `epoch` is the lease's fencing token."""
+
+    link_id: str
+    owner: str | None
+    epoch: int
+    instance: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceQuarantined(Event):
     meter_id: str
     link_id: str

@@ -181,6 +181,16 @@ EVENT_TYPES: dict[str, tuple[int, list[tuple[str, ua.VariantType, str]]]] = {
             ("LastTime", V.DateTime, "Latest data time dropped"),
         ],
     ),
+    "LinkOwnerChangedEventType": (
+        ua.ObjectIds.SystemEventType,
+        [
+            ("LinkId", V.String, "The link (gateway, bus) whose lease changed hands"),
+            ("Owner", V.String, "The instance that owns it now; empty: this one gave it up"),
+            ("Epoch", V.Int64, "The lease epoch (fencing token), grows with every owner"),
+            ("Instance", V.String, "The instance reporting it (this server's)"),
+            ("Detail", V.String, "Why it was given up"),
+        ],
+    ),
     "OpenPrepayAuditEventType": (
         ua.ObjectIds.AuditUpdateMethodEventType,
         [

@@ -29,6 +29,7 @@ from openprepay.core.events import (
     Event,
     HistorianDataDropped,
     ImplausibleReading,
+    LinkOwnerChanged,
     PaymentDiscrepancy,
 )
 from openprepay.core.model import Sample
@@ -57,6 +58,7 @@ from .pki import (
     thumbprint,
 )
 from .publisher import Publisher
+from .redundancy import Redundancy, application_uri
 from .site_tree import build_site_tree
 from .space import Space
 from .standard_space import FastInternalServer
@@ -108,6 +110,8 @@ class OpcUaService:
         self.space: Space | None = None
         self.publisher: Publisher | None = None
         self.events: EventEmitter | None = None
+        #: [cluster]: ServiceLevel, RedundancySupport, ServerUriArray (redundancy.py).
+        self.redundancy: Redundancy | None = None
         self.ruleset: RoleRuleset | None = None
         self.users: UserDirectory | None = None
         self.port: int | None = None
@@ -128,7 +132,10 @@ class OpcUaService:
         library_log = logging.getLogger("asyncua")
         if library_log.level == logging.NOTSET:
             library_log.setLevel(logging.WARNING)
-        app_uri = f"urn:openprepay:{self.runtime.site.id}:opcua"
+        cluster = getattr(self.runtime, "cluster", None)
+        app_uri = application_uri(
+            self.runtime.site.id, None if cluster is None else cluster.instance
+        )
         cert = await asyncio.to_thread(
             ensure_server_certificate, self.pki, app_uri, config.hostname
         )
@@ -138,6 +145,9 @@ class OpcUaService:
         self._secure(server)
         await self._listen(server)
         await self._go_live(space)
+        if cluster is not None:
+            self.redundancy = Redundancy(server, cluster, self.runtime.site.id, space.i)
+            await self.redundancy.start()
         log.info(
             "OPC UA server on %s (%s; certificate SHA-1 %s; %d nodes)",
             self.endpoint,
@@ -317,6 +327,9 @@ class OpcUaService:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
+        if self.redundancy is not None:
+            await self.redundancy.stop()
+            self.redundancy = None
         for ext in reversed(self.extensions):
             try:
                 await ext.stop(self)
@@ -452,6 +465,30 @@ class OpcUaService:
                         "OutTradeNo": event.out_trade_no,
                         "AmountFen": int(event.amount_fen),
                         "Day": event.day,
+                        "Detail": event.detail,
+                    },
+                    event.at,
+                )
+            )
+        elif isinstance(event, LinkOwnerChanged):
+            if self.redundancy is not None:
+                self.redundancy.changed()
+            owner = event.owner or ""
+            emitter.post(
+                Emission(
+                    "LinkOwnerChangedEventType",
+                    ua.NodeId(ua.ObjectIds.Server),
+                    event.link_id,
+                    f"link {event.link_id}: owned by {owner} (epoch {event.epoch})"
+                    if owner
+                    else f"link {event.link_id}: given up by {event.instance} "
+                    f"(epoch {event.epoch}): {event.detail}",
+                    500,
+                    {
+                        "LinkId": event.link_id,
+                        "Owner": owner,
+                        "Epoch": event.epoch,
+                        "Instance": event.instance,
                         "Detail": event.detail,
                     },
                     event.at,

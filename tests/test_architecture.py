@@ -37,6 +37,7 @@ CORE_RANKS: dict[str, int] = {
     "contracts": 2,
     "ledger": 3,
     "field": 3,
+    "cluster": 3,
     "prepay": 4,
     "billing": 5,
     "payments": 5,

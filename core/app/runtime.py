@@ -14,9 +14,12 @@ import asyncio
 import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from ..billing.service import BillingService
 from ..billing.settings import check_billing
+from ..cluster.manager import LinkLeases
+from ..cluster.settings import ClusterSettings, read_cluster
 from ..config.site import Site, check_devices_against_models
 from ..contracts import Service
 from ..db import Database, open_database, read_database_config
@@ -58,6 +61,37 @@ def build_arbiter(site: Site, plugins: Plugins, bus: EventBus) -> LinkArbiter:
     return LinkArbiter(workers)
 
 
+def _owner_check(runtime: Runtime, link_id: str) -> Callable[[], bool]:
+    """The link worker's guard: does this instance still own `link_id`?"""
+
+    def owned() -> bool:
+        return runtime.cluster is not None and runtime.cluster.owns(link_id)
+
+    return owned
+
+
+def _lease_info(runtime: Runtime, link_id: str) -> Callable[[], tuple[int, float]]:
+    """The link's lease epoch and seconds left, for its statistics points."""
+
+    def info() -> tuple[int, float]:
+        if runtime.cluster is None or not runtime.cluster.owns(link_id):
+            return 0, 0.0
+        return runtime.cluster.epoch(link_id), runtime.cluster.left_s(link_id)
+
+    return info
+
+
+def _fence_metering(cluster: LinkLeases, metering: Any, site: Site) -> None:
+    """[cluster]: metering writes only under the current lease of each meter's link, and
+    forgets what it held for the meters of a link given up."""
+    link_of = {d.id: d.link for d in site.devices.values()}
+    meters_of: dict[str, list[str]] = {}
+    for meter_id, link_id in link_of.items():
+        meters_of.setdefault(link_id, []).append(meter_id)
+    metering.guard = lambda conn, meters: cluster.guard_meters(conn, link_of, meters)
+    cluster.on_give_up.append(lambda link_id: metering.forget(meters_of.get(link_id, ())))
+
+
 class Runtime:
     def __init__(self, site: Site, plugins: Plugins, bus: EventBus | None = None) -> None:
         check_devices_against_models(site, plugins.models)
@@ -91,6 +125,14 @@ class Runtime:
         problems.extend(check_payments(site))
         if problems:
             raise ConfigError(str(site.path or "site"), problems)
+        #: With [cluster]: the link leases (core/cluster); links run only while owned.
+        self.cluster_settings: ClusterSettings | None = read_cluster(site)
+        self.cluster: LinkLeases | None = None
+        if self.cluster_settings is not None:
+            self.arbiter.leased = True
+            for worker in self.arbiter.workers.values():
+                worker.guard = _owner_check(self, worker.link.id)
+                worker.lease_info = _lease_info(self, worker.link.id)
         #: With a database: the prepayment engine (metering, command executor, deferred
         #: trips, reconciliation, notices) and the door every change goes through
         #: (`core.operations.Operations`), both built by `start()` (`core.app.services`).
@@ -127,6 +169,29 @@ class Runtime:
                 core.billing_service,
                 core.payments,
             )
+            if self.cluster_settings is not None:
+                self.cluster = LinkLeases(
+                    self.cluster_settings,
+                    self.db,
+                    self.arbiter,
+                    self.bus.publish,
+                    list(self.site.links),
+                )
+                executor = core.engine.executor
+                executor.use_fences(
+                    self.cluster.fences,
+                    {
+                        link_id: [d.id for d in self.site.devices_on(link_id)]
+                        for link_id in self.site.links
+                    },
+                    self.cluster_settings.instance_id,
+                )
+                self.cluster.on_change.append(executor.wake)
+                core.billing_service.leader = self.cluster.leader_fence
+                _fence_metering(self.cluster, core.engine.metering, self.site)
+                core.billing_service.instance = f"{self.cluster_settings.instance_id}:billing"
+                # First in, last out: links are given up after everything else stopped.
+                services.insert(0, self.cluster)
             services.extend(core.loops())
         self.services = [self.vitals, *services, *self.plugins.services(self)]
         # Start-up builds millions of long-lived objects (the OPC UA address space, the

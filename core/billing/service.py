@@ -29,11 +29,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..cluster.leader import run_resumable
+from ..cluster.lease import Fence
 from ..config.site import Site
 from ..db import Database
 from ..db import schema as t
 from ..db.bounded import READINGS_ROWS, write_in_chunks
-from ..errors import RequestError
+from ..errors import CommandFenced, RequestError
 from ..events import ApportionmentAlert, EventBus, MonthEndHeld, publish_on_loop, utcnow
 from ..ledger import insert_ignore
 from ..model import DeviceModel, Sample
@@ -176,39 +178,45 @@ class Billing:
         "done")."""
         import time
 
-        def step(name: str, done: int) -> None:
-            if progress is not None:
-                progress(name, done)
-
         now = now or utcnow()
         report = MonthEndReport(period)
-        t0 = time.perf_counter()
-        step("apportionment", 0)
-
-        def apportion(conn: Connection) -> tuple[Any, Any]:
-            closable = self.require_closable(
-                conn, period, "month-end", now=now, actor=actor, override=override
-            )
-            return closable.events, self.apportionment.run(conn, period, actor=actor, now=now)
-
-        # Each step is idempotent: one that found the database busy is run again whole.
-        report.overridden, report.pools = db.write(apportion, what=f"month-end {period}")
-        t1 = time.perf_counter()
-        step("charges", 1)
-        report.charges = db.write(
-            lambda conn: self.charges.run(conn, period, actor=actor, now=now),
-            what=f"month-end {period} charges",
-        )
-        t2 = time.perf_counter()
-        step("drafts", 2)
-        report.drafts = db.write(
-            lambda conn: len(self.bills.draft(conn, period, now=now)),
-            what=f"month-end {period} drafts",
-        )
-        t3 = time.perf_counter()
-        step("done", 3)
-        report.timings = {"apportionment_s": t1 - t0, "charges_s": t2 - t1, "drafts_s": t3 - t2}
+        steps = self.month_end_steps(period, report, actor=actor, now=now, override=override)
+        for done, (name, run) in enumerate(steps):
+            if progress is not None:
+                progress(name, done)
+            started = time.perf_counter()
+            # Each step is idempotent: one that found the database busy is run again whole.
+            db.write(run, what=f"month-end {period} {name}")
+            report.timings[f"{name}_s"] = time.perf_counter() - started
+        if progress is not None:
+            progress("done", len(steps))
         return report
+
+    def month_end_steps(
+        self,
+        period: str,
+        report: MonthEndReport,
+        *,
+        actor: str,
+        now: dt.datetime,
+        override: str | None = None,
+    ) -> list[tuple[str, Callable[[Connection], None]]]:
+        """The month-end of `period` as steps, each one transaction that fills `report`
+        (with [cluster] the jobs leader runs them resumably: core/cluster/leader.py)."""
+
+        def apportionment(conn: Connection) -> None:
+            report.overridden = self.require_closable(
+                conn, period, "month-end", now=now, actor=actor, override=override
+            ).events
+            report.pools = self.apportionment.run(conn, period, actor=actor, now=now)
+
+        def charges(conn: Connection) -> None:
+            report.charges = self.charges.run(conn, period, actor=actor, now=now)
+
+        def drafts(conn: Connection) -> None:
+            report.drafts = len(self.bills.draft(conn, period, now=now))
+
+        return [("apportionment", apportionment), ("charges", charges), ("drafts", drafts)]
 
 
 class BillingService:
@@ -263,6 +271,9 @@ class BillingService:
         self.month_ends: list[MonthEndReport] = []
         #: period → why its month-end is held (said once per reason).
         self._held: dict[str, str] = {}
+        #: With [cluster]: the jobs leader's fence while this instance is the leader (else
+        #: None); month-end then runs on the leader only, resumably (core/cluster/leader.py).
+        self.leader: Callable[[], Fence | None] | None = None
 
     def _publish(self, item: object) -> None:
         """Publish on the service's event loop, whatever thread the call comes from (batch
@@ -402,6 +413,9 @@ class BillingService:
         _, end = self.calendar.bounds(period)
         if now < end + dt.timedelta(hours=self.settings.run_delay_h):
             return None
+        leading = self.leader is not None and self.leader() is not None
+        if self.leader is not None and not leading:
+            return None  # [cluster]: the jobs leader runs it
         c = t.billing_cycle
 
         def claim(conn: Connection) -> str | None:
@@ -410,7 +424,11 @@ class BillingService:
             ).first()
             if row is None or row.state == "DONE":
                 return None
-            if row.state == "RUNNING" and row.lease_until and row.lease_until > now:
+            # [cluster]: a run another instance started as leader is this leader's now (the
+            # other lost the lease: the database refuses its steps).
+            taken_over = leading and row.claimed_by != self.instance[:100]
+            running = row.state == "RUNNING" and row.lease_until and row.lease_until > now
+            if running and not taken_over:
                 return None
             conn.execute(
                 c.update()
@@ -431,9 +449,17 @@ class BillingService:
         case the cycle is HELD with the reason and retried at the next look."""
         now = self.clock()
         try:
-            report = self.billing.month_end(self.db, period, actor=MONTH_END, now=now)
+            if self.leader is not None:
+                report = MonthEndReport(period)
+                steps = self.billing.month_end_steps(period, report, actor=MONTH_END, now=now)
+                run_resumable(self.db, self.leader, f"month-end:{period}", steps)
+            else:
+                report = self.billing.month_end(self.db, period, actor=MONTH_END, now=now)
         except RequestError as refused:
             self._hold(period, refused.message)
+            return None
+        except CommandFenced as exc:
+            log.warning("month-end of %s stopped: %s", period, exc)
             return None
         self.db.write(
             lambda conn: conn.execute(

@@ -65,7 +65,18 @@ def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
 def _register_builtin() -> None:
     # Imported here: every command module imports `CliContext` and the exit codes from
     # this package, so they can only load once it has.
-    from . import accounts, billing, database, demo, devices, payer, payments, prepay, tariff
+    from . import (
+        accounts,
+        billing,
+        cluster,
+        database,
+        demo,
+        devices,
+        payer,
+        payments,
+        prepay,
+        tariff,
+    )
 
     devices.register(cli)
     demo.register(cli)
@@ -76,6 +87,7 @@ def _register_builtin() -> None:
     billing.register(cli)
     payments.register(cli)
     payer.register(cli)
+    cluster.register(cli)
 
 
 #: Plugins whose commands are on the group (the built-in ones are added with the first).

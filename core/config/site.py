@@ -237,6 +237,7 @@ OWNED_SECTIONS = (
     "billing",
     "payments",
     "web",
+    "cluster",
 )
 
 

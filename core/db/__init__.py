@@ -59,6 +59,8 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 DEFAULT_SQLITE_PATH = Path("var") / "openprepay.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 R = TypeVar("R")
+#: PostgreSQL's "cannot execute ... in a read-only transaction" (a demoted primary).
+READ_ONLY_SQLSTATE = "25006"
 #: Key of the PostgreSQL advisory lock that serialises concurrent `upgrade()` calls.
 _MIGRATION_LOCK = 0x6F70_7072_6570_6179 & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -112,6 +114,7 @@ def normalise_url(url: str, base: Path | None = None) -> str:
     """Check a database URL and make it usable: relative SQLite paths are resolved against
     `base` (the site file's folder) and plain `postgresql://` gets the psycopg 3 driver."""
     hint = "expected sqlite:///PATH or postgresql://USER@HOST/DB"
+    url = _multi_host(url)
     try:
         parsed = make_url(url)
     except Exception:
@@ -137,6 +140,24 @@ def normalise_url(url: str, base: Path | None = None) -> str:
             raise ValueError(f"{hint}; the URL names no database, got {url!r}")
         return parsed.render_as_string(hide_password=False)
     raise ValueError(f"{hint}; got {url!r}")
+
+
+def _multi_host(url: str) -> str:
+    """A libpq multi-host URL (`postgresql://u@db1:5432,db2:5432/ledger?target_session_attrs=
+    read-write`, what Patroni and pg_auto_failover document) in the form SQLAlchemy reads:
+    one `host=HOST:PORT` query parameter per host. Other URLs are returned as they are."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith("postgresql"):
+        return url
+    authority, _slash, tail = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if "," not in hosts:
+        return url
+    database, _question, query = tail.partition("?")
+    params = [f"host={h}" for h in hosts.split(",") if h]
+    if query:
+        params.append(query)
+    return f"{scheme}://{userinfo}{at}/{database}?{'&'.join(params)}"
 
 
 class Database:
@@ -322,7 +343,18 @@ def _enable_wal(cursor: Any, busy_timeout_ms: int) -> None:
 
 def _make_engine(url: URL, busy_timeout_ms: int, echo: bool) -> Engine:
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+        engine = sa.create_engine(url, echo=echo, pool_pre_ping=True)
+
+        @sa.event.listens_for(engine, "handle_error")
+        def _on_error(context: Any) -> None:
+            # A server that refuses writes (a primary demoted by Patroni or pg_auto_failover,
+            # a standby) keeps refusing them: treat it as a lost connection, so the pool
+            # drops every connection to it and the next checkout finds the new primary
+            # (with a multi-host url and target_session_attrs=read-write).
+            if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQLSTATE:
+                context.is_disconnect = True
+
+        return engine
 
     # Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
     private_file(Path(url.database))

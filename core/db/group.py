@@ -8,6 +8,13 @@ writer thread, which runs every piece queued meanwhile in one transaction — ea
 own SAVEPOINT, so a refused request rolls back alone — commits once, and only then answers
 each caller. An answered request is exactly as durable as with a transaction of its own; a
 failed commit fails every request of the batch and changes nothing.
+
+A commit whose outcome is unknown — the connection dropped while COMMIT was on its way, as
+in a database failover — may or may not have happened. Each request of such a batch that
+the caller marked `idempotent` (it carries its own unique key: a payment reference) is run
+again alone in a fresh transaction, where the key returns the original row if the first
+commit did happen; every other request fails with `CommitOutcomeUnknown`, so its caller
+knows to look before trying again.
 """
 
 from __future__ import annotations
@@ -30,26 +37,40 @@ R = TypeVar("R")
 Work = Callable[["Connection"], Any]
 
 
+class CommitOutcomeUnknown(Exception):
+    """The connection was lost during COMMIT: the request may or may not be stored."""
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Was `exc` raised because the connection was lost (so a COMMIT sent may have
+    happened)? SQLAlchemy marks those errors `connection_invalidated`."""
+    return bool(getattr(exc, "connection_invalidated", False))
+
+
 class GroupCommit:
     def __init__(self, db: Database, *, max_batch: int = 100) -> None:
         self.db = db
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Work, Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Work, Future[Any], bool] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         #: Commits done and requests answered, for statistics and tests.
         self.commits = 0
         self.requests = 0
+        #: Requests run again after a commit of unknown outcome.
+        self.rerun = 0
 
-    def run(self, work: Callable[[Connection], R]) -> R:
+    def run(self, work: Callable[[Connection], R], *, idempotent: bool = False) -> R:
         """Run `work(conn)` in a transaction shared with concurrent callers; return its
-        result once the transaction is committed, or raise what it raised."""
+        result once the transaction is committed, or raise what it raised. `idempotent`:
+        running `work` again after an unknown commit cannot apply it twice (module
+        docstring)."""
         if threading.current_thread() is self._thread:
             with self.db.begin() as conn:  # called from inside a batch: no waiting on itself
                 return work(conn)
         future: Future[R] = Future()
         self._ensure_thread()
-        self._queue.put((work, future))
+        self._queue.put((work, future, idempotent))
         return future.result()
 
     def close(self) -> None:
@@ -85,14 +106,14 @@ class GroupCommit:
                 batch.append(more)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Work, Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Work, Future[Any], bool]]) -> None:
         outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             with self.db.begin() as conn:
                 # Plain SQL savepoints on the driver connection: SQLAlchemy's begin_nested()
                 # costs more than the top-up it protects.
                 driver = conn.connection.driver_connection
-                for work, future in batch:
+                for work, future, _ in batch:
                     driver.execute("SAVEPOINT group_item")
                     try:
                         result = work(conn)
@@ -102,9 +123,13 @@ class GroupCommit:
                     else:
                         outcomes.append((future, result, None))
                     driver.execute("RELEASE SAVEPOINT group_item")
-        except Exception as exc:  # the commit failed: nothing of the batch happened
+        except Exception as exc:
+            if outcome_unknown(exc):
+                self._after_unknown(batch, exc)
+                return
+            # The commit failed: nothing of the batch happened.
             log.warning("group commit of %d requests failed: %s", len(batch), exc)
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(exc)
             return
         self.commits += 1
@@ -113,4 +138,32 @@ class GroupCommit:
             if error is not None:
                 future.set_exception(error)
             else:
+                future.set_result(result)
+
+    def _after_unknown(self, batch: list[tuple[Work, Future[Any], bool]], exc: Exception) -> None:
+        """The connection was lost with the batch in flight: run each idempotent request
+        again alone (its key returns what the first commit stored, if it did); the others
+        cannot tell, so they fail with `CommitOutcomeUnknown`."""
+        log.warning(
+            "group commit of %d requests: connection lost, outcome unknown (%s); running the "
+            "idempotent ones again",
+            len(batch),
+            exc,
+        )
+        for work, future, idempotent in batch:
+            if not idempotent:
+                future.set_exception(
+                    CommitOutcomeUnknown(
+                        f"the connection to the database was lost during the commit: the "
+                        f"request may or may not be stored ({exc})"
+                    )
+                )
+                continue
+            try:
+                with self.db.begin() as conn:
+                    result = work(conn)
+            except Exception as again:
+                future.set_exception(again)
+            else:
+                self.rerun += 1
                 future.set_result(result)

@@ -352,6 +352,12 @@ meter_command = sa.Table(
     sa.Column("resolution", sa.String(300), nullable=True),
     sa.Column("resolved_by", sa.String(100), nullable=True),
     sa.Column("resolved_at", UtcDateTime(), nullable=True),
+    #: The meter's command sequence number (per meter, increasing; revision 0012).
+    sa.Column("seq", sa.BigInteger(), nullable=True),
+    #: With [cluster]: the link and lease epoch the command was claimed under; completing it
+    #: requires that epoch to be still current (fencing, core/cluster). Revision 0012.
+    sa.Column("claimed_link", sa.String(64), nullable=True),
+    sa.Column("claimed_epoch", sa.BigInteger(), nullable=True),
     sa.CheckConstraint(
         "state IN ('PENDING', 'CLAIMED', 'SENT', 'CONFIRMED', 'FAILED', 'SUPERSEDED')",
         name="state",
@@ -850,6 +856,45 @@ payment_reconciliation = sa.Table(
     sa.Column("requested_by", sa.String(100), nullable=False),
     sa.UniqueConstraint("day", "channel"),
     sa.CheckConstraint("state IN ('OK', 'DIFFERENCES', 'FAILED')", name="state"),
+)
+
+# -- several instances (revision 0012, core/cluster) -----------------------------------------
+
+#: A lease: who owns a link (name = link id) or a leader job (name = "leader:<job>"), until
+#: when by the database clock, and the epoch, incremented on every change of owner (the
+#: fencing token the command path checks).
+link_lease = sa.Table(
+    "link_lease",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("owner", sa.String(100), nullable=True),
+    sa.Column("epoch", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("expires_at", UtcDateTime(), nullable=True),
+    sa.Column("acquired_at", UtcDateTime(), nullable=True),
+    sa.Column("renewed_at", UtcDateTime(), nullable=True),
+    #: A leader job's persisted progress: the next leader resumes from it.
+    sa.Column("progress", sa.JSON(), nullable=True),
+)
+
+#: The instances sharing the database and their last heartbeat (`openprepay cluster status`).
+cluster_instance = sa.Table(
+    "cluster_instance",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    #: The link patterns this instance may own.
+    sa.Column("links", sa.JSON(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UtcDateTime(), nullable=False),
+)
+
+#: The last command sequence number given to each meter.
+meter_command_seq = sa.Table(
+    "meter_command_seq",
+    metadata,
+    sa.Column("meter_id", sa.String(64), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger(), nullable=False),
 )
 
 #: Which payer at a provider (WeChat openid) the tenant page bound to which room

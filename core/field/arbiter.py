@@ -33,6 +33,7 @@ from ..errors import (
     DeviceIOError,
     DeviceRejected,
     LinkDown,
+    LinkNotOwned,
 )
 from ..events import (
     CommandExecuted,
@@ -91,6 +92,11 @@ class LinkWorker:
         self._log_extra = {"link": link.id}
         #: Set when the worker has stopped: read-backs scheduled later fail with it.
         self._stopped: LinkDown | None = None
+        #: With [cluster]: asked before every transaction whether this instance still owns
+        #: the link (its lease's local deadline has not passed); None: always.
+        self.guard: Callable[[], bool] | None = None
+        #: With [cluster]: (lease epoch, seconds left) for the link's statistics.
+        self.lease_info: Callable[[], tuple[int, float]] | None = None
 
     # -- public API -----------------------------------------------------------------------
     async def run(self, routine_polls: bool = True) -> None:
@@ -99,6 +105,7 @@ class LinkWorker:
         now = self.clock()
         self.stats.window_start = now
         self._stopped = None
+        self._polls = []  # a worker started again (a lease taken back) starts afresh
         lanes = [
             asyncio.create_task(self._lane(), name=f"link-{self.link.id}-{n}")
             for n in range(self.link.in_flight)
@@ -140,6 +147,17 @@ class LinkWorker:
             raise CommandRefused(f"meter {command.meter_id} is not on link {self.link.id}")
         future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
         self._control.append(ControlJob(command, future))
+        self._wake.set()
+        return await future
+
+    async def check(self, command: DeviceCommand) -> CommandOutcome:
+        """Read the device back for `command` without writing anything: does it already
+        show the effect? (A new owner of a link asks before re-sending what the previous
+        owner may have sent.)"""
+        if command.meter_id not in self.drivers:
+            raise CommandRefused(f"meter {command.meter_id} is not on link {self.link.id}")
+        future: asyncio.Future[CommandOutcome] = asyncio.get_running_loop().create_future()
+        self._confirm.append(ConfirmJob(command, future, CONFIRM_ATTEMPTS))
         self._wake.set()
         return await future
 
@@ -187,6 +205,14 @@ class LinkWorker:
                 # the lane must stop anyway, or the command that stops it never ends.
                 raise asyncio.CancelledError
             job = await self._take()
+            if self.guard is not None and not self.guard():
+                # The lease may be gone (or going): not one more frame on this link. A
+                # poll is dropped (the lease manager stops this worker), no Bad sample.
+                if isinstance(job, PollJob):
+                    self._schedule(job.meter_id, self.health[job.meter_id].interval_s)
+                else:
+                    settle(job.future, LinkNotOwned(f"link {self.link.id} is not owned"))
+                continue
             if not self.transport.connected:
                 try:
                     await self._connect()
@@ -451,6 +477,9 @@ class LinkWorker:
             "devices_backoff": states.count(DeviceState.BACKOFF),
             "devices_quarantined": states.count(DeviceState.QUARANTINED),
         }
+        if self.lease_info is not None:
+            epoch, left_s = self.lease_info()
+            values["lease_epoch"], values["lease_left_s"] = epoch, round(left_s, 3)
         s.published = values
         s.window_start, s.window_busy_s, s.window_jobs = now, 0.0, 0
         s.window_poll_s, s.window_polls = 0.0, 0
@@ -466,30 +495,56 @@ class LinkArbiter:
     def __init__(self, workers: Mapping[str, LinkWorker]) -> None:
         self.workers = dict(workers)
         self._link_of = {m: w for w in self.workers.values() for m in w.drivers}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._routine_polls = True
+        #: With [cluster]: links start only when their lease is taken (`start_link`).
+        self.leased = False
 
     async def start(self, routine_polls: bool = True) -> None:
-        """Start every link's worker; without `routine_polls` the workers only serve
-        `execute` and `read_now` (a one-off `openprepay read`)."""
-        self._tasks = [
-            asyncio.create_task(worker.run(routine_polls), name=f"link-{link_id}")
-            for link_id, worker in self.workers.items()
-        ]
+        """Start every link's worker (with [cluster]: none; the lease manager starts each
+        link it owns); without `routine_polls` the workers only serve `execute` and
+        `read_now` (a one-off `openprepay read`)."""
+        self._routine_polls = routine_polls
+        if not self.leased:
+            for link_id in self.workers:
+                await self.start_link(link_id)
+
+    async def start_link(self, link_id: str) -> None:
+        """Start one link's worker (the lease manager: this instance now owns it)."""
+        task = self._tasks.get(link_id)
+        if task is not None and not task.done():
+            return
+        worker = self.workers[link_id]
+        self._tasks[link_id] = asyncio.create_task(
+            worker.run(self._routine_polls), name=f"link-{link_id}"
+        )
+
+    async def stop_link(self, link_id: str) -> None:
+        """Stop one link's worker: what is queued fails, the transport closes."""
+        task = self._tasks.pop(link_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def running(self, link_id: str) -> bool:
+        task = self._tasks.get(link_id)
+        return task is not None and not task.done()
 
     async def stop(self, timeout_s: float = 4.0) -> None:
         """Cancel every link's worker and wait for them at most `timeout_s`: a worker
         stuck in a device read that ignores its cancellation is abandoned (logged), so
         `openprepay read` and the device commands always end."""
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        self._tasks = {}
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            done, stuck = await asyncio.wait(self._tasks, timeout=timeout_s)
+        if tasks:
+            done, stuck = await asyncio.wait(tasks, timeout=timeout_s)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("%s ended with %r", task.get_name(), task.exception())
             for task in stuck:
                 log.warning("%s did not stop within %.1f s: abandoned", task.get_name(), timeout_s)
-        self._tasks = []
 
     def worker_of(self, meter_id: str) -> LinkWorker:
         try:
@@ -497,11 +552,25 @@ class LinkArbiter:
         except KeyError:
             raise CommandRefused(f"unknown meter {meter_id!r}") from None
 
+    def _serving(self, meter_id: str) -> LinkWorker:
+        worker = self.worker_of(meter_id)
+        if self.leased and not self.running(worker.link.id):
+            raise LinkNotOwned(
+                f"meter {meter_id}: this instance does not own link {worker.link.id} "
+                "([cluster]: only the lease's owner talks to a link; its points are on its "
+                "OPC UA server)"
+            )
+        return worker
+
     async def execute(self, command: DeviceCommand) -> CommandOutcome:
-        return await self.worker_of(command.meter_id).execute(command)
+        return await self._serving(command.meter_id).execute(command)
+
+    async def check(self, command: DeviceCommand) -> CommandOutcome:
+        """Read back whether the device already shows `command`'s effect (no write)."""
+        return await self._serving(command.meter_id).check(command)
 
     async def read_now(self, meter_id: str) -> Sample:
-        return await self.worker_of(meter_id).read_now(meter_id)
+        return await self._serving(meter_id).read_now(meter_id)
 
     def health(self, meter_id: str) -> DeviceHealth:
         return self.worker_of(meter_id).health[meter_id]

@@ -60,6 +60,18 @@ LINK_MODEL = DeviceModel(
         diagnostic("devices_online", "", "Devices whose last poll succeeded"),
         diagnostic("devices_backoff", "", "Devices in back-off"),
         diagnostic("devices_quarantined", "", "Devices in quarantine"),
+        diagnostic(
+            "lease_epoch",
+            "",
+            "[cluster] epoch of this instance's lease on the link (0: not owned here)",
+            ValueType.INT,
+        ),
+        diagnostic(
+            "lease_left_s",
+            "s",
+            "[cluster] seconds until this instance must stop using the link (0: not owned)",
+            ValueType.FLOAT,
+        ),
     ),
     plugin="core",
 )

@@ -87,19 +87,27 @@ class Door:
         actor: str,
         work: Callable[[Connection, Effects, datetime], R],
         describe: Callable[[R], str],
+        *,
+        idempotent: bool = False,
     ) -> R:
         now = self.clock()
         try:
             check_actor(actor)
             effects = Effects()
+            attempts: list[Effects] = []
 
             def transaction(conn: Connection) -> R:
-                outcome = work(conn, effects, now)
-                audit(conn, effects, actor, action, str(target), describe(outcome), now=now)
-                outbox.write(conn, self.origin, effects, now)
+                # Run again after a commit of unknown outcome (`idempotent`): what the
+                # last run produced is what happened.
+                mine = Effects()
+                attempts.append(mine)
+                outcome = work(conn, mine, now)
+                audit(conn, mine, actor, action, str(target), describe(outcome), now=now)
+                outbox.write(conn, self.origin, mine, now)
                 return outcome
 
-            result = self.writer.run(transaction)
+            result = self.writer.run(transaction, idempotent=idempotent)
+            effects = attempts[-1]
         except RequestError as exc:
             self._refused(
                 AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False),

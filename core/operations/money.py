@@ -70,6 +70,7 @@ class MoneyDoor(Door):
                     else ""
                 )
             ),
+            idempotent=True,  # the reference: a replay returns the first
         )
 
     def _topup_in(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from ..config.site import Site
 from ..db import Database
 from ..db import schema as t
-from ..errors import DeviceIOError
+from ..errors import DeviceIOError, LinkNotOwned
 from ..events import utcnow
 from ..ledger import RequestError
 from ..model import DeviceModel
@@ -86,6 +86,8 @@ class CountAligner:
         effects = Effects()
         try:
             sample = await asyncio.wait_for(self.arbiter.read_now(meter_id), self.timeout_s)
+        except LinkNotOwned:
+            return effects  # [cluster]: the link's owner aligns it
         except (DeviceIOError, TimeoutError) as exc:
             log.info(
                 "meter %s: purchase count not read yet: %s",

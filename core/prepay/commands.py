@@ -47,6 +47,11 @@ Rules:
 - Every command records why (`reason`) and who asked (`requested_by`): required.
 - Claims use `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL (two instances never get
   the same row); on SQLite the claim transaction holds the write lock.
+- Every command carries a per-meter sequence number (`seq`), and commands set a state
+  (TRIP, CLOSE), never toggle one, so sending one twice has the effect of once.
+- With [cluster] (`core/cluster`), a claim and every later transition carry a `Fence`: the
+  link's lease owner and epoch. The database refuses them (`CommandFenced`) once the epoch is
+  not the current one, so an instance that was paused past its lease completes nothing.
 
 Executor loop (sketch)::
 
@@ -76,10 +81,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from ..cluster.lease import Fence, fence_clause
+from ..cluster.lease import check as check_fence
 from ..db import schema as t
-from ..errors import OpenPrepayError
+from ..errors import CommandFenced, OpenPrepayError
 from ..events import utcnow
 from ..ledger import RequestError, abandon_meter_refund, complete_meter_refund
 from ..model import DeviceCommand
@@ -172,6 +180,11 @@ class MeterCommand:
     resolution: str | None = None
     resolved_by: str | None = None
     resolved_at: datetime | None = None
+    #: The meter's command sequence number (increasing per meter).
+    seq: int | None = None
+    #: With [cluster]: the link and lease epoch of the claim (fencing token).
+    claimed_link: str | None = None
+    claimed_epoch: int | None = None
 
     def device_command(self) -> DeviceCommand:
         """What to hand to `LinkArbiter.execute`; the reason carries the audit trail."""
@@ -260,6 +273,7 @@ def enqueue(
     command_id = conn.execute(
         t.meter_command.insert().returning(t.meter_command.c.id),
         {
+            "seq": next_seq(conn, meter_id),
             "meter_id": meter_id,
             "kind": kind.value,
             "params": dict(params or {}),
@@ -295,6 +309,18 @@ def enqueue(
     return get_command(conn, command_id)
 
 
+def next_seq(conn: Connection, meter_id: str) -> int:
+    """The meter's next command sequence number (one row per meter, incremented in the
+    caller's transaction: two writers queue one after the other)."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    q = insert(t.meter_command_seq).values(meter_id=meter_id, last_seq=1)
+    q = q.on_conflict_do_update(
+        index_elements=[t.meter_command_seq.c.meter_id],
+        set_={"last_seq": t.meter_command_seq.c.last_seq + 1},
+    ).returning(t.meter_command_seq.c.last_seq)
+    return int(conn.execute(q).scalar_one())
+
+
 def claim_due(
     conn: Connection,
     limit: int,
@@ -304,6 +330,7 @@ def claim_due(
     meters: Collection[str] | None = None,
     now: datetime | None = None,
     in_hand: Collection[int] = (),
+    fence: Fence | None = None,
 ) -> list[MeterCommand]:
     """Claim up to `limit` due commands for `owner` and return them, oldest first.
 
@@ -314,6 +341,10 @@ def claim_due(
     transaction before talking to devices. `in_hand`: ids the caller still holds (its
     outcome is being recorded, perhaps past the lease while the database was busy) —
     never claimed again, and their meters' newer commands wait behind them as usual.
+
+    With `fence` ([cluster]: `meters` are the link's), the claim happens only while the
+    fence is the link's current lease, and records its link and epoch; a command claimed
+    or sent under an older epoch of the link is claimable at once (its owner is gone).
     """
     if limit <= 0:
         return []
@@ -330,13 +361,13 @@ def claim_due(
         )
         .exists()
     )
+    in_flight = c.c.state.in_([CommandState.CLAIMED.value, CommandState.SENT.value])
     due = sa.or_(
         sa.and_(c.c.state == CommandState.PENDING.value, c.c.next_attempt_at <= now),
-        sa.and_(
-            c.c.state.in_([CommandState.CLAIMED.value, CommandState.SENT.value]),
-            c.c.lease_until < now,
-        ),
+        sa.and_(in_flight, c.c.lease_until < now),
     )
+    if fence is not None:
+        due = sa.or_(due, sa.and_(in_flight, c.c.claimed_epoch.is_distinct_from(fence.epoch)))
     # Money waits while the meter's own purchase count is to be read (align_buy_count);
     # one already sent, or a retry, keeps the count it was first sent with: never waits.
     unaligned = sa.and_(
@@ -358,20 +389,21 @@ def claim_due(
         q = q.where(c.c.meter_id.in_(list(meters)))
     if in_hand:
         q = q.where(c.c.id.not_in(list(in_hand)))
+    if fence is not None:
+        q = q.where(fence_clause(fence))
     ids = list(conn.execute(q).scalars())
     if not ids:
         return []
-    conn.execute(
-        t.meter_command.update()
-        .where(t.meter_command.c.id.in_(ids))
-        .values(
-            state=CommandState.CLAIMED.value,
-            claimed_by=owner[:100],
-            lease_until=now + timedelta(seconds=lease_s),
-            attempts=t.meter_command.c.attempts + 1,
-            updated_at=now,
-        )
-    )
+    claim: dict[str, Any] = {
+        "state": CommandState.CLAIMED.value,
+        "claimed_by": owner[:100],
+        "lease_until": now + timedelta(seconds=lease_s),
+        "attempts": t.meter_command.c.attempts + 1,
+        "updated_at": now,
+    }
+    if fence is not None:
+        claim.update(claimed_link=fence.link_id, claimed_epoch=fence.epoch)
+    conn.execute(t.meter_command.update().where(t.meter_command.c.id.in_(ids)).values(**claim))
     rows = conn.execute(SELECT_COMMANDS.where(t.meter_command.c.id.in_(ids))).all()
     return sorted((command_from_row(r) for r in rows), key=lambda m: (m.next_attempt_at, m.id))
 
@@ -382,7 +414,12 @@ def _transition(
     allowed: Collection[CommandState],
     owner: str | None,
     values: Mapping[str, Any],
+    fence: Fence | None = None,
 ) -> MeterCommand:
+    if fence is not None:
+        # Before the command's row: the lease row is share-locked first, always in this
+        # order, so a take-over waits for this transaction or this one sees it.
+        check_fence(conn, fence)
     locked = SELECT_COMMANDS.where(t.meter_command.c.id == command_id).with_for_update()
     row = conn.execute(locked).first()
     if row is None:
@@ -396,6 +433,14 @@ def _transition(
             f"command {command_id} is claimed by {row.claimed_by!r}, not {owner!r} "
             "(the lease expired and another executor took it)"
         )
+    if fence is not None and (row.claimed_link, row.claimed_epoch) != (
+        fence.link_id,
+        fence.epoch,
+    ):
+        raise CommandFenced(
+            f"command {command_id} was claimed under link {row.claimed_link} epoch "
+            f"{row.claimed_epoch}, not {fence.link_id} epoch {fence.epoch}"
+        )
     conn.execute(
         t.meter_command.update().where(t.meter_command.c.id == command_id).values(**values)
     )
@@ -403,7 +448,12 @@ def _transition(
 
 
 def mark_sent(
-    conn: Connection, command_id: int, *, owner: str | None = None, now: datetime | None = None
+    conn: Connection,
+    command_id: int,
+    *,
+    owner: str | None = None,
+    now: datetime | None = None,
+    fence: Fence | None = None,
 ) -> MeterCommand:
     """The command was written to the device; confirmation by read-back follows."""
     now = now or utcnow()
@@ -413,6 +463,7 @@ def mark_sent(
         (CommandState.CLAIMED, CommandState.SENT),
         owner,
         {"state": CommandState.SENT.value, "sent_at": now, "updated_at": now},
+        fence,
     )
 
 
@@ -423,9 +474,11 @@ def mark_confirmed(
     readback: Mapping[str, Any] | None = None,
     owner: str | None = None,
     now: datetime | None = None,
+    fence: Fence | None = None,
 ) -> MeterCommand:
     """The device was read back and shows the effect. For RECHARGE, the meter's confirmed
-    purchase count advances (reconciliation compares it with the meter's)."""
+    purchase count advances (reconciliation compares it with the meter's). With `fence`
+    ([cluster]) only under the link's current lease epoch (`CommandFenced` otherwise)."""
     now = now or utcnow()
     command = _transition(
         conn,
@@ -440,6 +493,7 @@ def mark_confirmed(
             "finished_at": now,
             "updated_at": now,
         },
+        fence,
     )
     if command.kind == CommandKind.RECHARGE and "buy_count" in command.params:
         count = int(command.params["buy_count"])
@@ -463,6 +517,7 @@ def mark_failed(
     final: bool = False,
     owner: str | None = None,
     now: datetime | None = None,
+    fence: Fence | None = None,
 ) -> MeterCommand:
     """The attempt failed. With `retry_at` the command goes back to PENDING until then;
     with `final=True` it ends FAILED (refused by the device, out of attempts). Exactly
@@ -480,7 +535,7 @@ def mark_failed(
     else:
         values.update(state=CommandState.PENDING.value, next_attempt_at=retry_at, claimed_by=None)
     command = _transition(
-        conn, command_id, (CommandState.CLAIMED, CommandState.SENT), owner, values
+        conn, command_id, (CommandState.CLAIMED, CommandState.SENT), owner, values, fence
     )
     if final and command.kind == CommandKind.REFUND:
         abandon_meter_refund(conn, command.id, f"meter refused: {error}", now=now)

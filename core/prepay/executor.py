@@ -21,6 +21,12 @@ A busy database never loses a confirmation: claiming and recording an outcome ru
 whose outcome is still being recorded stays "in hand" and is not claimed again by this
 executor even if its lease runs out meanwhile (`claim_due(in_hand=...)`).
 
+With [cluster] (`use_fences`), the executor claims only the commands of the meters on the
+links this instance holds the lease of, under the lease's epoch, and every transition
+carries it: a completion under a lost lease is refused by the database (`CommandFenced`)
+and dropped; the new owner claims the command at once and, if it had been sent before,
+reads the device back before deciding whether to send it again.
+
 After a restart nothing is lost: the instance releases the claims its previous life held
 (same instance name), so PENDING, CLAIMED and SENT commands run again at once; claims of
 another, dead instance become claimable when their lease expires.
@@ -31,15 +37,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ..cluster.lease import Fence
 from ..db import Database
 from ..db import schema as t
-from ..errors import CommandRefused, DeviceIOError
+from ..errors import CommandFenced, CommandRefused, DeviceIOError, LinkNotOwned
 from ..events import CommandFailed, SupplyChanged, publish_on_loop, utcnow
 from ..model import CommandOutcome, DeviceCommand
 from ..tasks import wait_event
@@ -100,6 +107,24 @@ class CommandExecutor:
         self.confirmed = 0
         self.failed = 0
         self.retried = 0
+        #: With [cluster]: the fences of the links this instance owns now, and the meters
+        #: of each link (`use_fences`); None: one process, every meter of the site.
+        self.fences: Callable[[], Mapping[str, Fence]] | None = None
+        self.link_meters: Mapping[str, Collection[str]] = {}
+        #: Completions the database refused because the lease had moved on.
+        self.fenced = 0
+
+    def use_fences(
+        self,
+        fences: Callable[[], Mapping[str, Fence]],
+        link_meters: Mapping[str, Collection[str]],
+        owner: str,
+    ) -> None:
+        """[cluster]: claim and complete only under the current lease of each link, as
+        `owner` (the cluster instance id, the leases' owner)."""
+        self.owner = owner
+        self.fences = fences
+        self.link_meters = {k: frozenset(v) & self.meters for k, v in link_meters.items()}
 
     async def start(self) -> None:
         self._no_claims.clear()
@@ -170,6 +195,9 @@ class CommandExecutor:
             await wait_event(self._wake, self.poll_s)
 
     def _claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[cmds.MeterCommand]:
+        if self.fences is not None:
+            return self._claim_fenced(limit, in_hand)
+
         def claim(conn: Connection) -> list[cmds.MeterCommand]:
             batch = cmds.claim_due(
                 conn,
@@ -187,6 +215,44 @@ class CommandExecutor:
 
         return self.db.write(claim, what="claiming meter commands", stop=self._no_claims)
 
+    def _claim_fenced(self, limit: int, in_hand: frozenset[int]) -> list[cmds.MeterCommand]:
+        assert self.fences is not None
+        claimed: list[cmds.MeterCommand] = []
+        for link_id, fence in self.fences().items():
+            meters = self.link_meters.get(link_id)
+            if not meters or len(claimed) >= limit:
+                continue
+
+            def claim(
+                conn: Connection, fence: Fence = fence, meters: Collection[str] = meters
+            ) -> list[cmds.MeterCommand]:
+                batch = cmds.claim_due(
+                    conn,
+                    limit - len(claimed),
+                    owner=self.owner,
+                    lease_s=self.lease_s,
+                    meters=meters,
+                    now=self.clock(),
+                    in_hand=in_hand,
+                    fence=fence,
+                )
+                batch = pin_meter_counts(conn, batch)
+                for command in batch:
+                    cmds.mark_sent(conn, command.id, owner=self.owner, fence=fence)
+                return batch
+
+            claimed.extend(
+                self.db.write(
+                    claim, what=f"claiming meter commands of {link_id}", stop=self._no_claims
+                )
+            )
+        return claimed
+
+    def _fence_of(self, command: cmds.MeterCommand) -> Fence | None:
+        if self.fences is None or command.claimed_link is None or command.claimed_epoch is None:
+            return None
+        return Fence(command.claimed_link, self.owner, command.claimed_epoch)
+
     async def _execute(self, command: cmds.MeterCommand) -> None:
         try:
             await self._execute_one(command)
@@ -203,10 +269,36 @@ class CommandExecutor:
         except (KeyError, TypeError, ValueError) as exc:
             await asyncio.to_thread(self._fail, command, f"bad parameters: {exc}", True)
             return
+        if self.fences is not None and command.sent_at is not None:
+            # Sent before (perhaps by the link's previous owner): read the device back
+            # first; if it shows the effect, nothing is written again.
+            try:
+                seen = await asyncio.wait_for(
+                    self.arbiter.check(device), timeout=max(self.lease_s * 0.8, 1.0)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("command %d: read-back before re-sending failed: %s", command.id, exc)
+            else:
+                if seen.confirmed:
+                    log.info(
+                        "command %d (seq %s) already in effect on %s: not sent again",
+                        command.id,
+                        command.seq,
+                        command.meter_id,
+                    )
+                    await asyncio.to_thread(self._confirmed, command, seen)
+                    return
         try:
             outcome = await asyncio.wait_for(
                 self.arbiter.execute(device), timeout=max(self.lease_s * 0.8, 1.0)
             )
+        except LinkNotOwned as exc:
+            # [cluster] the lease went while the command waited: nothing was sent and
+            # nothing is recorded; the link's next owner claims it under its epoch.
+            log.warning("command %d not sent: %s", command.id, exc)
+            return
         except CommandRefused as exc:
             await asyncio.to_thread(self._fail, command, f"refused: {exc}", True)
             return
@@ -239,8 +331,10 @@ class CommandExecutor:
                     readback=_jsonable(outcome.readback),
                     owner=self.owner,
                     now=now,
+                    fence=self._fence_of(command),
                 )
-            except cmds.CommandStateError as exc:
+            except (cmds.CommandStateError, CommandFenced) as exc:
+                self.fenced += isinstance(exc, CommandFenced)
                 log.warning("command %d: %s", command.id, exc)
                 return None
             if on is not None:
@@ -302,8 +396,10 @@ class CommandExecutor:
                     final=final,
                     owner=self.owner,
                     now=now,
+                    fence=self._fence_of(command),
                 )
-            except cmds.CommandStateError as exc:
+            except (cmds.CommandStateError, CommandFenced) as exc:
+                self.fenced += isinstance(exc, CommandFenced)
                 log.warning("command %d: %s", command.id, exc)
                 return False
             return True

@@ -59,7 +59,7 @@ import asyncio
 import dataclasses
 import logging
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -170,6 +170,17 @@ class Metering:
         #: Read time of the oldest sample of the batch being flushed (None: no flush).
         self._flushing_since: datetime | None = None
         self._warned: set[tuple[str, str]] = set()
+        #: With [cluster]: called in each flush's transaction with the meters it writes;
+        #: raises `CommandFenced` when this instance no longer owns one of their links, so
+        #: a paused instance cannot bill from a baseline another has moved on from.
+        self.guard: Callable[[Connection, list[str]], None] | None = None
+
+    def forget(self, meters: Collection[str]) -> None:
+        """Drop what is held in memory for `meters` (their link went to another instance:
+        its baselines in the database move on; they are loaded again if it comes back)."""
+        for meter_id in meters:
+            self._books.pop(meter_id, None)
+            self._pending.pop(meter_id, None)
 
     # -- the listener (on the poll path: cheap) ---------------------------------------------
     def on_sample(self, sample: Sample) -> None:
@@ -260,6 +271,8 @@ class Metering:
                 between_parts(self.db)
             try:
                 with self.db.begin() as conn:
+                    if self.guard is not None:  # [cluster]: only under the links' leases
+                        self.guard(conn, [meter_id for meter_id, _, _ in part])
                     self._write(conn, list(part), info, now, report, problems)
             except Exception as exc:
                 rest = [m for p in parts[n:] for m, _, _ in p]

@@ -4,7 +4,7 @@ signed QR link once inside WeChat is recognised again; revoked by an operator
 (`openprepay payer revoke`).
 
 Revision ID: 0013
-Revises: 0011 (payment_refund, merged before it; 0012 once the cluster leases' migration is merged)
+Revises: 0012
 Create Date: 2026-12-03
 """
 
@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-#: "0012" (link_lease) once that migration is merged before this one.
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

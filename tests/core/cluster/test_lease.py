@@ -1,0 +1,127 @@
+"""Lease rows and fencing against the real PostgreSQL: the epoch grows on every change of
+owner, an expired lease is never renewed, and the database refuses a claim or completion
+made under an epoch that is no longer current."""
+
+from __future__ import annotations
+
+import pytest
+
+from openprepay.core.cluster import lease
+from openprepay.core.cluster.lease import Fence
+from openprepay.core.cluster.settings import read_cluster
+from openprepay.core.config.site import parse_site
+from openprepay.core.db import Database
+from openprepay.core.errors import CommandFenced, ConfigError
+from openprepay.core.prepay import commands as cmds
+
+from .conftest import expire
+
+
+def test_epoch_grows_with_every_owner_and_an_expired_lease_is_not_renewed(pg: Database) -> None:
+    with pg.begin() as conn:
+        lease.ensure(conn, ["gw"])
+        a = lease.acquire(conn, "gw", "A", 10)
+        assert a is not None and a.epoch == 1 and 0 < a.left_s <= 10
+        # Held: nobody else takes it, and A renews it.
+        assert lease.acquire(conn, "gw", "B", 10) is None
+        assert lease.renew(conn, "A", {"gw": 1}, 10)["gw"].epoch == 1
+        # B cannot renew what it does not hold, nor A an epoch it does not hold.
+        assert lease.renew(conn, "B", {"gw": 1}, 10) == {}
+        assert lease.renew(conn, "A", {"gw": 7}, 10) == {}
+    expire(pg, "gw")
+    with pg.begin() as conn:
+        assert lease.renew(conn, "A", {"gw": 1}, 10) == {}  # expired: maybe another's
+        b = lease.acquire(conn, "gw", "B", 10)
+        assert b is not None and b.epoch == 2
+        assert lease.release(conn, "gw", "A", 1) is False
+        assert lease.release(conn, "gw", "B", 2) is True
+        c = lease.acquire(conn, "gw", "A", 10)
+        assert c is not None and c.epoch == 3
+        rows = {r.name: r for r in lease.leases(conn)}
+    assert rows["gw"].owner == "A" and rows["gw"].epoch == 3
+
+
+def test_a_stale_owner_can_neither_claim_nor_complete(pg: Database) -> None:
+    with pg.begin() as conn:
+        lease.ensure(conn, ["gw"])
+        a = lease.acquire(conn, "gw", "A", 10)
+        assert a is not None
+        cmds.enqueue(conn, "E-1", "TRIP", reason="test", requested_by="test")
+    fence_a = Fence("gw", "A", a.epoch)
+    with pg.begin() as conn:
+        (claimed,) = cmds.claim_due(conn, 5, owner="A", meters=["E-1"], fence=fence_a)
+        cmds.mark_sent(conn, claimed.id, owner="A", fence=fence_a)
+    assert (claimed.claimed_link, claimed.claimed_epoch) == ("gw", a.epoch)
+    # A pauses past its lease; B takes the link over.
+    expire(pg, "gw")
+    with pg.begin() as conn:
+        b = lease.acquire(conn, "gw", "B", 10)
+    assert b is not None and b.epoch == a.epoch + 1
+    fence_b = Fence("gw", "B", b.epoch)
+    # A wakes up: its completion is refused, and so is any new claim under its epoch.
+    with pytest.raises(CommandFenced), pg.begin() as conn:
+        cmds.mark_confirmed(conn, claimed.id, owner="A", fence=fence_a)
+    with pg.begin() as conn:
+        assert cmds.claim_due(conn, 5, owner="A", meters=["E-1"], fence=fence_a) == []
+        # B claims the command at once (its epoch is older than B's), without waiting for
+        # the command's own claim lease to run out.
+        (again,) = cmds.claim_due(conn, 5, owner="B", meters=["E-1"], fence=fence_b)
+    assert again.id == claimed.id and again.claimed_epoch == b.epoch
+    assert again.sent_at is not None  # B knows it may be on the device: it reads back first
+    with pg.begin() as conn:
+        done = cmds.mark_confirmed(conn, again.id, owner="B", fence=fence_b)
+    assert done.state == "CONFIRMED"
+
+
+def test_commands_carry_a_sequence_number_per_meter(pg: Database) -> None:
+    with pg.begin() as conn:
+        seqs = [
+            cmds.enqueue(conn, meter, "TRIP", reason="t", requested_by="t").seq
+            for meter in ("E-1", "E-1", "E-2", "E-1")
+        ]
+    assert seqs == [1, 2, 1, 3]
+
+
+def _site(cluster: dict, url: str = "postgresql://u@h/db", timeout_ms: int = 500):  # type: ignore[no-untyped-def]
+    return parse_site(
+        {
+            "site": {"id": "s", "timezone": "Asia/Shanghai"},
+            "links": {
+                "gw-a": {
+                    "type": "modbus_tcp",
+                    "host": "127.0.0.1",
+                    "port": 1,
+                    "timeout_ms": timeout_ms,
+                }
+            },
+            "database": {"url": url},
+            "cluster": cluster,
+        }
+    )
+
+
+def test_cluster_settings_name_the_field_and_the_fix() -> None:
+    settings = read_cluster(_site({"instance_id": "box-a", "links": ["gw-*"]}))
+    assert settings is not None and settings.may_own("gw-a") and not settings.may_own("x")
+    assert (settings.lease_ttl_s, settings.heartbeat_s) == (10.0, 2.0)
+    cases = {
+        "cluster.instance_id": {},
+        "cluster.links": {"instance_id": "a", "links": ["nope-*"]},
+        "cluster.lease_ttl_s": {"instance_id": "a", "lease_ttl_s": 3, "heartbeat_s": 2},
+        "cluster.margin_s": {"instance_id": "a", "margin_s": 0.4},
+        "cluster.heartbeat_s": {"instance_id": "a", "heartbeat_s": "2"},
+    }
+    for field, section in cases.items():
+        with pytest.raises(ConfigError) as info:
+            read_cluster(_site(section))
+        assert field in str(info.value), (field, str(info.value))
+    with pytest.raises(ConfigError, match=r"database\.url"):
+        read_cluster(_site({"instance_id": "a"}, url="sqlite:///x.db"))
+    assert read_cluster(parse_site({**_site_data_without_cluster()})) is None
+
+
+def _site_data_without_cluster() -> dict:  # type: ignore[type-arg]
+    return {
+        "site": {"id": "s", "timezone": "Asia/Shanghai"},
+        "links": {"gw-a": {"type": "modbus_tcp", "host": "127.0.0.1", "port": 1}},
+    }
