@@ -98,14 +98,18 @@ class PaymentReconcileDoor(PaymentDoor):
                 else:
                     outcome_text = f"{outcome.state}: {outcome.reason}"
             report.append(finding.record(outcome=outcome_text))
-        return self._record(channel, day, comparison, report, credited, None, started, actor)
+        return self._record_reconciliation(
+            channel, day, comparison, report, credited, None, started, actor
+        )
 
     def reconciliation_failed(
         self, channel: str, day: date, error: str, *, actor: str
     ) -> Reconciliation:
         """The day's bill could not be had (network, hash check, parse error): FAILED, with
         the error; the schedule tries again."""
-        return self._record(channel, day, Comparison(), [], 0, error[:2000], self.clock(), actor)
+        return self._record_reconciliation(
+            channel, day, Comparison(), [], 0, error[:2000], self.clock(), actor
+        )
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -134,7 +138,7 @@ class PaymentReconcileDoor(PaymentDoor):
         start = datetime.combine(day, time(0), tzinfo=self.site.info.tz)
         return start, start + timedelta(days=1)
 
-    def _record(
+    def _record_reconciliation(
         self,
         channel: str,
         day: date,
