@@ -18,6 +18,7 @@ from openprepay.core.db import Database
 from openprepay.core.db import schema as t
 from openprepay.core.events import EventBus
 from openprepay.core.operations import Operations
+from openprepay.core.operations.outbox import OutboxTail
 from tests.core.billing.conftest import MODELS, NOW, open_accounts, site_data
 
 from .conftest import expire
@@ -107,3 +108,36 @@ def test_a_scheduled_batch_runs_on_the_leader_and_is_resumed_by_the_next(pg: Dat
     assert _topups(pg) == ["A-101", "A-102", "A-201"]
     assert a.run_batches() == [] and b.run_batches() == []
     assert _topups(pg) == ["A-101", "A-102", "A-201"]
+
+
+def test_only_the_leader_prunes_the_outbox(pg: Database) -> None:
+    """Every instance reads the outbox; the leader alone deletes what is older than
+    `keep_s` (the others had that long to read it), and after a failover the next one."""
+    clock = Clock(NOW + dt.timedelta(days=2))
+    with pg.begin() as conn:
+        conn.execute(
+            t.event_outbox.insert(),
+            [
+                {"origin": "x", "created_at": NOW, "payload": {}},
+                {"origin": "x", "created_at": NOW + dt.timedelta(days=1, hours=12), "payload": {}},
+            ],
+        )
+
+    def tail(name: str) -> tuple[OutboxTail, Leadership]:
+        outbox = OutboxTail(pg, name, lambda effects, at: None, keep_s=86400.0, clock=clock)
+        leadership = Leadership(pg, name)
+        outbox.leader = leadership
+        return outbox, leadership
+
+    (a, lead_a), (b, lead_b) = tail("a"), tail("b")
+    lead_a.take()
+    assert b.prune() is None
+    assert a.prune() == 1  # the entry older than a day
+    clock.now += dt.timedelta(days=1)
+    expire(pg, JOBS_LEADER)
+    lead_a.fence = None  # a's local deadline passed
+    lead_b.take()
+    assert a.prune() is None
+    assert b.prune() == 1
+    with pg.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(t.event_outbox)).scalar() == 0
