@@ -26,11 +26,13 @@ from openprepay.core.events import utcnow
 from openprepay.core.operations import Operations
 from openprepay.core.payments.service import PaymentService
 from openprepay.core.payments.states import OrderState
+from tests.conftest import until
 from tests.core.cluster.conftest import expire, pg_url
+from tests.core.cluster.instances import CLUSTER
 from tests.core.cluster.relay import Relay
 from tests.core.cluster.test_leader_jobs import Leadership
 
-from .conftest import WEB, open_account, payment_site
+from .conftest import PAYMENTS, WEB, open_account, payment_site
 from .double import DoubleProvider
 from .test_service import _open, balance, state
 
@@ -146,3 +148,23 @@ def test_crediting_and_refunds_are_run_again_after_a_commit_lost_on_the_wire(
         asyncio.run_coroutine_threadsafe(relay.stop(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
         runner.join(5)
+
+
+async def test_the_running_service_hands_the_leader_fence_to_every_job(
+    running: Any, pg_url: str
+) -> None:
+    """With [cluster], the runtime gives the jobs leader's fence to the billing service
+    (month-end, batch jobs), the payment service and the outbox tail."""
+    r = await running(
+        payments={**PAYMENTS, "test": {}},
+        database={"url": pg_url},
+        cluster={"instance_id": "solo", **CLUSTER},
+    )
+    runtime = r.runtime
+    assert runtime.cluster is not None and runtime.payments is not None
+    await until(lambda: runtime.cluster.leader_fence() is not None, 30)
+    fence = runtime.cluster.leader_fence
+    outbox = next(s for s in runtime.services if s.name == "event-outbox")
+    assert runtime.billing.leader == fence
+    assert runtime.payments.leader == fence and runtime.payments.leading()
+    assert outbox.leader == fence
