@@ -26,7 +26,9 @@ from .test_failover import Cluster, cluster, one_speaker_at_a_time, owned_by
 
 __all__ = ["cluster"]  # the fixture: three instances' relays and the simulated gateway
 
-HOST_IP, NS_IP = "10.213.7.1", "10.213.7.2"
+#: The veth pair's addresses: a /30 of its own per run (runs at once do not collide).
+_NET = secrets.randbelow(250) + 1
+HOST_IP, NS_IP = f"10.213.{_NET}.1", f"10.213.{_NET}.2"
 
 
 def _ip(*args: str) -> None:
