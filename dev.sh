@@ -26,6 +26,8 @@ need_apt() {
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)
   command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+  # The partition test drops an instance's packets to PostgreSQL in a network namespace.
+  command -v nft >/dev/null || missing+=(nftables)
   # The printed bills are checked in a real browser (print to PDF), with Chinese glyphs.
   command -v chromium >/dev/null || missing+=(chromium)
   fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-wqy-microhei)

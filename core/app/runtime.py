@@ -187,7 +187,12 @@ class Runtime:
                     self.cluster_settings.instance_id,
                 )
                 self.cluster.on_change.append(executor.wake)
+                # The jobs that must run once run on the jobs leader only (docs/cluster.md).
                 core.billing_service.leader = self.cluster.leader_fence
+                if core.payments is not None:
+                    core.payments.leader = self.cluster.leader_fence
+                if core.outbox is not None:
+                    core.outbox.leader = self.cluster.leader_fence
                 _fence_metering(self.cluster, core.engine.metering, self.site)
                 core.billing_service.instance = f"{self.cluster_settings.instance_id}:billing"
                 # First in, last out: links are given up after everything else stopped.

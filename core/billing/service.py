@@ -13,7 +13,8 @@ drafts of the post-paid bills, each step idempotent.
   per period across instances (the `billing_cycle` row is claimed with a lease), for
   periods the service has seen (so installing it mid-month never bills the months before);
   FAULT and HELD pools raise an `ApportionmentAlert`;
-- runs due **batch jobs** (`batch.Batches`), claimed with a lease, resumed after a restart.
+- runs due **batch jobs** (`batch.Batches`), claimed with a lease, resumed after a restart;
+  with [cluster] month-end and batch jobs run on the jobs leader only (`leading`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..cluster import lease
 from ..cluster.leader import run_resumable
 from ..cluster.lease import Fence
 from ..config.site import Site
@@ -274,6 +276,22 @@ class BillingService:
         #: With [cluster]: the jobs leader's fence while this instance is the leader (else
         #: None); month-end then runs on the leader only, resumably (core/cluster/leader.py).
         self.leader: Callable[[], Fence | None] | None = None
+        self.batches.guard = self.leader_guard
+
+    def leading(self) -> bool:
+        """Whether this instance runs the jobs that must run once: always without
+        [cluster], only while it holds the jobs leader's lease with it."""
+        return self.leader is None or self.leader() is not None
+
+    def leader_guard(self, conn: Connection) -> None:
+        """[cluster]: raise `CommandFenced` in the caller's transaction unless this
+        instance holds the jobs leader's lease (checked in the database, `lease.check`)."""
+        if self.leader is None:
+            return
+        fence = self.leader()
+        if fence is None:
+            raise CommandFenced(f"{self.instance} is not the jobs leader")
+        lease.check(conn, fence)
 
     def _publish(self, item: object) -> None:
         """Publish on the service's event loop, whatever thread the call comes from (batch
@@ -385,7 +403,7 @@ class BillingService:
     async def _batch_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                await asyncio.to_thread(self.batches.run_due, stop=self._stop.is_set)
+                await asyncio.to_thread(self.run_batches)
             except Exception:
                 log.exception("running batch jobs failed")
             self._wake_batches.clear()
@@ -393,6 +411,14 @@ class BillingService:
                 await asyncio.wait_for(self._wake_batches.wait(), self.settings.batch_poll_s)
             except TimeoutError:
                 pass
+
+    def run_batches(self) -> list[Any]:
+        """Follow, claim and run the due batch jobs: with [cluster] on the jobs leader only,
+        stopping between items once its lease is gone (the next leader resumes the job at
+        its first item not done)."""
+        if not self.leading():
+            return []
+        return self.batches.run_due(stop=lambda: self._stop.is_set() or not self.leading())
 
     # -- month-end -------------------------------------------------------------------------
     def _seen(self, now: dt.datetime) -> None:

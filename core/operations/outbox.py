@@ -147,7 +147,7 @@ def effects_of(conn: Connection, entry: OutboxEntry) -> Effects:
 class OutboxTail:
     """The running service's reader of the outbox: publishes what other writers committed
     through `publish_committed` (the door's own after-commit path), and deletes entries
-    older than `keep_s`."""
+    older than `keep_s` (with [cluster] on the jobs leader only: `leader`)."""
 
     name = "event-outbox"
 
@@ -173,6 +173,9 @@ class OutboxTail:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pruned_at: float | None = None
+        #: With [cluster]: the jobs leader's fence while this instance holds it, else None;
+        #: every instance reads the outbox, only the leader prunes it.
+        self.leader: Callable[[], object | None] | None = None
 
     async def start(self) -> None:
         self._stop.clear()
@@ -205,11 +208,18 @@ class OutboxTail:
             published += 1
         self.published += published
         if self._pruned_at is None or time.monotonic() - self._pruned_at > min(self.keep_s, 3600):
-            self._prune()
+            self.prune()
         return published
 
-    def _prune(self) -> None:
+    def prune(self) -> int | None:
+        """Delete the entries older than `keep_s`; how many, or None when this instance is
+        not the jobs leader ([cluster]: one instance prunes, after the others had `keep_s`
+        to read them)."""
+        if self.leader is not None and self.leader() is None:
+            return None
         self._pruned_at = time.monotonic()
         cutoff = self.clock() - timedelta(seconds=self.keep_s)
         with self.db.begin() as conn:
-            conn.execute(t.event_outbox.delete().where(t.event_outbox.c.created_at < cutoff))
+            return conn.execute(
+                t.event_outbox.delete().where(t.event_outbox.c.created_at < cutoff)
+            ).rowcount

@@ -75,9 +75,12 @@ class PaymentRefundDoor(PaymentDoor):
                 "out_refund_no", "expected 1-64 of 0-9 A-Z a-z _ - | * @ (e.g. OP123R1)"
             )
 
+        # Made up before the transaction: a run again after a commit of unknown outcome
+        # (`idempotent`) looks for the same number and finds the refund if it was stored.
+        number = out_refund_no or pr.new_out_refund_no(out_trade_no)
+
         def work(conn: Connection, effects: Effects, now: datetime) -> RefundOutcome:
             order = self._locked(conn, out_trade_no)
-            number = out_refund_no or pr.new_out_refund_no(order.out_trade_no)
             known = pr.get_refund(conn, number)
             if known is not None:
                 if (known.out_trade_no, known.amount_fen) != (order.out_trade_no, amount_fen):
@@ -142,7 +145,7 @@ class PaymentRefundDoor(PaymentDoor):
             )
             return RefundOutcome(refund, "requested", False, result.balance_fen)
 
-        return self._call("payment_refund", out_trade_no, actor, work, _describe)
+        return self._call("payment_refund", out_trade_no, actor, work, _describe, idempotent=True)
 
     def apply_refund_notice(
         self,
@@ -195,7 +198,7 @@ class PaymentRefundDoor(PaymentDoor):
                 return RefundOutcome(self._reload_refund(conn, number), f"kept: {wrong}")
             return self._move(conn, effects, now, refund, to, actor, record, _failure(notice))
 
-        return self._call("payment_refund_notice", number, actor, work, _describe)
+        return self._call("payment_refund_notice", number, actor, work, _describe, idempotent=True)
 
     def refund_refused(self, out_refund_no: str, reason: str, *, actor: str) -> RefundOutcome:
         """The provider refused the refund for good (or it was closed there): CLOSED, the
@@ -212,7 +215,9 @@ class PaymentRefundDoor(PaymentDoor):
                 )
             return self._move(conn, effects, now, refund, RefundState.CLOSED, actor, {}, reason)
 
-        return self._call("payment_refund_refused", out_refund_no, actor, work, _describe)
+        return self._call(
+            "payment_refund_refused", out_refund_no, actor, work, _describe, idempotent=True
+        )
 
     def refund_attempted(self, out_refund_no: str, error: str, *, actor: str) -> None:
         """A refund call that got no usable answer (network, a retryable error): counted,

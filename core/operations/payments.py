@@ -145,7 +145,9 @@ class PaymentDoor(MoneyDoor):
 
     def credit_order(self, out_trade_no: str, *, actor: str) -> NoticeOutcome:
         """Credit an order already PAID (its notice stored, the credit not done: a crash
-        between the two). Any other state: nothing changes."""
+        between the two). Any other state: nothing changes — so the group commit runs it
+        again after a commit of unknown outcome (`idempotent`), as it does notices: the
+        order's state and the top-up's reference make a second run change nothing."""
 
         def work(conn: Connection, effects: Effects, now: datetime) -> NoticeOutcome:
             order = self._locked(conn, out_trade_no)
@@ -153,7 +155,7 @@ class PaymentDoor(MoneyDoor):
                 return NoticeOutcome(out_trade_no, order.state, Action.KEEP, f"{order.state}")
             return self._credit(conn, effects, now, order, actor)
 
-        return self._call("credit_payment", out_trade_no, actor, work, _describe)
+        return self._call("credit_payment", out_trade_no, actor, work, _describe, idempotent=True)
 
     def close_payment(self, out_trade_no: str, reason: str, *, actor: str) -> po.PaymentOrder:
         """CREATED → CLOSED (expired, cancelled, closed at the provider); refused for an
@@ -255,7 +257,9 @@ class PaymentDoor(MoneyDoor):
             after = OrderState(record.get("state", order.state))
             return NoticeOutcome(order.out_trade_no, after, decision.action, decision.reason)
 
-        return self._call("payment_notice", notice.out_trade_no, actor, work, _describe)
+        return self._call(
+            "payment_notice", notice.out_trade_no, actor, work, _describe, idempotent=True
+        )
 
     def _credit(
         self,

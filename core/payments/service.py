@@ -16,6 +16,11 @@
 - once a day after `[payments] reconcile_at` (site time), reconciles yesterday's trade bill
   of every provider (`reconcile`), again an hour later when the bill could not be had.
 
+With [cluster] the sweeps (queries, closing expired orders, sending and asking about
+refunds) and the reconciliation run on the jobs leader only (`leader`, `tick`); crediting
+what the web route stored and the start-up recovery run wherever the notice arrived (a
+credit is once per order in the database whoever does it).
+
 Door calls block on the database: they run in threads (`asyncio.to_thread`).
 """
 
@@ -169,6 +174,9 @@ class PaymentService:
         self._reconciled: dict[tuple[str, date], datetime] = {}
         #: What the start-up check found about how providers reach us (callbacks.py).
         self.warnings: list[str] = []
+        #: With [cluster]: the jobs leader's fence while this instance holds it, else None
+        #: (`LinkLeases.leader_fence`); the sweeps and the reconciliation run only then.
+        self.leader: Callable[[], object | None] | None = None
 
     async def start(self) -> None:
         web = self.ops.site.sections.get("web")
@@ -294,17 +302,33 @@ class PaymentService:
 
     # -- the loop -------------------------------------------------------------------------
 
+    def leading(self) -> bool:
+        """Whether this instance runs the sweeps and the reconciliation: always without
+        [cluster], only while it holds the jobs leader's lease with it."""
+        return self.leader is None or self.leader() is not None
+
+    async def tick(self) -> bool:
+        """One pass of the loop: the sweeps, then the reconciliation when due; on the jobs
+        leader only (False, nothing done, elsewhere). An order or refund left half-way by a
+        leader that lost its lease is in the database: the next leader's sweep finds it."""
+        if not self.leading():
+            return False
+        try:
+            await self.sweep()
+            await self.sweep_refunds()
+        except Exception:
+            log.exception("payment sweep failed")
+        if not self.leading():
+            return True
+        try:
+            await self.reconcile_due()
+        except Exception:
+            log.exception("scheduled payment reconciliation failed")
+        return True
+
     async def _run(self) -> None:
         while True:
-            try:
-                await self.sweep()
-                await self.sweep_refunds()
-            except Exception:
-                log.exception("payment sweep failed")
-            try:
-                await self.reconcile_due()
-            except Exception:
-                log.exception("scheduled payment reconciliation failed")
+            await self.tick()
             await asyncio.sleep(self.settings.poll_s)
 
     async def sweep(self) -> None:

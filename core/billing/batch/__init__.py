@@ -54,6 +54,7 @@ from ...config.site import Site
 from ...db import Database
 from ...db import schema as t
 from ...db.bounded import BATCH_ITEMS, chunks
+from ...errors import CommandFenced
 from ...events import utcnow
 from ...ledger import RequestError
 from ...model import DeviceModel
@@ -103,6 +104,10 @@ class Batches:
         self.clock = clock
         self.publish = publish or (lambda item: None)
         self.selector = Selector(site, models, operations.binding)
+        #: With [cluster]: called in the transaction that claims jobs and in each one that
+        #: renews a job's claim; raises `CommandFenced` unless this instance is the jobs
+        #: leader (the billing service's `leader_guard`), so only the leader starts items.
+        self.guard: Callable[[Connection], None] | None = None
 
     # -- creating ------------------------------------------------------------------------
     def create(
@@ -248,6 +253,8 @@ class Batches:
         q = q.with_for_update(skip_locked=True)
 
         def work(conn: Connection) -> list[int]:
+            if self.guard is not None:
+                self.guard(conn)
             claimed = []
             for row in conn.execute(q).all():
                 values: dict[str, Any] = {
@@ -262,7 +269,11 @@ class Batches:
                 claimed.append(int(row.id))
             return claimed
 
-        return self.db.write(work, what="claiming batch jobs")
+        try:
+            return self.db.write(work, what="claiming batch jobs")
+        except CommandFenced as exc:
+            log.info("batch jobs not claimed: %s", exc)
+            return []
 
     def _start_occurrence(self, conn: Connection, row: Any, now: dt.datetime) -> dict[str, Any]:
         """Resolve and store the items of the scheduled job's next occurrence; returns its
@@ -330,20 +341,27 @@ class Batches:
 
     def _renew(self, job_id: int) -> bool:
         now = self.clock()
-        done = self.db.write(
-            lambda conn: (
-                conn.execute(
-                    t.batch_job.update()
-                    .where(
-                        t.batch_job.c.id == job_id,
-                        t.batch_job.c.state == JobState.RUNNING.value,
-                        t.batch_job.c.claimed_by == self.owner[:100],
-                    )
-                    .values(lease_until=now + dt.timedelta(seconds=self.lease_s))
-                ).rowcount
-            ),
-            what=f"renewing batch job {job_id}",
-        )
+
+        def work(conn: Connection) -> int:
+            if self.guard is not None:
+                self.guard(conn)
+            return conn.execute(
+                t.batch_job.update()
+                .where(
+                    t.batch_job.c.id == job_id,
+                    t.batch_job.c.state == JobState.RUNNING.value,
+                    t.batch_job.c.claimed_by == self.owner[:100],
+                )
+                .values(lease_until=now + dt.timedelta(seconds=self.lease_s))
+            ).rowcount
+
+        try:
+            done = self.db.write(work, what=f"renewing batch job {job_id}")
+        except CommandFenced as exc:
+            # [cluster]: no longer the jobs leader; the next leader resumes the job at its
+            # first item not done once this claim has passed (`lease_s`).
+            log.warning("batch job %s stopped: %s", job_id, exc)
+            return False
         return bool(done)
 
     def _carry_out(self, job: Any, item: Any) -> None:

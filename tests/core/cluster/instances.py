@@ -31,10 +31,16 @@ def cluster_site_data() -> dict[str, Any]:
 
 
 def instance_site(
-    tmp_path: Path, name: str, db_url: str, gateway_port: int, **cluster: Any
+    tmp_path: Path,
+    name: str,
+    db_url: str,
+    gateway_port: int,
+    gateway_host: str = "127.0.0.1",
+    **cluster: Any,
 ) -> Path:
     data = cluster_site_data()
     data["links"]["gw"]["port"] = gateway_port
+    data["links"]["gw"]["host"] = gateway_host
     data["database"] = {"url": db_url}
     data["cluster"] = {"instance_id": name, **CLUSTER, **cluster}
     data["prepay"]["engine"]["instance"] = name
@@ -48,15 +54,18 @@ def instance_site(
 class Instance:
     """One `openprepay run` process and its log."""
 
-    def __init__(self, name: str, site_file: Path) -> None:
+    def __init__(self, name: str, site_file: Path, prefix: tuple[str, ...] = ()) -> None:
         self.name = name
         self.site_file = site_file
+        #: Run through this first (`ip netns exec NS`: in a network namespace).
+        self.prefix = prefix
         self.proc: asyncio.subprocess.Process | None = None
         self.log: list[str] = []
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             OPENPREPAY,
             "--log-level",
             "INFO",

@@ -47,8 +47,10 @@ class Relay:
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, host: str = "127.0.0.1") -> int:
+        """Listen on an ephemeral port of `host` (another address than loopback: reached
+        from a network namespace over a veth pair); returns the port."""
+        self._server = await asyncio.start_server(self._serve, host, 0)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
