@@ -18,6 +18,7 @@ transaction leaves a gap for ever).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..db import Database
+from ..db import Database, FastStatement, db_time
 from ..db import schema as t
 from ..events import Event, event_from_record, event_record, utcnow
 from ..ledger import RequestError
@@ -49,6 +50,10 @@ def new_origin() -> str:
     return uuid.uuid4().hex
 
 
+#: Every door call that changed something writes one: compiled once (core/db FastStatement).
+_fast_insert = FastStatement(t.event_outbox.insert(), ("origin", "created_at", "payload"))
+
+
 def write(conn: Connection, origin: str, effects: Effects, now: datetime) -> None:
     """Store `effects` for the other processes, in the caller's transaction."""
     events = [event_record(e) for e in effects.events if isinstance(e, Event)]
@@ -60,7 +65,8 @@ def write(conn: Connection, origin: str, effects: Effects, now: datetime) -> Non
         "commands": [c.id for c in effects.commands],
         "notices": effects.notices,
     }
-    conn.execute(t.event_outbox.insert(), {"origin": origin, "created_at": now, "payload": payload})
+    row = {"origin": origin, "created_at": db_time(conn, now), "payload": json.dumps(payload)}
+    _fast_insert.execute(conn, row).close()
 
 
 @dataclass(frozen=True, slots=True)

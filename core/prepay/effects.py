@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
+from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..events import AuditRecord, utcnow
 from .commands import MeterCommand
@@ -35,6 +36,12 @@ class Effects:
         self.notices += other.notices
 
 
+#: Every door call writes one: compiled once, run on the driver's cursor (core/db FastStatement).
+_fast_audit = FastStatement(
+    t.audit_log.insert(), ("at", "actor", "action", "target", "detail", "ok")
+)
+
+
 def audit(
     conn: Connection,
     effects: Effects,
@@ -48,17 +55,17 @@ def audit(
 ) -> AuditRecord:
     """Record an action in the audit log (in the caller's transaction) and queue its event."""
     at = now or utcnow()
-    conn.execute(
-        t.audit_log.insert(),
+    _fast_audit.execute(
+        conn,
         {
-            "at": at,
+            "at": db_time(conn, at),
             "actor": actor[:100],
             "action": action[:64],
             "target": target[:100],
             "detail": detail[:1000],
-            "ok": ok,
+            "ok": bool(ok),
         },
-    )
+    ).close()
     record = AuditRecord(actor, action, target, detail, ok, at=at)
     effects.events.append(record)
     return record
