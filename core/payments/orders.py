@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..db import FastStatement
 from ..db import schema as t
 from .states import OrderFacts, OrderState
 
@@ -79,43 +80,87 @@ def insert_order(conn: Connection, values: Mapping[str, Any]) -> PaymentOrder:
     return order
 
 
-# Statements built once: a notification runs each of them, and building a statement (and
-# its cache key) costs more than SQLite executing it.
+# Statements built once and run as `FastStatement`s on the driver cursor: a notification
+# runs each of them inside the door's transaction, and SQLAlchemy's general path (statement,
+# cache key, result object) costs more than SQLite executing it. Values go through each
+# column type's own bind/result processors for the dialect, so rows are what `conn.execute`
+# would give (timestamps, JSON).
 _o = t.payment_order
+_COLUMNS = tuple(_o.c.keys())
 _BY_NUMBER = sa.select(_o).where(_o.c.out_trade_no == sa.bindparam("no"))
-_BY_NUMBER_LOCKED = _BY_NUMBER.with_for_update()
-_PAID_BY = sa.select(_o.c.out_trade_no).where(_o.c.transaction_id == sa.bindparam("tx"))
+_fast_by_number = FastStatement(_BY_NUMBER)
+_fast_by_number_locked = FastStatement(_BY_NUMBER.with_for_update())
+_fast_paid_by = FastStatement(
+    sa.select(_o.c.out_trade_no).where(_o.c.transaction_id == sa.bindparam("tx"))
+)
 #: UPDATE statements by the set of columns they write.
-_UPDATES: dict[frozenset[str], Any] = {}
+_UPDATES: dict[frozenset[str], FastStatement] = {}
+#: Per dialect: each column's result processor (in `_COLUMNS` order) and bind processor.
+_PROCESSORS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+
+def _processors(conn: Connection) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    found = _PROCESSORS.get(conn.dialect.name)
+    if found is None:
+        dialect = conn.dialect
+        results = tuple(_o.c[n].type._cached_result_processor(dialect, None) for n in _COLUMNS)
+        binds = {n: _o.c[n].type._cached_bind_processor(dialect) for n in _COLUMNS}
+        found = _PROCESSORS[dialect.name] = (results, binds)
+    return found
+
+
+def _fast_order(conn: Connection, row: tuple[Any, ...]) -> PaymentOrder:
+    results, _ = _processors(conn)
+    values = {
+        name: (process(value) if process is not None else value)
+        for name, process, value in zip(_COLUMNS, results, row, strict=True)
+    }
+    values["state"] = OrderState(values["state"])
+    return PaymentOrder(**values)
 
 
 def get_order(conn: Connection, out_trade_no: str, *, lock: bool = False) -> PaymentOrder | None:
     """The order, or None. `lock`: SELECT … FOR UPDATE on PostgreSQL (SQLite's write
     transactions start with BEGIN IMMEDIATE: the writer lock already serialises them)."""
-    row = conn.execute(_BY_NUMBER_LOCKED if lock else _BY_NUMBER, {"no": out_trade_no}).first()
-    return _order(row) if row is not None else None
+    statement = _fast_by_number_locked if lock else _fast_by_number
+    cursor = statement.execute(conn, {"no": out_trade_no})
+    try:
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return _fast_order(conn, row) if row is not None else None
 
 
 def order_paid_by(conn: Connection, transaction_id: str | None) -> str | None:
     """The order the provider's transaction already paid (the column is unique)."""
     if transaction_id is None:
         return None
-    return conn.execute(_PAID_BY, {"tx": transaction_id}).scalar()
+    cursor = _fast_paid_by.execute(conn, {"tx": transaction_id})
+    try:
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return row[0] if row is not None else None
 
 
 def update_order(conn: Connection, order_id: int, **values: Any) -> None:
     columns = frozenset(values)
     statement = _UPDATES.get(columns)
     if statement is None:
-        unknown = columns - set(_o.c.keys())
+        unknown = columns - set(_COLUMNS)
         if unknown:
             raise TypeError(f"payment_order has no column {', '.join(sorted(unknown))}")
-        statement = _UPDATES[columns] = (
+        statement = _UPDATES[columns] = FastStatement(
             _o.update()
             .where(_o.c.id == sa.bindparam("order_id"))
             .values({name: sa.bindparam(f"v_{name}", type_=_o.c[name].type) for name in columns})
         )
-    conn.execute(statement, {"order_id": order_id, **{f"v_{k}": v for k, v in values.items()}})
+    _, binds = _processors(conn)
+    params: dict[str, Any] = {"order_id": order_id}
+    for name, value in values.items():
+        process = binds[name]
+        params[f"v_{name}"] = process(value) if process is not None else value
+    statement.execute(conn, params).close()
 
 
 def list_orders(
