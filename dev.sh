@@ -80,7 +80,9 @@ case "${1:-}" in
     echo "==> ruff"
     "$VENV/bin/ruff" check .
     echo "==> pytest"
-    exec "$VENV/bin/pytest" "$@" ;;
+    # Three workers, one test file each at a time (module fixtures stay in one process):
+    # most tests wait on sockets, servers and subprocesses, so 3 beat 2 on two cores.
+    exec "$VENV/bin/pytest" -n "${OPENPREPAY_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
   *)
     echo "usage: ./dev.sh demo|test|setup [ARGS]" >&2; exit 2 ;;
 esac

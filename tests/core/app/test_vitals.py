@@ -43,7 +43,9 @@ def test_the_start_up_heap_is_frozen():
     vitals = Vitals(EventBus(), stats_interval_s=5)
     try:
         vitals.settle_heap()
-        assert vitals.frozen == gc.get_freeze_count() > 1000
+        # Other threads (a test runner's own) may free a few frozen objects meanwhile.
+        assert vitals.frozen > 1000
+        assert abs(gc.get_freeze_count() - vitals.frozen) < 100
     finally:
         gc.unfreeze()
 
