@@ -28,6 +28,7 @@ still on its way is left to its read-back.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -83,6 +84,9 @@ class SupplyWatch:
         self.backoff_max = timedelta(seconds=backoff_max_s)
         self.clock = clock
         self._seen: dict[str, Observation] = {}
+        #: The listener runs on the poll path and the check in a worker thread: the check's
+        #: snapshot must not meet a dict that grows under it (new meters) or a half update.
+        self._seen_lock = threading.Lock()
         #: The observed state last written to `prepay_meter.supply_on`, per meter.
         self._stored: dict[str, bool] = {}
         self.reasserted = 0
@@ -97,11 +101,12 @@ class SupplyWatch:
         if value is None or not sample.quality_of(point).is_good:
             return
         on = bool(value)
-        seen = self._seen.get(sample.source)
-        if seen is None or seen.on != on:
-            self._seen[sample.source] = Observation(on, sample.read_at, sample.read_at)
-        elif sample.read_at > seen.at:
-            seen.at = sample.read_at
+        with self._seen_lock:
+            seen = self._seen.get(sample.source)
+            if seen is None or seen.on != on:
+                self._seen[sample.source] = Observation(on, sample.read_at, sample.read_at)
+            elif sample.read_at > seen.at:
+                seen.at = sample.read_at
 
     def backoff(self, consecutive: int) -> timedelta:
         """How long after the `consecutive`-th re-assertion in a row the next may follow."""
@@ -112,7 +117,8 @@ class SupplyWatch:
         """Store observed changes, end mismatches the meters resolved, re-assert the
         decisions meters disobey past the grace. Returns what to publish."""
         effects = Effects()
-        seen = {m: Observation(o.on, o.since, o.at) for m, o in self._seen.items()}
+        with self._seen_lock:
+            seen = {m: Observation(o.on, o.since, o.at) for m, o in self._seen.items()}
         if not seen:
             return effects
         now = self.clock()
