@@ -40,6 +40,13 @@ DLT645_MODEL = "dlt645.single_phase"
 CJT188_MODEL = "cjt188.cold_water_dn15"
 #: Floors per electric gateway: a bus of about 18 meters, as installers wire them.
 FLOORS_PER_GATEWAY = 3
+#: Current transformer ratios (primary / 5 A) an installer picks from; 1 = direct connected.
+CT_RATIOS = (1, 10, 15, 20, 30, 40, 50, 60, 80, 100, 120, 160, 200, 300, 400, 600, 800)
+#: The main meter's nameplate current on its secondary side (DTSD1352, 3×10(80) A).
+MAIN_METER_MAX_A = 80.0
+#: Evening peak of a residential load over its base (core.field.loadshape's curve and noise),
+#: and the power factor the simulated meters draw at (worst case).
+PEAK_OVER_BASE, POWER_FACTOR = 2.0, 0.85
 
 
 def demo_site_data(
@@ -164,14 +171,28 @@ def _add_building(
                     "room": room,
                     "control_mode": "REMOTE",
                 }
+    options: dict[str, Any] = {"sim_feeds": feeds, "sim_load_kw": 1.5, "sim_loss": 0.04}
+    ct = main_meter_ct_ratio([data["devices"][m]["options"]["sim_load_kw"] for m in feeds], 1.5)
+    if ct > 1:
+        options["ct_ratio"] = ct
     data["devices"][f"M-{bid}"] = {
         "model": MAIN_MODEL,
         "link": main_link,
         "unit_id": 1,
         "building": bid,
         "control_mode": "POSTPAID",
-        "options": {"sim_feeds": feeds, "sim_load_kw": 1.5, "sim_loss": 0.04},
+        "options": options,
     }
+
+
+def main_meter_ct_ratio(feeds_kw: Sequence[float], own_kw: float, loss: float = 0.04) -> int:
+    """The CT ratio an installer would give a building's main meter: the smallest standard
+    ratio whose primary current covers the evening peak of every room it feeds (a tower of
+    hundreds of rooms draws far past a direct-connected meter's 80 A; without a CT its
+    readings are rightly refused as implausible)."""
+    peak_kw = PEAK_OVER_BASE * (sum(feeds_kw) * (1 + loss) + own_kw)
+    amps = peak_kw * 1000 / (3 * 220 * POWER_FACTOR)
+    return next((r for r in CT_RATIOS if MAIN_METER_MAX_A * r >= amps), CT_RATIOS[-1])
 
 
 def demo_billing_section(buildings: list[str]) -> dict[str, Any]:

@@ -98,3 +98,33 @@ async def test_the_demo_floors_dlt645_and_cjt188_meters_answer_on_their_buses() 
         for transport in transports:
             await transport.close()
         await sims.stop()
+
+
+def test_a_towers_main_meter_has_a_ct_that_covers_its_evening_peak():
+    # 400 rooms on one feeder draw hundreds of amps: a direct-connected 80 A main meter's
+    # readings would be refused as implausible every evening, and the pool billed nothing.
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from openprepay.core.app.demo import MAIN_METER_MAX_A, POWER_FACTOR
+    from openprepay.core.field.loadshape import LoadShape, seed_for
+
+    data = demo_site_data(buildings=1, floors=40, rooms_per_floor=10)
+    main = data["devices"]["M-A"]["options"]
+    feeds = [data["devices"][m]["options"]["sim_load_kw"] for m in main["sim_feeds"]]
+    assert parse_site(data).devices["M-A"].options["ct_ratio"] == main["ct_ratio"] > 1
+    evening = datetime(2026, 1, 15, 19, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+    worst_kw = (
+        max(
+            sum(
+                LoadShape(base=kw, seed=seed_for(m, 1)).at(evening + timedelta(minutes=5 * k))
+                for kw, m in zip(feeds, main["sim_feeds"], strict=True)
+            )
+            for k in range(24)
+        )
+        * (1 + main["sim_loss"])
+        + 1.7 * main["sim_load_kw"]
+    )
+    amps = worst_kw * 1000 / (3 * 220 * POWER_FACTOR)
+    assert amps <= MAIN_METER_MAX_A * main["ct_ratio"]
+    assert demo_site_data()["devices"]["M-A"]["options"].get("ct_ratio", 1) <= 10
