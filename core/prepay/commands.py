@@ -321,6 +321,24 @@ def next_seq(conn: Connection, meter_id: str) -> int:
     return int(conn.execute(q).scalar_one())
 
 
+def may_have_due(conn: Connection, now: datetime, in_hand: Collection[int] = ()) -> bool:
+    """Whether a claim could find anything: a PENDING command that is due, or one in flight
+    that the caller does not hold (its lease may have run out, or its epoch moved on).
+
+    The executor asks this in a read transaction before every claim: almost always the
+    answer is no, and the claim it saves is a write transaction (the site database's write
+    lock) with the instance's every meter in its query, several times a second."""
+    c = t.meter_command.c
+    due = sa.or_(
+        sa.and_(c.state == CommandState.PENDING.value, c.next_attempt_at <= now),
+        c.state.in_([CommandState.CLAIMED.value, CommandState.SENT.value]),
+    )
+    q = sa.select(c.id).where(due)
+    if in_hand:
+        q = q.where(c.id.not_in(list(in_hand)))
+    return conn.execute(q.limit(1)).first() is not None
+
+
 def claim_due(
     conn: Connection,
     limit: int,

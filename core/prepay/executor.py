@@ -195,6 +195,9 @@ class CommandExecutor:
             await wait_event(self._wake, self.poll_s)
 
     def _claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[cmds.MeterCommand]:
+        with self.db.read() as conn:
+            if not cmds.may_have_due(conn, self.clock(), in_hand):
+                return []
         if self.fences is not None:
             return self._claim_fenced(limit, in_hand)
 

@@ -152,6 +152,24 @@ def test_not_before_and_meter_filter(db):
     assert [c.id for c in claim(db, at=T0 + timedelta(hours=10))] == [later.id]
 
 
+def test_the_read_before_a_claim_says_no_only_when_a_claim_would_find_nothing(db):
+    def may(at=T0, in_hand=()):
+        with db.read() as conn:
+            return cmds.may_have_due(conn, at, in_hand)
+
+    assert not may()  # nothing at all
+    later = enqueue(db, "E-101", "TRIP", not_before=T0 + timedelta(hours=1))
+    assert not may() and claim(db) == []  # not due yet
+    assert may(T0 + timedelta(hours=1))
+    [taken] = claim(db, at=T0 + timedelta(hours=1), owner="a", lease_s=30)
+    assert not may(T0 + timedelta(hours=1), in_hand=[later.id])  # in flight, held by the caller
+    # In flight and not held by the caller: its lease may run out (another executor died).
+    assert may(T0 + timedelta(hours=1))
+    with db.begin() as conn:
+        cmds.mark_confirmed(conn, taken.id, owner="a")
+    assert not may(T0 + timedelta(hours=2))
+
+
 def test_enqueue_with_a_key_is_idempotent(db):
     a = enqueue(db, "E-101", "TRIP", idempotency_key="fee:E-101:812")
     b = enqueue(db, "E-101", "TRIP", idempotency_key="fee:E-101:812")
