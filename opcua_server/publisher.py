@@ -6,7 +6,8 @@ older ones instead of piling up (a client sees the latest value; history has the
 A task on the server's loop takes the whole dict at once and writes what changed:
 
 - only variables whose value or StatusCode changed are written, with DataValues built
-  once per write and handed to `write_attribute_value` (no per-node `write_value` path);
+  once per write and stored by `DirectWriter` (no coroutine per write unless a client
+  monitors the variable: then asyncua's `write_attribute_value` tells the subscription);
 - values carry the sample's time (the device clock where the device has one) as
   SourceTimestamp and a StatusCode from the sample's quality; a Bad sample writes a null
   value with a Bad StatusCode, never the last value with a fresh time;
@@ -33,6 +34,7 @@ from openprepay.core.model import MeterKind, Quality, Sample
 from openprepay.core.tasks import stop_task
 
 from .bindings import STATUS_OF_QUALITY, PointBinding, SourceBinding
+from .direct_write import DirectWriter
 from .space import Space
 
 log = logging.getLogger("openprepay.opcua")
@@ -63,6 +65,7 @@ class Publisher:
         #: Writes of an unchanged value with a newer time (part of `writes`).
         self.refreshes = 0
         self.coalesced = 0
+        self._writer: DirectWriter | None = None
 
     # -- the bus listener: record only --------------------------------------------------------
     def on_sample(self, sample: Sample) -> None:
@@ -117,7 +120,9 @@ class Publisher:
     async def publish(self, samples: Any) -> int:
         """Write what changed in `samples` (and the time of steady values due for it);
         returns the number of variables written."""
-        write = self.space.server.iserver.aspace.write_attribute_value
+        if self._writer is None:
+            self._writer = DirectWriter(self.space.server.iserver.aspace)
+        write = self._writer.write
         bindings = self.space.bindings
         now = datetime.now(UTC)
         written = 0
@@ -162,7 +167,9 @@ class Publisher:
                         continue
                     changed += 1
                     dv = ua.DataValue(_NULL, status, at, now)
-                await write(pb.nodeid, VALUE, dv)
+                told = write(pb.nodeid, dv)
+                if told is not None:
+                    await told  # a client monitors it
                 pb.value = value
                 pb.status = code
                 pb.at = at
@@ -240,6 +247,8 @@ async def _write_online(
     if same and not due:
         return 0, 0
     dv = ua.DataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
-    await write(online.nodeid, VALUE, dv)
+    told = write(online.nodeid, dv)
+    if told is not None:
+        await told
     online.value, online.status, online.at = up, 0, at
     return (0, 1) if same else (1, 0)

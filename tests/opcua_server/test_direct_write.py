@@ -1,0 +1,66 @@
+"""`DirectWriter` against asyncua's own address space: a stored value reads back exactly as
+asyncua's `write_attribute_value` would have left it, a monitored variable still notifies
+its subscription, and an asyncua whose internals moved fails here first."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from asyncua import Server, ua
+from asyncua.server.address_space import AttributeValue
+
+from openprepay.opcua_server.direct_write import DirectWriter
+
+
+class Changes:
+    def __init__(self) -> None:
+        self.values: list[object] = []
+
+    def datachange_notification(self, node: object, val: object, data: object) -> None:
+        self.values.append(val)
+
+
+def test_the_asyncua_internals_it_relies_on_are_there() -> None:
+    attval = AttributeValue(ua.DataValue())
+    assert {"value", "value_callback", "value_setter", "datachange_callbacks"} <= set(vars(attval))
+
+
+async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
+    server = Server()
+    await server.init()
+    try:
+        idx = await server.register_namespace("urn:test")
+        quiet = await server.nodes.objects.add_variable(idx, "Quiet", 0.0)
+        watched = await server.nodes.objects.add_variable(idx, "Watched", 0.0)
+        writer = DirectWriter(server.iserver.aspace)
+        at = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+        dv = ua.DataValue(ua.Variant(12.5, ua.VariantType.Double), ua.StatusCode(), at, at)
+        assert writer.write(quiet.nodeid, dv) is None  # nobody monitors it: stored at once
+        read = await quiet.read_data_value()
+        assert (read.Value.Value, read.SourceTimestamp, read.StatusCode.is_good()) == (
+            12.5,
+            at,
+            True,
+        )
+
+        changes = Changes()
+        subscription = await server.create_subscription(10, changes)
+        await subscription.subscribe_data_change(watched)
+        bad = ua.DataValue(
+            ua.Variant(None, ua.VariantType.Null), ua.StatusCode(ua.StatusCodes.BadTimeout), at
+        )
+        for value in (ua.DataValue(ua.Variant(7.0, ua.VariantType.Double)), bad):
+            told = writer.write(watched.nodeid, value)
+            assert told is not None
+            await told
+        for _ in range(100):
+            if len(changes.values) >= 3:  # the initial value, 7.0, then the Bad null
+                break
+            await asyncio.sleep(0.02)
+        assert changes.values[-2:] == [7.0, None]
+        assert (await watched.read_data_value(raise_on_bad_status=False)).StatusCode.is_bad()
+        assert (writer.direct, writer.awaited) == (1, 2)
+        await subscription.delete()
+    finally:
+        await server.stop()
