@@ -42,6 +42,8 @@ class PointBinding:
     #: set back must not freeze its variables).
     guard: bool = False
     at: datetime | None = None
+    #: asyncua's storage of the variable's Value, once `DirectWriter` has looked it up.
+    target: Any = None
 
 
 @dataclass(slots=True)

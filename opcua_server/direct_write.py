@@ -21,29 +21,32 @@ from typing import Any
 from asyncua import ua
 from asyncua.server.address_space import AddressSpace, AttributeValue
 
+from .bindings import PointBinding
+
 VALUE = ua.AttributeIds.Value
 
 
 class DirectWriter:
     def __init__(self, aspace: AddressSpace) -> None:
         self.aspace = aspace
-        self._values: dict[ua.NodeId, AttributeValue] = {}
         #: Writes stored directly, and handed to asyncua (a subscriber or a setter).
         self.direct = 0
         self.awaited = 0
 
-    def write(self, nodeid: ua.NodeId, value: ua.DataValue) -> Coroutine[Any, Any, Any] | None:
-        """Store `value` (of the variable's own VariantType) as `nodeid`'s Value; returns
-        a coroutine to await when subscribers must hear of it, else None."""
-        attval = self._values.get(nodeid)
+    def write(self, point: PointBinding, value: ua.DataValue) -> Coroutine[Any, Any, Any] | None:
+        """Store `value` (of the variable's own VariantType) as the Value of `point`'s
+        variable; returns a coroutine to await when subscribers must hear of it, else None.
+        The variable's storage is looked up once and kept on the binding (nodes are never
+        deleted from a running address space)."""
+        attval: AttributeValue | None = point.target
         if attval is None:
-            node = self.aspace._nodes.get(nodeid)
+            node = self.aspace._nodes.get(point.nodeid)
             if node is None or VALUE not in node.attributes:
-                return self.aspace.write_attribute_value(nodeid, VALUE, value)  # its error
-            attval = self._values[nodeid] = node.attributes[VALUE]
+                return self.aspace.write_attribute_value(point.nodeid, VALUE, value)  # its error
+            attval = point.target = node.attributes[VALUE]
         if attval.datachange_callbacks or attval.value_setter is not None:
             self.awaited += 1
-            return self.aspace.write_attribute_value(nodeid, VALUE, value)
+            return self.aspace.write_attribute_value(point.nodeid, VALUE, value)
         attval.value = value
         attval.value_callback = None
         self.direct += 1

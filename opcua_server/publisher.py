@@ -167,7 +167,7 @@ class Publisher:
                         continue
                     changed += 1
                     dv = ua.DataValue(_NULL, status, at, now)
-                told = write(pb.nodeid, dv)
+                told = write(pb, dv)
                 if told is not None:
                     await told  # a client monitors it
                 pb.value = value
@@ -247,7 +247,7 @@ async def _write_online(
     if same and not due:
         return 0, 0
     dv = ua.DataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
-    told = write(online.nodeid, dv)
+    told = write(online, dv)
     if told is not None:
         await told
     online.value, online.status, online.at = up, 0, at

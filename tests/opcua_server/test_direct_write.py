@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue
 
+from openprepay.opcua_server.bindings import PointBinding
 from openprepay.opcua_server.direct_write import DirectWriter
 
 
@@ -36,7 +37,8 @@ async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
         writer = DirectWriter(server.iserver.aspace)
         at = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
         dv = ua.DataValue(ua.Variant(12.5, ua.VariantType.Double), ua.StatusCode(), at, at)
-        assert writer.write(quiet.nodeid, dv) is None  # nobody monitors it: stored at once
+        # Nobody monitors it: stored at once.
+        assert writer.write(PointBinding(quiet.nodeid, ua.VariantType.Double, float), dv) is None
         read = await quiet.read_data_value()
         assert (read.Value.Value, read.SourceTimestamp, read.StatusCode.is_good()) == (
             12.5,
@@ -50,8 +52,9 @@ async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
         bad = ua.DataValue(
             ua.Variant(None, ua.VariantType.Null), ua.StatusCode(ua.StatusCodes.BadTimeout), at
         )
+        point = PointBinding(watched.nodeid, ua.VariantType.Double, float)
         for value in (ua.DataValue(ua.Variant(7.0, ua.VariantType.Double)), bad):
-            told = writer.write(watched.nodeid, value)
+            told = writer.write(point, value)
             assert told is not None
             await told
         for _ in range(100):
