@@ -8,7 +8,7 @@ frames); these parts do not, so a plugin reads them here instead of from another
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -23,6 +23,7 @@ class Profile(Protocol):
 
 
 P = TypeVar("P", bound=Profile)
+P_co = TypeVar("P_co", bound=Profile, covariant=True)
 
 
 def read_profile_file(path: Path) -> dict[str, Any]:
@@ -33,6 +34,16 @@ def read_profile_file(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), [FieldError("", f"cannot read: {exc.strerror}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [FieldError("", f"not valid TOML: {exc}")]) from None
+
+
+class ProfileParser(Protocol[P_co]):
+    def __call__(self, data: Mapping[str, Any], source: str, path: Path) -> P_co: ...
+
+
+def load_profile_file(path: str | Path, parse: ProfileParser[P]) -> P:
+    """A profile file parsed by its plugin's `parse(data, source, path)`; errors name the file."""
+    path = Path(path)
+    return parse(read_profile_file(path), source=str(path), path=path)
 
 
 def load_profile_folder(folder: str | Path, load: Callable[[Path], P]) -> dict[str, P]:

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openprepay.core.config.profiles import load_profile_folder, read_profile_file
+from openprepay.core.config.profiles import (
+    load_profile_file,
+    load_profile_folder,
+)
 from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import ConfigError, FieldError
 from openprepay.core.model import (
@@ -125,8 +128,7 @@ def load_profiles(folder: str | Path) -> dict[str, Cjt188Profile]:
 
 
 def load_profile(path: str | Path) -> Cjt188Profile:
-    path = Path(path)
-    return parse_profile(read_profile_file(path), source=str(path), path=path)
+    return load_profile_file(path, parse_profile)
 
 
 def parse_profile(

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openprepay.core.config.profiles import load_profile_folder, read_limits, read_profile_file
+from openprepay.core.config.profiles import (
+    load_profile_file,
+    load_profile_folder,
+    read_limits,
+)
 from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import ConfigError, FieldError
 from openprepay.core.model import (
@@ -114,8 +118,7 @@ def load_profiles(folder: str | Path) -> dict[str, RegisterProfile]:
 
 
 def load_profile(path: str | Path) -> RegisterProfile:
-    path = Path(path)
-    return parse_profile(read_profile_file(path), source=str(path), path=path)
+    return load_profile_file(path, parse_profile)
 
 
 def parse_profile(
