@@ -48,6 +48,12 @@ import tomli_w
 
 from openprepay.core import ledger
 from openprepay.core.app.demo import anytime_policy
+from openprepay.core.app.drill import (
+    PaymentStream,
+    commands_settled,
+    open_drill_accounts,
+    verify_ledger,
+)
 from openprepay.core.app.plugins import DISABLE_ENV, Plugins
 from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.cluster import lease
@@ -56,12 +62,9 @@ from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.db import Database, open_database
 from openprepay.core.db import schema as t
 from openprepay.core.db.group import GroupCommit
-from openprepay.core.errors import RequestError
 from openprepay.core.operations import Operations
 from openprepay.core.prepay import accounts as acc
-from openprepay.core.prepay import commands as cmds
 from openprepay.core.prepay.feecontrol import FeeThresholds
-from openprepay.core.prepay.purchase_count import set_meter_buy_count
 
 PG_SERVER = os.environ.get("OPENPREPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
@@ -167,39 +170,6 @@ class Instance:
             await self.proc.wait()
 
 
-class Stream:
-    """Top-ups and supply commands from this process; every outcome recorded as Jepsen
-    does: ok (acknowledged), fail (refused: nothing written) or info (unknown)."""
-
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
-        self.ok: list[tuple[str, str, int]] = []
-        self.info: list[str] = []
-        self.failed: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            account = "A-102" if i % 2 else "A-101"
-            ref = f"pay-{i}"
-            try:
-                result = self.ops.topup(account, 100 + i % 50, ref, actor="bench")
-                self.ok.append((result.reference, account, result.amount_fen))
-            except RequestError:
-                self.failed.append(ref)
-            except Exception:
-                self.info.append(ref)
-            if i % 6 == 5:
-                fn = self.ops.disconnect if (i // 6) % 2 == 0 else self.ops.reconnect
-                try:
-                    fn("E-101", f"bench drill {i}", actor="bench")
-                except Exception:
-                    pass
-            i += 1
-            time.sleep(0.05)
-
-
 def owner(db: Database) -> str | None:
     with db.read() as conn:
         for row in lease.leases(conn):
@@ -224,7 +194,7 @@ async def failover(db_url: str, rounds: int, tmp: Path) -> dict[str, Any]:
     await sims.start()
     frames: list[tuple[float, str]] = []
     instances: dict[str, Instance] = {}
-    stream: Stream | None = None
+    stream: PaymentStream | None = None
     streamer: threading.Thread | None = None
     try:
         for name in NAMES:
@@ -242,18 +212,11 @@ async def failover(db_url: str, rounds: int, tmp: Path) -> dict[str, Any]:
         db = open_database(site)
         ops = Operations(site, db, models=plugins.models)
         with db.begin() as conn:
-            for account, meter in (("A-101", "E-101"), ("A-102", "E-102")):
-                acc.create_account(
-                    conn,
-                    acc.AccountSpec(
-                        account, "tenant", (acc.resolve_meter(site, plugins.models, meter),)
-                    ),
-                )
-            set_meter_buy_count(conn, "E-102", 0)
+            open_drill_accounts(conn, site, plugins.models)
         for instance in instances.values():
             await instance.start()
         await wait_for(lambda: owner(db) in NAMES, 120)
-        stream = Stream(ops)
+        stream = PaymentStream(ops, actor="bench", prefix="pay", amount_spread=50, command_every=6)
         streamer = threading.Thread(target=stream.run, daemon=True)
         streamer.start()
         times: list[float] = []
@@ -277,19 +240,8 @@ async def failover(db_url: str, rounds: int, tmp: Path) -> dict[str, Any]:
         stream.stop.set()
         streamer.join()
 
-        def settled() -> bool:
-            with db.read() as conn:
-                return not cmds.list_commands(conn, states=cmds.UNFINISHED)
-
-        await wait_for(settled, 180, step=0.2)
-        verify = await asyncio.create_subprocess_exec(
-            OPENPREPAY,
-            "ledger",
-            "verify",
-            str(instances["a"].site_file),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        _out, _ = await verify.communicate()
+        await wait_for(lambda: commands_settled(db), 180, step=0.2)
+        verify_status, _ = await verify_ledger(instances["a"].site_file)
         with db.read() as conn:
             topups = conn.execute(
                 sa.select(t.topup.c.reference, t.topup.c.account_id, t.topup.c.amount_fen)
@@ -306,7 +258,7 @@ async def failover(db_url: str, rounds: int, tmp: Path) -> dict[str, Any]:
         double_commands = over_count + (1 if over_money else 0) + interleavings(frames)
         return {
             "failover_s": times,
-            "verify_ok": verify.returncode == 0,
+            "verify_ok": verify_status == 0,
             "acknowledged": len(stream.ok),
             "indeterminate": len(stream.info),
             "lost_payments": lost,

@@ -40,22 +40,19 @@ from typing import Any
 os.environ.setdefault("OPENPREPAY_DISABLE_PLUGINS", "opcua,historian")
 
 import sqlalchemy as sa
-import tomli_w
+from _site import GATEWAY, gateway_runtime, gateway_site_data, percentile
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from openprepay.core.app.demo import anytime_policy
 from openprepay.core.app.plugins import Plugins
 from openprepay.core.app.runtime import Runtime
 from openprepay.core.app.simulation import SimulatedSite
-from openprepay.core.config.site import load_site, parse_site
-from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
 from openprepay.core.events import SupplyChanged
 from openprepay.core.prepay import accounts as acc
 
-METERS = 41
 ORDERS = int(os.environ.get("OPENPREPAY_BENCH_ORDERS", "3000"))
 #: Both rates are measured in this many alternating slices; the median of each is reported.
 SLICES = 3
@@ -68,33 +65,11 @@ ROUNDS = 15
 MCHID = "1900000109"
 APPID = "wxd678efh567hg6787"
 PUBLIC_KEY_ID = "PUB_KEY_ID_0114232134912410000000000000"
-POLICY = {**anytime_policy(), "max_trips_per_minute": 1000}
 
 
 def site_data(folder: Path, port: int) -> dict[str, Any]:
     return {
-        "site": {"id": "bench", "timezone": "Asia/Shanghai"},
-        "poll": {"interval_s": 1.0, "stats_interval_s": 5},
-        "links": {
-            "gw": {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 1, "timeout_ms": 500}
-        },
-        "buildings": {"A": {"floors": ["1"]}},
-        "rooms": {"A-1": {"building": "A", "floor": "1"}},
-        "devices": {
-            f"E{i}": {
-                "model": "acrel.DDSY1352",
-                "link": "gw",
-                "unit_id": i,
-                "room": "A-1",
-                "options": {"sim_load_kw": 0.5},
-            }
-            for i in range(1, METERS + 1)
-        },
-        "tariffs": {"flat": {"price": "0.5000"}},
-        "prepay": {
-            "policy": POLICY,
-            "engine": {"default_tariffs": {"electric": "flat"}, "instance": "bench"},
-        },
+        **gateway_site_data(),
         "web": {"bind": "127.0.0.1", "port": port, "public_base_url": f"http://127.0.0.1:{port}"},
         "payments": {
             "minimum": "1.00",
@@ -218,12 +193,6 @@ def _post_all(url: str, notes: list[tuple[dict[str, str], bytes]], out: Any) -> 
     out.put(asyncio.run(run()))
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
 def free_port() -> int:
     import socket
 
@@ -249,13 +218,8 @@ async def main() -> dict[str, Any]:
     sender = WechatSender(folder)
     port = free_port()
     data = site_data(folder, port)
-    options = SimulatorOptions(speedup=0, serial_timing=True, ephemeral_ports=True)
-    async with SimulatedSite(parse_site(data), plugins, options) as sims:
-        host, gw_port = sims.addresses["gw"]
-        data["links"]["gw"]["host"], data["links"]["gw"]["port"] = host, gw_port
-        site_file = folder / "site.toml"
-        site_file.write_text(tomli_w.dumps(data))
-        runtime = Runtime(load_site(site_file), plugins)
+    async with SimulatedSite(parse_site(data), plugins, GATEWAY) as sims:
+        runtime = gateway_runtime(data, sims, folder, plugins)
         async with runtime:
             ops = runtime.operations
             assert ops is not None and runtime.db is not None and runtime.payments is not None

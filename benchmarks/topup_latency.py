@@ -30,68 +30,24 @@ from typing import Any
 
 os.environ.setdefault("OPENPREPAY_DISABLE_PLUGINS", "opcua,historian")
 
-import tomli_w
+from _site import GATEWAY, METERS, gateway_runtime, gateway_site_data, percentile
 
-from openprepay.core.app.demo import anytime_policy
 from openprepay.core.app.plugins import Plugins
-from openprepay.core.app.runtime import Runtime
 from openprepay.core.app.simulation import SimulatedSite
-from openprepay.core.config.site import load_site, parse_site
-from openprepay.core.contracts import SimulatorOptions
+from openprepay.core.config.site import parse_site
 from openprepay.core.events import SupplyChanged
 from openprepay.core.model import DeviceCommand
 from openprepay.core.prepay import accounts as acc
 
-METERS = 41
 ROUNDS = 15
-# The rounds trip one meter again and again: no rate limit in the way.
-POLICY = {**anytime_policy(), "max_trips_per_minute": 1000}
-
-
-def site_data() -> dict[str, Any]:
-    return {
-        "site": {"id": "bench", "timezone": "Asia/Shanghai"},
-        "poll": {"interval_s": 1.0, "stats_interval_s": 5},
-        "links": {
-            "gw": {"type": "rtu_over_tcp", "host": "127.0.0.1", "port": 1, "timeout_ms": 500}
-        },
-        "buildings": {"A": {"floors": ["1"]}},
-        "rooms": {"A-1": {"building": "A", "floor": "1"}},
-        "devices": {
-            f"E{i}": {
-                "model": "acrel.DDSY1352",
-                "link": "gw",
-                "unit_id": i,
-                "room": "A-1",
-                "options": {"sim_load_kw": 0.5},
-            }
-            for i in range(1, METERS + 1)
-        },
-        "tariffs": {"flat": {"price": "0.5000"}},
-        "prepay": {
-            "policy": POLICY,
-            "engine": {"default_tariffs": {"electric": "flat"}, "instance": "bench"},
-        },
-    }
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 async def main() -> dict[str, Any]:
     plugins = Plugins.load()
-    data = site_data()
-    options = SimulatorOptions(speedup=0, serial_timing=True, ephemeral_ports=True)
-    async with SimulatedSite(parse_site(data), plugins, options) as sims:
-        host, port = sims.addresses["gw"]
-        data["links"]["gw"]["host"], data["links"]["gw"]["port"] = host, port
+    data = gateway_site_data()
+    async with SimulatedSite(parse_site(data), plugins, GATEWAY) as sims:
         folder = Path(tempfile.mkdtemp(prefix="openprepay-bench-"))
-        site_file = folder / "site.toml"
-        site_file.write_text(tomli_w.dumps(data))
-        runtime = Runtime(load_site(site_file), plugins)
+        runtime = gateway_runtime(data, sims, folder, plugins)
         async with runtime:
             ops = runtime.operations
             assert ops is not None and runtime.db is not None

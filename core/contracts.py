@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from .config.site import DeviceConfig, LinkConfig
-from .errors import OpenPrepayError
+from .errors import CommandRefused, OpenPrepayError
 from .model import CommandOutcome, DeviceCommand, DeviceModel, Sample, Value
+
+#: What a driver keeps per command (a register map, a data identifier, a valve byte).
+C = TypeVar("C")
 
 
 @runtime_checkable
@@ -61,6 +64,18 @@ class Driver(Protocol):
 
     async def confirm(self, command: DeviceCommand) -> CommandOutcome:
         """Read the device back and tell whether the command took effect."""
+
+
+def command_entry(model: DeviceModel, entries: Mapping[str, C], command: DeviceCommand) -> C:
+    """A driver's entry for `command` (how its protocol sends it), or `CommandRefused`
+    naming the commands the model supports: nothing is sent."""
+    try:
+        return entries[command.name]
+    except KeyError:
+        known = ", ".join(entries) or "none"
+        raise CommandRefused(
+            f"{model.name} has no command {command.name!r} (it supports: {known})"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

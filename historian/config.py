@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openprepay.core.config.reader import TableReader
-from openprepay.core.config.site import Site
+from openprepay.core.config.site import RELATIVE_WITHOUT_SITE, Site, site_relative_path
 from openprepay.core.errors import ConfigError, FieldError
 
 SECTION = "historian"
@@ -174,15 +174,12 @@ def check_config(site: Site) -> tuple[HistorianConfig | None, list[FieldError]]:
     elif server.url is not None:
         r.error(f"is only used with backend = influxdb (backend is {backend_name})", "url")
 
-    store_path = _resolve(path, base) if path is not None else None
+    store_path = site_relative_path(path, base) if path is not None else None
     spool_path = None
     if spool_dir is not None:
-        spool_path = _resolve(spool_dir, base)
+        spool_path = site_relative_path(spool_dir, base)
         if spool_path is None and backend is Backend.INFLUXDB:
-            r.error(
-                "a relative path needs a site file to be relative to; give an absolute path",
-                "spool_dir",
-            )
+            r.error(RELATIVE_WITHOUT_SITE, "spool_dir")
 
     if errors or backend is None:
         return None, errors
@@ -312,12 +309,3 @@ def _influx_target(r: TableReader, f: _ServerFields) -> InfluxTarget | None:
         verify_ssl=bool(f.verify_ssl),
         create_database=bool(f.create_database),
     )
-
-
-def _resolve(value: str, base: Path | None) -> Path | None:
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path
-    if base is None:
-        return None
-    return base / path

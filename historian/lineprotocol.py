@@ -472,18 +472,24 @@ def _literal(text: bytes, rows: int) -> np.ndarray:
 _DIGITS4 = np.array([list(b"%04d" % i) for i in range(10000)], dtype=np.uint8)
 
 
-def _digits(k: np.ndarray, min_digits: int = 1) -> np.ndarray:
-    """Decimal digits of non-negative int64 `k`, right-aligned; leading positions are 0."""
-    top = int(k.max()) if len(k) else 0
-    width = max(len(str(top)), min_digits)
+def _width_digits(k: np.ndarray, width: int) -> np.ndarray:
+    """The last `width` decimal digits of each non-negative int64 of `k` (any shape), as
+    bytes along a new last axis, with leading zeros."""
     groups = (width + 3) // 4
     parts = []
     rest = k
     for _ in range(groups):
         parts.append(_DIGITS4[rest % 10000])
         rest = rest // 10000
-    out = parts[0] if groups == 1 else np.concatenate(parts[::-1], axis=1)
-    out = out[:, groups * 4 - width :]
+    out = parts[0] if groups == 1 else np.concatenate(parts[::-1], axis=-1)
+    return out[..., groups * 4 - width :]
+
+
+def _digits(k: np.ndarray, min_digits: int = 1) -> np.ndarray:
+    """Decimal digits of non-negative int64 `k`, right-aligned; leading positions are 0."""
+    top = int(k.max()) if len(k) else 0
+    width = max(len(str(top)), min_digits)
+    out = _width_digits(k, width)
     if width > min_digits and int(k.min()) < 10 ** (width - 1):
         # Blank the leading zeros of the shorter numbers.
         count = np.full(len(k), max(min_digits, 1), dtype=np.int64)
@@ -503,14 +509,7 @@ def _digit_block(k: np.ndarray, min_digits: np.ndarray) -> tuple[np.ndarray, int
         return np.zeros((rows, cols, 1), dtype=np.uint8), 1
     top = int(k.max())
     width = max(len(str(top)), int(min_digits.max()))
-    groups = (width + 3) // 4
-    parts = []
-    rest = k
-    for _ in range(groups):
-        parts.append(_DIGITS4[rest % 10000])
-        rest = rest // 10000
-    out = parts[0] if groups == 1 else np.concatenate(parts[::-1], axis=2)
-    out = out[:, :, groups * 4 - width :]
+    out = _width_digits(k, width)
     count = np.ones((rows, cols), dtype=np.int64)
     for p in range(1, width):
         count += k >= 10**p

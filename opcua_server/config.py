@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from openprepay.core.config.reader import TableReader
-from openprepay.core.config.site import Site
+from openprepay.core.config.site import RELATIVE_WITHOUT_SITE, Site, site_relative_path
 from openprepay.core.errors import ConfigError, FieldError
 
 SECTION = "opcua"
@@ -220,20 +220,14 @@ def _paths(
     r: TableReader, pki_dir: str | None, users_file: str | None, base: Path | None, present: bool
 ) -> tuple[Path | None, Path | None]:
     """The PKI folder and the users file, relative to the site file's folder."""
-    pki_path = _resolve(pki_dir, base) if pki_dir is not None else None
+    pki_path = site_relative_path(pki_dir, base) if pki_dir is not None else None
     if pki_dir is not None and pki_path is None and present:
-        r.error(
-            "a relative path needs a site file to be relative to; give an absolute path",
-            "pki_dir",
-        )
+        r.error(RELATIVE_WITHOUT_SITE, "pki_dir")
     users_path = None
     if users_file is not None:
-        users_path = _resolve(users_file, base)
+        users_path = site_relative_path(users_file, base)
         if users_path is None:
-            r.error(
-                "a relative path needs a site file to be relative to; give an absolute path",
-                "users_file",
-            )
+            r.error(RELATIVE_WITHOUT_SITE, "users_file")
     return pki_path, users_path
 
 
@@ -246,12 +240,3 @@ def pki_dir_of(site: Site) -> Path:
         str(site.path or "site"),
         [FieldError("opcua.pki_dir", "the OPC UA server is disabled or has no folder to keep")],
     )
-
-
-def _resolve(value: str, base: Path | None) -> Path | None:
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path
-    if base is None:
-        return None
-    return base / path

@@ -221,6 +221,21 @@ class Site:
         )
 
 
+#: The refusal of a relative path in a site section when there is no site file.
+RELATIVE_WITHOUT_SITE = "a relative path needs a site file to be relative to; give an absolute path"
+
+
+def site_relative_path(value: str, base: Path | None) -> Path | None:
+    """A path a site section names (`~` expanded): an absolute one as it is, a relative one
+    inside `base` (the site file's folder); None for a relative one without a site file."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    if base is None:
+        return None
+    return base / path
+
+
 #: The longest poll interval, back-off or probe period a site file may set (a day).
 DAY_S = 86_400.0
 #: The largest room area (m²) a site file may declare.

@@ -10,6 +10,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection
@@ -35,6 +36,7 @@ from . import outbox
 log = logging.getLogger("openprepay.operations")
 
 R = TypeVar("R")
+Row = TypeVar("Row")
 
 
 class Door:
@@ -232,6 +234,21 @@ def check_reason(reason: str) -> None:
         raise RequestError("reason", "required: say why (every relay and valve action is audited)")
     if len(reason) > 400:
         raise RequestError("reason", "at most 400 characters")
+
+
+def check_state_filter(state: str | None, states: type[Enum]) -> None:
+    """A listing's `state` filter: none, or one of the values of `states`."""
+    if state is not None and state not in {s.value for s in states}:
+        raise RequestError(
+            "state", f"expected one of {', '.join(s.value for s in states)}; got {state!r}"
+        )
+
+
+def found(row: Row | None, field: str, what: str, key: object) -> Row:
+    """`row`, or the refusal of an unknown `key` ("unknown payment order 'x'")."""
+    if row is None:
+        raise RequestError(field, f"unknown {what} {key!r}")
+    return row
 
 
 def command_number(value: object) -> int:

@@ -29,7 +29,7 @@ from ..payments.states import OrderState
 from ..prepay.effects import Effects
 from ..prepay.feecontrol import Cause
 from ..prepay.local_money import LOCAL_MONEY
-from .door import check_reason
+from .door import check_reason, check_state_filter, found
 from .payments import PaymentDoor
 
 
@@ -236,19 +236,14 @@ class PaymentRefundDoor(PaymentDoor):
     def payment_refunds(
         self, *, state: str | None = None, out_trade_no: str | None = None, limit: int = 200
     ) -> list[pr.PaymentRefund]:
-        if state is not None and state not in {s.value for s in RefundState}:
-            raise RequestError(
-                "state", f"expected one of {', '.join(s.value for s in RefundState)}; got {state!r}"
-            )
+        check_state_filter(state, RefundState)
         with self.db.read() as conn:
             return pr.list_refunds(conn, state=state, out_trade_no=out_trade_no, limit=limit)
 
     def payment_refund(self, out_refund_no: str) -> pr.PaymentRefund:
         with self.db.read() as conn:
             refund = pr.get_refund(conn, out_refund_no)
-        if refund is None:
-            raise RequestError("out_refund_no", f"unknown refund {out_refund_no!r}")
-        return refund
+        return found(refund, "out_refund_no", "refund", out_refund_no)
 
     # -- the parts -----------------------------------------------------------------------
 
@@ -315,9 +310,7 @@ class PaymentRefundDoor(PaymentDoor):
             if isinstance(out_refund_no, str)
             else None
         )
-        if refund is None:
-            raise RequestError("out_refund_no", f"unknown refund {out_refund_no!r}")
-        return refund
+        return found(refund, "out_refund_no", "refund", out_refund_no)
 
     def _reload_refund(self, conn: Connection, out_refund_no: str) -> pr.PaymentRefund:
         refund = pr.get_refund(conn, out_refund_no)

@@ -25,7 +25,7 @@ from ..payments.settings import PaymentSettings, load_payments
 from ..payments.states import Action, Decision, OrderState, decide
 from ..prepay.accounts import AccountState, get_account
 from ..prepay.effects import Effects
-from .door import check_reason
+from .door import check_reason, check_state_filter, found
 from .money import MoneyDoor
 
 #: How a payer pays (core/contracts.py PaymentRequest.method).
@@ -193,19 +193,14 @@ class PaymentDoor(MoneyDoor):
         self, *, state: str | None = None, account_id: str | None = None, limit: int = 200
     ) -> list[po.PaymentOrder]:
         """Orders, newest first; `state` one of `OrderState`."""
-        if state is not None and state not in {s.value for s in OrderState}:
-            raise RequestError(
-                "state", f"expected one of {', '.join(s.value for s in OrderState)}; got {state!r}"
-            )
+        check_state_filter(state, OrderState)
         with self.db.read() as conn:
             return po.list_orders(conn, state=state, account_id=account_id, limit=limit)
 
     def payment_order(self, out_trade_no: str) -> po.PaymentOrder:
         with self.db.read() as conn:
             order = po.get_order(conn, out_trade_no)
-        if order is None:
-            raise RequestError("out_trade_no", f"unknown payment order {out_trade_no!r}")
-        return order
+        return found(order, "out_trade_no", "payment order", out_trade_no)
 
     # -- the parts ----------------------------------------------------------------------
 
@@ -307,9 +302,7 @@ class PaymentDoor(MoneyDoor):
         order = (
             po.get_order(conn, out_trade_no, lock=True) if isinstance(out_trade_no, str) else None
         )
-        if order is None:
-            raise RequestError("out_trade_no", f"unknown payment order {out_trade_no!r}")
-        return order
+        return found(order, "out_trade_no", "payment order", out_trade_no)
 
     def _reload(self, conn: Connection, out_trade_no: str) -> po.PaymentOrder:
         order = po.get_order(conn, out_trade_no)

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from openprepay.core.config.site import DeviceConfig
+from openprepay.core.contracts import command_entry
 from openprepay.core.errors import (
-    CommandRefused,
     ConfigError,
     DeviceRejected,
     FieldError,
@@ -112,12 +112,7 @@ class Cjt188Driver:
 
     # -- commands -------------------------------------------------------------------------
     def _valve_byte(self, command: DeviceCommand) -> int:
-        if command.name not in VALVE_BYTES:
-            known = ", ".join(VALVE_BYTES)
-            raise CommandRefused(
-                f"{self.model.name} has no command {command.name!r} (it supports: {known})"
-            )
-        return VALVE_BYTES[command.name]
+        return command_entry(self.model, VALVE_BYTES, command)
 
     def confirm_delay_s(self, command: DeviceCommand) -> float:
         self._valve_byte(command)

@@ -11,12 +11,15 @@ layout, and whether it was verified on a device). See README.md in this folder.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openprepay.core.config.profiles import (
+    load_profile_file,
+    load_profile_folder,
+)
 from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import ConfigError, FieldError
 from openprepay.core.model import (
@@ -121,19 +124,11 @@ COMMANDS = (
 
 
 def load_profiles(folder: str | Path) -> dict[str, Cjt188Profile]:
-    loaded = (load_profile(path) for path in sorted(Path(folder).glob("*.toml")))
-    return {profile.model.name: profile for profile in loaded}
+    return load_profile_folder(folder, load_profile)
 
 
 def load_profile(path: str | Path) -> Cjt188Profile:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), [FieldError("", f"cannot read: {exc.strerror}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [FieldError("", f"not valid TOML: {exc}")]) from None
-    return parse_profile(data, source=str(path), path=path)
+    return load_profile_file(path, parse_profile)
 
 
 def parse_profile(

@@ -20,8 +20,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from openprepay.core.config.site import DeviceConfig
+from openprepay.core.contracts import command_entry
 from openprepay.core.errors import (
-    CommandRefused,
     ConfigError,
     DeviceRejected,
     FieldError,
@@ -185,13 +185,7 @@ class Dlt645Driver:
 
     # -- commands -------------------------------------------------------------------------
     def _command(self, command: DeviceCommand) -> RemoteCommand:
-        try:
-            return self.profile.commands[command.name]
-        except KeyError:
-            known = ", ".join(self.profile.commands) or "none"
-            raise CommandRefused(
-                f"{self.model.name} has no command {command.name!r} (it supports: {known})"
-            ) from None
+        return command_entry(self.model, self.profile.commands, command)
 
     def confirm_delay_s(self, command: DeviceCommand) -> float:
         return self._command(command).confirm_delay_s

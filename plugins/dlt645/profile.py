@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from openprepay.core.config.profiles import load_profile_folder, read_limits
 from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import ConfigError, FieldError
 from openprepay.core.model import (
@@ -27,7 +28,6 @@ from openprepay.core.model import (
     SupplyControl,
     ValueType,
 )
-from openprepay.plugins.modbus.profile import _read_limits
 
 from .codec import RemoteAction, from_bcd, to_bcd
 
@@ -263,7 +263,7 @@ def _read_model(r: TableReader, specs: dict[str, PointSpec]) -> DeviceModel | No
             s.error(f"no point named {state!r}", "state_point")
         elif cut and restore and state:
             supply = SupplyControl(cut, restore, state)
-    limits = _read_limits(r, kind) if r.has("limits") else None
+    limits = read_limits(r, kind) if r.has("limits") else None
     r.finish()
     for point in [total, *(tariffs or [])]:
         if point is not None and point not in specs:
@@ -305,8 +305,4 @@ def _read_command(name: str, r: TableReader, specs: dict[str, PointSpec]) -> Rem
 
 
 def load_profiles(folder: Path) -> dict[str, Dlt645Profile]:
-    profiles = {}
-    for path in sorted(folder.glob("*.toml")):
-        profile = load_profile(path)
-        profiles[profile.model.name] = profile
-    return profiles
+    return load_profile_folder(folder, load_profile)

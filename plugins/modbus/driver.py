@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from openprepay.core.config.site import DeviceConfig
+from openprepay.core.contracts import command_entry
 from openprepay.core.errors import CommandRefused, ConfigError, DeviceRejected, FieldError
 from openprepay.core.events import utcnow
 from openprepay.core.field.plausibility import device_limits
@@ -98,13 +99,7 @@ class ProfileDriver:
 
     # -- commands -------------------------------------------------------------------------
     def _command(self, command: DeviceCommand) -> CommandMap:
-        try:
-            return self.profile.commands[command.name]
-        except KeyError:
-            known = ", ".join(self.profile.commands) or "none"
-            raise CommandRefused(
-                f"{self.model.name} has no command {command.name!r} (it supports: {known})"
-            ) from None
+        return command_entry(self.model, self.profile.commands, command)
 
     def confirm_delay_s(self, command: DeviceCommand) -> float:
         return self._command(command).confirm_delay_s

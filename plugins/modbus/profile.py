@@ -10,19 +10,22 @@ plugins/modbus/README.md.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openprepay.core.config.profiles import (
+    load_profile_file,
+    load_profile_folder,
+    read_limits,
+)
 from openprepay.core.config.reader import TableReader
 from openprepay.core.errors import ConfigError, FieldError
 from openprepay.core.model import (
     CommandSpec,
     DeviceModel,
     MeterKind,
-    PhysicalLimits,
     PointRole,
     PointSpec,
     SupplyControl,
@@ -111,19 +114,11 @@ class RegisterProfile:
 
 def load_profiles(folder: str | Path) -> dict[str, RegisterProfile]:
     """Every `*.toml` profile of a folder, by model name (what a device plugin ships)."""
-    loaded = (load_profile(path) for path in sorted(Path(folder).glob("*.toml")))
-    return {profile.model.name: profile for profile in loaded}
+    return load_profile_folder(folder, load_profile)
 
 
 def load_profile(path: str | Path) -> RegisterProfile:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), [FieldError("", f"cannot read: {exc.strerror}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [FieldError("", f"not valid TOML: {exc}")]) from None
-    return parse_profile(data, source=str(path), path=path)
+    return load_profile_file(path, parse_profile)
 
 
 def parse_profile(
@@ -203,7 +198,7 @@ def _read_model(
             s.error(f"no point named {state!r}", "state_point")
         if cut and restore and state:
             supply = SupplyControl(cut, restore, state)
-    limits = _read_limits(r, kind) if r.has("limits") else None
+    limits = read_limits(r, kind) if r.has("limits") else None
     if limits is None and (total or tariffs):
         r.error(
             "missing (required for a model with total_point or tariff_points): the nameplate "
@@ -227,29 +222,6 @@ def _read_model(
         tariff_points=tuple(tariffs or ()),
         limits=limits,
     )
-
-
-def _read_limits(model: TableReader, kind: str | None) -> PhysicalLimits | None:
-    """`[model.limits]`: the nameplate (see plugins/modbus/README.md)."""
-    r = model.table("limits")
-    voltage = r.number("rated_voltage", None, low=0.0, low_exclusive=True)
-    current = r.number("max_current", None, low=0.0, low_exclusive=True)
-    phases = r.int("phases", 1, low=1, high=3)
-    flow = r.number("max_flow", None, low=0.0, low_exclusive=True)
-    r.finish()
-    if kind == MeterKind.WATER.value:
-        if flow is None:
-            r.error(
-                "missing (required for a water meter): the overload flow Q4 in m³/h", "max_flow"
-            )
-            return None
-        return PhysicalLimits(max_flow=flow)
-    for key, value in (("rated_voltage", voltage), ("max_current", current)):
-        if value is None:
-            r.error(f"missing (required for an electric meter): the {key.replace('_', ' ')}", key)
-    if voltage is None or current is None or phases is None:
-        return None
-    return PhysicalLimits(rated_voltage=voltage, max_current=current, phases=phases)
 
 
 def _read_point(

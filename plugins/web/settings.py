@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from openprepay.core.errors import FieldError
 
-from .tenant_settings import TENANT_KEYS, TenantSettings, parse_tenant
+from .tenant_settings import TENANT_KEYS, TenantSettings, parse_tenant, web_int
 
 KEYS = (
     "bind",
@@ -69,7 +69,7 @@ def parse_web(raw: Any, errors: list[FieldError], base: Path | None = None) -> W
         errors.append(
             FieldError("web.bind", f"expected an IP address (127.0.0.1, 0.0.0.0), got {bind!r}")
         )
-    port = _int(raw, "port", d.port, 0, 65535, errors)
+    port = web_int(raw, "port", d.port, 0, 65535, errors)
     url = raw.get("public_base_url", d.public_base_url)
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
@@ -80,8 +80,8 @@ def parse_web(raw: Any, errors: list[FieldError], base: Path | None = None) -> W
                 f"(no query string), got {url!r}",
             )
         )
-    body = _int(raw, "max_body_bytes", d.max_body_bytes, 1024, 10 * 1024 * 1024, errors)
-    rate = _int(raw, "rate_per_min", d.rate_per_min, 1, 1_000_000, errors)
+    body = web_int(raw, "max_body_bytes", d.max_body_bytes, 1024, 10 * 1024 * 1024, errors)
+    rate = web_int(raw, "rate_per_min", d.rate_per_min, 1, 1_000_000, errors)
     trust = raw.get("trust_forwarded", d.trust_forwarded)
     if not isinstance(trust, bool):
         errors.append(FieldError("web.trust_forwarded", f"expected true or false, got {trust!r}"))
@@ -89,15 +89,3 @@ def parse_web(raw: Any, errors: list[FieldError], base: Path | None = None) -> W
     if len(errors) > before:
         return None
     return WebSettings(bind, port, str(url).rstrip("/"), body, rate, trust, tenant)
-
-
-def _int(
-    raw: dict[str, Any], key: str, default: int, low: int, high: int, errors: list[FieldError]
-) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        errors.append(
-            FieldError(f"web.{key}", f"expected a whole number {low}..{high}, got {value!r}")
-        )
-        return default
-    return value

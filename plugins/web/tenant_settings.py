@@ -85,9 +85,9 @@ def parse_tenant(
             )
         )
     d = TenantSettings(b"")
-    version = _int(raw, "tenant_key_version", d.key_version, 1, 1_000_000, errors)
-    hours = _int(raw, "tenant_session_hours", d.session_hours, 1, 24 * 90, errors)
-    days = _int(raw, "tenant_link_days", d.link_days, 1, 20 * 365, errors)
+    version = web_int(raw, "tenant_key_version", d.key_version, 1, 1_000_000, errors)
+    hours = web_int(raw, "tenant_session_hours", d.session_hours, 1, 24 * 90, errors)
+    days = web_int(raw, "tenant_link_days", d.link_days, 1, 20 * 365, errors)
     presets = raw.get("tenant_presets", list(d.presets))
     ok = (
         isinstance(presets, list)
@@ -150,9 +150,10 @@ def _url(raw: dict[str, Any], key: str, default: str, errors: list[FieldError]) 
     return value.rstrip("/")
 
 
-def _int(
+def web_int(
     raw: dict[str, Any], key: str, default: int, low: int, high: int, errors: list[FieldError]
 ) -> int:
+    """`[web] key`: a whole number from `low` to `high` (else an error, and the default)."""
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         errors.append(

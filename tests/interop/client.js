@@ -9,61 +9,21 @@
 // the LowBalance alarm. Every step prints one JSON line; the last line is the summary.
 "use strict";
 
-const fs = require("fs");
 const {
-  OPCUAClient,
-  MessageSecurityMode,
-  SecurityPolicy,
-  UserTokenType,
   AttributeIds,
   DataType,
   Variant,
   BrowseDirection,
   NodeClassMask,
   makeBrowsePath,
-  constructEventFilter,
   StatusCodes,
-  TimestampsToReturn,
 } = require("node-opcua-client");
-const { OPCUACertificateManager } = require("node-opcua-certificate-manager");
-
-function say(step, data) {
-  process.stdout.write(JSON.stringify({ step, ...data }) + "\n");
-}
+const { say, readConfig, openSession, awaitServerEvent, close, run } = require("./session");
 
 async function main() {
-  const config = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
-  const certificateManager = new OPCUACertificateManager({
-    rootFolder: config.pki,
-    automaticallyAcceptUnknownCertificate: true,
-  });
-  const client = OPCUAClient.create({
-    applicationName: "OpenPrepay interop test",
-    applicationUri: config.applicationUri,
-    securityMode: MessageSecurityMode.SignAndEncrypt,
-    securityPolicy: SecurityPolicy.Basic256Sha256,
-    certificateFile: config.certificate,
-    privateKeyFile: config.privateKey,
-    clientCertificateManager: certificateManager,
-    endpointMustExist: false,
-    connectionStrategy: { maxRetry: 0, initialDelay: 100 },
-    requestedSessionTimeout: 60000,
-  });
-  client.on("backoff", () => say("backoff", {}));
-
-  await client.connect(config.endpoint);
-  say("connected", { policy: "Basic256Sha256", mode: "SignAndEncrypt" });
-  const session = await client.createSession({
-    type: UserTokenType.UserName,
-    userName: config.user,
-    password: config.password,
-  });
-  say("session", { user: config.user });
-
-  const namespaces = (await session.readNamespaceArray());
-  const t = namespaces.indexOf("urn:openprepay:types");
-  const s = namespaces.indexOf(config.siteUri);
-  if (t < 0 || s < 0) throw new Error(`namespaces not found: ${namespaces}`);
+  const config = readConfig();
+  const opened = await openSession(config, "OpenPrepay interop test", { announce: true });
+  const { session, t, s } = opened;
 
   // Browse from Objects to the room by browse names.
   const roomPath =
@@ -100,37 +60,13 @@ async function main() {
   say("balance", { value: before.value.value, status: before.statusCode.name });
 
   // Events on the Server object, with LowBalance's own fields.
-  const subscription = await session.createSubscription2({
-    requestedPublishingInterval: 100,
-    requestedLifetimeCount: 1000,
-    requestedMaxKeepAliveCount: 10,
-    maxNotificationsPerPublish: 1000,
-    publishingEnabled: true,
-    priority: 10,
-  });
   const fields = ["EventType", "SourceName", "Message", "Severity", "Retain", `${t}:AlarmLevel`,
     `${t}:Balance`, `${t}:AccountId`];
-  const filter = constructEventFilter(fields);
-  const monitored = await subscription.monitor(
-    { nodeId: "i=2253", attributeId: AttributeIds.EventNotifier },
-    { queueSize: 100, filter, discardOldest: true },
-    TimestampsToReturn.Neither,
-  );
   const lowBalanceType = `ns=${t};s=LowBalanceAlarmType`;
-  const seen = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("no LowBalance event within 30 s")), 30000);
-    monitored.on("changed", (values) => {
-      const event = {};
-      fields.forEach((f, i) => {
-        const v = values[i].value;
-        event[f.replace(/^\d+:/, "")] = v && v.toString ? (typeof v === "object" ? v.toString() : v) : v;
-      });
-      say("event", event);
-      if (event.EventType === lowBalanceType && event.AccountId === config.account) {
-        clearTimeout(timer);
-        resolve(event);
-      }
-    });
+  const { subscription, seen } = await awaitServerEvent(session, fields, {
+    convert: (v) => (v && v.toString ? (typeof v === "object" ? v.toString() : v) : v),
+    match: (event) => event.EventType === lowBalanceType && event.AccountId === config.account,
+    timeoutMessage: "no LowBalance event within 30 s",
   });
 
   // TopUp(Amount, Reference) on the account.
@@ -149,9 +85,7 @@ async function main() {
   say("topup", { balance: newBalance, replayed: topUp.outputArguments[1].value });
 
   const event = await seen;
-  await subscription.terminate();
-  await session.close();
-  await client.disconnect();
+  await close(opened, subscription);
   say("summary", {
     ok: true,
     before: before.value.value,
@@ -160,7 +94,4 @@ async function main() {
   });
 }
 
-main().catch((err) => {
-  say("summary", { ok: false, error: String(err && err.stack ? err.stack : err) });
-  process.exit(1);
-});
+run(main);

@@ -11,19 +11,8 @@
 // prints one JSON line; the last line is the summary.
 "use strict";
 
-const fs = require("fs");
-const {
-  OPCUAClient,
-  MessageSecurityMode,
-  SecurityPolicy,
-  UserTokenType,
-  AttributeIds,
-  makeBrowsePath,
-  constructEventFilter,
-  StatusCodes,
-  TimestampsToReturn,
-} = require("node-opcua-client");
-const { OPCUACertificateManager } = require("node-opcua-certificate-manager");
+const { makeBrowsePath, StatusCodes, AttributeIds } = require("node-opcua-client");
+const { say, readConfig, openSession, awaitServerEvent, close, run } = require("./session");
 
 // node-opcua gives Int64 as [high, low].
 function plain(v) {
@@ -33,40 +22,10 @@ function plain(v) {
   return v;
 }
 
-function say(step, data) {
-  process.stdout.write(JSON.stringify({ step, ...data }) + "\n");
-}
-
 async function main() {
-  const config = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
-  const certificateManager = new OPCUACertificateManager({
-    rootFolder: config.pki,
-    automaticallyAcceptUnknownCertificate: true,
-  });
-  const client = OPCUAClient.create({
-    applicationName: "OpenPrepay interop test (payments)",
-    applicationUri: config.applicationUri,
-    securityMode: MessageSecurityMode.SignAndEncrypt,
-    securityPolicy: SecurityPolicy.Basic256Sha256,
-    certificateFile: config.certificate,
-    privateKeyFile: config.privateKey,
-    clientCertificateManager: certificateManager,
-    endpointMustExist: false,
-    connectionStrategy: { maxRetry: 0, initialDelay: 100 },
-    requestedSessionTimeout: 60000,
-  });
-  await client.connect(config.endpoint);
-  const session = await client.createSession({
-    type: UserTokenType.UserName,
-    userName: config.user,
-    password: config.password,
-  });
-  say("session", { user: config.user });
-
-  const namespaces = await session.readNamespaceArray();
-  const t = namespaces.indexOf("urn:openprepay:types");
-  const s = namespaces.indexOf(config.siteUri);
-  if (t < 0 || s < 0) throw new Error(`namespaces not found: ${namespaces}`);
+  const config = readConfig();
+  const opened = await openSession(config, "OpenPrepay interop test (payments)");
+  const { session, t, s } = opened;
 
   const path = await session.translateBrowsePath(
     makeBrowsePath("ObjectsFolder", `/${s}:OpenPrepay/${s}:Payments`),
@@ -93,46 +52,19 @@ async function main() {
   }
   say("figures", { figures });
 
-  const subscription = await session.createSubscription2({
-    requestedPublishingInterval: 100,
-    requestedLifetimeCount: 1000,
-    requestedMaxKeepAliveCount: 10,
-    maxNotificationsPerPublish: 1000,
-    publishingEnabled: true,
-    priority: 10,
-  });
   const fields = ["EventType", "SourceName", "Message", "Severity", "Retain",
     `${t}:OutTradeNo`, `${t}:Channel`, `${t}:AccountId`, `${t}:AmountFen`, `${t}:Reason`];
-  const monitored = await subscription.monitor(
-    { nodeId: "i=2253", attributeId: AttributeIds.EventNotifier },
-    { queueSize: 100, filter: constructEventFilter(fields), discardOldest: true },
-    TimestampsToReturn.Neither,
-  );
   const conflictType = `ns=${t};s=PaymentConflictAlarmType`;
-  const seen = new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("no PaymentConflict within 30 s")), 30000);
-    monitored.on("changed", (values) => {
-      const event = {};
-      fields.forEach((f, i) => {
-        event[f.replace(/^\d+:/, "")] = plain(values[i].value);
-      });
-      say("event", event);
-      if (event.EventType === conflictType && event.OutTradeNo === config.outTradeNo) {
-        clearTimeout(timer);
-        resolve(event);
-      }
-    });
+  const { subscription, seen } = await awaitServerEvent(session, fields, {
+    convert: plain,
+    match: (event) => event.EventType === conflictType && event.OutTradeNo === config.outTradeNo,
+    timeoutMessage: "no PaymentConflict within 30 s",
   });
   say("subscribed", {});
 
   const event = await seen;
-  await subscription.terminate();
-  await session.close();
-  await client.disconnect();
+  await close(opened, subscription);
   say("summary", { ok: true, figures, event });
 }
 
-main().catch((err) => {
-  say("summary", { ok: false, error: String(err && err.stack ? err.stack : err) });
-  process.exit(1);
-});
+run(main);

@@ -25,48 +25,21 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from openprepay.core.app.drill import (
+    PaymentStream,
+    commands_settled,
+    open_drill_accounts,
+    verify_ledger,
+)
 from openprepay.core.config.site import load_site
 from openprepay.core.db import schema as t
-from openprepay.core.errors import RequestError
 from openprepay.core.operations import Operations
-from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay import commands as cmds
-from openprepay.core.prepay.purchase_count import set_meter_buy_count
 from tests.conftest import until
 
-from .instances import CLUSTER, OPENPREPAY, owner_of
+from .instances import CLUSTER, owner_of
 from .test_failover import Cluster, owned_by
 from .test_failover import cluster as cluster  # the fixture
-
-
-class History:
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
-        self.ok: list[tuple[str, str, int]] = []
-        self.info: list[str] = []
-        self.failed: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            account = "A-102" if i % 2 else "A-101"
-            ref = f"h-{i}"
-            try:
-                r = self.ops.topup(account, 100 + i % 30, ref, actor="history")
-                self.ok.append((r.reference, account, r.amount_fen))
-            except RequestError:
-                self.failed.append(ref)
-            except Exception:
-                self.info.append(ref)
-            if i % 5 == 4:
-                fn = self.ops.disconnect if (i // 5) % 2 == 0 else self.ops.reconnect
-                try:
-                    fn("E-101", f"drill {i}", actor="history")
-                except Exception:
-                    pass
-            i += 1
-            self.stop.wait(0.05)
 
 
 @pytest.mark.parametrize("seed", [7, 11])
@@ -80,21 +53,14 @@ async def test_seeded_faults_lose_and_double_nothing(
     site = load_site(c.instances["a"].site_file)
     ops = Operations(site, c.db, models=plugins.models)
     with c.db.begin() as conn:
-        for account, meter in (("A-101", "E-101"), ("A-102", "E-102")):
-            acc.create_account(
-                conn,
-                acc.AccountSpec(
-                    account, "tenant", (acc.resolve_meter(site, plugins.models, meter),)
-                ),
-            )
-        set_meter_buy_count(conn, "E-102", 0)
+        open_drill_accounts(conn, site, plugins.models)
     e101: Any = c.sims.devices["E-101"]
     energy_at_open = sum(e101.energy.values())
     names = ("a", "b")
     for name in names:
         await c.instances[name].start()
     await owned_by(c, names)
-    history = History(ops)
+    history = PaymentStream(ops, actor="history", prefix="h", amount_spread=30, command_every=5)
     streamer = threading.Thread(target=history.run, daemon=True)
     streamer.start()
     faults = 0
@@ -119,20 +85,9 @@ async def test_seeded_faults_lose_and_double_nothing(
         history.stop.set()
         await asyncio.to_thread(streamer.join)
 
-    def settled() -> bool:
-        with c.db.read() as conn:
-            return not cmds.list_commands(conn, states=cmds.UNFINISHED)
-
-    await until(settled, 120, step=0.2)
-    verify = await asyncio.create_subprocess_exec(
-        OPENPREPAY,
-        "ledger",
-        "verify",
-        str(c.instances["a"].site_file),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await verify.communicate()
-    assert verify.returncode == 0, out.decode()
+    await until(lambda: commands_settled(c.db), 120, step=0.2)
+    status, out = await verify_ledger(c.instances["a"].site_file)
+    assert status == 0, out
 
     with c.db.read() as conn:
         rows = conn.execute(

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections.abc import Callable
-from dataclasses import replace
-
 import pytest
 
 from openprepay.core.app.plugins import Plugins
@@ -21,7 +16,12 @@ from openprepay.core.events import (
     LinkStateChanged,
 )
 from openprepay.core.field.diagnostics import DeviceState
-from openprepay.core.model import MeterKind, Quality, Sample
+from openprepay.core.model import Quality
+from tests.live_link import (
+    Recorder,
+    assert_silent_meter_cost_only_its_backoff_slots,
+    quick_reconnect_runtime,
+)
 
 
 def gateway_site(n: int, *, timeout_ms: int = 100, interval_s: float = 0.0, **poll: object) -> Site:
@@ -52,27 +52,6 @@ def plugins() -> Plugins:
     return Plugins.load()
 
 
-class Recorder:
-    def __init__(self, runtime: Runtime) -> None:
-        self.items: list[object] = []
-        runtime.bus.subscribe(object, self.items.append)
-
-    def of(self, kind: type) -> list:
-        return [i for i in self.items if isinstance(i, kind)]
-
-    def meter_samples(self, meter: str) -> list[Sample]:
-        return [
-            s for s in self.of(Sample) if s.source == meter and s.model.kind is MeterKind.ELECTRIC
-        ]
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        async def poll() -> None:
-            while not predicate():
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(poll(), timeout)
-
-
 async def test_silent_meter_costs_its_neighbours_only_its_backoff_slots(plugins: Plugins) -> None:
     # 400 ms answer window: a loaded CI machine can stall a healthy loopback answer past
     # 100 ms, which this test would read as the neighbour failing.
@@ -87,26 +66,10 @@ async def test_silent_meter_costs_its_neighbours_only_its_backoff_slots(plugins:
             await rec.until(lambda: runtime.arbiter.health("E5").consecutive_failures >= 3)
             worker = runtime.arbiter.workers["gw1"]
 
+        assert_silent_meter_cost_only_its_backoff_slots(rec, worker, "E5")
         silent = worker.health["E5"]
-        healthy = [h for m, h in worker.health.items() if m != "E5"]
-        # The silent meter was tried only in its back-off slots: 0.5 s, then 1 s later.
-        bad = rec.meter_samples("E5")
-        assert silent.polls_ok == 0 and silent.consecutive_failures == len(bad) == 3
-        gaps = [(b.read_at - a.read_at).total_seconds() for a, b in itertools.pairwise(bad)]
-        assert gaps[0] >= 0.5 and gaps[1] >= 1.0
+        assert silent.consecutive_failures == 3
         assert silent.state is DeviceState.BACKOFF
-        # Its neighbours never failed, and the gateway connection was never dropped.
-        assert all(h.polls_failed == 0 and h.online for h in healthy)
-        assert worker.stats.reconnects == 0
-        assert not [e for e in rec.of(LinkStateChanged) if not e.connected]
-        # Between two attempts on the silent meter every healthy meter was polled.
-        order = [s.source for s in rec.of(Sample) if s.model.kind is MeterKind.ELECTRIC]
-        attempts = [i for i, m in enumerate(order) if m == "E5"]
-        for a, b in itertools.pairwise(attempts):
-            assert {h.meter_id for h in healthy} <= set(order[a:b])
-        # Its failures are visible: Bad samples without values, one offline event.
-        assert all(s.quality is Quality.BAD_COMM_FAILURE and not s.values for s in bad)
-        assert [e.meter_id for e in rec.of(CommunicationLost)] == ["E5"]
 
 
 async def test_quarantine_after_repeated_failures(plugins: Plugins) -> None:
@@ -131,9 +94,7 @@ async def test_quarantine_after_repeated_failures(plugins: Plugins) -> None:
 async def test_reconnects_after_the_gateway_restarts(plugins: Plugins) -> None:
     site = gateway_site(3, interval_s=0.05)
     async with SimulatedSite(site, plugins, SimulatorOptions(ephemeral_ports=True)) as sims:
-        service_site = sims.service_site()
-        link = replace(service_site.links["gw1"], reconnect_min_s=0.05, reconnect_max_s=0.2)
-        runtime = Runtime(replace(service_site, links={"gw1": link}), plugins)
+        runtime = quick_reconnect_runtime(sims, plugins, "gw1")
         rec = Recorder(runtime)
         gateway = sims.links["gw1"]
         async with runtime:

@@ -15,15 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 import tomli_w
 
+from openprepay.core.app.drill import commands_settled, open_drill_accounts, verify_ledger
 from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.config.site import load_site, parse_site
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.db import open_database
 from openprepay.core.db import schema as t
 from openprepay.core.operations import Operations
-from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay import commands as cmds
-from openprepay.core.prepay.purchase_count import set_meter_buy_count
 from tests.conftest import until
 
 from .conftest import site_data
@@ -117,14 +116,7 @@ async def test_kill_9_mid_stream_loses_nothing(plugins, tmp_path: Path) -> None:
         db = open_database(site)
         ops = Operations(site, db, models=plugins.models)
         with db.begin() as conn:
-            for account, meter in (("A-101", "E-101"), ("A-102", "E-102")):
-                acc.create_account(
-                    conn,
-                    acc.AccountSpec(
-                        account, "tenant", (acc.resolve_meter(site, plugins.models, meter),)
-                    ),
-                )
-            set_meter_buy_count(conn, "E-102", 0)
+            open_drill_accounts(conn, site, plugins.models)
 
         service = Service(site_file)
         await service.start()
@@ -137,17 +129,10 @@ async def test_kill_9_mid_stream_loses_nothing(plugins, tmp_path: Path) -> None:
         await service.start()
         await asyncio.to_thread(stream.run, 8)
 
-        def settled() -> bool:
-            with db.read() as conn:
-                return not cmds.list_commands(conn, states=cmds.UNFINISHED)
-
-        await until(settled, 60, step=0.2)
-        verify = await asyncio.create_subprocess_exec(
-            OPENPREPAY, "ledger", "verify", str(site_file), stdout=asyncio.subprocess.PIPE
-        )
-        out, _ = await verify.communicate()
-        assert verify.returncode == 0, out.decode()
-        assert "all invariants hold" in out.decode()
+        await until(lambda: commands_settled(db), 60, step=0.2)
+        status, out = await verify_ledger(site_file)
+        assert status == 0, out
+        assert "all invariants hold" in out
 
         with db.read() as conn:
             topups = conn.execute(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import replace
-
 import pytest
 
 from openprepay.core.app.plugins import Plugins
@@ -14,10 +11,15 @@ from openprepay.core.config.site import Site, parse_site
 from openprepay.core.contracts import SimulatorOptions
 from openprepay.core.errors import ConfigError, DeviceRejected
 from openprepay.core.events import CommunicationLost, CommunicationRestored, LinkStateChanged
-from openprepay.core.model import DeviceCommand, MeterKind, Quality, Sample
+from openprepay.core.model import DeviceCommand, Quality
 from openprepay.plugins.dlt645.codec import RemoteAction
 
 from ...conftest import until
+from ...live_link import (
+    Recorder,
+    assert_silent_meter_cost_only_its_backoff_slots,
+    quick_reconnect_runtime,
+)
 
 
 def address(i: int) -> str:
@@ -65,20 +67,6 @@ def plugins() -> Plugins:
     return Plugins.load()
 
 
-class Recorder:
-    def __init__(self, runtime: Runtime) -> None:
-        self.items: list[object] = []
-        runtime.bus.subscribe(object, self.items.append)
-
-    def of(self, kind: type) -> list:
-        return [i for i in self.items if isinstance(i, kind)]
-
-    def meter_samples(self, meter: str) -> list[Sample]:
-        return [
-            s for s in self.of(Sample) if s.source == meter and s.model.kind is MeterKind.ELECTRIC
-        ]
-
-
 OPTIONS = SimulatorOptions(ephemeral_ports=True)
 
 
@@ -109,21 +97,7 @@ async def test_silent_meter_costs_its_neighbours_only_its_backoff_slots(plugins:
         async with runtime:
             await until(lambda: runtime.arbiter.health("D3").consecutive_failures >= 3)
             worker = runtime.arbiter.workers["bus"]
-        silent = worker.health["D3"]
-        healthy = [h for m, h in worker.health.items() if m != "D3"]
-        bad = rec.meter_samples("D3")
-        assert silent.polls_ok == 0 and len(bad) == 3
-        gaps = [(b.read_at - a.read_at).total_seconds() for a, b in itertools.pairwise(bad)]
-        assert gaps[0] >= 0.5 and gaps[1] >= 1.0
-        assert all(h.polls_failed == 0 and h.online for h in healthy)
-        assert worker.stats.reconnects == 0
-        assert not [e for e in rec.of(LinkStateChanged) if not e.connected]
-        order = [s.source for s in rec.of(Sample) if s.model.kind is MeterKind.ELECTRIC]
-        attempts = [i for i, m in enumerate(order) if m == "D3"]
-        for a, b in itertools.pairwise(attempts):
-            assert {h.meter_id for h in healthy} <= set(order[a:b])
-        assert all(s.quality is Quality.BAD_COMM_FAILURE and not s.values for s in bad)
-        assert [e.meter_id for e in rec.of(CommunicationLost)] == ["D3"]
+        assert_silent_meter_cost_only_its_backoff_slots(rec, worker, "D3")
 
 
 async def test_garbling_meter_gives_bad_quality_and_never_a_value(plugins: Plugins) -> None:
@@ -234,9 +208,7 @@ def test_bad_password_option_is_refused_before_anything_runs(plugins: Plugins) -
 async def test_link_reopens_after_the_gateway_restarts(plugins: Plugins) -> None:
     site = bus_site(2, interval_s=0.05)
     async with SimulatedSite(site, plugins, OPTIONS) as sims:
-        service_site = sims.service_site()
-        link = replace(service_site.links["bus"], reconnect_min_s=0.05, reconnect_max_s=0.2)
-        runtime = Runtime(replace(service_site, links={"bus": link}), plugins)
+        runtime = quick_reconnect_runtime(sims, plugins, "bus")
         rec = Recorder(runtime)
         gateway = sims.links["bus"]
         async with runtime:
