@@ -269,6 +269,7 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
         vitals = runtime.vitals
         polls.count, locks.longest = 0, 0.0
         vitals.worst_stall_s = vitals.worst_gc_s = 0.0
+        vitals.worst_gc_generation = -1
         vitals.recent_lags.clear()
         lag_stop, lag_worst = asyncio.Event(), [0.0]
         lagging = asyncio.create_task(billing_lag(runtime, lag_stop, lag_worst))
@@ -299,6 +300,7 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
             "loop_lag_p99_ms": summary["loop_lag_p99_ms"],
             "max_loop_stall_ms": summary["max_loop_stall_ms"],
             "max_gc_pause_ms": summary["max_gc_pause_ms"],
+            "max_gc_pause_generation": summary["max_gc_pause_generation"],
             "max_write_lock_s": round(longest_lock, 3),
             "billing_lag_s": round(lag_worst[0], 1),
             "rss_mb_per_meter": round(

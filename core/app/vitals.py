@@ -99,6 +99,8 @@ class Vitals:
         #: The whole run's worst figures (what a benchmark reports at the end).
         self.worst_stall_s = 0.0
         self.worst_gc_s = 0.0
+        #: The generation of the worst collection (0 young, 1 middle, 2 full).
+        self.worst_gc_generation = -1
         #: The loop's lags of the last ~1.4 h (bounded: a service runs for months).
         self.recent_lags: collections.deque[float] = collections.deque(maxlen=100_000)
         self.frozen = 0
@@ -130,6 +132,7 @@ class Vitals:
             "loop_lag_p99_ms": round(1000 * float(np.percentile(lags, 99)), 1),
             "max_loop_stall_ms": round(1000 * self.worst_stall_s, 1),
             "max_gc_pause_ms": round(1000 * self.worst_gc_s, 1),
+            "max_gc_pause_generation": self.worst_gc_generation,
             "gc_collections": self.collections,
             "frozen_objects": self.frozen,
         }
@@ -160,7 +163,8 @@ class Vitals:
         if info.get("generation") == 2 and self.frozen:
             self._refreeze = True
         self.window.gc_max_s = max(self.window.gc_max_s, pause)
-        self.worst_gc_s = max(self.worst_gc_s, pause)
+        if pause > self.worst_gc_s:
+            self.worst_gc_s, self.worst_gc_generation = pause, info.get("generation", -1)
         if pause > GC_WARNING_S:
             log.warning(
                 "garbage collection of generation %s paused the service %.0f ms",
