@@ -100,11 +100,11 @@ def payments_refunds(
         f"{'CREATED':<19}  {'OUT_REFUND_NO':<42} {'STATE':<10} {'AMOUNT':>10}  {'ORDER':<32} WHY"
     )
     for r in refunds:
-        click.echo(_refund_line(r, tz))
+        click.echo(refund_line(r, tz))
     click.echo(f"{len(refunds)} refund(s)")
 
 
-def _refund_line(r: PaymentRefund, tz: Any) -> str:
+def refund_line(r: PaymentRefund, tz: Any) -> str:
     why = r.failure or r.reason
     return (
         f"{_at(r.created_at, tz):<19}  {r.out_refund_no:<42} {r.state.value:<10} "

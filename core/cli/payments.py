@@ -64,12 +64,19 @@ def payments_list(
 @click.pass_obj
 def payments_show(obj: CliContext, site_file: str, out_trade_no: str) -> None:
     """One order: its state and times (site time), the provider's transaction id, a
-    conflict's reason and the last notice the provider sent."""
+    conflict's reason, the last notice the provider sent and the order's refunds."""
+    from .payment_refunds import refund_line
+
     with site_operations(site_file, obj) as ops:
         tz = ops.site.info.tz
         o = ops.payment_order(out_trade_no)
+        refunds = ops.payment_refunds(out_trade_no=out_trade_no, limit=10000)
     for line in _show(o, tz):
         click.echo(line)
+    if refunds:
+        click.echo(f"refunds      {len(refunds)} (newest first)")
+        for r in refunds:
+            click.echo("  " + refund_line(r, tz))
 
 
 def _show(o: PaymentOrder, tz: object) -> list[str]:

@@ -69,6 +69,9 @@ def test_refund_reconcile_and_their_lists(tmp_path: Path, plugins: Any) -> None:
     assert out.exit_code == 0 and "nothing changed" in out.output
     out = run("refunds")
     assert out.exit_code == 0 and "R-1" in out.output and "1 refund(s)" in out.output
+    out = run("show", no)  # the order shows its refunds
+    assert out.exit_code == 0 and "refunds      1" in out.output, out.output
+    assert "R-1" in out.output and "REQUESTED" in out.output and "moved out" in out.output
 
     out = run("reconcile")  # yesterday: nothing there, nothing here
     assert out.exit_code == 0, out.output
