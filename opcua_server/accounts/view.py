@@ -118,13 +118,12 @@ class AccountView:
             return
         if accounts is None:
             snapshots = await in_thread(ops.list_accounts)
+        elif accounts:
+            # One read for every account touched since the last refresh (after a metering
+            # flush or a price change that is hundreds), not a read and a thread hop each.
+            snapshots = await in_thread(ops.account_snapshots, accounts)
         else:
-            snapshots = []
-            for account_id in sorted(accounts):
-                try:
-                    snapshots.append(await in_thread(ops.account_snapshot, account_id))
-                except Exception as exc:
-                    log.debug("snapshot of %s: %s", account_id, exc)
+            return
         self.refreshes += 1
         for snap in snapshots:
             self._add(host, snap)

@@ -6,6 +6,7 @@ process is executed by the running service; `openprepay check` validates [tariff
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import threading
@@ -521,3 +522,12 @@ def test_set_params_refuses_a_garbled_meter_or_command(offline, meter, command, 
         assert "unknown meter" in raised.value.message
     assert snapshot(db) == before
     assert audits[-1].ok is False and audits[-1].action == "set_params"
+
+
+def test_snapshots_of_several_accounts_in_one_read_match_one_by_one(offline) -> None:
+    ops = offline[0]
+    [many] = ops.account_snapshots(["A-101", "NOPE", "A-101"])  # unknown left out, once each
+    one = ops.account_snapshot("A-101")
+    assert many.balance_fen == 10000
+    assert dataclasses.replace(many, at=one.at) == one  # the same facts, read at another time
+    assert ops.account_snapshots([]) == []
