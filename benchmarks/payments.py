@@ -11,6 +11,9 @@ gateway (RTU over TCP, 9600-baud serial timing) of 41 polled prepaid meters.
    AES-256-GCM under the APIv3 key) beforehand, then POSTed to `/pay/notify/wechat` by a
    separate load process (CONCURRENCY connections at once, as WeChat's senders do) — each
    verified over the raw body, decrypted, stored and credited through the same top-up.
+   The load process is lean on purpose (pre-built HTTP/1.1 requests written on raw
+   keep-alive asyncio streams, not an HTTP client library): WeChat Pay's senders are not on
+   our machine, here they share its two cores with the service.
    The clock runs from the first POST until every order is CREDITED in the database.
 3. Latency: an account in arrears whose relay is tripped; its order's notification is
    POSTed and the clock stops at the `SupplyChanged` that follows the relay's read-back
