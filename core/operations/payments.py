@@ -302,7 +302,7 @@ class PaymentDoor(MoneyDoor):
         `pending`: the order's changes not written yet (the notice that paid it), written
         in the same UPDATE as CREDITED."""
         assert order.transaction_id is not None
-        conn.exec_driver_sql("SAVEPOINT payment_credit")
+        _on_driver(conn, "SAVEPOINT payment_credit")
         try:
             result = self._topup_in(
                 conn,
@@ -315,13 +315,13 @@ class PaymentDoor(MoneyDoor):
                 actor,
             )
         except RequestError as refused:
-            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT payment_credit")
+            _on_driver(conn, "ROLLBACK TO SAVEPOINT payment_credit")
             why = f"paid but the top-up was refused: {refused}"
             if pending:
                 po.update_order(conn, order.id, **pending)
             _conflict(conn, effects, order, why, actor)
             return NoticeOutcome(order.out_trade_no, OrderState.CONFLICT, Action.CONFLICT, why)
-        conn.exec_driver_sql("RELEASE SAVEPOINT payment_credit")
+        _on_driver(conn, "RELEASE SAVEPOINT payment_credit")
         done = {**(pending or {}), "state": OrderState.CREDITED.value, "credited_at": now}
         po.update_order(conn, order.id, **done)
         return NoticeOutcome(
@@ -340,6 +340,17 @@ class PaymentDoor(MoneyDoor):
         order = po.get_order(conn, out_trade_no)
         assert order is not None
         return order
+
+
+def _on_driver(conn: Connection, statement: str) -> None:
+    """A savepoint statement on the driver's cursor, as the group commit runs its own:
+    through SQLAlchemy (`exec_driver_sql`) the two of them took about a tenth of a
+    notice's work on the group-commit thread (28 of 255 py-spy samples, issue 11)."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 def _conflict(
