@@ -65,13 +65,24 @@ class GroupCommit:
         result once the transaction is committed, or raise what it raised. `idempotent`:
         running `work` again after an unknown commit cannot apply it twice (module
         docstring)."""
-        if threading.current_thread() is self._thread:
-            with self.db.begin() as conn:  # called from inside a batch: no waiting on itself
-                return work(conn)
+        return self.submit(work, idempotent=idempotent).result()
+
+    def submit(self, work: Callable[[Connection], R], *, idempotent: bool = False) -> Future[R]:
+        """`run` without waiting: the future is answered once the transaction is
+        committed. A caller with many requests at hand (a batch of payment notifications)
+        submits them all, then waits, in one thread instead of one thread each."""
         future: Future[R] = Future()
+        if threading.current_thread() is self._thread:
+            # Called from inside a batch: no waiting on itself.
+            try:
+                with self.db.begin() as conn:
+                    future.set_result(work(conn))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
         self._ensure_thread()
         self._queue.put((work, future, idempotent))
-        return future.result()
+        return future
 
     def close(self) -> None:
         with self._lock:

@@ -9,9 +9,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy.engine import Connection
 
@@ -95,32 +97,75 @@ class Door:
         *,
         idempotent: bool = False,
     ) -> R:
-        now = self.clock()
+        pending = self._submit(action, target, actor, work, describe, idempotent=idempotent)
+        result, effects = self._settle(pending)
+        self.publish_committed(effects, pending.now)
+        return result
+
+    def _call_many(self, calls: list[PendingCall[R]]) -> list[R | Exception]:
+        """Wait for door calls submitted together (`_submit`, in the group commit at
+        once), each answered with its result or what it raised; their committed effects
+        are published once for all (one hop to the event loop, not one per call)."""
+        results: list[R | Exception] = []
+        effects = Effects()
+        latest: datetime | None = None
+        for pending in calls:
+            try:
+                result, mine = self._settle(pending)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append(result)
+            effects.extend(mine)
+            latest = pending.now if latest is None else max(latest, pending.now)
+        if latest is not None:
+            self.publish_committed(effects, latest)
+        return results
+
+    def _submit(
+        self,
+        action: str,
+        target: str,
+        actor: str,
+        work: Callable[[Connection, Effects, datetime], R],
+        describe: Callable[[R], str],
+        *,
+        idempotent: bool = False,
+    ) -> PendingCall[R]:
+        """Hand a door call to the group commit without waiting (`_settle` waits): one
+        transaction, audited and written to the outbox like every call."""
+        pending: PendingCall[R] = PendingCall(action, str(target), actor, self.clock())
         try:
             check_actor(actor)
-            effects = Effects()
-            attempts: list[Effects] = []
-
-            def transaction(conn: Connection) -> R:
-                # Run again after a commit of unknown outcome (`idempotent`): what the
-                # last run produced is what happened.
-                mine = Effects()
-                attempts.append(mine)
-                outcome = work(conn, mine, now)
-                audit(conn, mine, actor, action, str(target), describe(outcome), now=now)
-                outbox.write(conn, self.origin, mine, now)
-                return outcome
-
-            result = self.writer.run(transaction, idempotent=idempotent)
-            effects = attempts[-1]
         except RequestError as exc:
-            self._refused(
-                AuditRecord(str(actor or "?"), action, str(target), f"refused: {exc}", False),
-                now,
+            pending.future.set_exception(exc)
+            return pending
+
+        def transaction(conn: Connection) -> R:
+            # Run again after a commit of unknown outcome (`idempotent`): what the
+            # last run produced is what happened.
+            mine = Effects()
+            pending.attempts.append(mine)
+            outcome = work(conn, mine, pending.now)
+            audit(conn, mine, actor, action, str(target), describe(outcome), now=pending.now)
+            outbox.write(conn, self.origin, mine, pending.now)
+            return outcome
+
+        pending.future = self.writer.submit(transaction, idempotent=idempotent)
+        return pending
+
+    def _settle(self, pending: PendingCall[R]) -> tuple[R, Effects]:
+        """A submitted call's result and committed effects; a refusal is audited (and
+        raised) here."""
+        try:
+            result = pending.future.result()
+        except RequestError as exc:
+            record = AuditRecord(
+                str(pending.actor or "?"), pending.action, pending.target, f"refused: {exc}", False
             )
+            self._refused(record, pending.now)
             raise
-        self.publish_committed(effects, now)
-        return result
+        return result, pending.attempts[-1]
 
     def _refused(self, record: AuditRecord, now: datetime) -> None:
         """A refused request changed nothing, but its audit record reaches every running
@@ -220,6 +265,19 @@ class Door:
                 "meter", f"unknown meter {meter_id!r} (not a billing meter of the site)"
             )
         return model
+
+
+@dataclass(eq=False)
+class PendingCall(Generic[R]):
+    """A door call handed to the group commit (`Door._submit`), not answered yet."""
+
+    action: str
+    target: str
+    actor: str
+    now: datetime
+    future: Future[R] = field(default_factory=Future)
+    #: The effects of each run of its transaction (the last one is what happened).
+    attempts: list[Effects] = field(default_factory=list)
 
 
 def check_actor(actor: str) -> None:

@@ -10,7 +10,7 @@ so concurrent copies of one notification and the active query see one another's 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -25,7 +25,7 @@ from ..payments.settings import PaymentSettings, load_payments
 from ..payments.states import Action, Decision, OrderState, decide
 from ..prepay.accounts import AccountState, get_account
 from ..prepay.effects import Effects
-from .door import check_reason, check_state_filter, found
+from .door import PendingCall, check_reason, check_state_filter, found
 from .money import MoneyDoor
 
 #: How a payer pays (core/contracts.py PaymentRequest.method).
@@ -143,6 +143,23 @@ class PaymentDoor(MoneyDoor):
         `queried`: it is the answer of an active query (recorded as such)."""
         return self._notice(notice, actor, credit=True, queried=queried)
 
+    def apply_notices(
+        self, notices: Sequence[PaymentNotice], *, actor: str
+    ) -> list[NoticeOutcome | Exception]:
+        """`apply_notice` of each notice, all handed to the group commit at once (from
+        one thread: the web service's batch of callbacks) — each its own transaction part,
+        audit row and idempotency key, as if called alone; each answered with its outcome
+        or what it raised."""
+        calls: list[PendingCall[NoticeOutcome]] = []
+        refused: dict[int, Exception] = {}  # not a notice at all: never reaches the door
+        for i, notice in enumerate(notices):
+            try:
+                calls.append(self._notice_call(notice, actor, credit=True))
+            except RequestError as exc:
+                refused[i] = exc
+        answers = iter(self._call_many(calls))
+        return [refused[i] if i in refused else next(answers) for i in range(len(notices))]
+
     def credit_order(self, out_trade_no: str, *, actor: str) -> NoticeOutcome:
         """Credit an order already PAID (its notice stored, the credit not done: a crash
         between the two). Any other state: nothing changes — so the group commit runs it
@@ -207,6 +224,14 @@ class PaymentDoor(MoneyDoor):
     def _notice(
         self, notice: PaymentNotice, actor: str, *, credit: bool, queried: bool = False
     ) -> NoticeOutcome:
+        pending = self._notice_call(notice, actor, credit=credit, queried=queried)
+        result, effects = self._settle(pending)
+        self.publish_committed(effects, pending.now)
+        return result
+
+    def _notice_call(
+        self, notice: PaymentNotice, actor: str, *, credit: bool, queried: bool = False
+    ) -> PendingCall[NoticeOutcome]:
         if not isinstance(notice, PaymentNotice):
             raise RequestError("notice", f"expected a PaymentNotice, got {type(notice).__name__}")
 
@@ -252,7 +277,7 @@ class PaymentDoor(MoneyDoor):
             after = OrderState(record.get("state", order.state))
             return NoticeOutcome(order.out_trade_no, after, decision.action, decision.reason)
 
-        return self._call(
+        return self._submit(
             "payment_notice", notice.out_trade_no, actor, work, _describe, idempotent=True
         )
 
@@ -272,7 +297,7 @@ class PaymentDoor(MoneyDoor):
         `pending`: the order's changes not written yet (the notice that paid it), written
         in the same UPDATE as CREDITED."""
         assert order.transaction_id is not None
-        conn.exec_driver_sql("SAVEPOINT payment_credit")
+        _on_driver(conn, "SAVEPOINT payment_credit")
         try:
             result = self._topup_in(
                 conn,
@@ -285,13 +310,13 @@ class PaymentDoor(MoneyDoor):
                 actor,
             )
         except RequestError as refused:
-            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT payment_credit")
+            _on_driver(conn, "ROLLBACK TO SAVEPOINT payment_credit")
             why = f"paid but the top-up was refused: {refused}"
             if pending:
                 po.update_order(conn, order.id, **pending)
             _conflict(conn, effects, order, why, actor)
             return NoticeOutcome(order.out_trade_no, OrderState.CONFLICT, Action.CONFLICT, why)
-        conn.exec_driver_sql("RELEASE SAVEPOINT payment_credit")
+        _on_driver(conn, "RELEASE SAVEPOINT payment_credit")
         done = {**(pending or {}), "state": OrderState.CREDITED.value, "credited_at": now}
         po.update_order(conn, order.id, **done)
         return NoticeOutcome(
@@ -308,6 +333,17 @@ class PaymentDoor(MoneyDoor):
         order = po.get_order(conn, out_trade_no)
         assert order is not None
         return order
+
+
+def _on_driver(conn: Connection, statement: str) -> None:
+    """A savepoint statement on the driver's cursor, as the group commit runs its own:
+    through SQLAlchemy (`exec_driver_sql`) the two of them took about a tenth of a
+    notice's work on the group-commit thread (28 of 255 py-spy samples, issue 11)."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 def _conflict(

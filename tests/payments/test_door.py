@@ -271,3 +271,35 @@ def test_mark_conflict_needs_a_reason_and_stops_crediting(
     assert ops.mark_conflict(no, "tenant disputes", actor=ACTOR).conflict == "tenant disputes"
     assert ops.apply_notice(provider.pay(no), actor=ACTOR).state is OrderState.CONFLICT
     assert balance(db) == 0
+
+
+def test_a_batch_of_notices_is_applied_each_as_if_alone(
+    ops: Operations, db: Database, provider
+) -> None:
+    """The web service hands the callbacks of one turn of its event loop to the door
+    together (`apply_notices`): each is answered as `apply_notice` would answer it, in its
+    own part of the shared transaction, credited once whatever the copies in the batch."""
+    first, second, cheap = opened(ops, provider), opened(ops, provider), opened(ops, provider)
+    paid_first, paid_second = provider.pay(first), provider.pay(second)
+    wrong = replace(provider.pay(cheap), amount_fen=1)
+    unknown = replace(paid_first, out_trade_no="OPnope")
+    batch = [paid_first, paid_second, paid_first, unknown, wrong]
+    outcomes = ops.apply_notices(batch, actor=ACTOR)
+    assert len(outcomes) == len(batch)
+    a, b, copy, refused, conflict = outcomes
+    assert a.state is OrderState.CREDITED and a.credited
+    assert b.state is OrderState.CREDITED and b.credited
+    assert copy.state is OrderState.CREDITED and not copy.credited
+    assert isinstance(refused, RequestError) and refused.field == "out_trade_no"
+    assert conflict.state is OrderState.CONFLICT and conflict.action is Action.CONFLICT
+    assert balance(db) == 2 * 5000 and topups(db) == 2
+    with db.read() as conn:
+        assert get_order(conn, first).notices == 2
+        assert get_order(conn, cheap).state is OrderState.CONFLICT
+        notices = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(t.audit_log)
+            .where(t.audit_log.c.action == "payment_notice", t.audit_log.c.ok)
+        ).scalar_one()
+    assert notices == 4  # one audit row each, the unknown order refused without one
+    assert ops.apply_notices([], actor=ACTOR) == []
