@@ -21,7 +21,13 @@ Ends with one JSON line, e.g. {"bench": "site_capacity", "meters": 20026,
 Target (issue 15): 20,000 meters at 10 s: polls_done_ratio >= 0.99, max_loop_stall_ms <= 200,
 max_write_lock_s <= 1, lost_commands = 0, historian_dropped = 0, stop_s <= 5.
 
+With `--instances N` (N >= 2) the site is served by N `openprepay run` processes on a
+throwaway PostgreSQL database, splitting the links by `[cluster] links`, and everything is
+measured from outside them (benchmarks/site_instances.py); `--postgres` does that for one
+instance too. The JSON line then says `instances` and `database`.
+
     .venv/bin/python benchmarks/site_capacity.py [--meters 2000] [--window 60]
+        [--instances 1] [--postgres]
 """
 
 from __future__ import annotations
@@ -314,6 +320,9 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
             "errors": errors,
             "slow_writes_whole_run": slow_writes,
             "ratio": round(done / due, 3),
+            "instances": 1,
+            "database": "sqlite",
+            "loadavg": os.getloadavg(),
         }
     finally:
         if client is not None and client.returncode is None:
@@ -321,6 +330,17 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
         if sims.returncode is None:
             sims.terminate()
             await sims.wait()
+
+
+async def main_instances(meters: int, window_s: float, instances: int) -> dict[str, Any]:
+    """The site served by `instances` processes on PostgreSQL (benchmarks/site_instances.py)."""
+    from site_instances import run_instances
+
+    logging.basicConfig(level=logging.WARNING)
+    folder = Path(tempfile.mkdtemp(prefix="site-capacity-"))
+    data = site_data(meters, folder)
+    (folder / "site.toml").write_text(tomli_w.dumps(data))
+    return await run_instances(data, folder, instances, window_s)
 
 
 async def historian_dropped(runtime: Runtime) -> int:
@@ -353,6 +373,8 @@ def _lost_commands(site_file: Path) -> int:
 
 def report(figures: dict[str, Any]) -> None:
     f = figures
+    if f["max_write_lock_s"] is None:  # PostgreSQL: no writer lock, no in-process billing
+        f = {**f, "max_write_lock_s": "-", "billing_lag_s": "-"}
     print(
         f"{f['meters']} meters at a {POLL_S:g} s poll: polls done / due {f['polls_done_ratio']}"
         f" ({f['samples_per_s']} samples/s), service CPU {f['service_cpu_percent']}% "
@@ -367,6 +389,11 @@ def report(figures: dict[str, Any]) -> None:
     )
     for line in [*f["errors"], *(f"write lock held {w}" for w in f["slow_writes_whole_run"])]:
         print(f"  {line}")
+    if f["instances"] > 1:
+        print(f"  per instance: polls done / due {f['instance_polls_done_ratio']}, CPU "
+              f"{f['instance_cpu_percent']}%, RSS {f['instance_rss_mb']} MB, stop "
+              f"{f['instance_stop_s']} s")  # fmt: skip
+    print(f"  load average {f['loadavg']}")
     print(json.dumps(figures))
 
 
@@ -374,11 +401,20 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--meters", type=int, default=2000)
     parser.add_argument("--window", type=float, default=60.0, help="steady window, seconds")
+    parser.add_argument(
+        "--instances", type=int, default=1, help="openprepay run processes on one PostgreSQL"
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="one instance, as a process, on PostgreSQL"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         spec = json.loads(Path(args.client).read_text())
         asyncio.run(client_main(spec["url"], spec["namespace"], spec["nodes"]))
+    elif args.instances > 1 or args.postgres:
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        report(asyncio.run(main_instances(args.meters, args.window, args.instances)))
     else:
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         report(asyncio.run(main(args.meters, args.window)))
