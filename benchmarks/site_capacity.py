@@ -24,10 +24,11 @@ max_write_lock_s <= 1, lost_commands = 0, historian_dropped = 0, stop_s <= 5.
 With `--instances N` (N >= 2) the site is served by N `openprepay run` processes on a
 throwaway PostgreSQL database, splitting the links by `[cluster] links`, and everything is
 measured from outside them (benchmarks/site_instances.py); `--postgres` does that for one
-instance too. The JSON line then says `instances` and `database`.
+instance too, `--process` one instance as a process on SQLite. The JSON line then says
+`instances` and `database`.
 
     .venv/bin/python benchmarks/site_capacity.py [--meters 2000] [--window 60]
-        [--instances 1] [--postgres]
+        [--instances 1] [--postgres | --process]
 """
 
 from __future__ import annotations
@@ -332,15 +333,17 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
             await sims.wait()
 
 
-async def main_instances(meters: int, window_s: float, instances: int) -> dict[str, Any]:
-    """The site served by `instances` processes on PostgreSQL (benchmarks/site_instances.py)."""
+async def main_instances(
+    meters: int, window_s: float, instances: int, postgres: bool
+) -> dict[str, Any]:
+    """The site served by `instances` processes (benchmarks/site_instances.py)."""
     from site_instances import run_instances
 
     logging.basicConfig(level=logging.WARNING)
     folder = Path(tempfile.mkdtemp(prefix="site-capacity-"))
     data = site_data(meters, folder)
     (folder / "site.toml").write_text(tomli_w.dumps(data))
-    return await run_instances(data, folder, instances, window_s)
+    return await run_instances(data, folder, instances, window_s, postgres)
 
 
 async def historian_dropped(runtime: Runtime) -> int:
@@ -407,14 +410,18 @@ if __name__ == "__main__":
     parser.add_argument(
         "--postgres", action="store_true", help="one instance, as a process, on PostgreSQL"
     )
+    parser.add_argument(
+        "--process", action="store_true", help="one instance, as a process, on SQLite"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         spec = json.loads(Path(args.client).read_text())
         asyncio.run(client_main(spec["url"], spec["namespace"], spec["nodes"]))
-    elif args.instances > 1 or args.postgres:
+    elif args.instances > 1 or args.postgres or args.process:
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        report(asyncio.run(main_instances(args.meters, args.window, args.instances)))
+        postgres = args.instances > 1 or args.postgres
+        report(asyncio.run(main_instances(args.meters, args.window, args.instances, postgres)))
     else:
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         report(asyncio.run(main(args.meters, args.window)))

@@ -20,8 +20,9 @@ Everything is measured from outside the instances:
 - commands left SENT (the database, after every instance stopped), historian lines dropped
   (each instance's `Diagnostics:historian` point at the end of the window).
 
-`--instances 1 --postgres` runs one instance the same way (no `[cluster]`): what PostgreSQL
-costs against SQLite.
+`--instances 1 --process` runs one instance the same way (no `[cluster]`) on the site's SQLite
+file, `--instances 1 --postgres` on PostgreSQL: what PostgreSQL costs against SQLite, and
+what the measurement from outside says against the in-process one.
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ async def stop(instance: Instance) -> None:
 
 # -- the run -----------------------------------------------------------------------------
 async def run_instances(
-    data: dict[str, Any], folder: Path, n: int, window_s: float
+    data: dict[str, Any], folder: Path, n: int, window_s: float, postgres: bool = True
 ) -> dict[str, Any]:
     from site_capacity import POLL_S, free_ports, spawn_client
 
@@ -340,7 +341,8 @@ async def run_instances(
     )  # fmt: skip
     instances: list[Instance] = []
     errors: list[str] = []
-    with throwaway_database() as db_url:
+    database = throwaway_database() if postgres else contextlib.nullcontext(data["database"]["url"])
+    with database as db_url:
         try:
             await asyncio.sleep(3 + len(data["links"]) / 200)  # the simulators listen
             if sims.returncode is not None:
@@ -409,7 +411,7 @@ async def run_instances(
     return {
         "bench": "site_capacity",
         "instances": n,
-        "database": "postgresql",
+        "database": "postgresql" if postgres else "sqlite",
         "meters": meters,
         "polls_done_ratio": round(ratio, 3),
         "samples_per_s": round(samples_per_s, 1),
