@@ -321,22 +321,31 @@ def next_seq(conn: Connection, meter_id: str) -> int:
     return int(conn.execute(q).scalar_one())
 
 
-def may_have_due(conn: Connection, now: datetime, in_hand: Collection[int] = ()) -> bool:
-    """Whether a claim could find anything: a PENDING command that is due, or one in flight
-    that the caller does not hold (its lease may have run out, or its epoch moved on).
+def claimable_meters(
+    conn: Connection, *, now: datetime | None = None, in_hand: Collection[int] = ()
+) -> set[str]:
+    """The meters that have a command `claim_due` might claim now — a superset: PENDING and
+    due, or CLAIMED/SENT (its lease may have run out, or its epoch moved on) not in the
+    caller's hand. Empty: a claim would find nothing.
 
     The executor asks this in a read transaction before every claim: almost always the
-    answer is no, and the claim it saves is a write transaction (the site database's write
-    lock) with the instance's every meter in its query, several times a second."""
-    c = t.meter_command.c
-    due = sa.or_(
-        sa.and_(c.state == CommandState.PENDING.value, c.next_attempt_at <= now),
-        c.state.in_([CommandState.CLAIMED.value, CommandState.SENT.value]),
+    answer is empty, and the claim it saves is a write transaction (the site database's
+    write lock; with [cluster] one per owned link) several times a second. When it is not
+    empty, the claim runs only for the caller's meters among them, and with [cluster] only
+    on the links they hang on: another instance's command in flight no longer makes every
+    instance claim on all its links."""
+    now = now or utcnow()
+    c = t.meter_command
+    in_flight = c.c.state.in_([CommandState.CLAIMED.value, CommandState.SENT.value])
+    q = sa.select(c.c.meter_id).where(
+        sa.or_(
+            sa.and_(c.c.state == CommandState.PENDING.value, c.c.next_attempt_at <= now),
+            in_flight,
+        )
     )
-    q = sa.select(c.id).where(due)
     if in_hand:
-        q = q.where(c.id.not_in(list(in_hand)))
-    return conn.execute(q.limit(1)).first() is not None
+        q = q.where(c.c.id.not_in(list(in_hand)))
+    return set(conn.execute(q.distinct()).scalars())
 
 
 def claim_due(

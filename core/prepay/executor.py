@@ -195,11 +195,15 @@ class CommandExecutor:
             await wait_event(self._wake, self.poll_s)
 
     def _claim(self, limit: int, in_hand: frozenset[int] = frozenset()) -> list[cmds.MeterCommand]:
+        # Look before claiming: nearly always nothing is due, and a claim is a write
+        # transaction (one per owned link with [cluster]) with an IN list of the meters.
         with self.db.read() as conn:
-            if not cmds.may_have_due(conn, self.clock(), in_hand):
-                return []
+            due = cmds.claimable_meters(conn, now=self.clock(), in_hand=in_hand)
+        meters = self.meters & due
+        if not meters:
+            return []
         if self.fences is not None:
-            return self._claim_fenced(limit, in_hand)
+            return self._claim_fenced(limit, in_hand, meters)
 
         def claim(conn: Connection) -> list[cmds.MeterCommand]:
             batch = cmds.claim_due(
@@ -207,7 +211,7 @@ class CommandExecutor:
                 limit,
                 owner=self.owner,
                 lease_s=self.lease_s,
-                meters=self.meters,
+                meters=meters,
                 now=self.clock(),
                 in_hand=in_hand,
             )
@@ -218,11 +222,14 @@ class CommandExecutor:
 
         return self.db.write(claim, what="claiming meter commands", stop=self._no_claims)
 
-    def _claim_fenced(self, limit: int, in_hand: frozenset[int]) -> list[cmds.MeterCommand]:
+    def _claim_fenced(
+        self, limit: int, in_hand: frozenset[int], due: Collection[str]
+    ) -> list[cmds.MeterCommand]:
+        """Claim on each owned link that has a meter in `due` (`claimable_meters`)."""
         assert self.fences is not None
         claimed: list[cmds.MeterCommand] = []
         for link_id, fence in self.fences().items():
-            meters = self.link_meters.get(link_id)
+            meters = [m for m in self.link_meters.get(link_id, ()) if m in due]
             if not meters or len(claimed) >= limit:
                 continue
 

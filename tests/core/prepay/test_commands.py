@@ -155,7 +155,7 @@ def test_not_before_and_meter_filter(db):
 def test_the_read_before_a_claim_says_no_only_when_a_claim_would_find_nothing(db):
     def may(at=T0, in_hand=()):
         with db.read() as conn:
-            return cmds.may_have_due(conn, at, in_hand)
+            return bool(cmds.claimable_meters(conn, now=at, in_hand=in_hand))
 
     assert not may()  # nothing at all
     later = enqueue(db, "E-101", "TRIP", not_before=T0 + timedelta(hours=1))
@@ -232,3 +232,27 @@ def test_recent_command_times_for_the_rate_limit(db):
     with db.read() as conn:
         times = cmds.recent_command_times(conn, ["TRIP"], T0 + timedelta(seconds=10))
     assert times == [T0 + timedelta(seconds=50)]
+
+
+def test_claimable_meters_lists_every_meter_a_claim_could_take(db):
+    """The executor's look before claiming: a meter with a claimable command is always
+    listed (claiming finds nothing the look missed); finished and future ones are not."""
+    later = enqueue(db, "E-101", "TRIP", not_before=T0 + timedelta(hours=1))
+    due = enqueue(db, "E-201", "TRIP")
+    done = enqueue(db, "E-301", "TRIP")
+    (held,) = claim(db, meters=["E-301"])
+    with db.begin() as conn:
+        cmds.mark_confirmed(conn, held.id, owner="x")
+        assert cmds.claimable_meters(conn, now=T0) == {"E-201"}
+    (taken,) = claim(db, meters=["E-201"])  # CLAIMED: its lease may expire, listed
+    with db.begin() as conn:
+        assert cmds.claimable_meters(conn, now=T0) == {"E-201"}
+        assert cmds.claimable_meters(conn, now=T0, in_hand=[taken.id]) == set()
+        hour = T0 + timedelta(hours=1)
+        assert cmds.claimable_meters(conn, now=hour, in_hand=[taken.id]) == {"E-101"}
+    assert (later.id, due.id, done.id) == (later.id, taken.id, held.id)
+    # Whatever a claim takes, the look listed its meter first.
+    for at in (T0, T0 + timedelta(minutes=1), T0 + timedelta(hours=2)):
+        with db.begin() as conn:
+            listed = cmds.claimable_meters(conn, now=at)
+        assert {c.meter_id for c in claim(db, at=at)} <= listed
