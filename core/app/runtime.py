@@ -232,6 +232,8 @@ class Runtime:
         self.vitals.settle_heap()
         if collecting:
             gc.enable()
+        if self.cluster is not None:
+            self.cluster.begin_taking()  # the loop is free of start-up's stalls now
         log.info(
             "site %s running: %d links, %d devices",
             self.site.id,
