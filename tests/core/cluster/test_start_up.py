@@ -19,7 +19,8 @@ from .instances import owner_of
 class NoLinks:
     """The arbiter's side of a lease change, for a site without link workers."""
 
-    workers: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.workers: dict[str, Any] = {}
 
 
 async def test_leases_are_taken_only_once_the_instance_runs(pg: Database) -> None:
