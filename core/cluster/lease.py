@@ -72,6 +72,20 @@ _ACQUIRE = sa.text(
     "OR expires_at < clock_timestamp()) "
     "RETURNING epoch, EXTRACT(EPOCH FROM expires_at - clock_timestamp())"
 )
+#: Every free or expired one of `names` in one statement. The rows are locked in name
+#: order and a row another transaction holds is skipped (it is being taken, renewed or
+#: released right now: the next heartbeat looks again), so two instances taking at once
+#: neither deadlock nor wait for each other.
+_ACQUIRE_ALL = sa.text(
+    "UPDATE link_lease AS l SET owner = :owner, epoch = l.epoch + 1, "
+    "expires_at = clock_timestamp() + make_interval(secs => :ttl), "
+    "acquired_at = clock_timestamp(), renewed_at = clock_timestamp() "
+    "FROM (SELECT name FROM link_lease WHERE name = ANY(CAST(:names AS text[])) "
+    "AND (owner IS NULL OR expires_at IS NULL OR expires_at < clock_timestamp()) "
+    "ORDER BY name FOR UPDATE SKIP LOCKED) AS free "
+    "WHERE l.name = free.name "
+    "RETURNING l.name, l.epoch, EXTRACT(EPOCH FROM l.expires_at - clock_timestamp())"
+)
 _RENEW = sa.text(
     "UPDATE link_lease AS l SET expires_at = clock_timestamp() + make_interval(secs => :ttl), "
     "renewed_at = clock_timestamp() "
@@ -100,6 +114,18 @@ def acquire(conn: Connection, name: str, owner: str, ttl_s: float) -> Held | Non
     """Take `name` if it is free or expired; the new epoch, or None (someone holds it)."""
     row = conn.execute(_ACQUIRE, {"name": name, "owner": owner, "ttl": ttl_s}).first()
     return None if row is None else Held(name, int(row[0]), float(row[1]))
+
+
+def acquire_all(
+    conn: Connection, names: Sequence[str], owner: str, ttl_s: float
+) -> dict[str, Held]:
+    """Take every one of `names` that is free or expired, in one statement (`acquire` one
+    at a time was a round trip per link: 145 links took 4 s on a busy box, most of the
+    lease's time before its first renewal); name → the new lease."""
+    if not names:
+        return {}
+    rows = conn.execute(_ACQUIRE_ALL, {"names": list(names), "owner": owner, "ttl": ttl_s})
+    return {r[0]: Held(r[0], int(r[1]), float(r[2])) for r in rows}
 
 
 def renew(conn: Connection, owner: str, held: Mapping[str, int], ttl_s: float) -> dict[str, Held]:

@@ -227,13 +227,10 @@ class LinkLeases:
         with self.db.begin() as conn:
             lease.heartbeat(conn, self.instance)
             renewed = lease.renew(conn, self.instance, {k: v.epoch for k, v in held.items()}, ttl)
-        for link_id in self.names if take else ():
-            if link_id in held:
-                continue
+        wanted = [n for n in self.names if n not in held] if take else []
+        if wanted:  # one statement for every link: its grant is fresh when it returns
             with self.db.begin() as conn:
-                got = lease.acquire(conn, link_id, self.instance, ttl)
-            if got is not None:
-                taken[link_id] = got
+                taken = lease.acquire_all(conn, wanted, self.instance, ttl)
         wanted = [n for n in self.names if n not in held and n not in taken] if take else []
         with self.db.begin() as conn:
             next_expiry = lease.next_expiry_s(conn, wanted, self.instance)

@@ -41,6 +41,36 @@ def test_epoch_grows_with_every_owner_and_an_expired_lease_is_not_renewed(pg: Da
     assert rows["gw"].owner == "A" and rows["gw"].epoch == 3
 
 
+def test_acquire_all_takes_every_free_or_expired_lease_in_one_statement(pg: Database) -> None:
+    names = ["gw-1", "gw-2", "gw-3", "gw-4"]
+    with pg.begin() as conn:
+        lease.ensure(conn, names)
+        assert lease.acquire(conn, "gw-2", "B", 10) is not None
+        assert lease.acquire(conn, "gw-3", "B", 10) is not None
+    expire(pg, "gw-3")
+    with pg.begin() as conn:
+        got = lease.acquire_all(conn, names, "A", 10)
+        assert {n: h.epoch for n, h in got.items()} == {"gw-1": 1, "gw-3": 2, "gw-4": 1}
+        assert all(0 < h.left_s <= 10 for h in got.values())
+        assert lease.acquire_all(conn, names, "B", 10) == {}  # A holds them now
+        assert lease.acquire_all(conn, [], "B", 10) == {}
+        owners = {r.name: r.owner for r in lease.leases(conn)}
+    assert owners == {"gw-1": "A", "gw-2": "B", "gw-3": "A", "gw-4": "A"}
+
+
+def test_two_instances_taking_at_once_get_disjoint_leases(pg: Database) -> None:
+    """A row the other transaction is taking is skipped, not waited for nor deadlocked on:
+    each lease goes to exactly one instance, the rest on the next heartbeat."""
+    names = [f"gw-{i:02d}" for i in range(40)]
+    with pg.begin() as conn:
+        lease.ensure(conn, names)
+    with pg.begin() as first:
+        a = lease.acquire_all(first, names[:30], "A", 10)  # not committed yet
+        with pg.begin() as second:
+            b = lease.acquire_all(second, list(reversed(names)), "B", 10)
+    assert set(a) == set(names[:30]) and set(b) == set(names[30:])
+
+
 def test_a_stale_owner_can_neither_claim_nor_complete(pg: Database) -> None:
     with pg.begin() as conn:
         lease.ensure(conn, ["gw"])
