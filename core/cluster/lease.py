@@ -73,25 +73,32 @@ _ACQUIRE = sa.text(
     "RETURNING epoch, EXTRACT(EPOCH FROM expires_at - clock_timestamp())"
 )
 #: Every free or expired one of `names` in one statement. The rows are locked in name
-#: order and a row another transaction holds is skipped (it is being taken, renewed or
-#: released right now: the next heartbeat looks again), so two instances taking at once
-#: neither deadlock nor wait for each other.
+#: order (as `_RENEW` does) and a row another transaction holds is skipped (it is being
+#: taken, renewed or released right now: the next heartbeat looks again), so two
+#: instances taking at once neither deadlock nor wait for each other.
 _ACQUIRE_ALL = sa.text(
     "UPDATE link_lease AS l SET owner = :owner, epoch = l.epoch + 1, "
     "expires_at = clock_timestamp() + make_interval(secs => :ttl), "
     "acquired_at = clock_timestamp(), renewed_at = clock_timestamp() "
     "FROM (SELECT name FROM link_lease WHERE name = ANY(CAST(:names AS text[])) "
     "AND (owner IS NULL OR expires_at IS NULL OR expires_at < clock_timestamp()) "
-    "ORDER BY name FOR UPDATE SKIP LOCKED) AS free "
+    'ORDER BY name COLLATE "C" FOR UPDATE SKIP LOCKED) AS free '
     "WHERE l.name = free.name "
     "RETURNING l.name, l.epoch, EXTRACT(EPOCH FROM l.expires_at - clock_timestamp())"
 )
+#: The rows are locked in name order ("C" collation: Python's `sorted`), the order in
+#: which fence checks share-lock them (`LinkLeases.guard_meters`): locked in the join's
+#: order, a renewal and a metering flush's fence checks deadlocked (PostgreSQL aborted
+#: the heartbeat, and the leases it did not renew were given up at their deadline).
 _RENEW = sa.text(
     "UPDATE link_lease AS l SET expires_at = clock_timestamp() + make_interval(secs => :ttl), "
     "renewed_at = clock_timestamp() "
-    "FROM unnest(CAST(:names AS text[]), CAST(:epochs AS bigint[])) AS h(name, epoch) "
-    "WHERE l.name = h.name AND l.epoch = h.epoch AND l.owner = :owner "
-    "AND l.expires_at > clock_timestamp() "
+    "FROM (SELECT k.name FROM link_lease AS k "
+    "JOIN unnest(CAST(:names AS text[]), CAST(:epochs AS bigint[])) AS h(name, epoch) "
+    "ON k.name = h.name AND k.epoch = h.epoch "
+    "WHERE k.owner = :owner AND k.expires_at > clock_timestamp() "
+    'ORDER BY k.name COLLATE "C" FOR UPDATE OF k) AS mine '
+    "WHERE l.name = mine.name AND l.owner = :owner AND l.expires_at > clock_timestamp() "
     "RETURNING l.name, l.epoch, EXTRACT(EPOCH FROM l.expires_at - clock_timestamp())"
 )
 _RELEASE = sa.text(

@@ -71,6 +71,39 @@ def test_two_instances_taking_at_once_get_disjoint_leases(pg: Database) -> None:
     assert set(a) == set(names[:30]) and set(b) == set(names[30:])
 
 
+def test_a_renewal_and_fence_checks_lock_in_one_order(pg: Database) -> None:
+    """Fence checks share-lock lease rows in name order (a metering flush checks every link
+    of its meters); the renewal locks them in the same order, so the two never deadlock."""
+    import threading
+    import time
+
+    names = ["gw-c", "gw-a", "gw-b"]  # held in the order they were taken
+    with pg.begin() as conn:
+        lease.ensure(conn, names)
+        # Taken one at a time in this order: the rows' new versions lie in this order,
+        # not in name order (a scan of the table meets gw-c first).
+        taken = {n: lease.acquire(conn, n, "A", 30) for n in names}
+    held = {n: h for n, h in taken.items() if h is not None}
+    renewed: dict[str, lease.Held] = {}
+    errors: list[BaseException] = []
+
+    def renew() -> None:
+        try:
+            with pg.begin() as conn:
+                renewed.update(lease.renew(conn, "A", {n: held[n].epoch for n in names}, 30))
+        except BaseException as exc:  # a deadlock aborts one of the two
+            errors.append(exc)
+
+    with pg.begin() as checks:
+        lease.check(checks, Fence("gw-b", "A", held["gw-b"].epoch))
+        renewing = threading.Thread(target=renew)
+        renewing.start()
+        time.sleep(0.5)  # the renewal now waits for gw-b, holding what sorts before it
+        lease.check(checks, Fence("gw-c", "A", held["gw-c"].epoch))
+    renewing.join(30)
+    assert errors == [] and set(renewed) == set(names)
+
+
 def test_a_stale_owner_can_neither_claim_nor_complete(pg: Database) -> None:
     with pg.begin() as conn:
         lease.ensure(conn, ["gw"])
