@@ -129,9 +129,7 @@ class SnapshotReads(Door):
         read transaction of a few queries per 500 accounts."""
         ids = sorted(set(account_ids))
         with self.db.read() as conn:
-            accounts = [
-                a for part in chunks(ids, 500) for a in acc.list_accounts(conn, ids=part)
-            ]
+            accounts = [a for part in chunks(ids, 500) for a in acc.list_accounts(conn, ids=part)]
             return self._snapshots(conn, accounts)
 
     def _snapshots(self, conn: Connection, accounts: list[acc.Account]) -> list[AccountSnapshot]:
