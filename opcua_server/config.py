@@ -73,7 +73,10 @@ class OpcUaConfig:
     history: bool = True
     history_max_values: int = 10_000
     #: How often the account list is re-read (new and closed accounts), in seconds.
-    account_refresh_s: float = 10.0
+    #: Every account's snapshot is read again this often (today's kWh, m³ and cost; the
+    #: rest follows events and the engine's account samples at once): at 20,000 accounts
+    #: one full read costs about a second of the service's CPU.
+    account_refresh_s: float = 60.0
     #: Failed logins a source (client address + certificate) may make before it waits.
     login_free_failures: int = 5
     #: The first wait after that; it doubles with every further failure, up to the max.

@@ -91,6 +91,8 @@ class AccountAlarms:
             space = host.space
             if space is not None and event.target in space.account_nodes:
                 return event.target
+            if event.ok and event.action == "account_open":
+                return event.target  # a new account: its node is added with its snapshot
         return None
 
     def low_balance(
