@@ -281,8 +281,12 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
         lag_stop, lag_worst = asyncio.Event(), [0.0]
         lagging = asyncio.create_task(billing_lag(runtime, lag_stop, lag_worst))
         cpu0, w0 = time.process_time(), time.perf_counter()
+        from site_instances import process_cpu_s
+
+        sims_cpu0 = process_cpu_s(sims.pid)
         await asyncio.sleep(window_s)
         cpu, window = time.process_time() - cpu0, time.perf_counter() - w0
+        sims_cpu = process_cpu_s(sims.pid) - sims_cpu0
         done, summary, longest_lock = polls.count, vitals.summary(), locks.longest
         slow_writes = locks.worst()
         lag_stop.set()
@@ -304,6 +308,7 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
             "samples_per_s": round(done / window, 1),
             "cpu_ms_per_sample": round(1000 * cpu / max(done, 1), 3),
             "service_cpu_percent": round(100 * cpu / window, 1),
+            "simulator_cpu_percent": round(100 * sims_cpu / window, 1),
             "loop_lag_p99_ms": summary["loop_lag_p99_ms"],
             "max_loop_stall_ms": summary["max_loop_stall_ms"],
             "max_gc_pause_ms": summary["max_gc_pause_ms"],
@@ -380,7 +385,8 @@ def report(figures: dict[str, Any]) -> None:
         f = {**f, "max_write_lock_s": "-", "billing_lag_s": "-"}
     print(
         f"{f['meters']} meters at a {POLL_S:g} s poll: polls done / due {f['polls_done_ratio']}"
-        f" ({f['samples_per_s']} samples/s), service CPU {f['service_cpu_percent']}% "
+        f" ({f['samples_per_s']} samples/s), simulators' CPU {f['simulator_cpu_percent']}%, "
+        f"service CPU {f['service_cpu_percent']}% "
         f"({f['cpu_ms_per_sample']} ms per sample)\n"
         f"event loop: lag p99 {f['loop_lag_p99_ms']} ms, worst stall {f['max_loop_stall_ms']} ms"
         f"; worst collector pause {f['max_gc_pause_ms']} ms\n"
