@@ -45,6 +45,11 @@ class Owned:
     deadline: float
 
 
+#: The least time a session may sit idle inside a transaction before PostgreSQL ends it
+#: (`Database.end_idle_transactions_after`; otherwise the lease's TTL).
+IDLE_TRANSACTION_MIN_S = 5.0
+
+
 class LinkLeases:
     """The `[cluster]` service: takes, renews and gives up link leases (module docstring)."""
 
@@ -141,6 +146,8 @@ class LinkLeases:
 
     # -- service --------------------------------------------------------------------------
     async def start(self) -> None:
+        # A transaction of a frozen instance must not hold lease rows past the lease itself.
+        self.db.end_idle_transactions_after(max(self.settings.lease_ttl_s, IDLE_TRANSACTION_MIN_S))
         await asyncio.to_thread(self._register)
         self._tasks = [
             asyncio.create_task(self._heartbeats(), name="cluster-heartbeat"),

@@ -60,6 +60,7 @@ DEFAULT_SQLITE_PATH = Path("var") / "openprepay.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 R = TypeVar("R")
 #: PostgreSQL's "cannot execute ... in a read-only transaction" (a demoted primary).
+IDLE_IN_TRANSACTION_TIMEOUT_SQLSTATE = "25P03"
 READ_ONLY_SQLSTATE = "25006"
 #: Key of the PostgreSQL advisory lock that serialises concurrent `upgrade()` calls.
 _MIGRATION_LOCK = 0x6F70_7072_6570_6179 & 0x7FFF_FFFF_FFFF_FFFF
@@ -171,6 +172,25 @@ class Database:
     def for_site(cls, site: Site) -> Database:
         config = read_database_config(site)
         return cls(config.url, busy_timeout_ms=config.busy_timeout_ms, echo=config.echo)
+
+    def end_idle_transactions_after(self, seconds: float) -> None:
+        """PostgreSQL: the server ends any of this engine's sessions that sits inside a
+        transaction without a statement for `seconds` (`idle_in_transaction_session_timeout`;
+        connections opened before are dropped from the pool). A frozen process (SIGSTOP, a
+        paused VM) would otherwise keep the row locks of its open transaction for ever — a
+        cluster instance's lease rows, share-locked by its fence checks, then can never be
+        taken over. Nothing of ours waits that long inside a transaction (bounded work)."""
+        if self.dialect != "postgresql":
+            return
+        millis = max(1, int(seconds * 1000))
+
+        @sa.event.listens_for(self.engine, "connect")
+        def _limit(dbapi_conn: Any, _record: Any) -> None:
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute(f"SET idle_in_transaction_session_timeout = {millis}")
+            dbapi_conn.commit()
+
+        self.engine.dispose()
 
     @property
     def dialect(self) -> str:
@@ -351,7 +371,12 @@ def _make_engine(url: URL, busy_timeout_ms: int, echo: bool) -> Engine:
             # a standby) keeps refusing them: treat it as a lost connection, so the pool
             # drops every connection to it and the next checkout finds the new primary
             # (with a multi-host url and target_session_attrs=read-write).
-            if getattr(context.original_exception, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            # A session the server ended for idling inside a transaction (the process was
+            # frozen: `end_idle_transactions_after`) is gone too.
+            if getattr(context.original_exception, "sqlstate", None) in (
+                READ_ONLY_SQLSTATE,
+                IDLE_IN_TRANSACTION_TIMEOUT_SQLSTATE,
+            ):
                 context.is_disconnect = True
 
         return engine
