@@ -67,7 +67,7 @@ SERVICE_MODEL = DeviceModel(
 #: The collector's thresholds after start-up (Python's default is (700, 10, 10)): with the
 #: start-up heap frozen, a young collection every 50,000 allocations instead of every 700
 #: costs no more per collection and runs 70 times less often; full collections stay rare.
-GC_THRESHOLDS = (50_000, 20, 10)
+GC_THRESHOLDS = (50_000, 5, 10)
 
 #: How often the probe wakes, and what counts as worth a warning.
 PROBE_S = 0.05
