@@ -45,6 +45,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import tomli_w
+from _postgres import throwaway_database
 
 from openprepay.core import ledger
 from openprepay.core.app.demo import anytime_policy
@@ -66,7 +67,6 @@ from openprepay.core.operations import Operations
 from openprepay.core.prepay import accounts as acc
 from openprepay.core.prepay.feecontrol import FeeThresholds
 
-PG_SERVER = os.environ.get("OPENPREPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
 CLIENTS = 16
 NAMES = ("a", "b")
@@ -348,23 +348,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="kills of the owner")
     parser.add_argument("--seconds", type=float, default=6.0, help="throughput measurement")
     args = parser.parse_args()
-    name = f"openprepay_failover_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(
-        PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    db_url = f"{PG_SERVER.rsplit('/', 1)[0]}/{name}"
-    try:
+    with throwaway_database("openprepay_failover") as db_url:
         with tempfile.TemporaryDirectory() as tmp:
             result = asyncio.run(failover(db_url, args.rounds, Path(tmp)))
         result.pop("db").dispose()
         base, product = throughput(db_url, args.seconds)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
     times = sorted(result["failover_s"])
     median = statistics.median(times)
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]

@@ -34,8 +34,6 @@ import os
 import signal
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import tomli_w
+from _postgres import throwaway_database
 
 from openprepay.core.app.demo import open_demo_accounts
 from openprepay.core.app.plugins import Plugins
@@ -52,7 +51,6 @@ from openprepay.core.db import Database
 from openprepay.core.db import schema as t
 from openprepay.core.model import MeterKind
 
-PG_SERVER = os.environ.get("OPENPREPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Nodes per OPC UA Read request (each is answered in one go on the instance's loop).
@@ -63,24 +61,6 @@ HISTORIAN_DROPPED = "Diagnostics:historian/openprepay.historian/dropped_lines"
 
 
 # -- the database ------------------------------------------------------------------------
-@contextlib.contextmanager
-def throwaway_database() -> Iterator[str]:
-    """A database of its own on the PostgreSQL server, dropped afterwards."""
-    name = f"openprepay_capacity_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(
-        PG_SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_SERVER.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
 def open_accounts(site_file: Path) -> float:
     """The schema and an account per room with its opening top-up (the demo's), before any
     instance starts: every instance finds them in the shared database. Returns seconds."""
@@ -346,7 +326,11 @@ async def run_instances(
     )  # fmt: skip
     instances: list[Instance] = []
     errors: list[str] = []
-    database = throwaway_database() if postgres else contextlib.nullcontext(data["database"]["url"])
+    database = (
+        throwaway_database("openprepay_capacity")
+        if postgres
+        else contextlib.nullcontext(data["database"]["url"])
+    )
     with database as db_url:
         try:
             await asyncio.sleep(3 + len(data["links"]) / 200)  # the simulators listen
