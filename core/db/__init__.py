@@ -60,8 +60,9 @@ DEFAULT_SQLITE_PATH = Path("var") / "openprepay.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 R = TypeVar("R")
 #: PostgreSQL's "cannot execute ... in a read-only transaction" (a demoted primary).
-IDLE_IN_TRANSACTION_TIMEOUT_SQLSTATE = "25P03"
 READ_ONLY_SQLSTATE = "25006"
+#: PostgreSQL ended the session: idle inside a transaction past its limit (a frozen process).
+IDLE_IN_TRANSACTION_TIMEOUT_SQLSTATE = "25P03"
 #: Key of the PostgreSQL advisory lock that serialises concurrent `upgrade()` calls.
 _MIGRATION_LOCK = 0x6F70_7072_6570_6179 & 0x7FFF_FFFF_FFFF_FFFF
 
