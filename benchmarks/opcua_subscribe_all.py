@@ -31,15 +31,8 @@ import tomli_w
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from site_capacity import (
-    # which runs as benchmarks/site_capacity.py --client)
-    POLL_S,
-    SUBSCRIBE_BATCH,
-    Polls,
-    site_data,
-    spawn_client,
-    wait_all_read,
-)
+from _capacity import POLL_S, SUBSCRIBE_BATCH, spawn_client  # the client: _capacity.py
+from site_capacity import Polls, site_data, wait_all_read
 
 from openprepay.core.app.plugins import Plugins
 from openprepay.core.app.runtime import Runtime

@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import tomli_w
+from _capacity import POLL_S, free_ports, process_cpu_s, spawn_client
 
 from openprepay.core.app.demo import demo_site_data, open_demo_accounts
 from openprepay.core.app.plugins import Plugins
@@ -61,25 +61,6 @@ from openprepay.core.model import MeterKind, Sample
 
 ROOMS_PER_FLOOR = 10
 MAX_FLOORS = 40
-POLL_S = 10.0
-#: Monitored items per CreateMonitoredItems request: asyncua's server answers a request
-#: in one go on its loop, so 2,000 at a time stalled the service's loop (and polls) for
-#: seconds; 500 keep each stall short (benchmarks/opcua_subscribe_all.py measures it).
-SUBSCRIBE_BATCH = 500
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (each socket held until all are chosen, so none repeats)."""
-    held = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            held.append(s)
-        return [int(s.getsockname()[1]) for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 def site_data(meters: int, folder: Path) -> dict[str, Any]:
@@ -101,48 +82,6 @@ def site_data(meters: int, folder: Path) -> dict[str, Any]:
         "pki_dir": str(folder / "opcua"),
     }
     return data
-
-
-# -- the OPC UA client (a process of its own) ----------------------------------------------
-async def client_main(url: str, namespace: str, nodes: list[str]) -> None:
-    from asyncua import Client, ua
-
-    class Count:
-        n = 0
-
-        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-            Count.n += 1
-
-    client = Client(url, timeout=120, watchdog_intervall=60)
-    await client.connect()
-    try:
-        ns = await client.get_namespace_index(namespace)
-        sub = await client.create_subscription(1000, Count())
-        handles = [client.get_node(ua.NodeId(n, ns)) for n in nodes]
-        started = time.perf_counter()
-        for i in range(0, len(handles), SUBSCRIBE_BATCH):
-            await sub.subscribe_data_change(handles[i : i + SUBSCRIBE_BATCH], queuesize=1)
-        took = time.perf_counter() - started
-        print(json.dumps({"ready": len(handles), "subscribe_s": round(took, 2)}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        print(json.dumps({"notifications": Count.n}), flush=True)
-    finally:
-        await client.disconnect()
-
-
-async def spawn_client(url: str, namespace: str, nodes: list[str], folder: Path) -> Any:
-    spec = folder / "client.json"
-    spec.write_text(json.dumps({"url": url, "namespace": namespace, "nodes": nodes}))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--client", str(spec),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 600)
-    if not line:
-        raise RuntimeError("the OPC UA client did not subscribe")
-    proc.subscribed = json.loads(line)  # type: ignore[attr-defined]
-    return proc
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -281,8 +220,6 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
         lag_stop, lag_worst = asyncio.Event(), [0.0]
         lagging = asyncio.create_task(billing_lag(runtime, lag_stop, lag_worst))
         cpu0, w0 = time.process_time(), time.perf_counter()
-        from site_instances import process_cpu_s
-
         sims_cpu0 = process_cpu_s(sims.pid)
         await asyncio.sleep(window_s)
         cpu, window = time.process_time() - cpu0, time.perf_counter() - w0
@@ -419,12 +356,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--process", action="store_true", help="one instance, as a process, on SQLite"
     )
-    parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.client:
-        spec = json.loads(Path(args.client).read_text())
-        asyncio.run(client_main(spec["url"], spec["namespace"], spec["nodes"]))
-    elif args.instances > 1 or args.postgres or args.process:
+    if args.instances > 1 or args.postgres or args.process:
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         postgres = args.instances > 1 or args.postgres
         report(asyncio.run(main_instances(args.meters, args.window, args.instances, postgres)))

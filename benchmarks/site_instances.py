@@ -41,6 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import tomli_w
+from _capacity import POLL_S, free_ports, process_cpu_s, spawn_client
 from _postgres import throwaway_database
 
 from openprepay.core.app.demo import open_demo_accounts
@@ -52,7 +53,6 @@ from openprepay.core.db import schema as t
 from openprepay.core.model import MeterKind
 
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Nodes per OPC UA Read request (each is answered in one go on the instance's loop).
 READ_BATCH = 1000
 VITALS = ("loop_stall_max_ms", "loop_lag_p99_ms", "gc_pause_max_ms")
@@ -149,12 +149,6 @@ class Instance:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds a process has used (utime + stime from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def instance_sites(
@@ -316,7 +310,6 @@ async def stop(instance: Instance) -> None:
 async def run_instances(
     data: dict[str, Any], folder: Path, n: int, window_s: float, postgres: bool = True
 ) -> dict[str, Any]:
-    from site_capacity import POLL_S, free_ports, spawn_client
 
     site_file = folder / "site.toml"
     sims_log = (folder / "simulate.log").open("wb")
