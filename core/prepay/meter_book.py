@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
-
 from ..rating.engine import MeterState, RatingEngine
+from ..rating.rated import RatedRows
 from ..rating.rounding import Accrual
 
 
@@ -38,26 +37,28 @@ class MeterBook:
     replaced: list[int] = field(default_factory=list)
 
 
-def add_usage(book: MeterBook, engine: RatingEngine, rated: Any, tz: Any) -> None:
+def add_usage(book: MeterBook, engine: RatingEngine, rated: RatedRows, tz: Any) -> None:
     """Add a rated batch's energy to the book's unsaved per-day consumption (not money)."""
-    energy = np.asarray(rated.energy, np.int64)
-    if not energy.any():
+    if not any(rated.energy):
         return
-    days = [datetime.fromtimestamp(int(x), UTC).astimezone(tz).date().isoformat() for x in rated.t]
     names = engine.compiled.rate_names
-    for day in sorted(set(days)):
-        rows = np.asarray([d == day for d in days])
-        units = int(energy[rows].sum())
+    rows_of_day: dict[str, list[int]] = {}
+    for i, t in enumerate(rated.t):
+        day = datetime.fromtimestamp(t, UTC).astimezone(tz).date().isoformat()
+        rows_of_day.setdefault(day, []).append(i)
+    for day in sorted(rows_of_day):
+        rows = rows_of_day[day]
+        units = sum(rated.energy[i] for i in rows)
         if not units:
             continue
         total, by_rate = book.days.get(day, (0, {}))
-        for vi, rate_names in enumerate(names):
-            sel = rows & (rated.version == vi)
-            if not sel.any():
-                continue
-            sums = rated.rate_energy[sel].sum(axis=0, dtype=np.int64)
-            for c, name in enumerate(rate_names):
-                if int(sums[c]):
-                    key = name or "total"
-                    by_rate[key] = by_rate.get(key, 0) + int(sums[c])
+        sums: dict[tuple[int, int], int] = {}  # (tariff version, rate column) → energy
+        for i in rows:
+            for c, e in enumerate(rated.rate_energy[i]):
+                key = (rated.version[i], c)
+                sums[key] = sums.get(key, 0) + e
+        for (version, c), energy in sorted(sums.items()):
+            if energy and version < len(names) and c < len(names[version]):
+                name = names[version][c] or "total"
+                by_rate[name] = by_rate.get(name, 0) + energy
         book.days[day] = (total + units, by_rate)

@@ -66,7 +66,6 @@ from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
 from sqlalchemy.engine import Connection
 
 from .. import ledger
@@ -81,8 +80,8 @@ from ..model import DeviceModel, MeterKind, Quality, Sample
 from ..rating.checks import Flag
 from ..rating.engine import RatingEngine
 from ..rating.errors import RatingError
-from ..rating.layout import MeterState, Readings, RegisterLayout, Replacement
-from ..rating.rated import RatedBatch
+from ..rating.layout import MeterState, RegisterLayout, Replacement
+from ..rating.rated import RatedRows
 from ..rating.rounding import Accrual
 from ..rating.tariffs import TariffCatalogue
 from ..tasks import wait_event
@@ -92,12 +91,16 @@ from .control import FEE_CONTROL, PrepayControl
 from .effects import Effects
 from .feecontrol import Cause
 from .meter_book import MeterBook, add_usage
-from .metering_store import add_days, meter_info, pending_replacements, save_states
+from .metering_store import MeterInfo, add_days, meter_info, pending_replacements, save_states
 
 log = logging.getLogger("openprepay.metering")
 
 #: Who usage postings are requested by (audit).
 METERING = "metering"
+#: Rows whose reading billing holds (the baseline stays), and rows that bill nothing.
+_HELD = int(Flag.SPIKE | Flag.DECREASE)
+_DECREASE = int(Flag.DECREASE)
+_NOT_BILLED = int(Flag.BASELINE | Flag.STALE | Flag.SPIKE | Flag.DECREASE)
 
 
 @dataclass(slots=True)
@@ -234,7 +237,7 @@ class Metering:
                 meters.extend(m for m, b in self._books.items() if b.dirty and m not in batch)
             if not meters:
                 return report
-            info = meter_info(conn, meters)
+            info = meter_info(conn, meters, self._holds)
         due: list[tuple[str, MeterBook, int]] = []
         problems: dict[str, str | None] = {}
         for meter_id in meters:
@@ -295,8 +298,13 @@ class Metering:
                 )
         return report
 
+    def _holds(self, meter_id: str, account_id: str) -> bool:
+        """Whether the meter's baseline for this account is in memory."""
+        book = self._books.get(meter_id)
+        return book is not None and book.account_id == account_id
+
     @staticmethod
-    def _alarms_changed(problems: Mapping[str, str | None], info: Mapping[str, Any]) -> bool:
+    def _alarms_changed(problems: Mapping[str, str | None], info: Mapping[str, MeterInfo]) -> bool:
         return any(
             (row := info.get(m)) is not None and row.billing_problem != problem
             for m, problem in problems.items()
@@ -334,8 +342,8 @@ class Metering:
         self,
         meter_id: str,
         engine: RatingEngine,
-        readings: Readings,
-        rated: RatedBatch,
+        readings: list[tuple[int, list[int]]],
+        rated: RatedRows,
         before: MeterState,
         report: FlushReport,
     ) -> None:
@@ -343,14 +351,14 @@ class Metering:
         its billed baseline (DECREASE) or above what the meter can meter since (SPIKE).
         The arbiter flags such readings before they get here; this catches what it could
         not know (the first reading after a restart, against the saved baseline)."""
-        held = (rated.flags & int(Flag.SPIKE | Flag.DECREASE)) != 0
-        billed = (rated.flags & int(Flag.BASELINE | Flag.STALE | Flag.SPIKE | Flag.DECREASE)) == 0
-        if not held.any():
-            if billed.any():
+        flags = rated.flags
+        held = [i for i, f in enumerate(flags) if f & _HELD]
+        if not held:
+            if any(not f & _NOT_BILLED for f in flags):
                 self._refused.discard(meter_id)
             return
-        last_held = int(np.flatnonzero(held)[-1])
-        if billed[last_held:].any():
+        last_held = held[-1]
+        if any(not f & _NOT_BILLED for f in flags[last_held:]):
             self._refused.discard(meter_id)
             return
         if meter_id in self._refused:
@@ -359,10 +367,10 @@ class Metering:
         layout = engine.layout
         point, step = layout.points[0], layout.resolution[0]
         unit = self.models[self.site.devices[meter_id].model].point(point).unit
-        row = int(np.flatnonzero(readings.t == rated.t[last_held])[-1])
-        value = float(Decimal(int(readings.counts[row, 0])) * step)
+        counts = [c for t, c in readings if t == rated.t[last_held]][-1]
+        value = float(Decimal(counts[0]) * step)
         base = "none" if before.last_counts is None else f"{Decimal(before.last_counts[0]) * step}"
-        if rated.flags[last_held] & int(Flag.DECREASE):
+        if flags[last_held] & _DECREASE:
             limit = f"not below the last billed reading {base} {unit}"
         else:
             bound = self.max_per_hour[meter_id]
@@ -385,7 +393,7 @@ class Metering:
         self,
         meter_id: str,
         samples: Sequence[Sample],
-        info: Any,
+        info: MeterInfo | None,
         now: datetime,
         report: FlushReport,
         replacements: Sequence[Any] = (),
@@ -418,23 +426,23 @@ class Metering:
         if not samples and not replacements:
             return book, 0
         engine = self._engine(tariff_id, meter_id)
-        readings = engine.layout.from_samples(samples)
-        if not len(readings) and not replacements:
+        readings = engine.layout.rows_from_samples(samples)
+        if not readings and not replacements:
             return book, 0
         swaps = _replacements(engine.layout, replacements, book.state)
-        rated = engine.rate(readings, book.state, swaps)
+        rated = engine.rate_rows(readings, book.state, swaps)
         book.replaced.extend(r.id for r in replacements)
         self._watch(meter_id, engine, readings, rated, book.state, report)
         if rated.state == book.state:
             return book, 0  # stale readings only
         book.state = rated.state
         book.dirty = True
-        book.period = f"{int(rated.t.max())}"
+        last_t = max(rated.t)
+        book.period = f"{last_t}"
         add_usage(book, engine, rated, self.tz)
         if book.mode == ControlMode.POSTPAID.value:
             return book, 0
-        last = datetime.fromtimestamp(int(rated.t.max()), UTC)
-        cycle = last.astimezone(self.tz).strftime("%Y-%m")
+        cycle = datetime.fromtimestamp(last_t, UTC).astimezone(self.tz).strftime("%Y-%m")
         if book.cycle != cycle or book.accrual is None:
             book.cycle = cycle
             book.accrual = None  # loaded in the write transaction when due
@@ -447,7 +455,7 @@ class Metering:
         self,
         conn: Connection,
         due: list[tuple[str, MeterBook, int]],
-        info: Mapping[str, Any],
+        info: Mapping[str, MeterInfo],
         now: datetime,
         report: FlushReport,
         problems: dict[str, str | None],
@@ -505,7 +513,7 @@ class Metering:
         self,
         conn: Connection,
         problems: Mapping[str, str | None],
-        info: Mapping[str, Any],
+        info: Mapping[str, MeterInfo],
         now: datetime,
         report: FlushReport,
     ) -> None:

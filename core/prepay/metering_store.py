@@ -3,7 +3,8 @@ that save a batch's baselines and daily consumption."""
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,9 +15,29 @@ from sqlalchemy.engine import Connection
 from ..db import schema as t
 
 
-def meter_info(conn: Connection, meters: list[str]) -> dict[str, Any]:
-    """Per meter of an account: its account, control mode, tariff, state and saved rating
-    state and billing problem (one query)."""
+@dataclass(slots=True)
+class MeterInfo:
+    """What a flush needs to know about a meter of an account. `opened_at`, `state_account`
+    and `rating_state` are read only for meters whose baseline is not in memory."""
+
+    meter_id: str
+    account_id: str
+    control_mode: str
+    state: str
+    tariff_id: str | None
+    billing_problem: str | None
+    opened_at: datetime | None = None
+    state_account: str | None = None
+    rating_state: Any = None
+
+
+def meter_info(
+    conn: Connection, meters: list[str], held: Callable[[str, str], bool]
+) -> dict[str, MeterInfo]:
+    """Per meter of an account: its account, control mode, tariff, account state and
+    billing problem; and, where `held(meter, account)` says metering does not hold the
+    meter's baseline for that account in memory, the saved baseline and the account's
+    opening (a second query, usually for no meter: a flush runs every second)."""
     am, a, pm = t.account_meter, t.account, t.prepay_meter
     rows = conn.execute(
         sa.select(
@@ -25,16 +46,24 @@ def meter_info(conn: Connection, meters: list[str]) -> dict[str, Any]:
             am.c.control_mode,
             a.c.state,
             a.c.tariff_id,
-            a.c.opened_at,
-            pm.c.account_id.label("state_account"),
-            pm.c.rating_state,
             pm.c.billing_problem,
         )
         .join(a, a.c.id == am.c.account_id)
         .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
         .where(am.c.meter_id.in_(meters), am.c.detached_at.is_(None))
     ).all()
-    return {r.meter_id: r for r in rows}
+    info = {r.meter_id: MeterInfo(*r) for r in rows}
+    unheld = [m for m, i in info.items() if not held(m, i.account_id)]
+    if unheld:
+        for r in conn.execute(
+            sa.select(am.c.meter_id, a.c.opened_at, pm.c.account_id, pm.c.rating_state)
+            .join(a, a.c.id == am.c.account_id)
+            .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
+            .where(am.c.meter_id.in_(unheld), am.c.detached_at.is_(None))
+        ):
+            row = info[r[0]]
+            row.opened_at, row.state_account, row.rating_state = r[1], r[2], r[3]
+    return info
 
 
 def pending_replacements(conn: Connection, meters: Container[str]) -> dict[str, list[Any]]:

@@ -18,7 +18,7 @@ from .checks import Flag, RatingOptions, RegisterChecks
 from .compiled import NO_LIMIT, CompiledTariff
 from .errors import RatingError
 from .layout import MeterState, Readings, RegisterLayout, Replacement, epoch
-from .rated import RatedBatch
+from .rated import RatedBatch, RatedRows
 from .small_batch import SmallBatchRater
 from .tariffs import Tariff
 
@@ -75,6 +75,20 @@ class RatingEngine:
         if len(readings) + 2 * len(replacements) <= self.small_batch:
             return self._small.rate(readings, state, replacements)
         return self.rate_vectorised(readings, state, replacements)
+
+    def rate_rows(
+        self,
+        readings: Sequence[tuple[int, list[int]]],
+        state: MeterState | None = None,
+        replacements: Sequence[Replacement] = (),
+    ) -> RatedRows:
+        """`rate` of (epoch seconds, register counts) pairs, the result as lists: what the
+        service's metering calls for every poll (`RegisterLayout.rows_from_samples`)."""
+        if len(readings) + 2 * len(replacements) <= self.small_batch:
+            return self._small.rate_rows(readings, state, replacements)
+        return self.rate_vectorised(
+            self.layout.readings_of_rows(readings), state, replacements
+        ).as_rows()
 
     def rate_vectorised(
         self,

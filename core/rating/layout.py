@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -113,18 +114,32 @@ class RegisterLayout:
     def from_samples(self, samples: Iterable[Sample]) -> Readings:
         """Readings from Good samples that carry every rated register (others are skipped:
         billing waits for good data, it never reuses a previous value)."""
-        times: list[int] = []
-        rows: list[list[float]] = []
+        return self.readings_of_rows(self.rows_from_samples(samples))
+
+    def rows_from_samples(self, samples: Iterable[Sample]) -> list[tuple[int, list[int]]]:
+        """`from_samples` as (epoch seconds, register counts) pairs, without numpy (the
+        service rates a poll or two at a time). The counts round half to even, as
+        `numpy.rint` does."""
+        rows = []
+        steps = [float(r) for r in self.resolution]
+        points = self.points
         for s in samples:
             if not s.quality.is_good:
                 continue
-            if any(p not in s.values or not s.quality_of(p).is_good for p in self.points):
+            values = s.values
+            if any(p not in values or not s.quality_of(p).is_good for p in points):
                 continue
-            times.append(int(s.read_at.timestamp()))
-            rows.append([float(s.values[p]) for p in self.points])
-        arr = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(self.points))
-        res = np.asarray([float(r) for r in self.resolution])
-        return Readings(np.asarray(times, np.int64), np.rint(arr / res).astype(np.int64))
+            scaled = [float(values[p]) / step for p, step in zip(points, steps, strict=True)]
+            if not all(map(math.isfinite, scaled)):
+                continue  # not a reading of the register (a NaN has no count to bill)
+            counts = [round(x) for x in scaled]
+            rows.append((int(s.read_at.timestamp()), counts))
+        return rows
+
+    def readings_of_rows(self, rows: Sequence[tuple[int, Sequence[int]]]) -> Readings:
+        t = np.asarray([r[0] for r in rows], np.int64)
+        counts = np.asarray([r[1] for r in rows], np.int64).reshape(len(rows), len(self.points))
+        return Readings(t, counts)
 
 
 def _epochs(times: Sequence[dt.datetime] | np.ndarray) -> np.ndarray:

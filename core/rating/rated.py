@@ -88,3 +88,43 @@ class RatedBatch:
     def energy_by_tier(self) -> list[Decimal]:
         sums = self.tier_energy.sum(axis=0, dtype=np.int64)
         return [Decimal(int(s)) / ENERGY_SCALE for s in sums]
+
+    def as_rows(self) -> RatedRows:
+        return RatedRows(
+            self.compiled,
+            self.t.tolist(),
+            self.flags.tolist(),
+            self.energy.tolist(),
+            self.rate_energy.tolist(),
+            self.cost.tolist(),
+            self.version.tolist(),
+            self.cost_extra,
+            self.state,
+        )
+
+
+@dataclass(slots=True)
+class RatedRows:
+    """A `RatedBatch` as plain Python lists, one entry per row (the same rows and meaning).
+
+    The service rates a poll or two per meter at a time; numpy's fixed cost per array
+    operation is most of the work at that size, so metering reads these lists instead.
+    """
+
+    compiled: CompiledTariff
+    t: list[int]
+    flags: list[int]
+    energy: list[int]
+    rate_energy: list[list[int]]
+    cost: list[int]
+    version: list[int]
+    cost_extra: Fraction
+    state: MeterState
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @property
+    def cost_fen(self) -> Fraction:
+        """The exact cost of the rows in fen: hand it to `Accrual.add`."""
+        return fen_from_cost(sum(self.cost) + self.cost_extra)

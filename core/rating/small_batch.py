@@ -20,7 +20,7 @@ from .checks import Flag, RegisterChecks
 from .compiled import NO_LIMIT, CompiledTariff
 from .errors import RatingError
 from .layout import MeterState, Readings, Replacement, epoch
-from .rated import RatedBatch
+from .rated import RatedBatch, RatedRows
 
 _STALE = int(Flag.STALE)
 _BASELINE = int(Flag.BASELINE)
@@ -59,7 +59,40 @@ class SmallBatchRater:
         replacements: Sequence[Replacement] = (),
     ) -> RatedBatch:
         """`RatingEngine.rate` for a small batch."""
-        state = state or MeterState()
+        rows = list(zip(readings.t.tolist(), readings.counts.tolist(), strict=True))
+        out, extra, new_state = self._rate(rows, state or MeterState(), replacements)
+        return self._batch(out, len(self.checks.bill), self.compiled.ntiers, extra, new_state)
+
+    def rate_rows(
+        self,
+        readings: Sequence[tuple[int, list[int]]],
+        state: MeterState | None,
+        replacements: Sequence[Replacement] = (),
+    ) -> RatedRows:
+        """`rate` of readings given as (epoch seconds, register counts) pairs, with the
+        result as lists (`RatedRows`): no numpy at all on the way."""
+        out, extra, new_state = self._rate(list(readings), state or MeterState(), replacements)
+        k = len(self.checks.bill)
+        return RatedRows(
+            self.compiled,
+            [r[0] for r in out],
+            [r[1] for r in out],
+            [r[2] for r in out],
+            [r[6 : 6 + k] for r in out],
+            [r[3] for r in out],
+            [r[4] for r in out],
+            extra,
+            new_state,
+        )
+
+    def _rate(
+        self,
+        readings: list[tuple[int, list[int]]],
+        state: MeterState,
+        replacements: Sequence[Replacement],
+    ) -> tuple[list[list[int]], Fraction, MeterState]:
+        """The rated rows (time, flags, energy, cost, version, cycle, per rate, per tier),
+        the exact remainder of the cost and the meter's next state."""
         ck = self.checks
         rows = self._rows(readings, replacements, state)
         cycles: list[int] = []
@@ -120,16 +153,16 @@ class SmallBatchRater:
             cycle_start=cycle_start,
             cycle_energy=cycle_energy,
         )
-        return self._batch(out, k, ntiers, extra, new_state)
+        return out, extra, new_state
 
     def _rows(
-        self, readings: Readings, replacements: Sequence[Replacement], state: MeterState
+        self,
+        readings: list[tuple[int, list[int]]],
+        replacements: Sequence[Replacement],
+        state: MeterState,
     ) -> list[tuple[int, int, list[int]]]:
         """(time, kind, counts) per row, sorted by time (the old meter's final first)."""
-        rows = [
-            (t, _READING, c)
-            for t, c in zip(readings.t.tolist(), readings.counts.tolist(), strict=True)
-        ]
+        rows = [(t, _READING, c) for t, c in readings]
         for rep in replacements:
             at = epoch(rep.at)
             if state.last_t is not None and at <= state.last_t:

@@ -274,6 +274,30 @@ def test_layout_from_a_model_and_readings_from_good_samples_only(tou):
     assert rated.energy_by_rate() == {"peak": Decimal("0.5")}
 
 
+def test_rows_from_samples_count_as_numpy_rounds_and_skip_what_is_not_a_number():
+    """The list path metering takes gives the counts `from_samples` gives (half to even,
+    as `numpy.rint`; compared on many values), and a NaN or infinite register is no
+    reading."""
+    model = _acrel_like()
+    layout = RegisterLayout.from_model(model)
+    at = dt.datetime(2025, 3, 3, 2, tzinfo=dt.UTC)
+    rng = np.random.default_rng(7)
+    samples = []
+    for i, x in enumerate([*rng.uniform(0, 99_999, 500).round(3).tolist(), 0.005, 0.015, 2.5]):
+        values = {p: x for p in layout.points}
+        samples.append(Sample("m1", model, at + dt.timedelta(seconds=i), values))
+    rows = layout.rows_from_samples(samples)
+    readings = layout.from_samples(samples)
+    assert [t for t, _ in rows] == readings.t.tolist()
+    assert [c for _, c in rows] == readings.counts.tolist()
+    assert len(rows) == len(samples)
+    broken = [
+        Sample("m1", model, at, {**samples[0].values, "energy_peak": float("nan")}),
+        Sample("m1", model, at, {**samples[0].values, "energy_total": float("inf")}),
+    ]
+    assert layout.rows_from_samples(broken) == []
+
+
 def test_state_round_trips_through_a_record():
     state = MeterState(T0, (1, 2, 3), 42, 1234, 7)
     assert MeterState.from_record(state.to_record()) == state

@@ -123,13 +123,27 @@ def _assert_same(a, b):
     assert a.state == b.state
 
 
+def _assert_rows_same(rows, batch):
+    """`RatedRows` hold the batch's rows as lists."""
+    for name in ("t", "flags", "energy", "rate_energy", "cost", "version"):
+        assert getattr(rows, name) == getattr(batch, name).tolist(), name
+    assert rows.cost_extra == batch.cost_extra
+    assert rows.cost_fen == batch.cost_fen
+    assert rows.state == batch.state
+
+
 def _assert_three_agree(engine: RatingEngine, readings, state, reps):
-    """The vectorised path, the scalar path and the oracle give identical rows."""
+    """The vectorised path, the scalar path and the oracle give identical rows, and so do
+    the list paths metering takes (`rate_rows`, scalar and through the vectorised path)."""
     got = engine.rate_vectorised(readings, state, reps)
-    small = SmallBatchRater(engine.compiled, engine.checks).rate(readings, state, reps)
+    scalar = SmallBatchRater(engine.compiled, engine.checks)
+    small = scalar.rate(readings, state, reps)
     ref = rate_reference(engine.compiled, readings, state, reps, engine.options)
     _assert_same(got, ref)
     _assert_same(small, ref)
+    pairs = list(zip(readings.t.tolist(), readings.counts.tolist(), strict=True))
+    _assert_rows_same(scalar.rate_rows(pairs, state, reps), ref)
+    _assert_rows_same(engine.rate_rows(pairs, state, reps), ref)
     assert (got.energy >= 0).all()
     return got
 
