@@ -34,7 +34,7 @@ from openprepay.core.model import MeterKind, Quality, Sample
 from openprepay.core.tasks import stop_task
 
 from .bindings import STATUS_OF_QUALITY, PointBinding, SourceBinding
-from .direct_write import DirectWriter
+from .direct_write import DirectWriter, SharedDataValue
 from .space import Space
 
 log = logging.getLogger("openprepay.opcua")
@@ -160,13 +160,13 @@ class Publisher:
                         continue
                     else:
                         steady += 1  # the same Good value: only its time moves on
-                    dv = ua.DataValue(ua.Variant(value, pb.vtype), status, at, now)
+                    dv = SharedDataValue(ua.Variant(value, pb.vtype), status, at, now)
                 else:
                     value = None
                     if code == pb.status:
                         continue
                     changed += 1
-                    dv = ua.DataValue(_NULL, status, at, now)
+                    dv = SharedDataValue(_NULL, status, at, now)
                 told = write(pb, dv)
                 if told is not None:
                     await told  # a client monitors it
@@ -246,7 +246,7 @@ async def _write_online(
     due = up and stale is not None and online.at is not None and online.at <= stale
     if same and not due:
         return 0, 0
-    dv = ua.DataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
+    dv = SharedDataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
     told = write(online, dv)
     if told is not None:
         await told

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue
+from asyncua.server.monitored_item_service import MonitoredItemValues
 
 from openprepay.opcua_server.bindings import PointBinding
-from openprepay.opcua_server.direct_write import DirectWriter
+from openprepay.opcua_server.direct_write import DirectWriter, SharedDataValue
 
 
 class Changes:
@@ -25,6 +26,15 @@ class Changes:
 def test_the_asyncua_internals_it_relies_on_are_there() -> None:
     attval = AttributeValue(ua.DataValue())
     assert {"value", "value_callback", "value_setter", "datachange_callbacks"} <= set(vars(attval))
+    # a monitored item keeps a deep copy of each value: a shared one is not copied
+    shared = SharedDataValue(ua.Variant(1.5, ua.VariantType.Double), ua.StatusCode())
+    kept = MonitoredItemValues()
+    kept.set_current_datavalue(shared)
+    assert kept.get_current_datavalue() is shared
+    plain = ua.DataValue(ua.Variant(1.5, ua.VariantType.Double))
+    kept.set_current_datavalue(plain)
+    assert kept.get_current_datavalue() is not plain
+    assert kept.get_current_datavalue() == plain
 
 
 async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
@@ -53,7 +63,7 @@ async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
             ua.Variant(None, ua.VariantType.Null), ua.StatusCode(ua.StatusCodes.BadTimeout), at
         )
         point = PointBinding(watched.nodeid, ua.VariantType.Double, float)
-        for value in (ua.DataValue(ua.Variant(7.0, ua.VariantType.Double)), bad):
+        for value in (SharedDataValue(ua.Variant(7.0, ua.VariantType.Double)), bad):
             told = writer.write(point, value)
             assert told is not None
             await told
