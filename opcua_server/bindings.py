@@ -23,6 +23,29 @@ WAITING = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
 NULL = ua.Variant(None, ua.VariantType.Null)
 
 
+class SharedDataValue(ua.DataValue):
+    """A DataValue nobody changes once it is built. asyncua deep-copies every value it
+    hands to a monitored item (`MonitoredItemValues.set_current_datavalue`), in case the
+    writer changes its object later; the publisher builds a fresh one per write and never
+    touches it again (its Variant is frozen), so the copy can be the value itself — the
+    copy was a fifth of the publisher's time with one client on every meter."""
+
+    __slots__ = ()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedDataValue:
+        return self
+
+
+_STATUS_OF_CODE: dict[int, ua.StatusCode] = {}
+
+
+def status_of(code: int) -> ua.StatusCode:
+    status = _STATUS_OF_CODE.get(code)
+    if status is None:
+        status = _STATUS_OF_CODE[code] = ua.StatusCode(code)
+    return status
+
+
 @dataclass(slots=True)
 class PointBinding:
     """One variable fed by one point of one source; remembers what it shows.
@@ -42,8 +65,17 @@ class PointBinding:
     #: set back must not freeze its variables).
     guard: bool = False
     at: datetime | None = None
+    #: When the server stored the value shown (its ServerTimestamp).
+    stored_at: datetime | None = None
     #: asyncua's storage of the variable's Value, once `DirectWriter` has looked it up.
     target: Any = None
+
+    def data_value(self, *_: Any) -> ua.DataValue:
+        """The DataValue of what the variable shows (`value`, `status`, `at`,
+        `stored_at`); asyncua calls it as the variable's value callback when a client
+        reads a variable nobody monitors (see `direct_write`)."""
+        variant = NULL if self.value is None else ua.Variant(self.value, self.vtype)
+        return SharedDataValue(variant, status_of(self.status), self.at, self.stored_at)
 
 
 @dataclass(slots=True)

@@ -1,14 +1,22 @@
-"""Value writes into asyncua's address space without a coroutine per write.
+"""Values into asyncua's address space without a coroutine, or a DataValue, per write.
 
 `AddressSpace.write_attribute_value` is a coroutine: for each of the tens of thousands of
 variables a large site writes a second it looks the node up, checks the variant type
-against the node's, stores the DataValue, then awaits each subscriber's callback. The
+against the node's, stores a DataValue, then awaits each subscriber's callback. The
 publisher's values already carry the variable's own VariantType (its binding's), so the
-check can never refuse them. `DirectWriter.write` stores the value in the variable's
-`AttributeValue` itself (what asyncua's method does for it) and returns None when no client
-monitors the variable; when one does it returns a coroutine that calls the monitored
-items' callbacks as asyncua would, which the caller awaits, so subscriptions see every
-write. A variable with a value setter goes through asyncua's own method.
+check can never refuse them, and most variables have no subscriber.
+
+So `DirectWriter.store(point)` takes what the point's binding now shows (value, status,
+source and server time, set by the publisher) and:
+
+- when no client monitors the variable, makes the binding itself the variable's value
+  callback (`PointBinding.data_value`): nothing is built until a client reads it, and
+  the address space holds no DataValue, Variant and StatusCode objects per variable
+  (fewer long-lived objects for the collector to walk); returns None;
+- when a client monitors it, stores a DataValue and returns a coroutine that calls the
+  monitored items' callbacks as asyncua would, for the caller to await: subscriptions see
+  every write, and a new monitored item reads the current value through the callback;
+- a variable with a value setter (or one not found) goes through asyncua's own method.
 
 It reaches into asyncua 2.1's `NodeData.attributes` / `AttributeValue` (setup.cfg pins
 asyncua to 2.1.x); tests/opcua_server/test_direct_write.py fails if those change.
@@ -16,7 +24,6 @@ asyncua to 2.1.x); tests/opcua_server/test_direct_write.py fails if those change
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -29,52 +36,43 @@ from .bindings import PointBinding
 log = logging.getLogger("openprepay.opcua")
 
 VALUE = ua.AttributeIds.Value
-NULL = ua.Variant(None, ua.VariantType.Null)
-
-
-class SharedDataValue(ua.DataValue):
-    """A DataValue nobody changes once it is built. asyncua deep-copies every value it
-    hands to a monitored item (`MonitoredItemValues.set_current_datavalue`), in case the
-    writer changes its object later; the publisher builds a fresh one per write and never
-    touches it again (its Variant is frozen), so the copy can be the value itself — the
-    copy was a fifth of the publisher's time with one client on every meter."""
-
-    __slots__ = ()
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> SharedDataValue:
-        return self
 
 
 class DirectWriter:
     def __init__(self, aspace: AddressSpace) -> None:
         self.aspace = aspace
-        #: Writes stored directly, and those subscribers were told of.
+        #: Values stored without a coroutine, and those subscribers were told of.
         self.direct = 0
         self.awaited = 0
 
-    def write(self, point: PointBinding, value: ua.DataValue) -> Coroutine[Any, Any, Any] | None:
-        """Store `value` (of the variable's own VariantType) as the Value of `point`'s
-        variable; returns a coroutine to await when subscribers must hear of it, else None.
-        The variable's storage is looked up once and kept on the binding (nodes are never
-        deleted from a running address space)."""
+    def store(self, point: PointBinding) -> Coroutine[Any, Any, Any] | None:
+        """Show what `point` now holds in its variable (see the module docstring); returns
+        a coroutine to await when subscribers must hear of it, else None. The variable's
+        storage is looked up once and kept on the binding (nodes are never deleted from a
+        running address space)."""
         attval: AttributeValue | None = point.target
         if attval is None:
             node = self.aspace._nodes.get(point.nodeid)
             if node is None or VALUE not in node.attributes:
-                return self.aspace.write_attribute_value(point.nodeid, VALUE, value)  # its error
+                return self._through_asyncua(point)  # its error
             attval = point.target = node.attributes[VALUE]
         if attval.value_setter is not None:
+            return self._through_asyncua(point)
+        if attval.datachange_callbacks:
             self.awaited += 1
-            return self.aspace.write_attribute_value(point.nodeid, VALUE, value)
-        if value.StatusCode is not None and value.StatusCode.is_bad():
-            value = dataclasses.replace(value, Value=NULL)  # as asyncua stores a Bad value
-        attval.value = value
-        attval.value_callback = None
-        if not attval.datachange_callbacks:
-            self.direct += 1
-            return None
+            value = point.data_value()
+            attval.value = value
+            attval.value_callback = None
+            return _tell(attval, value)
+        if getattr(attval.value_callback, "__self__", None) is not point:
+            attval.value_callback = point.data_value
+            attval.value = None  # the callback answers reads
+        self.direct += 1
+        return None
+
+    def _through_asyncua(self, point: PointBinding) -> Coroutine[Any, Any, Any]:
         self.awaited += 1
-        return _tell(attval, value)
+        return self.aspace.write_attribute_value(point.nodeid, VALUE, point.data_value())
 
 
 async def _tell(attval: AttributeValue, value: ua.DataValue) -> None:

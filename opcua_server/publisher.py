@@ -5,9 +5,10 @@ never waits on OPC UA, and when the server falls behind, newer samples of a sour
 older ones instead of piling up (a client sees the latest value; history has the rest).
 A task on the server's loop takes the whole dict at once and writes what changed:
 
-- only variables whose value or StatusCode changed are written, with DataValues built
-  once per write and stored by `DirectWriter` (no coroutine per write unless a client
-  monitors the variable: then asyncua's `write_attribute_value` tells the subscription);
+- only variables whose value or StatusCode changed are written: the binding keeps what
+  the variable shows and `DirectWriter` makes it the variable's value (no coroutine and
+  no DataValue per write unless a client monitors the variable: then the subscription is
+  told);
 - values carry the sample's time (the device clock where the device has one) as
   SourceTimestamp and a StatusCode from the sample's quality; a Bad sample writes a null
   value with a Bad StatusCode, never the last value with a fresh time;
@@ -34,16 +35,15 @@ from openprepay.core.model import MeterKind, Quality, Sample
 from openprepay.core.tasks import stop_task
 
 from .bindings import STATUS_OF_QUALITY, PointBinding, SourceBinding
-from .direct_write import DirectWriter, SharedDataValue
+from .direct_write import DirectWriter
 from .space import Space
 
 log = logging.getLogger("openprepay.opcua")
 
 VALUE = ua.AttributeIds.Value
 _YIELD_EVERY = 400
-_STATUS = {q: (STATUS_OF_QUALITY[q], STATUS_OF_QUALITY[q].value) for q in Quality}
+_CODE = {q: STATUS_OF_QUALITY[q].value for q in Quality}
 _GOODISH = (Quality.GOOD, Quality.UNCERTAIN)
-_NULL = ua.Variant(None, ua.VariantType.Null)
 _GOOD = ua.StatusCode(ua.StatusCodes.Good)
 
 
@@ -122,7 +122,7 @@ class Publisher:
         returns the number of variables written."""
         if self._writer is None:
             self._writer = DirectWriter(self.space.server.iserver.aspace)
-        write = self._writer.write
+        store = self._writer.store
         bindings = self.space.bindings
         now = datetime.now(UTC)
         written = 0
@@ -148,7 +148,7 @@ class Publisher:
                 if pb.guard and pb.at is not None and at < pb.at:
                     continue  # older than what the variable shows (two feeds, one variable)
                 q = quality if not per_point else sample.quality_of(name)
-                status, code = _STATUS[q]
+                code = _CODE[q]
                 if q in _GOODISH:
                     raw = values.get(name)
                     if raw is None:
@@ -160,22 +160,18 @@ class Publisher:
                         continue
                     else:
                         steady += 1  # the same Good value: only its time moves on
-                    dv = SharedDataValue(ua.Variant(value, pb.vtype), status, at, now)
                 else:
                     value = None
                     if code == pb.status:
                         continue
                     changed += 1
-                    dv = SharedDataValue(_NULL, status, at, now)
-                told = write(pb, dv)
+                pb.value, pb.status, pb.at, pb.stored_at = value, code, at, now
+                told = store(pb)
                 if told is not None:
                     await told  # a client monitors it
-                pb.value = value
-                pb.status = code
-                pb.at = at
             online = binding.online
             if online is not None:
-                went, kept = await _write_online(write, online, quality in _GOODISH, at, now, stale)
+                went, kept = await _write_online(store, online, quality in _GOODISH, at, now, stale)
                 changed += went
                 steady += kept
                 room = self.space.meter_room.get(sample.source) if went else None
@@ -233,7 +229,7 @@ class Publisher:
 
 
 async def _write_online(
-    write: Any,
+    store: Any,
     online: PointBinding,
     up: bool,
     at: datetime,
@@ -246,9 +242,8 @@ async def _write_online(
     due = up and stale is not None and online.at is not None and online.at <= stale
     if same and not due:
         return 0, 0
-    dv = SharedDataValue(ua.Variant(up, ua.VariantType.Boolean), _GOOD, at, now)
-    told = write(online, dv)
+    online.value, online.status, online.at, online.stored_at = up, 0, at, now
+    told = store(online)
     if told is not None:
         await told
-    online.value, online.status, online.at = up, 0, at
     return (0, 1) if same else (1, 0)

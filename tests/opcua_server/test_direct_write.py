@@ -1,4 +1,4 @@
-"""`DirectWriter` against asyncua's own address space: a stored value reads back exactly as
+"""`DirectWriter` against asyncua's own address space: a shown value reads back as
 asyncua's `write_attribute_value` would have left it, a monitored variable still notifies
 its subscription, and an asyncua whose internals moved fails here first."""
 
@@ -11,8 +11,8 @@ from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue
 from asyncua.server.monitored_item_service import MonitoredItemValues
 
-from openprepay.opcua_server.bindings import PointBinding
-from openprepay.opcua_server.direct_write import DirectWriter, SharedDataValue
+from openprepay.opcua_server.bindings import PointBinding, SharedDataValue
+from openprepay.opcua_server.direct_write import DirectWriter
 
 
 class Changes:
@@ -37,6 +37,11 @@ def test_the_asyncua_internals_it_relies_on_are_there() -> None:
     assert kept.get_current_datavalue() == plain
 
 
+def show(point: PointBinding, value: object, status: int, at: datetime) -> PointBinding:
+    point.value, point.status, point.at, point.stored_at = value, status, at, at
+    return point
+
+
 async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
     server = Server()
     await server.init()
@@ -46,25 +51,27 @@ async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
         watched = await server.nodes.objects.add_variable(idx, "Watched", 0.0)
         writer = DirectWriter(server.iserver.aspace)
         at = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
-        dv = ua.DataValue(ua.Variant(12.5, ua.VariantType.Double), ua.StatusCode(), at, at)
-        # Nobody monitors it: stored at once.
-        assert writer.write(PointBinding(quiet.nodeid, ua.VariantType.Double, float), dv) is None
+        good, bad = ua.StatusCodes.Good, ua.StatusCodes.BadTimeout
+        # Nobody monitors it: shown at once, built only when read.
+        point = PointBinding(quiet.nodeid, ua.VariantType.Double, float)
+        assert writer.store(show(point, 12.5, good, at)) is None
         read = await quiet.read_data_value()
-        assert (read.Value.Value, read.SourceTimestamp, read.StatusCode.is_good()) == (
+        assert (read.Value.Value, read.Value.VariantType, read.SourceTimestamp) == (
             12.5,
+            ua.VariantType.Double,
             at,
-            True,
         )
+        assert read.StatusCode.is_good()
+        assert writer.store(show(point, None, bad, at)) is None
+        read = await quiet.read_data_value(raise_on_bad_status=False)
+        assert read.StatusCode.value == bad and read.Value.Value is None
 
         changes = Changes()
         subscription = await server.create_subscription(10, changes)
         await subscription.subscribe_data_change(watched)
-        bad = ua.DataValue(
-            ua.Variant(None, ua.VariantType.Null), ua.StatusCode(ua.StatusCodes.BadTimeout), at
-        )
-        point = PointBinding(watched.nodeid, ua.VariantType.Double, float)
-        for value in (SharedDataValue(ua.Variant(7.0, ua.VariantType.Double)), bad):
-            told = writer.write(point, value)
+        watched_point = PointBinding(watched.nodeid, ua.VariantType.Double, float)
+        for value, status in ((7.0, good), (None, bad)):
+            told = writer.store(show(watched_point, value, status, at))
             assert told is not None
             await told
         for _ in range(100):
@@ -73,7 +80,31 @@ async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
             await asyncio.sleep(0.02)
         assert changes.values[-2:] == [7.0, None]
         assert (await watched.read_data_value(raise_on_bad_status=False)).StatusCode.is_bad()
-        assert (writer.direct, writer.awaited) == (1, 2)
+        assert (writer.direct, writer.awaited) == (2, 2)
+
+        # A client that starts monitoring a quiet variable gets what it shows, then changes;
+        # once it leaves, values are shown without a DataValue again.
+        assert writer.store(show(point, 3.25, good, at)) is None
+        late = Changes()
+        second = await server.create_subscription(10, late)
+        handle = await second.subscribe_data_change(quiet)
+        for _ in range(100):
+            if late.values:
+                break
+            await asyncio.sleep(0.02)
+        assert late.values == [3.25]
+        told = writer.store(show(point, 4.5, good, at))
+        assert told is not None
+        await told
+        for _ in range(100):
+            if len(late.values) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert late.values == [3.25, 4.5]
+        await second.unsubscribe(handle)
+        assert writer.store(show(point, 5.75, good, at)) is None
+        assert (await quiet.read_value()) == 5.75
         await subscription.delete()
+        await second.delete()
     finally:
         await server.stop()
