@@ -486,7 +486,10 @@ class LinkWorker:
         at = utcnow()
         self.publish(Sample(self.link.id, LINK_MODEL, at, values))
         for health in self.health.values():
-            self.publish(Sample(health.meter_id, HEALTH_MODEL, at, health.values()))
+            values = health.values()
+            if values != health.published:  # unchanged: what was published still holds
+                health.published = values
+                self.publish(Sample(health.meter_id, HEALTH_MODEL, at, values))
 
 
 class LinkArbiter:

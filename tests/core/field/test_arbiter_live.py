@@ -15,8 +15,8 @@ from openprepay.core.events import (
     DeviceQuarantined,
     LinkStateChanged,
 )
-from openprepay.core.field.diagnostics import DeviceState
-from openprepay.core.model import Quality
+from openprepay.core.field.diagnostics import HEALTH_MODEL, DeviceState
+from openprepay.core.model import Quality, Sample
 from tests.live_link import (
     Recorder,
     assert_silent_meter_cost_only_its_backoff_slots,
@@ -133,3 +133,27 @@ async def test_garbled_frames_are_rejected_and_counted(plugins: Plugins) -> None
             worker.publish_stats()
             assert worker.stats.published["garbled_frames"] >= 3
             assert worker.stats.reconnects == 0
+
+
+async def test_a_meter_health_is_published_when_it_changed(plugins: Plugins) -> None:
+    """Health samples follow changes: a meter whose health did not change since its last
+    health sample gets none at the next statistics tick; one whose counters moved does."""
+    site = gateway_site(3, interval_s=3600.0)  # first polls spread over an hour: none here
+    async with SimulatedSite(site, plugins, SimulatorOptions(ephemeral_ports=True)) as sims:
+        runtime = Runtime(sims.service_site(), plugins)
+        rec = Recorder(runtime)
+
+        def health_samples(meter: str) -> list[Sample]:
+            return [s for s in rec.of(Sample) if s.source == meter and s.model is HEALTH_MODEL]
+
+        async with runtime:
+            worker = runtime.arbiter.workers["gw1"]
+            worker.publish_stats()
+            before = {m: len(health_samples(m)) for m in ("E1", "E2", "E3")}
+            assert all(n >= 1 for n in before.values())
+            runtime.arbiter.health("E2").timeouts += 1
+            worker.publish_stats()
+            worker.publish_stats()
+            after = {m: len(health_samples(m)) for m in ("E1", "E2", "E3")}
+            assert after == {**before, "E2": before["E2"] + 1}
+            assert health_samples("E2")[-1].values["timeouts"] == 1
