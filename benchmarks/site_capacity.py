@@ -216,14 +216,17 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
         polls.count, locks.longest = 0, 0.0
         vitals.worst_stall_s = vitals.worst_gc_s = 0.0
         vitals.worst_gc_generation = -1
+        vitals.gc_total_s = 0.0
         vitals.recent_lags.clear()
         lag_stop, lag_worst = asyncio.Event(), [0.0]
         lagging = asyncio.create_task(billing_lag(runtime, lag_stop, lag_worst))
         cpu0, w0 = time.process_time(), time.perf_counter()
         sims_cpu0 = process_cpu_s(sims.pid)
+        client_cpu0 = process_cpu_s(client.pid)
         await asyncio.sleep(window_s)
         cpu, window = time.process_time() - cpu0, time.perf_counter() - w0
         sims_cpu = process_cpu_s(sims.pid) - sims_cpu0
+        client_cpu = process_cpu_s(client.pid) - client_cpu0
         done, summary, longest_lock = polls.count, vitals.summary(), locks.longest
         slow_writes = locks.worst()
         lag_stop.set()
@@ -246,10 +249,12 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
             "cpu_ms_per_sample": round(1000 * cpu / max(done, 1), 3),
             "service_cpu_percent": round(100 * cpu / window, 1),
             "simulator_cpu_percent": round(100 * sims_cpu / window, 1),
+            "client_cpu_percent": round(100 * client_cpu / window, 1),
             "loop_lag_p99_ms": summary["loop_lag_p99_ms"],
             "max_loop_stall_ms": summary["max_loop_stall_ms"],
             "max_gc_pause_ms": summary["max_gc_pause_ms"],
             "max_gc_pause_generation": summary["max_gc_pause_generation"],
+            "gc_cpu_share": round(summary["gc_total_s"] / max(cpu, 1e-9), 3),
             "max_write_lock_s": round(longest_lock, 3),
             "billing_lag_s": round(lag_worst[0], 1),
             "rss_mb_per_meter": round(

@@ -361,9 +361,11 @@ async def run_instances(
             before = [await read_polls(i) for i in instances]
             cpu0, w0 = [i.cpu_s() for i in instances], time.perf_counter()
             sims_cpu0 = process_cpu_s(sims.pid)
+            clients_cpu0 = sum(process_cpu_s(i.subscriber.pid) for i in instances)
             await asyncio.sleep(window_s)
             cpu = [i.cpu_s() - c for i, c in zip(instances, cpu0, strict=True)]
             sims_cpu = process_cpu_s(sims.pid) - sims_cpu0
+            clients_cpu = sum(process_cpu_s(i.subscriber.pid) for i in instances) - clients_cpu0
             window = time.perf_counter() - w0
             after = [await read_polls(i) for i in instances]
             rss = [i.peak_rss_mb() for i in instances]
@@ -404,6 +406,7 @@ async def run_instances(
         "instance_cpu_percent": [round(100 * c / window, 1) for c in cpu],
         # The simulated field devices share the box: what they take the service cannot.
         "simulator_cpu_percent": round(100 * sims_cpu / window, 1),
+        "client_cpu_percent": round(100 * clients_cpu / window, 1),
         "instance_polls_done_ratio": [round(d / u, 3) if u else 0.0 for d, u in per],
         "loop_lag_p99_ms": max(v["loop_lag_p99_ms"] for v in vitals),
         "max_loop_stall_ms": max(v["loop_stall_max_ms"] for v in vitals),

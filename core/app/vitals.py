@@ -96,6 +96,8 @@ class Vitals:
         self.interval = stats_interval_s
         self.window = Window()
         self.collections = 0
+        #: Seconds spent in collections since start (the collector's share of the CPU).
+        self.gc_total_s = 0.0
         #: The whole run's worst figures (what a benchmark reports at the end).
         self.worst_stall_s = 0.0
         self.worst_gc_s = 0.0
@@ -134,6 +136,7 @@ class Vitals:
             "max_gc_pause_ms": round(1000 * self.worst_gc_s, 1),
             "max_gc_pause_generation": self.worst_gc_generation,
             "gc_collections": self.collections,
+            "gc_total_s": round(self.gc_total_s, 3),
             "frozen_objects": self.frozen,
         }
 
@@ -160,6 +163,7 @@ class Vitals:
             return
         pause = time.perf_counter() - self._gc_started
         self.collections += 1
+        self.gc_total_s += pause
         if info.get("generation") == 2 and self.frozen:
             self._refreeze = True
         self.window.gc_max_s = max(self.window.gc_max_s, pause)
