@@ -89,6 +89,7 @@ class EmbeddedStore:
             self._target += "&cache=shared"
         self._db: sqlite3.Connection | None = None
         self._series: dict[tuple[str, str], int] = {}
+        self._ids: dict[str, dict[str, int]] = {}
         self._read_db: sqlite3.Connection | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="historian-read")
         self._last_prune = 0.0
@@ -115,6 +116,7 @@ class EmbeddedStore:
             (source, point): sid
             for sid, source, point in db.execute("SELECT id, source, point FROM series")
         }
+        self._ids = {}
         return self
 
     def close(self) -> None:
@@ -193,16 +195,26 @@ class EmbeddedStore:
     def _sample_rows(self, sample: Sample, rows: list[tuple[int, int, Any, int]]) -> None:
         t = to_ns(sample.device_time or sample.read_at)
         quality = int(sample.quality)
+        # The source's series ids by point: one lookup per sample, not a tuple key per value.
+        ids = self._ids.get(sample.source)
+        if ids is None:
+            ids = self._ids[sample.source] = {}
         if sample.quality > Quality.UNCERTAIN:
             for spec in sample.model.points:
-                rows.append((self._series_id(sample, spec.name), t, None, quality))
+                sid = ids.get(spec.name) or self._new_id(sample, spec.name, ids)
+                rows.append((sid, t, None, quality))
             return
-        overrides = sample.point_quality or {}
+        overrides = sample.point_quality
         for point, value in sample.values.items():
-            q = max(quality, int(overrides.get(point, 0)))
+            sid = ids.get(point) or self._new_id(sample, point, ids)
+            q = max(quality, int(overrides.get(point, 0))) if overrides else quality
             if isinstance(value, float) and not math.isfinite(value):
                 value, q = None, max(q, _BAD)
-            rows.append((self._series_id(sample, point), t, value, q))
+            rows.append((sid, t, value, q))
+
+    def _new_id(self, sample: Sample, point: str, ids: dict[str, int]) -> int:
+        sid = ids[point] = self._series_id(sample, point)
+        return sid
 
     def prune(self, now_ns: int | None = None) -> None:
         self._last_prune = time.monotonic()
