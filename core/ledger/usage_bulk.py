@@ -361,8 +361,10 @@ def _insert_journals(
             }
             for r in part
         ]
-        stmt = _journal_insert(conn).values(rows)
-        out.update({row.idempotency_key: int(row.id) for row in conn.execute(stmt)})
+        # executemany with RETURNING ("insertmanyvalues"): one cached statement, not a
+        # multi-VALUES one compiled anew for every flush (a tenth of a flush's CPU).
+        result = conn.execute(_journal_insert(conn), rows)
+        out.update({row.idempotency_key: int(row.id) for row in result})
     return out
 
 
