@@ -36,6 +36,50 @@ async def wait_event(event: asyncio.Event, timeout_s: float | None) -> bool:
     return True
 
 
+class Wakeup:
+    """A flag one task waits on with a deadline (`wait(timeout_s)`), set by others on the
+    loop. `wait_event` ends a timed-out wait by cancelling the task (`asyncio.timeout`):
+    an exception, its traceback and a reference cycle for the collector on every wait, and
+    a link worker waits once per poll. Here the deadline resolves a future instead; a
+    cancellation of the waiting task still propagates."""
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until set or `timeout_s` has passed; True when it was set."""
+        if self._flag:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        deadline = loop.call_later(timeout_s, _resolve, waiter)
+        try:
+            return await waiter
+        finally:
+            deadline.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 async def finish_within(
     aw: Awaitable[Any], timeout_s: float, *, what: str, log: logging.Logger
 ) -> bool:

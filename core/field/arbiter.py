@@ -41,7 +41,7 @@ from ..events import (
     utcnow,
 )
 from ..model import CommandOutcome, DeviceCommand, Quality, Sample
-from ..tasks import wait_event
+from ..tasks import Wakeup
 from .device_watch import DeviceWatch
 from .diagnostics import HEALTH_MODEL, LINK_MODEL, DeviceHealth, DeviceState, LinkHealth
 from .link_jobs import ConfirmJob, ControlJob, Job, PollJob, ReadJob, settle
@@ -84,7 +84,7 @@ class LinkWorker:
         self._confirm: deque[ConfirmJob | ReadJob] = deque()
         self._polls: list[PollJob] = []
         self._seq = itertools.count()
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._connect_lock = asyncio.Lock()
         self._reconnect_at = 0.0
         self._reconnect_delay = link.reconnect_min_s
@@ -190,7 +190,7 @@ class LinkWorker:
             if not usable:
                 wake_at = max(wake_at, self._reconnect_at) if self._polls else self._reconnect_at
             self._wake.clear()
-            await wait_event(self._wake, max(wake_at - now, 0.0005))
+            await self._wake.wait(max(wake_at - now, 0.0005))
 
     def _schedule(self, meter_id: str, delay: float) -> None:
         heapq.heappush(self._polls, PollJob(self.clock() + delay, next(self._seq), meter_id))
