@@ -55,7 +55,7 @@ from openprepay.core.model import MeterKind
 OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
 #: Nodes per OPC UA Read request (each is answered in one go on the instance's loop).
 READ_BATCH = 1000
-VITALS = ("loop_stall_max_ms", "loop_lag_p99_ms", "gc_pause_max_ms")
+VITALS = ("loop_stall_max_ms", "loop_lag_p99_ms", "gc_pause_max_ms", "db_write_max_ms")
 SERVICE_NODE = "Diagnostics:service/openprepay.service/{}"
 HISTORIAN_DROPPED = "Diagnostics:historian/openprepay.historian/dropped_lines"
 
@@ -411,7 +411,8 @@ async def run_instances(
         "loop_lag_p99_ms": max(v["loop_lag_p99_ms"] for v in vitals),
         "max_loop_stall_ms": max(v["loop_stall_max_ms"] for v in vitals),
         "max_gc_pause_ms": max(v["gc_pause_max_ms"] for v in vitals),
-        "max_write_lock_s": None,  # SQLite's writer lock; PostgreSQL has row locks
+        # The longest write transaction (SQLite: the writer lock; PostgreSQL: its row locks).
+        "max_write_lock_s": round(max(v["db_write_max_ms"] for v in vitals) / 1000, 3),
         "billing_lag_s": None,
         "rss_mb_per_meter": round(sum(rss) / meters, 3),
         "instance_rss_mb": [round(r, 1) for r in rss],

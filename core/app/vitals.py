@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..db.retry import BUSY
+from ..db.write_times import WRITES
 from ..events import EventBus, utcnow
 from ..field.diagnostics import diagnostic
 from ..model import DeviceModel, MeterKind, Sample, ValueType
@@ -60,6 +61,8 @@ SERVICE_MODEL = DeviceModel(
                    ValueType.FLOAT),
         diagnostic("rss_mb", "MB", "Peak resident memory of the process", ValueType.FLOAT),
         diagnostic("db_busy_retried", "", "Transactions retried on a busy database, since start"),
+        diagnostic("db_write_max_ms", "ms", "Longest database write transaction, last window",
+                   ValueType.FLOAT),
     ),
     plugin="core",
 )  # fmt: skip
@@ -212,4 +215,5 @@ class Vitals:
             "cpu_percent": round(100 * (time.process_time() - w.cpu_start) / elapsed, 1),
             "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "db_busy_retried": BUSY.retried,
+            "db_write_max_ms": round(1000 * WRITES.take_window_max(), 3),
         }

@@ -47,6 +47,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from ..config.reader import TableReader
 from ..errors import ConfigError, FieldError
 from ..private_files import private_file
+from .write_times import WRITES
 
 if TYPE_CHECKING:
     from ..config.site import Site
@@ -168,6 +169,7 @@ class Database:
     def __init__(self, url: str | URL, *, busy_timeout_ms: int = 10000, echo: bool = False):
         self.url = make_url(normalise_url(str(url)) if isinstance(url, str) else url)
         self.engine: Engine = _make_engine(self.url, busy_timeout_ms, echo)
+        WRITES.watch(self.engine)
 
     @classmethod
     def for_site(cls, site: Site) -> Database:

@@ -1,0 +1,54 @@
+"""How long write transactions hold the site database (`WRITES`).
+
+Every engine a `Database` makes reports here: a write transaction is timed from BEGIN
+(IMMEDIATE on SQLite: the writer lock is taken there) to COMMIT or ROLLBACK; read
+transactions (`Database.read`, DEFERRED) are not. The service's vital signs publish the
+longest of each statistics window as `db_write_max_ms`: the bound the bounded batches keep
+(core/db/bounded.py), measured where it runs — on PostgreSQL as on SQLite.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+
+class WriteTimes:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: The longest write transaction since the last `take_window_max()`, and since start.
+        self.window_max_s = 0.0
+        self.longest_s = 0.0
+
+    def watch(self, engine: Engine) -> None:
+        sa.event.listen(engine, "begin", _began)
+        sa.event.listen(engine, "commit", self._ended)
+        sa.event.listen(engine, "rollback", self._ended)
+
+    def _ended(self, conn: Connection) -> None:
+        began = conn.info.pop("write_began", None)
+        if began is None:
+            return
+        held = time.perf_counter() - began
+        with self._lock:
+            if held > self.window_max_s:
+                self.window_max_s = held
+            if held > self.longest_s:
+                self.longest_s = held
+
+    def take_window_max(self) -> float:
+        """The longest write transaction since the last call (a new window starts)."""
+        with self._lock:
+            held, self.window_max_s = self.window_max_s, 0.0
+        return held
+
+
+def _began(conn: Connection) -> None:
+    if conn.get_execution_options().get("sqlite_begin", "IMMEDIATE") == "IMMEDIATE":
+        conn.info["write_began"] = time.perf_counter()
+
+
+WRITES = WriteTimes()
