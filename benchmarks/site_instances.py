@@ -14,8 +14,9 @@ Everything is measured from outside the instances:
   sample that last changed it): per meter the polls done between the two stamps, against
   the stamps' distance ÷ the poll interval; exact up to the meter's one poll in flight;
 - CPU per instance from /proc/PID/stat (utime + stime) over the window, RSS its VmHWM;
-- the loop's worst stall, lag p99 and the collector's worst pause: the maximum over the
-  window of each instance's `Diagnostics:service` points (a subscription);
+- the loop's worst stall, lag p99, the collector's worst pause and the longest database
+  write transaction: the maximum over the window of each instance's `Diagnostics:service`
+  points (a subscription);
 - start-up (launch → every meter read once), `stop` (SIGTERM → exit, per instance);
 - commands left SENT (the database, after every instance stopped), historian lines dropped
   (each instance's `Diagnostics:historian` point at the end of the window).
