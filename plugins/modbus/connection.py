@@ -16,9 +16,11 @@ is never taken for another request's:
 - Modbus TCP matches answers to requests by transaction id; an answer with an id nobody
   waits for is dropped (`stale_frames`). Several requests may be in flight.
 - RTU has no id. Bytes that arrive while nobody waits are dropped before the next request
-  is sent; a CRC-valid frame that arrives during a request but is not from its unit and
-  function is dropped and remembered, and if no answer follows, the request fails as
-  garbled rather than silent. One request at a time (the transport's lock).
+  is sent. A CRC-valid frame that arrives during a request but does not begin as its answer
+  (unit, function, and byte count for a read or address for a write) is dropped and
+  remembered: if no answer follows, the request fails as garbled rather than silent. Only
+  a late answer to the same unit, function and size cannot be told apart. One request at a
+  time (the transport's lock).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .frames import (
     MAX_PDU,
     MBAP_HEAD,
     READS,
+    answer_start,
     crc16,
     describe_frame,
     mbap_frame,
@@ -177,8 +180,12 @@ class RtuConnection(_Connection):
     def __init__(self, link: LinkConfig) -> None:
         super().__init__(link)
         self._waiting: Exchange | None = None
+        #: How the answer to the waiting request begins (see `answer_start`), and how an
+        #: exception answer to it begins.
+        self._expect = b""
+        self._refusal = b""
         #: Read requests framed once: a poll asks the same blocks of the same units.
-        self._read_frames: dict[tuple[int, bytes], bytes] = {}
+        self._read_frames: dict[tuple[int, bytes], tuple[bytes, bytes]] = {}
 
     def _waiting_exchanges(self) -> list[Exchange]:
         return [self._waiting] if self._waiting is not None else []
@@ -190,7 +197,9 @@ class RtuConnection(_Connection):
             # A late or unasked answer: it must not be read as this request's.
             self.stale_bytes += len(self._buffer)
             self._buffer = b""
-        self._send(self._frame(unit, pdu))
+        frame, self._expect = self._frame(unit, pdu)
+        self._refusal = bytes((unit, pdu[0] | 0x80))
+        self._send(frame)
         exchange = self._start(unit, pdu[0], timeout_s)
         self._waiting = exchange
         try:
@@ -198,16 +207,17 @@ class RtuConnection(_Connection):
         finally:
             self._waiting = None
 
-    def _frame(self, unit: int, pdu: bytes) -> bytes:
+    def _frame(self, unit: int, pdu: bytes) -> tuple[bytes, bytes]:
+        """The request frame, and how its answer begins."""
         if pdu[0] not in READS:
-            return rtu_frame(unit, pdu)
+            return rtu_frame(unit, pdu), answer_start(unit, pdu)
         key = (unit, pdu)
-        frame = self._read_frames.get(key)
-        if frame is None:
+        framed = self._read_frames.get(key)
+        if framed is None:
             if len(self._read_frames) >= READ_FRAMES_KEPT:
                 self._read_frames.clear()
-            frame = self._read_frames[key] = rtu_frame(unit, pdu)
-        return frame
+            framed = self._read_frames[key] = (rtu_frame(unit, pdu), answer_start(unit, pdu))
+        return framed
 
     def data_received(self, data: bytes) -> None:
         exchange = self._waiting
@@ -231,17 +241,19 @@ class RtuConnection(_Connection):
                 self._broken(exchange, buffer[start:])
                 return
             start = end
-            if frame[0] == exchange.unit and frame[1] & 0x7F == exchange.function:
+            expect = self._expect
+            if frame[: len(expect)] == expect or frame[:2] == self._refusal:
                 exchange.future.set_result(frame)
                 self._buffer = buffer[start:]  # extra bytes: dropped before the next request
                 return
-            # A CRC-valid frame that is not this request's answer (a late answer to an
-            # earlier request): not taken, but if nothing else comes it is why we failed.
+            # A CRC-valid frame that is not this request's answer (another unit's, another
+            # block's: a late answer to a request given up): not taken, but if nothing
+            # else comes it is why the request failed.
             self.stale_frames += 1
             exchange.keep_unusable(
                 frame,
-                f"an answer from unit {frame[0]}, function {frame[1] & 0x7F}, to a request "
-                f"for unit {exchange.unit}, function {exchange.function}",
+                f"a frame that does not answer the request: {frame[:8].hex(' ')}"
+                f"{' ...' if len(frame) > 8 else ''}, where an answer begins {expect.hex(' ')}",
             )
         self._buffer = buffer[start:]
 

@@ -97,6 +97,15 @@ def echoes_write(request_pdu: bytes, answer_pdu: bytes) -> bool:
     return answer_pdu == request_pdu[:size]
 
 
+def answer_start(unit: int, pdu: bytes) -> bytes:
+    """How an RTU answer to `pdu` sent to `unit` begins: unit, function, and the byte count
+    (reads) or the address (writes). A frame that begins otherwise answers another request."""
+    if pdu[0] in READS:
+        count = int.from_bytes(pdu[3:5], "big")
+        return bytes((unit, pdu[0], min(2 * count, 0xFF)))
+    return bytes((unit,)) + pdu[:3]
+
+
 def rtu_answer_size(buffer: bytes | bytearray, start: int) -> int | None:
     """Length of the RTU answer that begins at `start`; 0 when not yet known (too few
     bytes), None when the function code gives no length (the framing is lost)."""
