@@ -15,8 +15,9 @@ import asyncio
 import dataclasses
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 
@@ -144,20 +145,19 @@ def honest(request: Request, rtu_framing: bool) -> bytes:
     return rtu(request.unit, pdu) if rtu_framing else mbap(request.tid, request.unit, pdu)
 
 
-Scripted = Callable[..., "asyncio.Future[tuple[ModbusTransport, ScriptedServer]]"]
+#: `await scripted(script, **link_options)` → a connected transport and its server.
+Scripted = Callable[..., Awaitable[tuple[ModbusTransport, ScriptedServer]]]
 
 
 @pytest.fixture
-async def scripted(link_type: LinkType):
+async def scripted(link_type: LinkType) -> AsyncIterator[Scripted]:
     """`await scripted(script, **link_options)` → a connected transport and its server."""
     started: list[tuple[ModbusTransport, ScriptedServer]] = []
 
     async def start(script: Script, **options: object) -> tuple[ModbusTransport, ScriptedServer]:
         server = ScriptedServer(link_type is not LinkType.MODBUS_TCP, script)
         port = await server.start()
-        link = LinkConfig(
-            id="gw", type=link_type, host="127.0.0.1", port=port, timeout_s=TIMEOUT_S
-        )
+        link = LinkConfig(id="gw", type=link_type, host="127.0.0.1", port=port, timeout_s=TIMEOUT_S)
         transport = ModbusTransport(dataclasses.replace(link, **options))  # type: ignore[arg-type]
         assert transport.lean
         await transport.connect()
@@ -181,11 +181,13 @@ def is_rtu(link_type: LinkType) -> bool:
 # -- hostile frames -------------------------------------------------------------------------
 
 
-async def test_an_answer_split_across_reads_is_put_together(scripted, link_type) -> None:
+async def test_an_answer_split_across_reads_is_put_together(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     def in_pieces(request: Request) -> list[tuple[float, bytes | None]]:
         frame = honest(request, is_rtu(link_type))
         cuts = [0, 1, 2, 3, 7, 8, len(frame) - 1, len(frame)]
-        return [(0.005, frame[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+        return [(0.005, frame[a:b]) for a, b in pairwise(cuts)]
 
     transport, _ = await scripted(in_pieces)
     assert await transport.read(1, 3, 0x0046, 28) == words_of(0x0046, 28)
@@ -193,7 +195,9 @@ async def test_an_answer_split_across_reads_is_put_together(scripted, link_type)
     assert transport.garbled_frames == 0
 
 
-async def test_extra_bytes_after_an_answer_do_not_spoil_the_next(scripted, link_type) -> None:
+async def test_extra_bytes_after_an_answer_do_not_spoil_the_next(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     def with_tail(request: Request) -> list[tuple[float, bytes | None]]:
         return [(0, honest(request, is_rtu(link_type)) + b"\x00\xff\x13")]
 
@@ -202,7 +206,9 @@ async def test_extra_bytes_after_an_answer_do_not_spoil_the_next(scripted, link_
         assert await transport.read(1, 3, start, 4) == words_of(start, 4)
 
 
-async def test_a_bad_crc_is_garbled_and_keeps_the_link(scripted, link_type) -> None:
+async def test_a_bad_crc_is_garbled_and_keeps_the_link(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     if not is_rtu(link_type):
         pytest.skip("Modbus TCP has no CRC")
     answers = iter(["bad", "good"])
@@ -221,7 +227,9 @@ async def test_a_bad_crc_is_garbled_and_keeps_the_link(scripted, link_type) -> N
     assert await transport.read(1, 3, 0x0000, 17) == words_of(0x0000, 17)
 
 
-async def test_an_answer_from_another_unit_is_never_taken(scripted, link_type) -> None:
+async def test_an_answer_from_another_unit_is_never_taken(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     foreign = {"then": "nothing"}
 
     def other_unit(request: Request) -> list[tuple[float, bytes | None]]:
@@ -241,7 +249,9 @@ async def test_an_answer_from_another_unit_is_never_taken(scripted, link_type) -
         assert await transport.read(1, 3, 0x0000, 2) == words_of(0x0000, 2)
 
 
-async def test_an_exception_answer_is_rejected_with_its_code(scripted, link_type) -> None:
+async def test_an_exception_answer_is_rejected_with_its_code(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     def refuse(request: Request) -> list[tuple[float, bytes | None]]:
         pdu = bytes((request.function | 0x80, 2))
         return [(0, rtu(request.unit, pdu) if is_rtu(link_type) else mbap(request.tid, 1, pdu))]
@@ -257,7 +267,7 @@ async def test_an_exception_answer_is_rejected_with_its_code(scripted, link_type
 
 @pytest.mark.parametrize("arrives", ["during the next request", "between requests"])
 async def test_a_late_answer_is_never_taken_for_the_next_request(
-    scripted, link_type, arrives: str
+    scripted: Scripted, link_type: LinkType, arrives: str
 ) -> None:
     timeout_s = 0.5
     late_s = timeout_s * 1.25
@@ -276,7 +286,9 @@ async def test_a_late_answer_is_never_taken_for_the_next_request(
     assert transport.connected
 
 
-async def test_a_cancelled_read_leaves_no_answer_behind(scripted, link_type) -> None:
+async def test_a_cancelled_read_leaves_no_answer_behind(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     def slow_first(request: Request) -> list[tuple[float, bytes | None]]:
         delay = 0.08 if request.address == 0x0000 else 0.0
         return [(delay, honest(request, is_rtu(link_type)))]
@@ -294,7 +306,9 @@ async def test_a_cancelled_read_leaves_no_answer_behind(scripted, link_type) -> 
     assert transport.garbled_frames == 0
 
 
-async def test_a_silent_device_never_closes_the_link(scripted, link_type) -> None:
+async def test_a_silent_device_never_closes_the_link(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     def unit_2_silent(request: Request) -> list[tuple[float, bytes | None]]:
         return [] if request.unit == 2 else [(0, honest(request, is_rtu(link_type)))]
 
@@ -307,7 +321,9 @@ async def test_a_silent_device_never_closes_the_link(scripted, link_type) -> Non
     assert transport.transactions == 6
 
 
-async def test_a_function_code_without_a_length_is_garbled(scripted, link_type) -> None:
+async def test_a_function_code_without_a_length_is_garbled(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     def undecodable(request: Request) -> list[tuple[float, bytes | None]]:
         pdu = bytes([0x42, 0x01, 0x02])
         return [(0, rtu(request.unit, pdu) if is_rtu(link_type) else mbap(request.tid, 1, pdu))]
@@ -324,7 +340,7 @@ async def test_a_function_code_without_a_length_is_garbled(scripted, link_type) 
     assert transport.connected
 
 
-async def test_a_wrong_register_count_is_garbled(scripted, link_type) -> None:
+async def test_a_wrong_register_count_is_garbled(scripted: Scripted, link_type: LinkType) -> None:
     def short(request: Request) -> list[tuple[float, bytes | None]]:
         fewer = dataclasses.replace(request, count=request.count - 1)
         return [(0, honest(fewer, is_rtu(link_type)))]
@@ -335,7 +351,7 @@ async def test_a_wrong_register_count_is_garbled(scripted, link_type) -> None:
     assert transport.garbled_frames == 1
 
 
-async def test_a_write_answer_must_echo_the_write(scripted, link_type) -> None:
+async def test_a_write_answer_must_echo_the_write(scripted: Scripted, link_type: LinkType) -> None:
     def wrong_address(request: Request) -> list[tuple[float, bytes | None]]:
         moved = dataclasses.replace(request, address=request.address + 1)
         return [(0, honest(moved if request.address == 0x001C else request, is_rtu(link_type)))]
@@ -349,7 +365,9 @@ async def test_a_write_answer_must_echo_the_write(scripted, link_type) -> None:
         await transport.write(1, 6, 0x001C, [2])
 
 
-async def test_a_connection_closed_under_a_request_is_link_down(scripted, link_type) -> None:
+async def test_a_connection_closed_under_a_request_is_link_down(
+    scripted: Scripted, link_type: LinkType
+) -> None:
     transport, _ = await scripted(answer_with((0.01, None)))
     with pytest.raises(LinkDown):
         await transport.read(1, 3, 0x0000, 2)
@@ -360,7 +378,7 @@ async def test_a_connection_closed_under_a_request_is_link_down(scripted, link_t
     assert transport.connected
 
 
-async def test_the_inter_frame_gap_is_kept(scripted, link_type) -> None:
+async def test_the_inter_frame_gap_is_kept(scripted: Scripted, link_type: LinkType) -> None:
     gap_s = 0.03
 
     def prompt(request: Request) -> list[tuple[float, bytes | None]]:
@@ -371,7 +389,7 @@ async def test_the_inter_frame_gap_is_kept(scripted, link_type) -> None:
         await transport.read(1, 3, 0x0000, 2)
     times = [r.at for r in server.requests]
     # A lower bound only: the gap is a minimum silence, never a timing promise.
-    assert all(b - a >= gap_s * 0.9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= gap_s * 0.9 for a, b in pairwise(times))
 
 
 # -- Modbus TCP framing ---------------------------------------------------------------------
@@ -384,7 +402,7 @@ def mbap_only(link_type: LinkType) -> None:
 
 
 @pytest.mark.usefixtures("mbap_only")
-async def test_answers_out_of_order_reach_their_requests(scripted) -> None:
+async def test_answers_out_of_order_reach_their_requests(scripted: Scripted) -> None:
     def later_first(request: Request) -> list[tuple[float, bytes | None]]:
         return [(0.1 - request.address / 1000, honest(request, False))]
 
@@ -396,7 +414,7 @@ async def test_answers_out_of_order_reach_their_requests(scripted) -> None:
 
 
 @pytest.mark.usefixtures("mbap_only")
-async def test_a_broken_mbap_header_is_garbled(scripted) -> None:
+async def test_a_broken_mbap_header_is_garbled(scripted: Scripted) -> None:
     def bad_protocol(request: Request) -> list[tuple[float, bytes | None]]:
         pdu = read_pdu(3, words_of(request.address, request.count))
         return [(0, mbap(request.tid, request.unit, pdu, protocol=7))]
@@ -408,7 +426,9 @@ async def test_a_broken_mbap_header_is_garbled(scripted) -> None:
 
 
 @pytest.mark.usefixtures("mbap_only")
-async def test_an_mbap_frame_cut_short_is_garbled_and_the_next_starts_clean(scripted) -> None:
+async def test_an_mbap_frame_cut_short_is_garbled_and_the_next_starts_clean(
+    scripted: Scripted,
+) -> None:
     answers = iter(["short", "good"])
 
     def short_once(request: Request) -> list[tuple[float, bytes | None]]:
