@@ -1,7 +1,7 @@
 """The lean Modbus client of TCP links: one asyncio protocol on the socket, no pymodbus.
 
 `open_connection(link)` connects to an RTU-over-TCP gateway (`RtuConnection`) or a Modbus
-TCP device (`MbapConnection`). `transact(unit, pdu, timeout_s)` frames the request, sends
+TCP device (`MbapConnection`). `transact(unit, pdu)` frames the request, sends
 it and returns the whole answer frame (`head` bytes before the PDU, `tail` after it) once
 a frame that answers it has arrived; what the PDU means is the transport's business.
 
@@ -50,13 +50,10 @@ READ_FRAMES_KEPT = 4096
 class Exchange:
     """One request waiting for its answer."""
 
-    __slots__ = ("deadline", "function", "future", "received", "unit", "unusable", "why")
+    __slots__ = ("deadline", "future", "received", "unit", "unusable", "why")
 
-    def __init__(
-        self, unit: int, function: int, future: asyncio.Future[bytes], deadline: float
-    ) -> None:
+    def __init__(self, unit: int, future: asyncio.Future[bytes], deadline: float) -> None:
         self.unit = unit
-        self.function = function
         self.future = future
         #: Loop time at which it has waited long enough.
         self.deadline = deadline
@@ -132,9 +129,10 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(frame)
 
-    def _start(self, unit: int, function: int, timeout_s: float) -> Exchange:
+    def _start(self, unit: int) -> Exchange:
+        """A request just sent: it waits `link.timeout_s` for its answer."""
         loop = self._loop
-        exchange = Exchange(unit, function, loop.create_future(), loop.time() + timeout_s)
+        exchange = Exchange(unit, loop.create_future(), loop.time() + self.link.timeout_s)
         if self._timer is None or exchange.deadline < self._timer_at:
             self._arm(exchange.deadline)
         return exchange
@@ -190,7 +188,7 @@ class RtuConnection(_Connection):
     def _waiting_exchanges(self) -> list[Exchange]:
         return [self._waiting] if self._waiting is not None else []
 
-    async def transact(self, unit: int, pdu: bytes, timeout_s: float) -> bytes:
+    async def transact(self, unit: int, pdu: bytes) -> bytes:
         if self._waiting is not None:
             raise RuntimeError("an RTU link carries one transaction at a time")
         if self._buffer:
@@ -200,7 +198,7 @@ class RtuConnection(_Connection):
         frame, self._expect = self._frame(unit, pdu)
         self._refusal = bytes((unit, pdu[0] | 0x80))
         self._send(frame)
-        exchange = self._start(unit, pdu[0], timeout_s)
+        exchange = self._start(unit)
         self._waiting = exchange
         try:
             return await exchange.future
@@ -299,13 +297,13 @@ class MbapConnection(_Connection):
                 self._last_tid = tid
                 return tid
 
-    async def transact(self, unit: int, pdu: bytes, timeout_s: float) -> bytes:
+    async def transact(self, unit: int, pdu: bytes) -> bytes:
         if self._buffer and not self._waiting:
             self.stale_bytes += len(self._buffer)
             self._buffer = b""
         tid = self._next_tid()
         self._send(mbap_frame(tid, unit, pdu))
-        exchange = self._start(unit, pdu[0], timeout_s)
+        exchange = self._start(unit)
         self._waiting[tid] = exchange
         try:
             return await exchange.future

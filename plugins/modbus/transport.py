@@ -259,7 +259,7 @@ class ModbusTransport:
                 await self._keep_gap()
             self.transactions += 1
             try:
-                frame = await connection.transact(unit, pdu, self.link.timeout_s)
+                frame = await connection.transact(unit, pdu)
             except GarbledResponse:
                 self.garbled_frames += 1
                 raise
