@@ -11,8 +11,9 @@ Two clients carry the frames:
 - TCP links (RTU-over-TCP gateways, Modbus TCP devices) use the transport's own lean
   client (connection.py, frames.py): one asyncio protocol that frames requests and checks
   answers. A poll is mostly Modbus transactions, and pymodbus' general machinery (its
-  transaction manager, framers, PDU classes and debug formatting) cost about three times
-  the CPU of the transaction itself.
+  transaction manager, framers, PDU classes and debug formatting) doubled the CPU of a
+  read: above what the loop and socket calls cost anyway, it costs 4-10 times the lean
+  client's (benchmarks/transaction_cpu.py).
 - Serial links use pymodbus (and TCP links do with `lean=False`, or `LEAN_TCP = False`).
   pymodbus closes a TCP socket after `retries + 3` consecutive unanswered requests, which
   would drop every healthy device behind a gateway because one is silent: that limit is
