@@ -10,8 +10,12 @@ Case 2 — bus efficiency: one gateway with emulated 9600-baud timing, 32 meters
   the same time (wire time of the three request/answer pairs plus device turnaround).
   Target >= 0.85.
 
+Case 1 also gives the CPU this process spent per sample in each loop (the simulators run
+in their own process); `--client pymodbus` puts the pipeline's TCP links on the pymodbus
+client instead of the transport's lean one, to compare.
+
 Ends with one JSON line: {"bench": "poll", "ratio": ..., "bus_efficiency": ..., ...}.
-Run: .venv/bin/python benchmarks/poll.py [--seconds 8]
+Run: .venv/bin/python benchmarks/poll.py [--seconds 8] [--client lean|pymodbus]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from openprepay.core.config.site import load_site
 from openprepay.core.logs import setup_logging
 from openprepay.core.model import MeterKind, Sample
 from openprepay.plugins.meter_acrel.plugin import profiles
+from openprepay.plugins.modbus import transport
 from openprepay.plugins.modbus.simulation import frame_bytes
 
 GATEWAYS = 40
@@ -157,7 +162,8 @@ async def bare_loop(data: dict, seconds: float) -> int:
     return done
 
 
-async def pipeline(path: Path, seconds: float, plugins: Plugins) -> tuple[int, Runtime]:
+async def pipeline(path: Path, seconds: float, plugins: Plugins) -> tuple[int, float, Runtime]:
+    """Good electric samples in `seconds` of steady polling, and the CPU seconds spent."""
     runtime = Runtime(load_site(path), plugins)
     counted = 0
 
@@ -169,9 +175,9 @@ async def pipeline(path: Path, seconds: float, plugins: Plugins) -> tuple[int, R
     runtime.bus.subscribe(Sample, count)
     async with runtime:
         await asyncio.sleep(1.0)  # connections open, polling in steady state
-        start = counted
+        start, cpu = counted, time.process_time()
         await asyncio.sleep(seconds)
-        return counted - start, runtime
+        return counted - start, time.process_time() - cpu, runtime
 
 
 def allowed_polls_per_s(baudrate: int, bits_per_char: int) -> float:
@@ -185,7 +191,14 @@ def allowed_polls_per_s(baudrate: int, bits_per_char: int) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement time per case")
+    parser.add_argument(
+        "--client",
+        choices=("lean", "pymodbus"),
+        default="lean",
+        help="the Modbus client of the pipeline's TCP links",
+    )
     args = parser.parse_args()
+    transport.LEAN_TCP = args.client == "lean"
     setup_logging("WARNING")
     os.environ.setdefault("OPENPREPAY_DISABLE_PLUGINS", "historian,opcua")
     plugins = Plugins.load()
@@ -194,14 +207,22 @@ async def main() -> None:
         # -- case 1: throughput ---------------------------------------------------------
         data = site_data(GATEWAYS, METERS_PER_GATEWAY, timeout_ms=1000)
         with Simulators(data, Path(tmp)) as sims:
-            bare = await bare_loop(data, args.seconds) / args.seconds
-            polled, _ = await pipeline(sims.path, args.seconds, plugins)
+            cpu = time.process_time()
+            bare_samples = await bare_loop(data, args.seconds)
+            bare_cpu_us = (time.process_time() - cpu) / bare_samples * 1e6
+            polled, cpu_s, _ = await pipeline(sims.path, args.seconds, plugins)
+            bare = bare_samples / args.seconds
             product = polled / args.seconds
+            cpu_us = cpu_s / polled * 1e6
         ratio = product / bare
         print(
             f"throughput: bare pymodbus loop {bare:,.0f} samples/s, "
-            f"pipeline {product:,.0f} samples/s, ratio {ratio:.2f} "
+            f"pipeline ({args.client} client) {product:,.0f} samples/s, ratio {ratio:.2f} "
             f"({GATEWAYS} gateways x {METERS_PER_GATEWAY} meters)"
+        )
+        print(
+            f"CPU per sample in this process: bare pymodbus loop {bare_cpu_us:.0f} us, "
+            f"pipeline {cpu_us:.0f} us"
         )
 
         # -- case 2: one 9600-baud bus with 2 silent meters ------------------------------
@@ -212,7 +233,7 @@ async def main() -> None:
         silent = ["E00-07", "E00-23"]
         extra = ["--serial-timing", *(f"--silent={m}" for m in silent)]
         with Simulators(data, folder, *extra) as sims:
-            polled, runtime = await pipeline(sims.path, bus_seconds, plugins)
+            polled, _, runtime = await pipeline(sims.path, bus_seconds, plugins)
         site = runtime.site
         link = next(iter(site.links.values()))
         allowed = allowed_polls_per_s(link.baudrate, link.bits_per_char) * bus_seconds
@@ -227,10 +248,13 @@ async def main() -> None:
         json.dumps(
             {
                 "bench": "poll",
+                "client": args.client,
                 "ratio": round(ratio, 3),
                 "bus_efficiency": round(efficiency, 3),
                 "samples_per_s": round(product),
                 "bare_samples_per_s": round(bare),
+                "cpu_us_per_sample": round(cpu_us),
+                "bare_cpu_us_per_sample": round(bare_cpu_us),
                 "bus_polls": polled,
                 "bus_allowed_polls": round(allowed),
             }
