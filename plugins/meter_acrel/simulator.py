@@ -146,8 +146,14 @@ class _ElectricSimulator(RegisterDeviceSimulator):
     def publish(self, values: Mapping[str, Value]) -> None:
         """Set the register values of the points this meter has, as it would hold them
         (secondary side where the profile says `ratio`)."""
+        points, held = self.points, self.values
+        if not self.ratios:  # the common case: every value as it is
+            for name, value in values.items():
+                if name in points:
+                    held[name] = value
+            return
         for name, value in values.items():
-            if name not in self.points:
+            if name not in points:
                 continue
             divisor = self.ratios.get(name)
             if divisor is not None:

@@ -160,14 +160,17 @@ class RegisterDeviceSimulator:
 
     def _encode(self) -> None:
         """Write changed engineering values into the register image."""
-        for name, value in self.values.items():
-            if self._encoded.get(name) == value:
+        values, encoded = self.values, self._encoded
+        if values == encoded:
+            return  # nothing changed since the last request: one C-level comparison
+        codecs = self.profile.codecs
+        for name, value in values.items():
+            if encoded.get(name) == value:
                 continue
-            codec = self.profile.codecs.get(name)
-            if codec is None:
-                continue
-            self._encoded[name] = value
-            self._store(codec, value)
+            encoded[name] = value
+            codec = codecs.get(name)
+            if codec is not None:
+                self._store(codec, value)
 
     def _store(self, codec: PointCodec, value: Value) -> None:
         if codec.bit is not None:
@@ -184,7 +187,7 @@ class RegisterDeviceSimulator:
         self._tick()
         self._encode()
         try:
-            return [self._image[a] for a in range(address, address + count)]
+            return list(map(self._image.__getitem__, range(address, address + count)))
         except KeyError:
             return ExcCodes.ILLEGAL_ADDRESS
 
