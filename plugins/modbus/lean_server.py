@@ -23,8 +23,10 @@ datastore, so it answers (or stays silent) exactly as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,13 +63,38 @@ def _crc_table() -> tuple[int, ...]:
 CRC_TABLE = _crc_table()
 
 
+@functools.cache
+def _crc_pair_table() -> tuple[int, ...]:
+    """The CRC register after two bytes whose 16 bits were XORed into it: half the
+    Python steps per frame (the CRC of the answers was half of the lean path's cost).
+    Built on first use (65,536 entries, tens of milliseconds)."""
+    table = CRC_TABLE
+
+    def step(crc: int) -> int:
+        return (crc >> 8) ^ table[crc & 0xFF]
+
+    return tuple(step(step(word)) for word in range(0x10000))
+
+
 def crc16(frame: bytes) -> bytes:
     """Modbus RTU CRC of `frame`, as the two bytes that follow it on the wire (low first)."""
     crc = 0xFFFF
+    even = len(frame) & ~1
+    if _LITTLE_ENDIAN and even:
+        pairs = _crc_pair_table()
+        # Each 16-bit little-endian word is the next two bytes in the CRC's (reflected) order.
+        for word in memoryview(frame)[:even].cast("H"):
+            crc = pairs[crc ^ word]
+        rest = frame[even:]
+    else:
+        rest = frame
     table = CRC_TABLE
-    for byte in frame:
+    for byte in rest:
         crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
     return crc.to_bytes(2, "little")
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @dataclass(slots=True)
@@ -119,6 +146,7 @@ class LeanModbusServer:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> int:
+        _crc_pair_table()  # now, not on the first request
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), host, port)
         return int(self._server.sockets[0].getsockname()[1])
