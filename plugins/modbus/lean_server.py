@@ -3,7 +3,7 @@ devices' register images.
 
 pymodbus' server turns every request into PDU objects, a transaction manager, a task and a
 datastore round trip; at thousands of simulated meters that cost most of the simulator's
-CPU. `LeanModbusServer` frames RTU-over-TCP (CRC16 from a 256-entry table) and Modbus TCP
+CPU. `LeanModbusServer` frames RTU-over-TCP (CRC16 from tables) and Modbus TCP
 (MBAP header) itself and answers read holding/input registers (3/4) and write single or
 multiple registers (6/16) directly — byte for byte as pymodbus' server, as `GatewaySimulator`
 configures it, answers them (tests/plugins/test_lean_server.py holds the two side by side):
@@ -27,17 +27,17 @@ import functools
 import logging
 import struct
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException, NoSuchIdException
 from pymodbus.framer import FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
-if TYPE_CHECKING:
-    from .simulation import GatewaySimulator, RegisterDeviceSimulator
+from openprepay.core.config.site import DeviceConfig
+from openprepay.core.contracts import SimulatorOptions
 
 log = logging.getLogger("openprepay.simulator")
 
@@ -97,6 +97,34 @@ def crc16(frame: bytes) -> bytes:
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
+class ServedDevice(Protocol):
+    """What the server needs of a simulated device (`RegisterDeviceSimulator`)."""
+
+    device: DeviceConfig
+
+    def read_registers(self, address: int, count: int) -> list[int] | ExcCodes: ...
+
+    def write_registers(self, function: int, address: int, words: list[int]) -> ExcCodes | None: ...
+
+
+class ServedGateway(Protocol):
+    """What the server needs of the gateway it serves (`GatewaySimulator`)."""
+
+    @property
+    def devices(self) -> Mapping[int, ServedDevice]: ...
+
+    @property
+    def options(self) -> SimulatorOptions: ...
+
+    #: The datastore pymodbus' request classes work on (the fallback path).
+    @property
+    def datastore(self) -> Any: ...
+
+    def outgoing(self, frame: bytes) -> bytes: ...
+
+    async def occupy_bus(self, function: int, count: int) -> None: ...
+
+
 @dataclass(slots=True)
 class _Request:
     """One decoded request of the lean path."""
@@ -137,7 +165,7 @@ def _parse_pdu(unit: int, pdu: bytes, tid: int) -> _Request | None:
 class LeanModbusServer:
     """Serves the devices of one `GatewaySimulator` on a TCP socket."""
 
-    def __init__(self, gateway: GatewaySimulator, rtu: bool) -> None:
+    def __init__(self, gateway: ServedGateway, rtu: bool) -> None:
         self.gateway = gateway
         self.rtu = rtu
         self._server: asyncio.Server | None = None
@@ -268,11 +296,11 @@ class _Connection(asyncio.Protocol):
         else:
             self.send(self._answer(device, request))
 
-    async def _answer_after_bus(self, device: RegisterDeviceSimulator, request: _Request) -> None:
+    async def _answer_after_bus(self, device: ServedDevice, request: _Request) -> None:
         await self.gateway.occupy_bus(request.function, request.count)
         self.send(self._answer(device, request))
 
-    def _answer(self, device: RegisterDeviceSimulator, request: _Request) -> bytes:
+    def _answer(self, device: ServedDevice, request: _Request) -> bytes:
         function = request.function
         try:
             pdu = self._apply(device, request)
@@ -282,7 +310,7 @@ class _Connection(asyncio.Protocol):
         return self.frame(request.unit, request.tid, pdu)
 
     @staticmethod
-    def _apply(device: RegisterDeviceSimulator, request: _Request) -> bytes:
+    def _apply(device: ServedDevice, request: _Request) -> bytes:
         function, address, count = request.function, request.address, request.count
         if function in (3, 4):
             words = device.read_registers(address, count)
