@@ -265,7 +265,8 @@ class AcrelPrepaidSimulator(_ElectricSimulator):
 
     def advance(self, now: datetime, elapsed_s: float) -> None:
         super().advance(now, elapsed_s)
-        self._refresh_prepaid()
+        if self.local_mode:  # a REMOTE meter's prepaid registers change only by writes
+            self._refresh_prepaid()
 
     def _refresh_prepaid(self) -> None:
         self.publish(

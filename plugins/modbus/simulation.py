@@ -181,7 +181,10 @@ class RegisterDeviceSimulator:
             inverse = {v: k for k, v in codec.mapping.items()}
             self._image[codec.address] = inverse.get(int(value), 0)
         else:
-            self.set_raw(codec.address, codec.encode(value))
+            image, address = self._image, codec.address
+            for word in codec.encode(value):  # 16-bit words already
+                image[address] = word
+                address += 1
 
     def read_registers(self, address: int, count: int) -> list[int] | ExcCodes:
         self._tick()
