@@ -19,8 +19,9 @@ from openprepay.core.contracts import SimulatorOptions
 METERS = 41
 # The rounds trip one meter again and again: no rate limit in the way.
 POLICY = {**anytime_policy(), "max_trips_per_minute": 1000}
-#: The gateway answers with serial timing, at once otherwise; on a port of its own.
-GATEWAY = SimulatorOptions(speedup=0, serial_timing=True, ephemeral_ports=True)
+#: The gateway answers with serial timing, at once otherwise; on a port of its own; with
+#: the lean Modbus server `openprepay simulate` runs (little of the box goes to the meters).
+GATEWAY = SimulatorOptions(speedup=0, serial_timing=True, ephemeral_ports=True, lean_server=True)
 
 
 def gateway_site_data() -> dict[str, Any]:

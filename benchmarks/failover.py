@@ -190,7 +190,8 @@ async def failover(db_url: str, rounds: int, tmp: Path) -> dict[str, Any]:
     os.environ[DISABLE_ENV] = "opcua,historian"
     plugins = Plugins.load()
     data = site_data()
-    sims = SimulatedSite(parse_site(data), plugins, SimulatorOptions(ephemeral_ports=True))
+    options = SimulatorOptions(ephemeral_ports=True, lean_server=True, advance_every_s=1.0)
+    sims = SimulatedSite(parse_site(data), plugins, options)
     await sims.start()
     frames: list[tuple[float, str]] = []
     instances: dict[str, Instance] = {}

@@ -96,6 +96,13 @@ class SimulatorOptions:
     timezone: str = "Asia/Shanghai"
     #: Listen on ports the OS picks (demo, tests) instead of the ports in the site file.
     ephemeral_ports: bool = False
+    #: Serve with the link plugin's lean server (cheap per request) instead of its protocol
+    #: library's server. The tests keep the library's server, their independent instrument;
+    #: `openprepay simulate`, the demo and the benchmarks choose the lean one.
+    lean_server: bool = False
+    #: Simulated seconds a device's physics may lag a read, so that the reads of one poll
+    #: share one step; 0 (the tests) steps on every request. Writes always step first.
+    advance_every_s: float = 0.0
 
 
 @runtime_checkable

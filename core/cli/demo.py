@@ -25,7 +25,7 @@ from ..prepay.feecontrol import FeeState
 from ..tasks import wait_event
 from . import CliContext
 from .common import run_async
-from .params import DURATION, SPEEDUP, Count
+from .params import DURATION, SPEEDUP, Count, simulator_options
 
 log = logging.getLogger("openprepay.demo")
 
@@ -50,6 +50,7 @@ log = logging.getLogger("openprepay.demo")
 )
 @click.option("--headless", is_flag=True, help="No live view; log a summary line instead.")
 @click.option("--duration", type=DURATION, default=None, help="Stop after this many seconds.")
+@simulator_options
 @click.pass_obj
 def demo_command(
     obj: CliContext,
@@ -60,6 +61,8 @@ def demo_command(
     state_dir: str,
     headless: bool,
     duration: float | None,
+    sim_server: str,
+    sim_step: float,
 ) -> None:
     """Run a simulated building and the full service against it, until Ctrl-C.
 
@@ -71,7 +74,13 @@ def demo_command(
     if speedup > 0:  # meter time runs faster: so may the registers (plausibility)
         data["poll"]["time_scale"] = speedup
     site = parse_site(data, source="demo")
-    options = SimulatorOptions(speedup=speedup, ephemeral_ports=True, timezone=site.info.timezone)
+    options = SimulatorOptions(
+        speedup=speedup,
+        ephemeral_ports=True,
+        timezone=site.info.timezone,
+        lean_server=sim_server == "lean",
+        advance_every_s=sim_step,
+    )
     folder = Path(state_dir)
     folder.mkdir(parents=True, exist_ok=True)
 

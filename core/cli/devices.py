@@ -20,7 +20,7 @@ from ..payments.settings import check_payments
 from ..prepay.site_check import check_prepayment_sections
 from . import CliContext
 from .common import load_checked_site, run_async, site_argument, wait_for_stop
-from .params import DURATION, SPEEDUP
+from .params import DURATION, SPEEDUP, simulator_options
 
 T = TypeVar("T")
 
@@ -121,6 +121,7 @@ def check_command(obj: CliContext, site_file: str) -> None:
     "--garbage", multiple=True, metavar="METER", help="Make a device answer with garbage."
 )
 @click.option("--duration", type=DURATION, default=None, help="Stop after this many seconds.")
+@simulator_options
 @click.pass_obj
 def simulate_command(
     obj: CliContext,
@@ -130,6 +131,8 @@ def simulate_command(
     silent: tuple[str, ...],
     garbage: tuple[str, ...],
     duration: float | None,
+    sim_server: str,
+    sim_step: float,
 ) -> None:
     """Serve simulated devices for every link of SITE, on 127.0.0.1.
 
@@ -142,6 +145,8 @@ def simulate_command(
         speedup=site.poll.time_scale if speedup is None else speedup,
         serial_timing=serial_timing,
         timezone=site.info.timezone,
+        lean_server=sim_server == "lean",
+        advance_every_s=sim_step,
     )
 
     async def main(stop: asyncio.Event) -> None:

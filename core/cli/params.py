@@ -8,8 +8,9 @@ click types: they go through `ledger.parse_yuan` with their field's bounds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -78,3 +79,27 @@ ROW_ID = Count(1, 2**63 - 1)
 DURATION = PlainNumber(Decimal("0.001"), 366 * 86_400, places=3, as_float=True, example="60")
 #: `--speedup`: simulated seconds per real second.
 SPEEDUP = PlainNumber(Decimal("0.01"), 100_000, places=2, as_float=True, example="60")
+#: `--sim-step`: simulated seconds a simulated meter's physics may lag a read.
+SIM_STEP = PlainNumber(0, 3600, places=3, as_float=True, example="1")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def simulator_options(command: F) -> F:
+    """`--sim-server` and `--sim-step`: how `simulate` and `demo` serve simulated meters."""
+    command = click.option(
+        "--sim-server",
+        type=click.Choice(["lean", "pymodbus"]),
+        default="lean",
+        show_default=True,
+        help="Modbus server of the simulated links: the lean one, or pymodbus' server (the "
+        "tests' reference; about three times the CPU per poll).",
+    )(command)
+    return click.option(
+        "--sim-step",
+        type=SIM_STEP,
+        default=1.0,
+        show_default=True,
+        help="Simulated seconds a meter's physics may lag a read, so the reads of one poll "
+        "share a step; 0 steps on every request. Energy accrues exactly either way.",
+    )(command)

@@ -146,8 +146,14 @@ class _ElectricSimulator(RegisterDeviceSimulator):
     def publish(self, values: Mapping[str, Value]) -> None:
         """Set the register values of the points this meter has, as it would hold them
         (secondary side where the profile says `ratio`)."""
+        points, held = self.points, self.values
+        if not self.ratios:  # the common case: every value as it is
+            for name, value in values.items():
+                if name in points:
+                    held[name] = value
+            return
         for name, value in values.items():
-            if name not in self.points:
+            if name not in points:
                 continue
             divisor = self.ratios.get(name)
             if divisor is not None:
@@ -259,7 +265,8 @@ class AcrelPrepaidSimulator(_ElectricSimulator):
 
     def advance(self, now: datetime, elapsed_s: float) -> None:
         super().advance(now, elapsed_s)
-        self._refresh_prepaid()
+        if self.local_mode:  # a REMOTE meter's prepaid registers change only by writes
+            self._refresh_prepaid()
 
     def _refresh_prepaid(self) -> None:
         self.publish(

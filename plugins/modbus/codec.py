@@ -12,6 +12,7 @@ A B C D: `ABCD` (high word first, the Modbus default), `CDAB` (word-swapped), `B
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import operator
 import struct
@@ -108,17 +109,13 @@ class PointCodec:
         if self.bit is not None or self.mapping is not None:
             raise ValueError(f"{self.name}: flag and mapped points are encoded as whole registers")
         raw: float | int = value / self.scale if self.scale != 1 else value
-        if not self.wire.is_float:
+        wire = self.wire
+        if wire is not WireType.F32:
             raw = round(raw)
-            lo, hi = _int_range(self.wire)
+            lo, hi = _INT_RANGES[wire]
             if not lo <= raw <= hi:
                 raise ValueError(f"{self.name}: {value} does not fit a {self.wire} register")
-        big = struct.pack(">" + self.wire.struct_code, raw)
-        positions = byte_positions(0, self.wire, self.order)
-        wire_bytes = bytearray(len(big))
-        for value_index, wire_index in enumerate(positions):
-            wire_bytes[wire_index] = big[value_index]
-        return [int.from_bytes(wire_bytes[i : i + 2], "big") for i in range(0, len(wire_bytes), 2)]
+        return _word_packer(wire, self.order)(raw)
 
     def as_read(self, value: Value) -> Value:
         """What a read returns once `value` is written: encoded, then decoded with this
@@ -133,6 +130,23 @@ def _int_range(wire: WireType) -> tuple[int, int]:
     if wire in (WireType.I16, WireType.I32):
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
+
+
+_INT_RANGES = {wire: _int_range(wire) for wire in WireType if wire is not WireType.F32}
+
+
+@functools.cache
+def _word_packer(wire: WireType, order: str) -> Callable[[float | int], list[int]]:
+    """Raw number → the registers that hold it in `order`, compiled once per layout:
+    simulators encode every changed value of every meter on every step."""
+    value = struct.Struct(">" + wire.struct_code)
+    words = struct.Struct(f">{wire.registers}H")
+    positions = byte_positions(0, wire, order)
+    if positions == list(range(len(positions))):  # ABCD: the bytes are already in place
+        return lambda raw: list(words.unpack(value.pack(raw)))
+    # Wire byte i comes from value byte positions.index(i).
+    gather = operator.itemgetter(*(positions.index(i) for i in range(len(positions))))
+    return lambda raw: list(words.unpack(bytes(gather(value.pack(raw)))))
 
 
 def _decimal_divisor(scale: float) -> int | None:

@@ -36,6 +36,7 @@ from openprepay.core.field.loadshape import seed_for
 from openprepay.core.model import Value
 
 from .codec import PointCodec
+from .lean_server import LeanModbusServer
 from .profile import RegisterProfile
 
 log = logging.getLogger("openprepay.simulator")
@@ -50,8 +51,15 @@ class SimClock:
         self._real_start = time.monotonic()
 
     def now(self) -> datetime:
-        elapsed = (time.monotonic() - self._real_start) * self.speedup
-        return self._sim_start + timedelta(seconds=elapsed)
+        return self.at(self.elapsed_s())
+
+    def elapsed_s(self) -> float:
+        """Simulated seconds since the start (cheaper than `now()`: no datetime)."""
+        return (time.monotonic() - self._real_start) * self.speedup
+
+    def at(self, elapsed_s: float) -> datetime:
+        """The simulated moment `elapsed_s` simulated seconds after the start."""
+        return self._sim_start + timedelta(seconds=elapsed_s)
 
 
 class RegisterDeviceSimulator:
@@ -82,6 +90,7 @@ class RegisterDeviceSimulator:
                 self._image.setdefault(address, 0)
         self._encoded: dict[str, Value] = {}
         self._last_advance: datetime | None = None
+        self._last_advance_s = 0.0
         #: The points this simulated firmware has: all of the profile's, or — with the
         #: device option `sim_optional_blocks = false` — none of its optional blocks', whose
         #: registers then answer "illegal data address" like a firmware variant without them.
@@ -121,17 +130,26 @@ class RegisterDeviceSimulator:
 
     # -- register image -------------------------------------------------------------------
     def snapshot(self) -> Mapping[str, Value]:
-        self._tick()
+        self._tick(exact=True)
         return dict(self.values)
 
-    def _tick(self) -> None:
-        now = self.clock.now()
+    def _tick(self, exact: bool = False) -> None:
+        """Move the physics to the clock's now. A read (not `exact`) lets it lag by up to
+        `options.advance_every_s` simulated seconds: the reads of one poll, milliseconds
+        apart, then share one step instead of each paying for one. Energy still accrues
+        exactly: the next step integrates from where the last one ended."""
+        elapsed_s = self.clock.elapsed_s()
         if self._last_advance is None:
-            self._last_advance = now
+            self._last_advance, self._last_advance_s = self.clock.at(elapsed_s), elapsed_s
+            return
+        lag_s = elapsed_s - self._last_advance_s
+        if lag_s <= 0 or (lag_s < self.options.advance_every_s and not exact):
+            return
+        now = self.clock.at(elapsed_s)
         elapsed = (now - self._last_advance).total_seconds()
         if elapsed > 0:
             self.advance(now, elapsed)
-            self._last_advance = now
+            self._last_advance, self._last_advance_s = now, elapsed_s
 
     def raw(self, address: int, count: int = 1) -> list[int]:
         return [self._image[a] for a in range(address, address + count)]
@@ -142,14 +160,17 @@ class RegisterDeviceSimulator:
 
     def _encode(self) -> None:
         """Write changed engineering values into the register image."""
-        for name, value in self.values.items():
-            if self._encoded.get(name) == value:
+        values, encoded = self.values, self._encoded
+        if values == encoded:
+            return  # nothing changed since the last request: one C-level comparison
+        codecs = self.profile.codecs
+        for name, value in values.items():
+            if encoded.get(name) == value:
                 continue
-            codec = self.profile.codecs.get(name)
-            if codec is None:
-                continue
-            self._encoded[name] = value
-            self._store(codec, value)
+            encoded[name] = value
+            codec = codecs.get(name)
+            if codec is not None:
+                self._store(codec, value)
 
     def _store(self, codec: PointCodec, value: Value) -> None:
         if codec.bit is not None:
@@ -160,20 +181,23 @@ class RegisterDeviceSimulator:
             inverse = {v: k for k, v in codec.mapping.items()}
             self._image[codec.address] = inverse.get(int(value), 0)
         else:
-            self.set_raw(codec.address, codec.encode(value))
+            image, address = self._image, codec.address
+            for word in codec.encode(value):  # 16-bit words already
+                image[address] = word
+                address += 1
 
     def read_registers(self, address: int, count: int) -> list[int] | ExcCodes:
         self._tick()
         self._encode()
         try:
-            return [self._image[a] for a in range(address, address + count)]
+            return list(map(self._image.__getitem__, range(address, address + count)))
         except KeyError:
             return ExcCodes.ILLEGAL_ADDRESS
 
     def write_registers(self, function: int, address: int, words: list[int]) -> ExcCodes | None:
         if any(a not in self._image for a in range(address, address + len(words))):
             return ExcCodes.ILLEGAL_ADDRESS
-        self._tick()
+        self._tick(exact=True)  # the write acts on the state of this moment
         self._encode()
         result = self.on_write(function, address, words)
         self._encode()
@@ -236,7 +260,9 @@ class GatewaySimulator:
         self.devices: dict[int, RegisterDeviceSimulator] = {d.device.unit_id: d for d in devices}
         self.options = options
         self.port = port
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | LeanModbusServer | None = None
+        #: What pymodbus' request classes read and write through (both servers use it).
+        self.datastore = _BusContext(self)
         self._bus = asyncio.Lock()
         self._unit_byte = 6 if link.type is LinkType.MODBUS_TCP else 0
         #: Frames sent and frames deliberately corrupted or swallowed, for tests.
@@ -248,6 +274,11 @@ class GatewaySimulator:
         return FramerType.SOCKET if self.link.type is LinkType.MODBUS_TCP else FramerType.RTU
 
     async def start(self) -> tuple[str, int]:
+        if self.options.lean_server:
+            lean = LeanModbusServer(self, rtu=self.framer is FramerType.RTU)
+            self.port = await lean.start("127.0.0.1", self.port)
+            self._server = lean
+            return "127.0.0.1", self.port
         placeholder = SimDevice(
             id=0, simdata=[SimData(address=0, count=1, datatype=DataType.REGISTERS)]
         )
@@ -261,16 +292,18 @@ class GatewaySimulator:
         # pymodbus' own SimDevice keeps one contiguous register list per device (0x0000 to
         # 0x5030 for an Acrel meter, times thousands of meters); a sparse image with
         # behaviour is what these devices need, so the server gets our datastore.
-        server.context = _BusContext(self)  # type: ignore[assignment]
+        server.context = self.datastore  # type: ignore[assignment]
         await server.serve_forever(background=True)
         self._server = server
         self.port = server.transport.sockets[0].getsockname()[1]
         return "127.0.0.1", self.port
 
     async def stop(self) -> None:
-        if self._server is not None:
+        if isinstance(self._server, LeanModbusServer):
+            await self._server.stop()
+        elif self._server is not None:
             await self._server.shutdown()
-            self._server = None
+        self._server = None
 
     async def occupy_bus(self, function: int, count: int) -> None:
         """Hold the simulated bus for the time the request and answer take on the wire."""
@@ -284,7 +317,12 @@ class GatewaySimulator:
             await asyncio.sleep(duration)
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
-        if not sending or len(data) <= self._unit_byte:
+        return self.outgoing(data) if sending else data
+
+    def outgoing(self, data: bytes) -> bytes:
+        """An answer frame as the device puts it on the wire: nothing from a silent
+        device, a corrupt frame from a garbling one."""
+        if len(data) <= self._unit_byte:
             return data
         device = self.devices.get(data[self._unit_byte])
         if device is None:

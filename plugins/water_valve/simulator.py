@@ -152,17 +152,35 @@ class ValveMeterSimulator(RegisterDeviceSimulator):
         self.valve = Valve.OPEN if self.valve is Valve.OPENING else Valve.CLOSED
         self._move_end_sim = None
 
-    def _tick(self) -> None:
-        super()._tick()
+    def _tick(self, exact: bool = False) -> None:
+        super()._tick(exact)
         # With a frozen clock (speedup 0) simulated time never reaches the end of the
         # travel: the valve still moves in real seconds.
         frozen = self.options.speedup == 0
         if frozen and self.valve.moving and time.monotonic() >= self._move_end_real:
             self._finish_move()
-        self._refresh(self.clock.now())
+        # Re-read the state only when something moved: time stepped, the valve, or an
+        # attribute set from outside (a test's battery_v, abnormal...).
+        if exact or self._state_key() != self._shown:
+            self._refresh(self.clock.now())
+
+    def _state_key(self) -> tuple[object, ...]:
+        """Everything the registers show, apart from time (`_last_advance` stands for it)."""
+        return (
+            self._last_advance,
+            self.valve,
+            self.volume_forward,
+            self.volume_reverse,
+            self.remaining,
+            self.battery_v,
+            self.abnormal,
+            self.pipe_full,
+            self.pulse_coefficient,
+        )
 
     # -- register image -------------------------------------------------------------------
     def _refresh(self, now: datetime) -> None:
+        self._shown = self._state_key()
         open_ = self.valve is Valve.OPEN
         self.flow_m3h = self.demand.at(now.astimezone(self.tz)) if open_ else 0.0
         values: dict[str, Value] = {

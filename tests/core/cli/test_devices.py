@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,25 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def simulated_site(tmp_path: Path):
+def simulated_site(tmp_path: Path) -> Iterator[Path]:
+    with serving(tmp_path) as path:
+        yield path
+
+
+#: `openprepay simulate` with its default (lean) Modbus server and 1 s physics step, and
+#: with the tests' reference path (pymodbus' server, a step per request).
+SIMULATOR_PATHS = {"lean": [], "pymodbus": ["--sim-server", "pymodbus", "--sim-step", "0"]}
+
+
+@pytest.fixture(params=list(SIMULATOR_PATHS))
+def simulated_site_either_path(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    with serving(tmp_path, *SIMULATOR_PATHS[request.param]) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *options: str) -> Iterator[Path]:
+    """A one-gateway site (a meter and a silent one) served by `openprepay simulate`."""
     port = free_port()
     site = {
         "site": {"id": "cli"},
@@ -48,7 +68,7 @@ def simulated_site(tmp_path: Path):
     path = tmp_path / "site.toml"
     path.write_text(tomli_w.dumps(site))
     sim = subprocess.Popen(
-        [*CLI, "simulate", str(path), "--silent", "E-dead"],
+        [*CLI, "simulate", str(path), "--silent", "E-dead", *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -62,9 +82,11 @@ def simulated_site(tmp_path: Path):
         except OSError:
             assert time.monotonic() < deadline and sim.poll() is None, "simulator did not start"
             time.sleep(0.05)
-    yield path
-    sim.terminate()
-    sim.wait(10)
+    try:
+        yield path
+    finally:
+        sim.terminate()
+        sim.wait(10)
 
 
 def test_read_prints_every_point_with_its_unit(simulated_site: Path) -> None:
@@ -103,8 +125,8 @@ def test_models_and_plugins_show_which_points_are_unverified(cli) -> None:
     assert unknown.exit_code == 2 and "unknown model(s) acme.nope" in unknown.output
 
 
-def test_read_reports_a_silent_meter_and_fails(simulated_site: Path) -> None:
-    result = run("read", str(simulated_site), "E-A-101", "E-dead")
+def test_read_reports_a_silent_meter_and_fails(simulated_site_either_path: Path) -> None:
+    result = run("read", str(simulated_site_either_path), "E-A-101", "E-dead")
     assert result.returncode == 1
     assert "E-dead: BAD_COMM_FAILURE" in result.stdout
     assert "energy_total" in result.stdout  # the healthy meter was still read
