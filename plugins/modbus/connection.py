@@ -42,6 +42,7 @@ from .frames import (
     rtu_answer_size,
     rtu_frame,
 )
+from .receive import StandingBufferProtocol
 
 #: Framed read requests an RTU connection keeps (units x blocks of a busy gateway).
 READ_FRAMES_KEPT = 4096
@@ -80,7 +81,7 @@ class Exchange:
         )
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(StandingBufferProtocol):
     """What both framings share: the socket, its end, and the timers of waiting requests."""
 
     #: Bytes before the PDU and after it in an answer frame.

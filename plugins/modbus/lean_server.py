@@ -27,7 +27,6 @@ import functools
 import logging
 import struct
 import sys
-import threading
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,6 +38,8 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 
 from openprepay.core.config.site import DeviceConfig
 from openprepay.core.contracts import SimulatorOptions
+
+from .receive import StandingBufferProtocol
 
 log = logging.getLogger("openprepay.simulator")
 
@@ -199,21 +200,7 @@ class LeanModbusServer:
         task.add_done_callback(self._pending.discard)
 
 
-class _ReceiveArea(threading.local):
-    """Where sockets are read into, one per thread (an event loop runs `get_buffer` and
-    `buffer_updated` back to back). A plain Protocol costs a fresh 256 KiB bytes object
-    per read (asyncio's `sock.recv(256 KiB)`), about 20 us each on this box; reading into
-    one standing area of the same size costs none and splits the stream alike."""
-
-    def __init__(self) -> None:
-        self.view = memoryview(bytearray(RECEIVE_SIZE))
-
-
-RECEIVE_SIZE = 256 * 1024  # asyncio's own read size for a plain Protocol
-_RECEIVE = _ReceiveArea()
-
-
-class _Connection(asyncio.BufferedProtocol):
+class _Connection(StandingBufferProtocol):
     """One client connection: its receive buffer, framing and answers."""
 
     def __init__(self, server: LeanModbusServer) -> None:
@@ -236,12 +223,6 @@ class _Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _RECEIVE.view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_RECEIVE.view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data
