@@ -29,6 +29,8 @@ class WriteTimes:
         sa.event.listen(engine, "rollback", self._ended)
 
     def _ended(self, conn: Connection) -> None:
+        if conn.invalidated:
+            return  # the connection is gone (its `info` cannot be reached without it)
         began = conn.info.pop("write_began", None)
         if began is None:
             return
@@ -49,6 +51,8 @@ class WriteTimes:
 def _began(conn: Connection) -> None:
     if conn.get_execution_options().get("sqlite_begin", "IMMEDIATE") == "IMMEDIATE":
         conn.info["write_began"] = time.perf_counter()
+    else:  # a read: no start left over from a write whose end was not seen
+        conn.info.pop("write_began", None)
 
 
 WRITES = WriteTimes()
