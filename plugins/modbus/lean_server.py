@@ -39,6 +39,7 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from openprepay.core.config.site import DeviceConfig
 from openprepay.core.contracts import SimulatorOptions
 
+from .frames import CRC_TABLE
 from .receive import StandingBufferProtocol
 
 log = logging.getLogger("openprepay.simulator")
@@ -50,19 +51,6 @@ MAX_WRITE_COUNT = 123
 _MBAP = struct.Struct(">HHHB")
 _ADDRESS_COUNT = struct.Struct(">HH")
 _WRITE_MULTIPLE = struct.Struct(">HHB")
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-CRC_TABLE = _crc_table()
 
 
 @functools.cache
