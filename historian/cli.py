@@ -367,7 +367,7 @@ def _embedded_chunks(
 
     for model in (LINK_MODEL, HEALTH_MODEL, ACCOUNT_MODEL, HISTORIAN_MODEL):
         models.setdefault(model.name, model)
-    store = EmbeddedStore(path)
+    store = EmbeddedStore(path).open()  # converts a store of the old layout
     encoder = LineEncoder(site)
     try:
         stored: dict[str, list[StoredSeries]] = defaultdict(list)
@@ -376,24 +376,22 @@ def _embedded_chunks(
         for name, series in stored.items():
             if name not in models:
                 models[name] = _stored_model(name, series)
-        rows: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
-        qualities: dict[tuple[str, str, int], int] = {}
-        for series, t, value, quality in store.values_between(
+        samples = []
+        for row in store.samples_between(
             lo if lo is not None else -(2**63), hi if hi is not None else 2**63 - 1
         ):
-            key = (series.source, series.model)
-            row = rows[key].setdefault(t, {})
-            if value is not None:
-                row[series.point] = value
-            qualities[(*key, t)] = max(qualities.get((*key, t), 0), quality)
-        samples = []
-        for (source, model_name), by_time in rows.items():
-            model = models[model_name]
-            for t, values in by_time.items():
-                q = Quality(qualities[(source, model_name, t)])
-                samples.append(
-                    Sample(source, model, from_ns(t), values if q <= Quality.UNCERTAIN else {}, q)
+            q = Quality(row.quality)
+            values = {p: v for p, v in row.values.items() if v is not None}
+            samples.append(
+                Sample(
+                    row.source,
+                    models[row.model],
+                    from_ns(row.t),
+                    values if q <= Quality.UNCERTAIN else {},
+                    q,
+                    point_quality={p: Quality(v) for p, v in row.point_quality.items()} or None,
                 )
+            )
         samples.sort(key=lambda s: s.read_at)
         return encoder.encode(samples, batch_size)
     finally:

@@ -1,10 +1,17 @@
 """The embedded history store: one SQLite file (WAL), no server needed.
 
-The default for the demo and small sites. It keeps one row per point value, keyed by
-series (a source's point) and time, and serves `core.field.history.HistoryReader` for OPC UA
-HistoryRead and reports. A Bad sample is stored as a row without a value for every point of
-its model, with the sample's quality, so a gap is visible in history instead of a stale
-value. Writing the same (series, time) again replaces the row, as InfluxDB does.
+The default for the demo and small sites. It keeps one row per sample — the sample's values
+as a JSON object, keyed by stream (a source's samples of one model) and time — and serves
+`core.field.history.HistoryReader` for OPC UA HistoryRead and reports by taking one point out
+of each row. A Bad sample is stored as a row whose every point of the model is null, with
+the sample's quality, so a gap is visible in history instead of a stale value. Writing the
+same (stream, time) again replaces the row, as InfluxDB does.
+
+Why a row per sample and not per value: a meter's 28 values in 28 rows of a (series, time)
+tree put each value on a page of its own series, so a commit of 100 samples dirtied ~2,800
+pages and the store thread cost as much CPU as the event loop at 20,000 meters
+(docs/historian.md, "The embedded store"). A store of the old layout is converted when it
+is opened.
 
 Rows older than `retention_days` are pruned every hour. Commits use synchronous=FULL: once
 `store()` returns, the values survive kill -9 and power loss.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import sqlite3
 import time
@@ -33,6 +41,8 @@ from openprepay.core.private_files import private_file
 from .lineprotocol import from_ns, to_ns
 from .schema import event_measurement, event_parts, series_kind
 
+log = logging.getLogger("openprepay.historian")
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY,
@@ -44,13 +54,20 @@ CREATE TABLE IF NOT EXISTS series (
     value_type TEXT,
     UNIQUE (source, point)
 );
-CREATE TABLE IF NOT EXISTS value (
-    series INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS stream (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    model TEXT NOT NULL,
+    UNIQUE (source, model)
+);
+CREATE TABLE IF NOT EXISTS sample (
+    stream INTEGER NOT NULL,
     t INTEGER NOT NULL,
-    value,
     quality INTEGER NOT NULL,
-    PRIMARY KEY (series, t)
-) WITHOUT ROWID;
+    point_values TEXT NOT NULL,
+    point_quality TEXT,
+    PRIMARY KEY (stream, t)
+);
 CREATE TABLE IF NOT EXISTS event (
     t INTEGER NOT NULL,
     measurement TEXT NOT NULL,
@@ -61,7 +78,30 @@ CREATE TABLE IF NOT EXISTS event (
 CREATE INDEX IF NOT EXISTS event_t ON event (t);
 """
 
+# The old layout's values (one row per value, `value` table), regrouped into one row per
+# sample: the sample's quality is the best of its values', a point's own is kept where worse.
+_CONVERT_LEGACY = """
+INSERT OR IGNORE INTO stream (source, model) SELECT DISTINCT source, model FROM series;
+CREATE TEMP TABLE legacy AS
+    SELECT st.id AS stream, v.t AS t, se.point AS point, v.value AS value, v.quality AS quality
+    FROM value AS v
+    JOIN series AS se ON se.id = v.series
+    JOIN stream AS st ON st.source = se.source AND st.model = se.model;
+INSERT OR REPLACE INTO sample (stream, t, quality, point_values, point_quality)
+    SELECT l.stream, l.t, b.quality, json_group_object(l.point, l.value),
+           NULLIF(json_group_object(l.point, l.quality) FILTER (WHERE l.quality > b.quality),
+                  '{}')
+    FROM legacy AS l
+    JOIN (SELECT stream, t, MIN(quality) AS quality FROM legacy GROUP BY stream, t) AS b
+      ON b.stream = l.stream AND b.t = l.t
+    GROUP BY l.stream, l.t;
+DROP TABLE legacy;
+DROP TABLE value;
+"""
+
 _BAD = int(Quality.BAD_DEVICE_FAILURE)
+#: Compact, and refusing NaN and infinities (not JSON: SQLite's json functions reject them).
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +113,24 @@ class StoredSeries:
     model: str
     unit: str
     value_type: ValueType | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    """One stored row: what `samples_between` yields for a replay."""
+
+    source: str
+    model: str
+    t: int
+    quality: int
+    values: dict[str, Any]
+    point_quality: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Stream:
+    id: int
+    points: set[str]
 
 
 class EmbeddedStore:
@@ -88,8 +146,9 @@ class EmbeddedStore:
         if self._uri:
             self._target += "&cache=shared"
         self._db: sqlite3.Connection | None = None
-        self._series: dict[tuple[str, str], int] = {}
-        self._ids: dict[str, dict[str, int]] = {}
+        # (source, model name) -> its stream id and the points that have a series row.
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._gaps: dict[str, str] = {}
         self._read_db: sqlite3.Connection | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="historian-read")
         self._last_prune = 0.0
@@ -112,12 +171,42 @@ class EmbeddedStore:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
-        self._series = {
-            (source, point): sid
-            for sid, source, point in db.execute("SELECT id, source, point FROM series")
+        self._convert_legacy()
+        points: dict[tuple[str, str], set[str]] = {}
+        for source, model, point in db.execute("SELECT source, model, point FROM series"):
+            points.setdefault((source, model), set()).add(point)
+        self._streams = {
+            (source, model): _Stream(sid, points.get((source, model), set()))
+            for sid, source, model in db.execute("SELECT id, source, model FROM stream")
         }
-        self._ids = {}
         return self
+
+    def _convert_legacy(self) -> None:
+        db = self.db
+        legacy = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'value'"
+        ).fetchone()
+        if legacy is None:
+            return
+        rows = db.execute("SELECT COUNT(*) FROM value").fetchone()[0]
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _CONVERT_LEGACY.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info(
+            "embedded history store converted to one row per sample",
+            extra={
+                "path": str(self.path),
+                "values": rows,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
 
     def close(self) -> None:
         self._reader.submit(self._close_reader).result()
@@ -138,37 +227,17 @@ class EmbeddedStore:
         return self._db
 
     # -- writing (store thread) -----------------------------------------------------------
-    def _series_id(self, sample: Sample, point: str) -> int:
-        key = (sample.source, point)
-        sid = self._series.get(key)
-        if sid is None:
-            model = sample.model
-            try:
-                spec = model.point(point)
-                unit, vt = spec.unit, spec.value_type.value
-            except KeyError:
-                unit, vt = "", None
-            self.db.execute(
-                "INSERT OR IGNORE INTO series(source, point, measurement, model, unit, value_type)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (sample.source, point, series_kind(model).measurement, model.name, unit, vt),
-            )
-            sid = self.db.execute(
-                "SELECT id FROM series WHERE source = ? AND point = ?", key
-            ).fetchone()[0]
-            self._series[key] = sid
-        return sid
-
     def store(self, items: Iterable[Sample | Event]) -> int:
         """Store samples and events in one durable transaction; the values written."""
-        rows: list[tuple[int, int, Any, int]] = []
+        rows: list[tuple[int, int, int, str, str | None]] = []
         events: list[tuple[int, str, str, str, str]] = []
+        written = 0
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             for item in items:
                 if isinstance(item, Sample):
-                    self._sample_rows(item, rows)
+                    written += self._sample_row(item, rows)
                 elif isinstance(item, Event):
                     tags, fields, at = event_parts(item, None)
                     events.append(
@@ -180,41 +249,77 @@ class EmbeddedStore:
                             json.dumps(fields, default=str),
                         )
                     )
-            db.executemany("INSERT OR REPLACE INTO value VALUES (?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO sample VALUES (?, ?, ?, ?, ?)", rows)
             if events:
                 db.executemany("INSERT INTO event VALUES (?, ?, ?, ?, ?)", events)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.values_written += len(rows)
+        self.values_written += written
         if time.monotonic() - self._last_prune > 3600:
             self.prune()
-        return len(rows)
+        return written
 
-    def _sample_rows(self, sample: Sample, rows: list[tuple[int, int, Any, int]]) -> None:
+    def _sample_row(self, sample: Sample, rows: list[tuple[int, int, int, str, str | None]]) -> int:
+        """Append the sample's row; the number of point values it holds."""
+        model = sample.model
+        stream = self._streams.get((sample.source, model.name)) or self._new_stream(sample)
         t = to_ns(sample.device_time or sample.read_at)
         quality = int(sample.quality)
-        # The source's series ids by point: one lookup per sample, not a tuple key per value.
-        ids = self._ids.get(sample.source)
-        if ids is None:
-            ids = self._ids[sample.source] = {}
         if sample.quality > Quality.UNCERTAIN:
-            for spec in sample.model.points:
-                sid = ids.get(spec.name) or self._new_id(sample, spec.name, ids)
-                rows.append((sid, t, None, quality))
-            return
-        overrides = sample.point_quality
-        for point, value in sample.values.items():
-            sid = ids.get(point) or self._new_id(sample, point, ids)
-            q = max(quality, int(overrides.get(point, 0))) if overrides else quality
-            if isinstance(value, float) and not math.isfinite(value):
-                value, q = None, max(q, _BAD)
-            rows.append((sid, t, value, q))
+            names = [spec.name for spec in model.points]
+            if not stream.points.issuperset(names):
+                self._new_points(sample, stream, names)
+            gap = self._gaps.get(model.name)
+            if gap is None:
+                gap = self._gaps[model.name] = _JSON.encode(dict.fromkeys(names))
+            rows.append((stream.id, t, quality, gap, None))
+            return len(names)
+        values = sample.values
+        if not stream.points.issuperset(values):
+            self._new_points(sample, stream, values)
+        overrides = {p: int(q) for p, q in (sample.point_quality or {}).items() if q > quality}
+        try:
+            text = _JSON.encode(values)
+        except ValueError:  # NaN or an infinity: no value, and the point's quality is Bad
+            clean: dict[str, Any] = {}
+            for point, value in values.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    clean[point] = None
+                    overrides[point] = max(overrides.get(point, 0), _BAD)
+                else:
+                    clean[point] = value
+            text = _JSON.encode(clean)
+        rows.append((stream.id, t, quality, text, _JSON.encode(overrides) if overrides else None))
+        return len(values)
 
-    def _new_id(self, sample: Sample, point: str, ids: dict[str, int]) -> int:
-        sid = ids[point] = self._series_id(sample, point)
-        return sid
+    def _new_stream(self, sample: Sample) -> _Stream:
+        key = (sample.source, sample.model.name)
+        self.db.execute("INSERT OR IGNORE INTO stream (source, model) VALUES (?, ?)", key)
+        sid = self.db.execute(
+            "SELECT id FROM stream WHERE source = ? AND model = ?", key
+        ).fetchone()[0]
+        stream = self._streams[key] = _Stream(sid, set())
+        return stream
+
+    def _new_points(self, sample: Sample, stream: _Stream, points: Iterable[str]) -> None:
+        """Series rows (what `series()` lists, with unit and type) for points seen first."""
+        model = sample.model
+        for point in points:
+            if point in stream.points:
+                continue
+            try:
+                spec = model.point(point)
+                unit, vt = spec.unit, spec.value_type.value
+            except KeyError:
+                unit, vt = "", None
+            self.db.execute(
+                "INSERT OR IGNORE INTO series(source, point, measurement, model, unit, value_type)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (sample.source, point, series_kind(model).measurement, model.name, unit, vt),
+            )
+            stream.points.add(point)
 
     def prune(self, now_ns: int | None = None) -> None:
         self._last_prune = time.monotonic()
@@ -222,8 +327,9 @@ class EmbeddedStore:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for sid in list(self._series.values()):
-                db.execute("DELETE FROM value WHERE series = ? AND t < ?", (sid, cutoff))
+            # Stream by stream: each a range of the primary key, not a scan of every row.
+            for stream in list(self._streams.values()):
+                db.execute("DELETE FROM sample WHERE stream = ? AND t < ?", (stream.id, cutoff))
             db.execute("DELETE FROM event WHERE t < ?", (cutoff,))
             db.execute("COMMIT")
         except BaseException:
@@ -247,39 +353,52 @@ class EmbeddedStore:
     ) -> HistoryPage:
         db = self._reader_db()
         try:
+            # The point's values are in the stream of the model that first brought it.
             found = db.execute(
-                "SELECT id, value_type FROM series WHERE source = ? AND point = ?", (source, point)
+                "SELECT st.id, se.value_type FROM series AS se JOIN stream AS st"
+                " ON st.source = se.source AND st.model = se.model"
+                " WHERE se.source = ? AND se.point = ?",
+                (source, point),
             ).fetchone()
         except sqlite3.OperationalError:  # read before the store was created
             return HistoryPage([])
         if found is None:
             return HistoryPage([])
-        sid, vt_name = found
+        stream, vt_name = found
         vt = ValueType(vt_name) if vt_name else None
+        path = "$." + json.dumps(point)
         rows = db.execute(
-            "SELECT t, value, quality FROM value WHERE series = ? AND t >= ? AND t < ?"
-            " ORDER BY t LIMIT ?",
-            (sid, to_ns(start), to_ns(end), int(limit) + 1),
+            "SELECT t, json_extract(point_values, ?1), quality, json_extract(point_quality, ?1)"
+            " FROM sample WHERE stream = ?2 AND t >= ?3 AND t < ?4"
+            " AND json_type(point_values, ?1) IS NOT NULL ORDER BY t LIMIT ?5",
+            (path, stream, to_ns(start), to_ns(end), int(limit) + 1),
         ).fetchall()
         continuation = from_ns(rows[limit][0]) if len(rows) > limit else None
         values = [
-            HistoryValue(from_ns(t), _typed(value, vt), Quality(quality))
-            for t, value, quality in rows[:limit]
+            HistoryValue(from_ns(t), _typed(value, vt), Quality(max(quality, own or 0)))
+            for t, value, quality, own in rows[:limit]
         ]
         return HistoryPage(values, continuation)
 
-    def values_between(
-        self, start_ns: int, end_ns: int
-    ) -> Iterable[tuple[StoredSeries, int, Any, int]]:
-        """Every stored value with start <= t < end, by series (for replay)."""
+    def samples_between(self, start_ns: int, end_ns: int) -> Iterable[StoredSample]:
+        """Every stored sample with start <= t < end, stream by stream (for a replay)."""
         db = self._reader_db()
+        # Typed by the series' value type: a converted old store holds booleans as 0 and 1.
+        types: dict[tuple[str, str], dict[str, ValueType | None]] = {}
         for s in self.series():
-            for t, value, quality in db.execute(
-                "SELECT t, value, quality FROM value WHERE series = ? AND t >= ? AND t < ?"
-                " ORDER BY t",
-                (s.id, start_ns, end_ns),
+            types.setdefault((s.source, s.model), {})[s.point] = s.value_type
+        streams = db.execute("SELECT id, source, model FROM stream ORDER BY id").fetchall()
+        for sid, source, model in streams:
+            typed = types.get((source, model), {})
+            for t, quality, text, own in db.execute(
+                "SELECT t, quality, point_values, point_quality FROM sample"
+                " WHERE stream = ? AND t >= ? AND t < ? ORDER BY t",
+                (sid, start_ns, end_ns),
             ):
-                yield s, t, _typed(value, s.value_type), quality
+                values = {p: _typed(v, typed.get(p)) for p, v in json.loads(text).items()}
+                yield StoredSample(
+                    source, model, t, quality, values, json.loads(own) if own else {}
+                )
 
     def stats(self) -> dict[str, Any]:
         db = self._reader_db()
