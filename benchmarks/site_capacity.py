@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -167,9 +168,8 @@ async def billing_lag(runtime: Runtime, stop: asyncio.Event, worst: list[float])
 
 
 # -- the run -----------------------------------------------------------------------------
-async def main(meters: int, window_s: float) -> dict[str, Any]:
+async def main(meters: int, window_s: float, folder: Path) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
-    folder = Path(tempfile.mkdtemp(prefix="site-capacity-"))
     data = site_data(meters, folder)
     site_file = folder / "site.toml"
     site_file.write_text(tomli_w.dumps(data))
@@ -281,13 +281,12 @@ async def main(meters: int, window_s: float) -> dict[str, Any]:
 
 
 async def main_instances(
-    meters: int, window_s: float, instances: int, postgres: bool
+    meters: int, window_s: float, instances: int, postgres: bool, folder: Path
 ) -> dict[str, Any]:
     """The site served by `instances` processes (benchmarks/site_instances.py)."""
     from site_instances import run_instances
 
     logging.basicConfig(level=logging.WARNING)
-    folder = Path(tempfile.mkdtemp(prefix="site-capacity-"))
     data = site_data(meters, folder)
     (folder / "site.toml").write_text(tomli_w.dumps(data))
     return await run_instances(data, folder, instances, window_s, postgres)
@@ -362,10 +361,19 @@ if __name__ == "__main__":
         "--process", action="store_true", help="one instance, as a process, on SQLite"
     )
     args = parser.parse_args()
-    if args.instances > 1 or args.postgres or args.process:
-        os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        postgres = args.instances > 1 or args.postgres
-        report(asyncio.run(main_instances(args.meters, args.window, args.instances, postgres)))
-    else:
-        os.environ.setdefault("PYTHONUNBUFFERED", "1")
-        report(asyncio.run(main(args.meters, args.window)))
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # The site, its logs and stores (GBs at 20k meters): kept only when the run failed.
+    folder = Path(tempfile.mkdtemp(prefix="site-capacity-"))
+    try:
+        if args.instances > 1 or args.postgres or args.process:
+            postgres = args.instances > 1 or args.postgres
+            figures = asyncio.run(
+                main_instances(args.meters, args.window, args.instances, postgres, folder)
+            )
+        else:
+            figures = asyncio.run(main(args.meters, args.window, folder))
+    except BaseException:
+        print(f"the run failed; its folder is kept: {folder}", file=sys.stderr)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    report(figures)

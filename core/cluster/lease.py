@@ -109,6 +109,13 @@ _CHECK = sa.text(
     "SELECT epoch FROM link_lease WHERE name = :name AND owner = :owner AND epoch = :epoch "
     "AND expires_at > clock_timestamp() FOR SHARE"
 )
+#: `check` for many links in one statement, share-locking in name order (as `_RENEW` does).
+_CHECK_MANY = sa.text(
+    "SELECT k.name FROM link_lease AS k "
+    "JOIN unnest(CAST(:names AS text[]), CAST(:owners AS text[]), CAST(:epochs AS bigint[])) "
+    "AS f(name, owner, epoch) ON k.name = f.name AND k.owner = f.owner AND k.epoch = f.epoch "
+    'WHERE k.expires_at > clock_timestamp() ORDER BY k.name COLLATE "C" FOR SHARE OF k'
+)
 
 
 def ensure(conn: Connection, names: Sequence[str]) -> None:
@@ -182,6 +189,33 @@ def check(conn: Connection, fence: Fence) -> None:
             f"link {fence.link_id}: epoch {fence.epoch} of {fence.owner} is no longer the "
             "current lease (expired or taken over); the database refuses the change"
         )
+
+
+def check_all(conn: Connection, fences: Sequence[Fence]) -> None:
+    """`check` for every fence in one statement (a metering flush covers hundreds of
+    links: one round trip each was a twentieth of an instance's CPU at 20,000 meters)."""
+    if len(fences) == 1:
+        check(conn, fences[0])
+        return
+    if not fences:
+        return
+    found = {
+        row[0]
+        for row in conn.execute(
+            _CHECK_MANY,
+            {
+                "names": [f.link_id for f in fences],
+                "owners": [f.owner for f in fences],
+                "epochs": [f.epoch for f in fences],
+            },
+        )
+    }
+    for fence in fences:
+        if fence.link_id not in found:
+            raise CommandFenced(
+                f"link {fence.link_id}: epoch {fence.epoch} of {fence.owner} is no longer the "
+                "current lease (expired or taken over); the database refuses the change"
+            )
 
 
 def fence_clause(fence: Fence) -> Any:

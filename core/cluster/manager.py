@@ -115,12 +115,14 @@ class LinkLeases:
 
     def guard_meters(self, conn: Any, link_of: dict[str, str], meters: list[str]) -> None:
         """Raise `CommandFenced` unless every link of `meters` is still this instance's,
-        checked in the database in the caller's transaction (`lease.check`)."""
+        checked in the database in the caller's transaction (`lease.check_all`)."""
+        fences = []
         for link_id in sorted({link_of[m] for m in meters if m in link_of}):
             fence = self.fence(link_id)
             if fence is None:
                 raise CommandFenced(f"link {link_id} is no longer owned by {self.instance}")
-            lease.check(conn, fence)
+            fences.append(fence)
+        lease.check_all(conn, fences)
 
     def leader_fence(self) -> lease.Fence | None:
         """The jobs leader's lease while this instance holds it (else None): jobs that

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from openprepay.core.config.site import DeviceConfig
@@ -25,6 +25,25 @@ from .transport import ModbusTransport
 log = logging.getLogger("openprepay.modbus")
 
 ILLEGAL_ADDRESS = 2
+#: Registers one read may ask for (Modbus: 125 for function 3 and 4).
+MAX_READ = 125
+
+
+def adjacent_runs(blocks: Sequence[Block]) -> list[tuple[Block, ...]]:
+    """The blocks in order, grouped where each starts where the one before it ends."""
+    runs: list[list[Block]] = []
+    for block in blocks:
+        last = runs[-1] if runs else None
+        if (
+            last is not None
+            and last[-1].function == block.function
+            and last[-1].start + last[-1].count == block.start
+            and sum(b.count for b in last) + block.count <= MAX_READ
+        ):
+            last.append(block)
+        else:
+            runs.append([block])
+    return [tuple(run) for run in runs]
 
 
 class ProfileDriver:
@@ -36,7 +55,10 @@ class ProfileDriver:
         self.device = device
         self.transport = transport
         self.unit = device.unit_id
-        self._blocks: list[Block] = list(profile.blocks)
+        #: What one poll reads, request by request: blocks that follow one another (same
+        #: function, at most MAX_READ registers together) share a request — a DDSY1352's
+        #: 4 requests become 3, a valve meter's 2 become 1.
+        self._runs: list[tuple[Block, ...]] = adjacent_runs(profile.blocks)
         self._multipliers = self._ratio_multipliers(device.options)
         #: The plausibility limits of this device, in the units it publishes (CT/PT).
         self.limits = device_limits(self.model, device, self._multipliers)
@@ -68,30 +90,57 @@ class ProfileDriver:
     # -- reading --------------------------------------------------------------------------
     async def read(self) -> Sample:
         values: dict[str, Value] = {}
-        for block in list(self._blocks):
-            try:
-                registers = await self.transport.read(
-                    self.unit, block.function, block.start, block.count
-                )
-            except DeviceRejected as exc:
-                if block.optional and exc.code == ILLEGAL_ADDRESS:
-                    self._blocks.remove(block)
-                    log.info(
-                        "meter %s has no registers at 0x%04X; optional points dropped",
-                        self.device.id,
-                        block.start,
-                        extra={"meter": self.device.id, "link": self.device.link},
-                    )
-                    continue
-                raise
-            assert block.decoder is not None
-            block.decoder.decode(registers, values)
+        for run in list(self._runs):
+            if len(run) == 1:
+                await self._read_block(run[0], values)
+            else:
+                await self._read_run(run, values)
         for point, factor in self._multipliers.items():
             if point in values:
                 values[point] = values[point] * factor
         sample = Sample(self.device.id, self.model, utcnow(), values)
         sample.point_quality = self.assess(values)
         return sample
+
+    async def _read_run(self, run: tuple[Block, ...], values: dict[str, Value]) -> None:
+        """Adjacent blocks in one request; a device that rejects the span (one of them is
+        an optional block it lacks) has them read one by one from now on."""
+        first = run[0]
+        count = sum(block.count for block in run)
+        try:
+            registers = await self.transport.read(self.unit, first.function, first.start, count)
+        except DeviceRejected as exc:
+            if exc.code != ILLEGAL_ADDRESS:
+                raise
+            at = self._runs.index(run)
+            self._runs[at : at + 1] = [(block,) for block in run]
+            for block in run:
+                await self._read_block(block, values)
+            return
+        offset = 0
+        for block in run:
+            assert block.decoder is not None
+            block.decoder.decode(registers[offset : offset + block.count], values)
+            offset += block.count
+
+    async def _read_block(self, block: Block, values: dict[str, Value]) -> None:
+        try:
+            registers = await self.transport.read(
+                self.unit, block.function, block.start, block.count
+            )
+        except DeviceRejected as exc:
+            if block.optional and exc.code == ILLEGAL_ADDRESS:
+                self._runs.remove((block,))
+                log.info(
+                    "meter %s has no registers at 0x%04X; optional points dropped",
+                    self.device.id,
+                    block.start,
+                    extra={"meter": self.device.id, "link": self.device.link},
+                )
+                return
+            raise
+        assert block.decoder is not None
+        block.decoder.decode(registers, values)
 
     def assess(self, values: Mapping[str, Value]) -> dict[str, Quality] | None:
         """Per-point quality from the device's own status flags; none by default."""

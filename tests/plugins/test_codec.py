@@ -155,11 +155,11 @@ async def test_optional_block_is_dropped_when_the_device_has_no_such_registers(
     assert "voltage" not in first.values and "energy_deep_valley" not in first.values
     assert first.values["energy_total"] == one.sim.snapshot()["energy_total"]
     assert first.values["supply_on"] == 1
-    assert all(not b.optional for b in one.driver._blocks)  # not asked again
+    assert all(not b.optional for run in one.driver._runs for b in run)  # not asked again
     transactions = one.transport.transactions
     second = await one.driver.read()
     assert set(second.values) == set(first.values)
-    assert one.transport.transactions - transactions == len(one.driver._blocks)
+    assert one.transport.transactions - transactions == len(one.driver._runs)
 
 
 async def test_a_mandatory_block_answered_with_illegal_address_fails_the_read(

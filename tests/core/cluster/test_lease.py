@@ -5,6 +5,7 @@ made under an epoch that is no longer current."""
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from openprepay.core.cluster import lease
 from openprepay.core.cluster.lease import Fence
@@ -102,6 +103,33 @@ def test_a_renewal_and_fence_checks_lock_in_one_order(pg: Database) -> None:
         lease.check(checks, Fence("gw-c", "A", held["gw-c"].epoch))
     renewing.join(30)
     assert errors == [] and set(renewed) == set(names)
+
+
+def test_check_all_is_one_statement_for_many_links(pg: Database) -> None:
+    """A metering flush checks every link of its meters at once: all current → passes and
+    share-locks them (a renewal of another owner's epoch waits); one stale → refused,
+    naming that link."""
+    names = ["gw-c", "gw-a", "gw-b"]
+    with pg.begin() as conn:
+        lease.ensure(conn, names)
+        held = {n: lease.acquire(conn, n, "A", 30) for n in names}
+    fences = [Fence(n, "A", h.epoch) for n, h in sorted(held.items()) if h is not None]
+    with pg.begin() as conn:
+        lease.check_all(conn, fences)
+        lease.check_all(conn, [])
+        locked = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' "
+                "AND pid = pg_backend_pid()"
+            )
+        ).scalar()
+    assert locked == 1  # FOR SHARE took row locks: this transaction got an id
+    expire(pg, "gw-b")
+    with pytest.raises(CommandFenced, match="link gw-b: epoch 1 of A"), pg.begin() as conn:
+        lease.check_all(conn, fences)
+    stale = [Fence("gw-a", "A", 1), Fence("gw-c", "B", 1)]
+    with pytest.raises(CommandFenced, match="link gw-c: epoch 1 of B"), pg.begin() as conn:
+        lease.check_all(conn, stale)
 
 
 def test_a_stale_owner_can_neither_claim_nor_complete(pg: Database) -> None:
