@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import re
 import signal
 import sys
 import time
@@ -58,6 +59,7 @@ OPENPREPAY = str(Path(sys.executable).parent / "openprepay")
 READ_BATCH = 1000
 VITALS = ("loop_stall_max_ms", "loop_lag_p99_ms", "gc_pause_max_ms", "db_write_max_ms")
 SERVICE_NODE = "Diagnostics:service/openprepay.service/{}"
+SLOW_WRITE = re.compile(r"held the database (?P<s>[0-9.]+) s \((?P<where>[^)]*\))\)")
 HISTORIAN_DROPPED = "Diagnostics:historian/openprepay.historian/dropped_lines"
 
 
@@ -425,10 +427,22 @@ async def run_instances(
         "lost_commands": lost,
         "historian_dropped": sum(dropped),
         "errors": errors,
-        "slow_writes_whole_run": [],
+        "slow_writes_whole_run": slow_writes(instances),
         "ratio": round(ratio, 3),
         "loadavg": os.getloadavg(),
     }
+
+
+def slow_writes(instances: list[Instance], most: int = 5) -> list[str]:
+    """The longest write transactions the instances logged over the whole run (core/db/
+    write_times.py logs those over a second with the code that ran them), longest first."""
+    found: list[tuple[float, str]] = []
+    for i in instances:
+        for line in (i.folder / "run.log").read_text(errors="replace").splitlines():
+            hit = SLOW_WRITE.search(line)
+            if hit:
+                found.append((float(hit["s"]), f"{hit['s']} s, {i.folder.name}: {hit['where']}"))
+    return [text for _, text in sorted(found, reverse=True)[:most]]
 
 
 def is_metered(kind: MeterKind) -> bool:

@@ -4,16 +4,33 @@ Every engine a `Database` makes reports here: a write transaction is timed from 
 (IMMEDIATE on SQLite: the writer lock is taken there) to COMMIT or ROLLBACK; read
 transactions (`Database.read`, DEFERRED) are not. The service's vital signs publish the
 longest of each statistics window as `db_write_max_ms`: the bound the bounded batches keep
-(core/db/bounded.py), measured where it runs — on PostgreSQL as on SQLite.
+(core/db/bounded.py), measured where it runs — on PostgreSQL as on SQLite. A transaction
+held longer than `SLOW_WRITE_S` is logged with the code that ran it, so the one that broke
+the bound can be named.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
 import threading
 import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("openprepay.db")
+
+#: A write transaction held longer than this is logged (the bounded batches aim at ~1 s).
+SLOW_WRITE_S = 1.0
+#: Frames of files under these are the database plumbing, not the code that ran it.
+_PLUMBING = tuple(
+    os.path.dirname(m.__file__) + os.sep if m is not contextlib else m.__file__
+    for m in (sa, contextlib, sys.modules[__package__])
+    if m.__file__
+)
 
 
 class WriteTimes:
@@ -40,6 +57,14 @@ class WriteTimes:
                 self.window_max_s = held
             if held > self.longest_s:
                 self.longest_s = held
+        if held > SLOW_WRITE_S:
+            where = _caller()
+            log.warning(
+                "a write transaction held the database %.2f s (%s)",
+                held,
+                where,
+                extra={"seconds": round(held, 3), "where": where},
+            )
 
     def take_window_max(self) -> float:
         """The longest write transaction since the last call (a new window starts)."""
@@ -56,3 +81,14 @@ def _began(conn: Connection) -> None:
 
 
 WRITES = WriteTimes()
+
+
+def _caller() -> str:
+    """The first frame outside the database plumbing: who committed (function, file:line)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_PLUMBING):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "?"
+    code = frame.f_code
+    return f"{code.co_qualname} ({code.co_filename}:{frame.f_lineno})"
