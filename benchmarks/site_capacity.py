@@ -360,6 +360,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--process", action="store_true", help="one instance, as a process, on SQLite"
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's folder (logs, stores) after it"
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # The site, its logs and stores (GBs at 20k meters): kept only when the run failed.
@@ -375,5 +378,8 @@ if __name__ == "__main__":
     except BaseException:
         print(f"the run failed; its folder is kept: {folder}", file=sys.stderr)
         raise
-    shutil.rmtree(folder, ignore_errors=True)
+    if args.keep:
+        print(f"the run's folder: {folder}", file=sys.stderr)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     report(figures)

@@ -357,6 +357,7 @@ def open_demo_accounts(runtime: Runtime) -> list[str]:
         for room, _ in part:
             amount = LOW_BALANCE_FEN if room in low else OPENING_BALANCE_FEN
             _opening_topup(ops, room, amount)
+    runtime.db.analyze()  # the planner's statistics of the tables just filled
     now = utcnow()
     with runtime.db.read() as conn:
         samples = ops.control.account_samples(conn, meters, now)

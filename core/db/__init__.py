@@ -65,6 +65,10 @@ READ_ONLY_SQLSTATE = "25006"
 #: PostgreSQL ended the session: idle inside a transaction past its limit (a frozen process).
 IDLE_IN_TRANSACTION_TIMEOUT_SQLSTATE = "25P03"
 #: Key of the PostgreSQL advisory lock that serialises concurrent `upgrade()` calls.
+#: What a bulk account opening fills (accounts, their meters and wallets, opening top-ups).
+ANALYZED_AFTER_BULK = (
+    "account", "account_meter", "meter", "prepay_meter", "wallet", "journal", "posting",
+)  # fmt: skip
 _MIGRATION_LOCK = 0x6F70_7072_6570_6179 & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -223,6 +227,19 @@ class Database:
         from .retry import run_retrying
 
         return run_retrying(self, work, what=what, attempts=attempts, stop=stop)
+
+    def analyze(self, tables: Sequence[str] = ANALYZED_AFTER_BULK) -> None:
+        """Refresh the query planner's statistics of `tables` (after a bulk change).
+
+        PostgreSQL plans from statistics that autovacuum refreshes only after a while (or
+        never, where it is off): right after thousands of accounts are opened, a table the
+        statistics still call empty got a nested loop where a hash join belonged — the
+        account view's cost-of-today query took 12.7 s instead of 14 ms at 10,000 accounts.
+        SQLite keeps such statistics only once asked (sqlite_stat1)."""
+        with self.begin() as conn:  # PostgreSQL and SQLite both analyze in a transaction
+            quote = conn.dialect.identifier_preparer.quote
+            for table in tables:
+                conn.execute(sa.text(f"ANALYZE {quote(table)}"))
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -199,6 +199,9 @@ journal = sa.Table(
     sa.Column("created_at", UtcDateTime(), nullable=False),
 )
 
+#: Usage journals since a time (today's cost, the month's): migration 0014.
+sa.Index("ix_journal_kind_created_at", journal.c.kind, journal.c.created_at)
+
 #: One line of a journal. Positive = debit, negative = credit; a journal's lines sum to 0.
 posting = sa.Table(
     "posting",

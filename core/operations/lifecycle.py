@@ -14,6 +14,11 @@ from ..prepay.account_import import ImportReport, import_accounts
 from ..prepay.effects import Effects
 from .door import Door
 
+#: An import that opens this many accounts refreshes the planner's statistics after it
+#: (`Database.analyze`): a few seconds' work at most, against queries planned for empty
+#: tables until autovacuum comes by.
+ANALYZE_AFTER_ACCOUNTS = 500
+
 
 @dataclass(frozen=True, slots=True)
 class NewAccount:
@@ -205,7 +210,7 @@ class AccountLifecycleDoor(Door):
             effects.accounts.update(report.created)
             return report
 
-        return self._call(
+        report = self._call(
             "account_import",
             "accounts",
             actor,
@@ -216,6 +221,9 @@ class AccountLifecycleDoor(Door):
                 + (" (nothing written)" if r.rolled_back else "")
             ),
         )
+        if len(report.created) >= ANALYZE_AFTER_ACCOUNTS:
+            self.db.analyze()  # the planner's statistics of the tables just filled
+        return report
 
     def _dry_run(self, run: Callable[[Connection, datetime], ImportReport]) -> ImportReport:
         try:

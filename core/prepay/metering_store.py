@@ -107,13 +107,18 @@ def add_days(
     if not days:
         return
     u = t.meter_usage_day
+    # Meters IN (...) AND days IN (...), both columns of the primary key, then the pairs in
+    # Python: a (meter, day) IN list of pairs is an OR of ANDs to PostgreSQL's planner
+    # (~100 ms a flush at 20,000 meters, in pg_stat_statements).
     existing = {
         (r.meter_id, r.day): r
         for r in conn.execute(
             sa.select(u.c.meter_id, u.c.day, u.c.energy, u.c.by_rate).where(
-                sa.tuple_(u.c.meter_id, u.c.day).in_(list(days))
+                u.c.meter_id.in_(sorted({m for m, _ in days})),
+                u.c.day.in_(sorted({d for _, d in days})),
             )
         ).all()
+        if (r.meter_id, r.day) in days
     }
     inserts, updates = [], []
     for (meter_id, day), (account_id, units, by_rate) in days.items():
