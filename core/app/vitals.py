@@ -55,6 +55,8 @@ SERVICE_MODEL = DeviceModel(
                    ValueType.FLOAT),
         diagnostic("gc_pause_max_ms", "ms", "Longest garbage-collector pause, last window",
                    ValueType.FLOAT),
+        diagnostic("gc_pause_max_generation", "",
+                   "Generation of that longest pause (0 young, 1 middle, 2 full; -1 none)"),
         diagnostic("gc_collections", "", "Garbage collections since start"),
         diagnostic("gc_frozen_objects", "", "Objects frozen after start-up (never walked again)"),
         diagnostic("cpu_percent", "%", "CPU used by the process, last window (100 = one core)",
@@ -84,6 +86,7 @@ class Window:
 
     lags: list[float] = field(default_factory=list)
     gc_max_s: float = 0.0
+    gc_max_generation: int = -1
     started: float = field(default_factory=time.monotonic)
     cpu_start: float = field(default_factory=time.process_time)
 
@@ -169,7 +172,8 @@ class Vitals:
         self.gc_total_s += pause
         if info.get("generation") == 2 and self.frozen:
             self._refreeze = True
-        self.window.gc_max_s = max(self.window.gc_max_s, pause)
+        if pause > self.window.gc_max_s:
+            self.window.gc_max_s, self.window.gc_max_generation = pause, info.get("generation", -1)
         if pause > self.worst_gc_s:
             self.worst_gc_s, self.worst_gc_generation = pause, info.get("generation", -1)
         if pause > GC_WARNING_S:
@@ -210,6 +214,7 @@ class Vitals:
             "loop_lag_p99_ms": round(1000 * float(np.percentile(lags, 99)), 3),
             "loop_stall_max_ms": round(1000 * float(lags.max()), 3),
             "gc_pause_max_ms": round(1000 * w.gc_max_s, 3),
+            "gc_pause_max_generation": w.gc_max_generation,
             "gc_collections": self.collections,
             "gc_frozen_objects": self.frozen,
             "cpu_percent": round(100 * (time.process_time() - w.cpu_start) / elapsed, 1),
