@@ -70,9 +70,10 @@ SERVICE_MODEL = DeviceModel(
 )  # fmt: skip
 
 #: The collector's thresholds after start-up (Python's default is (700, 10, 10)): with the
-#: start-up heap frozen, a young collection every 50,000 allocations instead of every 700
-#: costs no more per collection and runs 70 times less often; full collections stay rare.
-GC_THRESHOLDS = (50_000, 5, 10)
+#: start-up heap frozen, a young collection every 10,000 allocations instead of every 700
+#: runs 14 times less often and a middle one walks at most ~110,000 objects. (50,000, 5)
+#: made young and middle pauses of 100–470 ms at 20,000 meters (docs/capacity.md).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 #: How often the probe wakes, and what counts as worth a warning.
 PROBE_S = 0.05
