@@ -46,6 +46,7 @@ from openprepay.core.app.plugins import Plugins
 from openprepay.core.app.simulation import SimulatedSite
 from openprepay.core.config.site import LinkType, Site, load_site
 from openprepay.core.contracts import SimulatorOptions
+from openprepay.plugins.modbus.frames import crc16, rtu_frame
 from openprepay.plugins.modbus.simulation import RegisterDeviceSimulator
 
 #: How each side serves: the SimulatorOptions fields that differ.
@@ -74,16 +75,6 @@ async def serve(mode: str, site_file: str) -> None:
 
 
 # -- the polling client --------------------------------------------------------------------
-def crc16(frame: bytes) -> bytes:
-    """Modbus RTU CRC, low byte first (computed bitwise: the client's cost is not measured)."""
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return struct.pack("<H", crc)
-
-
 @dataclass
 class MeterBlocks:
     unit: int
@@ -139,12 +130,11 @@ class LinkPoller:
         pdu = struct.pack(">BHH", function, start, count)
         self.counts.requests += 1
         if self.rtu:
-            frame = bytes([unit]) + pdu
-            writer.write(frame + crc16(frame))
+            writer.write(rtu_frame(unit, pdu))
             head = await reader.readexactly(3)
             rest = await reader.readexactly(2 if head[1] & 0x80 else head[2] + 2)
             answer = head + rest
-            ok = crc16(answer[:-2]) == answer[-2:]
+            ok = crc16(answer) == 0  # over the whole frame, CRC included
             body = answer[1:-2]
         else:
             self._tid = (self._tid + 1) & 0xFFFF
