@@ -2,7 +2,7 @@
 
 A job is a list of steps, each one transaction. `run_resumable` runs the steps not yet
 done, and in each step's transaction it first checks the leader's fence (the lease row is
-share-locked, so no other instance can become leader before the step commits) and then
+key-share-locked, so no other instance can become leader before the step commits) and then
 records the step as done in the lease row's `progress`, with the step's own writes. So:
 
 - a leader that lost its lease (paused, partitioned) commits no further step: the database

@@ -185,7 +185,7 @@ class Database:
         transaction without a statement for `seconds` (`idle_in_transaction_session_timeout`;
         connections opened before are dropped from the pool). A frozen process (SIGSTOP, a
         paused VM) would otherwise keep the row locks of its open transaction for ever — a
-        cluster instance's lease rows, share-locked by its fence checks, then can never be
+        cluster instance's lease rows, key-share-locked by its fence checks, then can never be
         taken over. Nothing of ours waits that long inside a transaction (bounded work)."""
         if self.dialect != "postgresql":
             return

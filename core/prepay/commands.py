@@ -444,7 +444,7 @@ def _transition(
     fence: Fence | None = None,
 ) -> MeterCommand:
     if fence is not None:
-        # Before the command's row: the lease row is share-locked first, always in this
+        # Before the command's row: the lease row is key-share-locked first, always in this
         # order, so a take-over waits for this transaction or this one sees it.
         check_fence(conn, fence)
     locked = SELECT_COMMANDS.where(t.meter_command.c.id == command_id).with_for_update()
