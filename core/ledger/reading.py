@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
+from ..db.among import among
 from .codes import wallet_code
 from .values import JournalKind, WalletKind
 
@@ -106,7 +107,7 @@ def usage_fen_since(
         .where(
             t.journal.c.kind == JournalKind.USAGE.value,
             t.journal.c.created_at >= since,
-            t.journal.c.account_id.in_(list(account_ids)),
+            among(conn, t.journal.c.account_id, account_ids),
             t.posting.c.ledger_account.like("liab:wallet:%"),
         )
         .group_by(t.journal.c.account_id)

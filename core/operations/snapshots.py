@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from .. import ledger
 from ..billing.bills.paying import receivable
 from ..db import schema as t
+from ..db.among import among
 from ..db.bounded import chunks
 from ..model import MeterKind
 from ..prepay import accounts as acc
@@ -216,18 +217,20 @@ def _read_facts(
     prepay_meters = {
         r.meter_id: r
         for r in conn.execute(
-            sa.select(p.meter_id, *columns, p.billing_problem).where(p.meter_id.in_(meters))
+            sa.select(p.meter_id, *columns, p.billing_problem).where(
+                among(conn, p.meter_id, meters)
+            )
         )
     }
     offsets = dict(
         conn.execute(
-            sa.select(t.meter.c.id, t.meter.c.count_offset).where(t.meter.c.id.in_(meters))
+            sa.select(t.meter.c.id, t.meter.c.count_offset).where(among(conn, t.meter.c.id, meters))
         ).all()
     )
     aligning = set(
         conn.execute(
             sa.select(t.meter.c.id).where(
-                t.meter.c.id.in_(meters), t.meter.c.align_requested_at.is_not(None)
+                among(conn, t.meter.c.id, meters), t.meter.c.align_requested_at.is_not(None)
             )
         ).scalars()
     )
@@ -237,7 +240,8 @@ def _read_facts(
     usage = dict(
         conn.execute(
             sa.select(t.meter_usage_day.c.meter_id, t.meter_usage_day.c.energy).where(
-                t.meter_usage_day.c.meter_id.in_(meters), t.meter_usage_day.c.day == day
+                among(conn, t.meter_usage_day.c.meter_id, meters),
+                t.meter_usage_day.c.day == day,
             )
         ).all()
     )

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 from ..config.reader import ID_PATTERN
 from ..config.site import ControlMode, Site
 from ..db import schema as t
+from ..db.among import among
 from ..events import utcnow
 from ..ledger import (
     CAPACITY_FEN,
@@ -500,7 +501,7 @@ def list_accounts(
     `ids`: only these (unknown ones are left out)."""
     q = sa.select(t.account).order_by(t.account.c.id)
     if ids is not None:
-        q = q.where(t.account.c.id.in_(sorted(ids)))
+        q = q.where(among(conn, t.account.c.id, ids))
     if state is not None:
         q = q.where(t.account.c.state == AccountState(state).value)
     if room is not None:
@@ -523,14 +524,14 @@ def list_accounts(
             t.meter.c.confirmed_buy_count,
         )
         .join(t.meter, t.meter.c.id == t.account_meter.c.meter_id)
-        .where(t.account_meter.c.account_id.in_(ids))
+        .where(among(conn, t.account_meter.c.account_id, ids))
         .order_by(t.account_meter.c.id)
     ):
         meters.setdefault(m.account_id, []).append(m)
     wallets: dict[str, dict[str, int]] = {}
     for w in conn.execute(
         sa.select(t.wallet.c.account_id, t.wallet.c.kind, t.wallet.c.balance_fen).where(
-            t.wallet.c.account_id.in_(ids)
+            among(conn, t.wallet.c.account_id, ids)
         )
     ):
         wallets.setdefault(w.account_id, {})[w.kind] = w.balance_fen

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from ... import ledger
 from ...db import schema as t
+from ...db.among import among
 from ...ledger import JournalKind, Posting, RequestError, format_fen
 from ..runs import ar_code, general_balances
 from .model import (
@@ -349,7 +350,8 @@ def receivable(conn: Connection, account_ids: Iterable[str] | None = None) -> di
         .group_by(t.posting.c.ledger_account)
     )
     if account_ids is not None:
-        q = q.where(t.posting.c.ledger_account.in_([ar_code(a) for a in account_ids]))
+        codes = [ar_code(a) for a in account_ids]
+        q = q.where(among(conn, t.posting.c.ledger_account, codes))
     return {code.split(":", 2)[2]: int(total) for code, total in conn.execute(q).all()}
 
 
