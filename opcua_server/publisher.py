@@ -182,7 +182,9 @@ class Publisher:
                     hook(sample, binding)
             written += changed + steady
             refreshed += steady
-            since_yield += changed + steady
+            # A sample costs a little even when nothing in it changed: the whole site's
+            # account snapshots, re-read every `account_refresh_s`, rarely change at all.
+            since_yield += 1 + changed + steady
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
                 await asyncio.sleep(0)

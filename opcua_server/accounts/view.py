@@ -30,6 +30,9 @@ log = logging.getLogger("openprepay.opcua")
 
 #: Accounts whose nodes a refresh builds before it lets the event loop run (polls wait).
 NODES_BETWEEN_YIELDS = 20
+#: Snapshots a refresh hands to the publisher before it lets the event loop run: a full
+#: refresh is every account of the site (20,000 in one loop turn stalled polling).
+SNAPSHOTS_BETWEEN_YIELDS = 500
 
 
 class AccountView:
@@ -131,13 +134,15 @@ class AccountView:
             return
         self.refreshes += 1
         added = 0
-        for snap in snapshots:
+        for n, snap in enumerate(snapshots, 1):
             if self._add(host, snap):
                 added += 1
                 if added % NODES_BETWEEN_YIELDS == 0:
                     # Building an account's nodes takes ~0.4 ms: thousands of accounts
                     # imported at once stalled polling for seconds (1.7 s at 4,000).
                     await asyncio.sleep(0)
+            elif n % SNAPSHOTS_BETWEEN_YIELDS == 0:
+                await asyncio.sleep(0)
             # Through the publisher's queue: one writer for the address space.
             publisher.on_sample(
                 Sample(snap.account_id, SNAPSHOT_MODEL, snap.at, snapshot_values(snap))
