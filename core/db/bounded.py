@@ -36,10 +36,10 @@ METERING_METERS = 250
 #: Readings capture (`core/operations/readings.py`): rows per transaction; a plain insert
 #: is ~50 µs, 2,000 rows ~0.1 s.
 READINGS_ROWS = 2_000
-#: Supply watch: meters whose observed supply state is saved per transaction (one upsert
-#: each; 250 held a transaction 1.6–1.9 s in the first check at 20,000 meters on a
-#: saturated box, where every meter's state is new).
-SUPPLY_WATCH_METERS = 100
+#: Supply watch: meters whose observed supply state is saved per transaction, in one
+#: statement (`upsert_states`). As one upsert each, 100 meters held a transaction 1.5–1.7 s
+#: in the first check at 20,000 meters on a saturated box, where every meter's state is new.
+SUPPLY_WATCH_METERS = 500
 #: Demo start-up: accounts opened (account, wallets, meters, opening top-up) per
 #: transaction, ~15 ms each.
 DEMO_ACCOUNTS = 40

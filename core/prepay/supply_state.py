@@ -3,17 +3,21 @@
 `prepay_account` (per account: disconnection notice served, operator hold, exemption) and
 `prepay_meter` (per meter: the standing supply decision `desired_on`, deferred trip,
 re-assertion back-off, observed supply, billing problem) are read with `state_row` and
-written with `upsert_state`. Every relay or valve command fee control, an operator or the
-supply watch sends is queued with `queue_supply_command`, which records on the meter the
-supply state it decides; `meter_context` is what the policy gate sees of a meter.
+written with `upsert_state` (`upsert_states` for many rows). Every relay or valve command
+fee control, an operator or the supply watch sends is queued with `queue_supply_command`,
+which records on the meter the supply state it decides; `meter_context` is what the policy
+gate sees of a meter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
@@ -96,6 +100,24 @@ def meter_context(
 def state_row(conn: Connection, table: sa.Table, key: str, value: str) -> Any:
     """The engine's state row (prepay_account, prepay_meter) of one account or meter."""
     return conn.execute(sa.select(table).where(table.c[key] == value)).first()
+
+
+def upsert_states(
+    conn: Connection, table: sa.Table, key: str, rows: Sequence[dict[str, Any]], now: datetime
+) -> None:
+    """`upsert_state` for many rows in one statement (`INSERT ... ON CONFLICT DO UPDATE`,
+    on both databases): each row is `{key: ..., column: value, ...}`, all with the same
+    columns. The supply watch's first check saves every meter's observed state; one
+    update, savepoint and insert per meter held its transactions 1.5–1.7 s at 20,000
+    meters (100 meters each)."""
+    if not rows:
+        return
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+    columns = [c for c in rows[0] if c != key] + ["updated_at"]
+    statement = insert.on_conflict_do_update(
+        index_elements=[table.c[key]], set_={c: insert.excluded[c] for c in columns}
+    )
+    conn.execute(statement, [{**row, "updated_at": now} for row in rows])
 
 
 def upsert_state(

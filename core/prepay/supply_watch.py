@@ -46,6 +46,7 @@ from . import commands as cmds
 from .control import PrepayControl
 from .effects import Effects
 from .reassertion import reassert_supply, supply_obeyed
+from .supply_state import upsert_states
 
 R = TypeVar("R")
 
@@ -143,10 +144,8 @@ class SupplyWatch:
         if changed:
 
             def store(conn: Connection, part: Sequence[tuple[str, Observation]]) -> None:
-                for meter_id, obs in part:
-                    self.control.upsert_meter(
-                        conn, meter_id, now, supply_on=obs.on, supply_at=obs.since
-                    )
+                rows = [{"meter_id": m, "supply_on": o.on, "supply_at": o.since} for m, o in part]
+                upsert_states(conn, t.prepay_meter, "meter_id", rows, now)
                 self._stored.update({m: o.on for m, o in part})
 
             # Bounded transactions (core/db/bounded.py), each waiting out a busy database.
