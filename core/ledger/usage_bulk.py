@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection
 
 from ..db import FastStatement, db_time
 from ..db import schema as t
+from ..db.among import among
 from ..db.bounded import chunks
 from ..events import utcnow
 from .codes import code_type, revenue_code
@@ -233,7 +234,7 @@ def load_accruals(
     meters = sorted({m for m, _ in wanted})
     a = t.usage_accrual
     for part in chunks(meters, _KEYS_PER_QUERY):
-        for row in conn.execute(sa.select(a).where(a.c.meter_id.in_(list(part)))):
+        for row in conn.execute(sa.select(a).where(among(conn, a.c.meter_id, part))):
             key = (row.meter_id, row.cycle)
             if key in wanted:
                 out[key] = {
@@ -254,7 +255,7 @@ def _posted_journals(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[i
     out: dict[str, tuple[int, dict]] = {}
     for part in chunks(sorted(set(keys)), _KEYS_PER_QUERY):
         q = sa.select(j.c.id, j.c.idempotency_key, j.c.request).where(
-            j.c.idempotency_key.in_(list(part))
+            among(conn, j.c.idempotency_key, part)
         )
         for row in conn.execute(q):
             out[row.idempotency_key] = (int(row.id), dict(row.request))
@@ -272,10 +273,10 @@ def _refusals(
     attached: dict[tuple[str, str], str] = {}
     am = t.account_meter
     for part in chunks(accounts, _KEYS_PER_QUERY):
-        q = sa.select(t.account.c.id, t.account.c.state).where(t.account.c.id.in_(list(part)))
+        q = sa.select(t.account.c.id, t.account.c.state).where(among(conn, t.account.c.id, part))
         state.update({row.id: row.state for row in conn.execute(q)})
         q = sa.select(am.c.account_id, am.c.meter_id, am.c.kind).where(
-            am.c.account_id.in_(list(part)), am.c.detached_at.is_(None)
+            among(conn, am.c.account_id, part), am.c.detached_at.is_(None)
         )
         attached.update({(row.account_id, row.meter_id): row.kind for row in conn.execute(q)})
     out: dict[tuple[str, str], RequestError | str] = {}
@@ -315,7 +316,7 @@ def _lock_wallets(conn: Connection, accounts: Sequence[str]) -> dict[str, tuple[
     for part in chunks(accounts, _KEYS_PER_QUERY):
         q = (
             sa.select(w.c.account_id, w.c.ledger_account, w.c.balance_fen)
-            .where(w.c.account_id.in_(list(part)), w.c.kind == WalletKind.ENERGY.value)
+            .where(among(conn, w.c.account_id, part), w.c.kind == WalletKind.ENERGY.value)
             .order_by(w.c.account_id)
             .with_for_update()
         )

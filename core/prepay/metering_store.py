@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
+from ..db.among import among
 
 
 @dataclass(slots=True)
@@ -50,7 +51,7 @@ def meter_info(
         )
         .join(a, a.c.id == am.c.account_id)
         .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
-        .where(am.c.meter_id.in_(meters), am.c.detached_at.is_(None))
+        .where(among(conn, am.c.meter_id, meters), am.c.detached_at.is_(None))
     ).all()
     info = {r.meter_id: MeterInfo(*r) for r in rows}
     unheld = [m for m, i in info.items() if not held(m, i.account_id)]
@@ -59,7 +60,7 @@ def meter_info(
             sa.select(am.c.meter_id, a.c.opened_at, pm.c.account_id, pm.c.rating_state)
             .join(a, a.c.id == am.c.account_id)
             .outerjoin(pm, pm.c.meter_id == am.c.meter_id)
-            .where(am.c.meter_id.in_(unheld), am.c.detached_at.is_(None))
+            .where(among(conn, am.c.meter_id, unheld), am.c.detached_at.is_(None))
         ):
             row = info[r[0]]
             row.opened_at, row.state_account, row.rating_state = r[1], r[2], r[3]
@@ -114,8 +115,8 @@ def add_days(
         (r.meter_id, r.day): r
         for r in conn.execute(
             sa.select(u.c.meter_id, u.c.day, u.c.energy, u.c.by_rate).where(
-                u.c.meter_id.in_(sorted({m for m, _ in days})),
-                u.c.day.in_(sorted({d for _, d in days})),
+                among(conn, u.c.meter_id, {m for m, _ in days}),
+                among(conn, u.c.day, {d for _, d in days}),
             )
         ).all()
         if (r.meter_id, r.day) in days
