@@ -365,8 +365,10 @@ class BillingService:
                     )
 
     # -- readings --------------------------------------------------------------------------
-    def flush_readings(self) -> int:
-        taken = self.capture.take()
+    def flush_readings(self, *, periodic: bool = False) -> int:
+        """Save the captured readings: all of them, or (`periodic`) the final ones and the
+        provisional ones due (`readings.PROVISIONAL_SAVE_S`)."""
+        taken = self.capture.take(self.clock() if periodic else None)
         if not taken:
             return 0
         readings = list(self.capture.readings(taken))
@@ -383,6 +385,7 @@ class BillingService:
         except Exception:
             self.capture.restore(taken)  # re-saving a part is an idempotent upsert
             raise
+        self.capture.saved(taken)
         return sum(saved)
 
     async def _readings_loop(self) -> None:
@@ -395,7 +398,7 @@ class BillingService:
                 return
             try:
                 await asyncio.to_thread(self._add_postpaid_meters)
-                await asyncio.to_thread(self.flush_readings)
+                await asyncio.to_thread(self.flush_readings, periodic=True)
             except Exception:
                 log.exception("saving meter readings failed; kept for the next flush")
 

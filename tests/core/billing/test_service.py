@@ -11,7 +11,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from openprepay.core.billing.readings import readings_at, record_reading
+from openprepay.core.billing.readings import PROVISIONAL_SAVE_S, readings_at, record_reading
 from openprepay.core.billing.service import BillingService
 from openprepay.core.config.site import parse_site
 from openprepay.core.db import schema as t
@@ -87,6 +87,46 @@ def test_capture_keeps_the_last_good_reading_at_or_before_each_instant(sqlite_db
         assert readings_at(conn, ["M-A"], FEB)["M-A"].energy == 1_000_050
         manual = readings_at(conn, ["M-A"], next_day)["M-A"]
     assert (manual.energy, manual.source) == (1_010_000, "manual")
+
+
+def test_the_periodic_flush_saves_a_provisional_reading_at_most_every_ten_minutes(sqlite_db):
+    """A reading for an instant still ahead is saved at the first periodic flush, then
+    again once `PROVISIONAL_SAVE_S` (spread by meter) has passed; one whose instant passed
+    is saved at the next flush whatever its meter's turn; a full flush saves everything."""
+    clock = Clock(FEB + dt.timedelta(hours=1))
+    service, bus = _service(sqlite_db, clock)
+    bus.subscribe(Sample, service.capture.on_sample)
+    next_day = FEB + dt.timedelta(days=1)
+    t0 = clock()
+
+    def saved(at: dt.datetime = next_day) -> int:
+        with sqlite_db.read() as conn:
+            return readings_at(conn, ["M-A"], at)["M-A"].energy
+
+    bus.publish(_sample("M-A", t0, 1000.0))
+    assert service.flush_readings(periodic=True) == 1  # never saved: saved now
+    bus.publish(_sample("M-A", t0 + dt.timedelta(seconds=10), 1000.1))
+    assert service.flush_readings(periodic=True) == 0  # not its turn: kept
+    assert saved() == 1_000_000
+    later = t0 + dt.timedelta(seconds=PROVISIONAL_SAVE_S)  # past any spread
+    bus.publish(_sample("M-A", later, 1000.2))
+    assert service.flush_readings(periodic=True) == 1
+    assert saved() == 1_000_200
+    bus.publish(_sample("M-A", later + dt.timedelta(seconds=10), 1000.3))
+    assert service.flush_readings(periodic=True) == 0
+    assert service.flush_readings() == 1  # stop and month-end save everything
+    assert saved() == 1_000_300
+    # Across the instant: the last reading before it is final, saved at the next flush
+    # even when its meter's provisional turn has not come.
+    bus.publish(_sample("M-A", next_day - dt.timedelta(seconds=5), 1000.4))
+    assert service.flush_readings(periodic=True) == 1  # hours later: its turn
+    bus.publish(_sample("M-A", next_day - dt.timedelta(seconds=1), 1000.5))
+    bus.publish(_sample("M-A", next_day + dt.timedelta(seconds=5), 1000.6))
+    clock.now = next_day + dt.timedelta(seconds=6)
+    assert service.flush_readings(periodic=True) == 1  # the final one only
+    assert saved() == 1_000_500
+    assert service.flush_readings() == 1
+    assert saved(next_day + dt.timedelta(days=1)) == 1_000_600
 
 
 def test_health_figures_under_a_meters_id_never_displace_its_reading(sqlite_db):
