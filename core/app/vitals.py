@@ -73,7 +73,7 @@ SERVICE_MODEL = DeviceModel(
 #: start-up heap frozen, a young collection every 10,000 allocations instead of every 700
 #: runs 14 times less often and a middle one walks at most ~110,000 objects. (50,000, 5)
 #: made young and middle pauses of 100–470 ms at 20,000 meters (docs/capacity.md).
-GC_THRESHOLDS = (10_000, 10, 10)
+GC_THRESHOLDS = (10_000, 3, 10)
 
 #: How often the probe wakes, and what counts as worth a warning.
 PROBE_S = 0.05
@@ -153,14 +153,15 @@ class Vitals:
         too (by the probe, outside the collector's callback): it has lived through the
         oldest generation, so it is as long-lived as start-up's objects."""
         started = time.perf_counter()
-        gc.collect()
+        garbage = gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         self.frozen = gc.get_freeze_count()
         log.info(
-            "start-up heap frozen: %d objects (%.0f ms)",
+            "start-up heap frozen: %d objects (%.0f ms; %d unreachable collected)",
             self.frozen,
             1000 * (time.perf_counter() - started),
+            garbage,
         )
 
     # -- measuring ---------------------------------------------------------------------
@@ -179,9 +180,11 @@ class Vitals:
             self.worst_gc_s, self.worst_gc_generation = pause, info.get("generation", -1)
         if pause > GC_WARNING_S:
             log.warning(
-                "garbage collection of generation %s paused the service %.0f ms",
+                "garbage collection of generation %s paused the service %.0f ms "
+                "(%s unreachable collected)",
                 info.get("generation"),
                 1000 * pause,
+                info.get("collected"),
             )
 
     async def _probe(self) -> None:
