@@ -57,7 +57,7 @@ async def test_thresholds_are_raised_and_survivors_of_a_full_collection_frozen()
     await vitals.start()
     try:
         vitals.settle_heap()
-        assert gc.get_threshold() == GC_THRESHOLDS == (10_000, 10, 10)
+        assert gc.get_threshold() == GC_THRESHOLDS == (10_000, 3, 10)
         frozen = vitals.frozen
         survivors = [[i] for i in range(5000)]  # allocated after start-up, still alive
         gc.collect()
