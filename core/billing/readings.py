@@ -11,9 +11,10 @@ site-local day at the freeze hour; the month's freeze instant is one of them):
 - `flush()` saves them (every `reading_flush_s`, and when the service stops) with an upsert
   that keeps the *latest* reading at or before the instant, so an instance that saw an
   older reading never overwrites a newer one; the periodic flush writes a provisional
-  reading (its instant still ahead) at most every `PROVISIONAL_SAVE_S` per meter. A reading that was saved for the coming instant stays the reading of that
-  instant if nothing newer arrives before it (the meter went silent): its `read_at` tells
-  how old it is, and a run whose readings are older than `reading_max_age_h` is held.
+  reading (its instant still ahead) at most every `PROVISIONAL_SAVE_S` per meter. A
+  reading that was saved for the coming instant stays the reading of that instant if
+  nothing newer arrives before it (the meter went silent): its `read_at` tells how old it
+  is, and a run whose readings are older than `reading_max_age_h` is held.
 
 Operators record readings by hand for a meter that could not be read (`source = manual`);
 a captured reading never overwrites a manual one.
@@ -405,18 +406,18 @@ class ReadingCapture:
         """The samples to save since the last call (meter, instant → sample). With `now`,
         a provisional one (its instant after `now`) only when its meter's is due
         (`PROVISIONAL_SAVE_S`); the others stay for a later call."""
+        # Swapped, not iterated in place: `on_sample` adds to it on the event loop meanwhile.
+        dirty, self._dirty = self._dirty, {}
         if now is None:
-            dirty, self._dirty = self._dirty, {}
             return dirty
-        taken, kept = {}, {}
+        taken = {}
         due = self._next_provisional
-        for key, sample in self._dirty.items():
+        for key, sample in dirty.items():
             meter, at = key
             if at <= now or meter not in due or sample.read_at >= due[meter]:
                 taken[key] = sample
             else:
-                kept[key] = sample
-        self._dirty = kept
+                self._dirty.setdefault(key, sample)  # a newer one that came meanwhile wins
         return taken
 
     def saved(self, taken: Mapping[tuple[str, dt.datetime], Sample]) -> None:

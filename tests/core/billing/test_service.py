@@ -223,3 +223,45 @@ async def test_a_postpaid_meter_attached_while_the_service_runs_is_captured(sqli
     with db.read() as conn:
         reading = readings_at(conn, ["E-B-101"], FEB)["E-B-101"]
     assert reading.energy == 321_500
+
+
+def test_a_periodic_take_while_samples_arrive_loses_none(sqlite_db):
+    """`take` runs in a worker thread while the bus adds samples on the event loop: it
+    never fails ("dictionary changed size"), and every meter's newest sample is either
+    taken or kept for the next flush."""
+    import sys
+    import threading
+
+    from openprepay.core.billing.readings import ReadingCapture
+
+    clock = Clock(FEB + dt.timedelta(hours=1))
+    service, _bus = _service(sqlite_db, clock)
+    layout = service.capture.layouts["M-A"]
+    capture = ReadingCapture(service.capture.calendar, {f"M-{i}": layout for i in range(3000)})
+    t0 = clock()
+    for start in (t0, t0 + dt.timedelta(seconds=PROVISIONAL_SAVE_S)):
+        for i in range(3000):  # saved twice: every meter's next turn is 10 minutes ahead
+            capture.on_sample(_sample(f"M-{i}", start, 1000.0))
+        capture.saved(capture.take(clock()))
+    t1 = t0 + dt.timedelta(seconds=PROVISIONAL_SAVE_S)
+    done = threading.Event()
+
+    def arrive() -> None:
+        for n in range(1, 6):
+            for i in range(3000):
+                capture.on_sample(_sample(f"M-{i}", t1 + dt.timedelta(seconds=n), 1000.0 + n))
+        done.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        thread = threading.Thread(target=arrive)
+        thread.start()
+        while not done.is_set():
+            assert capture.take(clock()) == {}  # nobody's turn yet: all kept
+        thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    newest = capture.take()
+    assert len(newest) == 3000
+    assert {s.read_at for s in newest.values()} == {t1 + dt.timedelta(seconds=5)}
