@@ -38,3 +38,26 @@ async def test_leases_are_taken_only_once_the_instance_runs(pg: Database) -> Non
         await until(lambda: leases.leader_fence() is not None, 10)
     finally:
         await leases.stop()
+
+
+async def test_the_heartbeat_does_not_queue_behind_a_busy_worker_pool(pg: Database) -> None:
+    """Metering flushes, snapshot reads and billing share the loop's default thread pool;
+    the heartbeat has a thread of its own, so it renews on time while the pool is full."""
+    import threading
+
+    settings = ClusterSettings("box-a", ("gw",), lease_ttl_s=3.0, heartbeat_s=0.2, margin_s=1.0)
+    leases = LinkLeases(settings, pg, NoLinks(), lambda event: None, ["gw"])
+    await leases.start()
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = [loop.run_in_executor(None, release.wait, 10) for _ in range(64)]
+    try:
+        leases.begin_taking()
+        await until(lambda: leases.owns("gw"), 10)
+        await asyncio.sleep(settings.lease_ttl_s * 1.5)  # the pool stays full all along
+        assert leases.owns("gw")
+        assert owner_of(pg, "gw") == ("box-a", 1)  # renewed, never lapsed
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+        await leases.stop()
