@@ -12,11 +12,18 @@ per-meter state) stops everything while it does. `Vitals` watches both, from sta
   Diagnostics and the historian stores them like link statistics; a stall over a second or
   a collection over half a second is also logged as a warning.
 
-`settle_heap()`, called by the runtime once every service has started, collects once and
-moves everything alive into the collector's permanent generation (`gc.freeze()`): what was
-built at start-up lives as long as the process, and no later collection walks it again. It
-then raises the collector's thresholds (`GC_THRESHOLDS`), and what survives a later full
-collection is frozen as well; the worst pause is the `gc_pause_max_ms` point.
+`settle_heap()`, called by the runtime once every service has started, moves everything
+start-up built into the collector's permanent generation (`gc.freeze()`): it lives as long
+as the process, and no later collection walks it again. It does not collect first: at
+20,000 meters that collection walked 32 million objects for 17–22 s and found ~460
+unreachable. It then raises the collector's thresholds (`GC_THRESHOLDS`).
+
+Full collections run on a schedule, not when Python would start one: every
+`FULL_COLLECTION_S`, from the probe. Left to Python, the first came ~8 minutes after
+start-up at 20,000 meters and then one every minute, each walking the ~1 million objects
+that live one poll interval (the values the address space and the per-meter state hold)
+for 200–570 ms, to find 2,000–3,000 unreachable. The worst pause is the `gc_pause_max_ms`
+point, its generation `gc_pause_max_generation`.
 """
 
 from __future__ import annotations
@@ -74,7 +81,12 @@ SERVICE_MODEL = DeviceModel(
 #: runs 14 times less often, and a middle one every 3 young ones walks what survived those
 #: 3 (with 10, 75,000–226,000 objects at 20,000 meters: pauses up to 400 ms). (50,000, 5)
 #: made young and middle pauses of 100–470 ms at 20,000 meters (docs/capacity.md).
-GC_THRESHOLDS = (10_000, 3, 10)
+GC_THRESHOLDS = (10_000, 3, 2**30)  # the third: no full collection but the scheduled one
+
+#: How often the scheduled full collection runs (see the module docstring): its pause walks
+#: what lives and is not frozen (~1 million objects, ~0.5 s, at 20,000 meters), and the
+#: garbage it finds (a few thousand objects a minute at that size) waits for it meanwhile.
+FULL_COLLECTION_S = 3600.0
 
 #: How often the probe wakes, and what counts as worth a warning.
 PROBE_S = 0.05
@@ -99,9 +111,14 @@ class Vitals:
 
     name = "vitals"
 
-    def __init__(self, bus: EventBus, stats_interval_s: float) -> None:
+    def __init__(
+        self, bus: EventBus, stats_interval_s: float, full_collection_s: float = FULL_COLLECTION_S
+    ) -> None:
         self.bus = bus
         self.interval = stats_interval_s
+        self.full_collection_s = full_collection_s
+        self.full_collections = 0
+        self._next_full = float("inf")  # scheduled once the heap is settled
         self.window = Window()
         self.collections = 0
         #: Seconds spent in collections since start (the collector's share of the CPU).
@@ -114,7 +131,6 @@ class Vitals:
         #: The loop's lags of the last ~1.4 h (bounded: a service runs for months).
         self.recent_lags: collections.deque[float] = collections.deque(maxlen=100_000)
         self.frozen = 0
-        self._refreeze = False
         self._gc_started = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -144,25 +160,34 @@ class Vitals:
             "max_gc_pause_ms": round(1000 * self.worst_gc_s, 1),
             "max_gc_pause_generation": self.worst_gc_generation,
             "gc_collections": self.collections,
+            "gc_full_collections": self.full_collections,
             "gc_total_s": round(self.gc_total_s, 3),
             "frozen_objects": self.frozen,
         }
 
     def settle_heap(self) -> None:
-        """Collect once and freeze what start-up built, and set `GC_THRESHOLDS` (see the
-        module docstring). After every later full collection what survived it is frozen
-        too (by the probe, outside the collector's callback): it has lived through the
-        oldest generation, so it is as long-lived as start-up's objects."""
+        """Freeze what start-up built, set `GC_THRESHOLDS` and schedule the full
+        collections (see the module docstring)."""
         started = time.perf_counter()
-        garbage = gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         self.frozen = gc.get_freeze_count()
+        self._next_full = time.monotonic() + self.full_collection_s
         log.info(
-            "start-up heap frozen: %d objects (%.0f ms; %d unreachable collected)",
+            "start-up heap frozen: %d objects (%.0f ms); a full collection every %.0f s",
             self.frozen,
             1000 * (time.perf_counter() - started),
-            garbage,
+            self.full_collection_s,
+        )
+
+    def _full_collection(self) -> None:
+        started = time.perf_counter()
+        found = gc.collect()
+        self.full_collections += 1
+        log.info(
+            "scheduled full collection: %.0f ms, %d unreachable collected",
+            1000 * (time.perf_counter() - started),
+            found,
         )
 
     # -- measuring ---------------------------------------------------------------------
@@ -173,8 +198,6 @@ class Vitals:
         pause = time.perf_counter() - self._gc_started
         self.collections += 1
         self.gc_total_s += pause
-        if info.get("generation") == 2 and self.frozen:
-            self._refreeze = True
         if pause > self.window.gc_max_s:
             self.window.gc_max_s, self.window.gc_max_generation = pause, info.get("generation", -1)
         if pause > self.worst_gc_s:
@@ -194,10 +217,9 @@ class Vitals:
             before = loop.time()
             await asyncio.sleep(PROBE_S)
             lag = max(0.0, loop.time() - before - PROBE_S)
-            if self._refreeze:
-                self._refreeze = False
-                gc.freeze()
-                self.frozen = gc.get_freeze_count()
+            if time.monotonic() >= self._next_full:
+                self._next_full = time.monotonic() + self.full_collection_s
+                self._full_collection()
             self.window.lags.append(lag)
             self.recent_lags.append(lag)
             if lag > self.worst_stall_s:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import weakref
 
 from openprepay.core.app.vitals import GC_THRESHOLDS, SERVICE_MODEL, SERVICE_SOURCE, Vitals
 from openprepay.core.events import EventBus
@@ -40,33 +41,56 @@ async def test_a_stalled_loop_and_a_collection_are_measured_and_published():
     assert gc.callbacks.count(vitals._on_gc) == 0  # stop() takes its callback away
 
 
-def test_the_start_up_heap_is_frozen():
+class _Node:
+    """A reference cycle's member that says when it is freed."""
+
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def _cycle() -> weakref.ref[_Node]:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_the_start_up_heap_is_frozen_without_a_collection():
+    thresholds = gc.get_threshold()
     vitals = Vitals(EventBus(), stats_interval_s=5)
     try:
+        startup_garbage = _cycle()  # unreachable already: freezing keeps it
         vitals.settle_heap()
         # Other threads (a test runner's own) may free a few frozen objects meanwhile.
         assert vitals.frozen > 1000
         assert abs(gc.get_freeze_count() - vitals.frozen) < 100
+        gc.collect()
+        assert startup_garbage() is not None  # frozen: no collection walks it again
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
-async def test_thresholds_are_raised_and_survivors_of_a_full_collection_frozen():
+async def test_thresholds_are_raised_and_full_collections_run_on_schedule():
     thresholds = gc.get_threshold()
-    vitals = Vitals(EventBus(), stats_interval_s=60)
+    vitals = Vitals(EventBus(), stats_interval_s=60, full_collection_s=0.3)
     await vitals.start()
     try:
         vitals.settle_heap()
-        assert gc.get_threshold() == GC_THRESHOLDS == (10_000, 3, 10)
-        frozen = vitals.frozen
-        survivors = [[i] for i in range(5000)]  # allocated after start-up, still alive
-        gc.collect()
+        assert gc.get_threshold() == GC_THRESHOLDS == (10_000, 3, 2**30)
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a
+        garbage = weakref.ref(a)
+        gc.collect(1)  # alive: it moves to the oldest generation
+        del a, b
+        gc.collect(1)  # a cycle there: no young or middle collection frees it
+        assert garbage() is not None
         for _ in range(100):
-            if vitals.frozen > frozen:
+            if vitals.full_collections:
                 break
             await asyncio.sleep(0.02)
-        assert vitals.frozen >= frozen + len(survivors)
-        assert vitals.summary()["frozen_objects"] == vitals.frozen
+        assert vitals.full_collections >= 1 and garbage() is None
+        assert vitals.summary()["gc_full_collections"] == vitals.full_collections
+        assert vitals.worst_gc_generation in (0, 1, 2)
     finally:
         await vitals.stop()
         gc.unfreeze()
