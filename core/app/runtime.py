@@ -215,7 +215,7 @@ class Runtime:
         self.services = [self.vitals, *services, *self.plugins.services(self)]
         # Start-up builds millions of long-lived objects (the OPC UA address space, the
         # per-meter state): collecting while it does walked them again and again (pauses
-        # of seconds at 4k meters). One collection at the end (`settle_heap`) instead.
+        # of seconds at 4k meters). `settle_heap` freezes it all at the end instead.
         collecting = gc.isenabled()
         gc.disable()
         try:
