@@ -34,11 +34,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..db import FastStatement, db_time
 from ..db import schema as t
+from ..db.dialect_insert import dialect_insert
 from ..events import utcnow
 from ..ledger import RequestError
 from ..model import DeviceModel, MeterKind, PointRole, PointSpec, Quality, Sample
@@ -88,8 +88,7 @@ def modulus_units(layout: RegisterLayout) -> int | None:
 
 
 def _upsert(conn: Connection) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(t.billing_reading)
+    stmt = dialect_insert(conn, t.billing_reading)
     r = t.billing_reading
     return stmt.on_conflict_do_update(
         index_elements=[r.c.meter_id, r.c.at],

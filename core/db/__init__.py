@@ -64,11 +64,11 @@ R = TypeVar("R")
 READ_ONLY_SQLSTATE = "25006"
 #: PostgreSQL ended the session: idle inside a transaction past its limit (a frozen process).
 IDLE_IN_TRANSACTION_TIMEOUT_SQLSTATE = "25P03"
-#: Key of the PostgreSQL advisory lock that serialises concurrent `upgrade()` calls.
 #: What a bulk account opening fills (accounts, their meters and wallets, opening top-ups).
 ANALYZED_AFTER_BULK = (
     "account", "account_meter", "meter", "prepay_meter", "wallet", "journal", "posting",
 )  # fmt: skip
+#: Key of the PostgreSQL advisory lock that serialises concurrent `upgrade()` calls.
 _MIGRATION_LOCK = 0x6F70_7072_6570_6179 & 0x7FFF_FFFF_FFFF_FFFF
 
 

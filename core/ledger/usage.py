@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
+from ..db.dialect_insert import dialect_insert
 from ..events import utcnow
 from ..money import CAPACITY_FEN, format_fen
 from .codes import revenue_code
@@ -188,6 +188,5 @@ def _save_accrual(
         raise RequestError("accrual", f"expected Accrual.to_record(), got {accrual!r}") from exc
     if journal_id is not None:
         values["journal_id"] = journal_id
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(t.usage_accrual).values(meter_id=meter_id, cycle=cycle, **values)
+    stmt = dialect_insert(conn, t.usage_accrual).values(meter_id=meter_id, cycle=cycle, **values)
     conn.execute(stmt.on_conflict_do_update(index_elements=["meter_id", "cycle"], set_=values))

@@ -31,13 +31,13 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..db import FastStatement, db_time
 from ..db import schema as t
 from ..db.among import among
 from ..db.bounded import chunks
+from ..db.dialect_insert import dialect_insert
 from ..events import utcnow
 from .codes import code_type, revenue_code
 from .errors import LedgerIntegrityError, RequestError
@@ -332,9 +332,8 @@ _INSERTS: dict[str, Any] = {}
 def _journal_insert(conn: Connection) -> Any:
     stmt = _INSERTS.get(conn.dialect.name)
     if stmt is None:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         stmt = (
-            dialect.insert(t.journal)
+            dialect_insert(conn, t.journal)
             .on_conflict_do_nothing()
             .returning(t.journal.c.id, t.journal.c.idempotency_key)
         )
@@ -393,8 +392,7 @@ def _save_accruals(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     a = t.usage_accrual
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(a)
+    stmt = dialect_insert(conn, a)
     excluded = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=["meter_id", "cycle"],

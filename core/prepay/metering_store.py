@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
 from ..db.among import among
+from ..db.dialect_insert import dialect_insert
 
 
 @dataclass(slots=True)
@@ -85,8 +85,7 @@ def save_states(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """The meters' baselines, one statement for the batch."""
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(t.prepay_meter)
+    stmt = dialect_insert(conn, t.prepay_meter)
     stmt = stmt.on_conflict_do_update(
         index_elements=["meter_id"],
         set_={

@@ -16,11 +16,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
+from ..db.dialect_insert import dialect_insert
 from . import commands as cmds
 from .effects import Effects, audit
 from .feecontrol import FeeState, FeeThresholds
@@ -112,7 +111,7 @@ def upsert_states(
     meters (100 meters each)."""
     if not rows:
         return
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+    insert = dialect_insert(conn, table)
     columns = [c for c in rows[0] if c != key] + ["updated_at"]
     statement = insert.on_conflict_do_update(
         index_elements=[table.c[key]], set_={c: insert.excluded[c] for c in columns}
