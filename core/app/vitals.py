@@ -62,6 +62,9 @@ SERVICE_MODEL = DeviceModel(
                    ValueType.FLOAT),
         diagnostic("gc_pause_max_ms", "ms", "Longest garbage-collector pause, last window",
                    ValueType.FLOAT),
+        diagnostic("gc_pause_cpu_max_ms", "ms",
+                   "Most CPU one garbage collection used, last window (a pause longer than this "
+                   "waited for a core)", ValueType.FLOAT),
         diagnostic("gc_pause_max_generation", "",
                    "Generation of that longest pause (0 young, 1 middle, 2 full; -1 none)"),
         diagnostic("gc_collections", "", "Garbage collections since start"),
@@ -101,6 +104,7 @@ class Window:
     lags: list[float] = field(default_factory=list)
     gc_max_s: float = 0.0
     gc_max_generation: int = -1
+    gc_cpu_max_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
     cpu_start: float = field(default_factory=time.process_time)
 
@@ -128,10 +132,14 @@ class Vitals:
         self.worst_gc_s = 0.0
         #: The generation of the worst collection (0 young, 1 middle, 2 full).
         self.worst_gc_generation = -1
+        #: The most CPU one collection used (its thread's CPU time): a pause much longer
+        #: than this was the thread waiting for a core, not the collector working.
+        self.worst_gc_cpu_s = 0.0
         #: The loop's lags of the last ~1.4 h (bounded: a service runs for months).
         self.recent_lags: collections.deque[float] = collections.deque(maxlen=100_000)
         self.frozen = 0
         self._gc_started = 0.0
+        self._gc_cpu_started = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -159,6 +167,7 @@ class Vitals:
             "max_loop_stall_ms": round(1000 * self.worst_stall_s, 1),
             "max_gc_pause_ms": round(1000 * self.worst_gc_s, 1),
             "max_gc_pause_generation": self.worst_gc_generation,
+            "max_gc_cpu_ms": round(1000 * self.worst_gc_cpu_s, 1),
             "gc_collections": self.collections,
             "gc_full_collections": self.full_collections,
             "gc_total_s": round(self.gc_total_s, 3),
@@ -194,8 +203,12 @@ class Vitals:
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._gc_started = time.perf_counter()
+            self._gc_cpu_started = time.thread_time()  # the collecting thread runs the callback
             return
         pause = time.perf_counter() - self._gc_started
+        cpu = time.thread_time() - self._gc_cpu_started
+        self.window.gc_cpu_max_s = max(self.window.gc_cpu_max_s, cpu)
+        self.worst_gc_cpu_s = max(self.worst_gc_cpu_s, cpu)
         self.collections += 1
         self.gc_total_s += pause
         if pause > self.window.gc_max_s:
@@ -205,9 +218,10 @@ class Vitals:
         if pause > GC_WARNING_S:
             log.warning(
                 "garbage collection of generation %s paused the service %.0f ms "
-                "(%s unreachable collected)",
+                "(%.0f ms of CPU, %s unreachable collected)",
                 info.get("generation"),
                 1000 * pause,
+                1000 * cpu,
                 info.get("collected"),
             )
 
@@ -242,6 +256,7 @@ class Vitals:
             "loop_lag_p99_ms": round(1000 * float(np.percentile(lags, 99)), 3),
             "loop_stall_max_ms": round(1000 * float(lags.max()), 3),
             "gc_pause_max_ms": round(1000 * w.gc_max_s, 3),
+            "gc_pause_cpu_max_ms": round(1000 * w.gc_cpu_max_s, 3),
             "gc_pause_max_generation": w.gc_max_generation,
             "gc_collections": self.collections,
             "gc_frozen_objects": self.frozen,

@@ -41,6 +41,26 @@ async def test_a_stalled_loop_and_a_collection_are_measured_and_published():
     assert gc.callbacks.count(vitals._on_gc) == 0  # stop() takes its callback away
 
 
+async def test_a_pause_spent_waiting_for_a_core_is_told_from_the_collectors_work():
+    """The pause is wall-clock time; the CPU the collecting thread used is measured too."""
+    vitals = Vitals(EventBus(), stats_interval_s=60)
+    await vitals.start()
+
+    def descheduled(phase: str, info: dict) -> None:
+        if phase == "start":
+            time.sleep(0.2)  # the thread holds no core, as when the box is oversubscribed
+
+    gc.callbacks.append(descheduled)
+    try:
+        gc.collect(0)  # the young generation: little work
+    finally:
+        gc.callbacks.remove(descheduled)
+        await vitals.stop()
+    summary = vitals.summary()
+    assert summary["max_gc_pause_ms"] >= 200
+    assert 0 < summary["max_gc_cpu_ms"] < 150
+
+
 class _Node:
     """A reference cycle's member that says when it is freed."""
 
