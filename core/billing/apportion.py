@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 
 from ..config.site import Site
 from ..db import schema as t
+from ..db.among import among
 from ..ledger import JournalKind, RequestError, format_fen
 from ..model import DeviceModel
 from ..rating.engine import RatingError, RegisterLayout
@@ -146,7 +147,9 @@ class Apportionment:
         rows = conn.execute(
             sa.select(am.c.meter_id, am.c.account_id)
             .join(a, a.c.id == am.c.account_id)
-            .where(am.c.meter_id.in_(list(meters)), am.c.detached_at.is_(None), a.c.state == "OPEN")
+            .where(
+                among(conn, am.c.meter_id, meters), am.c.detached_at.is_(None), a.c.state == "OPEN"
+            )
         ).all()
         return {m: acc for m, acc in rows}
 

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
+from ..db.among import among
 from ..errors import RequestError
 from ..prepay.effects import Effects, audit
 from .periods import Calendar
@@ -122,7 +123,7 @@ def postpaid_meters(conn: Connection, accounts: Collection[str] | None = None) -
         .where(am.c.detached_at.is_(None), am.c.control_mode == "POSTPAID", a.c.state == "OPEN")
     )
     if accounts is not None:
-        query = query.where(am.c.account_id.in_(sorted(set(accounts))))
+        query = query.where(among(conn, am.c.account_id, set(accounts)))
     return list(conn.execute(query).scalars())
 
 

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection
 
 from ..db import FastStatement, db_time
 from ..db import schema as t
+from ..db.among import among
 from ..db.dialect_insert import dialect_insert
 from ..events import utcnow
 from ..ledger import RequestError
@@ -295,7 +296,7 @@ def readings_between(
     out: dict[str, list[Reading]] = {}
     rows = conn.execute(
         sa.select(r)
-        .where(r.c.at >= start, r.c.at <= end, r.c.meter_id.in_(sorted(set(meters))))
+        .where(r.c.at >= start, r.c.at <= end, among(conn, r.c.meter_id, set(meters)))
         .order_by(r.c.meter_id, r.c.at)
     ).all()
     for row in rows:

@@ -87,6 +87,7 @@ from sqlalchemy.engine import Connection
 from ..cluster.lease import Fence, fence_clause
 from ..cluster.lease import check as check_fence
 from ..db import schema as t
+from ..db.among import among
 from ..errors import CommandFenced, OpenPrepayError
 from ..events import utcnow
 from ..ledger import RequestError, abandon_meter_refund, complete_meter_refund
@@ -413,7 +414,7 @@ def claim_due(
         .with_for_update(skip_locked=True, of=c)
     )
     if meters is not None:
-        q = q.where(c.c.meter_id.in_(list(meters)))
+        q = q.where(among(conn, c.c.meter_id, meters))
     if in_hand:
         q = q.where(c.c.id.not_in(list(in_hand)))
     if fence is not None:
@@ -619,5 +620,5 @@ def recent_command_times(
         .order_by(t.meter_command.c.created_at)
     )
     if meters is not None:
-        q = q.where(t.meter_command.c.meter_id.in_(list(meters)))
+        q = q.where(among(conn, t.meter_command.c.meter_id, meters))
     return list(conn.execute(q).scalars())

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from ...config.reader import ID_PATTERN
 from ...config.site import Site
 from ...db import schema as t
+from ...db.among import among
 from ...ledger import RequestError
 from ...model import DeviceModel, MeterKind
 from ...prepay.binding import TariffBinding
@@ -224,7 +225,7 @@ class Selector:
         if how == "accounts":
             attached = conn.execute(
                 sa.select(t.account_meter.c.account_id, t.account_meter.c.meter_id).where(
-                    t.account_meter.c.account_id.in_(list(selection["accounts"])),
+                    among(conn, t.account_meter.c.account_id, selection["accounts"]),
                     t.account_meter.c.detached_at.is_(None),
                 )
             ).all()

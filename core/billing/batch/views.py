@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ...config.site import Site
 from ...db import schema as t
+from ...db.among import among
 from ...ledger import format_fen
 from .outcomes import load_commands, resolve
 
@@ -77,7 +78,7 @@ def _who(conn: Connection, site: Site, targets: Sequence[str]) -> dict[str, str]
     holder = dict(
         conn.execute(
             sa.select(am.c.meter_id, am.c.account_id).where(
-                am.c.meter_id.in_(meters), am.c.detached_at.is_(None)
+                among(conn, am.c.meter_id, meters), am.c.detached_at.is_(None)
             )
         ).all()
     )
@@ -85,7 +86,7 @@ def _who(conn: Connection, site: Site, targets: Sequence[str]) -> dict[str, str]
         r.id: (r.name, r.room)
         for r in conn.execute(
             sa.select(t.account.c.id, t.account.c.name, t.account.c.room).where(
-                t.account.c.id.in_(sorted({*accounts, *holder.values()}))
+                among(conn, t.account.c.id, {*accounts, *holder.values()})
             )
         ).all()
     }

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from ... import ledger
 from ...db import db_time
 from ...db import schema as t
+from ...db.among import among
 from ...ledger import JournalKind, Posting, RequestError
 from ..periods import parse_period
 from ..runs import ar_code, insert_items
@@ -55,7 +56,7 @@ def lock_drafts(
         .with_for_update()
     )
     if numbers:
-        q = q.where(b.c.number.in_(list(numbers)))
+        q = q.where(among(conn, b.c.number, numbers))
     elif period is not None:
         parse_period(period)
         q = q.where(b.c.period == period)
@@ -224,7 +225,7 @@ def issue(
     b = t.bill
     q = sa.select(b.c.id, b.c.number, b.c.state, b.c.period)
     if numbers:
-        q = q.where(b.c.number.in_(list(numbers)))
+        q = q.where(among(conn, b.c.number, numbers))
     elif period is not None:
         parse_period(period)
         q = q.where(b.c.period == period, b.c.state == BillState.CONFIRMED)

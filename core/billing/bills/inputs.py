@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from ...config.site import Site
 from ...db import FastStatement
 from ...db import schema as t
+from ...db.among import among
 from ...ledger import RequestError
 from ...model import DeviceModel
 from ...prepay.binding import tariff_for
@@ -207,7 +208,7 @@ class BillInputs:
                 t.bill.c.state.not_in([BillState.DRAFT, BillState.VOID]),
                 t.bill.c.period >= first,
                 t.bill.c.period < period,
-                t.bill.c.account_id.in_(owners),
+                among(conn, t.bill.c.account_id, owners),
             )
         ).all()
         for bill_period, lines in rows:

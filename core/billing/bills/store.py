@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from ...db import FastStatement
 from ...db import schema as t
+from ...db.among import among
 from ...ledger import RequestError
 from ..periods import parse_period
 from .model import BillState, BillSummary, BillView, bill_view
@@ -165,5 +166,5 @@ def draft_ids(conn: Connection, period: str, accounts: Sequence[str] | None) -> 
     """The ids of the drafts of `period` (of `accounts`, when given)."""
     q = sa.select(t.bill.c.id).where(t.bill.c.period == period, t.bill.c.state == BillState.DRAFT)
     if accounts is not None:
-        q = q.where(t.bill.c.account_id.in_(list(accounts)))
+        q = q.where(among(conn, t.bill.c.account_id, accounts))
     return list(conn.execute(q).scalars())

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ...db import schema as t
+from ...db.among import among
 from .common import ReportScope, bucket_of
 
 #: How long after its reading a usage posting may be made and still be placed by reading.
@@ -161,7 +162,7 @@ def usage_by_meter(
     """meter → the fen its prepaid usage read in [lo, hi) took from the wallet."""
     j, p = t.journal, t.posting
     usage = sa.and_(
-        j.c.kind == "usage", p.c.ledger_account.like("rev:%"), j.c.meter_id.in_(list(meters))
+        j.c.kind == "usage", p.c.ledger_account.like("rev:%"), among(conn, j.c.meter_id, meters)
     )
     out: dict[str, int] = {}
     for meter, fen in conn.execute(

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ...config.site import Site
 from ...db import schema as t
+from ...db.among import among
 from ...ledger import RequestError
 from ...model import DeviceModel, MeterKind
 from ...prepay.binding import tariff_for
@@ -110,7 +111,7 @@ def usage_days(conn: Connection, meters: Sequence[str], start: dt.date, end: dt.
     return list(
         conn.execute(
             sa.select(u.c.meter_id, u.c.day, u.c.energy, u.c.by_rate).where(
-                u.c.meter_id.in_(list(meters)),
+                among(conn, u.c.meter_id, meters),
                 u.c.day >= start.isoformat(),
                 u.c.day < end.isoformat(),
             )
@@ -124,7 +125,7 @@ def unbilled_notes(conn: Connection, meters: Sequence[str]) -> list[str]:
     pm = t.prepay_meter
     rows = conn.execute(
         sa.select(pm.c.meter_id, pm.c.billing_problem, pm.c.billing_problem_at)
-        .where(pm.c.billing_problem.is_not(None), pm.c.meter_id.in_(list(meters)))
+        .where(pm.c.billing_problem.is_not(None), among(conn, pm.c.meter_id, meters))
         .order_by(pm.c.meter_id)
     ).all()
     if not rows:

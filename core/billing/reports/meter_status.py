@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ...db import schema as t
+from ...db.among import among
 from ..readings import Reading, readings_between
 from .common import ReportScope
 
@@ -81,7 +82,9 @@ def has_data(
     first, last = _day(scope, lo), _day(scope, hi)
     out = set(
         conn.execute(
-            sa.select(u.c.meter_id).where(u.c.meter_id.in_(ids), u.c.day >= first, u.c.day < last)
+            sa.select(u.c.meter_id).where(
+                among(conn, u.c.meter_id, ids), u.c.day >= first, u.c.day < last
+            )
         ).scalars()
     )
     for meter, rows in readings_between(conn, ids, lo, hi).items():
@@ -103,7 +106,7 @@ def _on_account(
     return set(
         conn.execute(
             sa.select(am.c.meter_id).where(
-                am.c.meter_id.in_(list(meters)),
+                among(conn, am.c.meter_id, meters),
                 am.c.attached_at < hi,
                 sa.or_(am.c.detached_at.is_(None), am.c.detached_at > lo),
             )
@@ -160,7 +163,7 @@ def _last_rated(conn: Connection, meters: Sequence[str]) -> dict[str, dt.datetim
     out = {}
     for meter, state in conn.execute(
         sa.select(t.prepay_meter.c.meter_id, t.prepay_meter.c.rating_state).where(
-            t.prepay_meter.c.meter_id.in_(list(meters))
+            among(conn, t.prepay_meter.c.meter_id, meters)
         )
     ).all():
         last_t = (state or {}).get("last_t")

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ...db import schema as t
+from ...db.among import among
 from ...rating.bills import bill_usage
 from ...rating.engine import RatingError
 from ...rating.rounding import largest_remainder
@@ -300,7 +301,10 @@ def _owners(conn: Connection, meters: Sequence[str]) -> Owners:
                 t.account.c.name,
             )
             .join(t.account, t.account.c.id == t.account_meter.c.account_id)
-            .where(t.account_meter.c.meter_id.in_(meters), t.account_meter.c.detached_at.is_(None))
+            .where(
+                among(conn, t.account_meter.c.meter_id, meters),
+                t.account_meter.c.detached_at.is_(None),
+            )
         ).all()
     }
 

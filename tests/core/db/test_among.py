@@ -33,3 +33,42 @@ def test_among_selects_what_in_selects_with_one_parameter(db: Database) -> None:
             sa.select(sa.func.count()).where(among(conn, t.journal.c.id, [1, 2, 3]))
         ).scalar_one()
         assert hits == 0
+
+
+def test_site_wide_lookups_take_more_meters_than_sqlite_has_placeholders(db: Database) -> None:
+    """Reports, bills and closings ask about every meter or account of a site at once: at
+    70,000 they still answer. With `in_` PostgreSQL refused more than 65,535 parameters, and
+    SQLite more than 32,766 where it is built with its default limit (Debian raises it, so
+    the connection is given the default here)."""
+    import datetime as dt
+    import sqlite3
+
+    from openprepay.core.billing.bills.store import draft_ids
+    from openprepay.core.billing.closing import postpaid_meters
+    from openprepay.core.billing.readings import readings_between
+    from openprepay.core.billing.reports.common import unbilled_notes, usage_days
+
+    at = dt.datetime(2026, 11, 30, 16, tzinfo=dt.UTC)
+    with db.begin() as conn:
+        conn.execute(
+            sa.insert(t.billing_reading),
+            [dict(meter_id="M-00007", at=at, read_at=at, energy=1234, registers={},
+                  source="meter", recorded_by="test", updated_at=at)],
+        )  # fmt: skip
+        conn.execute(
+            sa.insert(t.meter_usage_day),
+            [dict(meter_id="M-00009", day="2026-11-30", account_id=None, energy=5,
+                  by_rate={}, updated_at=at)],
+        )  # fmt: skip
+    meters = [f"M-{i:05d}" for i in range(70_000)]
+    with db.read() as conn:
+        if conn.dialect.name == "sqlite":
+            raw = conn.connection.driver_connection
+            raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+        found = readings_between(conn, meters, at - dt.timedelta(days=1), at)
+        assert [(m, [r.energy for r in rs]) for m, rs in found.items()] == [("M-00007", [1234])]
+        days = usage_days(conn, meters, dt.date(2026, 11, 1), dt.date(2026, 12, 1))
+        assert [(d.meter_id, d.energy) for d in days] == [("M-00009", 5)]
+        assert unbilled_notes(conn, meters) == []
+        assert postpaid_meters(conn, meters) == []
+        assert draft_ids(conn, "2026-11", meters) == []
