@@ -9,7 +9,14 @@ import gc
 import time
 import weakref
 
-from openprepay.core.app.vitals import GC_THRESHOLDS, SERVICE_MODEL, SERVICE_SOURCE, Vitals
+from openprepay.core.app.vitals import (
+    GC_THRESHOLDS,
+    MIDDLE_COLLECTION_S,
+    SERVICE_MODEL,
+    SERVICE_SOURCE,
+    YOUNG_COLLECTION_S,
+    Vitals,
+)
 from openprepay.core.events import EventBus
 from openprepay.core.model import Sample
 
@@ -115,3 +122,31 @@ async def test_thresholds_are_raised_and_full_collections_run_on_schedule():
         await vitals.stop()
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+async def test_young_and_middle_collections_also_run_on_a_clock():
+    """When every poll frees the previous poll's values, allocations minus deallocations
+    hardly grow and Python starts few collections; the probe runs them on a clock."""
+    thresholds = gc.get_threshold()
+    generations: list[int] = []
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "stop":
+            generations.append(info["generation"])
+
+    vitals = Vitals(EventBus(), stats_interval_s=60)
+    await vitals.start()
+    try:
+        vitals.settle_heap()
+        gc.set_threshold(0)  # Python starts none: what runs is the clock's
+        gc.callbacks.append(seen)
+        await asyncio.sleep(MIDDLE_COLLECTION_S + 4 * YOUNG_COLLECTION_S)
+    finally:
+        if seen in gc.callbacks:
+            gc.callbacks.remove(seen)
+        await vitals.stop()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    assert generations.count(1) >= 1
+    assert generations.count(0) >= 4
+    assert 2 not in generations
