@@ -77,6 +77,9 @@ class PointBinding:
         variant = NULL if self.value is None else ua.Variant(self.value, self.vtype)
         return SharedDataValue(variant, status_of(self.status), self.at, self.stored_at)
 
+    #: The binding is the variable's value callback itself (see `direct_write`).
+    __call__ = data_value
+
 
 @dataclass(slots=True)
 class SourceBinding:

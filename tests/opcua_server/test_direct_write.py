@@ -65,6 +65,9 @@ async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
         assert writer.store(show(point, None, bad, at)) is None
         read = await quiet.read_data_value(raise_on_bad_status=False)
         assert read.StatusCode.value == bad and read.Value.Value is None
+        # The binding answers reads itself: no bound method (an object per variable) is kept.
+        attval = server.iserver.aspace._nodes[quiet.nodeid].attributes[ua.AttributeIds.Value]
+        assert attval.value_callback is point and attval.value is None
 
         changes = Changes()
         subscription = await server.create_subscription(10, changes)
