@@ -113,7 +113,7 @@ class Runtime:
         self.services: list[Service] = []
         #: Event-loop lag, collector pauses, CPU and memory of this process (a service of
         #: its own, started first and stopped last).
-        self.vitals = Vitals(self.bus, site.poll.stats_interval_s)
+        self.vitals = Vitals(self.bus, site.poll.stats_interval_s, site.poll.full_collection_s)
         self._started: list[Service] = []
         #: The switch interval before `start` shortened it (`SWITCH_INTERVAL_S`).
         self._switch_interval: float | None = None

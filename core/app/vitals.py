@@ -23,12 +23,12 @@ Young and middle collections also run on a clock (`YOUNG_COLLECTION_S`,
 hardly grow when each poll frees the last poll's values, so its own collections came late
 and walked tens or hundreds of thousands of objects at once.
 
-Full collections run on a schedule, not when Python would start one: every
-`FULL_COLLECTION_S`, from the probe. Left to Python, the first came ~8 minutes after
-start-up at 20,000 meters and then one every minute, each walking the ~1 million objects
-that live one poll interval (the values the address space and the per-meter state hold)
-for 200–570 ms, to find 2,000–3,000 unreachable. The worst pause is the `gc_pause_max_ms`
-point, its generation `gc_pause_max_generation`.
+Full collections run on a schedule, not when Python would start one: every `[poll]
+full_collection_s` (an hour), from the probe. Left to Python, the first came ~8 minutes
+after start-up at 20,000 meters and then one every minute, each walking the ~1 million
+objects that live one poll interval (the values the address space and the per-meter state
+hold) for 200–570 ms, to find 2,000–3,000 unreachable. The worst pause is the
+`gc_pause_max_ms` point, its generation `gc_pause_max_generation`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config.site import PollPolicy
 from ..db.retry import BUSY
 from ..db.write_times import WRITES
 from ..events import EventBus, utcnow
@@ -100,10 +101,11 @@ GC_THRESHOLDS = (10_000, 3, 2**30)  # the third: no full collection but the sche
 YOUNG_COLLECTION_S = 0.25
 MIDDLE_COLLECTION_S = 2.0
 
-#: How often the scheduled full collection runs (see the module docstring): its pause walks
-#: what lives and is not frozen (~1 million objects, ~0.5 s, at 20,000 meters), and the
-#: garbage it finds (a few thousand objects a minute at that size) waits for it meanwhile.
-FULL_COLLECTION_S = 3600.0
+#: How often the scheduled full collection runs unless the site says (`[poll]
+#: full_collection_s`, see the module docstring): its pause walks what lives and is not
+#: frozen (~1 million objects, ~0.5 s, at 20,000 meters), and the garbage it finds (a few
+#: thousand objects a minute at that size) waits for it meanwhile.
+FULL_COLLECTION_S = PollPolicy().full_collection_s
 
 #: How often the probe wakes, and what counts as worth a warning.
 PROBE_S = 0.05

@@ -88,6 +88,10 @@ class PollPolicy:
     quarantine_probe_s: float = 300.0
     #: How often link and device statistics are published as points.
     stats_interval_s: float = 5.0
+    #: How often the service runs a full garbage collection (core/app/vitals.py): a pause
+    #: that walks what lives one poll interval (about half a second at 20,000 meters on
+    #: two instances), while the cyclic garbage of the interval waits for it.
+    full_collection_s: float = 3600.0
     #: Simulated sites only: device time runs this many times faster than the clock (the
     #: demo's speed-up), so the plausibility bound on energy per hour scales with it.
     time_scale: float = 1.0
@@ -348,6 +352,9 @@ def _read_poll(r: TableReader) -> PollPolicy:
         ),
         stats_interval_s=r.number(
             "stats_interval_s", d.stats_interval_s, low=0.0, low_exclusive=True, high=DAY_S
+        ),
+        full_collection_s=r.number(
+            "full_collection_s", d.full_collection_s, low=60.0, high=7 * DAY_S
         ),
         time_scale=r.number("time_scale", d.time_scale, low=0.0, low_exclusive=True),
     )

@@ -42,6 +42,7 @@ def _with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
         ("poll", "backoff_max_s"),
         ("poll", "quarantine_probe_s"),
         ("poll", "stats_interval_s"),
+        ("poll", "full_collection_s"),
         ("links", "gw1", "timeout_ms"),
         ("links", "gw1", "reconnect_max_s"),
         ("rooms", "A-101", "area_m2"),
@@ -56,6 +57,28 @@ def test_every_float_of_the_site_refuses_nan_infinities_and_1e308(path, value) -
     assert any(e.path == field and "expected" in e.message for e in refused.value.errors), (
         refused.value
     )
+
+
+def test_the_full_collection_period_is_read_and_bounded() -> None:
+    """`[poll] full_collection_s`: how often the service runs a full garbage collection; the
+    runtime hands it to its vitals. Below a minute the pauses would come too often, beyond
+    a week the cyclic garbage would wait too long."""
+    from openprepay.core.app.plugins import Plugins
+    from openprepay.core.app.runtime import Runtime
+
+    assert parse_site(SITE_DATA).poll.full_collection_s == 3600
+    site = parse_site(_with(("poll", "full_collection_s"), 7200))
+    assert site.poll.full_collection_s == 7200
+    link = {"type": "modbus_tcp", "host": "127.0.0.1", "port": 1}
+    bare = parse_site(
+        {"site": {"id": "s"}, "links": {"gw": link}, "poll": {"full_collection_s": 7200}}
+    )
+    assert Runtime(bare, Plugins.load()).vitals.full_collection_s == 7200
+    for absurd in (30, 8 * 86400):
+        with pytest.raises(ConfigError) as refused:
+            parse_site(_with(("poll", "full_collection_s"), absurd))
+        assert [e.path for e in refused.value.errors] == ["poll.full_collection_s"]
+        assert "expected 60" in str(refused.value)
 
 
 def test_absurd_integers_are_refused_where_no_bound_is_given() -> None:
