@@ -125,6 +125,12 @@ class SnapshotReads(Door):
         with self.db.read() as conn:
             return self._snapshots(conn, acc.list_accounts(conn))
 
+    def account_ids(self) -> list[str]:
+        """Every account's id, ordered (what a reader that pages through the accounts'
+        snapshots, `account_snapshots` a part at a time, starts from)."""
+        with self.db.read() as conn:
+            return list(conn.execute(sa.select(t.account.c.id).order_by(t.account.c.id)).scalars())
+
     def account_snapshots(self, account_ids: Collection[str]) -> list[AccountSnapshot]:
         """The snapshots of these accounts (ordered by id; unknown ids left out), in one
         read transaction of a few queries per 500 accounts."""

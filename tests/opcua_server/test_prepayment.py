@@ -597,3 +597,32 @@ async def test_alarms_active_when_the_server_starts_come_back_on_condition_refre
     finally:
         await service.stop()
         await asyncio.to_thread(ops.topup, "A-102", 30_00, "restart-restore", actor="test")
+
+
+async def test_a_full_account_refresh_reads_the_accounts_a_part_at_a_time(
+    opcua_site: OpcUaSite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each part is one worker-thread job that holds the interpreter while it builds the
+    snapshots: every account of a large site in one job stalled polling once a minute."""
+    from openprepay.opcua_server.accounts import view as view_module
+
+    service = opcua_site.service
+    [view] = [e for e in service.extensions if isinstance(e, view_module.AccountView)]
+    ops = view.methods.ops
+    parts: list[list[str]] = []
+    read = ops.account_snapshots
+
+    def recorded(ids: list[str]) -> Any:
+        parts.append(list(ids))
+        return read(ids)
+
+    monkeypatch.setattr(view_module, "ACCOUNTS_PER_READ", 1)
+    monkeypatch.setattr(ops, "account_snapshots", recorded)
+    published: list[Any] = []
+    monkeypatch.setattr(service.publisher, "on_sample", published.append)
+    before = view.refreshes
+    await view.refresh(service, None)
+    # (the view's own refresh task may read a touched account meanwhile: a part of one too)
+    assert ["A-101"] in parts and ["A-102"] in parts and all(len(p) == 1 for p in parts)
+    assert {"A-101", "A-102"} <= {s.source for s in published}
+    assert view.refreshes >= before + 1
