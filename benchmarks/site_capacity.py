@@ -27,8 +27,11 @@ measured from outside them (benchmarks/site_instances.py); `--postgres` does tha
 instance too, `--process` one instance as a process on SQLite. The JSON line then says
 `instances` and `database`.
 
+`--full-collection-s S` sets the site's `[poll] full_collection_s`, so the window holds the
+scheduled full collections (hourly by default) and `max_gc_pause_ms` measures them.
+
     .venv/bin/python benchmarks/site_capacity.py [--meters 2000] [--window 60]
-        [--instances 1] [--postgres | --process]
+        [--instances 1] [--postgres | --process] [--full-collection-s S]
 """
 
 from __future__ import annotations
@@ -64,9 +67,10 @@ ROOMS_PER_FLOOR = 10
 MAX_FLOORS = 40
 
 
-def site_data(meters: int, folder: Path) -> dict[str, Any]:
+def site_data(meters: int, folder: Path, full_collection_s: float | None = None) -> dict[str, Any]:
     """The demo estate with about `meters` meters (two per room, a main meter per
-    building), every link on its own loopback port, every service on."""
+    building), every link on its own loopback port, every service on; `full_collection_s`
+    brings the service's scheduled full collections into the window (default: hourly)."""
     rooms = max(1, meters // 2)
     floors = min(MAX_FLOORS, math.ceil(rooms / ROOMS_PER_FLOOR))
     buildings = math.ceil(rooms / (floors * ROOMS_PER_FLOOR))
@@ -75,6 +79,8 @@ def site_data(meters: int, folder: Path) -> dict[str, Any]:
     for link, port in zip(data["links"].values(), ports, strict=False):
         link["host"], link["port"] = "127.0.0.1", port
     data["database"] = {"url": f"sqlite:///{folder / 'site.db'}"}
+    if full_collection_s is not None:
+        data.setdefault("poll", {})["full_collection_s"] = full_collection_s
     data["opcua"] = {
         "port": ports[-1],
         "host": "127.0.0.1",
@@ -168,9 +174,11 @@ async def billing_lag(runtime: Runtime, stop: asyncio.Event, worst: list[float])
 
 
 # -- the run -----------------------------------------------------------------------------
-async def main(meters: int, window_s: float, folder: Path) -> dict[str, Any]:
+async def main(
+    meters: int, window_s: float, folder: Path, full_collection_s: float | None
+) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
-    data = site_data(meters, folder)
+    data = site_data(meters, folder, full_collection_s)
     site_file = folder / "site.toml"
     site_file.write_text(tomli_w.dumps(data))
     sims_log = (folder / "simulate.log").open("wb")
@@ -282,13 +290,18 @@ async def main(meters: int, window_s: float, folder: Path) -> dict[str, Any]:
 
 
 async def main_instances(
-    meters: int, window_s: float, instances: int, postgres: bool, folder: Path
+    meters: int,
+    window_s: float,
+    instances: int,
+    postgres: bool,
+    folder: Path,
+    full_collection_s: float | None,
 ) -> dict[str, Any]:
     """The site served by `instances` processes (benchmarks/site_instances.py)."""
     from site_instances import run_instances
 
     logging.basicConfig(level=logging.WARNING)
-    data = site_data(meters, folder)
+    data = site_data(meters, folder, full_collection_s)
     (folder / "site.toml").write_text(tomli_w.dumps(data))
     return await run_instances(data, folder, instances, window_s, postgres)
 
@@ -365,6 +378,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--keep", action="store_true", help="keep the run's folder (logs, stores) after it"
     )
+    parser.add_argument(
+        "--full-collection-s",
+        type=float,
+        help="[poll] full_collection_s: scheduled full collections inside the window",
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # The site, its logs and stores (GBs at 20k meters): kept only when the run failed.
@@ -373,10 +391,17 @@ if __name__ == "__main__":
         if args.instances > 1 or args.postgres or args.process:
             postgres = args.instances > 1 or args.postgres
             figures = asyncio.run(
-                main_instances(args.meters, args.window, args.instances, postgres, folder)
+                main_instances(
+                    args.meters,
+                    args.window,
+                    args.instances,
+                    postgres,
+                    folder,
+                    args.full_collection_s,
+                )
             )
         else:
-            figures = asyncio.run(main(args.meters, args.window, folder))
+            figures = asyncio.run(main(args.meters, args.window, folder, args.full_collection_s))
     except BaseException:
         print(f"the run failed; its folder is kept: {folder}", file=sys.stderr)
         raise

@@ -103,8 +103,8 @@ MIDDLE_COLLECTION_S = 2.0
 
 #: How often the scheduled full collection runs unless the site says (`[poll]
 #: full_collection_s`, see the module docstring): its pause walks what lives and is not
-#: frozen (~1 million objects, ~0.5 s, at 20,000 meters), and the garbage it finds (a few
-#: thousand objects a minute at that size) waits for it meanwhile.
+#: frozen (~400,000 objects, ~0.33 s of CPU, per instance at 20,000 meters on two), and the
+#: garbage it finds (a few thousand objects a minute at that size) waits for it meanwhile.
 FULL_COLLECTION_S = PollPolicy().full_collection_s
 
 #: How often the probe wakes, and what counts as worth a warning.
