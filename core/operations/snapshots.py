@@ -16,6 +16,7 @@ from ..billing.bills.paying import receivable
 from ..db import schema as t
 from ..db.among import among
 from ..db.bounded import chunks
+from ..ledger.codes import emergency_code
 from ..model import MeterKind
 from ..prepay import accounts as acc
 from ..prepay.failed_commands import open_failures
@@ -251,11 +252,14 @@ def _read_facts(
             )
         ).all()
     )
+    # By these accounts' codes (an index lookup), not every emergency posting of the site:
+    # a refresh reads the accounts 500 at a time.
+    codes = {emergency_code(a): a for a in ids}
     emergency = {
-        code.rsplit(":", 1)[1]: int(total)
+        codes[code]: int(total)
         for code, total in conn.execute(
             sa.select(t.posting.c.ledger_account, sa.func.sum(t.posting.c.amount_fen))
-            .where(t.posting.c.ledger_account.like("asset:emergency_credit:%"))
+            .where(among(conn, t.posting.c.ledger_account, codes))
             .group_by(t.posting.c.ledger_account)
         ).all()
     }

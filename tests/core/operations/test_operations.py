@@ -364,6 +364,15 @@ def test_emergency_credit_and_reconnection_after_it(tmp_path: Path, plugins) -> 
         ops.emergency_credit("A-101", actor="tenant")  # 5.00 advanced: supply returns
         snap = ops.account_snapshot("A-101")
         assert snap.balance_fen == 500 and snap.emergency_outstanding_fen == 500
+        # Read with other accounts (a refresh's part) or without it, each gets its own.
+        others = [a for a in ops.account_ids() if a != "A-101"]
+        assert others and "A-101" in ops.account_ids()
+        together = {s.account_id: s for s in ops.account_snapshots(["A-101", *others])}
+        assert together["A-101"].emergency_outstanding_fen == 500
+        assert all(together[a].emergency_outstanding_fen == 0 for a in others)
+        assert [s.emergency_outstanding_fen for s in ops.account_snapshots(others)] == [0] * len(
+            others
+        )
         assert kinds() == ["TRIP", "CLOSE"]
         with pytest.raises(RequestError, match="still outstanding"):
             ops.emergency_credit("A-101", actor="tenant")
