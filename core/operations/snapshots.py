@@ -242,7 +242,7 @@ def _read_facts(
         ).scalars()
     )
     failures: dict[str, list[int]] = {}
-    for f in open_failures(conn):
+    for f in open_failures(conn, account_ids=ids):
         failures.setdefault(f.account_id or "", []).append(f.id)
     usage = dict(
         conn.execute(

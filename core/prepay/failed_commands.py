@@ -4,11 +4,13 @@ are open alarms (`open_failures`)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
 from ..db import schema as t
+from ..db.among import among
 from ..events import utcnow
 from ..ledger import RequestError
 from .commands import (
@@ -110,8 +112,14 @@ def _failed_for_resolution(conn: Connection, command_id: int) -> MeterCommand:
     return command
 
 
-def open_failures(conn: Connection, *, account_id: str | None = None) -> list[MeterCommand]:
-    """FAILED money commands no operator resolved yet: open alarms (money not delivered)."""
+def open_failures(
+    conn: Connection,
+    *,
+    account_id: str | None = None,
+    account_ids: Collection[str] | None = None,
+) -> list[MeterCommand]:
+    """FAILED money commands no operator resolved yet: open alarms (money not delivered);
+    of one account, or of several (`account_ids`), when given."""
     q = SELECT_COMMANDS.where(
         t.meter_command.c.state == CommandState.FAILED.value,
         t.meter_command.c.kind.in_(COUNTED_KINDS),
@@ -119,4 +127,6 @@ def open_failures(conn: Connection, *, account_id: str | None = None) -> list[Me
     ).order_by(t.meter_command.c.id)
     if account_id is not None:
         q = q.where(t.meter_command.c.account_id == account_id)
+    if account_ids is not None:
+        q = q.where(among(conn, t.meter_command.c.account_id, account_ids))
     return [command_from_row(r) for r in conn.execute(q)]

@@ -157,6 +157,11 @@ async def test_a_failed_recharge_is_an_alarm_and_its_retry_keeps_the_count(runni
     (failed,) = [e for e in seen.of(CommandFailed) if e.command_id == result.command_id]
     assert failed.command == "RECHARGE" and failed.meter_id == "E-102"
     assert run.ops.account_snapshot("A-102").failed_commands == (result.command_id,)
+    # Read with the other accounts (an OPC UA refresh's part): the alarm is A-102's alone.
+    attach(run, "A-901")
+    together = {s.account_id: s for s in run.ops.account_snapshots(run.ops.account_ids())}
+    assert together["A-102"].failed_commands == (result.command_id,) and len(together) > 1
+    assert all(s.failed_commands == () for a, s in together.items() if a != "A-102")
     show = run_cli(cli, run, "account", "show", "SITE", "A-102")
     assert f"ALARM   command {result.command_id} FAILED, money not delivered" in show
 
