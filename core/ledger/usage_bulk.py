@@ -49,8 +49,6 @@ from .values import JournalKind, UsageResult, WalletKind
 #: Rows per INSERT ... RETURNING of journals (9 parameters a row: well inside SQLite's
 #: 32,766 and PostgreSQL's 65,535 bound parameters).
 _JOURNALS_PER_STATEMENT = 500
-#: Keys per IN (...) lookup.
-_KEYS_PER_QUERY = 900
 
 
 #: A wallet moved by several journals at once: its version counts each of them.
@@ -227,23 +225,22 @@ def post_usages(
 def load_accruals(
     conn: Connection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """The saved accruals of `(meter, cycle)` pairs in one query per 900 meters, as
-    `load_accrual` returns each; pairs without one are absent."""
+    """The saved accruals of `(meter, cycle)` pairs in one query (the meters bound as one
+    parameter, `among`), as `load_accrual` returns each; pairs without one are absent."""
     wanted = set(keys)
     out: dict[tuple[str, str], dict[str, Any]] = {}
     meters = sorted({m for m, _ in wanted})
     a = t.usage_accrual
-    for part in chunks(meters, _KEYS_PER_QUERY):
-        for row in conn.execute(sa.select(a).where(among(conn, a.c.meter_id, part))):
-            key = (row.meter_id, row.cycle)
-            if key in wanted:
-                out[key] = {
-                    "cum_exact_fen": row.cum_exact_fen,
-                    "posted_fen": int(row.posted_fen),
-                    "rounding": row.rounding,
-                    "period_key": row.period_key,
-                    "journal_id": row.journal_id,
-                }
+    for row in conn.execute(sa.select(a).where(among(conn, a.c.meter_id, meters))):
+        key = (row.meter_id, row.cycle)
+        if key in wanted:
+            out[key] = {
+                "cum_exact_fen": row.cum_exact_fen,
+                "posted_fen": int(row.posted_fen),
+                "rounding": row.rounding,
+                "period_key": row.period_key,
+                "journal_id": row.journal_id,
+            }
     return out
 
 
@@ -253,12 +250,11 @@ def load_accruals(
 def _posted_journals(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[int, dict]]:
     j = t.journal
     out: dict[str, tuple[int, dict]] = {}
-    for part in chunks(sorted(set(keys)), _KEYS_PER_QUERY):
-        q = sa.select(j.c.id, j.c.idempotency_key, j.c.request).where(
-            among(conn, j.c.idempotency_key, part)
-        )
-        for row in conn.execute(q):
-            out[row.idempotency_key] = (int(row.id), dict(row.request))
+    q = sa.select(j.c.id, j.c.idempotency_key, j.c.request).where(
+        among(conn, j.c.idempotency_key, set(keys))
+    )
+    for row in conn.execute(q):
+        out[row.idempotency_key] = (int(row.id), dict(row.request))
     return out
 
 
@@ -269,16 +265,13 @@ def _refusals(
     (electric, water) when it may be billed — the checks `post_usage` makes one at a
     time, in two queries."""
     accounts = sorted({r.account_id for r in requests})
-    state: dict[str, str] = {}
-    attached: dict[tuple[str, str], str] = {}
     am = t.account_meter
-    for part in chunks(accounts, _KEYS_PER_QUERY):
-        q = sa.select(t.account.c.id, t.account.c.state).where(among(conn, t.account.c.id, part))
-        state.update({row.id: row.state for row in conn.execute(q)})
-        q = sa.select(am.c.account_id, am.c.meter_id, am.c.kind).where(
-            among(conn, am.c.account_id, part), am.c.detached_at.is_(None)
-        )
-        attached.update({(row.account_id, row.meter_id): row.kind for row in conn.execute(q)})
+    q = sa.select(t.account.c.id, t.account.c.state).where(among(conn, t.account.c.id, accounts))
+    state: dict[str, str] = {row.id: row.state for row in conn.execute(q)}
+    q = sa.select(am.c.account_id, am.c.meter_id, am.c.kind).where(
+        among(conn, am.c.account_id, accounts), am.c.detached_at.is_(None)
+    )
+    attached = {(row.account_id, row.meter_id): row.kind for row in conn.execute(q)}
     out: dict[tuple[str, str], RequestError | str] = {}
     for r in requests:
         pair = (r.account_id, r.meter_id)
@@ -312,18 +305,13 @@ def _stream(refused: Mapping[tuple[str, str], RequestError | str], r: UsageReque
 def _lock_wallets(conn: Connection, accounts: Sequence[str]) -> dict[str, tuple[str, int]]:
     """account → (energy wallet, balance), row-locked in account order."""
     w = t.wallet
-    out: dict[str, tuple[str, int]] = {}
-    for part in chunks(accounts, _KEYS_PER_QUERY):
-        q = (
-            sa.select(w.c.account_id, w.c.ledger_account, w.c.balance_fen)
-            .where(among(conn, w.c.account_id, part), w.c.kind == WalletKind.ENERGY.value)
-            .order_by(w.c.account_id)
-            .with_for_update()
-        )
-        out.update(
-            {row.account_id: (row.ledger_account, int(row.balance_fen)) for row in conn.execute(q)}
-        )
-    return out
+    q = (
+        sa.select(w.c.account_id, w.c.ledger_account, w.c.balance_fen)
+        .where(among(conn, w.c.account_id, accounts), w.c.kind == WalletKind.ENERGY.value)
+        .order_by(w.c.account_id)
+        .with_for_update()
+    )
+    return {row.account_id: (row.ledger_account, int(row.balance_fen)) for row in conn.execute(q)}
 
 
 _INSERTS: dict[str, Any] = {}

@@ -15,7 +15,6 @@ from .. import ledger
 from ..billing.bills.paying import receivable
 from ..db import schema as t
 from ..db.among import among
-from ..db.bounded import chunks
 from ..ledger.codes import emergency_code
 from ..model import MeterKind
 from ..prepay import accounts as acc
@@ -134,11 +133,9 @@ class SnapshotReads(Door):
 
     def account_snapshots(self, account_ids: Collection[str]) -> list[AccountSnapshot]:
         """The snapshots of these accounts (ordered by id; unknown ids left out), in one
-        read transaction of a few queries per 500 accounts."""
-        ids = sorted(set(account_ids))
+        read transaction of a few queries."""
         with self.db.read() as conn:
-            accounts = [a for part in chunks(ids, 500) for a in acc.list_accounts(conn, ids=part)]
-            return self._snapshots(conn, accounts)
+            return self._snapshots(conn, acc.list_accounts(conn, ids=set(account_ids)))
 
     def _snapshots(self, conn: Connection, accounts: list[acc.Account]) -> list[AccountSnapshot]:
         now = self.clock()
