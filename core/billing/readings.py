@@ -354,8 +354,11 @@ class ReadingCapture:
     ) -> None:
         self.calendar = calendar
         self.layouts = dict(layouts)
-        #: meter → (capture instant the held sample is for, the sample).
-        self._held: dict[str, tuple[dt.datetime, Sample]] = {}
+        #: meter → the sample held and the capture instant it is for (two dicts, not one
+        #: of pairs: a pair holding a sample is one more object per meter for the
+        #: collector to walk).
+        self._held: dict[str, Sample] = {}
+        self._held_at: dict[str, dt.datetime] = {}
         #: Samples to save: (meter, instant) → sample (final or provisional).
         self._dirty: dict[tuple[str, dt.datetime], Sample] = {}
         #: meter → when its provisional reading is to be saved again (read time).
@@ -389,13 +392,15 @@ class ReadingCapture:
             return
         meter = sample.source
         held = self._held.get(meter)
-        if held is not None and sample.read_at <= held[1].read_at:
+        if held is not None and sample.read_at <= held.read_at:
             return
-        if held is not None and sample.read_at <= held[0]:
-            at = held[0]
+        held_at = self._held_at.get(meter)
+        if held_at is not None and sample.read_at <= held_at:
+            at = held_at
         else:
             at = self.calendar.capture_instant(sample.read_at)
-        self._held[meter] = (at, sample)
+        self._held[meter] = sample
+        self._held_at[meter] = at
         self._dirty[(meter, at)] = sample
 
     @property

@@ -115,7 +115,7 @@ class LinkWorker:
             for i, meter_id in enumerate(meters):
                 # Spread the first polls over one interval instead of a burst at start.
                 offset = self.health[meter_id].interval_s * i / max(len(meters), 1)
-                heapq.heappush(self._polls, PollJob(now + offset, next(self._seq), meter_id))
+                heapq.heappush(self._polls, (now + offset, next(self._seq), meter_id))
             lanes.append(
                 asyncio.create_task(self._publish_stats_forever(), name=f"stats-{self.link.id}")
             )
@@ -184,16 +184,16 @@ class LinkWorker:
             usable = self._link_usable(now)
             if usable and self._confirm:
                 return self._confirm.popleft()
-            if usable and self._polls and self._polls[0].due <= now:
+            if usable and self._polls and self._polls[0][0] <= now:
                 return heapq.heappop(self._polls)
-            wake_at = self._polls[0].due if self._polls else now + 60
+            wake_at = self._polls[0][0] if self._polls else now + 60
             if not usable:
                 wake_at = max(wake_at, self._reconnect_at) if self._polls else self._reconnect_at
             self._wake.clear()
             await self._wake.wait(max(wake_at - now, 0.0005))
 
     def _schedule(self, meter_id: str, delay: float) -> None:
-        heapq.heappush(self._polls, PollJob(self.clock() + delay, next(self._seq), meter_id))
+        heapq.heappush(self._polls, (self.clock() + delay, next(self._seq), meter_id))
 
     async def _lane(self) -> None:
         lane = asyncio.current_task()
@@ -208,8 +208,8 @@ class LinkWorker:
             if self.guard is not None and not self.guard():
                 # The lease may be gone (or going): not one more frame on this link. A
                 # poll is dropped (the lease manager stops this worker), no Bad sample.
-                if isinstance(job, PollJob):
-                    self._schedule(job.meter_id, self.health[job.meter_id].interval_s)
+                if isinstance(job, tuple):  # a PollJob
+                    self._schedule(job[2], self.health[job[2]].interval_s)
                 else:
                     settle(job.future, LinkNotOwned(f"link {self.link.id} is not owned"))
                 continue
@@ -229,8 +229,8 @@ class LinkWorker:
                 self.stats.jobs_total += 1
 
     async def _run(self, job: Job) -> None:
-        if isinstance(job, PollJob):
-            await self._poll(job.meter_id)
+        if isinstance(job, tuple):  # a PollJob
+            await self._poll(job[2])
         elif isinstance(job, ControlJob):
             await self._execute(job)
         elif isinstance(job, ConfirmJob):
@@ -286,12 +286,12 @@ class LinkWorker:
                 self.devices.mark_offline(health, f"link down: {exc}")
 
     def _fail_on_link_down(self, job: Job, exc: LinkDown) -> None:
-        if isinstance(job, PollJob):
-            health = self.health[job.meter_id]
+        if isinstance(job, tuple):  # a PollJob
+            health = self.health[job[2]]
             if health.offline_since is None:
                 self.devices.publish_bad(health, Quality.BAD_COMM_FAILURE, str(exc))
                 self.devices.mark_offline(health, str(exc))
-            self._schedule(job.meter_id, health.interval_s)
+            self._schedule(job[2], health.interval_s)
         elif not job.future.done():
             job.future.set_exception(exc)
 

@@ -4,20 +4,17 @@ confirmations and reads on demand, and how a waiting caller is answered."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import DeviceRejected
 from ..model import CommandOutcome, DeviceCommand, Sample
 
-
-@dataclass(order=True, slots=True)
-class PollJob:
-    """A routine poll of `meter_id`, due at `due` (the worker's clock); `seq` keeps polls
-    due at the same instant in the order they were scheduled."""
-
-    due: float
-    seq: int
-    meter_id: str = field(compare=False)
+#: A routine poll: (due on the worker's clock, sequence, meter id); the sequence keeps
+#: polls due at the same instant in the order they were scheduled. A plain tuple, not a
+#: class: one waits in a link's heap for every meter all the time, and the collector stops
+#: tracking a tuple of a float, an int and a str, where it walks every slotted object at
+#: each full collection (docs/capacity.md, "Collector pauses").
+PollJob = tuple[float, int, str]
 
 
 @dataclass(slots=True)

@@ -281,10 +281,13 @@ class PlausibilityCheck:
             return []
         elapsed = max(t - ref.t, 0.0)
         out = [f for p, v in now.items() if (f := self._rise(p, v, ref, elapsed)) is not None]
-        if not out:
-            self._reference = _Reference(t, {**ref.values, **now}, confirmed=True)
-        elif not ref.confirmed:
-            self._reference = _Reference(t, {**ref.values, **now})
+        if not out or not ref.confirmed:
+            # Moved on in place: the reference lives as long as the meter (frozen with the
+            # long-lived heap), its values dict of floats is not even tracked by the
+            # collector; a new reference per reading would be one more object per meter
+            # for every full collection to walk.
+            ref.t, ref.values = t, {**ref.values, **now}
+            ref.confirmed = ref.confirmed or not out
         return out
 
     def _rise(self, point: str, value: float, ref: _Reference, elapsed: float) -> Finding | None:

@@ -15,18 +15,27 @@ from ..rating.rounding import Accrual
 
 @dataclass(slots=True)
 class MeterBook:
-    """What metering holds in memory for one meter between database writes."""
+    """What metering holds in memory for one meter between database writes.
+
+    A book lives as long as the meter is billed here, and is frozen with the long-lived
+    heap; what changes with every batch is kept as tuples of ints (`state_fields`,
+    `pending_fen`), which the collector stops tracking, and not as a new `MeterState` or
+    `Fraction` per batch, which every full collection would walk (docs/capacity.md,
+    "Collector pauses"). `state` and `pending_cost` build them on demand.
+    """
 
     account_id: str
     mode: str
-    state: MeterState
+    #: The rating state, `MeterState.as_tuple()`.
+    state_fields: tuple[Any, ...]
     saved_at: datetime
     #: Unsaved state is written at least this often (persist_s, spread per meter).
     persist: timedelta
     cycle: str | None = None
     accrual: Accrual | None = None
-    #: Cost rated while the cycle's saved accrual was not loaded yet (fen, exact).
-    pending_cost: Fraction = Fraction(0)
+    #: Cost rated while the cycle's saved accrual was not loaded yet (fen, exact), as
+    #: (numerator, denominator).
+    pending_fen: tuple[int, int] = (0, 1)
     #: The last rated reading (epoch seconds): the posting's period key.
     period: str = ""
     #: Unsaved changes (baseline moved, energy not yet added to `meter_usage_day`).
@@ -35,6 +44,28 @@ class MeterBook:
     days: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
     #: Replacements rated into the state and not saved yet (meter_replacement ids).
     replaced: list[int] = field(default_factory=list)
+
+    @classmethod
+    def opened(
+        cls, account_id: str, mode: str, state: MeterState, saved_at: datetime, persist: timedelta
+    ) -> MeterBook:
+        return cls(account_id, mode, state.as_tuple(), saved_at, persist)
+
+    @property
+    def state(self) -> MeterState:
+        return MeterState(*self.state_fields)
+
+    @state.setter
+    def state(self, state: MeterState) -> None:
+        self.state_fields = state.as_tuple()
+
+    @property
+    def pending_cost(self) -> Fraction:
+        return Fraction(*self.pending_fen)
+
+    @pending_cost.setter
+    def pending_cost(self, cost: Fraction) -> None:
+        self.pending_fen = (cost.numerator, cost.denominator)
 
 
 def add_usage(book: MeterBook, engine: RatingEngine, rated: RatedRows, tz: Any) -> None:

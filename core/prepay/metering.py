@@ -420,7 +420,9 @@ class Metering:
             # Spread the meters' periodic saves over +0..25 % of persist_s, so that meters
             # that started together do not all write in the same second.
             spread = 1 + (zlib.crc32(meter_id.encode()) % 1000) / 4000
-            book = MeterBook(account_id, info.control_mode, state, now, self.persist * spread)
+            book = MeterBook.opened(
+                account_id, info.control_mode, state, now, self.persist * spread
+            )
             self._books[meter_id] = book
         book.mode = info.control_mode
         if not samples and not replacements:
@@ -429,11 +431,12 @@ class Metering:
         readings = engine.layout.rows_from_samples(samples)
         if not readings and not replacements:
             return book, 0
-        swaps = _replacements(engine.layout, replacements, book.state)
-        rated = engine.rate_rows(readings, book.state, swaps)
+        state = book.state
+        swaps = _replacements(engine.layout, replacements, state)
+        rated = engine.rate_rows(readings, state, swaps)
         book.replaced.extend(r.id for r in replacements)
-        self._watch(meter_id, engine, readings, rated, book.state, report)
-        if rated.state == book.state:
+        self._watch(meter_id, engine, readings, rated, state, report)
+        if rated.state == state:
             return book, 0  # stale readings only
         book.state = rated.state
         book.dirty = True

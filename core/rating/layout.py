@@ -218,6 +218,11 @@ class MeterState:
     def cycle_energy_units(self) -> Decimal:
         return Decimal(self.cycle_energy) / ENERGY_SCALE
 
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The fields in order (`MeterState(*fields)` builds the state again): what a
+        holder of a state for the meter's life keeps (see `prepay.meter_book`)."""
+        return (self.last_t, self.last_counts, self.cycle_start, self.cycle_energy, self.opened_at)
+
     def to_record(self) -> dict[str, Any]:
         return {
             "last_t": self.last_t,

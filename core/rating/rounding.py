@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -72,7 +71,6 @@ def fen_from_cost(cost: int | Fraction) -> Fraction:
     return Fraction(cost) / COST_PER_FEN
 
 
-@dataclass(slots=True)
 class Accrual:
     """Deduction without drift (domain.md §5.4), one per meter per billing cycle.
 
@@ -80,11 +78,48 @@ class Accrual:
     post now: `round(cum_exact) − posted`. However the usage is sliced, the fen posted sum to
     the rounded total of the cycle. The ledger persists (`cum_exact_fen`, `posted_fen`) —
     `to_record()` / `from_record()` — in the same transaction as the posting.
+
+    The exact sum is kept as (numerator, denominator), not as a `Fraction`: an accrual lives
+    as long as its meter's cycle and changes with every reading, and the collector stops
+    tracking a tuple of ints, where it walks every Fraction at each full collection
+    (docs/capacity.md, "Collector pauses").
     """
 
-    cum_exact_fen: Fraction = Fraction(0)
-    posted_fen: int = 0
-    rounding: Rounding = Rounding.HALF_UP
+    __slots__ = ("_cum", "posted_fen", "rounding")
+
+    def __init__(
+        self,
+        cum_exact_fen: Fraction | int = 0,
+        posted_fen: int = 0,
+        rounding: Rounding = Rounding.HALF_UP,
+    ) -> None:
+        self._cum: tuple[int, int] = (0, 1)
+        self.cum_exact_fen = Fraction(cum_exact_fen)
+        self.posted_fen = posted_fen
+        self.rounding = rounding
+
+    @property
+    def cum_exact_fen(self) -> Fraction:
+        return Fraction(*self._cum)
+
+    @cum_exact_fen.setter
+    def cum_exact_fen(self, value: Fraction) -> None:
+        self._cum = (value.numerator, value.denominator)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Accrual):
+            return NotImplemented
+        return (self._cum, self.posted_fen, self.rounding) == (
+            other._cum,
+            other.posted_fen,
+            other.rounding,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Accrual(cum_exact_fen={self.cum_exact_fen!r}, posted_fen={self.posted_fen}, "
+            f"rounding={self.rounding!r})"
+        )
 
     def add(self, cost_fen: Fraction | int | Decimal) -> int:
         self.cum_exact_fen += Fraction(cost_fen)
