@@ -18,6 +18,11 @@ Everything is measured from outside the instances:
   write transaction: the maximum over the window of each instance's `Diagnostics:service`
   points (a subscription);
 - start-up (launch → every meter read once), `stop` (SIGTERM → exit, per instance);
+- the heap settled: the window starts once every instance has run its first scheduled full
+  collection (`core.app.vitals`, ~90 s after its start-up, after the clients subscribed),
+  which freezes the state the site built after start-up; that collection's pause and every
+  later one's are read from the instances' logs (`settling_collection_ms`,
+  `full_collection_ms`);
 - commands left SENT (the database, after every instance stopped), historian lines dropped
   (each instance's `Diagnostics:historian` point at the end of the window).
 
@@ -64,6 +69,11 @@ VITALS = (
 SERVICE_NODE = "Diagnostics:service/openprepay.service/{}"
 SLOW_WRITE = re.compile(r"held the database (?P<s>[0-9.]+) s \((?P<where>[^)]*\))\)")
 HISTORIAN_DROPPED = "Diagnostics:historian/openprepay.historian/dropped_lines"
+FULL_COLLECTIONS = "Diagnostics:service/openprepay.service/gc_full_collections"
+FULL_COLLECTION = re.compile(
+    r"scheduled full collection: (?P<ms>[0-9]+) ms, [0-9]+ unreachable collected, "
+    r"(?P<frozen>[0-9]+) survivors frozen"
+)
 
 
 # -- the database ------------------------------------------------------------------------
@@ -263,6 +273,30 @@ class VitalsWatch:
             v[name] = max(v[name], float(val))
 
 
+async def wait_settled(instances: list[Instance], timeout_s: float) -> bool:
+    """Until every instance has run its first (settling) scheduled full collection."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = [int(await read_value(i, FULL_COLLECTIONS) or 0) for i in instances]
+        if all(done):
+            return True
+        await asyncio.sleep(2.0)
+    return False
+
+
+def full_collections(instances: list[Instance]) -> tuple[list[int], list[int]]:
+    """The scheduled full collections' pauses (ms) the instances logged: the first of each
+    (the settling one, which freezes its survivors) and every later one."""
+    first: list[int] = []
+    later: list[int] = []
+    for i in instances:
+        lines = (i.folder / "run.log").read_text(errors="replace").splitlines()
+        pauses = [int(hit["ms"]) for line in lines if (hit := FULL_COLLECTION.search(line))]
+        first.extend(pauses[:1])
+        later.extend(pauses[1:])
+    return first, later
+
+
 async def wait_all_read(instances: list[Instance], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     said = time.monotonic()
@@ -362,6 +396,10 @@ async def run_instances(
             for w in watches:
                 await w.start()
             await asyncio.sleep(POLL_S)  # the subscriptions settle
+            if not await wait_settled(instances, 600):
+                errors.append("an instance ran no scheduled full collection in 600 s")
+            settled_s = time.perf_counter() - t0
+            print(f"the heap settled after {settled_s:.1f} s", flush=True)
             for w in watches:
                 w.reset()
             before = [await read_polls(i) for i in instances]
@@ -395,6 +433,7 @@ async def run_instances(
             if sims.returncode is None:
                 sims.terminate()
                 await sims.wait()
+    settling, later = full_collections(instances)
     per = [polls_between(b, a, POLL_S) for b, a in zip(before, after, strict=True)]
     done, due = sum(p[0] for p in per), sum(p[1] for p in per)
     ratio = done / due if due else 0.0
@@ -427,6 +466,9 @@ async def run_instances(
         "accounts_s": round(accounts_s, 1),
         "startup_s": round(startup_s, 1),
         "all_read_s": round(all_read_s, 1),
+        "settled_s": round(settled_s, 1),
+        "settling_collection_ms": max(settling, default=None),
+        "full_collection_ms": max(later, default=None),
         "stop_s": round(max(i.stop_s or 0.0 for i in instances), 2),
         "instance_stop_s": [round(i.stop_s or 0.0, 2) for i in instances],
         "lost_commands": lost,
