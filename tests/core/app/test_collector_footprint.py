@@ -40,9 +40,7 @@ def tracked_referents(obj: object, *allowed: object) -> list[object]:
     gc.collect()
     allowed = (type(obj), *allowed)
     return [
-        o
-        for o in gc.get_referents(obj)
-        if gc.is_tracked(o) and all(o is not a for a in allowed)
+        o for o in gc.get_referents(obj) if gc.is_tracked(o) and all(o is not a for a in allowed)
     ]
 
 
