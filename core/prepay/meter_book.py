@@ -21,7 +21,8 @@ class MeterBook:
     heap; what changes with every batch is kept as tuples of ints (`state_fields`,
     `pending_fen`), which the collector stops tracking, and not as a new `MeterState` or
     `Fraction` per batch, which every full collection would walk (docs/capacity.md,
-    "Collector pauses"). `state` and `pending_cost` build them on demand.
+    "Collector pauses"); `days` is emptied in place when saved. `state` and `pending_cost`
+    build them on demand.
     """
 
     account_id: str
@@ -42,8 +43,9 @@ class MeterBook:
     dirty: bool = False
     #: Energy not yet added to `meter_usage_day`: day → (units, units per rate).
     days: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
-    #: Replacements rated into the state and not saved yet (meter_replacement ids).
-    replaced: list[int] = field(default_factory=list)
+    #: Replacements rated into the state and not saved yet (meter_replacement ids); a
+    #: tuple, so that a saved book holds the empty tuple, not a new empty list per save.
+    replaced: tuple[int, ...] = ()
 
     @classmethod
     def opened(

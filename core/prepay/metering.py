@@ -434,7 +434,7 @@ class Metering:
         state = book.state
         swaps = _replacements(engine.layout, replacements, state)
         rated = engine.rate_rows(readings, state, swaps)
-        book.replaced.extend(r.id for r in replacements)
+        book.replaced += tuple(r.id for r in replacements)
         self._watch(meter_id, engine, readings, rated, state, report)
         if rated.state == state:
             return book, 0  # stale readings only
@@ -490,13 +490,13 @@ class Metering:
             )
             for day, (units, by_rate) in book.days.items():
                 days[(meter_id, day)] = (book.account_id, units, by_rate)
-            book.days = {}
+            book.days.clear()  # the book's own dict, frozen with it: not a new one per save
             book.dirty = False
             book.saved_at = now
             if book.replaced:
                 report.replacements.extend(book.replaced)
                 report.replaced_meters.add(meter_id)
-            book.replaced = []
+            book.replaced = ()
         save_states(conn, states)
         add_days(conn, days, now)
         # The replacements not marked yet (the first part: also those of meters without a

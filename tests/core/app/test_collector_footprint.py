@@ -78,7 +78,7 @@ def test_a_meter_book_keeps_its_state_and_pending_cost_untracked() -> None:
         book.pending_cost += Fraction(1, 3)
     assert book.state == MeterState(1_700_000_002, (1002, 0, 0), 1_690_000_000, 20, None)
     assert book.pending_cost == Fraction(1)
-    assert tracked_referents(book, book.days, book.replaced) == []
+    assert tracked_referents(book, book.days) == []
 
 
 def test_an_accrual_keeps_its_exact_sum_untracked() -> None:
