@@ -13,7 +13,7 @@ from ..model import CommandOutcome, DeviceCommand, Sample
 #: polls due at the same instant in the order they were scheduled. A plain tuple, not a
 #: class: one waits in a link's heap for every meter all the time, and the collector stops
 #: tracking a tuple of a float, an int and a str, where it walks every slotted object at
-#: each full collection (docs/capacity.md, "Collector pauses").
+#: each full collection (docs/capacity.md, "The collector").
 PollJob = tuple[float, int, str]
 
 

@@ -21,7 +21,7 @@ class MeterBook:
     heap; what changes with every batch is kept as tuples of ints (`state_fields`,
     `pending_fen`), which the collector stops tracking, and not as a new `MeterState` or
     `Fraction` per batch, which every full collection would walk (docs/capacity.md,
-    "Collector pauses"); `days` is emptied in place when saved. `state` and `pending_cost`
+    "The collector"); `days` is emptied in place when saved. `state` and `pending_cost`
     build them on demand.
     """
 

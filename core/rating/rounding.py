@@ -82,7 +82,7 @@ class Accrual:
     The exact sum is kept as (numerator, denominator), not as a `Fraction`: an accrual lives
     as long as its meter's cycle and changes with every reading, and the collector stops
     tracking a tuple of ints, where it walks every Fraction at each full collection
-    (docs/capacity.md, "Collector pauses").
+    (docs/capacity.md, "The collector").
     """
 
     __slots__ = ("_cum", "posted_fen", "rounding")
