@@ -34,12 +34,14 @@ generation `gc_pause_max_generation`.
 A scheduled full collection that took longer than `FREEZE_OVER_S` freezes what survived
 it: the long-lived objects made since the last freeze (the per-meter state of links taken
 after start-up, a client's monitored items), which every later full collection would walk
-again. The first, settling, collection does this at every size worth it (at 20,000 meters
-on two instances, ~400,000 objects each); after it, a full collection walks only what
-lives one poll interval. Freezing is not free of cost: garbage cycles among the objects
-frozen are never collected, so an object alive at the freeze that later ends in a cycle
-stays; at 4,000 meters each freeze kept ~30 such objects (measured by unfreezing and
-collecting). Hence only a collection over the mark freezes, not every one.
+again. The first, settling, collection does this at every size worth it (at 10,413 meters
+on two instances, ~175,000 objects each); after it, a full collection walks only what was
+made since and lives on: ~11–13 objects per meter, where it walked ~39 (docs/capacity.md,
+"The collector": what a poll puts into a meter's long-lived state is kept untracked).
+Freezing is not free of cost: garbage cycles among the objects frozen are never collected,
+so an object alive at the freeze that later ends in a cycle stays; at 4,000 meters each
+freeze kept ~30 such objects (measured by unfreezing and collecting). Hence only a
+collection over the mark freezes, not every one.
 """
 
 from __future__ import annotations
@@ -117,8 +119,8 @@ MIDDLE_COLLECTION_S = 2.0
 
 #: How often the scheduled full collection runs unless the site says (`[poll]
 #: full_collection_s`, see the module docstring): its pause walks what lives and is not
-#: frozen (~400,000 objects, ~0.33 s of CPU, per instance at 20,000 meters on two), and the
-#: garbage it finds (a few thousand objects a minute at that size) waits for it meanwhile.
+#: frozen (~60,000 objects, 90–170 ms, per instance at 10,413 meters on two, on a slow
+#: day), and the garbage it finds (a few hundred objects a minute) waits for it meanwhile.
 FULL_COLLECTION_S = PollPolicy().full_collection_s
 
 #: The first scheduled full collection, after the heap was frozen at start-up: by then
