@@ -15,6 +15,7 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -40,6 +41,22 @@ def node_client() -> list[str]:
     return [node, str(INTEROP / "client.js")]
 
 
+async def billed_up_to_date(ops: Any, account: str) -> Any:
+    """The account's snapshot once billing has caught up with its meter. The session's
+    loop stands still while tests on other loops run (minutes on a slow box); the first
+    polls after that bill the hours the simulated meter ran meanwhile, at 60 times real
+    time, so a balance taken before them is soon stale. The meter is polled every 0.3 s
+    and billed every 0.2 s: two snapshots 1.5 s apart that agree to 0.10 are current."""
+    last = await asyncio.to_thread(ops.account_snapshot, account)
+    for _ in range(40):
+        await asyncio.sleep(1.5)
+        now = await asyncio.to_thread(ops.account_snapshot, account)
+        if abs(now.balance_fen - last.balance_fen) <= 10:
+            return now
+        last = now
+    raise AssertionError(f"{account}'s balance kept moving: {last.balance_fen} fen")
+
+
 async def test_node_opcua_browses_reads_tops_up_and_gets_the_low_balance_alarm(
     opcua_site: OpcUaSite, tmp_path: Path
 ) -> None:
@@ -53,7 +70,7 @@ async def test_node_opcua_browses_reads_tops_up_and_gets_the_low_balance_alarm(
     trust(opcua_site.pki, str(cert.cert))
 
     # Bring A-102 down to 3.00 (alarm level 2): a top-up of 10.00 then moves it to level 1.
-    snapshot = await asyncio.to_thread(ops.account_snapshot, "A-102")
+    snapshot = await billed_up_to_date(ops, "A-102")
     if snapshot.balance_fen > 300:
         await asyncio.to_thread(
             ops.refund, "A-102", snapshot.balance_fen - 300, "interop-prepare", actor="test"
