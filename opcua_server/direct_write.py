@@ -17,10 +17,17 @@ source and server time, set by the publisher) and:
 - when a client monitors it, stores a DataValue and returns a coroutine that calls the
   monitored items' callbacks as asyncua would, for the caller to await: subscriptions see
   every write, and a new monitored item reads the current value through the callback;
+  once told, a monitored item lets go of the value before the one it holds (below);
 - a variable with a value setter (or one not found) goes through asyncua's own method.
 
-It reaches into asyncua 2.1's `NodeData.attributes` / `AttributeValue` (setup.cfg pins
-asyncua to 2.1.x); tests/opcua_server/test_direct_write.py fails if those change.
+asyncua's monitored item keeps the value before its current one (`old_dvalue`) until the
+next change, though it only compares the two while it is told of that change: dropped
+after telling, a monitored variable holds one DataValue and Variant (shared with the
+address space) instead of two of each, for every full collection to walk.
+
+It reaches into asyncua 2.1's `NodeData.attributes` / `AttributeValue` and the monitored
+item service's `_monitored_datachange` / `_monitored_items` (setup.cfg pins asyncua to
+2.1.x); tests/opcua_server/test_direct_write.py fails if those change.
 """
 
 from __future__ import annotations
@@ -86,3 +93,16 @@ async def _tell(attval: AttributeValue, value: ua.DataValue) -> None:
             await callback(handle, value)
         except Exception:
             log.exception("telling monitored item %s of a value failed", handle)
+        _forget_the_value_before(callback, handle)
+
+
+def _forget_the_value_before(callback: Any, handle: int) -> None:
+    """The monitored item behind `callback` (asyncua's `MonitoredItemService.
+    datachange_callback`) no longer holds its previous value: the next change moves the
+    current one there before comparing, so nothing reads it again."""
+    service = getattr(callback, "__self__", None)
+    try:
+        item = service._monitored_items[service._monitored_datachange[handle]]  # type: ignore[union-attr]
+        item.mvalue.old_dvalue = None
+    except (AttributeError, KeyError):  # another kind of callback, or the item just left
+        pass

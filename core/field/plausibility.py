@@ -226,8 +226,11 @@ class PlausibilityCheck:
         self._reference: _Reference | None = None
         #: Points in an implausible episode, and how many readings it has lasted.
         self.episodes: dict[str, int] = {}
-        self.started: list[Finding] = []
-        self.ended: list[str] = []
+        #: The episodes the last reading started and ended: tuples, not lists (an empty
+        #: tuple is the one shared `()`, where two new lists per reading were two more
+        #: objects per meter for every full collection to walk).
+        self.started: tuple[Finding, ...] = ()
+        self.ended: tuple[str, ...] = ()
 
     def rebase(self) -> None:
         """Take the next reading as the reference (after a recorded meter replacement)."""
@@ -347,8 +350,8 @@ class PlausibilityCheck:
 
     def _track(self, findings: list[Finding]) -> None:
         flagged = {f.point for f in findings}
-        self.started = [f for f in findings if f.point not in self.episodes]
-        self.ended = [p for p in self.episodes if p not in flagged]
+        self.started = tuple(f for f in findings if f.point not in self.episodes)
+        self.ended = tuple(p for p in self.episodes if p not in flagged)
         for point in self.ended:
             del self.episodes[point]
         for point in flagged:

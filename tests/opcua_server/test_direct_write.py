@@ -111,3 +111,40 @@ async def test_values_read_back_and_subscribers_still_hear_of_them() -> None:
         await second.delete()
     finally:
         await server.stop()
+
+
+async def test_a_monitored_variable_keeps_one_value_and_hears_only_of_changes() -> None:
+    server = Server()
+    await server.init()
+    try:
+        idx = await server.register_namespace("urn:test")
+        watched = await server.nodes.objects.add_variable(idx, "Watched", 0.0)
+        writer = DirectWriter(server.iserver.aspace)
+        changes = Changes()
+        subscription = await server.create_subscription(10, changes)
+        await subscription.subscribe_data_change(watched)
+        point = PointBinding(watched.nodeid, ua.VariantType.Double, float)
+        at = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
+        for value in (7.0, 7.0, 8.0):  # the repeat is compared with what came before it
+            told = writer.store(show(point, value, ua.StatusCodes.Good, at))
+            assert told is not None
+            await told
+        for _ in range(100):
+            if len(changes.values) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # time for a wrongly notified repeat to arrive
+        assert changes.values == [0.0, 7.0, 8.0]
+
+        # The monitored item holds the current value, the very one the address space
+        # shows, and has let go of the one before it.
+        attval = server.iserver.aspace._nodes[watched.nodeid].attributes[ua.AttributeIds.Value]
+        [(handle, callback)] = attval.datachange_callbacks.items()
+        service = callback.__self__
+        item = service._monitored_items[service._monitored_datachange[handle]]
+        assert item.mvalue.old_dvalue is None
+        assert item.mvalue.current_dvalue is attval.value
+        assert attval.value.Value.Value == 8.0
+        await subscription.delete()
+    finally:
+        await server.stop()

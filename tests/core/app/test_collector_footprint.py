@@ -6,9 +6,9 @@ poll replaces in them must then be something the collector does not track (an in
 float, a str, a datetime, a tuple of those, a dict of those), or every full collection
 walks one more object per meter per slot (issue 15: at 20,000 meters on two instances, ~39
 objects per meter made a full collection pause ~350 ms). Each test fails on the state as it
-was: a `PollJob` object per meter in the link's heap, a new plausibility reference per
-reading, a `MeterState` and a `Fraction` per batch in the meter's book, a `Fraction` in its
-accrual.
+was: a `PollJob` object per meter in the link's heap, a new plausibility reference and two
+empty lists of episodes per reading, a `MeterState` and a `Fraction` per batch in the
+meter's book, a `Fraction` in its accrual.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def test_the_plausibility_reference_moves_on_in_place() -> None:
     assert reference is not None and reference.values == {"energy_total": 1000.02}
     assert reference.confirmed
     assert tracked_referents(reference) == []
+    # No episode started or ended: nothing new per reading (two lists each time, before).
+    assert check.started == () and check.ended == ()
+    assert not gc.is_tracked(check.started) and not gc.is_tracked(check.ended)
 
 
 def test_a_meter_book_keeps_its_state_and_pending_cost_untracked() -> None:

@@ -108,7 +108,7 @@ def test_a_register_going_backwards_is_not_usage_and_keeps_the_reference(
         assert [f.point for f in c.assess(low)] == ["energy_total"]
         assert low.quality is Quality.UNCERTAIN
         assert "never runs backwards" in low.error  # type: ignore[operator]
-    assert c.started == [] and c.episodes == {"energy_total": 2}
+    assert c.started == () and c.episodes == {"energy_total": 2}
     assert not c.assess(sample(ddsy, 40, energy_total=1000.02))
 
 
