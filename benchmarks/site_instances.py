@@ -18,11 +18,10 @@ Everything is measured from outside the instances:
   write transaction: the maximum over the window of each instance's `Diagnostics:service`
   points (a subscription);
 - start-up (launch → every meter read once), `stop` (SIGTERM → exit, per instance);
-- the heap settled: the window starts once every instance has run its first scheduled full
-  collection (`core.app.vitals`, ~90 s after its start-up, after the clients subscribed),
-  which freezes the state the site built after start-up; that collection's pause and every
-  later one's are read from the instances' logs (`settling_collection_ms`,
-  `full_collection_ms`);
+- the heap settled: the window starts once every instance has frozen the state the site
+  built after start-up (`core.app.vitals`, ~90 s after its start-up, after the clients
+  subscribed); that pause and those of the scheduled full collections are read from the
+  instances' logs (`settling_collection_ms`, `full_collection_ms`);
 - commands left SENT (the database, after every instance stopped), historian lines dropped
   (each instance's `Diagnostics:historian` point at the end of the window).
 
@@ -69,11 +68,9 @@ VITALS = (
 SERVICE_NODE = "Diagnostics:service/openprepay.service/{}"
 SLOW_WRITE = re.compile(r"held the database (?P<s>[0-9.]+) s \((?P<where>[^)]*\))\)")
 HISTORIAN_DROPPED = "Diagnostics:historian/openprepay.historian/dropped_lines"
-FULL_COLLECTIONS = "Diagnostics:service/openprepay.service/gc_full_collections"
-FULL_COLLECTION = re.compile(
-    r"scheduled full collection: (?P<ms>[0-9]+) ms, [0-9]+ unreachable collected, "
-    r"(?P<frozen>[0-9]+) survivors frozen"
-)
+SETTLING_PAUSE = "Diagnostics:service/openprepay.service/gc_settling_pause_ms"
+SETTLED = re.compile(r"heap settled: (?P<ms>[0-9]+) ms")
+FULL_COLLECTION = re.compile(r"scheduled full collection: (?P<ms>[0-9]+) ms")
 
 
 # -- the database ------------------------------------------------------------------------
@@ -274,10 +271,10 @@ class VitalsWatch:
 
 
 async def wait_settled(instances: list[Instance], timeout_s: float) -> bool:
-    """Until every instance has run its first (settling) scheduled full collection."""
+    """Until every instance's heap has settled (core/app/vitals.py)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        done = [int(await read_value(i, FULL_COLLECTIONS) or 0) for i in instances]
+        done = [float(await read_value(i, SETTLING_PAUSE) or -1) >= 0 for i in instances]
         if all(done):
             return True
         await asyncio.sleep(2.0)
@@ -285,16 +282,15 @@ async def wait_settled(instances: list[Instance], timeout_s: float) -> bool:
 
 
 def full_collections(instances: list[Instance]) -> tuple[list[int], list[int]]:
-    """The scheduled full collections' pauses (ms) the instances logged: the first of each
-    (the settling one, which freezes its survivors) and every later one."""
-    first: list[int] = []
-    later: list[int] = []
+    """The pauses (ms) the instances logged settling their heaps, and those of their
+    scheduled full collections."""
+    settling: list[int] = []
+    full: list[int] = []
     for i in instances:
         lines = (i.folder / "run.log").read_text(errors="replace").splitlines()
-        pauses = [int(hit["ms"]) for line in lines if (hit := FULL_COLLECTION.search(line))]
-        first.extend(pauses[:1])
-        later.extend(pauses[1:])
-    return first, later
+        settling.extend(int(hit["ms"]) for line in lines if (hit := SETTLED.search(line)))
+        full.extend(int(hit["ms"]) for line in lines if (hit := FULL_COLLECTION.search(line)))
+    return settling, full
 
 
 async def wait_all_read(instances: list[Instance], timeout_s: float) -> bool:

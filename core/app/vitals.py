@@ -23,25 +23,31 @@ Young and middle collections also run on a clock (`YOUNG_COLLECTION_S`,
 hardly grow when each poll frees the last poll's values, so its own collections came late
 and walked tens or hundreds of thousands of objects at once.
 
-Full collections run on a schedule, not when Python would start one: the first
-`SETTLING_COLLECTION_S` after the heap was frozen, then every `[poll] full_collection_s`
-(an hour), from the probe. Left to Python, the first came ~8 minutes after start-up at
-20,000 meters and then one every minute, each walking the ~1 million objects that live one
-poll interval (the values the address space and the per-meter state hold) for 200–570 ms,
-to find 2,000–3,000 unreachable. The worst pause is the `gc_pause_max_ms` point, its
-generation `gc_pause_max_generation`.
+Full collections run on a schedule, not when Python would start one: every
+`[poll] full_collection_s` (an hour), from the probe. Left to Python, the first came ~8
+minutes after start-up at 20,000 meters and then one every minute, each walking the ~1
+million objects that live one poll interval (the values the address space and the per-meter
+state hold) for 200–570 ms, to find 2,000–3,000 unreachable. The worst pause is the
+`gc_pause_max_ms` point, its generation `gc_pause_max_generation`.
 
-A scheduled full collection that took longer than `FREEZE_OVER_S` freezes what survived
-it: the long-lived objects made since the last freeze (the per-meter state of links taken
-after start-up, a client's monitored items), which every later full collection would walk
-again. The first, settling, collection does this at every size worth it (at 10,413 meters
-on two instances, ~175,000 objects each); after it, a full collection walks only what was
-made since and lives on: ~11–13 objects per meter, where it walked ~39 (docs/capacity.md,
-"The collector": what a poll puts into a meter's long-lived state is kept untracked).
-Freezing is not free of cost: garbage cycles among the objects frozen are never collected,
-so an object alive at the freeze that later ends in a cycle stays; at 4,000 meters each
-freeze kept ~30 such objects (measured by unfreezing and collecting). Hence only a
-collection over the mark freezes, not every one.
+`SETTLING_COLLECTION_S` after start-up's freeze the heap settles: by then every link has
+been taken and every meter read, and what was built since (the per-meter state of the links
+taken, a client's monitored items) lives as long as the process too. A middle collection
+(the young generations: what a full one would find there) and a freeze move it out of every
+later full collection's way. Not a full collection: at 20,025 meters on two instances that
+walked 340,000–356,000 objects per instance for 510–740 ms (on a slow day) to find ~2,300
+unreachable, which the freeze now keeps, once, with the few garbage cycles already in the
+oldest generation. After it, a full collection walks only what was made since and lives on
+(docs/capacity.md, "The collector": what a poll puts into a meter's long-lived state is
+kept untracked).
+
+A scheduled full collection that took longer than `FREEZE_OVER_S` also freezes what
+survived it: long-lived objects made since the last freeze (a client that subscribed
+later), which every later full collection would walk again. Freezing is not free of cost:
+garbage cycles among the objects frozen are never collected, so an object alive at the
+freeze that later ends in a cycle stays; at 4,000 meters each freeze kept ~30 such objects
+(measured by unfreezing and collecting). Hence only a collection over the mark freezes, not
+every one.
 """
 
 from __future__ import annotations
@@ -89,8 +95,10 @@ SERVICE_MODEL = DeviceModel(
         diagnostic("gc_collections", "", "Garbage collections since start"),
         diagnostic("gc_frozen_objects", "",
                    "Objects frozen (never walked again), as counted when they were"),
-        diagnostic("gc_full_collections", "",
-                   "Scheduled full collections since start (the first settles the heap)"),
+        diagnostic("gc_full_collections", "", "Scheduled full collections since start"),
+        diagnostic("gc_settling_pause_ms", "ms",
+                   "How long settling the heap after start-up paused the service (-1: not yet)",
+                   ValueType.FLOAT),
         diagnostic("cpu_percent", "%", "CPU used by the process, last window (100 = one core)",
                    ValueType.FLOAT),
         diagnostic("rss_mb", "MB", "Peak resident memory of the process", ValueType.FLOAT),
@@ -123,8 +131,8 @@ MIDDLE_COLLECTION_S = 2.0
 #: day), and the garbage it finds (a few hundred objects a minute) waits for it meanwhile.
 FULL_COLLECTION_S = PollPolicy().full_collection_s
 
-#: The first scheduled full collection, after the heap was frozen at start-up: by then
-#: every link has been taken and every meter read, so what it freezes is the site's
+#: When the heap settles after start-up's freeze (a middle collection, then a freeze): by
+#: then every link has been taken and every meter read, so what it freezes is the site's
 #: long-lived state (see the module docstring).
 SETTLING_COLLECTION_S = 90.0
 
@@ -173,11 +181,11 @@ class Vitals:
         self.full_collections = 0
         #: Scheduled full collections that froze their survivors.
         self.refreezes = 0
-        #: The first scheduled full collection's pause (settling the heap), and the
-        #: longest of the later ones (seconds).
+        #: The settling pause (a middle collection and a freeze; None until the heap
+        #: settled) and the longest scheduled full collection (seconds).
         self.settling_pause_s: float | None = None
         self.worst_full_pause_s = 0.0
-        self._next_full = float("inf")  # scheduled once the heap is settled
+        self._settle_at = self._next_full = float("inf")  # scheduled by `settle_heap`
         self._next_young = self._next_middle = float("inf")
         self.window = Window()
         self.collections = 0
@@ -243,7 +251,8 @@ class Vitals:
         gc.set_threshold(*GC_THRESHOLDS)
         self.frozen = gc.get_freeze_count()
         now = time.monotonic()
-        self._next_full = now + min(self.settling_collection_s, self.full_collection_s)
+        self._settle_at = now + self.settling_collection_s
+        self._next_full = self._settle_at + self.full_collection_s
         self._next_young, self._next_middle = now + YOUNG_COLLECTION_S, now + MIDDLE_COLLECTION_S
         log.info(
             "start-up heap frozen: %d objects (%.0f ms); a full collection every %.0f s",
@@ -252,15 +261,31 @@ class Vitals:
             self.full_collection_s,
         )
 
+    def _settle(self) -> None:
+        """What was built since start-up's freeze moves out of the full collections' way
+        (see the module docstring)."""
+        started = time.perf_counter()
+        found = gc.collect(1)
+        # A middle collection's survivors are in the oldest generation: counted there, not
+        # with `gc.get_freeze_count()` (see `_full_collection`).
+        frozen_now = len(gc.get_objects(generation=2))
+        gc.freeze()
+        self.settling_pause_s = time.perf_counter() - started
+        self.frozen += frozen_now
+        log.info(
+            "heap settled: %.0f ms, %d unreachable collected (young generations), "
+            "%d objects frozen",
+            1000 * self.settling_pause_s,
+            found,
+            frozen_now,
+        )
+
     def _full_collection(self) -> None:
         started = time.perf_counter()
         found = gc.collect()
         took = time.perf_counter() - started
         self.full_collections += 1
-        if self.settling_pause_s is None:
-            self.settling_pause_s = took
-        else:
-            self.worst_full_pause_s = max(self.worst_full_pause_s, took)
+        self.worst_full_pause_s = max(self.worst_full_pause_s, took)
         frozen_now = 0
         if took > self.freeze_over_s:
             # Counted before, not with `gc.get_freeze_count()`: that walks the whole
@@ -311,7 +336,10 @@ class Vitals:
             lag = max(0.0, loop.time() - before - PROBE_S)
             # Not inline: the probe's next sleep then measures the stall a collection causes.
             now = time.monotonic()
-            if now >= self._next_full:
+            if now >= self._settle_at:
+                self._settle_at = float("inf")
+                loop.call_soon(self._settle)
+            elif now >= self._next_full:
                 self._next_full = now + self.full_collection_s
                 loop.call_soon(self._full_collection)
             elif now >= self._next_middle:
@@ -347,6 +375,9 @@ class Vitals:
             "gc_collections": self.collections,
             "gc_frozen_objects": self.frozen,
             "gc_full_collections": self.full_collections,
+            "gc_settling_pause_ms": (
+                -1.0 if self.settling_pause_s is None else round(1000 * self.settling_pause_s, 3)
+            ),
             "cpu_percent": round(100 * (time.process_time() - w.cpu_start) / elapsed, 1),
             "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "db_busy_retried": BUSY.retried,
