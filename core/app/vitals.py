@@ -127,8 +127,8 @@ MIDDLE_COLLECTION_S = 2.0
 
 #: How often the scheduled full collection runs unless the site says (`[poll]
 #: full_collection_s`, see the module docstring): its pause walks what lives and is not
-#: frozen (~60,000 objects, 90–170 ms, per instance at 10,413 meters on two, on a slow
-#: day), and the garbage it finds (a few hundred objects a minute) waits for it meanwhile.
+#: frozen (63,000–69,000 objects, 64–153 ms, per instance at 20,025 meters on two, on a
+#: slow day), and the garbage it finds (a few hundred objects a minute) waits for it.
 FULL_COLLECTION_S = PollPolicy().full_collection_s
 
 #: When the heap settles after start-up's freeze (a middle collection, then a freeze): by
