@@ -266,12 +266,8 @@ class Vitals:
         (see the module docstring)."""
         started = time.perf_counter()
         found = gc.collect(1)
-        # A middle collection's survivors are in the oldest generation: counted there, not
-        # with `gc.get_freeze_count()` (see `_full_collection`).
-        frozen_now = len(gc.get_objects(generation=2))
-        gc.freeze()
+        frozen_now = self._freeze_survivors()
         self.settling_pause_s = time.perf_counter() - started
-        self.frozen += frozen_now
         log.info(
             "heap settled: %.0f ms, %d unreachable collected (young generations), "
             "%d objects frozen",
@@ -288,12 +284,7 @@ class Vitals:
         self.worst_full_pause_s = max(self.worst_full_pause_s, took)
         frozen_now = 0
         if took > self.freeze_over_s:
-            # Counted before, not with `gc.get_freeze_count()`: that walks the whole
-            # permanent generation (32 million objects at 20,000 meters, ~1 s), where
-            # the survivors of a full collection are all in the oldest generation.
-            frozen_now = len(gc.get_objects(generation=2))
-            gc.freeze()
-            self.frozen += frozen_now
+            frozen_now = self._freeze_survivors()
             self.refreezes += 1
         log.info(
             "scheduled full collection: %.0f ms, %d unreachable collected, %d survivors frozen",
@@ -301,6 +292,16 @@ class Vitals:
             found,
             frozen_now,
         )
+
+    def _freeze_survivors(self) -> int:
+        """Freeze what survived the collection just run; returns how many objects. Counted
+        before, not with `gc.get_freeze_count()`: that walks the whole permanent generation
+        (32 million objects at 20,000 meters, ~1 s), where a collection's survivors are all
+        in the oldest generation (a middle collection's too)."""
+        survivors = len(gc.get_objects(generation=2))
+        gc.freeze()
+        self.frozen += survivors
+        return survivors
 
     # -- measuring ---------------------------------------------------------------------
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
